@@ -1,0 +1,203 @@
+"""Replay: judge recorded intervals without a cluster (`canary analyze --replay FILE...`).
+
+A replay file is JSON (see the "Replay format" section of the design brief):
+
+    {"buckets_ms": [0.5, 1, ..., "+Inf"],
+     "service": "search",                      # optional, default "service"
+     "intervals": [{"t": 60, "weight": 10,
+                    "baseline": {"requests": 540, "errors": 3, "buckets": [...]},
+                    "canary":   {"requests": 61,  "errors": 0, "buckets": [...]}}, ...]}
+
+`main` writes one JSON object per interval to stdout (`file`, `t`, `verdict` and the decision record)
+through the same judge code the controller runs. A bad file gets one line on stderr naming the file and
+the field, and the exit code becomes 2; the other files still run. A file is checked whole before any of
+its intervals is judged, so a bad file prints no decisions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from analysis.config import JUDGES, AnalysisConfig, InvalidAnalysisConfig
+from analysis.judges import make_judge
+from analysis.observations import ISTIO_BUCKETS_MS, IntervalObservation, InvalidObservation, VersionCounts
+
+
+class InvalidReplay(ValueError):
+    """A replay file that cannot be judged; `field` is the JSON path of the bad part."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def _reject_constant(name: str) -> float:
+    # JSON has no NaN or Infinity; Python's parser accepts them, so mark them for the checks below.
+    return math.nan
+
+
+def _whole(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidReplay(where, f"{value!r} is not a whole number")
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise InvalidReplay(where, f"{value!r} is not a whole number")
+    return int(value)
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidReplay(where, f"{value!r} is not a finite number")
+    return float(value)
+
+
+def _field(obj: Any, key: str, where: str) -> Any:
+    if not isinstance(obj, dict):
+        raise InvalidReplay(where, f"{type(obj).__name__} is not an object")
+    if key not in obj:
+        raise InvalidReplay(where, f'missing key "{key}"')
+    return obj[key]
+
+
+def parse_bounds(raw: Any) -> tuple[float, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise InvalidReplay("buckets_ms", "is not a non-empty list")
+    bounds: list[float] = []
+    for i, b in enumerate(raw):
+        if b in ("+Inf", "Inf", "inf", "+inf") and i == len(raw) - 1:
+            bounds.append(math.inf)
+            continue
+        value = _number(b, f"buckets_ms[{i}]")
+        if bounds and value <= bounds[-1]:
+            raise InvalidReplay(f"buckets_ms[{i}]", f"{value} is not above the previous bound {bounds[-1]}")
+        bounds.append(value)
+    if bounds[-1] != math.inf:
+        raise InvalidReplay(f"buckets_ms[{len(raw) - 1}]", 'the last bound must be "+Inf"')
+    return tuple(bounds)
+
+
+def _counts(raw: Any, where: str, n_buckets: int) -> VersionCounts:
+    buckets = _field(raw, "buckets", where)
+    if not isinstance(buckets, list):
+        raise InvalidReplay(f"{where}.buckets", "is not a list")
+    counts = VersionCounts(
+        requests=_whole(_field(raw, "requests", where), f"{where}.requests"),
+        errors=_whole(_field(raw, "errors", where), f"{where}.errors"),
+        buckets=tuple(_whole(b, f"{where}.buckets[{i}]") for i, b in enumerate(buckets)),
+    )
+    counts.validate(n_buckets, where)
+    if sum(counts.buckets) != counts.requests:
+        raise InvalidReplay(f"{where}.buckets", f"sum to {sum(counts.buckets)}, requests is {counts.requests}")
+    return counts
+
+
+def parse_replay(doc: Any) -> tuple[str, list[IntervalObservation]]:
+    """(service name, intervals) of a parsed replay document; raises InvalidReplay/InvalidObservation."""
+    if not isinstance(doc, dict):
+        raise InvalidReplay("(top level)", "is not an object")
+    bounds = parse_bounds(_field(doc, "buckets_ms", "(top level)"))
+    service = doc.get("service", "service")
+    if not isinstance(service, str) or not service:
+        raise InvalidReplay("service", f"{service!r} is not a non-empty string")
+    raw_intervals = _field(doc, "intervals", "(top level)")
+    if not isinstance(raw_intervals, list):
+        raise InvalidReplay("intervals", "is not a list")
+    out: list[IntervalObservation] = []
+    for i, raw in enumerate(raw_intervals):
+        where = f"intervals[{i}]"
+        obs = IntervalObservation(
+            t=_number(_field(raw, "t", where), f"{where}.t"),
+            weight=_number(_field(raw, "weight", where), f"{where}.weight"),
+            baseline=_counts(_field(raw, "baseline", where), f"{where}.baseline", len(bounds)),
+            canary=_counts(_field(raw, "canary", where), f"{where}.canary", len(bounds)),
+            bounds_ms=bounds,
+        )
+        obs.validate(where)
+        if out and obs.t <= out[-1].t:
+            raise InvalidReplay(f"{where}.t", f"{obs.t} does not come after {out[-1].t}")
+        out.append(obs)
+    return service, out
+
+
+def load_replay(path: Path) -> tuple[str, list[IntervalObservation]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidReplay("(file)", f"cannot be read: {exc}") from exc
+    try:
+        doc = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise InvalidReplay("(json)", f"line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+    return parse_replay(doc)
+
+
+def replay_decisions(
+    config: AnalysisConfig, service: str, intervals: Sequence[IntervalObservation]
+) -> Iterator[dict[str, Any]]:
+    """The decision record of every interval, judged in order from a fresh state."""
+    judge = make_judge(config)
+    state = judge.initial_state(services=[service], bounds_ms=intervals[0].bounds_ms if intervals else ISTIO_BUCKETS_MS)
+    for obs in intervals:
+        state, decision = judge.update(state, {service: obs})
+        yield {"t": obs.t, **decision.to_dict(), "verdict": decision.verdict.value}
+
+
+def expand_paths(args: Sequence[str]) -> list[Path]:
+    """Files as given; directories contribute their *.json files, sorted."""
+    paths: list[Path] = []
+    for arg in args:
+        p = Path(arg)
+        paths.extend(sorted(p.glob("*.json")) if p.is_dir() else [p])
+    return paths
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="canary analyze", description="Judge recorded intervals offline.")
+    parser.add_argument("--replay", nargs="+", required=True, metavar="FILE", help="replay files or directories")
+    parser.add_argument("--judge", choices=JUDGES, default=None)
+    parser.add_argument("--alpha", type=float, default=None)
+    parser.add_argument("--config", metavar="FILE", help="JSON object of spec.analysis settings")
+    return parser
+
+
+def _config(opts: argparse.Namespace) -> AnalysisConfig:
+    base: dict[str, Any] = {}
+    if opts.config:
+        base = json.loads(Path(opts.config).read_text(encoding="utf-8"))
+    return AnalysisConfig.from_dict(base, path="--config" if opts.config else "spec.analysis").with_overrides(
+        judge=opts.judge, alpha=opts.alpha
+    )
+
+
+def main(argv: list[str], stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    """`canary analyze --replay FILE... [--judge J] [--alpha A] [--config FILE]`; returns the exit code."""
+    out, err = stdout or sys.stdout, stderr or sys.stderr
+    try:
+        opts = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed its usage message
+        return int(exc.code or 0)
+    try:
+        config = _config(opts)
+    except (InvalidAnalysisConfig, OSError, json.JSONDecodeError) as exc:
+        print(f"canary analyze: {exc}", file=err)
+        return 2
+    status = 0
+    for path in expand_paths(opts.replay):
+        try:
+            service, intervals = load_replay(path)
+        except (InvalidReplay, InvalidObservation) as exc:
+            print(f"canary analyze: {path}: {exc}", file=err)
+            status = 2
+            continue
+        for record in replay_decisions(config, service, intervals):
+            print(json.dumps({"file": str(path), **record}, allow_nan=False), file=out)
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

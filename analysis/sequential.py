@@ -1,0 +1,549 @@
+"""Anytime-valid e-processes for comparing a canary with its baseline, interval by interval.
+
+Each e-process is kept as a few running sums (its sufficient statistics), so one update is O(#buckets)
+and the whole state fits in a release's status. Every function broadcasts over leading axes: the judge
+calls them on scalars, the benchmark on arrays of replications.
+
+- Rate ratio (errors, slow tail): given an interval's total events k = k_c + k_b, the canary's share is
+  Binomial(k, pi_t(r)) with pi_t(r) = r n_c / (r n_c + n_b) whatever the interval's base rate, so the
+  likelihood ratio of r0*g against r0, multiplied over intervals and averaged over a grid of g, is an
+  e-process for H0: r <= r0 (intervals are strata; weights and base rates may change freely).
+- Latency shift: per interval the binned rank-sum z_t, weighted by a_t = sqrt(n_c n_b / N_t), summed to
+  S, V; a half-normal mixture over the drift gives a one-sided e-value for H0: Delta <= Delta0.
+- Sample-ratio mismatch: the canary's share of requests against the intended weight, with a two-sided
+  grid of log-odds shifts.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy import special
+
+from analysis.config import AnalysisConfig
+from analysis.decisions import CheckResult, Decision
+from analysis.histogram import FloatArray, quantile, rank_sum, reference_tail_index, tail_index
+from analysis.observations import (
+    ISTIO_BUCKETS_MS,
+    IntervalObservation,
+    InvalidObservation,
+    Verdict,
+    VersionCounts,
+)
+
+# Alternatives of the rate-ratio e-process, as multiples of r0. The issue proposed (1.25, 1.5, 2, 3, 4, 6);
+# dropping the ends measured more power at x2 and no loss at x4 (docs/analysis.md, "Tuning").
+RATIO_GRID: tuple[float, ...] = (1.5, 2.0, 3.0, 4.0)
+# Alternatives of the sample-ratio e-process: shifts of the canary share's log-odds, both directions.
+SRM_GRID: tuple[float, ...] = (-4.0, -2.0, -1.0, -0.5, -0.25, -0.1, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+# Confidence sequence of the ratio: log-likelihood on r = 2^(k/8), 1/64 .. 64; alternatives k + offsets
+# (x1.19, 1.54, 2, 3.08, 4, 6.17: the test's grid rounded onto the lattice).
+CS_STEPS_PER_DOUBLING = 8
+CS_GRID: tuple[float, ...] = tuple(2.0 ** (k / CS_STEPS_PER_DOUBLING) for k in range(-48, 49))
+CS_OFFSETS: tuple[int, ...] = (2, 5, 8, 13, 16, 21)
+SQRT3 = math.sqrt(3.0)
+
+
+def _f(x: npt.ArrayLike) -> FloatArray:
+    return np.asarray(x, dtype=np.float64)
+
+
+def log_share(n_c: npt.ArrayLike, n_b: npt.ArrayLike, r: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
+    """(ln pi(r), ln(1 - pi(r))) with pi(r) = r n_c / (r n_c + n_b); 0 where an arm has no requests
+    (such an interval carries no information and must contribute nothing)."""
+    nc, nb, rr = _f(n_c), _f(n_b), _f(r)
+    both = (nc > 0) & (nb > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lp = -np.log1p(nb / (rr * nc))
+        lq = -np.log1p(rr * nc / nb)
+    return np.where(both, lp, 0.0), np.where(both, lq, 0.0)
+
+
+def ratio_log_likelihood(
+    k_c: npt.ArrayLike, k_b: npt.ArrayLike, n_c: npt.ArrayLike, n_b: npt.ArrayLike, r: npt.ArrayLike
+) -> FloatArray:
+    """One interval's conditional binomial log-likelihood of ratio r (up to a constant in r)."""
+    lp, lq = log_share(n_c, n_b, r)
+    return _f(k_c) * lp + _f(k_b) * lq
+
+
+def ratio_increment(
+    k_c: npt.ArrayLike,
+    k_b: npt.ArrayLike,
+    n_c: npt.ArrayLike,
+    n_b: npt.ArrayLike,
+    r0: float,
+    grid: tuple[float, ...] = RATIO_GRID,
+) -> FloatArray:
+    """l_t(r0*g) for every g of `grid`: the interval's log-likelihood ratios, grid on the last axis."""
+    g = np.asarray(grid)
+    kc, kb, nc, nb = (np.expand_dims(_f(a), -1) for a in (k_c, k_b, n_c, n_b))
+    alt = ratio_log_likelihood(kc, kb, nc, nb, r0 * g)
+    null = ratio_log_likelihood(kc, kb, nc, nb, r0)
+    return alt - null
+
+
+def log_mixture(cumulative_llr: npt.ArrayLike) -> FloatArray:
+    """ln of the grid-average e-value from the cumulative log-likelihood ratios (grid on the last axis)."""
+    llr = _f(cumulative_llr)
+    return _f(special.logsumexp(llr, axis=-1)) - math.log(llr.shape[-1])
+
+
+def ratio_cs_increment(k_c: npt.ArrayLike, k_b: npt.ArrayLike, n_c: npt.ArrayLike, n_b: npt.ArrayLike) -> FloatArray:
+    """One interval's log-likelihood on CS_GRID (grid on the last axis), for the confidence sequence."""
+    kc, kb, nc, nb = (np.expand_dims(_f(a), -1) for a in (k_c, k_b, n_c, n_b))
+    return ratio_log_likelihood(kc, kb, nc, nb, np.asarray(CS_GRID))
+
+
+def ratio_confidence_sequence(loglik: npt.ArrayLike, alpha: float) -> tuple[float, float]:
+    """Bounds of the (1 - alpha) confidence sequence for the ratio from the cumulative CS_GRID
+    log-likelihood: the grid ratios that neither the upward nor the downward grid mixture rejects at
+    2/alpha. Bounds at the ends of the lattice mean "beyond"."""
+    ll = _f(loglik)
+    n = ll.shape[-1]
+    offsets = np.asarray(CS_OFFSETS)
+    pad = int(offsets.max())
+    padded = np.concatenate((np.full(pad, -np.inf), ll, np.full(pad, -np.inf)))
+    j = np.arange(n)[:, None] + pad
+    log_threshold = math.log(2.0 / alpha)
+    keep = np.ones(n, dtype=bool)
+    for sign in (1, -1):
+        terms = padded[j + sign * offsets] - ll[:, None]
+        available = np.isfinite(terms).sum(axis=1)
+        with np.errstate(divide="ignore"):
+            log_e = special.logsumexp(terms, axis=1) - np.log(np.maximum(available, 1))
+        keep &= ~((available > 0) & (log_e >= log_threshold))
+    inside = np.flatnonzero(keep)
+    if inside.size == 0:  # the lattice cannot hold the ratio: report the likeliest lattice point
+        best = int(np.argmax(ll))
+        return CS_GRID[best], CS_GRID[best]
+    return CS_GRID[int(inside[0])], CS_GRID[int(inside[-1])]
+
+
+def log_half_normal_mixture(s: npt.ArrayLike, v: npt.ArrayLike, tau: float) -> FloatArray:
+    """ln M with M = 2 (1+tau^2 V)^(-1/2) exp(tau^2 S^2 / (2(1+tau^2 V))) Phi(tau S / sqrt(1+tau^2 V)):
+    the e-value of exp(theta S - theta^2 V / 2) averaged over theta ~ half-normal(tau)."""
+    ss, vv = _f(s), _f(v)
+    d = 1.0 + tau * tau * vv
+    log_phi = _f(special.log_ndtr(tau * ss / np.sqrt(d)))
+    return math.log(2.0) - 0.5 * np.log(d) + tau * tau * ss * ss / (2.0 * d) + log_phi
+
+
+def shift_weight(n_c: npt.ArrayLike, n_b: npt.ArrayLike) -> FloatArray:
+    """a_t = sqrt(n_c n_b / N_t): the interval's weight, so that E[a_t z_t] = sqrt(3) Delta a_t^2."""
+    nc, nb = _f(n_c), _f(n_b)
+    n = nc + nb
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(n > 0, np.sqrt(nc * nb / np.where(n > 0, n, 1.0)), 0.0)
+
+
+def shift_log_evalue(s: npt.ArrayLike, v: npt.ArrayLike, delta0: float, delta_min: float) -> FloatArray:
+    """ln e-value of H0: Delta <= delta0 from the running sums S = sum a_t z_t and V = sum a_t^2."""
+    centred = _f(s) - SQRT3 * delta0 * _f(v)
+    return log_half_normal_mixture(centred, v, SQRT3 * delta_min)
+
+
+def shift_confidence_sequence(s: float, v: float, alpha: float, tau: float) -> tuple[float, float] | None:
+    """Two-sided (1 - alpha) normal-mixture confidence sequence for Delta, or None before any data."""
+    if v <= 0:
+        return None
+    d = 1.0 + tau * tau * v
+    radius = math.sqrt(d / (tau * tau) * (2.0 * math.log(1.0 / alpha) + math.log(d))) / v
+    centre = s / v
+    return (max(-1.0, (centre - radius) / SQRT3), min(1.0, (centre + radius) / SQRT3))
+
+
+def srm_increment(n_c: npt.ArrayLike, n_b: npt.ArrayLike, weight_percent: npt.ArrayLike) -> FloatArray:
+    """One interval's log-likelihood ratios of the canary share, shifted by each SRM_GRID log-odds step,
+    against the intended weight (grid on the last axis). Weights of 0 or 100% carry no test."""
+    w = _f(weight_percent) / 100.0
+    inside = (w > 0) & (w < 1)
+    ws = np.where(inside, w, 0.5)
+    logit = np.log(ws) - np.log1p(-ws)
+    x = np.expand_dims(logit, -1) + np.asarray(SRM_GRID)
+    nc, nb = np.expand_dims(_f(n_c), -1), np.expand_dims(_f(n_b), -1)
+    lp0, lq0 = np.expand_dims(np.log(ws), -1), np.expand_dims(np.log1p(-ws), -1)
+    llr = nc * (-np.logaddexp(0.0, -x) - lp0) + nb * (-np.logaddexp(0.0, x) - lq0)
+    return np.where(np.expand_dims(inside, -1), llr, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The sequential judge: the e-processes above, per service and check, sharing one alpha budget.
+# ---------------------------------------------------------------------------------------------------------
+
+STATE_VERSION = 1
+
+
+def _zeros(n: int) -> list[float]:
+    return [0.0] * n
+
+
+def _version_state(n_buckets: int) -> dict[str, Any]:
+    return {"requests": 0, "errors": 0, "buckets": [0] * n_buckets}
+
+
+def _add_counts(acc: dict[str, Any], counts: VersionCounts) -> None:
+    acc["requests"] += counts.requests
+    acc["errors"] += counts.errors
+    acc["buckets"] = [a + b for a, b in zip(acc["buckets"], counts.buckets, strict=True)]
+
+
+def _ratio_state() -> dict[str, Any]:
+    return {
+        "llr": _zeros(len(RATIO_GRID)),
+        "cs": _zeros(len(CS_GRID)),
+        "events": [0, 0],
+        "exposure": [0, 0],
+        "logE": 0.0,
+        "maxLogE": 0.0,
+        "crossedAt": None,
+    }
+
+
+class SequentialJudge:
+    """The default judge: anytime-valid e-processes per service x check sharing one alpha.
+
+    With K = services x checks, each check's e-value is compared with K/alpha (its Bonferroni share),
+    and the regression checks (errors, tail, latency) of all services are also judged together: the
+    release fails as soon as their e-values sum to K/alpha or more. The average of e-processes is an
+    e-process, and the sum reaches K/alpha whenever one of them does, so this keeps the same alpha and
+    is never slower than Bonferroni; it is faster when a regression shows in two checks at once (a slow
+    tail moves the tail check and the rank test). Sample-ratio mismatch keeps its own K/alpha test
+    because its verdict is `error`, not `fail`.
+
+    Tail threshold L*: `tailThresholdMs` from the spec when set; else fixed from a stable-only
+    reference passed to `initial_state(reference=...)`; else fixed from the first interval's baseline
+    counts only, and then the slow-tail e-process starts with the second interval, so L* is chosen from
+    data the test never uses (and never from canary data).
+    """
+
+    name = "sequential"
+
+    def __init__(self, config: AnalysisConfig) -> None:
+        self.config = config
+
+    # -- state ----------------------------------------------------------------------------------------
+    def initial_state(
+        self,
+        reference: Mapping[str, VersionCounts] | None = None,
+        services: Sequence[str] | None = None,
+        bounds_ms: Sequence[float] = ISTIO_BUCKETS_MS,
+    ) -> dict[str, Any]:
+        """A fresh state. `services` fixes the alpha split up front (else the first tick's services do);
+        `reference` gives each service's stable-only counts to fix the tail threshold from."""
+        state: dict[str, Any] = {
+            "judge": self.name,
+            "version": STATE_VERSION,
+            "ticks": 0,
+            "t": None,
+            "services": {},
+            "plan": list(services) if services is not None else None,
+        }
+        for name, counts in (reference or {}).items():
+            start = int(reference_tail_index(counts.buckets, self.config.tail_reference_quantile))
+            state.setdefault("references", {})[name] = start
+        state["boundsMs"] = [float(x) for x in bounds_ms[:-1]]  # the last bound is +Inf, not JSON
+        return state
+
+    def _service_state(self, state: dict[str, Any], name: str, obs: IntervalObservation) -> dict[str, Any]:
+        n = len(obs.bounds_ms)
+        svc: dict[str, Any] = {
+            "alpha": self.alpha_each(state),
+            "baseline": _version_state(n),
+            "canary": _version_state(n),
+            "tailStart": None,
+            "tailSource": None,
+            "tailFromInterval": None,
+            "errorRate": _ratio_state(),
+            "slowTail": _ratio_state(),
+            "latencyShift": {"s": 0.0, "v": 0.0, "logE": 0.0, "maxLogE": 0.0, "crossedAt": None},
+            "sampleRatio": {
+                "llr": _zeros(len(SRM_GRID)),
+                "expected": 0.0,
+                "logE": 0.0,
+                "maxLogE": 0.0,
+                "crossedAt": None,
+            },
+        }
+        if self.config.tail_threshold_ms is not None:
+            svc["tailStart"], svc["tailSource"] = (
+                tail_index(obs.bounds_ms, self.config.tail_threshold_ms),
+                "spec",
+            )
+        elif name in state.get("references", {}):
+            svc["tailStart"], svc["tailSource"] = state["references"][name], "reference"
+        return svc
+
+    # -- one tick -------------------------------------------------------------------------------------
+    def update(
+        self, state: Mapping[str, Any], observations: Mapping[str, IntervalObservation]
+    ) -> tuple[dict[str, Any], Decision]:
+        """Fold one interval of every service into the state and decide. Pure: `state` is not modified."""
+        try:
+            for name, obs in observations.items():
+                obs.validate(f"observations[{name}]")
+                if list(obs.bounds_ms[:-1]) != state["boundsMs"]:
+                    raise InvalidObservation(
+                        f"observations[{name}].buckets_ms",
+                        "differ from the bucket bounds the analysis started with",
+                    )
+        except InvalidObservation as exc:
+            return copy.deepcopy(dict(state)), Decision(Verdict.ERROR, f"unusable data: {exc}", judge=self.name)
+        new = copy.deepcopy(dict(state))
+        if new["plan"] is None:
+            new["plan"] = sorted(observations)
+        unplanned = sorted(set(observations) - set(new["plan"]))
+        if unplanned:
+            return copy.deepcopy(dict(state)), Decision(
+                Verdict.ERROR,
+                f"service {unplanned[0]} is not among the analysed services {new['plan']}",
+                judge=self.name,
+            )
+        t = max((o.t for o in observations.values()), default=new["t"])
+        new["ticks"] += 1
+        new["t"] = t
+        n_buckets = len(new["boundsMs"]) + 1
+        for name in new["plan"]:
+            obs = observations.get(name) or IntervalObservation(
+                t or 0.0,
+                0.0,
+                VersionCounts.empty(n_buckets),
+                VersionCounts.empty(n_buckets),
+                bounds_ms=(*new["boundsMs"], math.inf),
+            )
+            if name not in new["services"]:
+                new["services"][name] = self._service_state(new, name, obs)
+            self._fold(new["services"][name], obs, new["ticks"], t)
+        self._judge_family(new, t)
+        bounds = (*new["boundsMs"], math.inf)
+        checks = [c for name in new["plan"] for c in self._records(name, new["services"][name], bounds)]
+        return new, self._decide(new, observations, checks, t)
+
+    def regression_checks(self) -> tuple[str, ...]:
+        return tuple(c for c in self.config.checks if c != "sampleRatio")
+
+    def _judge_family(self, state: dict[str, Any], t: float | None) -> None:
+        """Sum the regression e-values of every service; at K/alpha mark the checks that carry it."""
+        recs = [svc[c] for svc in state["services"].values() for c in self.regression_checks()]
+        if not recs:
+            return
+        log_sum = float(special.logsumexp([r["logE"] for r in recs]))
+        state["regressionLogESum"] = log_sum
+        log_threshold = math.log(1.0 / self.alpha_each(state))
+        if log_sum < log_threshold:
+            return
+        strongest = max(recs, key=lambda r: r["logE"])
+        for rec in recs:
+            if rec["crossedAt"] is None and (rec is strongest or rec["logE"] >= log_threshold):
+                rec["crossedAt"] = t
+
+    def alpha_each(self, state: Mapping[str, Any]) -> float:
+        """Each (service, check)'s share of alpha: Bonferroni over the planned services x checks."""
+        plan = state["plan"] or [None]
+        return self.config.alpha / (len(plan) * len(self.config.checks))
+
+    def _fold(self, svc: dict[str, Any], obs: IntervalObservation, tick: int, t: float | None) -> None:
+        """Add one interval to a service's running sums (regression crossings are marked afterwards,
+        across services, by _judge_family)."""
+        b, c = obs.baseline, obs.canary
+        _add_counts(svc["baseline"], b)
+        _add_counts(svc["canary"], c)
+        r0 = self.config.error_ratio_tolerance
+        _fold_ratio(svc["errorRate"], c.errors, b.errors, c.requests, b.requests, r0)
+        self._fold_tail(svc, obs, tick)
+        self._fold_shift(svc["latencyShift"], obs)
+        self._fold_srm(svc["sampleRatio"], obs, float(svc["alpha"]), t)
+        for key in ("errorRate", "slowTail", "latencyShift", "sampleRatio"):
+            svc[key]["maxLogE"] = max(svc[key]["maxLogE"], svc[key]["logE"])
+
+    def _fold_tail(self, svc: dict[str, Any], obs: IntervalObservation, tick: int) -> None:
+        b, c = obs.baseline, obs.canary
+        if svc["tailStart"] is None:
+            if b.requests > 0:  # L* from this baseline only; this interval is then left out of the test
+                svc["tailStart"] = int(reference_tail_index(b.buckets, self.config.tail_reference_quantile))
+                svc["tailSource"], svc["tailFromInterval"] = "first-interval-baseline", tick + 1
+            return
+        if svc["tailFromInterval"] is not None and tick < svc["tailFromInterval"]:
+            return
+        start = svc["tailStart"]
+        k_c, k_b = int(sum(c.buckets[start:])), int(sum(b.buckets[start:]))
+        _fold_ratio(svc["slowTail"], k_c, k_b, c.requests, b.requests, self.config.error_ratio_tolerance)
+
+    def _fold_shift(self, shift: dict[str, Any], obs: IntervalObservation) -> None:
+        test = rank_sum(obs.canary.buckets, obs.baseline.buckets)
+        a = float(shift_weight(obs.canary.requests, obs.baseline.requests))
+        shift["s"] += a * float(test.z)
+        shift["v"] += a * a
+        cfg = self.config
+        shift["logE"] = float(shift_log_evalue(shift["s"], shift["v"], cfg.latency_tolerance, cfg.latency_min_effect))
+
+    def _fold_srm(self, srm: dict[str, Any], obs: IntervalObservation, alpha_i: float, t: float | None) -> None:
+        n_c, n_b = obs.canary.requests, obs.baseline.requests
+        srm["llr"] = (np.asarray(srm["llr"]) + srm_increment(n_c, n_b, obs.weight)).tolist()
+        srm["expected"] += (n_c + n_b) * obs.weight / 100.0
+        srm["logE"] = float(log_mixture(srm["llr"]))
+        if "sampleRatio" in self.config.checks and srm["crossedAt"] is None and srm["logE"] >= -math.log(alpha_i):
+            srm["crossedAt"] = t
+
+    # -- records and verdict --------------------------------------------------------------------------
+    def _records(self, name: str, svc: Mapping[str, Any], bounds: tuple[float, ...]) -> list[CheckResult]:
+        alpha_i = float(svc["alpha"])
+        out: list[CheckResult] = []
+        for check in self.config.checks:
+            rec = svc[check]
+            crossed = rec["crossedAt"] is not None
+            verdict = (Verdict.ERROR if check == "sampleRatio" else Verdict.FAIL) if crossed else Verdict.PASS
+            out.append(
+                CheckResult(
+                    service=name,
+                    check=check,
+                    verdict=verdict,
+                    e_value=math.exp(min(rec["logE"], 700.0)),
+                    threshold=1.0 / alpha_i,
+                    p_value=min(1.0, math.exp(-rec["maxLogE"])),
+                    samples={"canary": svc["canary"]["requests"], "baseline": svc["baseline"]["requests"]},
+                    estimates=self._estimates(check, svc, alpha_i, bounds),
+                    reason=f"crossed at t={rec['crossedAt']}" if crossed else "",
+                )
+            )
+        return out
+
+    def _estimates(
+        self, check: str, svc: Mapping[str, Any], alpha_i: float, bounds: tuple[float, ...]
+    ) -> dict[str, Any]:
+        c, b = svc["canary"], svc["baseline"]
+        if check in ("errorRate", "slowTail"):
+            rec = svc[check]
+            (k_c, k_b), (n_c, n_b) = rec["events"], rec["exposure"]
+            lo, hi = ratio_confidence_sequence(rec["cs"], alpha_i)
+            est: dict[str, Any] = {
+                "rateCanary": _rate(k_c, n_c),
+                "rateBaseline": _rate(k_b, n_b),
+                "ratio": _ratio(k_c, n_c, k_b, n_b),
+                "ratioConfidenceSequence": [lo, hi],
+                "ratioTolerance": self.config.error_ratio_tolerance,
+                "eventsCanary": k_c,
+                "eventsBaseline": k_b,
+            }
+            if check == "slowTail":
+                est["thresholdMs"] = _bound_of(svc["tailStart"], len(c["buckets"]), bounds)
+                est["thresholdSource"] = svc["tailSource"]
+            return est
+        if check == "latencyShift":
+            shift = svc["latencyShift"]
+            tau = SQRT3 * self.config.latency_min_effect
+            cs = shift_confidence_sequence(shift["s"], shift["v"], alpha_i, tau)
+            est = {
+                "delta": shift["s"] / shift["v"] / SQRT3 if shift["v"] > 0 else None,
+                "deltaConfidenceSequence": list(cs) if cs else None,
+                "deltaTolerance": self.config.latency_tolerance,
+            }
+            for version, counts in (("Canary", c), ("Baseline", b)):
+                for q in (0.5, 0.95, 0.99):
+                    est[f"p{round(q * 100)}{version}Ms"] = quantile(counts["buckets"], bounds, q)
+            return est
+        srm = svc["sampleRatio"]
+        total = c["requests"] + b["requests"]
+        return {
+            "canaryShare": c["requests"] / total if total else None,
+            "intendedShare": srm["expected"] / total if total else None,
+        }
+
+    def _decide(
+        self,
+        state: Mapping[str, Any],
+        observations: Mapping[str, IntervalObservation],
+        checks: list[CheckResult],
+        t: float | None,
+    ) -> Decision:
+        def made(verdict: Verdict, reason: str) -> Decision:
+            return Decision(
+                verdict,
+                reason,
+                checks,
+                judge=self.name,
+                t=t,
+                details={
+                    "alphaPerCheck": self.alpha_each(state),
+                    "ticks": state["ticks"],
+                    "regressionEValueSum": math.exp(min(state.get("regressionLogESum", 0.0), 700.0)),
+                    "regressionThreshold": 1.0 / self.alpha_each(state),
+                },
+            )
+
+        srm = [c for c in checks if c.check == "sampleRatio" and c.verdict is Verdict.ERROR]
+        if srm:
+            est = srm[0].estimates
+            return made(
+                Verdict.ERROR,
+                f"sample-ratio mismatch on {srm[0].service}: canary got "
+                f"{_pct(est['canaryShare'])} of requests, intended {_pct(est['intendedShare'])}",
+            )
+        failed = [c for c in checks if c.verdict is Verdict.FAIL]
+        if failed:
+            f = failed[0]
+            return made(
+                Verdict.FAIL,
+                f"{f.service} {f.check}: e-value {f.e_value:.3g}; the regression e-values sum to "
+                f"{math.exp(min(state['regressionLogESum'], 700.0)):.3g} >= {f.threshold:.3g} ({f.reason})",
+            )
+        for name in state["plan"]:
+            obs = observations.get(name)
+            if obs is None or obs.canary.requests == 0:
+                return made(Verdict.INCONCLUSIVE, f"no canary requests for {name} in this interval")
+            seen = state["services"][name]["canary"]["requests"]
+            if seen < self.config.min_canary_requests:
+                return made(
+                    Verdict.INCONCLUSIVE,
+                    f"{name}: {seen} canary requests so far, {self.config.min_canary_requests} needed",
+                )
+        shortfall = self._non_inferiority_shortfall(checks)
+        if shortfall:
+            return made(Verdict.INCONCLUSIVE, shortfall)
+        return made(Verdict.PASS, "no check crossed its threshold")
+
+    def _non_inferiority_shortfall(self, checks: list[CheckResult]) -> str:
+        margin, lmargin = self.config.non_inferiority_margin, self.config.latency_non_inferiority_margin
+        for c in checks:
+            if margin is not None and c.check == "errorRate":
+                hi = c.estimates["ratioConfidenceSequence"][1]
+                if hi >= margin:
+                    return f"{c.service}: error ratio upper bound {hi:.3g} not yet under margin {margin}"
+            if lmargin is not None and c.check == "latencyShift":
+                cs = c.estimates["deltaConfidenceSequence"]
+                if cs is None or cs[1] >= lmargin:
+                    return f"{c.service}: latency Delta upper bound not yet under margin {lmargin}"
+        return ""
+
+
+def _fold_ratio(rec: dict[str, Any], k_c: int, k_b: int, n_c: int, n_b: int, r0: float) -> None:
+    rec["llr"] = (np.asarray(rec["llr"]) + ratio_increment(k_c, k_b, n_c, n_b, r0)).tolist()
+    rec["cs"] = (np.asarray(rec["cs"]) + ratio_cs_increment(k_c, k_b, n_c, n_b)).tolist()
+    rec["events"] = [rec["events"][0] + k_c, rec["events"][1] + k_b]
+    rec["exposure"] = [rec["exposure"][0] + n_c, rec["exposure"][1] + n_b]
+    rec["logE"] = float(log_mixture(rec["llr"]))
+
+
+def _rate(k: int, n: int) -> float | None:
+    return k / n if n else None
+
+
+def _ratio(k_c: int, n_c: int, k_b: int, n_b: int) -> float | None:
+    if not (n_c and n_b and k_b):
+        return None
+    return (k_c / n_c) / (k_b / n_b)
+
+
+def _bound_of(start: int | None, n_buckets: int, bounds: Sequence[float]) -> float | None:
+    if start is None or start <= 0 or len(bounds) != n_buckets:
+        return None
+    return float(bounds[start - 1])
+
+
+def _pct(share: float | None) -> str:
+    return "n/a" if share is None else f"{100.0 * share:.1f}%"

@@ -1,0 +1,484 @@
+"""Judge benchmark: false rollbacks, power and detection delay of every judge on simulated canaries.
+
+    python -m bench.judges                      # full grid (about 10 min on 2 cores)
+    python -m bench.judges --reps 100 --aa-reps 200 --workers 1   # a quick look
+
+Generator (per 60 s interval): requests per version ~ Poisson(R * w * 60); latency 0.97 LogNormal(median
+40 ms, sigma 0.5) + 0.03 LogNormal(median 300 ms, sigma 0.6), binned into Istio's buckets; errors
+Binomial(n, 0.5%). Scenarios: A/A, A/A with drift (both versions slow down by up to 50% and fail up to 3x
+more over the horizon), latency +10% / +25%, slow tail (slow mode 3% -> 6%), errors x2 / x4; A/A over
+240 min too. Cells: 5, 20, 50 req/s x canary weight 5, 10, 25, 50% and a progressive 5 -> 50% schedule
+(+5% every 3 min). Every judge sees the same draws. The sequential judge runs vectorised through the
+same functions `analysis.sequential` uses (a check at start-up compares it with `SequentialJudge` itself).
+
+Prints a table and writes bench/results/judges.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import special, stats
+
+from analysis.config import AnalysisConfig
+from analysis.histogram import rank_sum, reference_tail_index, tail_counts
+from analysis.kayenta import classify, direction_labels, metric_values, summary_score
+from analysis.observations import ISTIO_BUCKETS_MS, IntervalObservation, Verdict, VersionCounts
+from analysis.sequential import (
+    RATIO_GRID,
+    SequentialJudge,
+    log_mixture,
+    ratio_increment,
+    shift_log_evalue,
+    shift_weight,
+    srm_increment,
+)
+from analysis.threshold import interval_failures
+
+BOUNDS = ISTIO_BUCKETS_MS
+RATES = (5, 20, 50)
+WEIGHTS: tuple[str, ...] = ("5", "10", "25", "50", "prog")
+SCENARIOS = ("aa", "aa_drift", "lat10", "lat25", "tail", "err2", "err4")
+REGRESSIONS = ("lat10", "lat25", "tail", "err2", "err4")
+BASE_ERROR = 0.005
+NEVER = 10**9
+
+
+@dataclass(frozen=True)
+class Scenario:
+    latency_canary: float = 1.0
+    slow_canary: float = 0.03
+    error_canary: float = 1.0
+    drift: bool = False
+
+
+SCENARIO_SPECS = {
+    "aa": Scenario(),
+    "aa240": Scenario(),
+    "aa_drift": Scenario(drift=True),
+    "lat10": Scenario(latency_canary=1.10),
+    "lat25": Scenario(latency_canary=1.25),
+    "tail": Scenario(slow_canary=0.06),
+    "err2": Scenario(error_canary=2.0),
+    "err4": Scenario(error_canary=4.0),
+}
+
+
+def bucket_probs(latency_mult: float, slow_share: float) -> np.ndarray:
+    """P(bucket) of the latency mixture scaled by `latency_mult`."""
+    b = np.asarray(BOUNDS[:-1])
+    fast = special.ndtr((np.log(b) - math.log(40.0 * latency_mult)) / 0.5)
+    slow = special.ndtr((np.log(b) - math.log(300.0 * latency_mult)) / 0.6)
+    cdf = np.concatenate(((1 - slow_share) * fast + slow_share * slow, [1.0]))
+    return np.diff(np.concatenate(([0.0], cdf)))
+
+
+def weight_schedule(weight: str, minutes: int) -> np.ndarray:
+    t = np.arange(minutes)
+    if weight == "prog":
+        return np.minimum(5.0 * (t // 3 + 1), 50.0)
+    return np.full(minutes, float(weight))
+
+
+@dataclass
+class Sim:
+    n_c: np.ndarray  # (reps, T) canary requests
+    n_b: np.ndarray
+    e_c: np.ndarray
+    e_b: np.ndarray
+    b_c: np.ndarray  # (reps, T, K) canary bucket counts
+    b_b: np.ndarray
+    weight: np.ndarray  # (T,) percent
+
+
+def simulate(rng: np.random.Generator, reps: int, minutes: int, rate: float, weight: str, sc: Scenario) -> Sim:
+    w = weight_schedule(weight, minutes)
+    n_c = rng.poisson(rate * 60 * w / 100.0, size=(reps, minutes))
+    n_b = rng.poisson(rate * 60 * (1 - w / 100.0), size=(reps, minutes))
+    k = len(BOUNDS)
+    b_c = np.empty((reps, minutes, k), dtype=np.int64)
+    b_b = np.empty((reps, minutes, k), dtype=np.int64)
+    e_c = np.empty((reps, minutes), dtype=np.int64)
+    e_b = np.empty((reps, minutes), dtype=np.int64)
+    for t in range(minutes):
+        frac = t / max(minutes - 1, 1) if sc.drift else 0.0
+        mult, err = 1.0 + 0.5 * frac, BASE_ERROR * (1.0 + 2.0 * frac)
+        b_b[:, t] = rng.multinomial(n_b[:, t], bucket_probs(mult, 0.03))
+        b_c[:, t] = rng.multinomial(n_c[:, t], bucket_probs(mult * sc.latency_canary, sc.slow_canary))
+        e_b[:, t] = rng.binomial(n_b[:, t], err)
+        e_c[:, t] = rng.binomial(n_c[:, t], min(err * sc.error_canary, 1.0))
+    return Sim(n_c, n_b, e_c, e_b, b_c, b_b, w)
+
+
+def first_true(flags: np.ndarray) -> np.ndarray:
+    """1-based minute of the first True along the last axis, NEVER when none."""
+    any_ = flags.any(axis=-1)
+    return np.where(any_, np.argmax(flags, axis=-1) + 1, NEVER)
+
+
+# --- the judges, vectorised over replications -----------------------------------------------------------
+
+
+def sequential_log_evalues(
+    sim: Sim, cfg: AnalysisConfig, grid: tuple[float, ...] = RATIO_GRID
+) -> dict[str, np.ndarray]:
+    """Each check's ln e-process per (rep, minute), as SequentialJudge computes them."""
+    r0 = cfg.error_ratio_tolerance
+    err = log_mixture(np.cumsum(ratio_increment(sim.e_c, sim.e_b, sim.n_c, sim.n_b, r0, grid), axis=1))
+    start = reference_tail_index(sim.b_b[:, 0, :], cfg.tail_reference_quantile)[:, None]
+    tc, tb = tail_counts(sim.b_c, start), tail_counts(sim.b_b, start)
+    inc = ratio_increment(tc, tb, sim.n_c, sim.n_b, r0, grid)
+    inc[:, 0] = 0.0  # L* came from interval 1's baseline: the tail test starts with interval 2
+    tail = log_mixture(np.cumsum(inc, axis=1))
+    rs = rank_sum(sim.b_c, sim.b_b)
+    a = shift_weight(sim.n_c, sim.n_b)
+    s, v = np.cumsum(a * rs.z, axis=1), np.cumsum(a * a, axis=1)
+    lat = shift_log_evalue(s, v, cfg.latency_tolerance, cfg.latency_min_effect)
+    srm = log_mixture(np.cumsum(srm_increment(sim.n_c, sim.n_b, sim.weight[None, :]), axis=1))
+    return {"errorRate": err, "slowTail": tail, "latencyShift": lat, "sampleRatio": srm}
+
+
+def sequential_first(
+    sim: Sim, cfg: AnalysisConfig, grid: tuple[float, ...] = RATIO_GRID
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """First minute of fail/error: the regression e-values' sum or the SRM e-value reaching K/alpha.
+    Also each check's own first crossing of K/alpha (a Bonferroni judge), for diagnosis."""
+    logs = sequential_log_evalues(sim, cfg, grid)
+    threshold = math.log(len(cfg.checks) / cfg.alpha)
+    per_check = {k: first_true(v >= threshold) for k, v in logs.items() if k in cfg.checks}
+    family = special.logsumexp(np.stack([logs[k] for k in cfg.checks if k != "sampleRatio"]), axis=0)
+    per_check["regressionSum"] = first_true(family >= threshold)
+    first = np.minimum(per_check["regressionSum"], per_check.get("sampleRatio", NEVER))
+    return first, per_check
+
+
+def kayenta_fail_by_minute(sim: Sim, cfg: AnalysisConfig, looks: int) -> np.ndarray:
+    """(reps, looks) whether Kayenta's judgment on the first t intervals is a fail."""
+    kc = cfg.kayenta
+    series = {}
+    for m in kc.metrics:
+        series[m] = (
+            metric_values(m, sim.n_b, sim.e_b, sim.b_b, BOUNDS),
+            metric_values(m, sim.n_c, sim.e_c, sim.b_c, BOUNDS),
+        )
+    out = np.zeros((sim.n_c.shape[0], looks), dtype=bool)
+    for t in range(1, looks + 1):
+        labels = {}
+        for m, (base, can) in series.items():
+            lab, _, _ = classify(base[:, :t], can[:, :t], kc)
+            labels[f"svc/{m}"] = direction_labels(lab, m)
+        out[:, t - 1] = summary_score(labels, kc) < kc.marginal_score
+    return out
+
+
+def naive_first(sim: Sim, alpha: float) -> np.ndarray:
+    """Fixed-horizon Mann-Whitney (latency) + two-proportion z-test (errors) on the pooled data, redone
+    every minute, each one-sided at alpha/2."""
+    cb_c, cb_b = np.cumsum(sim.b_c, axis=1), np.cumsum(sim.b_b, axis=1)
+    p_mw = rank_sum(cb_c, cb_b).p_value_greater()
+    n_c, n_b = np.cumsum(sim.n_c, axis=1), np.cumsum(sim.n_b, axis=1)
+    e_c, e_b = np.cumsum(sim.e_c, axis=1), np.cumsum(sim.e_b, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pooled = (e_c + e_b) / (n_c + n_b)
+        z = (e_c / n_c - e_b / n_b) / np.sqrt(pooled * (1 - pooled) * (1 / n_c + 1 / n_b))
+    p_z = np.where(np.isfinite(z), special.ndtr(-np.nan_to_num(z)), 1.0)
+    return first_true((p_mw < alpha / 2) | (p_z < alpha / 2))
+
+
+def threshold_first(sim: Sim, cfg: AnalysisConfig, failed_checks: int) -> np.ndarray:
+    bad_rate, bad_p99 = interval_failures(sim.n_c, sim.e_c, sim.b_c, BOUNDS, cfg.threshold)
+    return first_true(np.cumsum(bad_rate | bad_p99, axis=1) >= failed_checks)
+
+
+def one_look(sim: Sim, cfg: AnalysisConfig, at: int) -> np.ndarray:
+    """The same three comparisons tested once at minute `at` (normal theory, Bonferroni alpha/3)."""
+    sl = slice(0, at)
+    n_c, n_b = sim.n_c[:, sl], sim.n_b[:, sl]
+    share = np.where(n_c + n_b > 0, n_c / np.maximum(n_c + n_b, 1), 0.0)
+
+    def score(k_c: np.ndarray, k_b: np.ndarray) -> np.ndarray:
+        k = k_c + k_b
+        num = np.sum(k_c - k * share, axis=1)
+        den = np.sqrt(np.sum(k * share * (1 - share), axis=1))
+        return np.where(den > 0, num / np.where(den > 0, den, 1), 0.0)
+
+    start = reference_tail_index(sim.b_b[:, 0, :], cfg.tail_reference_quantile)[:, None]
+    tc, tb = tail_counts(sim.b_c[:, 1:at], start), tail_counts(sim.b_b[:, 1:at], start)
+    k_c, k_b = tc, tb
+    n_c2, n_b2 = sim.n_c[:, 1:at], sim.n_b[:, 1:at]
+    share2 = np.where(n_c2 + n_b2 > 0, n_c2 / np.maximum(n_c2 + n_b2, 1), 0.0)
+    kk = k_c + k_b
+    den = np.sqrt(np.sum(kk * share2 * (1 - share2), axis=1))
+    z_tail = np.where(den > 0, np.sum(k_c - kk * share2, axis=1) / np.where(den > 0, den, 1), 0.0)
+    rs = rank_sum(sim.b_c[:, sl], sim.b_b[:, sl])
+    a = shift_weight(n_c, n_b)
+    v = np.sum(a * a, axis=1)
+    z_lat = np.where(v > 0, np.sum(a * rs.z, axis=1) / np.sqrt(np.where(v > 0, v, 1)), 0.0)
+    crit = stats.norm.isf(cfg.alpha / 3)
+    hit = (score(sim.e_c[:, sl], sim.e_b[:, sl]) > crit) | (z_tail > crit) | (z_lat > crit)
+    return np.where(hit, at, NEVER)
+
+
+# --- one cell x scenario ----------------------------------------------------------------------------------
+
+
+def summarise(first: np.ndarray, horizon: int, exposed: np.ndarray) -> dict[str, Any]:
+    hit = first <= horizon
+    idx = np.clip(first - 1, 0, exposed.shape[1] - 1)
+    exp = np.take_along_axis(exposed, idx[:, None], 1)[:, 0]
+    return {
+        "rolledBackPct": 100.0 * float(hit.mean()),
+        "medianMinute": float(np.median(first[hit])) if hit.any() else None,
+        "medianCanaryRequestsExposed": float(np.median(exp[hit])) if hit.any() else None,
+    }
+
+
+def run_cell(task: tuple[int, str, str, int, int, float]) -> dict[str, Any]:
+    rate, weight, scenario, reps, seed, alpha = task
+    cfg = AnalysisConfig.from_dict({"alpha": alpha})
+    horizon = 240 if scenario == "aa240" else 30
+    rng = np.random.default_rng(seed)
+    started = time.perf_counter()
+    sim = simulate(rng, reps, horizon, rate, weight, SCENARIO_SPECS[scenario])
+    exposed = np.cumsum(sim.n_c, axis=1)
+    seq, per_check = sequential_first(sim, cfg)
+    firsts: dict[str, np.ndarray] = {"sequential": seq}
+    firsts["seq-bonferroni"] = np.minimum.reduce([v for k, v in per_check.items() if k != "regressionSum"])
+    if horizon == 30:
+        kay = kayenta_fail_by_minute(sim, cfg, 30)
+        firsts["kayenta@30"] = np.where(kay[:, 29], 30, NEVER)
+        firsts["kayenta@5min"] = first_true(kay[:, 4::5]) * 5
+        firsts["kayenta@1min"] = first_true(kay)
+        firsts["kayenta@5min"] = np.where(firsts["kayenta@5min"] >= NEVER, NEVER, firsts["kayenta@5min"])
+    firsts["naive-repeated"] = naive_first(sim, alpha)
+    firsts["threshold5"] = threshold_first(sim, cfg, 5)
+    firsts["threshold10"] = threshold_first(sim, cfg, 10)
+    firsts["one-look@30"] = one_look(sim, cfg, 30)
+    judges = {name: summarise(f, horizon, exposed) for name, f in firsts.items()}
+    checks = {k: 100.0 * float((v <= horizon).mean()) for k, v in per_check.items()}
+    return {
+        "rate": rate,
+        "weight": weight,
+        "scenario": scenario,
+        "reps": reps,
+        "horizon": horizon,
+        "judges": judges,
+        "sequentialByCheckPct": checks,
+        "canaryPerMinute": float(sim.n_c.mean()),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def cross_check(alpha: float) -> int:
+    """Mismatches between the vectorised sequential judge and SequentialJudge on a few replications."""
+    cfg = AnalysisConfig.from_dict({"alpha": alpha})
+    rng = np.random.default_rng(7)
+    mismatches = 0
+    for scenario in ("aa", "lat25", "err4", "tail"):
+        sim = simulate(rng, 4, 30, 20, "prog", SCENARIO_SPECS[scenario])
+        vec, _ = sequential_first(sim, cfg)
+        for r in range(4):
+            judge = SequentialJudge(cfg)
+            state = judge.initial_state(services=["svc"])
+            first = NEVER
+            for t in range(30):
+                obs = IntervalObservation(
+                    60.0 * (t + 1),
+                    float(sim.weight[t]),
+                    VersionCounts(int(sim.n_b[r, t]), int(sim.e_b[r, t]), tuple(int(x) for x in sim.b_b[r, t])),
+                    VersionCounts(int(sim.n_c[r, t]), int(sim.e_c[r, t]), tuple(int(x) for x in sim.b_c[r, t])),
+                )
+                state, decision = judge.update(state, {"svc": obs})
+                if first == NEVER and decision.verdict in (Verdict.FAIL, Verdict.ERROR):
+                    first = t + 1
+            mismatches += int(first != vec[r])
+    return mismatches
+
+
+def tasks(
+    reps: int, aa_reps: int, alpha: float, scenarios: tuple[str, ...]
+) -> list[tuple[int, str, str, int, int, float]]:
+    out = []
+    seed = 1000
+    for rate in RATES:
+        for weight in WEIGHTS:
+            for sc in scenarios:
+                seed += 1
+                out.append((rate, weight, sc, aa_reps if sc.startswith("aa") else reps, seed, alpha))
+    return out
+
+
+def targets(cells: list[dict[str, Any]], alpha: float) -> dict[str, Any]:
+    """The issue's targets, checked on the measured cells."""
+    aa = [c for c in cells if c["scenario"].startswith("aa")]
+    worst_aa = max(c["judges"]["sequential"]["rolledBackPct"] for c in aa)
+    power = [c for c in cells if c["scenario"] in REGRESSIONS]
+    ratios, beats, misses = [], 0, []
+    for c in power:
+        seq = c["judges"]["sequential"]["rolledBackPct"]
+        kay = max(c["judges"][k]["rolledBackPct"] for k in ("kayenta@30", "kayenta@5min", "kayenta@1min"))
+        beats += int(seq >= kay)
+        if seq < kay:
+            misses.append(f"{c['scenario']} {c['rate']}rps w{c['weight']}: {seq:.1f}% < {kay:.1f}%")
+        ref = c["judges"]["one-look@30"]["rolledBackPct"]
+        if ref > 0:
+            ratios.append(seq / ref)
+    slow = []
+    for c in power:
+        first_weight = 5.0 if c["weight"] == "prog" else float(c["weight"])
+        if c["scenario"] in ("lat25", "tail", "err4") and c["rate"] * 60 * first_weight / 100 >= 120:
+            m = c["judges"]["sequential"]["medianMinute"]
+            if m is None or m > 8:
+                slow.append(f"{c['scenario']} {c['rate']}rps w{c['weight']}: median {m}")
+    return {
+        "aaWorstSequentialPct": worst_aa,
+        "aaTargetMet": worst_aa <= 100 * alpha,
+        "powerAtLeastKayentaCells": f"{beats}/{len(power)}",
+        "powerBelowKayenta": misses,
+        "meanPowerRatioToOneLook": float(np.mean(ratios)) if ratios else None,
+        "detectionOver8MinCells": slow,
+    }
+
+
+def print_table(cells: list[dict[str, Any]]) -> None:
+    judges = [
+        "sequential",
+        "seq-bonferroni",
+        "kayenta@30",
+        "kayenta@5min",
+        "kayenta@1min",
+        "naive-repeated",
+        "threshold5",
+        "threshold10",
+        "one-look@30",
+    ]
+    head = f"{'scenario':9} {'rps':>3} {'w':>4} " + " ".join(f"{j[:12]:>12}" for j in judges)
+    print(head)
+    for c in cells:
+        vals = []
+        for j in judges:
+            s = c["judges"].get(j)
+            if s is None:
+                vals.append(f"{'-':>12}")
+            else:
+                m = s["medianMinute"]
+                vals.append(f"{s['rolledBackPct']:5.1f}%/{'-' if m is None else int(m):>3}".rjust(12))
+        print(f"{c['scenario']:9} {c['rate']:>3} {c['weight']:>4} " + " ".join(vals))
+
+
+def print_exposure(cells: list[dict[str, Any]]) -> None:
+    judges = ["sequential", "kayenta@1min", "naive-repeated", "threshold5", "one-look@30"]
+    print("median canary requests exposed before rollback (regressions; '-' = never rolled back)")
+    print(f"{'scenario':9} {'rps':>3} {'w':>4} " + " ".join(f"{j[:12]:>12}" for j in judges))
+    for c in cells:
+        if c["scenario"] not in REGRESSIONS:
+            continue
+        vals = []
+        for j in judges:
+            e = c["judges"][j]["medianCanaryRequestsExposed"]
+            vals.append(f"{'-' if e is None else int(e):>12}")
+        print(f"{c['scenario']:9} {c['rate']:>3} {c['weight']:>4} " + " ".join(vals))
+
+
+SWEEP_CELLS = (
+    (5, "5", "lat10"),
+    (5, "10", "lat10"),
+    (20, "5", "lat10"),
+    (5, "5", "lat25"),
+    (5, "5", "tail"),
+    (5, "50", "tail"),
+    (20, "10", "tail"),
+    (20, "5", "tail"),
+    (20, "10", "err2"),
+    (50, "5", "err2"),
+    (5, "prog", "err4"),
+)
+SWEEP_GRIDS = {"issue": (1.25, 1.5, 2.0, 3.0, 4.0, 6.0), "chosen": RATIO_GRID, "narrow": (1.5, 2.0, 2.5, 3.0)}
+
+
+def sweep(reps: int, aa_reps: int) -> list[dict[str, Any]]:
+    """Power/median detection of the sequential judge for ratio grids and latencyMinEffect values."""
+    rows = []
+    variants = [(g, 0.1) for g in SWEEP_GRIDS] + [("chosen", d) for d in (0.05, 0.15)]
+    for grid_name, dmin in variants:
+        cfg = AnalysisConfig.from_dict({"latencyMinEffect": dmin})
+        grid = SWEEP_GRIDS[grid_name]
+        row: dict[str, Any] = {"grid": grid_name, "ratioGrid": list(grid), "latencyMinEffect": dmin}
+        for rate, weight, sc in SWEEP_CELLS:
+            sim = simulate(np.random.default_rng(11), reps, 30, rate, weight, SCENARIO_SPECS[sc])
+            first, _ = sequential_first(sim, cfg, grid)
+            hit = first <= 30
+            row[f"{sc} {rate}rps w{weight}"] = (
+                round(100 * float(hit.mean()), 1),
+                float(np.median(first[hit])) if hit.any() else None,
+            )
+        for weight in ("10", "prog"):
+            sim = simulate(np.random.default_rng(12), aa_reps, 30, 20, weight, SCENARIO_SPECS["aa"])
+            first, _ = sequential_first(sim, cfg, grid)
+            row[f"aa 20rps w{weight}"] = (round(100 * float((first <= 30).mean()), 2), None)
+        print(json.dumps(row))
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=500)
+    parser.add_argument("--aa-reps", type=int, default=2000)
+    parser.add_argument("--alpha", type=float, default=0.05)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--no-240", action="store_true", help="skip the 240-minute A/A runs")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "judges.json"))
+    parser.add_argument("--sweep", action="store_true", help="only compare ratio grids / latencyMinEffect")
+    opts = parser.parse_args(argv)
+    started = time.perf_counter()
+    if opts.sweep:
+        rows = sweep(opts.reps, opts.aa_reps)
+        out = Path(opts.out).with_name("judges_sweep.json")
+        out.write_text(json.dumps({"command": "python -m bench.judges --sweep", "rows": rows}, indent=1))
+        return 0
+    mismatches = cross_check(opts.alpha)
+    print(f"cross-check vectorised vs SequentialJudge: {mismatches} mismatches in 16 replications")
+    scenarios = SCENARIOS if opts.no_240 else (*SCENARIOS, "aa240")
+    work = tasks(opts.reps, opts.aa_reps, opts.alpha, scenarios)
+    work.sort(key=lambda t: -(t[3] * (240 if t[2] == "aa240" else 30)))  # big first, for load balance
+    if opts.workers > 1:
+        with multiprocessing.Pool(opts.workers) as pool:
+            cells = pool.map(run_cell, work, chunksize=1)
+    else:
+        cells = [run_cell(t) for t in work]
+    order = {s: i for i, s in enumerate(scenarios)}
+    cells.sort(key=lambda c: (order[c["scenario"]], c["rate"], WEIGHTS.index(c["weight"])))
+    print("% rolled back by the horizon / median minute of detection")
+    print_table(cells)
+    print_exposure(cells)
+    summary = targets(cells, opts.alpha)
+    elapsed = time.perf_counter() - started
+    print(json.dumps(summary, indent=2))
+    print(f"elapsed {elapsed:.0f} s with {opts.workers} workers")
+    result = {
+        "command": "python -m bench.judges " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "alpha": opts.alpha,
+        "reps": opts.reps,
+        "aaReps": opts.aa_reps,
+        "elapsedSeconds": elapsed,
+        "crossCheckMismatches": mismatches,
+        "targets": summary,
+        "cells": cells,
+    }
+    Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(opts.out).write_text(json.dumps(result, indent=1, allow_nan=False))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,246 @@
+"""The `canary` command line.
+
+    canary demo [--scenario healthy|slow|errors|tail] [--rps N] [--interval S] [--summary FILE]
+    canary run -f release.yaml --local [--rps N] [--fault SERVICE:KNOB=VALUE ...] [--workdir DIR]
+    canary stack up [--versions v1,v2] [--weight W] [--rps N]
+    canary analyze --replay FILE... [--judge sequential|kayenta|threshold] [--alpha A]
+    canary status|pause|resume|abort|approve --workdir DIR        (local releases)
+
+Exit codes: 0 when the command did its job (a demo or run reached a final phase, whatever it was),
+1 when it could not (an internal failure or a timeout), 2 for bad input (a message says which).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from controller.spec import InvalidSpec
+
+log = logging.getLogger("canary")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.WARNING),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="canary", description="Canary releases and A/B experiments for a "
+                                "whole multi-service stack, judged by anytime-valid statistics.")
+    p.add_argument("--log-level", default="warning", help="debug, info, warning (default), error")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="a real canary release of the search stack on this machine")
+    demo.add_argument("--scenario", default="healthy", choices=["healthy", "slow", "errors", "tail"],
+                      help="what is wrong with v2 (default: healthy, which promotes)")
+    demo.add_argument("--rps", type=float, default=50.0, help="searches per second of load (default 50)")
+    demo.add_argument("--interval", type=float, default=10.0, help="analysis interval in seconds (default 10)")
+    demo.add_argument("--summary", type=Path, help="write the outcome as JSON to this file")
+    demo.add_argument("--workdir", type=Path, help="where state and logs go (default: a new temp dir)")
+    demo.add_argument("--metrics", default="auto", choices=["auto", "prometheus", "direct"],
+                      help="auto: a real Prometheus when the binary is installed, else scrape the router")
+    demo.add_argument("--max-seconds", type=float, default=600.0, help="give up after this long")
+
+    run = sub.add_parser("run", help="run a release spec")
+    run.add_argument("-f", "--file", type=Path, required=True, help="release YAML/JSON")
+    run.add_argument("--local", action="store_true", help="against the local platform (the only one yet "
+                     "for `run`; the Kubernetes controller is `canary controller`)")
+    run.add_argument("--rps", type=float, default=20.0, help="load to drive through the stack (0: none)")
+    run.add_argument("--fault", action="append", default=[], metavar="SERVICE:KNOB=VALUE",
+                     help="fault injection for the new version, e.g. ml-search:latency_ms=25")
+    run.add_argument("--workdir", type=Path, help="state and logs; an existing one is resumed")
+    run.add_argument("--summary", type=Path)
+    run.add_argument("--metrics", default="auto", choices=["auto", "prometheus", "direct"])
+    run.add_argument("--max-seconds", type=float, default=1800.0)
+
+    stack = sub.add_parser("stack", help="the local search stack")
+    stack_sub = stack.add_subparsers(dest="stack_command", required=True)
+    up = stack_sub.add_parser("up", help="start versions of the stack behind the mesh router until Ctrl-C")
+    up.add_argument("--versions", default="v1", help="comma-separated, first is stable (default v1)")
+    up.add_argument("--weight", type=int, default=50, help="canary-lane share for the second version")
+    up.add_argument("--rps", type=float, default=0.0, help="also send this much load (default none)")
+    up.add_argument("--workdir", type=Path)
+
+    analyze = sub.add_parser("analyze", help="judge recorded intervals (replay files)", add_help=False)
+    analyze.add_argument("rest", nargs=argparse.REMAINDER)
+
+    for name, text in (("status", "show a local release"), ("pause", "pause a local release"),
+                       ("resume", "resume a paused local release"), ("abort", "abort: roll back now"),
+                       ("approve", "approve promotion at a manual gate")):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("--workdir", type=Path, required=True, help="the release's work directory")
+        if name == "status":
+            c.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        match args.command:
+            case "demo":
+                return _demo(args)
+            case "run":
+                return _run(args)
+            case "stack":
+                return _stack_up(args)
+            case "analyze":
+                from analysis.replay import main as replay_main
+                return replay_main(list(args.rest))
+            case "status":
+                return _status(args)
+            case "pause" | "resume" | "abort" | "approve":
+                return _operate(args)
+    except InvalidSpec as exc:
+        for problem in exc.problems:
+            print(f"invalid release: {problem}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"canary {args.command}: {exc}", file=sys.stderr)
+        return 2
+    return 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from controller.local.demo import run_demo
+
+    result = run_demo(args.scenario, rps=args.rps, interval=args.interval, summary_path=args.summary,
+                      workdir=args.workdir, metrics=args.metrics, max_seconds=args.max_seconds)
+    return 0 if result["phase"] in ("Succeeded", "RolledBack", "Failed", "Aborted") else 1
+
+
+def _load_release(path: Path) -> dict[str, Any]:
+    text = path.read_text()
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: not a release object")
+    return data
+
+
+def _parse_faults(items: list[str], version: str) -> dict[str, dict[str, dict[str, float]]]:
+    faults: dict[str, dict[str, float]] = {}
+    for item in items:
+        service, _, knob = item.partition(":")
+        name, _, value = knob.partition("=")
+        if not (service and name and value):
+            raise ValueError(f"--fault {item!r}: expected SERVICE:KNOB=VALUE, e.g. ml-search:latency_ms=25")
+        try:
+            faults.setdefault(service, {})[name] = float(value)
+        except ValueError:
+            raise ValueError(f"--fault {item!r}: {value!r} is not a number") from None
+    return {version: faults} if faults else {}
+
+
+def _run(args: argparse.Namespace) -> int:
+    if not args.local:
+        raise ValueError("only --local is supported by `canary run`; in a cluster, apply the StackRelease "
+                         "resource and let `canary controller` run it")
+    from controller.local.demo import run_local
+    from controller.spec import parse_release
+
+    release = _load_release(args.file)
+    spec = parse_release(release)
+    result = run_local(release, _parse_faults(args.fault, spec.canary.version), rps=args.rps,
+                       summary_path=args.summary, workdir=args.workdir, metrics=args.metrics,
+                       max_seconds=args.max_seconds, label=str(args.file))
+    return 0 if result["phase"] in ("Succeeded", "RolledBack", "Failed", "Aborted") else 1
+
+
+def _stack_up(args: argparse.Namespace) -> int:
+    import signal
+    import tempfile
+
+    from controller.local.loadgen import LoadRunner
+    from controller.local.platform import LocalRouter
+    from controller.local.stack import LocalStack
+
+    versions = [v.strip() for v in args.versions.split(",") if v.strip()]
+    if not versions or len(versions) > 2:
+        raise ValueError("--versions takes one or two versions, e.g. v1,v2")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="canary-stack-"))
+    stopping = {"now": False}
+
+    def stop(signum: int, frame: object) -> None:
+        stopping["now"] = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    with LocalStack(Path(workdir)) as stack:
+        for v in versions:
+            stack.start_version(v)
+        canary = versions[1] if len(versions) > 1 else None
+        assert stack.admin is not None
+        LocalRouter(stack.admin).apply(stack.baseline_plan(versions[0], canary, args.weight))
+        print(f"mesh router:  {stack.router_url}   (send Host: master-search)")
+        print(f"router admin: {stack.admin_url}/config  /endpoints  /metrics")
+        for (service, version), w in sorted(stack.workloads.items()):
+            print(f"  {service}@{version}: http://{w.address}  (docs: http://{w.address}/docs)")
+        print(f"try: curl -s -H 'Host: master-search' -H 'content-type: application/json' "
+              f"-d '{{\"text\": \"graph neural networks\", \"n_results\": 5, \"random_seed\": 42}}' "
+              f"-D - {stack.router_url}/master-service/search")
+        print(f"logs: {workdir}/logs    Ctrl-C stops everything", flush=True)
+        load = None
+        if args.rps > 0:
+            load = LoadRunner(url=f"{stack.router_url}/master-service/search", rate=args.rps,
+                              duration=24 * 3600, max_requests=int(args.rps * 24 * 3600), host="master-search")
+            load.start()
+        while not stopping["now"]:
+            time.sleep(0.2)
+        if load is not None:
+            print(json.dumps(load.stop().as_dict()))
+    print("stopped every process of the stack")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from controller import view
+    from controller.local.state import StateDir
+    from controller.machine import summary
+    from controller.spec import parse_release
+
+    state = StateDir(args.workdir / "state")
+    if not state.exists():
+        raise FileNotFoundError(f"no release in {args.workdir}")
+    status = state.load_status()
+    if args.json:
+        print(json.dumps(status.for_storage(), indent=1))
+        return 0
+    spec = parse_release(state.load_release())
+    print(view.headline(spec, status, time.time()))
+    print(json.dumps(summary(status), indent=1))
+    for record in status.history[-5:]:
+        for line in view.decision_lines(record, spec.stable.version, spec.canary.version):
+            print(line)
+    return 0
+
+
+def _operate(args: argparse.Namespace) -> int:
+    from controller.local.state import StateDir
+
+    state = StateDir(args.workdir / "state")
+    if not state.exists():
+        raise FileNotFoundError(f"no release in {args.workdir}")
+    status = state.load_status()
+    if status.phase.final:
+        print(f"canary {args.command}: the release already ended ({status.phase.value}); nothing to do",
+              file=sys.stderr)
+        return 2
+    fields = {"pause": {"paused": True}, "resume": {"paused": False}, "abort": {"abort": True},
+              "approve": {"approvePromotion": True}}[args.command]
+    state.update_spec(**fields)
+    print(f"{args.command}: recorded; the controller acts on its next tick")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""The Router port on Istio: DestinationRules and VirtualServices written to the API server.
+
+The objects are exactly `controller.routing.render.render(plan)` when the controller creates them. When an
+object of the same name already exists and is not the controller's (say, the base VirtualService from
+`istio/` that binds the entry to a Gateway), the controller *adopts* it and merges in only what it owns:
+
+- DestinationRule: the subsets named `stable` and `canary` (other subsets and the traffic policy stay).
+  A DestinationRule of that name for another host is refused with a PermanentError.
+- VirtualService: the HTTP routes named `release-split`, `canary-lane` and `stable-lane`, and the
+  service's own host. User routes with a `match` stay in front of the controller's routes (they are
+  more specific); user catch-all routes stay after them, where they take over again once the controller's
+  routes are gone. Other hosts, gateways, tcp/tls routes and every other field stay untouched.
+- metadata: the renderer's labels and annotations are added, plus `stack-canary.dev/adopted: "true"` on
+  an adopted object; the user's labels and annotations stay.
+
+Writes are compare-then-patch: the merged object is computed from what is live, and nothing is written
+when it equals what is live. Patches carry the resourceVersion read (a concurrent edit gets 409 and the
+next tick merges again). After writing, the plan is read back and must be the one applied.
+
+Reading back (`in_effect`) looks only at the parts the controller owns: of each managed object the owned
+subsets and routes, the service's own host, no gateways (gateway bindings belong to the Istio manifests),
+then `render.read_plan`. A steady-state tick costs two LIST requests (VirtualServices, DestinationRules).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from controller.kubernetes.client import DESTINATION_RULES, VIRTUAL_SERVICES, KubeApi, Obj, Resource
+from controller.ports import PermanentError, TemporaryError
+from controller.routing.plan import RoutingPlan
+from controller.routing.render import (
+    CANARY_LANE_ROUTE,
+    ENTRY_ROUTE,
+    MANAGED_BY,
+    STABLE_LANE_ROUTE,
+    UnreadablePlan,
+    read_plan,
+    render,
+)
+
+log = logging.getLogger(__name__)
+
+OWNED_ROUTES = frozenset({ENTRY_ROUTE, CANARY_LANE_ROUTE, STABLE_LANE_ROUTE})
+OWNED_SUBSETS = frozenset({"stable", "canary"})
+ANNOTATION_ADOPTED = "stack-canary.dev/adopted"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+
+
+def _resource(obj: Obj) -> Resource:
+    return VIRTUAL_SERVICES if obj["kind"] == "VirtualService" else DESTINATION_RULES
+
+
+def _is_ours(obj: Obj) -> bool:
+    return bool((obj.get("metadata", {}).get("labels") or {}).get(LABEL_MANAGED_BY) == MANAGED_BY)
+
+
+# --------------------------------------------------------------------------------------------------
+# Merging the controller's parts into a live object
+# --------------------------------------------------------------------------------------------------
+def merge_owned(desired: Obj, live: Obj | None) -> Obj:
+    """The object to have in the API server: `desired` when nothing is live, else live + our parts."""
+    if live is None:
+        return copy.deepcopy(desired)
+    merged = copy.deepcopy(live)
+    meta, want = merged.setdefault("metadata", {}), desired["metadata"]
+    adopted = not _is_ours(live) or (meta.get("annotations") or {}).get(ANNOTATION_ADOPTED) == "true"
+    meta["labels"] = {**(meta.get("labels") or {}), **want["labels"]}
+    meta["annotations"] = {**(meta.get("annotations") or {}), **want["annotations"]}
+    if adopted:
+        meta["annotations"][ANNOTATION_ADOPTED] = "true"
+    spec = merged.setdefault("spec", {})
+    if desired["kind"] == "DestinationRule":
+        _merge_subsets(spec, desired["spec"], meta.get("name", ""))
+    else:
+        _merge_routes(spec, desired["spec"])
+    return merged
+
+
+def _merge_subsets(spec: Obj, want: Obj, name: str) -> None:
+    if spec.get("host", want["host"]) != want["host"]:
+        raise PermanentError(f"DestinationRule {name} is for host {spec.get('host')!r}, not {want['host']!r}: "
+                             "refusing to take it over (rename it, or point it at the service)")
+    spec["host"] = want["host"]
+    theirs = [s for s in spec.get("subsets", []) if s.get("name") not in OWNED_SUBSETS]
+    spec["subsets"] = [*want["subsets"], *theirs]
+
+
+def _merge_routes(spec: Obj, want: Obj) -> None:
+    hosts = list(spec.get("hosts", []))
+    spec["hosts"] = [*want["hosts"], *(h for h in hosts if h not in want["hosts"])]
+    if want.get("gateways"):
+        spec["gateways"] = [*spec.get("gateways", []), *(g for g in want["gateways"]
+                                                         if g not in spec.get("gateways", []))]
+    theirs = [r for r in spec.get("http", []) if r.get("name") not in OWNED_ROUTES]
+    specific = [r for r in theirs if r.get("match")]
+    catch_all = [r for r in theirs if not r.get("match")]
+    spec["http"] = [*specific, *want["http"], *catch_all]
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading back only what the controller owns
+# --------------------------------------------------------------------------------------------------
+def owned_projection(obj: Obj) -> Obj:
+    """The object as the renderer would have written it: only our subsets/routes, our host, no gateways."""
+    meta = obj.get("metadata", {})
+    projected: Obj = {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"),
+                      "metadata": {k: meta.get(k) for k in ("name", "namespace", "labels", "annotations")}}
+    spec = obj.get("spec", {})
+    if obj.get("kind") == "DestinationRule":
+        projected["spec"] = {"host": spec.get("host"),
+                             "subsets": [s for s in spec.get("subsets", []) if s.get("name") in OWNED_SUBSETS]}
+    else:
+        projected["spec"] = {"hosts": [meta.get("name")],
+                             "http": [r for r in spec.get("http", []) if r.get("name") in OWNED_ROUTES]}
+    return projected
+
+
+@dataclass
+class IstioRouter:
+    """The Router port for one release's stack in one namespace."""
+
+    api: KubeApi
+    namespace: str
+    services: tuple[str, ...]
+    verify: bool = True
+
+    def _live(self, selector: str | None) -> dict[tuple[str, str], Obj]:
+        live: dict[tuple[str, str], Obj] = {}
+        for res in (DESTINATION_RULES, VIRTUAL_SERVICES):
+            for obj in self.api.list(res, self.namespace, selector).get("items", []):
+                obj.setdefault("kind", "DestinationRule" if res is DESTINATION_RULES else "VirtualService")
+                live[(obj["kind"], obj["metadata"]["name"])] = obj
+        return live
+
+    def in_effect(self) -> RoutingPlan | None:
+        ours = [owned_projection(o) for (_, name), o in self._live(_SELECTOR).items()
+                if not self.services or name in self.services]
+        try:
+            return read_plan(ours)
+        except (UnreadablePlan, KeyError, TypeError, ValueError) as exc:
+            raise TemporaryError(f"routes in effect in {self.namespace} are unreadable: {exc}") from exc
+
+    def apply(self, plan: RoutingPlan) -> None:
+        live = self._live(None)
+        written = 0
+        for desired in render(plan):
+            current = live.get((desired["kind"], desired["metadata"]["name"]))
+            target = merge_owned(desired, current)
+            if current is not None and _same(current, target):
+                continue
+            self._write(target, current)
+            written += 1
+        if written and self.verify:
+            self._verify(plan)
+
+    def _write(self, target: Obj, current: Obj | None) -> None:
+        res, name = _resource(target), target["metadata"]["name"]
+        if current is None:
+            self.api.create(res, self.namespace, target)
+            return
+        patch: dict[str, Any] = {
+            "metadata": {"labels": target["metadata"]["labels"], "annotations": target["metadata"]["annotations"],
+                         "resourceVersion": current["metadata"]["resourceVersion"]},
+            "spec": target["spec"],
+        }
+        self.api.patch(res, self.namespace, name, patch)
+
+    def _verify(self, plan: RoutingPlan) -> None:
+        back = self.in_effect()
+        if not plan.equivalent(back):
+            raise TemporaryError(f"routes read back in {self.namespace} differ from those written: {back}")
+
+
+def _same(live: Obj, target: Obj) -> bool:
+    meta_l, meta_t = live.get("metadata", {}), target.get("metadata", {})
+    return bool(live.get("spec") == target.get("spec")
+                and (meta_l.get("labels") or {}) == meta_t.get("labels")
+                and (meta_l.get("annotations") or {}) == meta_t.get("annotations"))

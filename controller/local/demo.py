@@ -1,0 +1,252 @@
+"""`canary demo`: a real canary release of the whole search stack on this machine.
+
+The stable version (v1) of the five services serves load through the local mesh router; the controller
+releases v2 beside it with the chosen scenario's fault injection, shifts traffic through VirtualService
+weights, judges the two versions from the router's Istio metrics (through a real Prometheus when one is
+installed) and promotes or rolls back by itself. Everything started here is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from controller import view
+from controller.local.loadgen import LoadRunner
+from controller.local.metrics_source import open_metrics_source
+from controller.local.platform import LocalRouter, LocalWorkloads, LogNotifier, SystemClock
+from controller.local.stack import SEARCH_SERVICES, Faults, LocalStack
+from controller.local.state import StateDir, write_json_atomic
+from controller.machine import summary
+from controller.reconciler import Ports, Reconciler
+from controller.spec import parse_release
+from controller.status import Phase, ReleaseStatus
+
+log = logging.getLogger(__name__)
+
+# What is wrong with v2 in each scenario: per service, the searchstack fault knobs of its process.
+SCENARIOS: dict[str, dict[str, dict[str, float]]] = {
+    "healthy": {},
+    "slow": {"ml-search": {"latency_ms": 25.0}},
+    "errors": {"ml-infer": {"error_rate": 0.2}},
+    "tail": {"keyword": {"slow_prob": 0.15, "slow_ms": 400.0}},
+}
+OUTCOMES = {Phase.SUCCEEDED: "promoted", Phase.ROLLED_BACK: "rolled_back", Phase.FAILED: "failed",
+            Phase.ABORTED: "aborted"}
+
+
+def demo_release(interval: float, changed: tuple[str, ...] = SEARCH_SERVICES) -> dict[str, Any]:
+    return {
+        "apiVersion": "stackcanary.dev/v1alpha1",
+        "kind": "StackRelease",
+        "metadata": {"name": "search-v2", "namespace": "local", "generation": 1},
+        "spec": {
+            "stack": {"entry": "master-search", "services": list(SEARCH_SERVICES)},
+            "stable": {"version": "v1"},
+            "canary": {"version": "v2", "services": list(changed)},
+            "strategy": {"canary": {"steps": [{"weight": 10}, {"weight": 25}, {"weight": 50}],
+                                    "interval": f"{interval:g}s", "minCanaryRequests": 40,
+                                    "stepDeadline": f"{interval * 6:g}s",
+                                    # > Prometheus' scrape interval (1s) + the evaluation lag (2s)
+                                    "settle": f"{min(4.0, interval / 2):g}s"}},
+            "analysis": {"judge": "sequential", "alpha": 0.05, "minCanaryRequests": 40},
+            "policies": {"onInconclusive": "continue", "rollbackAfterErrors": 3},
+            "progressDeadline": "60s",
+        },
+    }
+
+
+@dataclass
+class LaneAudit:
+    """Client-side check of every response: versions seen along its path (from `x-served-by`)."""
+
+    canary: str
+    changed: tuple[str, ...]
+    responses: int = 0
+    canary_responses: int = 0
+    mixed: int = 0
+    first_canary_at: float | None = None
+    examples: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, status: int, latency_ms: float, headers: Mapping[str, str]) -> None:
+        served = headers.get("x-served-by", "")
+        versions = {part.partition("@")[2] for part in served.split(",")
+                    if part.partition("@")[0] in self.changed}
+        with self.lock:
+            self.responses += 1
+            if len(versions) > 1:
+                self.mixed += 1
+                if len(self.examples) < 5:
+                    self.examples.append(served)
+            if self.canary in versions:
+                self.canary_responses += 1
+                if self.first_canary_at is None:
+                    self.first_canary_at = time.time()
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """SIGTERM/SIGINT end the demo cleanly: the loop sees the event, then everything is torn down."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def run_demo(scenario: str = "healthy", rps: float = 50.0, interval: float = 10.0,
+             summary_path: Path | None = None, workdir: Path | None = None, metrics: str = "auto",
+             max_seconds: float = 600.0, out: TextIO = sys.stdout,
+             on_tick: Callable[[ReleaseStatus], None] | None = None) -> dict[str, Any]:
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
+    return run_local(demo_release(interval), {"v2": SCENARIOS[scenario]}, rps=rps, summary_path=summary_path,
+                     workdir=workdir, metrics=metrics, max_seconds=max_seconds, out=out, on_tick=on_tick,
+                     label=scenario)
+
+
+def run_local(release: dict[str, Any], faults: Faults, rps: float = 20.0, summary_path: Path | None = None,
+              workdir: Path | None = None, metrics: str = "auto", max_seconds: float = 600.0,
+              out: TextIO = sys.stdout, on_tick: Callable[[ReleaseStatus], None] | None = None,
+              label: str = "") -> dict[str, Any]:
+    """Run one release against the local platform until it ends (or `max_seconds`), then tear down.
+
+    A state directory that already holds this release's status is resumed from where it stopped.
+    """
+    spec = parse_release(release)  # InvalidSpec here is the caller's to report: nothing has started yet
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="canary-local-"))
+    audit = LaneAudit(canary=spec.canary.version, changed=spec.changed)
+    say = _printer(out)
+    state = StateDir(workdir / "state")
+    if state.exists() and state.load_release().get("metadata", {}).get("name") != spec.name:
+        raise ValueError(f"{state.root} holds another release; use a fresh --workdir")
+    with ExitStack() as stack_ctx, _stop_on_signals() as stop:
+        stack = stack_ctx.enter_context(LocalStack(workdir / "stack", faults=faults,
+                                                   lane_header=spec.lane_header))
+        say(f"search stack {spec.stable.version} starting (router {stack.router_url}, "
+            f"admin {stack.admin_url}) ...")
+        stack.start_version(spec.stable.version, spec.stack.services)
+        assert stack.admin is not None
+        router = LocalRouter(stack.admin)
+        router.apply(stack.baseline_plan(spec.stable.version))
+        source = stack_ctx.enter_context(open_metrics_source(metrics, stack.admin_url, workdir / "prometheus"))
+        say(f"metrics: {source.description}")
+        load = None
+        if rps > 0:
+            load = LoadRunner(url=f"{stack.router_url}/master-service/search", rate=rps,
+                              duration=max_seconds, max_requests=int(rps * max_seconds) + 1,
+                              host=spec.stack.entry, on_response=audit)
+            load.start()
+            stack_ctx.callback(load.stop)
+        say(f"load: {rps:g} searches/s through the router; releasing {spec.canary.version}"
+            f"{f' ({label})' if label else ''} with steps {list(spec.strategy.steps)}% "
+            f"every {spec.strategy.interval:g}s")
+        if not state.exists():
+            state.save_release(release)
+        notifier = LogNotifier()
+        clock = SystemClock()
+        reconciler = Reconciler(Ports(LocalWorkloads(stack), router, source.metrics, clock, notifier))
+        status = _drive(reconciler, state, spec, clock, stop, max_seconds, say, on_tick)
+        report = load.stop() if load is not None else None
+        result = _summary(label, status, audit, source.name, workdir, report)
+    say(_summary_text(result))
+    if summary_path is not None:
+        write_json_atomic(Path(summary_path), result)
+    return result
+
+
+def _drive(reconciler: Reconciler, state: StateDir, spec: Any, clock: SystemClock, stop: threading.Event,
+           max_seconds: float, say: Callable[[str], None],
+           on_tick: Callable[[ReleaseStatus], None] | None) -> ReleaseStatus:
+    deadline = clock.now() + max_seconds
+    seen = 0
+    status = state.load_status()
+    while not stop.is_set() and clock.now() < deadline:
+        result = reconciler.tick(state.load_release(), state.load_status(), state.save_status)
+        status = result.status
+        if result.persisted:
+            say(view.headline(spec, status, clock.now()))
+            for record in status.history[seen:]:
+                for line in view.decision_lines(record, spec.stable.version, spec.canary.version):
+                    say(line)
+            seen = len(status.history)
+        for failure in result.failed_actions:
+            say(f"  ! {failure}")
+        if on_tick is not None:
+            on_tick(status)
+        if result.requeue_after is None:
+            break
+        stop.wait(result.requeue_after)
+    return status
+
+
+def _summary(scenario: str, status: ReleaseStatus, audit: LaneAudit, metrics_source: str, workdir: Path,
+             report: Any) -> dict[str, Any]:
+    s = summary(status)
+    rollback_seconds = None
+    if status.phase is Phase.ROLLED_BACK and status.first_canary_traffic_at and status.finished_at:
+        rollback_seconds = status.finished_at - status.first_canary_traffic_at
+    return {
+        "scenario": scenario,
+        "outcome": OUTCOMES.get(status.phase, status.phase.value.lower()),
+        "phase": status.phase.value,
+        "decision_seconds": s["decision_seconds"],
+        "rollback_seconds": rollback_seconds,
+        "canary_requests": audit.canary_responses,
+        "canary_requests_analysed": status.total_canary_requests,
+        "responses": audit.responses,
+        "mixed_version_responses": audit.mixed,
+        "mixed_examples": audit.examples,
+        "last_verdict": status.last_verdict,
+        "message": status.message,
+        "metrics_source": metrics_source,
+        "load": report.as_dict() if hasattr(report, "as_dict") else None,
+        "state_dir": str(workdir / "state"),
+        "logs": str(workdir / "stack" / "logs"),
+    }
+
+
+def _summary_text(r: dict[str, Any]) -> str:
+    def secs(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1f}s"
+
+    return "\n".join([
+        "",
+        f"outcome: {r['outcome']}  ({r['message']})",
+        f"  seconds from first canary traffic to decision: {secs(r['decision_seconds'])}"
+        + (f", to full rollback: {secs(r['rollback_seconds'])}" if r["rollback_seconds"] is not None else ""),
+        f"  canary requests served: {r['canary_requests']} of {r['responses']} "
+        f"(requests mixing versions along their path: {r['mixed_version_responses']})",
+        f"  metrics source: {r['metrics_source']}",
+        f"  state: {r['state_dir']}   logs: {r['logs']}",
+    ])
+
+
+def _printer(out: TextIO) -> Callable[[str], None]:
+    def say(line: str) -> None:
+        out.write(line + "\n")
+        out.flush()
+
+    return say
+
+
+def main_summary_json(result: dict[str, Any]) -> str:
+    return json.dumps(result, indent=1, sort_keys=True)

@@ -1,0 +1,407 @@
+"""The release state machine: `step(spec, status, observation, now) -> (status, actions)`.
+
+Pure: it reads no clock and calls no network. It is level-triggered: every tick it derives what the
+mesh and the workloads should look like from the persisted status, compares with what was observed, and
+asks for the difference. So a tick whose actions were lost (a crash after the status was persisted, an
+API error) is repaired by the next one, and actions are always safe to repeat.
+
+Phases: Pending -> Initializing -> Progressing (<-> Paused) -> Promoting -> Succeeded, or
+-> RollingBack -> RolledBack | Aborted | Failed. Failed also ends a release whose spec is invalid before
+it started; an invalid spec on a release in flight holds it where it is (see `invalid_spec`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from analysis.judges import make_judge
+from analysis.observations import Verdict, WindowCounts, interval_of
+from controller.ports import Readiness
+from controller.routing.plan import RoutingPlan, ServiceVersions
+from controller.spec import InvalidSpec, ReleaseSpec
+from controller.status import DecisionRecord, Phase, ReleaseStatus
+
+# Ticks come about one interval apart; a window slightly shorter than the interval still counts, so the
+# analysis does not skip a beat when the reconciler wakes a little early.
+_WINDOW_SLACK = 0.95
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the reconciler saw this tick. None means "not looked at" (or the look failed, see *_error)."""
+
+    readiness: Mapping[str, Readiness] | None = None
+    routing: RoutingPlan | None = None
+    routing_error: str | None = None
+    metrics: WindowCounts | None = None
+    metrics_error: str | None = None
+
+
+@dataclass(frozen=True)
+class EnsureWorkloads:
+    version: str
+    services: tuple[str, ...]
+    images: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RetireWorkloads:
+    version: str
+    services: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ApplyRouting:
+    plan: RoutingPlan
+
+
+@dataclass(frozen=True)
+class Notify:
+    reason: str
+    message: str
+    warning: bool = False
+
+
+Action = EnsureWorkloads | RetireWorkloads | ApplyRouting | Notify
+
+
+@dataclass(frozen=True)
+class Wants:
+    """What the reconciler should observe before the next step."""
+
+    readiness: bool
+    routing: bool
+    metrics_window: tuple[float, float] | None
+
+
+# --------------------------------------------------------------------------------------------------
+# What the world should look like, derived from spec + status
+# --------------------------------------------------------------------------------------------------
+def base_plan(spec: ReleaseSpec) -> RoutingPlan:
+    return RoutingPlan(
+        namespace=spec.namespace,
+        entry=spec.stack.entry,
+        services=tuple(ServiceVersions(s, spec.stable.version, spec.canary_version_of(s))
+                       for s in spec.stack.services),
+        canary_weight=0,
+        lane_header=spec.lane_header,
+        owner=spec.name,
+    )
+
+
+def desired_plan(spec: ReleaseSpec, status: ReleaseStatus) -> RoutingPlan | None:
+    base = base_plan(spec)
+    match status.phase:
+        case Phase.PENDING:
+            return None
+        case Phase.INITIALIZING:
+            return base
+        case Phase.PROGRESSING | Phase.PAUSED:
+            return base.with_weight(status.canary_weight)
+        case Phase.PROMOTING | Phase.SUCCEEDED:
+            return base.promoted()
+        case _:
+            return base.all_stable()
+
+
+def wants(spec: ReleaseSpec | None, status: ReleaseStatus, now: float) -> Wants:
+    if spec is None or status.phase.final:
+        return Wants(readiness=False, routing=status.phase is not Phase.PENDING and spec is not None,
+                     metrics_window=None)
+    window = None
+    if status.phase is Phase.PROGRESSING and status.last_analysis_at is not None \
+            and now - status.last_analysis_at >= spec.strategy.interval * _WINDOW_SLACK:
+        window = (status.last_analysis_at, now)
+    canary_up = status.phase in (Phase.INITIALIZING, Phase.PROGRESSING, Phase.PAUSED)
+    return Wants(readiness=canary_up, routing=status.phase is not Phase.PENDING, metrics_window=window)
+
+
+# --------------------------------------------------------------------------------------------------
+# The step
+# --------------------------------------------------------------------------------------------------
+def step(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float
+         ) -> tuple[ReleaseStatus, list[Action]]:
+    actions: list[Action] = []
+    if status.observed_generation != spec.generation:
+        status = replace(status, observed_generation=spec.generation)
+    status = status.with_condition("SpecValid", "True", "Valid", "", now)
+
+    status = _transition(spec, status, obs, now, actions)
+    actions = _reconcile_world(spec, status, obs) + actions
+    return status, actions
+
+
+def invalid_spec(error: InvalidSpec, status: ReleaseStatus, generation: int, now: float
+                 ) -> tuple[ReleaseStatus, list[Action]]:
+    """A spec that does not parse: a release not yet started fails; one in flight holds where it is.
+
+    Holding is the safe choice in flight: the last good routes stay in effect (no traffic change) and
+    nothing is deployed or removed until the operator fixes the spec, which then resumes the release.
+    """
+    message = "; ".join(error.problems)
+    before = status
+    status = replace(status, observed_generation=generation)
+    status = status.with_condition("SpecValid", "False", "InvalidSpec", message, now)
+    if status.phase is Phase.PENDING:
+        status = replace(status.with_phase(Phase.FAILED, now, f"invalid spec: {message}"))
+    notify = before.condition("SpecValid") != status.condition("SpecValid")
+    return status, [Notify("InvalidSpec", message, warning=True)] if notify else []
+
+
+def _transition(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float,
+                actions: list[Action]) -> ReleaseStatus:
+    if spec.abort and not status.phase.final and status.phase is not Phase.ROLLING_BACK:
+        return _roll_back(status, now, Phase.ABORTED, "Aborted", "aborted by an operator", actions)
+    match status.phase:
+        case Phase.PENDING:
+            return _start(spec, status, now, actions)
+        case Phase.INITIALIZING:
+            return _initializing(spec, status, obs, now, actions)
+        case Phase.PROGRESSING:
+            return _progressing(spec, status, obs, now, actions)
+        case Phase.PAUSED:
+            return _paused(spec, status, obs, now, actions)
+        case Phase.PROMOTING:
+            return _promoting(spec, status, obs, now, actions)
+        case Phase.ROLLING_BACK:
+            return _rolling_back(spec, status, obs, now, actions)
+        case _:
+            return status
+
+
+def _start(spec: ReleaseSpec, status: ReleaseStatus, now: float, actions: list[Action]) -> ReleaseStatus:
+    status = replace(status, started_at=now, judge_state=make_judge(spec.analysis).initial_state())
+    actions.append(Notify("Initializing", f"deploying {spec.canary.version} of {', '.join(spec.changed)} "
+                                          f"beside {spec.stable.version}"))
+    return status.with_phase(Phase.INITIALIZING, now, "waiting for the new version to become ready")
+
+
+def _initializing(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float,
+                  actions: list[Action]) -> ReleaseStatus:
+    readiness = obs.readiness or {}
+    broken = {s: r for s, r in readiness.items() if r.failed}
+    if broken:
+        why = "; ".join(f"{s}: {r.reason}" for s, r in broken.items())
+        return _roll_back(status, now, Phase.FAILED, "CanaryFailed", f"new version cannot start: {why}", actions)
+    waited = now - (status.phase_since or now)
+    not_ready = [s for s in spec.changed if not readiness.get(s, Readiness(False)).ready]
+    if not_ready:
+        if waited > spec.progress_deadline:
+            return _roll_back(status, now, Phase.FAILED, "ProgressDeadlineExceeded",
+                              f"{', '.join(not_ready)} not ready after {waited:.0f}s "
+                              f"(progressDeadline {spec.progress_deadline:.0f}s)", actions)
+        return status.with_phase(Phase.INITIALIZING, now, f"waiting for {', '.join(not_ready)} to become ready")
+    actions.append(Notify("Initialized", f"{spec.canary.version} is ready on {', '.join(spec.changed)}"))
+    return _enter_step(spec, status, 0, now, actions)
+
+
+def _enter_step(spec: ReleaseSpec, status: ReleaseStatus, index: int, now: float,
+                actions: list[Action]) -> ReleaseStatus:
+    weight = spec.strategy.steps[index]
+    actions.append(Notify("WeightIncreased", f"step {index + 1}/{len(spec.strategy.steps)}: "
+                                             f"{weight}% of traffic in the canary lane"))
+    # The next window opens once the new weight has settled (see CanaryStrategy.settle): traffic of the
+    # old weight in between is left out rather than judged against the new weight.
+    status = replace(
+        status, step=index, canary_weight=weight, step_started_at=now, step_canary_requests=0,
+        last_analysis_at=now + spec.strategy.settle,
+        first_canary_traffic_at=status.first_canary_traffic_at or now,
+    )
+    return status.with_phase(Phase.PROGRESSING, now, f"analysing step {index + 1} at {weight}%")
+
+
+def _progressing(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float,
+                 actions: list[Action]) -> ReleaseStatus:
+    if obs.readiness is not None:
+        lost = [s for s in spec.changed if not obs.readiness.get(s, Readiness(False)).ready]
+        if lost:
+            return _roll_back(status, now, Phase.ROLLED_BACK, "CanaryNotReady",
+                              f"canary of {', '.join(lost)} is no longer ready", actions, decided=True)
+    if obs.metrics is None and obs.metrics_error is None:
+        if spec.paused:
+            actions.append(Notify("Paused", "paused by an operator"))
+            return status.with_phase(Phase.PAUSED, now, "paused by an operator")
+        return status
+    status, verdict, reason = _analyse(spec, status, obs, now)
+    return _act_on_verdict(spec, status, verdict, reason, now, actions)
+
+
+def _analyse(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float
+             ) -> tuple[ReleaseStatus, Verdict, str]:
+    t = now - (status.started_at or now)
+    window_end = now if obs.metrics is None else obs.metrics.end
+    if obs.metrics is None:
+        verdict, reason = Verdict.ERROR, f"metrics unavailable: {obs.metrics_error}"
+        record = DecisionRecord(now, t, status.step, status.canary_weight, verdict.value, reason, "")
+        return replace(status, last_analysis_at=window_end).with_decision(record), verdict, reason
+    observations = {
+        s: interval_of(obs.metrics, s, spec.stable.version, spec.canary.version, t, status.canary_weight)
+        for s in spec.analysed_services
+    }
+    judge = make_judge(spec.analysis)
+    state, decision = judge.update(dict(status.judge_state), observations)
+    canary_requests = max((o.canary.requests for o in observations.values()), default=0)
+    counts = {s: {"baseline": {"requests": o.baseline.requests, "errors": o.baseline.errors},
+                  "canary": {"requests": o.canary.requests, "errors": o.canary.errors}}
+              for s, o in observations.items()}
+    d = decision.to_dict()
+    record = DecisionRecord(now, t, status.step, status.canary_weight, decision.verdict.value,
+                            decision.reason, "", tuple(d.get("checks", ())), counts)
+    status = replace(
+        status, judge_state=state, last_analysis_at=window_end,
+        step_canary_requests=status.step_canary_requests + canary_requests,
+        total_canary_requests=status.total_canary_requests + canary_requests,
+    ).with_decision(record)
+    return status, decision.verdict, decision.reason
+
+
+def _note_action(status: ReleaseStatus, action: str) -> ReleaseStatus:
+    if not status.history:
+        return status
+    last = replace(status.history[-1], action=action)
+    return replace(status, history=(*status.history[:-1], last))
+
+
+def _act_on_verdict(spec: ReleaseSpec, status: ReleaseStatus, verdict: Verdict, reason: str, now: float,
+                    actions: list[Action]) -> ReleaseStatus:
+    strategy, policies = spec.strategy, spec.policies
+    if verdict is Verdict.FAIL:
+        status = _note_action(status, "roll back")
+        return _roll_back(status, now, Phase.ROLLED_BACK, "AnalysisFailed", reason, actions, decided=True)
+    if verdict is Verdict.ERROR:
+        errors = status.consecutive_errors + 1
+        status = replace(status, consecutive_errors=errors)
+        if errors >= policies.rollback_after_errors:
+            status = _note_action(status, "roll back")
+            return _roll_back(status, now, Phase.ROLLED_BACK, "AnalysisError",
+                              f"{errors} analysis errors in a row; last: {reason}", actions, decided=True)
+        actions.append(Notify("AnalysisError", f"holding at {status.canary_weight}% "
+                                               f"({errors}/{policies.rollback_after_errors}): {reason}", True))
+        return _note_action(status, "hold")
+    status = replace(status, consecutive_errors=0)
+    enough = status.step_canary_requests >= strategy.min_canary_requests
+    if verdict is Verdict.PASS and enough:
+        return _advance(spec, status, now, actions)
+    overdue = now - (status.step_started_at or now) >= strategy.step_deadline
+    if not overdue:
+        return _note_action(status, "wait")
+    why = reason if verdict is Verdict.INCONCLUSIVE else (
+        f"{status.step_canary_requests} canary requests at this step, fewer than {strategy.min_canary_requests}")
+    match policies.on_inconclusive:
+        case "rollback":
+            status = _note_action(status, "roll back")
+            return _roll_back(status, now, Phase.ROLLED_BACK, "AnalysisInconclusive",
+                              f"no pass by the step deadline: {why}", actions, decided=True)
+        case "continue":
+            actions.append(Notify("AnalysisInconclusive", f"continuing without a pass: {why}", True))
+            return _advance(spec, status, now, actions)
+        case _:
+            analysis = status.condition("Analysis")
+            if analysis is None or analysis.reason != "Inconclusive":
+                actions.append(Notify("AnalysisInconclusive", f"holding at {status.canary_weight}%: {why}", True))
+            status = status.with_condition("Analysis", "Unknown", "Inconclusive", why, now)
+            return _note_action(status, "hold")
+
+
+def _advance(spec: ReleaseSpec, status: ReleaseStatus, now: float, actions: list[Action]) -> ReleaseStatus:
+    status = status.with_condition("Analysis", "True", "Passed", f"step {status.step + 1} passed", now)
+    if status.step + 1 < len(spec.strategy.steps):
+        status = _note_action(status, "next step")
+        return _enter_step(spec, status, status.step + 1, now, actions)
+    status = _note_action(status, "promote")
+    return _promote_or_gate(spec, status, now, actions)
+
+
+def _promote_or_gate(spec: ReleaseSpec, status: ReleaseStatus, now: float, actions: list[Action]
+                     ) -> ReleaseStatus:
+    if spec.policies.manual_gate and not spec.approve_promotion:
+        if status.phase is not Phase.PAUSED:
+            actions.append(Notify("AwaitingPromotion", "analysis passed; waiting for an operator to approve "
+                                                       "promotion (spec.approvePromotion)"))
+        status = status.with_condition("Paused", "True", "AwaitingPromotion", "manual gate", now)
+        return status.with_phase(Phase.PAUSED, now, "analysis passed; awaiting approval to promote")
+    actions.append(Notify("Promoting", f"{spec.canary.version} becomes stable for {', '.join(spec.changed)}"))
+    status = replace(status, decided_at=status.decided_at or now)
+    status = status.with_condition("Paused", "False", "Promoting", "", now)
+    return status.with_phase(Phase.PROMOTING, now, "stable now points at the new version")
+
+
+def _paused(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float,
+            actions: list[Action]) -> ReleaseStatus:
+    gate = status.condition("Paused")
+    if gate is not None and gate.status == "True" and gate.reason == "AwaitingPromotion":
+        return _promote_or_gate(spec, status, now, actions) if spec.approve_promotion else status
+    if spec.paused:
+        return status
+    actions.append(Notify("Resumed", "resumed by an operator"))
+    status = status.with_condition("Paused", "False", "Resumed", "", now)
+    return status.with_phase(Phase.PROGRESSING, now, f"analysing step {status.step + 1} at {status.canary_weight}%")
+
+
+def _promoting(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float,
+               actions: list[Action]) -> ReleaseStatus:
+    target = base_plan(spec).promoted()
+    if not target.equivalent(obs.routing):
+        return status
+    if now - (status.phase_since or now) < spec.scale_down_delay:
+        return status.with_phase(Phase.PROMOTING, now, "promoted; waiting to scale the old version down")
+    actions.append(Notify("Promoted", f"{spec.canary.version} serves all traffic for {', '.join(spec.changed)}"))
+    return status.with_phase(Phase.SUCCEEDED, now, f"promoted {spec.canary.version}")
+
+
+def _roll_back(status: ReleaseStatus, now: float, ending: Phase, reason: str, message: str,
+               actions: list[Action], decided: bool = False) -> ReleaseStatus:
+    actions.append(Notify(reason, f"rolling back: {message}", warning=True))
+    status = replace(status, canary_weight=0, ending=ending.value,
+                     decided_at=(status.decided_at or now) if decided else status.decided_at)
+    status = status.with_condition("Analysis" if reason.startswith("Analysis") else "Release", "False",
+                                   reason, message, now)
+    return status.with_phase(Phase.ROLLING_BACK, now, message)
+
+
+def _rolling_back(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float,
+                  actions: list[Action]) -> ReleaseStatus:
+    if not base_plan(spec).all_stable().equivalent(obs.routing):
+        return status
+    ending = Phase(status.ending or Phase.ROLLED_BACK.value)
+    actions.append(Notify("RolledBack" if ending is Phase.ROLLED_BACK else ending.value,
+                          f"all traffic on {spec.stable.version}; {status.message}", warning=True))
+    return status.with_phase(ending, now, status.message)
+
+
+def _reconcile_world(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation) -> list[Action]:
+    """The idempotent actions that make the world match the status (repeated every tick)."""
+    actions: list[Action] = []
+    canary_images = {s: i for s, i in spec.canary.images.items() if s in spec.changed}
+    phase = status.phase
+    if phase in (Phase.INITIALIZING, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING):
+        actions.append(EnsureWorkloads(spec.canary.version, spec.changed, canary_images))
+    plan = desired_plan(spec, status)
+    if plan is not None and not plan.equivalent(obs.routing) and obs.routing_error is None:
+        actions.append(ApplyRouting(plan))
+    elif plan is not None and obs.routing_error is not None:
+        # The read failed: write anyway, since writes are idempotent and the mesh may be wrong.
+        actions.append(ApplyRouting(plan))
+    if phase is Phase.SUCCEEDED:
+        actions.append(RetireWorkloads(spec.stable.version, spec.changed))
+    if phase in (Phase.ROLLED_BACK, Phase.ABORTED) or (phase is Phase.FAILED and status.started_at):
+        actions.append(RetireWorkloads(spec.canary.version, spec.changed))
+    return actions
+
+
+def summary(status: ReleaseStatus) -> dict[str, Any]:
+    """The headline numbers of a release, for CLIs and the demo's summary."""
+    decision_seconds = None
+    if status.decided_at is not None and status.first_canary_traffic_at is not None:
+        decision_seconds = status.decided_at - status.first_canary_traffic_at
+    return {
+        "phase": status.phase.value,
+        "step": status.step,
+        "canary_weight": status.canary_weight,
+        "last_verdict": status.last_verdict,
+        "decision_seconds": decision_seconds,
+        "canary_requests": status.total_canary_requests,
+        "message": status.message,
+    }

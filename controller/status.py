@@ -1,0 +1,178 @@
+"""The release status: everything the controller knows about a release, persisted after every change.
+
+State lives here and nowhere else: a restarted controller (or another replica) continues from the
+persisted status. The types are immutable; `with_*` methods return new values; `for_storage()` and
+`from_storage()` convert to and from the plain JSON that the custom resource's `status` (or the local
+state file) carries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+HISTORY_LIMIT = 200
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    INITIALIZING = "Initializing"
+    PROGRESSING = "Progressing"
+    PAUSED = "Paused"
+    PROMOTING = "Promoting"
+    SUCCEEDED = "Succeeded"
+    ROLLING_BACK = "RollingBack"
+    ROLLED_BACK = "RolledBack"
+    FAILED = "Failed"
+    ABORTED = "Aborted"
+
+    @property
+    def final(self) -> bool:
+        return self in (Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.FAILED, Phase.ABORTED)
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: str  # "True" | "False" | "Unknown", as in Kubernetes
+    reason: str
+    message: str
+    last_transition: float
+
+    def for_storage(self) -> dict[str, Any]:
+        return {"type": self.type, "status": self.status, "reason": self.reason, "message": self.message,
+                "lastTransitionTime": self.last_transition}
+
+    @classmethod
+    def from_storage(cls, d: Mapping[str, Any]) -> Condition:
+        return cls(d["type"], d["status"], d.get("reason", ""), d.get("message", ""),
+                   float(d.get("lastTransitionTime", 0.0)))
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One analysis tick: what the judge saw and said, and what the controller did about it."""
+
+    at: float
+    t: float
+    step: int
+    weight: int
+    verdict: str
+    reason: str
+    action: str
+    checks: tuple[Mapping[str, Any], ...] = ()
+    counts: Mapping[str, Any] = field(default_factory=dict)
+
+    def for_storage(self) -> dict[str, Any]:
+        return {"at": self.at, "t": self.t, "step": self.step, "weight": self.weight, "verdict": self.verdict,
+                "reason": self.reason, "action": self.action, "checks": [dict(c) for c in self.checks],
+                "counts": dict(self.counts)}
+
+    @classmethod
+    def from_storage(cls, d: Mapping[str, Any]) -> DecisionRecord:
+        return cls(float(d["at"]), float(d["t"]), int(d["step"]), int(d["weight"]), d["verdict"],
+                   d.get("reason", ""), d.get("action", ""), tuple(d.get("checks", ())),
+                   dict(d.get("counts", {})))
+
+
+@dataclass(frozen=True)
+class ReleaseStatus:
+    phase: Phase = Phase.PENDING
+    observed_generation: int = 0
+    message: str = ""
+    step: int = -1  # index into the strategy's steps; -1 before the first step
+    canary_weight: int = 0
+    started_at: float | None = None
+    phase_since: float | None = None
+    step_started_at: float | None = None
+    last_analysis_at: float | None = None
+    finished_at: float | None = None
+    step_canary_requests: int = 0
+    total_canary_requests: int = 0
+    consecutive_errors: int = 0
+    last_verdict: str | None = None
+    # When the canary first received traffic and when the deciding verdict came: "time to decision".
+    first_canary_traffic_at: float | None = None
+    decided_at: float | None = None
+    # The final phase a rollback in progress ends in: RolledBack, Aborted or Failed.
+    ending: str | None = None
+    judge_state: Mapping[str, Any] = field(default_factory=dict)
+    conditions: tuple[Condition, ...] = ()
+    history: tuple[DecisionRecord, ...] = ()
+
+    # --- transitions -------------------------------------------------------------------------------
+    def with_phase(self, phase: Phase, now: float, message: str = "") -> ReleaseStatus:
+        if phase == self.phase and message == self.message:
+            return self
+        finished = now if phase.final and not self.phase.final else self.finished_at
+        since = now if phase != self.phase else self.phase_since
+        return replace(self, phase=phase, phase_since=since, message=message, finished_at=finished)
+
+    def with_condition(self, type_: str, status: str, reason: str, message: str, now: float) -> ReleaseStatus:
+        old = next((c for c in self.conditions if c.type == type_), None)
+        if old and (old.status, old.reason, old.message) == (status, reason, message):
+            return self
+        # Kubernetes semantics: the transition time moves only when the status flips.
+        since = old.last_transition if old and old.status == status else now
+        new = Condition(type_, status, reason, message, since)
+        return replace(self, conditions=(*(c for c in self.conditions if c.type != type_), new))
+
+    def with_decision(self, record: DecisionRecord) -> ReleaseStatus:
+        return replace(self, history=(*self.history, record)[-HISTORY_LIMIT:], last_verdict=record.verdict)
+
+    def condition(self, type_: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == type_), None)
+
+    # --- storage -----------------------------------------------------------------------------------
+    def for_storage(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase.value,
+            "observedGeneration": self.observed_generation,
+            "message": self.message,
+            "step": self.step,
+            "canaryWeight": self.canary_weight,
+            "startedAt": self.started_at,
+            "phaseSince": self.phase_since,
+            "stepStartedAt": self.step_started_at,
+            "lastAnalysisAt": self.last_analysis_at,
+            "finishedAt": self.finished_at,
+            "stepCanaryRequests": self.step_canary_requests,
+            "totalCanaryRequests": self.total_canary_requests,
+            "consecutiveErrors": self.consecutive_errors,
+            "lastVerdict": self.last_verdict,
+            "firstCanaryTrafficAt": self.first_canary_traffic_at,
+            "decidedAt": self.decided_at,
+            "ending": self.ending,
+            "judgeState": dict(self.judge_state),
+            "conditions": [c.for_storage() for c in self.conditions],
+            "history": [h.for_storage() for h in self.history],
+        }
+
+    @classmethod
+    def from_storage(cls, d: Mapping[str, Any] | None) -> ReleaseStatus:
+        if not d:
+            return cls()
+        return cls(
+            phase=Phase(d.get("phase", Phase.PENDING.value)),
+            observed_generation=int(d.get("observedGeneration", 0)),
+            message=d.get("message", ""),
+            step=int(d.get("step", -1)),
+            canary_weight=int(d.get("canaryWeight", 0)),
+            started_at=d.get("startedAt"),
+            phase_since=d.get("phaseSince"),
+            step_started_at=d.get("stepStartedAt"),
+            last_analysis_at=d.get("lastAnalysisAt"),
+            finished_at=d.get("finishedAt"),
+            step_canary_requests=int(d.get("stepCanaryRequests", 0)),
+            total_canary_requests=int(d.get("totalCanaryRequests", 0)),
+            consecutive_errors=int(d.get("consecutiveErrors", 0)),
+            last_verdict=d.get("lastVerdict"),
+            first_canary_traffic_at=d.get("firstCanaryTrafficAt"),
+            decided_at=d.get("decidedAt"),
+            ending=d.get("ending"),
+            judge_state=dict(d.get("judgeState", {})),
+            conditions=tuple(Condition.from_storage(c) for c in d.get("conditions", ())),
+            history=tuple(DecisionRecord.from_storage(h) for h in d.get("history", ())),
+        )

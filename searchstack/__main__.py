@@ -1,0 +1,50 @@
+"""Run one search-stack service: `python -m searchstack --role ROLE --port P [--host 127.0.0.1]`.
+
+Configuration beyond role and address comes from the environment (see searchstack/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import uvicorn
+from prometheus_client import disable_created_metrics
+
+from searchstack.app import create_app
+from searchstack.settings import ROLES, Settings
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m searchstack", description=__doc__)
+    parser.add_argument("--role", required=True, choices=ROLES)
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--host", default="127.0.0.1")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = Settings.from_env(args.role)
+    except ValueError as exc:
+        print(f"searchstack: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    # The *_created series double every metric and nothing here reads them.
+    disable_created_metrics()
+    config = uvicorn.Config(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        workers=1,
+        log_level="warning",
+        access_log=False,
+        # Keep-alive connections from callers must not hold up a SIGTERM for long.
+        timeout_graceful_shutdown=3,
+    )
+    uvicorn.Server(config).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

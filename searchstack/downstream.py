@@ -1,0 +1,134 @@
+"""Calls from one service to another: header propagation, the shared HTTP client, and failure mapping.
+
+Every inter-service call goes through `DownstreamClient.post`, which
+- forwards the request-scoped headers a mesh needs (the lane header, W3C trace context, B3, baggage,
+  `x-request-id`, `x-user-id`) — never cookies or credentials;
+- sets `x-mesh-source-workload` (the local mesh router's stand-in for Istio's `source_workload`) and the
+  configured Host header (the local mesh router routes by Host, as Istio does);
+- records the callee's `x-served-by` so the caller's response lists the whole path;
+- turns any failure into `DownstreamError` naming the service that failed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from searchstack.settings import Settings
+from searchstack.telemetry import SERVED_BY_STATE_KEY, ServiceMetrics
+
+# Headers Istio asks applications to propagate for tracing, plus our own request-scoped ones.
+PROPAGATED_HEADERS: tuple[str, ...] = (
+    "traceparent", "tracestate", "baggage", "x-request-id", "x-user-id",
+    "b3", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags",
+    "x-ot-span-context",
+)
+SOURCE_WORKLOAD_HEADER = "x-mesh-source-workload"
+# Statuses our services use for failures; a caller passes them on unchanged so the entry shows the cause.
+PASSED_THROUGH_STATUSES = frozenset({500, 502, 503, 504})
+
+
+class DownstreamError(Exception):
+    """A call to another service failed. `status` is what this service should answer."""
+
+    def __init__(self, service: str, status: int, reason: str, upstream_status: int | None = None) -> None:
+        super().__init__(f"{service}: {reason}")
+        self.service = service
+        self.status = status
+        self.reason = reason
+        self.upstream_status = upstream_status
+
+    def body(self, via: str) -> dict[str, Any]:
+        return {
+            "error": f"downstream service {self.service} failed: {self.reason}",
+            "service": self.service,
+            "via": via,
+            "upstream_status": self.upstream_status,
+        }
+
+
+def propagated_headers(incoming: Mapping[str, str], lane_header: str) -> dict[str, str]:
+    """The subset of the incoming request's headers that travel on to downstream calls."""
+    names = (lane_header, *PROPAGATED_HEADERS)
+    return {name: incoming[name] for name in names if name in incoming}
+
+
+class DownstreamClient:
+    """Keep-alive `httpx.AsyncClient`s of one app, created on first use in the serving event loop."""
+
+    def __init__(
+        self, settings: Settings, metrics: ServiceMetrics, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._transport = transport
+        self._clients: dict[str, httpx.AsyncClient] = {}
+
+    def _http(self, service: str) -> httpx.AsyncClient:
+        # One keep-alive client per callee, not one for all: httpcore scans (and polls the socket of) every
+        # pooled connection on each request, so smaller pools cost much less CPU under concurrency.
+        client = self._clients.get(service)
+        if client is None:
+            t = self.settings.timeout_s
+            client = self._clients[service] = httpx.AsyncClient(
+                timeout=httpx.Timeout(t, connect=min(t, 2.0)),
+                limits=httpx.Limits(max_connections=256, max_keepalive_connections=32, keepalive_expiry=30),
+                transport=self._transport,
+            )
+        return client
+
+    async def aclose(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+    async def post(
+        self, service: str, path: str, payload: Mapping[str, Any], incoming: Mapping[str, str],
+        state: dict[str, Any],
+    ) -> dict[str, Any]:
+        """POST JSON to `service` and return its JSON body; raise `DownstreamError` on any failure."""
+        target = self.settings.downstream(service)
+        headers = propagated_headers(incoming, self.settings.lane_header)
+        headers[SOURCE_WORKLOAD_HEADER] = self.settings.workload
+        if target.host:
+            headers["host"] = target.host
+        started = time.perf_counter()
+        code = "error"
+        try:
+            response = await self._http(service).post(target.url.rstrip("/") + path, json=payload, headers=headers)
+            code = str(response.status_code)
+        except httpx.TimeoutException as exc:
+            raise DownstreamError(service, 504, f"timed out ({type(exc).__name__})") from exc
+        except httpx.HTTPError as exc:
+            raise DownstreamError(service, 503, f"unreachable ({type(exc).__name__}: {exc})") from exc
+        finally:
+            self.metrics.observe_downstream(service, code, time.perf_counter() - started)
+        served_by = response.headers.get("x-served-by")
+        if served_by:
+            state.setdefault(SERVED_BY_STATE_KEY, []).extend(served_by.split(","))
+        if response.status_code >= 400:
+            raise _error_from(service, response)
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise DownstreamError(service, 502, "answered non-JSON", response.status_code) from exc
+        if not isinstance(body, dict):
+            raise DownstreamError(service, 502, "answered JSON that is not an object", response.status_code)
+        return body
+
+
+def _error_from(service: str, response: httpx.Response) -> DownstreamError:
+    status = response.status_code if response.status_code in PASSED_THROUGH_STATUSES else 502
+    failing, reason = service, f"HTTP {response.status_code}"
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    # A nested failure names its own culprit (e.g. ml-infer behind ml-search): keep the innermost one.
+    if isinstance(body, dict) and isinstance(body.get("service"), str):
+        failing = body["service"]
+        reason = str(body.get("error") or reason)
+    return DownstreamError(failing, status, reason, response.status_code)

@@ -1,0 +1,282 @@
+"""The judges' contract with the controller: config, pure incremental updates, resumable JSON state,
+verdict rules and decision records."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from analysis.config import AnalysisConfig, InvalidAnalysisConfig
+from analysis.judges import UnknownJudge, make_judge
+from analysis.observations import ISTIO_BUCKETS_MS, IntervalObservation, Verdict, VersionCounts
+
+K = len(ISTIO_BUCKETS_MS)
+# Most requests between 25 and 100 ms, a few slow ones.
+PROBS = np.zeros(K)
+PROBS[4:10] = [0.05, 0.55, 0.3, 0.07, 0.02, 0.01]
+
+
+def counts(rng: np.random.Generator, n: int, error_rate: float, shift: int = 0) -> VersionCounts:
+    p = np.roll(PROBS, shift)
+    return VersionCounts(n, int(rng.binomial(n, error_rate)), tuple(int(x) for x in rng.multinomial(n, p)))
+
+
+def interval(
+    rng: np.random.Generator,
+    t: int,
+    n_c: int = 100,
+    n_b: int = 900,
+    weight: float = 10.0,
+    error_c: float = 0.005,
+    shift: int = 0,
+) -> IntervalObservation:
+    return IntervalObservation(60.0 * t, weight, counts(rng, n_b, 0.005), counts(rng, n_c, error_c, shift))
+
+
+def run(judge_name: str, intervals: list[dict[str, IntervalObservation]], **cfg: object) -> list:
+    judge = make_judge(AnalysisConfig.from_dict({"judge": judge_name, **cfg}))
+    state = judge.initial_state()
+    out = []
+    for obs in intervals:
+        state, decision = judge.update(state, obs)
+        out.append(decision)
+    return out
+
+
+# -- config ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"alpha": 1.5}, "spec.analysis.alpha: 1.5 is not in (0, 1)"),
+        ({"alpha": "x"}, "spec.analysis.alpha: 'x' is not a finite number"),
+        ({"judge": "magic"}, "spec.analysis.judge: 'magic' is not one of sequential, kayenta, threshold"),
+        ({"minCanaryRequests": -1}, "spec.analysis.minCanaryRequests: -1 is less than 0"),
+        ({"checks": []}, "spec.analysis.checks: needs at least one check"),
+        ({"checks": ["errorRate", "vibes"]}, "spec.analysis.checks[1]: 'vibes' is not one of"),
+        ({"kayenta": {"confidenceLevel": 2}}, "spec.analysis.kayenta.confidenceLevel: 2 is not in (0, 1)"),
+        ({"threshold": {"failedChecks": 0}}, "spec.analysis.threshold.failedChecks: 0 is less than 1"),
+        ({"kayenta": {"marginalScore": 99}}, "spec.analysis.kayenta.marginalScore: 99.0 exceeds passScore"),
+        ({"alhpa": 0.1}, "spec.analysis.alhpa: unknown field"),
+        ([], "spec.analysis: [] is not an object"),
+    ],
+)
+def test_invalid_config_names_the_field(spec: object, message: str) -> None:
+    with pytest.raises(InvalidAnalysisConfig) as err:
+        AnalysisConfig.from_dict(spec)
+    assert str(err.value).startswith(message)
+
+
+def test_config_defaults_and_overrides() -> None:
+    cfg = AnalysisConfig.from_dict({"errorRatioTolerance": 1.5, "tailThresholdMs": 250})
+    assert (cfg.judge, cfg.alpha, cfg.error_ratio_tolerance, cfg.tail_threshold_ms) == ("sequential", 0.05, 1.5, 250)
+    assert cfg.with_overrides(judge="kayenta", alpha=0.01).judge == "kayenta"
+    with pytest.raises(InvalidAnalysisConfig, match=r"options\.alpha"):
+        cfg.with_overrides(alpha=0)
+
+
+def test_factory_refuses_unknown_judges() -> None:
+    with pytest.raises(UnknownJudge, match="'magic' is not one of"):
+        make_judge(AnalysisConfig(judge="magic"))
+
+
+# -- the sequential judge -------------------------------------------------------------------------------
+
+
+def test_identical_versions_pass_after_the_minimum_and_records_are_plain_json() -> None:
+    rng = np.random.default_rng(1)
+    decisions = run("sequential", [{"search": interval(rng, t)} for t in range(1, 11)], minCanaryRequests=300)
+    assert [d.verdict for d in decisions[:2]] == [Verdict.INCONCLUSIVE] * 2
+    assert decisions[-1].verdict is Verdict.PASS
+    record = decisions[-1].to_dict()
+    json.dumps(record, allow_nan=False)
+    by_check = {c["check"]: c for c in record["checks"]}
+    assert set(by_check) == {"errorRate", "slowTail", "latencyShift", "sampleRatio"}
+    assert by_check["errorRate"]["threshold"] == pytest.approx(80.0)  # 4 checks x 1 service / 0.05
+    est = by_check["latencyShift"]["estimates"]
+    assert est["p50CanaryMs"] and est["p99BaselineMs"] and -1 <= est["delta"] <= 1
+    lo, hi = by_check["errorRate"]["estimates"]["ratioConfidenceSequence"]
+    assert lo < 1 < hi
+    assert 0 < by_check["errorRate"]["pValue"] <= 1
+
+
+def test_clear_error_regression_fails_and_stays_failed() -> None:
+    rng = np.random.default_rng(2)
+    decisions = run("sequential", [{"search": interval(rng, t, error_c=0.08)} for t in range(1, 8)])
+    first = next(i for i, d in enumerate(decisions) if d.verdict is Verdict.FAIL)
+    assert first <= 3
+    assert all(d.verdict is Verdict.FAIL for d in decisions[first:])
+    assert "errorRate" in decisions[first].reason
+
+
+def test_latency_regression_fails() -> None:
+    rng = np.random.default_rng(3)
+    decisions = run("sequential", [{"search": interval(rng, t, shift=1)} for t in range(1, 8)])
+    assert decisions[-1].verdict is Verdict.FAIL
+
+
+def test_sample_ratio_mismatch_is_an_error_never_a_pass() -> None:
+    rng = np.random.default_rng(4)
+    # Intended 50%, the canary gets 10%: the routing is not what we think.
+    decisions = run("sequential", [{"search": interval(rng, t, n_c=100, n_b=900, weight=50)} for t in range(1, 4)])
+    assert decisions[-1].verdict is Verdict.ERROR
+    assert decisions[-1].reason.startswith("sample-ratio mismatch on search")
+
+
+def test_zero_canary_requests_is_inconclusive_not_error() -> None:
+    rng = np.random.default_rng(5)
+    ticks = [{"search": interval(rng, 1)}, {"search": interval(rng, 2, n_c=0, weight=0)}]
+    decisions = run("sequential", ticks, minCanaryRequests=0)
+    assert decisions[1].verdict is Verdict.INCONCLUSIVE
+    json.dumps(decisions[1].to_dict(), allow_nan=False)
+
+
+def test_edge_cases_one_interval_zero_errors_one_bucket() -> None:
+    one_bucket = VersionCounts(500, 0, tuple(500 if i == 5 else 0 for i in range(K)))
+    small = VersionCounts(50, 0, tuple(50 if i == 5 else 0 for i in range(K)))
+    decisions = run("sequential", [{"s": IntervalObservation(60, 10, one_bucket, small)}], minCanaryRequests=10)
+    assert decisions[0].verdict is Verdict.PASS
+    json.dumps(decisions[0].to_dict(), allow_nan=False)
+
+
+def test_empty_arms_everywhere_give_inconclusive_records_without_nan() -> None:
+    empty = VersionCounts.empty(K)
+    decisions = run("sequential", [{"s": IntervalObservation(60, 10, empty, empty)}])
+    assert decisions[0].verdict is Verdict.INCONCLUSIVE
+    text = json.dumps(decisions[0].to_dict(), allow_nan=False)
+    assert "NaN" not in text and "Infinity" not in text
+
+
+def test_huge_counts_do_not_overflow() -> None:
+    big = VersionCounts(10**12, 10**9, tuple(10**12 if i == 5 else 0 for i in range(K)))
+    worse = VersionCounts(10**11, 10**9, tuple(10**11 if i == 6 else 0 for i in range(K)))
+    decisions = run("sequential", [{"s": IntervalObservation(60, 100 / 11, big, worse)}])
+    assert decisions[0].verdict is Verdict.FAIL
+    json.dumps(decisions[0].to_dict(), allow_nan=False)
+
+
+def test_invalid_observation_is_an_error_and_leaves_the_state_alone() -> None:
+    judge = make_judge(AnalysisConfig())
+    state = judge.initial_state()
+    bad = IntervalObservation(60, 10, VersionCounts(5, 9, (5,) + (0,) * (K - 1)), VersionCounts.empty(K))
+    new_state, decision = judge.update(state, {"s": bad})
+    assert decision.verdict is Verdict.ERROR
+    assert "observations[s].baseline.errors" in decision.reason
+    assert new_state == state
+
+
+def test_state_survives_json_and_replays_identically() -> None:
+    rng = np.random.default_rng(6)
+    ticks = [{"a": interval(rng, t), "b": interval(rng, t, error_c=0.02)} for t in range(1, 13)]
+    for name in ("sequential", "kayenta", "threshold"):
+        judge = make_judge(AnalysisConfig.from_dict({"judge": name}))
+        state = judge.initial_state(services=["a", "b"])
+        straight = []
+        for obs in ticks:
+            state, d = judge.update(state, obs)
+            straight.append(d.to_dict())
+        state = judge.initial_state(services=["a", "b"])
+        resumed = []
+        for obs in ticks:
+            state = json.loads(json.dumps(state, allow_nan=False))  # what the CR status holds
+            state, d = make_judge(AnalysisConfig.from_dict({"judge": name})).update(state, obs)
+            resumed.append(d.to_dict())
+        assert resumed == straight, name
+
+
+def test_two_services_share_alpha() -> None:
+    rng = np.random.default_rng(7)
+    d = run("sequential", [{"a": interval(rng, 1), "b": interval(rng, 1)}])[0]
+    assert [c.threshold for c in d.checks] == pytest.approx([2 * 4 / 0.05] * 8)
+
+
+def test_unplanned_service_is_an_error() -> None:
+    judge = make_judge(AnalysisConfig())
+    rng = np.random.default_rng(8)
+    state = judge.initial_state(services=["a"])
+    _, d = judge.update(state, {"z": interval(rng, 1)})
+    assert d.verdict is Verdict.ERROR and "z" in d.reason
+
+
+def test_tail_threshold_is_fixed_from_baseline_only() -> None:
+    rng = np.random.default_rng(9)
+    judge = make_judge(AnalysisConfig())
+    first = interval(rng, 1)
+    s1, _ = judge.update(judge.initial_state(), {"s": first})
+    slow_canary = IntervalObservation(60, 10, first.baseline, counts(rng, 100, 0.0, shift=3))
+    s2, _ = judge.update(judge.initial_state(), {"s": slow_canary})
+    assert s1["services"]["s"]["tailStart"] == s2["services"]["s"]["tailStart"]
+    assert s1["services"]["s"]["tailSource"] == "first-interval-baseline"
+    assert s1["services"]["s"]["slowTail"]["events"] == [0, 0]  # the choosing interval is not tested
+    ref = judge.initial_state(reference={"s": first.baseline})
+    assert ref["references"]["s"] == s1["services"]["s"]["tailStart"]
+    spec = make_judge(AnalysisConfig.from_dict({"tailThresholdMs": 250}))
+    s3, d = spec.update(spec.initial_state(), {"s": first})
+    assert s3["services"]["s"]["tailSource"] == "spec"
+    tail = next(c for c in d.checks if c.check == "slowTail")
+    assert tail.estimates["thresholdMs"] == 250.0
+
+
+def test_non_inferiority_margin_holds_pass_until_shown() -> None:
+    rng = np.random.default_rng(10)
+    ticks = [{"s": interval(rng, t)} for t in range(1, 4)]
+    d = run("sequential", ticks, nonInferiorityMargin=1.2)[-1]
+    assert d.verdict is Verdict.INCONCLUSIVE and "margin" in d.reason
+
+
+# -- kayenta and threshold judges -----------------------------------------------------------------------
+
+
+def test_kayenta_passes_identical_and_fails_a_clear_regression() -> None:
+    rng = np.random.default_rng(11)
+    same = run("kayenta", [{"s": interval(rng, t, n_c=500, n_b=500, weight=50)} for t in range(1, 11)])
+    assert same[-1].verdict is Verdict.PASS
+    bad = run(
+        "kayenta", [{"s": interval(rng, t, n_c=500, n_b=500, weight=50, shift=2, error_c=0.05)} for t in range(1, 11)]
+    )
+    assert bad[-1].verdict is Verdict.FAIL
+    assert bad[-1].details["score"] < 75
+    json.dumps(bad[-1].to_dict(), allow_nan=False)
+
+
+def test_kayenta_judges_only_on_its_schedule() -> None:
+    rng = np.random.default_rng(12)
+    ds = run("kayenta", [{"s": interval(rng, t)} for t in range(1, 6)], kayenta={"judgeEveryIntervals": 5})
+    assert all(d.verdict is Verdict.INCONCLUSIVE for d in ds[:4])
+    assert "score" in ds[4].details
+
+
+def test_threshold_judge_fails_after_n_failed_checks() -> None:
+    rng = np.random.default_rng(13)
+    ds = run("threshold", [{"s": interval(rng, t, error_c=0.1)} for t in range(1, 7)], threshold={"failedChecks": 3})
+    assert [d.verdict for d in ds[:2]] == [Verdict.INCONCLUSIVE] * 2
+    assert ds[2].verdict is Verdict.FAIL
+
+
+def test_kayenta_mann_whitney_interval_brackets_the_shift() -> None:
+    from analysis.kayenta import mann_whitney_hl
+
+    rng = np.random.default_rng(14)
+    control, experiment = rng.normal(0, 1, (200, 40)), rng.normal(1, 1, (200, 40))
+    _, lo, hi, est = mann_whitney_hl(control, experiment, 0.98)
+    assert 0.95 <= float(np.mean((lo <= 1) & (hi >= 1))) <= 1.0
+    assert abs(float(np.mean(est)) - 1) < 0.05
+
+
+def test_vectorised_benchmark_judge_matches_the_real_one() -> None:
+    from bench.judges import cross_check
+
+    assert cross_check(0.05) == 0
+
+
+def test_no_nan_in_any_judge_record_with_empty_canary() -> None:
+    empty = VersionCounts.empty(K)
+    base = VersionCounts(10, 0, tuple(10 if i == 5 else 0 for i in range(K)))
+    for name in ("sequential", "kayenta", "threshold"):
+        for d in run(name, [{"s": IntervalObservation(60.0 * t, 10, base, empty)} for t in (1, 2)]):
+            text = json.dumps(d.to_dict(), allow_nan=False)
+            assert d.verdict is not Verdict.ERROR and not math.isnan(len(text))

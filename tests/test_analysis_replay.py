@@ -1,0 +1,116 @@
+"""`canary analyze --replay`: JSON lines per interval, clear one-line errors, exit code 2 for bad files."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from analysis.replay import main
+
+BOUNDS: list[Any] = [0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, "+Inf"]
+
+
+def interval(t: int, weight: float = 10, c_err: int = 0) -> dict[str, Any]:
+    return {
+        "t": t,
+        "weight": weight,
+        "baseline": {"requests": 540, "errors": 3, "buckets": [0, 0, 0, 1, 40, 300, 150, 40, 8, 1, 0, 0, 0, 0]},
+        "canary": {"requests": 61, "errors": c_err, "buckets": [0, 0, 0, 0, 5, 33, 17, 5, 1, 0, 0, 0, 0, 0]},
+    }
+
+
+def write(path: Path, doc: Any) -> Path:
+    path.write_text(json.dumps(doc) if not isinstance(doc, str) else doc)
+    return path
+
+
+def run(args: list[str]) -> tuple[int, list[dict[str, Any]], str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(args, stdout=out, stderr=err)
+    return code, [json.loads(line) for line in out.getvalue().splitlines()], err.getvalue()
+
+
+def test_good_file_gives_one_record_per_interval(tmp_path: Path) -> None:
+    f = write(tmp_path / "good.json", {"buckets_ms": BOUNDS, "intervals": [interval(60 * t) for t in range(1, 6)]})
+    code, lines, err = run(["--replay", str(f)])
+    assert code == 0 and err == ""
+    assert [r["t"] for r in lines] == [60, 120, 180, 240, 300]
+    assert all(r["file"] == str(f) and r["verdict"] in ("pass", "inconclusive") for r in lines)
+    assert lines[-1]["verdict"] == "pass" and lines[-1]["checks"]
+
+
+@pytest.mark.parametrize("judge", ["sequential", "kayenta", "threshold"])
+def test_every_judge_replays(tmp_path: Path, judge: str) -> None:
+    f = write(
+        tmp_path / "r.json", {"buckets_ms": BOUNDS, "intervals": [interval(60 * t, c_err=20) for t in range(1, 8)]}
+    )
+    code, lines, _ = run(["--replay", str(f), "--judge", judge, "--alpha", "0.01"])
+    assert code == 0 and lines[-1]["judge"] == judge
+    assert lines[-1]["verdict"] == "fail"  # a third of the canary's requests fail
+
+
+BAD = {
+    "negative": (
+        {
+            "buckets_ms": BOUNDS,
+            "intervals": [
+                {
+                    **interval(60),
+                    "canary": {"requests": 61, "errors": 0, "buckets": [0, 0, 0, 0, 5, 33, 17, 5, 1, 0, 0, 0, 0, -1]},
+                }
+            ],
+        },
+        "intervals[0].canary.buckets[13]: -1 is negative",
+    ),
+    "length": (
+        {
+            "buckets_ms": BOUNDS,
+            "intervals": [{**interval(60), "baseline": {"requests": 1, "errors": 0, "buckets": [1]}}],
+        },
+        "intervals[0].baseline.buckets: has 1 entries",
+    ),
+    "missing": (
+        {"buckets_ms": BOUNDS, "intervals": [{"t": 60, "weight": 10, "baseline": interval(60)["baseline"]}]},
+        'intervals[0]: missing key "canary"',
+    ),
+    "nan": (
+        json.dumps({"buckets_ms": BOUNDS, "intervals": [interval(60)]}).replace('"weight": 10', '"weight": NaN'),
+        "intervals[0].weight: nan is not a finite number",
+    ),
+    "sum": (
+        {
+            "buckets_ms": BOUNDS,
+            "intervals": [
+                {
+                    **interval(60),
+                    "canary": {"requests": 99, "errors": 0, "buckets": [0, 0, 0, 0, 5, 33, 17, 5, 1, 0, 0, 0, 0, 0]},
+                }
+            ],
+        },
+        "intervals[0].canary.buckets: sum to 61, requests is 99",
+    ),
+    "no_inf": ({"buckets_ms": [1, 2], "intervals": []}, 'buckets_ms[1]: the last bound must be "+Inf"'),
+    "not_json": ("{nope", "(json): line 1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_file_gets_one_line_naming_file_and_field_and_others_still_run(tmp_path: Path, case: str) -> None:
+    doc, message = BAD[case]
+    bad = write(tmp_path / "a_bad.json", doc)
+    good = write(tmp_path / "b_good.json", {"buckets_ms": BOUNDS, "intervals": [interval(60)]})
+    code, lines, err = run(["--replay", str(tmp_path)])
+    assert code == 2
+    assert err.count("\n") == 1 and f"{bad}: {message}" in err
+    assert [r["file"] for r in lines] == [str(good)]
+
+
+def test_missing_file_and_bad_option(tmp_path: Path) -> None:
+    code, _, err = run(["--replay", str(tmp_path / "nope.json")])
+    assert code == 2 and "nope.json: (file): cannot be read" in err
+    code, _, err = run(["--replay", str(tmp_path), "--alpha", "2"])
+    assert code == 2 and "options.alpha: 2.0 is not in (0, 1)" in err

@@ -1,0 +1,110 @@
+"""The e-processes: type-I control under continuous monitoring, power, and numerical edge cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import integrate, stats
+
+from analysis.histogram import rank_sum
+from analysis.sequential import (
+    CS_GRID,
+    log_half_normal_mixture,
+    log_mixture,
+    ratio_confidence_sequence,
+    ratio_cs_increment,
+    ratio_increment,
+    shift_log_evalue,
+    shift_weight,
+    srm_increment,
+)
+
+REPS, LOOKS, ALPHA = 400, 30, 0.1
+PROBS = np.array([0.02, 0.2, 0.45, 0.2, 0.1, 0.03])
+
+
+def crossed(log_e: np.ndarray, alpha: float = ALPHA) -> float:
+    """Share of replications whose e-process ever reached 1/alpha (continuous monitoring)."""
+    return float((log_e >= math.log(1 / alpha)).any(axis=1).mean())
+
+
+def ratio_path(rng: np.random.Generator, ratio: float) -> np.ndarray:
+    weights = np.linspace(0.05, 0.5, LOOKS)  # weights and base rates change: intervals are strata
+    base = rng.uniform(0.002, 0.02, size=LOOKS)
+    n_c = rng.poisson(200 * weights, size=(REPS, LOOKS))
+    n_b = rng.poisson(200 * (1 - weights), size=(REPS, LOOKS))
+    k_c, k_b = rng.binomial(n_c, np.minimum(base * ratio, 1)), rng.binomial(n_b, base)
+    return log_mixture(np.cumsum(ratio_increment(k_c, k_b, n_c, n_b, 1.0), axis=1))
+
+
+def shift_path(rng: np.random.Generator, shift: int) -> np.ndarray:
+    n_c = rng.poisson(30, size=(REPS, LOOKS))
+    n_b = rng.poisson(270, size=(REPS, LOOKS))
+    p_c = np.roll(PROBS, shift) if shift else PROBS
+    b_c, b_b = rng.multinomial(n_c, p_c), rng.multinomial(n_b, PROBS)
+    r = rank_sum(b_c, b_b)
+    a = shift_weight(n_c, n_b)
+    return shift_log_evalue(np.cumsum(a * r.z, axis=1), np.cumsum(a * a, axis=1), 0.0, 0.1)
+
+
+def test_ratio_eprocess_controls_type_one_error_under_continuous_monitoring() -> None:
+    assert crossed(ratio_path(np.random.default_rng(1), 1.0)) <= ALPHA
+
+
+def test_ratio_eprocess_detects_a_fourfold_error_rate() -> None:
+    assert crossed(ratio_path(np.random.default_rng(2), 4.0)) >= 0.9
+
+
+def test_shift_eprocess_controls_type_one_error() -> None:
+    assert crossed(shift_path(np.random.default_rng(3), 0)) <= ALPHA
+
+
+def test_shift_eprocess_detects_a_one_bucket_slowdown() -> None:
+    assert crossed(shift_path(np.random.default_rng(4), 1)) >= 0.9
+
+
+def test_srm_eprocess_controls_type_one_error_and_catches_broken_routing() -> None:
+    rng = np.random.default_rng(5)
+    w = np.full(LOOKS, 10.0)
+    n_c, n_b = rng.poisson(100, size=(REPS, LOOKS)), rng.poisson(900, size=(REPS, LOOKS))
+    assert crossed(log_mixture(np.cumsum(srm_increment(n_c, n_b, w), axis=1))) <= ALPHA
+    n_c = rng.poisson(60, size=(REPS, LOOKS))  # the canary gets 6% instead of 10%
+    assert crossed(log_mixture(np.cumsum(srm_increment(n_c, n_b, w), axis=1))) >= 0.99
+
+
+def test_half_normal_mixture_matches_numerical_integral() -> None:
+    s, v, tau = 2.5, 4.0, 0.7
+    integrand = lambda th: math.exp(th * s - th * th * v / 2) * 2 * stats.norm.pdf(th, scale=tau)  # noqa: E731
+    direct, _ = integrate.quad(integrand, 0, np.inf)
+    assert math.exp(float(log_half_normal_mixture(s, v, tau))) == pytest.approx(direct, rel=1e-7)
+
+
+def test_zero_requests_or_zero_events_carry_no_evidence() -> None:
+    assert np.all(ratio_increment(0, 5, 0, 1000, 1.0) == 0)
+    assert np.all(ratio_increment(0, 0, 100, 1000, 1.0) == 0)
+    assert np.all(srm_increment(0, 0, 10.0) == 0)
+    assert np.all(srm_increment(5, 50, 0.0) == 0)  # weight 0: no share to test
+    assert float(shift_weight(0, 100)) == 0.0
+
+
+def test_huge_counts_do_not_overflow() -> None:
+    inc = ratio_increment(4 * 10**7, 10**9, 10**9, 10**11, 1.0)
+    log_e = float(log_mixture(inc))
+    assert math.isfinite(log_e) and log_e > 1000
+    assert math.isfinite(float(shift_log_evalue(1e6, 1e6, 0.0, 0.1)))
+    assert math.isfinite(float(log_mixture(srm_increment(0, 10**12, 50.0))))
+
+
+def test_ratio_confidence_sequence_covers_the_truth_and_shrinks() -> None:
+    rng = np.random.default_rng(6)
+    ll = np.zeros(len(CS_GRID))
+    widths = []
+    for _ in range(40):
+        n_c, n_b = 2000, 8000
+        ll += ratio_cs_increment(rng.binomial(n_c, 0.02), rng.binomial(n_b, 0.01), n_c, n_b)
+        lo, hi = ratio_confidence_sequence(ll, 0.05)
+        widths.append(hi / lo)
+        assert lo <= 2.0 <= hi
+    assert widths[-1] < widths[0]

@@ -1,0 +1,260 @@
+"""Exact window counts from cumulative counters: resets, partitions, bucket de-cumulation, missing series."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from analysis.counters import (
+    CounterDataError,
+    CounterSnapshot,
+    IstioLabels,
+    Series,
+    aligned_instant,
+    increase,
+    labelset,
+    reset_times,
+    snapshot_counts,
+    window_counts,
+)
+from analysis.observations import ISTIO_BUCKETS_MS, MetricsQuery, VersionCounts
+
+QUERY = MetricsQuery(namespace="shop", services=("search", "rank"), versions=("v1", "v2"))
+N = len(ISTIO_BUCKETS_MS)
+
+
+def istio(service: str, version: str, code: str = "200", pod: str = "a", **extra: str) -> dict[str, str]:
+    return {
+        "destination_service_name": service,
+        "destination_version": version,
+        "destination_service_namespace": "shop",
+        "reporter": "destination",
+        "response_code": code,
+        "pod": pod,
+        **extra,
+    }
+
+
+def bucket_series(labels: dict[str, str], cumulative_by_time: list[tuple[float, list[int]]]) -> list[Series]:
+    """One series per bound from [(t, cumulative counts per bound)]."""
+    out = []
+    for i, bound in enumerate(ISTIO_BUCKETS_MS):
+        le = "+Inf" if math.isinf(bound) else repr(float(bound))
+        samples = tuple((t, float(cum[i])) for t, cum in cumulative_by_time)
+        out.append(Series({**labels, "le": le}, samples))
+    return out
+
+
+def cumulate(per_bucket: list[int]) -> list[int]:
+    out, total = [], 0
+    for c in per_bucket:
+        total += c
+        out.append(total)
+    return out
+
+
+def one_hot(i: int, count: int) -> list[int]:
+    return [count if j == i else 0 for j in range(N)]
+
+
+@pytest.mark.parametrize(
+    ("samples", "start", "end", "expected"),
+    [
+        pytest.param([(0, 10), (5, 15), (10, 22)], 0, 10, 12, id="plain-difference"),
+        pytest.param([(0, 10), (5, 15), (10, 22)], 5, 10, 7, id="sample-at-start-is-baseline"),
+        pytest.param([(0, 10), (5, 15), (10, 22), (11, 30)], 0, 10, 12, id="later-samples-ignored"),
+        pytest.param([(6, 4), (8, 9)], 5, 10, 9, id="series-born-in-window-counts-from-zero"),
+        pytest.param([(0, 100), (4, 120), (6, 3), (8, 9)], 0, 10, 20 + 3 + 6, id="one-reset"),
+        pytest.param([(0, 100), (3, 2), (5, 5), (7, 1), (9, 4)], 0, 10, 2 + 3 + 1 + 3, id="two-resets"),
+        pytest.param([(0, 50), (7, 0)], 0, 10, 0, id="reset-to-zero"),
+        pytest.param([(10, 22), (0, 10), (5, 15)], 0, 10, 12, id="unsorted-input"),
+        pytest.param([(1, 10), (2, 10)], 2, 10, 0, id="no-samples-inside"),
+        pytest.param([], 0, 10, 0, id="missing-series-is-zero"),
+        pytest.param([(0, 5), (3, 8)], 3.5, 3.5, 0, id="empty-window"),
+    ],
+)
+def test_increase(samples: list[tuple[float, float]], start: float, end: float, expected: float) -> None:
+    assert increase(samples, start, end) == expected
+
+
+def test_increase_counts_a_sibling_reset_even_when_the_value_did_not_drop() -> None:
+    # The +Inf bucket fell, so this bucket restarted too although 7 > 5: its 7 are all new.
+    assert increase([(0, 5), (5, 7)], 0, 10, resets=frozenset({5.0})) == 7
+    assert increase([(0, 5), (5, 7)], 0, 10) == 2
+
+
+@pytest.mark.parametrize(
+    "samples",
+    [[(0, -1.0)], [(0, math.nan)], [(0, math.inf)], [(math.nan, 1.0)]],
+    ids=["negative", "nan", "inf", "nan-time"],
+)
+def test_increase_refuses_samples_that_are_not_counters(samples: list[tuple[float, float]]) -> None:
+    with pytest.raises(CounterDataError):
+        increase(samples, 0, 10)
+
+
+def test_increase_refuses_a_window_that_ends_before_it_starts() -> None:
+    with pytest.raises(ValueError, match="before its start"):
+        increase([(0, 1)], 10, 5)
+
+
+def test_reset_times_are_the_drops() -> None:
+    assert reset_times([(0, 5), (1, 6), (2, 1), (3, 2), (4, 0)]) == frozenset({2.0, 4.0})
+
+
+# A counter's life: increments at integer times, occasional restarts (the restart loses what was not yet
+# sampled before it, exactly as a real process restart does).
+events = st.lists(st.tuples(st.integers(0, 5), st.booleans()), min_size=1, max_size=60)
+
+
+def sampled(life: list[tuple[int, bool]]) -> list[tuple[float, float]]:
+    value, samples = 0, []
+    for t, (inc, restart) in enumerate(life):
+        value = inc if restart else value + inc
+        samples.append((float(t), float(value)))
+    return samples
+
+
+@settings(max_examples=200, deadline=None)
+@given(life=events, cuts=st.lists(st.floats(-1, 61, allow_nan=False), max_size=6))
+def test_consecutive_windows_partition_the_counts_exactly(
+    life: list[tuple[int, bool]], cuts: list[float]
+) -> None:
+    samples = sampled(life)
+    edges = sorted({-1.0, 61.0, *cuts})
+    parts = [increase(samples, a, b) for a, b in itertools.pairwise(edges)]
+    assert all(p >= 0 for p in parts)
+    assert sum(parts) == increase(samples, -1.0, 61.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(life=events)
+def test_increase_equals_the_true_increments_when_every_restart_shows_as_a_drop(
+    life: list[tuple[int, bool]],
+) -> None:
+    samples = sampled(life)
+    visible = all(
+        not restart or t == 0 or samples[t][1] < samples[t - 1][1] for t, (_, restart) in enumerate(life)
+    )
+    if visible:
+        assert increase(samples, -1, 100) == sum(inc for inc, _ in life)
+
+
+def test_window_counts_sums_series_per_version_with_errors_by_prefix() -> None:
+    requests = [
+        Series(istio("search", "v1", "200", pod="a"), ((0, 100), (10, 160))),
+        Series(istio("search", "v1", "200", pod="b"), ((0, 5), (5, 1), (10, 11))),  # pod b restarted
+        Series(istio("search", "v1", "503", pod="a"), ((0, 2), (10, 7))),
+        Series(istio("search", "v1", "429", pod="a"), ((0, 0), (10, 4))),
+        Series(istio("search", "v2", "500"), ((6, 3),)),  # first 5xx of the canary: born in the window
+    ]
+    w = window_counts(QUERY, requests, [], 0, 10)
+    assert w.of("search", "v1", N) == VersionCounts(60 + 11 + 5 + 4, 5, (0,) * N)
+    assert w.of("search", "v2", N) == VersionCounts(3, 3, (0,) * N)
+    with_429 = MetricsQuery("shop", ("search",), ("v1",), error_codes=("5", "429"))
+    w429 = window_counts(with_429, requests, [], 0, 10)
+    assert w429.of("search", "v1", N).errors == 9
+
+
+def test_window_counts_reports_versions_without_any_series_as_absent_and_zero() -> None:
+    requests = [Series(istio("search", "v1"), ((0, 1), (10, 2)))]
+    w = window_counts(QUERY, requests, [], 0, 10)
+    assert w.absent == frozenset({("search", "v2"), ("rank", "v1"), ("rank", "v2")})
+    assert w.of("rank", "v2", N) == VersionCounts.empty(N)
+    assert w.counts[("rank", "v2")] == VersionCounts.empty(N)
+
+
+def test_a_series_that_exists_with_no_increase_is_present_not_absent() -> None:
+    requests = [Series(istio("search", "v2"), ((0, 4), (10, 4)))]
+    w = window_counts(QUERY, requests, [], 0, 10)
+    assert ("search", "v2") not in w.absent
+    assert w.of("search", "v2", N).requests == 0
+
+
+def test_a_series_first_seen_after_the_window_is_absent_from_it() -> None:
+    requests = [Series(istio("search", "v2"), ((12, 4),))]
+    assert ("search", "v2") in window_counts(QUERY, requests, [], 0, 10).absent
+
+
+def test_window_counts_ignores_series_outside_the_query() -> None:
+    requests = [
+        Series(istio("search", "v1"), ((0, 0), (10, 5))),
+        Series({**istio("search", "v1"), "reporter": "source"}, ((0, 0), (10, 100))),
+        Series({**istio("search", "v1"), "destination_service_namespace": "other"}, ((0, 0), (10, 100))),
+        Series(istio("search", "v3"), ((0, 0), (10, 100))),
+        Series(istio("cart", "v1"), ((0, 0), (10, 100))),
+    ]
+    assert window_counts(QUERY, requests, [], 0, 10).of("search", "v1", N).requests == 5
+    # A source whose series lack namespace and reporter labels: do not filter on them.
+    bare = [Series({"destination_service_name": "search", "destination_version": "v1"}, ((0, 0), (10, 3)))]
+    loose = IstioLabels(namespace=None, reporter=None)
+    assert window_counts(QUERY, bare, [], 0, 10, loose).of("search", "v1", N).requests == 3
+    assert window_counts(QUERY, bare, [], 0, 10).of("search", "v1", N).requests == 0
+
+
+def test_buckets_are_de_cumulated_per_interval() -> None:
+    at0 = cumulate(one_hot(5, 10))  # 10 requests in (25, 50] before the window
+    during = [0] * N
+    during[3], during[5], during[7], during[N - 1] = 2, 4, 1, 3  # 10 ms, 50 ms, 250 ms, +Inf
+    at10 = cumulate([a + b for a, b in zip(one_hot(5, 10), during, strict=True)])
+    buckets = bucket_series(istio("search", "v1"), [(0, at0), (10, at10)])
+    w = window_counts(QUERY, [], buckets, 0, 10)
+    assert w.of("search", "v1", N).buckets == tuple(during)
+    assert sum(w.of("search", "v1", N).buckets) == 10
+
+
+def test_buckets_of_a_restarted_histogram_reset_together() -> None:
+    # Before the restart: 5 requests in bucket 2 and 4 in bucket 12; after it: 7 in bucket 8. The
+    # cumulative buckets 8..11 went 5 -> 7 (no drop of their own), while +Inf fell 9 -> 7: all restarted.
+    before = cumulate([a + b for a, b in zip(one_hot(2, 5), one_hot(12, 4), strict=True)])
+    after = cumulate(one_hot(8, 7))
+    buckets = bucket_series(istio("search", "v1"), [(0, before), (5, after)])
+    w = window_counts(QUERY, [], buckets, 0, 10)
+    assert w.of("search", "v1", N).buckets == tuple(one_hot(8, 7))
+
+
+def test_buckets_whose_bounds_differ_from_the_query_are_refused() -> None:
+    series = [Series({**istio("search", "v1"), "le": "42"}, ((0, 0), (10, 1)))]
+    with pytest.raises(CounterDataError, match="le='42'"):
+        window_counts(QUERY, [], series, 0, 10)
+
+
+def test_a_histogram_with_missing_bounds_is_refused() -> None:
+    series = bucket_series(istio("search", "v1"), [(0, [0] * N), (10, [1] * N)])[1:]
+    with pytest.raises(CounterDataError, match="no series for bucket bounds"):
+        window_counts(QUERY, [], series, 0, 10)
+
+
+def test_fractional_counts_are_refused() -> None:
+    with pytest.raises(CounterDataError, match="not a whole number"):
+        window_counts(QUERY, [Series(istio("search", "v1"), ((0, 0), (10, 2.5)))], [], 0, 10)
+
+
+def test_snapshot_counts_difference_two_scrapes() -> None:
+    ok, err, gone, new = (labelset(istio("search", "v1", c, pod=p)) for c, p in
+                          (("200", "a"), ("503", "a"), ("200", "old"), ("200", "new")))
+    restarted = labelset(istio("search", "v2"))
+    before = CounterSnapshot(100.0, {ok: 10, err: 1, gone: 50, restarted: 40})
+    after = CounterSnapshot(105.0, {ok: 25, err: 3, new: 4, restarted: 6})
+    w = snapshot_counts(QUERY, before, after)
+    assert (w.start, w.end) == (100.0, 105.0)
+    assert w.of("search", "v1", N) == VersionCounts(15 + 2 + 4, 2, (0,) * N)
+    assert w.of("search", "v2", N).requests == 6
+    assert w.absent == frozenset({("rank", "v1"), ("rank", "v2")})
+
+
+def test_snapshot_counts_from_an_empty_snapshot_count_from_zero() -> None:
+    after = CounterSnapshot(5.0, {labelset(istio("rank", "v2")): 9})
+    assert snapshot_counts(QUERY, CounterSnapshot(0.0), after).of("rank", "v2", N).requests == 9
+
+
+@pytest.mark.parametrize(
+    ("now", "step", "settle", "expected"),
+    [(1000.0, 10, 2, 990.0), (1012.5, 10, 2, 1010.0), (1011.9, 10, 2, 1000.0), (7.0, 1, 0, 7.0)],
+)
+def test_aligned_instant(now: float, step: float, settle: float, expected: float) -> None:
+    assert aligned_instant(now, step, settle) == expected
