@@ -38,11 +38,13 @@ class Judge(Protocol):
 
     def initial_state(
         self,
-        reference: Mapping[str, VersionCounts] | None = None,
+        reference: Mapping[str, VersionCounts] | VersionCounts | None = None,
         services: Sequence[str] | None = None,
         bounds_ms: Sequence[float] = ISTIO_BUCKETS_MS,
     ) -> dict[str, Any]:
-        """A fresh state; `reference` (stable-only counts per service) and `services` are optional."""
+        """A fresh state. Optional: `reference`, stable-only counts (per service, or one for all) that
+        fix the slow-tail threshold; `services`, the services whose checks share alpha; `bounds_ms`,
+        the bucket bounds every later observation must use."""
 
     def update(
         self, state: Mapping[str, Any], observations: Mapping[str, IntervalObservation]

@@ -33,7 +33,7 @@ from scipy import special
 from analysis.config import AnalysisConfig, KayentaConfig
 from analysis.decisions import CheckResult, Decision
 from analysis.histogram import FloatArray, IntArray, quantiles
-from analysis.observations import ISTIO_BUCKETS_MS, IntervalObservation, InvalidObservation, Verdict
+from analysis.observations import ISTIO_BUCKETS_MS, IntervalObservation, InvalidObservation, Verdict, VersionCounts
 
 PASS, HIGH, LOW, NODATA = 0, 1, 2, 3
 LABELS = ("Pass", "High", "Low", "NoData")
@@ -198,7 +198,7 @@ class KayentaJudge:
 
     def initial_state(
         self,
-        reference: Mapping[str, Any] | None = None,
+        reference: Mapping[str, VersionCounts] | VersionCounts | None = None,
         services: Sequence[str] | None = None,
         bounds_ms: Sequence[float] = ISTIO_BUCKETS_MS,
     ) -> dict[str, Any]:

@@ -230,12 +230,13 @@ class SequentialJudge:
     # -- state ----------------------------------------------------------------------------------------
     def initial_state(
         self,
-        reference: Mapping[str, VersionCounts] | None = None,
+        reference: Mapping[str, VersionCounts] | VersionCounts | None = None,
         services: Sequence[str] | None = None,
         bounds_ms: Sequence[float] = ISTIO_BUCKETS_MS,
     ) -> dict[str, Any]:
         """A fresh state. `services` fixes the alpha split up front (else the first tick's services do);
-        `reference` gives each service's stable-only counts to fix the tail threshold from."""
+        `reference` gives stable-only counts to fix the tail threshold from: per service, or one
+        VersionCounts for every service."""
         state: dict[str, Any] = {
             "judge": self.name,
             "version": STATE_VERSION,
@@ -244,7 +245,8 @@ class SequentialJudge:
             "services": {},
             "plan": list(services) if services is not None else None,
         }
-        for name, counts in (reference or {}).items():
+        per_service = {"*": reference} if isinstance(reference, VersionCounts) else (reference or {})
+        for name, counts in per_service.items():
             start = int(reference_tail_index(counts.buckets, self.config.tail_reference_quantile))
             state.setdefault("references", {})[name] = start
         state["boundsMs"] = [float(x) for x in bounds_ms[:-1]]  # the last bound is +Inf, not JSON
@@ -275,8 +277,9 @@ class SequentialJudge:
                 tail_index(obs.bounds_ms, self.config.tail_threshold_ms),
                 "spec",
             )
-        elif name in state.get("references", {}):
-            svc["tailStart"], svc["tailSource"] = state["references"][name], "reference"
+        elif name in state.get("references", {}) or "*" in state.get("references", {}):
+            refs = state["references"]
+            svc["tailStart"], svc["tailSource"] = refs.get(name, refs.get("*")), "reference"
         return svc
 
     # -- one tick -------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import numpy.typing as npt
 from analysis.config import AnalysisConfig, ThresholdConfig
 from analysis.decisions import CheckResult, Decision
 from analysis.histogram import quantiles
-from analysis.observations import ISTIO_BUCKETS_MS, IntervalObservation, InvalidObservation, Verdict
+from analysis.observations import ISTIO_BUCKETS_MS, IntervalObservation, InvalidObservation, Verdict, VersionCounts
 
 
 def interval_failures(
@@ -49,7 +49,7 @@ class ThresholdJudge:
 
     def initial_state(
         self,
-        reference: Mapping[str, Any] | None = None,
+        reference: Mapping[str, VersionCounts] | VersionCounts | None = None,
         services: Sequence[str] | None = None,
         bounds_ms: Sequence[float] = ISTIO_BUCKETS_MS,
     ) -> dict[str, Any]:

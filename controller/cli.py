@@ -197,7 +197,7 @@ def _stack_up(args: argparse.Namespace) -> int:
         while not stopping["now"]:
             time.sleep(0.2)
         if load is not None:
-            print(json.dumps(load.stop().as_dict()))
+            print(load.stop().summary())
     print("stopped every process of the stack")
     return 0
 

@@ -92,6 +92,13 @@ def base_plan(spec: ReleaseSpec) -> RoutingPlan:
 
 
 def desired_plan(spec: ReleaseSpec, status: ReleaseStatus) -> RoutingPlan | None:
+    """The routes the status calls for.
+
+    Promotion and rollback each change the routes in two stages, so that no request in flight mixes
+    versions: first only the entry split moves (100% into the canary lane, or 0%), leaving the lane routes
+    of requests already inside the stack untouched; after `drainTime` the subsets are re-pointed
+    (stable -> new version) or the canary subsets removed.
+    """
     base = base_plan(spec)
     match status.phase:
         case Phase.PENDING:
@@ -100,8 +107,12 @@ def desired_plan(spec: ReleaseSpec, status: ReleaseStatus) -> RoutingPlan | None
             return base
         case Phase.PROGRESSING | Phase.PAUSED:
             return base.with_weight(status.canary_weight)
-        case Phase.PROMOTING | Phase.SUCCEEDED:
+        case Phase.PROMOTING:
+            return base.promoted() if status.cutover else base.with_weight(100)
+        case Phase.SUCCEEDED:
             return base.promoted()
+        case Phase.ROLLING_BACK:
+            return base.all_stable() if status.cutover else base.with_weight(0)
         case _:
             return base.all_stable()
 
@@ -172,7 +183,8 @@ def _transition(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now:
 
 
 def _start(spec: ReleaseSpec, status: ReleaseStatus, now: float, actions: list[Action]) -> ReleaseStatus:
-    status = replace(status, started_at=now, judge_state=make_judge(spec.analysis).initial_state())
+    status = replace(status, started_at=now,
+                     judge_state=make_judge(spec.analysis).initial_state(services=spec.analysed_services))
     actions.append(Notify("Initializing", f"deploying {spec.canary.version} of {', '.join(spec.changed)} "
                                           f"beside {spec.stable.version}"))
     return status.with_phase(Phase.INITIALIZING, now, "waiting for the new version to become ready")
@@ -323,7 +335,8 @@ def _promote_or_gate(spec: ReleaseSpec, status: ReleaseStatus, now: float, actio
         status = status.with_condition("Paused", "True", "AwaitingPromotion", "manual gate", now)
         return status.with_phase(Phase.PAUSED, now, "analysis passed; awaiting approval to promote")
     actions.append(Notify("Promoting", f"{spec.canary.version} becomes stable for {', '.join(spec.changed)}"))
-    status = replace(status, decided_at=status.decided_at or now)
+    status = replace(status, decided_at=status.decided_at or now, canary_weight=100, cutover=False,
+                     stage_since=None)
     status = status.with_condition("Paused", "False", "Promoting", "", now)
     return status.with_phase(Phase.PROMOTING, now, "stable now points at the new version")
 
@@ -340,21 +353,36 @@ def _paused(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: flo
     return status.with_phase(Phase.PROGRESSING, now, f"analysing step {status.step + 1} at {status.canary_weight}%")
 
 
+def _drained(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float) -> ReleaseStatus | None:
+    """Stage one of a promotion or rollback: once its routes read back, wait `drainTime`, then cut over.
+
+    Returns the status to carry on with, or None while the routes are not yet in effect.
+    """
+    plan = desired_plan(spec, status)
+    if plan is None or not plan.equivalent(obs.routing):
+        return None
+    since = status.stage_since or now
+    if now - since < spec.drain_time:
+        return replace(status, stage_since=since)
+    return replace(status, cutover=True, stage_since=now)
+
+
 def _promoting(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float,
                actions: list[Action]) -> ReleaseStatus:
-    target = base_plan(spec).promoted()
-    if not target.equivalent(obs.routing):
+    if not status.cutover:
+        return _drained(spec, status, obs, now) or status
+    if not base_plan(spec).promoted().equivalent(obs.routing):
         return status
-    if now - (status.phase_since or now) < spec.scale_down_delay:
+    if now - (status.stage_since or now) < spec.scale_down_delay:
         return status.with_phase(Phase.PROMOTING, now, "promoted; waiting to scale the old version down")
     actions.append(Notify("Promoted", f"{spec.canary.version} serves all traffic for {', '.join(spec.changed)}"))
-    return status.with_phase(Phase.SUCCEEDED, now, f"promoted {spec.canary.version}")
+    return replace(status, canary_weight=0).with_phase(Phase.SUCCEEDED, now, f"promoted {spec.canary.version}")
 
 
 def _roll_back(status: ReleaseStatus, now: float, ending: Phase, reason: str, message: str,
                actions: list[Action], decided: bool = False) -> ReleaseStatus:
     actions.append(Notify(reason, f"rolling back: {message}", warning=True))
-    status = replace(status, canary_weight=0, ending=ending.value,
+    status = replace(status, canary_weight=0, ending=ending.value, cutover=False, stage_since=None,
                      decided_at=(status.decided_at or now) if decided else status.decided_at)
     status = status.with_condition("Analysis" if reason.startswith("Analysis") else "Release", "False",
                                    reason, message, now)
@@ -363,6 +391,8 @@ def _roll_back(status: ReleaseStatus, now: float, ending: Phase, reason: str, me
 
 def _rolling_back(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float,
                   actions: list[Action]) -> ReleaseStatus:
+    if not status.cutover:
+        return _drained(spec, status, obs, now) or status
     if not base_plan(spec).all_stable().equivalent(obs.routing):
         return status
     ending = Phase(status.ending or Phase.ROLLED_BACK.value)

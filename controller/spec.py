@@ -79,6 +79,8 @@ class ReleaseSpec:
     policies: Policies
     progress_deadline: float
     scale_down_delay: float
+    # Time given to requests in flight before a promotion or rollback changes the routes they are using.
+    drain_time: float = 5.0
     lane_header: str = DEFAULT_LANE_HEADER
     paused: bool = False
     abort: bool = False
@@ -173,7 +175,7 @@ def parse_release(obj: Mapping[str, Any]) -> ReleaseSpec:
     generation = generation if isinstance(generation, int) else 1
     spec = r.mapping(obj.get("spec"), "spec")
     r.unknown(spec, "spec", ("stack", "stable", "canary", "strategy", "analysis", "policies",
-                             "progressDeadline", "scaleDownDelay", "laneHeader", "paused", "abort",
+                             "progressDeadline", "scaleDownDelay", "drainTime", "laneHeader", "paused", "abort",
                              "approvePromotion"))
 
     stack = _stack(r, spec.get("stack"))
@@ -193,6 +195,7 @@ def parse_release(obj: Mapping[str, Any]) -> ReleaseSpec:
         policies=policies,
         progress_deadline=r.duration(spec.get("progressDeadline"), "spec.progressDeadline", 600.0, 1.0),
         scale_down_delay=r.duration(spec.get("scaleDownDelay"), "spec.scaleDownDelay", 0.0),
+        drain_time=r.duration(spec.get("drainTime"), "spec.drainTime", 5.0),
         lane_header=lane_header,
         paused=r.boolean(spec.get("paused"), "spec.paused"),
         abort=r.boolean(spec.get("abort"), "spec.abort"),

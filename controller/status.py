@@ -98,6 +98,10 @@ class ReleaseStatus:
     decided_at: float | None = None
     # The final phase a rollback in progress ends in: RolledBack, Aborted or Failed.
     ending: str | None = None
+    # Promotion and rollback change routes in two stages (see machine.desired_plan): `cutover` is False
+    # during the first, and `stage_since` is when the current stage's routes were first read back.
+    cutover: bool = False
+    stage_since: float | None = None
     judge_state: Mapping[str, Any] = field(default_factory=dict)
     conditions: tuple[Condition, ...] = ()
     history: tuple[DecisionRecord, ...] = ()
@@ -145,6 +149,8 @@ class ReleaseStatus:
             "firstCanaryTrafficAt": self.first_canary_traffic_at,
             "decidedAt": self.decided_at,
             "ending": self.ending,
+            "cutover": self.cutover,
+            "stageSince": self.stage_since,
             "judgeState": dict(self.judge_state),
             "conditions": [c.for_storage() for c in self.conditions],
             "history": [h.for_storage() for h in self.history],
@@ -172,6 +178,8 @@ class ReleaseStatus:
             first_canary_traffic_at=d.get("firstCanaryTrafficAt"),
             decided_at=d.get("decidedAt"),
             ending=d.get("ending"),
+            cutover=bool(d.get("cutover", False)),
+            stage_since=d.get("stageSince"),
             judge_state=dict(d.get("judgeState", {})),
             conditions=tuple(Condition.from_storage(c) for c in d.get("conditions", ())),
             history=tuple(DecisionRecord.from_storage(h) for h in d.get("history", ())),

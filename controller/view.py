@@ -37,13 +37,13 @@ def decision_lines(record: DecisionRecord, stable: str, canary: str) -> list[str
     for service, checks in by_service.items():
         counts = record.counts.get(service, {})
         b, c = counts.get("baseline", {}), counts.get("canary", {})
-        latency = next((ch for ch in checks if ch.get("check") == "latency"), None)
+        latency = next((ch for ch in checks if ch.get("check") == "latencyShift"), None)
         q = latency.get("estimates", {}) if latency else {}
         lines.append(
             f"    {service:<14} {stable}: {b.get('requests', 0):>6} req {_rate(b):>6} err "
-            f"p50 {_num(q.get('p50Baseline'), '{:.0f}'):>4} p99 {_num(q.get('p99Baseline'), '{:.0f}'):>5}ms | "
+            f"p50 {_num(q.get('p50BaselineMs'), '{:.0f}'):>4} p99 {_num(q.get('p99BaselineMs'), '{:.0f}'):>5}ms | "
             f"{canary}: {c.get('requests', 0):>5} req {_rate(c):>6} err "
-            f"p50 {_num(q.get('p50Canary'), '{:.0f}'):>4} p99 {_num(q.get('p99Canary'), '{:.0f}'):>5}ms"
+            f"p50 {_num(q.get('p50CanaryMs'), '{:.0f}'):>4} p99 {_num(q.get('p99CanaryMs'), '{:.0f}'):>5}ms"
         )
         bars = "  ".join(f"{ch.get('check')}: e={_num(ch.get('eValue'))}/{_num(ch.get('threshold'))}"
                          + ("!" if ch.get("verdict") == "fail" else "")

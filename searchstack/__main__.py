@@ -1,15 +1,25 @@
 """Run one search-stack service: `python -m searchstack --role ROLE --port P [--host 127.0.0.1]`.
 
+`--role` defaults to $SEARCHSTACK_ROLE (how the container image picks it).
+
 Configuration beyond role and address comes from the environment (see searchstack/README.md).
 """
 
 from __future__ import annotations
 
+import os
+
+# Before numpy loads: the services' matrix products are tiny, and idle BLAS threads spinning on 2 cores
+# cost more CPU than the work itself (measured: ml-search used ~3x the CPU per request without this).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The *_created series double every metric and nothing here reads them.
+os.environ.setdefault("PROMETHEUS_DISABLE_CREATED_SERIES", "True")
+
 import argparse
 import sys
 
 import uvicorn
-from prometheus_client import disable_created_metrics
 
 from searchstack.app import create_app
 from searchstack.settings import ROLES, Settings
@@ -17,7 +27,8 @@ from searchstack.settings import ROLES, Settings
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m searchstack", description=__doc__)
-    parser.add_argument("--role", required=True, choices=ROLES)
+    role = os.environ.get("SEARCHSTACK_ROLE") or None  # container images choose the role by env
+    parser.add_argument("--role", required=role is None, default=role, choices=ROLES)
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--host", default="127.0.0.1")
     return parser.parse_args(argv)
@@ -30,8 +41,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"searchstack: invalid configuration: {exc}", file=sys.stderr)
         return 2
-    # The *_created series double every metric and nothing here reads them.
-    disable_created_metrics()
     config = uvicorn.Config(
         create_app(settings),
         host=args.host,

@@ -54,6 +54,7 @@ class HitsResponse(BaseModel):
 class ErrorBody(BaseModel):
     error: str
     service: str
+    reason: str | None = None
     via: str | None = None
     upstream_status: int | None = None
 

@@ -15,7 +15,7 @@ master-search asks ml-search, keyword and text-search concurrently and merges (s
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -76,12 +76,11 @@ class ServiceContext:
         self.downstream = DownstreamClient(settings, self.metrics, transport)
         self.last_headers: dict[str, str] = {}
 
-    async def begin(self, request: Request) -> Mapping[str, str]:
+    async def begin(self, request: Request) -> None:
         """Start a work request: remember its mesh headers, then apply simulated work and faults."""
         names = (self.settings.lane_header, *PROPAGATED_HEADERS, SOURCE_WORKLOAD_HEADER, "host")
         self.last_headers = {n: request.headers[n] for n in names if n in request.headers}
         await self.injector.apply()
-        return request.headers
 
     async def call(
         self, service: str, path: str, payload: dict[str, Any], request: Request

@@ -45,6 +45,7 @@ class DownstreamError(Exception):
         return {
             "error": f"downstream service {self.service} failed: {self.reason}",
             "service": self.service,
+            "reason": self.reason,
             "via": via,
             "upstream_status": self.upstream_status,
         }
@@ -77,6 +78,7 @@ class DownstreamClient:
                 timeout=httpx.Timeout(t, connect=min(t, 2.0)),
                 limits=httpx.Limits(max_connections=256, max_keepalive_connections=32, keepalive_expiry=30),
                 transport=self._transport,
+                trust_env=False,  # service-to-service calls go to the mesh, never to an env proxy
             )
         return client
 
@@ -130,5 +132,5 @@ def _error_from(service: str, response: httpx.Response) -> DownstreamError:
     # A nested failure names its own culprit (e.g. ml-infer behind ml-search): keep the innermost one.
     if isinstance(body, dict) and isinstance(body.get("service"), str):
         failing = body["service"]
-        reason = str(body.get("error") or reason)
+        reason = str(body.get("reason") or body.get("error") or reason)
     return DownstreamError(failing, status, reason, response.status_code)

@@ -132,13 +132,21 @@ class Store:
     """The versioned object store; thread-safe (the tests' threads and the server's loop both use it)."""
 
     objects: dict[tuple[Key, str, str], Obj] = field(default_factory=dict)
+    # (kind, namespace) -> names: lists of one namespace need not scan every object of the cluster.
+    index: dict[tuple[Key, str], set[str]] = field(default_factory=dict)
     log: list[tuple[int, Key, str, Obj]] = field(default_factory=list)
     rv: int = 1000
     horizon: int = 0  # watches from before this resourceVersion get 410 Gone
     lock: threading.RLock = field(default_factory=threading.RLock)
 
+    log_limit: int = 20_000  # like etcd's compaction: older history is gone, watches from there get 410
+
     def _record(self, key: Key, event: str, obj: Obj) -> None:
         self.log.append((self.rv, key, event, copy.deepcopy(obj)))
+        if len(self.log) > self.log_limit:
+            dropped = self.log[: len(self.log) - self.log_limit]
+            del self.log[: len(dropped)]
+            self.horizon = dropped[-1][0]
 
     def get(self, key: Key, ns: str, name: str) -> Obj:
         with self.lock:
@@ -149,9 +157,10 @@ class Store:
 
     def list(self, key: Key, ns: str | None, selector: str | None) -> tuple[list[Obj], int]:
         with self.lock:
-            items = [copy.deepcopy(o) for (k, n, _), o in sorted(self.objects.items(), key=lambda kv: kv[0][1:])
-                     if k == key and (ns is None or n == ns)
-                     and selector_matches(selector, o["metadata"].get("labels") or {})]
+            spaces = [ns] if ns is not None else sorted(n for (k, n) in self.index if k == key)
+            found = [self.objects[(key, n, name)] for n in spaces for name in sorted(self.index.get((key, n), ()))]
+            items = [copy.deepcopy(o) for o in found
+                     if selector_matches(selector, o["metadata"].get("labels") or {})]
             return items, self.rv
 
     def create(self, key: Key, ns: str, obj: Obj) -> Obj:
@@ -172,6 +181,7 @@ class Store:
             obj["apiVersion"] = f"{key[0]}/{key[1]}" if key[0] else key[1]
             obj["kind"] = kind.kind
             self.objects[(key, ns, name)] = obj
+            self.index.setdefault((key, ns), set()).add(name)
             self._record(key, "ADDED", obj)
             return copy.deepcopy(obj)
 
@@ -226,6 +236,7 @@ class Store:
             obj = self.objects.pop((key, ns, name), None)
             if obj is None:
                 raise ApiError(404, "NotFound", f'{key[2]} "{name}" not found')
+            self.index[(key, ns)].discard(name)
             self.rv += 1
             obj["metadata"]["resourceVersion"] = str(self.rv)
             self._record(key, "DELETED", obj)

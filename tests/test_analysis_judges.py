@@ -214,6 +214,9 @@ def test_tail_threshold_is_fixed_from_baseline_only() -> None:
     assert s1["services"]["s"]["slowTail"]["events"] == [0, 0]  # the choosing interval is not tested
     ref = judge.initial_state(reference={"s": first.baseline})
     assert ref["references"]["s"] == s1["services"]["s"]["tailStart"]
+    s4, _ = judge.update(judge.initial_state(reference=first.baseline), {"s": first})
+    assert s4["services"]["s"]["tailSource"] == "reference"
+    assert s4["services"]["s"]["slowTail"]["events"] != [0, 0]  # a reference leaves every interval in the test
     spec = make_judge(AnalysisConfig.from_dict({"tailThresholdMs": 250}))
     s3, d = spec.update(spec.initial_state(), {"s": first})
     assert s3["services"]["s"]["tailSource"] == "spec"

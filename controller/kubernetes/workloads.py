@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_RELEASE = "stack-canary.dev/release"
+# On a canary created beside an autoscaled stable version: its replicas belong to its own HPA copy.
+ANNOTATION_AUTOSCALED = "stack-canary.dev/autoscaled"
 MANAGED_BY = "stack-canary"
 
 
@@ -124,16 +126,20 @@ class DeploymentWorkloads:
     def ensure_version(self, service: str, version: str, image: str | None) -> None:
         name = deployment_name(service, version)
         stable = self._stable_of(service, version)
-        hpa = self._hpa_for(stable["metadata"]["name"])
         replicas = self.policy.canary_replicas(_replicas(stable), self.weight.weight)
         existing = self._deployments().get(name)
         if existing is None:
+            # HPAs are looked for only here, at creation: later ticks read the annotation instead.
+            hpa = self._hpa_for(stable["metadata"]["name"])
             body = self.canary_from(stable, service, version, image, replicas)
+            if hpa is not None:
+                body["metadata"]["annotations"] = {ANNOTATION_AUTOSCALED: "true"}
             self._deployments()[name] = self.api.create(DEPLOYMENTS, self.release.namespace, body)
             if hpa is not None:
                 self._copy_hpa(hpa, name)
             return
-        patch = self._drift(existing, service, image, None if hpa is not None else replicas)
+        autoscaled = (existing["metadata"].get("annotations") or {}).get(ANNOTATION_AUTOSCALED) == "true"
+        patch = self._drift(existing, service, image, None if autoscaled else replicas)
         if patch:
             self._deployments()[name] = self.api.patch(DEPLOYMENTS, self.release.namespace, name, patch)
 

@@ -17,13 +17,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
 from controller import view
-from controller.local.loadgen import LoadRunner
+from controller.local.loadgen import LoadReport, LoadRunner
 from controller.local.metrics_source import open_metrics_source
 from controller.local.platform import LocalRouter, LocalWorkloads, LogNotifier, SystemClock
 from controller.local.stack import SEARCH_SERVICES, Faults, LocalStack
@@ -199,7 +199,7 @@ def _drive(reconciler: Reconciler, state: StateDir, spec: Any, clock: SystemCloc
 
 
 def _summary(scenario: str, status: ReleaseStatus, audit: LaneAudit, metrics_source: str, workdir: Path,
-             report: Any) -> dict[str, Any]:
+             report: LoadReport | None) -> dict[str, Any]:
     s = summary(status)
     rollback_seconds = None
     if status.phase is Phase.ROLLED_BACK and status.first_canary_traffic_at and status.finished_at:
@@ -218,10 +218,19 @@ def _summary(scenario: str, status: ReleaseStatus, audit: LaneAudit, metrics_sou
         "last_verdict": status.last_verdict,
         "message": status.message,
         "metrics_source": metrics_source,
-        "load": report.as_dict() if hasattr(report, "as_dict") else None,
+        "load": load_dict(report),
         "state_dir": str(workdir / "state"),
         "logs": str(workdir / "stack" / "logs"),
     }
+
+
+def load_dict(report: LoadReport | None) -> dict[str, Any] | None:
+    if report is None:
+        return None
+    d = asdict(report)
+    d["status_counts"] = {str(k): v for k, v in report.status_counts.items()}
+    d["achieved_rate"] = report.achieved_rate
+    return d
 
 
 def _summary_text(r: dict[str, Any]) -> str:

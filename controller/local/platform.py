@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from controller.local.processes import ProcessError
 from controller.local.router_client import RouterAdmin, RouterAdminError
 from controller.local.stack import LocalStack
 from controller.ports import Notice, PermanentError, Readiness, TemporaryError
@@ -78,7 +79,7 @@ class LocalWorkloads:
     def ensure_version(self, service: str, version: str, image: str | None) -> None:
         try:
             self.stack.ensure_service(service, version)
-        except OSError as exc:
+        except (OSError, ProcessError) as exc:
             raise TemporaryError(f"cannot start {service}@{version}: {exc}") from exc
 
     def readiness(self, service: str, version: str) -> Readiness:

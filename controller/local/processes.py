@@ -27,13 +27,11 @@ from typing import IO
 
 import httpx
 
+from searchstack.faults import FAULT_ENV
+from searchstack.settings import DOWNSTREAM_ENV_PREFIX
+from searchstack.settings import ROLES as SEARCH_ROLES
+
 PR_SET_PDEATHSIG = 1
-SEARCH_ROLES = ("master-search", "ml-infer", "ml-search", "keyword", "text-search")
-# The services others call: the env prefix of their URL/host variables, as searchstack reads them.
-DOWNSTREAM_ENV_PREFIX = {"ml-infer": "ML_INFER", "ml-search": "ML_SEARCH", "keyword": "KEYWORD",
-                         "text-search": "TEXT_SEARCH"}
-FAULT_ENV = {"latency_ms": "FAULT_LATENCY_MS", "latency_scale": "FAULT_LATENCY_SCALE",
-             "slow_prob": "FAULT_SLOW_PROB", "slow_ms": "FAULT_SLOW_MS", "error_rate": "FAULT_ERROR_RATE"}
 
 
 class ProcessError(RuntimeError):
@@ -58,6 +56,7 @@ class Proc:
     log_path: Path
     health_url: str | None = None
     _log: IO[bytes] | None = field(default=None, repr=False)
+    stopped: bool = False  # reaped by stop(); its pid may belong to someone else from now on
 
     @property
     def pid(self) -> int:
@@ -68,6 +67,10 @@ class Proc:
 
     def log_tail(self, lines: int = 20) -> str:
         return tail(self.log_path, lines)
+
+    def last_error(self, lines: int = 5) -> str:
+        """The last few log lines on one line: what to show in a status reason when the process died."""
+        return " | ".join(line.strip() for line in self.log_tail(lines).splitlines() if line.strip())
 
 
 def tail(path: Path, lines: int = 20) -> str:
@@ -82,10 +85,13 @@ def tail(path: Path, lines: int = 20) -> str:
     return "\n".join(data.splitlines()[-lines:])
 
 
+# Resolved once in the parent: dlopen() between fork and exec can deadlock when the parent has threads.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+
 def _die_with_parent(parent_pid: int) -> None:
     """Runs in the child between fork and exec: ask the kernel for SIGTERM when the parent dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     # The parent may have died before prctl took effect; then nobody would ever signal us.
     if os.getppid() != parent_pid:
         os.kill(os.getpid(), signal.SIGTERM)
@@ -118,8 +124,11 @@ class ProcessGroup:
         cwd: Path | str | None = None,
     ) -> Proc:
         """Start `argv` as `name`; `env` is added to (or, with inherit_env=False, replaces) os.environ."""
-        if name in self.procs and self.procs[name].alive():
-            raise ProcessError(f"{name}: already running as pid {self.procs[name].pid}")
+        previous = self.procs.get(name)
+        if previous is not None and previous.alive():
+            raise ProcessError(f"{name}: already running as pid {previous.pid}")
+        if previous is not None:
+            self.stop(previous)  # reap it and close its log before the name is reused
         full_env = {**(os.environ if inherit_env else {}), **(env or {})}
         log_path = self.log_dir / f"{name}.log"
         log = log_path.open("ab")
@@ -127,7 +136,7 @@ class ProcessGroup:
         try:
             popen = subprocess.Popen(
                 argv, env=full_env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=lambda: _die_with_parent(parent),  # noqa: PLW1509
+                start_new_session=True, preexec_fn=lambda: _die_with_parent(parent),
             )
         except OSError as exc:
             log.close()
@@ -142,7 +151,7 @@ class ProcessGroup:
             raise ProcessError(f"{proc.name}: no health URL to wait for")
         deadline = time.monotonic() + timeout
         last = "no answer yet"
-        with httpx.Client(timeout=1.0) as client:
+        with httpx.Client(timeout=1.0, trust_env=False) as client:  # loopback: never via an env proxy
             while True:
                 if not proc.alive():
                     raise ProcessError(
@@ -170,6 +179,8 @@ class ProcessGroup:
 
     def stop(self, proc: Proc, grace: float = 5.0) -> int | None:
         """SIGTERM the process group, SIGKILL it after `grace` seconds, reap; returns the exit code."""
+        if proc.stopped:
+            return proc.popen.returncode
         if proc.alive():
             _signal_group(proc, signal.SIGTERM)
             try:
@@ -179,8 +190,10 @@ class ProcessGroup:
                 proc.popen.wait()
         else:
             proc.popen.wait()
-        # The leader is gone; make sure nothing it forked lingers in its group.
+        # The leader is gone; make sure nothing it forked lingers in its group. (The kernel does not reuse
+        # a pid while a process group of that id has members, so this reaches only the leader's own group.)
         _signal_group(proc, signal.SIGKILL)
+        proc.stopped = True
         if proc._log is not None:
             proc._log.close()
             proc._log = None
@@ -190,7 +203,7 @@ class ProcessGroup:
         """Stop every process: all get SIGTERM at once, then each is waited for (SIGKILL after `grace`)."""
         procs = list(self.procs.values())
         for proc in procs:
-            if proc.alive():
+            if not proc.stopped and proc.alive():
                 _signal_group(proc, signal.SIGTERM)
         for proc in procs:
             self.stop(proc, grace)

@@ -66,12 +66,33 @@ class LocalStack:
     # --- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> LocalStack:
         self.router_port, self.admin_port = free_port(), free_port()
-        argv = [sys.executable, "-m", "controller.local.router", "--port", str(self.router_port),
-                "--admin-port", str(self.admin_port)]
-        proc = self.group.start("mesh-router", argv, env={}, health_url=f"{self.admin_url}/healthz")
-        self.group.wait_healthy(proc, timeout=20)
+        self._start_router()
         self.admin = RouterAdmin(self.admin_url)
         return self
+
+    def _start_router(self) -> None:
+        argv = [sys.executable, "-m", "controller.local.router", "--port", str(self.router_port),
+                "--admin-port", str(self.admin_port), "--namespace", self.namespace]
+        self.router_proc = self.group.start("mesh-router", argv, env={}, health_url=f"{self.admin_url}/healthz")
+        self._record_pid(self.router_proc)
+        self.group.wait_healthy(self.router_proc, timeout=20)
+
+    def _record_pid(self, proc: Proc) -> None:
+        # An operator's (and the tests') record of every process this stack started.
+        with (self.workdir / "logs" / "pids.txt").open("a") as f:
+            f.write(f"{proc.name} {proc.pid}\n")
+
+    def restart_router(self) -> None:
+        """Stop the mesh router and start it again on the same ports, with the same routes and endpoints.
+
+        Its counters start again from zero, as a restarted sidecar's do.
+        """
+        assert self.admin is not None, "start() the stack first"
+        objects = self.admin.get_config()
+        self.group.stop(self.router_proc)
+        self._start_router()
+        self._publish_endpoints()
+        self.admin.put_config(objects)
 
     def close(self) -> None:
         self._health.close()
@@ -104,6 +125,7 @@ class LocalStack:
         faults = dict(self.faults.get(version, {}).get(service, {}))
         proc = start_search_service(self.group, service, version, port, self.router_url, faults=faults,
                                     work_ms=self.work_ms, lane_header=self.lane_header)
+        self._record_pid(proc)
         workload = Workload(service, version, port, proc)
         self.workloads[key] = workload
         self._publish_endpoints()

@@ -1,0 +1,135 @@
+"""End to end on the local platform: the real search stack behind the real mesh router, real load, and
+the real controller. Short intervals, bounded load, every process stopped and checked gone."""
+
+from __future__ import annotations
+
+import collections
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from controller.local.demo import run_demo
+from controller.local.platform import LocalRouter
+from controller.local.stack import SEARCH_SERVICES, LocalStack
+from controller.routing.plan import RoutingPlan, ServiceVersions
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+QUERY = {"text": "graph neural networks for citation ranking", "n_results": 5, "random_seed": 7}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def two_versions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    stack = LocalStack(tmp_path_factory.mktemp("stack"), work_ms=1.0).start()
+    try:
+        stack.start_version("v1")
+        stack.start_version("v2")
+        yield stack
+    finally:
+        pids = [p.pid for p in stack.group.procs.values()]
+        stack.close()
+        assert pids and not [p for p in pids if alive(p)], "a process outlived the stack"
+
+
+def served_by(response: httpx.Response) -> dict[str, str]:
+    return dict(part.split("@") for part in response.headers["x-served-by"].split(","))
+
+
+def send(stack: LocalStack, n: int) -> list[dict[str, str]]:
+    paths = []
+    with httpx.Client(base_url=stack.router_url, headers={"host": "master-search"}, timeout=10) as client:
+        for i in range(n):
+            r = client.post("/master-service/search", json={**QUERY, "random_seed": i})
+            assert r.status_code == 200, r.text
+            paths.append(served_by(r))
+    return paths
+
+
+def apply(stack: LocalStack, plan: RoutingPlan) -> None:
+    assert stack.admin is not None
+    LocalRouter(stack.admin).apply(plan)
+
+
+def test_lane_purity_at_50_50_across_every_hop(two_versions: LocalStack) -> None:
+    apply(two_versions, two_versions.baseline_plan("v1", "v2", 50))
+    paths = send(two_versions, 1000)
+    mixed = [p for p in paths if len(set(p.values())) != 1]
+    assert mixed == []
+    assert all(set(p) == set(SEARCH_SERVICES) for p in paths)  # every hop is listed
+    canary = sum(1 for p in paths if p["master-search"] == "v2")
+    # 50/50 over 1,000 requests: binomial 99.9% bounds are about 448..552.
+    assert 448 <= canary <= 552
+
+
+def test_services_left_unchanged_serve_both_lanes_from_stable(two_versions: LocalStack) -> None:
+    changed = {"ml-search", "keyword"}
+    plan = RoutingPlan("local", "master-search",
+                       tuple(ServiceVersions(s, "v1", "v2" if s in changed else None) for s in SEARCH_SERVICES),
+                       canary_weight=50)
+    apply(two_versions, plan)
+    paths = send(two_versions, 400)
+    lanes = collections.Counter(tuple(sorted(p.items())) for p in paths)
+    stable_path = tuple(sorted((s, "v1") for s in SEARCH_SERVICES))
+    canary_path = tuple(sorted((s, "v2" if s in changed else "v1") for s in SEARCH_SERVICES))
+    assert set(lanes) == {stable_path, canary_path}
+    assert 140 <= lanes[canary_path] <= 260
+
+
+def test_a_rejected_route_change_keeps_the_old_routes(two_versions: LocalStack) -> None:
+    from controller.local.router_client import RouterConfigRejected
+    from controller.routing.render import render
+
+    apply(two_versions, two_versions.baseline_plan("v1"))
+    objects = render(two_versions.baseline_plan("v1", "v2", 50))
+    objects[-1]["spec"]["http"][0]["route"][0]["destination"]["subset"] = "nonexistent"
+    assert two_versions.admin is not None
+    with pytest.raises(RouterConfigRejected, match="nonexistent"):
+        two_versions.admin.put_config(objects)
+    assert all(set(p.values()) == {"v1"} for p in send(two_versions, 50))
+
+
+def demo(tmp_path: Path, scenario: str) -> dict[str, Any]:
+    return run_demo(scenario, rps=40, interval=5, workdir=tmp_path, summary_path=tmp_path / "summary.json",
+                    max_seconds=180, out=io.StringIO())
+
+
+def stack_pids(tmp_path: Path) -> list[int]:
+    """PIDs of every process the demo started, from the pid lines the process group logged."""
+    return [int(line.split()[1]) for line in (tmp_path / "stack" / "logs" / "pids.txt").read_text().splitlines()]
+
+
+def test_healthy_release_is_promoted(tmp_path: Path) -> None:
+    result = demo(tmp_path, "healthy")
+    assert result["outcome"] == "promoted", result["message"]
+    assert result["mixed_version_responses"] == 0 and result["responses"] > 500
+    assert result["canary_requests"] > 100
+    assert result["load"]["status_counts"] == {"200": result["responses"]}
+    assert not [p for p in stack_pids(tmp_path) if alive(p)]
+
+
+def test_errors_are_rolled_back_fast(tmp_path: Path) -> None:
+    result = demo(tmp_path, "errors")
+    assert result["outcome"] == "rolled_back", result["message"]
+    assert "errorRate" in result["message"]
+    assert result["rollback_seconds"] is not None and result["rollback_seconds"] < 2 * 5 + 5
+    assert result["mixed_version_responses"] == 0
+    assert not [p for p in stack_pids(tmp_path) if alive(p)]
+
+
+def test_slow_version_is_rolled_back(tmp_path: Path) -> None:
+    result = demo(tmp_path, "slow")
+    assert result["outcome"] == "rolled_back", result["message"]
+    assert "latencyShift" in result["message"] or "slowTail" in result["message"]
