@@ -11,8 +11,9 @@ Every inter-service call goes through `DownstreamClient.post`, which
 
 from __future__ import annotations
 
+import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -27,6 +28,8 @@ PROPAGATED_HEADERS: tuple[str, ...] = (
     "x-ot-span-context",
 )
 SOURCE_WORKLOAD_HEADER = "x-mesh-source-workload"
+CONNECTIONS_PER_CLIENT = 16
+MAX_CLIENTS_PER_CALLEE = 16  # so at most 256 concurrent calls to one callee
 # Statuses our services use for failures; a caller passes them on unchanged so the entry shows the cause.
 PASSED_THROUGH_STATUSES = frozenset({500, 502, 503, 504})
 
@@ -57,8 +60,30 @@ def propagated_headers(incoming: Mapping[str, str], lane_header: str) -> dict[st
     return {name: incoming[name] for name in names if name in incoming}
 
 
+class _Shards:
+    """Small keep-alive `httpx.AsyncClient`s for one callee, added as concurrency grows.
+
+    httpcore scans every pooled connection (and polls idle ones' sockets) on each request, so one big pool
+    costs O(concurrency) CPU per call exactly when a callee slows down; several small pools do not.
+    """
+
+    def __init__(self, make_client: Callable[[int], httpx.AsyncClient]) -> None:
+        self._make_client = make_client
+        self.clients: list[httpx.AsyncClient] = []
+        self.load: list[int] = []
+
+    def pick(self) -> int:
+        if self.clients:
+            i = self.load.index(min(self.load))
+            if self.load[i] < CONNECTIONS_PER_CLIENT or len(self.clients) >= MAX_CLIENTS_PER_CALLEE:
+                return i
+        self.clients.append(self._make_client(CONNECTIONS_PER_CLIENT))
+        self.load.append(0)
+        return len(self.clients) - 1
+
+
 class DownstreamClient:
-    """Keep-alive `httpx.AsyncClient`s of one app, created on first use in the serving event loop."""
+    """Keep-alive HTTP clients of one app, per callee, created on first use in the serving event loop."""
 
     def __init__(
         self, settings: Settings, metrics: ServiceMetrics, transport: httpx.AsyncBaseTransport | None = None
@@ -66,26 +91,39 @@ class DownstreamClient:
         self.settings = settings
         self.metrics = metrics
         self._transport = transport
-        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._shards: dict[str, _Shards] = {}
+        self._ssl: ssl.SSLContext | None = None
 
-    def _http(self, service: str) -> httpx.AsyncClient:
-        # One keep-alive client per callee, not one for all: httpcore scans (and polls the socket of) every
-        # pooled connection on each request, so smaller pools cost much less CPU under concurrency.
-        client = self._clients.get(service)
-        if client is None:
-            t = self.settings.timeout_s
-            client = self._clients[service] = httpx.AsyncClient(
-                timeout=httpx.Timeout(t, connect=min(t, 2.0)),
-                limits=httpx.Limits(max_connections=256, max_keepalive_connections=32, keepalive_expiry=30),
-                transport=self._transport,
-                trust_env=False,  # service-to-service calls go to the mesh, never to an env proxy
-            )
-        return client
+    def _new_client(self, size: int) -> httpx.AsyncClient:
+        if self._ssl is None:
+            self._ssl = httpx.create_ssl_context()  # one CA bundle load per app, not per client
+        t = self.settings.timeout_s
+        return httpx.AsyncClient(
+            timeout=httpx.Timeout(t, connect=min(t, 2.0)),
+            limits=httpx.Limits(max_connections=size, max_keepalive_connections=size, keepalive_expiry=30),
+            transport=self._transport,
+            verify=self._ssl,
+            trust_env=False,  # service-to-service calls go to the mesh, never to an env proxy
+        )
+
+    async def _send(
+        self, service: str, url: str, payload: Mapping[str, Any], headers: dict[str, str]
+    ) -> httpx.Response:
+        shards = self._shards.get(service)
+        if shards is None:
+            shards = self._shards[service] = _Shards(self._new_client)
+        i = shards.pick()
+        shards.load[i] += 1
+        try:
+            return await shards.clients[i].post(url, json=payload, headers=headers)
+        finally:
+            shards.load[i] -= 1
 
     async def aclose(self) -> None:
-        clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            await client.aclose()
+        shards, self._shards = list(self._shards.values()), {}
+        for shard in shards:
+            for client in shard.clients:
+                await client.aclose()
 
     async def post(
         self, service: str, path: str, payload: Mapping[str, Any], incoming: Mapping[str, str],
@@ -100,7 +138,7 @@ class DownstreamClient:
         started = time.perf_counter()
         code = "error"
         try:
-            response = await self._http(service).post(target.url.rstrip("/") + path, json=payload, headers=headers)
+            response = await self._send(service, target.url.rstrip("/") + path, payload, headers)
             code = str(response.status_code)
         except httpx.TimeoutException as exc:
             raise DownstreamError(service, 504, f"timed out ({type(exc).__name__})") from exc

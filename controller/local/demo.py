@@ -164,7 +164,7 @@ def run_local(release: dict[str, Any], faults: Faults, rps: float = 20.0, summar
         notifier = LogNotifier()
         clock = SystemClock()
         reconciler = Reconciler(Ports(LocalWorkloads(stack), router, source.metrics, clock, notifier))
-        status = _drive(reconciler, state, spec, clock, stop, max_seconds, say, on_tick)
+        status = drive_release(reconciler, state, spec, clock, stop, max_seconds, say, on_tick)
         report = load.stop() if load is not None else None
         result = _summary(label, status, audit, source.name, workdir, report)
     say(_summary_text(result))
@@ -173,7 +173,7 @@ def run_local(release: dict[str, Any], faults: Faults, rps: float = 20.0, summar
     return result
 
 
-def _drive(reconciler: Reconciler, state: StateDir, spec: Any, clock: SystemClock, stop: threading.Event,
+def drive_release(reconciler: Reconciler, state: StateDir, spec: Any, clock: SystemClock, stop: threading.Event,
            max_seconds: float, say: Callable[[str], None],
            on_tick: Callable[[ReleaseStatus], None] | None) -> ReleaseStatus:
     deadline = clock.now() + max_seconds

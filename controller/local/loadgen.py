@@ -122,18 +122,29 @@ def _weighted(rng: random.Random, table: tuple[tuple[int, float], ...]) -> int:
 
 
 class _ClientShards:
-    """Several small keep-alive `httpx.AsyncClient`s; each request goes to the least loaded one."""
+    """Small keep-alive `httpx.AsyncClient`s, added as concurrency grows; a request goes to the least loaded."""
 
     def __init__(self, max_in_flight: int, timeout_s: float) -> None:
-        n = max(1, math.ceil(max_in_flight / CONNECTIONS_PER_CLIENT))
-        size = math.ceil(max_in_flight / n)
-        limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+        self.size = min(CONNECTIONS_PER_CLIENT, max_in_flight)
+        self.max_clients = math.ceil(max_in_flight / self.size)
+        self.timeout_s = timeout_s
+        self.ssl = httpx.create_ssl_context()  # one CA bundle load, not one per client
+        self.clients: list[httpx.AsyncClient] = []
+        self.load: list[int] = []
+
+    def _pick(self) -> int:
+        if self.clients:
+            i = self.load.index(min(self.load))
+            if self.load[i] < self.size or len(self.clients) >= self.max_clients:
+                return i
+        limits = httpx.Limits(max_connections=self.size, max_keepalive_connections=self.size)
         # trust_env=False: load must hit the target directly, never through an HTTP(S)_PROXY from the env.
-        self.clients = [httpx.AsyncClient(limits=limits, timeout=timeout_s, trust_env=False) for _ in range(n)]
-        self.load = [0] * n
+        self.clients.append(httpx.AsyncClient(limits=limits, timeout=self.timeout_s, verify=self.ssl, trust_env=False))
+        self.load.append(0)
+        return len(self.clients) - 1
 
     async def post(self, url: str, payload: Payload, headers: dict[str, str]) -> httpx.Response:
-        i = self.load.index(min(self.load))
+        i = self._pick()
         self.load[i] += 1
         try:
             return await self.clients[i].post(url, json=payload, headers=headers)
