@@ -5,6 +5,7 @@
     canary stack up [--versions v1,v2] [--weight W] [--rps N]
     canary analyze --replay FILE... [--judge sequential|kayenta|threshold] [--alpha A]
     canary status|pause|resume|abort|approve --workdir DIR        (local releases)
+    canary controller | start NAME --image SERVICE=IMAGE... | status NAME [--watch]   (Kubernetes)
 
 Exit codes: 0 when the command did its job (a demo or run reached a final phase, whatever it was),
 1 when it could not (an internal failure or a timeout), 2 for bad input (a message says which).
@@ -72,19 +73,40 @@ def _parser() -> argparse.ArgumentParser:
 
     analyze = sub.add_parser("analyze", help="judge recorded intervals (replay files)", add_help=False)
     analyze.add_argument("rest", nargs=argparse.REMAINDER)
+    for name, text in (("controller", "run the Kubernetes controller (in the cluster or with a kubeconfig)"),
+                       ("start", "create or update a StackRelease: canary start NAME --image SERVICE=IMAGE ..."),
+                       ("status", "show a release: canary status NAME [-n NS] [--watch], or --workdir DIR "
+                                  "for a local one")):
+        passthrough = sub.add_parser(name, help=text, add_help=False)
+        passthrough.add_argument("rest", nargs=argparse.REMAINDER)
 
-    for name, text in (("status", "show a local release"), ("pause", "pause a local release"),
+    for name, text in (("pause", "pause a local release"),
                        ("resume", "resume a paused local release"), ("abort", "abort: roll back now"),
                        ("approve", "approve promotion at a manual gate")):
         c = sub.add_parser(name, help=text)
         c.add_argument("--workdir", type=Path, required=True, help="the release's work directory")
-        if name == "status":
-            c.add_argument("--json", action="store_true")
     return p
 
 
+PASSTHROUGH = ("analyze", "controller", "start", "status")
+
+
+def _split_passthrough(argv: list[str]) -> tuple[list[str], str | None, list[str]]:
+    """`[global options] COMMAND rest`: commands with parsers of their own get `rest` untouched."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        i += 2 if argv[i] == "--log-level" else 1
+    if i < len(argv) and argv[i] in PASSTHROUGH:
+        return argv[:i], argv[i], argv[i + 1:]
+    return argv, None, []
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    head, passthrough, rest = _split_passthrough(argv)
+    args = _parser().parse_args(head + ([passthrough] if passthrough else []))
+    if passthrough:
+        args.rest = rest
     _setup_logging(args.log_level)
     try:
         match args.command:
@@ -97,8 +119,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             case "analyze":
                 from analysis.replay import main as replay_main
                 return replay_main(list(args.rest))
+            case "controller":
+                from controller.kubernetes.cli import controller_main
+                return controller_main(list(args.rest))
+            case "start":
+                from controller.kubernetes.cli import start_main
+                return start_main(list(args.rest))
             case "status":
-                return _status(args)
+                if "--workdir" in args.rest:
+                    return _local_status(list(args.rest))
+                from controller.kubernetes.cli import status_main
+                return status_main(list(args.rest))
             case "pause" | "resume" | "abort" | "approve":
                 return _operate(args)
     except InvalidSpec as exc:
@@ -202,7 +233,11 @@ def _stack_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status(args: argparse.Namespace) -> int:
+def _local_status(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="canary status", description="show a local release")
+    p.add_argument("--workdir", type=Path, required=True)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
     from controller import view
     from controller.local.state import StateDir
     from controller.machine import summary

@@ -392,7 +392,11 @@ def _roll_back(status: ReleaseStatus, now: float, ending: Phase, reason: str, me
 def _rolling_back(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float,
                   actions: list[Action]) -> ReleaseStatus:
     if not status.cutover:
-        return _drained(spec, status, obs, now) or status
+        drained = _drained(spec, status, obs, now)
+        if drained is None:
+            return status
+        # The mesh reads back 0% into the canary lane: no new request reaches the canary from here on.
+        return replace(drained, canary_off_at=status.canary_off_at or now)
     if not base_plan(spec).all_stable().equivalent(obs.routing):
         return status
     ending = Phase(status.ending or Phase.ROLLED_BACK.value)
@@ -423,15 +427,19 @@ def _reconcile_world(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation)
 
 def summary(status: ReleaseStatus) -> dict[str, Any]:
     """The headline numbers of a release, for CLIs and the demo's summary."""
-    decision_seconds = None
+    decision_seconds = off_seconds = None
     if status.decided_at is not None and status.first_canary_traffic_at is not None:
         decision_seconds = status.decided_at - status.first_canary_traffic_at
+    if status.canary_off_at is not None and status.first_canary_traffic_at is not None:
+        off_seconds = status.canary_off_at - status.first_canary_traffic_at
     return {
         "phase": status.phase.value,
         "step": status.step,
         "canary_weight": status.canary_weight,
         "last_verdict": status.last_verdict,
         "decision_seconds": decision_seconds,
+        # From the canary's first traffic until the mesh read back 0% into the canary lane.
+        "canary_off_seconds": off_seconds,
         "canary_requests": status.total_canary_requests,
         "message": status.message,
     }

@@ -102,6 +102,8 @@ class ReleaseStatus:
     # during the first, and `stage_since` is when the current stage's routes were first read back.
     cutover: bool = False
     stage_since: float | None = None
+    # When a rollback's 0% canary weight was first read back from the mesh.
+    canary_off_at: float | None = None
     judge_state: Mapping[str, Any] = field(default_factory=dict)
     conditions: tuple[Condition, ...] = ()
     history: tuple[DecisionRecord, ...] = ()
@@ -151,6 +153,7 @@ class ReleaseStatus:
             "ending": self.ending,
             "cutover": self.cutover,
             "stageSince": self.stage_since,
+            "canaryOffAt": self.canary_off_at,
             "judgeState": dict(self.judge_state),
             "conditions": [c.for_storage() for c in self.conditions],
             "history": [h.for_storage() for h in self.history],
@@ -180,6 +183,7 @@ class ReleaseStatus:
             ending=d.get("ending"),
             cutover=bool(d.get("cutover", False)),
             stage_since=d.get("stageSince"),
+            canary_off_at=d.get("canaryOffAt"),
             judge_state=dict(d.get("judgeState", {})),
             conditions=tuple(Condition.from_storage(c) for c in d.get("conditions", ())),
             history=tuple(DecisionRecord.from_storage(h) for h in d.get("history", ())),

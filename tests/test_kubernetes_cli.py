@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import pytest
 from controller.kubernetes.cli import parse_images, start_main, status_main, version_of
 from controller.kubernetes.client import RELEASES, KubeApi
 from controller.status import Phase, ReleaseStatus
-from tests.kmock_server import RunningEmulator, start_emulator
+from tests.kmock_server import KINDS, RunningEmulator, start_emulator
 from tests.kube_world import NAMESPACE, KubeWorld
 
 ROOT = Path(__file__).parent.parent
@@ -107,3 +108,23 @@ def test_controller_process_reconciles_serves_health_and_stops_on_sigterm(
     assert proc.wait(timeout=20) == 0
     lease = emulator.objects("leases", "stack-canary-system")[0]
     assert lease["spec"]["holderIdentity"] == ""
+
+
+def test_status_watch_follows_the_release_until_it_finishes(emulator: RunningEmulator,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    world = KubeWorld(emulator)
+    obj = world.create_release()
+    key = next(k for k in KINDS if k[2] == "stackreleases")
+    done: list[int] = []
+    follower = threading.Thread(target=lambda: done.append(status_main(
+        ["search-v2", "-n", NAMESPACE, "--server", emulator.url, "--watch", "--max-seconds", "10"])))
+    follower.start()
+    time.sleep(0.3)
+    for phase in ("Progressing", "Succeeded"):
+        current = emulator.store.get(key, NAMESPACE, "search-v2")
+        emulator.store.update(key, NAMESPACE, "search-v2", {**current, "status": {"phase": phase}},
+                              patch=False, status=True)
+    follower.join(timeout=15)
+    assert done == [0] and obj["metadata"]["name"] == "search-v2"
+    out = capsys.readouterr().out
+    assert out.index("Pending") < out.index("Progressing") < out.index("Succeeded")

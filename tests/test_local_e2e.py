@@ -133,3 +133,38 @@ def test_slow_version_is_rolled_back(tmp_path: Path) -> None:
     result = demo(tmp_path, "slow")
     assert result["outcome"] == "rolled_back", result["message"]
     assert "latencyShift" in result["message"] or "slowTail" in result["message"]
+
+
+def test_stack_up_serves_then_stops_every_process_on_sigterm(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    argv = [sys.executable, "-m", "controller.cli", "stack", "up", "--versions", "v1,v2", "--weight", "50",
+            "--workdir", str(tmp_path)]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        try:
+            lines: list[str] = []
+            deadline = time.monotonic() + 90
+            assert proc.stdout is not None
+            while time.monotonic() < deadline:
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                lines.append(line)
+                if "Ctrl-C stops everything" in line:
+                    break
+            router = next(line.split()[2] for line in lines if line.startswith("mesh router:"))
+            r = httpx.post(f"{router}/master-service/search", json=QUERY, headers={"host": "master-search"},
+                           timeout=10)
+            assert r.status_code == 200 and len(r.json()) == 5
+            pids = [int(line.split()[1]) for line in (tmp_path / "logs" / "pids.txt").read_text().splitlines()]
+            assert len(pids) == 11  # the router and five services in each of two versions
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert not [p for p in pids if alive(p)]

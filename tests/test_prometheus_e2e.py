@@ -7,6 +7,7 @@ release and finally rolls it back — it is never promoted.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import threading
@@ -64,7 +65,7 @@ def scrape_after(prom: PrometheusProcess, t: float) -> float:
     query = urllib.parse.urlencode({"query": "timestamp(up)"})
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        with urllib.request.urlopen(f"{prom.url}/api/v1/query?{query}", timeout=2) as r:  # noqa: S310
+        with urllib.request.urlopen(f"{prom.url}/api/v1/query?{query}", timeout=2) as r:
             result = json.loads(r.read())["data"]["result"]
         if result and float(result[0]["value"][1]) > t:
             return float(result[0]["value"][1])
@@ -197,8 +198,6 @@ def _trickle(stack: LocalStack, stop: threading.Event) -> None:
         for i in range(20_000):  # bounded: ~25 req/s for at most ~13 minutes, stopped far earlier
             if stop.wait(0.04):
                 return
-            try:
+            with contextlib.suppress(httpx.HTTPError):
                 client.post("/master-service/search", json={"text": "tail latency", "n_results": 3,
                                                             "random_seed": i})
-            except httpx.HTTPError:
-                pass

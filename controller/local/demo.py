@@ -63,6 +63,7 @@ def demo_release(interval: float, changed: tuple[str, ...] = SEARCH_SERVICES) ->
             "analysis": {"judge": "sequential", "alpha": 0.05, "minCanaryRequests": 40},
             "policies": {"onInconclusive": "continue", "rollbackAfterErrors": 3},
             "progressDeadline": "60s",
+            "drainTime": "2s",  # searches take milliseconds; 2 s lets every one in flight finish
         },
     }
 
@@ -201,15 +202,18 @@ def drive_release(reconciler: Reconciler, state: StateDir, spec: Any, clock: Sys
 def _summary(scenario: str, status: ReleaseStatus, audit: LaneAudit, metrics_source: str, workdir: Path,
              report: LoadReport | None) -> dict[str, Any]:
     s = summary(status)
-    rollback_seconds = None
+    cleanup_seconds = None
     if status.phase is Phase.ROLLED_BACK and status.first_canary_traffic_at and status.finished_at:
-        rollback_seconds = status.finished_at - status.first_canary_traffic_at
+        cleanup_seconds = status.finished_at - status.first_canary_traffic_at
     return {
         "scenario": scenario,
         "outcome": OUTCOMES.get(status.phase, status.phase.value.lower()),
         "phase": status.phase.value,
         "decision_seconds": s["decision_seconds"],
-        "rollback_seconds": rollback_seconds,
+        # Canary's first traffic -> 0% canary read back from the mesh (no new request reaches it).
+        "rollback_seconds": s["canary_off_seconds"] if status.phase is Phase.ROLLED_BACK else None,
+        # ... -> the canary's routes removed after the drain time and its processes stopped.
+        "rollback_complete_seconds": cleanup_seconds,
         "canary_requests": audit.canary_responses,
         "canary_requests_analysed": status.total_canary_requests,
         "responses": audit.responses,
@@ -241,7 +245,8 @@ def _summary_text(r: dict[str, Any]) -> str:
         "",
         f"outcome: {r['outcome']}  ({r['message']})",
         f"  seconds from first canary traffic to decision: {secs(r['decision_seconds'])}"
-        + (f", to full rollback: {secs(r['rollback_seconds'])}" if r["rollback_seconds"] is not None else ""),
+        + (f", to 0% canary: {secs(r['rollback_seconds'])}, to canary removed: "
+           f"{secs(r['rollback_complete_seconds'])}" if r["rollback_seconds"] is not None else ""),
         f"  canary requests served: {r['canary_requests']} of {r['responses']} "
         f"(requests mixing versions along their path: {r['mixed_version_responses']})",
         f"  metrics source: {r['metrics_source']}",
