@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--healthy", type=int, default=10, help="healthy runs (false-rollback check)")
     p.add_argument("--broken", type=int, default=3, help="runs of each broken scenario")
-    p.add_argument("--rps", type=float, default=50.0)
+    p.add_argument("--rps", type=float, default=40.0)
     p.add_argument("--interval", type=float, default=10.0)
     p.add_argument("--metrics", default="auto", choices=["auto", "prometheus", "direct"])
     p.add_argument("--out", type=Path, default=Path("bench/results/demo.json"))
@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
             result = run_demo(scenario, rps=args.rps, interval=args.interval, metrics=args.metrics,
                               out=io.StringIO())
             result["wall_seconds"] = time.monotonic() - started
+            if result["interrupted"]:
+                print("interrupted; no summary saved")
+                return 130
             runs.append(result)
             print(f"{scenario:<8} run {i + 1}/{n}: {result['outcome']:<12} decision "
                   f"{_fmt(result['decision_seconds'], 's')} 0% canary {_fmt(result['rollback_seconds'], 's')} "

@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="a real canary release of the search stack on this machine")
     demo.add_argument("--scenario", default="healthy", choices=["healthy", "slow", "errors", "tail"],
                       help="what is wrong with v2 (default: healthy, which promotes)")
-    demo.add_argument("--rps", type=float, default=50.0, help="searches per second of load (default 50)")
+    demo.add_argument("--rps", type=float, default=40.0, help="searches per second of load (default 40)")
     demo.add_argument("--interval", type=float, default=10.0, help="analysis interval in seconds (default 10)")
     demo.add_argument("--summary", type=Path, help="write the outcome as JSON to this file")
     demo.add_argument("--workdir", type=Path, help="where state and logs go (default: a new temp dir)")
@@ -147,6 +147,12 @@ def _demo(args: argparse.Namespace) -> int:
 
     result = run_demo(args.scenario, rps=args.rps, interval=args.interval, summary_path=args.summary,
                       workdir=args.workdir, metrics=args.metrics, max_seconds=args.max_seconds)
+    return _exit_code(result)
+
+
+def _exit_code(result: dict[str, Any]) -> int:
+    if result.get("interrupted"):
+        return 130
     return 0 if result["phase"] in ("Succeeded", "RolledBack", "Failed", "Aborted") else 1
 
 
@@ -184,7 +190,7 @@ def _run(args: argparse.Namespace) -> int:
     result = run_local(release, _parse_faults(args.fault, spec.canary.version), rps=args.rps,
                        summary_path=args.summary, workdir=args.workdir, metrics=args.metrics,
                        max_seconds=args.max_seconds, label=str(args.file))
-    return 0 if result["phase"] in ("Succeeded", "RolledBack", "Failed", "Aborted") else 1
+    return _exit_code(result)
 
 
 def _stack_up(args: argparse.Namespace) -> int:

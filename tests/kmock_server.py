@@ -13,6 +13,8 @@ listed in `KINDS` from its own versioned store (everything else still goes to km
 - watches start after the given resourceVersion, replay the event log from there, and answer 410 Gone
   (an ERROR event, as the real API server does) when that point was compacted away (`compact()`);
   `disconnect_watches()` ends every open stream, like an API server restart or a load balancer would;
+- finalizers: deleting an object with finalizers only sets `deletionTimestamp`; it goes when the last
+  finalizer is removed; then the objects it owns (ownerReferences) go too, as the garbage collector does;
 - a stand-in for the Deployment controller: Deployments get a status (ready, or progress deadline
   exceeded for images listed in `failing_images`, or never ready for `slow_images`).
 
@@ -203,13 +205,16 @@ class Store:
             new["metadata"]["resourceVersion"] = str(self.rv)
             self.objects[(key, ns, name)] = new
             self._record(key, "MODIFIED", new)
+            if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
+                self._remove(key, ns, name)  # the last finalizer is gone: now it is deleted
             return copy.deepcopy(new)
 
     @staticmethod
     def _keep_owned_parts(key: Key, old: Obj, new: Obj, status: bool) -> Obj:
         kind = KINDS[key]
         meta = dict(new.get("metadata") or {})
-        for fixed in ("name", "namespace", "uid", "creationTimestamp", "resourceVersion", "generation"):
+        for fixed in ("name", "namespace", "uid", "creationTimestamp", "resourceVersion", "generation",
+                      "deletionTimestamp"):
             if fixed in old["metadata"]:
                 meta[fixed] = old["metadata"][fixed]
             else:
@@ -233,14 +238,34 @@ class Store:
 
     def delete(self, key: Key, ns: str, name: str) -> Obj:
         with self.lock:
-            obj = self.objects.pop((key, ns, name), None)
+            obj = self.objects.get((key, ns, name))
             if obj is None:
                 raise ApiError(404, "NotFound", f'{key[2]} "{name}" not found')
+            if obj["metadata"].get("finalizers"):  # finalizers hold the object: it is only marked
+                if not obj["metadata"].get("deletionTimestamp"):
+                    self.rv += 1
+                    obj["metadata"].update(deletionTimestamp="2026-01-01T00:00:01Z", resourceVersion=str(self.rv))
+                    self._record(key, "MODIFIED", obj)
+                return copy.deepcopy(obj)
+            return self._remove(key, ns, name)
+
+    def _remove(self, key: Key, ns: str, name: str) -> Obj:
+        with self.lock:
+            obj = self.objects.pop((key, ns, name))
             self.index[(key, ns)].discard(name)
             self.rv += 1
             obj["metadata"]["resourceVersion"] = str(self.rv)
             self._record(key, "DELETED", obj)
+            self._collect_dependents(obj["metadata"].get("uid"))
             return copy.deepcopy(obj)
+
+    def _collect_dependents(self, uid: str | None) -> None:
+        """The garbage collector's part: objects owned by a deleted object go too."""
+        dependents = [(k, n, name) for (k, n, name), o in self.objects.items()
+                      if any(r.get("uid") == uid for r in o["metadata"].get("ownerReferences") or [])]
+        for k, n, name in dependents:
+            if (k, n, name) in self.objects:
+                self._remove(k, n, name)
 
     def events_after(self, key: Key, rv: int, ns: str | None, selector: str | None) -> list[tuple[int, Obj]]:
         with self.lock:

@@ -90,9 +90,9 @@ def test_controller_process_reconciles_serves_health_and_stops_on_sigterm(
     world = KubeWorld(emulator)
     world.seed_stack()
     world.create_release(strategy={"canary": {"steps": [{"weight": 20}], "interval": "1s", "settle": "0s"}},
-                         policies={"rollbackAfterErrors": 2})
+                         policies={"rollbackAfterErrors": 2}, drainTime="1s")
     api = KubeApi.for_url(emulator.url)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     phase = Phase.PENDING
     while time.monotonic() < deadline and not phase.final:
         time.sleep(0.2)

@@ -111,6 +111,14 @@ def test_status_only_changes_queue_nothing_and_spec_changes_queue_the_release(em
     newer = {**new_spec, "metadata": {**new_spec["metadata"], "resourceVersion": "100000"}}
     controller.apply_event({"type": "MODIFIED", "object": newer})
     assert controller.queue.pop_due() == (NAMESPACE, "search-v2")
+    controller.queue.done((NAMESPACE, "search-v2"))
+    deleting = {**newer, "metadata": {**newer["metadata"], "resourceVersion": "100001",
+                                      "deletionTimestamp": "2026-01-01T00:00:01Z"}}
+    controller.apply_event({"type": "MODIFIED", "object": deleting})
+    assert controller.queue.pop_due() == (NAMESPACE, "search-v2"), "a deletion is handled at once"
+    controller.queue.done((NAMESPACE, "search-v2"))
+    controller.apply_event({"type": "DELETED", "object": deleting})
+    assert (NAMESPACE, "search-v2") not in controller.cache and controller.queue.pop_due() is None
 
 
 def test_work_queue_runs_one_tick_per_key_and_backs_off_boundedly() -> None:

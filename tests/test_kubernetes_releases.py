@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from controller.kubernetes.client import DESTINATION_RULES, RELEASES, VIRTUAL_SERVICES, KubeApi
+from controller.kubernetes.loop import FINALIZER
 from controller.kubernetes.routing import ANNOTATION_ADOPTED, IstioRouter
 from controller.status import Phase
 from tests.fakes import VersionModel
@@ -86,12 +87,13 @@ def test_healthy_release_is_promoted_and_then_writes_nothing(world: KubeWorld, e
     assert (reasons.count("Initialized"), reasons.count("WeightIncreased"), reasons.count("Promoted")) == (1, 3, 1)
     assert_everything_written_is_valid(world)
 
-    writes = emulator.emulator.writes()
+    writes, before = emulator.emulator.writes(), dict(emulator.emulator.counts)
     for _ in range(3):
         controller.resync()
         controller.run_due()
         world.clock.sleep(30)
-    assert emulator.emulator.writes() == writes, "a steady state must not write"
+    changed = {k: n - before.get(k, 0) for k, n in emulator.emulator.counts.items() if n != before.get(k, 0)}
+    assert emulator.emulator.writes() == writes, f"a steady state must not write: {changed}"
 
 
 def test_failing_canary_is_rolled_back(emulator: RunningEmulator) -> None:
@@ -269,3 +271,41 @@ def test_destination_rule_for_another_host_is_not_taken_over(world: KubeWorld) -
     assert failed and "refusing to take it over" in failed[-1].failed_actions[-1]
     dr = next(d for d in world.objects("destinationrules") if d["metadata"]["name"] == "keyword")
     assert dr["spec"] == {"host": "keyword.other.svc.cluster.local"}
+
+
+def test_release_deleted_in_flight_restores_the_stable_routes_first(world: KubeWorld) -> None:
+    world.create_release()
+    controller = world.controller()
+    world.drive(controller, until=Phase.PROGRESSING)
+    assert world.api.get(RELEASES, NAMESPACE, "search-v2")["metadata"]["finalizers"] == [FINALIZER]
+    assert entry_weight(world) == 10
+    world.api.delete(RELEASES, NAMESPACE, "search-v2")
+    held = world.api.get(RELEASES, NAMESPACE, "search-v2")  # the finalizer holds it
+    assert held["metadata"]["deletionTimestamp"]
+    controller.relist()
+    controller.run_due()
+    assert world.api.get_or_none(RELEASES, NAMESPACE, "search-v2") is None
+    plan = IstioRouter(world.api, NAMESPACE, SERVICES).in_effect()
+    assert plan is not None and plan.canary_weight == 0 and not any(s.canary for s in plan.services)
+    # The canary Deployments were the release's: the garbage collector took them; stable stays.
+    names = {d["metadata"]["name"] for d in world.objects("deployments")}
+    assert names == {f"{s}-v1" for s in SERVICES}
+
+
+def test_finished_release_carries_no_finalizer(world: KubeWorld) -> None:
+    world.create_release()
+    assert world.drive(world.controller()).phase is Phase.SUCCEEDED
+    assert not world.api.get(RELEASES, NAMESPACE, "search-v2")["metadata"].get("finalizers")
+
+
+def test_second_release_of_a_stack_waits_for_the_one_in_flight(world: KubeWorld) -> None:
+    world.create_release()
+    controller = world.controller()
+    world.drive(controller, until=Phase.PROGRESSING)
+    world.create_release(name="search-v3", canary={"version": "v3"})
+    controller.relist()
+    world.drive(controller, rounds=5, name="search-v3", relist=False)
+    refused = controller.last_results[(NAMESPACE, "search-v3")].failed_actions
+    assert any("belong to release search-v2, still Progressing" in f for f in refused)
+    routes = {vs["metadata"]["labels"]["stack-canary.dev/release"] for vs in world.objects("virtualservices")}
+    assert routes == {"search-v2"}

@@ -22,7 +22,7 @@ import pytest
 
 from analysis.counters import snapshot_counts
 from analysis.observations import MetricsQuery, WindowCounts
-from controller.local.demo import demo_release, drive_release
+from controller.local.demo import Console, demo_release, drive_release
 from controller.local.direct_metrics import DirectMetrics
 from controller.local.metrics_source import LOCAL_LABELS, LaggedMetrics
 from controller.local.platform import LocalRouter, LocalWorkloads, LogNotifier, SystemClock
@@ -179,7 +179,7 @@ def test_prometheus_outage_mid_release_holds_then_rolls_back_and_never_promotes(
             reconciler = Reconciler(Ports(LocalWorkloads(stack), router, LaggedMetrics(source, 2.0), clock,
                                           LogNotifier()))
             status = drive_release(reconciler, state, spec, clock, threading.Event(), 90,
-                                   io.StringIO().write, kill_prometheus_after_first_decision)
+                                   Console(io.StringIO()), kill_prometheus_after_first_decision)
         finally:
             stop_load.set()
             load.join(10)

@@ -1,6 +1,6 @@
 """The controller process's own HTTP endpoints and metrics.
 
-- `/healthz`: 200 while the watch and the workers are alive (the loop's heartbeat is recent); 503 after.
+- `/healthz`: 200 while every thread of the loop (watch, election, workers) is alive; 503 after.
 - `/readyz`: 200 once the release cache has been filled by a first list; standby replicas are ready too
   (they keep their cache warm and must be able to take over).
 - `/metrics`: Prometheus text format from this controller's own registry: reconcile duration and errors,

@@ -11,6 +11,9 @@
   drifted it writes nothing).
 - **Leadership**: with a `LeaseElector`, only the leader ticks (standbys keep their cache warm); a replica
   that becomes leader queues every release.
+- **Deletion**: a release in flight carries the finalizer `stackcanary.dev/restore-routes`. Deleting
+  it then first sends all traffic back to the stable subsets (the canary Deployments it owns are about to
+  be garbage-collected), and only then removes the finalizer. Finished releases carry none.
 - **One tick** builds the ports of that release (Deployments, Istio routes, Events, the shared Metrics
   source), reads the status from the cached object and persists through the status subresource with the
   object's resourceVersion: a 409 re-reads the object and ticks again shortly.
@@ -28,20 +31,23 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.kubernetes.client import RELEASES, ApiGone, KubeApi, Obj
+from controller.kubernetes.client import RELEASES, ApiConflict, ApiGone, KubeApi, Obj
 from controller.kubernetes.events import EventNotifier
 from controller.kubernetes.health import Telemetry
 from controller.kubernetes.leader import LeaseElector
 from controller.kubernetes.queue import Key, WorkQueue
 from controller.kubernetes.routing import IstioRouter
-from controller.kubernetes.store import StatusConflict, StatusStore
+from controller.kubernetes.store import StatusStore
 from controller.kubernetes.workloads import DeploymentWorkloads, ReleaseRef, ReplicaPolicy, WeightBox
-from controller.ports import Clock, Metrics, PortError
+from controller.machine import base_plan
+from controller.ports import Clock, Metrics, Notice, PortError
 from controller.reconciler import Ports, Reconciler, TickResult
 from controller.spec import InvalidSpec, ReleaseSpec, parse_release
 from controller.status import Phase, ReleaseStatus
 
 log = logging.getLogger(__name__)
+
+FINALIZER = "stackcanary.dev/restore-routes"
 
 
 @dataclass
@@ -63,6 +69,8 @@ def key_of(obj: Obj) -> Key:
 
 
 def _rv(obj: Obj | None) -> int:
+    """resourceVersion as a number, for "which copy is newer": opaque by the API's contract, but an integer
+    on every etcd-backed server; anything else compares as -1 (then the event simply wins)."""
     value = (obj or {}).get("metadata", {}).get("resourceVersion", "")
     return int(value) if str(value).isdigit() else -1
 
@@ -86,7 +94,6 @@ class Controller:
         self.cache: dict[Key, Obj] = {}
         self.resource_version: str | None = None
         self.synced = threading.Event()
-        self.heartbeat = time.monotonic()
         self.ticks = 0
         self.last_results: dict[Key, TickResult] = {}
         self._lock = threading.Lock()
@@ -121,8 +128,10 @@ class Controller:
             if old is not None and _rv(obj) < _rv(old):
                 return  # older than what our own write returned: keep the newer
             self.cache[key] = obj
-        new_generation = old is None or old.get("metadata", {}).get("generation") != obj["metadata"].get("generation")
-        if new_generation:
+        old_meta, meta = (old or {}).get("metadata", {}), obj.get("metadata", {})
+        spec_changed = old is None or old_meta.get("generation") != meta.get("generation")
+        being_deleted = bool(meta.get("deletionTimestamp")) and not old_meta.get("deletionTimestamp")
+        if spec_changed or being_deleted:
             self.queue.add(key)
 
     def _forget(self, key: Key) -> None:
@@ -145,7 +154,6 @@ class Controller:
         for event in self.api.watch(RELEASES, self.config.namespace, self.resource_version,
                                     self.config.watch_timeout):
             self.apply_event(event)
-            self.heartbeat = time.monotonic()
             if stop is not None and stop.is_set():
                 return
 
@@ -163,7 +171,6 @@ class Controller:
                 delay = min(30.0, 0.5 * 2 ** min(failures, 6))
                 log.warning("watch failed (%s); again in %.1fs", exc.reason, delay)
                 stop.wait(delay)
-            self.heartbeat = time.monotonic()
 
     # --- leadership ----------------------------------------------------------------------------------------
     def may_write(self) -> bool:
@@ -194,12 +201,15 @@ class Controller:
         if not self.may_write():
             self.queue.add(key, self.elector.retry_period if self.elector else 1.0)
             return None
+        if obj.get("metadata", {}).get("deletionTimestamp"):
+            self._finalize_safely(key, obj)
+            return None
         started = time.perf_counter()
         error: str | None = None
         result: TickResult | None = None
         try:
             result = self._tick(obj)
-        except StatusConflict as exc:
+        except ApiConflict as exc:  # the status write, or the finalizer's, was based on a stale object
             error = "conflict"
             self._reread(key, exc.reason)
             self.queue.add(key, self.config.conflict_retry)
@@ -214,7 +224,6 @@ class Controller:
         finally:
             self.ticks += 1
             self.telemetry.reconcile_seconds.observe(time.perf_counter() - started)
-            self.heartbeat = time.monotonic()
         if error is not None:
             self.telemetry.reconcile_errors.labels(error).inc()
             return None
@@ -246,13 +255,54 @@ class Controller:
         except (KeyError, ValueError, TypeError) as exc:
             raise PortError(f"the stored status is unreadable: {exc!r}") from exc
         spec = _spec_or_none(obj)
+        self._sync_finalizer(obj, wanted=spec is not None and not status.phase.final)
         box = WeightBox(effective_weight(status))
         ports = self.ports_for(obj, spec, box)
 
         def size_for(new: ReleaseStatus) -> None:
             box.weight = effective_weight(new)
 
-        return Reconciler(ports).tick(obj, status, self.store.persister(obj, before=size_for))
+        result = Reconciler(ports).tick(obj, status, self.store.persister(obj, before=size_for))
+        if result.status.phase.final:
+            self._sync_finalizer(obj, wanted=False)
+        return result
+
+    # --- deletion ----------------------------------------------------------------------------------------
+    def _sync_finalizer(self, obj: Obj, wanted: bool) -> None:
+        """Carry the finalizer while the release is in flight, and not after (one write each way)."""
+        meta = obj["metadata"]
+        finalizers = list(meta.get("finalizers") or [])
+        if (FINALIZER in finalizers) == wanted:
+            return
+        new = [*finalizers, FINALIZER] if wanted else [f for f in finalizers if f != FINALIZER]
+        written = self.api.patch(RELEASES, meta["namespace"], meta["name"],
+                                 {"metadata": {"finalizers": new or None,
+                                               "resourceVersion": meta["resourceVersion"]}})
+        obj["metadata"] = written.get("metadata", meta)  # the tick goes on with the new resourceVersion
+        self._remember(written)
+
+    def _finalize_safely(self, key: Key, obj: Obj) -> None:
+        try:
+            self._finalize(obj)
+        except PortError as exc:
+            log.warning("finalizing %s/%s: %s", *key, exc.reason)
+            self.telemetry.reconcile_errors.labels("finalize").inc()
+            self.queue.add(key, self.queue.backoff(key))
+
+    def _finalize(self, obj: Obj) -> None:
+        """A release deleted in flight: all traffic back on stable first, then let the deletion go on."""
+        meta = obj["metadata"]
+        if FINALIZER not in (meta.get("finalizers") or []):
+            return
+        spec = _spec_or_none(obj)
+        status = ReleaseStatus.from_storage(obj.get("status"))
+        if spec is not None and status.phase is not Phase.PENDING and not status.phase.final:
+            router = IstioRouter(self.api, meta["namespace"], spec.stack.services)
+            router.apply(base_plan(spec).all_stable())
+            EventNotifier(self.api, obj, self.clock, self.config.identity).notify(Notice(
+                meta["name"], "RolledBack", f"deleted while {status.phase.value}: all traffic back on "
+                f"{spec.stable.version}", warning=True))
+        self._sync_finalizer(obj, wanted=False)
 
     def ports_for(self, obj: Obj, spec: ReleaseSpec | None, box: WeightBox) -> Ports:
         ref = ReleaseRef.of(obj)

@@ -10,6 +10,8 @@ object of the same name already exists and is not the controller's (say, the bas
   service's own host. User routes with a `match` stay in front of the controller's routes (they are
   more specific); user catch-all routes stay after them, where they take over again once the controller's
   routes are gone. Other hosts, gateways, tcp/tls routes and every other field stay untouched.
+- Another release's routes: when the live objects carry the label of another release of this stack that
+  is still in flight, the write is refused (PermanentError naming it): the later release waits.
 - metadata: the renderer's labels and annotations are added, plus `stack-canary.dev/adopted: "true"` on
   an adopted object; the user's labels and annotations stay.
 
@@ -29,18 +31,20 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from controller.kubernetes.client import DESTINATION_RULES, VIRTUAL_SERVICES, KubeApi, Obj, Resource
+from controller.kubernetes.client import DESTINATION_RULES, RELEASES, VIRTUAL_SERVICES, KubeApi, Obj, Resource
 from controller.ports import PermanentError, TemporaryError
 from controller.routing.plan import RoutingPlan
 from controller.routing.render import (
     CANARY_LANE_ROUTE,
     ENTRY_ROUTE,
+    LABEL_RELEASE,
     MANAGED_BY,
     STABLE_LANE_ROUTE,
     UnreadablePlan,
     read_plan,
     render,
 )
+from controller.status import Phase
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,7 @@ OWNED_SUBSETS = frozenset({"stable", "canary"})
 ANNOTATION_ADOPTED = "stack-canary.dev/adopted"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 _SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+_FINAL_PHASES = frozenset(p.value for p in Phase if p.final)
 
 
 def _resource(obj: Obj) -> Resource:
@@ -147,6 +152,7 @@ class IstioRouter:
 
     def apply(self, plan: RoutingPlan) -> None:
         live = self._live(None)
+        self._refuse_if_in_flight_elsewhere(plan, live)
         written = 0
         for desired in render(plan):
             current = live.get((desired["kind"], desired["metadata"]["name"]))
@@ -157,6 +163,20 @@ class IstioRouter:
             written += 1
         if written and self.verify:
             self._verify(plan)
+
+    def _refuse_if_in_flight_elsewhere(self, plan: RoutingPlan, live: dict[tuple[str, str], Obj]) -> None:
+        """Two releases of one stack must not fight over its routes: the later one waits."""
+        names = {s.service for s in plan.services}
+        others = {(o["metadata"].get("labels") or {}).get(LABEL_RELEASE) for (_, name), o in live.items()
+                  if name in names and _is_ours(o)} - {plan.owner, None, ""}
+        for other in sorted(o for o in others if o):
+            release = self.api.get_or_none(RELEASES, self.namespace, other)
+            if release is None or release["metadata"].get("deletionTimestamp"):
+                continue
+            phase = (release.get("status") or {}).get("phase", "Pending")
+            if phase not in _FINAL_PHASES:
+                raise PermanentError(f"the routes of this stack belong to release {other}, still {phase}: "
+                                     "finish or abort it first")
 
     def _write(self, target: Obj, current: Obj | None) -> None:
         res, name = _resource(target), target["metadata"]["name"]

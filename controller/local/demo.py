@@ -8,7 +8,6 @@ installed) and promotes or rolls back by itself. Everything started here is stop
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
@@ -113,7 +112,7 @@ def _stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(s, h)
 
 
-def run_demo(scenario: str = "healthy", rps: float = 50.0, interval: float = 10.0,
+def run_demo(scenario: str = "healthy", rps: float = 40.0, interval: float = 10.0,
              summary_path: Path | None = None, workdir: Path | None = None, metrics: str = "auto",
              max_seconds: float = 600.0, out: TextIO = sys.stdout,
              on_tick: Callable[[ReleaseStatus], None] | None = None) -> dict[str, Any]:
@@ -135,7 +134,8 @@ def run_local(release: dict[str, Any], faults: Faults, rps: float = 20.0, summar
     spec = parse_release(release)  # InvalidSpec here is the caller's to report: nothing has started yet
     workdir = Path(workdir or tempfile.mkdtemp(prefix="canary-local-"))
     audit = LaneAudit(canary=spec.canary.version, changed=spec.changed)
-    say = _printer(out)
+    console = Console(out)
+    say = console.say
     state = StateDir(workdir / "state")
     if state.exists() and state.load_release().get("metadata", {}).get("name") != spec.name:
         raise ValueError(f"{state.root} holds another release; use a fresh --workdir")
@@ -165,18 +165,42 @@ def run_local(release: dict[str, Any], faults: Faults, rps: float = 20.0, summar
         notifier = LogNotifier()
         clock = SystemClock()
         reconciler = Reconciler(Ports(LocalWorkloads(stack), router, source.metrics, clock, notifier))
-        status = drive_release(reconciler, state, spec, clock, stop, max_seconds, say, on_tick)
+        status = drive_release(reconciler, state, spec, clock, stop, max_seconds, console, on_tick)
         report = load.stop() if load is not None else None
         result = _summary(label, status, audit, source.name, workdir, report)
+        result["interrupted"] = stop.is_set()
     say(_summary_text(result))
     if summary_path is not None:
         write_json_atomic(Path(summary_path), result)
     return result
 
 
+class Console:
+    """Lines for the log of a run, plus (on a terminal) one live line that counts down to the next step."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self._live = False
+
+    def say(self, line: str) -> None:
+        if self._live:
+            self.out.write("\r\x1b[K")
+            self._live = False
+        self.out.write(line + "\n")
+        self.out.flush()
+
+    def live(self, line: str) -> None:
+        if self.tty:
+            self.out.write("\r\x1b[K" + line)
+            self.out.flush()
+            self._live = True
+
+
 def drive_release(reconciler: Reconciler, state: StateDir, spec: Any, clock: SystemClock, stop: threading.Event,
-           max_seconds: float, say: Callable[[str], None],
-           on_tick: Callable[[ReleaseStatus], None] | None) -> ReleaseStatus:
+                  max_seconds: float, console: Console,
+                  on_tick: Callable[[ReleaseStatus], None] | None = None) -> ReleaseStatus:
+    """Tick one release until it reaches a final phase, `stop` is set or `max_seconds` pass."""
     deadline = clock.now() + max_seconds
     seen = 0
     status = state.load_status()
@@ -184,18 +208,21 @@ def drive_release(reconciler: Reconciler, state: StateDir, spec: Any, clock: Sys
         result = reconciler.tick(state.load_release(), state.load_status(), state.save_status)
         status = result.status
         if result.persisted:
-            say(view.headline(spec, status, clock.now()))
+            console.say(view.headline(spec, status, clock.now()))
             for record in status.history[seen:]:
                 for line in view.decision_lines(record, spec.stable.version, spec.canary.version):
-                    say(line)
+                    console.say(line)
             seen = len(status.history)
         for failure in result.failed_actions:
-            say(f"  ! {failure}")
+            console.say(f"  ! {failure}")
         if on_tick is not None:
             on_tick(status)
         if result.requeue_after is None:
             break
-        stop.wait(result.requeue_after)
+        wake = clock.now() + result.requeue_after
+        while not stop.is_set() and clock.now() < wake:
+            console.live(view.headline(spec, status, clock.now()))
+            stop.wait(min(1.0, max(0.0, wake - clock.now())))
     return status
 
 
@@ -252,15 +279,3 @@ def _summary_text(r: dict[str, Any]) -> str:
         f"  metrics source: {r['metrics_source']}",
         f"  state: {r['state_dir']}   logs: {r['logs']}",
     ])
-
-
-def _printer(out: TextIO) -> Callable[[str], None]:
-    def say(line: str) -> None:
-        out.write(line + "\n")
-        out.flush()
-
-    return say
-
-
-def main_summary_json(result: dict[str, Any]) -> str:
-    return json.dumps(result, indent=1, sort_keys=True)
