@@ -298,7 +298,8 @@ class SequentialJudge:
         except InvalidObservation as exc:
             return copy.deepcopy(dict(state)), Decision(Verdict.ERROR, f"unusable data: {exc}", judge=self.name)
         new = copy.deepcopy(dict(state))
-        if new["plan"] is None:
+        # .get: a Kubernetes status may drop keys whose value is null.
+        if new.get("plan") is None:
             new["plan"] = sorted(observations)
         unplanned = sorted(set(observations) - set(new["plan"]))
         if unplanned:
@@ -342,12 +343,12 @@ class SequentialJudge:
             return
         strongest = max(recs, key=lambda r: r["logE"])
         for rec in recs:
-            if rec["crossedAt"] is None and (rec is strongest or rec["logE"] >= log_threshold):
+            if rec.get("crossedAt") is None and (rec is strongest or rec["logE"] >= log_threshold):
                 rec["crossedAt"] = t
 
     def alpha_each(self, state: Mapping[str, Any]) -> float:
         """Each (service, check)'s share of alpha: Bonferroni over the planned services x checks."""
-        plan = state["plan"] or [None]
+        plan = state.get("plan") or [None]
         return self.config.alpha / (len(plan) * len(self.config.checks))
 
     def _fold(self, svc: dict[str, Any], obs: IntervalObservation, tick: int, t: float | None) -> None:
@@ -390,7 +391,7 @@ class SequentialJudge:
         srm["llr"] = (np.asarray(srm["llr"]) + srm_increment(n_c, n_b, obs.weight)).tolist()
         srm["expected"] += (n_c + n_b) * obs.weight / 100.0
         srm["logE"] = float(log_mixture(srm["llr"]))
-        if "sampleRatio" in self.config.checks and srm["crossedAt"] is None and srm["logE"] >= -math.log(alpha_i):
+        if "sampleRatio" in self.config.checks and srm.get("crossedAt") is None and srm["logE"] >= -math.log(alpha_i):
             srm["crossedAt"] = t
 
     # -- records and verdict --------------------------------------------------------------------------
@@ -399,7 +400,7 @@ class SequentialJudge:
         out: list[CheckResult] = []
         for check in self.config.checks:
             rec = svc[check]
-            crossed = rec["crossedAt"] is not None
+            crossed = rec.get("crossedAt") is not None
             verdict = (Verdict.ERROR if check == "sampleRatio" else Verdict.FAIL) if crossed else Verdict.PASS
             out.append(
                 CheckResult(

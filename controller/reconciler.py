@@ -60,11 +60,13 @@ def metrics_query(spec: ReleaseSpec) -> MetricsQuery:
 class Reconciler:
     def __init__(self, ports: Ports) -> None:
         self.ports = ports
+        self._release_name = ""
 
     def tick(self, release: Mapping[str, Any], status: ReleaseStatus,
              persist: Callable[[ReleaseStatus], None]) -> TickResult:
         now = self.ports.clock.now()
         generation = _generation(release)
+        self._release_name = _name(release)
         try:
             spec = parse_release(release)
         except InvalidSpec as error:
@@ -133,8 +135,13 @@ class Reconciler:
             case ApplyRouting(plan=plan):
                 p.router.apply(plan)
             case Notify(reason=reason, message=message, warning=warning):
-                name = spec.name if spec else ""
-                p.notifier.notify(Notice(name, reason, message, warning))
+                p.notifier.notify(Notice(self._release_name, reason, message, warning))
+
+
+def _name(release: Mapping[str, Any]) -> str:
+    meta = release.get("metadata") if isinstance(release, Mapping) else None
+    name = meta.get("name", "") if isinstance(meta, Mapping) else ""
+    return name if isinstance(name, str) else ""
 
 
 def _generation(release: Mapping[str, Any]) -> int:
@@ -149,7 +156,7 @@ def _requeue_after(spec: ReleaseSpec | None, status: ReleaseStatus, ports: Ports
     if status.phase is Phase.PROGRESSING and status.last_analysis_at is not None:
         # Wake at the next analysis window, and often enough between to notice a canary that died.
         due = status.last_analysis_at + spec.strategy.interval - ports.clock.now()
-        return max(0.05, min(due, 5.0))
+        return max(0.05, min(due, max(5.0, spec.strategy.interval / 3)))
     if status.phase is Phase.PAUSED:
         return min(2.0, spec.strategy.interval)
     return min(1.0, spec.strategy.interval)

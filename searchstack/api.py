@@ -28,6 +28,23 @@ class SearchRequest(BaseModel):
         return text
 
 
+class ClickRequest(BaseModel):
+    """A user clicked one result of a search: `doc_id` from the answer, `query_id` from its `x-query-id`."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"doc_id": "1234", "query_id": "3f2a9c..."}]})
+
+    doc_id: StrictStr = Field(min_length=1, max_length=64, description="The clicked document's id.")
+    query_id: StrictStr | None = Field(
+        default=None, max_length=128, description="The search's `x-query-id` response header (optional)."
+    )
+
+
+class ClickResponse(BaseModel):
+    recorded: bool
+    doc_id: str
+    query_id: str | None = None
+
+
 class TextQuery(BaseModel):
     """A query to an inner search service: top `k` documents for `text`."""
 

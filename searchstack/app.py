@@ -4,6 +4,7 @@ Owns the endpoints. Every role has `/healthz`, `/metrics`, `/docs`, `/admin/faul
 `/admin/last-headers`; each adds its own work endpoint:
 
     master-search  POST /master-service/search  {text, n_results, random_seed} -> {doc_id: score}
+                   POST /master-service/click   {doc_id, query_id?} -> {recorded, doc_id, query_id}
     ml-infer       POST /ml-infer/embed         {text} -> {model, dim, vector}
     ml-search      POST /ml-search/search       {text, k} -> {hits}  (embeds the query through ml-infer)
     keyword        POST /keyword/search         {text, k} -> {hits}  (BM25 on titles and keywords)
@@ -15,6 +16,7 @@ master-search asks ml-search, keyword and text-search concurrently and merges (s
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -30,6 +32,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from searchstack import corpus
 from searchstack.api import (
+    ClickRequest,
+    ClickResponse,
     EmbedRequest,
     EmbedResponse,
     ErrorBody,
@@ -143,8 +147,16 @@ def _common_routes(ctx: ServiceContext) -> APIRouter:
     return router
 
 
+QUERY_ID_HEADER = "x-query-id"
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "No document has this `doc_id`; the click is not counted."}
+}
+
+
 def _master_routes(ctx: ServiceContext) -> APIRouter:
     router = APIRouter(tags=["search"])
+    ctx.metrics.start_business_series()
+    known_docs = frozenset(corpus.CORPUS.doc_ids)
 
     @router.post("/master-service/search", response_model=dict[str, float], responses=ERROR_RESPONSES)
     async def search(body: SearchRequest, request: Request) -> JSONResponse:
@@ -159,7 +171,18 @@ def _master_routes(ctx: ServiceContext) -> APIRouter:
             if isinstance(answer, BaseException):
                 raise answer
         hits = {s: _hits(s, a) for s, a in zip(sources, answers, strict=True) if isinstance(a, dict)}
-        return JSONResponse(merge_scores(hits, body.text, body.n_results, body.random_seed))
+        ranked = merge_scores(hits, body.text, body.n_results, body.random_seed)
+        ctx.metrics.count_impression()
+        # The body keeps the seed's exact {doc_id: score} shape; the id a click refers to goes in a header.
+        return JSONResponse(ranked, headers={QUERY_ID_HEADER: uuid.uuid4().hex})
+
+    @router.post("/master-service/click", response_model=ClickResponse, responses=NOT_FOUND)
+    async def click(body: ClickRequest) -> JSONResponse:
+        """Record that a user clicked `doc_id` in a search's answer (counted per version of this service)."""
+        if body.doc_id not in known_docs:
+            return JSONResponse({"error": f"unknown doc_id {body.doc_id!r}", "service": ctx.settings.role}, 404)
+        ctx.metrics.count_click()
+        return JSONResponse({"recorded": True, "doc_id": body.doc_id, "query_id": body.query_id})
 
     return router
 

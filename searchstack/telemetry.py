@@ -46,6 +46,18 @@ class ServiceMetrics:
             "searchstack_downstream_request_duration_seconds", "Duration of calls to other services.",
             [*labels, "target"], buckets=LATENCY_BUCKETS_S, registry=self.registry,
         )
+        # Business metrics of the entry service (A/B experiments): labelled by `service` (the role) and
+        # `version`, the names experiment queries use. One impression = one successful search response.
+        business = {"service": settings.role, "version": settings.version}
+        self._business = business
+        self.impressions = Counter(
+            "searchstack_impressions", "Search responses shown (200 answers of the search endpoint), one per search.",
+            list(business), registry=self.registry,
+        )
+        self.clicks = Counter(
+            "searchstack_clicks", "Clicks on a search result reported to the click endpoint.",
+            list(business), registry=self.registry,
+        )
         self.faults_injected = Counter(
             "searchstack_faults_injected", "Requests that got an injected fault, by kind.",
             [*labels, "kind"], registry=self.registry,
@@ -54,6 +66,18 @@ class ServiceMetrics:
     def observe_request(self, path: str, code: int, seconds: float) -> None:
         self.requests.labels(**self._labels, path=path, code=str(code)).inc()
         self.duration.labels(**self._labels, path=path).observe(seconds)
+
+    def start_business_series(self) -> None:
+        """Expose the impression and click series at 0 from the start: a series that appears only with
+        its first click would make the first interval's increase unknowable."""
+        self.impressions.labels(**self._business)
+        self.clicks.labels(**self._business)
+
+    def count_impression(self) -> None:
+        self.impressions.labels(**self._business).inc()
+
+    def count_click(self) -> None:
+        self.clicks.labels(**self._business).inc()
 
     def observe_downstream(self, target: str, code: str, seconds: float) -> None:
         self.downstream_requests.labels(**self._labels, target=target, code=code).inc()

@@ -9,7 +9,10 @@ from the Istio router over the API, so a rollback really stops the canary's traf
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from analysis.observations import MetricsQuery, WindowCounts
 from controller.kubernetes.client import DEPLOYMENTS, RELEASES, KubeApi, Obj
@@ -18,10 +21,13 @@ from controller.kubernetes.loop import Controller, ControllerConfig
 from controller.kubernetes.routing import IstioRouter
 from controller.status import Phase, ReleaseStatus
 from tests.fakes import FakeClock, FakeMetrics, VersionModel
+from tests.istio_schema import istio_errors
+from tests.k8s_schema import core_errors, custom_resource_errors
 from tests.kmock_server import RunningEmulator
 
 SERVICES = ("master-search", "ml-infer", "ml-search", "keyword", "text-search")
 NAMESPACE = "search"
+CRD_FILE = Path(__file__).parent.parent / "manifests" / "crd" / "stackreleases.yaml"
 
 
 class RouteMetrics(FakeMetrics):
@@ -122,3 +128,23 @@ class KubeWorld:
 
     def objects(self, plural: str, namespace: str = NAMESPACE) -> list[Obj]:
         return copy.deepcopy(self.emulator.objects(plural, namespace))
+
+    def assert_valid_writes(self) -> None:
+        """Every object in the emulator is valid: Istio kinds against Istio's CRDs (strict), core kinds
+        with kubernetes-validate (strict), releases against the project's CRD (when it is there)."""
+        for plural in ("virtualservices", "destinationrules"):
+            for obj in self.objects(plural):
+                assert istio_errors(_as_written(obj), strict=True) == [], obj["metadata"]["name"]
+        for plural in ("deployments", "events", "leases", "horizontalpodautoscalers"):
+            for obj in self.objects(plural) + self.objects(plural, "stack-canary-system"):
+                assert core_errors(_as_written(obj)) == [], (plural, obj["metadata"].get("name"))
+        if CRD_FILE.exists():
+            crd = next(d for d in yaml.safe_load_all(CRD_FILE.read_text()) if d)
+            for obj in self.objects("stackreleases"):
+                assert custom_resource_errors(_as_written(obj), crd) == [], obj["metadata"]["name"]
+
+
+def _as_written(obj: Obj) -> Obj:
+    """The object without what the emulator's server side added (and a real one would)."""
+    meta = {k: v for k, v in obj["metadata"].items() if k not in ("uid", "resourceVersion", "creationTimestamp")}
+    return {**obj, "metadata": meta}

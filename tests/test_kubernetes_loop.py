@@ -206,6 +206,7 @@ def test_hpa_on_the_stable_version_is_copied_for_the_canary(emulator: RunningEmu
     controller.run_due()
     replicas = {d["metadata"]["name"]: d["spec"]["replicas"] for d in world.objects("deployments")}
     assert replicas["ml-infer-v2"] == 4 and replicas["keyword-v2"] == 1
+    world.assert_valid_writes()
 
 
 @pytest.mark.slow

@@ -8,22 +8,16 @@ CRDs (strict) and kubernetes-validate (strict), and the release's status against
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-import yaml
 
 from controller.kubernetes.client import DESTINATION_RULES, RELEASES, VIRTUAL_SERVICES, KubeApi
 from controller.kubernetes.loop import FINALIZER
 from controller.kubernetes.routing import ANNOTATION_ADOPTED, IstioRouter
 from controller.status import Phase
 from tests.fakes import VersionModel
-from tests.istio_schema import istio_errors
-from tests.k8s_schema import core_errors, custom_resource_errors
 from tests.kmock_server import RunningEmulator, start_emulator
 from tests.kube_world import NAMESPACE, SERVICES, KubeWorld
-
-CRD_FILE = Path(__file__).parent.parent / "manifests" / "crd" / "stackreleases.yaml"
 
 
 @pytest.fixture
@@ -38,25 +32,6 @@ def world(emulator: RunningEmulator) -> KubeWorld:
     w = KubeWorld(emulator)
     w.seed_stack()
     return w
-
-
-def assert_everything_written_is_valid(world: KubeWorld) -> None:
-    for plural in ("virtualservices", "destinationrules"):
-        for obj in world.objects(plural):
-            assert istio_errors(_stored(obj), strict=True) == [], obj["metadata"]["name"]
-    for plural in ("deployments", "events", "leases", "horizontalpodautoscalers"):
-        for obj in world.objects(plural) + world.objects(plural, "stack-canary-system"):
-            assert core_errors(_stored(obj)) == [], (plural, obj["metadata"].get("name"))
-    if CRD_FILE.exists():
-        crd = next(d for d in yaml.safe_load_all(CRD_FILE.read_text()) if d)
-        for obj in world.objects("stackreleases"):
-            assert custom_resource_errors(_stored(obj), crd) == [], obj["metadata"]["name"]
-
-
-def _stored(obj: dict) -> dict:
-    """The object as written, without what the emulator's server side added (and a real one would)."""
-    meta = {k: v for k, v in obj["metadata"].items() if k not in ("uid", "resourceVersion", "creationTimestamp")}
-    return {**obj, "metadata": meta}
 
 
 def event_reasons(world: KubeWorld) -> list[str]:
@@ -85,7 +60,7 @@ def test_healthy_release_is_promoted_and_then_writes_nothing(world: KubeWorld, e
         assert not new["metadata"].get("ownerReferences")
     reasons = event_reasons(world)
     assert (reasons.count("Initialized"), reasons.count("WeightIncreased"), reasons.count("Promoted")) == (1, 3, 1)
-    assert_everything_written_is_valid(world)
+    world.assert_valid_writes()
 
     writes, before = emulator.emulator.writes(), dict(emulator.emulator.counts)
     for _ in range(3):
@@ -110,7 +85,7 @@ def test_failing_canary_is_rolled_back(emulator: RunningEmulator) -> None:
     assert all(replicas[f"{s}-v2"] == 0 and replicas[f"{s}-v1"] == 2 for s in SERVICES)
     warnings = [e for e in world.objects("events") if e["type"] == "Warning"]
     assert {"AnalysisFailed", "RolledBack"} <= {e["reason"] for e in warnings}
-    assert_everything_written_is_valid(world)
+    world.assert_valid_writes()
 
 
 def test_canary_past_its_progress_deadline_fails_the_release(emulator: RunningEmulator) -> None:
@@ -165,7 +140,7 @@ def test_release_of_two_services_keeps_the_others_on_stable(world: KubeWorld) ->
     split = routes["master-search"]["spec"]["http"][0]["route"]
     assert {d["destination"]["subset"] for d in split} == {"stable"}
     assert world.drive(controller).phase is Phase.SUCCEEDED
-    assert_everything_written_is_valid(world)
+    world.assert_valid_writes()
 
 
 def test_controller_killed_mid_release_resumes_from_the_status(world: KubeWorld) -> None:
@@ -208,6 +183,7 @@ def test_standby_replica_waits_for_the_lease_then_continues(world: KubeWorld, em
     lease = emulator.objects("leases", "stack-canary-system")[0]
     assert lease["spec"]["holderIdentity"] == "replica-b" and lease["spec"]["leaseTransitions"] == 1
     assert world.drive(standby, relist=False).phase is Phase.SUCCEEDED
+    world.assert_valid_writes()
 
 
 def test_stale_resource_version_is_retried_after_a_fresh_read(world: KubeWorld) -> None:
@@ -256,7 +232,7 @@ def test_user_routes_and_fields_survive_and_foreign_rules_are_refused(world: Kub
     assert vs["metadata"]["annotations"][ANNOTATION_ADOPTED] == "true"
     dr = next(d for d in world.objects("destinationrules") if d["metadata"]["name"] == "keyword")
     assert dr["spec"]["trafficPolicy"] == {"tls": {"mode": "ISTIO_MUTUAL"}}
-    assert_everything_written_is_valid(world)
+    world.assert_valid_writes()
 
 
 def test_destination_rule_for_another_host_is_not_taken_over(world: KubeWorld) -> None:

@@ -4,6 +4,10 @@ behaviour under slowness, the in-flight cap, callbacks, Host and user headers, a
 from __future__ import annotations
 
 import asyncio
+import http.server
+import json
+import math
+import random
 import threading
 import time
 from collections import Counter
@@ -13,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from controller.local.loadgen import LoadReport, LoadRunner, QueryMix, run_load
+from controller.local.loadgen import CookieJars, LoadReport, LoadRunner, QueryMix, run_load, served_version
 from controller.local.processes import ProcessGroup, free_port, start_search_service
 from searchstack.vocabulary import WORD_INDEX
 
@@ -160,3 +164,129 @@ def test_query_mix_is_deterministic_realistic_and_zipfian() -> None:
     assert users.most_common(1)[0][0] == "user-00000"
     assert users["user-00000"] > 10 * max(users["user-00150"], 1)
     assert len(users) > 100, "a long tail of occasional users"
+
+
+# --- A/B users: cookie jars and variant-dependent clicks ----------------------------------------------------
+class StickyShop:
+    """A tiny in-thread A/B entry service: a request without an `ab` cookie gets a random variant and a
+    Set-Cookie for it; one with the cookie is served by that variant. Search answers `{doc_id: score}` with
+    `x-served-by` and `x-query-id`; clicks are recorded per variant with their query ids."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.rng = random.Random(5)
+        self.searches: list[tuple[str, str | None, str]] = []  # (user, cookie header, variant)
+        self.clicks: Counter[str] = Counter()
+        self.click_bodies: list[dict[str, Any]] = []
+        self.query_ids: set[str] = set()
+        shop = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body are two writes: avoid the 40 ms delayed-ACK stall
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                cookie = self.headers.get("cookie")
+                variant = shop.variant_of(cookie)
+                headers = {"x-served-by": f"master-search@{variant},ml-search@{variant}"}
+                if cookie is None:
+                    headers["set-cookie"] = f"ab={variant}; Path=/; Max-Age=3600"
+                if self.path.endswith("/search"):
+                    with shop.lock:
+                        query_id = f"q{len(shop.searches)}"
+                        shop.searches.append((self.headers["x-user-id"], cookie, variant))
+                        shop.query_ids.add(query_id)
+                    headers["x-query-id"] = query_id
+                    answer: dict[str, Any] = {str(100 + i): 1.0 - i / 10 for i in range(body["n_results"] % 7 + 1)}
+                else:
+                    with shop.lock:
+                        shop.clicks[variant] += 1
+                        shop.click_bodies.append(body)
+                    answer = {"recorded": True}
+                self.reply(answer, headers)
+
+            def reply(self, answer: dict[str, Any], headers: dict[str, str]) -> None:
+                data = json.dumps(answer).encode()
+                self.send_response(200)
+                for name, value in {**headers, "content-type": "application/json"}.items():
+                    self.send_header(name, value)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/master-service/search"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def variant_of(self, cookie: str | None) -> str:
+        if cookie and "ab=" in cookie:
+            return cookie.split("ab=", 1)[1].split(";")[0]
+        with self.lock:
+            return self.rng.choice(("v1", "v2"))
+
+
+@pytest.fixture
+def sticky_shop() -> Iterator[StickyShop]:
+    shop = StickyShop()
+    shop.thread.start()
+    yield shop
+    shop.server.shutdown()
+    shop.server.server_close()
+    shop.thread.join(timeout=5)
+
+
+CLICK_P = {"v1": 0.1, "v2": 0.4}
+
+
+def test_users_send_back_their_cookies_and_stay_on_one_variant(sticky_shop: StickyShop) -> None:
+    # One request at a time, so no user has two first requests in flight (a browser would race too).
+    report = asyncio.run(run_load(sticky_shop.url, rate=400, duration=10, max_requests=500, n_users=60,
+                                  max_in_flight=1, keep_cookies=True, click_probability=CLICK_P))
+    by_user: dict[str, list[tuple[str | None, str]]] = {}
+    for user, cookie, variant in sticky_shop.searches:
+        by_user.setdefault(user, []).append((cookie, variant))
+    assert len(by_user) > 20 and report.mixed_users == 0
+    for user, seen in by_user.items():
+        assert seen[0][0] is None, f"{user} starts without a cookie"
+        assert all(cookie == f"ab={seen[0][1]}" for cookie, _ in seen[1:]), f"{user} sent its cookie back"
+        assert {variant for _, variant in seen} == {seen[0][1]}
+    assert sum(report.assigned_users.values()) == len(by_user)
+    assert report.impressions == dict(Counter(v for _, _, v in sticky_shop.searches))
+
+
+def test_click_rate_per_variant_matches_its_probability(sticky_shop: StickyShop) -> None:
+    report = asyncio.run(run_load(sticky_shop.url, rate=400, duration=10, max_requests=1200, n_users=400,
+                                  max_in_flight=1, keep_cookies=True, click_probability=CLICK_P))
+    assert report.click_failures == 0
+    assert report.clicks == dict(sticky_shop.clicks), "every click reached the server, counted per variant"
+    for version, p in CLICK_P.items():
+        n = report.impressions[version]
+        assert n > 150, report.impressions
+        # 4 standard deviations of a binomial proportion: fails by chance about once in 16,000 runs.
+        assert abs(report.clicks.get(version, 0) / n - p) < 4 * math.sqrt(p * (1 - p) / n), (version, report)
+    assert all(b["query_id"] in sticky_shop.query_ids for b in sticky_shop.click_bodies)
+    assert all(b["doc_id"].isdigit() for b in sticky_shop.click_bodies)
+
+
+def test_without_cookies_users_are_reassigned_and_bad_probabilities_are_refused(sticky_shop: StickyShop) -> None:
+    report = asyncio.run(run_load(sticky_shop.url, rate=400, duration=10, max_requests=200, n_users=20,
+                                  max_in_flight=1, click_probability={"v1": 0.0, "v2": 0.0}))
+    assert report.mixed_users > 0 and report.clicks == {} and not sticky_shop.clicks
+    assert all(cookie is None for _, cookie, _ in sticky_shop.searches)
+    with pytest.raises(ValueError, match=r"click_probability\[v2\]: 1.5 is not a probability"):
+        asyncio.run(run_load(sticky_shop.url, rate=10, duration=1, max_requests=1, click_probability={"v2": 1.5}))
+
+
+def test_cookie_jars_and_served_version() -> None:
+    jars = CookieJars()
+    jars.store("u", ["ab=v2; Path=/; Max-Age=3600", "other=1"])
+    assert jars.header("u") == "ab=v2; other=1"
+    jars.store("u", ["ab=v3; Path=/", "other=; Max-Age=0", "bad cookie =;;"])
+    assert jars.header("u") == "ab=v3" and jars.header("nobody") is None
+    assert served_version({"x-served-by": "master-search@v2,ml-infer@v1"}) == "v2"
+    assert served_version({"x-served-by": "keyword@v5"}) == "v5"
+    assert served_version({}) is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import io
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -168,3 +169,22 @@ def test_stack_up_serves_then_stops_every_process_on_sigterm(tmp_path: Path) -> 
                 proc.kill()
                 proc.wait()
     assert not [p for p in pids if alive(p)]
+
+
+def test_run_command_releases_two_of_five_services_from_a_file(tmp_path: Path) -> None:
+    import yaml
+
+    from controller.cli import main
+
+    release = yaml.safe_load(Path("examples/release-local.yaml").read_text())
+    release["spec"]["strategy"]["canary"].update(interval="4s", settle="3s", stepDeadline="24s")
+    f = tmp_path / "release.yaml"
+    f.write_text(yaml.safe_dump(release))
+    code = main(["run", "-f", str(f), "--local", "--rps", "30", "--workdir", str(tmp_path / "work"),
+                 "--summary", str(tmp_path / "summary.json"), "--fault", "keyword:error_rate=0.5",
+                 "--max-seconds", "120"])
+    assert code == 0
+    result = json.loads((tmp_path / "summary.json").read_text())
+    assert result["outcome"] == "rolled_back", result["message"]
+    assert "keyword" in result["message"]
+    assert result["mixed_version_responses"] == 0

@@ -52,13 +52,14 @@ REGISTRY = "keenioustakehome.azurecr.io/devops"
 EXPECTED_PERMISSIONS = {
     *(("cluster", "stackcanary.dev", "stackreleases", v) for v in ("get", "list", "watch", "update", "patch")),
     *(("cluster", "stackcanary.dev", "stackreleases/status", v) for v in ("get", "update", "patch")),
+    ("cluster", "stackcanary.dev", "stackreleases/finalizers", "update"),
     *((STACK_NS, "apps", "deployments", v)
       for v in ("get", "list", "watch", "create", "update", "patch", "delete")),
     *((STACK_NS, "networking.istio.io", r, v)
       for r in ("virtualservices", "destinationrules")
       for v in ("get", "list", "watch", "create", "update", "patch")),
     *((STACK_NS, "", "events", v) for v in ("create", "patch")),
-    *((STACK_NS, "autoscaling", "horizontalpodautoscalers", v) for v in ("get", "list", "watch")),
+    *((STACK_NS, "autoscaling", "horizontalpodautoscalers", v) for v in ("get", "list", "watch", "create")),
     *((CONTROLLER_NS, "coordination.k8s.io", "leases", v) for v in ("get", "create", "update")),
 }
 
@@ -505,14 +506,14 @@ def test_controller_command_probes_ports_and_prometheus(controller_pod: Obj) -> 
     [container] = controller_pod["spec"]["containers"]
     assert container["args"] == ["controller"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"health": 8080, "metrics": 9090}
+    assert ports == {"http": 8080}  # /healthz, /readyz and /metrics, as `canary controller` serves them
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         get = container[probe]["httpGet"]
         assert get["path"] == path and ports[get["port"]] == 8080
     env = {e["name"]: e for e in container["env"]}
     assert env["PROMETHEUS_URL"]["value"] == "http://prometheus.istio-system:9090"
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    assert controller_pod["metadata"]["annotations"]["prometheus.io/port"] == "9090"
+    assert controller_pod["metadata"]["annotations"]["prometheus.io/port"] == "8080"
     assert re.fullmatch(r"stack-canary-controller:\d+\.\d+\.\d+", container["image"])
 
 

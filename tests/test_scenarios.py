@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -52,12 +53,13 @@ class World:
         self.stored = json.dumps(status.for_storage())
         self.writes += 1
 
-    def run(self, obj: dict[str, Any], max_ticks: int = 500, controller: Reconciler | None = None) -> ReleaseStatus:
+    def run(self, obj: dict[str, Any], max_ticks: int = 500, controller: Reconciler | None = None,
+            until: Callable[[ReleaseStatus], bool] | None = None) -> ReleaseStatus:
         controller = controller or self.controller()
         for _ in range(max_ticks):
             result = controller.tick(obj, self.status(), self.persist)
             self.ticks.append(result)
-            if result.requeue_after is None:
+            if result.requeue_after is None or (until is not None and until(result.status)):
                 break
             self.clock.sleep(result.requeue_after)
         return self.status()
@@ -120,7 +122,7 @@ def test_metrics_outage_holds_then_rolls_back_and_never_promotes() -> None:
 def test_restart_mid_release_resumes_from_persisted_status() -> None:
     world = World()
     obj = release()
-    world.run(obj, max_ticks=25)
+    world.run(obj, until=lambda s: s.step >= 1)
     mid = world.status()
     assert mid.phase is Phase.PROGRESSING and mid.step >= 1
     history_before = len(mid.history)
@@ -148,7 +150,7 @@ def test_invalid_spec_fails_before_start_with_the_precise_message() -> None:
 def test_invalid_spec_in_flight_holds_routes_and_resumes_when_fixed() -> None:
     world = World()
     good = release()
-    world.run(good, max_ticks=8)
+    world.run(good, until=lambda s: s.phase is Phase.PROGRESSING)
     assert world.status().phase is Phase.PROGRESSING
     writes, weight = world.router.writes, world.router.in_effect().canary_weight  # type: ignore[union-attr]
     bad = copy.deepcopy(good)
@@ -189,7 +191,7 @@ def test_crash_looping_canary_fails_the_release() -> None:
 def test_two_of_five_services_changed_keep_the_others_on_stable() -> None:
     world = World()
     obj = release(canary={"version": "v2", "services": ["ml-search", "keyword"]})
-    world.run(obj, max_ticks=6)
+    world.run(obj, until=lambda s: s.phase is Phase.PROGRESSING)
     plan = world.router.in_effect()
     assert plan is not None and plan.canary_weight == 10
     assert {s.service for s in plan.services if s.canary} == {"ml-search", "keyword"}
@@ -205,7 +207,7 @@ def test_two_of_five_services_changed_keep_the_others_on_stable() -> None:
 def test_pause_holds_and_resume_continues() -> None:
     world = World()
     obj = release()
-    world.run(obj, max_ticks=6)
+    world.run(obj, until=lambda s: s.phase is Phase.PROGRESSING)
     paused = copy.deepcopy(obj)
     paused["spec"]["paused"] = True
     for _ in range(10):
@@ -224,7 +226,7 @@ def test_pause_holds_and_resume_continues() -> None:
 def test_abort_rolls_back_to_aborted() -> None:
     world = World()
     obj = release()
-    world.run(obj, max_ticks=6)
+    world.run(obj, until=lambda s: s.phase is Phase.PROGRESSING)
     aborted = copy.deepcopy(obj)
     aborted["spec"]["abort"] = True
     status = world.run(aborted)
@@ -256,7 +258,7 @@ def test_manual_gate_waits_for_approval() -> None:
 def test_router_write_failure_is_repaired_on_the_next_tick() -> None:
     world = World(models={"v2": VersionModel(error_rate=0.08)})
     obj = release()
-    world.run(obj, max_ticks=4)
+    world.run(obj, until=lambda s: s.phase is Phase.PROGRESSING)
     world.router.fail_next = 1  # the rollback's first routing write is lost
     status = world.run(obj)
     assert status.phase is Phase.ROLLED_BACK

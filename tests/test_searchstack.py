@@ -334,3 +334,49 @@ def test_fault_injector_delays_and_errors() -> None:
     with pytest.raises(InjectedFault):
         asyncio.run(failing.apply())
     assert kinds == ["error"]
+
+
+# --- business metrics: impressions and clicks -----------------------------------------------------------
+def _business_counts(text: str, version: str) -> tuple[float, float]:
+    """(impressions, clicks) of master-search `version` from a /metrics text (0 when absent)."""
+    values = {"impressions": 0.0, "clicks": 0.0}
+    for line in text.splitlines():
+        for name in values:
+            if line.startswith(f"searchstack_{name}_total{{") and f'version="{version}"' in line:
+                assert 'service="master-search"' in line
+                values[name] = float(line.rsplit(" ", 1)[1])
+    return values["impressions"], values["clicks"]
+
+
+@pytest.mark.integration
+def test_search_counts_one_impression_and_clicks_count_per_version(stack: Stack) -> None:
+    metrics_url = f"{stack.urls['master-search']}/metrics"
+    before = _business_counts(stack.client.get(metrics_url).text, VERSION)
+    searches = [stack.search({**SEED_QUERY, "random_seed": i}) for i in range(3)]
+    assert all(set(r.json()) and all(isinstance(v, float) for v in r.json().values()) for r in searches)
+    query_ids = {r.headers["x-query-id"] for r in searches}
+    assert len(query_ids) == 3 and all(len(q) == 32 for q in query_ids), "one fresh id per search, in a header"
+    stack.search({"text": "", "n_results": 5})  # invalid: no impression
+    doc_id = next(iter(searches[0].json()))
+    click_url = f"{stack.urls['master-search']}/master-service/click"
+    clicked = stack.client.post(click_url, json={"doc_id": doc_id, "query_id": searches[0].headers["x-query-id"]})
+    assert clicked.status_code == 200
+    assert clicked.json() == {"recorded": True, "doc_id": doc_id, "query_id": searches[0].headers["x-query-id"]}
+    assert clicked.headers["x-served-by"] == f"master-search@{VERSION}"
+    assert stack.client.post(click_url, json={"doc_id": doc_id}).status_code == 200  # query_id is optional
+    assert stack.client.post(click_url, json={"doc_id": "no-such-doc"}).status_code == 404
+    assert stack.client.post(click_url, json={"query_id": "x"}).status_code == 422
+    after = _business_counts(stack.client.get(metrics_url).text, VERSION)
+    assert (after[0] - before[0], after[1] - before[1]) == (3, 2)
+
+
+def test_business_series_exist_at_zero_and_only_on_master_search() -> None:
+    async def metrics_of(role: str) -> str:
+        app = create_app(Settings(role=role, version="v9"))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://s") as client:
+            return (await client.get("/metrics")).text
+
+    master, keyword = asyncio.run(metrics_of("master-search")), asyncio.run(metrics_of("keyword"))
+    assert 'searchstack_impressions_total{service="master-search",version="v9"} 0.0' in master
+    assert 'searchstack_clicks_total{service="master-search",version="v9"} 0.0' in master
+    assert "searchstack_clicks_total{" not in keyword and "searchstack_impressions_total{" not in keyword

@@ -9,11 +9,21 @@ reached is counted as `dropped`, not silently delayed.
 Each request is a realistic search: words from the corpus vocabulary with corpus frequencies, varying
 length and `n_results`, and an `x-user-id` from a pool of simulated users with Zipf-like activity (a few
 heavy users, a long tail), which sticky A/B routing and per-user metrics need.
+
+A/B users (`keep_cookies`, `click_probability`): each simulated user keeps a cookie jar, fills it from
+the `Set-Cookie` headers of its responses (the router's sticky assignment cookie) and sends it back on
+its next requests, as a browser does. After each successful search the user clicks one result (rank r
+chosen with weight 1/(r+1)) with the probability of the version that served it (from `x-served-by`),
+via `POST <click_url> {"doc_id", "query_id"}` carrying the search's `x-query-id` and the user's
+cookies. A click runs inside the search's task, so the in-flight cap and the timeout bound it too. The
+report counts impressions, clicks and newly assigned users per version: the ground truth of a demo.
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.cookiejar
+import http.cookies
 import math
 import random
 import threading
@@ -43,6 +53,10 @@ class StopFlag(Protocol):
     def is_set(self) -> bool: ...
 
 
+# The entry service whose version decides a click (the first `x-served-by` entry otherwise).
+ENTRY_ROLE = "master-search"
+QUERY_ID_HEADER = "x-query-id"
+
 # The per-response callback: (status, latency_ms, response headers); status 0 and no headers when no
 # response came (connection failure, timeout). Called on the load loop's thread.
 ResponseCallback = Callable[[int, float, Mapping[str, str]], None]
@@ -62,6 +76,12 @@ class LoadReport:
     latency_p90_ms: float
     latency_p99_ms: float
     error_kinds: Mapping[str, int] = field(default_factory=dict)
+    # A/B users (when clicks or cookies are on): per served version of the entry service.
+    impressions: Mapping[str, int] = field(default_factory=dict)  # 200 search answers
+    clicks: Mapping[str, int] = field(default_factory=dict)  # clicks answered 2xx
+    click_failures: int = 0  # clicks without a 2xx answer
+    assigned_users: Mapping[str, int] = field(default_factory=dict)  # users by the first version they saw
+    mixed_users: int = 0  # users served by more than one version (a sticky split keeps this at 0)
 
     @property
     def achieved_rate(self) -> float:
@@ -121,6 +141,11 @@ def _weighted(rng: random.Random, table: tuple[tuple[int, float], ...]) -> int:
     return rng.choices([v for v, _ in table], weights=[w for _, w in table])[0]
 
 
+def _no_cookies() -> http.cookiejar.CookieJar:
+    """A cookie jar that stores nothing (no domain is allowed)."""
+    return http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+
+
 class _ClientShards:
     """Small keep-alive `httpx.AsyncClient`s, added as concurrency grows; a request goes to the least loaded."""
 
@@ -139,7 +164,13 @@ class _ClientShards:
                 return i
         limits = httpx.Limits(max_connections=self.size, max_keepalive_connections=self.size)
         # trust_env=False: load must hit the target directly, never through an HTTP(S)_PROXY from the env.
-        self.clients.append(httpx.AsyncClient(limits=limits, timeout=self.timeout_s, verify=self.ssl, trust_env=False))
+        # No client-wide cookie jar: httpx would otherwise keep the first Set-Cookie (an A/B assignment)
+        # and send it for every simulated user; each user's cookies are its own (CookieJars).
+        self.clients.append(
+            httpx.AsyncClient(
+                limits=limits, timeout=self.timeout_s, verify=self.ssl, trust_env=False, cookies=_no_cookies()
+            )
+        )
         self.load.append(0)
         return len(self.clients) - 1
 
@@ -156,6 +187,40 @@ class _ClientShards:
             await client.aclose()
 
 
+def served_version(headers: Mapping[str, str]) -> str | None:
+    """The entry service's version from `x-served-by` (`master-search@v2,ml-infer@v2,...`)."""
+    entries = [e.strip().partition("@") for e in headers.get("x-served-by", "").split(",") if "@" in e]
+    for role, _, version in entries:
+        if role == ENTRY_ROLE:
+            return version
+    return entries[0][2] if entries else None
+
+
+class CookieJars:
+    """One cookie jar per simulated user: name -> value from `Set-Cookie`, last one wins, Max-Age=0 deletes."""
+
+    def __init__(self) -> None:
+        self.jars: dict[str, dict[str, str]] = {}
+
+    def header(self, user: str) -> str | None:
+        jar = self.jars.get(user)
+        return "; ".join(f"{k}={v}" for k, v in jar.items()) if jar else None
+
+    def store(self, user: str, set_cookies: list[str]) -> None:
+        for line in set_cookies:
+            parsed = http.cookies.SimpleCookie()
+            try:
+                parsed.load(line)
+            except http.cookies.CookieError:
+                continue  # a browser ignores a malformed cookie; so do we
+            jar = self.jars.setdefault(user, {})
+            for name, morsel in parsed.items():
+                if morsel["max-age"] in ("0", "-1"):
+                    jar.pop(name, None)
+                else:
+                    jar[name] = morsel.value
+
+
 class _Stats:
     """Counts of a run; written by the event loop, read by any thread (hence the lock)."""
 
@@ -168,6 +233,26 @@ class _Stats:
         self.status: Counter[int] = Counter()
         self.error_kinds: Counter[str] = Counter()
         self.latencies: list[float] = []
+        self.impressions: Counter[str] = Counter()
+        self.clicks: Counter[str] = Counter()
+        self.click_failures = 0
+        self.user_versions: dict[str, set[str]] = {}
+        self.assigned: Counter[str] = Counter()
+
+    def record_impression(self, user: str, version: str) -> None:
+        with self.lock:
+            self.impressions[version] += 1
+            seen = self.user_versions.setdefault(user, set())
+            if not seen:
+                self.assigned[version] += 1
+            seen.add(version)
+
+    def record_click(self, version: str, ok: bool) -> None:
+        with self.lock:
+            if ok:
+                self.clicks[version] += 1
+            else:
+                self.click_failures += 1
 
     def record(self, status: int, latency_s: float) -> None:
         with self.lock:
@@ -189,6 +274,9 @@ class _Stats:
                 scheduled=self.scheduled, sent=self.sent, completed=self.completed, errors=self.errors,
                 dropped=self.dropped, status_counts=dict(self.status), latency_p50_ms=p50,
                 latency_p90_ms=p90, latency_p99_ms=p99, error_kinds=dict(self.error_kinds),
+                impressions=dict(self.impressions), clicks=dict(self.clicks), click_failures=self.click_failures,
+                assigned_users=dict(self.assigned),
+                mixed_users=sum(1 for versions in self.user_versions.values() if len(versions) > 1),
             )
 
 
@@ -211,6 +299,25 @@ class _Options:
     poisson: bool = False
     make_payload: Callable[[QueryMix], Payload] | None = None
     on_response: ResponseCallback | None = None
+    keep_cookies: bool = False
+    click_probability: Mapping[str, float] | None = None
+    click_url: str | None = None
+
+    def check_users(self, url: str) -> None:
+        """Validate the A/B user options and default the click URL (`.../search` -> `.../click`)."""
+        for version, p in (self.click_probability or {}).items():
+            if not (isinstance(p, int | float) and 0.0 <= p <= 1.0):
+                raise ValueError(f"click_probability[{version}]: {p!r} is not a probability in [0, 1]")
+        if self.click_probability is not None and self.click_url is None:
+            self.click_url = url.rsplit("/", 1)[0] + "/click"
+
+
+@dataclass
+class _Users:
+    """What the A/B users remember across requests: cookie jars, and the click draws' generator."""
+
+    jars: CookieJars
+    clicks: random.Random
 
 
 async def run_load(
@@ -230,6 +337,9 @@ async def run_load(
     on_response: ResponseCallback | None = None,
     stop: StopFlag | None = None,
     rate_control: RateControl | None = None,
+    keep_cookies: bool = False,
+    click_probability: Mapping[str, float] | None = None,
+    click_url: str | None = None,
 ) -> LoadReport:
     """POST searches to `url` at `rate` req/s until `duration` seconds or `max_requests` send slots pass.
 
@@ -237,10 +347,13 @@ async def run_load(
     request; `make_payload` replaces the default master-search body; `on_response` sees every finished
     request (an exception it raises is re-raised at the end); `stop` ends the run early; `rate_control`
     lets another thread change the rate. Outstanding requests are awaited (up to `timeout_s`) at the end.
+    `keep_cookies` gives every user a cookie jar; `click_probability` (version -> probability) makes
+    users click a result of a 200 answer, at `click_url` (default: `url` with `/search` -> `/click`).
     """
     options = _Options(
         host=host, headers=dict(headers or {}), max_in_flight=max_in_flight, timeout_s=timeout_s, seed=seed,
         n_users=n_users, poisson=poisson, make_payload=make_payload, on_response=on_response,
+        keep_cookies=keep_cookies, click_probability=click_probability, click_url=click_url,
     )
     control = rate_control or RateControl(rate)
     stats = _Stats(rate)
@@ -253,6 +366,8 @@ async def _run(
 ) -> LoadReport:
     if max_requests < 0 or duration < 0 or options.max_in_flight < 1:
         raise ValueError("max_requests and duration must be >= 0 and max_in_flight >= 1")
+    options.check_users(url)
+    users = _Users(CookieJars(), random.Random(options.seed + 2))
     mix = QueryMix(options.seed, options.n_users)
     gaps = random.Random(options.seed + 1)
     failures: list[BaseException] = []
@@ -280,7 +395,7 @@ async def _run(
             if next_at > now:
                 await asyncio.sleep(min(next_at - now, IDLE_POLL_S))
                 continue
-            _send_slot(client, url, options, mix, stats, in_flight, failures)
+            _send_slot(client, url, options, mix, stats, in_flight, failures, users)
             next_at += gaps.expovariate(rate) if options.poisson else 1.0 / rate
         with stats.lock:
             stats.ended = stats.started + (end - start)
@@ -298,7 +413,7 @@ async def _run(
 
 def _send_slot(
     client: _ClientShards, url: str, options: _Options, mix: QueryMix, stats: _Stats,
-    in_flight: set[asyncio.Task[None]], failures: list[BaseException],
+    in_flight: set[asyncio.Task[None]], failures: list[BaseException], users: _Users,
 ) -> None:
     with stats.lock:
         stats.scheduled += 1
@@ -312,14 +427,17 @@ def _send_slot(
     headers = {**options.headers, "x-user-id": user, "x-request-id": f"loadgen-{options.seed}-{n}"}
     if options.host:
         headers["host"] = options.host
-    task = asyncio.create_task(_one(client, url, payload, headers, options, stats, failures))
+    cookie = users.jars.header(user) if options.keep_cookies else None
+    if cookie:
+        headers["cookie"] = cookie
+    task = asyncio.create_task(_one(client, url, payload, headers, options, stats, failures, (user, users)))
     in_flight.add(task)
     task.add_done_callback(in_flight.discard)
 
 
 async def _one(
     client: _ClientShards, url: str, payload: Payload, headers: dict[str, str], options: _Options,
-    stats: _Stats, failures: list[BaseException],
+    stats: _Stats, failures: list[BaseException], who: tuple[str, _Users],
 ) -> None:
     started = time.perf_counter()
     try:
@@ -332,11 +450,58 @@ async def _one(
         latency = time.perf_counter() - started
         stats.record(response.status_code, latency)
         status, response_headers = response.status_code, dict(response.headers)
+        if options.keep_cookies or options.click_probability is not None:
+            await _act_as_user(client, response, headers, options, stats, who)
     if options.on_response is not None:
         try:
             options.on_response(status, latency * 1000.0, response_headers)
         except Exception as exc:  # surfaced by run_load once the run ends
             failures.append(exc)
+
+
+async def _act_as_user(
+    client: _ClientShards, response: httpx.Response, headers: dict[str, str], options: _Options, stats: _Stats,
+    who: tuple[str, _Users],
+) -> None:
+    """Keep the response's cookies, count the impression, and maybe click a result."""
+    user, users = who
+    if options.keep_cookies:
+        users.jars.store(user, response.headers.get_list("set-cookie"))
+    version = served_version(response.headers)
+    if response.status_code != 200 or version is None:
+        return
+    stats.record_impression(user, version)
+    p = (options.click_probability or {}).get(version, 0.0)
+    if options.click_url is None or users.clicks.random() >= p:
+        return
+    doc_id = _clicked_doc(response, users.clicks)
+    if doc_id is None:
+        return
+    click_headers = {k: v for k, v in headers.items() if k != "cookie"}
+    cookie = users.jars.header(user) if options.keep_cookies else None
+    if cookie:
+        click_headers["cookie"] = cookie
+    body = {"doc_id": doc_id, "query_id": response.headers.get(QUERY_ID_HEADER)}
+    try:
+        answer = await client.post(options.click_url, body, click_headers)
+    except httpx.HTTPError:
+        stats.record_click(version, ok=False)
+        return
+    if options.keep_cookies:
+        users.jars.store(user, answer.headers.get_list("set-cookie"))
+    stats.record_click(served_version(answer.headers) or version, ok=answer.is_success)
+
+
+def _clicked_doc(response: httpx.Response, rng: random.Random) -> str | None:
+    """A result of the answer, rank r with weight 1/(r+1) (users click near the top); None if no results."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or not body:
+        return None
+    ids = list(body)
+    return str(rng.choices(ids, weights=[1.0 / (r + 1) for r in range(len(ids))])[0])
 
 
 class LoadRunner:
@@ -358,12 +523,17 @@ class LoadRunner:
         poisson: bool = False,
         make_payload: Callable[[QueryMix], Payload] | None = None,
         on_response: ResponseCallback | None = None,
+        keep_cookies: bool = False,
+        click_probability: Mapping[str, float] | None = None,
+        click_url: str | None = None,
     ) -> None:
         self._args = (url, duration, max_requests)
         self._options = _Options(
             host=host, headers=dict(headers or {}), max_in_flight=max_in_flight, timeout_s=timeout_s,
             seed=seed, n_users=n_users, poisson=poisson, make_payload=make_payload, on_response=on_response,
+            keep_cookies=keep_cookies, click_probability=click_probability, click_url=click_url,
         )
+        self._options.check_users(url)
         self._control = RateControl(rate)
         self._stats = _Stats(rate)
         self._stop = threading.Event()
