@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from analysis.abtest import PrimaryCounts
+from analysis.config import AnalysisConfig
 from analysis.judges import make_judge
 from analysis.observations import Verdict, WindowCounts, interval_of
 from controller.ports import Readiness
@@ -37,6 +39,9 @@ class Observation:
     routing_error: str | None = None
     metrics: WindowCounts | None = None
     metrics_error: str | None = None
+    # A/B experiments: the primary metric's counts per version over the same window.
+    business: Mapping[str, PrimaryCounts] | None = None
+    business_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,8 @@ def desired_plan(spec: ReleaseSpec, status: ReleaseStatus) -> RoutingPlan | None
             return None
         case Phase.INITIALIZING:
             return base
+        case Phase.PROGRESSING | Phase.PAUSED if spec.experiment is not None:
+            return base.with_experiment(spec.experiment.routes)
         case Phase.PROGRESSING | Phase.PAUSED:
             return base.with_weight(status.canary_weight)
         case Phase.PROMOTING:
@@ -182,9 +189,14 @@ def _transition(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now:
             return status
 
 
+def analysis_config(spec: ReleaseSpec) -> AnalysisConfig:
+    """What judges latency and errors: the experiment's guardrails, or the canary's analysis."""
+    return spec.experiment.config.guardrails if spec.experiment is not None else spec.analysis
+
+
 def _start(spec: ReleaseSpec, status: ReleaseStatus, now: float, actions: list[Action]) -> ReleaseStatus:
-    status = replace(status, started_at=now,
-                     judge_state=make_judge(spec.analysis).initial_state(services=spec.analysed_services))
+    judge = make_judge(analysis_config(spec))
+    status = replace(status, started_at=now, judge_state=judge.initial_state(services=spec.analysed_services))
     actions.append(Notify("Initializing", f"deploying {spec.canary.version} of {', '.join(spec.changed)} "
                                           f"beside {spec.stable.version}"))
     return status.with_phase(Phase.INITIALIZING, now, "waiting for the new version to become ready")
@@ -206,6 +218,10 @@ def _initializing(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, no
                               f"(progressDeadline {spec.progress_deadline:.0f}s)", actions)
         return status.with_phase(Phase.INITIALIZING, now, f"waiting for {', '.join(not_ready)} to become ready")
     actions.append(Notify("Initialized", f"{spec.canary.version} is ready on {', '.join(spec.changed)}"))
+    if spec.experiment is not None:
+        from controller import experiment_machine  # the experiment builds on this module's transitions
+
+        return experiment_machine.start(spec, status, now, actions)
     return _enter_step(spec, status, 0, now, actions)
 
 
@@ -236,6 +252,10 @@ def _progressing(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now
             actions.append(Notify("Paused", "paused by an operator"))
             return status.with_phase(Phase.PAUSED, now, "paused by an operator")
         return status
+    if spec.experiment is not None:
+        from controller import experiment_machine
+
+        return experiment_machine.look(spec, status, obs, now, actions)
     status, verdict, reason = _analyse(spec, status, obs, now)
     return _act_on_verdict(spec, status, verdict, reason, now, actions)
 
@@ -252,7 +272,7 @@ def _analyse(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: fl
         s: interval_of(obs.metrics, s, spec.stable.version, spec.canary.version, t, status.canary_weight)
         for s in spec.analysed_services
     }
-    judge = make_judge(spec.analysis)
+    judge = make_judge(analysis_config(spec))
     state, decision = judge.update(dict(status.judge_state), observations)
     canary_requests = max((o.canary.requests for o in observations.values()), default=0)
     counts = {s: {"baseline": {"requests": o.baseline.requests, "errors": o.baseline.errors},

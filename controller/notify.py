@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from controller.logs import remember_secret
 from controller.ports import Notice, Notifier
 from controller.signing import Secret
 from controller.webhook import Delivery, WebhookClient, redact_url
@@ -137,6 +138,8 @@ class SlackWebhookNotifier(_WebhookNotifier):
     def __init__(self, url: str | None = None, *, url_file: str | Path | None = None,
                  client: WebhookClient | None = None, describe: Describe | None = None) -> None:
         super().__init__(url, url_file, client, describe)
+        # An incoming-webhook URL is the credential itself, however it was given.
+        remember_secret(self._url)
 
     def deliver(self, notice: Notice) -> Delivery:
         body = json.dumps({"text": slack_text(notice, self._details(notice))}).encode()

@@ -13,8 +13,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from analysis.abtest import PrimaryCounts
 from analysis.observations import MetricsQuery
 from controller import machine
+from controller.business import BusinessMetrics, BusinessQuery
 from controller.machine import (
     Action,
     ApplyRouting,
@@ -37,6 +39,8 @@ class Ports:
     metrics: Metrics
     clock: Clock
     notifier: Notifier
+    # A/B experiments only: the primary metric's counts per version (impressions and clicks, ...).
+    business: BusinessMetrics | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,15 @@ class TickResult:
     failed_actions: tuple[str, ...]
     # Seconds until this release wants its next tick; None when it is finished.
     requeue_after: float | None
+
+
+def business_query(spec: ReleaseSpec) -> BusinessQuery | None:
+    if spec.experiment is None:
+        return None
+    primary = spec.experiment.config.primary
+    return BusinessQuery(namespace=spec.namespace, service=spec.stack.entry,
+                         versions=(spec.stable.version, spec.canary.version), metric=primary.name,
+                         kind=primary.kind)
 
 
 def metrics_query(spec: ReleaseSpec) -> MetricsQuery:
@@ -105,8 +118,25 @@ class Reconciler:
             except Exception as exc:  # a broken source must give an `error` verdict, never a crash loop
                 log.exception("metrics source failed")
                 metrics_error = f"metrics source failed: {exc!r}"
+        business, business_error = self._business(spec, wants.metrics_window)
         return Observation(readiness=readiness, routing=routing, routing_error=routing_error,
-                           metrics=metrics, metrics_error=metrics_error)
+                           metrics=metrics, metrics_error=metrics_error, business=business,
+                           business_error=business_error)
+
+    def _business(self, spec: ReleaseSpec, window: tuple[float, float] | None
+                  ) -> tuple[Mapping[str, PrimaryCounts] | None, str | None]:
+        query = business_query(spec)
+        if query is None or window is None:
+            return None, None
+        if self.ports.business is None:
+            return None, "no business-metrics source is configured for this experiment"
+        try:
+            return self.ports.business.business(query, *window), None
+        except PortError as exc:
+            return None, exc.reason
+        except Exception as exc:  # a broken source must give an `error` verdict, never a crash loop
+            log.exception("business metrics source failed")
+            return None, f"business metrics source failed: {exc!r}"
 
     # --- persist, then act ---------------------------------------------------------------------------
     def _finish(self, spec: ReleaseSpec | None, old: ReleaseStatus, new: ReleaseStatus,

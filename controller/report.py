@@ -71,7 +71,7 @@ def render_report(release: Mapping[str, Any], status: Mapping[str, Any], *, titl
         _services_section(view),
         _decision_log(view),
         _conditions(view),
-        f'<p class="muted">Generated {escape(_when(view.generated_at))} from the persisted release status.</p>',
+        f'<p class="muted">From the persisted release status as of {escape(_when(view.as_of))}.</p>',
     ]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{escape(page_title)}"
@@ -97,8 +97,10 @@ class _View:
         # The entry service is the one every request crosses: its counts are the release's traffic.
         self.entry = str(stack.get("entry") or (listed[0] if listed else ""))
         self.started_at = _float(status.get("startedAt"))
-        self.generated_at = max((_float(h.get("at")) or 0.0 for h in self.history), default=0.0) or (
-            _float(status.get("finishedAt")) or self.started_at or 0.0)
+        # The report is pure (no clock): "as of" is the latest instant the status itself records.
+        instants = [_float(h.get("at")) for h in self.history]
+        instants += [_float(status.get(k)) for k in ("finishedAt", "phaseSince", "lastAnalysisAt", "startedAt")]
+        self.as_of = max((x for x in instants if x is not None), default=None)
         self.services = self._services(spec)
 
     def _services(self, spec: Mapping[str, Any]) -> list[str]:

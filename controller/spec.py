@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from analysis.config import AnalysisConfig, InvalidAnalysisConfig
+from controller.experiment_spec import ExperimentSpec, parse_ab_test
 from controller.routing.plan import DEFAULT_LANE_HEADER
 
 SEARCH_STACK = ("master-search", "ml-infer", "ml-search", "keyword", "text-search")
@@ -85,6 +86,8 @@ class ReleaseSpec:
     paused: bool = False
     abort: bool = False
     approve_promotion: bool = False
+    # Set for `strategy.abTest`: the release runs an A/B experiment instead of canary steps.
+    experiment: ExperimentSpec | None = None
 
     def canary_version_of(self, service: str) -> str | None:
         return self.canary.version if service in self.changed else None
@@ -184,7 +187,7 @@ def parse_release(obj: Mapping[str, Any]) -> ReleaseSpec:
     changed = _changed(r, spec.get("canary"), canary, stack)
     if stable.version and stable.version == canary.version:
         r.problem("spec.canary.version", f"{canary.version!r} is the stable version already")
-    strategy = _strategy(r, spec.get("strategy"))
+    strategy, experiment = _strategy(r, spec.get("strategy"), stable.version, canary.version)
     analysis, analysed = _analysis(r, spec.get("analysis"), changed, stack)
     policies = _policies(r, spec.get("policies"))
     lane_header = r.string(spec.get("laneHeader"), "spec.laneHeader", re.compile(r"^[a-z0-9][a-z0-9-]*$"),
@@ -200,6 +203,7 @@ def parse_release(obj: Mapping[str, Any]) -> ReleaseSpec:
         paused=r.boolean(spec.get("paused"), "spec.paused"),
         abort=r.boolean(spec.get("abort"), "spec.abort"),
         approve_promotion=r.boolean(spec.get("approvePromotion"), "spec.approvePromotion"),
+        experiment=experiment,
     )
     if r.problems:
         raise InvalidSpec(r.problems)
@@ -253,9 +257,25 @@ def _changed(r: _Reader, value: Any, canary: Version, stack: Stack) -> tuple[str
     return tuple(s for s in stack.services if s in listed)
 
 
-def _strategy(r: _Reader, value: Any) -> CanaryStrategy:
+def _strategy(r: _Reader, value: Any, stable: str, canary: str) -> tuple[CanaryStrategy, ExperimentSpec | None]:
     m = r.mapping(value, "spec.strategy", required=False)
-    r.unknown(m, "spec.strategy", ("canary",))
+    r.unknown(m, "spec.strategy", ("canary", "abTest"))
+    if "abTest" not in m:
+        return _canary_strategy(r, m), None
+    if "canary" in m:
+        r.problem("spec.strategy.abTest", "give either strategy.canary or strategy.abTest, not both")
+    experiment = parse_ab_test(r, m.get("abTest"), stable, canary)
+    if experiment is None:
+        return _canary_strategy(r, {}), None
+    # The canary fields the reconciler reads (cadence, settle) follow the experiment's; one "step" at the
+    # treatment's share.
+    share = experiment.routes.arms[1].weight
+    return CanaryStrategy(steps=(max(share, 1),), interval=experiment.interval, min_canary_requests=0,
+                          step_deadline=experiment.config.max_duration_s + experiment.interval,
+                          settle=experiment.settle), experiment
+
+
+def _canary_strategy(r: _Reader, m: Mapping[str, Any]) -> CanaryStrategy:
     c = r.mapping(m.get("canary"), "spec.strategy.canary", required=False)
     path = "spec.strategy.canary"
     r.unknown(c, path, ("steps", "stepWeight", "maxWeight", "interval", "minCanaryRequests", "stepDeadline",

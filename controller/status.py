@@ -105,6 +105,10 @@ class ReleaseStatus:
     # When a rollback's 0% canary weight was first read back from the mesh.
     canary_off_at: float | None = None
     judge_state: Mapping[str, Any] = field(default_factory=dict)
+    # A/B experiments only: the primary metric's sufficient statistics (analysis.abtest state), and the
+    # result at the last look (decision, winner, effect and its interval, samples, duration).
+    experiment_state: Mapping[str, Any] | None = None
+    experiment: Mapping[str, Any] | None = None
     conditions: tuple[Condition, ...] = ()
     history: tuple[DecisionRecord, ...] = ()
 
@@ -155,6 +159,8 @@ class ReleaseStatus:
             "stageSince": self.stage_since,
             "canaryOffAt": self.canary_off_at,
             "judgeState": dict(self.judge_state),
+            "experimentState": None if self.experiment_state is None else dict(self.experiment_state),
+            "experiment": None if self.experiment is None else dict(self.experiment),
             "conditions": [c.for_storage() for c in self.conditions],
             "history": [h.for_storage() for h in self.history],
         }
@@ -185,6 +191,8 @@ class ReleaseStatus:
             stage_since=d.get("stageSince"),
             canary_off_at=d.get("canaryOffAt"),
             judge_state=dict(d.get("judgeState", {})),
+            experiment_state=d.get("experimentState"),
+            experiment=d.get("experiment"),
             conditions=tuple(Condition.from_storage(c) for c in d.get("conditions", ())),
             history=tuple(DecisionRecord.from_storage(h) for h in d.get("history", ())),
         )

@@ -118,6 +118,7 @@ def test_healthy_release_is_promoted(tmp_path: Path) -> None:
     assert result["mixed_version_responses"] == 0 and result["responses"] > 500
     assert result["canary_requests"] > 100
     assert result["load"]["status_counts"] == {"200": result["responses"]}
+    assert Path(result["report"]).read_text().lstrip().lower().startswith("<!doctype html")
     assert not [p for p in stack_pids(tmp_path) if alive(p)]
 
 
@@ -125,7 +126,11 @@ def test_errors_are_rolled_back_fast(tmp_path: Path) -> None:
     result = demo(tmp_path, "errors")
     assert result["outcome"] == "rolled_back", result["message"]
     assert "errorRate" in result["message"]
-    assert result["rollback_seconds"] is not None and result["rollback_seconds"] < 2 * 5 + 5
+    # Decided within the first analysis windows (5 s each here; 20 canary requests in the first one), and
+    # the 0% canary weight read back right after; generous slack for a loaded machine.
+    assert result["analyses"] <= 3
+    assert result["rollback_seconds"] is not None
+    assert result["rollback_seconds"] < result["analyses"] * 5 + 2.5 + 5
     assert result["mixed_version_responses"] == 0
     assert not [p for p in stack_pids(tmp_path) if alive(p)]
 

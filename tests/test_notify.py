@@ -246,12 +246,14 @@ def test_secrets_never_in_logs_or_repr(receiver: Receiver, secret_file: Path, tm
         client = WebhookClient(timeout=1.0, sleep=Sleeps(), retry=RetryPolicy(attempts=2))
         json_notifier = JsonWebhookNotifier(receiver.url, secret_file=secret_file, client=client)
         slack = SlackWebhookNotifier(url_file=url_file, client=client)
+        direct = SlackWebhookNotifier(receiver.url + "/T1/B1/directTokenZZZ", client=client)
+        logging.getLogger("careless").warning("direct url %s", receiver.url + "/T1/B1/directTokenZZZ")
         json_notifier.notify(ROLLBACK)
         slack.notify(ROLLBACK)
         # Even code that logs the secret by mistake does not leak it.
         logging.getLogger("careless").warning("the key is %s", SECRET)
         logging.getLogger("careless").warning("posting to %s", slack_token_url)
-        texts = [repr(json_notifier), repr(slack), repr(json_notifier.secret), str(json_notifier.secret)]
+        texts = [repr(json_notifier), repr(slack), repr(direct), repr(json_notifier.secret), str(json_notifier.secret)]
     finally:
         logging.getLogger().removeHandler(handler)
     err = capsys.readouterr().err
@@ -259,6 +261,7 @@ def test_secrets_never_in_logs_or_repr(receiver: Receiver, secret_file: Path, tm
     for text in [err, *texts]:
         assert SECRET not in text  # ...without the secret
         assert "XXXXsecretTokenXXXX" not in text
+        assert "directTokenZZZ" not in text
     assert "***" in err
 
 

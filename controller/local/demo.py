@@ -29,6 +29,7 @@ from controller.local.stack import SEARCH_SERVICES, Faults, LocalStack
 from controller.local.state import StateDir, write_json_atomic
 from controller.machine import summary
 from controller.reconciler import Ports, Reconciler
+from controller.report import render_report
 from controller.spec import parse_release
 from controller.status import Phase, ReleaseStatus
 
@@ -169,6 +170,7 @@ def run_local(release: dict[str, Any], faults: Faults, rps: float = 20.0, summar
         report = load.stop() if load is not None else None
         result = _summary(label, status, audit, source.name, workdir, report)
         result["interrupted"] = stop.is_set()
+        result["report"] = str(write_report(state, workdir / "report.html"))
     say(_summary_text(result))
     if summary_path is not None:
         write_json_atomic(Path(summary_path), result)
@@ -247,12 +249,19 @@ def _summary(scenario: str, status: ReleaseStatus, audit: LaneAudit, metrics_sou
         "mixed_version_responses": audit.mixed,
         "mixed_examples": audit.examples,
         "last_verdict": status.last_verdict,
+        "analyses": len(status.history),
         "message": status.message,
         "metrics_source": metrics_source,
         "load": load_dict(report),
         "state_dir": str(workdir / "state"),
         "logs": str(workdir / "stack" / "logs"),
     }
+
+
+def write_report(state: StateDir, path: Path) -> Path:
+    """The release's self-contained HTML report (charts and the decision log) from its persisted state."""
+    path.write_text(render_report(state.load_release(), state.load_status().for_storage()))
+    return path
 
 
 def load_dict(report: LoadReport | None) -> dict[str, Any] | None:
@@ -277,5 +286,6 @@ def _summary_text(r: dict[str, Any]) -> str:
         f"  canary requests served: {r['canary_requests']} of {r['responses']} "
         f"(requests mixing versions along their path: {r['mixed_version_responses']})",
         f"  metrics source: {r['metrics_source']}",
+        f"  report: {r.get('report', '-')}",
         f"  state: {r['state_dir']}   logs: {r['logs']}",
     ])

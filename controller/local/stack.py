@@ -33,12 +33,19 @@ ENTRY = "master-search"
 Faults = Mapping[str, Mapping[str, Mapping[str, float]]]
 
 
+# Like a Kubernetes readiness probe: a workload that was ready turns not-ready only after this many
+# failed health checks in a row, so one slow answer under load does not look like a dead canary.
+FAILURE_THRESHOLD = 3
+
+
 @dataclass
 class Workload:
     service: str
     version: str
     port: int
     proc: Proc
+    was_ready: bool = False
+    failures: int = 0
 
     @property
     def address(self) -> str:
@@ -61,7 +68,7 @@ class LocalStack:
         self.router_port = 0
         self.admin_port = 0
         self.admin: RouterAdmin | None = None
-        self._health = httpx.Client(timeout=0.5)
+        self._health = httpx.Client(timeout=2.0)
 
     # --- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> LocalStack:
@@ -143,7 +150,15 @@ class LocalStack:
             ok = self._health.get(f"http://{workload.address}/healthz").status_code == 200
         except httpx.HTTPError:
             ok = False
-        return Readiness(ok, "" if ok else "starting")
+        if ok:
+            workload.was_ready, workload.failures = True, 0
+            return Readiness(True)
+        if not workload.was_ready:
+            return Readiness(False, "starting")
+        workload.failures += 1
+        if workload.failures < FAILURE_THRESHOLD:
+            return Readiness(True, f"health check failed {workload.failures}/{FAILURE_THRESHOLD}")
+        return Readiness(False, f"{workload.failures} health checks failed in a row")
 
     def stop_service(self, service: str, version: str) -> None:
         workload = self.workloads.pop((service, version), None)

@@ -22,6 +22,49 @@ class InvalidPlan(ValueError):
 
 
 @dataclass(frozen=True)
+class ExperimentArm:
+    """One variant of an A/B experiment: its name (cookie value, lane and subset name), version, weight."""
+
+    name: str
+    version: str
+    weight: int
+
+
+@dataclass(frozen=True)
+class ExperimentRoutes:
+    """How an A/B experiment assigns users; rendered by `controller.routing.experiment`.
+
+    Requests with `cohort_header: <variant>` go to that variant (explicit cohorts); requests whose cookie
+    `cookie=<variant>` names a variant stay on it (sticky); every other request is split by weight and its
+    response sets that cookie. `arms[0]` is the control, served by the stable subsets.
+    """
+
+    arms: tuple[ExperimentArm, ...]
+    cookie: str = "ab"
+    cohort_header: str | None = None
+    cookie_max_age: int = 7 * 24 * 3600
+
+    def __post_init__(self) -> None:
+        if len(self.arms) < 2:
+            raise InvalidPlan("an experiment needs at least two variants")
+        if sum(a.weight for a in self.arms) != 100:
+            raise InvalidPlan(f"experiment weights {[a.weight for a in self.arms]} do not sum to 100")
+        for a in self.arms:
+            if not _DNS_LABEL.match(a.name) or a.name in ("stable", "canary"):
+                raise InvalidPlan(f"variant name {a.name!r} is not a DNS label other than stable/canary")
+            if not _LABEL_VALUE.match(a.version):
+                raise InvalidPlan(f"version {a.version!r} of variant {a.name} is not a valid label value")
+        if not re.match(r"^[A-Za-z0-9_-]+$", self.cookie):
+            raise InvalidPlan(f"cookie name {self.cookie!r} is not a plain token")
+        if self.cohort_header is not None and not _HEADER_NAME.match(self.cohort_header):
+            raise InvalidPlan(f"cohort header {self.cohort_header!r} is not a lower-case HTTP header name")
+
+    @property
+    def control(self) -> ExperimentArm:
+        return self.arms[0]
+
+
+@dataclass(frozen=True)
 class ServiceVersions:
     """The versions one service's subsets point at; `canary` is None when the release leaves it alone."""
 
@@ -41,6 +84,8 @@ class RoutingPlan:
     gateways: tuple[str, ...] = ()
     entry_hosts: tuple[str, ...] = ()
     owner: str = ""
+    # Set while an A/B experiment runs: the entry route assigns users to variants instead of a weight split.
+    experiment: ExperimentRoutes | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.canary_weight, int) or not 0 <= self.canary_weight <= 100:
@@ -70,7 +115,11 @@ class RoutingPlan:
         raise KeyError(name)
 
     def with_weight(self, weight: int) -> RoutingPlan:
-        return replace(self, canary_weight=weight)
+        return replace(self, canary_weight=weight, experiment=None)
+
+    def with_experiment(self, experiment: ExperimentRoutes) -> RoutingPlan:
+        """The experiment's routes; `canary_weight` keeps the treatment's share for bookkeeping."""
+        return replace(self, experiment=experiment, canary_weight=100 - experiment.control.weight)
 
     def all_stable(self) -> RoutingPlan:
         """Every lane on the stable subsets: what a rollback puts in effect."""
@@ -78,6 +127,7 @@ class RoutingPlan:
             self,
             canary_weight=0,
             services=tuple(ServiceVersions(s.service, s.stable) for s in self.services),
+            experiment=None,
         )
 
     def promoted(self) -> RoutingPlan:
@@ -86,6 +136,7 @@ class RoutingPlan:
             self,
             canary_weight=0,
             services=tuple(ServiceVersions(s.service, s.canary or s.stable) for s in self.services),
+            experiment=None,
         )
 
     def equivalent(self, other: RoutingPlan | None) -> bool:
@@ -94,7 +145,8 @@ class RoutingPlan:
 
     def _traffic_key(self) -> tuple[object, ...]:
         return (self.namespace, self.entry, self.canary_weight, self.lane_header,
-                tuple(sorted(self.services, key=lambda s: s.service)), self.gateways, self.entry_hosts)
+                tuple(sorted(self.services, key=lambda s: s.service)), self.gateways, self.entry_hosts,
+                self.experiment)
 
     def canary_reachable(self) -> bool:
         """Whether any request can reach a canary pod under this plan."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from controller.routing import experiment as ab
 from controller.routing.plan import RoutingPlan, ServiceVersions
 
 API_VERSION = "networking.istio.io/v1"
@@ -41,6 +42,9 @@ def _metadata(name: str, plan: RoutingPlan, role: str) -> Obj:
 
 
 def destination_rule(plan: RoutingPlan, sv: ServiceVersions) -> Obj:
+    if plan.experiment is not None:
+        return {"apiVersion": API_VERSION, "kind": "DestinationRule",
+                "metadata": _metadata(sv.service, plan, "subsets"), "spec": ab.destination_rule_spec(plan, sv)}
     subsets = [{"name": "stable", "labels": {"version": sv.stable}}]
     if sv.canary:
         subsets.append({"name": "canary", "labels": {"version": sv.canary}})
@@ -61,6 +65,11 @@ def _lane_destination(host: str, subset: str, weight: int, lane_header: str, lan
 
 
 def entry_virtual_service(plan: RoutingPlan) -> Obj:
+    if plan.experiment is not None:
+        metadata = _metadata(plan.entry, plan, "entry")
+        metadata["annotations"].update(ab.entry_annotations(plan))
+        return {"apiVersion": API_VERSION, "kind": "VirtualService", "metadata": metadata,
+                "spec": ab.entry_spec(plan)}
     entry = plan.service(plan.entry)
     canary_subset = "canary" if entry.canary else "stable"
     spec: Obj = {
@@ -88,6 +97,9 @@ def entry_virtual_service(plan: RoutingPlan) -> Obj:
 
 
 def lane_virtual_service(plan: RoutingPlan, sv: ServiceVersions) -> Obj:
+    if plan.experiment is not None:
+        return {"apiVersion": API_VERSION, "kind": "VirtualService", "metadata": _metadata(sv.service, plan, "lane"),
+                "spec": ab.lane_spec(plan, sv)}
     http: list[Obj] = []
     if sv.canary:
         http.append(
@@ -132,13 +144,11 @@ def read_plan(objects: list[Obj]) -> RoutingPlan | None:
     meta = entry_vs["metadata"]
     lane_header = meta.get("annotations", {}).get(ANNOTATION_LANE_HEADER, "")
     try:
-        route = next(r for r in entry_vs["spec"]["http"] if r.get("name") == ENTRY_ROUTE)
-        canary_weight = next(
-            int(d.get("weight", 0)) for d in route["route"]
-            if d.get("headers", {}).get("request", {}).get("set", {}).get(lane_header) == "canary"
-        )
-    except (StopIteration, KeyError, TypeError, ValueError) as exc:
-        raise UnreadablePlan(f"VirtualService {meta.get('name')}: no canary-lane destination ({exc!r})") from exc
+        experiment = ab.read_experiment(entry_vs) if ab.is_experiment_entry(entry_vs) else None
+    except ab.UnreadableExperiment as exc:
+        raise UnreadablePlan(str(exc)) from exc
+    # An experiment's entry assigns users instead of splitting by weight: its treatment share stands in.
+    canary_weight = (100 - experiment.control.weight) if experiment else _canary_weight(entry_vs, lane_header)
     services = []
     for dr in (o for o in ours if o["kind"] == "DestinationRule"):
         subsets = {s["name"]: s.get("labels", {}).get("version") for s in dr["spec"].get("subsets", [])}
@@ -156,4 +166,17 @@ def read_plan(objects: list[Obj]) -> RoutingPlan | None:
         gateways=gateways,
         entry_hosts=tuple(entry_hosts[1:]),
         owner=meta.get("labels", {}).get(LABEL_RELEASE, ""),
+        experiment=experiment,
     )
+
+
+def _canary_weight(entry_vs: Obj, lane_header: str) -> int:
+    meta = entry_vs["metadata"]
+    try:
+        route = next(r for r in entry_vs["spec"]["http"] if r.get("name") == ENTRY_ROUTE)
+        return next(
+            int(d.get("weight", 0)) for d in route["route"]
+            if d.get("headers", {}).get("request", {}).get("set", {}).get(lane_header) == "canary"
+        )
+    except (StopIteration, KeyError, TypeError, ValueError) as exc:
+        raise UnreadablePlan(f"VirtualService {meta.get('name')}: no canary-lane destination ({exc!r})") from exc

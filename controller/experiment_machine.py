@@ -1,0 +1,183 @@
+"""The A/B experiment's transitions inside the release state machine (pure, like `controller.machine`).
+
+An experiment reuses the release phases: Initializing (the new version starts) -> Progressing (the
+experiment runs: users are assigned to variants, each interval is judged) -> Promoting/Succeeded (the
+winner becomes stable) or RollingBack/RolledBack (stable stays), or Paused (waiting for an operator).
+
+Each look, in order:
+1. guardrails (latency, errors) through the sequential judge, the treatment against stable, per service:
+   `fail` stops the experiment at once (the variant is harmful to users) and rolls it back;
+2. the primary metric through `analysis.abtest.ab_update` (a confidence sequence per comparison, SRM on
+   assigned users when the source knows them);
+3. `harmful` rolls back; `winner` / `no_difference` (the analysis applies the minimum duration) or the
+   maximum duration end the experiment with the spec's `onEnd`: keepStable, promoteWinner or
+   waitForOperator. `error`s (metrics or business source down, SRM) count towards
+   `policies.rollbackAfterErrors`, like the canary's.
+Every look is one `DecisionRecord` in `status.history` (guardrail checks plus a `primary` check) and the
+latest result is `status.experiment`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from analysis.abtest import ABDecision, ABResult, ab_initial_state, ab_update
+from analysis.decisions import json_clean
+from analysis.observations import Verdict
+from controller.experiment_spec import ExperimentSpec
+from controller.machine import (
+    Action,
+    Notify,
+    Observation,
+    _analyse,
+    _note_action,
+    _promote_or_gate,
+    _roll_back,
+)
+from controller.spec import ReleaseSpec
+from controller.status import Phase, ReleaseStatus
+
+__all__ = ["look", "result_dict", "start"]
+
+
+def _experiment(spec: ReleaseSpec) -> ExperimentSpec:
+    if spec.experiment is None:
+        raise ValueError("not an experiment")
+    return spec.experiment
+
+
+def start(spec: ReleaseSpec, status: ReleaseStatus, now: float, actions: list[Action]) -> ReleaseStatus:
+    """The new version is ready: put the experiment's routes in effect and start the clock."""
+    exp = _experiment(spec)
+    share = 100 - exp.routes.control.weight
+    arms = ", ".join(f"{a.name} {a.weight}%" for a in exp.routes.arms)
+    actions.append(Notify("ExperimentStarted", f"A/B experiment on {exp.config.primary.name}: {arms}"))
+    status = replace(
+        status, step=0, canary_weight=share, step_started_at=now, step_canary_requests=0,
+        last_analysis_at=now + exp.settle, first_canary_traffic_at=status.first_canary_traffic_at or now,
+        experiment_state=status.experiment_state or ab_initial_state(exp.config),
+    )
+    return status.with_phase(Phase.PROGRESSING, now, f"experiment running ({arms})")
+
+
+def look(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float,
+         actions: list[Action]) -> ReleaseStatus:
+    """One analysis window of a running experiment: guardrails, then the primary metric, then act."""
+    exp = _experiment(spec)
+    status, verdict, reason = _analyse(spec, status, obs, now)
+    if verdict is Verdict.FAIL:
+        status = _with_primary(status, None, "stopped by a guardrail")
+        status = _note_action(status, "stop experiment, roll back")
+        status = replace(status, experiment={**(status.experiment or {}), "decision": ABDecision.HARMFUL.value,
+                                             "stoppedBy": "guardrail", "reason": reason})
+        return _roll_back(status, now, Phase.ROLLED_BACK, "AnalysisFailed",
+                          f"{spec.canary.version} fails a guardrail: {reason}", actions, decided=True)
+    if verdict is Verdict.ERROR:
+        return _error(spec, status, reason, now, actions)
+    if obs.business is None:
+        status = _with_primary(status, None, f"business metrics unavailable: {obs.business_error}")
+        return _error(spec, status, f"business metrics unavailable: {obs.business_error}", now, actions)
+    elapsed = now - (status.step_started_at or now)
+    state, result = ab_update(dict(status.experiment_state or ab_initial_state(exp.config)),
+                              dict(obs.business), elapsed)
+    status = replace(status, experiment_state=state, experiment=result_dict(result, exp, elapsed))
+    status = _with_primary(status, result, result.reason)
+    return _act(spec, status, result, elapsed, now, actions)
+
+
+def _error(spec: ReleaseSpec, status: ReleaseStatus, reason: str, now: float, actions: list[Action]
+           ) -> ReleaseStatus:
+    errors = status.consecutive_errors + 1
+    status = replace(status, consecutive_errors=errors)
+    if errors >= spec.policies.rollback_after_errors:
+        status = _note_action(status, "stop experiment, roll back")
+        return _roll_back(status, now, Phase.ROLLED_BACK, "AnalysisError",
+                          f"{errors} analysis errors in a row; last: {reason}", actions, decided=True)
+    actions.append(Notify("AnalysisError", f"experiment holding ({errors}/{spec.policies.rollback_after_errors})"
+                                           f": {reason}", True))
+    return _note_action(status, "hold")
+
+
+def _act(spec: ReleaseSpec, status: ReleaseStatus, result: ABResult, elapsed: float, now: float,
+         actions: list[Action]) -> ReleaseStatus:
+    exp = _experiment(spec)
+    if result.decision is ABDecision.ERROR:
+        return _error(spec, status, result.reason, now, actions)
+    status = replace(status, consecutive_errors=0)
+    if result.decision is ABDecision.HARMFUL:
+        status = _note_action(status, "stop experiment, roll back")
+        return _roll_back(status, now, Phase.ROLLED_BACK, "ExperimentHarmful", result.reason, actions, decided=True)
+    decision, reason = result.decision, result.reason
+    if decision is ABDecision.CONTINUE and elapsed >= exp.config.max_duration_s:
+        decision, reason = ABDecision.NO_DIFFERENCE, f"maximum duration reached: {reason}"
+        status = replace(status, experiment={**(status.experiment or {}), "decision": decision.value,
+                                             "reason": reason, "stoppedBy": "maxDuration"})
+    if decision is ABDecision.CONTINUE:
+        return _note_action(status, "continue")
+    return _end(spec, status, decision, result.winner, reason, now, actions)
+
+
+def _end(spec: ReleaseSpec, status: ReleaseStatus, decision: ABDecision, winner: str | None, reason: str,
+         now: float, actions: list[Action]) -> ReleaseStatus:
+    exp = _experiment(spec)
+    status = replace(status, decided_at=status.decided_at or now)
+    actions.append(Notify("ExperimentEnded", f"{decision.value}: {reason}"))
+    treatment_won = winner == exp.treatment
+    match exp.config.on_end:
+        case "promoteWinner" if treatment_won:
+            status = _note_action(status, f"{decision.value}: promote {winner}")
+            return _promote_or_gate(spec, status, now, actions)
+        case "waitForOperator":
+            status = _note_action(status, f"{decision.value}: wait for an operator")
+            actions.append(Notify("AwaitingPromotion", "experiment ended; set spec.approvePromotion to promote "
+                                                       f"{spec.canary.version}, or spec.abort to keep stable"))
+            status = status.with_condition("Paused", "True", "AwaitingPromotion", "experiment ended", now)
+            return status.with_phase(Phase.PAUSED, now, f"experiment ended ({decision.value}); awaiting an operator")
+        case _:
+            status = _note_action(status, f"{decision.value}: keep {spec.stable.version}")
+            return _roll_back(status, now, Phase.ROLLED_BACK, "ExperimentEnded",
+                              f"experiment ended ({decision.value}): {reason}; keeping {spec.stable.version}",
+                              actions, decided=True)
+
+
+def _with_primary(status: ReleaseStatus, result: ABResult | None, reason: str) -> ReleaseStatus:
+    """Add the primary metric's look to the interval's decision record (as one more check)."""
+    if not status.history:
+        return status
+    last = status.history[-1]
+    check: dict[str, Any] = {"service": "experiment", "check": "primary",
+                             "verdict": result.decision.value if result else "error", "reason": reason}
+    if result is not None:
+        check.update({"samples": dict(result.samples),
+                      "comparisons": [c.to_dict() for c in result.comparisons]})
+    merged = replace(last, checks=(*last.checks, check), reason=f"{last.reason}; primary: {reason}")
+    if result is None or result.decision is ABDecision.ERROR:
+        merged = replace(merged, verdict="error")
+    elif result.decision is ABDecision.HARMFUL:
+        merged = replace(merged, verdict="fail")
+    return replace(status, history=(*status.history[:-1], merged), last_verdict=merged.verdict)
+
+
+def result_dict(result: ABResult, exp: ExperimentSpec, elapsed: float) -> dict[str, Any]:
+    """The experiment's result for `status.experiment`, the CLI and the demo summary."""
+    comparison = result.comparison(exp.treatment)
+    ended = result.decision is not ABDecision.CONTINUE
+    stopped_by = ("maxDuration" if elapsed >= exp.config.max_duration_s else "primary") if ended else None
+    out = {
+        "decision": result.decision.value,
+        "reason": result.reason,
+        "winner": result.winner,
+        "metric": result.metric,
+        "control": result.control,
+        "treatment": exp.treatment,
+        # The treatment minus the control, with its anytime-valid confidence interval.
+        "effect": {"difference": comparison.difference, "interval": list(comparison.difference_cs),
+                   "ratio": comparison.ratio, "ratioInterval": list(comparison.ratio_cs)},
+        "rates": {result.control: comparison.control_mean, exp.treatment: comparison.mean},
+        "samples": dict(result.samples),
+        "durationSeconds": elapsed,
+        "looks": result.looks,
+        "stoppedBy": stopped_by,
+    }
+    return json_clean(out)  # type: ignore[no-any-return]  # infinite interval ends become null
