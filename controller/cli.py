@@ -1,6 +1,6 @@
 """The `canary` command line.
 
-    canary demo [--scenario healthy|slow|errors|tail] [--rps N] [--interval S] [--summary FILE]
+    canary demo [--scenario healthy|slow|errors|tail|ab] [--rps N] [--interval S] [--summary FILE]
     canary run -f release.yaml --local [--rps N] [--fault SERVICE:KNOB=VALUE ...] [--workdir DIR]
     canary stack up [--versions v1,v2] [--weight W] [--rps N]
     canary analyze --replay FILE... [--judge sequential|kayenta|threshold] [--alpha A]
@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="a real canary release of the search stack on this machine")
-    demo.add_argument("--scenario", default="healthy", choices=["healthy", "slow", "errors", "tail"],
+    demo.add_argument("--scenario", default="healthy", choices=["healthy", "slow", "errors", "tail", "ab"],
                       help="what is wrong with v2 (default: healthy, which promotes)")
     demo.add_argument("--rps", type=float, default=40.0, help="searches per second of load (default 40)")
     demo.add_argument("--interval", type=float, default=10.0, help="analysis interval in seconds (default 10)")

@@ -13,8 +13,8 @@ Each look, in order:
    maximum duration end the experiment with the spec's `onEnd`: keepStable, promoteWinner or
    waitForOperator. `error`s (metrics or business source down, SRM) count towards
    `policies.rollbackAfterErrors`, like the canary's.
-Every look is one `DecisionRecord` in `status.history` (guardrail checks plus a `primary` check) and the
-latest result is `status.experiment`.
+Every look is one `DecisionRecord` in `status.history` (the guardrail checks; the primary metric's look
+in `counts["primary"]`) and the latest result is `status.experiment`.
 """
 
 from __future__ import annotations
@@ -142,16 +142,19 @@ def _end(spec: ReleaseSpec, status: ReleaseStatus, decision: ABDecision, winner:
 
 
 def _with_primary(status: ReleaseStatus, result: ABResult | None, reason: str) -> ReleaseStatus:
-    """Add the primary metric's look to the interval's decision record (as one more check)."""
+    """Add the primary metric's look to the interval's decision record.
+
+    It goes in `counts["primary"]`, not among the `checks`: those are per-service guardrail checks, which
+    the CLI and the report draw per service; the look's reason is appended to the record's reason.
+    """
     if not status.history:
         return status
     last = status.history[-1]
-    check: dict[str, Any] = {"service": "experiment", "check": "primary",
-                             "verdict": result.decision.value if result else "error", "reason": reason}
+    primary: dict[str, Any] = {"decision": result.decision.value if result else "error", "reason": reason}
     if result is not None:
-        check.update({"samples": dict(result.samples),
-                      "comparisons": [c.to_dict() for c in result.comparisons]})
-    merged = replace(last, checks=(*last.checks, check), reason=f"{last.reason}; primary: {reason}")
+        primary.update({"samples": dict(result.samples),
+                        "comparisons": [c.to_dict() for c in result.comparisons]})
+    merged = replace(last, counts={**last.counts, "primary": primary}, reason=f"{last.reason}; primary: {reason}")
     if result is None or result.decision is ABDecision.ERROR:
         merged = replace(merged, verdict="error")
     elif result.decision is ABDecision.HARMFUL:

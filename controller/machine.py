@@ -462,4 +462,4 @@ def summary(status: ReleaseStatus) -> dict[str, Any]:
         "canary_off_seconds": off_seconds,
         "canary_requests": status.total_canary_requests,
         "message": status.message,
-    }
+    } | ({"experiment": dict(status.experiment)} if status.experiment is not None else {})

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from controller.spec import ReleaseSpec
-from controller.status import DecisionRecord, ReleaseStatus
+from controller.status import DecisionRecord, Phase, ReleaseStatus
 
 
 def _num(x: Any, fmt: str = "{:.3g}") -> str:
@@ -21,7 +21,7 @@ def headline(spec: ReleaseSpec, status: ReleaseStatus, now: float) -> str:
     step = f"{status.step + 1}/{len(steps)}" if status.step >= 0 else f"0/{len(steps)}"
     parts = [f"{spec.name}: {status.phase.value:<12}", f"step {step}",
              f"weight {100 - status.canary_weight}/{status.canary_weight} (stable/canary)"]
-    if status.last_analysis_at is not None and not status.phase.final:
+    if status.last_analysis_at is not None and status.phase is Phase.PROGRESSING:
         due = status.last_analysis_at + spec.strategy.interval - now
         parts.append(f"next analysis in {max(0.0, due):4.1f}s")
     return "  ".join(parts)

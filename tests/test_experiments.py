@@ -11,6 +11,7 @@ import copy
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from controller.spec import InvalidSpec, parse_release
 from controller.status import Phase, ReleaseStatus
 from tests.fakes import FakeRouter, VersionModel
 from tests.istio_schema import istio_errors
+from tests.k8s_schema import custom_resource_errors, load_documents
 from tests.test_scenarios import World, release
 
 AB: dict[str, Any] = {
@@ -168,8 +170,9 @@ def test_a_better_variant_wins_and_is_promoted() -> None:
     applied = world.router.history
     assert any(p.experiment is not None for p in applied)
     assert {s.stable for s in applied[-1].services} == {"v2"}
-    primary = [c for c in status.history[-1].checks if c.get("check") == "primary"]
-    assert primary and primary[0]["verdict"] == "winner"
+    primary = status.history[-1].counts["primary"]
+    assert primary["decision"] == "winner" and primary["samples"] == result["samples"]
+    assert all(c.get("check") != "primary" for c in status.history[-1].checks)  # guardrails only
     assert "ExperimentEnded" in world.notifier.reasons()
 
 
@@ -235,3 +238,17 @@ def test_business_source_outage_rolls_back_after_the_error_budget() -> None:
     assert [h.verdict for h in last] == ["error"] * 3
     assert all("primary: business metrics unavailable" in h.reason for h in last)
     assert [h.action for h in last] == ["hold", "hold", "stop experiment, roll back"]
+
+
+# --- persisted status ---------------------------------------------------------------------------------
+
+
+def test_an_experiment_status_survives_storage_and_passes_the_crd() -> None:
+    world = ABWorld({"v1": 0.10, "v2": 0.16})
+    obj = ab_release()
+    status = world.run(obj)
+    stored = json.loads(json.dumps(status.for_storage(), allow_nan=False))  # strict JSON: no Infinity
+    assert ReleaseStatus.from_storage(stored) == status
+    crd = load_documents(Path(__file__).resolve().parent.parent / "manifests" / "crd" / "stackreleases.yaml")[0]
+    release_obj = {"apiVersion": "stackcanary.dev/v1alpha1", "kind": "StackRelease", **obj, "status": stored}
+    assert custom_resource_errors(release_obj, crd) == []

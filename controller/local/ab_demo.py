@@ -89,20 +89,20 @@ def run_ab_demo(rps: float = 40.0, interval: float = 10.0, summary_path: Path | 
         clock = SystemClock()
         reconciler = Reconciler(Ports(LocalWorkloads(stack), router, source.metrics, clock, LogNotifier(),
                                       business=business))
-        ended = threading.Event()
+        ended, load_started = threading.Event(), threading.Event()
 
         def watch(status: ReleaseStatus) -> None:
             # Load runs exactly while the experiment's routes are in effect (see the module docstring).
-            if status.phase is Phase.PROGRESSING and not load.started:
+            if status.phase is Phase.PROGRESSING and not load_started.is_set():
+                load_started.set()
                 load.start()
-            if status.phase is not Phase.PROGRESSING and status.phase is not Phase.INITIALIZING \
-                    or stop.is_set():
+            if status.phase not in (Phase.PROGRESSING, Phase.INITIALIZING) or stop.is_set():
                 ended.set()
             if on_tick is not None:
                 on_tick(status)
 
         status = drive_release(reconciler, state, spec, clock, ended, max_seconds, console, watch)
-        report = load.stop() if load.started else None
+        report = load.stop() if load_started.is_set() else None
         if status.phase is Phase.PAUSED and not stop.is_set():
             console.say("experiment ended; the demo approves the promotion of the result (spec.approvePromotion)")
             approved = state.load_release()

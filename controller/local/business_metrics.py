@@ -46,9 +46,10 @@ def parse_business(text: str, service: str) -> dict[str, tuple[float, float]]:
 class LocalBusinessMetrics:
     """`processes(service)` lists (version, "host:port") of the service's running processes."""
 
-    def __init__(self, processes: Callable[[str], Iterable[tuple[str, str]]], timeout_s: float = 2.0) -> None:
+    def __init__(self, processes: Callable[[str], Iterable[tuple[str, str]]], timeout_s: float = 2.0,
+                 client: httpx.Client | None = None) -> None:
         self._processes = processes
-        self._client = httpx.Client(timeout=timeout_s)
+        self._client = client or httpx.Client(timeout=timeout_s)
         self._previous: Snapshot | None = None
 
     def close(self) -> None:

@@ -117,8 +117,13 @@ def run_demo(scenario: str = "healthy", rps: float = 40.0, interval: float = 10.
              summary_path: Path | None = None, workdir: Path | None = None, metrics: str = "auto",
              max_seconds: float = 600.0, out: TextIO = sys.stdout,
              on_tick: Callable[[ReleaseStatus], None] | None = None) -> dict[str, Any]:
+    if scenario == "ab":
+        from controller.local.ab_demo import run_ab_demo  # the A/B demo builds on this module
+
+        return run_ab_demo(rps=rps, interval=interval, summary_path=summary_path, workdir=workdir,
+                           metrics=metrics, max_seconds=max_seconds, out=out, on_tick=on_tick)
     if scenario not in SCENARIOS:
-        raise ValueError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
+        raise ValueError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}, ab")
     return run_local(demo_release(interval), {"v2": SCENARIOS[scenario]}, rps=rps, summary_path=summary_path,
                      workdir=workdir, metrics=metrics, max_seconds=max_seconds, out=out, on_tick=on_tick,
                      label=scenario)
