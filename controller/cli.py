@@ -29,15 +29,18 @@ from controller.spec import InvalidSpec
 log = logging.getLogger("canary")
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.WARNING),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    from controller.logs import configure_logging
+
+    configure_logging(level, json=fmt == "json")
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="canary", description="Canary releases and A/B experiments for a "
                                 "whole multi-service stack, judged by anytime-valid statistics.")
     p.add_argument("--log-level", default="warning", help="debug, info, warning (default), error")
+    p.add_argument("--log-format", default="text", choices=["text", "json"],
+                   help="json: one object per line with release, namespace, phase and step")
     sub = p.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="a real canary release of the search stack on this machine")
@@ -73,7 +76,9 @@ def _parser() -> argparse.ArgumentParser:
 
     analyze = sub.add_parser("analyze", help="judge recorded intervals (replay files)", add_help=False)
     analyze.add_argument("rest", nargs=argparse.REMAINDER)
-    for name, text in (("controller", "run the Kubernetes controller (in the cluster or with a kubeconfig)"),
+    for name, text in (("report", "write a release's self-contained HTML report: canary report NAME [-n NS] "
+                                  "-o FILE, or --workdir DIR for a local one"),
+                       ("controller", "run the Kubernetes controller (in the cluster or with a kubeconfig)"),
                        ("start", "create or update a StackRelease: canary start NAME --image SERVICE=IMAGE ..."),
                        ("status", "show a release: canary status NAME [-n NS] [--watch], or --workdir DIR "
                                   "for a local one")):
@@ -88,14 +93,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-PASSTHROUGH = ("analyze", "controller", "start", "status")
+PASSTHROUGH = ("analyze", "controller", "start", "status", "report")
 
 
 def _split_passthrough(argv: list[str]) -> tuple[list[str], str | None, list[str]]:
     """`[global options] COMMAND rest`: commands with parsers of their own get `rest` untouched."""
     i = 0
     while i < len(argv) and argv[i].startswith("-"):
-        i += 2 if argv[i] == "--log-level" else 1
+        i += 2 if argv[i] in ("--log-level", "--log-format") else 1
     if i < len(argv) and argv[i] in PASSTHROUGH:
         return argv[:i], argv[i], argv[i + 1:]
     return argv, None, []
@@ -107,7 +112,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(head + ([passthrough] if passthrough else []))
     if passthrough:
         args.rest = rest
-    _setup_logging(args.log_level)
+    try:
+        _setup_logging(args.log_level, args.log_format)
+    except ValueError as exc:
+        print(f"canary: {exc}", file=sys.stderr)
+        return 2
     try:
         match args.command:
             case "demo":
@@ -125,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             case "start":
                 from controller.kubernetes.cli import start_main
                 return start_main(list(args.rest))
+            case "report":
+                return _report(list(args.rest))
             case "status":
                 if "--workdir" in args.rest:
                     return _local_status(list(args.rest))
@@ -236,6 +247,44 @@ def _stack_up(args: argparse.Namespace) -> int:
         if load is not None:
             print(load.stop().summary())
     print("stopped every process of the stack")
+    return 0
+
+
+def _report(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="canary report", description="Write a release's report: one "
+                                "self-contained HTML file (charts and the decision log; no network to view).")
+    p.add_argument("release", nargs="?", help="a StackRelease in the cluster (omit with --workdir)")
+    p.add_argument("-n", "--namespace", default="default")
+    p.add_argument("--workdir", type=Path, help="a local release's work directory instead")
+    p.add_argument("-o", "--output", type=Path, default=Path("report.html"))
+    p.add_argument("--kubeconfig")
+    p.add_argument("--context")
+    args = p.parse_args(argv)
+    from controller.report import render_report
+
+    if args.workdir is not None:
+        from controller.local.state import StateDir
+
+        state = StateDir(args.workdir / "state")
+        if not state.exists():
+            raise FileNotFoundError(f"no release in {args.workdir}")
+        html = render_report(state.load_release(), state.load_status().for_storage())
+    elif args.release:
+        from controller.kubernetes.client import RELEASES, KubeApi
+        from controller.ports import PortError
+
+        try:
+            obj = KubeApi.connect(args.kubeconfig, args.context).get_or_none(RELEASES, args.namespace, args.release)
+        except PortError as exc:
+            print(f"canary report: {exc.reason}", file=sys.stderr)
+            return 1
+        if obj is None:
+            raise FileNotFoundError(f"no StackRelease {args.namespace}/{args.release}")
+        html = render_report(obj, obj.get("status") or {})
+    else:
+        raise ValueError("name a release, or give --workdir DIR for a local one")
+    args.output.write_text(html)
+    print(f"wrote {args.output}")
     return 0
 
 

@@ -89,3 +89,24 @@ def test_state_writes_are_atomic_and_resumable(tmp_path: Path) -> None:
     state.save_status(status)
     assert state.load_status() == status
     assert [p.name for p in tmp_path.iterdir()] == ["status.json"]  # no temporary file left behind
+
+
+def test_report_of_a_local_release_is_one_html_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = StateDir(tmp_path / "state")
+    state.save_release(demo_release(10))
+    state.save_status(ReleaseStatus(phase=Phase.ROLLED_BACK, message="errorRate crossed"))
+    out = tmp_path / "r.html"
+    assert main(["report", "--workdir", str(tmp_path), "-o", str(out)]) == 0
+    html = out.read_text()
+    assert html.lstrip().lower().startswith("<!doctype html") and "RolledBack" in html
+    assert "http://" not in html.replace("http://www.w3.org/2000/svg", "")  # nothing to fetch when viewed
+
+
+def test_report_needs_a_release_or_a_workdir(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report"]) == 2
+    assert "name a release, or give --workdir" in capsys.readouterr().err
+
+
+def test_a_bad_log_level_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--log-level", "loud", "status", "--workdir", "/nonexistent"]) == 2
+    assert "loud" in capsys.readouterr().err

@@ -27,6 +27,7 @@ from controller.local.metrics_source import open_metrics_source
 from controller.local.platform import LocalRouter, LocalWorkloads, LogNotifier, SystemClock
 from controller.local.stack import SEARCH_SERVICES, Faults, LocalStack
 from controller.local.state import StateDir, write_json_atomic
+from controller.logs import release_context
 from controller.machine import summary
 from controller.reconciler import Ports, Reconciler
 from controller.report import render_report
@@ -212,7 +213,10 @@ def drive_release(reconciler: Reconciler, state: StateDir, spec: Any, clock: Sys
     seen = 0
     status = state.load_status()
     while not stop.is_set() and clock.now() < deadline:
-        result = reconciler.tick(state.load_release(), state.load_status(), state.save_status)
+        # Every log line of the tick carries the release, its namespace, phase and step.
+        with release_context(release=spec.name, namespace=spec.namespace, phase=status.phase.value,
+                             step=status.step):
+            result = reconciler.tick(state.load_release(), state.load_status(), state.save_status)
         status = result.status
         if result.persisted:
             console.say(view.headline(spec, status, clock.now()))
