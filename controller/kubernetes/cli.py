@@ -2,12 +2,19 @@
 
     canary controller [--namespace NS | --all-namespaces] [--prometheus-url URL] [--kubeconfig FILE]
                       [--health-port 8080] [--identity ID] [--lease-namespace NS] [--no-leader-election]
+                      [--business-metric NAME] [--business-metric-numerator PROMQL]
+                      [--business-metric-denominator PROMQL] [--no-business-metrics]
     canary start RELEASE --image SERVICE=REPO:TAG ... [-n NS] [--version V] [--stable-version V]
     canary status RELEASE [-n NS] [--watch] [--json]
 
 Each `*_main(argv)` takes the arguments after its sub-command and returns the exit code: 0 done, 1 could
 not (API unreachable, release missing), 2 bad input. Kubeconfig, or the in-cluster service account
 when run in a pod and no kubeconfig is given.
+
+The controller's A/B experiments read their primary metric from the same Prometheus: `--business-metric`
+names a counter-pair custom metric (numerator: successes, denominator: trials, PromQL templates as in
+docs/metrics.md) that an experiment's `primaryMetric.name` refers to; the defaults are the search stack's
+click-through, `searchstack_clicks_total` / `searchstack_impressions_total` {namespace, service, version}.
 """
 
 from __future__ import annotations
@@ -23,8 +30,9 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from controller.business import BusinessMetrics
 from controller.kubernetes.client import DEPLOYMENTS, RELEASES, KubeApi, Obj
 from controller.kubernetes.health import HealthServer, Telemetry
 from controller.kubernetes.leader import LeaseElector
@@ -35,7 +43,17 @@ from controller.spec import SEARCH_STACK, InvalidSpec, parse_release
 from controller.status import ReleaseStatus
 from controller.view import decision_lines, headline
 
+if TYPE_CHECKING:
+    from controller.prometheus_business import CustomMetrics
+
 log = logging.getLogger("canary.kubernetes")
+# The search stack's business counters (searchstack/telemetry.py), one query per (service, version): the
+# per-pair placeholders make the series' own label names irrelevant, so a scrape config that adds pod
+# labels (Istio's addon Prometheus maps `namespace`, `app`, `version`) cannot split or rename them.
+DEFAULT_BUSINESS_METRIC = "click-through"
+DEFAULT_BUSINESS_NUMERATOR = "searchstack_clicks_total{namespace={namespace},service={service},version={version}}"
+DEFAULT_BUSINESS_DENOMINATOR = (
+    "searchstack_impressions_total{namespace={namespace},service={service},version={version}}")
 CONTROLLER_NAMESPACE = "stack-canary-system"
 _LABEL_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -76,6 +94,19 @@ def _controller_parser() -> argparse.ArgumentParser:
     where.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (default)")
     p.add_argument("--prometheus-url", default=os.environ.get("PROMETHEUS_URL", "http://prometheus.istio-system:9090"),
                    help="Prometheus with Istio's metrics (default: $PROMETHEUS_URL or the Istio addon)")
+    p.add_argument("--business-metric", default=os.environ.get("BUSINESS_METRIC", DEFAULT_BUSINESS_METRIC),
+                   help="the A/B primary metric's name, as in primaryMetric.name (default: $BUSINESS_METRIC or "
+                        f"{DEFAULT_BUSINESS_METRIC})")
+    p.add_argument("--business-metric-numerator",
+                   default=os.environ.get("BUSINESS_METRIC_NUMERATOR", DEFAULT_BUSINESS_NUMERATOR),
+                   help="PromQL template of its successes counter (default: $BUSINESS_METRIC_NUMERATOR or "
+                        "searchstack_clicks_total per namespace, service, version)")
+    p.add_argument("--business-metric-denominator",
+                   default=os.environ.get("BUSINESS_METRIC_DENOMINATOR", DEFAULT_BUSINESS_DENOMINATOR),
+                   help="PromQL template of its trials counter (default: $BUSINESS_METRIC_DENOMINATOR or "
+                        "searchstack_impressions_total per namespace, service, version)")
+    p.add_argument("--no-business-metrics", action="store_true",
+                   help="no business source: an A/B experiment's looks are errors (it rolls back)")
     p.add_argument("--health-port", type=int, default=8080, help="/healthz, /readyz, /metrics (0: any free)")
     p.add_argument("--health-host", default="0.0.0.0", help="address to serve them on")
     p.add_argument("--identity", default=os.environ.get("POD_NAME") or socket.gethostname(),
@@ -91,6 +122,24 @@ def _controller_parser() -> argparse.ArgumentParser:
     return p
 
 
+def prometheus_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The controller's Prometheus config: Istio's metrics, plus the business metric as a custom metric."""
+    config: dict[str, Any] = {"url": args.prometheus_url}
+    if not args.no_business_metrics:
+        config["custom_metrics"] = {args.business_metric: {
+            "kind": "counter_pair", "numerator": args.business_metric_numerator,
+            "denominator": args.business_metric_denominator,
+        }}
+    return config
+
+
+def business_source(args: argparse.Namespace, metrics: CustomMetrics) -> BusinessMetrics | None:
+    """The A/B experiments' primary metric over `metrics` (a `PrometheusSource`), unless turned off."""
+    from controller.prometheus_business import PrometheusBusinessMetrics
+
+    return None if args.no_business_metrics else PrometheusBusinessMetrics(metrics)
+
+
 def controller_main(argv: Sequence[str]) -> int:
     args = _controller_parser().parse_args(list(argv))
     _logging(args.log_level)
@@ -99,7 +148,7 @@ def controller_main(argv: Sequence[str]) -> int:
     telemetry = Telemetry()
     try:
         api = _connect(args, telemetry)
-        metrics = PrometheusSource.from_config({"url": args.prometheus_url})
+        metrics = PrometheusSource.from_config(prometheus_config(args))
     except Exception as exc:  # config errors of either client: say which and stop
         print(f"canary controller: {exc}", file=sys.stderr)
         return 2
@@ -108,7 +157,7 @@ def controller_main(argv: Sequence[str]) -> int:
         api, args.lease_namespace, args.identity, clock, name=args.lease_name)
     config = ControllerConfig(namespace=args.namespace, identity=args.identity, resync_period=args.resync,
                               workers=args.workers, replica_policy=ReplicaPolicy(args.canary_replicas))
-    controller = Controller(api, config, metrics, clock, elector, telemetry)
+    controller = Controller(api, config, metrics, clock, elector, telemetry, business_source(args, metrics))
     health = HealthServer(telemetry, controller.healthy, controller.synced.is_set, args.health_host,
                           args.health_port).start()
     stop = threading.Event()

@@ -15,8 +15,9 @@
   it then first sends all traffic back to the stable subsets (the canary Deployments it owns are about to
   be garbage-collected), and only then removes the finalizer. Finished releases carry none.
 - **One tick** builds the ports of that release (Deployments, Istio routes, Events, the shared Metrics
-  source), reads the status from the cached object and persists through the status subresource with the
-  object's resourceVersion: a 409 re-reads the object and ticks again shortly.
+  source and, for A/B experiments, the shared business-metrics source), reads the status from the cached
+  object and persists through the status subresource with the object's resourceVersion: a 409 re-reads
+  the object and ticks again shortly.
 
 `run(stop)` runs the threads (watch, election, workers) until `stop` is set, then lets the ticks in flight
 finish and releases the lease. `relist`, `elect` and `run_due` are the same steps, synchronous, for
@@ -31,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.business import BusinessMetrics
 from controller.kubernetes.client import RELEASES, ApiConflict, ApiGone, KubeApi, Obj
 from controller.kubernetes.events import EventNotifier
 from controller.kubernetes.health import Telemetry
@@ -82,10 +84,13 @@ def effective_weight(status: ReleaseStatus) -> int:
 
 class Controller:
     def __init__(self, api: KubeApi, config: ControllerConfig, metrics: Metrics, clock: Clock,
-                 elector: LeaseElector | None = None, telemetry: Telemetry | None = None) -> None:
+                 elector: LeaseElector | None = None, telemetry: Telemetry | None = None,
+                 business: BusinessMetrics | None = None) -> None:
         self.api = api
         self.config = config
         self.metrics = metrics
+        # A/B experiments' primary metric (None: an experiment's looks are errors, see docs/experiments.md).
+        self.business = business
         self.clock = clock
         self.elector = elector
         self.telemetry = telemetry or Telemetry()
@@ -311,7 +316,7 @@ class Controller:
                                         spec.canary.version if spec else None, self.config.replica_policy, box)
         router = IstioRouter(self.api, ref.namespace, services)
         notifier = EventNotifier(self.api, obj, self.clock, self.config.identity)
-        return Ports(workloads, router, self.metrics, self.clock, notifier)
+        return Ports(workloads, router, self.metrics, self.clock, notifier, business=self.business)
 
     def run_due(self, limit: int | None = None) -> int:
         """Tick every release that is due now, one after the other (the synchronous driver)."""
