@@ -301,6 +301,18 @@ def stuck_deployment_status(obj: Obj, failed: bool) -> Obj:
                            progressing]}
 
 
+def _rbac_verb(request: rendering.Request, key: Key) -> tuple[str, str, str, str]:
+    """The RBAC (namespace, apiGroup, resource, verb) a request needs."""
+    method = str(request.method.value)
+    if request.action is kmock.action.WATCH:
+        verb = "watch"
+    else:
+        verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(
+            method, "get" if request.name else "list")
+    resource = key[2] + (f"/{request.subresource}" if request.subresource else "")
+    return (request.namespace or "cluster", key[0], resource, verb)
+
+
 @attrs.define(kw_only=True)
 class KubeEmulator(kmock.KubernetesEmulator):
     """kmock's emulator with a versioned store for the kinds in `KINDS` (see the module docstring)."""
@@ -310,6 +322,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
     slow_images: set[str] = attrs.field(factory=set)
     # Requests by (method, plural, subresource), for the "no writes in steady state" assertions.
     counts: dict[tuple[str, str, str], int] = attrs.field(factory=dict)
+    # RBAC verbs used while `recording`: (namespace, apiGroup, resource[/subresource], verb).
+    recording: bool = attrs.field(default=False)
+    verbs: set[tuple[str, str, str, str]] = attrs.field(factory=set)
     _wake: asyncio.Event | None = attrs.field(default=None)
     _loop: asyncio.AbstractEventLoop | None = attrs.field(default=None)
     _watch_generation: int = attrs.field(default=0)
@@ -321,6 +336,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
             return await super()._handle(request)
         count_key = (str(request.method.value), key[2], request.subresource or "")
         self.counts[count_key] = self.counts.get(count_key, 0) + 1
+        if self.recording:
+            self.verbs.add(_rbac_verb(request, key))
         try:
             if request.action is kmock.action.WATCH:
                 return await self._watch(request, key)

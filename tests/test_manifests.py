@@ -50,16 +50,15 @@ REGISTRY = "keenioustakehome.azurecr.io/devops"
 # Everything the controller's ServiceAccount may do: (namespace or "cluster", apiGroup, resource, verb).
 # The Kubernetes adapter's own test can compare its API calls against this list.
 EXPECTED_PERMISSIONS = {
-    *(("cluster", "stackcanary.dev", "stackreleases", v) for v in ("get", "list", "watch", "update", "patch")),
-    *(("cluster", "stackcanary.dev", "stackreleases/status", v) for v in ("get", "update", "patch")),
+    *(("cluster", "stackcanary.dev", "stackreleases", v) for v in ("get", "list", "watch", "patch")),
+    ("cluster", "stackcanary.dev", "stackreleases/status", "update"),
     ("cluster", "stackcanary.dev", "stackreleases/finalizers", "update"),
-    *((STACK_NS, "apps", "deployments", v)
-      for v in ("get", "list", "watch", "create", "update", "patch", "delete")),
+    *((STACK_NS, "apps", "deployments", v) for v in ("list", "create", "patch")),
     *((STACK_NS, "networking.istio.io", r, v)
       for r in ("virtualservices", "destinationrules")
-      for v in ("get", "list", "watch", "create", "update", "patch")),
-    *((STACK_NS, "", "events", v) for v in ("create", "patch")),
-    *((STACK_NS, "autoscaling", "horizontalpodautoscalers", v) for v in ("get", "list", "watch", "create")),
+      for v in ("list", "create", "patch")),
+    (STACK_NS, "", "events", "create"),
+    *((STACK_NS, "autoscaling", "horizontalpodautoscalers", v) for v in ("get", "list", "create")),
     *((CONTROLLER_NS, "coordination.k8s.io", "leases", v) for v in ("get", "create", "update")),
 }
 
