@@ -170,10 +170,15 @@ def test_query_mix_is_deterministic_realistic_and_zipfian() -> None:
 class StickyShop:
     """A tiny in-thread A/B entry service: a request without an `ab` cookie gets a random variant and a
     Set-Cookie for it; one with the cookie is served by that variant. Search answers `{doc_id: score}` with
-    `x-served-by` and `x-query-id`; clicks are recorded per variant with their query ids."""
+    `x-served-by` and `x-query-id`; clicks are recorded per variant with their query ids. An assignment
+    (a search without the cookie) takes `assign_delay_s`; `overlap` is the most cookie-less searches of one
+    user the shop ever served at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, assign_delay_s: float = 0.0) -> None:
         self.lock = threading.Lock()
+        self.assign_delay_s = assign_delay_s
+        self.assigning: Counter[str] = Counter()
+        self.overlap = 0
         self.rng = random.Random(5)
         self.searches: list[tuple[str, str | None, str]] = []  # (user, cookie header, variant)
         self.clicks: Counter[str] = Counter()
@@ -195,6 +200,8 @@ class StickyShop:
                 headers = {"x-served-by": f"master-search@{variant},ml-search@{variant}"}
                 if cookie is None:
                     headers["set-cookie"] = f"ab={variant}; Path=/; Max-Age=3600"
+                if self.path.endswith("/search") and cookie is None:
+                    shop.assign(self.headers["x-user-id"])
                 if self.path.endswith("/search"):
                     with shop.lock:
                         query_id = f"q{len(shop.searches)}"
@@ -222,6 +229,14 @@ class StickyShop:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/master-service/search"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
+    def assign(self, user: str) -> None:
+        with self.lock:
+            self.assigning[user] += 1
+            self.overlap = max(self.overlap, self.assigning[user])
+        time.sleep(self.assign_delay_s)  # the server thread's own latency, not the test's
+        with self.lock:
+            self.assigning[user] -= 1
+
     def variant_of(self, cookie: str | None) -> str:
         if cookie and "ab=" in cookie:
             return cookie.split("ab=", 1)[1].split(";")[0]
@@ -231,7 +246,15 @@ class StickyShop:
 
 @pytest.fixture
 def sticky_shop() -> Iterator[StickyShop]:
-    shop = StickyShop()
+    yield from _running(StickyShop())
+
+
+@pytest.fixture
+def slow_assigning_shop() -> Iterator[StickyShop]:
+    yield from _running(StickyShop(assign_delay_s=0.15))
+
+
+def _running(shop: StickyShop) -> Iterator[StickyShop]:
     shop.thread.start()
     yield shop
     shop.server.shutdown()
@@ -279,6 +302,30 @@ def test_without_cookies_users_are_reassigned_and_bad_probabilities_are_refused(
     assert all(cookie is None for _, cookie, _ in sticky_shop.searches)
     with pytest.raises(ValueError, match=r"click_probability\[v2\]: 1.5 is not a probability"):
         asyncio.run(run_load(sticky_shop.url, rate=10, duration=1, max_requests=1, click_probability={"v2": 1.5}))
+
+
+def test_a_new_users_searches_wait_for_its_first_answer(slow_assigning_shop: StickyShop) -> None:
+    # Open loop at 200/s over 10 users while each assignment takes 150 ms: without the gate, heavy users
+    # would send several cookie-less searches at once and be assigned to both variants.
+    shop = slow_assigning_shop
+    report = asyncio.run(run_load(shop.url, rate=200, duration=10, max_requests=200, n_users=10,
+                                  max_in_flight=64, keep_cookies=True))
+    assert report.held > 0 and report.mixed_users == 0, report
+    assert shop.overlap == 1
+    cookieless = Counter(user for user, cookie, _ in shop.searches if cookie is None)
+    assert set(cookieless.values()) == {1}, "exactly one assignment per user"
+    # A held slot is scheduled, then sent once the cookie is known: nothing lost, nothing extra.
+    assert report.scheduled == 200 and report.sent == 200 and report.dropped == 0
+    assert report.completed == len(shop.searches) == 200
+
+
+def test_searches_held_behind_a_failed_first_answer_are_dropped(slow_assigning_shop: StickyShop) -> None:
+    # Every assignment outlasts the client's timeout: each first search fails, and what it held is dropped.
+    report = asyncio.run(run_load(slow_assigning_shop.url, rate=200, duration=10, max_requests=100, n_users=5,
+                                  max_in_flight=64, timeout_s=0.05, keep_cookies=True))
+    assert report.held > 0 and report.dropped == report.held, report
+    assert report.sent == report.errors and report.completed == 0
+    assert report.sent + report.dropped == report.scheduled == 100
 
 
 def test_cookie_jars_and_served_version() -> None:

@@ -27,9 +27,21 @@ QUERY = {"text": "graph neural networks for citation ranking", "n_results": 5, "
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except (ProcessLookupError, FileNotFoundError):
         return False
-    return True
+    return "State:\tZ" not in state  # a zombie has exited; only its parent's reaping is left
+
+
+def all_gone(pids: list[int], within: float = 15.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not [p for p in pids if alive(p)]:
+            return True
+        time.sleep(0.2)
+    return False
 
 
 @pytest.fixture(scope="module")
@@ -193,3 +205,46 @@ def test_run_command_releases_two_of_five_services_from_a_file(tmp_path: Path) -
     assert result["outcome"] == "rolled_back", result["message"]
     assert "keyword" in result["message"]
     assert result["mixed_version_responses"] == 0
+
+
+def test_a_killed_local_release_resumes_from_its_state_and_finishes(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from controller.cli import main
+    from controller.local.state import StateDir
+    from controller.status import Phase
+
+    release = yaml.safe_load(Path("examples/release-local.yaml").read_text())
+    release["spec"]["strategy"]["canary"].update(interval="4s", settle="3s", stepDeadline="24s")
+    f = tmp_path / "release.yaml"
+    f.write_text(yaml.safe_dump(release))
+    work = tmp_path / "work"
+    argv = ["run", "-f", str(f), "--local", "--rps", "30", "--workdir", str(work), "--max-seconds", "150"]
+    state = StateDir(work / "state")
+    with subprocess.Popen([sys.executable, "-m", "controller.cli", *argv],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if state.status_path.exists() and state.load_status().step >= 1:
+                break
+            time.sleep(0.2)
+        before = state.load_status()
+        proc.send_signal(signal.SIGKILL)  # no teardown, no final status write
+        proc.wait(timeout=10)
+    assert before.phase is Phase.PROGRESSING and before.step >= 1
+    first_run = [int(line.split()[1]) for line in (work / "stack" / "logs" / "pids.txt").read_text().splitlines()]
+    # Their parent-death signal (SIGTERM) makes them shut down on their own.
+    assert all_gone(first_run), "children outlived a SIGKILLed controller"
+
+    assert main([*argv, "--summary", str(tmp_path / "summary.json")]) == 0
+    result = json.loads((tmp_path / "summary.json").read_text())
+    after = state.load_status()
+    assert result["outcome"] == "promoted", result["message"]
+    assert after.started_at == before.started_at  # the same release, continued, not restarted
+    assert [h.at for h in after.history][: len(before.history)] == [h.at for h in before.history]
+    assert len(after.history) > len(before.history)

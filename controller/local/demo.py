@@ -28,7 +28,7 @@ from controller.local.platform import LocalRouter, LocalWorkloads, LogNotifier, 
 from controller.local.stack import SEARCH_SERVICES, Faults, LocalStack
 from controller.local.state import StateDir, write_json_atomic
 from controller.logs import release_context
-from controller.machine import summary
+from controller.machine import desired_plan, summary
 from controller.reconciler import Ports, Reconciler
 from controller.report import render_report
 from controller.spec import parse_release
@@ -43,6 +43,7 @@ SCENARIOS: dict[str, dict[str, dict[str, float]]] = {
     "errors": {"ml-infer": {"error_rate": 0.2}},
     "tail": {"keyword": {"slow_prob": 0.15, "slow_ms": 400.0}},
 }
+IN_FLIGHT = (Phase.INITIALIZING, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING, Phase.ROLLING_BACK)
 OUTCOMES = {Phase.SUCCEEDED: "promoted", Phase.ROLLED_BACK: "rolled_back", Phase.FAILED: "failed",
             Phase.ABORTED: "aborted"}
 
@@ -152,9 +153,16 @@ def run_local(release: dict[str, Any], faults: Faults, rps: float = 20.0, summar
         say(f"search stack {spec.stable.version} starting (router {stack.router_url}, "
             f"admin {stack.admin_url}) ...")
         stack.start_version(spec.stable.version, spec.stack.services)
+        # Resuming a release that was in flight when its process died: bring back what its status says
+        # runs (the new version) and the routes it had, before the first tick looks at them.
+        resumed = state.load_status() if state.exists() else None
+        if resumed is not None and resumed.phase in IN_FLIGHT:
+            say(f"resuming {spec.name} from {resumed.phase.value} (step {resumed.step + 1}) in {state.root}")
+            stack.start_version(spec.canary.version, spec.changed)
         assert stack.admin is not None
         router = LocalRouter(stack.admin)
-        router.apply(stack.baseline_plan(spec.stable.version))
+        in_flight_plan = desired_plan(spec, resumed) if resumed is not None else None
+        router.apply(in_flight_plan or stack.baseline_plan(spec.stable.version))
         source = stack_ctx.enter_context(open_metrics_source(metrics, stack.admin_url, workdir / "prometheus"))
         say(f"metrics: {source.description}")
         load = None

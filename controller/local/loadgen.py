@@ -17,6 +17,13 @@ chosen with weight 1/(r+1)) with the probability of the version that served it (
 via `POST <click_url> {"doc_id", "query_id"}` carrying the search's `x-query-id` and the user's
 cookies. A click runs inside the search's task, so the in-flight cap and the timeout bound it too. The
 report counts impressions, clicks and newly assigned users per version: the ground truth of a demo.
+
+The first-answer gate (`keep_cookies`): a user without a cookie has at most one search in flight. Its
+further send slots are *held* (counted as scheduled and as `held`) until that answer arrives: then they
+are sent at once, with the cookie it set (or without, if it set none: no experiment assigns); if no
+answer came (connection failure, timeout), they are `dropped`. Otherwise a heavy user's second request
+would leave before the first one's `Set-Cookie` returned and could be assigned another variant. Users
+with a cookie, and all users without `keep_cookies`, stay open loop.
 """
 
 from __future__ import annotations
@@ -70,7 +77,7 @@ class LoadReport:
     sent: int
     completed: int  # got an HTTP response (any status)
     errors: int  # no response: connection failure or timeout
-    dropped: int  # slots skipped because max_in_flight requests were outstanding
+    dropped: int  # slots skipped: max_in_flight requests outstanding, or held behind a failed first answer
     status_counts: Mapping[int, int]
     latency_p50_ms: float
     latency_p90_ms: float
@@ -82,6 +89,7 @@ class LoadReport:
     click_failures: int = 0  # clicks without a 2xx answer
     assigned_users: Mapping[str, int] = field(default_factory=dict)  # users by the first version they saw
     mixed_users: int = 0  # users served by more than one version (a sticky split keeps this at 0)
+    held: int = 0  # slots that waited for their user's first answer (then sent, or dropped if it failed)
 
     @property
     def achieved_rate(self) -> float:
@@ -229,7 +237,7 @@ class _Stats:
         self.target_rate = target_rate
         self.started = time.monotonic()
         self.ended: float | None = None
-        self.scheduled = self.sent = self.completed = self.errors = self.dropped = 0
+        self.scheduled = self.sent = self.completed = self.errors = self.dropped = self.held = 0
         self.status: Counter[int] = Counter()
         self.error_kinds: Counter[str] = Counter()
         self.latencies: list[float] = []
@@ -277,6 +285,7 @@ class _Stats:
                 impressions=dict(self.impressions), clicks=dict(self.clicks), click_failures=self.click_failures,
                 assigned_users=dict(self.assigned),
                 mixed_users=sum(1 for versions in self.user_versions.values() if len(versions) > 1),
+                held=self.held,
             )
 
 
@@ -314,10 +323,12 @@ class _Options:
 
 @dataclass
 class _Users:
-    """What the A/B users remember across requests: cookie jars, and the click draws' generator."""
+    """What the A/B users remember across requests: cookie jars, the click draws' generator, and the
+    first-answer gate: user -> searches held while its cookie-less request is in flight."""
 
     jars: CookieJars
     clicks: random.Random
+    held: dict[str, list[Payload]] = field(default_factory=dict)
 
 
 async def run_load(
@@ -370,10 +381,9 @@ async def _run(
     users = _Users(CookieJars(), random.Random(options.seed + 2))
     mix = QueryMix(options.seed, options.n_users)
     gaps = random.Random(options.seed + 1)
-    failures: list[BaseException] = []
-    in_flight: set[asyncio.Task[None]] = set()
     loop = asyncio.get_running_loop()
     client = _ClientShards(options.max_in_flight, options.timeout_s)
+    sender = _Sender(client, url, options, stats, users)
     try:
         start = loop.time()
         stats.started = time.monotonic()
@@ -395,78 +405,129 @@ async def _run(
             if next_at > now:
                 await asyncio.sleep(min(next_at - now, IDLE_POLL_S))
                 continue
-            _send_slot(client, url, options, mix, stats, in_flight, failures, users)
+            sender.slot(mix)
             next_at += gaps.expovariate(rate) if options.poisson else 1.0 / rate
         with stats.lock:
             stats.ended = stats.started + (end - start)
-        if in_flight:
-            await asyncio.wait(in_flight, timeout=options.timeout_s + 1.0)
-        for task in list(in_flight):
-            task.cancel()
-        await asyncio.gather(*in_flight, return_exceptions=True)
+        await sender.drain(loop.time() + options.timeout_s + 1.0)
     finally:
         await client.aclose()
-    if failures:
-        raise failures[0]
+    if sender.failures:
+        raise sender.failures[0]
     return stats.report()
 
 
-def _send_slot(
-    client: _ClientShards, url: str, options: _Options, mix: QueryMix, stats: _Stats,
-    in_flight: set[asyncio.Task[None]], failures: list[BaseException], users: _Users,
-) -> None:
-    with stats.lock:
-        stats.scheduled += 1
-        if len(in_flight) >= options.max_in_flight:
-            stats.dropped += 1
+@dataclass
+class _Sender:
+    """Sends the run's searches: send slots, the in-flight set, the first-answer gate, the callbacks' failures."""
+
+    client: _ClientShards
+    url: str
+    options: _Options
+    stats: _Stats
+    users: _Users
+    in_flight: set[asyncio.Task[None]] = field(default_factory=set)
+    failures: list[BaseException] = field(default_factory=list)
+
+    def slot(self, mix: QueryMix) -> None:
+        """One send slot: dropped at the in-flight cap, held behind its user's first answer, or sent."""
+        with self.stats.lock:
+            self.stats.scheduled += 1
+            if len(self.in_flight) >= self.options.max_in_flight:
+                self.stats.dropped += 1
+                return
+        user = mix.user()
+        payload = self.options.make_payload(mix) if self.options.make_payload else mix.search()
+        opens_gate = self.options.keep_cookies and self.users.jars.header(user) is None
+        if opens_gate:
+            held = self.users.held.get(user)
+            if held is not None:  # the user's cookie-less search is in flight: wait for its answer
+                held.append(payload)
+                with self.stats.lock:
+                    self.stats.held += 1
+                return
+            self.users.held[user] = []
+        self.send(user, payload, opens_gate)
+
+    def send(self, user: str, payload: Payload, opens_gate: bool) -> None:
+        with self.stats.lock:
+            if len(self.in_flight) >= self.options.max_in_flight:  # a released hold can find the cap full
+                self.stats.dropped += 1
+                capped = True
+            else:
+                capped = False
+                self.stats.sent += 1
+                n = self.stats.sent
+        if capped:
+            if opens_gate:
+                self.release(user, answered=False)
             return
-        stats.sent += 1
-        n = stats.sent
-    user = mix.user()
-    payload = options.make_payload(mix) if options.make_payload else mix.search()
-    headers = {**options.headers, "x-user-id": user, "x-request-id": f"loadgen-{options.seed}-{n}"}
-    if options.host:
-        headers["host"] = options.host
-    cookie = users.jars.header(user) if options.keep_cookies else None
-    if cookie:
-        headers["cookie"] = cookie
-    task = asyncio.create_task(_one(client, url, payload, headers, options, stats, failures, (user, users)))
-    in_flight.add(task)
-    task.add_done_callback(in_flight.discard)
+        headers = {**self.options.headers, "x-user-id": user, "x-request-id": f"loadgen-{self.options.seed}-{n}"}
+        if self.options.host:
+            headers["host"] = self.options.host
+        cookie = self.users.jars.header(user) if self.options.keep_cookies else None
+        if cookie:
+            headers["cookie"] = cookie
+        task = asyncio.create_task(self._one(user, payload, headers, opens_gate))
+        self.in_flight.add(task)
+        task.add_done_callback(self.in_flight.discard)
 
+    def release(self, user: str, answered: bool) -> None:
+        """The user's first answer arrived (send what it held, with its cookie) or failed (drop them)."""
+        held = self.users.held.pop(user, [])
+        if not answered:
+            with self.stats.lock:
+                self.stats.dropped += len(held)
+            return
+        for payload in held:
+            self.send(user, payload, opens_gate=False)
 
-async def _one(
-    client: _ClientShards, url: str, payload: Payload, headers: dict[str, str], options: _Options,
-    stats: _Stats, failures: list[BaseException], who: tuple[str, _Users],
-) -> None:
-    started = time.perf_counter()
-    try:
-        response = await client.post(url, payload, headers)
-    except httpx.HTTPError as exc:
-        latency = time.perf_counter() - started
-        stats.record_error(type(exc).__name__)
-        status, response_headers = 0, {}
-    else:
-        latency = time.perf_counter() - started
-        stats.record(response.status_code, latency)
-        status, response_headers = response.status_code, dict(response.headers)
-        if options.keep_cookies or options.click_probability is not None:
-            await _act_as_user(client, response, headers, options, stats, who)
-    if options.on_response is not None:
+    async def drain(self, deadline: float) -> None:
+        """Await the searches in flight (and those their answers release) until `deadline`, then cancel."""
+        loop = asyncio.get_running_loop()
+        while self.in_flight and (remaining := deadline - loop.time()) > 0:
+            await asyncio.wait(set(self.in_flight), timeout=remaining)
+        pending = list(self.in_flight)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for user in list(self.users.held):  # their first answer never came within the run
+            self.release(user, answered=False)
+
+    async def _one(self, user: str, payload: Payload, headers: dict[str, str], opens_gate: bool) -> None:
+        options, stats = self.options, self.stats
+        started = time.perf_counter()
         try:
-            options.on_response(status, latency * 1000.0, response_headers)
-        except Exception as exc:  # surfaced by run_load once the run ends
-            failures.append(exc)
+            response = await self.client.post(self.url, payload, headers)
+        except httpx.HTTPError as exc:
+            latency = time.perf_counter() - started
+            stats.record_error(type(exc).__name__)
+            status, response_headers = 0, {}
+            if opens_gate:
+                self.release(user, answered=False)
+        else:
+            latency = time.perf_counter() - started
+            stats.record(response.status_code, latency)
+            status, response_headers = response.status_code, dict(response.headers)
+            if options.keep_cookies:
+                self.users.jars.store(user, response.headers.get_list("set-cookie"))
+            if opens_gate:
+                self.release(user, answered=True)
+            if options.keep_cookies or options.click_probability is not None:
+                await _act_as_user(self.client, response, headers, options, stats, (user, self.users))
+        if options.on_response is not None:
+            try:
+                options.on_response(status, latency * 1000.0, response_headers)
+            except Exception as exc:  # surfaced by run_load once the run ends
+                self.failures.append(exc)
 
 
 async def _act_as_user(
     client: _ClientShards, response: httpx.Response, headers: dict[str, str], options: _Options, stats: _Stats,
     who: tuple[str, _Users],
 ) -> None:
-    """Keep the response's cookies, count the impression, and maybe click a result."""
+    """Count the impression and maybe click a result (the search's cookies are already stored)."""
     user, users = who
-    if options.keep_cookies:
-        users.jars.store(user, response.headers.get_list("set-cookie"))
     version = served_version(response.headers)
     if response.status_code != 200 or version is None:
         return
