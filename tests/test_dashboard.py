@@ -20,14 +20,7 @@ DASHBOARD = Path(__file__).resolve().parent.parent / "manifests" / "dashboards" 
 
 # Controller metrics the dashboard relies on that controller/kubernetes/health.py did not export when the
 # dashboard was written. Keep this list short and true: drop a name here once Telemetry exports it.
-ASSUMED = {
-    "stack_canary_check_evalue",  # gauge {namespace, release, service, check}
-    "stack_canary_check_threshold",  # gauge {namespace, release, service, check}
-    "stack_canary_check_verdict",  # gauge 1/0 {namespace, release, service, check, verdict}
-    "stack_canary_decisions_total",  # counter {namespace, release, verdict, action}
-    "stack_canary_time_to_decision_seconds_bucket",  # histogram {namespace, release, outcome}
-    "stack_canary_metrics_query_errors_total",  # counter {reason}: Prometheus errors
-}
+ASSUMED: set[str] = set()  # every metric the dashboard uses is exported now
 ISTIO = {"istio_requests_total", "istio_request_duration_milliseconds_bucket",
          "istio_request_duration_milliseconds_sum", "istio_request_duration_milliseconds_count"}
 PROMQL_WORDS = {

@@ -19,7 +19,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from controller.status import Phase
+from controller.status import Phase, ReleaseStatus
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +42,63 @@ class Telemetry:
         self.weight = Gauge("stack_canary_release_canary_weight", "Canary weight in percent",
                             ["namespace", "release"], registry=r)
         self.leader = Gauge("stack_canary_leader", "1 while this replica holds the lease", registry=r)
+        check = ["namespace", "release", "service", "check"]
+        self.check_evalue = Gauge("stack_canary_check_evalue", "Latest e-value of each check of each release",
+                                  check, registry=r)
+        self.check_threshold = Gauge("stack_canary_check_threshold",
+                                     "The e-value at which the check fails the release (1/alpha_i)", check, registry=r)
+        self.check_verdict = Gauge("stack_canary_check_verdict", "1 for each check's latest verdict",
+                                   [*check, "verdict"], registry=r)
+        self.decisions = Counter("stack_canary_decisions_total", "Analysis decisions, by verdict and action",
+                                 ["namespace", "release", "verdict", "action"], registry=r)
+        self.time_to_decision = Histogram(
+            "stack_canary_time_to_decision_seconds", "From the canary's first traffic to the deciding verdict",
+            ["namespace", "release", "outcome"], registry=r,
+            buckets=(30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400))
+        self.metrics_errors = Counter("stack_canary_metrics_query_errors_total",
+                                      "Analysis ticks whose metrics source failed", ["reason"], registry=r)
+        self._seen: dict[tuple[str, str], float] = {}
+        self._decided: set[tuple[str, str]] = set()
 
     def api_call(self, verb: str, resource: str, code: int) -> None:
         self.api_requests.labels(verb, resource, str(code)).inc()
         if not 200 <= code < 300:
             self.api_errors.labels(verb, resource, str(code)).inc()
 
-    def release_state(self, namespace: str, name: str, phase: Phase, weight: int) -> None:
+    def release_state(self, namespace: str, name: str, phase: Phase, weight: int,
+                      status: ReleaseStatus | None = None) -> None:
         for p in Phase:
             self.phase.labels(namespace, name, p.value).set(1.0 if p is phase else 0.0)
         self.weight.labels(namespace, name).set(weight)
+        if status is not None:
+            self._decisions(namespace, name, status)
+
+    def _decisions(self, namespace: str, name: str, status: ReleaseStatus) -> None:
+        """Export the decisions recorded since the last call (each counted once), and the latest checks."""
+        key = (namespace, name)
+        seen = self._seen.get(key, float("-inf"))
+        new = [record for record in status.history if record.at > seen]
+        for record in new:
+            self.decisions.labels(namespace, name, record.verdict, record.action or "none").inc()
+            if record.verdict == "error" and record.reason.startswith("metrics unavailable"):
+                self.metrics_errors.labels("unavailable").inc()
+        if new:
+            self._seen[key] = new[-1].at
+            for c in new[-1].checks:
+                labels = (namespace, name, str(c.get("service", "")), str(c.get("check", "")))
+                if isinstance(c.get("eValue"), (int, float)):
+                    self.check_evalue.labels(*labels).set(float(c["eValue"]))
+                if isinstance(c.get("threshold"), (int, float)):
+                    self.check_threshold.labels(*labels).set(float(c["threshold"]))
+                for verdict in ("pass", "fail", "inconclusive", "error"):
+                    self.check_verdict.labels(*labels, verdict).set(1.0 if c.get("verdict") == verdict else 0.0)
+        decided = status.decided_at is not None and status.first_canary_traffic_at is not None
+        if decided and status.phase.final and key not in self._decided:
+            self._decided.add(key)
+            outcome = {Phase.SUCCEEDED: "promoted", Phase.ROLLED_BACK: "rolled_back"}.get(
+                status.phase, status.phase.value.lower())
+            self.time_to_decision.labels(namespace, name, outcome).observe(
+                status.decided_at - status.first_canary_traffic_at)  # type: ignore[operator]
 
     def release_gone(self, namespace: str, name: str) -> None:
         for p in Phase:

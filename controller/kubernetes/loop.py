@@ -234,7 +234,8 @@ class Controller:
             return None
         assert result is not None
         self.last_results[key] = result
-        self.telemetry.release_state(key[0], key[1], result.status.phase, result.status.canary_weight)
+        self.telemetry.release_state(key[0], key[1], result.status.phase, result.status.canary_weight,
+                                     result.status)
         if result.failed_actions:
             self.telemetry.reconcile_errors.labels("action").inc()
             delay = self.queue.backoff(key)
