@@ -5,6 +5,9 @@ experiment's `primaryMetric.name` names a `counter_pair` custom metric of the Pr
 (numerator: the successes, e.g. `searchstack_clicks_total`; denominator: the trials, e.g.
 `searchstack_impressions_total`, both PromQL templates), which the provider differences exactly per
 (service, version). Only proportions: a mean metric needs a sum of squares, which a counter pair lacks.
+A window in which no version has a series at all is `MetricsUnavailable`, not zero counts: the counters
+are not scraped or the templates select nothing, and an experiment must not run on silence. A version
+without series (not scraped yet) is absent from the answer.
 """
 
 from __future__ import annotations
@@ -41,9 +44,16 @@ class PrometheusBusinessMetrics:
         except KeyError as error:
             raise MetricsUnavailable(f"primary metric {query.metric!r} is not a configured custom metric: "
                                      f"{error}") from None
+        wanted = {(query.service, version) for version in query.versions}
+        if wanted <= window.absent:
+            raise MetricsUnavailable(f"primary metric {query.metric!r}: no series for {query.service} "
+                                     f"{', '.join(query.versions)} in {query.namespace} (not scraped, or the "
+                                     "templates select nothing)")
         out: dict[str, PrimaryCounts] = {}
         for (service, version), value in window.values.items():
-            if service != query.service or version not in query.versions or value.denominator is None:
+            if (service, version) in window.absent or value.denominator is None:
+                continue
+            if service != query.service or version not in query.versions:
                 continue
             trials = round(value.denominator)
             out[version] = PrimaryCounts.proportion(min(round(value.numerator), trials), trials)

@@ -20,6 +20,7 @@ import pytest
 
 from analysis.observations import MetricsQuery
 from analysis.prometheus import CustomValue, CustomWindow, PrometheusConfig, expand_template
+from controller.business import BusinessQuery
 from controller.kubernetes.cli import _controller_parser, business_source, prometheus_config
 from controller.kubernetes.client import KubeApi
 from controller.kubernetes.loop import Controller, ControllerConfig
@@ -183,3 +184,27 @@ def test_business_metric_flags_and_opting_out() -> None:
     off = _controller_parser().parse_args(["--no-business-metrics"])
     assert "custom_metrics" not in prometheus_config(off)
     assert business_source(off, CounterPairs(None, {})) is None  # type: ignore[arg-type]
+
+
+# --- the business source over Prometheus ------------------------------------------------------------------
+
+
+@dataclass
+class Silent:
+    """A custom-metric source whose counters have no series for `absent` pairs (zeros, as Prometheus says)."""
+
+    absent: frozenset[tuple[str, str]]
+
+    def custom(self, name: str, query: MetricsQuery, start: float, end: float) -> CustomWindow:
+        values = {("master-search", v): CustomValue(0.0, 0.0) for v in query.versions}
+        values[("master-search", "v1")] = CustomValue(3.0, 40.0)
+        return CustomWindow(name=name, start=start, end=end, values=values, absent=self.absent)
+
+
+def test_no_series_at_all_is_an_error_and_an_unscraped_version_is_absent() -> None:
+    query = BusinessQuery("search", "master-search", ("v1", "v2"), "click-through", "proportion")
+    nothing = Silent(frozenset({("master-search", "v1"), ("master-search", "v2")}))
+    with pytest.raises(MetricsUnavailable, match="no series for master-search v1, v2 in search"):
+        PrometheusBusinessMetrics(nothing).business(query, 0, 30)
+    counts = PrometheusBusinessMetrics(Silent(frozenset({("master-search", "v2")}))).business(query, 0, 30)
+    assert list(counts) == ["v1"] and (counts["v1"].total, counts["v1"].count) == (3, 40)

@@ -52,7 +52,11 @@ def ab_release(interval: float) -> dict[str, Any]:
         "primaryMetric": {"kind": "proportion", "name": "click-through"},
         "interval": f"{interval:g}s", "settle": f"{min(4.0, interval / 2):g}s",
         "minDuration": f"{3 * interval:g}s", "maxDuration": f"{30 * interval:g}s", "minSamples": 300,
-        "guardrails": {"judge": "sequential", "alpha": 0.05, "minCanaryRequests": 40},
+        # Guardrails guard against harm, not against any difference: with thousands of requests per
+        # variant a 1 ms shift between two processes is "significant", so allow a small latency shift
+        # (Delta = P(v2 slower) - P(v2 faster) up to 0.1) and up to 1.5x the error rate before stopping.
+        "guardrails": {"judge": "sequential", "alpha": 0.05, "minCanaryRequests": 40,
+                       "latencyTolerance": 0.1, "errorRatioTolerance": 1.5},
         "onEnd": "waitForOperator",
     }}
     del release["spec"]["analysis"]
