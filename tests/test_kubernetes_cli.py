@@ -99,9 +99,15 @@ def test_controller_process_reconciles_serves_health_and_stops_on_sigterm(
         phase = ReleaseStatus.from_storage(api.get(RELEASES, NAMESPACE, "search-v2").get("status")).phase
     # Prometheus is unreachable: `error` verdicts, then the configured rollback.
     assert phase is Phase.ROLLED_BACK
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    assert 'stack_canary_release_phase{namespace="search",phase="RolledBack",release="search-v2"} 1.0' in text
+    # The status is persisted before the tick's actions and metrics: give the tick a moment to finish.
+    expected = 'stack_canary_release_phase{namespace="search",phase="RolledBack",release="search-v2"} 1.0'
+    text = ""
+    deadline = time.monotonic() + 10
+    while expected not in text and time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        time.sleep(0.1)
+    assert expected in text
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
         assert r.status == 200
     proc.send_signal(signal.SIGTERM)
