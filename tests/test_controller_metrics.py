@@ -3,22 +3,12 @@ decision (what the Grafana dashboard in manifests/dashboards/ reads)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.status import Phase
 from tests.fakes import VersionModel
-from tests.kmock_server import RunningEmulator, start_emulator
+from tests.kmock_server import RunningEmulator
 from tests.kube_world import NAMESPACE, KubeWorld
-
-
-@pytest.fixture
-def emulator() -> Iterator[RunningEmulator]:
-    running = start_emulator()
-    yield running
-    running.stop()
 
 
 def samples(exposition: bytes) -> dict[str, list[tuple[dict[str, str], float]]]:

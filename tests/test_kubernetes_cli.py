@@ -18,17 +18,10 @@ import pytest
 from controller.kubernetes.cli import parse_images, start_main, status_main, version_of
 from controller.kubernetes.client import RELEASES, KubeApi
 from controller.status import Phase, ReleaseStatus
-from tests.kmock_server import KINDS, RunningEmulator, start_emulator
+from tests.kmock_server import KINDS, RunningEmulator
 from tests.kube_world import NAMESPACE, KubeWorld
 
 ROOT = Path(__file__).parent.parent
-
-
-@pytest.fixture
-def emulator() -> Iterator[RunningEmulator]:
-    running = start_emulator()
-    yield running
-    running.stop()
 
 
 def test_image_arguments_and_versions() -> None:

@@ -11,7 +11,7 @@ part (`canary controller --business-metric...`) is checked down to the PromQL it
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ from controller.kubernetes.workloads import WeightBox
 from controller.ports import MetricsUnavailable
 from controller.prometheus_business import PrometheusBusinessMetrics
 from controller.status import Phase
-from tests.kmock_server import RunningEmulator, start_emulator
+from tests.kmock_server import RunningEmulator
 from tests.kube_world import NAMESPACE, SERVICES, KubeWorld
 
 AB: dict[str, Any] = {
@@ -70,13 +70,6 @@ class CounterPairs:
             clicks = int(self.rng.binomial(n, self.click_probability.get(version, 0.1)))
             values[(query.services[0], version)] = CustomValue(float(clicks), float(n))
         return CustomWindow(name=name, start=start, end=end, values=values)
-
-
-@pytest.fixture
-def emulator() -> Iterator[RunningEmulator]:
-    running = start_emulator()
-    yield running
-    running.stop()
 
 
 @pytest.fixture

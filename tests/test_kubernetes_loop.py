@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -24,15 +24,8 @@ from controller.kubernetes.workloads import ReplicaPolicy, deployment_readiness
 from controller.ports import TemporaryError
 from controller.status import Phase
 from tests.fakes import FakeClock
-from tests.kmock_server import RunningEmulator, selector_matches, start_emulator
+from tests.kmock_server import RunningEmulator, selector_matches
 from tests.kube_world import NAMESPACE, KubeWorld, RouteMetrics, release_body
-
-
-@pytest.fixture
-def emulator() -> Iterator[RunningEmulator]:
-    running = start_emulator()
-    yield running
-    running.stop()
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:

@@ -7,8 +7,6 @@ CRDs (strict) and kubernetes-validate (strict), and the release's status against
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from controller.kubernetes.client import DESTINATION_RULES, RELEASES, VIRTUAL_SERVICES, KubeApi
@@ -16,15 +14,8 @@ from controller.kubernetes.loop import FINALIZER
 from controller.kubernetes.routing import ANNOTATION_ADOPTED, IstioRouter
 from controller.status import Phase
 from tests.fakes import VersionModel
-from tests.kmock_server import RunningEmulator, start_emulator
+from tests.kmock_server import RunningEmulator
 from tests.kube_world import NAMESPACE, SERVICES, KubeWorld
-
-
-@pytest.fixture
-def emulator() -> Iterator[RunningEmulator]:
-    running = start_emulator()
-    yield running
-    running.stop()
 
 
 @pytest.fixture

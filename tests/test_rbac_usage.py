@@ -3,13 +3,9 @@ and every grant is used (or listed here with the reason it is needed but not exe
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from controller.status import Phase
 from tests.fakes import VersionModel
-from tests.kmock_server import RunningEmulator, start_emulator
+from tests.kmock_server import RunningEmulator
 from tests.kube_world import NAMESPACE, KubeWorld
 from tests.test_manifests import CONTROLLER_NS, EXPECTED_PERMISSIONS, STACK_NS
 
@@ -23,13 +19,6 @@ GRANTED_NOT_EXERCISED = {
     (STACK_NS, "autoscaling", "horizontalpodautoscalers", "get"),
     (STACK_NS, "autoscaling", "horizontalpodautoscalers", "create"),
 }
-
-
-@pytest.fixture
-def emulator() -> Iterator[RunningEmulator]:
-    running = start_emulator()
-    yield running
-    running.stop()
 
 
 def normalise(verb: tuple[str, str, str, str]) -> tuple[str, str, str, str]:

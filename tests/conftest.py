@@ -1,0 +1,17 @@
+"""Fixtures shared by the test modules."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.kmock_server import RunningEmulator, start_emulator
+
+
+@pytest.fixture
+def emulator() -> Iterator[RunningEmulator]:
+    """A Kubernetes API emulator (kmock, extended) on a loopback port, stopped after the test."""
+    running = start_emulator()
+    yield running
+    running.stop()
