@@ -794,6 +794,9 @@ def _winner_or_not(
             tie = f"; not separated from {', '.join(c.variant for c in rivals)}" if rivals else ""
             reason = f"{best.variant} beats {config.control} on {config.primary.name}: {_cs(best.difference_cs)}{tie}"
             return _result(state, config, ABDecision.WINNER, reason, best.variant, comps)
+        reason = (f"{best.variant} beats {config.control} but is not yet separated from "
+                  f"{', '.join(c.variant for c in rivals)}")
+        return _result(state, config, ABDecision.CONTINUE, reason, comps=comps)
     if ended:
         reason = f"maximum duration {config.max_duration_s:.0f}s reached without a significant difference"
         return _result(state, config, ABDecision.NO_DIFFERENCE, reason, comps=comps)

@@ -13,7 +13,8 @@ Measured per cell: coverage (share of experiments whose CS held the true differe
 120 looks), false winners in A/A (either direction), detection (CS excludes 0 in the right direction by
 the last look, after `minSamples` = 1,000 per arm), the median minute of that decision, and for contrast
 the false-positive rate of a fixed-horizon two-sided z-test repeated at every look ("peeking").
-Also an A/B/n cell (3 variants, shared control, alpha split), and the cost of one `ab_update`.
+Also A/B/n cells (3 variants, shared control, alpha split; all equal, and lifts +20% / -20%: family-wise
+false calls and simultaneous coverage), and the cost of one `ab_update`.
 
 Prints a table and writes bench/results/abtest.json and bench/results/abtest.txt.
 """
@@ -109,21 +110,28 @@ def cell(rng: np.random.Generator, reps: int, traffic: int, p_c: float, lift: fl
     return out
 
 
-def abn_cell(rng: np.random.Generator, reps: int, traffic: int, p_c: float) -> dict[str, Any]:
-    """Three variants (control + 2 treatments, A/A/A): family-wise false calls with alpha/2 each."""
+def abn_cell(rng: np.random.Generator, reps: int, traffic: int, p_c: float,
+             lifts: tuple[float, float] = (0.0, 0.0)) -> dict[str, Any]:
+    """Three variants (control + 2 treatments sharing it), alpha/2 each (Bonferroni): family-wise false
+    calls (a CS excluding 0 for a treatment without lift, either direction) and simultaneous coverage
+    (both CSs hold their true difference at every look)."""
     n_c = rng.poisson(traffic / 3, size=(reps, LOOKS))
     k_c = rng.binomial(n_c, p_c)
     wrong = np.zeros(reps, dtype=bool)
-    for _ in range(2):
+    covered = np.ones(reps, dtype=bool)
+    for lift in lifts:
         n_v = rng.poisson(traffic / 3, size=(reps, LOOKS))
-        k_v = rng.binomial(n_v, p_c)
+        k_v = rng.binomial(n_v, p_c * (1 + lift))
         w, sv, sc, a, b = (np.cumsum(x, axis=1) for x in comparison_increment(n_v, k_v, n_c, k_c))
         s = {"w": w, "sv": sv, "sc": sc, "a": a, "b": b, "kv": np.cumsum(k_v, 1), "nv": np.cumsum(n_v, 1),
              "kc": np.cumsum(k_c, 1), "nc": np.cumsum(n_c, 1)}
         lo, hi = cs_of(s, "asymptotic", ALPHA / 2)
-        wrong |= ((lo > 0) | (hi < 0)).any(axis=1)
-    return {"traffic": traffic, "baseRate": p_c, "variants": 3, "reps": reps,
-            "familyWiseFalseCalls": float(wrong.mean())}
+        truth = p_c * lift
+        if lift == 0:
+            wrong |= ((lo > 0) | (hi < 0)).any(axis=1)
+        covered &= ((lo <= truth) & (truth <= hi)).all(axis=1)
+    return {"traffic": traffic, "baseRate": p_c, "variants": 3, "reps": reps, "lifts": list(lifts),
+            "familyWiseFalseCalls": float(wrong.mean()), "simultaneousCoverage": float(covered.mean())}
 
 
 def check_against_api(rng: np.random.Generator) -> float:
@@ -166,8 +174,10 @@ def table(cells: list[dict[str, Any]], abn: list[dict[str, Any]], ms: float, rep
                 f"{m['coverage']:>8.4f} | {m['decided']:>8.4f} | {m['winner']:>6.3f} | {minute:>10} | "
                 f"{m['finalWidth']:>11.5f} | {peek}"
             )
-    lines += ["", "A/B/n (control + 2 variants, all equal, alpha/2 per comparison): family-wise false calls"]
-    lines += [f"  traffic {a['traffic']}/look, CTR {a['baseRate']:.2f}: {a['familyWiseFalseCalls']:.4f}" for a in abn]
+    lines += ["", "A/B/n (control + 2 variants, alpha/2 per comparison): family-wise false calls on variants "
+                  "without lift, simultaneous coverage of both CSs at every look"]
+    lines += [f"  traffic {a['traffic']}/look, CTR {a['baseRate']:.2f}, lifts {a['lifts']}: false calls "
+              f"{a['familyWiseFalseCalls']:.4f}, coverage {a['simultaneousCoverage']:.4f}" for a in abn]
     lines += ["", f"ab_update: {ms:.3f} ms per call (one comparison); total run {seconds:.1f} s"]
     return "\n".join(lines)
 
@@ -182,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     ms = check_against_api(rng)
     cells = [cell(rng, args.reps, n, p, lift) for n in TRAFFIC for p in BASE_RATES for lift in LIFTS]
-    abn = [abn_cell(rng, args.reps, n, 0.10) for n in TRAFFIC]
+    abn = [abn_cell(rng, args.reps, n, 0.10, lifts) for n in TRAFFIC for lifts in ((0.0, 0.0), (0.2, -0.2))]
     seconds = time.perf_counter() - started
     text = table(cells, abn, ms, args.reps, seconds)
     print(text)

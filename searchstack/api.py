@@ -37,6 +37,11 @@ class ClickRequest(BaseModel):
     query_id: StrictStr | None = Field(
         default=None, max_length=128, description="The search's `x-query-id` response header (optional)."
     )
+    value: float = Field(
+        default=0.0, ge=0.0, le=1e6, allow_inf_nan=False,
+        description="What the click was worth (e.g. an order's value); summed, with its square, per version: "
+                    "the mean value per click is an A/B experiment's mean metric (optional, default 0).",
+    )
 
 
 class ClickResponse(BaseModel):

@@ -148,6 +148,11 @@ def _common_routes(ctx: ServiceContext) -> APIRouter:
 
 
 QUERY_ID_HEADER = "x-query-id"
+
+
+def has_cookie(header: str | None, name: str) -> bool:
+    """Whether a `cookie` request header carries a cookie called `name` (with any value)."""
+    return header is not None and any(part.strip().partition("=")[0] == name for part in header.split(";"))
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "No document has this `doc_id`; the click is not counted."}
 }
@@ -161,6 +166,8 @@ def _master_routes(ctx: ServiceContext) -> APIRouter:
     @router.post("/master-service/search", response_model=dict[str, float], responses=ERROR_RESPONSES)
     async def search(body: SearchRequest, request: Request) -> JSONResponse:
         """Search the corpus: `{doc_id: score}` with exactly `n_results` entries, best first."""
+        if not has_cookie(request.headers.get("cookie"), ctx.settings.assignment_cookie):
+            ctx.metrics.count_assignment()
         await ctx.begin(request)
         query = {"text": body.text, "k": candidates_wanted(body.n_results)}
         sources = list(SOURCE_WEIGHTS)
@@ -181,7 +188,7 @@ def _master_routes(ctx: ServiceContext) -> APIRouter:
         """Record that a user clicked `doc_id` in a search's answer (counted per version of this service)."""
         if body.doc_id not in known_docs:
             return JSONResponse({"error": f"unknown doc_id {body.doc_id!r}", "service": ctx.settings.role}, 404)
-        ctx.metrics.count_click()
+        ctx.metrics.count_click(body.value)
         return JSONResponse({"recorded": True, "doc_id": body.doc_id, "query_id": body.query_id})
 
     return router

@@ -44,6 +44,8 @@ class Settings:
     faults: Faults = field(default_factory=Faults)
     work_ms: float = 0.0
     timeout_s: float = DEFAULT_TIMEOUT_S
+    # A/B experiments' assignment cookie: a search without it is a newly assigned user (see telemetry).
+    assignment_cookie: str = "ab"
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -84,6 +86,7 @@ class Settings:
             faults=Faults.from_env(env),
             work_ms=_float_env(env, "SEARCHSTACK_WORK_MS", 0.0),
             timeout_s=_float_env(env, "SEARCHSTACK_TIMEOUT_S", DEFAULT_TIMEOUT_S),
+            assignment_cookie=env.get("ASSIGNMENT_COOKIE", "").strip() or "ab",
         )
 
 

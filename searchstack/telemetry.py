@@ -58,6 +58,22 @@ class ServiceMetrics:
             "searchstack_clicks", "Clicks on a search result reported to the click endpoint.",
             list(business), registry=self.registry,
         )
+        # Searches that arrived without the experiment's assignment cookie: under sticky assignment each is
+        # a user the mesh assigns now (its answer sets the cookie), so these count users per variant: the
+        # units of an experiment's sample-ratio check (impressions are overdispersed by heavy users).
+        self.assignments = Counter(
+            "searchstack_assignments", "Searches without the A/B assignment cookie (newly assigned users).",
+            list(business), registry=self.registry,
+        )
+        # A mean metric needs the sum and the sum of squares of its values (the count is the clicks).
+        self.click_value = Counter(
+            "searchstack_click_value", "Sum of the values reported with clicks (mean value per click).",
+            list(business), registry=self.registry,
+        )
+        self.click_value_squares = Counter(
+            "searchstack_click_value_squares", "Sum of the squares of the values reported with clicks.",
+            list(business), registry=self.registry,
+        )
         self.faults_injected = Counter(
             "searchstack_faults_injected", "Requests that got an injected fault, by kind.",
             [*labels, "kind"], registry=self.registry,
@@ -72,12 +88,20 @@ class ServiceMetrics:
         its first click would make the first interval's increase unknowable."""
         self.impressions.labels(**self._business)
         self.clicks.labels(**self._business)
+        self.click_value.labels(**self._business)
+        self.click_value_squares.labels(**self._business)
+        self.assignments.labels(**self._business)
 
     def count_impression(self) -> None:
         self.impressions.labels(**self._business).inc()
 
-    def count_click(self) -> None:
+    def count_assignment(self) -> None:
+        self.assignments.labels(**self._business).inc()
+
+    def count_click(self, value: float = 0.0) -> None:
         self.clicks.labels(**self._business).inc()
+        self.click_value.labels(**self._business).inc(value)
+        self.click_value_squares.labels(**self._business).inc(value * value)
 
     def observe_downstream(self, target: str, code: str, seconds: float) -> None:
         self.downstream_requests.labels(**self._labels, target=target, code=code).inc()

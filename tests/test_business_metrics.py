@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 
@@ -15,9 +17,10 @@ from controller.prometheus_business import PrometheusBusinessMetrics
 QUERY = BusinessQuery("local", "master-search", ("v1", "v2"), "click-through", "proportion")
 
 
-def exposition(version: str, impressions: float, clicks: float) -> str:
+def exposition(version: str, impressions: float, clicks: float, assigned: float = 0.0) -> str:
     labels = f'service="master-search",version="{version}"'
     return (f"# TYPE searchstack_impressions counter\nsearchstack_impressions_total{{{labels}}} {impressions}\n"
+            f"# TYPE searchstack_assignments counter\nsearchstack_assignments_total{{{labels}}} {assigned}\n"
             f"# TYPE searchstack_clicks counter\nsearchstack_clicks_total{{{labels}}} {clicks}\n"
             f'# TYPE other counter\nother_total{{service="ml-infer",version="{version}"}} 99\n')
 
@@ -49,7 +52,7 @@ def world() -> tuple[Processes, LocalBusinessMetrics]:
 
 
 def test_parse_business_reads_only_the_service_counters() -> None:
-    assert parse_business(exposition("v2", 10, 3), "master-search") == {"v2": (10.0, 3.0)}
+    assert parse_business(exposition("v2", 10, 3), "master-search") == {"v2": (10.0, 3.0, 0.0, 0.0, 0.0)}
     assert parse_business(exposition("v2", 10, 3), "ml-infer") == {}
 
 
@@ -101,6 +104,141 @@ def test_prometheus_business_reads_a_counter_pair_custom_metric() -> None:
     with pytest.raises(MetricsUnavailable, match="not a configured custom metric"):
         PrometheusBusinessMetrics(fake).business(
             BusinessQuery("local", "master-search", ("v1", "v2"), "revenue", "proportion"), 0, 60)
-    with pytest.raises(MetricsUnavailable, match="only proportion"):
+    with pytest.raises(MetricsUnavailable, match=r"'click-through\.squares' is not a configured custom metric"):
         PrometheusBusinessMetrics(fake).business(
             BusinessQuery("local", "master-search", ("v1", "v2"), "click-through", "mean"), 0, 60)
+
+
+# --- a mean metric: value per click ----------------------------------------------------------------------
+
+MEAN = BusinessQuery("local", "master-search", ("v1", "v2"), "click-value", "mean")
+
+
+def test_the_real_master_search_counts_click_values_for_the_local_mean_source() -> None:
+    """Clicks with values posted to the real master-search app; the local source reads its /metrics and
+    gives the window's count, sum and sum of squares per version, as `analysis.abtest` needs them."""
+    import asyncio
+
+    from searchstack import corpus
+    from searchstack.app import create_app
+    from searchstack.settings import Settings
+
+    apps = {"v1:1": create_app(Settings(role="master-search", version="v1")),
+            "v2:2": create_app(Settings(role="master-search", version="v2"))}
+
+    async def call(address: str, method: str, path: str, body: Any = None) -> httpx.Response:
+        transport = httpx.ASGITransport(app=apps[address])
+        async with httpx.AsyncClient(transport=transport, base_url=f"http://{address}") as client:
+            return await client.request(method, path, json=body)
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        answer = asyncio.run(call(request.url.netloc.decode(), "GET", "/metrics"))
+        return httpx.Response(answer.status_code, text=answer.text)
+
+    source = LocalBusinessMetrics(lambda service: [("v1", "v1:1"), ("v2", "v2:2")],
+                                  client=httpx.Client(transport=httpx.MockTransport(handle)))
+    source.prime("master-search")
+    doc = corpus.CORPUS.doc_ids[0]
+    values = {"v1": [2.5, 0.0, 4.0], "v2": [10.0, 30.0]}
+    for version, vs in values.items():
+        address = "v1:1" if version == "v1" else "v2:2"
+        for v in vs:
+            answer = asyncio.run(call(address, "POST", "/master-service/click", {"doc_id": doc, "value": v}))
+            assert answer.status_code == 200
+    refused = asyncio.run(call("v1:1", "POST", "/master-service/click", {"doc_id": doc, "value": -1}))
+    assert refused.status_code == 422
+    counts = source.business(MEAN, 0, 10)
+    for version, vs in values.items():
+        c = counts[version]
+        assert (c.count, c.total, c.squares) == (len(vs), pytest.approx(sum(vs)),
+                                                  pytest.approx(sum(v * v for v in vs)))
+        c.validate("mean", version)
+    clicks = source.business(QUERY, 10, 20)  # the same counters as a proportion: no new impressions
+    assert {v: (c.count, c.total) for v, c in clicks.items()} == {"v1": (0, 0), "v2": (0, 0)}
+
+
+class PairSource:
+    """A custom-metric source with fixed counter-pair increases per metric name."""
+
+    def __init__(self, windows: dict[str, dict[str, tuple[float, float]]]) -> None:
+        self.windows = windows
+        self.asked: list[str] = []
+
+    def custom(self, name: str, query: MetricsQuery, start: float, end: float) -> CustomWindow:
+        self.asked.append(name)
+        if name not in self.windows:
+            raise KeyError(name)
+        values = {("master-search", v): CustomValue(n, d) for v, (n, d) in self.windows[name].items()}
+        return CustomWindow(name, start, end, values)
+
+
+def test_prometheus_mean_metric_reads_sum_and_squares_counter_pairs() -> None:
+    from controller.prometheus_business import CLICK_VALUE, mean_metric_config
+
+    source = PairSource({"click-value": {"v1": (42.0, 10.0), "v2": (90.0, 12.0)},
+                         "click-value.squares": {"v1": (300.0, 10.0), "v2": (41.0, 12.0)}})
+    counts = PrometheusBusinessMetrics(source).business(MEAN, 0, 60)
+    assert source.asked == ["click-value", "click-value.squares", "click-value.units"]
+    assert (counts["v1"].count, counts["v1"].total, counts["v1"].squares) == (10, 42.0, 300.0)
+    # 41 < 90^2 / 12: counters differenced apart can round into the impossible; it is lifted to the bound.
+    assert counts["v2"].squares == pytest.approx(90.0 ** 2 / 12)
+    for c in counts.values():
+        c.validate("mean", "counts")
+    config = mean_metric_config("click-value", *CLICK_VALUE)
+    assert config["click-value"] == {"kind": "counter_pair", "numerator": CLICK_VALUE[0], "denominator": CLICK_VALUE[2]}
+    assert config["click-value.squares"]["numerator"].startswith("searchstack_click_value_squares_total{")
+    from analysis.prometheus import PrometheusConfig, expand_template
+    parsed = PrometheusConfig.from_dict({"url": "http://prometheus:9090", "custom_metrics": config}).custom_metrics
+    metric = parsed["click-value.squares"]
+    query = MetricsQuery(namespace="search", services=("master-search",), versions=("v1", "v2"))
+    assert expand_template(metric.numerator, query, PrometheusConfig.from_dict({"url": "http://p"}).namespace_label,
+                           metric.service_label, metric.version_label, 30.0, ("master-search", "v2")) == (
+        'searchstack_click_value_squares_total{namespace="search",service="master-search",version="v2"}')
+
+
+# --- the shipped manifests: Prometheus scrapes the counters ----------------------------------------------
+
+
+def test_every_search_stack_pod_is_annotated_for_the_scrape_of_its_metrics_port() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from searchstack.settings import ROLES
+    path = Path(__file__).resolve().parent.parent / "manifests" / "search-stack" / "deployments.yaml"
+    deployments = [d for d in yaml.safe_load_all(path.read_text()) if d and d["kind"] == "Deployment"]
+    assert {d["metadata"]["labels"]["app"] for d in deployments} == set(ROLES)
+    for d in deployments:
+        template = d["spec"]["template"]
+        notes = template["metadata"]["annotations"]
+        port = next(p["containerPort"] for c in template["spec"]["containers"] for p in c["ports"]
+                    if p["name"] == "http")
+        assert notes == {"prometheus.io/scrape": "true", "prometheus.io/port": str(port),
+                         "prometheus.io/path": "/metrics"}, d["metadata"]["name"]
+
+
+def test_assigned_users_are_the_units_of_the_sample_ratio_check() -> None:
+    from searchstack.app import has_cookie
+
+    assert has_cookie("theme=dark; ab=v2", "ab") and has_cookie("ab=", "ab")
+    assert not has_cookie(None, "ab") and not has_cookie("xab=v2; abc=1", "ab")
+    texts = {"a:1": exposition("v1", 100, 10, assigned=30), "b:2": exposition("v2", 90, 12, assigned=25)}
+    source = LocalBusinessMetrics(lambda service: [("v1", "a:1"), ("v2", "b:2")], client=httpx.Client(
+        transport=httpx.MockTransport(lambda request: httpx.Response(200, text=texts[request.url.netloc.decode()]))))
+    source.prime("master-search")
+    texts = {"a:1": exposition("v1", 160, 16, assigned=41), "b:2": exposition("v2", 150, 20, assigned=37)}
+    counts = source.business(QUERY, 0, 10)
+    assert {v: (c.count, c.total, c.units) for v, c in counts.items()} == {"v1": (60, 6, 11), "v2": (60, 8, 12)}
+
+
+def test_prometheus_units_come_from_an_optional_units_metric() -> None:
+    from controller.prometheus_business import ASSIGNMENTS, units_metric_config
+
+    windows = {"click-through": {"v1": (12.0, 100.0), "v2": (19.0, 98.0)}}
+    plain = PrometheusBusinessMetrics(PairSource(windows)).business(QUERY, 0, 60)
+    assert {c.units for c in plain.values()} == {None}  # not configured: no SRM evidence, no error
+    source = PairSource({**windows, "click-through.units": {"v1": (31.0, 100.0), "v2": (29.0, 98.0)}})
+    counts = PrometheusBusinessMetrics(source).business(QUERY, 0, 60)
+    assert {v: (c.total, c.count, c.units) for v, c in counts.items()} == {"v1": (12, 100, 31), "v2": (19, 98, 29)}
+    entry = units_metric_config("click-through", *ASSIGNMENTS)["click-through.units"]
+    assert entry["numerator"].startswith("searchstack_assignments_total{") and entry["kind"] == "counter_pair"

@@ -2,12 +2,12 @@
 
 The same checks as tests/test_router_sticky.py, but on what `controller.routing.experiment` renders for a
 release: 1,000 users x 20 requests each see exactly one variant, with the lane header following it; new
-users split by the weights within binomial bounds; cohort headers and cookies route exactly.
+users split by the weights within binomial bounds; cohort headers and cookies route exactly. A/B/n: the
+same for three variants (v1 control, v2 the canary, v3 a further variant with its own subset and lane).
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
 from collections.abc import Iterator
 from typing import Any
@@ -19,18 +19,22 @@ from controller.local.router import MeshRouter
 from controller.machine import base_plan
 from controller.routing.render import render
 from controller.spec import parse_release
-from tests.test_router import LoopThread, Upstream, raw_request
-from tests.test_router_sticky import Answer, browse, exchange
+from tests.test_router import LoopThread, Upstream
+from tests.test_router_sticky import ask, browse
 
 USERS, REQUESTS_PER_USER = 1000, 20
 
 
-def shop_objects(v2_weight: int = 30) -> list[dict[str, Any]]:
+def shop_objects(v2_weight: int = 30, v3_weight: int | None = None) -> list[dict[str, Any]]:
+    control = 100 - v2_weight - (v3_weight or 0)
+    variants = [{"name": "v1", "weight": control}, {"name": "v2", "weight": v2_weight}]
+    if v3_weight is not None:
+        variants.append({"name": "v3", "weight": v3_weight})
     spec = parse_release({"metadata": {"name": "shop-ab", "namespace": "default"}, "spec": {
         "stack": {"entry": "shop", "services": ["shop"]},
         "stable": {"version": "v1"}, "canary": {"version": "v2"},
         "strategy": {"abTest": {
-            "variants": [{"name": "v1", "weight": 100 - v2_weight}, {"name": "v2", "weight": v2_weight}],
+            "variants": variants,
             "primaryMetric": {"kind": "proportion", "name": "click-through"}, "cohortHeader": "x-cohort"}}}})
     assert spec.experiment is not None
     return render(base_plan(spec).with_experiment(spec.experiment.routes))
@@ -45,7 +49,7 @@ def loop() -> Iterator[LoopThread]:
 
 @pytest.fixture(scope="module")
 def router(loop: LoopThread) -> Iterator[MeshRouter]:
-    ups = [Upstream("shop", v) for v in ("v1", "v2")]
+    ups = [Upstream("shop", v) for v in ("v1", "v2", "v3")]
     for u in ups:
         loop.run(u.start())
     r = MeshRouter(shop_objects(), [u.endpoint() for u in ups])
@@ -86,21 +90,54 @@ def test_rendered_cohorts_and_cookies_route_exactly(loop: LoopThread, router: Me
     router.apply_config(shop_objects())
     port = port_of(router)
 
-    async def ask(headers: dict[str, str]) -> Answer:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            return await exchange(reader, writer, raw_request("GET", "/", "shop", headers))
-        finally:
-            writer.close()
-
     cases = {
         "v2": [{"x-cohort": "v2"}, {"x-cohort": "v2", "cookie": "ab=v1"}, {"cookie": "theme=dark; ab=v2"}],
         "v1": [{"x-cohort": "v1", "cookie": "ab=v2"}, {"cookie": "ab=v1"}, {"cookie": "ab=v1; theme=dark"}],
     }
     for variant, header_sets in cases.items():
         for headers in header_sets * 10:
-            answer = loop.run(ask(headers))
+            answer = loop.run(ask(port, headers))
             assert answer.get("x-served-by") == [f"shop-{variant}"], headers
             assert answer.get("set-cookie") == []
     for cookie in ("ab=v22", "xab=v2", "ab="):
-        assert len(loop.run(ask({"cookie": cookie})).get("set-cookie")) == 1, cookie
+        assert len(loop.run(ask(port, {"cookie": cookie})).get("set-cookie")) == 1, cookie
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_three_variants_keep_every_user_on_one_variant_and_split_by_weight(loop: LoopThread,
+                                                                            router: MeshRouter) -> None:
+    weights = {"v1": 0.40, "v2": 0.25, "v3": 0.35}
+    router.apply_config(shop_objects(v2_weight=25, v3_weight=35))
+    logs = loop.run(browse(port_of(router), [f"user-{i:04d}" for i in range(USERS)], REQUESTS_PER_USER),
+                    timeout=150)
+    first: collections.Counter[str] = collections.Counter()
+    for user, log in logs.items():
+        assert len(log.served) == REQUESTS_PER_USER
+        assert len(set(log.served)) == 1, f"{user} saw {set(log.served)}"
+        variant = log.served[0].removeprefix("shop-")
+        assert set(log.lanes) == {variant}
+        assert log.sent_cookie[0] is None and set(log.sent_cookie[1:]) == {f"ab={variant}"}
+        assert all(not s for s in log.set_cookies[1:])
+        first[variant] += 1
+    assert set(first) == set(weights) and sum(first.values()) == USERS
+    for variant, p in weights.items():  # each share within its binomial 99.9% bounds
+        assert binom.ppf(0.0005, USERS, p) <= first[variant] <= binom.ppf(0.9995, USERS, p), first
+
+
+def test_three_variants_cohorts_and_cookies_route_exactly(loop: LoopThread, router: MeshRouter) -> None:
+    router.apply_config(shop_objects(v2_weight=25, v3_weight=35))
+    port = port_of(router)
+
+    cases = {
+        "v3": [{"x-cohort": "v3"}, {"x-cohort": "v3", "cookie": "ab=v1"}, {"cookie": "theme=dark; ab=v3"}],
+        "v2": [{"x-cohort": "v2", "cookie": "ab=v3"}, {"cookie": "ab=v2"}],
+        "v1": [{"x-cohort": "v1", "cookie": "ab=v3"}, {"cookie": "ab=v1; theme=dark"}],
+    }
+    for variant, header_sets in cases.items():
+        for headers in header_sets * 10:
+            answer = loop.run(ask(port, headers))
+            assert answer.get("x-served-by") == [f"shop-{variant}"], headers
+            assert answer.get("set-cookie") == []
+    for cookie in ("ab=v33", "ab=v4", "ab="):
+        assert len(loop.run(ask(port, {"cookie": cookie})).get("set-cookie")) == 1, cookie

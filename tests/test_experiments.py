@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +18,19 @@ import numpy as np
 import pytest
 
 from analysis.abtest import PrimaryCounts
+from analysis.observations import MetricsQuery, WindowCounts
 from controller.business import BusinessQuery
 from controller.machine import base_plan
-from controller.ports import MetricsUnavailable
+from controller.ports import Metrics, MetricsUnavailable
 from controller.reconciler import Ports, Reconciler
 from controller.routing.render import read_plan, render
 from controller.routing.validate import validate_objects
 from controller.spec import InvalidSpec, parse_release
 from controller.status import Phase, ReleaseStatus
-from tests.fakes import FakeRouter, VersionModel
+from tests.fakes import FakeMetrics, FakeRouter, VersionModel
 from tests.istio_schema import istio_errors
 from tests.k8s_schema import custom_resource_errors, load_documents
+from tests.test_scenarios import SERVICES as SERVICES_OF_RELEASE
 from tests.test_scenarios import World, release
 
 AB: dict[str, Any] = {
@@ -99,7 +101,7 @@ def test_ab_test_spec_parses_into_the_experiment() -> None:
 @pytest.mark.parametrize(("strategy", "message"), [
     ({"abTest": AB, "canary": {}}, "spec.strategy.abTest: give either strategy.canary or strategy.abTest"),
     ({"abTest": {**AB, "variants": [{"name": "v1", "weight": 50}, {"name": "v3", "weight": 50}]}},
-     "spec.strategy.abTest.variants: must be the stable and the new version (v1, v2), not v1, v3"),
+     "spec.strategy.abTest.variants: must include the stable and the new version (v1, v2), not only v1, v3"),
     ({"abTest": {**AB, "variants": [{"name": "v1", "weight": 50}, {"name": "v2", "weight": 60}]}},
      "spec.strategy.abTest.variants: weights sum to 110, not 100"),
     ({"abTest": {**AB, "control": "v2"}}, "spec.strategy.abTest.control: 'v2' is not the stable version 'v1'"),
@@ -252,3 +254,199 @@ def test_an_experiment_status_survives_storage_and_passes_the_crd() -> None:
     crd = load_documents(Path(__file__).resolve().parent.parent / "manifests" / "crd" / "stackreleases.yaml")[0]
     release_obj = {"apiVersion": "stackcanary.dev/v1alpha1", "kind": "StackRelease", **obj, "status": stored}
     assert custom_resource_errors(release_obj, crd) == []
+
+
+# --- A/B/n: three variants ------------------------------------------------------------------------------
+
+ABN: dict[str, Any] = {
+    **AB, "variants": [{"name": "v1", "weight": 34}, {"name": "v2", "weight": 33},
+                       {"name": "v3", "weight": 33, "images": {"ml-search": "registry/ml-search:v3"}}],
+}
+
+
+def abn_release(**overrides: Any) -> dict[str, Any]:
+    return release(strategy={"abTest": {**copy.deepcopy(ABN), **overrides}})
+
+
+def _split(rng: np.random.Generator, plan: Any, total: int) -> dict[str, int]:
+    """Entry requests per variant's version behind the routes in effect (an experiment's weights, or stable)."""
+    if plan is None or plan.experiment is None:
+        return {} if plan is None else {plan.service(plan.entry).stable: total}
+    arms = plan.experiment.arms
+    drawn = rng.multinomial(total, [a.weight / 100 for a in arms])
+    return {a.version: int(n) for a, n in zip(arms, drawn, strict=True)}
+
+
+@dataclass
+class AbnMetrics(FakeMetrics):
+    """Each variant's share of the traffic by the experiment's weights; only the versions asked for."""
+
+    def window(self, query: Any, start: float, end: float) -> Any:
+        from analysis.observations import WindowCounts
+        self.queries.append((start, end))
+        per_version = _split(self.rng, self.router.in_effect(), int(self.rng.poisson(self.rps * (end - start))))
+        counts = {(s, v): self._draw(n, self.models.get(v, VersionModel()))
+                  for s in query.services for v, n in per_version.items() if v in query.versions}
+        return WindowCounts(start, end, counts)
+
+
+@dataclass
+class AbnBusiness(FakeBusiness):
+    def business(self, query: BusinessQuery, start: float, end: float) -> Mapping[str, PrimaryCounts]:
+        self.queries.append((start, end))
+        per_version = _split(self.rng, self.router.in_effect(), int(self.rng.poisson(self.rps * (end - start))))
+        return {v: PrimaryCounts.proportion(int(self.rng.binomial(n, self.click_probability.get(v, 0.1))), n)
+                for v, n in per_version.items() if v in query.versions}
+
+
+class AbnWorld(ABWorld):
+    """Three variants. `blind_to` is a version the metrics source fails to count (a broken scrape)."""
+
+    def __init__(self, ctr: Mapping[str, float], models: dict[str, VersionModel] | None = None,
+                 blind_to: str | None = None) -> None:
+        super().__init__(ctr, models=models)
+        self.metrics = AbnMetrics(self.router, rps=75.0, models=models or {})
+        self.business = AbnBusiness(self.router, ctr, rps=75.0)
+        self.blind_to = blind_to
+
+    def controller(self) -> Reconciler:
+        metrics: Metrics = self.metrics if self.blind_to is None else BlindMetrics(self.metrics, self.blind_to)
+        return Reconciler(Ports(self.workloads, self.router, metrics, self.clock, self.notifier,
+                                business=self.business))
+
+
+@dataclass
+class BlindMetrics:
+    inner: Metrics
+    version: str
+
+    def window(self, query: MetricsQuery, start: float, end: float) -> WindowCounts:
+        counted = tuple(v for v in query.versions if v != self.version)
+        return self.inner.window(replace(query, versions=counted), start, end)
+
+
+def test_abn_spec_gives_every_variant_its_version_and_images() -> None:
+    spec = parse_release(abn_release())
+    exp = spec.experiment
+    assert exp is not None and exp.versions == ("v1", "v2", "v3") and exp.treatment == "v2"
+    assert [(v.version, dict(v.images)) for v in exp.extra] == [("v3", {"ml-search": "registry/ml-search:v3"})]
+    assert exp.config.treatments == ("v2", "v3") and exp.config.alpha_each == pytest.approx(0.025)
+    bad = copy.deepcopy(ABN)
+    bad["variants"][1]["images"] = {"ml-search": "x"}
+    with pytest.raises(InvalidSpec, match=r"variants\[1\]\.images: v2 is spec.canary's version"):
+        parse_release(release(strategy={"abTest": bad}))
+
+
+def test_abn_routes_are_valid_for_istio_and_the_local_router_and_read_back() -> None:
+    spec = parse_release(abn_release())
+    assert spec.experiment is not None
+    plan = base_plan(spec).with_experiment(spec.experiment.routes)
+    objects = render(plan)
+    for obj in objects:
+        assert istio_errors(obj, strict=True) == [], obj
+    validate_objects(objects)
+    entry = next(o for o in objects if o["kind"] == "VirtualService" and o["metadata"]["name"] == "master-search")
+    assert [r["name"] for r in entry["spec"]["http"]] == [
+        "cohort-v1", "cohort-v2", "cohort-v3", "sticky-v1", "sticky-v2", "sticky-v3", "assign"]
+    assign = entry["spec"]["http"][-1]["route"]
+    assert [(d["destination"]["subset"], d["weight"]) for d in assign] == [("stable", 34), ("v2", 33), ("v3", 33)]
+    lane = next(o for o in objects if o["kind"] == "VirtualService" and o["metadata"]["name"] == "ml-search")
+    assert [r["name"] for r in lane["spec"]["http"]] == ["lane-v2", "lane-v3", "stable-lane"]
+    rule = next(o for o in objects if o["kind"] == "DestinationRule" and o["metadata"]["name"] == "ml-search")
+    assert {s["name"]: s["labels"]["version"] for s in rule["spec"]["subsets"]} == {
+        "stable": "v1", "canary": "v2", "v2": "v2", "v3": "v3"}
+    assert plan.equivalent(read_plan(json.loads(json.dumps(objects))))
+
+
+def test_abn_a_further_variant_wins_and_the_release_keeps_stable() -> None:
+    world = AbnWorld({"v1": 0.10, "v2": 0.10, "v3": 0.17})
+    status = world.run(abn_release())
+    assert status.phase is Phase.ROLLED_BACK, status.message
+    result = status.experiment
+    assert result is not None and result["decision"] == "winner" and result["winner"] == "v3"
+    assert result["treatment"] == "v3" and result["effect"]["interval"][0] > 0
+    assert set(result["comparisons"]) == {"v2", "v3"} and result["alphaPerComparison"] == pytest.approx(0.025)
+    assert set(result["samples"]) == {"v1", "v2", "v3"} and min(result["samples"].values()) >= 1000
+    assert "release v3 to promote it" in status.message
+    started = {(s, v) for op, s, v in world.workloads.calls if op == "start"}
+    stopped = {(s, v) for op, s, v in world.workloads.calls if op == "stop"}
+    assert {(s, "v3") for s in SERVICES_OF_RELEASE} <= started and {(s, "v3") for s in SERVICES_OF_RELEASE} <= stopped
+    from controller.machine import EnsureWorkloads
+    ensured = {a.version: dict(a.images) for t in world.ticks for a in t.actions if isinstance(a, EnsureWorkloads)}
+    assert ensured == {"v2": {}, "v3": {"ml-search": "registry/ml-search:v3"}}
+    assert any(p.experiment is not None and len(p.experiment.arms) == 3 for p in world.router.history)
+    final = world.router.in_effect()
+    assert final is not None and final.experiment is None and {s.stable for s in final.services} == {"v1"}
+
+
+def test_abn_the_canary_wins_and_is_promoted_with_the_other_variant_retired() -> None:
+    world = AbnWorld({"v1": 0.10, "v2": 0.17, "v3": 0.10})
+    status = world.run(abn_release())
+    assert status.phase is Phase.SUCCEEDED, status.message
+    assert status.experiment is not None and status.experiment["winner"] == "v2"
+    assert ("stop", "ml-search", "v3") in world.workloads.calls
+    assert not any(v == "v3" for _, v in world.workloads.running)
+
+
+def test_abn_a_harmful_further_variant_stops_the_experiment_on_its_guardrail() -> None:
+    world = AbnWorld({"v1": 0.10, "v2": 0.16, "v3": 0.16}, models={"v3": VersionModel(error_rate=0.02)})
+    status = world.run(abn_release())
+    assert status.phase is Phase.ROLLED_BACK, status.message
+    assert status.experiment is not None and status.experiment["decision"] == "harmful"
+    assert status.experiment["harmful"] == "v3" and status.experiment["stoppedBy"] == "guardrail"
+    assert status.history[-1].counts["guardrails"]["v3"]["verdict"] == "fail"
+    assert status.history[-1].verdict == "fail" and "v3 fails a guardrail" in status.message
+
+
+def test_abn_without_every_variant_counted_is_an_error_not_silence() -> None:
+    world = AbnWorld({"v1": 0.10, "v2": 0.10, "v3": 0.17}, blind_to="v3")
+    status = world.run(abn_release())
+    assert status.phase is Phase.ROLLED_BACK
+    assert [h.verdict for h in status.history[-3:]] == ["error"] * 3
+    assert "did not count version(s) v3" in status.history[-1].reason
+
+
+def test_abn_waits_for_every_variant_and_fails_when_one_cannot_start() -> None:
+    world = AbnWorld({"v1": 0.10, "v2": 0.17, "v3": 0.10})
+    world.workloads.startup_ticks = {("ml-search", "v3"): 4}  # v3 slower to start than v2
+    obj = abn_release()
+    status = world.run(obj, until=lambda s: s.phase is Phase.PROGRESSING)
+    assert status.phase is Phase.PROGRESSING
+    initializing = [t for t in world.ticks if t.status.phase is Phase.INITIALIZING]
+    waiting = [t.status.message for t in initializing if "become ready" in t.status.message]
+    assert waiting.count("waiting for ml-search to become ready") == 4, waiting  # v2 was ready at once
+    broken = AbnWorld({"v1": 0.10, "v2": 0.17, "v3": 0.10})
+    broken.workloads.broken = {("ml-search", "v3")}
+    status = broken.run(abn_release())
+    assert status.phase is Phase.FAILED and "variant v3: CrashLoopBackOff" in status.message
+    assert {("stop", "ml-search", "v3"), ("stop", "ml-search", "v2")} <= set(broken.workloads.calls)
+
+
+@dataclass
+class UnitsBusiness(FakeBusiness):
+    """FakeBusiness that also reports users assigned per version (`units`), `v2_user_share` of them on v2."""
+
+    v2_user_share: float = 0.5
+    users_per_second: float = 2.0
+
+    def business(self, query: BusinessQuery, start: float, end: float) -> Mapping[str, PrimaryCounts]:
+        counts = dict(super().business(query, start, end))
+        users = int(self.rng.poisson(self.users_per_second * (end - start)))
+        on_v2 = int(self.rng.binomial(users, self.v2_user_share))
+        units = {query.versions[0]: users - on_v2, query.versions[1]: on_v2}
+        return {v: PrimaryCounts(c.count, c.total, c.squares, units[v]) for v, c in counts.items()}
+
+
+@pytest.mark.parametrize("v2_user_share, broken", [(0.5, False), (0.3, True)])
+def test_sample_ratio_on_assigned_users_stops_a_broken_split(v2_user_share: float, broken: bool) -> None:
+    world = ABWorld({"v1": 0.10, "v2": 0.16})
+    world.business = UnitsBusiness(world.router, {"v1": 0.10, "v2": 0.16}, v2_user_share=v2_user_share)
+    status = world.run(ab_release())
+    if broken:
+        assert status.phase is Phase.ROLLED_BACK and "sample-ratio mismatch" in status.message, status.message
+        assert [h.verdict for h in status.history[-3:]] == ["error"] * 3
+    else:
+        assert status.phase is Phase.SUCCEEDED, status.message
+        assert status.experiment is not None
+        ratio = status.experiment["comparisons"]["v2"]["sampleRatio"]
+        assert ratio["share"] == pytest.approx(0.5, abs=0.05) and ratio["eValue"] < 1000

@@ -79,15 +79,6 @@ def world(emulator: RunningEmulator) -> KubeWorld:
     return w
 
 
-# controller/kubernetes/routing.py does not yet own an experiment's routes: `OWNED_ROUTES` lacks `assign`,
-# `sticky-<v>`, `cohort-<v>`, `lane-<v>` and `OWNED_SUBSETS` the variants' subsets, so `in_effect` cannot
-# read the experiment back ("not a readable experiment (StopIteration())") and each write appends the
-# routes again; and the `stack-canary.dev/experiment` annotation is never removed (a merge patch keeps it),
-# so leaving the experiment fails too. With both fixed (checked with a local patch), these tests pass.
-ROUTING_GAP = pytest.mark.xfail(strict=True, raises=AssertionError,
-                                reason="routing.py does not own experiment routes (see the comment above)")
-
-
 def ab_controller(world: KubeWorld, source: CounterPairs) -> Controller:
     """The controller as `canary controller` builds it: the business source wraps the Prometheus source."""
     return Controller(world.api, ControllerConfig(identity="replica-a"), world.metrics, world.clock,
@@ -110,7 +101,6 @@ def test_every_tick_gets_the_business_source(world: KubeWorld) -> None:
         obj, None, WeightBox()).business is None
 
 
-@ROUTING_GAP
 def test_a_better_variant_wins_and_is_promoted_on_kubernetes(world: KubeWorld) -> None:
     source = CounterPairs(world.api, {"v1": 0.10, "v2": 0.16})
     start_experiment(world)
@@ -121,14 +111,13 @@ def test_a_better_variant_wins_and_is_promoted_on_kubernetes(world: KubeWorld) -
     low, high = result["effect"]["interval"]
     assert 0 < low < 0.06 < high
     assert result["durationSeconds"] >= 120 and min(result["samples"].values()) >= 1000
-    assert set(source.asked) == {"click-through"}
+    assert set(source.asked) == {"click-through", "click-through.units"}  # units: optional, not configured here
     plan = IstioRouter(world.api, NAMESPACE, SERVICES).in_effect()
     assert plan is not None and plan.experiment is None and {s.stable for s in plan.services} == {"v2"}
     assert "ExperimentEnded" in [e["reason"] for e in world.objects("events")]
     world.assert_valid_writes()
 
 
-@ROUTING_GAP
 @pytest.mark.parametrize("failure, reason", [
     ("down", "connection refused"),
     ("unconfigured", "is not a configured custom metric"),
@@ -179,6 +168,20 @@ def test_business_metric_flags_and_opting_out() -> None:
     assert business_source(off, CounterPairs(None, {})) is None  # type: ignore[arg-type]
 
 
+def test_mean_metric_and_assignment_units_flags() -> None:
+    pair = "{namespace={namespace},service={service},version={version}}"
+    args = _controller_parser().parse_args([
+        "--business-metric", "value-per-click", "--business-metric-numerator", "searchstack_click_value_total" + pair,
+        "--business-metric-squares", "searchstack_click_value_squares_total" + pair,
+        "--business-metric-denominator", "searchstack_clicks_total" + pair,
+        "--business-metric-units", "searchstack_assignments_total" + pair])
+    custom = PrometheusConfig.from_dict(prometheus_config(args)).custom_metrics
+    assert set(custom) == {"value-per-click", "value-per-click.squares", "value-per-click.units"}
+    assert custom["value-per-click.squares"].numerator.startswith("searchstack_click_value_squares_total")
+    assert custom["value-per-click.squares"].denominator == custom["value-per-click"].denominator
+    assert custom["value-per-click.units"].numerator.startswith("searchstack_assignments_total")
+
+
 # --- the business source over Prometheus ------------------------------------------------------------------
 
 
@@ -201,3 +204,168 @@ def test_no_series_at_all_is_an_error_and_an_unscraped_version_is_absent() -> No
         PrometheusBusinessMetrics(nothing).business(query, 0, 30)
     counts = PrometheusBusinessMetrics(Silent(frozenset({("master-search", "v2")}))).business(query, 0, 30)
     assert list(counts) == ["v1"] and (counts["v1"].total, counts["v1"].count) == (3, 40)
+
+
+# --- the Istio router's ownership of an experiment's parts (pure merge) ------------------------------------
+
+
+def _abn_plan() -> Any:
+    from controller.machine import base_plan
+    from controller.spec import parse_release
+    spec = parse_release({"metadata": {"name": "search-v2", "namespace": NAMESPACE}, "spec": {
+        "stable": {"version": "v1"}, "canary": {"version": "v2", "services": ["ml-search"]},
+        "strategy": {"abTest": {**copy.deepcopy(AB), "variants": [
+            {"name": "v1", "weight": 34}, {"name": "v2", "weight": 33}, {"name": "v3", "weight": 33}],
+            "cohortHeader": "x-cohort"}}}})
+    assert spec.experiment is not None
+    return base_plan(spec), spec.experiment.routes
+
+
+def _named(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    return next(o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name)
+
+
+def test_experiment_parts_merge_into_user_objects_and_leave_without_a_trace() -> None:
+    from controller.kubernetes.routing import ANNOTATION_VARIANT_SUBSETS, merge_owned, owned_projection
+    from controller.routing.experiment import ANNOTATION_EXPERIMENT
+    from controller.routing.render import read_plan, render
+    from tests.istio_schema import istio_errors
+    base, routes = _abn_plan()
+    user_rule = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                 "metadata": {"name": "ml-search", "namespace": NAMESPACE, "annotations": {"team": "search"}},
+                 "spec": {"host": "ml-search", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}},
+                          "subsets": [{"name": "stable", "labels": {"version": "v1"}},
+                                      {"name": "v3", "labels": {"version": "v3"}},  # the user's already
+                                      {"name": "debug", "labels": {"version": "dbg"}}]}}
+    user_vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+               "metadata": {"name": "master-search", "namespace": NAMESPACE},
+               "spec": {"hosts": ["master-search"], "http": [
+                   {"name": "admin", "match": [{"uri": {"prefix": "/admin"}}],
+                    "route": [{"destination": {"host": "admin"}}]},
+                   {"name": "fallback", "route": [{"destination": {"host": "master-search", "subset": "stable"}}]}]}}
+    live = {("DestinationRule", "ml-search"): user_rule, ("VirtualService", "master-search"): user_vs}
+    during = {}
+    for plan in (base.with_experiment(routes), base.with_experiment(routes)):  # the second write changes nothing
+        during = {(o["kind"], o["metadata"]["name"]): merge_owned(o, live.get((o["kind"], o["metadata"]["name"])))
+                  for o in render(plan)}
+        live = {**live, **during}
+    rule, entry = during[("DestinationRule", "ml-search")], during[("VirtualService", "master-search")]
+    assert [s["name"] for s in rule["spec"]["subsets"]] == ["stable", "canary", "v2", "v3", "debug"]
+    assert rule["metadata"]["annotations"][ANNOTATION_VARIANT_SUBSETS] == "v2"  # v3 was the user's
+    assert [r["name"] for r in entry["spec"]["http"]] == [
+        "admin", "cohort-v1", "cohort-v2", "cohort-v3", "sticky-v1", "sticky-v2", "sticky-v3", "assign", "fallback"]
+    for obj in during.values():
+        assert istio_errors(obj, strict=True) == [], obj["metadata"]["name"]
+    back = read_plan([owned_projection(o) for o in during.values()])
+    assert back is not None and back.experiment == routes
+    after = {(o["kind"], o["metadata"]["name"]): merge_owned(o, live[(o["kind"], o["metadata"]["name"])])
+             for o in render(base.all_stable())}
+    rule, entry = after[("DestinationRule", "ml-search")], after[("VirtualService", "master-search")]
+    assert [s["name"] for s in rule["spec"]["subsets"]] == ["stable", "v3", "debug"]
+    assert rule["spec"]["trafficPolicy"] == {"tls": {"mode": "ISTIO_MUTUAL"}}
+    assert ANNOTATION_VARIANT_SUBSETS not in rule["metadata"]["annotations"]
+    assert rule["metadata"]["annotations"]["team"] == "search"
+    assert ANNOTATION_EXPERIMENT not in entry["metadata"]["annotations"]
+    assert [r["name"] for r in entry["spec"]["http"]] == ["admin", "release-split", "fallback"]
+    lane = after[("VirtualService", "ml-search")]
+    assert [r["name"] for r in lane["spec"]["http"]] == ["stable-lane"]
+
+
+def test_a_user_subset_of_a_variants_name_with_other_labels_is_refused() -> None:
+    from controller.kubernetes.routing import merge_owned
+    from controller.ports import PermanentError
+    from controller.routing.render import render
+    base, routes = _abn_plan()
+    desired = _named(render(base.with_experiment(routes)), "DestinationRule", "ml-search")
+    live = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": "ml-search", "namespace": NAMESPACE},
+            "spec": {"host": "ml-search", "subsets": [{"name": "v3", "labels": {"version": "v3-beta"}}]}}
+    with pytest.raises(PermanentError, match="subset 'v3' exists with labels"):
+        merge_owned(desired, live)
+
+
+def test_the_experiment_annotation_is_removed_through_the_api(world: KubeWorld) -> None:
+    from controller.routing.experiment import ANNOTATION_EXPERIMENT
+    base, routes = _abn_plan()
+    router = IstioRouter(world.api, NAMESPACE, SERVICES)
+    router.apply(base.with_experiment(routes))
+    back = router.in_effect()
+    assert back is not None and back.experiment == routes
+    router.apply(base.all_stable())
+    entry = next(o for o in world.objects("virtualservices") if o["metadata"]["name"] == "master-search")
+    assert ANNOTATION_EXPERIMENT not in (entry["metadata"].get("annotations") or {})
+    assert [r["name"] for r in entry["spec"]["http"]] == ["release-split"]
+    back = router.in_effect()
+    assert back is not None and back.experiment is None and back.equivalent(base.all_stable())
+    world.assert_valid_writes()
+
+
+# --- A/B/n through the Kubernetes controller ------------------------------------------------------------------
+
+
+@dataclass
+class ArmCounterPairs(CounterPairs):
+    """Impressions per variant by the experiment's weights read back over the API; every queried version."""
+
+    def custom(self, name: str, query: MetricsQuery, start: float, end: float) -> CustomWindow:
+        self.asked.append(name)
+        if name not in self.configured:
+            raise KeyError(name)
+        plan = IstioRouter(self.api, query.namespace, ()).in_effect()
+        total = int(self.rng.poisson(self.rps * (end - start)))
+        if plan is None or plan.experiment is None:
+            split = {plan.service(plan.entry).stable if plan else query.versions[0]: total}
+        else:
+            drawn = self.rng.multinomial(total, [a.weight / 100 for a in plan.experiment.arms])
+            split = {a.version: int(n) for a, n in zip(plan.experiment.arms, drawn, strict=True)}
+        values = {}
+        for version, n in split.items():
+            if version in query.versions:
+                clicks = int(self.rng.binomial(n, self.click_probability.get(version, 0.1)))
+                values[(query.services[0], version)] = CustomValue(float(clicks), float(n))
+        return CustomWindow(name=name, start=start, end=end, values=values)
+
+
+def test_an_abn_experiment_runs_on_kubernetes_with_every_variant_deployed_routed_and_retired(
+        world: KubeWorld) -> None:
+    from tests.test_experiments import AbnMetrics
+
+    class ApiMetrics(AbnMetrics):
+        def window(self, query: MetricsQuery, start: float, end: float) -> Any:
+            self.router = IstioRouter(world.api, query.namespace, ())  # type: ignore[assignment]
+            return super().window(query, start, end)
+
+    source = ArmCounterPairs(world.api, {"v1": 0.10, "v2": 0.17, "v3": 0.10}, rps=75.0)
+    controller = Controller(world.api, ControllerConfig(identity="replica-a"),
+                                   ApiMetrics(None, rps=75.0),  # type: ignore[arg-type]
+                                   world.clock, business=PrometheusBusinessMetrics(source))
+    variants = [{"name": "v1", "weight": 34}, {"name": "v2", "weight": 33},
+                {"name": "v3", "weight": 33, "images": {"ml-search": "registry.example/ml-search:v3"}}]
+    start_experiment(world, variants=variants)
+    seen: dict[str, Any] = {}
+
+    def progressing() -> Phase:
+        status = world.drive(controller, until=Phase.PROGRESSING, rounds=600)
+        seen["rules"] = world.objects("destinationrules")
+        seen["services"] = world.objects("virtualservices")
+        seen["deployments"] = {d["metadata"]["name"]: d for d in world.objects("deployments")}
+        return status.phase
+
+    assert progressing() is Phase.PROGRESSING
+    rule = next(r for r in seen["rules"] if r["metadata"]["name"] == "ml-search")
+    assert {s["name"] for s in rule["spec"]["subsets"]} >= {"stable", "canary", "v2", "v3"}
+    entry = next(v for v in seen["services"] if v["metadata"]["name"] == "master-search")
+    assert [r["name"] for r in entry["spec"]["http"]][-4:] == ["sticky-v1", "sticky-v2", "sticky-v3", "assign"]
+    v3 = seen["deployments"]["ml-search-v3"]
+    assert v3["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.example/ml-search:v3"
+    status = world.drive(controller, rounds=600)
+    assert status.phase is Phase.SUCCEEDED, status.message
+    assert status.experiment is not None and status.experiment["winner"] == "v2"
+    assert set(status.experiment["comparisons"]) == {"v2", "v3"}
+    deployments = {d["metadata"]["name"]: d for d in world.objects("deployments")}
+    assert all(deployments[f"{s}-v3"]["spec"]["replicas"] == 0 for s in SERVICES if f"{s}-v3" in deployments)
+    plan = IstioRouter(world.api, NAMESPACE, SERVICES).in_effect()
+    assert plan is not None and plan.experiment is None and {s.stable for s in plan.services} == {"v2"}
+    for obj in world.objects("destinationrules"):
+        assert "v3" not in {s["name"] for s in obj["spec"]["subsets"]}, obj["metadata"]["name"]
+    world.assert_valid_writes()

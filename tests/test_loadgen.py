@@ -301,6 +301,23 @@ def test_click_rate_per_variant_matches_its_probability(sticky_shop: StickyShop)
     assert all(b["doc_id"].isdigit() for b in sticky_shop.click_bodies)
 
 
+def test_click_values_follow_each_variants_mean_and_reach_the_server(sticky_shop: StickyShop) -> None:
+    means = {"v1": 20.0, "v2": 50.0}
+    report = asyncio.run(run_load(sticky_shop.url, rate=400, duration=10, max_requests=1200, n_users=400,
+                                  max_in_flight=1, keep_cookies=True, click_probability={"v1": 0.5, "v2": 0.5},
+                                  click_value=means))
+    assert all(isinstance(b["value"], float) and b["value"] >= 0 for b in sticky_shop.click_bodies)
+    assert sum(b["value"] for b in sticky_shop.click_bodies) == pytest.approx(sum(report.click_value.values()))
+    for version, mean in means.items():
+        n = report.clicks[version]
+        assert n > 150, report.clicks
+        # Exponential values: standard deviation = mean; 4 standard errors.
+        assert abs(report.click_value[version] / n - mean) < 4 * mean / math.sqrt(n), (version, report)
+    with pytest.raises(ValueError, match=r"click_value\[v2\]: -1 is not a mean value"):
+        asyncio.run(run_load(sticky_shop.url, rate=10, duration=1, max_requests=1,
+                             click_probability={"v2": 0.5}, click_value={"v2": -1}))
+
+
 def test_without_cookies_users_are_reassigned_and_bad_probabilities_are_refused(sticky_shop: StickyShop) -> None:
     report = asyncio.run(run_load(sticky_shop.url, rate=400, duration=10, max_requests=200, n_users=20,
                                   max_in_flight=1, click_probability={"v1": 0.0, "v2": 0.0}))

@@ -132,6 +132,15 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, r
     return answer
 
 
+async def ask(port: int, headers: dict[str, str], host: str = "shop") -> Answer:
+    """One GET / on a connection of its own, with these headers."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        return await exchange(reader, writer, raw_request("GET", "/", host, headers))
+    finally:
+        writer.close()
+
+
 async def browse(port: int, users: list[str], requests_each: int, workers: int = 16) -> dict[str, UserLog]:
     """Every user makes `requests_each` requests in turn, sending back the cookie it was given."""
     logs = {u: UserLog() for u in users}
@@ -231,25 +240,18 @@ def test_cohort_header_and_cookies_route_exactly(loop: LoopThread, router: MeshR
     router.apply_config(experiment_objects())
     port = port_of(router)
 
-    async def ask(headers: dict[str, str]) -> Answer:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            return await exchange(reader, writer, raw_request("GET", "/", "shop", headers))
-        finally:
-            writer.close()
-
     cases = {
         "v2": [{COHORT_HEADER: "v2"}, {COHORT_HEADER: "v2", "cookie": "ab=v1"}, {"cookie": "theme=dark; ab=v2"}],
         "v1": [{COHORT_HEADER: "v1", "cookie": "ab=v2"}, {"cookie": "ab=v1"}, {"cookie": "ab=v1; theme=dark"}],
     }
     for variant, header_sets in cases.items():
         for headers in header_sets * 20:
-            answer = loop.run(ask(headers))
+            answer = loop.run(ask(port, headers))
             assert answer.get("x-served-by") == [f"shop-{variant}"], headers
             assert answer.get("set-cookie") == [], "an assigned user keeps its cookie"
     # Near misses of the cookie fall through to the assignment route: they get a fresh cookie.
     for cookie in ("ab=v22", "xab=v2", "ab=v3", "ab="):
-        answer = loop.run(ask({"cookie": cookie}))
+        answer = loop.run(ask(port, {"cookie": cookie}))
         assert len(answer.get("set-cookie")) == 1, cookie
 
 
@@ -259,13 +261,6 @@ def test_a_dropped_variant_reassigns_its_users(loop: LoopThread, router: MeshRou
     router.apply_config(experiment_objects({"v1": 100}))
     port = port_of(router)
 
-    async def ask() -> Answer:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            return await exchange(reader, writer, raw_request("GET", "/", "shop", {"cookie": "ab=v2"}))
-        finally:
-            writer.close()
-
-    answers = [loop.run(ask()) for _ in range(30)]
+    answers = [loop.run(ask(port, {"cookie": "ab=v2"})) for _ in range(30)]
     assert {a.get("x-served-by")[0] for a in answers} == {"shop-v1"}
     assert all(a.get("set-cookie")[0].startswith("ab=v1;") for a in answers)

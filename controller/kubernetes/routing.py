@@ -1,19 +1,28 @@
 """The Router port on Istio: DestinationRules and VirtualServices written to the API server.
 
-The objects are exactly `controller.routing.render.render(plan)` when the controller creates them. When an
+The objects are exactly `controller.routing.render.render(plan)` when the controller creates them (an
+experiment's DestinationRules also list their variant subsets in an annotation, see below). When an
 object of the same name already exists and is not the controller's (say, the base VirtualService from
 `istio/` that binds the entry to a Gateway), the controller *adopts* it and merges in only what it owns:
 
-- DestinationRule: the subsets named `stable` and `canary` (other subsets and the traffic policy stay).
-  A DestinationRule of that name for another host is refused with a PermanentError.
-- VirtualService: the HTTP routes named `release-split`, `canary-lane` and `stable-lane`, and the
-  service's own host. User routes with a `match` stay in front of the controller's routes (they are
+- DestinationRule: the subsets named `stable` and `canary`, and while an A/B experiment runs one subset
+  per variant (named after it). The variant subsets the controller added are listed in the annotation
+  `stack-canary.dev/variant-subsets`, so that they (and only they) are removed when the experiment ends;
+  a user's subset that already has a variant's name and the same labels is used as it is and left alone,
+  one with other labels is refused (PermanentError). Other subsets and the traffic policy stay. A
+  DestinationRule of that name for another host is refused with a PermanentError.
+- VirtualService: the HTTP routes named `release-split`, `canary-lane` and `stable-lane`, an experiment's
+  `assign` route and its `sticky-<variant>`, `cohort-<variant>` and `lane-<variant>` routes (any route whose
+  name has one of these prefixes followed by a DNS label is the controller's), and the service's own
+  host. User routes with a `match` stay in front of the controller's routes (they are
   more specific); user catch-all routes stay after them, where they take over again once the controller's
   routes are gone. Other hosts, gateways, tcp/tls routes and every other field stay untouched.
 - Another release's routes: when the live objects carry the label of another release of this stack that
   is still in flight, the write is refused (PermanentError naming it): the later release waits.
 - metadata: the renderer's labels and annotations are added, plus `stack-canary.dev/adopted: "true"` on
-  an adopted object; the user's labels and annotations stay.
+  an adopted object; the user's labels and annotations stay. The controller's own annotations that the
+  desired object no longer has (`stack-canary.dev/experiment` once an experiment ends, the variant-subset
+  list) are removed (a `null` in the merge patch).
 
 Writes are compare-then-patch: the merged object is computed from what is live, and nothing is written
 when it equals what is live. Patches carry the resourceVersion read (a concurrent edit gets 409 and the
@@ -28,11 +37,13 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from controller.kubernetes.client import DESTINATION_RULES, RELEASES, VIRTUAL_SERVICES, KubeApi, Obj, Resource
 from controller.ports import PermanentError, TemporaryError
+from controller.routing.experiment import ANNOTATION_EXPERIMENT, ASSIGN_ROUTE
 from controller.routing.plan import RoutingPlan
 from controller.routing.render import (
     CANARY_LANE_ROUTE,
@@ -48,9 +59,14 @@ from controller.status import Phase
 
 log = logging.getLogger(__name__)
 
-OWNED_ROUTES = frozenset({ENTRY_ROUTE, CANARY_LANE_ROUTE, STABLE_LANE_ROUTE})
+OWNED_ROUTES = frozenset({ENTRY_ROUTE, CANARY_LANE_ROUTE, STABLE_LANE_ROUTE, ASSIGN_ROUTE})
+# An experiment's per-variant routes: `<prefix><variant>`, the variant a DNS label (controller.routing.experiment).
+OWNED_ROUTE_PATTERN = re.compile(r"^(sticky|cohort|lane)-[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 OWNED_SUBSETS = frozenset({"stable", "canary"})
 ANNOTATION_ADOPTED = "stack-canary.dev/adopted"
+ANNOTATION_VARIANT_SUBSETS = "stack-canary.dev/variant-subsets"
+# Annotations only the controller writes: dropped from an object when the desired one no longer has them.
+OWNED_ANNOTATIONS = frozenset({ANNOTATION_EXPERIMENT, ANNOTATION_VARIANT_SUBSETS})
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 _SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 _FINAL_PHASES = frozenset(p.value for p in Phase if p.final)
@@ -64,35 +80,75 @@ def _is_ours(obj: Obj) -> bool:
     return bool((obj.get("metadata", {}).get("labels") or {}).get(LABEL_MANAGED_BY) == MANAGED_BY)
 
 
+def is_owned_route(route: Obj) -> bool:
+    name = route.get("name")
+    return isinstance(name, str) and (name in OWNED_ROUTES or OWNED_ROUTE_PATTERN.match(name) is not None)
+
+
+def _variant_subsets(meta: Obj) -> frozenset[str]:
+    """The variant subsets the controller added to a DestinationRule (its annotation)."""
+    listed = (meta.get("annotations") or {}).get(ANNOTATION_VARIANT_SUBSETS) or ""
+    return frozenset(n for n in str(listed).split(",") if n)
+
+
 # --------------------------------------------------------------------------------------------------
 # Merging the controller's parts into a live object
 # --------------------------------------------------------------------------------------------------
 def merge_owned(desired: Obj, live: Obj | None) -> Obj:
     """The object to have in the API server: `desired` when nothing is live, else live + our parts."""
     if live is None:
-        return copy.deepcopy(desired)
+        merged = copy.deepcopy(desired)
+        if desired["kind"] == "DestinationRule":
+            _record_variant_subsets(merged["metadata"], [s["name"] for s in desired["spec"]["subsets"]
+                                                         if s["name"] not in OWNED_SUBSETS])
+        return merged
     merged = copy.deepcopy(live)
     meta, want = merged.setdefault("metadata", {}), desired["metadata"]
     adopted = not _is_ours(live) or (meta.get("annotations") or {}).get(ANNOTATION_ADOPTED) == "true"
+    previous_variants = _variant_subsets(meta)
     meta["labels"] = {**(meta.get("labels") or {}), **want["labels"]}
-    meta["annotations"] = {**(meta.get("annotations") or {}), **want["annotations"]}
+    kept = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in OWNED_ANNOTATIONS}
+    meta["annotations"] = {**kept, **want["annotations"]}
     if adopted:
         meta["annotations"][ANNOTATION_ADOPTED] = "true"
     spec = merged.setdefault("spec", {})
     if desired["kind"] == "DestinationRule":
-        _merge_subsets(spec, desired["spec"], meta.get("name", ""))
+        added = _merge_subsets(spec, desired["spec"], meta.get("name", ""), previous_variants)
+        _record_variant_subsets(meta, added)
     else:
         _merge_routes(spec, desired["spec"])
     return merged
 
 
-def _merge_subsets(spec: Obj, want: Obj, name: str) -> None:
+def _record_variant_subsets(meta: Obj, names: list[str]) -> None:
+    annotations = meta.setdefault("annotations", {})
+    annotations.pop(ANNOTATION_VARIANT_SUBSETS, None)
+    if names:
+        annotations[ANNOTATION_VARIANT_SUBSETS] = ",".join(names)
+
+
+def _merge_subsets(spec: Obj, want: Obj, name: str, previous_variants: frozenset[str]) -> list[str]:
+    """Merge our subsets into `spec`; returns the variant subsets that are ours (to be recorded)."""
     if spec.get("host", want["host"]) != want["host"]:
         raise PermanentError(f"DestinationRule {name} is for host {spec.get('host')!r}, not {want['host']!r}: "
                              "refusing to take it over (rename it, or point it at the service)")
     spec["host"] = want["host"]
-    theirs = [s for s in spec.get("subsets", []) if s.get("name") not in OWNED_SUBSETS]
-    spec["subsets"] = [*want["subsets"], *theirs]
+    owned = OWNED_SUBSETS | previous_variants
+    theirs = [s for s in spec.get("subsets", []) if s.get("name") not in owned]
+    their_labels = {s.get("name"): s.get("labels") for s in theirs}
+    ours, added = [], []
+    for subset in want["subsets"]:
+        if subset["name"] in their_labels:  # a user subset of a variant's name (never stable/canary here)
+            if their_labels[subset["name"]] != subset["labels"]:
+                raise PermanentError(f"DestinationRule {name}: subset {subset['name']!r} exists with labels "
+                                     f"{their_labels[subset['name']]}, the experiment needs {subset['labels']}: "
+                                     "rename the variant or the subset")
+            continue
+        ours.append(subset)
+        if subset["name"] not in OWNED_SUBSETS:
+            added.append(subset["name"])
+    spec["subsets"] = [*ours, *theirs]
+    return added
 
 
 def _merge_routes(spec: Obj, want: Obj) -> None:
@@ -101,7 +157,7 @@ def _merge_routes(spec: Obj, want: Obj) -> None:
     if want.get("gateways"):
         spec["gateways"] = [*spec.get("gateways", []), *(g for g in want["gateways"]
                                                          if g not in spec.get("gateways", []))]
-    theirs = [r for r in spec.get("http", []) if r.get("name") not in OWNED_ROUTES]
+    theirs = [r for r in spec.get("http", []) if not is_owned_route(r)]
     specific = [r for r in theirs if r.get("match")]
     catch_all = [r for r in theirs if not r.get("match")]
     spec["http"] = [*specific, *want["http"], *catch_all]
@@ -121,7 +177,7 @@ def owned_projection(obj: Obj) -> Obj:
                              "subsets": [s for s in spec.get("subsets", []) if s.get("name") in OWNED_SUBSETS]}
     else:
         projected["spec"] = {"hosts": [meta.get("name")],
-                             "http": [r for r in spec.get("http", []) if r.get("name") in OWNED_ROUTES]}
+                             "http": [r for r in spec.get("http", []) if is_owned_route(r)]}
     return projected
 
 
@@ -151,16 +207,26 @@ class IstioRouter:
             raise TemporaryError(f"routes in effect in {self.namespace} are unreadable: {exc}") from exc
 
     def apply(self, plan: RoutingPlan) -> None:
+        """Write the plan make-before-break, so that no route ever points at a subset that is not defined
+        (Istio answers 503 for those): first every existing DestinationRule gets the new subsets while
+        keeping the ones live routes use, then new DestinationRules, then the VirtualServices, and only
+        then the DestinationRules lose the subsets no route uses any more. A crash between the stages
+        leaves extra subsets, which the next apply removes (they are recorded as the controller's)."""
         live = self._live(None)
         self._refuse_if_in_flight_elsewhere(plan, live)
+        targets = [(d, merge_owned(d, live.get((d["kind"], d["metadata"]["name"])))) for d in render(plan)]
+        rules = [t for d, t in targets if d["kind"] == "DestinationRule"]
+        routes = [t for d, t in targets if d["kind"] != "DestinationRule"]
+        stages = ([_bridge(t, live[_key(t)]) for t in rules if _key(t) in live],
+                  [t for t in rules if _key(t) not in live], routes, rules)
         written = 0
-        for desired in render(plan):
-            current = live.get((desired["kind"], desired["metadata"]["name"]))
-            target = merge_owned(desired, current)
-            if current is not None and _same(current, target):
-                continue
-            self._write(target, current)
-            written += 1
+        for stage in stages:
+            for target in stage:
+                current = live.get(_key(target))
+                if current is not None and _same(current, target):
+                    continue
+                live[_key(target)] = self._write(target, current)
+                written += 1
         if written and self.verify:
             self._verify(plan)
 
@@ -178,22 +244,42 @@ class IstioRouter:
                 raise PermanentError(f"the routes of this stack belong to release {other}, still {phase}: "
                                      "finish or abort it first")
 
-    def _write(self, target: Obj, current: Obj | None) -> None:
+    def _write(self, target: Obj, current: Obj | None) -> Obj:
+        """Create or merge-patch; returns the object as stored (its resourceVersion for the next write)."""
         res, name = _resource(target), target["metadata"]["name"]
         if current is None:
-            self.api.create(res, self.namespace, target)
-            return
+            return {"kind": target["kind"], **self.api.create(res, self.namespace, target)}
+        # A merge patch keeps every key it does not mention: our annotations that are gone must be nulled.
+        annotations: dict[str, Any] = dict(target["metadata"]["annotations"])
+        for key in (current["metadata"].get("annotations") or {}):
+            if key in OWNED_ANNOTATIONS and key not in annotations:
+                annotations[key] = None
         patch: dict[str, Any] = {
-            "metadata": {"labels": target["metadata"]["labels"], "annotations": target["metadata"]["annotations"],
+            "metadata": {"labels": target["metadata"]["labels"], "annotations": annotations,
                          "resourceVersion": current["metadata"]["resourceVersion"]},
             "spec": target["spec"],
         }
-        self.api.patch(res, self.namespace, name, patch)
+        return {"kind": target["kind"], **self.api.patch(res, self.namespace, name, patch)}
 
     def _verify(self, plan: RoutingPlan) -> None:
         back = self.in_effect()
         if not plan.equivalent(back):
             raise TemporaryError(f"routes read back in {self.namespace} differ from those written: {back}")
+
+
+def _key(obj: Obj) -> tuple[str, str]:
+    return obj["kind"], obj["metadata"]["name"]
+
+
+def _bridge(target: Obj, current: Obj) -> Obj:
+    """`target` DestinationRule that still defines every subset `current` has (the make stage)."""
+    bridge = copy.deepcopy(target)
+    subsets = bridge["spec"].setdefault("subsets", [])
+    names = {s.get("name") for s in subsets}
+    subsets += [copy.deepcopy(s) for s in (current.get("spec") or {}).get("subsets", []) if s.get("name") not in names]
+    variants = _variant_subsets(bridge["metadata"]) | _variant_subsets(current.get("metadata") or {})
+    _record_variant_subsets(bridge["metadata"], sorted(variants))
+    return bridge
 
 
 def _same(live: Obj, target: Obj) -> bool:

@@ -9,7 +9,14 @@ own counters every interval, and ends the experiment with a winner and the effec
 The experiment ends with `onEnd: waitForOperator` and this demo plays the operator: the load stops while
 the experiment's routes are still in effect, so "every user saw exactly one variant" is measured over the
 whole load (no user straddles the experiment's start or end), then it approves the promotion of the
-winner (`spec.approvePromotion`) and the release runs to Succeeded.
+winner (`spec.approvePromotion`) and the release runs to Succeeded; when the winner is not `spec.canary`
+(or there is none) it aborts instead (`spec.abort`), which keeps stable.
+
+`canary demo --scenario abn` is the A/B/n version: three variants (v1 the control, v2 the canary and v3 a
+further variant, 34/33/33), users click with p = 0.10 on v1, 0.30 on v2 and 0.10 on v3, every variant has
+its own guardrails and confidence sequence (alpha split between the two comparisons), and v2 must be
+separated from v3 as well as from v1 before it is named the winner. The reconciler asks its ports for every
+variant's version (`reconciler.release_versions`) and waits for every variant's workloads.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, TextIO
 
+from controller.hooks import HttpHooks
 from controller.local.business_metrics import LocalBusinessMetrics
 from controller.local.demo import (
     Console,
@@ -37,18 +45,26 @@ from controller.local.metrics_source import open_metrics_source
 from controller.local.platform import LocalRouter, LocalWorkloads, LogNotifier, SystemClock
 from controller.local.stack import LocalStack
 from controller.local.state import StateDir, write_json_atomic
+from controller.notifications import Outgoing
+from controller.notify import MultiNotifier
+from controller.ports import Notifier
 from controller.reconciler import Ports, Reconciler
 from controller.spec import parse_release
 from controller.status import Phase, ReleaseStatus
 
 CLICK_PROBABILITY = {"v1": 0.10, "v2": 0.16}
+CLICK_PROBABILITY_ABN = {"v1": 0.10, "v2": 0.30, "v3": 0.10}
+VARIANTS = {
+    2: [{"name": "v1", "weight": 50}, {"name": "v2", "weight": 50}],
+    3: [{"name": "v1", "weight": 34}, {"name": "v2", "weight": 33}, {"name": "v3", "weight": 33}],
+}
 
 
-def ab_release(interval: float) -> dict[str, Any]:
+def ab_release(interval: float, variants: int = 2) -> dict[str, Any]:
     release = demo_release(interval)
-    release["metadata"]["name"] = "search-ab"
+    release["metadata"]["name"] = "search-ab" if variants == 2 else "search-abn"
     release["spec"]["strategy"] = {"abTest": {
-        "variants": [{"name": "v1", "weight": 50}, {"name": "v2", "weight": 50}],
+        "variants": VARIANTS[variants],
         "primaryMetric": {"kind": "proportion", "name": "click-through"},
         "interval": f"{interval:g}s", "settle": f"{min(4.0, interval / 2):g}s",
         "minDuration": f"{3 * interval:g}s", "maxDuration": f"{30 * interval:g}s", "minSamples": 300,
@@ -65,10 +81,14 @@ def ab_release(interval: float) -> dict[str, Any]:
 
 def run_ab_demo(rps: float = 40.0, interval: float = 10.0, summary_path: Path | None = None,
                 workdir: Path | None = None, metrics: str = "auto", max_seconds: float = 600.0,
-                out: TextIO = sys.stdout, on_tick: Callable[[ReleaseStatus], None] | None = None
-                ) -> dict[str, Any]:
-    release = ab_release(interval)
+                out: TextIO = sys.stdout, on_tick: Callable[[ReleaseStatus], None] | None = None,
+                variants: int = 2, outgoing: Outgoing | None = None) -> dict[str, Any]:
+    if variants not in VARIANTS:
+        raise ValueError(f"the A/B demo runs {' or '.join(map(str, VARIANTS))} variants, not {variants}")
+    release = ab_release(interval, variants)
     spec = parse_release(release)
+    assert spec.experiment is not None
+    clicks = CLICK_PROBABILITY if variants == 2 else CLICK_PROBABILITY_ABN
     workdir = Path(workdir or tempfile.mkdtemp(prefix="canary-ab-"))
     console, state = Console(out), StateDir(workdir / "state")
     audit = LaneAudit(canary=spec.canary.version, changed=spec.changed)
@@ -85,14 +105,19 @@ def run_ab_demo(rps: float = 40.0, interval: float = 10.0, summary_path: Path | 
         business.prime(spec.stack.entry)
         load = LoadRunner(url=f"{stack.router_url}/master-service/search", rate=rps, duration=max_seconds,
                           max_requests=int(rps * max_seconds) + 1, host=spec.stack.entry, on_response=audit,
-                          keep_cookies=True, click_probability=CLICK_PROBABILITY)
+                          keep_cookies=True, click_probability=clicks)
         ctx.callback(load.stop)
         state.save_release(release)
         console.say(f"metrics: {source.description}; clicks: master-search /metrics of each version")
-        console.say(f"A/B experiment v1 vs v2 (50/50, sticky cookie `ab`), users click with {CLICK_PROBABILITY}")
+        split = "/".join(f"{a.name} {a.weight}%" for a in spec.experiment.routes.arms)
+        console.say(f"A/B experiment {split} (sticky cookie `ab`), users click with {clicks}")
         clock = SystemClock()
-        reconciler = Reconciler(Ports(LocalWorkloads(stack), router, source.metrics, clock, LogNotifier(),
-                                      business=business))
+        notifier: Notifier = LogNotifier()
+        if outgoing is not None and outgoing.notifier is not None:
+            notifier = MultiNotifier([notifier, outgoing.notifier])
+        ports = Ports(LocalWorkloads(stack), router, source.metrics, clock, notifier, business=business,
+                      hooks=outgoing.hooks if outgoing is not None else HttpHooks())
+        reconciler = Reconciler(ports)
         ended, load_started = threading.Event(), threading.Event()
 
         def watch(status: ReleaseStatus) -> None:
@@ -108,13 +133,16 @@ def run_ab_demo(rps: float = 40.0, interval: float = 10.0, summary_path: Path | 
         status = drive_release(reconciler, state, spec, clock, ended, max_seconds, console, watch)
         report = load.stop() if load_started.is_set() else None
         if status.phase is Phase.PAUSED and not stop.is_set():
-            console.say("experiment ended; the demo approves the promotion of the result (spec.approvePromotion)")
-            approved = state.load_release()
-            approved["spec"]["approvePromotion"] = True
-            approved["metadata"]["generation"] = approved["metadata"].get("generation", 1) + 1
-            state.save_release(approved)
+            winner = (status.experiment or {}).get("winner")
+            choice = "approvePromotion" if winner == spec.canary.version else "abort"
+            console.say(f"experiment ended (winner {winner}); the demo sets spec.{choice}")
+            decided = state.load_release()
+            decided["spec"][choice] = True
+            decided["metadata"]["generation"] = decided["metadata"].get("generation", 1) + 1
+            state.save_release(decided)
             status = drive_release(reconciler, state, spec, clock, stop, max_seconds, console, on_tick)
-        result = _summary(status, audit, report, source.name, workdir)
+        result = _summary(status, audit, report, source.name, workdir, clicks)
+        result["scenario"] = "ab" if variants == 2 else "abn"
         result["interrupted"] = stop.is_set()
         result["report"] = str(write_report(state, workdir / "report.html"))
     console.say(_summary_text(result))
@@ -129,25 +157,27 @@ def _processes(stack: LocalStack, service: str) -> Iterable[tuple[str, str]]:
 
 
 def _summary(status: ReleaseStatus, audit: LaneAudit, report: Any, metrics_source: str,
-             workdir: Path) -> dict[str, Any]:
+             workdir: Path, clicks: dict[str, float]) -> dict[str, Any]:
     experiment = dict(status.experiment or {})
     effect = experiment.get("effect") or {}
     load = load_dict(report)
     return {
         "scenario": "ab",
-        "outcome": {Phase.SUCCEEDED: "promoted", Phase.ROLLED_BACK: "kept_stable"}.get(
+        "outcome": {Phase.SUCCEEDED: "promoted", Phase.ROLLED_BACK: "kept_stable", Phase.ABORTED: "kept_stable"}.get(
             status.phase, status.phase.value.lower()),
         "phase": status.phase.value,
         "decision": experiment.get("decision"),
         "winner": experiment.get("winner"),
+        "treatment": experiment.get("treatment"),
         "effect": effect.get("difference"),
         "effect_interval": effect.get("interval"),
         "ratio": effect.get("ratio"),
         "ratio_interval": effect.get("ratioInterval"),
         "rates": experiment.get("rates"),
         "samples": experiment.get("samples"),
+        "comparisons": experiment.get("comparisons"),
         "experiment_seconds": experiment.get("durationSeconds"),
-        "click_probability": CLICK_PROBABILITY,
+        "click_probability": clicks,
         "responses": audit.responses,
         "mixed_version_responses": audit.mixed,
         "mixed_users": None if load is None else load["mixed_users"],
@@ -171,7 +201,8 @@ def _summary_text(r: dict[str, Any]) -> str:
         "",
         f"outcome: {r['outcome']}  ({r['message']})",
         f"  experiment: {r['decision']}, winner {r['winner']}; click-through {r['rates']}",
-        f"  effect v2 - v1: {num(r['effect'])}, confidence interval [{num(interval[0])}, {num(interval[1])}] "
+        f"  effect {r['treatment'] or '-'} - v1: {num(r['effect'])}, "
+        f"confidence interval [{num(interval[0])}, {num(interval[1])}] "
         f"after {r['experiment_seconds'] or 0:.0f}s, samples {r['samples']}",
         f"  users on more than one variant: {r['mixed_users']}; responses mixing versions along their path: "
         f"{r['mixed_version_responses']} of {r['responses']}",

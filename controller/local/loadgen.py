@@ -10,13 +10,15 @@ Each request is a realistic search: words from the corpus vocabulary with corpus
 length and `n_results`, and an `x-user-id` from a pool of simulated users with Zipf-like activity (a few
 heavy users, a long tail), which sticky A/B routing and per-user metrics need.
 
-A/B users (`keep_cookies`, `click_probability`): each simulated user keeps a cookie jar, fills it from
-the `Set-Cookie` headers of its responses (the router's sticky assignment cookie) and sends it back on
-its next requests, as a browser does. After each successful search the user clicks one result (rank r
-chosen with weight 1/(r+1)) with the probability of the version that served it (from `x-served-by`),
-via `POST <click_url> {"doc_id", "query_id"}` carrying the search's `x-query-id` and the user's
-cookies. A click runs inside the search's task, so the in-flight cap and the timeout bound it too. The
-report counts impressions, clicks and newly assigned users per version: the ground truth of a demo.
+A/B users (`keep_cookies`, `click_probability`): each simulated user keeps a cookie jar, fills it from the
+`Set-Cookie` headers of its responses (the router's sticky assignment cookie) and sends it back on its next
+requests, as a browser does. After each successful search the user clicks one result (rank r chosen with
+weight 1/(r+1)) with the probability of the version that served it (from `x-served-by`), via `POST <click_url>
+{"doc_id", "query_id"}` carrying the search's `x-query-id` and the user's cookies; with `click_value` (version
+-> mean) the click also reports a `value` drawn from an exponential distribution with that version's mean,
+the input of a mean metric such as value per click. A click runs inside the search's task, so the
+in-flight cap and the timeout bound it too. The report counts impressions, clicks and newly assigned users per
+version: the ground truth of a demo.
 
 The first-answer gate (`keep_cookies`): a user without a cookie has at most one search in flight. Its
 further send slots are *held* (counted as scheduled and as `held`) until that answer arrives: then they
@@ -86,6 +88,7 @@ class LoadReport:
     # A/B users (when clicks or cookies are on): per served version of the entry service.
     impressions: Mapping[str, int] = field(default_factory=dict)  # 200 search answers
     clicks: Mapping[str, int] = field(default_factory=dict)  # clicks answered 2xx
+    click_value: Mapping[str, float] = field(default_factory=dict)  # sum of their values (`click_value`)
     click_failures: int = 0  # clicks without a 2xx answer
     assigned_users: Mapping[str, int] = field(default_factory=dict)  # users by the first version they saw
     mixed_users: int = 0  # users served by more than one version (a sticky split keeps this at 0)
@@ -243,6 +246,7 @@ class _Stats:
         self.latencies: list[float] = []
         self.impressions: Counter[str] = Counter()
         self.clicks: Counter[str] = Counter()
+        self.click_value: dict[str, float] = {}
         self.click_failures = 0
         self.user_versions: dict[str, set[str]] = {}
         self.assigned: Counter[str] = Counter()
@@ -255,10 +259,12 @@ class _Stats:
                 self.assigned[version] += 1
             seen.add(version)
 
-    def record_click(self, version: str, ok: bool) -> None:
+    def record_click(self, version: str, ok: bool, value: float | None = None) -> None:
         with self.lock:
             if ok:
                 self.clicks[version] += 1
+                if value is not None:
+                    self.click_value[version] = self.click_value.get(version, 0.0) + value
             else:
                 self.click_failures += 1
 
@@ -283,6 +289,7 @@ class _Stats:
                 dropped=self.dropped, status_counts=dict(self.status), latency_p50_ms=p50,
                 latency_p90_ms=p90, latency_p99_ms=p99, error_kinds=dict(self.error_kinds),
                 impressions=dict(self.impressions), clicks=dict(self.clicks), click_failures=self.click_failures,
+                click_value=dict(self.click_value),
                 assigned_users=dict(self.assigned),
                 mixed_users=sum(1 for versions in self.user_versions.values() if len(versions) > 1),
                 held=self.held,
@@ -311,12 +318,16 @@ class _Options:
     keep_cookies: bool = False
     click_probability: Mapping[str, float] | None = None
     click_url: str | None = None
+    click_value: Mapping[str, float] | None = None
 
     def check_users(self, url: str) -> None:
         """Validate the A/B user options and default the click URL (`.../search` -> `.../click`)."""
         for version, p in (self.click_probability or {}).items():
             if not (isinstance(p, int | float) and 0.0 <= p <= 1.0):
                 raise ValueError(f"click_probability[{version}]: {p!r} is not a probability in [0, 1]")
+        for version, mean in (self.click_value or {}).items():
+            if not (isinstance(mean, int | float) and 0.0 <= mean < 1e5):
+                raise ValueError(f"click_value[{version}]: {mean!r} is not a mean value in [0, 1e5)")
         if self.click_probability is not None and self.click_url is None:
             self.click_url = url.rsplit("/", 1)[0] + "/click"
 
@@ -351,6 +362,7 @@ async def run_load(
     keep_cookies: bool = False,
     click_probability: Mapping[str, float] | None = None,
     click_url: str | None = None,
+    click_value: Mapping[str, float] | None = None,
 ) -> LoadReport:
     """POST searches to `url` at `rate` req/s until `duration` seconds or `max_requests` send slots pass.
 
@@ -359,12 +371,14 @@ async def run_load(
     request (an exception it raises is re-raised at the end); `stop` ends the run early; `rate_control`
     lets another thread change the rate. Outstanding requests are awaited (up to `timeout_s`) at the end.
     `keep_cookies` gives every user a cookie jar; `click_probability` (version -> probability) makes
-    users click a result of a 200 answer, at `click_url` (default: `url` with `/search` -> `/click`).
+    users click a result of a 200 answer, at `click_url` (default: `url` with `/search` -> `/click`);
+    `click_value` (version -> mean) adds an exponentially distributed `value` to each click.
     """
     options = _Options(
         host=host, headers=dict(headers or {}), max_in_flight=max_in_flight, timeout_s=timeout_s, seed=seed,
         n_users=n_users, poisson=poisson, make_payload=make_payload, on_response=on_response,
         keep_cookies=keep_cookies, click_probability=click_probability, click_url=click_url,
+        click_value=click_value,
     )
     control = rate_control or RateControl(rate)
     stats = _Stats(rate)
@@ -542,7 +556,11 @@ async def _act_as_user(
     cookie = users.jars.header(user) if options.keep_cookies else None
     if cookie:
         click_headers["cookie"] = cookie
-    body = {"doc_id": doc_id, "query_id": response.headers.get(QUERY_ID_HEADER)}
+    body: dict[str, Any] = {"doc_id": doc_id, "query_id": response.headers.get(QUERY_ID_HEADER)}
+    mean = (options.click_value or {}).get(version)
+    value = round(users.clicks.expovariate(1.0 / mean), 2) if mean else None
+    if value is not None:
+        body["value"] = value
     try:
         answer = await client.post(options.click_url, body, click_headers)
     except httpx.HTTPError:
@@ -550,7 +568,7 @@ async def _act_as_user(
         return
     if options.keep_cookies:
         users.jars.store(user, answer.headers.get_list("set-cookie"))
-    stats.record_click(served_version(answer.headers) or version, ok=answer.is_success)
+    stats.record_click(served_version(answer.headers) or version, ok=answer.is_success, value=value)
 
 
 def _clicked_doc(response: httpx.Response, rng: random.Random) -> str | None:
@@ -587,12 +605,14 @@ class LoadRunner:
         keep_cookies: bool = False,
         click_probability: Mapping[str, float] | None = None,
         click_url: str | None = None,
+        click_value: Mapping[str, float] | None = None,
     ) -> None:
         self._args = (url, duration, max_requests)
         self._options = _Options(
             host=host, headers=dict(headers or {}), max_in_flight=max_in_flight, timeout_s=timeout_s,
             seed=seed, n_users=n_users, poisson=poisson, make_payload=make_payload, on_response=on_response,
             keep_cookies=keep_cookies, click_probability=click_probability, click_url=click_url,
+            click_value=click_value,
         )
         self._options.check_users(url)
         self._control = RateControl(rate)
