@@ -4,7 +4,10 @@
   `phase` and `step`: from `extra={...}` of the call, else from the context set by `release_context()`
   around a tick (a contextvar, so worker threads each carry their own release).
 - `RedactingFilter` replaces every known secret value in the final message (and exception text) by `***`.
-  Secrets read through `controller.signing.Secret` register themselves with `remember_secret()`.
+  Secrets read through `controller.signing.Secret` register themselves with `remember_secret()`. URLs are
+  credentials too (a hook's or a chat webhook's token is in its path or query), and HTTP libraries log
+  whole request URLs (httpx: `HTTP Request: POST <url>` at INFO): in their lines, and in every exception
+  text, a URL keeps only its scheme, host and port (`controller.urls.redact_url`).
 - `configure_logging(level, json=True)` installs one handler on the root logger; calling it again
   replaces that handler instead of adding another.
 """
@@ -15,11 +18,14 @@ import contextlib
 import contextvars
 import json as jsonlib
 import logging
+import re
 import sys
 import threading
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TextIO
+
+from controller.urls import redact_url
 
 CONTEXT_FIELDS = ("release", "namespace", "phase", "step")
 REDACTED = "***"
@@ -28,6 +34,9 @@ _context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
 _HANDLER_NAME = "stack-canary"
+# Loggers of HTTP client libraries, which put whole request URLs into their lines.
+_URL_LOGGERS = ("httpx", "httpcore", "urllib3", "requests")
+_URL = re.compile(r"\bhttps?://[^\s\"'<>]+", re.IGNORECASE)
 
 
 def remember_secret(value: str | bytes) -> None:
@@ -107,18 +116,26 @@ class RedactingFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         secrets = self.extra | known_secrets()
-        if not secrets:
+        url_logger = record.name.split(".", 1)[0] in _URL_LOGGERS
+        if not secrets and not url_logger and not record.exc_info and not record.exc_text:
             return True
         message = record.getMessage()
         redacted = _redact(message, secrets)
+        if url_logger:
+            redacted = redact_urls(redacted)
         if redacted != message:
             # Freeze the rendered message: the arguments may hold the secret too.
             record.msg, record.args = redacted, None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            record.exc_text = _redact(record.exc_text, secrets)
+            record.exc_text = redact_urls(_redact(record.exc_text, secrets))
         return True
+
+
+def redact_urls(text: str) -> str:
+    """Every http(s) URL in `text` cut down to `scheme://host:port/…`."""
+    return _URL.sub(lambda m: redact_url(m.group(0)), text)
 
 
 def _redact(text: str, secrets: Iterable[str]) -> str:

@@ -14,67 +14,20 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import httpx
 
 from controller.signing import Secret, signed_headers
+from controller.urls import RefusedUrl, UrlPolicy, redact_url
 
+__all__ = ["DELIVERY_HEADER", "Delivery", "RefusedUrl", "RetryPolicy", "UrlPolicy", "WebhookClient",
+           "redact_url"]
 log = logging.getLogger(__name__)
 
 DELIVERY_HEADER = "X-Stack-Canary-Delivery"
 USER_AGENT = "stack-canary-webhook/1"
-
-
-class RefusedUrl(ValueError):
-    """A URL the policy does not allow; the message names the scheme and host, never the path."""
-
-
-def redact_url(url: str) -> str:
-    """`scheme://host:port/…`: enough to find the receiver, nothing of a token in the path or query."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or "?"
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "<unparseable url>"
-    return f"{parts.scheme or '?'}://{host}{port}/…"
-
-
-@dataclass(frozen=True)
-class UrlPolicy:
-    """http(s) only, with credentials never in the URL; optionally only hosts of an allow-list.
-
-    `allowed_hosts` entries are host names (exact, case-insensitive) or `*.example.com` for subdomains.
-    """
-
-    allowed_hosts: frozenset[str] | None = None
-
-    @classmethod
-    def allowing(cls, hosts: Iterable[str] | None) -> UrlPolicy:
-        return cls(None if hosts is None else frozenset(h.lower().strip() for h in hosts if h.strip()))
-
-    def check(self, url: str) -> None:
-        try:
-            parts = urlsplit(url)
-            host = (parts.hostname or "").lower()
-            _ = parts.port  # raises on a malformed port
-        except ValueError as exc:
-            raise RefusedUrl(f"{redact_url(url)}: not a valid URL ({exc})") from None
-        if parts.scheme not in ("http", "https"):
-            raise RefusedUrl(f"{parts.scheme or 'no'} scheme in {redact_url(url)}: only http and https are allowed")
-        if not host:
-            raise RefusedUrl(f"{redact_url(url)}: the URL has no host")
-        if parts.username or parts.password:
-            raise RefusedUrl(f"{redact_url(url)}: credentials in the URL are not allowed; use a secret file")
-        if self.allowed_hosts is not None and not self._allowed(host):
-            raise RefusedUrl(f"host {host} is not in the webhook allow-list")
-
-    def _allowed(self, host: str) -> bool:
-        assert self.allowed_hosts is not None
-        return any(host == h or (h.startswith("*.") and host.endswith(h[1:])) for h in self.allowed_hosts)
 
 
 @dataclass(frozen=True)
@@ -101,6 +54,14 @@ class Delivery:
     body: bytes = field(default=b"", repr=False)
 
 
+def _check_sendable(url: str) -> None:
+    """Refuse what the URL policy lets through but no HTTP client should send (and no log should show):
+    control characters and whitespace, which `urlsplit` silently drops but httpx refuses by raising."""
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+        shown = "".join(c if c.isprintable() and not c.isspace() else "?" for c in redact_url(url))
+        raise RefusedUrl(f"{shown}: control characters or whitespace in the URL")
+
+
 def _retryable(status: int) -> bool:
     # The receiver is overloaded or broken for now; any other answer will not change by asking again.
     return status >= 500 or status in (408, 429)
@@ -124,6 +85,7 @@ class WebhookClient:
         started = time.monotonic()
         try:
             self.policy.check(url)
+            _check_sendable(url)
         except RefusedUrl as exc:
             log.warning("webhook refused: %s", exc)
             return Delivery(False, None, f"refused: {exc}", 0, 0.0)
@@ -153,6 +115,9 @@ class WebhookClient:
         """(status, reason, response body, whether to try again)."""
         try:
             response = client.post(url, content=body, headers=dict(headers))
+        except (httpx.InvalidURL, UnicodeError) as exc:
+            # A host name that does not encode (IDNA) or a URL httpx cannot send: asking again won't help.
+            return None, f"invalid URL ({type(exc).__name__})", b"", False
         except httpx.TimeoutException as exc:
             return None, f"timed out ({type(exc).__name__})", b"", True
         except httpx.TransportError as exc:

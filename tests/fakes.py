@@ -48,7 +48,7 @@ class FakeWorkloads:
         if key in self.broken:
             return Readiness(False, "CrashLoopBackOff", failed=True)
         if key not in self.running:
-            return Readiness(False, "not deployed")
+            return Readiness(False, "not deployed", exists=False)
         left = self.startup_ticks.get(key, 0)
         if left > 0:
             self.startup_ticks[key] = left - 1

@@ -16,7 +16,12 @@ listed in `KINDS` from its own versioned store (everything else still goes to km
 - finalizers: deleting an object with finalizers only sets `deletionTimestamp`; it goes when the last
   finalizer is removed; then the objects it owns (ownerReferences) go too, as the garbage collector does;
 - a stand-in for the Deployment controller: Deployments get a status (ready, or progress deadline
-  exceeded for images listed in `failing_images`, or never ready for `slow_images`).
+  exceeded for images listed in `failing_images`, or never ready for `slow_images`);
+- observers (`Store.observers`): called with every change the store records, in order and under its
+  lock, so a checker (`tests.invariants`) sees every state the cluster ever held, not just the last;
+- a write log (`KubeEmulator.write_log`): every write request with its user agent (who wrote) and answer;
+- injected faults (`KubeEmulator.faults`, `Fault`): chosen requests answer an error (409, 500, ...)
+  before or after the write is applied, or are answered late (slower than the client's timeout).
 
 The fixture `start_emulator()` runs it on 127.0.0.1 in a thread of its own (the official client is
 synchronous), and returns a `RunningEmulator` whose `stop()` the fixture's teardown calls.
@@ -29,10 +34,12 @@ import asyncio
 import contextlib
 import copy
 import json
+import random
 import re
 import threading
+import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +50,8 @@ from kmock._internal import rendering
 
 Obj = dict[str, Any]
 Key = tuple[str, str, str]  # group, version, plural
+# (resourceVersion, kind key, ADDED|MODIFIED|DELETED, the object as stored); see `Store.observers`.
+Observer = Callable[[int, Key, str, Obj], None]
 
 
 @dataclass(frozen=True)
@@ -142,9 +151,14 @@ class Store:
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     log_limit: int = 20_000  # like etcd's compaction: older history is gone, watches from there get 410
+    # Called after every recorded change, under the lock (so in the order of the resourceVersions).
+    observers: list[Observer] = field(default_factory=list)
 
     def _record(self, key: Key, event: str, obj: Obj) -> None:
-        self.log.append((self.rv, key, event, copy.deepcopy(obj)))
+        stored = copy.deepcopy(obj)
+        self.log.append((self.rv, key, event, stored))
+        for observer in self.observers:
+            observer(self.rv, key, event, stored)
         if len(self.log) > self.log_limit:
             dropped = self.log[: len(self.log) - self.log_limit]
             del self.log[: len(dropped)]
@@ -301,6 +315,48 @@ def stuck_deployment_status(obj: Obj, failed: bool) -> Obj:
                            progressing]}
 
 
+@dataclass
+class Fault:
+    """One injected fault: the requests it matches answer `code` (or late, after `delay` seconds).
+
+    `after_apply`: the write is carried out and then answered with the error (the client cannot tell
+    whether it happened). `times`: how many matching requests it hits (None: until removed);
+    `probability`: the chance each matching request is hit (drawn from the emulator's seeded rng).
+    """
+
+    code: int = 500
+    delay: float = 0.0
+    method: str | None = None  # GET, POST, PUT, PATCH, DELETE; None: any
+    plural: str | None = None
+    subresource: str | None = None  # "status", "" for the main resource, None: either
+    namespace: str | None = None
+    agent: str | None = None  # only requests whose User-Agent contains this
+    after_apply: bool = False
+    times: int | None = 1
+    probability: float = 1.0
+    hits: int = 0
+
+    def matches(self, method: str, plural: str, subresource: str, namespace: str, agent: str) -> bool:
+        return ((self.method is None or self.method == method) and (self.plural is None or self.plural == plural)
+                and (self.subresource is None or self.subresource == subresource)
+                and (self.namespace is None or self.namespace == namespace)
+                and (self.agent is None or self.agent in agent)
+                and (self.times is None or self.hits < self.times))
+
+
+@dataclass(frozen=True)
+class WriteRecord:
+    at: float  # time.monotonic()
+    method: str
+    plural: str
+    subresource: str
+    namespace: str
+    name: str
+    agent: str  # the User-Agent header: who wrote
+    code: int
+    fault: bool  # an injected fault touched it (an error answer or a delay)
+
+
 def _rbac_verb(request: rendering.Request, key: Key) -> tuple[str, str, str, str]:
     """The RBAC (namespace, apiGroup, resource, verb) a request needs."""
     method = str(request.method.value)
@@ -325,6 +381,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
     # RBAC verbs used while `recording`: (namespace, apiGroup, resource[/subresource], verb).
     recording: bool = attrs.field(default=False)
     verbs: set[tuple[str, str, str, str]] = attrs.field(factory=set)
+    # Every write request (POST, PUT, PATCH, DELETE) with its writer and answer, in arrival order.
+    write_log: list[WriteRecord] = attrs.field(factory=list)
+    # Injected faults, tried in order; the first that matches (and whose draw hits) answers the request.
+    faults: list[Fault] = attrs.field(factory=list)
+    fault_rng: random.Random = attrs.field(factory=lambda: random.Random(0))
     _wake: asyncio.Event | None = attrs.field(default=None)
     _loop: asyncio.AbstractEventLoop | None = attrs.field(default=None)
     _watch_generation: int = attrs.field(default=0)
@@ -334,18 +395,50 @@ class KubeEmulator(kmock.KubernetesEmulator):
         key = (res.group or "", res.version or "", res.plural or "") if res is not None else None
         if key is None or key not in KINDS:
             return await super()._handle(request)
-        count_key = (str(request.method.value), key[2], request.subresource or "")
+        method = str(request.method.value)
+        count_key = (method, key[2], request.subresource or "")
         self.counts[count_key] = self.counts.get(count_key, 0) + 1
         if self.recording:
             self.verbs.add(_rbac_verb(request, key))
+        fault = None if request.action is kmock.action.WATCH else self._fault_for(method, key, request)
+        if fault is not None and fault.delay:
+            await asyncio.sleep(fault.delay)  # late, not lost: the request is served after the wait
         try:
             if request.action is kmock.action.WATCH:
                 return await self._watch(request, key)
+            if fault is not None and fault.code and not fault.after_apply:
+                raise ApiError(fault.code, "InjectedFault", f"injected fault: HTTP {fault.code}")
             body = self._serve(request, key)
+            if fault is not None and fault.code and fault.after_apply:
+                self._notify()
+                raise ApiError(fault.code, "InjectedFault", f"injected fault after the write: HTTP {fault.code}")
         except ApiError as error:
+            self._log_write(request, key, error.code, fault is not None)
             return aiohttp.web.json_response(error.status(), status=error.code)
         self._notify()
-        return aiohttp.web.json_response(body, status=201 if request.method.value == "POST" else 200)
+        code = 201 if method == "POST" else 200
+        self._log_write(request, key, code, fault is not None)
+        return aiohttp.web.json_response(body, status=code)
+
+    def _fault_for(self, method: str, key: Key, request: rendering.Request) -> Fault | None:
+        raw = request._raw_request
+        agent = raw.headers.get("User-Agent", "") if raw is not None else ""
+        for fault in self.faults:
+            if fault.matches(method, key[2], request.subresource or "", request.namespace or "", agent):
+                if fault.probability < 1.0 and self.fault_rng.random() >= fault.probability:
+                    continue
+                fault.hits += 1
+                return fault
+        return None
+
+    def _log_write(self, request: rendering.Request, key: Key, code: int, fault: bool) -> None:
+        method = str(request.method.value)
+        if method not in ("POST", "PUT", "PATCH", "DELETE"):
+            return
+        raw = request._raw_request
+        agent = raw.headers.get("User-Agent", "") if raw is not None else ""
+        self.write_log.append(WriteRecord(time.monotonic(), method, key[2], request.subresource or "",
+                                          request.namespace or "", request.name or "", agent, code, fault))
 
     def _serve(self, request: rendering.Request, key: Key) -> Obj:
         ns = request.namespace or ""

@@ -11,9 +11,15 @@ Every call goes through `KubeApi`, which
       PortError
       ├── TemporaryError          5xx, 429, timeouts, connection refused: try again next tick
       │   ├── ApiConflict         409 on a stale resourceVersion: re-read, then try again
-      │   └── ApiGone             410 on a watch from a compacted resourceVersion: re-list
+      │   ├── ApiGone             410 on a watch from a compacted resourceVersion: re-list
+      │   └── NotLeader           refused here, never sent: this replica does not hold the lease
       └── PermanentError          400, 401, 403, 422: retrying will not help; tell the operator
           └── ApiNotFound         404 (callers usually turn it into "absent")
+
+`LeaderOnlyApi` wraps a `KubeApi` so that every write except the Lease's is refused (`NotLeader`) the
+moment this replica stops being the leader: a tick that started as leader and outlived the lease (a slow
+API server, a long Prometheus query) cannot write after a new leader took over. `identify()` puts the
+replica's identity in the User-Agent header, so the API server's audit log says which replica wrote.
 
 Resources are addressed by `Resource(group, version, plural)`; the generic custom-objects endpoints serve
 the named groups (apps, autoscaling, coordination.k8s.io, networking.istio.io, stackcanary.dev) and the
@@ -73,6 +79,10 @@ class ApiNotFound(PermanentError):
     """404: no such object."""
 
 
+class NotLeader(TemporaryError):
+    """A write refused before it was sent: this replica does not (or no longer) hold the lease."""
+
+
 def classify(exc: Exception, what: str) -> TemporaryError | PermanentError:
     """An exception from the client as a port error whose message says what was being done."""
     if isinstance(exc, ApiException):
@@ -127,6 +137,10 @@ class KubeApi:
         kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
             config_file=kubeconfig, context=context, client_configuration=configuration)
         return cls(kubernetes.client.ApiClient(configuration), observer)
+
+    def identify(self, identity: str) -> None:
+        """Send `stack-canary-controller/<identity>` as the User-Agent of every request."""
+        self.api_client.user_agent = f"stack-canary-controller/{identity}"
 
     @classmethod
     def for_url(cls, url: str, observer: ApiObserver | None = None) -> KubeApi:
@@ -255,6 +269,69 @@ class KubeApi:
             raise classify(exc, what) from exc
         finally:
             response.release_conn()
+
+
+WRITE_VERBS = frozenset({"create", "patch", "update", "delete"})
+
+
+class LeaderOnlyApi(KubeApi):
+    """`inner`, except that writes (but the Lease's) raise NotLeader unless `is_leader()` says yes.
+
+    Checked right before each request, not once per tick: leadership can end in the middle of a tick.
+    """
+
+    def __init__(self, inner: KubeApi, is_leader: Callable[[], bool]) -> None:
+        # Not super().__init__: every attribute below is the inner client's, so that a change to it
+        # (an observer set later, a timeout) holds for both.
+        self.inner = inner
+        self.is_leader = is_leader
+        self.refused = 0
+
+    @property
+    def api_client(self) -> kubernetes.client.ApiClient:
+        return self.inner.api_client
+
+    @api_client.setter
+    def api_client(self, value: kubernetes.client.ApiClient) -> None:
+        self.inner.api_client = value
+
+    @property
+    def custom(self) -> kubernetes.client.CustomObjectsApi:
+        return self.inner.custom
+
+    @custom.setter
+    def custom(self, value: kubernetes.client.CustomObjectsApi) -> None:
+        self.inner.custom = value
+
+    @property
+    def core(self) -> kubernetes.client.CoreV1Api:
+        return self.inner.core
+
+    @core.setter
+    def core(self, value: kubernetes.client.CoreV1Api) -> None:
+        self.inner.core = value
+
+    @property
+    def observer(self) -> ApiObserver | None:
+        return self.inner.observer
+
+    @observer.setter
+    def observer(self, value: ApiObserver | None) -> None:
+        self.inner.observer = value
+
+    @property
+    def timeout(self) -> float:
+        return self.inner.timeout
+
+    @timeout.setter
+    def timeout(self, value: float) -> None:
+        self.inner.timeout = value
+
+    def _call(self, verb: str, res: Resource, what: str, fn: Callable[[], Any]) -> Obj:
+        if verb in WRITE_VERBS and res != LEASES and not self.is_leader():
+            self.refused += 1
+            raise NotLeader(f"{what}: not sent, this replica is not the leader")
+        return super()._call(verb, res, what, fn)
 
 
 def _events(response: Any, what: str) -> Iterator[Obj]:

@@ -196,7 +196,8 @@ class DeploymentWorkloads:
     def readiness(self, service: str, version: str) -> Readiness:
         d = self._deployments().get(deployment_name(service, version))
         if d is None:
-            return Readiness(False, f"Deployment {deployment_name(service, version)} does not exist yet")
+            return Readiness(False, f"Deployment {deployment_name(service, version)} does not exist yet",
+                             exists=False)
         return deployment_readiness(d)
 
     def retire(self, service: str, version: str) -> None:
