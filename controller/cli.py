@@ -1,14 +1,17 @@
 """The `canary` command line.
 
-    canary demo [--scenario healthy|slow|errors|tail|ab] [--rps N] [--interval S] [--summary FILE]
+    canary demo [--scenario healthy|slow|errors|tail|ab|abn] [--rps N] [--interval S] [--summary FILE]
     canary run -f release.yaml --local [--rps N] [--fault SERVICE:KNOB=VALUE ...] [--workdir DIR]
     canary stack up [--versions v1,v2] [--weight W] [--rps N]
     canary analyze --replay FILE... [--judge sequential|kayenta|threshold] [--alpha A]
-    canary status|pause|resume|abort|approve --workdir DIR        (local releases)
-    canary controller | start NAME --image SERVICE=IMAGE... | status NAME [--watch]   (Kubernetes)
+    canary controller | start NAME --image SERVICE=IMAGE...                         (Kubernetes)
+    canary get|status NAME [-n NS] [--watch] | list [-n NS | -A] | history NAME     (or --workdir DIR)
+    canary pause|resume|promote [--full]|abort|retry|undo|approve NAME [-n NS]     (or --workdir DIR)
+    kubectl canary ...   the same commands as a kubectl plugin (the `kubectl-canary` executable)
 
 Exit codes: 0 when the command did its job (a demo or run reached a final phase, whatever it was),
-1 when it could not (an internal failure or a timeout), 2 for bad input (a message says which).
+1 when it could not (an internal failure, a timeout, an unreachable API, a missing release), 2 for bad
+input or an operator command that does not apply to the release's phase (a message says which).
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from controller import notifications
 from controller.spec import InvalidSpec
 
 log = logging.getLogger("canary")
@@ -44,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="a real canary release of the search stack on this machine")
-    demo.add_argument("--scenario", default="healthy", choices=["healthy", "slow", "errors", "tail", "ab"],
+    demo.add_argument("--scenario", default="healthy", choices=["healthy", "slow", "errors", "tail", "ab", "abn"],
                       help="what is wrong with v2 (default: healthy, which promotes)")
     demo.add_argument("--rps", type=float, default=40.0, help="searches per second of load (default 40)")
     demo.add_argument("--interval", type=float, default=10.0, help="analysis interval in seconds (default 10)")
@@ -53,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--metrics", default="auto", choices=["auto", "prometheus", "direct"],
                       help="auto: a real Prometheus when the binary is installed, else scrape the router")
     demo.add_argument("--max-seconds", type=float, default=600.0, help="give up after this long")
+    notifications.add_arguments(demo)
 
     run = sub.add_parser("run", help="run a release spec")
     run.add_argument("-f", "--file", type=Path, required=True, help="release YAML/JSON")
@@ -65,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--summary", type=Path)
     run.add_argument("--metrics", default="auto", choices=["auto", "prometheus", "direct"])
     run.add_argument("--max-seconds", type=float, default=1800.0)
+    notifications.add_arguments(run)
 
     stack = sub.add_parser("stack", help="the local search stack")
     stack_sub = stack.add_subparsers(dest="stack_command", required=True)
@@ -80,20 +86,28 @@ def _parser() -> argparse.ArgumentParser:
                                   "-o FILE, or --workdir DIR for a local one"),
                        ("controller", "run the Kubernetes controller (in the cluster or with a kubeconfig)"),
                        ("start", "create or update a StackRelease: canary start NAME --image SERVICE=IMAGE ..."),
-                       ("status", "show a release: canary status NAME [-n NS] [--watch], or --workdir DIR "
-                                  "for a local one")):
+                       *OPERATOR_COMMANDS.items()):
         passthrough = sub.add_parser(name, help=text, add_help=False)
         passthrough.add_argument("rest", nargs=argparse.REMAINDER)
-
-    for name, text in (("pause", "pause a local release"),
-                       ("resume", "resume a paused local release"), ("abort", "abort: roll back now"),
-                       ("approve", "approve promotion at a manual gate")):
-        c = sub.add_parser(name, help=text)
-        c.add_argument("--workdir", type=Path, required=True, help="the release's work directory")
     return p
 
 
-PASSTHROUGH = ("analyze", "controller", "start", "status", "report")
+# The operator's commands: NAME [-n NS] against Kubernetes, or --workdir DIR against a local release.
+OPERATOR_COMMANDS = {
+    "get": "a release's live view: canary get NAME [-n NS] [--watch], or --workdir DIR",
+    "status": "the same as get",
+    "list": "the releases: canary list [-n NS | -A]",
+    "history": "a release's revisions: versions, images, outcomes, times: canary history NAME",
+    "pause": "hold a release at its current step",
+    "resume": "go on after a pause",
+    "promote": "approve a manual gate, resume, or skip the current step's analysis (--full: promote now)",
+    "approve": "approve promotion at a manual gate",
+    "abort": "roll back now",
+    "retry": "run a rolled-back, aborted or failed release again",
+    "undo": "a finished release: the previous successful version again, through the canary steps",
+}
+OPERATE = ("pause", "resume", "promote", "approve", "abort", "retry", "undo")
+PASSTHROUGH = ("analyze", "controller", "start", "report", *OPERATOR_COMMANDS)
 
 
 def _split_passthrough(argv: list[str]) -> tuple[list[str], str | None, list[str]]:
@@ -136,13 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return start_main(list(args.rest))
             case "report":
                 return _report(list(args.rest))
-            case "status":
-                if "--workdir" in args.rest:
-                    return _local_status(list(args.rest))
-                from controller.kubernetes.cli import status_main
-                return status_main(list(args.rest))
-            case "pause" | "resume" | "abort" | "approve":
-                return _operate(args)
+            case "get" | "status" | "list" | "history" as command:
+                return _read(command, list(args.rest))
+            case command if command in OPERATE:
+                return _operate(command, list(args.rest))
     except InvalidSpec as exc:
         for problem in exc.problems:
             print(f"invalid release: {problem}", file=sys.stderr)
@@ -156,8 +167,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from controller.local.demo import run_demo
 
-    result = run_demo(args.scenario, rps=args.rps, interval=args.interval, summary_path=args.summary,
-                      workdir=args.workdir, metrics=args.metrics, max_seconds=args.max_seconds)
+    outgoing = notifications.from_args(args)
+    try:
+        result = run_demo(args.scenario, rps=args.rps, interval=args.interval, summary_path=args.summary,
+                          workdir=args.workdir, metrics=args.metrics, max_seconds=args.max_seconds,
+                          outgoing=outgoing)
+    finally:
+        outgoing.close()
     return _exit_code(result)
 
 
@@ -189,6 +205,18 @@ def _parse_faults(items: list[str], version: str) -> dict[str, dict[str, dict[st
     return {version: faults} if faults else {}
 
 
+def _resumed_release(workdir: Path | None, release: dict[str, Any]) -> dict[str, Any]:
+    """A work directory that already holds this release: its spec, as the operator's commands left it."""
+    from controller.local.state import StateDir
+
+    state = StateDir(workdir / "state") if workdir is not None else None
+    if state is None or not state.exists():
+        return release
+    held = state.load_release()
+    same = held.get("metadata", {}).get("name") == release.get("metadata", {}).get("name")
+    return held if same else release
+
+
 def _run(args: argparse.Namespace) -> int:
     if not args.local:
         raise ValueError("only --local is supported by `canary run`; in a cluster, apply the StackRelease "
@@ -196,11 +224,15 @@ def _run(args: argparse.Namespace) -> int:
     from controller.local.demo import run_local
     from controller.spec import parse_release
 
-    release = _load_release(args.file)
+    release = _resumed_release(args.workdir, _load_release(args.file))
     spec = parse_release(release)
-    result = run_local(release, _parse_faults(args.fault, spec.canary.version), rps=args.rps,
-                       summary_path=args.summary, workdir=args.workdir, metrics=args.metrics,
-                       max_seconds=args.max_seconds, label=str(args.file))
+    outgoing = notifications.from_args(args)
+    try:
+        result = run_local(release, _parse_faults(args.fault, spec.canary.version), rps=args.rps,
+                           summary_path=args.summary, workdir=args.workdir, metrics=args.metrics,
+                           max_seconds=args.max_seconds, label=str(args.file), outgoing=outgoing)
+    finally:
+        outgoing.close()
     return _exit_code(result)
 
 
@@ -288,47 +320,142 @@ def _report(argv: list[str]) -> int:
     return 0
 
 
-def _local_status(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="canary status", description="show a local release")
-    p.add_argument("--workdir", type=Path, required=True)
-    p.add_argument("--json", action="store_true")
+def _is_local(argv: list[str]) -> bool:
+    return any(a == "--workdir" or a.startswith("--workdir=") for a in argv)
+
+
+def _quiet_http_retries() -> None:
+    """An unreachable API server is one clear message from the command, not a warning per retry."""
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
+
+
+def _read(command: str, argv: list[str]) -> int:
+    """get | status | list | history: a local release with --workdir DIR, else a StackRelease."""
+    if _is_local(argv):
+        if command == "list":
+            raise ValueError("list shows the StackReleases of a cluster; for a local release: canary get --workdir DIR")
+        return _local_history(argv) if command == "history" else _local_get(command, argv)
+    _quiet_http_retries()
+    from controller.kubernetes import cli as kube
+
+    match command:
+        case "list":
+            return kube.list_main(argv)
+        case "history":
+            return kube.history_main(argv)
+        case _:
+            return kube.get_main(argv, prog=f"canary {command}")
+
+
+def _local_state(argv: list[str], prog: str, extra: Callable[[argparse.ArgumentParser], object] | None = None
+                 ) -> tuple[argparse.Namespace, Any] | None:
+    p = argparse.ArgumentParser(prog=prog)
+    p.add_argument("release", nargs="?", help="ignored for a local release (the work directory holds one)")
+    p.add_argument("--workdir", type=Path, required=True, help="the release's work directory")
+    if extra is not None:
+        extra(p)
     args = p.parse_args(argv)
-    from controller import view
     from controller.local.state import StateDir
-    from controller.machine import summary
-    from controller.spec import parse_release
 
     state = StateDir(args.workdir / "state")
     if not state.exists():
-        raise FileNotFoundError(f"no release in {args.workdir}")
+        print(f"{prog}: no release in {args.workdir}", file=sys.stderr)
+        return None
+    return args, state
+
+
+def _local_get(command: str, argv: list[str]) -> int:
+    def extra(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--json", action="store_true")
+        p.add_argument("-w", "--watch", action="store_true", help="then print each change until it finishes")
+        p.add_argument("--max-seconds", type=float, default=24 * 3600.0, help=argparse.SUPPRESS)
+
+    found = _local_state(argv, f"canary {command}", extra)
+    if found is None:
+        return 1
+    args, state = found
+    from controller import view
+    from controller.spec import parse_release
+
     status = state.load_status()
     if args.json:
         print(json.dumps(status.for_storage(), indent=1))
         return 0
     spec = parse_release(state.load_release())
-    print(view.headline(spec, status, time.time()))
-    print(json.dumps(summary(status), indent=1))
-    for record in status.history[-5:]:
-        for line in view.decision_lines(record, spec.stable.version, spec.canary.version):
-            print(line)
+    print("\n".join(view.panel(spec, status, time.time())), flush=True)
+    if args.watch:
+        _local_follow(state, status, args.max_seconds)
     return 0
 
 
-def _operate(args: argparse.Namespace) -> int:
-    from controller.local.state import StateDir
+def _local_follow(state: Any, status: Any, max_seconds: float, poll: float = 0.5) -> None:
+    """Print each change of a local release (written by the `canary run` driving it) until it finishes."""
+    from controller import view
+    from controller.spec import parse_release
 
-    state = StateDir(args.workdir / "state")
-    if not state.exists():
-        raise FileNotFoundError(f"no release in {args.workdir}")
+    deadline = time.monotonic() + max_seconds
+    try:
+        while time.monotonic() < deadline:
+            release = state.load_release()
+            pending = release.get("metadata", {}).get("generation", 1) != status.observed_generation
+            if status.phase.final and not pending:
+                print("\n".join(view.panel(parse_release(release), status, time.time())), flush=True)
+                return
+            time.sleep(poll)
+            new = state.load_status()
+            if new != status:
+                for line in view.progress_lines(parse_release(release), status, new, time.time()):
+                    print(line, flush=True)
+                status = new
+    except KeyboardInterrupt:
+        return
+
+
+def _local_history(argv: list[str]) -> int:
+    found = _local_state(argv, "canary history", lambda p: p.add_argument("--json", action="store_true"))
+    if found is None:
+        return 1
+    args, state = found
+    from controller.kubernetes.cli import render_history
+
+    print(render_history(state.load_status(), args.json))
+    return 0
+
+
+def _operate(command: str, argv: list[str]) -> int:
+    """pause | resume | promote [--full] | approve | abort | retry | undo; exit 0 done, 1 could not (missing,
+    unreachable), 2 does not apply to the release's phase (the message says why and what does)."""
+    if not _is_local(argv):
+        _quiet_http_retries()
+        from controller.kubernetes.cli import operate_main
+
+        return operate_main(command, argv)
+
+    def extra(p: argparse.ArgumentParser) -> None:
+        if command == "promote":
+            p.add_argument("--full", action="store_true", help="promote now, skipping every remaining step")
+        p.add_argument("-w", "--watch", action="store_true", help="then follow the release until it finishes")
+        p.add_argument("--max-seconds", type=float, default=24 * 3600.0, help=argparse.SUPPRESS)
+
+    found = _local_state(argv, f"canary {command}", extra)
+    if found is None:
+        return 1
+    args, state = found
+    from controller.operations import Refused, plan
+
     status = state.load_status()
-    if status.phase.final:
-        print(f"canary {args.command}: the release already ended ({status.phase.value}); nothing to do",
-              file=sys.stderr)
+    outcome = plan(command, state.load_release(), status, getattr(args, "full", False))
+    if isinstance(outcome, Refused):
+        print(f"canary {command}: {outcome.message}", file=sys.stderr)
         return 2
-    fields = {"pause": {"paused": True}, "resume": {"paused": False}, "abort": {"abort": True},
-              "approve": {"approvePromotion": True}}[args.command]
-    state.update_spec(**fields)
-    print(f"{args.command}: recorded; the controller acts on its next tick")
+    if outcome.patch:
+        state.patch_spec(outcome.patch)
+    print(outcome.message)
+    if status.phase.final and outcome.patch:
+        print(f"the release restarts when it runs again: canary run --local --workdir {args.workdir} -f RELEASE "
+              "(the work directory's spec is used)")
+    elif args.watch:
+        _local_follow(state, status, args.max_seconds)
     return 0
 
 

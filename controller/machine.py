@@ -20,6 +20,8 @@ from analysis.abtest import PrimaryCounts
 from analysis.config import AnalysisConfig
 from analysis.judges import make_judge
 from analysis.observations import Verdict, WindowCounts, interval_of
+from controller import hook_points
+from controller.hook_spec import HookKind, HookResult, HookSpec
 from controller.ports import Readiness
 from controller.routing.plan import RoutingPlan, ServiceVersions
 from controller.spec import InvalidSpec, ReleaseSpec
@@ -42,6 +44,8 @@ class Observation:
     # A/B experiments: the primary metric's counts per version over the same window.
     business: Mapping[str, PrimaryCounts] | None = None
     business_error: str | None = None
+    # Answers of the hooks `wants` asked for, by hook name.
+    hooks: Mapping[str, HookResult] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,14 @@ class Notify:
     warning: bool = False
 
 
-Action = EnsureWorkloads | RetireWorkloads | ApplyRouting | Notify
+@dataclass(frozen=True)
+class FireHook:
+    """Call a hook without waiting for its answer (a load test)."""
+
+    hook: HookSpec
+
+
+Action = EnsureWorkloads | RetireWorkloads | ApplyRouting | Notify | FireHook
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,7 @@ class Wants:
     readiness: bool
     routing: bool
     metrics_window: tuple[float, float] | None
+    hooks: tuple[HookSpec, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -120,6 +132,8 @@ def desired_plan(spec: ReleaseSpec, status: ReleaseStatus) -> RoutingPlan | None
             return base.promoted()
         case Phase.ROLLING_BACK:
             return base.all_stable() if status.cutover else base.with_weight(0)
+        case Phase.FAILED if status.started_at is None:
+            return None  # failed before it started (bad spec, a failed preRollout hook): routes untouched
         case _:
             return base.all_stable()
 
@@ -127,13 +141,14 @@ def desired_plan(spec: ReleaseSpec, status: ReleaseStatus) -> RoutingPlan | None
 def wants(spec: ReleaseSpec | None, status: ReleaseStatus, now: float) -> Wants:
     if spec is None or status.phase.final:
         return Wants(readiness=False, routing=status.phase is not Phase.PENDING and spec is not None,
-                     metrics_window=None)
+                     metrics_window=None, hooks=hook_points.due(spec, status) if spec is not None else ())
     window = None
     if status.phase is Phase.PROGRESSING and status.last_analysis_at is not None \
             and now - status.last_analysis_at >= spec.strategy.interval * _WINDOW_SLACK:
         window = (status.last_analysis_at, now)
     canary_up = status.phase in (Phase.INITIALIZING, Phase.PROGRESSING, Phase.PAUSED)
-    return Wants(readiness=canary_up, routing=status.phase is not Phase.PENDING, metrics_window=window)
+    return Wants(readiness=canary_up, routing=status.phase is not Phase.PENDING, metrics_window=window,
+                 hooks=hook_points.due(spec, status))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -145,10 +160,23 @@ def step(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float
     if status.observed_generation != spec.generation:
         status = replace(status, observed_generation=spec.generation)
     status = status.with_condition("SpecValid", "True", "Valid", "", now)
+    status = _hook_answers(spec, status, obs, now, actions)
+    from controller import revisions  # restarts (retry, new versions) build on this module's transitions
 
+    status = revisions.begin_tick(spec, status, actions)
+    before = status
     status = _transition(spec, status, obs, now, actions)
     actions = _reconcile_world(spec, status, obs) + actions
+    actions += [FireHook(h) for h in hook_points.load_tests_to_fire(spec, before, status)]
     return status, actions
+
+
+def _hook_answers(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float,
+                  actions: list[Action]) -> ReleaseStatus:
+    """Keep the hooks' answers; announce the failures that change nothing (they are easy to miss)."""
+    for failure in hook_points.failures(spec, obs.hooks, (HookKind.ON_ROLLBACK, HookKind.POST_ROLLOUT)):
+        actions.append(Notify("HookFailed", failure, warning=True))
+    return hook_points.record(status, obs.hooks, now)
 
 
 def invalid_spec(error: InvalidSpec, status: ReleaseStatus, generation: int, now: float
@@ -172,6 +200,10 @@ def _transition(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now:
                 actions: list[Action]) -> ReleaseStatus:
     if spec.abort and not status.phase.final and status.phase is not Phase.ROLLING_BACK:
         return _roll_back(status, now, Phase.ABORTED, "Aborted", "aborted by an operator", actions)
+    from controller import revisions
+
+    if (overridden := revisions.operator_override(spec, status, now, actions)) is not None:
+        return overridden  # promoteFull / skipStep: this tick's window (if any) belonged to the old step
     match status.phase:
         case Phase.PENDING:
             return _start(spec, status, now, actions)
@@ -195,6 +227,13 @@ def analysis_config(spec: ReleaseSpec) -> AnalysisConfig:
 
 
 def _start(spec: ReleaseSpec, status: ReleaseStatus, now: float, actions: list[Action]) -> ReleaseStatus:
+    gate, why = hook_points.pre_rollout_gate(spec, status)
+    if gate == "failed":
+        message = f"preRollout hook failed, nothing was deployed: {why}"
+        actions.append(Notify("PreRolloutFailed", message, warning=True))
+        return status.with_phase(Phase.FAILED, now, message)
+    if gate == "waiting":
+        return status.with_phase(Phase.PENDING, now, f"waiting for preRollout hooks: {why}")
     judge = make_judge(analysis_config(spec))
     status = replace(status, started_at=now, judge_state=judge.initial_state(services=spec.analysed_services))
     actions.append(Notify("Initializing", f"deploying {spec.canary.version} of {', '.join(spec.changed)} "
@@ -209,6 +248,12 @@ def _initializing(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, no
     if broken:
         why = "; ".join(f"{s}: {r.reason}" for s, r in broken.items())
         return _roll_back(status, now, Phase.FAILED, "CanaryFailed", f"new version cannot start: {why}", actions)
+    missing = [s for s in spec.changed if s in readiness and not readiness[s].exists]
+    if missing:
+        # Not created yet (the controller was down, or this is the tick that creates them): the progress
+        # deadline starts once every workload exists, so controller downtime never fails a release.
+        status = replace(status, phase_since=now)
+        return status.with_phase(Phase.INITIALIZING, now, f"creating {', '.join(missing)}")
     waited = now - (status.phase_since or now)
     not_ready = [s for s in spec.changed if not readiness.get(s, Readiness(False)).ready]
     if not_ready:
@@ -247,6 +292,14 @@ def _progressing(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now
         if lost:
             return _roll_back(status, now, Phase.ROLLED_BACK, "CanaryNotReady",
                               f"canary of {', '.join(lost)} is no longer ready", actions, decided=True)
+    plan = desired_plan(spec, status)
+    if obs.routing_error is None and plan is not None and not plan.equivalent(obs.routing):
+        # The step's weight is not in effect (its write failed, or the controller died before it): the
+        # next window opens `settle` after it is, and a window observed now, judged against a weight the
+        # mesh does not have, is dropped (as `_drained` waits for the read-back at promotion and rollback).
+        status = replace(status, last_analysis_at=max(status.last_analysis_at or now, now + spec.strategy.settle))
+        if obs.metrics is not None or obs.metrics_error is not None:
+            return status
     if obs.metrics is None and obs.metrics_error is None:
         if spec.paused:
             actions.append(Notify("Paused", "paused by an operator"))
@@ -354,6 +407,15 @@ def _promote_or_gate(spec: ReleaseSpec, status: ReleaseStatus, now: float, actio
                                                        "promotion (spec.approvePromotion)"))
         status = status.with_condition("Paused", "True", "AwaitingPromotion", "manual gate", now)
         return status.with_phase(Phase.PAUSED, now, "analysis passed; awaiting approval to promote")
+    confirmed, why = hook_points.confirmation_gate(spec, status)
+    if not confirmed:
+        gate = status.condition("Paused")
+        if gate is None or gate.reason != hook_points.AWAITING_CONFIRMATION:
+            actions.append(Notify(hook_points.AWAITING_CONFIRMATION,
+                                  "analysis passed; waiting for the confirmPromotion hooks to answer 200"))
+        status = status.with_condition("Paused", "True", hook_points.AWAITING_CONFIRMATION, "confirmPromotion hooks",
+                                       now)
+        return status.with_phase(Phase.PAUSED, now, f"analysis passed; waiting for confirmation: {why}")
     actions.append(Notify("Promoting", f"{spec.canary.version} becomes stable for {', '.join(spec.changed)}"))
     status = replace(status, decided_at=status.decided_at or now, canary_weight=100, cutover=False,
                      stage_since=None)
@@ -366,6 +428,8 @@ def _paused(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: flo
     gate = status.condition("Paused")
     if gate is not None and gate.status == "True" and gate.reason == "AwaitingPromotion":
         return _promote_or_gate(spec, status, now, actions) if spec.approve_promotion else status
+    if hook_points.awaiting_confirmation(status):
+        return _promote_or_gate(spec, status, now, actions)
     if spec.paused:
         return status
     actions.append(Notify("Resumed", "resumed by an operator"))
@@ -442,7 +506,19 @@ def _reconcile_world(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation)
         actions.append(RetireWorkloads(spec.stable.version, spec.changed))
     if phase in (Phase.ROLLED_BACK, Phase.ABORTED) or (phase is Phase.FAILED and status.started_at):
         actions.append(RetireWorkloads(spec.canary.version, spec.changed))
-    return actions
+    return actions + _variant_workloads(spec, status)
+
+
+def _variant_workloads(spec: ReleaseSpec, status: ReleaseStatus) -> list[Action]:
+    """A/B/n: the experiment's variants beyond the canary run while the canary does (same services, their
+    own images) and are retired once the release has ended, whichever way it ended."""
+    extra = spec.experiment.extra if spec.experiment is not None else ()
+    if status.phase in (Phase.INITIALIZING, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING):
+        return [EnsureWorkloads(v.version, spec.changed, {s: i for s, i in v.images.items() if s in spec.changed})
+                for v in extra]
+    if status.phase.final and status.started_at:
+        return [RetireWorkloads(v.version, spec.changed) for v in extra]
+    return []
 
 
 def summary(status: ReleaseStatus) -> dict[str, Any]:

@@ -5,9 +5,9 @@ Each implements the `Notifier` port (`notify(notice)`) and never raises: a deliv
 webhook must not stop a rollback. Deliveries go through `controller.webhook` (timeouts, bounded retries
 with backoff, URL policy) and, for the JSON webhook, are signed as `controller.signing` describes.
 
-A `Notice` carries the machine's message (which already names the deciding check and its e-value); a
-`describe` callback may add the numbers of the latest decision, e.g. `decision_details(status)`, so that
-every message carries the numbers behind it.
+A `Notice` carries the machine's message (which already names the deciding check and its e-value) and, from
+the reconciler, the numbers of the latest decision (`decision_details(status)`), so that every message
+carries the numbers behind it; a `describe` callback may replace those details.
 """
 
 from __future__ import annotations
@@ -29,7 +29,10 @@ log = logging.getLogger(__name__)
 
 Describe = Callable[[Notice], Mapping[str, Any] | None]
 _ICONS = {"Promoted": ":white_check_mark:", "RolledBack": ":rewind:", "Initializing": ":hatching_chick:",
-          "WeightIncreased": ":arrow_up:", "AwaitingPromotion": ":raised_hand:"}
+          "WeightIncreased": ":arrow_up:", "AwaitingPromotion": ":raised_hand:",
+          "AwaitingConfirmation": ":raised_hand:", "RevisionStarted": ":repeat:", "Retrying": ":repeat:",
+          "OperatorPromoted": ":fast_forward:", "StepSkipped": ":fast_forward:",
+          "ExperimentEnded": ":checkered_flag:"}
 
 
 def decision_details(status: Mapping[str, Any]) -> dict[str, Any]:
@@ -61,6 +64,8 @@ def notice_payload(notice: Notice, details: Mapping[str, Any] | None = None) -> 
     """The generic JSON body: the notice's fields, plus the decision's numbers when known."""
     payload: dict[str, Any] = {"release": notice.release, "reason": notice.reason, "message": notice.message,
                                "severity": "warning" if notice.warning else "info"}
+    if notice.namespace:
+        payload["namespace"] = notice.namespace
     if details:
         payload["details"] = dict(details)
     return payload
@@ -112,7 +117,7 @@ class _WebhookNotifier:
 
     def _details(self, notice: Notice) -> Mapping[str, Any] | None:
         if self.describe is None:
-            return None
+            return notice.details
         try:
             return self.describe(notice)
         except Exception:  # the numbers are a nicety; the notice itself must still go out

@@ -8,8 +8,9 @@ router, the load generator) run in their own processes or threads.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from analysis.observations import MetricsQuery, WindowCounts
 from controller.routing.plan import RoutingPlan
@@ -43,6 +44,8 @@ class Readiness:
     reason: str = ""
     # True when the workload can no longer become ready (crash loop, progress deadline exceeded).
     failed: bool = False
+    # False when the workload does not exist (yet): the controller has not created it, e.g. it was down.
+    exists: bool = True
 
 
 class Workloads(Protocol):
@@ -84,6 +87,9 @@ class Notice:
     reason: str  # e.g. Initialized, WeightIncreased, AnalysisFailed, RolledBack, Promoted, InvalidSpec
     message: str
     warning: bool = False
+    # The numbers behind it: the latest decision of the persisted status (`notify.decision_details`).
+    details: Mapping[str, Any] | None = None
+    namespace: str = ""
 
 
 class Notifier(Protocol):

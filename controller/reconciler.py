@@ -10,21 +10,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from analysis.abtest import PrimaryCounts
 from analysis.observations import MetricsQuery
-from controller import machine
+from controller import hook_points, machine
 from controller.business import BusinessMetrics, BusinessQuery
+from controller.hook_spec import HookResult
+from controller.hooks import Hooks, HttpHooks
 from controller.machine import (
     Action,
     ApplyRouting,
     EnsureWorkloads,
+    FireHook,
     Notify,
     Observation,
     RetireWorkloads,
 )
+from controller.notify import decision_details
 from controller.ports import Clock, Metrics, Notice, Notifier, PortError, Readiness, Router, Workloads
 from controller.spec import InvalidSpec, ReleaseSpec, parse_release
 from controller.status import Phase, ReleaseStatus
@@ -41,6 +45,8 @@ class Ports:
     notifier: Notifier
     # A/B experiments only: the primary metric's counts per version (impressions and clicks, ...).
     business: BusinessMetrics | None = None
+    # Release hooks (`spec.hooks`): HTTP by default.
+    hooks: Hooks = field(default_factory=HttpHooks)
 
 
 @dataclass(frozen=True)
@@ -57,29 +63,35 @@ def business_query(spec: ReleaseSpec) -> BusinessQuery | None:
     if spec.experiment is None:
         return None
     primary = spec.experiment.config.primary
-    return BusinessQuery(namespace=spec.namespace, service=spec.stack.entry,
-                         versions=(spec.stable.version, spec.canary.version), metric=primary.name,
-                         kind=primary.kind)
+    return BusinessQuery(namespace=spec.namespace, service=spec.stack.entry, versions=release_versions(spec),
+                         metric=primary.name, kind=primary.kind)
+
+
+def release_versions(spec: ReleaseSpec) -> tuple[str, ...]:
+    """Every version the release compares: stable and canary, plus an A/B/n experiment's further variants."""
+    if spec.experiment is not None:
+        return spec.experiment.versions
+    return (spec.stable.version, spec.canary.version)
 
 
 def metrics_query(spec: ReleaseSpec) -> MetricsQuery:
-    return MetricsQuery(
-        namespace=spec.namespace,
-        services=spec.analysed_services,
-        versions=(spec.stable.version, spec.canary.version),
-    )
+    return MetricsQuery(namespace=spec.namespace, services=spec.analysed_services, versions=release_versions(spec))
 
 
 class Reconciler:
     def __init__(self, ports: Ports) -> None:
         self.ports = ports
         self._release_name = ""
+        self._namespace = ""
+        self._details: Mapping[str, Any] | None = None
+        self._last_status = ReleaseStatus()
 
     def tick(self, release: Mapping[str, Any], status: ReleaseStatus,
              persist: Callable[[ReleaseStatus], None]) -> TickResult:
         now = self.ports.clock.now()
         generation = _generation(release)
         self._release_name = _name(release)
+        self._namespace = _namespace(release)
         try:
             spec = parse_release(release)
         except InvalidSpec as error:
@@ -97,7 +109,7 @@ class Reconciler:
             readiness = {}
             for service in spec.changed:
                 try:
-                    readiness[service] = self.ports.workloads.readiness(service, spec.canary.version)
+                    readiness[service] = self._readiness(spec, service)
                 except PortError as exc:
                     log.warning("readiness of %s unknown: %s", service, exc.reason)
                     readiness = None
@@ -121,7 +133,32 @@ class Reconciler:
         business, business_error = self._business(spec, wants.metrics_window)
         return Observation(readiness=readiness, routing=routing, routing_error=routing_error,
                            metrics=metrics, metrics_error=metrics_error, business=business,
-                           business_error=business_error)
+                           business_error=business_error, hooks=self._call_hooks(spec, status, wants))
+
+    def _call_hooks(self, spec: ReleaseSpec, status: ReleaseStatus, wants: machine.Wants
+                    ) -> dict[str, HookResult]:
+        results = {}
+        for hook in wants.hooks:
+            try:
+                results[hook.name] = self.ports.hooks.run(hook, hook_points.payload(spec, status, hook))
+            except Exception as exc:  # a broken hook runner is a failed call, never a crash loop
+                log.exception("hook %s failed", hook.name)
+                results[hook.name] = HookResult(False, None, f"hook call failed: {type(exc).__name__}", 0.0)
+            log.info("hook %s (%s): %s", hook.name, hook.kind.value, results[hook.name].reason)
+        return results
+
+    def _readiness(self, spec: ReleaseSpec, service: str) -> Readiness:
+        """The new version's readiness; with A/B/n variants, ready only when every variant is (and failed
+        when one of them failed), so the experiment starts when all can serve and stops when one dies."""
+        first = self.ports.workloads.readiness(service, spec.canary.version)
+        extra = spec.experiment.extra if spec.experiment is not None else ()
+        if not first.ready:
+            return first
+        for variant in extra:
+            r = self.ports.workloads.readiness(service, variant.version)
+            if r.failed or not r.ready:
+                return Readiness(False, f"variant {variant.version}: {r.reason or 'not ready'}", failed=r.failed)
+        return first
 
     def _business(self, spec: ReleaseSpec, window: tuple[float, float] | None
                   ) -> tuple[Mapping[str, PrimaryCounts] | None, str | None]:
@@ -144,6 +181,10 @@ class Reconciler:
         changed = new != old
         if changed:
             persist(new)
+        self._last_status = new
+        self._details = None
+        if any(isinstance(a, Notify) for a in actions):
+            self._details = decision_details(new.for_storage())
         failed = []
         for action in actions:
             try:
@@ -165,13 +206,23 @@ class Reconciler:
             case ApplyRouting(plan=plan):
                 p.router.apply(plan)
             case Notify(reason=reason, message=message, warning=warning):
-                p.notifier.notify(Notice(self._release_name, reason, message, warning))
+                p.notifier.notify(Notice(self._release_name, reason, message, warning, self._details,
+                                         self._namespace))
+            case FireHook(hook=hook):
+                assert spec is not None
+                p.hooks.fire(hook, hook_points.payload(spec, self._last_status, hook))
 
 
 def _name(release: Mapping[str, Any]) -> str:
     meta = release.get("metadata") if isinstance(release, Mapping) else None
     name = meta.get("name", "") if isinstance(meta, Mapping) else ""
     return name if isinstance(name, str) else ""
+
+
+def _namespace(release: Mapping[str, Any]) -> str:
+    meta = release.get("metadata") if isinstance(release, Mapping) else None
+    namespace = meta.get("namespace", "") if isinstance(meta, Mapping) else ""
+    return namespace if isinstance(namespace, str) else ""
 
 
 def _generation(release: Mapping[str, Any]) -> int:
@@ -181,8 +232,11 @@ def _generation(release: Mapping[str, Any]) -> int:
 
 
 def _requeue_after(spec: ReleaseSpec | None, status: ReleaseStatus, ports: Ports) -> float | None:
-    if spec is None or status.phase.final:
+    if spec is None:
         return None
+    if status.phase.final:
+        # A finished release may still owe its tell-hooks (postRollout, onRollback) one call.
+        return 1.0 if hook_points.due(spec, status) else None
     if status.phase is Phase.PROGRESSING and status.last_analysis_at is not None:
         # Wake at the next analysis window, and often enough between to notice a canary that died.
         due = status.last_analysis_at + spec.strategy.interval - ports.clock.now()

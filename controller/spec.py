@@ -14,6 +14,7 @@ from typing import Any
 
 from analysis.config import AnalysisConfig, InvalidAnalysisConfig
 from controller.experiment_spec import ExperimentSpec, parse_ab_test
+from controller.hook_spec import HookSpec, InvalidHook, hooks_from_list
 from controller.routing.plan import DEFAULT_LANE_HEADER
 
 SEARCH_STACK = ("master-search", "ml-infer", "ml-search", "keyword", "text-search")
@@ -86,8 +87,18 @@ class ReleaseSpec:
     paused: bool = False
     abort: bool = False
     approve_promotion: bool = False
+    # Operator overrides (controller/revisions.py): promote now without further analysis; skip the analysis
+    # of step N (1-based); a retry counter (a retry runs when it exceeds status.retries).
+    promote_full: bool = False
+    skip_step: int = 0
+    retry: int = 0
     # Set for `strategy.abTest`: the release runs an A/B experiment instead of canary steps.
     experiment: ExperimentSpec | None = None
+    # HTTP calls at fixed points of the release (`controller.hooks`): gates, load tests, tell-hooks.
+    hooks: tuple[HookSpec, ...] = ()
+
+    def hooks_of(self, kind: str) -> tuple[HookSpec, ...]:
+        return tuple(h for h in self.hooks if h.kind == kind)
 
     def canary_version_of(self, service: str) -> str | None:
         return self.canary.version if service in self.changed else None
@@ -179,7 +190,7 @@ def parse_release(obj: Mapping[str, Any]) -> ReleaseSpec:
     spec = r.mapping(obj.get("spec"), "spec")
     r.unknown(spec, "spec", ("stack", "stable", "canary", "strategy", "analysis", "policies",
                              "progressDeadline", "scaleDownDelay", "drainTime", "laneHeader", "paused", "abort",
-                             "approvePromotion"))
+                             "approvePromotion", "hooks", "promoteFull", "skipStep", "retry"))
 
     stack = _stack(r, spec.get("stack"))
     stable = _version(r, spec.get("stable"), "spec.stable", stack)
@@ -203,11 +214,23 @@ def parse_release(obj: Mapping[str, Any]) -> ReleaseSpec:
         paused=r.boolean(spec.get("paused"), "spec.paused"),
         abort=r.boolean(spec.get("abort"), "spec.abort"),
         approve_promotion=r.boolean(spec.get("approvePromotion"), "spec.approvePromotion"),
+        promote_full=r.boolean(spec.get("promoteFull"), "spec.promoteFull"),
+        skip_step=r.integer(spec.get("skipStep"), "spec.skipStep", 0, 0),
+        retry=r.integer(spec.get("retry"), "spec.retry", 0, 0),
         experiment=experiment,
+        hooks=_hooks(r, spec.get("hooks")),
     )
     if r.problems:
         raise InvalidSpec(r.problems)
     return release
+
+
+def _hooks(r: _Reader, value: Any) -> tuple[HookSpec, ...]:
+    try:
+        return hooks_from_list(value, "spec.hooks")
+    except InvalidHook as exc:
+        r.problems.extend(exc.problems)
+        return ()
 
 
 def _stack(r: _Reader, value: Any) -> Stack:

@@ -14,6 +14,8 @@ from enum import StrEnum
 from typing import Any
 
 HISTORY_LIMIT = 200
+# Archived revisions and attempts kept in the status (controller/revisions.py).
+REVISIONS_LIMIT = 50
 
 
 class Phase(StrEnum):
@@ -78,6 +80,52 @@ class DecisionRecord:
 
 
 @dataclass(frozen=True)
+class ReleasedVersions:
+    """The versions one revision of a release moves between, with their images (the model versions)."""
+
+    stable: str
+    canary: str
+    stable_images: Mapping[str, str] = field(default_factory=dict)
+    canary_images: Mapping[str, str] = field(default_factory=dict)
+
+    def for_storage(self) -> dict[str, Any]:
+        return {"stable": self.stable, "canary": self.canary, "stableImages": dict(self.stable_images),
+                "canaryImages": dict(self.canary_images)}
+
+    @classmethod
+    def from_storage(cls, d: Mapping[str, Any]) -> ReleasedVersions:
+        return cls(str(d["stable"]), str(d["canary"]), dict(d.get("stableImages") or {}),
+                   dict(d.get("canaryImages") or {}))
+
+
+@dataclass(frozen=True)
+class RevisionRecord:
+    """One finished attempt of one revision, archived when the release starts again (retry or new versions)."""
+
+    revision: int
+    attempt: int
+    versions: ReleasedVersions
+    outcome: str  # the final phase it ended in
+    started_at: float | None = None
+    finished_at: float | None = None
+    decided_at: float | None = None
+    first_canary_traffic_at: float | None = None
+    message: str = ""
+
+    def for_storage(self) -> dict[str, Any]:
+        return {"revision": self.revision, "attempt": self.attempt, **self.versions.for_storage(),
+                "outcome": self.outcome, "startedAt": self.started_at, "finishedAt": self.finished_at,
+                "decidedAt": self.decided_at, "firstCanaryTrafficAt": self.first_canary_traffic_at,
+                "message": self.message}
+
+    @classmethod
+    def from_storage(cls, d: Mapping[str, Any]) -> RevisionRecord:
+        return cls(int(d["revision"]), int(d.get("attempt", 1)), ReleasedVersions.from_storage(d), d["outcome"],
+                   d.get("startedAt"), d.get("finishedAt"), d.get("decidedAt"), d.get("firstCanaryTrafficAt"),
+                   d.get("message", ""))
+
+
+@dataclass(frozen=True)
 class ReleaseStatus:
     phase: Phase = Phase.PENDING
     observed_generation: int = 0
@@ -109,8 +157,17 @@ class ReleaseStatus:
     # result at the last look (decision, winner, effect and its interval, samples, duration).
     experiment_state: Mapping[str, Any] | None = None
     experiment: Mapping[str, Any] | None = None
+    # Release hooks called so far in this release, by hook name: passed, HTTP status, reason, at, attempts.
+    hooks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     conditions: tuple[Condition, ...] = ()
     history: tuple[DecisionRecord, ...] = ()
+    # Revisions (controller/revisions.py): the current revision and attempt, the operator's retries acted
+    # on (spec.retry), the versions this revision runs, and the earlier revisions and attempts.
+    revision: int = 1
+    attempt: int = 1
+    retries: int = 0
+    versions: ReleasedVersions | None = None
+    revisions: tuple[RevisionRecord, ...] = ()
 
     # --- transitions -------------------------------------------------------------------------------
     def with_phase(self, phase: Phase, now: float, message: str = "") -> ReleaseStatus:
@@ -161,8 +218,14 @@ class ReleaseStatus:
             "judgeState": dict(self.judge_state),
             "experimentState": None if self.experiment_state is None else dict(self.experiment_state),
             "experiment": None if self.experiment is None else dict(self.experiment),
+            "hooks": {name: dict(result) for name, result in self.hooks.items()},
             "conditions": [c.for_storage() for c in self.conditions],
             "history": [h.for_storage() for h in self.history],
+            "revision": self.revision,
+            "attempt": self.attempt,
+            "retries": self.retries,
+            "versions": None if self.versions is None else self.versions.for_storage(),
+            "revisions": [r.for_storage() for r in self.revisions],
         }
 
     @classmethod
@@ -193,6 +256,12 @@ class ReleaseStatus:
             judge_state=dict(d.get("judgeState", {})),
             experiment_state=d.get("experimentState"),
             experiment=d.get("experiment"),
+            hooks={name: dict(result) for name, result in (d.get("hooks") or {}).items()},
             conditions=tuple(Condition.from_storage(c) for c in d.get("conditions", ())),
             history=tuple(DecisionRecord.from_storage(h) for h in d.get("history", ())),
+            revision=int(d.get("revision", 1)),
+            attempt=int(d.get("attempt", 1)),
+            retries=int(d.get("retries", 0)),
+            versions=ReleasedVersions.from_storage(d["versions"]) if d.get("versions") else None,
+            revisions=tuple(RevisionRecord.from_storage(r) for r in d.get("revisions", ())),
         )

@@ -75,11 +75,13 @@ def test_commands_on_a_finished_release_say_so(tmp_path: Path, capsys: pytest.Ca
     state.save_release(demo_release(10))
     state.save_status(ReleaseStatus(phase=Phase.SUCCEEDED))
     assert main(["resume", "--workdir", str(tmp_path)]) == 2
-    assert "already ended (Succeeded)" in capsys.readouterr().err
+    assert "already finished (Succeeded): nothing to resume" in capsys.readouterr().err
 
 
-def test_status_of_a_missing_local_release(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["status", "--workdir", str(tmp_path)]) == 2
+@pytest.mark.parametrize("command", ["status", "get", "history", "pause", "undo"])
+def test_a_missing_local_release_could_not_be_found(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    command: str) -> None:
+    assert main([command, "--workdir", str(tmp_path)]) == 1
     assert "no release in" in capsys.readouterr().err
 
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from controller import hook_points
 from controller.hooks import (
     FailurePolicy,
     HookKind,
     HookSpec,
     HttpHooks,
     InvalidHook,
-    hook_payload,
     hooks_from_list,
 )
 from controller.signing import Secret, verify
@@ -194,11 +194,13 @@ def test_load_test_fire_returns_at_once(receiver: Receiver) -> None:
 def test_hook_payload_describes_the_release() -> None:
     spec = parse_release({"metadata": {"name": "search-v2", "namespace": "shop"},
                           "spec": {"stable": {"version": "v1"},
-                                   "canary": {"version": "v2", "images": {"ml-infer": "ml:2"}}}})
-    status = ReleaseStatus(phase=Phase.PROGRESSING, step=1, canary_weight=25, last_verdict="pass")
-    payload = hook_payload(spec, status)
+                                   "canary": {"version": "v2", "images": {"ml-infer": "ml:2"}},
+                                   "hooks": [{"kind": "loadTest", "url": "http://load.test/"}]}})
+    status = ReleaseStatus(phase=Phase.PROGRESSING, started_at=1000.0, step=1, canary_weight=25, last_verdict="pass")
+    payload = hook_points.payload(spec, status, spec.hooks[0])
     assert payload["release"] == "search-v2" and payload["namespace"] == "shop"
     assert payload["phase"] == "Progressing" and payload["canaryWeight"] == 25
     assert payload["canary"] == {"version": "v2", "images": {"ml-infer": "ml:2"}}
     assert payload["services"] == ["ml-infer"]
+    assert payload["id"] == "shop/search-v2/1000.000/loadTest"  # stable across repeated calls of one run
     json.dumps(payload)  # JSON-able as it is

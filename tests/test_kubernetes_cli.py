@@ -19,7 +19,7 @@ from controller.kubernetes.cli import parse_images, start_main, status_main, ver
 from controller.kubernetes.client import RELEASES, KubeApi
 from controller.status import Phase, ReleaseStatus
 from tests.kmock_server import KINDS, RunningEmulator
-from tests.kube_world import NAMESPACE, KubeWorld
+from tests.kube_world import NAMESPACE, SERVICES, KubeWorld
 
 ROOT = Path(__file__).parent.parent
 
@@ -40,7 +40,8 @@ def test_start_creates_then_updates_and_status_shows_it(emulator: RunningEmulato
     conn = ["--server", emulator.url, "-n", NAMESPACE]
     assert start_main(["search-v2", "--image", "ml-infer=reg.example/ml-infer:2.0", "--steps", "10,50", *conn]) == 0
     obj = world.api.get(RELEASES, NAMESPACE, "search-v2")
-    assert obj["spec"]["stable"] == {"version": "v1"}  # read from the running Deployments
+    # The stable version and its images are read from the running Deployments.
+    assert obj["spec"]["stable"] == {"version": "v1", "images": {s: f"registry.example/{s}:1.0" for s in SERVICES}}
     assert obj["spec"]["canary"]["version"] == "2.0"
     assert start_main(["search-v2", "--image", "ml-search=reg.example/ml-search:2.0", *conn]) == 0
     images = world.api.get(RELEASES, NAMESPACE, "search-v2")["spec"]["canary"]["images"]

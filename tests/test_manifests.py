@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -25,7 +26,16 @@ import yaml
 from controller.routing.render import read_plan
 from controller.routing.validate import validate_objects
 from controller.spec import SEARCH_STACK, InvalidSpec, parse_release
-from controller.status import HISTORY_LIMIT, Condition, DecisionRecord, Phase, ReleaseStatus
+from controller.status import (
+    HISTORY_LIMIT,
+    REVISIONS_LIMIT,
+    Condition,
+    DecisionRecord,
+    Phase,
+    ReleasedVersions,
+    ReleaseStatus,
+    RevisionRecord,
+)
 from tests.istio_schema import SUPPORTED_KINDS as ISTIO_KINDS
 from tests.istio_schema import istio_errors
 from tests.k8s_schema import (
@@ -324,6 +334,7 @@ _KNOWN_AT: dict[str, tuple[Obj, tuple[str | int, ...]]] = {
     "spec.analysis.kayenta": ({"analysis": {"kayenta": {}}}, ("analysis", "kayenta")),
     "spec.analysis.threshold": ({"analysis": {"threshold": {}}}, ("analysis", "threshold")),
     "spec.policies": ({"policies": {}}, ("policies",)),
+    "spec.hooks": ({"hooks": [{"kind": "postRollout", "url": "http://hooks.example/"}]}, ("hooks", 0)),
 }
 # spec.py takes `analysis.services` itself before analysis/config.py reads the rest.
 _READ_BEFORE_CONFIG = {"spec.analysis": ("services",)}
@@ -371,7 +382,14 @@ def _full_status() -> ReleaseStatus:
                            step_started_at=1700000040.0, last_analysis_at=1700000100.5, step_canary_requests=61,
                            total_canary_requests=120, consecutive_errors=0, first_canary_traffic_at=1700000010.0,
                            decided_at=1700000100.5, ending="RolledBack",
-                           judge_state={"errorRate": {"log_e": 3.7, "n": [61, 540]}})
+                           judge_state={"errorRate": {"log_e": 3.7, "n": [61, 540]}},
+                           hooks={"smoke": {"passed": True, "status": 200, "reason": "HTTP 200 OK",
+                                            "at": 1700000000.0, "attempts": 1, "calls": 1}})
+    status = replace(status, revision=2, attempt=2, retries=1,
+                     versions=ReleasedVersions("v2", "v3", {"ml-infer": "reg/ml-infer:2"},
+                                               {"ml-infer": "reg/ml-infer:3"}),
+                     revisions=(RevisionRecord(1, 1, ReleasedVersions("v1", "v2"), "Succeeded", 1.0, 2.0, 1.5, 1.2,
+                                               "promoted v2"),))
     status = status.with_condition("Analysis", "False", "AnalysisFailed", "errorRate e=41.2", 1700000100.5)
     return status.with_decision(record)
 
@@ -392,6 +410,10 @@ def test_crd_status_fields_are_exactly_the_controllers(crd: Obj) -> None:
     history = schema["properties"]["history"]
     assert history["maxItems"] == HISTORY_LIMIT
     assert set(history["items"]["properties"]) == set(stored["history"][0])
+    revisions = schema["properties"]["revisions"]
+    assert revisions["maxItems"] == REVISIONS_LIMIT
+    assert set(revisions["items"]["properties"]) == set(stored["revisions"][0])
+    assert set(schema["properties"]["versions"]["properties"]) == set(stored["versions"])
 
 
 def test_status_rejects_what_the_controller_never_writes(crd: Obj) -> None:

@@ -3,7 +3,9 @@
     canary controller [--namespace NS | --all-namespaces] [--prometheus-url URL] [--kubeconfig FILE]
                       [--health-port 8080] [--identity ID] [--lease-namespace NS] [--no-leader-election]
                       [--business-metric NAME] [--business-metric-numerator PROMQL]
-                      [--business-metric-denominator PROMQL] [--no-business-metrics]
+                      [--business-metric-denominator PROMQL] [--business-metric-squares PROMQL]
+                      [--business-metric-units PROMQL] [--no-business-metrics] [--log-format text|json]
+                      [--slack-webhook-file F] [--notify-url URL] [--notify-secret-file F] [--webhook-allow-host H]
     canary start RELEASE --image SERVICE=REPO:TAG ... [-n NS] [--version V] [--stable-version V]
     canary status RELEASE [-n NS] [--watch] [--json]
 
@@ -30,18 +32,24 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from kubernetes.config import ConfigException
+
+from controller import notifications
 from controller.business import BusinessMetrics
-from controller.kubernetes.client import DEPLOYMENTS, RELEASES, KubeApi, Obj
+from controller.kubernetes.client import DEPLOYMENTS, RELEASES, ApiConflict, KubeApi, Obj
 from controller.kubernetes.health import HealthServer, Telemetry
 from controller.kubernetes.leader import LeaseElector
 from controller.kubernetes.loop import Controller, ControllerConfig
 from controller.kubernetes.workloads import ReplicaPolicy
+from controller.logs import configure_logging
+from controller.operations import ONE_SHOT_CLEARED, Refused, all_revisions, next_revision_stable, plan
 from controller.ports import PortError
-from controller.spec import SEARCH_STACK, InvalidSpec, parse_release
+from controller.spec import SEARCH_STACK, InvalidSpec, ReleaseSpec, parse_release
 from controller.status import ReleaseStatus
-from controller.view import decision_lines, headline
+from controller.view import LIST_HEADER, history_lines, list_row, panel, progress_lines, table
 
 if TYPE_CHECKING:
     from controller.prometheus_business import CustomMetrics
@@ -81,7 +89,10 @@ def _connect(args: argparse.Namespace, telemetry: Telemetry | None = None) -> Ku
     observer = telemetry.api_call if telemetry else None
     if args.server:
         return KubeApi.for_url(args.server, observer)
-    return KubeApi.connect(args.kubeconfig, args.context, observer)
+    try:
+        return KubeApi.connect(args.kubeconfig, args.context, observer)
+    except (ConfigException, OSError) as exc:  # no kubeconfig, no such context, unreadable file
+        raise PortError(f"no Kubernetes API to talk to: {exc}") from exc
 
 
 # --------------------------------------------------------------------------------------------------
@@ -105,6 +116,13 @@ def _controller_parser() -> argparse.ArgumentParser:
                    default=os.environ.get("BUSINESS_METRIC_DENOMINATOR", DEFAULT_BUSINESS_DENOMINATOR),
                    help="PromQL template of its trials counter (default: $BUSINESS_METRIC_DENOMINATOR or "
                         "searchstack_impressions_total per namespace, service, version)")
+    p.add_argument("--business-metric-squares", default=os.environ.get("BUSINESS_METRIC_SQUARES"),
+                   help="makes the metric a mean: PromQL template of the sum of squared values (the numerator "
+                        "is then the sum of values, the denominator their count); e.g. "
+                        "searchstack_click_value_squares_total")
+    p.add_argument("--business-metric-units", default=os.environ.get("BUSINESS_METRIC_UNITS"),
+                   help="PromQL template of a counter of users assigned per version, the units of the sample-"
+                        "ratio check (search stack: searchstack_assignments_total{...}); default: none")
     p.add_argument("--no-business-metrics", action="store_true",
                    help="no business source: an A/B experiment's looks are errors (it rolls back)")
     p.add_argument("--health-port", type=int, default=8080, help="/healthz, /readyz, /metrics (0: any free)")
@@ -118,6 +136,9 @@ def _controller_parser() -> argparse.ArgumentParser:
     p.add_argument("--resync", type=float, default=30.0, help="seconds between full resyncs (default 30)")
     p.add_argument("--canary-replicas", type=int, help="fixed canary replicas (default: proportional to weight)")
     p.add_argument("--log-level", default="info")
+    p.add_argument("--log-format", default=os.environ.get("LOG_FORMAT", "text"), choices=["text", "json"],
+                   help="json: one object per line with release, namespace, phase and step ($LOG_FORMAT)")
+    notifications.add_arguments(p)
     _connection_args(p)
     return p
 
@@ -125,11 +146,19 @@ def _controller_parser() -> argparse.ArgumentParser:
 def prometheus_config(args: argparse.Namespace) -> dict[str, Any]:
     """The controller's Prometheus config: Istio's metrics, plus the business metric as a custom metric."""
     config: dict[str, Any] = {"url": args.prometheus_url}
-    if not args.no_business_metrics:
-        config["custom_metrics"] = {args.business_metric: {
-            "kind": "counter_pair", "numerator": args.business_metric_numerator,
-            "denominator": args.business_metric_denominator,
-        }}
+    if args.no_business_metrics:
+        return config
+    from controller.prometheus_business import mean_metric_config, units_metric_config
+
+    name, numerator, denominator = (args.business_metric, args.business_metric_numerator,
+                                    args.business_metric_denominator)
+    if args.business_metric_squares:
+        custom = mean_metric_config(name, numerator, args.business_metric_squares, denominator)
+    else:
+        custom = {name: {"kind": "counter_pair", "numerator": numerator, "denominator": denominator}}
+    if args.business_metric_units:
+        custom |= units_metric_config(name, args.business_metric_units, denominator)
+    config["custom_metrics"] = custom
     return config
 
 
@@ -142,7 +171,12 @@ def business_source(args: argparse.Namespace, metrics: CustomMetrics) -> Busines
 
 def controller_main(argv: Sequence[str]) -> int:
     args = _controller_parser().parse_args(list(argv))
-    _logging(args.log_level)
+    try:
+        configure_logging(args.log_level, json=args.log_format == "json")
+        outgoing = notifications.from_args(args)
+    except ValueError as exc:
+        print(f"canary controller: {exc}", file=sys.stderr)
+        return 2
     from controller.prometheus_source import PrometheusSource  # the analysis edge: only the process needs it
 
     telemetry = Telemetry()
@@ -157,7 +191,8 @@ def controller_main(argv: Sequence[str]) -> int:
         api, args.lease_namespace, args.identity, clock, name=args.lease_name)
     config = ControllerConfig(namespace=args.namespace, identity=args.identity, resync_period=args.resync,
                               workers=args.workers, replica_policy=ReplicaPolicy(args.canary_replicas))
-    controller = Controller(api, config, metrics, clock, elector, telemetry, business_source(args, metrics))
+    controller = Controller(api, config, metrics, clock, elector, telemetry, business_source(args, metrics),
+                            notifier=outgoing.notifier, hooks=outgoing.hooks)
     health = HealthServer(telemetry, controller.healthy, controller.synced.is_set, args.health_host,
                           args.health_port).start()
     stop = threading.Event()
@@ -170,6 +205,7 @@ def controller_main(argv: Sequence[str]) -> int:
     finally:
         health.stop()
         metrics.close()
+        outgoing.close()
     return 0
 
 
@@ -219,6 +255,47 @@ def running_version(api: KubeApi, namespace: str, services: Sequence[str]) -> st
     return max(votes, key=lambda v: votes[v]) if votes else None
 
 
+def running_images(api: KubeApi, namespace: str, services: Sequence[str], version: str) -> dict[str, str]:
+    """The image of each service's `<service>-<version>` Deployment (its container named like the service)."""
+    listed = api.list(DEPLOYMENTS, namespace, f"app in ({','.join(services)}),version={version}")
+    images: dict[str, str] = {}
+    for d in listed.get("items", []):
+        service = (d["metadata"].get("labels") or {}).get("app")
+        containers = d.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
+        chosen = next((c for c in containers if c.get("name") == service), containers[0] if containers else None)
+        if isinstance(service, str) and service in services and chosen and chosen.get("image"):
+            images[service] = chosen["image"]
+    return images
+
+
+def _update_release(api: KubeApi, args: argparse.Namespace, existing: Obj, images: dict[str, str]) -> int:
+    """New images for an existing release. In flight they apply to the running release; on a finished one
+    they start its next revision: the version serving now becomes the stable one."""
+    status = ReleaseStatus.from_storage(existing.get("status"))
+    where = f"{args.namespace}/{args.release}"
+    canary: Obj = {"images": images, **({"version": args.version} if args.version else {})}
+    spec: Obj = {"canary": canary}
+    serving = next_revision_stable(status)
+    if serving is not None:
+        old_canary = existing.get("spec", {}).get("canary") or {}
+        canary["version"] = args.version or version_of(next(iter(images.values())))
+        canary["images"] = {**{k: None for k in old_canary.get("images") or {} if k not in images}, **images}
+        if canary["version"] == serving.version:
+            print(f"canary start: {canary['version']} is what {where} serves now; give another --version",
+                  file=sys.stderr)
+            return 2
+        old_stable = (existing.get("spec", {}).get("stable") or {}).get("images") or {}
+        spec.update(ONE_SHOT_CLEARED, stable={"version": serving.version, "images": {
+            **{k: None for k in old_stable if k not in serving.images}, **serving.images}})
+    api.patch(RELEASES, args.namespace, args.release, {"spec": spec})
+    if serving is None:
+        print(f"updated {where} (phase {status.phase.value})")
+    else:
+        print(f"{where} had finished ({status.phase.value}): revision {status.revision + 1} releases "
+              f"{canary['version']} beside {serving.version}")
+    return 0
+
+
 def release_object(args: argparse.Namespace, images: dict[str, str], stable: str, services: list[str]) -> Obj:
     spec: dict[str, Any] = {
         "stack": {"entry": services[0], "services": services},
@@ -244,19 +321,16 @@ def start_main(argv: Sequence[str]) -> int:
         api = _connect(args)
         existing = api.get_or_none(RELEASES, args.namespace, args.release)
         if existing is not None:
-            patch: Obj = {"spec": {"canary": {"images": images, **({"version": args.version} if args.version else {})}}}
-            api.patch(RELEASES, args.namespace, args.release, patch)
-            phase = (existing.get("status") or {}).get("phase", "Pending")
-            print(f"updated {args.namespace}/{args.release} (phase {phase})")
-            if ReleaseStatus.from_storage(existing.get("status")).phase.final:
-                print("note: the release is finished; start a new release (another name) to roll out again")
-            return 0
+            return _update_release(api, args, existing, images)
         stable = args.stable_version or running_version(api, args.namespace, services)
         if stable is None:
             print(f"canary start: no running version of {', '.join(services)} in {args.namespace}; "
                   "give --stable-version", file=sys.stderr)
             return 2
         body = release_object(args, images, stable, services)
+        stable_images = running_images(api, args.namespace, services, stable)
+        if stable_images:  # informational: `canary history` shows what each new image replaced
+            body["spec"]["stable"]["images"] = stable_images
         parse_release(body)  # refuse locally what the controller would refuse, with the same messages
         api.create(RELEASES, args.namespace, body)
     except (ValueError, InvalidSpec) as exc:
@@ -270,13 +344,15 @@ def start_main(argv: Sequence[str]) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
-# canary status
+# canary get | status, list, history: reading releases
 # --------------------------------------------------------------------------------------------------
-def _status_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="canary status", description="Show a StackRelease.")
+def _get_parser(prog: str = "canary get") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Show a StackRelease: phase, step, weights, versions, "
+                                "traffic per version, each check's e-value against its threshold, decisions.")
     p.add_argument("release")
     p.add_argument("-n", "--namespace", default="default")
-    p.add_argument("--watch", action="store_true", help="follow it until it finishes (Ctrl-C stops)")
+    p.add_argument("-w", "--watch", action="store_true",
+                   help="then print each change (phase, step, decision) until it finishes (Ctrl-C stops)")
     p.add_argument("--json", action="store_true", help="the status as JSON")
     p.add_argument("--max-seconds", type=float, default=24 * 3600.0, help=argparse.SUPPRESS)
     _connection_args(p)
@@ -291,43 +367,215 @@ def render_status(obj: Obj, now: float, as_json: bool = False) -> str:
         spec = parse_release(obj)
     except InvalidSpec as exc:
         return f"{obj['metadata']['name']}: {status.phase.value}  invalid spec: {exc}"
-    lines = [headline(spec, status, now), f"  {status.message}"]
-    lines += [f"  {c.type}={c.status} {c.reason}: {c.message}".rstrip(": ") for c in status.conditions]
-    for record in status.history[-3:]:
-        lines += decision_lines(record, spec.stable.version, spec.canary.version)
-    return "\n".join(lines)
+    return "\n".join(panel(spec, status, now))
 
 
-def status_main(argv: Sequence[str]) -> int:
-    args = _status_parser().parse_args(list(argv))
+def get_main(argv: Sequence[str], prog: str = "canary get") -> int:
+    args = _get_parser(prog).parse_args(list(argv))
     try:
         api = _connect(args)
         obj = api.get_or_none(RELEASES, args.namespace, args.release)
         if obj is None:
-            print(f"canary status: no StackRelease {args.namespace}/{args.release}", file=sys.stderr)
+            print(f"{prog}: no StackRelease {args.namespace}/{args.release}", file=sys.stderr)
             return 1
         print(render_status(obj, time.time(), args.json), flush=True)
         if args.watch:
-            _follow(api, args, obj)
+            follow(api, args.namespace, args.release, obj, args.json, args.max_seconds)
     except PortError as exc:
-        print(f"canary status: {exc.reason}", file=sys.stderr)
+        print(f"{prog}: {exc.reason}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 0
     return 0
 
 
-def _follow(api: KubeApi, args: argparse.Namespace, obj: Obj) -> None:
-    """Re-print on every change of the release until it finishes (watch, resumed when it ends)."""
-    deadline = time.monotonic() + args.max_seconds
+def status_main(argv: Sequence[str]) -> int:
+    """`canary status`: the same as `canary get`."""
+    return get_main(argv, prog="canary status")
+
+
+def follow(api: KubeApi, namespace: str, name: str, obj: Obj, as_json: bool = False,
+           max_seconds: float = 24 * 3600.0) -> None:
+    """Print each change of the release (one line per phase/step change, each decision with its numbers)
+    until it finishes; a watch, resumed when it ends. The final panel closes it."""
+    deadline = time.monotonic() + max_seconds
     rv = obj["metadata"]["resourceVersion"]
-    while not ReleaseStatus.from_storage(obj.get("status")).phase.final and time.monotonic() < deadline:
-        for event in api.watch(RELEASES, args.namespace, rv, timeout_seconds=60):
+    followed = False
+    while not _final(obj) and time.monotonic() < deadline:
+        followed = True
+        for event in api.watch(RELEASES, namespace, rv, timeout_seconds=60):
             changed = event.get("object") or {}
             rv = changed.get("metadata", {}).get("resourceVersion", rv)
-            if changed.get("metadata", {}).get("name") != args.release or event.get("type") == "BOOKMARK":
+            if changed.get("metadata", {}).get("name") != name or event.get("type") == "BOOKMARK":
                 continue
-            obj = changed
-            print(render_status(obj, time.time(), args.json), flush=True)
-            if ReleaseStatus.from_storage(obj.get("status")).phase.final:
-                return
+            obj = _print_change(obj, changed, as_json)
+            if _final(obj):
+                break
+    if followed and not as_json and _final(obj):
+        print(render_status(obj, time.time()), flush=True)
+
+
+def _final(obj: Obj) -> bool:
+    return ReleaseStatus.from_storage(obj.get("status")).phase.final and not _restart_pending(obj)
+
+
+def _restart_pending(obj: Obj) -> bool:
+    """A spec change the controller has not looked at yet (a retry or undo just sent): not final yet."""
+    observed = (obj.get("status") or {}).get("observedGeneration", 0)
+    return bool(observed) and observed != obj.get("metadata", {}).get("generation", observed)
+
+
+def _print_change(old: Obj, new: Obj, as_json: bool) -> Obj:
+    before = ReleaseStatus.from_storage(old.get("status"))
+    after = ReleaseStatus.from_storage(new.get("status"))
+    if as_json:
+        if after != before:
+            print(json.dumps(after.for_storage(), sort_keys=True), flush=True)
+        return new
+    try:
+        spec = parse_release(new)
+    except InvalidSpec as exc:
+        print(f"{new['metadata']['name']}: invalid spec: {exc}", flush=True)
+        return new
+    for line in progress_lines(spec, before, after, time.time()):
+        print(line, flush=True)
+    return new
+
+
+def _list_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="canary list", description="List StackReleases.")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("-n", "--namespace", default="default")
+    where.add_argument("-A", "--all-namespaces", action="store_true")
+    _connection_args(p)
+    return p
+
+
+def list_main(argv: Sequence[str]) -> int:
+    args = _list_parser().parse_args(list(argv))
+    namespace = None if args.all_namespaces else args.namespace
+    try:
+        items = _connect(args).list(RELEASES, namespace).get("items", [])
+    except PortError as exc:
+        print(f"canary list: {exc.reason}", file=sys.stderr)
+        return 1
+    if not items:
+        print(f"no StackReleases in {namespace or 'any namespace'}")
+        return 0
+    now = time.time()
+    rows = [list_row(o["metadata"]["name"], o["metadata"].get("namespace", ""), _spec_or_none(o),
+                     ReleaseStatus.from_storage(o.get("status")), _age(o, now))
+            for o in sorted(items, key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))]
+    print("\n".join(table(LIST_HEADER, rows)))
+    return 0
+
+
+def _spec_or_none(obj: Obj) -> ReleaseSpec | None:
+    try:
+        return parse_release(obj)
+    except InvalidSpec:
+        return None
+
+
+def _age(obj: Obj, now: float) -> float | None:
+    created = obj.get("metadata", {}).get("creationTimestamp")
+    try:
+        return now - datetime.fromisoformat(str(created).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _history_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="canary history", description="A release's revisions and attempts: "
+                                "versions, images (model versions), outcomes, times, time to decision.")
+    p.add_argument("release")
+    p.add_argument("-n", "--namespace", default="default")
+    p.add_argument("--json", action="store_true")
+    _connection_args(p)
+    return p
+
+
+def history_main(argv: Sequence[str]) -> int:
+    args = _history_parser().parse_args(list(argv))
+    try:
+        obj = _connect(args).get_or_none(RELEASES, args.namespace, args.release)
+    except PortError as exc:
+        print(f"canary history: {exc.reason}", file=sys.stderr)
+        return 1
+    if obj is None:
+        print(f"canary history: no StackRelease {args.namespace}/{args.release}", file=sys.stderr)
+        return 1
+    print(render_history(ReleaseStatus.from_storage(obj.get("status")), args.json))
+    return 0
+
+
+def render_history(status: ReleaseStatus, as_json: bool = False) -> str:
+    records = all_revisions(status)
+    if as_json:
+        return json.dumps([r.for_storage() for r in records], sort_keys=True)
+    if not records:
+        return "no revision has started yet"
+    return "\n".join(history_lines(records))
+
+
+# --------------------------------------------------------------------------------------------------
+# canary pause | resume | promote [--full] | abort | retry | undo | approve: a merge patch of the spec
+# --------------------------------------------------------------------------------------------------
+def _operate_parser(command: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"canary {command}", description=OPERATE_HELP[command],
+                                epilog="A local release: --workdir DIR instead of RELEASE.")
+    p.add_argument("release")
+    p.add_argument("-n", "--namespace", default="default")
+    if command == "promote":
+        p.add_argument("--full", action="store_true", help="promote now: skip every remaining step and its analysis")
+    p.add_argument("-w", "--watch", action="store_true", help="then follow the release until it finishes")
+    p.add_argument("--max-seconds", type=float, default=24 * 3600.0, help=argparse.SUPPRESS)
+    _connection_args(p)
+    return p
+
+
+OPERATE_HELP = {
+    "pause": "Hold a release at its current step.",
+    "resume": "Go on after a pause.",
+    "promote": "Approve a manual gate, resume a pause, or skip the current step's analysis (--full: promote now).",
+    "approve": "Approve promotion at a manual gate.",
+    "abort": "Roll back now.",
+    "retry": "Run a release that rolled back, was aborted or failed again, from the first step.",
+    "undo": "A finished release: release the previous successful version again, through the canary steps.",
+}
+
+
+def operate_main(command: str, argv: Sequence[str]) -> int:
+    """Read the release, plan the command against its phase, and send the spec as a merge patch carrying
+    the resourceVersion read (a release that changed meanwhile is read and planned again)."""
+    args = _operate_parser(command).parse_args(list(argv))
+    where = f"{args.namespace}/{args.release}"
+    try:
+        api = _connect(args)
+        for _ in range(5):
+            obj = api.get_or_none(RELEASES, args.namespace, args.release)
+            if obj is None:
+                print(f"canary {command}: no StackRelease {where}", file=sys.stderr)
+                return 1
+            outcome = plan(command, obj, ReleaseStatus.from_storage(obj.get("status")), getattr(args, "full", False))
+            if isinstance(outcome, Refused):
+                print(f"canary {command}: {outcome.message}", file=sys.stderr)
+                return 2
+            if outcome.patch:
+                try:
+                    obj = api.patch(RELEASES, args.namespace, args.release, {
+                        "metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
+                        "spec": dict(outcome.patch)})
+                except ApiConflict:
+                    continue
+            print(f"{where}: {outcome.message}", flush=True)
+            if args.watch:
+                follow(api, args.namespace, args.release, obj, max_seconds=args.max_seconds)
+            return 0
+        print(f"canary {command}: {where} kept changing; try again", file=sys.stderr)
+        return 1
+    except PortError as exc:
+        print(f"canary {command}: {exc.reason}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0

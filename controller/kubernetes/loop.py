@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.business import BusinessMetrics
-from controller.kubernetes.client import RELEASES, ApiConflict, ApiGone, KubeApi, Obj
+from controller.hooks import Hooks, HttpHooks
+from controller.kubernetes.client import RELEASES, ApiConflict, ApiGone, KubeApi, LeaderOnlyApi, Obj
 from controller.kubernetes.events import EventNotifier
 from controller.kubernetes.health import Telemetry
 from controller.kubernetes.leader import LeaseElector
@@ -41,8 +42,10 @@ from controller.kubernetes.queue import Key, WorkQueue
 from controller.kubernetes.routing import IstioRouter
 from controller.kubernetes.store import StatusStore
 from controller.kubernetes.workloads import DeploymentWorkloads, ReleaseRef, ReplicaPolicy, WeightBox
+from controller.logs import release_context
 from controller.machine import base_plan
-from controller.ports import Clock, Metrics, Notice, PortError
+from controller.notify import MultiNotifier
+from controller.ports import Clock, Metrics, Notice, Notifier, PortError
 from controller.reconciler import Ports, Reconciler, TickResult
 from controller.spec import InvalidSpec, ReleaseSpec, parse_release
 from controller.status import Phase, ReleaseStatus
@@ -85,17 +88,24 @@ def effective_weight(status: ReleaseStatus) -> int:
 class Controller:
     def __init__(self, api: KubeApi, config: ControllerConfig, metrics: Metrics, clock: Clock,
                  elector: LeaseElector | None = None, telemetry: Telemetry | None = None,
-                 business: BusinessMetrics | None = None) -> None:
-        self.api = api
+                 business: BusinessMetrics | None = None, notifier: Notifier | None = None,
+                 hooks: Hooks | None = None) -> None:
         self.config = config
         self.metrics = metrics
         # A/B experiments' primary metric (None: an experiment's looks are errors, see docs/experiments.md).
         self.business = business
+        # Chat/webhook notifications besides the release's Kubernetes Events, and the release hooks' caller.
+        self.notifier = notifier
+        self.hooks = hooks or HttpHooks()
         self.clock = clock
         self.elector = elector
+        # Who wrote is in every request's User-Agent; with an election, writes are refused the moment this
+        # replica stops being the leader, even in the middle of a tick (LeaderOnlyApi).
+        api.identify(config.identity)
+        self.api = LeaderOnlyApi(api, self.may_write) if elector is not None else api
         self.telemetry = telemetry or Telemetry()
         self.queue = WorkQueue(clock, config.backoff_base, config.backoff_max)
-        self.store = StatusStore(api, on_written=self._remember)
+        self.store = StatusStore(self.api, on_written=self._remember)
         self.cache: dict[Key, Obj] = {}
         self.resource_version: str | None = None
         self.synced = threading.Event()
@@ -213,7 +223,9 @@ class Controller:
         error: str | None = None
         result: TickResult | None = None
         try:
-            result = self._tick(obj)
+            status = obj.get("status") or {}
+            with release_context(release=key[1], namespace=key[0], phase=status.get("phase"), step=status.get("step")):
+                result = self._tick(obj)
         except ApiConflict as exc:  # the status write, or the finalizer's, was based on a stale object
             error = "conflict"
             self._reread(key, exc.reason)
@@ -269,8 +281,8 @@ class Controller:
             box.weight = effective_weight(new)
 
         result = Reconciler(ports).tick(obj, status, self.store.persister(obj, before=size_for))
-        if result.status.phase.final:
-            self._sync_finalizer(obj, wanted=False)
+        # Also at once when a finished release just started its next revision or a retry (now in flight).
+        self._sync_finalizer(obj, wanted=spec is not None and not result.status.phase.final)
         return result
 
     # --- deletion ----------------------------------------------------------------------------------------
@@ -316,8 +328,10 @@ class Controller:
         workloads = DeploymentWorkloads(self.api, ref, services, spec.stable.version if spec else None,
                                         spec.canary.version if spec else None, self.config.replica_policy, box)
         router = IstioRouter(self.api, ref.namespace, services)
-        notifier = EventNotifier(self.api, obj, self.clock, self.config.identity)
-        return Ports(workloads, router, self.metrics, self.clock, notifier, business=self.business)
+        notifier: Notifier = EventNotifier(self.api, obj, self.clock, self.config.identity)
+        if self.notifier is not None:
+            notifier = MultiNotifier([notifier, self.notifier])
+        return Ports(workloads, router, self.metrics, self.clock, notifier, business=self.business, hooks=self.hooks)
 
     def run_due(self, limit: int | None = None) -> int:
         """Tick every release that is due now, one after the other (the synchronous driver)."""

@@ -21,14 +21,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from controller import view
+from controller import revisions, view
+from controller.hooks import HttpHooks
 from controller.local.loadgen import LoadReport, LoadRunner
 from controller.local.metrics_source import open_metrics_source
 from controller.local.platform import LocalRouter, LocalWorkloads, LogNotifier, SystemClock
 from controller.local.stack import SEARCH_SERVICES, Faults, LocalStack
 from controller.local.state import StateDir, write_json_atomic
 from controller.logs import release_context
-from controller.machine import desired_plan, summary
+from controller.machine import base_plan, desired_plan, summary
+from controller.notifications import Outgoing
+from controller.notify import MultiNotifier
+from controller.ports import Notifier, PortError
 from controller.reconciler import Ports, Reconciler
 from controller.report import render_report
 from controller.spec import parse_release
@@ -118,23 +122,25 @@ def _stop_on_signals() -> Iterator[threading.Event]:
 def run_demo(scenario: str = "healthy", rps: float = 40.0, interval: float = 10.0,
              summary_path: Path | None = None, workdir: Path | None = None, metrics: str = "auto",
              max_seconds: float = 600.0, out: TextIO = sys.stdout,
-             on_tick: Callable[[ReleaseStatus], None] | None = None) -> dict[str, Any]:
-    if scenario == "ab":
+             on_tick: Callable[[ReleaseStatus], None] | None = None,
+             outgoing: Outgoing | None = None) -> dict[str, Any]:
+    if scenario in ("ab", "abn"):
         from controller.local.ab_demo import run_ab_demo  # the A/B demo builds on this module
 
         return run_ab_demo(rps=rps, interval=interval, summary_path=summary_path, workdir=workdir,
-                           metrics=metrics, max_seconds=max_seconds, out=out, on_tick=on_tick)
+                           metrics=metrics, max_seconds=max_seconds, out=out, on_tick=on_tick,
+                           variants=3 if scenario == "abn" else 2, outgoing=outgoing)
     if scenario not in SCENARIOS:
-        raise ValueError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}, ab")
+        raise ValueError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}, ab, abn")
     return run_local(demo_release(interval), {"v2": SCENARIOS[scenario]}, rps=rps, summary_path=summary_path,
                      workdir=workdir, metrics=metrics, max_seconds=max_seconds, out=out, on_tick=on_tick,
-                     label=scenario)
+                     label=scenario, outgoing=outgoing)
 
 
 def run_local(release: dict[str, Any], faults: Faults, rps: float = 20.0, summary_path: Path | None = None,
               workdir: Path | None = None, metrics: str = "auto", max_seconds: float = 600.0,
               out: TextIO = sys.stdout, on_tick: Callable[[ReleaseStatus], None] | None = None,
-              label: str = "") -> dict[str, Any]:
+              label: str = "", outgoing: Outgoing | None = None) -> dict[str, Any]:
     """Run one release against the local platform until it ends (or `max_seconds`), then tear down.
 
     A state directory that already holds this release's status is resumed from where it stopped.
@@ -153,16 +159,25 @@ def run_local(release: dict[str, Any], faults: Faults, rps: float = 20.0, summar
         say(f"search stack {spec.stable.version} starting (router {stack.router_url}, "
             f"admin {stack.admin_url}) ...")
         stack.start_version(spec.stable.version, spec.stack.services)
-        # Resuming a release that was in flight when its process died: bring back what its status says
-        # runs (the new version) and the routes it had, before the first tick looks at them.
-        resumed = state.load_status() if state.exists() else None
-        if resumed is not None and resumed.phase in IN_FLIGHT:
-            say(f"resuming {spec.name} from {resumed.phase.value} (step {resumed.step + 1}) in {state.root}")
-            stack.start_version(spec.canary.version, spec.changed)
         assert stack.admin is not None
         router = LocalRouter(stack.admin)
+        # Routes first, before any process of the new version registers: a router without a VirtualService
+        # for a service round-robins over all its endpoints, which would send stable traffic to the canary.
+        router.apply(base_plan(spec).all_stable())  # owned by the release, like every route it writes
+        # Resuming a release whose process died: bring back what its status says runs (the new version, also
+        # when it was already promoted) and, once that is ready, the routes it had, before the first tick.
+        resumed = state.load_status() if state.exists() else None
+        if resumed is not None and revisions.should_restart(spec, resumed) is not None:
+            # A finished release whose spec now asks for other versions (undo, next version) or a retry:
+            # it starts from Pending, on the stable routes above, not from the routes it ended with.
+            say(f"{spec.name} ended {resumed.phase.value}; starting it again for {spec.canary.version}")
+            resumed = None
+        if resumed is not None and (resumed.phase in IN_FLIGHT or resumed.phase is Phase.SUCCEEDED):
+            say(f"resuming {spec.name} from {resumed.phase.value} (step {resumed.step + 1}) in {state.root}")
+            stack.start_version(spec.canary.version, spec.changed)
         in_flight_plan = desired_plan(spec, resumed) if resumed is not None else None
-        router.apply(in_flight_plan or stack.baseline_plan(spec.stable.version))
+        if in_flight_plan is not None:
+            router.apply(in_flight_plan)
         source = stack_ctx.enter_context(open_metrics_source(metrics, stack.admin_url, workdir / "prometheus"))
         say(f"metrics: {source.description}")
         load = None
@@ -177,12 +192,16 @@ def run_local(release: dict[str, Any], faults: Faults, rps: float = 20.0, summar
             f"every {spec.strategy.interval:g}s")
         if not state.exists():
             state.save_release(release)
-        notifier = LogNotifier()
+        notifier: Notifier = LogNotifier()
+        if outgoing is not None and outgoing.notifier is not None:
+            notifier = MultiNotifier([notifier, outgoing.notifier])
         clock = SystemClock()
-        reconciler = Reconciler(Ports(LocalWorkloads(stack), router, source.metrics, clock, notifier))
+        reconciler = Reconciler(Ports(LocalWorkloads(stack), router, source.metrics, clock, notifier,
+                                      hooks=outgoing.hooks if outgoing is not None else HttpHooks()))
         status = drive_release(reconciler, state, spec, clock, stop, max_seconds, console, on_tick)
         report = load.stop() if load is not None else None
         result = _summary(label, status, audit, source.name, workdir, report)
+        result.update(final_platform(stack, router))
         result["interrupted"] = stop.is_set()
         result["report"] = str(write_report(state, workdir / "report.html"))
     say(_summary_text(result))
@@ -273,6 +292,22 @@ def _summary(scenario: str, status: ReleaseStatus, audit: LaneAudit, metrics_sou
         "state_dir": str(workdir / "state"),
         "logs": str(workdir / "stack" / "logs"),
     }
+
+
+def final_platform(stack: LocalStack, router: LocalRouter) -> dict[str, Any]:
+    """What the platform looked like when the run ended, just before teardown: the routes in effect and
+    the service processes still running (`service@version`), so that a summary shows the end state."""
+    try:
+        plan = router.in_effect()
+    except PortError as exc:
+        routes: dict[str, Any] | None = {"error": exc.reason}
+    else:
+        routes = None if plan is None else {
+            "canary_weight": plan.canary_weight,
+            "services": {s.service: {"stable": s.stable, "canary": s.canary} for s in plan.services},
+        }
+    running = sorted(f"{service}@{version}" for (service, version), w in stack.workloads.items() if w.proc.alive())
+    return {"final_routes": routes, "final_workloads": running}
 
 
 def write_report(state: StateDir, path: Path) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +59,19 @@ class StateDir:
         write_json_atomic(self.status_path, status.for_storage())
 
     def update_spec(self, **fields: Any) -> dict[str, Any]:
-        """Set spec fields (pause, abort, approvePromotion) and bump the generation, like a kubectl patch."""
+        """Set top-level spec fields (paused, abort, promoteFull, skipStep, retry, ...)."""
+        return self.patch_spec(fields)
+
+    def patch_spec(self, patch: Mapping[str, Any]) -> dict[str, Any]:
+        """Apply a JSON merge patch (RFC 7386: null deletes) to the spec and bump the generation when it
+        changed, as the API server does for `kubectl patch --type merge`."""
+        from controller.operations import merge_patch
+
         release = self.load_release()
-        release.setdefault("spec", {}).update(fields)
+        spec = merge_patch(release.get("spec") or {}, patch)
+        if spec == release.get("spec"):
+            return release
+        release["spec"] = spec
         meta = release.setdefault("metadata", {})
         meta["generation"] = int(meta.get("generation", 1)) + 1
         self.save_release(release)
