@@ -18,7 +18,9 @@ from tests.test_scenarios import World, release
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from(["", "v1", "v2", "10s", "1m", "-1s", "hold", "rollback", "continue", "sequential", "kayenta",
-                     "master-search", "ml-search", 'v2"} or vector(1)', "\\", "120", "x" * 300]),
+                     "master-search", "ml-search", 'v2"} or vector(1)', "\\", "120", "x" * 300,
+                     "preRollout", "confirmPromotion", "http://hooks.example/x", "file:///etc/passwd",
+                     "http://user:pw@hooks.example/", "http://hooks.example/a\nb"]),
     st.text(max_size=20),
 )
 values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
@@ -33,7 +35,8 @@ SPEC_PATHS = [
     ("strategy", "canary", "settle"), ("analysis",), ("analysis", "alpha"), ("analysis", "judge"),
     ("analysis", "services"), ("analysis", "checks"), ("policies",), ("policies", "onInconclusive"),
     ("policies", "rollbackAfterErrors"), ("progressDeadline",), ("drainTime",), ("paused",), ("abort",),
-    ("laneHeader",), ("strategy", "abTest"),
+    ("laneHeader",), ("strategy", "abTest"), ("strategy", "abTest", "variants"), ("hooks",),
+    ("promoteFull",), ("skipStep",), ("retry",), ("approvePromotion",),
 ]
 
 
@@ -135,3 +138,22 @@ def test_fuzzed_replay_files_get_a_verdict_or_a_one_line_error(
     else:
         assert all(json.loads(line)["verdict"] in ("pass", "fail", "inconclusive", "error")
                    for line in out.getvalue().splitlines())
+
+
+HOOK_KEYS = ("name", "kind", "url", "timeout", "retries", "failurePolicy", "secretFile", "metadata", "zz")
+hooks = st.lists(st.dictionaries(st.sampled_from(HOOK_KEYS), values, max_size=6), max_size=3)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hook_list=hooks)
+def test_fuzzed_hooks_parse_or_are_refused_by_path(hook_list: list[dict[str, Any]]) -> None:
+    obj = release()
+    obj["spec"]["hooks"] = hook_list
+    try:
+        spec = parse_release(obj)
+    except InvalidSpec as exc:
+        assert exc.problems and all(p.startswith("spec.hooks") for p in exc.problems), exc.problems
+        return
+    for hook in spec.hooks:  # what parses is callable: http(s), no credentials, no control characters
+        assert hook.url.startswith(("http://", "https://")) and "@" not in hook.url.split("/")[2]
+        assert all(ch.isprintable() and not ch.isspace() for ch in hook.url)
