@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.kmock_server import RunningEmulator, start_emulator
+from tests.test_router import LoopThread
 
 
 @pytest.fixture
@@ -15,3 +16,11 @@ def emulator() -> Iterator[RunningEmulator]:
     running = start_emulator()
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[LoopThread]:
+    """An asyncio loop on a thread of its own for the in-process router tests, one per test module."""
+    lt = LoopThread()
+    yield lt
+    lt.close()

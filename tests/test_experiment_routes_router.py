@@ -8,7 +8,6 @@ same for three variants (v1 control, v2 the canary, v3 a further variant with it
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,8 +18,8 @@ from controller.local.router import MeshRouter
 from controller.machine import base_plan
 from controller.routing.render import render
 from controller.spec import parse_release
-from tests.test_router import LoopThread, Upstream
-from tests.test_router_sticky import ask, browse
+from tests.test_router import LoopThread
+from tests.test_router_sticky import ask, browse, port_of, shop_router, users_per_variant
 
 USERS, REQUESTS_PER_USER = 1000, 20
 
@@ -41,29 +40,9 @@ def shop_objects(v2_weight: int = 30, v3_weight: int | None = None) -> list[dict
 
 
 @pytest.fixture(scope="module")
-def loop() -> Iterator[LoopThread]:
-    lt = LoopThread()
-    yield lt
-    lt.close()
-
-
-@pytest.fixture(scope="module")
 def router(loop: LoopThread) -> Iterator[MeshRouter]:
-    ups = [Upstream("shop", v) for v in ("v1", "v2", "v3")]
-    for u in ups:
-        loop.run(u.start())
-    r = MeshRouter(shop_objects(), [u.endpoint() for u in ups])
-    loop.run(r.start(admin_port=None))
-    yield r
-    loop.run(r.stop())
-    for u in ups:
-        assert u.server is not None
-        u.server.close()
-
-
-def port_of(router: MeshRouter) -> int:
-    assert router.proxy_address is not None
-    return router.proxy_address[1]
+    with shop_router(loop, shop_objects()) as r:
+        yield r
 
 
 @pytest.mark.slow
@@ -72,16 +51,8 @@ def test_rendered_experiment_keeps_every_user_on_one_variant(loop: LoopThread, r
     router.apply_config(shop_objects())
     logs = loop.run(browse(port_of(router), [f"user-{i:04d}" for i in range(USERS)], REQUESTS_PER_USER),
                     timeout=150)
-    first: collections.Counter[str] = collections.Counter()
-    for user, log in logs.items():
-        assert len(log.served) == REQUESTS_PER_USER
-        assert len(set(log.served)) == 1, f"{user} saw {set(log.served)}"
-        variant = log.served[0].removeprefix("shop-")
-        assert set(log.lanes) == {variant}
-        assert log.sent_cookie[0] is None and set(log.sent_cookie[1:]) == {f"ab={variant}"}
-        assert log.set_cookies[0][0].startswith(f"ab={variant}; Path=/; Max-Age=")
-        assert all(not s for s in log.set_cookies[1:])
-        first[variant] += 1
+    first = users_per_variant(logs, REQUESTS_PER_USER, lambda variant, set_cookies: set_cookies[0].startswith(
+        f"ab={variant}; Path=/; Max-Age="))
     low, high = binom.ppf(0.0005, USERS, 0.30), binom.ppf(0.9995, USERS, 0.30)
     assert low <= first["v2"] <= high, first
 
@@ -111,15 +82,7 @@ def test_three_variants_keep_every_user_on_one_variant_and_split_by_weight(loop:
     router.apply_config(shop_objects(v2_weight=25, v3_weight=35))
     logs = loop.run(browse(port_of(router), [f"user-{i:04d}" for i in range(USERS)], REQUESTS_PER_USER),
                     timeout=150)
-    first: collections.Counter[str] = collections.Counter()
-    for user, log in logs.items():
-        assert len(log.served) == REQUESTS_PER_USER
-        assert len(set(log.served)) == 1, f"{user} saw {set(log.served)}"
-        variant = log.served[0].removeprefix("shop-")
-        assert set(log.lanes) == {variant}
-        assert log.sent_cookie[0] is None and set(log.sent_cookie[1:]) == {f"ab={variant}"}
-        assert all(not s for s in log.set_cookies[1:])
-        first[variant] += 1
+    first = users_per_variant(logs, REQUESTS_PER_USER)
     assert set(first) == set(weights) and sum(first.values()) == USERS
     for variant, p in weights.items():  # each share within its binomial 99.9% bounds
         assert binom.ppf(0.0005, USERS, p) <= first[variant] <= binom.ppf(0.9995, USERS, p), first

@@ -304,13 +304,6 @@ class Mesh:
 
 
 @pytest.fixture(scope="module")
-def loop() -> Iterator[LoopThread]:
-    lt = LoopThread()
-    yield lt
-    lt.close()
-
-
-@pytest.fixture(scope="module")
 def upstreams(loop: LoopThread) -> Iterator[dict[str, Upstream]]:
     ups = {
         u.workload: u

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,19 +181,13 @@ def _echoed_lane(body: bytes) -> str:
 # Fixtures and tests.
 
 
-@pytest.fixture(scope="module")
-def loop() -> Iterator[LoopThread]:
-    lt = LoopThread()
-    yield lt
-    lt.close()
-
-
-@pytest.fixture(scope="module")
-def router(loop: LoopThread) -> Iterator[MeshRouter]:
+@contextlib.contextmanager
+def shop_router(loop: LoopThread, objects: list[dict[str, Any]]) -> Iterator[MeshRouter]:
+    """The mesh router in front of shop v1, v2 and v3 (trivial upstreams), stopped afterwards."""
     ups = [Upstream("shop", v) for v in ("v1", "v2", "v3")]
     for u in ups:
         loop.run(u.start())
-    r = MeshRouter(experiment_objects(), [u.endpoint() for u in ups])
+    r = MeshRouter(objects, [u.endpoint() for u in ups])
     loop.run(r.start(admin_port=None))
     yield r
     loop.run(r.stop())
@@ -201,9 +196,34 @@ def router(loop: LoopThread) -> Iterator[MeshRouter]:
         u.server.close()
 
 
+@pytest.fixture(scope="module")
+def router(loop: LoopThread) -> Iterator[MeshRouter]:
+    with shop_router(loop, experiment_objects()) as r:
+        yield r
+
+
 def port_of(router: MeshRouter) -> int:
     assert router.proxy_address is not None
     return router.proxy_address[1]
+
+
+def users_per_variant(logs: dict[str, UserLog], requests_each: int,
+                      first_cookie: Callable[[str, list[str]], bool] | None = None) -> collections.Counter[str]:
+    """Check that every user saw one variant on every request, with the lane header following it (the whole
+    stack path), and that only the assigning answer set the cookie (`first_cookie(variant, set_cookies)`
+    checks that answer's cookie when given); return how many users each variant got."""
+    first: collections.Counter[str] = collections.Counter()
+    for user, log in logs.items():
+        assert len(log.served) == requests_each
+        assert len(set(log.served)) == 1, f"{user} saw {set(log.served)}"
+        variant = log.served[0].removeprefix("shop-")
+        assert set(log.lanes) == {variant}, "the lane header follows the variant (the whole stack path)"
+        assert log.sent_cookie[0] is None and set(log.sent_cookie[1:]) == {f"{COOKIE}={variant}"}
+        if first_cookie is not None:
+            assert first_cookie(variant, log.set_cookies[0]), log.set_cookies[0]
+        assert all(not s for s in log.set_cookies[1:])  # sticky answers leave the cookie alone
+        first[variant] += 1
+    return first
 
 
 def test_the_recommended_objects_are_valid_for_istio_and_the_router() -> None:
@@ -220,17 +240,8 @@ def test_every_user_sees_one_variant_and_new_users_split_by_weight(loop: LoopThr
     router.apply_config(experiment_objects())
     users = [f"user-{i:04d}" for i in range(USERS)]
     logs = loop.run(browse(port_of(router), users, REQUESTS_PER_USER), timeout=150)
-    first: collections.Counter[str] = collections.Counter()
-    for user, log in logs.items():
-        assert len(log.served) == REQUESTS_PER_USER
-        assert len(set(log.served)) == 1, f"{user} saw {set(log.served)}"
-        variant = log.served[0].removeprefix("shop-")
-        assert set(log.lanes) == {variant}, "the lane header follows the variant (the whole stack path)"
-        assert log.sent_cookie[0] is None and set(log.sent_cookie[1:]) == {f"{COOKIE}={variant}"}
-        # Only the assigning answer sets the cookie; sticky answers leave it alone.
-        assert log.set_cookies[0] == [f"{COOKIE}={variant}; Path=/; Max-Age={MAX_AGE_S}; HttpOnly"]
-        assert all(not s for s in log.set_cookies[1:])
-        first[variant] += 1
+    first = users_per_variant(logs, REQUESTS_PER_USER, lambda variant, set_cookies: set_cookies == [
+        f"{COOKIE}={variant}; Path=/; Max-Age={MAX_AGE_S}; HttpOnly"])
     low, high = binom.ppf(0.0005, USERS, 0.30), binom.ppf(0.9995, USERS, 0.30)
     assert low <= first["v2"] <= high, first
     assert first["v1"] + first["v2"] == USERS
