@@ -41,7 +41,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict, Unpack
 
 import httpx
 
@@ -304,10 +304,28 @@ def _percentiles_ms(latencies: list[float], qs: tuple[int, ...]) -> tuple[float,
     return tuple(1000 * ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))] for q in qs)
 
 
+class LoadOptions(TypedDict, total=False):
+    """The options `run_load` and `LoadRunner` take by keyword (see `run_load` for what each does)."""
+
+    host: str | None
+    headers: Mapping[str, str] | None
+    max_in_flight: int
+    timeout_s: float
+    seed: int
+    n_users: int
+    poisson: bool
+    make_payload: Callable[[QueryMix], Payload] | None
+    on_response: ResponseCallback | None
+    keep_cookies: bool
+    click_probability: Mapping[str, float] | None
+    click_url: str | None
+    click_value: Mapping[str, float] | None
+
+
 @dataclass
 class _Options:
     host: str | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] | None = None
     max_in_flight: int = 256
     timeout_s: float = 10.0
     seed: int = 0
@@ -348,21 +366,9 @@ async def run_load(
     duration: float,
     max_requests: int,
     *,
-    host: str | None = None,
-    headers: Mapping[str, str] | None = None,
-    max_in_flight: int = 256,
-    timeout_s: float = 10.0,
-    seed: int = 0,
-    n_users: int = 1000,
-    poisson: bool = False,
-    make_payload: Callable[[QueryMix], Payload] | None = None,
-    on_response: ResponseCallback | None = None,
     stop: StopFlag | None = None,
     rate_control: RateControl | None = None,
-    keep_cookies: bool = False,
-    click_probability: Mapping[str, float] | None = None,
-    click_url: str | None = None,
-    click_value: Mapping[str, float] | None = None,
+    **options: Unpack[LoadOptions],
 ) -> LoadReport:
     """POST searches to `url` at `rate` req/s until `duration` seconds or `max_requests` send slots pass.
 
@@ -374,15 +380,9 @@ async def run_load(
     users click a result of a 200 answer, at `click_url` (default: `url` with `/search` -> `/click`);
     `click_value` (version -> mean) adds an exponentially distributed `value` to each click.
     """
-    options = _Options(
-        host=host, headers=dict(headers or {}), max_in_flight=max_in_flight, timeout_s=timeout_s, seed=seed,
-        n_users=n_users, poisson=poisson, make_payload=make_payload, on_response=on_response,
-        keep_cookies=keep_cookies, click_probability=click_probability, click_url=click_url,
-        click_value=click_value,
-    )
     control = rate_control or RateControl(rate)
     stats = _Stats(rate)
-    return await _run(url, duration, max_requests, options, control, stats, stop)
+    return await _run(url, duration, max_requests, _Options(**options), control, stats, stop)
 
 
 async def _run(
@@ -476,7 +476,8 @@ class _Sender:
             if opens_gate:
                 self.release(user, answered=False)
             return
-        headers = {**self.options.headers, "x-user-id": user, "x-request-id": f"loadgen-{self.options.seed}-{n}"}
+        headers = {**(self.options.headers or {}), "x-user-id": user,
+                   "x-request-id": f"loadgen-{self.options.seed}-{n}"}
         if self.options.host:
             headers["host"] = self.options.host
         cookie = self.users.jars.header(user) if self.options.keep_cookies else None
@@ -592,28 +593,10 @@ class LoadRunner:
         rate: float,
         duration: float,
         max_requests: int,
-        *,
-        host: str | None = None,
-        headers: Mapping[str, str] | None = None,
-        max_in_flight: int = 256,
-        timeout_s: float = 10.0,
-        seed: int = 0,
-        n_users: int = 1000,
-        poisson: bool = False,
-        make_payload: Callable[[QueryMix], Payload] | None = None,
-        on_response: ResponseCallback | None = None,
-        keep_cookies: bool = False,
-        click_probability: Mapping[str, float] | None = None,
-        click_url: str | None = None,
-        click_value: Mapping[str, float] | None = None,
+        **options: Unpack[LoadOptions],
     ) -> None:
         self._args = (url, duration, max_requests)
-        self._options = _Options(
-            host=host, headers=dict(headers or {}), max_in_flight=max_in_flight, timeout_s=timeout_s,
-            seed=seed, n_users=n_users, poisson=poisson, make_payload=make_payload, on_response=on_response,
-            keep_cookies=keep_cookies, click_probability=click_probability, click_url=click_url,
-            click_value=click_value,
-        )
+        self._options = _Options(**options)
         self._options.check_users(url)
         self._control = RateControl(rate)
         self._stats = _Stats(rate)
