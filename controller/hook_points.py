@@ -72,30 +72,26 @@ def failures(spec: ReleaseSpec, results: Mapping[str, HookResult], kinds: tuple[
     return [f"{name}: {r.reason}" for name, r in results.items() if not r.passed and kind_of.get(name) in kinds]
 
 
+def _answers(spec: ReleaseSpec, status: ReleaseStatus, kind: HookKind) -> list[tuple[str, Mapping[str, Any] | None]]:
+    """Each hook of this kind with its recorded answer (None: not called yet in this release)."""
+    return [(hook.name, status.hooks.get(hook.name)) for hook in spec.hooks_of(kind)]
+
+
 def pre_rollout_gate(spec: ReleaseSpec, status: ReleaseStatus) -> tuple[str, str]:
     """("open" | "waiting" | "failed", why): open when every preRollout hook passed; failed when one
     answered and did not pass (its retries and failure policy already applied)."""
-    waiting, failed = [], []
-    for hook in spec.hooks_of(HookKind.PRE_ROLLOUT):
-        answer = status.hooks.get(hook.name)
-        if answer is None:
-            waiting.append(f"{hook.name}: not called yet")
-        elif not answer.get("passed"):
-            failed.append(f"{hook.name}: {answer.get('reason', 'failed')}")
+    answers = _answers(spec, status, HookKind.PRE_ROLLOUT)
+    failed = [f"{name}: {a.get('reason', 'failed')}" for name, a in answers if a is not None and not a.get("passed")]
     if failed:
         return "failed", "; ".join(failed)
+    waiting = [f"{name}: not called yet" for name, a in answers if a is None]
     return ("waiting", "; ".join(waiting)) if waiting else ("open", "")
 
 
 def confirmation_gate(spec: ReleaseSpec, status: ReleaseStatus) -> tuple[bool, str]:
     """(open, why not): open when every confirmPromotion hook answered 200 in this release."""
-    waiting = []
-    for hook in spec.hooks_of(HookKind.CONFIRM_PROMOTION):
-        answer = status.hooks.get(hook.name)
-        if answer is None:
-            waiting.append(f"{hook.name}: not asked yet")
-        elif not answer.get("passed"):
-            waiting.append(f"{hook.name}: {answer.get('reason', 'no answer')}")
+    waiting = [f"{name}: not asked yet" if a is None else f"{name}: {a.get('reason', 'no answer')}"
+               for name, a in _answers(spec, status, HookKind.CONFIRM_PROMOTION) if a is None or not a.get("passed")]
     return not waiting, "; ".join(waiting)
 
 

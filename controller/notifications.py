@@ -58,14 +58,12 @@ def from_args(args: argparse.Namespace) -> Outgoing:
 
     client = WebhookClient(policy=UrlPolicy.allowing(args.webhook_allow_host))
     notifiers: list[Notifier] = []
-    try:
-        if args.slack_webhook_file:
-            notifiers.append(SlackWebhookNotifier(url_file=args.slack_webhook_file, client=client))
-        for url in args.notify_url:
-            notifiers.append(JsonWebhookNotifier(url, secret_file=args.notify_secret_file, client=client))
-        for path in args.notify_url_file:
-            notifiers.append(JsonWebhookNotifier(url_file=path, secret_file=args.notify_secret_file, client=client))
-    except OSError as exc:
-        raise ValueError(f"cannot read {exc.filename}: {exc.strerror}") from None
+    # Unreadable files raise SecretError and refused URLs RefusedUrl: both ValueErrors naming the problem.
+    if args.slack_webhook_file:
+        notifiers.append(SlackWebhookNotifier(url_file=args.slack_webhook_file, client=client))
+    for url in args.notify_url:
+        notifiers.append(JsonWebhookNotifier(url, secret_file=args.notify_secret_file, client=client))
+    for path in args.notify_url_file:
+        notifiers.append(JsonWebhookNotifier(url_file=path, secret_file=args.notify_secret_file, client=client))
     notifier = QueuedNotifier(MultiNotifier(notifiers)) if notifiers else None
     return Outgoing(notifier, HttpHooks(client))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from analysis.abtest import PrimaryCounts
 from analysis.observations import MetricsQuery
@@ -81,25 +81,19 @@ def metrics_query(spec: ReleaseSpec) -> MetricsQuery:
 class Reconciler:
     def __init__(self, ports: Ports) -> None:
         self.ports = ports
-        self._release_name = ""
-        self._namespace = ""
-        self._details: Mapping[str, Any] | None = None
-        self._last_status = ReleaseStatus()
 
     def tick(self, release: Mapping[str, Any], status: ReleaseStatus,
              persist: Callable[[ReleaseStatus], None]) -> TickResult:
         now = self.ports.clock.now()
-        generation = _generation(release)
-        self._release_name = _name(release)
-        self._namespace = _namespace(release)
+        who = (_meta(release, "name", ""), _meta(release, "namespace", ""))
         try:
             spec = parse_release(release)
         except InvalidSpec as error:
-            new, actions = machine.invalid_spec(error, status, generation, now)
-            return self._finish(None, status, new, actions, persist)
+            new, actions = machine.invalid_spec(error, status, _meta(release, "generation", 1), now)
+            return self._finish(None, who, status, new, actions, persist)
         obs = self._observe(spec, status, now)
         new, actions = machine.step(spec, status, obs, now)
-        return self._finish(spec, status, new, actions, persist)
+        return self._finish(spec, who, status, new, actions, persist)
 
     # --- observe -----------------------------------------------------------------------------------
     def _observe(self, spec: ReleaseSpec, status: ReleaseStatus, now: float) -> Observation:
@@ -176,25 +170,24 @@ class Reconciler:
             return None, f"business metrics source failed: {exc!r}"
 
     # --- persist, then act ---------------------------------------------------------------------------
-    def _finish(self, spec: ReleaseSpec | None, old: ReleaseStatus, new: ReleaseStatus,
+    def _finish(self, spec: ReleaseSpec | None, who: tuple[str, str], old: ReleaseStatus, new: ReleaseStatus,
                 actions: list[Action], persist: Callable[[ReleaseStatus], None]) -> TickResult:
         changed = new != old
         if changed:
             persist(new)
-        self._last_status = new
-        self._details = None
-        if any(isinstance(a, Notify) for a in actions):
-            self._details = decision_details(new.for_storage())
+        # Every notice of the tick carries the numbers of the decision just persisted.
+        details = decision_details(new.for_storage()) if any(isinstance(a, Notify) for a in actions) else None
+        acting = _Acting(*who, new, details)
         failed = []
         for action in actions:
             try:
-                self._carry_out(spec, action)
+                self._carry_out(spec, acting, action)
             except PortError as exc:
                 log.warning("action %s failed: %s", type(action).__name__, exc.reason)
                 failed.append(f"{type(action).__name__}: {exc.reason}")
         return TickResult(new, changed, tuple(actions), tuple(failed), _requeue_after(spec, new, self.ports))
 
-    def _carry_out(self, spec: ReleaseSpec | None, action: Action) -> None:
+    def _carry_out(self, spec: ReleaseSpec | None, acting: _Acting, action: Action) -> None:
         p = self.ports
         match action:
             case EnsureWorkloads(version=version, services=services, images=images):
@@ -206,29 +199,31 @@ class Reconciler:
             case ApplyRouting(plan=plan):
                 p.router.apply(plan)
             case Notify(reason=reason, message=message, warning=warning):
-                p.notifier.notify(Notice(self._release_name, reason, message, warning, self._details,
-                                         self._namespace))
+                p.notifier.notify(Notice(acting.release, reason, message, warning, acting.details, acting.namespace))
             case FireHook(hook=hook):
                 assert spec is not None
-                p.hooks.fire(hook, hook_points.payload(spec, self._last_status, hook))
+                p.hooks.fire(hook, hook_points.payload(spec, acting.status, hook))
 
 
-def _name(release: Mapping[str, Any]) -> str:
+_T = TypeVar("_T", str, int)
+
+
+@dataclass(frozen=True)
+class _Acting:
+    """What a tick's actions need besides themselves: the release's name and namespace, the status just
+    persisted and its latest decision's numbers (for notices)."""
+
+    release: str
+    namespace: str
+    status: ReleaseStatus
+    details: Mapping[str, Any] | None
+
+
+def _meta(release: Mapping[str, Any], key: str, default: _T) -> _T:
+    """`metadata.<key>` of a release that may be malformed (its spec is parsed only later), else `default`."""
     meta = release.get("metadata") if isinstance(release, Mapping) else None
-    name = meta.get("name", "") if isinstance(meta, Mapping) else ""
-    return name if isinstance(name, str) else ""
-
-
-def _namespace(release: Mapping[str, Any]) -> str:
-    meta = release.get("metadata") if isinstance(release, Mapping) else None
-    namespace = meta.get("namespace", "") if isinstance(meta, Mapping) else ""
-    return namespace if isinstance(namespace, str) else ""
-
-
-def _generation(release: Mapping[str, Any]) -> int:
-    meta = release.get("metadata") if isinstance(release, Mapping) else None
-    gen = meta.get("generation", 1) if isinstance(meta, Mapping) else 1
-    return gen if isinstance(gen, int) else 1
+    value = meta.get(key, default) if isinstance(meta, Mapping) else default
+    return value if isinstance(value, type(default)) else default
 
 
 def _requeue_after(spec: ReleaseSpec | None, status: ReleaseStatus, ports: Ports) -> float | None:

@@ -208,17 +208,23 @@ def test_start_on_a_finished_release_starts_its_next_revision(emulator: RunningE
     assert status.versions is not None and status.versions.canary == "3.0"
 
 
+def drive_while_watching(emulator: RunningEmulator, world: KubeWorld, controller: Controller, command: str,
+                         release: str, head_start: float) -> list[int]:
+    """Run `canary COMMAND RELEASE --watch` on a thread while the controller drives the release; its exit code."""
+    done: list[int] = []
+    follower = threading.Thread(target=lambda: done.append(
+        cli(emulator, command, release, "--watch", "--max-seconds", "30")))
+    follower.start()
+    threading.Event().wait(head_start)
+    world.drive(controller)
+    follower.join(timeout=30)
+    return done
+
+
 def test_get_watch_prints_progress_as_it_happens(emulator: RunningEmulator,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     world, controller = released(emulator)
-    done: list[int] = []
-    follower = threading.Thread(target=lambda: done.append(
-        cli(emulator, "get", "search-v2", "--watch", "--max-seconds", "30")))
-    follower.start()
-    threading.Event().wait(0.3)
-    world.drive(controller)
-    follower.join(timeout=30)
-    assert done == [0]
+    assert drive_while_watching(emulator, world, controller, "get", "search-v2", 0.3) == [0]
     out = capsys.readouterr().out
     marks = ["search-v2: Pending", "Pending -> Initializing", "Initializing -> Progressing",
              "step 2/3: 25% of traffic", "step 3/3: 50% of traffic", "Progressing -> Promoting",
@@ -231,14 +237,7 @@ def test_get_watch_prints_progress_as_it_happens(emulator: RunningEmulator,
 def test_undo_watch_follows_the_new_revision(emulator: RunningEmulator, capsys: pytest.CaptureFixture[str]) -> None:
     world, controller = released(emulator)
     world.drive(controller)
-    done: list[int] = []
-    follower = threading.Thread(target=lambda: done.append(
-        cli(emulator, "undo", "search-v2", "--watch", "--max-seconds", "30")))
-    follower.start()
-    threading.Event().wait(0.5)
-    world.drive(controller)
-    follower.join(timeout=30)
-    assert done == [0]
+    assert drive_while_watching(emulator, world, controller, "undo", "search-v2", 0.5) == [0]
     out = capsys.readouterr().out
     assert out.index("revision 2 attempt 1 started: v2 -> v1") < out.index("Promoting -> Succeeded")
 
