@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.kmock_server import RunningEmulator, start_emulator
-from tests.test_router import LoopThread
+
+if TYPE_CHECKING:
+    from tests.test_router import LoopThread
 
 
 @pytest.fixture
@@ -21,6 +24,8 @@ def emulator() -> Iterator[RunningEmulator]:
 @pytest.fixture(scope="module")
 def loop() -> Iterator[LoopThread]:
     """An asyncio loop on a thread of its own for the in-process router tests, one per test module."""
+    from tests.test_router import LoopThread  # only the modules that use it pay for the router's imports
+
     lt = LoopThread()
     yield lt
     lt.close()
