@@ -15,6 +15,8 @@ COPY pyproject.toml README.md ./
 COPY analysis ./analysis
 COPY controller ./controller
 COPY searchstack ./searchstack
+COPY localmesh ./localmesh
+COPY demo ./demo
 # Binary wheels for numpy/scipy come from PyPI: nothing is compiled here either.
 RUN pip wheel --wheel-dir /wheels .
 

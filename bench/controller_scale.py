@@ -4,8 +4,8 @@
     python -m bench.controller_scale --releases 10,100 --intervals 1
 
 Each release lives in its own namespace with the five stable Deployments of the search stack. The
-controller (`controller.kubernetes.loop.Controller`, the official client over HTTP to
-`tests.kmock_server` on 127.0.0.1) is driven on a fake clock, one 30 s analysis interval at a time, so
+controller (`controller.adapters.kubernetes.loop.Controller`, the official client over HTTP to
+`tests.support.kmock_server` on 127.0.0.1) is driven on a fake clock, one 30 s analysis interval at a time, so
 one "round" is everything the controller does in 30 s of cluster time:
 
 - **analysing**: every release is Progressing at its first step and analyses once per interval (the
@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from analysis.observations import ISTIO_BUCKETS_MS, MetricsQuery, VersionCounts, WindowCounts
-from controller.kubernetes.client import RELEASES, KubeApi
-from controller.kubernetes.loop import Controller, ControllerConfig
-from controller.status import Phase, ReleaseStatus
-from tests.fakes import FakeClock
-from tests.kmock_server import KINDS, RunningEmulator, start_emulator
-from tests.kube_world import SERVICES, release_body, stable_deployment
+from controller.adapters.kubernetes.client import RELEASES, KubeApi
+from controller.adapters.kubernetes.loop import Controller, ControllerConfig
+from controller.core.status import Phase, ReleaseStatus
+from tests.support.fakes import FakeClock
+from tests.support.kmock_server import KINDS, RunningEmulator, start_emulator
+from tests.support.kube_world import SERVICES, release_body, stable_deployment
 
 INTERVAL = 30.0
 RESULTS = Path(__file__).parent / "results" / "controller_scale.json"

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from controller.local.demo import run_demo
+from demo.canary import run_demo
 
 
 def _median(xs: list[float]) -> float | None:

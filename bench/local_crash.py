@@ -1,7 +1,7 @@
 """Crash anywhere on the local platform: SIGKILL the local controller at random points, restart it, check.
 
 Each release is driven by the real local controller as its own process
-(`python -m controller.cli run -f release.yaml --local --workdir W`), which owns the search stack, the mesh
+(`python -m controller.cli.main run -f release.yaml --local --workdir W`), which owns the search stack, the mesh
 router and the load. This program kills it with SIGKILL at random points (during start-up, at a random
 time while it runs, right after it persisted a new status: between persist and act, or soon after the
 release entered its promotion or rollback), waits for every
@@ -50,7 +50,7 @@ from typing import Any
 import httpx
 import yaml
 
-from controller.routing.render import UnreadablePlan, read_plan
+from controller.adapters.istio.render import UnreadablePlan, read_plan
 
 SERVICES = ("master-search", "ml-infer", "ml-search", "keyword", "text-search")
 CHANGED = ("ml-search", "keyword")
@@ -134,7 +134,7 @@ def stack_processes(router_ports: set[str]) -> list[StackProcess]:
             port = env.get(b"ML_INFER_URL", b"").rpartition(b":")[2].decode()
             if port in router_ports and alive(int(entry)):
                 found.append(StackProcess(int(entry), "service", env.get(b"SEARCHSTACK_WORKLOAD", b"?").decode(), port))
-        elif b"controller.local.router" in cmd and b"--port" in cmd:
+        elif b"localmesh.server" in cmd and b"--port" in cmd:
             port = cmd[cmd.index(b"--port") + 1].decode()
             if port in router_ports and alive(int(entry)):
                 found.append(StackProcess(int(entry), "router", "mesh-router", port))
@@ -490,7 +490,7 @@ def run_release(name: str, scenario: str, kills: int, workdir: Path, rng: random
     spec_file = workdir / "release.yaml"
     spec_file.write_text(yaml.safe_dump(release_spec(name)))
     summary = workdir / "summary.json"
-    argv = [sys.executable, "-m", "controller.cli", "--log-level", "info", "run", "-f", str(spec_file), "--local",
+    argv = [sys.executable, "-m", "controller.cli.main", "--log-level", "info", "run", "-f", str(spec_file), "--local",
             "--rps", f"{rps:g}", "--metrics", "direct", "--workdir", str(workdir), "--summary", str(summary),
             "--max-seconds", "120", *(a for f in faults for a in ("--fault", f))]
     observer = Observer(workdir, name)

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from analysis.observations import MetricsQuery, WindowCounts
-from analysis.prometheus import PrometheusConfig, PrometheusMetrics
-from controller.local.prometheus_process import PrometheusProcess, prometheus_binary
-from tests.test_prometheus_provider import IstioExporter
+from controller.adapters.prometheus.client import PrometheusConfig, PrometheusMetrics
+from controller.adapters.prometheus.server import PrometheusProcess, prometheus_binary
+from tests.adapters.prometheus.test_provider import IstioExporter
 
 SERVICES = ("master-search", "ml-infer", "ml-search", "keyword", "text-search")
 VERSIONS = ("v1", "v2")

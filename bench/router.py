@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     endpoints = [{"service": "bench", "labels": {"version": v}, "address": upstream_addr} for v in ("v1", "v2")]
     (tmp / "endpoints.json").write_text(json.dumps(endpoints))
     router, rt = start(
-        [sys.executable, "-m", "controller.local.router", "--port", "0", "--admin-port", "0",
+        [sys.executable, "-m", "localmesh.server", "--port", "0", "--admin-port", "0",
          "--config", str(tmp / "config.json"), "--endpoints", str(tmp / "endpoints.json")],
         "mesh-router ready",
     )  # fmt: skip
@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def router_metric_total(admin_url: str) -> int:
     from prometheus_client.parser import text_string_to_metric_families
 
-    from controller.local.router_client import RouterAdmin
+    from controller.adapters.local.mesh_admin import RouterAdmin
 
     with RouterAdmin(admin_url) as admin:
         text = admin.metrics_text()

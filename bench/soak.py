@@ -43,10 +43,10 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.local.demo import load_dict
-from controller.local.loadgen import LoadRunner
-from controller.local.platform import LocalRouter
-from controller.local.stack import LocalStack
+from controller.adapters.local.platform import LocalRouter
+from controller.adapters.local.stack import LocalStack
+from demo.canary import load_dict
+from demo.loadgen import LoadRunner
 
 DEMO_RPS = 40.0  # `canary demo --rps` default (controller/cli.py, controller/local/demo.run_demo)
 TICKS = os.sysconf("SC_CLK_TCK")

@@ -4,10 +4,10 @@
   `phase` and `step`: from `extra={...}` of the call, else from the context set by `release_context()`
   around a tick (a contextvar, so worker threads each carry their own release).
 - `RedactingFilter` replaces every known secret value in the final message (and exception text) by `***`.
-  Secrets read through `controller.signing.Secret` register themselves with `remember_secret()`. URLs are
+  Secrets read through `controller.adapters.http.signing.Secret` register themselves with `remember_secret()`. URLs are
   credentials too (a hook's or a chat webhook's token is in its path or query), and HTTP libraries log
   whole request URLs (httpx: `HTTP Request: POST <url>` at INFO): in their lines, and in every exception
-  text, a URL keeps only its scheme, host and port (`controller.urls.redact_url`).
+  text, a URL keeps only its scheme, host and port (`controller.core.urls.redact_url`).
 - `configure_logging(level, json=True)` installs one handler on the root logger; calling it again
   replaces that handler instead of adding another.
 """
@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from controller.urls import redact_url
+from controller.core.urls import redact_url
 
 CONTEXT_FIELDS = ("release", "namespace", "phase", "step")
 REDACTED = "***"

@@ -1,9 +1,12 @@
-"""The controller's seams to the outside world: small Protocols it owns.
+"""The controller's seams to the outside world: every Protocol it owns, and the errors they raise.
 
-Each port has a Kubernetes/Istio/Prometheus implementation and a local one; tests use fakes. The
-reconciler talks only to these, so the same release logic runs in a cluster, on a laptop and in tests.
+`Workloads`, `Router`, `Metrics`, `BusinessMetrics`, `Hooks`, `Clock` and `Notifier` each have a
+Kubernetes/Istio/Prometheus/HTTP implementation (`controller.adapters`) and a local one; tests use fakes.
+The reconciler talks only to these, so the same release logic runs in a cluster, on a laptop and in tests.
 All ports are synchronous: a tick is short and sequential, and the edges that need concurrency (the local
-router, the load generator) run in their own processes or threads.
+mesh, the load generator) run in their own processes or threads.
+
+This module depends on the core only (the data the ports carry), never on an adapter.
 """
 
 from __future__ import annotations
@@ -12,8 +15,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from analysis.abtest import PrimaryCounts
 from analysis.observations import MetricsQuery, WindowCounts
-from controller.routing.plan import RoutingPlan
+from controller.core.observation import Readiness
+from controller.core.plan import RoutingPlan
+from controller.core.spec.hooks import HookResult, HookSpec
+
+__all__ = [
+    "BusinessMetrics", "BusinessQuery", "Clock", "Hooks", "Metrics", "MetricsUnavailable", "Notice", "Notifier",
+    "PermanentError", "PortError", "Readiness", "Router", "TemporaryError", "Workloads",
+]
 
 
 class PortError(Exception):
@@ -36,16 +47,6 @@ class PermanentError(PortError):
 
 class MetricsUnavailable(TemporaryError):
     """The metrics backend failed, timed out or answered something unusable: an `error` verdict."""
-
-
-@dataclass(frozen=True)
-class Readiness:
-    ready: bool
-    reason: str = ""
-    # True when the workload can no longer become ready (crash loop, progress deadline exceeded).
-    failed: bool = False
-    # False when the workload does not exist (yet): the controller has not created it, e.g. it was down.
-    exists: bool = True
 
 
 class Workloads(Protocol):
@@ -87,10 +88,41 @@ class Notice:
     reason: str  # e.g. Initialized, WeightIncreased, AnalysisFailed, RolledBack, Promoted, InvalidSpec
     message: str
     warning: bool = False
-    # The numbers behind it: the latest decision of the persisted status (`notify.decision_details`).
+    # The numbers behind it: the latest decision of the persisted status (`controller.core.status.decision_details`).
     details: Mapping[str, Any] | None = None
     namespace: str = ""
 
 
 class Notifier(Protocol):
     def notify(self, notice: Notice) -> None: ...
+
+
+@dataclass(frozen=True)
+class BusinessQuery:
+    """The primary metric `metric` (e.g. click-through) of `service` per version, in `namespace`."""
+
+    namespace: str
+    service: str
+    versions: tuple[str, ...]
+    metric: str
+    kind: str  # proportion | mean
+
+
+class BusinessMetrics(Protocol):
+    """An A/B experiment's primary metric (impressions and clicks, or any other), per version.
+
+    A port of its own beside `Metrics`, so a canary-only deployment needs no business source at all.
+    """
+
+    def business(self, query: BusinessQuery, start: float, end: float) -> Mapping[str, PrimaryCounts]:
+        """Counts per version in (start, end]; a version with no data is absent. Raises MetricsUnavailable."""
+
+
+class Hooks(Protocol):
+    """Release hooks: calls the release makes at fixed points (`controller.core.machine.hooks` says when)."""
+
+    def run(self, hook: HookSpec, payload: Mapping[str, Any]) -> HookResult:
+        """Call the hook and wait for its answer (within its timeout and retries)."""
+
+    def fire(self, hook: HookSpec, payload: Mapping[str, Any]) -> object:
+        """Call the hook without waiting for it (load tests)."""

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from analysis.abtest import PrimaryCounts
 from analysis.observations import MetricsQuery
-from controller import hook_points, machine
-from controller.business import BusinessMetrics, BusinessQuery
-from controller.hook_spec import HookResult
-from controller.hooks import Hooks, HttpHooks
-from controller.machine import (
+from controller.core import machine
+from controller.core.machine import (
     Action,
     ApplyRouting,
     EnsureWorkloads,
@@ -28,10 +25,23 @@ from controller.machine import (
     Observation,
     RetireWorkloads,
 )
-from controller.notify import decision_details
-from controller.ports import Clock, Metrics, Notice, Notifier, PortError, Readiness, Router, Workloads
-from controller.spec import InvalidSpec, ReleaseSpec, parse_release
-from controller.status import Phase, ReleaseStatus
+from controller.core.machine import hooks as hook_points
+from controller.core.observation import Readiness
+from controller.core.spec.hooks import HookResult
+from controller.core.spec.release import InvalidSpec, ReleaseSpec, parse_release
+from controller.core.status import Phase, ReleaseStatus, decision_details
+from controller.ports import (
+    BusinessMetrics,
+    BusinessQuery,
+    Clock,
+    Hooks,
+    Metrics,
+    Notice,
+    Notifier,
+    PortError,
+    Router,
+    Workloads,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +55,8 @@ class Ports:
     notifier: Notifier
     # A/B experiments only: the primary metric's counts per version (impressions and clicks, ...).
     business: BusinessMetrics | None = None
-    # Release hooks (`spec.hooks`): HTTP by default.
-    hooks: Hooks = field(default_factory=HttpHooks)
+    # Release hooks (`spec.hooks`); a runner without one fails every hook the release declares.
+    hooks: Hooks | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +143,9 @@ class Reconciler:
                     ) -> dict[str, HookResult]:
         results = {}
         for hook in wants.hooks:
+            if self.ports.hooks is None:
+                results[hook.name] = HookResult(False, None, "no hook runner is configured", 0.0)
+                continue
             try:
                 results[hook.name] = self.ports.hooks.run(hook, hook_points.payload(spec, status, hook))
             except Exception as exc:  # a broken hook runner is a failed call, never a crash loop
@@ -202,6 +215,9 @@ class Reconciler:
                 p.notifier.notify(Notice(acting.release, reason, message, warning, acting.details, acting.namespace))
             case FireHook(hook=hook):
                 assert spec is not None
+                if p.hooks is None:
+                    log.warning("hook %s not fired: no hook runner is configured", hook.name)
+                    return
                 p.hooks.fire(hook, hook_points.payload(spec, acting.status, hook))
 
 

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.kmock_server import RunningEmulator, start_emulator
+from tests.support.kmock_server import RunningEmulator, start_emulator
 
 if TYPE_CHECKING:
-    from tests.test_router import LoopThread
+    from tests.localmesh.test_proxy import LoopThread
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def emulator() -> Iterator[RunningEmulator]:
 @pytest.fixture(scope="module")
 def loop() -> Iterator[LoopThread]:
     """An asyncio loop on a thread of its own for the in-process router tests, one per test module."""
-    from tests.test_router import LoopThread  # only the modules that use it pay for the router's imports
+    from tests.localmesh.test_proxy import LoopThread  # only the modules that use it pay for the router's imports
 
     lt = LoopThread()
     yield lt

@@ -1,0 +1,182 @@
+"""Render a routing plan into Istio DestinationRules and VirtualServices, and read a plan back from them.
+
+One renderer, two consumers: the Kubernetes adapter writes these objects to the API server, and the
+local mesh router routes by them. Release lanes work like this:
+
+- the entry service's VirtualService splits traffic by weight, and each destination sets the lane header
+  (`x-canary-lane: stable|canary`) on the request it forwards;
+- the services propagate that header on their downstream calls, like trace headers;
+- every other service's VirtualService sends a request carrying `lane=canary` to its canary subset when
+  it has one, and everything else to stable, so a request never mixes versions along its path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controller.adapters.istio import experiment as ab
+from controller.core.plan import RoutingPlan, ServiceVersions
+
+API_VERSION = "networking.istio.io/v1"
+MANAGED_BY = "stack-canary"
+LABEL_RELEASE = "stack-canary.dev/release"
+ANNOTATION_ROLE = "stack-canary.dev/role"
+ANNOTATION_LANE_HEADER = "stack-canary.dev/lane-header"
+ENTRY_ROUTE = "release-split"
+CANARY_LANE_ROUTE = "canary-lane"
+STABLE_LANE_ROUTE = "stable-lane"
+
+Obj = dict[str, Any]
+
+
+def _metadata(name: str, plan: RoutingPlan, role: str) -> Obj:
+    labels = {"app.kubernetes.io/managed-by": MANAGED_BY}
+    if plan.owner:
+        labels[LABEL_RELEASE] = plan.owner
+    return {
+        "name": name,
+        "namespace": plan.namespace,
+        "labels": labels,
+        "annotations": {ANNOTATION_ROLE: role, ANNOTATION_LANE_HEADER: plan.lane_header},
+    }
+
+
+def destination_rule(plan: RoutingPlan, sv: ServiceVersions) -> Obj:
+    if plan.experiment is not None:
+        return {"apiVersion": API_VERSION, "kind": "DestinationRule",
+                "metadata": _metadata(sv.service, plan, "subsets"), "spec": ab.destination_rule_spec(plan, sv)}
+    subsets = [{"name": "stable", "labels": {"version": sv.stable}}]
+    if sv.canary:
+        subsets.append({"name": "canary", "labels": {"version": sv.canary}})
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "DestinationRule",
+        "metadata": _metadata(sv.service, plan, "subsets"),
+        "spec": {"host": sv.service, "subsets": subsets},
+    }
+
+
+def _lane_destination(host: str, subset: str, weight: int, lane_header: str, lane: str) -> Obj:
+    return {
+        "destination": {"host": host, "subset": subset},
+        "weight": weight,
+        "headers": {"request": {"set": {lane_header: lane}}},
+    }
+
+
+def entry_virtual_service(plan: RoutingPlan) -> Obj:
+    if plan.experiment is not None:
+        metadata = _metadata(plan.entry, plan, "entry")
+        metadata["annotations"].update(ab.entry_annotations(plan))
+        return {"apiVersion": API_VERSION, "kind": "VirtualService", "metadata": metadata,
+                "spec": ab.entry_spec(plan)}
+    entry = plan.service(plan.entry)
+    canary_subset = "canary" if entry.canary else "stable"
+    spec: Obj = {
+        "hosts": [plan.entry, *plan.entry_hosts],
+        "http": [
+            {
+                "name": ENTRY_ROUTE,
+                "route": [
+                    _lane_destination(plan.entry, "stable", plan.stable_weight, plan.lane_header, "stable"),
+                    _lane_destination(
+                        plan.entry, canary_subset, plan.canary_weight, plan.lane_header, "canary"
+                    ),
+                ],
+            }
+        ],
+    }
+    if plan.gateways:
+        spec["gateways"] = [*plan.gateways, "mesh"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "VirtualService",
+        "metadata": _metadata(plan.entry, plan, "entry"),
+        "spec": spec,
+    }
+
+
+def lane_virtual_service(plan: RoutingPlan, sv: ServiceVersions) -> Obj:
+    if plan.experiment is not None:
+        return {"apiVersion": API_VERSION, "kind": "VirtualService", "metadata": _metadata(sv.service, plan, "lane"),
+                "spec": ab.lane_spec(plan, sv)}
+    http: list[Obj] = []
+    if sv.canary:
+        http.append(
+            {
+                "name": CANARY_LANE_ROUTE,
+                "match": [{"headers": {plan.lane_header: {"exact": "canary"}}}],
+                "route": [{"destination": {"host": sv.service, "subset": "canary"}}],
+            }
+        )
+    http.append({"name": STABLE_LANE_ROUTE, "route": [{"destination": {"host": sv.service, "subset": "stable"}}]})
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "VirtualService",
+        "metadata": _metadata(sv.service, plan, "lane"),
+        "spec": {"hosts": [sv.service], "http": http},
+    }
+
+
+def render(plan: RoutingPlan) -> list[Obj]:
+    """All objects of the plan: a DestinationRule per service, the entry split, a lane route per service."""
+    objects = [destination_rule(plan, sv) for sv in plan.services]
+    objects.append(entry_virtual_service(plan))
+    objects.extend(lane_virtual_service(plan, sv) for sv in plan.services if sv.service != plan.entry)
+    return objects
+
+
+class UnreadablePlan(ValueError):
+    """The objects in effect are not ones this renderer wrote (or were edited by hand)."""
+
+
+def read_plan(objects: list[Obj]) -> RoutingPlan | None:
+    """The plan in effect, recovered from the objects; None when none of them is the controller's."""
+    ours = [o for o in objects if o.get("metadata", {}).get("labels", {}).get("app.kubernetes.io/managed-by")
+            == MANAGED_BY]
+    entries = [o for o in ours if o["kind"] == "VirtualService"
+               and o["metadata"].get("annotations", {}).get(ANNOTATION_ROLE) == "entry"]
+    if not entries:
+        return None
+    if len(entries) > 1:
+        raise UnreadablePlan(f"{len(entries)} entry VirtualServices are marked as the controller's")
+    entry_vs = entries[0]
+    meta = entry_vs["metadata"]
+    lane_header = meta.get("annotations", {}).get(ANNOTATION_LANE_HEADER, "")
+    try:
+        experiment = ab.read_experiment(entry_vs) if ab.is_experiment_entry(entry_vs) else None
+    except ab.UnreadableExperiment as exc:
+        raise UnreadablePlan(str(exc)) from exc
+    # An experiment's entry assigns users instead of splitting by weight: its treatment share stands in.
+    canary_weight = (100 - experiment.control.weight) if experiment else _canary_weight(entry_vs, lane_header)
+    services = []
+    for dr in (o for o in ours if o["kind"] == "DestinationRule"):
+        subsets = {s["name"]: s.get("labels", {}).get("version") for s in dr["spec"].get("subsets", [])}
+        if not subsets.get("stable"):
+            raise UnreadablePlan(f"DestinationRule {dr['metadata'].get('name')}: no stable subset")
+        services.append(ServiceVersions(dr["spec"]["host"], subsets["stable"], subsets.get("canary")))
+    entry_hosts = entry_vs["spec"]["hosts"]
+    gateways = tuple(g for g in entry_vs["spec"].get("gateways", []) if g != "mesh")
+    return RoutingPlan(
+        namespace=meta.get("namespace", ""),
+        entry=entry_hosts[0],
+        services=tuple(sorted(services, key=lambda s: s.service)),
+        canary_weight=canary_weight,
+        lane_header=lane_header,
+        gateways=gateways,
+        entry_hosts=tuple(entry_hosts[1:]),
+        owner=meta.get("labels", {}).get(LABEL_RELEASE, ""),
+        experiment=experiment,
+    )
+
+
+def _canary_weight(entry_vs: Obj, lane_header: str) -> int:
+    meta = entry_vs["metadata"]
+    try:
+        route = next(r for r in entry_vs["spec"]["http"] if r.get("name") == ENTRY_ROUTE)
+        return next(
+            int(d.get("weight", 0)) for d in route["route"]
+            if d.get("headers", {}).get("request", {}).get("set", {}).get(lane_header) == "canary"
+        )
+    except (StopIteration, KeyError, TypeError, ValueError) as exc:
+        raise UnreadablePlan(f"VirtualService {meta.get('name')}: no canary-lane destination ({exc!r})") from exc

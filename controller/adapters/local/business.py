@@ -1,0 +1,114 @@
+"""The business-metrics port in local mode: impressions and clicks scraped from each entry-service process.
+
+This module owns `LocalBusinessMetrics`. The search stack counts `searchstack_impressions_total` and
+`searchstack_clicks_total` {service, version} on each master-search process's own `/metrics`, and the
+clicks' values (`searchstack_click_value_total`, `searchstack_click_value_squares_total`). A proportion
+primary metric (any name, e.g. `click-through`) is clicks per impression; a mean one (`kind: mean`, any
+name, e.g. `click-value`) is the mean value per click: count = clicks, total = the values' sum, squares =
+their squares' sum (`MEAN_COUNTERS`). the local
+router's Istio metrics do not carry them, so this source scrapes every running process of the queried
+service directly (no Prometheus in between) and differences each process's counters against its previous
+scrape. A window is therefore (previous call, this call] — the same convention as `DirectMetrics`.
+
+Counter handling: a process seen for the first time after `prime()` started inside the window, so all of
+its counts belong to it; a counter that went down was reset (process restarted on the same port) and
+counts from zero. Without `prime()`, the first call only takes the baseline and reports nothing, so a
+restarted controller never counts a process's whole history into one window. Assigned users (`units`,
+the experiment's sample-ratio input) are `searchstack_assignments_total`: searches that arrived without
+the assignment cookie, i.e. users the mesh assigned in the window (docs/experiments.md, "Sample ratio").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from analysis.abtest import PrimaryCounts
+from controller.ports import BusinessQuery, MetricsUnavailable
+
+__all__ = ["LocalBusinessMetrics", "parse_business"]
+
+IMPRESSIONS = "searchstack_impressions_total"
+CLICKS = "searchstack_clicks_total"
+CLICK_VALUE = "searchstack_click_value_total"
+CLICK_VALUE_SQUARES = "searchstack_click_value_squares_total"
+ASSIGNMENTS = "searchstack_assignments_total"
+# The counters behind each kind of primary metric: (count, total[, squares]).
+PROPORTION_COUNTERS = (IMPRESSIONS, CLICKS)
+MEAN_COUNTERS = (CLICKS, CLICK_VALUE, CLICK_VALUE_SQUARES)
+_ALL = (IMPRESSIONS, CLICKS, CLICK_VALUE, CLICK_VALUE_SQUARES, ASSIGNMENTS)
+# (version, address) -> cumulative counters as scraped, in `_ALL` order.
+Snapshot = dict[tuple[str, str], tuple[float, ...]]
+
+
+def parse_business(text: str, service: str) -> dict[str, tuple[float, ...]]:
+    """Cumulative (impressions, clicks, click value, click value squares, assignments) per version of
+    `service` in one Prometheus text exposition (0 for a counter that is not there)."""
+    out: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in _ALL and sample.labels.get("service") == service:
+                values = out.setdefault(sample.labels.get("version", ""), [0.0] * len(_ALL))
+                values[_ALL.index(sample.name)] += float(sample.value)
+    return {v: tuple(values) for v, values in out.items()}
+
+
+class LocalBusinessMetrics:
+    """`processes(service)` lists (version, "host:port") of the service's running processes."""
+
+    def __init__(self, processes: Callable[[str], Iterable[tuple[str, str]]], timeout_s: float = 2.0,
+                 client: httpx.Client | None = None) -> None:
+        self._processes = processes
+        self._client = client or httpx.Client(timeout=timeout_s)
+        self._previous: Snapshot | None = None
+
+    def close(self) -> None:
+        self._client.close()
+
+    def prime(self, service: str) -> None:
+        """Take the baseline the first window starts from (call it before the experiment starts)."""
+        self._previous = self._scrape(service)
+
+    def business(self, query: BusinessQuery, start: float, end: float) -> Mapping[str, PrimaryCounts]:
+        now = self._scrape(query.service)
+        before, self._previous = self._previous, now
+        if before is None:
+            return {}
+        zero = (0.0,) * len(_ALL)
+        totals: dict[str, list[float]] = {}
+        for (version, address), counters in now.items():
+            was = before.get((version, address), zero)
+            if any(c < w for c, w in zip(counters, was, strict=True)):
+                was = zero  # the process restarted: its counters began again at zero
+            sums = totals.setdefault(version, [0.0] * len(_ALL))
+            for i, (c, w) in enumerate(zip(counters, was, strict=True)):
+                sums[i] += c - w
+        return {v: _counts(query.kind, sums) for v, sums in totals.items() if v in query.versions}
+
+    def _scrape(self, service: str) -> Snapshot:
+        snapshot: Snapshot = {}
+        for version, address in self._processes(service):
+            url = f"http://{address}/metrics"
+            try:
+                response = self._client.get(url)
+                response.raise_for_status()
+                counts = parse_business(response.text, service)
+            except httpx.HTTPError as error:
+                raise MetricsUnavailable(f"scraping {url} failed: {type(error).__name__}: {error}") from None
+            except ValueError as error:
+                raise MetricsUnavailable(f"{url} answered unparsable metrics: {error}") from None
+            snapshot[(version, address)] = counts.get(version, (0.0,) * len(_ALL))
+        return snapshot
+
+
+def _counts(kind: str, sums: list[float]) -> PrimaryCounts:
+    impressions, clicks, value, squares, assigned = sums
+    units = round(assigned)
+    if kind == "mean":
+        # Float sums over a window: a tiny negative from rounding is 0; keep Cauchy-Schwarz possible.
+        n, total = round(clicks), max(value, 0.0)
+        return PrimaryCounts.mean(total, max(squares, total * total / n if n else 0.0), n, units=units)
+    n = round(impressions)
+    return PrimaryCounts.proportion(min(round(clicks), n), n, units=units)

@@ -1,0 +1,288 @@
+"""A small supervisor for the local processes of local mode: start, health-check, stop, never leak.
+
+Owns `ProcessGroup` (a context manager over the processes it started) and `start_search_service`, which
+knows how to launch one version of one search-stack service behind the local mesh router.
+
+Children never outlive the supervisor: each gets `PR_SET_PDEATHSIG=SIGTERM` (Linux) before exec, so even
+a SIGKILLed parent takes them down. Note that Linux sends that signal when the *thread* that forked the
+child exits, so start processes from a long-lived thread (normally the main thread). Each child runs in its
+own session, so `stop` signals its whole process group, and logs stdout+stderr to `<log_dir>/<name>.log`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+import httpx
+
+from searchstack.faults import FAULT_ENV
+from searchstack.settings import DOWNSTREAM_ENV_PREFIX
+from searchstack.settings import ROLES as SEARCH_ROLES
+
+PR_SET_PDEATHSIG = 1
+
+
+class ProcessError(RuntimeError):
+    """A supervised process failed to start, exited early or never became healthy."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Proc:
+    """One supervised process."""
+
+    name: str
+    argv: list[str]
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    health_url: str | None = None
+    _log: IO[bytes] | None = field(default=None, repr=False)
+    stopped: bool = False  # reaped by stop(); its pid may belong to someone else from now on
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        return tail(self.log_path, lines)
+
+    def last_error(self, lines: int = 5) -> str:
+        """The last few log lines on one line: what to show in a status reason when the process died."""
+        return " | ".join(line.strip() for line in self.log_tail(lines).splitlines() if line.strip())
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    """The last `lines` lines of a log file ("" when it does not exist)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16_384))
+            data = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])
+
+
+# Resolved once in the parent: dlopen() between fork and exec can deadlock when the parent has threads.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Runs in the child between fork and exec: ask the kernel for SIGTERM when the parent dies."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    # The parent may have died before prctl took effect; then nobody would ever signal us.
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+class ProcessGroup:
+    """The processes of one local run. Leaving the `with` block stops them all."""
+
+    def __init__(self, log_dir: Path | str) -> None:
+        self.log_dir = Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.procs: dict[str, Proc] = {}
+
+    def __enter__(self) -> ProcessGroup:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop_all()
+
+    def start(
+        self,
+        name: str,
+        argv: list[str],
+        env: Mapping[str, str] | None = None,
+        health_url: str | None = None,
+        *,
+        inherit_env: bool = True,
+        cwd: Path | str | None = None,
+    ) -> Proc:
+        """Start `argv` as `name`; `env` is added to (or, with inherit_env=False, replaces) os.environ."""
+        previous = self.procs.get(name)
+        if previous is not None and previous.alive():
+            raise ProcessError(f"{name}: already running as pid {previous.pid}")
+        if previous is not None:
+            self.stop(previous)  # reap it and close its log before the name is reused
+        full_env = {**(os.environ if inherit_env else {}), **(env or {})}
+        log_path = self.log_dir / f"{name}.log"
+        log = log_path.open("ab")
+        parent = os.getpid()
+        try:
+            popen = subprocess.Popen(
+                argv, env=full_env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=lambda: _die_with_parent(parent),
+            )
+        except OSError as exc:
+            log.close()
+            raise ProcessError(f"{name}: cannot start {argv[0]!r}: {exc}") from exc
+        proc = Proc(name=name, argv=list(argv), popen=popen, log_path=log_path, health_url=health_url, _log=log)
+        self.procs[name] = proc
+        return proc
+
+    def wait_healthy(self, proc: Proc, timeout: float = 20.0) -> None:
+        """Poll `proc.health_url` until it answers 2xx; raise `ProcessError` with its log tail otherwise."""
+        if proc.health_url is None:
+            raise ProcessError(f"{proc.name}: no health URL to wait for")
+        deadline = time.monotonic() + timeout
+        last = "no answer yet"
+        with httpx.Client(timeout=1.0, trust_env=False) as client:  # loopback: never via an env proxy
+            while True:
+                if not proc.alive():
+                    raise ProcessError(
+                        f"{proc.name} (pid {proc.pid}) exited with code {proc.popen.returncode} before it was "
+                        f"healthy; last log lines:\n{proc.log_tail()}"
+                    )
+                try:
+                    if client.get(proc.health_url).is_success:
+                        return
+                    last = "not ready"
+                except httpx.HTTPError as exc:
+                    last = f"{type(exc).__name__}"
+                if time.monotonic() >= deadline:
+                    raise ProcessError(
+                        f"{proc.name} (pid {proc.pid}) not healthy at {proc.health_url} after {timeout:.1f}s "
+                        f"({last}); last log lines:\n{proc.log_tail()}"
+                    )
+                time.sleep(0.05)
+
+    def wait_all_healthy(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        for proc in self.procs.values():
+            if proc.health_url is not None:
+                self.wait_healthy(proc, max(0.1, deadline - time.monotonic()))
+
+    def stop(self, proc: Proc, grace: float = 5.0) -> int | None:
+        """SIGTERM the process group, SIGKILL it after `grace` seconds, reap; returns the exit code."""
+        if proc.stopped:
+            return proc.popen.returncode
+        if proc.alive():
+            _signal_group(proc, signal.SIGTERM)
+            try:
+                proc.popen.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+                proc.popen.wait()
+        else:
+            proc.popen.wait()
+        # The leader is gone; make sure nothing it forked lingers in its group. (The kernel does not reuse
+        # a pid while a process group of that id has members, so this reaches only the leader's own group.)
+        _signal_group(proc, signal.SIGKILL)
+        proc.stopped = True
+        if proc._log is not None:
+            proc._log.close()
+            proc._log = None
+        return proc.popen.returncode
+
+    def stop_all(self, grace: float = 5.0) -> None:
+        """Stop every process: all get SIGTERM at once, then each is waited for (SIGKILL after `grace`)."""
+        procs = list(self.procs.values())
+        for proc in procs:
+            if not proc.stopped and proc.alive():
+                _signal_group(proc, signal.SIGTERM)
+        for proc in procs:
+            self.stop(proc, grace)
+
+
+def _signal_group(proc: Proc, sig: signal.Signals) -> None:
+    # start_new_session made the child a group leader: its pgid is its pid.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+def search_service_env(
+    role: str,
+    version: str,
+    upstream_url: str,
+    faults: Mapping[str, float] | None = None,
+    work_ms: float = 0.0,
+    lane_header: str = "x-canary-lane",
+    *,
+    host_suffix: str = "",
+    upstream_urls: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment of one search-stack service process.
+
+    Every downstream URL is `upstream_url` (the mesh router) unless `upstream_urls` names a service, and
+    `<NAME>_HOST` is the service name plus `host_suffix` (e.g. ".default.svc.cluster.local"), the Host the
+    router matches VirtualService hosts against. `faults` uses the keys of `PUT /admin/faults`.
+    """
+    if role not in SEARCH_ROLES:
+        raise ValueError(f"unknown search role {role!r}; expected one of {', '.join(SEARCH_ROLES)}")
+    env = {
+        "SEARCHSTACK_VERSION": version,
+        "SEARCHSTACK_WORKLOAD": f"{role}-{version}",
+        "SEARCHSTACK_WORK_MS": repr(float(work_ms)),
+        "LANE_HEADER": lane_header,
+        # One BLAS thread: the services' matrix products are tiny, and spinning BLAS threads burn the cores.
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    for service, prefix in DOWNSTREAM_ENV_PREFIX.items():
+        env[f"{prefix}_URL"] = (upstream_urls or {}).get(service, upstream_url)
+        env[f"{prefix}_HOST"] = service + host_suffix
+    for key, value in (faults or {}).items():
+        if key not in FAULT_ENV:
+            raise ValueError(f"unknown fault {key!r}; expected one of {', '.join(FAULT_ENV)}")
+        env[FAULT_ENV[key]] = repr(float(value))
+    return env
+
+
+def start_search_service(
+    group: ProcessGroup,
+    role: str,
+    version: str,
+    port: int,
+    upstream_url: str,
+    faults: Mapping[str, float] | None = None,
+    work_ms: float = 0.0,
+    lane_header: str = "x-canary-lane",
+    *,
+    host_suffix: str = "",
+    upstream_urls: Mapping[str, str] | None = None,
+    bind_host: str = "127.0.0.1",
+    name: str | None = None,
+) -> Proc:
+    """Start `python -m searchstack` for one version of one service; call `group.wait_healthy` after.
+
+    The process is named `<role>-<version>` unless `name` is given; its health URL is `/healthz`.
+    """
+    env = search_service_env(
+        role, version, upstream_url, faults, work_ms, lane_header,
+        host_suffix=host_suffix, upstream_urls=upstream_urls,
+    )
+    argv = [sys.executable, "-m", "searchstack", "--role", role, "--port", str(port), "--host", bind_host]
+    return group.start(
+        name or f"{role}-{version}", argv, env, health_url=f"http://{bind_host}:{port}/healthz",
+        cwd=_project_root(),
+    )
+
+
+def _project_root() -> Path:
+    # So `-m searchstack` resolves even when the package is not installed (a source checkout).
+    return Path(__file__).resolve().parents[3]

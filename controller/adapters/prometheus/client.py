@@ -1,0 +1,712 @@
+"""The Prometheus metrics provider: Istio's raw counters for a release, read at aligned instants.
+
+This module owns talking to Prometheus (through prometheus-api-client): its configuration, PromQL
+escaping, the grouped queries for a release, turning answers into series, and custom metrics from
+PromQL templates. The differencing itself is `analysis.counters` (pure).
+
+Two queries per tick cover every service and version of a release (regex selectors, never one query per
+service x metric): the raw samples of `istio_requests_total` and `..._bucket` inside the window, and the
+last sample of each series at or before the window start (`last_over_time`, which keeps the metric name).
+
+Any failure — connection refused, timeout, HTTP error, a malformed answer, samples that are not counters —
+raises `PrometheusUnavailable(reason)`: never a count that could pass for a healthy canary. The controller
+side (`controller.adapters.prometheus.metrics`) turns it into the Metrics port's `MetricsUnavailable`.
+
+Secrets: the config holds only the *paths* of the token/password files, so its repr and logs cannot
+leak them; the files are read on each call (rotated tokens keep working) and the values only go into
+request headers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import requests
+import urllib3
+from prometheus_api_client.exceptions import PrometheusApiClientException
+from prometheus_api_client.prometheus_connect import PrometheusConnect
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from analysis.counters import (
+    CounterDataError,
+    IstioLabels,
+    LabelSet,
+    Sample,
+    Series,
+    increase,
+    labelset,
+    window_counts,
+)
+from analysis.observations import MetricsQuery, WindowCounts
+
+__all__ = [
+    "BasicAuth",
+    "CustomMetric",
+    "CustomValue",
+    "CustomWindow",
+    "PrometheusConfig",
+    "PrometheusConfigError",
+    "PrometheusMetrics",
+    "PrometheusUnavailable",
+    "expand_template",
+    "istio_selector",
+    "promql_regex",
+    "promql_string",
+]
+
+log = logging.getLogger(__name__)
+
+REQUESTS_METRIC = "istio_requests_total"
+BUCKETS_METRIC = "istio_request_duration_milliseconds_bucket"
+SERVICE_LABEL = "destination_service_name"
+VERSION_LABEL = "destination_version"
+
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_PLACEHOLDERS = (
+    "namespace", "service", "version", "reporter", "services_regex", "versions_regex",
+    "selector", "matchers", "window",
+)
+_PLACEHOLDER = re.compile(r"\{(" + "|".join(_PLACEHOLDERS) + r")\}")
+_ANY_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+# RE2 metacharacters; RE2 takes a backslash before any ASCII punctuation as that literal character.
+_REGEX_META = frozenset("\\.+*?()|[]{}^$")
+_RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_REASON_LIMIT = 300
+# Retries are ours (with backoff and a reason): urllib3 must not add its own. read=False re-raises a read
+# timeout as itself rather than as "max retries exceeded".
+_NO_RETRY = Retry(total=0, read=False)
+
+
+class PrometheusUnavailable(Exception):
+    """Prometheus failed, timed out or answered something unusable; `reason` says which."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class PrometheusConfigError(ValueError):
+    """A configuration value is wrong; `path` locates it (e.g. `metrics.prometheus.timeout_seconds`)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+# ---------------------------------------------------------------------------------------------------
+# Escaping: every value that reaches a query goes through these.
+
+
+def promql_string(value: str) -> str:
+    """`value` as a double-quoted PromQL string literal (Go escaping)."""
+    out = []
+    for ch in value:
+        if ch in '\\"':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def regex_literal(value: str) -> str:
+    """An RE2 pattern matching exactly `value`."""
+    return "".join("\\" + ch if ch in _REGEX_META else ch for ch in value)
+
+
+def promql_regex(values: Iterable[str]) -> str:
+    """A quoted PromQL regex (for `=~`) matching exactly one of `values` (which must not be empty)."""
+    alternatives = sorted(set(values))
+    if not alternatives:
+        raise ValueError("a regex matcher needs at least one value (an empty one would match everything)")
+    return promql_string("|".join(regex_literal(v) for v in alternatives))
+
+
+def _duration(seconds: float) -> str:
+    return f"{max(1, math.ceil(seconds * 1000))}ms"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass(frozen=True)
+class BasicAuth:
+    username: str
+    password_file: str
+
+
+@dataclass(frozen=True)
+class CustomMetric:
+    """A user's metric as PromQL templates (placeholders: see docs/metrics.md).
+
+    kind "counter_pair": `numerator` and `denominator` select cumulative counters (plain series
+    selectors); both are differenced exactly like Istio's, per (service, version).
+    kind "value": `query` is any PromQL expression evaluated at the window end, one series per
+    (service, version) told apart by `service_label` / `version_label`.
+    """
+
+    name: str
+    kind: Literal["counter_pair", "value"]
+    numerator: str = ""
+    denominator: str = ""
+    query: str = ""
+    service_label: str = SERVICE_LABEL
+    version_label: str = VERSION_LABEL
+
+    @property
+    def templates(self) -> tuple[str, ...]:
+        return (self.numerator, self.denominator) if self.kind == "counter_pair" else (self.query,)
+
+    @property
+    def per_pair(self) -> bool:
+        """Templates naming {service} or {version} run once per (service, version), not grouped."""
+        return any(re.search(r"\{(service|version)\}", t) for t in self.templates)
+
+
+@dataclass(frozen=True)
+class PrometheusConfig:
+    url: str
+    bearer_token_file: str | None = None
+    basic_auth: BasicAuth | None = None
+    tls_verify: bool = True
+    ca_file: str | None = None
+    timeout_seconds: float = 5.0
+    retries: int = 2
+    backoff_seconds: float = 0.5
+    # How far before a window's start to look for a series' last sample; a series with none that old
+    # counts from zero, so keep it above the longest Prometheus gap you want to survive.
+    lookback_seconds: float = 600.0
+    # "" when the series carry no namespace label (e.g. a local router).
+    namespace_label: str = "destination_service_namespace"
+    # The response codes the controller should count as errors when a release sets none (prefixes).
+    error_codes: tuple[str, ...] = ("5",)
+    custom_metrics: Mapping[str, CustomMetric] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], path: str = "prometheus") -> PrometheusConfig:
+        return _ConfigReader(d, path).config()
+
+
+class _ConfigReader:
+    """Reads a PrometheusConfig from plain data, naming the exact path of the first wrong value."""
+
+    _KEYS = frozenset({
+        "url", "bearer_token_file", "basic_auth", "tls_verify", "ca_file", "timeout_seconds", "retries",
+        "backoff_seconds", "lookback_seconds", "namespace_label", "error_codes", "custom_metrics",
+    })
+
+    def __init__(self, d: Mapping[str, Any], path: str) -> None:
+        if not isinstance(d, Mapping):
+            raise PrometheusConfigError(path, f"must be a mapping, got {type(d).__name__}")
+        self.d, self.path = d, path
+        _no_unknown_keys(d, self._KEYS, path)
+
+    def config(self) -> PrometheusConfig:
+        d, p = self.d, self.path
+        token = _optional_str(d, "bearer_token_file", p)
+        basic = self.basic_auth()
+        if token and basic:
+            raise PrometheusConfigError(p, "set bearer_token_file or basic_auth, not both")
+        return PrometheusConfig(
+            url=self.url(),
+            bearer_token_file=token,
+            basic_auth=basic,
+            tls_verify=_bool(d, "tls_verify", p, True),
+            ca_file=_optional_str(d, "ca_file", p),
+            timeout_seconds=_number(d, "timeout_seconds", p, 5.0, positive=True),
+            retries=_count(d, "retries", p, 2),
+            backoff_seconds=_number(d, "backoff_seconds", p, 0.5),
+            lookback_seconds=_number(d, "lookback_seconds", p, 600.0, positive=True),
+            namespace_label=_label_name(
+                d, "namespace_label", p, "destination_service_namespace", empty_ok=True
+            ),
+            error_codes=self.error_codes(),
+            custom_metrics=self.custom_metrics(),
+        )
+
+    def url(self) -> str:
+        value = _optional_str(self.d, "url", self.path)
+        where = f"{self.path}.url"
+        if not value:
+            raise PrometheusConfigError(where, "is required (e.g. http://prometheus.istio-system:9090)")
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise PrometheusConfigError(where, f"must be an http(s):// URL with a host, got {value!r}")
+        if parts.username or parts.password:
+            raise PrometheusConfigError(where, "must not carry credentials; use basic_auth.password_file")
+        if parts.query or parts.fragment:
+            raise PrometheusConfigError(where, "must not have a query string or fragment")
+        return value.rstrip("/")
+
+    def basic_auth(self) -> BasicAuth | None:
+        raw = self.d.get("basic_auth")
+        where = f"{self.path}.basic_auth"
+        if raw is None:
+            return None
+        if not isinstance(raw, Mapping):
+            raise PrometheusConfigError(where, "must be a mapping with username and password_file")
+        _no_unknown_keys(raw, frozenset({"username", "password_file"}), where)
+        username = _optional_str(raw, "username", where)
+        password_file = _optional_str(raw, "password_file", where)
+        if not username:
+            raise PrometheusConfigError(f"{where}.username", "is required")
+        if not password_file:
+            raise PrometheusConfigError(f"{where}.password_file", "is required (a file holding the password)")
+        return BasicAuth(username, password_file)
+
+    def error_codes(self) -> tuple[str, ...]:
+        raw = self.d.get("error_codes", ["5"])
+        where = f"{self.path}.error_codes"
+        if not isinstance(raw, list) or not raw:
+            raise PrometheusConfigError(where, "must be a non-empty list of response code prefixes: ['5']")
+        for i, code in enumerate(raw):
+            valid = isinstance(code, str | int) and not isinstance(code, bool)
+            if not valid or not re.fullmatch(r"[0-9]{1,3}", str(code)):
+                message = f"{code!r} is not a response code prefix (1-3 digits)"
+                raise PrometheusConfigError(f"{where}[{i}]", message)
+        return tuple(str(c) for c in raw)
+
+    def custom_metrics(self) -> dict[str, CustomMetric]:
+        raw = self.d.get("custom_metrics", {})
+        where = f"{self.path}.custom_metrics"
+        if not isinstance(raw, Mapping):
+            raise PrometheusConfigError(where, "must be a mapping of metric name to its definition")
+        return {name: _custom_metric(name, spec, f"{where}.{name}") for name, spec in raw.items()}
+
+
+def _custom_metric(name: object, spec: object, where: str) -> CustomMetric:
+    if not isinstance(name, str) or not re.fullmatch(r"[a-zA-Z0-9_.-]+", name):
+        raise PrometheusConfigError(where, "a custom metric name uses letters, digits, '_', '.', '-'")
+    if not isinstance(spec, Mapping):
+        raise PrometheusConfigError(where, "must be a mapping with kind and its templates")
+    kind = spec.get("kind")
+    needed = {"counter_pair": ("numerator", "denominator"), "value": ("query",)}
+    if kind not in needed:
+        raise PrometheusConfigError(f"{where}.kind", f"must be 'counter_pair' or 'value', got {kind!r}")
+    _no_unknown_keys(spec, frozenset({"kind", "service_label", "version_label", *needed[kind]}), where)
+    templates = {}
+    for key in needed[kind]:
+        template = _optional_str(spec, key, where)
+        if not template:
+            raise PrometheusConfigError(f"{where}.{key}", f"is required for kind {kind!r}")
+        _check_placeholders(template, f"{where}.{key}", allow_window=(kind == "value"))
+        templates[key] = template
+    return CustomMetric(
+        name=name,
+        kind=kind,
+        service_label=_label_name(spec, "service_label", where, SERVICE_LABEL),
+        version_label=_label_name(spec, "version_label", where, VERSION_LABEL),
+        **templates,
+    )
+
+
+def _check_placeholders(template: str, where: str, allow_window: bool) -> None:
+    for match in _ANY_PLACEHOLDER.finditer(template):
+        word = match.group(1)
+        if word not in _PLACEHOLDERS:
+            raise PrometheusConfigError(where, f"unknown placeholder {{{word}}}; known: {_PLACEHOLDERS}")
+        if word == "window" and not allow_window:
+            raise PrometheusConfigError(
+                where, "{window} is for kind 'value'; counters are differenced over the window already"
+            )
+
+
+def _no_unknown_keys(d: Mapping[str, Any], known: frozenset[str], path: str) -> None:
+    unknown = sorted(str(k) for k in d if k not in known)
+    if unknown:
+        raise PrometheusConfigError(f"{path}.{unknown[0]}", f"unknown field; expected one of {sorted(known)}")
+
+
+def _optional_str(d: Mapping[str, Any], key: str, path: str) -> str | None:
+    value = d.get(key)
+    if value is not None and not isinstance(value, str):
+        raise PrometheusConfigError(f"{path}.{key}", f"must be a string, got {type(value).__name__}")
+    return value
+
+
+def _bool(d: Mapping[str, Any], key: str, path: str, default: bool) -> bool:
+    value = d.get(key, default)
+    if not isinstance(value, bool):
+        raise PrometheusConfigError(f"{path}.{key}", f"must be true or false, got {value!r}")
+    return value
+
+
+def _number(d: Mapping[str, Any], key: str, path: str, default: float, positive: bool = False) -> float:
+    value = d.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise PrometheusConfigError(f"{path}.{key}", f"must be a number, got {value!r}")
+    if value < 0 or (positive and value == 0):
+        bound = "positive" if positive else ">= 0"
+        raise PrometheusConfigError(f"{path}.{key}", f"must be {bound}, got {value}")
+    return float(value)
+
+
+def _count(d: Mapping[str, Any], key: str, path: str, default: int) -> int:
+    value = d.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise PrometheusConfigError(f"{path}.{key}", f"must be a whole number >= 0, got {value!r}")
+    return value
+
+
+def _label_name(d: Mapping[str, Any], key: str, path: str, default: str, empty_ok: bool = False) -> str:
+    # Label names go into queries unquoted, so they must be proper label names, nothing else.
+    value = d.get(key, default)
+    if not isinstance(value, str) or not (_LABEL_NAME.fullmatch(value) or (empty_ok and value == "")):
+        raise PrometheusConfigError(f"{path}.{key}", f"must be a Prometheus label name, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------
+# Queries
+
+
+def _matchers(query: MetricsQuery, namespace_label: str, service_label: str, version_label: str,
+              pair: tuple[str, str] | None) -> list[str]:
+    matchers = []
+    if namespace_label and query.namespace:
+        matchers.append(f"{namespace_label}={promql_string(query.namespace)}")
+    if pair is None:
+        matchers.append(f"{service_label}=~{promql_regex(query.services)}")
+        matchers.append(f"{version_label}=~{promql_regex(query.versions)}")
+    else:
+        matchers.append(f"{service_label}={promql_string(pair[0])}")
+        matchers.append(f"{version_label}={promql_string(pair[1])}")
+    return matchers
+
+
+def istio_selector(query: MetricsQuery, namespace_label: str) -> str:
+    """One selector for both Istio counters of every service and version of the query."""
+    names = f'__name__=~"{REQUESTS_METRIC}|{BUCKETS_METRIC}"'
+    matchers = [names, *_matchers(query, namespace_label, SERVICE_LABEL, VERSION_LABEL, None)]
+    matchers.append(f"reporter={promql_string(query.reporter)}")
+    return "{" + ",".join(matchers) + "}"
+
+
+def expand_template(template: str, query: MetricsQuery, namespace_label: str, service_label: str,
+                    version_label: str, window_seconds: float, pair: tuple[str, str] | None = None) -> str:
+    """The template with every placeholder replaced by an escaped (and quoted) value."""
+    matchers = ",".join(_matchers(query, namespace_label, service_label, version_label, pair))
+    service, version = pair if pair is not None else ("", "")
+    values = {
+        "namespace": promql_string(query.namespace),
+        "service": promql_string(service),
+        "version": promql_string(version),
+        "reporter": promql_string(query.reporter),
+        "services_regex": promql_regex(query.services),
+        "versions_regex": promql_regex(query.versions),
+        "selector": "{" + matchers + "}",
+        "matchers": matchers,
+        "window": _duration(window_seconds),
+    }
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+
+
+def _reason(error: BaseException, timeout: float) -> str:
+    """What went wrong, short: no URL (it repeats the whole query), no object addresses."""
+    if isinstance(error, requests.Timeout):
+        return f"timed out after {timeout:g} s"
+    if isinstance(error, requests.ConnectionError):
+        cause = error.args[0] if error.args else error
+        inner = getattr(cause, "reason", cause)  # urllib3's MaxRetryError wraps the real failure
+        # NewConnectionError (refused, unreachable) subclasses ConnectTimeoutError in urllib3.
+        timed_out = isinstance(inner, urllib3.exceptions.TimeoutError)
+        if timed_out and not isinstance(inner, urllib3.exceptions.NewConnectionError):
+            return f"timed out after {timeout:g} s"
+        detail = re.sub(r"^<[^>]*>: ", "", str(inner))
+        return f"connection failed: {detail}"[:_REASON_LIMIT]
+    text = f"{type(error).__name__}: {error}"
+    return text if len(text) <= _REASON_LIMIT else text[:_REASON_LIMIT] + "..."
+
+
+def _retryable(error: Exception) -> bool:
+    if isinstance(error, requests.Timeout | requests.ConnectionError):
+        return True
+    if isinstance(error, PrometheusApiClientException):
+        status = re.match(r"HTTP Status Code (\d+)", str(error))
+        return status is not None and int(status.group(1)) in _RETRYABLE_STATUS
+    return False
+
+
+def _labels_of(item: Any, where: str) -> dict[str, str]:
+    if not isinstance(item, dict) or not isinstance(item.get("metric"), dict):
+        raise PrometheusUnavailable(f"malformed answer to the {where} query: a result without labels")
+    labels: dict[str, str] = item["metric"]
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise PrometheusUnavailable(f"malformed answer to the {where} query: labels are not strings")
+    return labels
+
+
+def _sample(pair: Any, where: str) -> Sample:
+    try:
+        t, v = pair
+        return float(t), float(v)
+    except (TypeError, ValueError):
+        raise PrometheusUnavailable(f"malformed answer to the {where} query: sample {pair!r}") from None
+
+
+def _as_list(result: Any, where: str) -> list[Any]:
+    if not isinstance(result, list):
+        raise PrometheusUnavailable(f"malformed answer to the {where} query: result is not a list")
+    return result
+
+
+def _matrix(result: Any, where: str) -> list[tuple[dict[str, str], list[Sample]]]:
+    out = []
+    for item in _as_list(result, where):
+        labels = _labels_of(item, where)
+        values = item.get("values")
+        if not isinstance(values, list):
+            raise PrometheusUnavailable(f"malformed answer to the {where} query: expected a range of samples")
+        out.append((labels, [_sample(v, where) for v in values]))
+    return out
+
+
+def _vector(result: Any, where: str) -> list[tuple[dict[str, str], float]]:
+    out = []
+    for item in _as_list(result, where):
+        labels = _labels_of(item, where)
+        if "value" not in item:
+            raise PrometheusUnavailable(f"malformed answer to the {where} query: expected one sample each")
+        out.append((labels, _sample(item["value"], where)[1]))
+    return out
+
+
+@dataclass(frozen=True)
+class CustomValue:
+    """A custom metric of one (service, version): a counter pair's increases, or one value."""
+
+    numerator: float
+    denominator: float | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        if self.denominator is None:
+            return self.numerator
+        return self.numerator / self.denominator if self.denominator else None
+
+
+@dataclass(frozen=True)
+class CustomWindow:
+    name: str
+    start: float
+    end: float
+    values: Mapping[tuple[str, str], CustomValue]
+    absent: frozenset[tuple[str, str]] = frozenset()
+
+
+class PrometheusMetrics:
+    """Exact window counts and custom metrics of a release from Prometheus.
+
+    `queries_sent` and `query_seconds` count every HTTP query (including retries) for benchmarks.
+    """
+
+    def __init__(self, config: PrometheusConfig, *, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._config = config
+        self._sleep = sleep
+        self._clock = clock
+        self._labels = IstioLabels(namespace=config.namespace_label or None)
+        self._client = PrometheusConnect(
+            url=config.url,
+            retry=_NO_RETRY,
+            session=self._session(config),
+            timeout=config.timeout_seconds,  # type: ignore[arg-type]  # hinted int; requests takes float
+        )
+        self.queries_sent = 0
+        self.query_seconds = 0.0
+
+    def __repr__(self) -> str:
+        return f"PrometheusMetrics(url={self._config.url!r})"
+
+    @property
+    def config(self) -> PrometheusConfig:
+        return self._config
+
+    @staticmethod
+    def _session(config: PrometheusConfig) -> requests.Session:
+        session = requests.Session()
+        session.verify = (config.ca_file or True) if config.tls_verify else False
+        session.mount(config.url, HTTPAdapter(max_retries=_NO_RETRY))
+        return session
+
+    def close(self) -> None:
+        self._client.close()
+
+    # --- the Metrics port -------------------------------------------------------------------------
+
+    def window(self, query: MetricsQuery, start: float, end: float) -> WindowCounts:
+        """Exact counts in (start, end] for every service and version of `query`, in two queries."""
+        if end < start:
+            raise ValueError(f"window end {end} is before its start {start}")
+        if not query.services or not query.versions:
+            return WindowCounts(start=start, end=end, counts={})
+        series = self._counter_series(istio_selector(query, self._config.namespace_label), start, end)
+        by_name: dict[str, list[Series]] = {REQUESTS_METRIC: [], BUCKETS_METRIC: []}
+        for s in series:
+            by_name.get(s.label("__name__"), []).append(s)
+        try:
+            return window_counts(
+                query, by_name[REQUESTS_METRIC], by_name[BUCKETS_METRIC], start, end, self._labels
+            )
+        except CounterDataError as error:
+            raise PrometheusUnavailable(f"unusable counters from Prometheus: {error}") from None
+
+    # --- custom metrics ---------------------------------------------------------------------------
+
+    def custom(self, name: str, query: MetricsQuery, start: float, end: float) -> CustomWindow:
+        """A configured custom metric per (service, version) of `query` for (start, end]."""
+        metric = self._config.custom_metrics.get(name)
+        if metric is None:
+            raise KeyError(f"no custom metric {name!r}; configured: {sorted(self._config.custom_metrics)}")
+        pairs = [(s, v) for s in query.services for v in query.versions]
+        scopes: list[tuple[str, str] | None] = list(pairs) if metric.per_pair else [None]
+        values: dict[tuple[str, str], CustomValue] = {}
+        for scope in scopes:
+            evaluate = self._counter_pair if metric.kind == "counter_pair" else self._value
+            values.update(evaluate(metric, query, start, end, scope))
+        absent = frozenset(p for p in pairs if p not in values)
+        if metric.kind == "counter_pair":  # a missing counter series is zero, as for Istio's
+            values = {p: values.get(p, CustomValue(0.0, 0.0)) for p in pairs}
+        return CustomWindow(name=name, start=start, end=end, values=values, absent=absent)
+
+    def _expand(self, metric: CustomMetric, template: str, query: MetricsQuery, start: float, end: float,
+                scope: tuple[str, str] | None) -> str:
+        return expand_template(template, query, self._config.namespace_label, metric.service_label,
+                               metric.version_label, end - start, scope)
+
+    def _pair_of(self, metric: CustomMetric, query: MetricsQuery, labels: Mapping[str, str],
+                 scope: tuple[str, str] | None) -> tuple[str, str] | None:
+        if scope is not None:
+            return scope
+        pair = (labels.get(metric.service_label, ""), labels.get(metric.version_label, ""))
+        return pair if pair[0] in query.services and pair[1] in query.versions else None
+
+    def _counter_pair(self, metric: CustomMetric, query: MetricsQuery, start: float, end: float,
+                      scope: tuple[str, str] | None) -> dict[tuple[str, str], CustomValue]:
+        totals: list[dict[tuple[str, str], float]] = []
+        present: set[tuple[str, str]] = set()
+        for template in (metric.numerator, metric.denominator):
+            selector = self._expand(metric, template, query, start, end, scope)
+            series = self._counter_series(selector, start, end)
+            sums: dict[tuple[str, str], float] = {}
+            for s in series:
+                pair = self._pair_of(metric, query, s.labels, scope)
+                if pair is None or not any(t <= end for t, _ in s.samples):
+                    continue
+                present.add(pair)
+                try:
+                    sums[pair] = sums.get(pair, 0.0) + increase(s.samples, start, end)
+                except CounterDataError as error:
+                    raise PrometheusUnavailable(f"custom metric {metric.name}: {error}") from None
+            totals.append(sums)
+        return {p: CustomValue(totals[0].get(p, 0.0), totals[1].get(p, 0.0)) for p in present}
+
+    def _value(self, metric: CustomMetric, query: MetricsQuery, start: float, end: float,
+               scope: tuple[str, str] | None) -> dict[tuple[str, str], CustomValue]:
+        promql = self._expand(metric, metric.query, query, start, end, scope)
+        where = f"custom metric {metric.name}"
+        values: dict[tuple[str, str], CustomValue] = {}
+        for labels, value in _vector(self._query(promql, _ms_ceil(end), where), where):
+            pair = self._pair_of(metric, query, labels, scope)
+            if pair is None or math.isnan(value):
+                continue  # NaN is "no data" (e.g. 0/0): the pair is reported absent
+            if pair in values:
+                raise PrometheusUnavailable(
+                    f"{where} returned several series for {pair[0]}/{pair[1]}; aggregate with "
+                    f"sum by ({metric.service_label}, {metric.version_label}) (...)"
+                )
+            values[pair] = CustomValue(value)
+        return values
+
+    # --- raw samples ------------------------------------------------------------------------------
+
+    def _counter_series(self, selector: str, start: float, end: float) -> list[Series]:
+        """Raw samples in the window plus each series' last value at or before `start`.
+
+        Times go to Prometheus in whole milliseconds (its resolution): the range query reaches back to
+        the millisecond at or before `start`, where the baseline query stands, so no sample between
+        them is missed; `analysis.counters` then cuts exactly at (start, end].
+        """
+        start_ms, end_ms = math.floor(start * 1000) / 1000, _ms_ceil(end)
+        inside = self._query(f"{selector}[{_duration(end_ms - start_ms)}]", end_ms, "window samples")
+        lookback = _duration(self._config.lookback_seconds)
+        before = self._query(f"last_over_time({selector}[{lookback}])", start_ms, "window start")
+        samples: dict[LabelSet, list[Sample]] = {}
+        for labels, values in _matrix(inside, "window samples"):
+            samples.setdefault(labelset(labels), []).extend(values)
+        for labels, value in _vector(before, "window start"):
+            samples.setdefault(labelset(labels), []).append((start_ms, value))
+        return [Series(dict(key), tuple(s)) for key, s in samples.items()]
+
+    def _query(self, promql: str, at: float, what: str) -> Any:
+        """One instant query, retried with exponential backoff on connection errors, timeouts and 5xx."""
+        # Set on every query: the secret files are re-read, so rotated credentials keep working.
+        self._client.headers = self._auth_headers() or {}
+        self._client.auth = self._basic_auth()  # type: ignore[assignment]  # hinted tuple; None is "no auth"
+        attempts = self._config.retries + 1
+        for attempt in range(attempts):
+            try:
+                return self._timed_query(promql, at)
+            except (requests.RequestException, PrometheusApiClientException, ValueError, KeyError,
+                    TypeError) as error:
+                reason = f"Prometheus query for {what} failed: {_reason(error, self._config.timeout_seconds)}"
+                if not _retryable(error) or attempt + 1 == attempts:
+                    tries = f" (after {attempt + 1} attempts)" if attempt else ""
+                    raise PrometheusUnavailable(reason + tries) from None
+                log.warning("%s; retrying (%d/%d)", reason, attempt + 1, self._config.retries)
+                self._sleep(self._config.backoff_seconds * 2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _timed_query(self, promql: str, at: float) -> Any:
+        began = self._clock()
+        self.queries_sent += 1
+        try:
+            return self._client.custom_query(promql, params={"time": f"{at:.3f}"})
+        finally:
+            elapsed = self._clock() - began
+            self.query_seconds += elapsed
+            log.debug("prometheus query %s at %.3f took %.3fs", promql, at, elapsed)
+
+    def _auth_headers(self) -> dict[str, str] | None:
+        if not self._config.bearer_token_file:
+            return None
+        token = _read_secret(self._config.bearer_token_file, "bearer token")
+        return {"Authorization": f"Bearer {token}"}
+
+    def _basic_auth(self) -> tuple[str, str] | None:
+        auth = self._config.basic_auth
+        if auth is None:
+            return None
+        return auth.username, _read_secret(auth.password_file, "basic auth password")
+
+
+def _ms_ceil(t: float) -> float:
+    return math.ceil(t * 1000) / 1000
+
+
+def _read_secret(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = f.read().strip()
+    except OSError as error:
+        raise PrometheusUnavailable(f"cannot read the {what} file {path}: {error.strerror}") from None
+    if not value:
+        raise PrometheusUnavailable(f"the {what} file {path} is empty")
+    return value

@@ -1,0 +1,580 @@
+"""The Kubernetes commands of `canary`: run the controller, start a release, show a release.
+
+    canary controller [--namespace NS | --all-namespaces] [--prometheus-url URL] [--kubeconfig FILE]
+                      [--health-port 8080] [--identity ID] [--lease-namespace NS] [--no-leader-election]
+                      [--business-metric NAME] [--business-metric-numerator PROMQL]
+                      [--business-metric-denominator PROMQL] [--business-metric-squares PROMQL]
+                      [--business-metric-units PROMQL] [--no-business-metrics] [--log-format text|json]
+                      [--slack-webhook-file F] [--notify-url URL] [--notify-secret-file F] [--webhook-allow-host H]
+    canary start RELEASE --image SERVICE=REPO:TAG ... [-n NS] [--version V] [--stable-version V]
+    canary status RELEASE [-n NS] [--watch] [--json]
+
+Each `*_main(argv)` takes the arguments after its sub-command and returns the exit code: 0 done, 1 could
+not (API unreachable, release missing), 2 bad input. Kubeconfig, or the in-cluster service account
+when run in a pod and no kubeconfig is given.
+
+The controller's A/B experiments read their primary metric from the same Prometheus: `--business-metric`
+names a counter-pair custom metric (numerator: successes, denominator: trials, PromQL templates as in
+docs/metrics.md) that an experiment's `primaryMetric.name` refers to; the defaults are the search stack's
+click-through, `searchstack_clicks_total` / `searchstack_impressions_total` {namespace, service, version}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from kubernetes.config import ConfigException
+
+from controller.adapters.kubernetes.client import DEPLOYMENTS, RELEASES, ApiConflict, KubeApi, Obj
+from controller.adapters.kubernetes.health import HealthServer, Telemetry
+from controller.adapters.kubernetes.leader import LeaseElector
+from controller.adapters.kubernetes.loop import Controller, ControllerConfig
+from controller.adapters.kubernetes.workloads import ReplicaPolicy
+from controller.cli import outgoing as notifications
+from controller.core.operations import ONE_SHOT_CLEARED, Refused, all_revisions, next_revision_stable, plan
+from controller.core.spec.release import SEARCH_STACK, InvalidSpec, ReleaseSpec, parse_release
+from controller.core.status import ReleaseStatus
+from controller.logs import configure_logging
+from controller.ports import BusinessMetrics, PortError
+from controller.present.view import LIST_HEADER, history_lines, list_row, panel, progress_lines, table
+
+if TYPE_CHECKING:
+    from controller.adapters.prometheus.business import CustomMetrics
+
+log = logging.getLogger("canary.kubernetes")
+# The search stack's business counters (searchstack/telemetry.py), one query per (service, version): the
+# per-pair placeholders make the series' own label names irrelevant, so a scrape config that adds pod
+# labels (Istio's addon Prometheus maps `namespace`, `app`, `version`) cannot split or rename them.
+DEFAULT_BUSINESS_METRIC = "click-through"
+DEFAULT_BUSINESS_NUMERATOR = "searchstack_clicks_total{namespace={namespace},service={service},version={version}}"
+DEFAULT_BUSINESS_DENOMINATOR = (
+    "searchstack_impressions_total{namespace={namespace},service={service},version={version}}")
+CONTROLLER_NAMESPACE = "stack-canary-system"
+_LABEL_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(max(0.0, seconds))
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _connection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, else ~/.kube/config)")
+    p.add_argument("--context", help="kubeconfig context")
+    p.add_argument("--server", help=argparse.SUPPRESS)  # a plain-HTTP API server (tests, benchmarks)
+
+
+def _connect(args: argparse.Namespace, telemetry: Telemetry | None = None) -> KubeApi:
+    observer = telemetry.api_call if telemetry else None
+    if args.server:
+        return KubeApi.for_url(args.server, observer)
+    try:
+        return KubeApi.connect(args.kubeconfig, args.context, observer)
+    except (ConfigException, OSError) as exc:  # no kubeconfig, no such context, unreadable file
+        raise PortError(f"no Kubernetes API to talk to: {exc}") from exc
+
+
+# --------------------------------------------------------------------------------------------------
+# canary controller
+# --------------------------------------------------------------------------------------------------
+def _controller_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="canary controller", description="Run the StackRelease controller.")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("-n", "--namespace", help="watch releases in this namespace only")
+    where.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (default)")
+    p.add_argument("--prometheus-url", default=os.environ.get("PROMETHEUS_URL", "http://prometheus.istio-system:9090"),
+                   help="Prometheus with Istio's metrics (default: $PROMETHEUS_URL or the Istio addon)")
+    p.add_argument("--business-metric", default=os.environ.get("BUSINESS_METRIC", DEFAULT_BUSINESS_METRIC),
+                   help="the A/B primary metric's name, as in primaryMetric.name (default: $BUSINESS_METRIC or "
+                        f"{DEFAULT_BUSINESS_METRIC})")
+    p.add_argument("--business-metric-numerator",
+                   default=os.environ.get("BUSINESS_METRIC_NUMERATOR", DEFAULT_BUSINESS_NUMERATOR),
+                   help="PromQL template of its successes counter (default: $BUSINESS_METRIC_NUMERATOR or "
+                        "searchstack_clicks_total per namespace, service, version)")
+    p.add_argument("--business-metric-denominator",
+                   default=os.environ.get("BUSINESS_METRIC_DENOMINATOR", DEFAULT_BUSINESS_DENOMINATOR),
+                   help="PromQL template of its trials counter (default: $BUSINESS_METRIC_DENOMINATOR or "
+                        "searchstack_impressions_total per namespace, service, version)")
+    p.add_argument("--business-metric-squares", default=os.environ.get("BUSINESS_METRIC_SQUARES"),
+                   help="makes the metric a mean: PromQL template of the sum of squared values (the numerator "
+                        "is then the sum of values, the denominator their count); e.g. "
+                        "searchstack_click_value_squares_total")
+    p.add_argument("--business-metric-units", default=os.environ.get("BUSINESS_METRIC_UNITS"),
+                   help="PromQL template of a counter of users assigned per version, the units of the sample-"
+                        "ratio check (search stack: searchstack_assignments_total{...}); default: none")
+    p.add_argument("--no-business-metrics", action="store_true",
+                   help="no business source: an A/B experiment's looks are errors (it rolls back)")
+    p.add_argument("--health-port", type=int, default=8080, help="/healthz, /readyz, /metrics (0: any free)")
+    p.add_argument("--health-host", default="0.0.0.0", help="address to serve them on")
+    p.add_argument("--identity", default=os.environ.get("POD_NAME") or socket.gethostname(),
+                   help="this replica's name in the Lease (default: $POD_NAME or the host name)")
+    p.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", CONTROLLER_NAMESPACE))
+    p.add_argument("--lease-name", default="stack-canary-controller")
+    p.add_argument("--no-leader-election", action="store_true", help="a single replica: always write")
+    p.add_argument("--workers", type=int, default=4, help="releases ticked in parallel (default 4)")
+    p.add_argument("--resync", type=float, default=30.0, help="seconds between full resyncs (default 30)")
+    p.add_argument("--canary-replicas", type=int, help="fixed canary replicas (default: proportional to weight)")
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-format", default=os.environ.get("LOG_FORMAT", "text"), choices=["text", "json"],
+                   help="json: one object per line with release, namespace, phase and step ($LOG_FORMAT)")
+    notifications.add_arguments(p)
+    _connection_args(p)
+    return p
+
+
+def prometheus_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The controller's Prometheus config: Istio's metrics, plus the business metric as a custom metric."""
+    config: dict[str, Any] = {"url": args.prometheus_url}
+    if args.no_business_metrics:
+        return config
+    from controller.adapters.prometheus.business import mean_metric_config, units_metric_config
+
+    name, numerator, denominator = (args.business_metric, args.business_metric_numerator,
+                                    args.business_metric_denominator)
+    if args.business_metric_squares:
+        custom = mean_metric_config(name, numerator, args.business_metric_squares, denominator)
+    else:
+        custom = {name: {"kind": "counter_pair", "numerator": numerator, "denominator": denominator}}
+    if args.business_metric_units:
+        custom |= units_metric_config(name, args.business_metric_units, denominator)
+    config["custom_metrics"] = custom
+    return config
+
+
+def business_source(args: argparse.Namespace, metrics: CustomMetrics) -> BusinessMetrics | None:
+    """The A/B experiments' primary metric over `metrics` (a `PrometheusSource`), unless turned off."""
+    from controller.adapters.prometheus.business import PrometheusBusinessMetrics
+
+    return None if args.no_business_metrics else PrometheusBusinessMetrics(metrics)
+
+
+def controller_main(argv: Sequence[str]) -> int:
+    args = _controller_parser().parse_args(list(argv))
+    try:
+        configure_logging(args.log_level, json=args.log_format == "json")
+        outgoing = notifications.from_args(args)
+    except ValueError as exc:
+        print(f"canary controller: {exc}", file=sys.stderr)
+        return 2
+    from controller.adapters.prometheus.metrics import PrometheusSource  # the analysis edge: only the process needs it
+
+    telemetry = Telemetry()
+    try:
+        api = _connect(args, telemetry)
+        metrics = PrometheusSource.from_config(prometheus_config(args))
+    except Exception as exc:  # config errors of either client: say which and stop
+        print(f"canary controller: {exc}", file=sys.stderr)
+        return 2
+    clock = SystemClock()
+    elector = None if args.no_leader_election else LeaseElector(
+        api, args.lease_namespace, args.identity, clock, name=args.lease_name)
+    config = ControllerConfig(namespace=args.namespace, identity=args.identity, resync_period=args.resync,
+                              workers=args.workers, replica_policy=ReplicaPolicy(args.canary_replicas))
+    controller = Controller(api, config, metrics, clock, elector, telemetry, business_source(args, metrics),
+                            notifier=outgoing.notifier, hooks=outgoing.hooks)
+    health = HealthServer(telemetry, controller.healthy, controller.synced.is_set, args.health_host,
+                          args.health_port).start()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("controller %s watching %s; health on :%d", args.identity, args.namespace or "all namespaces",
+             health.port)
+    try:
+        controller.run(stop)
+    finally:
+        health.stop()
+        metrics.close()
+        outgoing.close()
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# canary start
+# --------------------------------------------------------------------------------------------------
+def _start_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="canary start", description="Create or update a StackRelease.")
+    p.add_argument("release", help="name of the StackRelease")
+    p.add_argument("-n", "--namespace", default="default")
+    p.add_argument("--image", action="append", default=[], metavar="SERVICE=REPO:TAG", required=True,
+                   help="new image of a service (repeat for each changed service)")
+    p.add_argument("--version", help="the new version's label (default: the first image's tag)")
+    p.add_argument("--stable-version", help="the running version (default: read from the Deployments)")
+    p.add_argument("--services", help="comma-separated stack services (default: the search stack)")
+    p.add_argument("--steps", help="canary weights, e.g. 10,25,50 (default: the CRD's)")
+    p.add_argument("--interval", help="analysis interval, e.g. 60s")
+    _connection_args(p)
+    return p
+
+
+def parse_images(pairs: Sequence[str]) -> dict[str, str]:
+    images: dict[str, str] = {}
+    for pair in pairs:
+        service, sep, image = pair.partition("=")
+        if not sep or not service or not image:
+            raise ValueError(f"--image {pair!r} is not SERVICE=REPO:TAG")
+        images[service] = image
+    return images
+
+
+def version_of(image: str) -> str:
+    """A label-safe version from an image reference's tag (or digest)."""
+    ref = image.rsplit("/", 1)[-1]
+    tag = ref.split("@", 1)[1].split(":", 1)[-1][:12] if "@" in ref else ref.partition(":")[2] or "latest"
+    return _LABEL_SAFE.sub("-", tag).strip("-._")[:63] or "new"
+
+
+def running_version(api: KubeApi, namespace: str, services: Sequence[str]) -> str | None:
+    """The version label most of the stack's scaled-up Deployments carry."""
+    listed = api.list(DEPLOYMENTS, namespace, f"app in ({','.join(services)})")
+    votes: dict[str, int] = {}
+    for d in listed.get("items", []):
+        version = (d["metadata"].get("labels") or {}).get("version")
+        if version and d.get("spec", {}).get("replicas", 1) > 0:
+            votes[version] = votes.get(version, 0) + 1
+    return max(votes, key=lambda v: votes[v]) if votes else None
+
+
+def running_images(api: KubeApi, namespace: str, services: Sequence[str], version: str) -> dict[str, str]:
+    """The image of each service's `<service>-<version>` Deployment (its container named like the service)."""
+    listed = api.list(DEPLOYMENTS, namespace, f"app in ({','.join(services)}),version={version}")
+    images: dict[str, str] = {}
+    for d in listed.get("items", []):
+        service = (d["metadata"].get("labels") or {}).get("app")
+        containers = d.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
+        chosen = next((c for c in containers if c.get("name") == service), containers[0] if containers else None)
+        if isinstance(service, str) and service in services and chosen and chosen.get("image"):
+            images[service] = chosen["image"]
+    return images
+
+
+def _update_release(api: KubeApi, args: argparse.Namespace, existing: Obj, images: dict[str, str]) -> int:
+    """New images for an existing release. In flight they apply to the running release; on a finished one
+    they start its next revision: the version serving now becomes the stable one."""
+    status = ReleaseStatus.from_storage(existing.get("status"))
+    where = f"{args.namespace}/{args.release}"
+    canary: Obj = {"images": images, **({"version": args.version} if args.version else {})}
+    spec: Obj = {"canary": canary}
+    serving = next_revision_stable(status)
+    if serving is not None:
+        old_canary = existing.get("spec", {}).get("canary") or {}
+        canary["version"] = args.version or version_of(next(iter(images.values())))
+        canary["images"] = {**{k: None for k in old_canary.get("images") or {} if k not in images}, **images}
+        if canary["version"] == serving.version:
+            print(f"canary start: {canary['version']} is what {where} serves now; give another --version",
+                  file=sys.stderr)
+            return 2
+        old_stable = (existing.get("spec", {}).get("stable") or {}).get("images") or {}
+        spec.update(ONE_SHOT_CLEARED, stable={"version": serving.version, "images": {
+            **{k: None for k in old_stable if k not in serving.images}, **serving.images}})
+    api.patch(RELEASES, args.namespace, args.release, {"spec": spec})
+    if serving is None:
+        print(f"updated {where} (phase {status.phase.value})")
+    else:
+        print(f"{where} had finished ({status.phase.value}): revision {status.revision + 1} releases "
+              f"{canary['version']} beside {serving.version}")
+    return 0
+
+
+def release_object(args: argparse.Namespace, images: dict[str, str], stable: str, services: list[str]) -> Obj:
+    spec: dict[str, Any] = {
+        "stack": {"entry": services[0], "services": services},
+        "stable": {"version": stable},
+        "canary": {"version": args.version or version_of(next(iter(images.values()))), "images": images},
+    }
+    canary: dict[str, Any] = {}
+    if args.steps:
+        canary["steps"] = [{"weight": int(w)} for w in args.steps.split(",")]
+    if args.interval:
+        canary["interval"] = args.interval
+    if canary:
+        spec["strategy"] = {"canary": canary}
+    return {"apiVersion": RELEASES.api_version, "kind": "StackRelease",
+            "metadata": {"name": args.release, "namespace": args.namespace}, "spec": spec}
+
+
+def start_main(argv: Sequence[str]) -> int:
+    args = _start_parser().parse_args(list(argv))
+    services = args.services.split(",") if args.services else list(SEARCH_STACK)
+    try:
+        images = parse_images(args.image)
+        api = _connect(args)
+        existing = api.get_or_none(RELEASES, args.namespace, args.release)
+        if existing is not None:
+            return _update_release(api, args, existing, images)
+        stable = args.stable_version or running_version(api, args.namespace, services)
+        if stable is None:
+            print(f"canary start: no running version of {', '.join(services)} in {args.namespace}; "
+                  "give --stable-version", file=sys.stderr)
+            return 2
+        body = release_object(args, images, stable, services)
+        stable_images = running_images(api, args.namespace, services, stable)
+        if stable_images:  # informational: `canary history` shows what each new image replaced
+            body["spec"]["stable"]["images"] = stable_images
+        parse_release(body)  # refuse locally what the controller would refuse, with the same messages
+        api.create(RELEASES, args.namespace, body)
+    except (ValueError, InvalidSpec) as exc:
+        print(f"canary start: {exc}", file=sys.stderr)
+        return 2
+    except PortError as exc:
+        print(f"canary start: {exc.reason}", file=sys.stderr)
+        return 1
+    print(f"created {args.namespace}/{args.release}: {stable} -> {body['spec']['canary']['version']}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# canary get | status, list, history: reading releases
+# --------------------------------------------------------------------------------------------------
+def _get_parser(prog: str = "canary get") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Show a StackRelease: phase, step, weights, versions, "
+                                "traffic per version, each check's e-value against its threshold, decisions.")
+    p.add_argument("release")
+    p.add_argument("-n", "--namespace", default="default")
+    p.add_argument("-w", "--watch", action="store_true",
+                   help="then print each change (phase, step, decision) until it finishes (Ctrl-C stops)")
+    p.add_argument("--json", action="store_true", help="the status as JSON")
+    p.add_argument("--max-seconds", type=float, default=24 * 3600.0, help=argparse.SUPPRESS)
+    _connection_args(p)
+    return p
+
+
+def render_status(obj: Obj, now: float, as_json: bool = False) -> str:
+    status = ReleaseStatus.from_storage(obj.get("status"))
+    if as_json:
+        return json.dumps(status.for_storage(), sort_keys=True)
+    try:
+        spec = parse_release(obj)
+    except InvalidSpec as exc:
+        return f"{obj['metadata']['name']}: {status.phase.value}  invalid spec: {exc}"
+    return "\n".join(panel(spec, status, now))
+
+
+def get_main(argv: Sequence[str], prog: str = "canary get") -> int:
+    args = _get_parser(prog).parse_args(list(argv))
+    try:
+        api = _connect(args)
+        obj = api.get_or_none(RELEASES, args.namespace, args.release)
+        if obj is None:
+            print(f"{prog}: no StackRelease {args.namespace}/{args.release}", file=sys.stderr)
+            return 1
+        print(render_status(obj, time.time(), args.json), flush=True)
+        if args.watch:
+            follow(api, args.namespace, args.release, obj, args.json, args.max_seconds)
+    except PortError as exc:
+        print(f"{prog}: {exc.reason}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def status_main(argv: Sequence[str]) -> int:
+    """`canary status`: the same as `canary get`."""
+    return get_main(argv, prog="canary status")
+
+
+def follow(api: KubeApi, namespace: str, name: str, obj: Obj, as_json: bool = False,
+           max_seconds: float = 24 * 3600.0) -> None:
+    """Print each change of the release (one line per phase/step change, each decision with its numbers)
+    until it finishes; a watch, resumed when it ends. The final panel closes it."""
+    deadline = time.monotonic() + max_seconds
+    rv = obj["metadata"]["resourceVersion"]
+    followed = False
+    while not _final(obj) and time.monotonic() < deadline:
+        followed = True
+        for event in api.watch(RELEASES, namespace, rv, timeout_seconds=60):
+            changed = event.get("object") or {}
+            rv = changed.get("metadata", {}).get("resourceVersion", rv)
+            if changed.get("metadata", {}).get("name") != name or event.get("type") == "BOOKMARK":
+                continue
+            obj = _print_change(obj, changed, as_json)
+            if _final(obj):
+                break
+    if followed and not as_json and _final(obj):
+        print(render_status(obj, time.time()), flush=True)
+
+
+def _final(obj: Obj) -> bool:
+    return ReleaseStatus.from_storage(obj.get("status")).phase.final and not _restart_pending(obj)
+
+
+def _restart_pending(obj: Obj) -> bool:
+    """A spec change the controller has not looked at yet (a retry or undo just sent): not final yet."""
+    observed = (obj.get("status") or {}).get("observedGeneration", 0)
+    return bool(observed) and observed != obj.get("metadata", {}).get("generation", observed)
+
+
+def _print_change(old: Obj, new: Obj, as_json: bool) -> Obj:
+    before = ReleaseStatus.from_storage(old.get("status"))
+    after = ReleaseStatus.from_storage(new.get("status"))
+    if as_json:
+        if after != before:
+            print(json.dumps(after.for_storage(), sort_keys=True), flush=True)
+        return new
+    try:
+        spec = parse_release(new)
+    except InvalidSpec as exc:
+        print(f"{new['metadata']['name']}: invalid spec: {exc}", flush=True)
+        return new
+    for line in progress_lines(spec, before, after, time.time()):
+        print(line, flush=True)
+    return new
+
+
+def _list_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="canary list", description="List StackReleases.")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("-n", "--namespace", default="default")
+    where.add_argument("-A", "--all-namespaces", action="store_true")
+    _connection_args(p)
+    return p
+
+
+def list_main(argv: Sequence[str]) -> int:
+    args = _list_parser().parse_args(list(argv))
+    namespace = None if args.all_namespaces else args.namespace
+    try:
+        items = _connect(args).list(RELEASES, namespace).get("items", [])
+    except PortError as exc:
+        print(f"canary list: {exc.reason}", file=sys.stderr)
+        return 1
+    if not items:
+        print(f"no StackReleases in {namespace or 'any namespace'}")
+        return 0
+    now = time.time()
+    rows = [list_row(o["metadata"]["name"], o["metadata"].get("namespace", ""), _spec_or_none(o),
+                     ReleaseStatus.from_storage(o.get("status")), _age(o, now))
+            for o in sorted(items, key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))]
+    print("\n".join(table(LIST_HEADER, rows)))
+    return 0
+
+
+def _spec_or_none(obj: Obj) -> ReleaseSpec | None:
+    try:
+        return parse_release(obj)
+    except InvalidSpec:
+        return None
+
+
+def _age(obj: Obj, now: float) -> float | None:
+    created = obj.get("metadata", {}).get("creationTimestamp")
+    try:
+        return now - datetime.fromisoformat(str(created).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _history_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="canary history", description="A release's revisions and attempts: "
+                                "versions, images (model versions), outcomes, times, time to decision.")
+    p.add_argument("release")
+    p.add_argument("-n", "--namespace", default="default")
+    p.add_argument("--json", action="store_true")
+    _connection_args(p)
+    return p
+
+
+def history_main(argv: Sequence[str]) -> int:
+    args = _history_parser().parse_args(list(argv))
+    try:
+        obj = _connect(args).get_or_none(RELEASES, args.namespace, args.release)
+    except PortError as exc:
+        print(f"canary history: {exc.reason}", file=sys.stderr)
+        return 1
+    if obj is None:
+        print(f"canary history: no StackRelease {args.namespace}/{args.release}", file=sys.stderr)
+        return 1
+    print(render_history(ReleaseStatus.from_storage(obj.get("status")), args.json))
+    return 0
+
+
+def render_history(status: ReleaseStatus, as_json: bool = False) -> str:
+    records = all_revisions(status)
+    if as_json:
+        return json.dumps([r.for_storage() for r in records], sort_keys=True)
+    if not records:
+        return "no revision has started yet"
+    return "\n".join(history_lines(records))
+
+
+# --------------------------------------------------------------------------------------------------
+# canary pause | resume | promote [--full] | abort | retry | undo | approve: a merge patch of the spec
+# --------------------------------------------------------------------------------------------------
+def _operate_parser(command: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"canary {command}", description=OPERATE_HELP[command],
+                                epilog="A local release: --workdir DIR instead of RELEASE.")
+    p.add_argument("release")
+    p.add_argument("-n", "--namespace", default="default")
+    if command == "promote":
+        p.add_argument("--full", action="store_true", help="promote now: skip every remaining step and its analysis")
+    p.add_argument("-w", "--watch", action="store_true", help="then follow the release until it finishes")
+    p.add_argument("--max-seconds", type=float, default=24 * 3600.0, help=argparse.SUPPRESS)
+    _connection_args(p)
+    return p
+
+
+OPERATE_HELP = {
+    "pause": "Hold a release at its current step.",
+    "resume": "Go on after a pause.",
+    "promote": "Approve a manual gate, resume a pause, or skip the current step's analysis (--full: promote now).",
+    "approve": "Approve promotion at a manual gate.",
+    "abort": "Roll back now.",
+    "retry": "Run a release that rolled back, was aborted or failed again, from the first step.",
+    "undo": "A finished release: release the previous successful version again, through the canary steps.",
+}
+
+
+def operate_main(command: str, argv: Sequence[str]) -> int:
+    """Read the release, plan the command against its phase, and send the spec as a merge patch carrying
+    the resourceVersion read (a release that changed meanwhile is read and planned again)."""
+    args = _operate_parser(command).parse_args(list(argv))
+    where = f"{args.namespace}/{args.release}"
+    try:
+        api = _connect(args)
+        for _ in range(5):
+            obj = api.get_or_none(RELEASES, args.namespace, args.release)
+            if obj is None:
+                print(f"canary {command}: no StackRelease {where}", file=sys.stderr)
+                return 1
+            outcome = plan(command, obj, ReleaseStatus.from_storage(obj.get("status")), getattr(args, "full", False))
+            if isinstance(outcome, Refused):
+                print(f"canary {command}: {outcome.message}", file=sys.stderr)
+                return 2
+            if outcome.patch:
+                try:
+                    obj = api.patch(RELEASES, args.namespace, args.release, {
+                        "metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
+                        "spec": dict(outcome.patch)})
+                except ApiConflict:
+                    continue
+            print(f"{where}: {outcome.message}", flush=True)
+            if args.watch:
+                follow(api, args.namespace, args.release, obj, max_seconds=args.max_seconds)
+            return 0
+        print(f"canary {command}: {where} kept changing; try again", file=sys.stderr)
+        return 1
+    except PortError as exc:
+        print(f"canary {command}: {exc.reason}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0

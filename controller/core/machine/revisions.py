@@ -1,0 +1,155 @@
+"""Revisions of a release and the operator's overrides: pure functions that `machine.step` calls.
+
+One StackRelease lives through many releases of its stack. The status says which one is running: its
+`revision` (1 for the first), its `attempt` (1, then one more per retry) and the `versions` it moves
+between (stable and canary, with their images: the model versions). Earlier revisions and attempts are
+archived in `status.revisions` (the newest `REVISIONS_LIMIT`), each with its outcome and times.
+
+- **New revision**: a release in a final phase whose spec now names other versions or images than the
+  ones it ran (the operator edited it for the next version, or `canary undo` swapped stable and canary)
+  archives the current revision and starts revision + 1 from Pending, with a fresh judge.
+- **Retry**: `spec.retry` is a counter. When it exceeds `status.retries` and the release ended
+  RolledBack, Aborted or Failed, the attempt is archived and the same versions start again from Pending
+  (attempt + 1). A counter raised while the release is in flight, or after it succeeded, is absorbed:
+  it retries nothing.
+- **Overrides** (Progressing or Paused only; an abort goes first): `spec.promoteFull` promotes now,
+  skipping the remaining steps and their analysis, and counts as approval at a manual gate;
+  `spec.skipStep: N` skips the analysis of step N (1-based) once, when the release is at that step.
+  Each is recorded as a decision with the verdict "operator". Neither skips confirmPromotion hooks: an
+  outside system's gate is not the operator's to overrule.
+
+Like `experiment_machine`, this module builds on the machine's transitions; `machine` imports it lazily.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Literal
+
+from controller.core.machine import Action, Notify, _enter_step, _promote_or_gate
+from controller.core.spec.release import ReleaseSpec
+from controller.core.status import (
+    REVISIONS_LIMIT,
+    DecisionRecord,
+    Phase,
+    ReleasedVersions,
+    ReleaseStatus,
+    RevisionRecord,
+)
+
+RETRYABLE = (Phase.ROLLED_BACK, Phase.ABORTED, Phase.FAILED)
+OPERATOR = "operator"
+PROMOTED_BY_OPERATOR = "promoted by an operator (promote --full)"
+Restart = Literal["revision", "retry"]
+
+
+def versions_of(spec: ReleaseSpec) -> ReleasedVersions:
+    """What a spec asks to release: both versions and their images."""
+    return ReleasedVersions(spec.stable.version, spec.canary.version, dict(spec.stable.images),
+                            dict(spec.canary.images))
+
+
+def should_restart(spec: ReleaseSpec, status: ReleaseStatus) -> Restart | None:
+    """Whether a finished release starts again: with new versions (a new revision), or as a retry."""
+    if not status.phase.final:
+        return None
+    if status.versions is not None and versions_of(spec) != status.versions:
+        return "revision"
+    if status.phase in RETRYABLE and spec.retry > status.retries:
+        return "retry"
+    return None
+
+
+def archive(status: ReleaseStatus, versions: ReleasedVersions) -> RevisionRecord:
+    """The record of the attempt that `status` describes."""
+    return RevisionRecord(revision=status.revision, attempt=status.attempt, versions=versions,
+                          outcome=status.phase.value, started_at=status.started_at, finished_at=status.finished_at,
+                          decided_at=status.decided_at, first_canary_traffic_at=status.first_canary_traffic_at,
+                          message=status.message)
+
+
+def restart(spec: ReleaseSpec, status: ReleaseStatus, how: Restart) -> ReleaseStatus:
+    """Archive the current attempt and start over from Pending: everything per attempt (the judge, the
+    decisions, the step, the conditions other than SpecValid) begins anew."""
+    record = archive(status, status.versions or versions_of(spec))
+    new_revision = how == "revision"
+    return ReleaseStatus(
+        observed_generation=status.observed_generation,
+        conditions=tuple(c for c in status.conditions if c.type == "SpecValid"),
+        revision=status.revision + 1 if new_revision else status.revision,
+        attempt=1 if new_revision else status.attempt + 1,
+        retries=max(status.retries, spec.retry),
+        versions=versions_of(spec),
+        revisions=(*status.revisions, record)[-REVISIONS_LIMIT:],
+    )
+
+
+def begin_tick(spec: ReleaseSpec, status: ReleaseStatus, actions: list[Action]) -> ReleaseStatus:
+    """Before the transition: restart a finished release when asked to, else keep `versions` current.
+
+    In flight, the versions follow the spec (an edit in flight applies to the running release, as it
+    always did) and raised retry counters are absorbed; once final they are what the release ran.
+    """
+    how = should_restart(spec, status)
+    if how is None:
+        if status.phase.final:
+            return status
+        return replace(status, versions=versions_of(spec), retries=max(status.retries, spec.retry))
+    fresh = restart(spec, status, how)
+    v = fresh.versions or versions_of(spec)
+    if how == "revision":
+        actions.append(Notify("RevisionStarted", f"revision {fresh.revision}: {v.stable} -> {v.canary} "
+                                                 f"(revision {status.revision} ended {status.phase.value})"))
+    else:
+        actions.append(Notify("Retrying", f"attempt {fresh.attempt} of revision {fresh.revision}: {v.stable} -> "
+                                          f"{v.canary} again (attempt {status.attempt} ended {status.phase.value})"))
+    leftover = leftover_overrides(spec)
+    if leftover:
+        actions.append(Notify("OperatorFieldsSet", f"{', '.join(leftover)} still set from before: they apply "
+                                                   "to this attempt too", warning=True))
+    return fresh
+
+
+def leftover_overrides(spec: ReleaseSpec) -> list[str]:
+    """One-shot operator fields that a new attempt would inherit (the CLI clears them when it restarts)."""
+    fields = {"spec.abort": spec.abort, "spec.promoteFull": spec.promote_full,
+              "spec.approvePromotion": spec.approve_promotion, "spec.skipStep": spec.skip_step > 0}
+    return [name for name, on in fields.items() if on]
+
+
+def operator_override(spec: ReleaseSpec, status: ReleaseStatus, now: float, actions: list[Action]
+                      ) -> ReleaseStatus | None:
+    """promoteFull or skipStep acted on, or None when neither applies now."""
+    if status.phase not in (Phase.PROGRESSING, Phase.PAUSED):
+        return None
+    t = now - (status.started_at or now)
+    if spec.promote_full:
+        if not promoted_by_operator(status):  # once: it may wait at a confirmPromotion hook's gate after
+            status = status.with_decision(DecisionRecord(now, t, status.step, status.canary_weight, OPERATOR,
+                                                         PROMOTED_BY_OPERATOR, "promote"))
+            actions.append(Notify("OperatorPromoted", f"{PROMOTED_BY_OPERATOR}: the remaining steps and their "
+                                                      "analysis are skipped", warning=True))
+        return _promote_or_gate(replace(spec, approve_promotion=True), status, now, actions)
+    number = status.step + 1
+    if spec.skip_step != number or spec.experiment is not None or _at_gate(status):
+        return None
+    last = number >= len(spec.strategy.steps)
+    status = status.with_decision(DecisionRecord(now, t, status.step, status.canary_weight, OPERATOR,
+                                                 f"step {number} skipped by an operator (promote)",
+                                                 "promote" if last else "next step"))
+    actions.append(Notify("StepSkipped", f"the analysis of step {number} was skipped by an operator", warning=True))
+    status = status.with_condition("Analysis", "True", "Skipped", f"step {number} skipped by an operator", now)
+    if last:
+        return _promote_or_gate(spec, status, now, actions)
+    return _enter_step(spec, status, number, now, actions)
+
+
+def promoted_by_operator(status: ReleaseStatus) -> bool:
+    return any(h.verdict == OPERATOR and h.reason == PROMOTED_BY_OPERATOR for h in status.history[-1:])
+
+
+def _at_gate(status: ReleaseStatus) -> bool:
+    """Waiting after the last step (the manual gate, confirmPromotion hooks): there is no step to skip.
+    An operator's pause sets no Paused=True condition."""
+    gate = status.condition("Paused")
+    return status.phase is Phase.PAUSED and gate is not None and gate.status == "True"

@@ -1,0 +1,294 @@
+"""What an operator's command asks of a release: the spec patch, or why the command does not apply.
+
+Pure: a release object (`metadata` + `spec`) and its status in, a `Planned` JSON merge patch of the spec
+(RFC 7386, as `kubectl patch --type merge` sends it) or a `Refused` with the reason out. The Kubernetes
+commands send the patch to the API server; the local ones apply it to the state directory. Both print
+the message. The controller then acts on the spec (controller/core/machine/, controller/core/machine/revisions.py).
+
+    pause    hold at the current step                   spec.paused: true
+    resume   go on after a pause                        spec.paused: false
+    promote  approve a manual gate | resume | skip the current step's analysis
+             (--full: promote now, skipping every remaining step)   spec.approvePromotion / paused / skipStep
+                                                                    / promoteFull
+    abort    roll back now                              spec.abort: true
+    retry    run a rolled-back/aborted/failed release again         spec.retry: n + 1
+    undo     a finished release: the previous successful version back, through the canary steps
+                                                        spec.stable / spec.canary swapped to it
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.core.spec.release import InvalidSpec, parse_release
+from controller.core.status import Phase, ReleasedVersions, ReleaseStatus, RevisionRecord
+
+COMMANDS = ("pause", "resume", "promote", "abort", "retry", "undo", "approve")
+RETRYABLE = (Phase.ROLLED_BACK, Phase.ABORTED, Phase.FAILED)
+# Fields of one attempt that a new attempt must not inherit: cleared by retry and undo.
+ONE_SHOT_CLEARED: dict[str, Any] = {"abort": False, "paused": False, "promoteFull": False,
+                                    "approvePromotion": False, "skipStep": 0}
+
+
+@dataclass(frozen=True)
+class Planned:
+    """The spec patch to send ({} when the release is already where the command would put it)."""
+
+    message: str
+    patch: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The command does not apply to the release as it is now; `message` says why and what does."""
+
+    message: str
+
+
+def plan(command: str, release: Mapping[str, Any], status: ReleaseStatus, full: bool = False
+         ) -> Planned | Refused:
+    name = str((release.get("metadata") or {}).get("name", "the release"))
+    spec: Mapping[str, Any] = release.get("spec") or {}
+    match command:
+        case "pause":
+            return _pause(name, spec, status)
+        case "resume":
+            return _resume(name, spec, status)
+        case "promote" if full:
+            return _promote_full(name, status)
+        case "promote":
+            return _promote(name, release, spec, status)
+        case "approve":
+            return _approve(name, status)
+        case "abort":
+            return _abort(name, status)
+        case "retry":
+            return _retry(name, spec, status)
+        case "undo":
+            return _undo(name, spec, status)
+    raise ValueError(f"unknown command {command!r} (one of {', '.join(COMMANDS)})")
+
+
+# --- the commands ------------------------------------------------------------------------------------
+
+def _finished(name: str, status: ReleaseStatus, what: str) -> Refused:
+    after = {Phase.SUCCEEDED: " (`canary undo` goes back to the previous version)",
+             Phase.ROLLED_BACK: " (`canary retry` runs it again)", Phase.ABORTED: " (`canary retry` runs it again)",
+             Phase.FAILED: " (`canary retry` runs it again)"}.get(status.phase, "")
+    return Refused(f"{name} already finished ({status.phase.value}): nothing to {what}{after}")
+
+
+def _pause(name: str, spec: Mapping[str, Any], status: ReleaseStatus) -> Planned | Refused:
+    if status.phase.final:
+        return _finished(name, status, "pause")
+    if status.phase in (Phase.PROMOTING, Phase.ROLLING_BACK):
+        return Refused(f"{name} is {status.phase.value}: too late to pause")
+    if spec.get("paused") is True:
+        return Planned(f"{name} is already paused")
+    if status.phase in (Phase.PENDING, Phase.INITIALIZING):
+        return Planned(f"pausing {name}: it will hold at step 1 once the new version is ready", {"paused": True})
+    return Planned(f"pausing {name} at step {status.step + 1} ({status.canary_weight}%); `canary resume` goes on",
+                   {"paused": True})
+
+
+def _resume(name: str, spec: Mapping[str, Any], status: ReleaseStatus) -> Planned | Refused:
+    if status.phase.final:
+        return _finished(name, status, "resume")
+    if spec.get("paused") is not True:
+        if at_gate(status):
+            return Refused(f"{name} is waiting at the manual gate, not paused: `canary promote` approves it")
+        if other_gate(status) is not None:
+            return Refused(f"{name} is waiting at a gate ({other_gate(status)}), not paused")
+        return Refused(f"{name} is not paused ({status.phase.value})")
+    return Planned(f"resuming {name}", {"paused": False})
+
+
+def _promote_full(name: str, status: ReleaseStatus) -> Planned | Refused:
+    refused = _not_promotable(name, status)
+    if refused is not None:
+        return refused
+    when = " once the new version is ready" if status.phase in (Phase.PENDING, Phase.INITIALIZING) else " now"
+    return Planned(f"promoting {name}{when}: the remaining steps and their analysis are skipped",
+                   {"promoteFull": True})
+
+
+def _promote(name: str, release: Mapping[str, Any], spec: Mapping[str, Any], status: ReleaseStatus
+             ) -> Planned | Refused:
+    refused = _not_promotable(name, status)
+    if refused is not None:
+        return refused
+    if at_gate(status):
+        return Planned(f"approved: {name} is promoted", {"approvePromotion": True})
+    if status.phase is Phase.PAUSED and spec.get("paused") is True:
+        return Planned(f"resuming {name} (paused by an operator); `canary promote` again skips the step's "
+                       "analysis", {"paused": False})
+    if status.phase is not Phase.PROGRESSING:
+        return Refused(f"{name} is {status.phase.value}: the new version is not ready, so there is no step to "
+                       "promote yet (`canary promote --full` promotes as soon as it is)")
+    number = status.step + 1
+    steps = _step_count(release)
+    if steps is not None and number >= steps:
+        then = "promotion (or the manual gate)"
+    elif steps is not None:
+        then = f"step {number + 1}/{steps}"
+    else:
+        then = "the next step"
+    return Planned(f"skipping the analysis of step {number}: {name} goes on to {then}", {"skipStep": number})
+
+
+def _approve(name: str, status: ReleaseStatus) -> Planned | Refused:
+    refused = _not_promotable(name, status)
+    if refused is not None:
+        return refused
+    if at_gate(status):
+        return Planned(f"approved: {name} is promoted", {"approvePromotion": True})
+    return Planned(f"approved in advance: {name} will not wait at a manual gate", {"approvePromotion": True})
+
+
+def _not_promotable(name: str, status: ReleaseStatus) -> Refused | None:
+    if status.phase.final:
+        return _finished(name, status, "promote")
+    other = other_gate(status)
+    if other is not None:
+        return Refused(f"{name} is waiting at a gate that is not the operator's ({other}): promote does not "
+                       "skip it (`canary abort` rolls back)")
+    if status.phase is Phase.PROMOTING:
+        return Refused(f"{name} is already being promoted")
+    if status.phase is Phase.ROLLING_BACK:
+        return Refused(f"{name} is rolling back: it cannot be promoted (`canary retry` runs it again once it "
+                       "has rolled back)")
+    return None
+
+
+def _abort(name: str, status: ReleaseStatus) -> Planned | Refused:
+    if status.phase.final:
+        return _finished(name, status, "abort")
+    if status.phase is Phase.ROLLING_BACK:
+        return Refused(f"{name} is already rolling back")
+    return Planned(f"aborting {name}: all traffic goes back to the stable version", {"abort": True})
+
+
+def _retry(name: str, spec: Mapping[str, Any], status: ReleaseStatus) -> Planned | Refused:
+    if status.phase is Phase.SUCCEEDED:
+        return Refused(f"{name} succeeded: nothing to retry (`canary undo` goes back to the previous version)")
+    if status.phase not in RETRYABLE:
+        return Refused(f"{name} is in flight ({status.phase.value}): retry applies once it has rolled back, "
+                       "been aborted or failed (`canary abort` stops it)")
+    current = spec.get("retry")
+    count = max(current if isinstance(current, int) else 0, status.retries) + 1
+    return Planned(f"retrying {name}: attempt {status.attempt + 1} of revision {status.revision} starts from the "
+                   "first step", {**ONE_SHOT_CLEARED, "retry": count})
+
+
+def _undo(name: str, spec: Mapping[str, Any], status: ReleaseStatus) -> Planned | Refused:
+    if not status.phase.final:
+        return Refused(f"{name} is in flight ({status.phase.value}): use `canary abort` to roll it back")
+    target = undo_target(status)
+    if isinstance(target, Refused):
+        return Refused(f"{name}: {target.message}")
+    serving, previous, services = target
+    canary: dict[str, Any] = {"version": previous.version, "images": _replacing(_images(spec, "canary"),
+                                                                               previous.images)}
+    stable_images = _replacing(_images(spec, "stable"), serving.images)
+    if not previous.images and services and "services" not in (spec.get("canary") or {}):
+        canary["services"] = list(services)  # the services the successful release changed, not the whole stack
+    patch = {**ONE_SHOT_CLEARED, "stable": {"version": serving.version, "images": stable_images}, "canary": canary}
+    return Planned(f"undo: revision {status.revision + 1} of {name} releases {previous.version} again in place of "
+                   f"{serving.version}, through the canary steps", patch)
+
+
+# --- revisions ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class VersionRef:
+    version: str
+    images: Mapping[str, str] = field(default_factory=dict)
+
+
+def all_revisions(status: ReleaseStatus) -> list[RevisionRecord]:
+    """Every revision and attempt, oldest first: the archived ones and the current one (in flight or not)."""
+    records = list(status.revisions)
+    if status.versions is not None:
+        records.append(RevisionRecord(status.revision, status.attempt, status.versions, status.phase.value,
+                                      status.started_at, status.finished_at, status.decided_at,
+                                      status.first_canary_traffic_at, status.message))
+    return records
+
+
+def serving(versions: ReleasedVersions, outcome: Phase) -> VersionRef:
+    """What serves once a revision ended: its canary if it succeeded, else its stable."""
+    if outcome is Phase.SUCCEEDED:
+        return VersionRef(versions.canary, dict(versions.canary_images))
+    return VersionRef(versions.stable, dict(versions.stable_images))
+
+
+def undo_target(status: ReleaseStatus) -> tuple[VersionRef, VersionRef, tuple[str, ...]] | Refused:
+    """(what serves now, the previous successful version, the services it changed) for a finished release."""
+    if status.versions is None:
+        return Refused("its status records no versions (it finished before this controller kept revisions)")
+    now_serving = serving(status.versions, status.phase)
+    last_good = next((r for r in reversed(all_revisions(status)) if r.outcome == Phase.SUCCEEDED.value), None)
+    if last_good is None:
+        return Refused(f"no earlier successful version to go back to: no revision of it succeeded "
+                       f"({now_serving.version} serves, as before it started)")
+    previous = VersionRef(last_good.versions.stable, dict(last_good.versions.stable_images))
+    if previous.version == now_serving.version:
+        return Refused(f"the previous successful version, {previous.version}, is what serves now: nothing to undo")
+    return now_serving, previous, tuple(last_good.versions.canary_images)
+
+
+def next_revision_stable(status: ReleaseStatus) -> VersionRef | None:
+    """For a new revision of a finished release: the version that serves now is its stable."""
+    if not status.phase.final or status.versions is None:
+        return None
+    return serving(status.versions, status.phase)
+
+
+# --- helpers -----------------------------------------------------------------------------------------
+
+def at_gate(status: ReleaseStatus) -> bool:
+    """At the manual gate: analysis passed, waiting for spec.approvePromotion."""
+    gate = status.condition("Paused")
+    return status.phase is Phase.PAUSED and gate is not None and gate.status == "True" \
+        and gate.reason == "AwaitingPromotion"
+
+
+def other_gate(status: ReleaseStatus) -> str | None:
+    """Another gate after the last step (confirmPromotion hooks): its reason and message."""
+    gate = status.condition("Paused")
+    if status.phase is not Phase.PAUSED or gate is None or gate.status != "True" or at_gate(status):
+        return None
+    return f"{gate.reason}: {gate.message}" if gate.message else gate.reason
+
+
+def _step_count(release: Mapping[str, Any]) -> int | None:
+    try:
+        return len(parse_release(release).strategy.steps)
+    except InvalidSpec:
+        return None
+
+
+def _images(spec: Mapping[str, Any], which: str) -> Mapping[str, Any]:
+    part = spec.get(which)
+    images = part.get("images") if isinstance(part, Mapping) else None
+    return images if isinstance(images, Mapping) else {}
+
+
+def _replacing(old: Mapping[str, Any], new: Mapping[str, str]) -> dict[str, Any]:
+    """A merge patch that turns the map `old` into `new`: null removes what `new` does not have."""
+    return {**{k: None for k in old if k not in new}, **new}
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386, as the API server applies a merge patch: objects merge key by key, null deletes."""
+    if not isinstance(patch, Mapping):
+        return patch
+    result = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result

@@ -1,0 +1,157 @@
+"""`spec.strategy.abTest`: an A/B (or A/B/n) experiment between the stable version and new ones, parsed.
+
+This module owns the experiment part of the release spec. The variants are versions: the stable version
+is the control, the canary version a treatment (`variants: [{name: v1, weight: 50}, {name: v2, ...}]`,
+names equal to `spec.stable.version` / `spec.canary.version`). A/B/n: every further variant is a version of
+its own, deployed for the same services as the canary (`spec.canary.services`), with its own images
+(`{name: v3, weight: 33, images: {ml-search: repo/ml-search:v3}}`; without `images` a service's stable
+template runs with the variant's version label, which the local stack turns into that version). Only
+`spec.canary` can be promoted at the end (the release's promotion re-points stable at it); another
+variant that wins is reported, and the release keeps stable (see `controller.core.machine.experiment`).
+The statistics' fields are those of `analysis.abtest.ExperimentConfig` (alpha, primaryMetric,
+minSamples, confidenceSequence, sampleRatioOn, guardrails, onEnd, ...), except that the duration bounds
+are durations (`minDuration: 2m`); the routing fields are `cookie`, `cookieMaxAge`, `cohortHeader`, and
+the analysis cadence `interval` and `settle`. Problems are reported with their full path, like the rest
+of `controller.core.spec.release`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from analysis.abtest import ExperimentConfig, InvalidExperimentConfig
+from analysis.config import CHECKS, InvalidAnalysisConfig
+from controller.core.plan import ExperimentArm, ExperimentRoutes
+
+if TYPE_CHECKING:
+    from controller.core.spec.release import _Reader
+
+PATH = "spec.strategy.abTest"
+ROUTING_FIELDS = ("interval", "settle", "cookie", "cookieMaxAge", "cohortHeader", "minDuration", "maxDuration")
+STATISTICS_FIELDS = ("variants", "control", "alpha", "primaryMetric", "minSamples", "equivalenceMargin",
+                     "confidenceSequence", "sampleRatioAlpha", "sampleRatioOn", "guardrails", "onEnd")
+KNOWN = (*STATISTICS_FIELDS, *ROUTING_FIELDS)
+_COOKIE = re.compile(r"^[A-Za-z0-9_-]+$")
+_HEADER = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+@dataclass(frozen=True)
+class ExtraVariant:
+    """An A/B/n variant beyond the stable and the canary version: its version and images per service."""
+
+    version: str
+    images: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    config: ExperimentConfig
+    routes: ExperimentRoutes
+    interval: float
+    settle: float
+    # The variant the release can promote (`spec.canary.version`); the other treatments are `extra`.
+    promotable: str = ""
+    extra: tuple[ExtraVariant, ...] = ()
+
+    @property
+    def treatment(self) -> str:
+        """The promotable treatment (the canary version): what a two-variant experiment reports on."""
+        return self.promotable or self.routes.arms[1].name
+
+    @property
+    def versions(self) -> tuple[str, ...]:
+        """Every variant's version, the control's first: what metrics and business sources must count."""
+        return tuple(a.version for a in self.routes.arms)
+
+
+def parse_ab_test(r: _Reader, value: Any, stable: str, canary: str) -> ExperimentSpec | None:
+    """The experiment, or None after recording its problems on `r`."""
+    m = r.mapping(value, PATH)
+    r.unknown(m, PATH, KNOWN)
+    interval = r.duration(m.get("interval"), f"{PATH}.interval", 30.0, 0.5)
+    settle = r.duration(m.get("settle"), f"{PATH}.settle", min(interval / 4, 30.0))
+    if settle >= interval:
+        r.problem(f"{PATH}.settle", f"{settle:g}s is not shorter than the interval ({interval:g}s)")
+    stats = {k: v for k, v in m.items() if k in STATISTICS_FIELDS}
+    images = _variant_images(r, m.get("variants"))
+    if images is not None:
+        stats["variants"] = [{k: v for k, v in item.items() if k != "images"} if isinstance(item, Mapping) else item
+                             for item in m["variants"]]
+    stats["minDurationSeconds"] = r.duration(m.get("minDuration"), f"{PATH}.minDuration", 0.0)
+    stats["maxDurationSeconds"] = r.duration(m.get("maxDuration"), f"{PATH}.maxDuration", 3600.0, 1.0)
+    stats.setdefault("control", stable)
+    stats["guardrails"] = _guardrails(stats.get("guardrails"))
+    config = _config(r, stats)
+    if config is None:
+        return None
+    if config.control != stable:
+        r.problem(f"{PATH}.control", f"{config.control!r} is not the stable version {stable!r}")
+    names = {v.name for v in config.variants}
+    if not {stable, canary} <= names:
+        r.problem(f"{PATH}.variants", f"must include the stable and the new version ({stable}, {canary}), "
+                                      f"not only {', '.join(sorted(names))}")
+        return None
+    for i, v in enumerate(config.variants):
+        if v.name in (stable, canary) and (images or {}).get(v.name):
+            r.problem(f"{PATH}.variants[{i}].images", f"{v.name} is spec.{'stable' if v.name == stable else 'canary'}"
+                                                      "'s version: its images are given there")
+    extra = tuple(ExtraVariant(v.name, dict((images or {}).get(v.name, {})))
+                  for v in config.variants if v.name not in (stable, canary))
+    routes = _routes(r, m, config, stable, canary)
+    return None if routes is None else ExperimentSpec(config, routes, interval, settle, canary, extra)
+
+
+def _variant_images(r: _Reader, variants: Any) -> dict[str, Mapping[str, str]] | None:
+    """`images` per variant name (checked: a mapping of service -> image); None when no variant has any."""
+    if not isinstance(variants, list) or not any(isinstance(v, Mapping) and "images" in v for v in variants):
+        return None
+    out: dict[str, Mapping[str, str]] = {}
+    for i, item in enumerate(variants):
+        if not isinstance(item, Mapping) or "images" not in item:
+            continue
+        images = r.mapping(item["images"], f"{PATH}.variants[{i}].images")
+        for service, image in images.items():
+            r.string(image, f"{PATH}.variants[{i}].images.{service}")
+        out[str(item.get("name"))] = {str(k): str(v) for k, v in images.items()}
+    return out
+
+
+def _guardrails(value: Any) -> Any:
+    """Guardrails judge every request, but users are assigned sticky: a few heavy users move the request
+    share far from the user split, so the request-level sample-ratio check is off unless asked for (the
+    experiment's own SRM test runs on assigned users)."""
+    if value is None:
+        value = {}
+    if isinstance(value, Mapping) and "checks" not in value:
+        return {**value, "checks": [c for c in CHECKS if c != "sampleRatio"]}
+    return value
+
+
+def _config(r: _Reader, stats: Mapping[str, Any]) -> ExperimentConfig | None:
+    try:
+        return ExperimentConfig.from_dict(dict(stats), path=PATH)
+    except InvalidExperimentConfig as exc:
+        r.problems.append(str(exc).replace(f"{PATH}.minDurationSeconds", f"{PATH}.minDuration")
+                          .replace(f"{PATH}.maxDurationSeconds", f"{PATH}.maxDuration"))
+    except InvalidAnalysisConfig as exc:
+        r.problems.extend(str(exc).split("; "))
+    return None
+
+
+def _routes(r: _Reader, m: Mapping[str, Any], config: ExperimentConfig, stable: str, canary: str
+            ) -> ExperimentRoutes | None:
+    cookie = r.string(m.get("cookie"), f"{PATH}.cookie", _COOKIE, default="ab", what="a cookie name")
+    header = m.get("cohortHeader")
+    if header is not None:
+        header = r.string(header, f"{PATH}.cohortHeader", _HEADER, what="a lower-case header name")
+    max_age = r.duration(m.get("cookieMaxAge"), f"{PATH}.cookieMaxAge", 7 * 24 * 3600.0, 1.0)
+    if max_age < config.max_duration_s:
+        r.problem(f"{PATH}.cookieMaxAge", f"{max_age:g}s is shorter than maxDuration: users would be re-assigned")
+    ordered = sorted(config.variants, key=lambda v: v.name != config.control)  # control first
+    arms = tuple(ExperimentArm(v.name, v.name, int(v.weight)) for v in ordered)  # a variant is its version
+    if r.problems:
+        return None
+    return ExperimentRoutes(arms, cookie=cookie, cohort_header=header, cookie_max_age=int(max_age))

@@ -1,0 +1,403 @@
+"""The release report: one self-contained HTML file explaining what a release did and why.
+
+Built from the release object (metadata + spec, as stored) and its persisted status
+(`ReleaseStatus.for_storage()`): the outcome and its reason first, then the canary weight with every
+verdict, per service the latency, error rates, latency distribution and each check's e-value against its
+threshold, and the decision log with the numbers behind each decision. No scripts, no external fonts or
+styles, charts are inline SVG: the file opens offline and can be attached to a ticket. Every string from
+the release or its status is escaped. Reading is defensive: a report of a release with an invalid spec or
+no history yet still renders.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from html import escape
+from typing import Any
+
+from controller.present.charts import (
+    CANARY_COLOR,
+    PALETTE,
+    STABLE_COLOR,
+    VERDICT_COLORS,
+    Marker,
+    Rule,
+    Series,
+    bar_chart,
+    line_chart,
+)
+
+CHECK_NAMES = ("errorRate", "slowTail", "latencyShift", "sampleRatio")
+# The smallest e-value drawn on the log scale: anything below says "no evidence" just as well.
+E_VALUE_FLOOR = 1e-3
+PHASE_COLORS = {"Succeeded": "#009E73", "RolledBack": "#D55E00", "Failed": "#B00020", "Aborted": "#CC79A7",
+                "RollingBack": "#D55E00", "Paused": "#E69F00"}
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:24px;color:#1b1b1b;
+background:#fafafa;max-width:1240px}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
+h3{font-size:15px;margin:18px 0 6px}.sub{color:#555;margin:0 0 14px}
+.outcome{border-left:6px solid var(--c);background:#fff;padding:12px 16px;margin:12px 0;box-shadow:0 1px 2px #0002}
+.outcome .phase{font-size:20px;font-weight:700;color:var(--c)}.outcome .why{font-size:15px;margin:6px 0}
+.facts{display:grid;grid-template-columns:repeat(4,minmax(0,1fr));gap:8px;margin-top:10px}
+.fact{background:#f3f3f3;padding:6px 8px;border-radius:4px}.fact b{display:block;font-size:16px}
+.fact span{font-size:12px;color:#555}
+.grid2{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:10px}
+.card{background:#fff;box-shadow:0 1px 2px #0002;padding:6px}
+svg.chart{width:100%;height:auto;display:block}
+svg .chart-title{font-size:13px;font-weight:600}svg .tick{font-size:10px;fill:#555}
+svg .axis-label,svg .legend,svg .rule-label{font-size:11px;fill:#333}svg .plot{fill:#fff;stroke:#bbb}
+svg .grid{stroke:#eee}svg .no-data{font-size:13px;fill:#888}
+table{border-collapse:collapse;width:100%;background:#fff;font-size:12px}
+th,td{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}th{background:#f0f0f0}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+.v-pass{color:#00795a;font-weight:600}.v-fail{color:#c03d00;font-weight:700}
+.v-inconclusive{color:#a86f00;font-weight:600}.v-error{color:#a0407f;font-weight:600}
+tr.row-fail td{background:#fff0e8}details{margin:2px 0}summary{cursor:pointer;color:#333}.muted{color:#777}
+"""
+
+
+def render_report(release: Mapping[str, Any], status: Mapping[str, Any], *, title: str | None = None) -> str:
+    """The whole report as one HTML document (a str; write it with encoding="utf-8")."""
+    view = _View(release, status)
+    page_title = title or f"Release {view.name}: {view.phase}"
+    body = [
+        _header(view, page_title),
+        _outcome(view),
+        _weight_section(view),
+        _services_section(view),
+        _decision_log(view),
+        _conditions(view),
+        f'<p class="muted">From the persisted release status as of {escape(_when(view.as_of))}.</p>',
+    ]
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{escape(page_title)}"
+            f"</title><style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+class _View:
+    """The release and status read defensively into the few things the report shows."""
+
+    def __init__(self, release: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+        meta, spec = _map(release.get("metadata")), _map(release.get("spec"))
+        self.status = status
+        self.name = str(meta.get("name", "?"))
+        self.namespace = str(meta.get("namespace", "default"))
+        self.stable = str(_map(spec.get("stable")).get("version", "stable"))
+        self.canary = str(_map(spec.get("canary")).get("version", "canary"))
+        self.images = _map(_map(spec.get("canary")).get("images"))
+        self.phase = str(status.get("phase", "Pending"))
+        self.message = str(status.get("message", ""))
+        self.history: list[Mapping[str, Any]] = [h for h in _seq(status.get("history")) if isinstance(h, Mapping)]
+        stack = _map(spec.get("stack"))
+        listed = [str(x) for x in _seq(stack.get("services"))]
+        # The entry service is the one every request crosses: its counts are the release's traffic.
+        self.entry = str(stack.get("entry") or (listed[0] if listed else ""))
+        self.started_at = _float(status.get("startedAt"))
+        # The report is pure (no clock): "as of" is the latest instant the status itself records.
+        instants = [_float(h.get("at")) for h in self.history]
+        instants += [_float(status.get(k)) for k in ("finishedAt", "phaseSince", "lastAnalysisAt", "startedAt")]
+        self.as_of = max((x for x in instants if x is not None), default=None)
+        self.services = self._services(spec)
+
+    def _services(self, spec: Mapping[str, Any]) -> list[str]:
+        seen: list[str] = []
+        for record in self.history:
+            for check in _seq(record.get("checks")):
+                service = str(_map(check).get("service", ""))
+                if service and service not in seen:
+                    seen.append(service)
+        if not seen:
+            seen = [str(s) for s in _seq(_map(spec.get("stack")).get("services"))]
+        # The service that came closest to (or crossed) a threshold first: that is where to look.
+        return sorted(seen, key=lambda s: -self.worst_ratio(s))
+
+    def worst_ratio(self, service: str) -> float:
+        ratios = [(_float(c.get("eValue")) or 0.0) / (_float(c.get("threshold")) or math.inf)
+                  for c in self.checks_of(service)]
+        return max(ratios, default=0.0)
+
+    def checks_of(self, service: str, record: Mapping[str, Any] | None = None) -> Iterable[Mapping[str, Any]]:
+        for rec in [record] if record is not None else self.history:
+            for check in _seq(rec.get("checks")):
+                if isinstance(check, Mapping) and check.get("service") == service:
+                    yield check
+
+    def rel(self, epoch: Any) -> float | None:
+        value = _float(epoch)
+        return None if value is None or self.started_at is None else value - self.started_at
+
+
+# --- sections ----------------------------------------------------------------------------------------
+
+def _header(v: _View, page_title: str) -> str:
+    images = ", ".join(f"{escape(str(k))}={escape(str(i))}" for k, i in v.images.items())
+    return (f"<h1>{escape(page_title)}</h1>"
+            f'<p class="sub">namespace <b>{escape(v.namespace)}</b> · stable <b>{escape(v.stable)}</b> → '
+            f"canary <b>{escape(v.canary)}</b> · services {escape(', '.join(v.services) or '-')}"
+            + (f" · images {images}" if images else "") + "</p>")
+
+
+def _outcome(v: _View) -> str:
+    s = v.status
+    color = PHASE_COLORS.get(v.phase, "#0072B2")
+    facts = [
+        ("time to decision", _duration(_span(s.get("firstCanaryTrafficAt"), s.get("decidedAt"))),
+         "first canary request → deciding verdict"),
+        ("release duration", _duration(_span(s.get("startedAt"), s.get("finishedAt"))), "start → final phase"),
+        ("canary requests", f"{int(_float(s.get('totalCanaryRequests')) or 0):,}", "entry service, whole release"),
+        ("analyses", str(len(v.history)), f"last verdict: {s.get('lastVerdict') or '-'}"),
+    ]
+    last = v.history[-1] if v.history else None
+    why = v.message or (str(last.get("reason", "")) if last else "") or "no decision yet"
+    fact_html = "".join(f'<div class="fact"><b>{escape(value)}</b><span>{escape(label)} — {escape(hint)}</span></div>'
+                        for label, value, hint in facts)
+    culprits = _failing_checks(last) if last else []
+    culprit_html = ""
+    if culprits:
+        items = "".join(f"<li>{_check_sentence(c)}</li>" for c in culprits)
+        culprit_html = f"<p>Checks that failed at the deciding analysis:</p><ul>{items}</ul>"
+    return (f'<section class="outcome" style="--c:{color}"><div class="phase" data-phase="{escape(v.phase)}">'
+            f"{escape(v.phase)}</div><div class=\"why\">{escape(why)}</div>{culprit_html}"
+            f'<div class="facts">{fact_html}</div></section>')
+
+
+def _weight_section(v: _View) -> str:
+    first = v.rel(v.status.get("firstCanaryTrafficAt"))
+    points: list[tuple[float, float | None]] = [(0.0, 0.0)]
+    if first:
+        points.append((first, 0.0))
+    markers = []
+    for record in v.history:
+        t, weight = _float(record.get("t")) or 0.0, _float(record.get("weight")) or 0.0
+        verdict = str(record.get("verdict", ""))
+        points.append((t, weight))
+        markers.append(Marker(t, weight, VERDICT_COLORS.get(verdict, "#777"),
+                              f"t={t:.1f}s {weight:g}%: {verdict} → {record.get('action', '')}"))
+    points += _final_weight_points(v, points[-1][1] or 0.0)
+    chart = line_chart("Canary weight (%) and each analysis verdict",
+                       [Series(f"canary weight ({v.canary})", tuple(points), CANARY_COLOR, steps=True)],
+                       y_label="% of traffic", y_min=0, y_max=100, markers=markers, kind="weight",
+                       width=1200, height=240)
+    legend = " ".join(f'<span class="v-{k}">● {k}</span>' for k in VERDICT_COLORS)
+    return f'<h2>Traffic</h2><div class="card">{chart}<p class="muted">Verdicts: {legend}</p></div>'
+
+
+def _final_weight_points(v: _View, last_weight: float) -> list[tuple[float, float | None]]:
+    """The last weight holds until the routes changed for good: 100% on promotion, 0% on rollback."""
+    if v.phase == "Succeeded":
+        t, final = v.rel(v.status.get("finishedAt")), 100.0
+    elif v.phase in ("RolledBack", "Aborted", "Failed", "RollingBack"):
+        t, final = v.rel(v.status.get("canaryOffAt")) or v.rel(v.status.get("finishedAt")), 0.0
+    else:
+        return []
+    return [] if t is None else [(t, last_weight), (t, final)]
+
+
+def _services_section(v: _View) -> str:
+    if not v.services:
+        return "<h2>Services</h2><p class=\"muted\">No services analysed yet.</p>"
+    cards = [f'<h3 id="svc-{escape(s)}">{escape(s)}</h3><div class="grid2">'
+             f'<div class="card">{_latency_chart(v, s)}</div><div class="card">{_evalue_chart(v, s)}</div>'
+             f'<div class="card">{_error_chart(v, s)}</div><div class="card">{_distribution_chart(v, s)}</div></div>'
+             for s in v.services]
+    return ("<h2>Services</h2><p class=\"muted\">Ordered by how close each came to a threshold. Latency "
+            "quantiles and e-values are cumulative over the analysis; error rates are per interval.</p>"
+            + "".join(cards))
+
+
+def _latency_chart(v: _View, service: str) -> str:
+    keys = (("p50BaselineMs", f"{v.stable} p50", STABLE_COLOR, True), ("p99BaselineMs", f"{v.stable} p99",
+            STABLE_COLOR, False), ("p50CanaryMs", f"{v.canary} p50", CANARY_COLOR, True),
+            ("p99CanaryMs", f"{v.canary} p99", CANARY_COLOR, False))
+    series = [Series(label, tuple(_check_points(v, service, "latencyShift", lambda c, k=key: _estimate(c, k))),
+                     color, dashed=dashed) for key, label, color, dashed in keys]
+    return line_chart(f"{service}: latency p50 / p99 (ms)", [s for s in series if s.points],
+                      y_label="ms", kind="latency")
+
+
+def _error_chart(v: _View, service: str) -> str:
+    series = []
+    for role, version, color in (("baseline", v.stable, STABLE_COLOR), ("canary", v.canary, CANARY_COLOR)):
+        points = []
+        for record in v.history:
+            counts = _map(_map(_map(record.get("counts")).get(service)).get(role))
+            requests = _float(counts.get("requests")) or 0.0
+            rate = 100 * (_float(counts.get("errors")) or 0.0) / requests if requests else None
+            points.append((_float(record.get("t")) or 0.0, rate))
+        series.append(Series(f"{version} errors", tuple(points), color))
+    return line_chart(f"{service}: error rate per interval (%)", series, y_label="% of requests", kind="errors")
+
+
+def _evalue_chart(v: _View, service: str) -> str:
+    series: list[Series] = []
+    thresholds: set[float] = set()
+    for i, check in enumerate(CHECK_NAMES):
+        points = tuple(_check_points(v, service, check,
+                                     lambda c: max(_float(c.get("eValue")) or E_VALUE_FLOOR, E_VALUE_FLOOR)))
+        if points:
+            series.append(Series(check, points, PALETTE[(i + 2) % len(PALETTE)]))
+        thresholds.update(t for c in v.checks_of(service) if (t := _float(c.get("threshold"))))
+    rules = [Rule(t, f"threshold {t:g}", "#B00020") for t in sorted(thresholds)]
+    return line_chart(f"{service}: e-value of each check vs threshold (log)", series, y_label="e-value",
+                      log_y=True, rules=rules, kind="evalues")
+
+
+def _distribution_chart(v: _View, service: str) -> str:
+    judged = _map(_map(_map(v.status.get("judgeState")).get("services")).get(service))
+    bounds = [b for b in _seq(_map(v.status.get("judgeState")).get("boundsMs")) if isinstance(b, (int, float))]
+    base = [_float(x) or 0.0 for x in _seq(_map(judged.get("baseline")).get("buckets"))]
+    can = [_float(x) or 0.0 for x in _seq(_map(judged.get("canary")).get("buckets"))]
+    title = f"{service}: latency distribution (share of requests per bucket)"
+    if not base or not can or len(base) != len(can):
+        return bar_chart(title, [], [], kind="distribution")
+    labels = [f"≤{b:g}" for b in bounds] + ["+Inf"]
+    used = [i for i in range(len(base)) if base[i] or can[i]]
+    lo, hi = min(used, default=0), max(used, default=0) + 1
+    shares = [[100 * x / (sum(vals) or 1) for x in vals[lo:hi]] for vals in (base, can)]
+    return bar_chart(title, labels[lo:hi], [(v.stable, shares[0], STABLE_COLOR), (v.canary, shares[1], CANARY_COLOR)],
+                     y_label="% of requests", x_label="latency bucket (ms)", kind="distribution",
+                     value_format=lambda x: f"{x:.1f}%")
+
+
+def _decision_log(v: _View) -> str:
+    if not v.history:
+        return "<h2>Decision log</h2><p class=\"muted\">No analysis has run yet.</p>"
+    rows = []
+    for i, record in enumerate(v.history):
+        verdict = str(record.get("verdict", ""))
+        worst = max(_seq(record.get("checks")), default=None,
+                    key=lambda c: (_float(_map(c).get("eValue")) or 0.0) / (_float(_map(c).get("threshold")) or 1.0))
+        base, can = _entry_counts(v, record)
+        rows.append(
+            f'<tr><td class="num">{_num(record.get("t"), "{:.1f}")}</td><td class="num">{_step(record)}</td>'
+            f'<td class="num">{_num(record.get("weight"), "{:g}")}%</td><td class="v-{escape(verdict)}">'
+            f"{escape(verdict)}</td><td>{escape(str(record.get('action', '')))}</td>"
+            f"<td>{escape(str(record.get('reason', '')))}</td><td class=\"num\">{base}</td><td class=\"num\">{can}</td>"
+            f"<td>{_check_sentence(_map(worst)) if worst else '-'}</td></tr>"
+            f'<tr><td></td><td colspan="8">{_checks_details(record, open_=i == len(v.history) - 1)}</td></tr>')
+    head = ("<tr><th>t (s)</th><th>step</th><th>weight</th><th>verdict</th><th>action</th><th>reason</th>"
+            f"<th>{escape(v.stable)} req / err</th><th>{escape(v.canary)} req / err</th>"
+            "<th>closest check (e-value / threshold)</th></tr>")
+    return f'<h2>Decision log</h2><table class="decisions">{head}{"".join(rows)}</table>'
+
+
+def _checks_details(record: Mapping[str, Any], open_: bool) -> str:
+    rows = []
+    for c in (_map(c) for c in _seq(record.get("checks"))):
+        verdict = str(c.get("verdict", ""))
+        samples = _map(c.get("samples"))
+        estimates = ", ".join(f"{escape(str(k))}={escape(_short(val))}" for k, val in _map(c.get("estimates")).items())
+        row_class = ' class="row-fail"' if verdict in ("fail", "error") else ""
+        rows.append(f"<tr{row_class}><td>{escape(str(c.get('service', '')))}</td>"
+                    f"<td>{escape(str(c.get('check', '')))}</td>"
+                    f'<td class="v-{escape(verdict)}">{escape(verdict)}</td>'
+                    f'<td class="num">{_num(c.get("eValue"))}</td><td class="num">{_num(c.get("threshold"))}</td>'
+                    f'<td class="num">{_num(c.get("pValue"))}</td>'
+                    f'<td class="num">{_num(samples.get("baseline"), "{:g}")} / {_num(samples.get("canary"), "{:g}")}'
+                    f"</td><td>{estimates}</td></tr>")
+    table = ("<table><tr><th>service</th><th>check</th><th>verdict</th><th>e-value</th><th>threshold</th>"
+             "<th>p-value</th><th>samples (stable / canary)</th><th>estimates</th></tr>" + "".join(rows) + "</table>")
+    return f"<details{' open' if open_ else ''}><summary>all {len(rows)} checks</summary>{table}</details>"
+
+
+def _conditions(v: _View) -> str:
+    rows = "".join(
+        f"<tr><td>{escape(str(c.get('type', '')))}</td><td>{escape(str(c.get('status', '')))}</td>"
+        f"<td>{escape(str(c.get('reason', '')))}</td><td>{escape(str(c.get('message', '')))}</td>"
+        f"<td>{escape(_when(_float(c.get('lastTransitionTime'))))}</td></tr>"
+        for c in (_map(c) for c in _seq(v.status.get("conditions"))))
+    if not rows:
+        return ""
+    return ("<h2>Conditions</h2><table><tr><th>type</th><th>status</th><th>reason</th><th>message</th>"
+            f"<th>since</th></tr>{rows}</table>")
+
+
+# --- reading helpers ---------------------------------------------------------------------------------
+
+def _check_points(v: _View, service: str, check: str, value: Any) -> list[tuple[float, float | None]]:
+    points = []
+    for record in v.history:
+        for c in v.checks_of(service, record):
+            if c.get("check") == check:
+                points.append((_float(record.get("t")) or 0.0, value(c)))
+    return points
+
+
+def _failing_checks(record: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [_map(c) for c in _seq(record.get("checks")) if _map(c).get("verdict") in ("fail", "error")]
+
+
+def _check_sentence(c: Mapping[str, Any]) -> str:
+    return (f"<b>{escape(str(c.get('service', '?')))}</b> {escape(str(c.get('check', '?')))}: "
+            f"e-value {_num(c.get('eValue'))} / threshold {_num(c.get('threshold'))}"
+            f" (<span class=\"v-{escape(str(c.get('verdict', '')))}\">{escape(str(c.get('verdict', '')))}</span>)")
+
+
+def _entry_counts(v: _View, record: Mapping[str, Any]) -> tuple[str, str]:
+    counts = _map(record.get("counts"))
+    service = v.entry if v.entry in counts else next(iter(counts), "")
+    c = _map(counts.get(service))
+
+    def pair(role: str) -> str:
+        return f"{_num(_map(c.get(role)).get('requests'), '{:g}')} / {_num(_map(c.get(role)).get('errors'), '{:g}')}"
+    return pair("baseline"), pair("canary")
+
+
+def _estimate(check: Mapping[str, Any], key: str) -> float | None:
+    return _float(_map(check.get("estimates")).get(key))
+
+
+def _step(record: Mapping[str, Any]) -> str:
+    step = _float(record.get("step"))
+    return "-" if step is None else str(int(step) + 1)
+
+
+def _map(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _seq(value: Any) -> Sequence[Any]:
+    return value if isinstance(value, (list, tuple)) else ()
+
+
+def _float(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _span(start: Any, end: Any) -> float | None:
+    a, b = _float(start), _float(end)
+    return None if a is None or b is None else b - a
+
+
+def _num(value: Any, fmt: str = "{:.3g}") -> str:
+    number = _float(value)
+    return "-" if number is None else escape(fmt.format(number))
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_short(x) for x in value) + "]"
+    return str(value)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+
+
+def _when(epoch: float | None) -> str:
+    if not epoch:
+        return "-"
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -1,0 +1,238 @@
+"""Text views of a release for terminals: the live panel, decision lines, progress, list and history.
+
+Pure formatting of a status (and its spec); the commands decide where and how often to print, and pass
+the time in (`now`) rather than reading a clock.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from controller.core.spec.release import ReleaseSpec
+from controller.core.status import DecisionRecord, Phase, ReleasedVersions, ReleaseStatus, RevisionRecord
+
+
+def _num(x: Any, fmt: str = "{:.3g}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def headline(spec: ReleaseSpec, status: ReleaseStatus, now: float) -> str:
+    steps = spec.strategy.steps
+    step = f"{status.step + 1}/{len(steps)}" if status.step >= 0 else f"0/{len(steps)}"
+    parts = [f"{spec.name}: {status.phase.value:<12}", f"step {step}",
+             f"weight {100 - status.canary_weight}/{status.canary_weight} (stable/canary)"]
+    if status.last_analysis_at is not None and status.phase is Phase.PROGRESSING:
+        due = status.last_analysis_at + spec.strategy.interval - now
+        parts.append(f"next analysis in {max(0.0, due):4.1f}s")
+    return "  ".join(parts)
+
+
+def decision_lines(record: DecisionRecord, stable: str, canary: str) -> list[str]:
+    """One decision: the verdict, per service the traffic of each version, each check against its bar."""
+    lines = [f"  t={record.t:6.1f}s  {record.weight:3d}%  verdict {record.verdict.upper():<12} "
+             f"-> {record.action or '-'}   {record.reason}"]
+    by_service: dict[str, list[Mapping[str, Any]]] = {}
+    for check in record.checks:
+        by_service.setdefault(str(check.get("service", "?")), []).append(check)
+    for service, checks in by_service.items():
+        counts = record.counts.get(service, {})
+        b, c = counts.get("baseline", {}), counts.get("canary", {})
+        latency = next((ch for ch in checks if ch.get("check") == "latencyShift"), None)
+        q = latency.get("estimates", {}) if latency else {}
+        lines.append(
+            f"    {service:<14} {stable}: {b.get('requests', 0):>6} req {_rate(b):>6} err "
+            f"p50 {_num(q.get('p50BaselineMs'), '{:.0f}'):>4} p99 {_num(q.get('p99BaselineMs'), '{:.0f}'):>5}ms | "
+            f"{canary}: {c.get('requests', 0):>5} req {_rate(c):>6} err "
+            f"p50 {_num(q.get('p50CanaryMs'), '{:.0f}'):>4} p99 {_num(q.get('p99CanaryMs'), '{:.0f}'):>5}ms"
+        )
+        bars = "  ".join(f"{ch.get('check')}: e={_num(ch.get('eValue'))}/{_num(ch.get('threshold'))}"
+                         + ("!" if ch.get("verdict") == "fail" else "")
+                         for ch in checks)
+        lines.append(f"    {'':<14} {bars}")
+    return lines
+
+
+def _rate(counts: Mapping[str, Any]) -> str:
+    n = counts.get("requests", 0)
+    return "-" if not n else f"{100 * counts.get('errors', 0) / n:.1f}%"
+
+
+# --------------------------------------------------------------------------------------------------
+# `canary get`: the live panel of one release
+# --------------------------------------------------------------------------------------------------
+def clock(t: float | None) -> str:
+    """A Unix time as UTC wall-clock time, to the second."""
+    return "-" if t is None else datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def age(seconds: float) -> str:
+    """kubectl's way: 45s, 12m, 5h, 3d."""
+    s = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s // size}{unit}"
+    return f"{s}s"
+
+
+def versions_line(spec: ReleaseSpec, status: ReleaseStatus) -> str:
+    v = status.versions or ReleasedVersions(spec.stable.version, spec.canary.version, dict(spec.stable.images),
+                                            dict(spec.canary.images))
+    line = f"  revision {status.revision} (attempt {status.attempt}): {v.stable} -> {v.canary}"
+    images = images_text(v)
+    return line + ("\n" + wrapped("images: " + images, "    ") if images else "")
+
+
+def wrapped(text: str, indent: str, width: int = 118) -> str:
+    return textwrap.fill(text, width, initial_indent=indent, subsequent_indent=indent + "  ",
+                         break_on_hyphens=False, break_long_words=False)
+
+
+def images_text(v: ReleasedVersions) -> str:
+    """The new images (model versions), with the one each replaces when the stable's is known."""
+    parts = []
+    for service, image in v.canary_images.items():
+        was = v.stable_images.get(service)
+        parts.append(f"{service}={image}" + (f" (was {was})" if was and was != image else ""))
+    return ", ".join(parts)
+
+
+def traffic_totals(status: ReleaseStatus) -> dict[str, dict[str, dict[str, int]]]:
+    """Requests and errors per service and version summed over this attempt's analysed windows."""
+    totals: dict[str, dict[str, dict[str, int]]] = {}
+    for record in status.history:
+        for service, counts in record.counts.items():
+            per = totals.setdefault(service, {})
+            for side in ("baseline", "canary"):
+                c = counts.get(side, {}) if isinstance(counts, Mapping) else {}
+                t = per.setdefault(side, {"requests": 0, "errors": 0})
+                t["requests"] += int(c.get("requests", 0))
+                t["errors"] += int(c.get("errors", 0))
+    return totals
+
+
+def panel(spec: ReleaseSpec, status: ReleaseStatus, now: float, decisions: int = 5) -> list[str]:
+    """Phase, step, weights, versions, per-version traffic, each check against its threshold, decisions."""
+    lines = [headline(spec, status, now), versions_line(spec, status)]
+    since = f" (for {age(now - status.phase_since)})" if status.phase_since is not None else ""
+    lines.append(f"  {status.phase.value}{since}: {status.message or '-'}")
+    if status.conditions:
+        lines.append("  conditions: " + "; ".join(
+            f"{c.type}={c.status} {c.reason}" + (f" ({c.message})" if c.message else "") for c in status.conditions))
+    stable, canary = spec.stable.version, spec.canary.version
+    totals = traffic_totals(status)
+    if totals:
+        lines.append("  traffic in the analysed windows (requests, error rate per version):")
+        lines.append(f"    {'service':<14} {stable:>10} {'':>6}   {canary:>10}")
+        for service, per in totals.items():
+            b, c = per.get("baseline", {}), per.get("canary", {})
+            lines.append(f"    {service:<14} {b.get('requests', 0):>10} {_rate(b):>6}   "
+                         f"{c.get('requests', 0):>10} {_rate(c):>6}")
+    last = next((r for r in reversed(status.history) if r.checks), None)
+    if last is not None:
+        lines.append(f"  checks at the last analysis (t={last.t:.0f}s): e-value / threshold, a check fails "
+                     "the release when its e-value reaches the threshold")
+        by_service: dict[str, list[Mapping[str, Any]]] = {}
+        for check in last.checks:
+            by_service.setdefault(str(check.get("service", "?")), []).append(check)
+        for service, checks in by_service.items():
+            lines.append(f"    {service:<14} " + "  ".join(
+                f"{ch.get('check')} {_num(ch.get('eValue'))}/{_num(ch.get('threshold'))} {ch.get('verdict', '')}"
+                .rstrip() for ch in checks))
+    if status.history:
+        lines.append(f"  last decisions ({min(decisions, len(status.history))} of {len(status.history)}):")
+        lines += [decision_summary(r) for r in status.history[-decisions:]]
+    return lines
+
+
+def decision_summary(record: DecisionRecord) -> str:
+    return (f"    {clock(record.at)}  step {record.step + 1} at {record.weight:3d}%  "
+            f"{record.verdict.upper():<12} -> {record.action or '-':<10} {record.reason}")
+
+
+def progress_lines(spec: ReleaseSpec, old: ReleaseStatus, new: ReleaseStatus, now: float) -> list[str]:
+    """What changed between two looks at a release, one line per change, for `--watch`."""
+    at = clock(now)
+    lines: list[str] = []
+    restarted = (new.revision, new.attempt) != (old.revision, old.attempt)
+    # The decisions first: they are why the step or the phase changed.
+    for record in new.history[_first_unseen(old, new, restarted):]:
+        lines.append(decision_summary(record).strip())
+        lines += decision_lines(record, spec.stable.version, spec.canary.version)[1:]
+    if restarted:
+        v = new.versions
+        what = f": {v.stable} -> {v.canary}" if v is not None else ""
+        lines.append(f"{at}  revision {new.revision} attempt {new.attempt} started{what}")
+    if new.phase is not old.phase:
+        lines.append(f"{at}  {old.phase.value} -> {new.phase.value}: {new.message}")
+    elif new.step != old.step and new.step >= 0:
+        lines.append(f"{at}  step {new.step + 1}/{len(spec.strategy.steps)}: {new.canary_weight}% of traffic "
+                     "in the canary lane")
+    elif new.message != old.message:
+        lines.append(f"{at}  {new.phase.value}: {new.message}")
+    return lines
+
+
+def _first_unseen(old: ReleaseStatus, new: ReleaseStatus, restarted: bool) -> int:
+    """Where the decisions `old` had not seen start in `new` (the history is bounded: once full, the
+    oldest records drop out as new ones come, so lengths alone say nothing)."""
+    if restarted or not old.history:
+        return 0
+    last = old.history[-1]
+    for i in range(len(new.history) - 1, -1, -1):
+        if (new.history[i].at, new.history[i].t) == (last.at, last.t):
+            return i + 1
+    return len(new.history)
+
+
+# --------------------------------------------------------------------------------------------------
+# `canary list` and `canary history`
+# --------------------------------------------------------------------------------------------------
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    return ["   ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip()
+            for row in (header, *rows)]
+
+
+LIST_HEADER = ("NAME", "NAMESPACE", "PHASE", "STEP", "WEIGHT", "STABLE->CANARY", "AGE")
+
+
+def list_row(name: str, namespace: str, spec: ReleaseSpec | None, status: ReleaseStatus,
+             age_seconds: float | None) -> tuple[str, ...]:
+    steps = len(spec.strategy.steps) if spec is not None else None
+    step = "-" if status.step < 0 else f"{status.step + 1}" + (f"/{steps}" if steps else "")
+    if status.versions is not None:
+        pair = f"{status.versions.stable}->{status.versions.canary}"
+    else:
+        pair = f"{spec.stable.version}->{spec.canary.version}" if spec is not None else "(invalid spec)"
+    return (name, namespace, status.phase.value, step, f"{status.canary_weight}%", pair,
+            "-" if age_seconds is None else age(age_seconds))
+
+
+HISTORY_HEADER = ("REVISION", "ATTEMPT", "STABLE -> CANARY", "OUTCOME", "STARTED", "FINISHED", "DECISION")
+
+
+def history_lines(records: Sequence[RevisionRecord]) -> list[str]:
+    """One row per revision and attempt (oldest first), each followed by its images when it has any."""
+    rows = [(str(r.revision), str(r.attempt), f"{r.versions.stable} -> {r.versions.canary}", r.outcome,
+             clock(r.started_at), clock(r.finished_at), decision_time(r)) for r in records]
+    lines = table(HISTORY_HEADER, rows)
+    out = [lines[0]]
+    for record, line in zip(records, lines[1:], strict=True):
+        out.append(line)
+        images = images_text(record.versions)
+        if images:
+            out.append(wrapped(f"images: {images}", "    "))
+        if record.message:
+            out.append(f"    {record.message}")
+    return out
+
+
+def decision_time(record: RevisionRecord) -> str:
+    """From the canary's first traffic (else the start) to the deciding verdict."""
+    begin = record.first_canary_traffic_at or record.started_at
+    if record.decided_at is None or begin is None:
+        return "-"
+    return f"{record.decided_at - begin:.0f}s"

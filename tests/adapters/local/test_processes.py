@@ -1,0 +1,157 @@
+"""The local process supervisor: start, health-wait with useful errors, stop (SIGTERM then SIGKILL), and no
+child outliving the supervisor, even a SIGKILLed one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from controller.adapters.local.processes import ProcessError, ProcessGroup, free_port, search_service_env
+from tests.support.paths import REPO
+
+PYTHON = sys.executable
+SLEEPER = [PYTHON, "-c", "import time; time.sleep(60)"]
+ROOT = REPO
+
+
+def _gone(pid: int) -> bool:
+    """True when no live process has this pid (a zombie waiting for a reaper counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+def _wait_until(predicate: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_free_port_is_bindable() -> None:
+    port = free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+
+
+@pytest.mark.integration
+def test_stop_terminates_and_reaps(tmp_path: Path) -> None:
+    with ProcessGroup(tmp_path) as group:
+        proc = group.start("sleeper", SLEEPER)
+        assert proc.alive()
+        code = group.stop(proc, grace=5)
+        assert code == -signal.SIGTERM
+        assert _gone(proc.pid)
+
+
+@pytest.mark.integration
+def test_stop_kills_a_process_that_ignores_sigterm(tmp_path: Path) -> None:
+    script = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+        "time.sleep(60)"
+    )
+    with ProcessGroup(tmp_path) as group:
+        proc = group.start("stubborn", [PYTHON, "-c", script])
+        assert _wait_until(lambda: "ready" in proc.log_tail(), 10)
+        started = time.monotonic()
+        assert group.stop(proc, grace=0.3) == -signal.SIGKILL
+        assert time.monotonic() - started < 3
+        assert _gone(proc.pid)
+
+
+@pytest.mark.integration
+def test_stop_is_idempotent_and_a_name_can_be_reused(tmp_path: Path) -> None:
+    with ProcessGroup(tmp_path) as group:
+        proc = group.start("worker", SLEEPER)
+        with pytest.raises(ProcessError, match="already running"):
+            group.start("worker", SLEEPER)
+        assert group.stop(proc) == group.stop(proc) == -signal.SIGTERM
+        again = group.start("worker", SLEEPER)
+        assert again.pid != proc.pid and again.alive()
+    assert _gone(again.pid)
+
+
+@pytest.mark.integration
+def test_leaving_the_group_stops_every_process(tmp_path: Path) -> None:
+    with ProcessGroup(tmp_path) as group:
+        pids = [group.start(f"sleeper-{i}", SLEEPER).pid for i in range(3)]
+        assert not any(_gone(pid) for pid in pids)
+    assert all(_gone(pid) for pid in pids)
+
+
+@pytest.mark.integration
+def test_wait_healthy_reports_an_early_exit_with_the_log_tail(tmp_path: Path) -> None:
+    script = "import sys; print('config broken: boom-marker', file=sys.stderr); sys.exit(3)"
+    with ProcessGroup(tmp_path) as group:
+        proc = group.start("crasher", [PYTHON, "-c", script], health_url=f"http://127.0.0.1:{free_port()}/healthz")
+        with pytest.raises(ProcessError, match=r"(?s)exited with code 3.*boom-marker"):
+            group.wait_healthy(proc, timeout=10)
+
+
+@pytest.mark.integration
+def test_wait_healthy_times_out_with_a_clear_error(tmp_path: Path) -> None:
+    with ProcessGroup(tmp_path) as group:
+        proc = group.start("silent", SLEEPER, health_url=f"http://127.0.0.1:{free_port()}/healthz")
+        started = time.monotonic()
+        with pytest.raises(ProcessError, match="not healthy"):
+            group.wait_healthy(proc, timeout=0.5)
+        assert time.monotonic() - started < 3
+
+
+@pytest.mark.integration
+def test_wait_healthy_returns_once_the_url_answers(tmp_path: Path) -> None:
+    port = free_port()
+    server = [PYTHON, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(tmp_path)]
+    with ProcessGroup(tmp_path / "logs") as group:
+        proc = group.start("http", server, health_url=f"http://127.0.0.1:{port}/")
+        group.wait_healthy(proc, timeout=10)
+        assert proc.alive()
+
+
+@pytest.mark.integration
+def test_children_die_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    # A supervisor process starts a grandchild through ProcessGroup, prints its pid, and is then SIGKILLed:
+    # it gets no chance to clean up, so only PR_SET_PDEATHSIG can take the grandchild down.
+    supervisor = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        from controller.adapters.local.processes import ProcessGroup
+        group = ProcessGroup({str(tmp_path / "inner")!r})
+        proc = group.start("grandchild", [sys.executable, "-c", "import time; time.sleep(60)"])
+        print("grandchild", proc.pid, flush=True)
+        time.sleep(60)
+    """)
+    with ProcessGroup(tmp_path) as group:
+        outer = group.start("supervisor", [PYTHON, "-c", supervisor])
+        assert _wait_until(lambda: "grandchild" in outer.log_tail(), 15), outer.log_tail()
+        grandchild = int(outer.log_tail().split("grandchild")[1].split()[0])
+        assert not _gone(grandchild)
+        os.kill(outer.pid, signal.SIGKILL)
+        assert _wait_until(lambda: _gone(grandchild), 5), "the grandchild outlived its SIGKILLed supervisor"
+
+
+def test_search_service_env_points_every_downstream_at_the_router() -> None:
+    env = search_service_env(
+        "master-search", "v2", "http://127.0.0.1:7000", {"error_rate": 0.5, "latency_ms": 20}, 3.0, "x-lane",
+        host_suffix=".default.svc.cluster.local",
+    )
+    assert env["ML_INFER_URL"] == env["TEXT_SEARCH_URL"] == "http://127.0.0.1:7000"
+    assert env["ML_SEARCH_HOST"] == "ml-search.default.svc.cluster.local"
+    assert env["SEARCHSTACK_WORKLOAD"] == "master-search-v2"
+    assert env["FAULT_ERROR_RATE"] == "0.5" and env["FAULT_LATENCY_MS"] == "20.0"
+    assert env["SEARCHSTACK_WORK_MS"] == "3.0" and env["LANE_HEADER"] == "x-lane"
+    with pytest.raises(ValueError, match="unknown fault"):
+        search_service_env("keyword", "v1", "http://r", {"explode": 1})
+    with pytest.raises(ValueError, match="unknown search role"):
+        search_service_env("frontend", "v1", "http://r")

@@ -1,0 +1,451 @@
+"""A/B experiments: the spec, the rendered routes, and whole experiments ticked with a fake clock and fake ports.
+
+The fake business source draws impressions per variant from the routes in effect (the treatment's share
+of the entry traffic) and clicks with a per-version probability, so the experiment machine sees what the
+real search stack's counters would say.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from analysis.abtest import PrimaryCounts
+from analysis.observations import MetricsQuery, WindowCounts
+from controller.adapters.istio.render import read_plan, render
+from controller.adapters.istio.validate import validate_objects
+from controller.core.machine import base_plan
+from controller.core.spec.release import InvalidSpec, parse_release
+from controller.core.status import Phase, ReleaseStatus
+from controller.ports import BusinessQuery, Metrics, MetricsUnavailable
+from controller.reconciler import Ports, Reconciler
+from tests.core.test_scenarios import SERVICES as SERVICES_OF_RELEASE
+from tests.core.test_scenarios import World, release
+from tests.support.fakes import FakeMetrics, FakeRouter, VersionModel
+from tests.support.istio_schema import istio_errors
+from tests.support.k8s_schema import custom_resource_errors, load_documents
+from tests.support.paths import REPO
+
+AB: dict[str, Any] = {
+    "variants": [{"name": "v1", "weight": 50}, {"name": "v2", "weight": 50}],
+    "primaryMetric": {"kind": "proportion", "name": "click-through"},
+    "interval": "30s", "minDuration": "2m", "maxDuration": "30m", "minSamples": 1000,
+    "cohortHeader": "x-cohort", "onEnd": "promoteWinner",
+}
+
+
+def ab_release(**overrides: Any) -> dict[str, Any]:
+    return release(strategy={"abTest": {**copy.deepcopy(AB), **overrides}})
+
+
+@dataclass
+class FakeBusiness:
+    """Impressions per version behind the routes in effect; clicks with `click_probability[version]`."""
+
+    router: FakeRouter
+    click_probability: Mapping[str, float]
+    rps: float = 50.0
+    down: bool = False
+    seed: int = 11
+    queries: list[tuple[float, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.rng = np.random.default_rng(self.seed)
+
+    def business(self, query: BusinessQuery, start: float, end: float) -> Mapping[str, PrimaryCounts]:
+        self.queries.append((start, end))
+        if self.down:
+            raise MetricsUnavailable("connection refused")
+        plan = self.router.in_effect()
+        if plan is None:
+            return {}
+        total = int(self.rng.poisson(self.rps * (end - start)))
+        treated = int(self.rng.binomial(total, plan.canary_weight / 100))
+        out = {}
+        for version, n in ((query.versions[0], total - treated), (query.versions[1], treated)):
+            clicks = int(self.rng.binomial(n, self.click_probability.get(version, 0.1)))
+            out[version] = PrimaryCounts.proportion(clicks, n)
+        return out
+
+
+class ABWorld(World):
+    def __init__(self, ctr: Mapping[str, float], models: dict[str, VersionModel] | None = None) -> None:
+        super().__init__(models=models)
+        self.business = FakeBusiness(self.router, ctr)
+
+    def controller(self) -> Reconciler:
+        return Reconciler(Ports(self.workloads, self.router, self.metrics, self.clock, self.notifier,
+                                business=self.business))
+
+
+# --- spec ---------------------------------------------------------------------------------------------
+
+
+def test_ab_test_spec_parses_into_the_experiment() -> None:
+    spec = parse_release(ab_release())
+    assert spec.experiment is not None
+    assert [(a.name, a.version, a.weight) for a in spec.experiment.routes.arms] == [("v1", "v1", 50), ("v2", "v2", 50)]
+    assert spec.experiment.config.control == "v1"
+    assert spec.experiment.config.min_duration_s == 120 and spec.experiment.config.max_duration_s == 1800
+    assert "sampleRatio" not in spec.experiment.config.guardrails.checks
+    assert spec.strategy.interval == 30
+
+
+@pytest.mark.parametrize(("strategy", "message"), [
+    ({"abTest": AB, "canary": {}}, "spec.strategy.abTest: give either strategy.canary or strategy.abTest"),
+    ({"abTest": {**AB, "variants": [{"name": "v1", "weight": 50}, {"name": "v3", "weight": 50}]}},
+     "spec.strategy.abTest.variants: must include the stable and the new version (v1, v2), not only v1, v3"),
+    ({"abTest": {**AB, "variants": [{"name": "v1", "weight": 50}, {"name": "v2", "weight": 60}]}},
+     "spec.strategy.abTest.variants: weights sum to 110, not 100"),
+    ({"abTest": {**AB, "control": "v2"}}, "spec.strategy.abTest.control: 'v2' is not the stable version 'v1'"),
+    ({"abTest": {**AB, "maxDuration": "1m"}}, "spec.strategy.abTest.maxDuration: 60 is less than minDuration"),
+    ({"abTest": {**AB, "cookieMaxAge": "10m"}}, "spec.strategy.abTest.cookieMaxAge: 600s is shorter than"),
+    ({"abTest": {**AB, "onEnd": "flip"}}, "spec.strategy.abTest.onEnd"),
+    ({"abTest": {**AB, "zz": 1}}, "spec.strategy.abTest.zz: is not a known field"),
+])
+def test_ab_test_spec_problems_name_their_path(strategy: dict[str, Any], message: str) -> None:
+    with pytest.raises(InvalidSpec) as info:
+        parse_release(release(strategy=strategy))
+    assert any(p.startswith(message) for p in info.value.problems), info.value.problems
+
+
+# --- routes ---------------------------------------------------------------------------------------------
+
+
+def experiment_objects() -> list[dict[str, Any]]:
+    spec = parse_release(ab_release())
+    assert spec.experiment is not None
+    return render(base_plan(spec).with_experiment(spec.experiment.routes))
+
+
+def test_rendered_experiment_is_valid_for_istio_and_the_local_router() -> None:
+    objects = experiment_objects()
+    for obj in objects:
+        assert istio_errors(obj, strict=True) == [], obj
+    validate_objects(objects)
+    entry = next(o for o in objects if o["kind"] == "VirtualService" and o["metadata"]["name"] == "master-search")
+    names = [r["name"] for r in entry["spec"]["http"]]
+    assert names == ["cohort-v1", "cohort-v2", "sticky-v1", "sticky-v2", "assign"]
+    assign = entry["spec"]["http"][-1]["route"]
+    assert [(d["destination"]["subset"], d["weight"]) for d in assign] == [("stable", 50), ("v2", 50)]
+    assert assign[1]["headers"]["response"]["add"]["set-cookie"].startswith("ab=v2;")
+    assert {d["headers"]["request"]["set"]["x-canary-lane"] for d in assign} == {"v1", "v2"}
+    lane = next(o for o in objects if o["kind"] == "VirtualService" and o["metadata"]["name"] == "ml-search")
+    assert lane["spec"]["http"][0]["match"] == [{"headers": {"x-canary-lane": {"exact": "v2"}}}]
+    assert lane["spec"]["http"][0]["route"][0]["destination"]["subset"] == "v2"
+
+
+def test_experiment_routes_read_back_as_the_same_plan() -> None:
+    spec = parse_release(ab_release())
+    assert spec.experiment is not None
+    plan = base_plan(spec).with_experiment(spec.experiment.routes)
+    back = read_plan(json.loads(json.dumps(render(plan))))
+    assert plan.equivalent(back)
+    assert not plan.with_weight(50).equivalent(back)  # a canary split is not the experiment
+    edited = json.loads(json.dumps(render(plan)))
+    entry = next(o for o in edited if o["metadata"]["name"] == "master-search" and o["kind"] == "VirtualService")
+    entry["spec"]["http"][-1]["route"][1]["weight"] = 10
+    entry["spec"]["http"][-1]["route"][0]["weight"] = 90
+    assert not plan.equivalent(read_plan(edited))  # a hand edit is seen and repaired
+
+
+# --- whole experiments -------------------------------------------------------------------------------------
+
+
+def test_a_better_variant_wins_and_is_promoted() -> None:
+    world = ABWorld({"v1": 0.10, "v2": 0.16})
+    status = world.run(ab_release())
+    assert status.phase is Phase.SUCCEEDED, status.message
+    result = status.experiment
+    assert result is not None and result["winner"] == "v2" and result["decision"] == "winner"
+    low, high = result["effect"]["interval"]
+    assert 0 < low < 0.06 < high
+    assert result["durationSeconds"] >= 120  # not before the minimum duration
+    assert min(result["samples"].values()) >= 1000
+    applied = world.router.history
+    assert any(p.experiment is not None for p in applied)
+    assert {s.stable for s in applied[-1].services} == {"v2"}
+    primary = status.history[-1].counts["primary"]
+    assert primary["decision"] == "winner" and primary["samples"] == result["samples"]
+    assert all(c.get("check") != "primary" for c in status.history[-1].checks)  # guardrails only
+    assert "ExperimentEnded" in world.notifier.reasons()
+
+
+def test_a_variant_with_four_times_the_errors_is_stopped_by_the_guardrail() -> None:
+    world = ABWorld({"v1": 0.10, "v2": 0.16}, models={"v2": VersionModel(error_rate=0.02)})
+    status = world.run(ab_release())
+    assert status.phase is Phase.ROLLED_BACK, status.message
+    assert status.experiment is not None
+    assert status.experiment["decision"] == "harmful" and status.experiment["stoppedBy"] == "guardrail"
+    assert "guardrail" in status.message
+    assert status.decided_at is not None and status.decided_at - (status.step_started_at or 0) < 1800
+    final = world.router.in_effect()
+    assert final is not None and final.experiment is None and not final.canary_reachable()
+
+
+def test_no_difference_at_the_maximum_duration_keeps_stable() -> None:
+    world = ABWorld({"v1": 0.10, "v2": 0.10})
+    status = world.run(ab_release(maxDuration="5m", onEnd="promoteWinner"))
+    assert status.phase is Phase.ROLLED_BACK, status.message
+    assert status.experiment is not None
+    assert status.experiment["decision"] == "no_difference" and status.experiment["winner"] is None
+    assert status.experiment["stoppedBy"] == "maxDuration"
+    assert 300 <= status.experiment["durationSeconds"] < 300 + 2 * 30
+    low, high = status.experiment["effect"]["interval"]
+    assert low < 0 < high
+
+
+def test_wait_for_operator_pauses_until_approved() -> None:
+    world = ABWorld({"v1": 0.10, "v2": 0.16})
+    obj = ab_release(onEnd="waitForOperator")
+    status = world.run(obj, until=lambda s: s.phase is Phase.PAUSED)
+    assert status.phase is Phase.PAUSED and status.experiment is not None and status.experiment["winner"] == "v2"
+    in_effect = world.router.in_effect()
+    assert in_effect is not None and in_effect.experiment is not None  # users stay on their variants
+    obj["spec"]["approvePromotion"] = True
+    assert world.run(obj).phase is Phase.SUCCEEDED
+
+
+def test_a_restarted_controller_resumes_the_experiment_from_the_persisted_status() -> None:
+    world = ABWorld({"v1": 0.10, "v2": 0.16})
+    obj = ab_release()
+
+    def looked_twice(s: ReleaseStatus) -> bool:
+        return (s.experiment_state or {}).get("looks", 0) >= 2
+
+    mid = world.run(obj, until=looked_twice)
+    assert mid.phase is Phase.PROGRESSING and mid.experiment_state is not None
+    samples_before = dict(mid.experiment["samples"]) if mid.experiment else {}
+    status = world.run(obj, controller=world.controller())  # a new controller, same persisted status
+    assert status.phase is Phase.SUCCEEDED and status.experiment is not None
+    assert status.experiment["looks"] > 2
+    assert all(status.experiment["samples"][v] > samples_before[v] for v in ("v1", "v2"))
+    assert status.step_started_at == mid.step_started_at  # the experiment's clock did not restart
+
+
+def test_business_source_outage_rolls_back_after_the_error_budget() -> None:
+    world = ABWorld({"v1": 0.10, "v2": 0.16})
+    world.business.down = True
+    status = world.run(ab_release())
+    assert status.phase is Phase.ROLLED_BACK
+    assert "business metrics unavailable" in status.message
+    last = status.history[-3:]
+    assert [h.verdict for h in last] == ["error"] * 3
+    assert all("primary: business metrics unavailable" in h.reason for h in last)
+    assert [h.action for h in last] == ["hold", "hold", "stop experiment, roll back"]
+
+
+# --- persisted status ---------------------------------------------------------------------------------
+
+
+def test_an_experiment_status_survives_storage_and_passes_the_crd() -> None:
+    world = ABWorld({"v1": 0.10, "v2": 0.16})
+    obj = ab_release()
+    status = world.run(obj)
+    stored = json.loads(json.dumps(status.for_storage(), allow_nan=False))  # strict JSON: no Infinity
+    assert ReleaseStatus.from_storage(stored) == status
+    crd = load_documents(REPO / "manifests" / "crd" / "stackreleases.yaml")[0]
+    release_obj = {"apiVersion": "stackcanary.dev/v1alpha1", "kind": "StackRelease", **obj, "status": stored}
+    assert custom_resource_errors(release_obj, crd) == []
+
+
+# --- A/B/n: three variants ------------------------------------------------------------------------------
+
+ABN: dict[str, Any] = {
+    **AB, "variants": [{"name": "v1", "weight": 34}, {"name": "v2", "weight": 33},
+                       {"name": "v3", "weight": 33, "images": {"ml-search": "registry/ml-search:v3"}}],
+}
+
+
+def abn_release(**overrides: Any) -> dict[str, Any]:
+    return release(strategy={"abTest": {**copy.deepcopy(ABN), **overrides}})
+
+
+def _split(rng: np.random.Generator, plan: Any, total: int) -> dict[str, int]:
+    """Entry requests per variant's version behind the routes in effect (an experiment's weights, or stable)."""
+    if plan is None or plan.experiment is None:
+        return {} if plan is None else {plan.service(plan.entry).stable: total}
+    arms = plan.experiment.arms
+    drawn = rng.multinomial(total, [a.weight / 100 for a in arms])
+    return {a.version: int(n) for a, n in zip(arms, drawn, strict=True)}
+
+
+@dataclass
+class AbnMetrics(FakeMetrics):
+    """Each variant's share of the traffic by the experiment's weights; only the versions asked for."""
+
+    def window(self, query: Any, start: float, end: float) -> Any:
+        from analysis.observations import WindowCounts
+        self.queries.append((start, end))
+        per_version = _split(self.rng, self.router.in_effect(), int(self.rng.poisson(self.rps * (end - start))))
+        counts = {(s, v): self._draw(n, self.models.get(v, VersionModel()))
+                  for s in query.services for v, n in per_version.items() if v in query.versions}
+        return WindowCounts(start, end, counts)
+
+
+@dataclass
+class AbnBusiness(FakeBusiness):
+    def business(self, query: BusinessQuery, start: float, end: float) -> Mapping[str, PrimaryCounts]:
+        self.queries.append((start, end))
+        per_version = _split(self.rng, self.router.in_effect(), int(self.rng.poisson(self.rps * (end - start))))
+        return {v: PrimaryCounts.proportion(int(self.rng.binomial(n, self.click_probability.get(v, 0.1))), n)
+                for v, n in per_version.items() if v in query.versions}
+
+
+class AbnWorld(ABWorld):
+    """Three variants. `blind_to` is a version the metrics source fails to count (a broken scrape)."""
+
+    def __init__(self, ctr: Mapping[str, float], models: dict[str, VersionModel] | None = None,
+                 blind_to: str | None = None) -> None:
+        super().__init__(ctr, models=models)
+        self.metrics = AbnMetrics(self.router, rps=75.0, models=models or {})
+        self.business = AbnBusiness(self.router, ctr, rps=75.0)
+        self.blind_to = blind_to
+
+    def controller(self) -> Reconciler:
+        metrics: Metrics = self.metrics if self.blind_to is None else BlindMetrics(self.metrics, self.blind_to)
+        return Reconciler(Ports(self.workloads, self.router, metrics, self.clock, self.notifier,
+                                business=self.business))
+
+
+@dataclass
+class BlindMetrics:
+    inner: Metrics
+    version: str
+
+    def window(self, query: MetricsQuery, start: float, end: float) -> WindowCounts:
+        counted = tuple(v for v in query.versions if v != self.version)
+        return self.inner.window(replace(query, versions=counted), start, end)
+
+
+def test_abn_spec_gives_every_variant_its_version_and_images() -> None:
+    spec = parse_release(abn_release())
+    exp = spec.experiment
+    assert exp is not None and exp.versions == ("v1", "v2", "v3") and exp.treatment == "v2"
+    assert [(v.version, dict(v.images)) for v in exp.extra] == [("v3", {"ml-search": "registry/ml-search:v3"})]
+    assert exp.config.treatments == ("v2", "v3") and exp.config.alpha_each == pytest.approx(0.025)
+    bad = copy.deepcopy(ABN)
+    bad["variants"][1]["images"] = {"ml-search": "x"}
+    with pytest.raises(InvalidSpec, match=r"variants\[1\]\.images: v2 is spec.canary's version"):
+        parse_release(release(strategy={"abTest": bad}))
+
+
+def test_abn_routes_are_valid_for_istio_and_the_local_router_and_read_back() -> None:
+    spec = parse_release(abn_release())
+    assert spec.experiment is not None
+    plan = base_plan(spec).with_experiment(spec.experiment.routes)
+    objects = render(plan)
+    for obj in objects:
+        assert istio_errors(obj, strict=True) == [], obj
+    validate_objects(objects)
+    entry = next(o for o in objects if o["kind"] == "VirtualService" and o["metadata"]["name"] == "master-search")
+    assert [r["name"] for r in entry["spec"]["http"]] == [
+        "cohort-v1", "cohort-v2", "cohort-v3", "sticky-v1", "sticky-v2", "sticky-v3", "assign"]
+    assign = entry["spec"]["http"][-1]["route"]
+    assert [(d["destination"]["subset"], d["weight"]) for d in assign] == [("stable", 34), ("v2", 33), ("v3", 33)]
+    lane = next(o for o in objects if o["kind"] == "VirtualService" and o["metadata"]["name"] == "ml-search")
+    assert [r["name"] for r in lane["spec"]["http"]] == ["lane-v2", "lane-v3", "stable-lane"]
+    rule = next(o for o in objects if o["kind"] == "DestinationRule" and o["metadata"]["name"] == "ml-search")
+    assert {s["name"]: s["labels"]["version"] for s in rule["spec"]["subsets"]} == {
+        "stable": "v1", "canary": "v2", "v2": "v2", "v3": "v3"}
+    assert plan.equivalent(read_plan(json.loads(json.dumps(objects))))
+
+
+def test_abn_a_further_variant_wins_and_the_release_keeps_stable() -> None:
+    world = AbnWorld({"v1": 0.10, "v2": 0.10, "v3": 0.17})
+    status = world.run(abn_release())
+    assert status.phase is Phase.ROLLED_BACK, status.message
+    result = status.experiment
+    assert result is not None and result["decision"] == "winner" and result["winner"] == "v3"
+    assert result["treatment"] == "v3" and result["effect"]["interval"][0] > 0
+    assert set(result["comparisons"]) == {"v2", "v3"} and result["alphaPerComparison"] == pytest.approx(0.025)
+    assert set(result["samples"]) == {"v1", "v2", "v3"} and min(result["samples"].values()) >= 1000
+    assert "release v3 to promote it" in status.message
+    started = {(s, v) for op, s, v in world.workloads.calls if op == "start"}
+    stopped = {(s, v) for op, s, v in world.workloads.calls if op == "stop"}
+    assert {(s, "v3") for s in SERVICES_OF_RELEASE} <= started and {(s, "v3") for s in SERVICES_OF_RELEASE} <= stopped
+    from controller.core.machine import EnsureWorkloads
+    ensured = {a.version: dict(a.images) for t in world.ticks for a in t.actions if isinstance(a, EnsureWorkloads)}
+    assert ensured == {"v2": {}, "v3": {"ml-search": "registry/ml-search:v3"}}
+    assert any(p.experiment is not None and len(p.experiment.arms) == 3 for p in world.router.history)
+    final = world.router.in_effect()
+    assert final is not None and final.experiment is None and {s.stable for s in final.services} == {"v1"}
+
+
+def test_abn_the_canary_wins_and_is_promoted_with_the_other_variant_retired() -> None:
+    world = AbnWorld({"v1": 0.10, "v2": 0.17, "v3": 0.10})
+    status = world.run(abn_release())
+    assert status.phase is Phase.SUCCEEDED, status.message
+    assert status.experiment is not None and status.experiment["winner"] == "v2"
+    assert ("stop", "ml-search", "v3") in world.workloads.calls
+    assert not any(v == "v3" for _, v in world.workloads.running)
+
+
+def test_abn_a_harmful_further_variant_stops_the_experiment_on_its_guardrail() -> None:
+    world = AbnWorld({"v1": 0.10, "v2": 0.16, "v3": 0.16}, models={"v3": VersionModel(error_rate=0.02)})
+    status = world.run(abn_release())
+    assert status.phase is Phase.ROLLED_BACK, status.message
+    assert status.experiment is not None and status.experiment["decision"] == "harmful"
+    assert status.experiment["harmful"] == "v3" and status.experiment["stoppedBy"] == "guardrail"
+    assert status.history[-1].counts["guardrails"]["v3"]["verdict"] == "fail"
+    assert status.history[-1].verdict == "fail" and "v3 fails a guardrail" in status.message
+
+
+def test_abn_without_every_variant_counted_is_an_error_not_silence() -> None:
+    world = AbnWorld({"v1": 0.10, "v2": 0.10, "v3": 0.17}, blind_to="v3")
+    status = world.run(abn_release())
+    assert status.phase is Phase.ROLLED_BACK
+    assert [h.verdict for h in status.history[-3:]] == ["error"] * 3
+    assert "did not count version(s) v3" in status.history[-1].reason
+
+
+def test_abn_waits_for_every_variant_and_fails_when_one_cannot_start() -> None:
+    world = AbnWorld({"v1": 0.10, "v2": 0.17, "v3": 0.10})
+    world.workloads.startup_ticks = {("ml-search", "v3"): 4}  # v3 slower to start than v2
+    obj = abn_release()
+    status = world.run(obj, until=lambda s: s.phase is Phase.PROGRESSING)
+    assert status.phase is Phase.PROGRESSING
+    initializing = [t for t in world.ticks if t.status.phase is Phase.INITIALIZING]
+    waiting = [t.status.message for t in initializing if "become ready" in t.status.message]
+    assert waiting.count("waiting for ml-search to become ready") == 4, waiting  # v2 was ready at once
+    broken = AbnWorld({"v1": 0.10, "v2": 0.17, "v3": 0.10})
+    broken.workloads.broken = {("ml-search", "v3")}
+    status = broken.run(abn_release())
+    assert status.phase is Phase.FAILED and "variant v3: CrashLoopBackOff" in status.message
+    assert {("stop", "ml-search", "v3"), ("stop", "ml-search", "v2")} <= set(broken.workloads.calls)
+
+
+@dataclass
+class UnitsBusiness(FakeBusiness):
+    """FakeBusiness that also reports users assigned per version (`units`), `v2_user_share` of them on v2."""
+
+    v2_user_share: float = 0.5
+    users_per_second: float = 2.0
+
+    def business(self, query: BusinessQuery, start: float, end: float) -> Mapping[str, PrimaryCounts]:
+        counts = dict(super().business(query, start, end))
+        users = int(self.rng.poisson(self.users_per_second * (end - start)))
+        on_v2 = int(self.rng.binomial(users, self.v2_user_share))
+        units = {query.versions[0]: users - on_v2, query.versions[1]: on_v2}
+        return {v: PrimaryCounts(c.count, c.total, c.squares, units[v]) for v, c in counts.items()}
+
+
+@pytest.mark.parametrize("v2_user_share, broken", [(0.5, False), (0.3, True)])
+def test_sample_ratio_on_assigned_users_stops_a_broken_split(v2_user_share: float, broken: bool) -> None:
+    world = ABWorld({"v1": 0.10, "v2": 0.16})
+    world.business = UnitsBusiness(world.router, {"v1": 0.10, "v2": 0.16}, v2_user_share=v2_user_share)
+    status = world.run(ab_release())
+    if broken:
+        assert status.phase is Phase.ROLLED_BACK and "sample-ratio mismatch" in status.message, status.message
+        assert [h.verdict for h in status.history[-3:]] == ["error"] * 3
+    else:
+        assert status.phase is Phase.SUCCEEDED, status.message
+        assert status.experiment is not None
+        ratio = status.experiment["comparisons"]["v2"]["sampleRatio"]
+        assert ratio["share"] == pytest.approx(0.5, abs=0.05) and ratio["eValue"] < 1000

@@ -1,0 +1,228 @@
+"""The pure state machine, transition by transition (no reconciler, no ports)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from analysis.observations import ISTIO_BUCKETS_MS, VersionCounts, WindowCounts
+from controller.core import machine
+from controller.core.machine import ApplyRouting, EnsureWorkloads, Notify, Observation, RetireWorkloads
+from controller.core.plan import RoutingPlan
+from controller.core.spec.release import ReleaseSpec, parse_release
+from controller.core.status import Phase, ReleaseStatus
+from controller.ports import Readiness
+
+SERVICES = ("master-search", "ml-infer", "ml-search", "keyword", "text-search")
+NOW = 1_000_000.0
+N = len(ISTIO_BUCKETS_MS)
+
+
+def spec(**over: Any) -> ReleaseSpec:
+    s: dict[str, Any] = {"stable": {"version": "v1"}, "canary": {"version": "v2", "services": ["ml-search"]},
+                         "strategy": {"canary": {"steps": [{"weight": 10}, {"weight": 50}], "interval": "60s",
+                                                 "minCanaryRequests": 50, "settle": "5s"}},
+                         "analysis": {"minCanaryRequests": 50}}
+    s.update(over)
+    return parse_release({"metadata": {"name": "r", "namespace": "ns", "generation": 4}, "spec": s})
+
+
+def counts(requests: int, errors: int, bucket: int = 5) -> VersionCounts:
+    b = [0] * N
+    b[bucket] = requests
+    return VersionCounts(requests, errors, tuple(b))
+
+
+def window(stable: VersionCounts, canary: VersionCounts, start: float = NOW - 60, end: float = NOW
+           ) -> WindowCounts:
+    return WindowCounts(start, end, {("ml-search", "v1"): stable, ("ml-search", "v2"): canary})
+
+
+def progressing(sp: ReleaseSpec, **over: Any) -> ReleaseStatus:
+    from analysis.judges import make_judge
+    base = ReleaseStatus(phase=Phase.PROGRESSING, observed_generation=4, step=0, canary_weight=10,
+                         started_at=NOW - 300, phase_since=NOW - 200, step_started_at=NOW - 65,
+                         last_analysis_at=NOW - 60, first_canary_traffic_at=NOW - 65,
+                         judge_state=make_judge(sp.analysis).initial_state(services=sp.analysed_services))
+    return replace(base, **over)
+
+
+def routing(sp: ReleaseSpec, status: ReleaseStatus) -> RoutingPlan | None:
+    return machine.desired_plan(sp, status)
+
+
+def of(actions: list[Any], kind: type) -> list[Any]:
+    return [a for a in actions if isinstance(a, kind)]
+
+
+def test_pending_starts_the_new_version_and_owns_the_routes_at_zero() -> None:
+    sp = spec()
+    status, actions = machine.step(sp, ReleaseStatus(), Observation(), NOW)
+    assert status.phase is Phase.INITIALIZING and status.started_at == NOW
+    assert status.observed_generation == 4 and status.judge_state
+    assert of(actions, EnsureWorkloads) == [EnsureWorkloads("v2", ("ml-search",), {})]
+    [apply] = of(actions, ApplyRouting)
+    assert apply.plan.canary_weight == 0 and apply.plan.service("ml-search").canary == "v2"
+    assert apply.plan.service("keyword").canary is None
+
+
+@pytest.mark.parametrize("readiness,phase,weight", [
+    ({"ml-search": Readiness(False, "starting")}, Phase.INITIALIZING, 0),
+    ({}, Phase.INITIALIZING, 0),
+    ({"ml-search": Readiness(True)}, Phase.PROGRESSING, 10),
+    ({"ml-search": Readiness(False, "CrashLoopBackOff", failed=True)}, Phase.ROLLING_BACK, 0),
+])
+def test_initializing_waits_for_readiness(readiness: dict[str, Readiness], phase: Phase, weight: int) -> None:
+    sp = spec()
+    status = ReleaseStatus(phase=Phase.INITIALIZING, observed_generation=4, started_at=NOW, phase_since=NOW)
+    new, actions = machine.step(sp, status, Observation(readiness=readiness), NOW + 5)
+    assert new.phase is phase and new.canary_weight == weight
+    if phase is Phase.PROGRESSING:
+        assert new.last_analysis_at == NOW + 5 + sp.strategy.settle  # the first window opens after settling
+        assert [a.plan.canary_weight for a in of(actions, ApplyRouting)] == [10]
+
+
+def test_progress_deadline_ends_in_failed_after_rolling_back() -> None:
+    sp = spec(progressDeadline="30s")
+    status = ReleaseStatus(phase=Phase.INITIALIZING, observed_generation=4, started_at=NOW, phase_since=NOW)
+    new, _ = machine.step(sp, status, Observation(readiness={"ml-search": Readiness(False, "pulling")}), NOW + 31)
+    assert new.phase is Phase.ROLLING_BACK and new.ending == "Failed"
+    assert "ProgressDeadlineExceeded" in [c.reason for c in new.conditions]
+
+
+@pytest.mark.parametrize("obs,verdict,phase,weight,action", [
+    # a clear error regression: fail, weight 0 in this very tick
+    (Observation(metrics=window(counts(5400, 5), counts(600, 90))), "fail", Phase.ROLLING_BACK, 0, "roll back"),
+    # clean and plentiful: pass, next step
+    (Observation(metrics=window(counts(5400, 0), counts(600, 0))), "pass", Phase.PROGRESSING, 50, "next step"),
+    # too few canary requests: inconclusive, wait
+    (Observation(metrics=window(counts(90, 0), counts(10, 0))), "inconclusive", Phase.PROGRESSING, 10, "wait"),
+    # metrics backend down: error, hold
+    (Observation(metrics_error="connection refused"), "error", Phase.PROGRESSING, 10, "hold"),
+])
+def test_verdicts_and_their_actions(obs: Observation, verdict: str, phase: Phase, weight: int, action: str) -> None:
+    sp = spec()
+    status = progressing(sp)
+    new, actions = machine.step(sp, status, replace(obs, routing=routing(sp, status)), NOW)
+    assert new.last_verdict == verdict
+    assert new.phase is phase and new.canary_weight == weight
+    assert new.history[-1].action == action
+    if weight != 10:
+        [apply] = of(actions, ApplyRouting)
+        assert apply.plan.canary_weight == weight
+    else:
+        assert of(actions, ApplyRouting) == []
+
+
+def test_srm_is_an_error_never_a_pass() -> None:
+    sp = spec()
+    status = progressing(sp)
+    # 10% intended, 40% observed: the routing is not what the controller thinks it is.
+    obs = Observation(metrics=window(counts(3000, 0), counts(2000, 0)), routing=routing(sp, status))
+    new, _ = machine.step(sp, status, obs, NOW)
+    assert new.last_verdict == "error"
+    assert new.phase is Phase.PROGRESSING and new.canary_weight == 10
+
+
+def test_repeated_errors_roll_back_after_the_configured_count() -> None:
+    sp = spec(policies={"rollbackAfterErrors": 2})
+    status = progressing(sp, consecutive_errors=1)
+    new, _ = machine.step(sp, status, Observation(metrics_error="timeout", routing=routing(sp, status)), NOW)
+    assert new.phase is Phase.ROLLING_BACK and new.ending == "RolledBack"
+
+
+def test_last_step_pass_promotes() -> None:
+    sp = spec()
+    status = progressing(sp, step=1, canary_weight=50)
+    obs = Observation(metrics=window(counts(3000, 0), counts(3000, 0)), routing=routing(sp, status))
+    new, actions = machine.step(sp, status, obs, NOW)
+    assert new.phase is Phase.PROMOTING
+    # Stage one: every new request into the canary lane; requests in flight keep their lane routes.
+    [apply] = of(actions, ApplyRouting)
+    assert apply.plan.service("ml-search").stable == "v1" and apply.plan.canary_weight == 100
+    assert "Promoting" in [n.reason for n in of(actions, Notify)]
+
+
+def test_promotion_cuts_over_after_the_drain_time() -> None:
+    sp = spec(drainTime="5s")
+    status = replace(progressing(sp), phase=Phase.PROMOTING, canary_weight=100, phase_since=NOW)
+    all_canary = machine.base_plan(sp).with_weight(100)
+    new, actions = machine.step(sp, status, Observation(routing=all_canary), NOW)
+    assert new.phase is Phase.PROMOTING and not new.cutover and new.stage_since == NOW
+    assert of(actions, ApplyRouting) == []
+    new, actions = machine.step(sp, new, Observation(routing=all_canary), NOW + 5)
+    assert new.cutover
+    [apply] = of(actions, ApplyRouting)
+    assert apply.plan.service("ml-search").stable == "v2" and apply.plan.canary_weight == 0
+
+
+def test_lost_canary_readiness_rolls_back() -> None:
+    sp = spec()
+    status = progressing(sp)
+    obs = Observation(readiness={"ml-search": Readiness(False, "probe failed")}, routing=routing(sp, status))
+    new, _ = machine.step(sp, status, obs, NOW - 30)
+    assert new.phase is Phase.ROLLING_BACK and new.canary_weight == 0
+
+
+def test_rolling_back_drains_then_removes_the_canary_routes_then_ends() -> None:
+    sp = spec(drainTime="5s")
+    status = replace(progressing(sp), phase=Phase.ROLLING_BACK, canary_weight=0, ending="RolledBack")
+    # Stage one: the entry split goes to 0%; the lane routes stay so requests in flight finish in their lane.
+    still_split = machine.base_plan(sp).with_weight(10)
+    new, actions = machine.step(sp, status, Observation(routing=still_split), NOW)
+    assert new.phase is Phase.ROLLING_BACK and not new.cutover
+    [apply] = of(actions, ApplyRouting)
+    assert apply.plan.canary_weight == 0 and apply.plan.service("ml-search").canary == "v2"
+    no_new_canary = machine.base_plan(sp).with_weight(0)
+    new, _ = machine.step(sp, new, Observation(routing=no_new_canary), NOW + 1)
+    assert not new.cutover and new.stage_since == NOW + 1
+    new, actions = machine.step(sp, new, Observation(routing=no_new_canary), NOW + 6)
+    assert new.cutover and new.phase is Phase.ROLLING_BACK
+    [apply] = of(actions, ApplyRouting)
+    assert not apply.plan.canary_reachable() and apply.plan.service("ml-search").canary is None
+    assert of(actions, RetireWorkloads) == []
+    new, actions = machine.step(sp, new, Observation(routing=machine.base_plan(sp).all_stable()), NOW + 7)
+    assert new.phase is Phase.ROLLED_BACK
+    assert of(actions, RetireWorkloads) == [RetireWorkloads("v2", ("ml-search",))]
+
+
+def test_promoting_waits_for_the_scale_down_delay() -> None:
+    sp = spec(scaleDownDelay="30s")
+    status = replace(progressing(sp), phase=Phase.PROMOTING, phase_since=NOW, cutover=True, stage_since=NOW)
+    promoted = machine.base_plan(sp).promoted()
+    assert machine.step(sp, status, Observation(routing=promoted), NOW + 10)[0].phase is Phase.PROMOTING
+    new, actions = machine.step(sp, status, Observation(routing=promoted), NOW + 31)
+    assert new.phase is Phase.SUCCEEDED
+    assert of(actions, RetireWorkloads) == [RetireWorkloads("v1", ("ml-search",))]
+
+
+@pytest.mark.parametrize("phase", [Phase.SUCCEEDED, Phase.ROLLED_BACK, Phase.ABORTED])
+def test_final_phases_do_not_move(phase: Phase) -> None:
+    sp = spec(abort=True, paused=True)
+    status = replace(progressing(sp), phase=phase)
+    new, actions = machine.step(sp, status, Observation(routing=machine.desired_plan(sp, status)), NOW)
+    assert new.phase is phase
+    assert of(actions, ApplyRouting) == [] and of(actions, Notify) == []
+
+
+def test_abort_from_progressing() -> None:
+    sp = spec(abort=True)
+    new, actions = machine.step(sp, progressing(sp), Observation(), NOW)
+    assert new.phase is Phase.ROLLING_BACK and new.ending == "Aborted"
+    assert [a.plan.canary_weight for a in of(actions, ApplyRouting)] == [0]
+
+
+@pytest.mark.parametrize("phase,last,now,window", [
+    (Phase.PROGRESSING, NOW - 60, NOW, (NOW - 60, NOW)),
+    (Phase.PROGRESSING, NOW - 58, NOW, (NOW - 58, NOW)),  # a little early still counts
+    (Phase.PROGRESSING, NOW - 30, NOW, None),
+    (Phase.PROGRESSING, NOW + 5, NOW, None),  # still settling after a weight change
+    (Phase.PAUSED, NOW - 60, NOW, None),
+    (Phase.INITIALIZING, None, NOW, None),
+])
+def test_metrics_windows_are_asked_for_once_per_interval(phase: Phase, last: float | None, now: float,
+                                                         window: tuple[float, float] | None) -> None:
+    status = ReleaseStatus(phase=phase, last_analysis_at=last)
+    assert machine.wants(spec(), status, now).metrics_window == window

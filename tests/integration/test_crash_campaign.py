@@ -1,0 +1,371 @@
+"""Crash anywhere (issue 9): the real controller process, SIGKILLed at random points, 100+ times.
+
+The controller runs as it does in a cluster (`python -m controller.cli.main controller --server URL ...`, a
+process of its own with leader election, workers, watch and resync), against the Kubernetes emulator,
+reading a real Prometheus (Debian's binary) that scrapes `tests.support.mesh_traffic`'s exporter, whose Istio
+counters follow the routes stored in the emulator at each instant. Why the real Prometheus here: the
+controller process reads Prometheus over HTTP exactly as in a cluster, and a stand-in could not catch
+what the real one does with scrape timing, staleness and its query API; the misbehaving stand-in is
+for `test_prometheus_faults.py`, where faults must be made on command.
+
+Releases of five kinds run side by side, each in a namespace of its own (a new one starts when one
+finishes): healthy (must be promoted), failing (30% errors on v2: rolled back), aborted by an operator
+while progressing (Aborted), a canary image past its progress deadline at once (Failed) and one that is
+never ready (Failed when `progressDeadline` passes). The process is killed with SIGKILL either after a
+random time, or right after the k-th change the emulator stores (so kills land between a status write
+and its actions, between two route writes, ...), and started again at once, at least 100 times. Then
+one last process runs until every release has finished.
+
+Checked: every state the emulator ever stored satisfies the invariants (`tests.support.invariants`); every
+release ends as its kind must; no duplicated side effects (one create per canary Deployment, no route
+write after a release's end, each one-off Event at most once, no writes in the steady state after).
+The seed is printed on failure; `CRASH_CAMPAIGN_SEED=N` replays a campaign.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.adapters.kubernetes.client import DEPLOYMENTS, RELEASES, KubeApi
+from controller.adapters.prometheus.server import PrometheusProcess, prometheus_binary
+from tests.support.invariants import FINAL, InvariantChecker
+from tests.support.invariants import RELEASES as RELEASES_KEY
+from tests.support.kmock_server import Key, RunningEmulator
+from tests.support.kube_world import SERVICES, stable_deployment
+from tests.support.mesh_traffic import MeshTraffic, metrics_exporter
+from tests.support.paths import REPO
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+if prometheus_binary() is None:  # pragma: no cover - scripts/test installs it
+    pytest.fail("the `prometheus` binary is missing: apt-get install prometheus", pytrace=False)
+
+SEED = int(os.environ.get("CRASH_CAMPAIGN_SEED", "20261127"))
+KILLS = int(os.environ.get("CRASH_CAMPAIGN_KILLS", "110"))
+RELEASES_TOTAL = 80
+CONCURRENT = 12
+BUDGET_S = 190.0  # the kills must be done by then (the whole test stays under ~4 minutes)
+LOG_LEVEL = os.environ.get("CRASH_CAMPAIGN_LOG_LEVEL", "warning")
+IDENTITY = "crash-campaign"
+AGENT = f"stack-canary-controller/{IDENTITY}"
+KINDS = ("promote", "rollback", "abort", "deadline", "never-ready")
+EXPECTED = {"promote": "Succeeded", "rollback": "RolledBack", "abort": "Aborted", "deadline": "Failed",
+            "never-ready": "Failed"}
+# Reasons of one-off Events ("Aborted" and "Failed" are not: the rollback's start and its end share them).
+ONCE = ("Initializing", "Initialized", "Promoting", "Promoted", "RolledBack", "AnalysisFailed", "CanaryFailed",
+        "ProgressDeadlineExceeded")
+
+
+def release_body(ns: str, kind: str) -> dict[str, Any]:
+    steps = [10, 20, 30, 40] if kind == "abort" else [20, 50]
+    return {
+        "apiVersion": "stackcanary.dev/v1alpha1", "kind": "StackRelease",
+        "metadata": {"name": "search-v2", "namespace": ns},
+        "spec": {
+            "stack": {"entry": "master-search", "services": list(SERVICES)},
+            "stable": {"version": "v1"},
+            # Images named per namespace: the emulator's failing/slow images are chosen per release.
+            "canary": {"version": "v2", "images": {s: f"registry.example/{s}:2.0-{ns}" for s in SERVICES}},
+            "strategy": {"canary": {"steps": [{"weight": w} for w in steps], "interval": "2s", "settle": "1s",
+                                    "minCanaryRequests": 50}},
+            "drainTime": "1s",
+            # Short only where the deadline is the point: it counts from entering Initializing, controller
+            # downtime included (see docs/reliability.md).
+            "progressDeadline": "4s" if kind == "never-ready" else "120s",
+        },
+    }
+
+
+@dataclass
+class Ledger:
+    """What the store recorded, per namespace, for the side-effect checks."""
+
+    final_rv: dict[str, int] = field(default_factory=dict)
+    route_changes_after_end: dict[str, int] = field(default_factory=dict)
+    deployments_added: dict[str, list[str]] = field(default_factory=dict)
+    changes: int = 0
+    on_change: Callable[[Key], None] | None = None
+
+    def observe(self, rv: int, key: Key, event: str, obj: dict[str, Any]) -> None:
+        self.changes += 1
+        ns = obj.get("metadata", {}).get("namespace", "")
+        if key == RELEASES_KEY and (obj.get("status") or {}).get("phase") in FINAL:
+            self.final_rv.setdefault(ns, rv)
+        elif key[2] in ("virtualservices", "destinationrules") and ns in self.final_rv:
+            self.route_changes_after_end[ns] = self.route_changes_after_end.get(ns, 0) + 1
+        elif key[2] == "deployments" and event == "ADDED":
+            self.deployments_added.setdefault(ns, []).append(obj["metadata"]["name"])
+        if self.on_change is not None:
+            self.on_change(key)
+
+
+class ControllerProcess:
+    """The real controller process, SIGKILLed by PID (never by name) and started again by the campaign.
+
+    Cold starts run `python -m controller.cli.main controller ...` (the `canary` script's entry point); warm
+    starts fork it from `tests.support.controller_zygote`, which imported the modules once (the same `main`, minus
+    ~1 s of interpreter start and imports), so that 100+ kills fit in the test's time.
+    """
+
+    def __init__(self, server: str, prometheus: str, log_path: Path) -> None:
+        self.args = ["controller", "--server", server, "--prometheus-url", prometheus, "--health-port", "0",
+                     "--health-host", "127.0.0.1", "--identity", IDENTITY, "--lease-namespace",
+                     "stack-canary-system", "--resync", "2", "--workers", "4", "--no-business-metrics",
+                     "--log-level", LOG_LEVEL]
+        self.log_path = log_path
+        self.cwd = REPO
+        self.process: subprocess.Popen[bytes] | None = None
+        self.zygote: subprocess.Popen[str] | None = None
+        self.pid: int | None = None
+        self.cold = self.warm = 0
+
+    @property
+    def started(self) -> int:
+        return self.cold + self.warm
+
+    def start(self, cold: bool) -> None:
+        if cold:
+            with open(self.log_path, "ab") as log:
+                self.process = subprocess.Popen([sys.executable, "-m", "controller.cli.main", *self.args],
+                                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                                cwd=self.cwd)
+            self.pid = self.process.pid
+            self.cold += 1
+            return
+        if self.zygote is None:
+            self.zygote = subprocess.Popen([sys.executable, "-m", "tests.support.controller_zygote", str(self.log_path),
+                                            *self.args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                           text=True, cwd=self.cwd)
+        assert self.zygote.stdin is not None and self.zygote.stdout is not None
+        self.zygote.stdin.write("spawn\n")
+        self.zygote.stdin.flush()
+        self.pid = int(self.zygote.stdout.readline())
+        self.process = None
+        self.warm += 1
+
+    def alive(self) -> bool:
+        if self.pid is None:
+            return False
+        if self.process is not None:
+            return self.process.poll() is None
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def kill(self) -> None:
+        if self.pid is not None and self.alive():
+            os.kill(self.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while self.alive() and time.monotonic() < deadline:  # warm children are reaped by the zygote
+            time.sleep(0.005)
+
+    def terminate(self) -> bool:
+        """SIGTERM; True when it stopped by itself within 20 s."""
+        if self.pid is None or not self.alive():
+            return False
+        os.kill(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stopped = not self.alive()
+        self.kill()
+        return stopped and (self.process is None or self.process.returncode == 0)
+
+    def close(self) -> None:
+        self.kill()
+        if self.zygote is not None:
+            if self.zygote.poll() is None:
+                os.kill(self.zygote.pid, signal.SIGKILL)
+            self.zygote.wait(timeout=10)
+            for stream in (self.zygote.stdin, self.zygote.stdout):
+                if stream is not None:
+                    stream.close()
+
+
+@pytest.fixture
+def prometheus_and_traffic(emulator: RunningEmulator) -> Iterator[tuple[PrometheusProcess, MeshTraffic]]:
+    traffic = MeshTraffic(emulator, rps=300.0)
+    exporter = metrics_exporter(traffic)
+    stop = threading.Event()
+    integrator = threading.Thread(target=traffic.run, args=(stop, 0.25), daemon=True)
+    integrator.start()
+    try:
+        with PrometheusProcess([f"127.0.0.1:{exporter.port}"], scrape_interval_s=0.5) as prom:
+            yield prom, traffic
+    finally:
+        stop.set()
+        integrator.join(timeout=5)
+        exporter.stop()
+
+
+class Campaign:
+    def __init__(self, emulator: RunningEmulator, traffic: MeshTraffic, rng: random.Random) -> None:
+        self.emulator, self.traffic, self.rng = emulator, traffic, rng
+        self.api = KubeApi.for_url(emulator.url)
+        self.kinds: dict[str, str] = {}
+        self.aborted: set[str] = set()
+        self.serviced = 0.0
+        plan = [KINDS[i % len(KINDS)] for i in range(RELEASES_TOTAL)]
+        rng.shuffle(plan)
+        self.plan = plan
+
+    def start_release(self) -> None:
+        kind = self.plan[len(self.kinds)]
+        ns = f"crash-{len(self.kinds):02d}"
+        for service in SERVICES:
+            self.api.create(DEPLOYMENTS, ns, stable_deployment(service, namespace=ns))
+        if kind == "rollback":
+            self.traffic.error_rates[(ns, "v2")] = 0.3
+        if kind == "deadline":
+            self.emulator.emulator.failing_images.add(f"registry.example/ml-infer:2.0-{ns}")
+        if kind == "never-ready":
+            self.emulator.emulator.slow_images.add(f"registry.example/keyword:2.0-{ns}")
+        self.api.create(RELEASES, ns, release_body(ns, kind))
+        self.kinds[ns] = kind
+
+    def phases(self) -> dict[str, str]:
+        store = self.emulator.store
+        with store.lock:  # read in place: copying 30 statuses (with their histories) 50 times a second is slow
+            return {ns: str((store.objects.get((RELEASES_KEY, ns, "search-v2"), {}).get("status") or {})
+                            .get("phase", "Pending")) for ns in self.kinds}
+
+    def service(self) -> dict[str, str]:
+        """The operator's part: abort releases of that kind once they progress; keep CONCURRENT running."""
+        now = time.monotonic()
+        if now - self.serviced < 0.2:
+            return {}
+        self.serviced = now
+        phases = self.phases()
+        for ns, phase in phases.items():
+            if self.kinds[ns] == "abort" and phase == "Progressing" and ns not in self.aborted:
+                self.api.patch(RELEASES, ns, "search-v2", {"spec": {"abort": True}})
+                self.aborted.add(ns)
+        running = sum(1 for p in phases.values() if p not in FINAL)
+        while running < CONCURRENT and len(self.kinds) < RELEASES_TOTAL:
+            self.start_release()
+            running += 1
+        return phases
+
+    def all_final(self) -> bool:
+        return len(self.kinds) == RELEASES_TOTAL and all(p in FINAL for p in self.phases().values())
+
+
+def test_controller_killed_100_times_converges_with_invariants_intact(
+        emulator: RunningEmulator, prometheus_and_traffic: tuple[PrometheusProcess, MeshTraffic],
+        tmp_path: Path) -> None:
+    prom, traffic = prometheus_and_traffic
+    rng = random.Random(SEED)
+    checker = InvariantChecker().attach(emulator)
+    ledger = Ledger()
+    emulator.store.observers.append(ledger.observe)
+    campaign = Campaign(emulator, traffic, rng)
+    controller = ControllerProcess(emulator.url, prom.url, tmp_path / "controller.log")
+    began = time.monotonic()
+    kills, by_change, by_time, mid_work = 0, 0, 0, 0
+    after: dict[str, int] = {}  # what the stored change a kill followed was a change of
+    tag = f"(seed {SEED}; replay with CRASH_CAMPAIGN_SEED={SEED}; controller log {tmp_path / 'controller.log'})"
+    try:
+        campaign.service()
+        while kills < KILLS and time.monotonic() - began < BUDGET_S:
+            controller.start(cold=kills % 10 == 0)
+            writes_before = len(emulator.emulator.write_log)
+            fired = threading.Event()
+            active = time.monotonic() + 3.0  # wait until the process took the lease: its work has begun
+            while time.monotonic() < active and not any(
+                    w.agent == AGENT for w in emulator.emulator.write_log[writes_before:]):
+                time.sleep(0.01)
+            if rng.random() < 0.5:  # kill right after the k-th change the store records from now
+                left = [rng.randint(1, 6)]
+
+                def count_down(key: Key, left: list[int] = left, fired: threading.Event = fired,
+                               pid: int | None = controller.pid) -> None:
+                    left[0] -= 1
+                    if left[0] == 0 and pid is not None:
+                        os.kill(pid, signal.SIGKILL)  # inside the store's lock: not one change later
+                        fired.set()
+                        after[key[2]] = after.get(key[2], 0) + 1
+
+                ledger.on_change = count_down
+                deadline = time.monotonic() + 2.0
+                by_change += 1
+            else:  # kill at a random time from now
+                deadline = time.monotonic() + rng.uniform(0.0, 1.5)
+                by_time += 1
+            while time.monotonic() < deadline and not fired.is_set():
+                campaign.service()
+                time.sleep(0.02)
+            ledger.on_change = None
+            controller.kill()
+            kills += 1
+            mid_work += any(w.agent == AGENT and w.plural != "leases"
+                            for w in emulator.emulator.write_log[writes_before:])
+        kill_phase_s = time.monotonic() - began
+        controller.start(cold=True)  # the last one lives until every release has finished
+        settle_deadline = time.monotonic() + 60
+        while not campaign.all_final() and time.monotonic() < settle_deadline:
+            campaign.service()
+            time.sleep(0.1)
+        converged_s = time.monotonic() - began
+        time.sleep(3.0)  # retire actions of the last ticks, then a steady state
+        mark = len(emulator.emulator.write_log)
+        time.sleep(4.5)  # two resyncs of every release
+        steady_writes = [w for w in emulator.emulator.write_log[mark:] if w.agent == AGENT and w.plural != "leases"]
+        assert controller.terminate(), f"the last controller did not stop cleanly on SIGTERM {tag}"
+    finally:
+        ledger.on_change = None
+        controller.close()
+
+    phases = campaign.phases()
+    outcomes = {kind: sum(1 for ns, k in campaign.kinds.items() if k == kind) for kind in KINDS}
+    print(f"\ncrash campaign {tag}: {kills} kills ({by_change} right after a stored change, {by_time} after a "
+          f"random time; {mid_work} after the process had written other than its lease), "
+          f"{controller.started} controller starts ({controller.cold} cold), "
+          f"{len(campaign.kinds)} releases {outcomes}, "
+          f"kills done in {kill_phase_s:.0f}s, all converged at {converged_s:.0f}s; {checker.states} states "
+          f"checked ({checker.status_writes} status writes, {checker.route_writes} route writes); "
+          f"tolerated: {checker.tolerated}; kills right after a change of {after}")
+    assert kills >= KILLS, f"only {kills} kills in {BUDGET_S:.0f}s {tag}"
+    assert mid_work >= KILLS // 2, f"only {mid_work} kills hit a controller that was writing {tag}"
+    assert len(campaign.kinds) == RELEASES_TOTAL, tag
+    ends = {ns: (campaign.kinds[ns], phases[ns], str((emulator.objects("stackreleases", ns)[0].get("status") or {})
+                                                    .get("message"))) for ns in campaign.kinds}
+    wrong = {ns: end for ns, end in ends.items() if end[1] != EXPECTED[end[0]]}
+    assert not wrong, f"releases that ended wrong: {wrong} {tag}"
+    assert checker.violations == [], "\n".join(map(str, checker.violations[:20])) + f"\n{tag}"
+    assert checker.check_final(emulator, list(campaign.kinds)) == [], tag
+    # No duplicated side effects.
+    everything = {f"{s}-v1" for s in SERVICES} | {f"{s}-v2" for s in SERVICES}
+    for ns, kind in campaign.kinds.items():
+        created = ledger.deployments_added.get(ns, [])
+        assert len(created) == len(set(created)), (ns, created, tag)  # each Deployment created once
+        # A canary that fails at once may end the release before every other canary was created.
+        assert set(created) == everything if kind not in ("deadline", "never-ready") else \
+            set(created) <= everything, (ns, created, tag)
+    assert {ns: n for ns, n in ledger.route_changes_after_end.items() if n} == {}, \
+        f"route writes after a release's end {tag}"
+    for ns in campaign.kinds:
+        events = emulator.objects("events", ns)
+        reasons = [e["reason"] for e in events]
+        said = [(e["reason"], e["message"]) for e in events]
+        twice = {r for r in ONCE if reasons.count(r) > 1} | {r for r, m in said if said.count((r, m)) > 1}
+        steps = len(release_body(ns, campaign.kinds[ns])["spec"]["strategy"]["canary"]["steps"])
+        assert not twice and reasons.count("WeightIncreased") <= steps, (ns, reasons, tag)
+    assert steady_writes == [], f"writes in the steady state: {steady_writes[:5]} {tag}"
+    # The campaign's own figures, for docs/reliability.md.
+    print(f"status writes {checker.status_writes}, route writes {checker.route_writes}, "
+          f"controller writes {sum(1 for w in emulator.emulator.write_log if w.agent == AGENT)}, "
+          f"409s {sum(1 for w in emulator.emulator.write_log if w.agent == AGENT and w.code == 409)}")

@@ -1,0 +1,250 @@
+"""End to end on the local platform: the real search stack behind the real mesh router, real load, and
+the real controller. Short intervals, bounded load, every process stopped and checked gone."""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from controller.adapters.local.platform import LocalRouter
+from controller.adapters.local.stack import SEARCH_SERVICES, LocalStack
+from controller.core.plan import RoutingPlan, ServiceVersions
+from demo.canary import run_demo
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+QUERY = {"text": "graph neural networks for citation ranking", "n_results": 5, "random_seed": 7}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        state = Path(f"/proc/{pid}/status").read_text()
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+    return "State:\tZ" not in state  # a zombie has exited; only its parent's reaping is left
+
+
+def all_gone(pids: list[int], within: float = 15.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not [p for p in pids if alive(p)]:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.fixture(scope="module")
+def two_versions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    stack = LocalStack(tmp_path_factory.mktemp("stack"), work_ms=1.0).start()
+    try:
+        stack.start_version("v1")
+        stack.start_version("v2")
+        yield stack
+    finally:
+        pids = [p.pid for p in stack.group.procs.values()]
+        stack.close()
+        assert pids and not [p for p in pids if alive(p)], "a process outlived the stack"
+
+
+def served_by(response: httpx.Response) -> dict[str, str]:
+    return dict(part.split("@") for part in response.headers["x-served-by"].split(","))
+
+
+def send(stack: LocalStack, n: int) -> list[dict[str, str]]:
+    paths = []
+    with httpx.Client(base_url=stack.router_url, headers={"host": "master-search"}, timeout=10) as client:
+        for i in range(n):
+            r = client.post("/master-service/search", json={**QUERY, "random_seed": i})
+            assert r.status_code == 200, r.text
+            paths.append(served_by(r))
+    return paths
+
+
+def apply(stack: LocalStack, plan: RoutingPlan) -> None:
+    assert stack.admin is not None
+    LocalRouter(stack.admin).apply(plan)
+
+
+def test_lane_purity_at_50_50_across_every_hop(two_versions: LocalStack) -> None:
+    apply(two_versions, two_versions.baseline_plan("v1", "v2", 50))
+    paths = send(two_versions, 1000)
+    mixed = [p for p in paths if len(set(p.values())) != 1]
+    assert mixed == []
+    assert all(set(p) == set(SEARCH_SERVICES) for p in paths)  # every hop is listed
+    canary = sum(1 for p in paths if p["master-search"] == "v2")
+    # 50/50 over 1,000 requests: binomial 99.9% bounds are about 448..552.
+    assert 448 <= canary <= 552
+
+
+def test_services_left_unchanged_serve_both_lanes_from_stable(two_versions: LocalStack) -> None:
+    changed = {"ml-search", "keyword"}
+    plan = RoutingPlan("local", "master-search",
+                       tuple(ServiceVersions(s, "v1", "v2" if s in changed else None) for s in SEARCH_SERVICES),
+                       canary_weight=50)
+    apply(two_versions, plan)
+    paths = send(two_versions, 400)
+    lanes = collections.Counter(tuple(sorted(p.items())) for p in paths)
+    stable_path = tuple(sorted((s, "v1") for s in SEARCH_SERVICES))
+    canary_path = tuple(sorted((s, "v2" if s in changed else "v1") for s in SEARCH_SERVICES))
+    assert set(lanes) == {stable_path, canary_path}
+    assert 140 <= lanes[canary_path] <= 260
+
+
+def test_a_rejected_route_change_keeps_the_old_routes(two_versions: LocalStack) -> None:
+    from controller.adapters.istio.render import render
+    from controller.adapters.local.mesh_admin import RouterConfigRejected
+
+    apply(two_versions, two_versions.baseline_plan("v1"))
+    objects = render(two_versions.baseline_plan("v1", "v2", 50))
+    objects[-1]["spec"]["http"][0]["route"][0]["destination"]["subset"] = "nonexistent"
+    assert two_versions.admin is not None
+    with pytest.raises(RouterConfigRejected, match="nonexistent"):
+        two_versions.admin.put_config(objects)
+    assert all(set(p.values()) == {"v1"} for p in send(two_versions, 50))
+
+
+def demo(tmp_path: Path, scenario: str) -> dict[str, Any]:
+    return run_demo(scenario, rps=40, interval=5, workdir=tmp_path, summary_path=tmp_path / "summary.json",
+                    max_seconds=180, out=io.StringIO())
+
+
+def stack_pids(tmp_path: Path) -> list[int]:
+    """PIDs of every process the demo started, from the pid lines the process group logged."""
+    return [int(line.split()[1]) for line in (tmp_path / "stack" / "logs" / "pids.txt").read_text().splitlines()]
+
+
+def test_healthy_release_is_promoted(tmp_path: Path) -> None:
+    result = demo(tmp_path, "healthy")
+    assert result["outcome"] == "promoted", result["message"]
+    assert result["mixed_version_responses"] == 0 and result["responses"] > 500
+    assert result["canary_requests"] > 100
+    assert result["load"]["status_counts"] == {"200": result["responses"]}
+    assert Path(result["report"]).read_text().lstrip().lower().startswith("<!doctype html")
+    assert not [p for p in stack_pids(tmp_path) if alive(p)]
+
+
+def test_errors_are_rolled_back_fast(tmp_path: Path) -> None:
+    result = demo(tmp_path, "errors")
+    assert result["outcome"] == "rolled_back", result["message"]
+    assert "errorRate" in result["message"]
+    # Decided within the first analysis windows (5 s each here; 20 canary requests in the first one), and
+    # the 0% canary weight read back right after; generous slack for a loaded machine.
+    assert result["analyses"] <= 3
+    assert result["rollback_seconds"] is not None
+    assert result["rollback_seconds"] < result["analyses"] * 5 + 2.5 + 5
+    assert result["mixed_version_responses"] == 0
+    assert not [p for p in stack_pids(tmp_path) if alive(p)]
+
+
+def test_slow_version_is_rolled_back(tmp_path: Path) -> None:
+    result = demo(tmp_path, "slow")
+    assert result["outcome"] == "rolled_back", result["message"]
+    assert "latencyShift" in result["message"] or "slowTail" in result["message"]
+
+
+def test_stack_up_serves_then_stops_every_process_on_sigterm(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    argv = [sys.executable, "-m", "controller.cli.main", "stack", "up", "--versions", "v1,v2", "--weight", "50",
+            "--workdir", str(tmp_path)]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+        try:
+            lines: list[str] = []
+            deadline = time.monotonic() + 90
+            assert proc.stdout is not None
+            while time.monotonic() < deadline:
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                lines.append(line)
+                if "Ctrl-C stops everything" in line:
+                    break
+            router = next(line.split()[2] for line in lines if line.startswith("mesh router:"))
+            r = httpx.post(f"{router}/master-service/search", json=QUERY, headers={"host": "master-search"},
+                           timeout=10)
+            assert r.status_code == 200 and len(r.json()) == 5
+            pids = [int(line.split()[1]) for line in (tmp_path / "logs" / "pids.txt").read_text().splitlines()]
+            assert len(pids) == 11  # the router and five services in each of two versions
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert not [p for p in pids if alive(p)]
+
+
+def test_run_command_releases_two_of_five_services_from_a_file(tmp_path: Path) -> None:
+    import yaml
+
+    from controller.cli.main import main
+
+    release = yaml.safe_load(Path("examples/release-local.yaml").read_text())
+    release["spec"]["strategy"]["canary"].update(interval="4s", settle="3s", stepDeadline="24s")
+    f = tmp_path / "release.yaml"
+    f.write_text(yaml.safe_dump(release))
+    code = main(["run", "-f", str(f), "--local", "--rps", "30", "--workdir", str(tmp_path / "work"),
+                 "--summary", str(tmp_path / "summary.json"), "--fault", "keyword:error_rate=0.5",
+                 "--max-seconds", "120"])
+    assert code == 0
+    result = json.loads((tmp_path / "summary.json").read_text())
+    assert result["outcome"] == "rolled_back", result["message"]
+    assert "keyword" in result["message"]
+    assert result["mixed_version_responses"] == 0
+
+
+def test_a_killed_local_release_resumes_from_its_state_and_finishes(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from controller.adapters.local.state import StateDir
+    from controller.cli.main import main
+    from controller.core.status import Phase
+
+    release = yaml.safe_load(Path("examples/release-local.yaml").read_text())
+    release["spec"]["strategy"]["canary"].update(interval="4s", settle="3s", stepDeadline="24s")
+    f = tmp_path / "release.yaml"
+    f.write_text(yaml.safe_dump(release))
+    work = tmp_path / "work"
+    argv = ["run", "-f", str(f), "--local", "--rps", "30", "--workdir", str(work), "--max-seconds", "150"]
+    state = StateDir(work / "state")
+    with subprocess.Popen([sys.executable, "-m", "controller.cli.main", *argv],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if state.status_path.exists() and state.load_status().step >= 1:
+                break
+            time.sleep(0.2)
+        before = state.load_status()
+        proc.send_signal(signal.SIGKILL)  # no teardown, no final status write
+        proc.wait(timeout=10)
+    assert before.phase is Phase.PROGRESSING and before.step >= 1
+    first_run = [int(line.split()[1]) for line in (work / "stack" / "logs" / "pids.txt").read_text().splitlines()]
+    # Their parent-death signal (SIGTERM) makes them shut down on their own.
+    assert all_gone(first_run), "children outlived a SIGKILLed controller"
+
+    assert main([*argv, "--summary", str(tmp_path / "summary.json")]) == 0
+    result = json.loads((tmp_path / "summary.json").read_text())
+    after = state.load_status()
+    assert result["outcome"] == "promoted", result["message"]
+    assert after.started_at == before.started_at  # the same release, continued, not restarted
+    assert [h.at for h in after.history][: len(before.history)] == [h.at for h in before.history]
+    assert len(after.history) > len(before.history)

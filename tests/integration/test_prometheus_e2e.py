@@ -1,0 +1,203 @@
+"""A real Prometheus scraping the real mesh router in front of the real search stack.
+
+The provider's interval counts must equal the router's own counters exactly; a router restart (counter
+reset) loses nothing; a Prometheus outage in the middle of a release gives `error` verdicts, holds the
+release and finally rolls it back — it is never promoted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from analysis.counters import snapshot_counts
+from analysis.observations import MetricsQuery, WindowCounts
+from controller.adapters.local.direct_metrics import DirectMetrics
+from controller.adapters.local.metrics import LOCAL_LABELS, LaggedMetrics
+from controller.adapters.local.platform import LocalRouter, LocalWorkloads, LogNotifier, SystemClock
+from controller.adapters.local.stack import SEARCH_SERVICES, LocalStack
+from controller.adapters.local.state import StateDir
+from controller.adapters.prometheus.metrics import PrometheusSource
+from controller.adapters.prometheus.server import PrometheusProcess, prometheus_binary
+from controller.core.spec.release import parse_release
+from controller.core.status import Phase, ReleaseStatus
+from controller.reconciler import Ports, Reconciler
+from demo.canary import Console, demo_release, drive_release
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+if prometheus_binary() is None:  # pragma: no cover - scripts/test installs it; say so loudly if it is gone
+    pytest.fail("the `prometheus` binary is missing: scripts/test installs it (apt-get install prometheus)",
+                pytrace=False)
+
+QUERY = MetricsQuery("local", SEARCH_SERVICES, ("v1", "v2"))
+FAULTY = {"v2": {"ml-infer": {"error_rate": 0.3}}}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    with LocalStack(tmp_path_factory.mktemp("stack"), work_ms=0.5, faults=FAULTY) as s:
+        s.start_version("v1")
+        s.start_version("v2")
+        assert s.admin is not None
+        LocalRouter(s.admin).apply(s.baseline_plan("v1", "v2", 30))
+        yield s
+
+
+@pytest.fixture(scope="module")
+def prometheus(stack: LocalStack) -> Iterator[PrometheusProcess]:
+    with PrometheusProcess([f"127.0.0.1:{stack.admin_port}"], scrape_interval_s=1.0) as prom:
+        yield prom
+
+
+def scrape_after(prom: PrometheusProcess, t: float) -> float:
+    """Wait (bounded) for a scrape of the router stamped after `t`; its timestamp."""
+    query = urllib.parse.urlencode({"query": "timestamp(up)"})
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{prom.url}/api/v1/query?{query}", timeout=2) as r:
+            result = json.loads(r.read())["data"]["result"]
+        if result and float(result[0]["value"][1]) > t:
+            return float(result[0]["value"][1])
+        time.sleep(0.1)
+    raise AssertionError("no scrape of the router landed within 15 s")
+
+
+def send(stack: LocalStack, n: int) -> dict[int, int]:
+    codes: dict[int, int] = {}
+    with httpx.Client(base_url=stack.router_url, headers={"host": "master-search"}, timeout=10) as client:
+        for i in range(n):
+            r = client.post("/master-service/search", json={"text": "ranking model", "n_results": 3,
+                                                           "random_seed": i})
+            codes[r.status_code] = codes.get(r.status_code, 0) + 1
+    return codes
+
+
+def as_dict(w: WindowCounts) -> dict[tuple[str, str], tuple[int, int, tuple[int, ...]]]:
+    return {k: (v.requests, v.errors, v.buckets) for k, v in w.counts.items() if v.requests}
+
+
+def test_provider_counts_equal_the_routers_own_counters(stack: LocalStack, prometheus: PrometheusProcess) -> None:
+    direct = DirectMetrics(f"{stack.admin_url}/metrics", labels=LOCAL_LABELS)
+    source = PrometheusSource.from_config({"url": prometheus.url, "namespace_label": ""})
+    try:
+        before = direct.scrape()
+        t0 = scrape_after(prometheus, time.time())
+        codes = send(stack, 300)
+        after = direct.scrape()
+        t1 = scrape_after(prometheus, time.time())
+        from_prometheus = source.window(QUERY, t0, t1)
+        from_router = snapshot_counts(QUERY, before, after, LOCAL_LABELS)
+    finally:
+        source.close()
+        direct.close()
+    assert as_dict(from_prometheus) == as_dict(from_router)
+    entry = {v: from_prometheus.counts[("master-search", v)] for v in ("v1", "v2")}
+    assert entry["v1"].requests + entry["v2"].requests == 300
+    assert entry["v2"].errors > 0 and entry["v1"].errors == 0  # only v2 carries the injected errors
+    assert entry["v1"].errors + entry["v2"].errors == codes.get(500, 0)
+
+
+def test_a_router_restart_loses_nothing_and_counts_nothing_negative(
+        stack: LocalStack, prometheus: PrometheusProcess) -> None:
+    source = PrometheusSource.from_config({"url": prometheus.url, "namespace_label": ""})
+    try:
+        t0 = scrape_after(prometheus, time.time())
+        send(stack, 120)
+        scrape_after(prometheus, time.time())
+        stack.restart_router()  # counters start again from zero
+        send(stack, 80)
+        t1 = scrape_after(prometheus, time.time())
+        window = source.window(QUERY, t0, t1)
+    finally:
+        source.close()
+    entry = [window.counts[("master-search", v)] for v in ("v1", "v2")]
+    assert sum(c.requests for c in entry) == 200
+    for counts in window.counts.values():
+        assert counts.requests >= 0 and min(counts.buckets) >= 0
+        assert sum(counts.buckets) == counts.requests
+
+
+def test_custom_promql_metric_reads_the_router_through_prometheus(
+        stack: LocalStack, prometheus: PrometheusProcess) -> None:
+    source = PrometheusSource.from_config({
+        "url": prometheus.url, "namespace_label": "",
+        "custom_metrics": {"entry_errors": {
+            "kind": "counter_pair",
+            "numerator": 'istio_requests_total{{matchers},response_code=~"5.."}',
+            "denominator": "istio_requests_total{selector}"}},
+    })
+    try:
+        t0 = scrape_after(prometheus, time.time())
+        codes = send(stack, 150)
+        t1 = scrape_after(prometheus, time.time())
+        custom = source.custom("entry_errors", MetricsQuery("local", ("master-search",), ("v1", "v2")), t0, t1)
+    finally:
+        source.close()
+    values = {v: custom.values[("master-search", v)] for v in ("v1", "v2")}
+    assert sum(v.denominator for v in values.values()) == 150
+    assert sum(v.numerator for v in values.values()) == codes.get(500, 0)
+
+
+def test_prometheus_outage_mid_release_holds_then_rolls_back_and_never_promotes(tmp_path: Path) -> None:
+    release = demo_release(interval=3.0)
+    release["spec"]["policies"] = {"onInconclusive": "continue", "rollbackAfterErrors": 2}
+    spec = parse_release(release)
+    with LocalStack(tmp_path / "stack", work_ms=0.5) as stack:
+        stack.start_version("v1")
+        assert stack.admin is not None
+        router = LocalRouter(stack.admin)
+        router.apply(stack.baseline_plan("v1"))
+        prom = PrometheusProcess([f"127.0.0.1:{stack.admin_port}"], scrape_interval_s=1.0)
+        prom.start()
+        source = PrometheusSource.from_config({"url": prom.url, "namespace_label": "", "retries": 0,
+                                               "timeout_seconds": 1.0})
+        stop_load = threading.Event()
+        load = threading.Thread(target=lambda: _trickle(stack, stop_load), daemon=True)
+        load.start()
+        state = StateDir(tmp_path / "state")
+        state.save_release(release)
+        outage: dict[str, float] = {}
+
+        def kill_prometheus_after_first_decision(status: ReleaseStatus) -> None:
+            if status.history and "at" not in outage:
+                outage["at"] = time.time()
+                prom.stop()
+
+        try:
+            clock = SystemClock()
+            reconciler = Reconciler(Ports(LocalWorkloads(stack), router, LaggedMetrics(source, 2.0), clock,
+                                          LogNotifier()))
+            status = drive_release(reconciler, state, spec, clock, threading.Event(), 90,
+                                   Console(io.StringIO()), kill_prometheus_after_first_decision)
+        finally:
+            stop_load.set()
+            load.join(10)
+            source.close()
+            prom.stop()
+    assert status.phase is Phase.ROLLED_BACK, status.message
+    after = [h for h in status.history if h.at >= outage["at"]]
+    assert [h.verdict for h in after] == ["error", "error"]
+    assert [h.action for h in after] == ["hold", "roll back"]
+    assert len({h.weight for h in after}) == 1  # held: no step advanced during the outage
+    assert "analysis errors in a row" in status.message
+
+
+def _trickle(stack: LocalStack, stop: threading.Event) -> None:
+    with httpx.Client(base_url=stack.router_url, headers={"host": "master-search"}, timeout=5) as client:
+        for i in range(20_000):  # bounded: ~25 req/s for at most ~13 minutes, stopped far earlier
+            if stop.wait(0.04):
+                return
+            with contextlib.suppress(httpx.HTTPError):
+                client.post("/master-service/search", json={"text": "tail latency", "n_results": 3,
+                                                            "random_seed": i})

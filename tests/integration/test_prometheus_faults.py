@@ -1,0 +1,243 @@
+"""Prometheus faults (issue 9): down, slow, partial answers, counter resets, stale series, and the real
+Prometheus process stopped mid-release. Never a promotion; the configured action happens.
+
+The controller reads metrics through the production path (`PrometheusSource` over
+`controller.adapters.prometheus.client.PrometheusMetrics`, HTTP) from `tests.support.mesh_traffic.FakePrometheus`, a Prometheus
+HTTP API stand-in whose samples come from the traffic that the routes stored in the emulator let
+through, and which misbehaves on command (a real Prometheus cannot be made to answer partially on
+demand). The controller runs in-process on a fake clock; the stand-in samples at every tick. The last
+test uses Debian's real Prometheus, scraping the same traffic through an exporter, and stops it.
+
+The configured action, from `spec.policies`: `error` verdicts hold the weight; after
+`rollbackAfterErrors` in a row the release rolls back. Inconclusive looks (no canary data) hold.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from controller.adapters.kubernetes.client import KubeApi
+from controller.adapters.kubernetes.loop import Controller, ControllerConfig
+from controller.adapters.prometheus.metrics import PrometheusSource
+from controller.adapters.prometheus.server import PrometheusProcess, prometheus_binary
+from controller.cli.cluster import SystemClock
+from controller.core.status import Phase, ReleaseStatus
+from tests.support.invariants import InvariantChecker
+from tests.support.kmock_server import RunningEmulator
+from tests.support.kube_world import NAMESPACE, KubeWorld
+from tests.support.mesh_traffic import FakePrometheus, MeshTraffic, Misbehaviour, metrics_exporter
+
+ROLLBACK_AFTER = 3
+
+
+@dataclass
+class Rig:
+    world: KubeWorld
+    traffic: MeshTraffic
+    prometheus: FakePrometheus
+    source: PrometheusSource
+    controller: Controller
+    checker: InvariantChecker
+
+    def create(self) -> None:
+        self.world.create_release(strategy={"canary": {"steps": [{"weight": 20}, {"weight": 50}], "interval": "10s",
+                                                       "settle": "2s", "minCanaryRequests": 50}},
+                                  policies={"rollbackAfterErrors": ROLLBACK_AFTER}, drainTime="1s")
+
+    def drive(self, until: Phase | None = None, rounds: int = 400, max_step: float = 2.0) -> ReleaseStatus:
+        """Tick on the fake clock, the stand-in sampling the traffic before every tick."""
+        for i in range(rounds):
+            self.traffic.sample(self.world.clock.t)
+            if i == 0:
+                self.controller.relist()
+            self.controller.run_due()
+            status = self.world.status()
+            if (until is not None and status.phase is until) or (until is None and status.phase.final):
+                return status
+            nxt = self.controller.queue.next_due()
+            self.world.clock.t = min(nxt, self.world.clock.t + max_step) if nxt is not None else \
+                self.world.clock.t + max_step
+        return self.world.status()
+
+
+@pytest.fixture
+def rig(emulator: RunningEmulator) -> Iterator[Rig]:
+    world = KubeWorld(emulator)
+    world.seed_stack()
+    traffic = MeshTraffic(emulator, rps=50.0)
+    prometheus = FakePrometheus(traffic).start()
+    source = PrometheusSource.from_config({"url": prometheus.url, "timeout_seconds": 0.5, "retries": 1,
+                                           "backoff_seconds": 0.01})
+    controller = Controller(KubeApi.for_url(emulator.url), ControllerConfig(identity="prom-faults"), source,
+                            world.clock)
+    checker = InvariantChecker(tolerate=frozenset({"subset"})).attach(emulator)
+    try:
+        yield Rig(world, traffic, prometheus, source, controller, checker)
+    finally:
+        source.close()
+        prometheus.stop()
+
+
+def verdicts(status: ReleaseStatus) -> list[str]:
+    return [h.verdict for h in status.history]
+
+
+def assert_never_promoted(rig: Rig, status: ReleaseStatus) -> None:
+    assert status.phase not in (Phase.PROMOTING, Phase.SUCCEEDED)
+    assert "pass" not in verdicts(status)
+    assert rig.checker.violations == [], "\n".join(map(str, rig.checker.violations[:20]))
+
+
+def test_healthy_release_is_promoted_through_the_stand_in(rig: Rig) -> None:
+    """The control: with a well-behaved stand-in the same release is promoted, on exact counts."""
+    rig.create()
+    status = rig.drive()
+    assert status.phase is Phase.SUCCEEDED, status.message
+    assert set(verdicts(status)) == {"pass"}
+    assert rig.prometheus.queries >= 4
+    assert rig.checker.violations == []
+
+
+@pytest.mark.parametrize("fault", ["down", "slow"])
+def test_prometheus_down_or_slow_holds_then_rolls_back(rig: Rig, fault: str) -> None:
+    rig.create()
+    rig.drive(until=Phase.PROGRESSING)
+    if fault == "down":
+        rig.prometheus.misbehaviour = Misbehaviour(down=True)
+    else:
+        rig.prometheus.misbehaviour = Misbehaviour(delay=0.8)  # past the client's 0.5 s timeout
+    status = rig.drive()
+    assert_never_promoted(rig, status)
+    assert status.phase is Phase.ROLLED_BACK, status.message
+    assert verdicts(status)[-ROLLBACK_AFTER:] == ["error"] * ROLLBACK_AFTER
+    actions = [h.action for h in status.history[-ROLLBACK_AFTER:]]
+    assert actions == ["hold"] * (ROLLBACK_AFTER - 1) + ["roll back"], actions
+    assert ("timed out" if fault == "slow" else "503") in status.history[-1].reason
+    reasons = [e["reason"] for e in rig.world.objects("events")]
+    assert reasons.count("AnalysisError") == ROLLBACK_AFTER, reasons  # two holds, then the rollback
+
+
+@pytest.mark.parametrize("missing", ["v2", "v1"])
+def test_partial_answers_never_promote(rig: Rig, missing: str) -> None:
+    """The series of one version are left out of every answer: what is missing counts as zero, and the
+    sample-ratio check (or the lack of canary data) keeps the release from ever passing."""
+    rig.create()
+    rig.drive(until=Phase.PROGRESSING)
+    rig.prometheus.misbehaviour = Misbehaviour(missing_versions=frozenset({missing}))
+    status = rig.drive(rounds=150)
+    print(f"\n{missing} missing: {status.phase.value}, verdicts {verdicts(status)}: {status.message}")
+    assert_never_promoted(rig, status)
+    assert status.phase in (Phase.ROLLED_BACK, Phase.PROGRESSING), status.message
+    if status.phase is Phase.PROGRESSING:  # held at the first step, never beyond
+        assert status.step == 0 and status.canary_weight == 20
+    else:
+        assert status.history[-1].verdict in ("error", "inconclusive") and status.step == 0
+
+
+def test_stale_canary_series_never_promote(rig: Rig) -> None:
+    """The canary's series stop getting samples (its pods stopped being scraped): its last values go
+    stale, every window sees no canary traffic, and the release never passes."""
+    rig.create()
+    rig.drive(until=Phase.PROGRESSING)
+    rig.prometheus.misbehaviour = Misbehaviour(stale_versions=frozenset({"v2"}), stale_after=rig.world.clock.t)
+    status = rig.drive(rounds=150)
+    print(f"\nstale v2: {status.phase.value}, verdicts {verdicts(status)}: {status.message}")
+    assert_never_promoted(rig, status)
+    assert status.step == 0
+    assert set(verdicts(status)) <= {"error", "inconclusive"}, verdicts(status)
+
+
+def test_counter_resets_hide_no_errors(emulator: RunningEmulator, rig: Rig) -> None:
+    """A failing canary whose counters restart from 0 every 7 seconds (pods restarting) is rolled back on
+    `fail` verdicts: the resets neither hide its errors nor turn into errors of their own."""
+    rig.traffic.error_rates[(NAMESPACE, "v2")] = 0.3
+    rig.create()
+    rig.drive(until=Phase.PROGRESSING)
+    start = rig.world.clock.t
+    # A reset is visible as a drop when the counter grew for longer before it than after it up to the next
+    # sample (as with any Prometheus): restarts every 7 s, a sample every second.
+    rig.prometheus.misbehaviour = Misbehaviour(reset_versions=frozenset({"v2"}),
+                                               reset_at=tuple(start + 7.0 * i for i in range(1, 60)))
+    status = rig.drive(max_step=1.0)
+    print(f"\nfailing canary with resets: {status.phase.value}, {[(h.verdict, h.reason) for h in status.history]}")
+    assert_never_promoted(rig, status)
+    assert status.phase is Phase.ROLLED_BACK and verdicts(status)[-1] == "fail", status.message
+
+
+def test_counter_resets_are_counted_exactly(rig: Rig) -> None:
+    """A healthy canary with resets of both versions' counters every 7 s: no negative or doubled increase,
+    no error verdict, and the release is promoted. (Requests between the last scrape and a reset are
+    lost, as with any Prometheus: windows may count less, never more, than was sent.)"""
+    rig.create()
+    rig.drive(until=Phase.PROGRESSING)
+    start = rig.world.clock.t
+    rig.prometheus.misbehaviour = Misbehaviour(reset_versions=frozenset({"v1", "v2"}),
+                                               reset_at=tuple(start + 7.0 * i for i in range(1, 60)))
+    status = rig.drive(max_step=1.0)
+    assert status.phase is Phase.SUCCEEDED, status.message
+    assert set(verdicts(status)) <= {"pass", "inconclusive"} and "pass" in verdicts(status)
+    previous = start
+    for h in status.history:
+        for counts in h.counts.values():
+            for version in ("baseline", "canary"):
+                # 50 rps in all, whatever the split: a window never holds more than was sent in it.
+                assert 0 <= counts[version]["requests"] <= 50 * (h.at - previous) + 1, (h, counts)
+        previous = h.at
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_real_prometheus_stopped_mid_release_rolls_back(emulator: RunningEmulator) -> None:
+    assert prometheus_binary() is not None, "apt-get install prometheus"
+    world = KubeWorld(emulator)
+    world.seed_stack()
+    checker = InvariantChecker(tolerate=frozenset({"subset"})).attach(emulator)
+    traffic = MeshTraffic(emulator, rps=300.0)
+    exporter = metrics_exporter(traffic)
+    stop_traffic = threading.Event()
+    integrator = threading.Thread(target=traffic.run, args=(stop_traffic, 0.1), daemon=True)
+    integrator.start()
+    prom = PrometheusProcess([f"127.0.0.1:{exporter.port}"], scrape_interval_s=0.5)
+    prom.start()
+    source = PrometheusSource.from_config({"url": prom.url, "timeout_seconds": 1, "retries": 1,
+                                           "backoff_seconds": 0.1})
+    controller = Controller(KubeApi.for_url(emulator.url), ControllerConfig(identity="real-prom", watch_timeout=1,
+                                                                              resync_period=1),
+                            source, SystemClock())
+    stop = threading.Event()
+    runner = threading.Thread(target=controller.run, args=(stop,), daemon=True)
+    runner.start()
+    try:
+        world.create_release(strategy={"canary": {"steps": [{"weight": 20}, {"weight": 40}, {"weight": 60},
+                                                            {"weight": 80}],
+                                                  "interval": "2s", "settle": "1s", "minCanaryRequests": 50}},
+                             policies={"rollbackAfterErrors": ROLLBACK_AFTER}, drainTime="1s")
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and "pass" not in verdicts(world.status()):
+            time.sleep(0.1)
+        before = world.status()
+        assert "pass" in verdicts(before) and before.phase is Phase.PROGRESSING, before.message
+        prom.stop()  # Prometheus goes away in the middle of the release
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not world.status().phase.final:
+            time.sleep(0.1)
+        status = world.status()
+    finally:
+        stop.set()
+        runner.join(timeout=30)
+        prom.stop()
+        source.close()
+        stop_traffic.set()
+        integrator.join(timeout=5)
+        exporter.stop()
+    assert status.phase is Phase.ROLLED_BACK, status.message
+    after = status.history[len(before.history):]
+    assert [h.verdict for h in after][-ROLLBACK_AFTER:] == ["error"] * ROLLBACK_AFTER
+    assert "pass" not in [h.verdict for h in after]
+    assert status.step < 3  # it stopped where the outage found it, never reached the last step
+    assert checker.violations == [], "\n".join(map(str, checker.violations[:20]))

@@ -1,0 +1,307 @@
+"""The release report: valid HTML, well-formed inline SVG, the expected charts and series, escaping, and a
+real render in headless Chromium when it is installed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import xml.etree.ElementTree as ET
+import zlib
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.core.status import DecisionRecord, Phase, ReleaseStatus
+from controller.present.charts import Series, line_chart, nice_ticks
+from controller.present.report import render_report
+
+SERVICES = ("master-search", "ml-search")
+EVIL = '<script>alert("x")</script>'
+
+
+def _check(service: str, check: str, e: float, verdict: str = "pass", **estimates: float) -> dict[str, Any]:
+    return {"service": service, "check": check, "verdict": verdict, "eValue": e, "threshold": 400.0,
+            "pValue": min(1.0, 1 / e), "samples": {"baseline": 900, "canary": 100}, "estimates": estimates}
+
+
+def _record(t: float, weight: int, verdict: str, e_slow: float, canary_errors: int) -> DecisionRecord:
+    checks = []
+    for s in SERVICES:
+        checks += [
+            _check(s, "errorRate", 1.0, rateBaseline=0.0, rateCanary=canary_errors / 100),
+            _check(s, "slowTail", e_slow if s == "ml-search" else 0.5,
+                   "fail" if s == "ml-search" and e_slow >= 400 else "pass"),
+            _check(s, "latencyShift", 2.0, p50BaselineMs=20.0, p50CanaryMs=22.0, p99BaselineMs=90.0,
+                   p99CanaryMs=140.0 + t),
+            _check(s, "sampleRatio", 0.2, canaryShare=weight / 100, intendedShare=weight / 100),
+        ]
+    counts = {s: {"baseline": {"requests": 400, "errors": 1}, "canary": {"requests": 100, "errors": canary_errors}}
+              for s in SERVICES}
+    return DecisionRecord(at=1000.0 + t, t=t, step=0 if t < 20 else 1, weight=weight, verdict=verdict,
+                          reason="ml-search slowTail crossed" if verdict == "fail" else "no check crossed",
+                          action="roll back" if verdict == "fail" else "next step", checks=tuple(checks),
+                          counts=counts)
+
+
+def _release(name: str = "search-v2") -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": "shop"},
+            "spec": {"stack": {"entry": "master-search", "services": list(SERVICES)},
+                     "stable": {"version": "v1"}, "canary": {"version": "v2", "images": {"ml-search": "ml:2"}}}}
+
+
+def _status(message: str = "ml-search slowTail: e-value 2.6e+03 >= 400") -> dict[str, Any]:
+    status = ReleaseStatus(phase=Phase.PROGRESSING, started_at=1000.0, first_canary_traffic_at=1003.0)
+    for record in (_record(10, 10, "pass", 3.0, 0), _record(20, 10, "pass", 40.0, 2), _record(30, 25, "fail", 2600, 9)):
+        status = status.with_decision(record)
+    status = status.with_phase(Phase.ROLLED_BACK, 1040.0, message)
+    judge = {"boundsMs": [5, 25, 100], "services": {"ml-search": {"baseline": {"buckets": [10, 80, 10, 0]},
+                                                                  "canary": {"buckets": [5, 40, 40, 15]}}}}
+    from dataclasses import replace
+    status = replace(status, decided_at=1030.0, canary_off_at=1035.0, judge_state=judge)
+    return status.for_storage()
+
+
+class _Collector(HTMLParser):
+    """Checks nesting of non-void elements and collects the raw text of every <svg> and <script>."""
+
+    VOID = {"meta", "br", "img", "input", "link", "hr", "col", "path", "circle", "rect", "line"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1] if self.stack else 'nothing'}")
+            return
+        self.stack.pop()
+
+
+def _parse(html: str) -> _Collector:
+    parser = _Collector()
+    parser.feed(html)
+    parser.close()
+    return parser
+
+
+def _svgs(html: str) -> list[ET.Element]:
+    out, start = [], 0
+    while (i := html.find("<svg", start)) >= 0:
+        j = html.index("</svg>", i) + len("</svg>")
+        out.append(ET.fromstring(html[i:j]))  # noqa: S314 - our own output
+        start = j
+    return out
+
+
+def _chart(svgs: list[ET.Element], kind: str, title_part: str = "") -> ET.Element:
+    ns = "{http://www.w3.org/2000/svg}"
+    for svg in svgs:
+        title = svg.findtext(f"{ns}title") or ""
+        if svg.get("data-chart") == kind and title_part in title:
+            return svg
+    raise AssertionError(f"no {kind} chart with {title_part!r}")
+
+
+def _series(svg: ET.Element) -> list[str]:
+    return [g.get("data-series", "") for g in svg.iter("{http://www.w3.org/2000/svg}g")
+            if g.get("class") == "series"]
+
+
+def test_report_is_valid_html_with_well_formed_svgs() -> None:
+    html = render_report(_release(), _status())
+    parsed = _parse(html)
+    assert parsed.errors == []
+    assert parsed.stack == []
+    svgs = _svgs(html)
+    # weight + four per service
+    assert len(svgs) == 1 + 4 * len(SERVICES)
+    assert all(svg.get("data-chart") for svg in svgs)
+
+
+def test_report_is_self_contained() -> None:
+    html = render_report(_release(), _status())
+    tags = _parse(html).tags
+    assert not [t for t, _ in tags if t in ("script", "link", "img", "iframe")]
+    for _, attrs in tags:
+        for key, value in attrs.items():
+            if key in ("src", "href") and value:
+                pytest.fail(f"external reference {key}={value}")
+    assert "http://" not in html.replace("http://www.w3.org/2000/svg", "")
+    assert "https://" not in html
+    assert "@import" not in html and "url(" not in html
+
+
+def test_report_has_every_chart_and_series() -> None:
+    svgs = _svgs(render_report(_release(), _status()))
+    assert _series(_chart(svgs, "weight")) == ["canary weight (v2)"]
+    assert _series(_chart(svgs, "latency", "ml-search")) == ["v1 p50", "v1 p99", "v2 p50", "v2 p99"]
+    assert _series(_chart(svgs, "errors", "master-search")) == ["v1 errors", "v2 errors"]
+    evalues = _chart(svgs, "evalues", "ml-search")
+    assert _series(evalues) == ["errorRate", "slowTail", "latencyShift", "sampleRatio"]
+    rules = [g.get("data-rule") for g in evalues.iter("{http://www.w3.org/2000/svg}g") if g.get("class") == "rule"]
+    assert rules == ["threshold 400"]
+    assert _series(_chart(svgs, "distribution", "ml-search")) == ["v1", "v2"]
+    # One verdict marker per analysis on the weight chart.
+    circles = _chart(svgs, "weight").iter("{http://www.w3.org/2000/svg}circle")
+    markers = [c for c in circles if c.get("class") == "marker"]
+    assert len(markers) == 3
+
+
+def test_failing_service_comes_first_and_outcome_explains() -> None:
+    html = render_report(_release(), _status())
+    assert html.index('id="svc-ml-search"') < html.index('id="svc-master-search"')
+    outcome = html[html.index('class="outcome"'):html.index("<h2>Traffic")]
+    assert "RolledBack" in outcome
+    assert "ml-search slowTail: e-value 2.6e+03 &gt;= 400" in outcome
+    assert "27.0 s" in outcome  # time to decision: decidedAt - firstCanaryTrafficAt
+    assert "e-value 2.6e+03 / threshold 400" in outcome
+
+
+def test_decision_log_has_numbers_of_every_decision() -> None:
+    html = render_report(_release(), _status())
+    log = html[html.index("<h2>Decision log"):]
+    # The failing decision row, and its failing check (ml-search slowTail) in the detail table.
+    assert log.count('<td class="v-fail">fail</td>') == 2
+    assert log.count("<details") == 3 and log.count("<details open>") == 1
+    for t in ("10.0", "20.0", "30.0"):
+        assert f'<td class="num">{t}</td>' in log
+    assert "e-value 2.6e+03 / threshold 400" in log  # the closest check of the last decision
+    assert "e-value 40 / threshold 400" in log
+    assert "100 / 9" in log  # canary requests / errors at the entry service in the last interval
+
+
+def test_every_user_string_is_escaped() -> None:
+    release = _release(name=EVIL)
+    release["metadata"]["namespace"] = EVIL
+    release["spec"]["canary"]["version"] = EVIL
+    status = _status(message=EVIL)
+    status["history"][-1]["reason"] = EVIL
+    status["history"][-1]["checks"][0]["service"] = EVIL
+    status["conditions"] = [{"type": EVIL, "status": "True", "reason": EVIL, "message": EVIL}]
+    html = render_report(release, status, title=EVIL)
+    assert "<script" not in html
+    assert "&lt;script&gt;" in html
+    assert _parse(html).errors == []
+    for svg in _svgs(html):
+        assert svg.get("data-chart")
+
+
+def test_empty_history_renders() -> None:
+    html = render_report(_release(), ReleaseStatus().for_storage())
+    parsed = _parse(html)
+    assert parsed.errors == [] and parsed.stack == []
+    assert "Pending" in html
+    assert "No analysis has run yet" in html
+    for svg in _svgs(html):
+        assert svg.get("data-chart")
+
+
+def test_garbage_status_does_not_crash() -> None:
+    html = render_report({"metadata": "x", "spec": []}, {"history": [1, {"checks": "no", "t": "x"}], "phase": 3})
+    assert _parse(html).errors == []
+
+
+def test_line_chart_log_scale_and_gaps() -> None:
+    chart = line_chart("e", [Series("a", ((0, 1e-3), (1, None), (2, 1e6)))], log_y=True)
+    svg = ET.fromstring(chart)  # noqa: S314 - our own output
+    path = next(svg.iter("{http://www.w3.org/2000/svg}path")).get("d", "")
+    assert path.count("M") == 2  # the gap lifts the pen
+    ticks = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}text") if t.get("class") == "tick"]
+    y_ticks = ticks[:ticks.index("0")]  # y ticks come first, then the x ticks from 0
+    assert y_ticks[0] == "1e-3" and "1000" in y_ticks and len(y_ticks) >= 4
+
+
+def test_nice_ticks_cover_range() -> None:
+    ticks = nice_ticks(0, 97, 4)
+    assert ticks[0] <= 0 and ticks[-1] >= 97
+    assert len(ticks) <= 6
+    assert nice_ticks(0, 0.37, 4) == [0, 0.1, 0.2, 0.3, 0.4]
+
+
+# --- a real browser --------------------------------------------------------------------------------
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _png_pixels(data: bytes) -> tuple[int, int, bytes, int]:
+    """Decode an 8-bit RGB/RGBA non-interlaced PNG (what Chromium writes) into raw unfiltered rows."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, width = 8, b"", 0
+    height = channels = 0
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        chunk = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            width, height, depth, color = struct.unpack(">IIBB", chunk[:10])
+            assert depth == 8 and color in (2, 6)
+            channels = 3 if color == 2 else 4
+        elif kind == b"IDAT":
+            idat += chunk
+        pos += 12 + length
+    raw, stride = zlib.decompress(idat), width * channels
+    rows, prev = [], bytearray(stride)
+    for y in range(height):
+        f, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for i in range(stride):
+            a = line[i - channels] if i >= channels else 0
+            b, c = prev[i], prev[i - channels] if i >= channels else 0
+            pred = (0, a, b, (a + b) // 2, _paeth(a, b, c))[f] if f else 0
+            line[i] = (line[i] + pred) & 0xFF
+        rows.append(bytes(line))
+        prev = line
+    return width, height, b"".join(rows), channels
+
+
+def _paeth(a: int, b: int, c: int) -> int:
+    p = a + b - c
+    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+    return a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed")
+def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
+    page = tmp_path / "report.html"
+    page.write_text(render_report(_release(), _status()), encoding="utf-8")
+    shot = tmp_path / "shot.png"
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    cmd = [str(_chromium()), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=800,600", page.as_uri()]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "HOME": str(tmp_path)})
+    try:
+        proc.wait(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+    assert shot.exists(), "chromium wrote no screenshot"
+    width, height, pixels, channels = _png_pixels(shot.read_bytes())
+    assert (width, height) == (800, 600)
+    lum = [sum(pixels[i:i + 3]) / 3 for i in range(0, len(pixels), channels * 7)]
+    mean = sum(lum) / len(lum)
+    variance = sum((x - mean) ** 2 for x in lum) / len(lum)
+    # A blank page (or an error page) is one flat colour; the report has text and charts.
+    assert variance > 100, f"screenshot looks blank (variance {variance:.1f})"
+    dark = sum(1 for x in lum if x < 100) / len(lum)
+    assert dark > 0.005, "no text or lines drawn"

@@ -1,0 +1,81 @@
+"""The text views behind `canary get`, `--watch`, `list` and `history` (pure formatting)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from controller.core.spec.release import parse_release
+from controller.core.status import (
+    HISTORY_LIMIT,
+    DecisionRecord,
+    Phase,
+    ReleasedVersions,
+    ReleaseStatus,
+    RevisionRecord,
+)
+from controller.present import view
+
+SPEC = parse_release({"metadata": {"name": "r"}, "spec": {
+    "stable": {"version": "v1"}, "canary": {"version": "v2", "images": {"ml-infer": "reg/ml-infer:2"}},
+    "strategy": {"canary": {"steps": [{"weight": 10}, {"weight": 50}]}}}})
+
+
+def record(i: int, verdict: str = "pass") -> DecisionRecord:
+    return DecisionRecord(1000.0 + i, float(i), 0, 10, verdict, f"look {i}", "wait")
+
+
+@pytest.mark.parametrize("seconds,text", [(0, "0s"), (59.9, "59s"), (60, "1m"), (7200, "2h"), (3 * 86400 + 5, "3d"),
+                                          (-4, "0s")])
+def test_age_reads_like_kubectl(seconds: float, text: str) -> None:
+    assert view.age(seconds) == text
+
+
+@pytest.mark.parametrize("decided,first,started,text", [
+    (130.0, 100.0, 90.0, "30s"),   # from the canary's first traffic
+    (130.0, None, 90.0, "40s"),    # else from the start
+    (None, 100.0, 90.0, "-"),      # not decided
+])
+def test_time_to_decision(decided: float | None, first: float | None, started: float | None, text: str) -> None:
+    r = RevisionRecord(1, 1, ReleasedVersions("v1", "v2"), "Succeeded", started_at=started, decided_at=decided,
+                       first_canary_traffic_at=first)
+    assert view.decision_time(r) == text
+
+
+def test_progress_lists_new_decisions_before_the_step_they_caused() -> None:
+    old = ReleaseStatus(phase=Phase.PROGRESSING, step=0, canary_weight=10, history=(record(1),))
+    new = replace(old, step=1, canary_weight=50, history=(record(1), record(2)))
+    lines = view.progress_lines(SPEC, old, new, 0.0)
+    assert "look 2" in lines[0] and "look 1" not in "\n".join(lines)
+    assert lines[-1].endswith("step 2/2: 50% of traffic in the canary lane")
+
+
+def test_progress_finds_new_decisions_when_the_history_is_full() -> None:
+    full = tuple(record(i) for i in range(HISTORY_LIMIT))
+    old = ReleaseStatus(phase=Phase.PROGRESSING, step=0, history=full)
+    new = replace(old, history=(*full[2:], record(HISTORY_LIMIT), record(HISTORY_LIMIT + 1, "fail")))
+    text = "\n".join(view.progress_lines(SPEC, old, new, 0.0))
+    assert f"look {HISTORY_LIMIT}" in text and f"look {HISTORY_LIMIT + 1}" in text and "FAIL" in text
+    assert f"look {HISTORY_LIMIT - 1}" not in text
+
+
+def test_a_restart_is_announced_with_its_versions() -> None:
+    old = ReleaseStatus(phase=Phase.ROLLED_BACK, history=(record(1),))
+    new = ReleaseStatus(phase=Phase.INITIALIZING, attempt=2, versions=ReleasedVersions("v1", "v2"),
+                        message="waiting for the new version to become ready")
+    assert view.progress_lines(SPEC, old, new, 0.0) == [
+        "1970-01-01 00:00:00Z  revision 1 attempt 2 started: v1 -> v2",
+        "1970-01-01 00:00:00Z  RolledBack -> Initializing: waiting for the new version to become ready"]
+
+
+def test_list_row_and_history_lines() -> None:
+    status = ReleaseStatus(phase=Phase.PROGRESSING, step=1, canary_weight=50, versions=ReleasedVersions("v1", "v2"))
+    assert view.list_row("r", "ns", SPEC, status, 125.0) == ("r", "ns", "Progressing", "2/2", "50%", "v1->v2", "2m")
+    assert view.list_row("r", "ns", None, ReleaseStatus(), None)[3:] == ("-", "0%", "(invalid spec)", "-")
+    lines = view.history_lines([RevisionRecord(1, 1, ReleasedVersions("v1", "v2", {"ml-infer": "reg/ml-infer:1"},
+                                                                      {"ml-infer": "reg/ml-infer:2"}), "RolledBack",
+                                               0.0, 60.0, 30.0, 10.0, "errorRate crossed")])
+    assert lines[1].split() == ["1", "1", "v1", "->", "v2", "RolledBack", "1970-01-01", "00:00:00Z", "1970-01-01",
+                                "00:01:00Z", "20s"]
+    assert lines[2:] == ["    images: ml-infer=reg/ml-infer:2 (was reg/ml-infer:1)", "    errorRate crossed"]

@@ -1,0 +1,150 @@
+"""A cluster for the Kubernetes adapter tests: the emulator, a seeded search stack, controllers to drive.
+
+`KubeWorld` owns one emulator (started by the caller's fixture, stopped in its teardown), seeds the
+stable Deployments `<service>-v1`, creates StackReleases through the official client, and builds
+`Controller`s on a fake clock with `RouteMetrics` (tests.support.fakes.FakeMetrics, reading the routes in effect
+from the Istio router over the API, so a rollback really stops the canary's traffic).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import yaml
+
+from analysis.observations import MetricsQuery, WindowCounts
+from controller.adapters.kubernetes.client import DEPLOYMENTS, RELEASES, KubeApi, Obj
+from controller.adapters.kubernetes.leader import LeaseElector
+from controller.adapters.kubernetes.loop import Controller, ControllerConfig
+from controller.adapters.kubernetes.routing import IstioRouter
+from controller.core.status import Phase, ReleaseStatus
+from tests.support.fakes import FakeClock, FakeMetrics, VersionModel
+from tests.support.istio_schema import istio_errors
+from tests.support.k8s_schema import core_errors, custom_resource_errors
+from tests.support.kmock_server import RunningEmulator
+from tests.support.paths import REPO
+
+SERVICES = ("master-search", "ml-infer", "ml-search", "keyword", "text-search")
+NAMESPACE = "search"
+CRD_FILE = REPO / "manifests" / "crd" / "stackreleases.yaml"
+
+
+class RouteMetrics(FakeMetrics):
+    """FakeMetrics whose traffic follows the routes the Istio router reads back from the API server."""
+
+    def __init__(self, api: KubeApi, **kwargs: Any) -> None:
+        super().__init__(router=None, **kwargs)  # type: ignore[arg-type]
+        self.api = api
+
+    def window(self, query: MetricsQuery, start: float, end: float) -> WindowCounts:
+        self.router = IstioRouter(self.api, query.namespace, ())  # type: ignore[assignment]
+        return super().window(query, start, end)
+
+
+def stable_deployment(service: str, version: str = "v1", replicas: int = 2, namespace: str = NAMESPACE) -> Obj:
+    labels = {"app": service, "version": version}
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": f"{service}-{version}", "namespace": namespace, "labels": dict(labels)},
+        "spec": {
+            "replicas": replicas,
+            "progressDeadlineSeconds": 120,
+            "selector": {"matchLabels": dict(labels)},
+            "template": {
+                "metadata": {"labels": dict(labels)},
+                "spec": {"containers": [{
+                    "name": service, "image": f"registry.example/{service}:1.0",
+                    "ports": [{"containerPort": 8000}],
+                    "env": [{"name": "SERVICE_VERSION", "value": version}],
+                }]},
+            },
+        },
+    }
+
+
+def release_body(name: str = "search-v2", namespace: str = NAMESPACE, **spec_overrides: Any) -> Obj:
+    spec: dict[str, Any] = {
+        "stack": {"entry": "master-search", "services": list(SERVICES)},
+        "stable": {"version": "v1"},
+        "canary": {"version": "v2", "images": {s: f"registry.example/{s}:2.0" for s in SERVICES}},
+        "strategy": {"canary": {"steps": [{"weight": 10}, {"weight": 25}, {"weight": 50}],
+                                "interval": "60s", "minCanaryRequests": 100}},
+        "analysis": {"alpha": 0.05},
+    }
+    spec.update(spec_overrides)
+    return {"apiVersion": "stackcanary.dev/v1alpha1", "kind": "StackRelease",
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+class KubeWorld:
+    def __init__(self, emulator: RunningEmulator, models: dict[str, VersionModel] | None = None,
+                 rps: float = 50.0) -> None:
+        self.emulator = emulator
+        self.api = KubeApi.for_url(emulator.url)
+        self.clock = FakeClock()
+        self.metrics = RouteMetrics(self.api, rps=rps, models=models or {})
+
+    def seed_stack(self, namespace: str = NAMESPACE, replicas: int = 2) -> None:
+        for service in SERVICES:
+            self.api.create(DEPLOYMENTS, namespace, stable_deployment(service, namespace=namespace,
+                                                                      replicas=replicas))
+
+    def create_release(self, **kwargs: Any) -> Obj:
+        body = release_body(**kwargs)
+        return self.api.create(RELEASES, body["metadata"]["namespace"], body)
+
+    def patch_spec(self, spec: Obj, name: str = "search-v2", namespace: str = NAMESPACE) -> None:
+        self.api.patch(RELEASES, namespace, name, {"spec": spec})
+
+    def controller(self, identity: str = "replica-a", elector: bool = False, **config: Any) -> Controller:
+        cfg = ControllerConfig(identity=identity, **config)
+        lease = LeaseElector(self.api, "stack-canary-system", identity, self.clock, lease_duration=15,
+                             renew_deadline=10, retry_period=2) if elector else None
+        return Controller(self.api, cfg, self.metrics, self.clock, lease)
+
+    def status(self, name: str = "search-v2", namespace: str = NAMESPACE) -> ReleaseStatus:
+        return ReleaseStatus.from_storage(self.api.get(RELEASES, namespace, name).get("status"))
+
+    def drive(self, controller: Controller, until: Phase | None = None, rounds: int = 400,
+              name: str = "search-v2", relist: bool = True) -> ReleaseStatus:
+        """Tick until the release reaches `until` (or any final phase), jumping the fake clock ahead."""
+        if relist:
+            controller.relist()
+        for _ in range(rounds):
+            if controller.elector is not None:
+                controller.elect()  # the election thread's part: renew the lease
+            controller.run_due()
+            status = self.status(name)
+            if (until is not None and status.phase is until) or (until is None and status.phase.final):
+                return status
+            nxt = controller.queue.next_due()
+            if nxt is None:
+                return status
+            if controller.elector is not None:
+                nxt = min(nxt, self.clock.t + controller.elector.retry_period)
+            self.clock.t = max(self.clock.t, nxt)
+        return self.status(name)
+
+    def objects(self, plural: str, namespace: str = NAMESPACE) -> list[Obj]:
+        return copy.deepcopy(self.emulator.objects(plural, namespace))
+
+    def assert_valid_writes(self) -> None:
+        """Every object in the emulator is valid: Istio kinds against Istio's CRDs (strict), core kinds
+        with kubernetes-validate (strict), releases against the project's CRD (when it is there)."""
+        for plural in ("virtualservices", "destinationrules"):
+            for obj in self.objects(plural):
+                assert istio_errors(_as_written(obj), strict=True) == [], obj["metadata"]["name"]
+        for plural in ("deployments", "events", "leases", "horizontalpodautoscalers"):
+            for obj in self.objects(plural) + self.objects(plural, "stack-canary-system"):
+                assert core_errors(_as_written(obj)) == [], (plural, obj["metadata"].get("name"))
+        if CRD_FILE.exists():
+            crd = next(d for d in yaml.safe_load_all(CRD_FILE.read_text()) if d)
+            for obj in self.objects("stackreleases"):
+                assert custom_resource_errors(_as_written(obj), crd) == [], obj["metadata"]["name"]
+
+
+def _as_written(obj: Obj) -> Obj:
+    """The object without what the emulator's server side added (and a real one would)."""
+    meta = {k: v for k, v in obj["metadata"].items() if k not in ("uid", "resourceVersion", "creationTimestamp")}
+    return {**obj, "metadata": meta}
