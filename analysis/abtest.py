@@ -5,6 +5,7 @@ control (the stable version), an anytime-valid confidence sequence (CS) for the 
 ratio of the primary metric, a sample-ratio-mismatch (SRM) e-process on the split, and the decision
 `continue | winner | no_difference | harmful | error`. Guardrails (latency, errors) are not judged here:
 `ExperimentConfig.guardrails` is an `AnalysisConfig` for the sequential judge, which the caller runs.
+The config is read with the project's one reader (`analysis.reader`), failing at the first problem.
 
 Data, per interval and per variant (`PrimaryCounts`): `count` samples (impressions for a proportion such
 as click-through; observations for a mean), their `total` (clicks; sum of values) and, for a mean,
@@ -78,9 +79,10 @@ import numpy as np
 import numpy.typing as npt
 from scipy import optimize
 
-from analysis.config import AnalysisConfig, InvalidAnalysisConfig, _Reader
+from analysis.config import AnalysisConfig, InvalidAnalysisConfig
 from analysis.decisions import JsonValue, finite, json_clean
 from analysis.histogram import FloatArray
+from analysis.reader import CONFIG_WORDING, Reader
 from analysis.sequential import SRM_GRID, log_mixture, srm_increment
 
 __all__ = [
@@ -107,6 +109,10 @@ KINDS: tuple[str, ...] = ("proportion", "mean")
 DIRECTIONS: tuple[str, ...] = ("increase", "decrease")
 END_ACTIONS: tuple[str, ...] = ("keepStable", "promoteWinner", "waitForOperator")
 SRM_INPUTS: tuple[str, ...] = ("units", "samples", "off")
+EXPERIMENT_FIELDS = (
+    "variants", "control", "alpha", "primaryMetric", "minDurationSeconds", "maxDurationSeconds", "minSamples",
+    "equivalenceMargin", "confidenceSequence", "sampleRatioAlpha", "sampleRatioOn", "guardrails", "onEnd",
+)
 STATE_VERSION = 1
 VARIANT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 RATIO_SEARCH_MAX = 1e6  # ratios beyond this are reported as unbounded
@@ -207,110 +213,97 @@ class ExperimentConfig:
         keepStable|promoteWinner|waitForOperator.
         """
         try:
-            return _parse_experiment(data, path)
+            return _parse_experiment(Reader(fail=InvalidExperimentConfig, wording=CONFIG_WORDING), data, path)
         except InvalidExperimentConfig:
             raise
-        except InvalidAnalysisConfig as exc:
-            message = str(exc)[len(exc.path) + 2 :]
-            raise InvalidExperimentConfig(exc.path, message) from exc
+        except InvalidAnalysisConfig as exc:  # from the guardrails' AnalysisConfig
+            raise InvalidExperimentConfig(exc.path, exc.message) from exc
 
 
-def _parse_experiment(data: Any, path: str) -> ExperimentConfig:
-    known = (
-        "variants", "control", "alpha", "primaryMetric", "minDurationSeconds", "maxDurationSeconds",
-        "minSamples", "equivalenceMargin", "confidenceSequence", "sampleRatioAlpha", "sampleRatioOn",
-        "guardrails", "onEnd",
-    )
+def _parse_experiment(r: Reader, data: Any, path: str) -> ExperimentConfig:
+    """Read with a fail-fast reader: later fields are checked against earlier ones (the control against the
+    variants, maxDuration against minDuration)."""
     if data is None:
-        raise InvalidExperimentConfig(path, "is required for an abTest release")
-    r = _Reader(data, path, known)
-    variants = _parse_variants(r.data.get("variants"), f"{path}.variants")
-    control = r.data.get("control", variants[0].name)
+        r.problem(path, "is required for an abTest release")
+    d = r.fields(data, path, EXPERIMENT_FIELDS)
+    variants = _parse_variants(r, d.get("variants"), f"{path}.variants")
+    control = d.get("control", variants[0].name)
     if control not in {v.name for v in variants}:
         names = ", ".join(v.name for v in variants)
-        raise InvalidExperimentConfig(f"{path}.control", f"{control!r} is not one of the variants ({names})")
-    primary = _parse_primary(r.data.get("primaryMetric"), f"{path}.primaryMetric")
-    min_d = r.required_number("minDurationSeconds", 0.0, 0, math.inf, open_low=False)
-    max_d = r.required_number("maxDurationSeconds", 3600.0, 0, math.inf)
+        r.problem(f"{path}.control", f"{control!r} is not one of the variants ({names})")
+    primary = _parse_primary(r, d.get("primaryMetric"), f"{path}.primaryMetric")
+    min_d = r.number(d.get("minDurationSeconds", 0.0), f"{path}.minDurationSeconds", 0, math.inf, open_low=False)
+    max_d = r.number(d.get("maxDurationSeconds", 3600.0), f"{path}.maxDurationSeconds", 0, math.inf)
     if max_d < min_d:
-        raise InvalidExperimentConfig(
-            f"{path}.maxDurationSeconds", f"{_num(max_d)} is less than minDurationSeconds {_num(min_d)}"
-        )
-    method, tuning = _parse_cs(r.data.get("confidenceSequence"), f"{path}.confidenceSequence")
+        r.problem(f"{path}.maxDurationSeconds", f"{_num(max_d)} is less than minDurationSeconds {_num(min_d)}")
+    method, tuning = _parse_cs(r, d.get("confidenceSequence"), f"{path}.confidenceSequence")
     if method == "hoeffding" and primary.kind == "mean" and primary.bounds is None:
-        raise InvalidExperimentConfig(
-            f"{path}.primaryMetric.bounds", "a mean metric needs [lo, hi] bounds for the hoeffding method"
-        )
+        r.problem(f"{path}.primaryMetric.bounds", "a mean metric needs [lo, hi] bounds for the hoeffding method")
     return ExperimentConfig(
         variants=variants,
         control=str(control),
         primary=primary,
-        alpha=r.required_number("alpha", 0.05, 0, 1),
+        alpha=r.number(d.get("alpha", 0.05), f"{path}.alpha", 0, 1),
         min_duration_s=min_d,
         max_duration_s=max_d,
-        min_samples=r.integer("minSamples", 1000, 0),
-        equivalence_margin=r.number("equivalenceMargin", None, 0, math.inf),
+        min_samples=r.integer(d.get("minSamples", 1000), f"{path}.minSamples", 0),
+        equivalence_margin=r.optional_number(d.get("equivalenceMargin"), f"{path}.equivalenceMargin", 0, math.inf),
         method=method,
         tuning_samples=tuning,
-        sample_ratio_alpha=r.required_number("sampleRatioAlpha", 0.001, 0, 1),
-        sample_ratio_on=r.choice("sampleRatioOn", "units", SRM_INPUTS),
-        guardrails=AnalysisConfig.from_dict(r.data.get("guardrails"), f"{path}.guardrails"),
-        on_end=r.choice("onEnd", "keepStable", END_ACTIONS),
+        sample_ratio_alpha=r.number(d.get("sampleRatioAlpha", 0.001), f"{path}.sampleRatioAlpha", 0, 1),
+        sample_ratio_on=r.choice(d.get("sampleRatioOn", "units"), f"{path}.sampleRatioOn", SRM_INPUTS),
+        guardrails=AnalysisConfig.from_dict(d.get("guardrails"), f"{path}.guardrails"),
+        on_end=r.choice(d.get("onEnd", "keepStable"), f"{path}.onEnd", END_ACTIONS),
     )
 
 
-def _parse_variants(value: Any, path: str) -> tuple[Variant, ...]:
+def _parse_variants(r: Reader, value: Any, path: str) -> tuple[Variant, ...]:
     if not isinstance(value, list):
-        raise InvalidExperimentConfig(path, f"{value!r} is not a list of {{name, weight}}")
-    if len(value) < 2:
-        raise InvalidExperimentConfig(path, f"needs at least 2 variants (the control and one more), got {len(value)}")
+        r.problem(path, f"{value!r} is not a list of {{name, weight}}")
+    elif len(value) < 2:
+        r.problem(path, f"needs at least 2 variants (the control and one more), got {len(value)}")
     variants: list[Variant] = []
-    for i, item in enumerate(value):
-        r = _Reader(item, f"{path}[{i}]", ("name", "weight"))
-        name = r.data.get("name")
-        if not isinstance(name, str) or not VARIANT_NAME.fullmatch(name):
-            # It becomes a DestinationRule subset name and the assignment cookie's value.
-            raise InvalidExperimentConfig(
-                f"{path}[{i}].name", f"{name!r} is not a DNS label (lower-case letters, digits, '-'; <= 63)"
-            )
+    for i, item in enumerate(value if isinstance(value, list) else []):
+        d = r.fields(item, f"{path}[{i}]", ("name", "weight"), required=False)
+        # It becomes a DestinationRule subset name and the assignment cookie's value.
+        name = r.string(d.get("name"), f"{path}[{i}].name", VARIANT_NAME,
+                        what="a DNS label (lower-case letters, digits, '-'; <= 63)")
         if name in {v.name for v in variants}:
-            raise InvalidExperimentConfig(f"{path}[{i}].name", f"{name!r} appears twice")
-        if "weight" not in r.data:
-            raise InvalidExperimentConfig(f"{path}[{i}].weight", "is required")
-        weight = r.integer("weight", 0, 0)
-        if weight > 100:
-            raise InvalidExperimentConfig(f"{path}[{i}].weight", f"{weight} is not in [0, 100]")
+            r.problem(f"{path}[{i}].name", f"{name!r} appears twice")
+        weight = r.integer(d.get("weight"), f"{path}[{i}].weight", 0, 100, what="in [0, 100]")
         variants.append(Variant(name, float(weight)))
     total = sum(v.weight for v in variants)
     if total != 100:
-        raise InvalidExperimentConfig(path, f"weights sum to {_num(total)}, not 100")
+        r.problem(path, f"weights sum to {_num(total)}, not 100")
     return tuple(variants)
 
 
-def _parse_primary(value: Any, path: str) -> PrimaryMetric:
+def _parse_primary(r: Reader, value: Any, path: str) -> PrimaryMetric:
     if value is None:
-        raise InvalidExperimentConfig(path, "is required ({kind: proportion|mean, name})")
-    r = _Reader(value, path, ("kind", "name", "direction", "bounds"))
-    if "kind" not in r.data:
-        raise InvalidExperimentConfig(f"{path}.kind", "is required (proportion or mean)")
-    kind = r.choice("kind", "proportion", KINDS)
-    name = r.data.get("name")
+        r.problem(path, "is required ({kind: proportion|mean, name})")
+    d = r.fields(value, path, ("kind", "name", "direction", "bounds"))
+    if "kind" not in d:
+        r.problem(f"{path}.kind", "is required (proportion or mean)")
+    kind = r.choice(d.get("kind"), f"{path}.kind", KINDS)
+    name = d.get("name")
     if not isinstance(name, str) or not name:
-        raise InvalidExperimentConfig(f"{path}.name", f"{name!r} is not a non-empty string")
-    bounds = r.data.get("bounds")
+        r.problem(f"{path}.name", f"{name!r} is not a non-empty string")
+    bounds = d.get("bounds")
     if bounds is not None:
         if kind == "proportion":
-            raise InvalidExperimentConfig(f"{path}.bounds", "a proportion is bounded in [0, 1] already")
+            r.problem(f"{path}.bounds", "a proportion is bounded in [0, 1] already")
         ok = isinstance(bounds, list) and len(bounds) == 2 and all(_is_finite_number(b) for b in bounds)
         if not ok or not bounds[0] < bounds[1]:
-            raise InvalidExperimentConfig(f"{path}.bounds", f"{bounds!r} is not [lo, hi] with lo < hi")
+            r.problem(f"{path}.bounds", f"{bounds!r} is not [lo, hi] with lo < hi")
         bounds = (float(bounds[0]), float(bounds[1]))
-    return PrimaryMetric(kind, name, r.choice("direction", "increase", DIRECTIONS), bounds)
+    return PrimaryMetric(kind, str(name), r.choice(d.get("direction", "increase"), f"{path}.direction", DIRECTIONS),
+                         bounds)
 
 
-def _parse_cs(value: Any, path: str) -> tuple[str, float]:
-    r = _Reader(value, path, ("method", "tuningSamples"))
-    return r.choice("method", "asymptotic", METHODS), r.required_number("tuningSamples", 10_000.0, 0, math.inf)
+def _parse_cs(r: Reader, value: Any, path: str) -> tuple[str, float]:
+    d = r.fields(value, path, ("method", "tuningSamples"), required=False)
+    return (r.choice(d.get("method", "asymptotic"), f"{path}.method", METHODS),
+            r.number(d.get("tuningSamples", 10_000.0), f"{path}.tuningSamples", 0, math.inf))
 
 
 def _is_finite_number(x: Any) -> bool:

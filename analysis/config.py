@@ -1,7 +1,9 @@
 """A release's analysis settings (`spec.analysis`): parsing, defaults and validation.
 
-`AnalysisConfig.from_dict(d, path="spec.analysis")` refuses anything it cannot use with an
-`InvalidAnalysisConfig` naming the exact field, e.g. `spec.analysis.alpha: 1.5 is not in (0, 1)`.
+This module owns the analysis config and its judges' knobs (`KayentaConfig`, `ThresholdConfig`).
+`AnalysisConfig.from_dict(d, path="spec.analysis")` reads it with the project's one reader
+(`analysis.reader`, failing fast) and refuses anything it cannot use with an `InvalidAnalysisConfig`
+naming the exact field, e.g. `spec.analysis.alpha: 1.5 is not in (0, 1)`.
 """
 
 from __future__ import annotations
@@ -11,9 +13,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from analysis.reader import CONFIG_WORDING, Reader
+
 JUDGES: tuple[str, ...] = ("sequential", "kayenta", "threshold")
 CHECKS: tuple[str, ...] = ("errorRate", "slowTail", "latencyShift", "sampleRatio")
 KAYENTA_METRICS: tuple[str, ...] = ("errorRate", "latencyP50", "latencyP99")
+ANALYSIS_FIELDS = (
+    "judge", "alpha", "errorRatioTolerance", "latencyTolerance", "latencyMinEffect", "tailThresholdMs",
+    "tailReferenceQuantile", "minCanaryRequests", "nonInferiorityMargin", "latencyNonInferiorityMargin", "checks",
+    "kayenta", "threshold",
+)
+KAYENTA_FIELDS = (
+    "confidenceLevel", "tolerance", "allowedIncrease", "allowedDecrease", "nanStrategy", "metrics",
+    "criticalMetrics", "groupWeights", "passScore", "marginalScore", "judgeEveryIntervals", "outlierIqrFactor",
+)
 
 
 class InvalidAnalysisConfig(ValueError):
@@ -22,100 +35,12 @@ class InvalidAnalysisConfig(ValueError):
     def __init__(self, path: str, message: str) -> None:
         super().__init__(f"{path}: {message}")
         self.path = path
+        self.message = message
 
 
-class _Reader:
-    """Reads typed fields of one mapping, reporting errors with their full path."""
-
-    def __init__(self, data: Any, path: str, known: tuple[str, ...]) -> None:
-        if data is None:
-            data = {}
-        if not isinstance(data, Mapping):
-            raise InvalidAnalysisConfig(path, f"{data!r} is not an object")
-        for key in data:
-            if key not in known:
-                raise InvalidAnalysisConfig(f"{path}.{key}", f"unknown field (known: {', '.join(known)})")
-        self.data = data
-        self.path = path
-
-    def number(
-        self,
-        key: str,
-        default: float | None,
-        low: float,
-        high: float,
-        *,
-        open_low: bool = True,
-        open_high: bool = True,
-    ) -> float | None:
-        value = self.data.get(key, default)
-        if value is None:
-            return None
-        where = f"{self.path}.{key}"
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise InvalidAnalysisConfig(where, f"{value!r} is not a finite number")
-        too_low = value <= low if open_low else value < low
-        too_high = value >= high if open_high else value > high
-        if too_low or too_high:
-            lb, rb = ("(" if open_low else "["), (")" if open_high else "]")
-            raise InvalidAnalysisConfig(where, f"{value!r} is not in {lb}{_fmt(low)}, {_fmt(high)}{rb}")
-        return float(value)
-
-    def required_number(
-        self,
-        key: str,
-        default: float,
-        low: float,
-        high: float,
-        *,
-        open_low: bool = True,
-        open_high: bool = True,
-    ) -> float:
-        value = self.number(key, default, low, high, open_low=open_low, open_high=open_high)
-        if value is None:
-            raise InvalidAnalysisConfig(f"{self.path}.{key}", "must not be null")
-        return value
-
-    def integer(self, key: str, default: int, low: int) -> int:
-        value = self.data.get(key, default)
-        where = f"{self.path}.{key}"
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidAnalysisConfig(where, f"{value!r} is not a whole number")
-        if value < low:
-            raise InvalidAnalysisConfig(where, f"{value} is less than {low}")
-        return value
-
-    def choice(self, key: str, default: str, options: tuple[str, ...]) -> str:
-        value = self.data.get(key, default)
-        if value not in options:
-            raise InvalidAnalysisConfig(f"{self.path}.{key}", f"{value!r} is not one of {', '.join(options)}")
-        return str(value)
-
-    def subset(self, key: str, default: tuple[str, ...], options: tuple[str, ...]) -> tuple[str, ...]:
-        value = self.data.get(key, list(default))
-        where = f"{self.path}.{key}"
-        if not isinstance(value, list):
-            raise InvalidAnalysisConfig(where, f"{value!r} is not a list")
-        for i, item in enumerate(value):
-            if item not in options:
-                raise InvalidAnalysisConfig(f"{where}[{i}]", f"{item!r} is not one of {', '.join(options)}")
-        return tuple(dict.fromkeys(value))
-
-    def weights(self, key: str, default: Mapping[str, float]) -> dict[str, float]:
-        value = self.data.get(key, dict(default))
-        where = f"{self.path}.{key}"
-        if not isinstance(value, Mapping):
-            raise InvalidAnalysisConfig(where, f"{value!r} is not an object")
-        out: dict[str, float] = {}
-        for name, w in value.items():
-            if isinstance(w, bool) or not isinstance(w, int | float) or not (math.isfinite(w) and w >= 0):
-                raise InvalidAnalysisConfig(f"{where}.{name}", f"{w!r} is not a non-negative number")
-            out[str(name)] = float(w)
-        return out
-
-
-def _fmt(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
+def config_reader() -> Reader:
+    """The reader of the statistics' configs: the first problem raises `InvalidAnalysisConfig`."""
+    return Reader(fail=InvalidAnalysisConfig, wording=CONFIG_WORDING)
 
 
 @dataclass(frozen=True)
@@ -137,43 +62,43 @@ class KayentaConfig:
 
     @classmethod
     def from_dict(cls, data: Any, path: str) -> KayentaConfig:
-        r = _Reader(
-            data,
-            path,
-            (
-                "confidenceLevel",
-                "tolerance",
-                "allowedIncrease",
-                "allowedDecrease",
-                "nanStrategy",
-                "metrics",
-                "criticalMetrics",
-                "groupWeights",
-                "passScore",
-                "marginalScore",
-                "judgeEveryIntervals",
-                "outlierIqrFactor",
-            ),
-        )
-        d = cls()
-        marginal = r.required_number("marginalScore", d.marginal_score, 0, 100, open_low=False, open_high=False)
-        passing = r.required_number("passScore", d.pass_score, 0, 100, open_low=False, open_high=False)
+        r = config_reader()
+        d = r.fields(data, path, KAYENTA_FIELDS, required=False)
+        default = cls()
+        marginal = r.number(d.get("marginalScore", default.marginal_score), f"{path}.marginalScore", 0, 100,
+                            open_low=False, open_high=False)
+        passing = r.number(d.get("passScore", default.pass_score), f"{path}.passScore", 0, 100,
+                           open_low=False, open_high=False)
         if marginal > passing:
-            raise InvalidAnalysisConfig(f"{path}.marginalScore", f"{marginal} exceeds passScore {passing}")
+            r.problem(f"{path}.marginalScore", f"{marginal} exceeds passScore {passing}")
         return cls(
-            confidence_level=r.required_number("confidenceLevel", d.confidence_level, 0, 1),
-            tolerance=r.required_number("tolerance", d.tolerance, 0, math.inf, open_low=False),
-            allowed_increase=r.required_number("allowedIncrease", d.allowed_increase, 0, math.inf),
-            allowed_decrease=r.required_number("allowedDecrease", d.allowed_decrease, 0, math.inf),
-            nan_strategy=r.choice("nanStrategy", d.nan_strategy, ("replace", "remove")),
-            metrics=r.subset("metrics", d.metrics, KAYENTA_METRICS),
-            critical_metrics=r.subset("criticalMetrics", d.critical_metrics, KAYENTA_METRICS),
-            group_weights=r.weights("groupWeights", d.group_weights),
+            confidence_level=r.number(d.get("confidenceLevel", default.confidence_level),
+                                      f"{path}.confidenceLevel", 0, 1),
+            tolerance=r.number(d.get("tolerance", default.tolerance), f"{path}.tolerance", 0, math.inf,
+                               open_low=False),
+            allowed_increase=r.number(d.get("allowedIncrease", default.allowed_increase),
+                                      f"{path}.allowedIncrease", 0, math.inf),
+            allowed_decrease=r.number(d.get("allowedDecrease", default.allowed_decrease),
+                                      f"{path}.allowedDecrease", 0, math.inf),
+            nan_strategy=r.choice(d.get("nanStrategy", default.nan_strategy), f"{path}.nanStrategy",
+                                  ("replace", "remove")),
+            metrics=r.subset(d.get("metrics", list(default.metrics)), f"{path}.metrics", KAYENTA_METRICS),
+            critical_metrics=r.subset(d.get("criticalMetrics", list(default.critical_metrics)),
+                                      f"{path}.criticalMetrics", KAYENTA_METRICS),
+            group_weights=_weights(r, d.get("groupWeights", dict(default.group_weights)), f"{path}.groupWeights"),
             pass_score=passing,
             marginal_score=marginal,
-            judge_every_intervals=r.integer("judgeEveryIntervals", d.judge_every_intervals, 1),
-            outlier_iqr_factor=r.required_number("outlierIqrFactor", d.outlier_iqr_factor, 0, math.inf),
+            judge_every_intervals=r.integer(d.get("judgeEveryIntervals", default.judge_every_intervals),
+                                            f"{path}.judgeEveryIntervals", 1),
+            outlier_iqr_factor=r.number(d.get("outlierIqrFactor", default.outlier_iqr_factor),
+                                        f"{path}.outlierIqrFactor", 0, math.inf),
         )
+
+
+def _weights(r: Reader, value: Any, path: str) -> dict[str, float]:
+    """Kayenta's group weights: a mapping of group name to a non-negative number."""
+    weights = r.mapping(value, path)
+    return {str(name): r.number(w, f"{path}.{name}", 0, math.inf, open_low=False) for name, w in weights.items()}
 
 
 @dataclass(frozen=True)
@@ -186,14 +111,14 @@ class ThresholdConfig:
 
     @classmethod
     def from_dict(cls, data: Any, path: str) -> ThresholdConfig:
-        r = _Reader(data, path, ("minSuccessRate", "maxP99Ms", "failedChecks"))
-        d = cls()
+        r = config_reader()
+        d = r.fields(data, path, ("minSuccessRate", "maxP99Ms", "failedChecks"), required=False)
+        default = cls()
         return cls(
-            min_success_rate=r.required_number(
-                "minSuccessRate", d.min_success_rate, 0, 100, open_low=False, open_high=False
-            ),
-            max_p99_ms=r.required_number("maxP99Ms", d.max_p99_ms, 0, math.inf),
-            failed_checks=r.integer("failedChecks", d.failed_checks, 1),
+            min_success_rate=r.number(d.get("minSuccessRate", default.min_success_rate), f"{path}.minSuccessRate",
+                                      0, 100, open_low=False, open_high=False),
+            max_p99_ms=r.number(d.get("maxP99Ms", default.max_p99_ms), f"{path}.maxP99Ms", 0, math.inf),
+            failed_checks=r.integer(d.get("failedChecks", default.failed_checks), f"{path}.failedChecks", 1),
         )
 
 
@@ -217,43 +142,33 @@ class AnalysisConfig:
 
     @classmethod
     def from_dict(cls, data: Any, path: str = "spec.analysis") -> AnalysisConfig:
-        r = _Reader(
-            data,
-            path,
-            (
-                "judge",
-                "alpha",
-                "errorRatioTolerance",
-                "latencyTolerance",
-                "latencyMinEffect",
-                "tailThresholdMs",
-                "tailReferenceQuantile",
-                "minCanaryRequests",
-                "nonInferiorityMargin",
-                "latencyNonInferiorityMargin",
-                "checks",
-                "kayenta",
-                "threshold",
-            ),
-        )
-        d = cls()
-        checks = r.subset("checks", d.checks, CHECKS)
+        r = config_reader()
+        d = r.fields(data, path, ANALYSIS_FIELDS, required=False)
+        default = cls()
+        checks = r.subset(d.get("checks", list(default.checks)), f"{path}.checks", CHECKS)
         if not checks:
-            raise InvalidAnalysisConfig(f"{path}.checks", "needs at least one check")
+            r.problem(f"{path}.checks", "needs at least one check")
         return cls(
-            judge=r.choice("judge", d.judge, JUDGES),
-            alpha=r.required_number("alpha", d.alpha, 0, 1),
-            error_ratio_tolerance=r.required_number("errorRatioTolerance", d.error_ratio_tolerance, 0, math.inf),
-            latency_tolerance=r.required_number("latencyTolerance", d.latency_tolerance, -1, 1, open_low=False),
-            latency_min_effect=r.required_number("latencyMinEffect", d.latency_min_effect, 0, 1, open_high=False),
-            tail_threshold_ms=r.number("tailThresholdMs", None, 0, math.inf),
-            tail_reference_quantile=r.required_number("tailReferenceQuantile", d.tail_reference_quantile, 0, 1),
-            min_canary_requests=r.integer("minCanaryRequests", d.min_canary_requests, 0),
-            non_inferiority_margin=r.number("nonInferiorityMargin", None, 0, math.inf),
-            latency_non_inferiority_margin=r.number("latencyNonInferiorityMargin", None, -1, 1, open_high=False),
+            judge=r.choice(d.get("judge", default.judge), f"{path}.judge", JUDGES),
+            alpha=r.number(d.get("alpha", default.alpha), f"{path}.alpha", 0, 1),
+            error_ratio_tolerance=r.number(d.get("errorRatioTolerance", default.error_ratio_tolerance),
+                                           f"{path}.errorRatioTolerance", 0, math.inf),
+            latency_tolerance=r.number(d.get("latencyTolerance", default.latency_tolerance),
+                                       f"{path}.latencyTolerance", -1, 1, open_low=False),
+            latency_min_effect=r.number(d.get("latencyMinEffect", default.latency_min_effect),
+                                        f"{path}.latencyMinEffect", 0, 1, open_high=False),
+            tail_threshold_ms=r.optional_number(d.get("tailThresholdMs"), f"{path}.tailThresholdMs", 0, math.inf),
+            tail_reference_quantile=r.number(d.get("tailReferenceQuantile", default.tail_reference_quantile),
+                                             f"{path}.tailReferenceQuantile", 0, 1),
+            min_canary_requests=r.integer(d.get("minCanaryRequests", default.min_canary_requests),
+                                          f"{path}.minCanaryRequests", 0),
+            non_inferiority_margin=r.optional_number(d.get("nonInferiorityMargin"), f"{path}.nonInferiorityMargin",
+                                                     0, math.inf),
+            latency_non_inferiority_margin=r.optional_number(
+                d.get("latencyNonInferiorityMargin"), f"{path}.latencyNonInferiorityMargin", -1, 1, open_high=False),
             checks=checks,
-            kayenta=KayentaConfig.from_dict(r.data.get("kayenta"), f"{path}.kayenta"),
-            threshold=ThresholdConfig.from_dict(r.data.get("threshold"), f"{path}.threshold"),
+            kayenta=KayentaConfig.from_dict(d.get("kayenta"), f"{path}.kayenta"),
+            threshold=ThresholdConfig.from_dict(d.get("threshold"), f"{path}.threshold"),
         )
 
     def with_overrides(self, judge: str | None = None, alpha: float | None = None) -> AnalysisConfig:

@@ -4,7 +4,7 @@
     python -m bench.controller_scale --releases 10,100 --intervals 1
 
 Each release lives in its own namespace with the five stable Deployments of the search stack. The
-controller (`controller.adapters.kubernetes.loop.Controller`, the official client over HTTP to
+controller (`controller.adapters.kubernetes.running.Controller`, the official client over HTTP to
 `tests.support.kmock_server` on 127.0.0.1) is driven on a fake clock, one 30 s analysis interval at a time, so
 one "round" is everything the controller does in 30 s of cluster time:
 
@@ -35,7 +35,7 @@ from typing import Any
 
 from analysis.observations import ISTIO_BUCKETS_MS, MetricsQuery, VersionCounts, WindowCounts
 from controller.adapters.kubernetes.client import RELEASES, KubeApi
-from controller.adapters.kubernetes.loop import Controller, ControllerConfig
+from controller.adapters.kubernetes.running import Controller, ControllerConfig
 from controller.core.status import Phase, ReleaseStatus
 from tests.support.fakes import FakeClock
 from tests.support.kmock_server import KINDS, RunningEmulator, start_emulator

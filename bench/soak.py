@@ -45,10 +45,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controller.adapters.local.platform import LocalRouter
 from controller.adapters.local.stack import LocalStack
-from demo.canary import load_dict
+from demo.harness import load_dict
 from demo.loadgen import LoadRunner
 
-DEMO_RPS = 40.0  # `canary demo --rps` default (controller/cli.py, controller/local/demo.run_demo)
+DEMO_RPS = 40.0  # `canary demo --rps` default (controller/cli/main.py, demo.canary.run_demo)
 TICKS = os.sysconf("SC_CLK_TCK")
 
 

@@ -19,6 +19,7 @@ from analysis.abtest import PrimaryCounts
 from analysis.observations import MetricsQuery, WindowCounts
 from controller.core.observation import Readiness
 from controller.core.plan import RoutingPlan
+from controller.core.queries import BusinessQuery
 from controller.core.spec.hooks import HookResult, HookSpec
 
 __all__ = [
@@ -95,17 +96,6 @@ class Notice:
 
 class Notifier(Protocol):
     def notify(self, notice: Notice) -> None: ...
-
-
-@dataclass(frozen=True)
-class BusinessQuery:
-    """The primary metric `metric` (e.g. click-through) of `service` per version, in `namespace`."""
-
-    namespace: str
-    service: str
-    versions: tuple[str, ...]
-    metric: str
-    kind: str  # proportion | mean
 
 
 class BusinessMetrics(Protocol):

@@ -1,5 +1,9 @@
 """One reconcile tick of one release: observe -> step -> persist -> act.
 
+The reconciler holds no release policy of its own: what to observe, what to decide, what the queries
+ask and when to tick again all come from the pure core (`controller.core`); it only does the I/O, through
+the ports.
+
 The status is persisted (once, and only if it changed) *before* the actions are carried out: the
 persisted status is the controller's intent. If the process dies between the two, the next tick derives
 the same intent from the status and repeats the idempotent actions; the other order could forget a
@@ -14,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from analysis.abtest import PrimaryCounts
-from analysis.observations import MetricsQuery
 from controller.core import machine
 from controller.core.machine import (
     Action,
@@ -22,17 +25,16 @@ from controller.core.machine import (
     EnsureWorkloads,
     FireHook,
     Notify,
-    Observation,
     RetireWorkloads,
 )
 from controller.core.machine import hooks as hook_points
-from controller.core.observation import Readiness
+from controller.core.observation import Observation, Readiness, Wants, combined_readiness
+from controller.core.queries import business_query, further_variants, metrics_query
 from controller.core.spec.hooks import HookResult
 from controller.core.spec.release import InvalidSpec, ReleaseSpec, parse_release
-from controller.core.status import Phase, ReleaseStatus, decision_details
+from controller.core.status import ReleaseStatus, decision_details
 from controller.ports import (
     BusinessMetrics,
-    BusinessQuery,
     Clock,
     Hooks,
     Metrics,
@@ -67,25 +69,6 @@ class TickResult:
     failed_actions: tuple[str, ...]
     # Seconds until this release wants its next tick; None when it is finished.
     requeue_after: float | None
-
-
-def business_query(spec: ReleaseSpec) -> BusinessQuery | None:
-    if spec.experiment is None:
-        return None
-    primary = spec.experiment.config.primary
-    return BusinessQuery(namespace=spec.namespace, service=spec.stack.entry, versions=release_versions(spec),
-                         metric=primary.name, kind=primary.kind)
-
-
-def release_versions(spec: ReleaseSpec) -> tuple[str, ...]:
-    """Every version the release compares: stable and canary, plus an A/B/n experiment's further variants."""
-    if spec.experiment is not None:
-        return spec.experiment.versions
-    return (spec.stable.version, spec.canary.version)
-
-
-def metrics_query(spec: ReleaseSpec) -> MetricsQuery:
-    return MetricsQuery(namespace=spec.namespace, services=spec.analysed_services, versions=release_versions(spec))
 
 
 class Reconciler:
@@ -139,7 +122,7 @@ class Reconciler:
                            metrics=metrics, metrics_error=metrics_error, business=business,
                            business_error=business_error, hooks=self._call_hooks(spec, status, wants))
 
-    def _call_hooks(self, spec: ReleaseSpec, status: ReleaseStatus, wants: machine.Wants
+    def _call_hooks(self, spec: ReleaseSpec, status: ReleaseStatus, wants: Wants
                     ) -> dict[str, HookResult]:
         results = {}
         for hook in wants.hooks:
@@ -155,17 +138,11 @@ class Reconciler:
         return results
 
     def _readiness(self, spec: ReleaseSpec, service: str) -> Readiness:
-        """The new version's readiness; with A/B/n variants, ready only when every variant is (and failed
-        when one of them failed), so the experiment starts when all can serve and stops when one dies."""
-        first = self.ports.workloads.readiness(service, spec.canary.version)
-        extra = spec.experiment.extra if spec.experiment is not None else ()
-        if not first.ready:
-            return first
-        for variant in extra:
-            r = self.ports.workloads.readiness(service, variant.version)
-            if r.failed or not r.ready:
-                return Readiness(False, f"variant {variant.version}: {r.reason or 'not ready'}", failed=r.failed)
-        return first
+        """The new version's readiness on `service`, its A/B/n variants' included (`combined_readiness`:
+        the variants are asked lazily, only as far as the rule needs them)."""
+        ask = self.ports.workloads.readiness
+        variants = ((version, ask(service, version)) for version in further_variants(spec))
+        return combined_readiness(ask(service, spec.canary.version), variants)
 
     def _business(self, spec: ReleaseSpec, window: tuple[float, float] | None
                   ) -> tuple[Mapping[str, PrimaryCounts] | None, str | None]:
@@ -198,7 +175,9 @@ class Reconciler:
             except PortError as exc:
                 log.warning("action %s failed: %s", type(action).__name__, exc.reason)
                 failed.append(f"{type(action).__name__}: {exc.reason}")
-        return TickResult(new, changed, tuple(actions), tuple(failed), _requeue_after(spec, new, self.ports))
+        # Timed from after the actions (they may take a while), as the next window is due in wall-clock time.
+        requeue = machine.requeue_after(spec, new, self.ports.clock.now())
+        return TickResult(new, changed, tuple(actions), tuple(failed), requeue)
 
     def _carry_out(self, spec: ReleaseSpec | None, acting: _Acting, action: Action) -> None:
         p = self.ports
@@ -241,17 +220,3 @@ def _meta(release: Mapping[str, Any], key: str, default: _T) -> _T:
     value = meta.get(key, default) if isinstance(meta, Mapping) else default
     return value if isinstance(value, type(default)) else default
 
-
-def _requeue_after(spec: ReleaseSpec | None, status: ReleaseStatus, ports: Ports) -> float | None:
-    if spec is None:
-        return None
-    if status.phase.final:
-        # A finished release may still owe its tell-hooks (postRollout, onRollback) one call.
-        return 1.0 if hook_points.due(spec, status) else None
-    if status.phase is Phase.PROGRESSING and status.last_analysis_at is not None:
-        # Wake at the next analysis window, and often enough between to notice a canary that died.
-        due = status.last_analysis_at + spec.strategy.interval - ports.clock.now()
-        return max(0.05, min(due, max(5.0, spec.strategy.interval / 3)))
-    if status.phase is Phase.PAUSED:
-        return min(2.0, spec.strategy.interval)
-    return min(1.0, spec.strategy.interval)

@@ -16,7 +16,11 @@ winner (`spec.approvePromotion`) and the release runs to Succeeded; when the win
 further variant, 34/33/33), users click with p = 0.10 on v1, 0.30 on v2 and 0.10 on v3, every variant has
 its own guardrails and confidence sequence (alpha split between the two comparisons), and v2 must be
 separated from v3 as well as from v1 before it is named the winner. The reconciler asks its ports for every
-variant's version (`reconciler.release_versions`) and waits for every variant's workloads.
+variant's version (`controller.core.queries.release_versions`) and waits for every variant's workloads.
+
+This module owns the experiment's release (`ab_release`), its run (`run_ab_demo`: load only while the
+experiment's routes are in effect, then the operator's decision) and its summary; the console, the lane
+audit, the ports and the driving loop it shares with the canary demo are `demo.harness`'s.
 """
 
 from __future__ import annotations
@@ -29,28 +33,28 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, TextIO
 
-from controller.adapters.http.hooks import HttpHooks
-from controller.adapters.http.notifiers import MultiNotifier
 from controller.adapters.http.outgoing import Outgoing
 from controller.adapters.local.business import LocalBusinessMetrics
 from controller.adapters.local.metrics import open_metrics_source
-from controller.adapters.local.platform import LocalRouter, LocalWorkloads, LogNotifier, SystemClock
+from controller.adapters.local.platform import LocalRouter, SystemClock
 from controller.adapters.local.stack import LocalStack
-from controller.adapters.local.state import StateDir, write_json_atomic
-from controller.core.spec.release import parse_release
+from controller.adapters.local.state import StateDir
+from controller.core.spec.release import ReleaseSpec, parse_release
 from controller.core.status import Phase, ReleaseStatus
-from controller.ports import Notifier
-from controller.reconciler import Ports, Reconciler
-from demo.canary import (
+from controller.reconciler import Reconciler
+from demo.harness import (
     Console,
     LaneAudit,
-    _stop_on_signals,
     demo_release,
     drive_release,
     load_dict,
+    local_ports,
+    publish_summary,
+    search_load,
+    stop_on_signals,
     write_report,
 )
-from demo.loadgen import LoadRunner
+from demo.loadgen import LoadReport, LoadRunner
 
 CLICK_PROBABILITY = {"v1": 0.10, "v2": 0.16}
 CLICK_PROBABILITY_ABN = {"v1": 0.10, "v2": 0.30, "v3": 0.10}
@@ -92,63 +96,82 @@ def run_ab_demo(rps: float = 40.0, interval: float = 10.0, summary_path: Path | 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="canary-ab-"))
     console, state = Console(out), StateDir(workdir / "state")
     audit = LaneAudit(canary=spec.canary.version, changed=spec.changed)
-    with ExitStack() as ctx, _stop_on_signals() as stop:
-        stack = ctx.enter_context(LocalStack(workdir / "stack", lane_header=spec.lane_header))
-        console.say(f"search stack {spec.stable.version} starting (router {stack.router_url}) ...")
-        stack.start_version(spec.stable.version, spec.stack.services)
-        assert stack.admin is not None
-        router = LocalRouter(stack.admin)
-        router.apply(stack.baseline_plan(spec.stable.version))
+    with ExitStack() as ctx, stop_on_signals() as stop:
+        stack, router = _start_platform(ctx, spec, workdir, console)
         source = ctx.enter_context(open_metrics_source(metrics, stack.admin_url, workdir / "prometheus"))
-        business = LocalBusinessMetrics(lambda service: _processes(stack, service))
-        ctx.callback(business.close)
-        business.prime(spec.stack.entry)
-        load = LoadRunner(url=f"{stack.router_url}/master-service/search", rate=rps, duration=max_seconds,
-                          max_requests=int(rps * max_seconds) + 1, host=spec.stack.entry, on_response=audit,
-                          keep_cookies=True, click_probability=clicks)
+        business = _business_metrics(ctx, stack, spec)
+        load = search_load(stack, spec, rps, max_seconds, audit, keep_cookies=True, click_probability=clicks)
         ctx.callback(load.stop)
         state.save_release(release)
         console.say(f"metrics: {source.description}; clicks: master-search /metrics of each version")
         split = "/".join(f"{a.name} {a.weight}%" for a in spec.experiment.routes.arms)
         console.say(f"A/B experiment {split} (sticky cookie `ab`), users click with {clicks}")
         clock = SystemClock()
-        notifier: Notifier = LogNotifier()
-        if outgoing is not None and outgoing.notifier is not None:
-            notifier = MultiNotifier([notifier, outgoing.notifier])
-        ports = Ports(LocalWorkloads(stack), router, source.metrics, clock, notifier, business=business,
-                      hooks=outgoing.hooks if outgoing is not None else HttpHooks())
-        reconciler = Reconciler(ports)
+        reconciler = Reconciler(local_ports(stack, router, source.metrics, clock, outgoing, business))
         ended, load_started = threading.Event(), threading.Event()
-
-        def watch(status: ReleaseStatus) -> None:
-            # Load runs exactly while the experiment's routes are in effect (see the module docstring).
-            if status.phase is Phase.PROGRESSING and not load_started.is_set():
-                load_started.set()
-                load.start()
-            if status.phase not in (Phase.PROGRESSING, Phase.INITIALIZING) or stop.is_set():
-                ended.set()
-            if on_tick is not None:
-                on_tick(status)
-
+        watch = _load_while_experimenting(load, load_started, ended, stop, on_tick)
         status = drive_release(reconciler, state, spec, clock, ended, max_seconds, console, watch)
         report = load.stop() if load_started.is_set() else None
         if status.phase is Phase.PAUSED and not stop.is_set():
-            winner = (status.experiment or {}).get("winner")
-            choice = "approvePromotion" if winner == spec.canary.version else "abort"
-            console.say(f"experiment ended (winner {winner}); the demo sets spec.{choice}")
-            decided = state.load_release()
-            decided["spec"][choice] = True
-            decided["metadata"]["generation"] = decided["metadata"].get("generation", 1) + 1
-            state.save_release(decided)
+            _play_the_operator(status, spec, state, console)
             status = drive_release(reconciler, state, spec, clock, stop, max_seconds, console, on_tick)
         result = _summary(status, audit, report, source.name, workdir, clicks)
         result["scenario"] = "ab" if variants == 2 else "abn"
         result["interrupted"] = stop.is_set()
         result["report"] = str(write_report(state, workdir / "report.html"))
-    console.say(_summary_text(result))
-    if summary_path is not None:
-        write_json_atomic(Path(summary_path), result)
+    publish_summary(result, _summary_text(result), console, summary_path)
     return result
+
+
+def _start_platform(ctx: ExitStack, spec: ReleaseSpec, workdir: Path,
+                    console: Console) -> tuple[LocalStack, LocalRouter]:
+    """The stack's stable version behind the mesh router, every service on it."""
+    stack = ctx.enter_context(LocalStack(workdir / "stack", lane_header=spec.lane_header))
+    console.say(f"search stack {spec.stable.version} starting (router {stack.router_url}) ...")
+    stack.start_version(spec.stable.version, spec.stack.services)
+    assert stack.admin is not None
+    router = LocalRouter(stack.admin)
+    router.apply(stack.baseline_plan(spec.stable.version))
+    return stack, router
+
+
+def _business_metrics(ctx: ExitStack, stack: LocalStack, spec: ReleaseSpec) -> LocalBusinessMetrics:
+    """Clicks and impressions scraped from the entry service's processes, counted from now on."""
+    business = LocalBusinessMetrics(lambda service: _processes(stack, service))
+    ctx.callback(business.close)
+    business.prime(spec.stack.entry)
+    return business
+
+
+def _load_while_experimenting(load: LoadRunner, load_started: threading.Event, ended: threading.Event,
+                              stop: threading.Event, on_tick: Callable[[ReleaseStatus], None] | None
+                              ) -> Callable[[ReleaseStatus], None]:
+    """A tick watcher that starts the load when the experiment's routes take effect and sets `ended` when
+    the experiment is over (or the demo is stopped)."""
+
+    def watch(status: ReleaseStatus) -> None:
+        # Load runs exactly while the experiment's routes are in effect (see the module docstring).
+        if status.phase is Phase.PROGRESSING and not load_started.is_set():
+            load_started.set()
+            load.start()
+        if status.phase not in (Phase.PROGRESSING, Phase.INITIALIZING) or stop.is_set():
+            ended.set()
+        if on_tick is not None:
+            on_tick(status)
+
+    return watch
+
+
+def _play_the_operator(status: ReleaseStatus, spec: ReleaseSpec, state: StateDir, console: Console) -> None:
+    """The experiment waits for the operator: approve the winner's promotion when it is the canary, else
+    abort (which keeps stable), as `canary approve` / `canary abort` would patch the spec."""
+    winner = (status.experiment or {}).get("winner")
+    choice = "approvePromotion" if winner == spec.canary.version else "abort"
+    console.say(f"experiment ended (winner {winner}); the demo sets spec.{choice}")
+    decided = state.load_release()
+    decided["spec"][choice] = True
+    decided["metadata"]["generation"] = decided["metadata"].get("generation", 1) + 1
+    state.save_release(decided)
 
 
 def _processes(stack: LocalStack, service: str) -> Iterable[tuple[str, str]]:
@@ -156,7 +179,7 @@ def _processes(stack: LocalStack, service: str) -> Iterable[tuple[str, str]]:
             if s == service and w.proc.popen.poll() is None]
 
 
-def _summary(status: ReleaseStatus, audit: LaneAudit, report: Any, metrics_source: str,
+def _summary(status: ReleaseStatus, audit: LaneAudit, report: LoadReport | None, metrics_source: str,
              workdir: Path, clicks: dict[str, float]) -> dict[str, Any]:
     experiment = dict(status.experiment or {})
     effect = experiment.get("effect") or {}

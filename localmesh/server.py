@@ -7,8 +7,10 @@ swapped atomically at runtime), its two servers (the proxy and the admin API) an
 
 Ready is announced on stdout as one line `mesh-router ready proxy=HOST:PORT admin=HOST:PORT`; SIGTERM
 and SIGINT stop it cleanly. What it routes on, and what it refuses, is in docs/router.md; the data path
-is localmesh.proxy, the decisions localmesh.table, the metrics
-localmesh.metrics and the admin wire protocol localmesh.admin.
+is localmesh.proxy, the decisions localmesh.table, the metrics localmesh.metrics and the admin wire
+protocol localmesh.admin. The local platform (controller.adapters.local.stack) starts it as a process and
+configures it through its admin API (controller.adapters.local.mesh_admin); of the controller, the mesh
+uses only the validation of the Istio objects it is sent (controller.adapters.istio.validate).
 """
 
 from __future__ import annotations

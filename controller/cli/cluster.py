@@ -40,15 +40,15 @@ from kubernetes.config import ConfigException
 from controller.adapters.kubernetes.client import DEPLOYMENTS, RELEASES, ApiConflict, KubeApi, Obj
 from controller.adapters.kubernetes.health import HealthServer, Telemetry
 from controller.adapters.kubernetes.leader import LeaseElector
-from controller.adapters.kubernetes.loop import Controller, ControllerConfig
+from controller.adapters.kubernetes.running import Controller, ControllerConfig
 from controller.adapters.kubernetes.workloads import ReplicaPolicy
 from controller.cli import outgoing as notifications
-from controller.core.operations import ONE_SHOT_CLEARED, Refused, all_revisions, next_revision_stable, plan
+from controller.core.operations import ONE_SHOT_CLEARED, Refused, next_revision_stable, plan
 from controller.core.spec.release import SEARCH_STACK, InvalidSpec, ReleaseSpec, parse_release
 from controller.core.status import ReleaseStatus
 from controller.logs import configure_logging
 from controller.ports import BusinessMetrics, PortError
-from controller.present.view import LIST_HEADER, history_lines, list_row, panel, progress_lines, table
+from controller.present.view import LIST_HEADER, list_row, panel, progress_lines, render_history, table
 
 if TYPE_CHECKING:
     from controller.adapters.prometheus.business import CustomMetrics
@@ -506,15 +506,6 @@ def history_main(argv: Sequence[str]) -> int:
         return 1
     print(render_history(ReleaseStatus.from_storage(obj.get("status")), args.json))
     return 0
-
-
-def render_history(status: ReleaseStatus, as_json: bool = False) -> str:
-    records = all_revisions(status)
-    if as_json:
-        return json.dumps([r.for_storage() for r in records], sort_keys=True)
-    if not records:
-        return "no revision has started yet"
-    return "\n".join(history_lines(records))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,21 +12,22 @@
 Exit codes: 0 when the command did its job (a demo or run reached a final phase, whatever it was),
 1 when it could not (an internal failure, a timeout, an unreachable API, a missing release), 2 for bad
 input or an operator command that does not apply to the release's phase (a message says which).
+
+This module owns the parser and the dispatch (`main`, the `canary` and `kubectl-canary` entry point; also
+`python -m controller.cli`). The commands live by where they act: on this machine (demo, run --local,
+stack up, analyze, and the operator's commands on a local release's --workdir) in `controller.cli.local`,
+against a cluster in `controller.cli.cluster`; the notification flags they share in `controller.cli.outgoing`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import yaml
-
+from controller.cli import local
 from controller.cli import outgoing as notifications
 from controller.core.spec.release import InvalidSpec
 
@@ -134,14 +135,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         match args.command:
             case "demo":
-                return _demo(args)
+                return local.demo(args)
             case "run":
-                return _run(args)
+                return local.run(args)
             case "stack":
-                return _stack_up(args)
+                return local.stack_up(args)
             case "analyze":
-                from analysis.replay import main as replay_main
-                return replay_main(list(args.rest))
+                return local.analyze(list(args.rest))
             case "controller":
                 from controller.cli.cluster import controller_main
                 return controller_main(list(args.rest))
@@ -164,124 +164,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from demo.canary import run_demo
-
-    outgoing = notifications.from_args(args)
-    try:
-        result = run_demo(args.scenario, rps=args.rps, interval=args.interval, summary_path=args.summary,
-                          workdir=args.workdir, metrics=args.metrics, max_seconds=args.max_seconds,
-                          outgoing=outgoing)
-    finally:
-        outgoing.close()
-    return _exit_code(result)
-
-
-def _exit_code(result: dict[str, Any]) -> int:
-    if result.get("interrupted"):
-        return 130
-    return 0 if result["phase"] in ("Succeeded", "RolledBack", "Failed", "Aborted") else 1
-
-
-def _load_release(path: Path) -> dict[str, Any]:
-    text = path.read_text()
-    data = yaml.safe_load(text)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: not a release object")
-    return data
-
-
-def _parse_faults(items: list[str], version: str) -> dict[str, dict[str, dict[str, float]]]:
-    faults: dict[str, dict[str, float]] = {}
-    for item in items:
-        service, _, knob = item.partition(":")
-        name, _, value = knob.partition("=")
-        if not (service and name and value):
-            raise ValueError(f"--fault {item!r}: expected SERVICE:KNOB=VALUE, e.g. ml-search:latency_ms=25")
-        try:
-            faults.setdefault(service, {})[name] = float(value)
-        except ValueError:
-            raise ValueError(f"--fault {item!r}: {value!r} is not a number") from None
-    return {version: faults} if faults else {}
-
-
-def _resumed_release(workdir: Path | None, release: dict[str, Any]) -> dict[str, Any]:
-    """A work directory that already holds this release: its spec, as the operator's commands left it."""
-    from controller.adapters.local.state import StateDir
-
-    state = StateDir(workdir / "state") if workdir is not None else None
-    if state is None or not state.exists():
-        return release
-    held = state.load_release()
-    same = held.get("metadata", {}).get("name") == release.get("metadata", {}).get("name")
-    return held if same else release
-
-
-def _run(args: argparse.Namespace) -> int:
-    if not args.local:
-        raise ValueError("only --local is supported by `canary run`; in a cluster, apply the StackRelease "
-                         "resource and let `canary controller` run it")
-    from controller.core.spec.release import parse_release
-    from demo.canary import run_local
-
-    release = _resumed_release(args.workdir, _load_release(args.file))
-    spec = parse_release(release)
-    outgoing = notifications.from_args(args)
-    try:
-        result = run_local(release, _parse_faults(args.fault, spec.canary.version), rps=args.rps,
-                           summary_path=args.summary, workdir=args.workdir, metrics=args.metrics,
-                           max_seconds=args.max_seconds, label=str(args.file), outgoing=outgoing)
-    finally:
-        outgoing.close()
-    return _exit_code(result)
-
-
-def _stack_up(args: argparse.Namespace) -> int:
-    import signal
-    import tempfile
-
-    from controller.adapters.local.platform import LocalRouter
-    from controller.adapters.local.stack import LocalStack
-    from demo.loadgen import LoadRunner
-
-    versions = [v.strip() for v in args.versions.split(",") if v.strip()]
-    if not versions or len(versions) > 2:
-        raise ValueError("--versions takes one or two versions, e.g. v1,v2")
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="canary-stack-"))
-    stopping = {"now": False}
-
-    def stop(signum: int, frame: object) -> None:
-        stopping["now"] = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    with LocalStack(Path(workdir)) as stack:
-        for v in versions:
-            stack.start_version(v)
-        canary = versions[1] if len(versions) > 1 else None
-        assert stack.admin is not None
-        LocalRouter(stack.admin).apply(stack.baseline_plan(versions[0], canary, args.weight))
-        print(f"mesh router:  {stack.router_url}   (send Host: master-search)")
-        print(f"router admin: {stack.admin_url}/config  /endpoints  /metrics")
-        for (service, version), w in sorted(stack.workloads.items()):
-            print(f"  {service}@{version}: http://{w.address}  (docs: http://{w.address}/docs)")
-        print(f"try: curl -s -H 'Host: master-search' -H 'content-type: application/json' "
-              f"-d '{{\"text\": \"graph neural networks\", \"n_results\": 5, \"random_seed\": 42}}' "
-              f"-D - {stack.router_url}/master-service/search")
-        print(f"logs: {workdir}/logs    Ctrl-C stops everything", flush=True)
-        load = None
-        if args.rps > 0:
-            load = LoadRunner(url=f"{stack.router_url}/master-service/search", rate=args.rps,
-                              duration=24 * 3600, max_requests=int(args.rps * 24 * 3600), host="master-search")
-            load.start()
-        while not stopping["now"]:
-            time.sleep(0.2)
-        if load is not None:
-            print(load.stop().summary())
-    print("stopped every process of the stack")
-    return 0
-
-
 def _report(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="canary report", description="Write a release's report: one "
                                 "self-contained HTML file (charts and the decision log; no network to view).")
@@ -292,18 +174,12 @@ def _report(argv: list[str]) -> int:
     p.add_argument("--kubeconfig")
     p.add_argument("--context")
     args = p.parse_args(argv)
-    from controller.present.report import render_report
-
     if args.workdir is not None:
-        from controller.adapters.local.state import StateDir
-
-        state = StateDir(args.workdir / "state")
-        if not state.exists():
-            raise FileNotFoundError(f"no release in {args.workdir}")
-        html = render_report(state.load_release(), state.load_status().for_storage())
+        html = local.report_html(args.workdir)
     elif args.release:
         from controller.adapters.kubernetes.client import RELEASES, KubeApi
         from controller.ports import PortError
+        from controller.present.report import render_report
 
         try:
             obj = KubeApi.connect(args.kubeconfig, args.context).get_or_none(RELEASES, args.namespace, args.release)
@@ -332,9 +208,7 @@ def _quiet_http_retries() -> None:
 def _read(command: str, argv: list[str]) -> int:
     """get | status | list | history: a local release with --workdir DIR, else a StackRelease."""
     if _is_local(argv):
-        if command == "list":
-            raise ValueError("list shows the StackReleases of a cluster; for a local release: canary get --workdir DIR")
-        return _local_history(argv) if command == "history" else _local_get(command, argv)
+        return local.read(command, argv)
     _quiet_http_retries()
     from controller.cli import cluster as kube
 
@@ -347,116 +221,15 @@ def _read(command: str, argv: list[str]) -> int:
             return kube.get_main(argv, prog=f"canary {command}")
 
 
-def _local_state(argv: list[str], prog: str, extra: Callable[[argparse.ArgumentParser], object] | None = None
-                 ) -> tuple[argparse.Namespace, Any] | None:
-    p = argparse.ArgumentParser(prog=prog)
-    p.add_argument("release", nargs="?", help="ignored for a local release (the work directory holds one)")
-    p.add_argument("--workdir", type=Path, required=True, help="the release's work directory")
-    if extra is not None:
-        extra(p)
-    args = p.parse_args(argv)
-    from controller.adapters.local.state import StateDir
-
-    state = StateDir(args.workdir / "state")
-    if not state.exists():
-        print(f"{prog}: no release in {args.workdir}", file=sys.stderr)
-        return None
-    return args, state
-
-
-def _local_get(command: str, argv: list[str]) -> int:
-    def extra(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--json", action="store_true")
-        p.add_argument("-w", "--watch", action="store_true", help="then print each change until it finishes")
-        p.add_argument("--max-seconds", type=float, default=24 * 3600.0, help=argparse.SUPPRESS)
-
-    found = _local_state(argv, f"canary {command}", extra)
-    if found is None:
-        return 1
-    args, state = found
-    from controller.core.spec.release import parse_release
-    from controller.present import view
-
-    status = state.load_status()
-    if args.json:
-        print(json.dumps(status.for_storage(), indent=1))
-        return 0
-    spec = parse_release(state.load_release())
-    print("\n".join(view.panel(spec, status, time.time())), flush=True)
-    if args.watch:
-        _local_follow(state, status, args.max_seconds)
-    return 0
-
-
-def _local_follow(state: Any, status: Any, max_seconds: float, poll: float = 0.5) -> None:
-    """Print each change of a local release (written by the `canary run` driving it) until it finishes."""
-    from controller.core.spec.release import parse_release
-    from controller.present import view
-
-    deadline = time.monotonic() + max_seconds
-    try:
-        while time.monotonic() < deadline:
-            release = state.load_release()
-            pending = release.get("metadata", {}).get("generation", 1) != status.observed_generation
-            if status.phase.final and not pending:
-                print("\n".join(view.panel(parse_release(release), status, time.time())), flush=True)
-                return
-            time.sleep(poll)
-            new = state.load_status()
-            if new != status:
-                for line in view.progress_lines(parse_release(release), status, new, time.time()):
-                    print(line, flush=True)
-                status = new
-    except KeyboardInterrupt:
-        return
-
-
-def _local_history(argv: list[str]) -> int:
-    found = _local_state(argv, "canary history", lambda p: p.add_argument("--json", action="store_true"))
-    if found is None:
-        return 1
-    args, state = found
-    from controller.cli.cluster import render_history
-
-    print(render_history(state.load_status(), args.json))
-    return 0
-
-
 def _operate(command: str, argv: list[str]) -> int:
     """pause | resume | promote [--full] | approve | abort | retry | undo; exit 0 done, 1 could not (missing,
     unreachable), 2 does not apply to the release's phase (the message says why and what does)."""
-    if not _is_local(argv):
-        _quiet_http_retries()
-        from controller.cli.cluster import operate_main
+    if _is_local(argv):
+        return local.operate(command, argv)
+    _quiet_http_retries()
+    from controller.cli.cluster import operate_main
 
-        return operate_main(command, argv)
-
-    def extra(p: argparse.ArgumentParser) -> None:
-        if command == "promote":
-            p.add_argument("--full", action="store_true", help="promote now, skipping every remaining step")
-        p.add_argument("-w", "--watch", action="store_true", help="then follow the release until it finishes")
-        p.add_argument("--max-seconds", type=float, default=24 * 3600.0, help=argparse.SUPPRESS)
-
-    found = _local_state(argv, f"canary {command}", extra)
-    if found is None:
-        return 1
-    args, state = found
-    from controller.core.operations import Refused, plan
-
-    status = state.load_status()
-    outcome = plan(command, state.load_release(), status, getattr(args, "full", False))
-    if isinstance(outcome, Refused):
-        print(f"canary {command}: {outcome.message}", file=sys.stderr)
-        return 2
-    if outcome.patch:
-        state.patch_spec(outcome.patch)
-    print(outcome.message)
-    if status.phase.final and outcome.patch:
-        print(f"the release restarts when it runs again: canary run --local --workdir {args.workdir} -f RELEASE "
-              "(the work directory's spec is used)")
-    elif args.watch:
-        _local_follow(state, status, args.max_seconds)
-    return 0
+    return operate_main(command, argv)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,21 @@
-"""What a tick observed of the outside world, as plain data the pure machine reads.
+"""What a tick observes of the outside world, as plain data the pure machine reads.
 
-The ports (`controller.ports`) return these types; the machine (`controller.core.machine`) decides on them.
-They live in the core so that the core never imports the ports.
+`Wants` is what the machine asks the reconciler to look at before a step; `Observation` is what the
+reconciler saw; `Readiness` is one workload's readiness, and `combined_readiness` the rule that folds the
+readiness of an A/B/n experiment's variants into that of the new version. The ports (`controller.ports`)
+return these types; the machine (`controller.core.machine`) decides on them. They live in the core so that
+the core never imports the ports.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from analysis.abtest import PrimaryCounts
+from analysis.observations import WindowCounts
+from controller.core.plan import RoutingPlan
+from controller.core.spec.hooks import HookResult, HookSpec
 
 
 @dataclass(frozen=True)
@@ -17,3 +26,44 @@ class Readiness:
     failed: bool = False
     # False when the workload does not exist (yet): the controller has not created it, e.g. it was down.
     exists: bool = True
+
+
+def combined_readiness(canary: Readiness, variants: Iterable[tuple[str, Readiness]]) -> Readiness:
+    """The new version's readiness on one service: with A/B/n variants, ready only when every variant is
+    (and failed when one of them failed), so the experiment starts when all can serve and stops when one dies.
+
+    `variants` ((version, readiness) pairs) is read in order and only as far as it decides: a lazy iterable
+    asks no variant once the canary is not ready, and none after the first variant that is not.
+    """
+    if not canary.ready:
+        return canary
+    for version, r in variants:
+        if r.failed or not r.ready:
+            return Readiness(False, f"variant {version}: {r.reason or 'not ready'}", failed=r.failed)
+    return canary
+
+
+@dataclass(frozen=True)
+class Wants:
+    """What the reconciler should observe before the next step."""
+
+    readiness: bool
+    routing: bool
+    metrics_window: tuple[float, float] | None
+    hooks: tuple[HookSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the reconciler saw this tick. None means "not looked at" (or the look failed, see *_error)."""
+
+    readiness: Mapping[str, Readiness] | None = None
+    routing: RoutingPlan | None = None
+    routing_error: str | None = None
+    metrics: WindowCounts | None = None
+    metrics_error: str | None = None
+    # A/B experiments: the primary metric's counts per version over the same window.
+    business: Mapping[str, PrimaryCounts] | None = None
+    business_error: str | None = None
+    # Answers of the hooks `wants` asked for, by hook name.
+    hooks: Mapping[str, HookResult] = field(default_factory=dict)

@@ -6,11 +6,13 @@ the time in (`now`) rather than reading a clock.
 
 from __future__ import annotations
 
+import json
 import textwrap
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from controller.core.operations import all_revisions
 from controller.core.spec.release import ReleaseSpec
 from controller.core.status import DecisionRecord, Phase, ReleasedVersions, ReleaseStatus, RevisionRecord
 
@@ -236,3 +238,13 @@ def decision_time(record: RevisionRecord) -> str:
     if record.decided_at is None or begin is None:
         return "-"
     return f"{record.decided_at - begin:.0f}s"
+
+
+def render_history(status: ReleaseStatus, as_json: bool = False) -> str:
+    """`canary history`: every revision and attempt of a release, as lines or as JSON."""
+    records = all_revisions(status)
+    if as_json:
+        return json.dumps([r.for_storage() for r in records], sort_keys=True)
+    if not records:
+        return "no revision has started yet"
+    return "\n".join(history_lines(records))

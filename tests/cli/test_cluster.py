@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from controller.adapters.kubernetes.client import DEPLOYMENTS, RELEASES
-from controller.adapters.kubernetes.loop import Controller
+from controller.adapters.kubernetes.running import Controller
 from controller.cli.main import main
 from controller.core.status import Phase, ReleaseStatus
 from tests.support.fakes import VersionModel

@@ -11,7 +11,7 @@ import yaml
 from controller.adapters.local.state import StateDir
 from controller.cli.main import main
 from controller.core.status import Phase, ReleaseStatus
-from demo.canary import demo_release
+from demo.harness import demo_release
 
 REPLAY = {
     "buckets_ms": [0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, "+Inf"],

@@ -21,7 +21,7 @@ from controller.core.status import (
     RevisionRecord,
 )
 from controller.reconciler import Ports, Reconciler
-from demo.canary import demo_release
+from demo.harness import demo_release
 from tests.support.fakes import FakeClock, FakeMetrics, FakeRouter, FakeWorkloads, ListNotifier, VersionModel
 
 SERVICES = ("master-search", "ml-infer", "ml-search", "keyword", "text-search")
@@ -201,7 +201,7 @@ def test_a_local_retry_and_undo_are_carried_out_by_the_next_run(tmp_path: Path,
 
 
 def test_the_work_directorys_spec_is_the_one_a_resumed_run_uses(tmp_path: Path) -> None:
-    from controller.cli.main import _resumed_release
+    from controller.cli.local import _resumed_release
 
     state = state_with(tmp_path, PROGRESSING, retry=3)
     assert _resumed_release(tmp_path, release())["spec"]["retry"] == 3

@@ -25,12 +25,13 @@ from controller.core.spec.release import InvalidSpec, parse_release
 from controller.core.status import Phase, ReleaseStatus
 from controller.ports import BusinessQuery, Metrics, MetricsUnavailable
 from controller.reconciler import Ports, Reconciler
-from tests.core.test_scenarios import SERVICES as SERVICES_OF_RELEASE
-from tests.core.test_scenarios import World, release
-from tests.support.fakes import FakeMetrics, FakeRouter, VersionModel
+from tests.support.abn import AbnMetrics, split_by_plan
+from tests.support.fakes import FakeRouter, VersionModel
 from tests.support.istio_schema import istio_errors
 from tests.support.k8s_schema import custom_resource_errors, load_documents
 from tests.support.paths import REPO
+from tests.support.scenario import SERVICES as SERVICES_OF_RELEASE
+from tests.support.scenario import World, release
 
 AB: dict[str, Any] = {
     "variants": [{"name": "v1", "weight": 50}, {"name": "v2", "weight": 50}],
@@ -267,33 +268,15 @@ def abn_release(**overrides: Any) -> dict[str, Any]:
     return release(strategy={"abTest": {**copy.deepcopy(ABN), **overrides}})
 
 
-def _split(rng: np.random.Generator, plan: Any, total: int) -> dict[str, int]:
-    """Entry requests per variant's version behind the routes in effect (an experiment's weights, or stable)."""
-    if plan is None or plan.experiment is None:
-        return {} if plan is None else {plan.service(plan.entry).stable: total}
-    arms = plan.experiment.arms
-    drawn = rng.multinomial(total, [a.weight / 100 for a in arms])
-    return {a.version: int(n) for a, n in zip(arms, drawn, strict=True)}
 
 
-@dataclass
-class AbnMetrics(FakeMetrics):
-    """Each variant's share of the traffic by the experiment's weights; only the versions asked for."""
-
-    def window(self, query: Any, start: float, end: float) -> Any:
-        from analysis.observations import WindowCounts
-        self.queries.append((start, end))
-        per_version = _split(self.rng, self.router.in_effect(), int(self.rng.poisson(self.rps * (end - start))))
-        counts = {(s, v): self._draw(n, self.models.get(v, VersionModel()))
-                  for s in query.services for v, n in per_version.items() if v in query.versions}
-        return WindowCounts(start, end, counts)
 
 
 @dataclass
 class AbnBusiness(FakeBusiness):
     def business(self, query: BusinessQuery, start: float, end: float) -> Mapping[str, PrimaryCounts]:
         self.queries.append((start, end))
-        per_version = _split(self.rng, self.router.in_effect(), int(self.rng.poisson(self.rps * (end - start))))
+        per_version = split_by_plan(self.rng, self.router.in_effect(), int(self.rng.poisson(self.rps * (end - start))))
         return {v: PrimaryCounts.proportion(int(self.rng.binomial(n, self.click_probability.get(v, 0.1))), n)
                 for v, n in per_version.items() if v in query.versions}
 
@@ -437,7 +420,7 @@ class UnitsBusiness(FakeBusiness):
 
 
 @pytest.mark.parametrize("v2_user_share, broken", [(0.5, False), (0.3, True)])
-def test_sample_ratio_on_assigned_users_stops_a_broken_split(v2_user_share: float, broken: bool) -> None:
+def test_sample_ratio_on_assigned_users_stops_a_brokensplit_by_plan(v2_user_share: float, broken: bool) -> None:
     world = ABWorld({"v1": 0.10, "v2": 0.16})
     world.business = UnitsBusiness(world.router, {"v1": 0.10, "v2": 0.16}, v2_user_share=v2_user_share)
     status = world.run(ab_release())

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from controller.core.spec.release import InvalidSpec, parse_release
 from controller.core.status import Phase
-from tests.core.test_scenarios import World, release
+from tests.support.scenario import World, release
 
 # JSON-like values, biased towards the shapes and edge values a spec is made of.
 scalars = st.one_of(

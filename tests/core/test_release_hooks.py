@@ -18,7 +18,7 @@ from controller.adapters.http.hooks import HttpHooks
 from controller.adapters.http.notifiers import JsonWebhookNotifier, MultiNotifier, SlackWebhookNotifier
 from controller.adapters.http.signing import Secret, verify
 from controller.adapters.http.webhook import RetryPolicy, WebhookClient
-from controller.adapters.kubernetes.loop import Controller, ControllerConfig
+from controller.adapters.kubernetes.running import Controller, ControllerConfig
 from controller.cli import outgoing as notifications
 from controller.cli.main import main
 from controller.core.machine import FireHook
@@ -26,10 +26,10 @@ from controller.core.status import Phase
 from controller.logs import configure_logging
 from controller.ports import Notice, Notifier
 from controller.reconciler import Ports, Reconciler
-from tests.core.test_scenarios import World, release
 from tests.support.fakes import VersionModel
 from tests.support.kmock_server import RunningEmulator
 from tests.support.kube_world import KubeWorld
+from tests.support.scenario import World, release
 from tests.support.webhook_receiver import Receiver
 
 SECRET = b"hook-secret-0123456789"

@@ -1,4 +1,4 @@
-"""Revisions, retries and the operator's overrides (controller/core/machine/revisions.py), alone and through machine.step."""
+"""Revisions, retries and the operator's overrides (`controller.core.machine.revisions`), alone and through `step`."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from controller.core.status import (
     RevisionRecord,
 )
 from controller.ports import Readiness
-from tests.core.test_scenarios import World, release
+from tests.support.scenario import World, release
 
 NOW = 1_000_000.0
 V1_V2 = ReleasedVersions("v1", "v2", {}, {"ml-search": "reg/ml-search:2"})
@@ -281,4 +281,4 @@ def test_promote_full_is_recorded_once_while_another_gate_holds_the_promotion() 
 def test_skip_step_does_nothing_at_any_gate_after_the_last_step() -> None:
     sp = spec(skipStep=2)
     held = at_step(sp, 1, Phase.PAUSED).with_condition("Paused", "True", "AwaitingConfirmation", "hooks", NOW)
-    assert revisions.operator_override(sp, held, NOW, []) is None
+    assert revisions.operator_override(sp, held, NOW) is None

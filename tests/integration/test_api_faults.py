@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from controller.adapters.kubernetes.client import KubeApi
-from controller.adapters.kubernetes.loop import Controller, ControllerConfig
+from controller.adapters.kubernetes.running import Controller, ControllerConfig
 from controller.core.status import Phase, ReleaseStatus
 from tests.support.fakes import VersionModel
 from tests.support.invariants import FINAL, InvariantChecker

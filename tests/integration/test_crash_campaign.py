@@ -264,6 +264,78 @@ class Campaign:
         return len(self.kinds) == RELEASES_TOTAL and all(p in FINAL for p in self.phases().values())
 
 
+@dataclass
+class Kills:
+    """What the kill phase did: how many kills, of which kind, and after which stored changes."""
+
+    total: int = 0
+    by_change: int = 0
+    by_time: int = 0
+    mid_work: int = 0
+    after: dict[str, int] = field(default_factory=dict)  # what the stored change a kill followed was a change of
+
+
+def _wait_for_work(emulator: RunningEmulator, writes_before: int) -> None:
+    active = time.monotonic() + 3.0  # wait until the process took the lease: its work has begun
+    while time.monotonic() < active and not any(
+            w.agent == AGENT for w in emulator.emulator.write_log[writes_before:]):
+        time.sleep(0.01)
+
+
+def _kill_once(emulator: RunningEmulator, campaign: Campaign, controller: ControllerProcess, ledger: Ledger,
+               rng: random.Random, kills: Kills) -> None:
+    """Start the controller, kill it right after the k-th stored change or at a random time, and count."""
+    controller.start(cold=kills.total % 10 == 0)
+    writes_before = len(emulator.emulator.write_log)
+    fired = threading.Event()
+    _wait_for_work(emulator, writes_before)
+    if rng.random() < 0.5:  # kill right after the k-th change the store records from now
+        left = [rng.randint(1, 6)]
+
+        def count_down(key: Key, left: list[int] = left, fired: threading.Event = fired,
+                       pid: int | None = controller.pid) -> None:
+            left[0] -= 1
+            if left[0] == 0 and pid is not None:
+                os.kill(pid, signal.SIGKILL)  # inside the store's lock: not one change later
+                fired.set()
+                kills.after[key[2]] = kills.after.get(key[2], 0) + 1
+
+        ledger.on_change = count_down
+        deadline = time.monotonic() + 2.0
+        kills.by_change += 1
+    else:  # kill at a random time from now
+        deadline = time.monotonic() + rng.uniform(0.0, 1.5)
+        kills.by_time += 1
+    while time.monotonic() < deadline and not fired.is_set():
+        campaign.service()
+        time.sleep(0.02)
+    ledger.on_change = None
+    controller.kill()
+    kills.total += 1
+    kills.mid_work += any(w.agent == AGENT and w.plural != "leases"
+                          for w in emulator.emulator.write_log[writes_before:])
+
+
+def _assert_no_duplicated_side_effects(emulator: RunningEmulator, campaign: Campaign, ledger: Ledger,
+                                       tag: str) -> None:
+    everything = {f"{s}-v1" for s in SERVICES} | {f"{s}-v2" for s in SERVICES}
+    for ns, kind in campaign.kinds.items():
+        created = ledger.deployments_added.get(ns, [])
+        assert len(created) == len(set(created)), (ns, created, tag)  # each Deployment created once
+        # A canary that fails at once may end the release before every other canary was created.
+        assert set(created) == everything if kind not in ("deadline", "never-ready") else \
+            set(created) <= everything, (ns, created, tag)
+    assert {ns: n for ns, n in ledger.route_changes_after_end.items() if n} == {}, \
+        f"route writes after a release's end {tag}"
+    for ns in campaign.kinds:
+        events = emulator.objects("events", ns)
+        reasons = [e["reason"] for e in events]
+        said = [(e["reason"], e["message"]) for e in events]
+        twice = {r for r in ONCE if reasons.count(r) > 1} | {r for r, m in said if said.count((r, m)) > 1}
+        steps = len(release_body(ns, campaign.kinds[ns])["spec"]["strategy"]["canary"]["steps"])
+        assert not twice and reasons.count("WeightIncreased") <= steps, (ns, reasons, tag)
+
+
 def test_controller_killed_100_times_converges_with_invariants_intact(
         emulator: RunningEmulator, prometheus_and_traffic: tuple[PrometheusProcess, MeshTraffic],
         tmp_path: Path) -> None:
@@ -275,44 +347,12 @@ def test_controller_killed_100_times_converges_with_invariants_intact(
     campaign = Campaign(emulator, traffic, rng)
     controller = ControllerProcess(emulator.url, prom.url, tmp_path / "controller.log")
     began = time.monotonic()
-    kills, by_change, by_time, mid_work = 0, 0, 0, 0
-    after: dict[str, int] = {}  # what the stored change a kill followed was a change of
+    kills = Kills()
     tag = f"(seed {SEED}; replay with CRASH_CAMPAIGN_SEED={SEED}; controller log {tmp_path / 'controller.log'})"
     try:
         campaign.service()
-        while kills < KILLS and time.monotonic() - began < BUDGET_S:
-            controller.start(cold=kills % 10 == 0)
-            writes_before = len(emulator.emulator.write_log)
-            fired = threading.Event()
-            active = time.monotonic() + 3.0  # wait until the process took the lease: its work has begun
-            while time.monotonic() < active and not any(
-                    w.agent == AGENT for w in emulator.emulator.write_log[writes_before:]):
-                time.sleep(0.01)
-            if rng.random() < 0.5:  # kill right after the k-th change the store records from now
-                left = [rng.randint(1, 6)]
-
-                def count_down(key: Key, left: list[int] = left, fired: threading.Event = fired,
-                               pid: int | None = controller.pid) -> None:
-                    left[0] -= 1
-                    if left[0] == 0 and pid is not None:
-                        os.kill(pid, signal.SIGKILL)  # inside the store's lock: not one change later
-                        fired.set()
-                        after[key[2]] = after.get(key[2], 0) + 1
-
-                ledger.on_change = count_down
-                deadline = time.monotonic() + 2.0
-                by_change += 1
-            else:  # kill at a random time from now
-                deadline = time.monotonic() + rng.uniform(0.0, 1.5)
-                by_time += 1
-            while time.monotonic() < deadline and not fired.is_set():
-                campaign.service()
-                time.sleep(0.02)
-            ledger.on_change = None
-            controller.kill()
-            kills += 1
-            mid_work += any(w.agent == AGENT and w.plural != "leases"
-                            for w in emulator.emulator.write_log[writes_before:])
+        while kills.total < KILLS and time.monotonic() - began < BUDGET_S:
+            _kill_once(emulator, campaign, controller, ledger, rng, kills)
         kill_phase_s = time.monotonic() - began
         controller.start(cold=True)  # the last one lives until every release has finished
         settle_deadline = time.monotonic() + 60
@@ -331,15 +371,15 @@ def test_controller_killed_100_times_converges_with_invariants_intact(
 
     phases = campaign.phases()
     outcomes = {kind: sum(1 for ns, k in campaign.kinds.items() if k == kind) for kind in KINDS}
-    print(f"\ncrash campaign {tag}: {kills} kills ({by_change} right after a stored change, {by_time} after a "
-          f"random time; {mid_work} after the process had written other than its lease), "
-          f"{controller.started} controller starts ({controller.cold} cold), "
+    print(f"\ncrash campaign {tag}: {kills.total} kills ({kills.by_change} right after a stored change, "
+          f"{kills.by_time} after a random time; {kills.mid_work} after the process had written other than its "
+          f"lease), {controller.started} controller starts ({controller.cold} cold), "
           f"{len(campaign.kinds)} releases {outcomes}, "
           f"kills done in {kill_phase_s:.0f}s, all converged at {converged_s:.0f}s; {checker.states} states "
           f"checked ({checker.status_writes} status writes, {checker.route_writes} route writes); "
-          f"tolerated: {checker.tolerated}; kills right after a change of {after}")
-    assert kills >= KILLS, f"only {kills} kills in {BUDGET_S:.0f}s {tag}"
-    assert mid_work >= KILLS // 2, f"only {mid_work} kills hit a controller that was writing {tag}"
+          f"tolerated: {checker.tolerated}; kills right after a change of {kills.after}")
+    assert kills.total >= KILLS, f"only {kills.total} kills in {BUDGET_S:.0f}s {tag}"
+    assert kills.mid_work >= KILLS // 2, f"only {kills.mid_work} kills hit a controller that was writing {tag}"
     assert len(campaign.kinds) == RELEASES_TOTAL, tag
     ends = {ns: (campaign.kinds[ns], phases[ns], str((emulator.objects("stackreleases", ns)[0].get("status") or {})
                                                     .get("message"))) for ns in campaign.kinds}
@@ -347,23 +387,7 @@ def test_controller_killed_100_times_converges_with_invariants_intact(
     assert not wrong, f"releases that ended wrong: {wrong} {tag}"
     assert checker.violations == [], "\n".join(map(str, checker.violations[:20])) + f"\n{tag}"
     assert checker.check_final(emulator, list(campaign.kinds)) == [], tag
-    # No duplicated side effects.
-    everything = {f"{s}-v1" for s in SERVICES} | {f"{s}-v2" for s in SERVICES}
-    for ns, kind in campaign.kinds.items():
-        created = ledger.deployments_added.get(ns, [])
-        assert len(created) == len(set(created)), (ns, created, tag)  # each Deployment created once
-        # A canary that fails at once may end the release before every other canary was created.
-        assert set(created) == everything if kind not in ("deadline", "never-ready") else \
-            set(created) <= everything, (ns, created, tag)
-    assert {ns: n for ns, n in ledger.route_changes_after_end.items() if n} == {}, \
-        f"route writes after a release's end {tag}"
-    for ns in campaign.kinds:
-        events = emulator.objects("events", ns)
-        reasons = [e["reason"] for e in events]
-        said = [(e["reason"], e["message"]) for e in events]
-        twice = {r for r in ONCE if reasons.count(r) > 1} | {r for r, m in said if said.count((r, m)) > 1}
-        steps = len(release_body(ns, campaign.kinds[ns])["spec"]["strategy"]["canary"]["steps"])
-        assert not twice and reasons.count("WeightIncreased") <= steps, (ns, reasons, tag)
+    _assert_no_duplicated_side_effects(emulator, campaign, ledger, tag)
     assert steady_writes == [], f"writes in the steady state: {steady_writes[:5]} {tag}"
     # The campaign's own figures, for docs/reliability.md.
     print(f"status writes {checker.status_writes}, route writes {checker.route_writes}, "

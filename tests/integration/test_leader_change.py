@@ -29,7 +29,7 @@ import pytest
 from analysis.observations import MetricsQuery, WindowCounts
 from controller.adapters.kubernetes.client import LEASES, KubeApi, LeaderOnlyApi
 from controller.adapters.kubernetes.leader import LeaseElector
-from controller.adapters.kubernetes.loop import Controller, ControllerConfig
+from controller.adapters.kubernetes.running import Controller, ControllerConfig
 from controller.cli.cluster import SystemClock
 from controller.core.status import Phase
 from tests.support.fakes import FakeClock

@@ -32,7 +32,7 @@ from controller.adapters.prometheus.server import PrometheusProcess, prometheus_
 from controller.core.spec.release import parse_release
 from controller.core.status import Phase, ReleaseStatus
 from controller.reconciler import Ports, Reconciler
-from demo.canary import Console, demo_release, drive_release
+from demo.harness import Console, demo_release, drive_release
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -2,11 +2,12 @@
 Prometheus process stopped mid-release. Never a promotion; the configured action happens.
 
 The controller reads metrics through the production path (`PrometheusSource` over
-`controller.adapters.prometheus.client.PrometheusMetrics`, HTTP) from `tests.support.mesh_traffic.FakePrometheus`, a Prometheus
-HTTP API stand-in whose samples come from the traffic that the routes stored in the emulator let
-through, and which misbehaves on command (a real Prometheus cannot be made to answer partially on
-demand). The controller runs in-process on a fake clock; the stand-in samples at every tick. The last
-test uses Debian's real Prometheus, scraping the same traffic through an exporter, and stops it.
+`controller.adapters.prometheus.client.PrometheusMetrics`, HTTP) from
+`tests.support.mesh_traffic.FakePrometheus`, a Prometheus HTTP API stand-in whose samples come from the
+traffic that the routes stored in the emulator let through, and which misbehaves on command (a real Prometheus
+cannot be made to answer partially on demand). The controller runs in-process on a fake clock; the stand-in
+samples at every tick. The last test uses Debian's real Prometheus, scraping the same traffic through an
+exporter, and stops it.
 
 The configured action, from `spec.policies`: `error` verdicts hold the weight; after
 `rollbackAfterErrors` in a row the release rolls back. Inconclusive looks (no canary data) hold.
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 import pytest
 
 from controller.adapters.kubernetes.client import KubeApi
-from controller.adapters.kubernetes.loop import Controller, ControllerConfig
+from controller.adapters.kubernetes.running import Controller, ControllerConfig
 from controller.adapters.prometheus.metrics import PrometheusSource
 from controller.adapters.prometheus.server import PrometheusProcess, prometheus_binary
 from controller.cli.cluster import SystemClock

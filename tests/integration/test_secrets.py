@@ -34,7 +34,7 @@ from controller.adapters.http.notifiers import JsonWebhookNotifier, MultiNotifie
 from controller.adapters.http.signing import SIGNATURE_HEADER, Secret, verify
 from controller.adapters.http.webhook import RetryPolicy, WebhookClient
 from controller.adapters.kubernetes.client import RELEASES
-from controller.adapters.kubernetes.loop import Controller, ControllerConfig
+from controller.adapters.kubernetes.running import Controller, ControllerConfig
 from controller.core.spec.release import parse_release
 from controller.core.status import Phase, ReleaseStatus
 from controller.logs import configure_logging

@@ -18,8 +18,8 @@ from controller.adapters.istio.render import render
 from controller.core.machine import base_plan
 from controller.core.spec.release import parse_release
 from localmesh.server import MeshRouter
-from tests.localmesh.test_proxy import LoopThread
-from tests.localmesh.test_sticky import ask, browse, port_of, shop_router, users_per_variant
+from tests.localmesh.harness import LoopThread
+from tests.localmesh.users import ask, browse, port_of, shop_router, users_per_variant
 
 USERS, REQUESTS_PER_USER = 1000, 20
 

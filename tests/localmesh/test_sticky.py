@@ -9,28 +9,29 @@ router (in-process) with trivial upstreams, and against Istio's own CRD schema.
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
-import json
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
-import httptools
 import pytest
 from scipy.stats import binom
 
 from controller.adapters.istio.validate import validate_objects
 from localmesh.server import MeshRouter
-from tests.localmesh.test_proxy import LoopThread, Upstream, raw_request
+from tests.localmesh.harness import LoopThread
+from tests.localmesh.users import (
+    COOKIE,
+    LANE_HEADER,
+    ask,
+    browse,
+    port_of,
+    shop_router,
+    users_per_variant,
+)
 from tests.support.istio_schema import istio_errors
 
 API = "networking.istio.io/v1"
-COOKIE = "ab"
 MAX_AGE_S = 7 * 24 * 3600  # outlive the experiment's maxDuration, or users get re-assigned
-LANE_HEADER = "x-canary-lane"
 COHORT_HEADER = "x-experiment-cohort"
 USERS, REQUESTS_PER_USER = 1000, 20
 
@@ -93,107 +94,22 @@ def experiment_objects(weights: dict[str, int] = WEIGHTS) -> list[dict[str, Any]
 # A user-level client: one keep-alive connection per worker, each user's cookie jar fed by Set-Cookie.
 
 
-@dataclass
-class Answer:
-    status: int = 0
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    body: bytes = b""
-    done: bool = False
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.decode().lower(), value.decode()))
-
-    def on_body(self, body: bytes) -> None:
-        self.body += body
-
-    def on_message_complete(self) -> None:
-        self.done = True
-
-    def get(self, name: str) -> list[str]:
-        return [v for k, v in self.headers if k == name]
 
 
-@dataclass
-class UserLog:
-    served: list[str] = field(default_factory=list)  # x-served-by of each answer
-    lanes: list[str] = field(default_factory=list)  # lane header each upstream received
-    set_cookies: list[list[str]] = field(default_factory=list)
-    sent_cookie: list[str | None] = field(default_factory=list)
 
 
-async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> Answer:
-    writer.write(request)
-    answer = Answer()
-    parser = httptools.HttpResponseParser(answer)
-    while not answer.done:
-        data = await asyncio.wait_for(reader.read(65536), 10)
-        assert data, "router closed the connection mid-response"
-        parser.feed_data(data)
-    answer.status = parser.get_status_code()
-    return answer
 
 
-async def ask(port: int, headers: dict[str, str], host: str = "shop") -> Answer:
-    """One GET / on a connection of its own, with these headers."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        return await exchange(reader, writer, raw_request("GET", "/", host, headers))
-    finally:
-        writer.close()
 
 
-async def browse(port: int, users: list[str], requests_each: int, workers: int = 16) -> dict[str, UserLog]:
-    """Every user makes `requests_each` requests in turn, sending back the cookie it was given."""
-    logs = {u: UserLog() for u in users}
-    todo = collections.deque(users)
-
-    async def worker() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            while todo:
-                user, jar = todo.popleft(), {}
-                for _ in range(requests_each):
-                    cookie = "; ".join(f"{k}={v}" for k, v in jar.items()) or None
-                    headers = {"x-user-id": user, **({"cookie": cookie} if cookie else {})}
-                    answer = await exchange(reader, writer, raw_request("GET", "/search", "shop", headers))
-                    assert answer.status == 200, answer
-                    log = logs[user]
-                    log.sent_cookie.append(cookie)
-                    log.served.append(answer.get("x-served-by")[0])
-                    log.lanes.append(_echoed_lane(answer.body))
-                    log.set_cookies.append(answer.get("set-cookie"))
-                    for line in answer.get("set-cookie"):
-                        name, _, rest = line.partition("=")
-                        jar[name] = rest.split(";", 1)[0]
-        finally:
-            writer.close()
-
-    await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(workers))), timeout=120)
-    return logs
 
 
-def _echoed_lane(body: bytes) -> str:
-    headers = json.loads(body)["headers"]
-    return str(dict((k.lower(), v) for k, v in headers.items()).get(LANE_HEADER, ""))
 
 
 # ---------------------------------------------------------------------------------------------------
 # Fixtures and tests.
 
 
-@contextlib.contextmanager
-def shop_router(loop: LoopThread, objects: list[dict[str, Any]]) -> Iterator[MeshRouter]:
-    """The mesh router in front of shop v1, v2 and v3 (trivial upstreams), stopped afterwards."""
-    ups = [Upstream("shop", v) for v in ("v1", "v2", "v3")]
-    for u in ups:
-        loop.run(u.start())
-    r = MeshRouter(objects, [u.endpoint() for u in ups])
-    loop.run(r.start(admin_port=None))
-    yield r
-    loop.run(r.stop())
-    for u in ups:
-        assert u.server is not None
-        u.server.close()
 
 
 @pytest.fixture(scope="module")
@@ -202,28 +118,8 @@ def router(loop: LoopThread) -> Iterator[MeshRouter]:
         yield r
 
 
-def port_of(router: MeshRouter) -> int:
-    assert router.proxy_address is not None
-    return router.proxy_address[1]
 
 
-def users_per_variant(logs: dict[str, UserLog], requests_each: int,
-                      first_cookie: Callable[[str, list[str]], bool] | None = None) -> collections.Counter[str]:
-    """Check that every user saw one variant on every request, with the lane header following it (the whole
-    stack path), and that only the assigning answer set the cookie (`first_cookie(variant, set_cookies)`
-    checks that answer's cookie when given); return how many users each variant got."""
-    first: collections.Counter[str] = collections.Counter()
-    for user, log in logs.items():
-        assert len(log.served) == requests_each
-        assert len(set(log.served)) == 1, f"{user} saw {set(log.served)}"
-        variant = log.served[0].removeprefix("shop-")
-        assert set(log.lanes) == {variant}, "the lane header follows the variant (the whole stack path)"
-        assert log.sent_cookie[0] is None and set(log.sent_cookie[1:]) == {f"{COOKIE}={variant}"}
-        if first_cookie is not None:
-            assert first_cookie(variant, log.set_cookies[0]), log.set_cookies[0]
-        assert all(not s for s in log.set_cookies[1:])  # sticky answers leave the cookie alone
-        first[variant] += 1
-    return first
 
 
 def test_the_recommended_objects_are_valid_for_istio_and_the_router() -> None:

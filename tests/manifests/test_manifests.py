@@ -47,31 +47,18 @@ from tests.support.k8s_schema import (
     structural_problems,
 )
 from tests.support.paths import REPO
+from tests.support.rbac import CONTROLLER_NS, EXPECTED_PERMISSIONS, STACK_NS
 
 ROOT = REPO
 MANIFESTS = ROOT / "manifests"
 ISTIO = ROOT / "istio"
 CRD_FILE = MANIFESTS / "crd" / "stackreleases.yaml"
-STACK_NS = "search"
-CONTROLLER_NS = "stack-canary-system"
 SERVICE_ACCOUNT = "stack-canary"
 LEASE = "stack-canary-controller"
 REGISTRY = "keenioustakehome.azurecr.io/devops"
 
 # Everything the controller's ServiceAccount may do: (namespace or "cluster", apiGroup, resource, verb).
 # The Kubernetes adapter's own test can compare its API calls against this list.
-EXPECTED_PERMISSIONS = {
-    *(("cluster", "stackcanary.dev", "stackreleases", v) for v in ("get", "list", "watch", "patch")),
-    ("cluster", "stackcanary.dev", "stackreleases/status", "update"),
-    ("cluster", "stackcanary.dev", "stackreleases/finalizers", "update"),
-    *((STACK_NS, "apps", "deployments", v) for v in ("list", "create", "patch")),
-    *((STACK_NS, "networking.istio.io", r, v)
-      for r in ("virtualservices", "destinationrules")
-      for v in ("list", "create", "patch")),
-    (STACK_NS, "", "events", "create"),
-    *((STACK_NS, "autoscaling", "horizontalpodautoscalers", v) for v in ("get", "list", "create")),
-    *((CONTROLLER_NS, "coordination.k8s.io", "leases", v) for v in ("get", "create", "update")),
-}
 
 Obj = dict[str, Any]
 
@@ -251,7 +238,7 @@ ACCEPTED = {
 
 
 def _demo_release() -> Obj:
-    from demo.canary import demo_release
+    from demo.harness import demo_release
 
     release: Obj = demo_release(10.0)
     return release

@@ -16,8 +16,8 @@ import yaml
 from analysis.observations import MetricsQuery, WindowCounts
 from controller.adapters.kubernetes.client import DEPLOYMENTS, RELEASES, KubeApi, Obj
 from controller.adapters.kubernetes.leader import LeaseElector
-from controller.adapters.kubernetes.loop import Controller, ControllerConfig
 from controller.adapters.kubernetes.routing import IstioRouter
+from controller.adapters.kubernetes.running import Controller, ControllerConfig
 from controller.core.status import Phase, ReleaseStatus
 from tests.support.fakes import FakeClock, FakeMetrics, VersionModel
 from tests.support.istio_schema import istio_errors

@@ -8,8 +8,8 @@
   exact and deterministic (floors of the integrated floats), so a healthy canary passes and a failing
   one fails without any noise to flake on.
 - `MetricsExporter` serves them as Prometheus text on a loopback port, for a real Prometheus to scrape.
-- `FakePrometheus` answers the two queries `controller.adapters.prometheus.client` sends (raw range samples at `end`, and
-  `last_over_time` at `start`) from samples `MeshTraffic.sample()` recorded, and misbehaves on
+- `FakePrometheus` answers the two queries `controller.adapters.prometheus.client` sends (raw range samples at
+  `end`, and `last_over_time` at `start`) from samples `MeshTraffic.sample()` recorded, and misbehaves on
   command: down (connection refused), slow (answers after a delay), partial (series of one version
   missing), counter resets, stale (a version's series stop getting samples).
 """

@@ -1,0 +1,1 @@
+"""Outgoing HTTP: release hooks, chat and webhook notifications, their URL policy, signing and retries."""

@@ -1,6 +1,6 @@
 """Outgoing webhook deliveries: URL policy, signing, timeouts, bounded retries with backoff.
 
-One small client serves the notifiers (`controller.adapters.http.notifiers`) and the release hooks (`controller.adapters.http.hooks`), so
+One small client serves the notifiers (`notifiers.py`) and the release hooks (`hooks.py`) beside it, so
 both refuse the same URLs, sign the same way and retry the same way. A delivery never raises: it returns a
 `Delivery` saying what happened, and the caller decides whether that matters (a dead chat webhook must not
 stop a rollback; a failed pre-rollout hook must stop a start).

@@ -7,16 +7,24 @@ replicas racing for it exactly one wins (the other gets 409). A holder that has 
 `renew_deadline` stops calling itself leader *before* the lease can expire for the others, so two
 leaders never write at once. On a graceful stop the holder releases the lease (empty holder, 1 s
 duration) so that a standby takes over at once instead of after expiry.
+
+`Leadership` is what the controller does around the election: without an elector every replica leads;
+with one, writes go through `LeaderOnlyApi` (refused the moment this replica stops being the leader, even
+in the middle of a tick), a replica that just became leader is told (`on_elected`: it queues every
+release), the `stack_canary_leader` gauge follows, and a graceful stop releases the lease.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from controller.adapters.kubernetes.client import LEASES, ApiConflict, ApiNotFound, KubeApi, Obj
+from controller.adapters.kubernetes.client import LEASES, ApiConflict, ApiNotFound, KubeApi, LeaderOnlyApi, Obj
 from controller.adapters.kubernetes.events import rfc3339
+from controller.adapters.kubernetes.health import Telemetry
 from controller.ports import Clock, PortError
 
 log = logging.getLogger(__name__)
@@ -119,3 +127,51 @@ class LeaseElector:
         except PortError as exc:
             log.warning("could not release the lease: %s", exc.reason)
         self._renewed_at = None
+
+
+class Leadership:
+    """The controller's side of the election: who may write, one round, the election thread, stepping down."""
+
+    def __init__(self, elector: LeaseElector | None, telemetry: Telemetry,
+                 on_elected: Callable[[], None] | None = None) -> None:
+        self.elector = elector
+        self.telemetry = telemetry
+        self.on_elected = on_elected
+
+    def guard(self, api: KubeApi) -> KubeApi:
+        """`api`, or with an election, `api` refusing writes whenever this replica is not the leader."""
+        return LeaderOnlyApi(api, self.may_write) if self.elector is not None else api
+
+    def may_write(self) -> bool:
+        return self.elector is None or self.elector.is_leader()
+
+    @property
+    def retry_period(self) -> float:
+        """How long a standby waits before it asks again (and a tick it may not run is put off)."""
+        return self.elector.retry_period if self.elector is not None else 1.0
+
+    def elect(self) -> bool:
+        """One election round; a replica that just became leader tells `on_elected`."""
+        if self.elector is None:
+            return True
+        was = self.elector.is_leader()
+        now = self.elector.try_acquire_or_renew()
+        self.telemetry.leader.set(1.0 if now else 0.0)
+        if now and not was:
+            log.info("%s is the leader now", self.elector.identity)
+            if self.on_elected is not None:
+                self.on_elected()
+        return now
+
+    def elect_forever(self, stop: threading.Event) -> None:
+        """The election thread: a round every retry period until `stop` is set."""
+        assert self.elector is not None
+        while not stop.is_set():
+            self.elect()
+            stop.wait(self.elector.retry_period)
+
+    def step_down(self) -> None:
+        """On a graceful stop: give the lease up so that a standby takes over at once."""
+        if self.elector is not None:
+            self.elector.release()
+            self.telemetry.leader.set(0.0)

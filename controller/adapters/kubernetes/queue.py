@@ -1,14 +1,19 @@
-"""The work queue: releases due for a tick, at most one tick per release at a time, with backoff.
+"""Queueing: releases due for a tick, at most one tick per release at a time, with backoff; the workers.
 
 A key (namespace, name) is either waiting (with the time it is due), in flight (a worker ticks it), or
 absent. Adding a key that is in flight marks it to run again when the worker is done, at the earliest of
 the times asked for; adding a waiting key keeps the earlier due time. Failures grow a per-key
 exponential backoff (base * 2^n, capped) that `forget` resets after a good tick.
+
+The workers pop keys and hand each to a `tick` callable: `work` blocks in real time until `stop` is set
+(one per worker thread), `run_due` ticks what is due now and returns (the synchronous driver of tests and
+benchmarks that move a fake clock).
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from controller.ports import Clock
 
@@ -87,3 +92,30 @@ class WorkQueue:
 
     def waiting(self) -> int:
         return len(self._due)
+
+
+def run_due(queue: WorkQueue, tick: Callable[[Key], object], limit: int | None = None) -> int:
+    """Tick every release that is due now, one after the other; how many were ticked."""
+    done = 0
+    while limit is None or done < limit:
+        key = queue.pop_due()
+        if key is None:
+            break
+        try:
+            tick(key)
+        finally:
+            queue.done(key)
+        done += 1
+    return done
+
+
+def work(queue: WorkQueue, tick: Callable[[Key], object], stop: threading.Event) -> None:
+    """One worker thread: tick each key as it falls due, until `stop` is set."""
+    while not stop.is_set():
+        key = queue.get(stop)
+        if key is None:
+            continue
+        try:
+            tick(key)
+        finally:
+            queue.done(key)

@@ -60,7 +60,8 @@ from controller.ports import PermanentError, TemporaryError
 log = logging.getLogger(__name__)
 
 OWNED_ROUTES = frozenset({ENTRY_ROUTE, CANARY_LANE_ROUTE, STABLE_LANE_ROUTE, ASSIGN_ROUTE})
-# An experiment's per-variant routes: `<prefix><variant>`, the variant a DNS label (controller.adapters.istio.experiment).
+# An experiment's per-variant routes: `<prefix><variant>`, the variant a DNS label
+# (controller.adapters.istio.experiment).
 OWNED_ROUTE_PATTERN = re.compile(r"^(sticky|cohort|lane)-[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 OWNED_SUBSETS = frozenset({"stable", "canary"})
 ANNOTATION_ADOPTED = "stack-canary.dev/adopted"

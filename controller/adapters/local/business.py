@@ -5,10 +5,10 @@ This module owns `LocalBusinessMetrics`. The search stack counts `searchstack_im
 clicks' values (`searchstack_click_value_total`, `searchstack_click_value_squares_total`). A proportion
 primary metric (any name, e.g. `click-through`) is clicks per impression; a mean one (`kind: mean`, any
 name, e.g. `click-value`) is the mean value per click: count = clicks, total = the values' sum, squares =
-their squares' sum (`MEAN_COUNTERS`). the local
-router's Istio metrics do not carry them, so this source scrapes every running process of the queried
-service directly (no Prometheus in between) and differences each process's counters against its previous
-scrape. A window is therefore (previous call, this call] — the same convention as `DirectMetrics`.
+their squares' sum (`MEAN_COUNTERS`). The local mesh router's Istio metrics do not carry them, so this
+source scrapes every running process of the queried service directly (no Prometheus in between) and
+differences each process's counters against its previous scrape. A window is therefore (previous call,
+this call] — the same convention as `DirectMetrics`.
 
 Counter handling: a process seen for the first time after `prime()` started inside the window, so all of
 its counts belong to it; a counter that went down was reset (process restarted on the same port) and

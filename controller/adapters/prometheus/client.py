@@ -1,8 +1,9 @@
 """The Prometheus metrics provider: Istio's raw counters for a release, read at aligned instants.
 
-This module owns talking to Prometheus (through prometheus-api-client): its configuration, PromQL
-escaping, the grouped queries for a release, turning answers into series, and custom metrics from
-PromQL templates. The differencing itself is `analysis.counters` (pure).
+This module owns talking to Prometheus (through prometheus-api-client): its configuration (read with the
+project's one reader, `analysis.reader`), PromQL escaping, the grouped queries for a release, turning
+answers into series, and custom metrics from PromQL templates. The differencing itself is
+`analysis.counters` (pure).
 
 Two queries per tick cover every service and version of a release (regex selectors, never one query per
 service x metric): the raw samples of `istio_requests_total` and `..._bucket` inside the window, and the
@@ -46,6 +47,7 @@ from analysis.counters import (
     window_counts,
 )
 from analysis.observations import MetricsQuery, WindowCounts
+from analysis.reader import CONFIG_WORDING, Reader
 
 __all__ = [
     "BasicAuth",
@@ -70,6 +72,7 @@ SERVICE_LABEL = "destination_service_name"
 VERSION_LABEL = "destination_version"
 
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_METRIC_NAME = re.compile(r"[a-zA-Z0-9_.-]+")
 _PLACEHOLDERS = (
     "namespace", "service", "version", "reporter", "services_regex", "versions_regex",
     "selector", "matchers", "window",
@@ -201,176 +204,121 @@ class PrometheusConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], path: str = "prometheus") -> PrometheusConfig:
-        return _ConfigReader(d, path).config()
+        """Read the config with the project's one reader; the first wrong value raises PrometheusConfigError."""
+        return _read_config(Reader(fail=PrometheusConfigError, wording=CONFIG_WORDING), d, path)
 
 
-class _ConfigReader:
-    """Reads a PrometheusConfig from plain data, naming the exact path of the first wrong value."""
-
-    _KEYS = frozenset({
-        "url", "bearer_token_file", "basic_auth", "tls_verify", "ca_file", "timeout_seconds", "retries",
-        "backoff_seconds", "lookback_seconds", "namespace_label", "error_codes", "custom_metrics",
-    })
-
-    def __init__(self, d: Mapping[str, Any], path: str) -> None:
-        if not isinstance(d, Mapping):
-            raise PrometheusConfigError(path, f"must be a mapping, got {type(d).__name__}")
-        self.d, self.path = d, path
-        _no_unknown_keys(d, self._KEYS, path)
-
-    def config(self) -> PrometheusConfig:
-        d, p = self.d, self.path
-        token = _optional_str(d, "bearer_token_file", p)
-        basic = self.basic_auth()
-        if token and basic:
-            raise PrometheusConfigError(p, "set bearer_token_file or basic_auth, not both")
-        return PrometheusConfig(
-            url=self.url(),
-            bearer_token_file=token,
-            basic_auth=basic,
-            tls_verify=_bool(d, "tls_verify", p, True),
-            ca_file=_optional_str(d, "ca_file", p),
-            timeout_seconds=_number(d, "timeout_seconds", p, 5.0, positive=True),
-            retries=_count(d, "retries", p, 2),
-            backoff_seconds=_number(d, "backoff_seconds", p, 0.5),
-            lookback_seconds=_number(d, "lookback_seconds", p, 600.0, positive=True),
-            namespace_label=_label_name(
-                d, "namespace_label", p, "destination_service_namespace", empty_ok=True
-            ),
-            error_codes=self.error_codes(),
-            custom_metrics=self.custom_metrics(),
-        )
-
-    def url(self) -> str:
-        value = _optional_str(self.d, "url", self.path)
-        where = f"{self.path}.url"
-        if not value:
-            raise PrometheusConfigError(where, "is required (e.g. http://prometheus.istio-system:9090)")
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise PrometheusConfigError(where, f"must be an http(s):// URL with a host, got {value!r}")
-        if parts.username or parts.password:
-            raise PrometheusConfigError(where, "must not carry credentials; use basic_auth.password_file")
-        if parts.query or parts.fragment:
-            raise PrometheusConfigError(where, "must not have a query string or fragment")
-        return value.rstrip("/")
-
-    def basic_auth(self) -> BasicAuth | None:
-        raw = self.d.get("basic_auth")
-        where = f"{self.path}.basic_auth"
-        if raw is None:
-            return None
-        if not isinstance(raw, Mapping):
-            raise PrometheusConfigError(where, "must be a mapping with username and password_file")
-        _no_unknown_keys(raw, frozenset({"username", "password_file"}), where)
-        username = _optional_str(raw, "username", where)
-        password_file = _optional_str(raw, "password_file", where)
-        if not username:
-            raise PrometheusConfigError(f"{where}.username", "is required")
-        if not password_file:
-            raise PrometheusConfigError(f"{where}.password_file", "is required (a file holding the password)")
-        return BasicAuth(username, password_file)
-
-    def error_codes(self) -> tuple[str, ...]:
-        raw = self.d.get("error_codes", ["5"])
-        where = f"{self.path}.error_codes"
-        if not isinstance(raw, list) or not raw:
-            raise PrometheusConfigError(where, "must be a non-empty list of response code prefixes: ['5']")
-        for i, code in enumerate(raw):
-            valid = isinstance(code, str | int) and not isinstance(code, bool)
-            if not valid or not re.fullmatch(r"[0-9]{1,3}", str(code)):
-                message = f"{code!r} is not a response code prefix (1-3 digits)"
-                raise PrometheusConfigError(f"{where}[{i}]", message)
-        return tuple(str(c) for c in raw)
-
-    def custom_metrics(self) -> dict[str, CustomMetric]:
-        raw = self.d.get("custom_metrics", {})
-        where = f"{self.path}.custom_metrics"
-        if not isinstance(raw, Mapping):
-            raise PrometheusConfigError(where, "must be a mapping of metric name to its definition")
-        return {name: _custom_metric(name, spec, f"{where}.{name}") for name, spec in raw.items()}
+_CONFIG_FIELDS = (
+    "url", "bearer_token_file", "basic_auth", "tls_verify", "ca_file", "timeout_seconds", "retries",
+    "backoff_seconds", "lookback_seconds", "namespace_label", "error_codes", "custom_metrics",
+)
 
 
-def _custom_metric(name: object, spec: object, where: str) -> CustomMetric:
-    if not isinstance(name, str) or not re.fullmatch(r"[a-zA-Z0-9_.-]+", name):
-        raise PrometheusConfigError(where, "a custom metric name uses letters, digits, '_', '.', '-'")
-    if not isinstance(spec, Mapping):
-        raise PrometheusConfigError(where, "must be a mapping with kind and its templates")
-    kind = spec.get("kind")
-    needed = {"counter_pair": ("numerator", "denominator"), "value": ("query",)}
-    if kind not in needed:
-        raise PrometheusConfigError(f"{where}.kind", f"must be 'counter_pair' or 'value', got {kind!r}")
-    _no_unknown_keys(spec, frozenset({"kind", "service_label", "version_label", *needed[kind]}), where)
+def _read_config(r: Reader, d: Any, p: str) -> PrometheusConfig:
+    d = r.fields(d, p, _CONFIG_FIELDS)
+    token = r.optional_string(d.get("bearer_token_file"), f"{p}.bearer_token_file")
+    basic = _basic_auth(r, d.get("basic_auth"), f"{p}.basic_auth")
+    if token and basic:
+        r.problem(p, "set bearer_token_file or basic_auth, not both")
+    return PrometheusConfig(
+        url=_url(r, d.get("url"), f"{p}.url"),
+        bearer_token_file=token,
+        basic_auth=basic,
+        tls_verify=r.boolean(d.get("tls_verify", True), f"{p}.tls_verify"),
+        ca_file=r.optional_string(d.get("ca_file"), f"{p}.ca_file"),
+        timeout_seconds=r.number(d.get("timeout_seconds", 5.0), f"{p}.timeout_seconds", 0, math.inf, what="positive"),
+        retries=r.integer(d.get("retries", 2), f"{p}.retries", 0, what="a whole number >= 0"),
+        backoff_seconds=r.number(d.get("backoff_seconds", 0.5), f"{p}.backoff_seconds", 0, math.inf,
+                                 open_low=False, what=">= 0"),
+        lookback_seconds=r.number(d.get("lookback_seconds", 600.0), f"{p}.lookback_seconds", 0, math.inf,
+                                  what="positive"),
+        namespace_label=_label_name(r, d.get("namespace_label", "destination_service_namespace"),
+                                    f"{p}.namespace_label", empty_ok=True),
+        error_codes=_error_codes(r, d.get("error_codes", ["5"]), f"{p}.error_codes"),
+        custom_metrics=_custom_metrics(r, d.get("custom_metrics", {}), f"{p}.custom_metrics"),
+    )
+
+
+def _url(r: Reader, value: Any, where: str) -> str:
+    url = r.optional_string(value, where)
+    if not url:
+        r.problem(where, "is required (e.g. http://prometheus.istio-system:9090)")
+        return ""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        r.problem(where, f"must be an http(s):// URL with a host, got {url!r}")
+    if parts.username or parts.password:
+        r.problem(where, "must not carry credentials; use basic_auth.password_file")
+    if parts.query or parts.fragment:
+        r.problem(where, "must not have a query string or fragment")
+    return url.rstrip("/")
+
+
+def _basic_auth(r: Reader, value: Any, where: str) -> BasicAuth | None:
+    if value is None:
+        return None
+    d = r.fields(value, where, ("username", "password_file"))
+    username = r.optional_string(d.get("username"), f"{where}.username")
+    password_file = r.optional_string(d.get("password_file"), f"{where}.password_file")
+    if not username:
+        r.problem(f"{where}.username", "is required")
+    if not password_file:
+        r.problem(f"{where}.password_file", "is required (a file holding the password)")
+    return BasicAuth(username or "", password_file or "")
+
+
+def _error_codes(r: Reader, value: Any, where: str) -> tuple[str, ...]:
+    codes = r.items(value, where, "response code prefixes: ['5']")
+    for i, code in enumerate(codes):
+        valid = isinstance(code, str | int) and not isinstance(code, bool)
+        if not valid or not re.fullmatch(r"[0-9]{1,3}", str(code)):
+            r.problem(f"{where}[{i}]", f"{code!r} is not a response code prefix (1-3 digits)")
+    return tuple(str(c) for c in codes)
+
+
+def _custom_metrics(r: Reader, value: Any, where: str) -> dict[str, CustomMetric]:
+    metrics = r.mapping(value, where)
+    return {name: _custom_metric(r, name, spec, f"{where}.{name}") for name, spec in metrics.items()}
+
+
+_TEMPLATES: dict[str, tuple[str, ...]] = {"counter_pair": ("numerator", "denominator"), "value": ("query",)}
+
+
+def _custom_metric(r: Reader, name: str, spec: Any, where: str) -> CustomMetric:
+    r.string(name, where, _METRIC_NAME, what="a custom metric name (letters, digits, '_', '.', '-')")
+    d = r.mapping(spec, where)
+    kind = r.choice(d.get("kind"), f"{where}.kind", tuple(_TEMPLATES))
+    r.unknown_fields(d, where, ("kind", "service_label", "version_label", *_TEMPLATES[kind]))
     templates = {}
-    for key in needed[kind]:
-        template = _optional_str(spec, key, where)
+    for key in _TEMPLATES[kind]:
+        template = r.optional_string(d.get(key), f"{where}.{key}")
         if not template:
-            raise PrometheusConfigError(f"{where}.{key}", f"is required for kind {kind!r}")
-        _check_placeholders(template, f"{where}.{key}", allow_window=(kind == "value"))
-        templates[key] = template
+            r.problem(f"{where}.{key}", f"is required for kind {kind!r}")
+        _check_placeholders(r, template or "", f"{where}.{key}", allow_window=(kind == "value"))
+        templates[key] = template or ""
     return CustomMetric(
         name=name,
-        kind=kind,
-        service_label=_label_name(spec, "service_label", where, SERVICE_LABEL),
-        version_label=_label_name(spec, "version_label", where, VERSION_LABEL),
+        kind="value" if kind == "value" else "counter_pair",
+        service_label=_label_name(r, d.get("service_label", SERVICE_LABEL), f"{where}.service_label"),
+        version_label=_label_name(r, d.get("version_label", VERSION_LABEL), f"{where}.version_label"),
         **templates,
     )
 
 
-def _check_placeholders(template: str, where: str, allow_window: bool) -> None:
+def _check_placeholders(r: Reader, template: str, where: str, allow_window: bool) -> None:
     for match in _ANY_PLACEHOLDER.finditer(template):
         word = match.group(1)
         if word not in _PLACEHOLDERS:
-            raise PrometheusConfigError(where, f"unknown placeholder {{{word}}}; known: {_PLACEHOLDERS}")
-        if word == "window" and not allow_window:
-            raise PrometheusConfigError(
-                where, "{window} is for kind 'value'; counters are differenced over the window already"
-            )
+            r.problem(where, f"unknown placeholder {{{word}}}; known: {_PLACEHOLDERS}")
+        elif word == "window" and not allow_window:
+            r.problem(where, "{window} is for kind 'value'; counters are differenced over the window already")
 
 
-def _no_unknown_keys(d: Mapping[str, Any], known: frozenset[str], path: str) -> None:
-    unknown = sorted(str(k) for k in d if k not in known)
-    if unknown:
-        raise PrometheusConfigError(f"{path}.{unknown[0]}", f"unknown field; expected one of {sorted(known)}")
-
-
-def _optional_str(d: Mapping[str, Any], key: str, path: str) -> str | None:
-    value = d.get(key)
-    if value is not None and not isinstance(value, str):
-        raise PrometheusConfigError(f"{path}.{key}", f"must be a string, got {type(value).__name__}")
-    return value
-
-
-def _bool(d: Mapping[str, Any], key: str, path: str, default: bool) -> bool:
-    value = d.get(key, default)
-    if not isinstance(value, bool):
-        raise PrometheusConfigError(f"{path}.{key}", f"must be true or false, got {value!r}")
-    return value
-
-
-def _number(d: Mapping[str, Any], key: str, path: str, default: float, positive: bool = False) -> float:
-    value = d.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise PrometheusConfigError(f"{path}.{key}", f"must be a number, got {value!r}")
-    if value < 0 or (positive and value == 0):
-        bound = "positive" if positive else ">= 0"
-        raise PrometheusConfigError(f"{path}.{key}", f"must be {bound}, got {value}")
-    return float(value)
-
-
-def _count(d: Mapping[str, Any], key: str, path: str, default: int) -> int:
-    value = d.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise PrometheusConfigError(f"{path}.{key}", f"must be a whole number >= 0, got {value!r}")
-    return value
-
-
-def _label_name(d: Mapping[str, Any], key: str, path: str, default: str, empty_ok: bool = False) -> str:
+def _label_name(r: Reader, value: Any, where: str, empty_ok: bool = False) -> str:
     # Label names go into queries unquoted, so they must be proper label names, nothing else.
-    value = d.get(key, default)
-    if not isinstance(value, str) or not (_LABEL_NAME.fullmatch(value) or (empty_ok and value == "")):
-        raise PrometheusConfigError(f"{path}.{key}", f"must be a Prometheus label name, got {value!r}")
-    return value
+    if empty_ok and value == "":
+        return ""
+    return r.string(value, where, _LABEL_NAME, what="a Prometheus label name")
 
 
 # ---------------------------------------------------------------------------------------------------

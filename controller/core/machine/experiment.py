@@ -1,4 +1,4 @@
-"""The A/B experiment's transitions inside the release state machine (pure, like `controller.core.machine`).
+"""The A/B experiment's transitions inside the release state machine (pure, like the rest of the machine).
 
 An experiment reuses the release phases: Initializing (the new version starts) -> Progressing (the
 experiment runs: users are assigned to variants, each interval is judged) -> Promoting/Succeeded (the
@@ -33,15 +33,10 @@ from analysis.abtest import ABDecision, ABResult, VariantComparison, ab_initial_
 from analysis.decisions import json_clean
 from analysis.judges import make_judge
 from analysis.observations import Verdict, WindowCounts, interval_of
-from controller.core.machine import (
-    Action,
-    Notify,
-    Observation,
-    _analyse,
-    _note_action,
-    _promote_or_gate,
-    _roll_back,
-)
+from controller.core.machine.actions import Notify, Outcome
+from controller.core.machine.analysing import analyse, note_action
+from controller.core.machine.moves import promote_or_gate, roll_back
+from controller.core.observation import Observation
 from controller.core.spec.experiment import ExperimentSpec
 from controller.core.spec.release import ReleaseSpec
 from controller.core.status import Phase, ReleaseStatus
@@ -55,11 +50,11 @@ def _experiment(spec: ReleaseSpec) -> ExperimentSpec:
     return spec.experiment
 
 
-def start(spec: ReleaseSpec, status: ReleaseStatus, now: float, actions: list[Action]) -> ReleaseStatus:
+def start(spec: ReleaseSpec, status: ReleaseStatus, now: float) -> Outcome:
     """The new version is ready: put the experiment's routes in effect and start the clock."""
     exp = _experiment(spec)
     arms = ", ".join(f"{a.name} {a.weight}%" for a in exp.routes.arms)
-    actions.append(Notify("ExperimentStarted", f"A/B experiment on {exp.config.primary.name}: {arms}"))
+    notice = Notify("ExperimentStarted", f"A/B experiment on {exp.config.primary.name}: {arms}")
     state = status.experiment_state or ab_initial_state(exp.config)
     if exp.extra and "guardrails" not in state:
         judge = make_judge(exp.config.guardrails)
@@ -71,7 +66,7 @@ def start(spec: ReleaseSpec, status: ReleaseStatus, now: float, actions: list[Ac
         last_analysis_at=now + exp.settle, first_canary_traffic_at=status.first_canary_traffic_at or now,
         experiment_state=state,
     )
-    return status.with_phase(Phase.PROGRESSING, now, f"experiment running ({arms})")
+    return Outcome(status.with_phase(Phase.PROGRESSING, now, f"experiment running ({arms})"), (notice,))
 
 
 def pair_share(exp: ExperimentSpec, variant: str) -> int:
@@ -80,32 +75,31 @@ def pair_share(exp: ExperimentSpec, variant: str) -> int:
     return round(100 * w_v / (w_v + w_c)) if w_v + w_c > 0 else 0
 
 
-def look(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float,
-         actions: list[Action]) -> ReleaseStatus:
+def look(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float) -> Outcome:
     """One analysis window of a running experiment: guardrails, then the primary metric, then act."""
     exp = _experiment(spec)
-    status, verdict, reason = _analyse(spec, status, obs, now)
+    status, verdict, reason = analyse(spec, status, obs, now)
     harmful = spec.canary.version if verdict is Verdict.FAIL else None
     if exp.extra and verdict is not Verdict.FAIL:
         status, verdict, reason, harmful = _extra_guardrails(spec, status, obs, now, verdict, reason)
     if verdict is Verdict.FAIL:
         status = _with_primary(status, None, "stopped by a guardrail")
-        status = _note_action(status, "stop experiment, roll back")
+        status = note_action(status, "stop experiment, roll back")
         status = replace(status, experiment={**(status.experiment or {}), "decision": ABDecision.HARMFUL.value,
                                              "stoppedBy": "guardrail", "harmful": harmful, "reason": reason})
-        return _roll_back(status, now, Phase.ROLLED_BACK, "AnalysisFailed",
-                          f"{harmful} fails a guardrail: {reason}", actions, decided=True)
+        return roll_back(status, now, Phase.ROLLED_BACK, "AnalysisFailed",
+                         f"{harmful} fails a guardrail: {reason}", decided=True)
     if verdict is Verdict.ERROR:
-        return _error(spec, status, reason, now, actions)
+        return _error(spec, status, reason, now)
     if obs.business is None:
         status = _with_primary(status, None, f"business metrics unavailable: {obs.business_error}")
-        return _error(spec, status, f"business metrics unavailable: {obs.business_error}", now, actions)
+        return _error(spec, status, f"business metrics unavailable: {obs.business_error}", now)
     elapsed = now - (status.step_started_at or now)
     state, result = ab_update(dict(status.experiment_state or ab_initial_state(exp.config)),
                               dict(obs.business), elapsed)
     status = replace(status, experiment_state=state, experiment=result_dict(result, exp, elapsed))
     status = _with_primary(status, result, result.reason)
-    return _act(spec, status, result, elapsed, now, actions)
+    return _act(spec, status, result, elapsed, now)
 
 
 def _extra_guardrails(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float, verdict: Verdict,
@@ -114,7 +108,7 @@ def _extra_guardrails(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation
     state; folded into the look's record (worst verdict, reasons appended, `counts["guardrails"]`)."""
     exp = _experiment(spec)
     if obs.metrics is None:
-        return status, verdict, reason, None  # `_analyse` recorded the outage already
+        return status, verdict, reason, None  # `analyse` recorded the outage already
     missing = [v.version for v in exp.extra if _not_counted(obs.metrics, spec.analysed_services, v.version)]
     if missing:
         why = (f"the metrics source did not count version(s) {', '.join(missing)} (the query must cover every "
@@ -159,62 +153,60 @@ def _merge_record(status: ReleaseStatus, verdict: Verdict, reason: str, verdicts
     return replace(status, history=(*status.history[:-1], merged), last_verdict=merged.verdict)
 
 
-def _error(spec: ReleaseSpec, status: ReleaseStatus, reason: str, now: float, actions: list[Action]
-           ) -> ReleaseStatus:
+def _error(spec: ReleaseSpec, status: ReleaseStatus, reason: str, now: float) -> Outcome:
     errors = status.consecutive_errors + 1
     status = replace(status, consecutive_errors=errors)
     if errors >= spec.policies.rollback_after_errors:
-        status = _note_action(status, "stop experiment, roll back")
-        return _roll_back(status, now, Phase.ROLLED_BACK, "AnalysisError",
-                          f"{errors} analysis errors in a row; last: {reason}", actions, decided=True)
-    actions.append(Notify("AnalysisError", f"experiment holding ({errors}/{spec.policies.rollback_after_errors})"
-                                           f": {reason}", True))
-    return _note_action(status, "hold")
+        status = note_action(status, "stop experiment, roll back")
+        return roll_back(status, now, Phase.ROLLED_BACK, "AnalysisError",
+                         f"{errors} analysis errors in a row; last: {reason}", decided=True)
+    notice = Notify("AnalysisError", f"experiment holding ({errors}/{spec.policies.rollback_after_errors})"
+                                     f": {reason}", True)
+    return Outcome(note_action(status, "hold"), (notice,))
 
 
-def _act(spec: ReleaseSpec, status: ReleaseStatus, result: ABResult, elapsed: float, now: float,
-         actions: list[Action]) -> ReleaseStatus:
+def _act(spec: ReleaseSpec, status: ReleaseStatus, result: ABResult, elapsed: float, now: float) -> Outcome:
     exp = _experiment(spec)
     if result.decision is ABDecision.ERROR:
-        return _error(spec, status, result.reason, now, actions)
+        return _error(spec, status, result.reason, now)
     status = replace(status, consecutive_errors=0)
     if result.decision is ABDecision.HARMFUL:
-        status = _note_action(status, "stop experiment, roll back")
-        return _roll_back(status, now, Phase.ROLLED_BACK, "ExperimentHarmful", result.reason, actions, decided=True)
+        status = note_action(status, "stop experiment, roll back")
+        return roll_back(status, now, Phase.ROLLED_BACK, "ExperimentHarmful", result.reason, decided=True)
     decision, reason = result.decision, result.reason
     if decision is ABDecision.CONTINUE and elapsed >= exp.config.max_duration_s:
         decision, reason = ABDecision.NO_DIFFERENCE, f"maximum duration reached: {reason}"
         status = replace(status, experiment={**(status.experiment or {}), "decision": decision.value,
                                              "reason": reason, "stoppedBy": "maxDuration"})
     if decision is ABDecision.CONTINUE:
-        return _note_action(status, "continue")
-    return _end(spec, status, decision, result.winner, reason, now, actions)
+        return Outcome(note_action(status, "continue"))
+    return _end(spec, status, decision, result.winner, reason, now)
 
 
 def _end(spec: ReleaseSpec, status: ReleaseStatus, decision: ABDecision, winner: str | None, reason: str,
-         now: float, actions: list[Action]) -> ReleaseStatus:
+         now: float) -> Outcome:
     exp = _experiment(spec)
     status = replace(status, decided_at=status.decided_at or now)
-    actions.append(Notify("ExperimentEnded", f"{decision.value}: {reason}"))
+    ended = Notify("ExperimentEnded", f"{decision.value}: {reason}")
     treatment_won = winner == exp.treatment
     other_won = "" if winner is None or treatment_won else (
         f"; the winner {winner} is not spec.canary ({spec.canary.version}): release {winner} to promote it")
     match exp.config.on_end:
         case "promoteWinner" if treatment_won:
-            status = _note_action(status, f"{decision.value}: promote {winner}")
-            return _promote_or_gate(spec, status, now, actions)
+            status = note_action(status, f"{decision.value}: promote {winner}")
+            return promote_or_gate(spec, status, now).after(ended)
         case "waitForOperator":
-            status = _note_action(status, f"{decision.value}: wait for an operator")
-            actions.append(Notify("AwaitingPromotion", "experiment ended; set spec.approvePromotion to promote "
-                                                       f"{spec.canary.version}, or spec.abort to keep stable"
-                                                       f"{other_won}"))
+            status = note_action(status, f"{decision.value}: wait for an operator")
+            waiting = Notify("AwaitingPromotion", "experiment ended; set spec.approvePromotion to promote "
+                                                  f"{spec.canary.version}, or spec.abort to keep stable{other_won}")
             status = status.with_condition("Paused", "True", "AwaitingPromotion", "experiment ended", now)
-            return status.with_phase(Phase.PAUSED, now, f"experiment ended ({decision.value}); awaiting an operator")
+            return Outcome(status.with_phase(Phase.PAUSED, now, f"experiment ended ({decision.value}); "
+                                                                "awaiting an operator"), (ended, waiting))
         case _:
-            status = _note_action(status, f"{decision.value}: keep {spec.stable.version}")
-            return _roll_back(status, now, Phase.ROLLED_BACK, "ExperimentEnded",
-                              f"experiment ended ({decision.value}): {reason}; keeping {spec.stable.version}"
-                              f"{other_won}", actions, decided=True)
+            status = note_action(status, f"{decision.value}: keep {spec.stable.version}")
+            return roll_back(status, now, Phase.ROLLED_BACK, "ExperimentEnded",
+                             f"experiment ended ({decision.value}): {reason}; keeping {spec.stable.version}"
+                             f"{other_won}", decided=True).after(ended)
 
 
 def _with_primary(status: ReleaseStatus, result: ABResult | None, reason: str) -> ReleaseStatus:

@@ -1,4 +1,4 @@
-"""Revisions of a release and the operator's overrides: pure functions that `machine.step` calls.
+"""Revisions of a release and the operator's overrides: pure functions that the machine's `step` calls.
 
 One StackRelease lives through many releases of its stack. The status says which one is running: its
 `revision` (1 for the first), its `attempt` (1, then one more per retry) and the `versions` it moves
@@ -18,7 +18,8 @@ archived in `status.revisions` (the newest `REVISIONS_LIMIT`), each with its out
   Each is recorded as a decision with the verdict "operator". Neither skips confirmPromotion hooks: an
   outside system's gate is not the operator's to overrule.
 
-Like `experiment_machine`, this module builds on the machine's transitions; `machine` imports it lazily.
+Like `experiment`, this module builds on the moves of `moves` (enter a step, promote); each function that
+decides returns an `Outcome`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Literal
 
-from controller.core.machine import Action, Notify, _enter_step, _promote_or_gate
+from controller.core.machine.actions import Notify, Outcome
+from controller.core.machine.moves import enter_step, promote_or_gate
 from controller.core.spec.release import ReleaseSpec
 from controller.core.status import (
     REVISIONS_LIMIT,
@@ -84,7 +86,7 @@ def restart(spec: ReleaseSpec, status: ReleaseStatus, how: Restart) -> ReleaseSt
     )
 
 
-def begin_tick(spec: ReleaseSpec, status: ReleaseStatus, actions: list[Action]) -> ReleaseStatus:
+def begin_tick(spec: ReleaseSpec, status: ReleaseStatus) -> Outcome:
     """Before the transition: restart a finished release when asked to, else keep `versions` current.
 
     In flight, the versions follow the spec (an edit in flight applies to the running release, as it
@@ -93,21 +95,21 @@ def begin_tick(spec: ReleaseSpec, status: ReleaseStatus, actions: list[Action]) 
     how = should_restart(spec, status)
     if how is None:
         if status.phase.final:
-            return status
-        return replace(status, versions=versions_of(spec), retries=max(status.retries, spec.retry))
+            return Outcome(status)
+        return Outcome(replace(status, versions=versions_of(spec), retries=max(status.retries, spec.retry)))
     fresh = restart(spec, status, how)
     v = fresh.versions or versions_of(spec)
     if how == "revision":
-        actions.append(Notify("RevisionStarted", f"revision {fresh.revision}: {v.stable} -> {v.canary} "
-                                                 f"(revision {status.revision} ended {status.phase.value})"))
+        notices = [Notify("RevisionStarted", f"revision {fresh.revision}: {v.stable} -> {v.canary} "
+                                             f"(revision {status.revision} ended {status.phase.value})")]
     else:
-        actions.append(Notify("Retrying", f"attempt {fresh.attempt} of revision {fresh.revision}: {v.stable} -> "
-                                          f"{v.canary} again (attempt {status.attempt} ended {status.phase.value})"))
+        notices = [Notify("Retrying", f"attempt {fresh.attempt} of revision {fresh.revision}: {v.stable} -> "
+                                      f"{v.canary} again (attempt {status.attempt} ended {status.phase.value})")]
     leftover = leftover_overrides(spec)
     if leftover:
-        actions.append(Notify("OperatorFieldsSet", f"{', '.join(leftover)} still set from before: they apply "
+        notices.append(Notify("OperatorFieldsSet", f"{', '.join(leftover)} still set from before: they apply "
                                                    "to this attempt too", warning=True))
-    return fresh
+    return Outcome(fresh, tuple(notices))
 
 
 def leftover_overrides(spec: ReleaseSpec) -> list[str]:
@@ -117,19 +119,13 @@ def leftover_overrides(spec: ReleaseSpec) -> list[str]:
     return [name for name, on in fields.items() if on]
 
 
-def operator_override(spec: ReleaseSpec, status: ReleaseStatus, now: float, actions: list[Action]
-                      ) -> ReleaseStatus | None:
+def operator_override(spec: ReleaseSpec, status: ReleaseStatus, now: float) -> Outcome | None:
     """promoteFull or skipStep acted on, or None when neither applies now."""
     if status.phase not in (Phase.PROGRESSING, Phase.PAUSED):
         return None
-    t = now - (status.started_at or now)
     if spec.promote_full:
-        if not promoted_by_operator(status):  # once: it may wait at a confirmPromotion hook's gate after
-            status = status.with_decision(DecisionRecord(now, t, status.step, status.canary_weight, OPERATOR,
-                                                         PROMOTED_BY_OPERATOR, "promote"))
-            actions.append(Notify("OperatorPromoted", f"{PROMOTED_BY_OPERATOR}: the remaining steps and their "
-                                                      "analysis are skipped", warning=True))
-        return _promote_or_gate(replace(spec, approve_promotion=True), status, now, actions)
+        return _promote_full(spec, status, now)
+    t = now - (status.started_at or now)
     number = status.step + 1
     if spec.skip_step != number or spec.experiment is not None or _at_gate(status):
         return None
@@ -137,11 +133,24 @@ def operator_override(spec: ReleaseSpec, status: ReleaseStatus, now: float, acti
     status = status.with_decision(DecisionRecord(now, t, status.step, status.canary_weight, OPERATOR,
                                                  f"step {number} skipped by an operator (promote)",
                                                  "promote" if last else "next step"))
-    actions.append(Notify("StepSkipped", f"the analysis of step {number} was skipped by an operator", warning=True))
+    skipped = Notify("StepSkipped", f"the analysis of step {number} was skipped by an operator", warning=True)
     status = status.with_condition("Analysis", "True", "Skipped", f"step {number} skipped by an operator", now)
     if last:
-        return _promote_or_gate(spec, status, now, actions)
-    return _enter_step(spec, status, number, now, actions)
+        return promote_or_gate(spec, status, now).after(skipped)
+    return enter_step(spec, status, number, now).after(skipped)
+
+
+def _promote_full(spec: ReleaseSpec, status: ReleaseStatus, now: float) -> Outcome:
+    """promoteFull: promote now (it counts as approval at the manual gate), recorded once as the operator's
+    decision, since it may wait at a confirmPromotion hook's gate after."""
+    if promoted_by_operator(status):
+        return promote_or_gate(replace(spec, approve_promotion=True), status, now)
+    t = now - (status.started_at or now)
+    status = status.with_decision(DecisionRecord(now, t, status.step, status.canary_weight, OPERATOR,
+                                                 PROMOTED_BY_OPERATOR, "promote"))
+    promoted = Notify("OperatorPromoted", f"{PROMOTED_BY_OPERATOR}: the remaining steps and their analysis are "
+                                          "skipped", warning=True)
+    return promote_or_gate(replace(spec, approve_promotion=True), status, now).after(promoted)
 
 
 def promoted_by_operator(status: ReleaseStatus) -> bool:

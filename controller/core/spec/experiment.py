@@ -11,8 +11,8 @@ variant that wins is reported, and the release keeps stable (see `controller.cor
 The statistics' fields are those of `analysis.abtest.ExperimentConfig` (alpha, primaryMetric,
 minSamples, confidenceSequence, sampleRatioOn, guardrails, onEnd, ...), except that the duration bounds
 are durations (`minDuration: 2m`); the routing fields are `cookie`, `cookieMaxAge`, `cohortHeader`, and
-the analysis cadence `interval` and `settle`. Problems are reported with their full path, like the rest
-of `controller.core.spec.release`.
+the analysis cadence `interval` and `settle`. Problems are recorded with their full path on the release's
+reader (`analysis.reader.Reader`), which `controller.core.spec.release` hands down.
 """
 
 from __future__ import annotations
@@ -20,14 +20,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from analysis.abtest import ExperimentConfig, InvalidExperimentConfig
-from analysis.config import CHECKS, InvalidAnalysisConfig
+from analysis.config import CHECKS
+from analysis.reader import Reader
 from controller.core.plan import ExperimentArm, ExperimentRoutes
-
-if TYPE_CHECKING:
-    from controller.core.spec.release import _Reader
 
 PATH = "spec.strategy.abTest"
 ROUTING_FIELDS = ("interval", "settle", "cookie", "cookieMaxAge", "cohortHeader", "minDuration", "maxDuration")
@@ -67,10 +65,9 @@ class ExperimentSpec:
         return tuple(a.version for a in self.routes.arms)
 
 
-def parse_ab_test(r: _Reader, value: Any, stable: str, canary: str) -> ExperimentSpec | None:
+def parse_ab_test(r: Reader, value: Any, stable: str, canary: str) -> ExperimentSpec | None:
     """The experiment, or None after recording its problems on `r`."""
-    m = r.mapping(value, PATH)
-    r.unknown(m, PATH, KNOWN)
+    m = r.fields(value, PATH, KNOWN)
     interval = r.duration(m.get("interval"), f"{PATH}.interval", 30.0, 0.5)
     settle = r.duration(m.get("settle"), f"{PATH}.settle", min(interval / 4, 30.0))
     if settle >= interval:
@@ -104,7 +101,7 @@ def parse_ab_test(r: _Reader, value: Any, stable: str, canary: str) -> Experimen
     return None if routes is None else ExperimentSpec(config, routes, interval, settle, canary, extra)
 
 
-def _variant_images(r: _Reader, variants: Any) -> dict[str, Mapping[str, str]] | None:
+def _variant_images(r: Reader, variants: Any) -> dict[str, Mapping[str, str]] | None:
     """`images` per variant name (checked: a mapping of service -> image); None when no variant has any."""
     if not isinstance(variants, list) or not any(isinstance(v, Mapping) and "images" in v for v in variants):
         return None
@@ -130,18 +127,18 @@ def _guardrails(value: Any) -> Any:
     return value
 
 
-def _config(r: _Reader, stats: Mapping[str, Any]) -> ExperimentConfig | None:
+def _config(r: Reader, stats: Mapping[str, Any]) -> ExperimentConfig | None:
+    """The statistics' config (read by `analysis.abtest`, which stops at the first problem), or None after
+    recording that problem on `r` under the spec's names of the duration bounds."""
     try:
         return ExperimentConfig.from_dict(dict(stats), path=PATH)
     except InvalidExperimentConfig as exc:
-        r.problems.append(str(exc).replace(f"{PATH}.minDurationSeconds", f"{PATH}.minDuration")
-                          .replace(f"{PATH}.maxDurationSeconds", f"{PATH}.maxDuration"))
-    except InvalidAnalysisConfig as exc:
-        r.problems.extend(str(exc).split("; "))
+        path = exc.path.replace(f"{PATH}.minDurationSeconds", f"{PATH}.minDuration")
+        r.problem(path.replace(f"{PATH}.maxDurationSeconds", f"{PATH}.maxDuration"), exc.message)
     return None
 
 
-def _routes(r: _Reader, m: Mapping[str, Any], config: ExperimentConfig, stable: str, canary: str
+def _routes(r: Reader, m: Mapping[str, Any], config: ExperimentConfig, stable: str, canary: str
             ) -> ExperimentRoutes | None:
     cookie = r.string(m.get("cookie"), f"{PATH}.cookie", _COOKIE, default="ab", what="a cookie name")
     header = m.get("cohortHeader")

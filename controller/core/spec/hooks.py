@@ -1,6 +1,8 @@
 """Release hooks as the release spec declares them (`spec.hooks`), and what a call came to.
 
-Pure: parsing and the result type only. The calls themselves are made by `controller.adapters.http.hooks.HttpHooks`
+Pure: parsing and the result type only. Parsing goes through the project's one reader (`analysis.reader`):
+`read_hooks` records its problems on the release's reader, `hooks_from_list` / `HookSpec.from_dict` raise
+`InvalidHook` with all of them. The calls themselves are made by `controller.adapters.http.hooks.HttpHooks`
 at the edge; the state machine reads `HookResult.passed`. See `controller.adapters.http.hooks` for what each kind means.
 """
 
@@ -12,11 +14,11 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from analysis.reader import Reader
 from controller.core.urls import RefusedUrl, UrlPolicy, redact_url
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)?$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+HOOK_FIELDS = ("name", "kind", "url", "timeout", "retries", "failurePolicy", "secretFile", "metadata")
 MAX_TIMEOUT_SECONDS = 300.0
 MAX_RETRIES = 10
 
@@ -62,139 +64,106 @@ class HookSpec:
     @classmethod
     def from_dict(cls, d: Any, path: str = "spec.hooks[0]", policy: UrlPolicy | None = None) -> HookSpec:
         """Parse one hook or raise InvalidHook naming every problem by its path."""
-        return _HookReader(path, policy or UrlPolicy()).read(d)
+        r = Reader()
+        hook = read_hook(r, d, path, policy)
+        r.raise_if_problems(InvalidHook)
+        assert hook is not None, "a hook without problems"
+        return hook
 
     def __repr__(self) -> str:
         return f"HookSpec({self.name!r}, {self.kind.value}, {redact_url(self.url)})"
 
 
 def hooks_from_list(value: Any, path: str = "spec.hooks", policy: UrlPolicy | None = None) -> tuple[HookSpec, ...]:
-    """Parse the list of hooks of a release spec, collecting the problems of all of them."""
+    """Parse the list of hooks of a release spec or raise InvalidHook with the problems of all of them."""
+    r = Reader()
+    hooks = read_hooks(r, value, path, policy)
+    r.raise_if_problems(InvalidHook)
+    return hooks
+
+
+def read_hooks(r: Reader, value: Any, path: str = "spec.hooks", policy: UrlPolicy | None = None
+               ) -> tuple[HookSpec, ...]:
+    """The hooks of `value` (None: none), every problem recorded on `r`; a hook with problems is left out."""
     if value is None:
         return ()
-    if not isinstance(value, list):
-        raise InvalidHook([f"{path}: must be a list of hooks"])
-    hooks: list[HookSpec] = []
-    problems: list[str] = []
-    for i, item in enumerate(value):
-        try:
-            hooks.append(HookSpec.from_dict(item, f"{path}[{i}]", policy))
-        except InvalidHook as exc:
-            problems.extend(exc.problems)
+    hooks = [hook for i, item in enumerate(r.items(value, path, "hooks", non_empty=False))
+             if (hook := read_hook(r, item, f"{path}[{i}]", policy)) is not None]
     names = [h.name for h in hooks]
-    problems += [f"{path}: the name {n!r} is used more than once" for n in sorted(set(names)) if names.count(n) > 1]
-    if problems:
-        raise InvalidHook(problems)
+    for name in sorted(set(names)):
+        if names.count(name) > 1:
+            r.problem(path, f"the name {name!r} is used more than once")
     return tuple(hooks)
 
 
-class _HookReader:
-    KNOWN = ("name", "kind", "url", "timeout", "retries", "failurePolicy", "secretFile", "metadata")
+def read_hook(r: Reader, value: Any, path: str, policy: UrlPolicy | None = None) -> HookSpec | None:
+    """One hook, or None after recording its problems on `r`."""
+    if not isinstance(value, Mapping):
+        r.mapping(value, path)  # records why it is not one
+        return None
+    mark = len(r.problems)
+    d = r.fields(value, path, HOOK_FIELDS)
+    # A stand-in kind for a wrong one: the hook is dropped, so its kind-dependent defaults do not matter.
+    kind = HookKind(r.choice(d.get("kind"), f"{path}.kind", tuple(HookKind)))
+    hook = HookSpec(
+        name=r.string(d.get("name"), f"{path}.name", _NAME, default=kind.value,
+                      what="a DNS label (lower-case letters, digits, '-')"),
+        kind=kind, url=_url(r, d.get("url"), f"{path}.url", policy or UrlPolicy()),
+        timeout=_timeout(r, d.get("timeout"), f"{path}.timeout"),
+        retries=_retries(r, d.get("retries"), f"{path}.retries", kind),
+        failure_policy=_failure_policy(r, d.get("failurePolicy"), f"{path}.failurePolicy", kind),
+        secret_file=_secret_file(r, d.get("secretFile"), f"{path}.secretFile"),
+        metadata=_metadata(r, d.get("metadata"), f"{path}.metadata"))
+    return hook if len(r.problems) == mark else None
 
-    def __init__(self, path: str, policy: UrlPolicy) -> None:
-        self.path, self.policy = path, policy
-        self.problems: list[str] = []
 
-    def problem(self, field_: str, message: str) -> None:
-        self.problems.append(f"{self.path}.{field_}: {message}" if field_ else f"{self.path}: {message}")
-
-    def read(self, d: Any) -> HookSpec:
-        if not isinstance(d, Mapping):
-            raise InvalidHook([f"{self.path}: must be a mapping, not {type(d).__name__}"])
-        for key in d:
-            if key not in self.KNOWN:
-                self.problem(str(key), f"is not a known field (known: {', '.join(self.KNOWN)})")
-        kind = self._kind(d.get("kind"))
-        hook = HookSpec(
-            name=self._name(d.get("name"), kind), kind=kind or HookKind.POST_ROLLOUT, url=self._url(d.get("url")),
-            timeout=self._timeout(d.get("timeout")), retries=self._retries(d.get("retries"), kind),
-            failure_policy=self._policy(d.get("failurePolicy"), kind), secret_file=self._secret(d.get("secretFile")),
-            metadata=self._metadata(d.get("metadata")))
-        if self.problems:
-            raise InvalidHook(self.problems)
-        return hook
-
-    def _kind(self, value: Any) -> HookKind | None:
+def _url(r: Reader, value: Any, path: str, policy: UrlPolicy) -> str:
+    url = r.string(value, path)
+    if url:
         try:
-            return HookKind(value)
-        except ValueError:
-            known = ", ".join(k.value for k in HookKind)
-            self.problem("kind", "is required" if value is None else f"{value!r} is not one of {known}")
-            return None
-
-    def _name(self, value: Any, kind: HookKind | None) -> str:
-        if value is None:
-            return kind.value if kind else "hook"
-        if not isinstance(value, str) or not _NAME.match(value):
-            self.problem("name", f"{value!r} is not a DNS label (lower-case letters, digits, '-')")
-            return "hook"
-        return value
-
-    def _url(self, value: Any) -> str:
-        if not isinstance(value, str) or not value:
-            self.problem("url", "is required" if value is None else "must be a non-empty string")
-            return ""
-        try:
-            self.policy.check(value)
+            policy.check(url)
         except RefusedUrl as exc:
-            self.problem("url", str(exc))
-        return value
+            r.problem(path, str(exc))
+    return url
 
-    def _timeout(self, value: Any) -> float:
-        if value is None:
-            return 10.0
-        seconds: float | None = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            seconds = float(value)
-        elif isinstance(value, str) and (m := _DURATION.match(value.strip())):
-            seconds = float(m.group(1)) * _UNITS[m.group(2)]
-        if seconds is None:
-            self.problem("timeout", f"{value!r} is not a duration (e.g. 5s, 500ms, 1m or seconds)")
-            return 10.0
-        if not 0 < seconds <= MAX_TIMEOUT_SECONDS:
-            self.problem("timeout", f"{value!r} is not between 0 and {MAX_TIMEOUT_SECONDS:g}s")
-        return seconds
 
-    def _retries(self, value: Any, kind: HookKind | None) -> int:
-        if value is None:
-            return _DEFAULT_RETRIES.get(kind, 2) if kind else 2
-        if not isinstance(value, int) or isinstance(value, bool):
-            self.problem("retries", f"must be a whole number, not {type(value).__name__}")
-            return 0
-        if not 0 <= value <= MAX_RETRIES:
-            self.problem("retries", f"{value} is not between 0 and {MAX_RETRIES}")
-        if kind is HookKind.CONFIRM_PROMOTION and value:
-            self.problem("retries", "a confirmPromotion gate is asked again on every tick; it takes no retries")
-        return value
+def _timeout(r: Reader, value: Any, path: str) -> float:
+    seconds = r.duration(value, path, default=10.0)  # refuses a negative number itself
+    if seconds == 0 or seconds > MAX_TIMEOUT_SECONDS:
+        r.problem(path, f"{value!r} is not between 0 and {MAX_TIMEOUT_SECONDS:g}s")
+    return seconds
 
-    def _policy(self, value: Any, kind: HookKind | None) -> FailurePolicy:
-        if value is None:
-            return FailurePolicy.FAIL if kind in _GATES else FailurePolicy.IGNORE
-        try:
-            policy = FailurePolicy(value)
-        except ValueError:
-            self.problem("failurePolicy", f"{value!r} is not one of fail, ignore")
-            return FailurePolicy.FAIL
-        if kind is HookKind.CONFIRM_PROMOTION and policy is FailurePolicy.IGNORE:
-            self.problem("failurePolicy", "a confirmPromotion gate cannot ignore its answer (it would never hold)")
-        return policy
 
-    def _secret(self, value: Any) -> str | None:
-        if value is None:
-            return None
-        if not isinstance(value, str) or not value.startswith("/"):
-            self.problem("secretFile", f"{value!r} is not an absolute file path (mount the Secret as a file)")
-            return None
-        return value
+def _retries(r: Reader, value: Any, path: str, kind: HookKind) -> int:
+    retries = r.integer(value, path, 0, MAX_RETRIES, default=_DEFAULT_RETRIES.get(kind, 2),
+                        what=f"between 0 and {MAX_RETRIES}")
+    if kind is HookKind.CONFIRM_PROMOTION and retries:
+        r.problem(path, "a confirmPromotion gate is asked again on every tick; it takes no retries")
+    return retries
 
-    def _metadata(self, value: Any) -> dict[str, str]:
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
-                                                     for k, v in value.items()):
-            self.problem("metadata", "must be a mapping of strings to strings")
-            return {}
-        return dict(value)
+
+def _failure_policy(r: Reader, value: Any, path: str, kind: HookKind) -> FailurePolicy:
+    default = FailurePolicy.FAIL if kind in _GATES else FailurePolicy.IGNORE
+    policy = FailurePolicy(r.choice(value, path, tuple(FailurePolicy), default=default))
+    if kind is HookKind.CONFIRM_PROMOTION and policy is FailurePolicy.IGNORE:
+        r.problem(path, "a confirmPromotion gate cannot ignore its answer (it would never hold)")
+    return policy
+
+
+def _secret_file(r: Reader, value: Any, path: str) -> str | None:
+    if value is not None and not (isinstance(value, str) and value.startswith("/")):
+        r.problem(path, f"{value!r} is not an absolute file path (mount the Secret as a file)")
+        return None
+    return value
+
+
+def _metadata(r: Reader, value: Any, path: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        r.problem(path, "must be a mapping of strings to strings")
+        return {}
+    return dict(value)
 
 
 @dataclass(frozen=True)

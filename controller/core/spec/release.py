@@ -3,6 +3,11 @@
 The same shape is the `spec` of the Kubernetes custom resource and of a local `release.yaml`. Parsing
 never raises anything but `InvalidSpec`, whose message names every offending field by its path
 (`spec.strategy.steps[2].weight: 120 is above 100`), so the controller can put it in a status condition.
+
+This module owns the release spec's shape and its top-level parsing. Parsing is one trip down: one
+collecting `analysis.reader.Reader` goes to the experiment (`controller.core.spec.experiment`) and the
+hooks (`controller.core.spec.hooks`), which record their problems on it; the analysis settings are read by
+`analysis.config` itself, whose first problem joins the others. Nothing below calls back up here.
 """
 
 from __future__ import annotations
@@ -13,15 +18,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from analysis.config import AnalysisConfig, InvalidAnalysisConfig
+from analysis.reader import Reader
 from controller.core.plan import DEFAULT_LANE_HEADER
 from controller.core.spec.experiment import ExperimentSpec, parse_ab_test
-from controller.core.spec.hooks import HookSpec, InvalidHook, hooks_from_list
+from controller.core.spec.hooks import HookSpec, read_hooks
 
 SEARCH_STACK = ("master-search", "ml-infer", "ml-search", "keyword", "text-search")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_VERSION = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_VERSION = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?")
+_HEADER = re.compile(r"[a-z0-9][a-z0-9-]*")
+SPEC_FIELDS = ("stack", "stable", "canary", "strategy", "analysis", "policies", "progressDeadline", "scaleDownDelay",
+               "drainTime", "laneHeader", "paused", "abort", "approvePromotion", "hooks", "promoteFull", "skipStep",
+               "retry")
 ON_INCONCLUSIVE = ("hold", "rollback", "continue")
 
 
@@ -104,82 +112,9 @@ class ReleaseSpec:
         return self.canary.version if service in self.changed else None
 
 
-class _Reader:
-    """Collects problems instead of stopping at the first, so one run of the validator says everything."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    def problem(self, path: str, message: str) -> None:
-        self.problems.append(f"{path}: {message}")
-
-    def mapping(self, value: Any, path: str, required: bool = True) -> Mapping[str, Any]:
-        if value is None and not required:
-            return {}
-        if not isinstance(value, Mapping):
-            self.problem(path, "is required" if value is None else f"must be a mapping, not {_kind(value)}")
-            return {}
-        return value
-
-    def unknown(self, value: Mapping[str, Any], path: str, known: Sequence[str]) -> None:
-        for key in value:
-            if key not in known:
-                self.problem(f"{path}.{key}", f"is not a known field (known: {', '.join(known)})")
-
-    def string(self, value: Any, path: str, pattern: re.Pattern[str] | None = None,
-               default: str | None = None, what: str = "") -> str:
-        if value is None and default is not None:
-            return default
-        if not isinstance(value, str) or not value:
-            self.problem(path, "is required" if value is None else f"must be a non-empty string, not {_kind(value)}")
-            return default or ""
-        if pattern and not pattern.match(value):
-            self.problem(path, f"{value!r} is not {what or 'valid'}")
-        return value
-
-    def integer(self, value: Any, path: str, default: int, low: int, high: int | None = None) -> int:
-        if value is None:
-            return default
-        if not isinstance(value, int) or isinstance(value, bool):
-            self.problem(path, f"must be a whole number, not {_kind(value)}")
-            return default
-        if value < low:
-            self.problem(path, f"{value} is below {low}")
-        if high is not None and value > high:
-            self.problem(path, f"{value} is above {high}")
-        return value
-
-    def boolean(self, value: Any, path: str, default: bool = False) -> bool:
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            self.problem(path, f"must be true or false, not {_kind(value)}")
-            return default
-        return value
-
-    def duration(self, value: Any, path: str, default: float, low: float = 0.0) -> float:
-        if value is None:
-            return default
-        seconds: float
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            seconds = float(value)
-        elif isinstance(value, str) and (m := _DURATION.match(value.strip())):
-            seconds = float(m.group(1)) * _UNITS[m.group(2)]
-        else:
-            self.problem(path, f"{value!r} is not a duration (e.g. 30s, 2m, 500ms or seconds)")
-            return default
-        if seconds < low:
-            self.problem(path, f"{value!r} is shorter than {low:g}s")
-        return seconds
-
-
-def _kind(value: Any) -> str:
-    return "nothing" if value is None else type(value).__name__
-
-
 def parse_release(obj: Mapping[str, Any]) -> ReleaseSpec:
     """Parse a whole release object (`metadata` + `spec`) or raise InvalidSpec naming every problem."""
-    r = _Reader()
+    r = Reader()
     obj = r.mapping(obj, "release")
     meta = r.mapping(obj.get("metadata"), "metadata")
     name = r.string(meta.get("name"), "metadata.name", _DNS_LABEL, what="a DNS label")
@@ -187,10 +122,7 @@ def parse_release(obj: Mapping[str, Any]) -> ReleaseSpec:
                          what="a DNS label")
     generation = meta.get("generation", 1)
     generation = generation if isinstance(generation, int) else 1
-    spec = r.mapping(obj.get("spec"), "spec")
-    r.unknown(spec, "spec", ("stack", "stable", "canary", "strategy", "analysis", "policies",
-                             "progressDeadline", "scaleDownDelay", "drainTime", "laneHeader", "paused", "abort",
-                             "approvePromotion", "hooks", "promoteFull", "skipStep", "retry"))
+    spec = r.fields(obj.get("spec"), "spec", SPEC_FIELDS)
 
     stack = _stack(r, spec.get("stack"))
     stable = _version(r, spec.get("stable"), "spec.stable", stack)
@@ -201,8 +133,8 @@ def parse_release(obj: Mapping[str, Any]) -> ReleaseSpec:
     strategy, experiment = _strategy(r, spec.get("strategy"), stable.version, canary.version)
     analysis, analysed = _analysis(r, spec.get("analysis"), changed, stack)
     policies = _policies(r, spec.get("policies"))
-    lane_header = r.string(spec.get("laneHeader"), "spec.laneHeader", re.compile(r"^[a-z0-9][a-z0-9-]*$"),
-                           default=DEFAULT_LANE_HEADER, what="a lower-case header name")
+    lane_header = r.string(spec.get("laneHeader"), "spec.laneHeader", _HEADER, default=DEFAULT_LANE_HEADER,
+                           what="a lower-case header name")
     release = ReleaseSpec(
         name=name, namespace=namespace, generation=generation, stack=stack, stable=stable, canary=canary,
         changed=changed, strategy=strategy, analysis=analysis, analysed_services=analysed,
@@ -211,51 +143,35 @@ def parse_release(obj: Mapping[str, Any]) -> ReleaseSpec:
         scale_down_delay=r.duration(spec.get("scaleDownDelay"), "spec.scaleDownDelay", 0.0),
         drain_time=r.duration(spec.get("drainTime"), "spec.drainTime", 5.0),
         lane_header=lane_header,
-        paused=r.boolean(spec.get("paused"), "spec.paused"),
-        abort=r.boolean(spec.get("abort"), "spec.abort"),
-        approve_promotion=r.boolean(spec.get("approvePromotion"), "spec.approvePromotion"),
-        promote_full=r.boolean(spec.get("promoteFull"), "spec.promoteFull"),
-        skip_step=r.integer(spec.get("skipStep"), "spec.skipStep", 0, 0),
-        retry=r.integer(spec.get("retry"), "spec.retry", 0, 0),
+        paused=r.boolean(spec.get("paused"), "spec.paused", default=False),
+        abort=r.boolean(spec.get("abort"), "spec.abort", default=False),
+        approve_promotion=r.boolean(spec.get("approvePromotion"), "spec.approvePromotion", default=False),
+        promote_full=r.boolean(spec.get("promoteFull"), "spec.promoteFull", default=False),
+        skip_step=r.integer(spec.get("skipStep"), "spec.skipStep", 0, default=0),
+        retry=r.integer(spec.get("retry"), "spec.retry", 0, default=0),
         experiment=experiment,
-        hooks=_hooks(r, spec.get("hooks")),
+        hooks=read_hooks(r, spec.get("hooks"), "spec.hooks"),
     )
-    if r.problems:
-        raise InvalidSpec(r.problems)
+    r.raise_if_problems(InvalidSpec)
     return release
 
 
-def _hooks(r: _Reader, value: Any) -> tuple[HookSpec, ...]:
-    try:
-        return hooks_from_list(value, "spec.hooks")
-    except InvalidHook as exc:
-        r.problems.extend(exc.problems)
-        return ()
-
-
-def _stack(r: _Reader, value: Any) -> Stack:
-    m = r.mapping(value, "spec.stack", required=False)
-    r.unknown(m, "spec.stack", ("entry", "services"))
-    services_raw = m.get("services", list(SEARCH_STACK))
-    services: list[str] = []
-    if not isinstance(services_raw, list) or not services_raw:
-        r.problem("spec.stack.services", "must be a non-empty list of service names")
-    else:
-        for i, s in enumerate(services_raw):
-            services.append(r.string(s, f"spec.stack.services[{i}]", _DNS_LABEL, what="a DNS label"))
-        dupes = sorted({s for s in services if services.count(s) > 1})
-        if dupes:
-            r.problem("spec.stack.services", f"lists {', '.join(dupes)} more than once")
+def _stack(r: Reader, value: Any) -> Stack:
+    m = r.fields(value, "spec.stack", ("entry", "services"), required=False)
+    listed = r.items(m.get("services", list(SEARCH_STACK)), "spec.stack.services", "service names")
+    services = [r.string(s, f"spec.stack.services[{i}]", _DNS_LABEL, what="a DNS label") for i, s in enumerate(listed)]
+    dupes = sorted({s for s in services if services.count(s) > 1})
+    if dupes:
+        r.problem("spec.stack.services", f"lists {', '.join(dupes)} more than once")
     entry = r.string(m.get("entry"), "spec.stack.entry", default=services[0] if services else "")
     if services and entry and entry not in services:
         r.problem("spec.stack.entry", f"{entry!r} is not one of spec.stack.services")
     return Stack(entry, tuple(services))
 
 
-def _version(r: _Reader, value: Any, path: str, stack: Stack) -> Version:
-    m = r.mapping(value, path)
+def _version(r: Reader, value: Any, path: str, stack: Stack) -> Version:
     known = ("version", "images", "services") if path == "spec.canary" else ("version", "images")
-    r.unknown(m, path, known)
+    m = r.fields(value, path, known)
     version = r.string(m.get("version"), f"{path}.version", _VERSION, what="a valid label value")
     images = r.mapping(m.get("images"), f"{path}.images", required=False)
     for svc, image in images.items():
@@ -265,14 +181,14 @@ def _version(r: _Reader, value: Any, path: str, stack: Stack) -> Version:
     return Version(version, dict(images))
 
 
-def _changed(r: _Reader, value: Any, canary: Version, stack: Stack) -> tuple[str, ...]:
+def _changed(r: Reader, value: Any, canary: Version, stack: Stack) -> tuple[str, ...]:
     """Services the release changes: `canary.services`, else those with a new image, else all of them."""
     m = value if isinstance(value, Mapping) else {}
     listed = m.get("services")
     if listed is None:
         return tuple(s for s in stack.services if s in canary.images) or stack.services
-    if not isinstance(listed, list) or not listed:
-        r.problem("spec.canary.services", "must be a non-empty list of service names")
+    listed = r.items(listed, "spec.canary.services", "service names")
+    if not listed:
         return stack.services
     for i, s in enumerate(listed):
         if s not in stack.services:
@@ -280,9 +196,8 @@ def _changed(r: _Reader, value: Any, canary: Version, stack: Stack) -> tuple[str
     return tuple(s for s in stack.services if s in listed)
 
 
-def _strategy(r: _Reader, value: Any, stable: str, canary: str) -> tuple[CanaryStrategy, ExperimentSpec | None]:
-    m = r.mapping(value, "spec.strategy", required=False)
-    r.unknown(m, "spec.strategy", ("canary", "abTest"))
+def _strategy(r: Reader, value: Any, stable: str, canary: str) -> tuple[CanaryStrategy, ExperimentSpec | None]:
+    m = r.fields(value, "spec.strategy", ("canary", "abTest"), required=False)
     if "abTest" not in m:
         return _canary_strategy(r, m), None
     if "canary" in m:
@@ -298,32 +213,26 @@ def _strategy(r: _Reader, value: Any, stable: str, canary: str) -> tuple[CanaryS
                           settle=experiment.settle), experiment
 
 
-def _canary_strategy(r: _Reader, m: Mapping[str, Any]) -> CanaryStrategy:
-    c = r.mapping(m.get("canary"), "spec.strategy.canary", required=False)
+def _canary_strategy(r: Reader, m: Mapping[str, Any]) -> CanaryStrategy:
     path = "spec.strategy.canary"
-    r.unknown(c, path, ("steps", "stepWeight", "maxWeight", "interval", "minCanaryRequests", "stepDeadline",
-                        "settle"))
+    c = r.fields(m.get("canary"), path, ("steps", "stepWeight", "maxWeight", "interval", "minCanaryRequests",
+                                         "stepDeadline", "settle"), required=False)
     steps: list[int] = []
     if "steps" in c:
         if "stepWeight" in c or "maxWeight" in c:
             r.problem(f"{path}.steps", "give either steps or stepWeight/maxWeight, not both")
-        raw = c["steps"]
-        if not isinstance(raw, list) or not raw:
-            r.problem(f"{path}.steps", "must be a non-empty list of {weight: N}")
-        else:
-            for i, step in enumerate(raw):
-                sm = r.mapping(step, f"{path}.steps[{i}]")
-                r.unknown(sm, f"{path}.steps[{i}]", ("weight",))
-                if "weight" not in sm:
-                    r.problem(f"{path}.steps[{i}].weight", "is required")
-                    continue
-                steps.append(r.integer(sm.get("weight"), f"{path}.steps[{i}].weight", 0, 1, 100))
-            for i in range(1, len(steps)):
-                if steps[i] <= steps[i - 1]:
-                    r.problem(f"{path}.steps[{i}].weight", f"{steps[i]} does not increase on {steps[i - 1]}")
+        for i, step in enumerate(r.items(c["steps"], f"{path}.steps", "{weight: N}")):
+            sm = r.fields(step, f"{path}.steps[{i}]", ("weight",))
+            if "weight" not in sm:
+                r.problem(f"{path}.steps[{i}].weight", "is required")
+                continue
+            steps.append(r.integer(sm.get("weight"), f"{path}.steps[{i}].weight", 1, 100, default=0))
+        for i in range(1, len(steps)):
+            if steps[i] <= steps[i - 1]:
+                r.problem(f"{path}.steps[{i}].weight", f"{steps[i]} does not increase on {steps[i - 1]}")
     else:
-        step = r.integer(c.get("stepWeight"), f"{path}.stepWeight", 10, 1, 100)
-        top = r.integer(c.get("maxWeight"), f"{path}.maxWeight", 50, 1, 100)
+        step = r.integer(c.get("stepWeight"), f"{path}.stepWeight", 1, 100, default=10)
+        top = r.integer(c.get("maxWeight"), f"{path}.maxWeight", 1, 100, default=50)
         if step > top:
             r.problem(f"{path}.stepWeight", f"{step} is above maxWeight {top}")
         steps = list(range(step, top + 1, step)) if 0 < step <= top else [top]
@@ -333,49 +242,47 @@ def _canary_strategy(r: _Reader, m: Mapping[str, Any]) -> CanaryStrategy:
     return CanaryStrategy(
         steps=tuple(steps),
         interval=interval,
-        min_canary_requests=r.integer(c.get("minCanaryRequests"), f"{path}.minCanaryRequests", 50, 0),
+        min_canary_requests=r.integer(c.get("minCanaryRequests"), f"{path}.minCanaryRequests", 0, default=50),
         step_deadline=r.duration(c.get("stepDeadline"), f"{path}.stepDeadline", 10 * interval, interval),
         settle=_settle(r, c.get("settle"), f"{path}.settle", interval),
     )
 
 
-def _settle(r: _Reader, value: Any, path: str, interval: float) -> float:
+def _settle(r: Reader, value: Any, path: str, interval: float) -> float:
     settle = r.duration(value, path, min(interval / 4, 30.0))
     if settle >= interval:
         r.problem(path, f"{settle:g}s is not shorter than the interval ({interval:g}s)")
     return settle
 
 
-def _analysis(r: _Reader, value: Any, changed: tuple[str, ...], stack: Stack
+def _analysis(r: Reader, value: Any, changed: tuple[str, ...], stack: Stack
               ) -> tuple[AnalysisConfig, tuple[str, ...]]:
     m = dict(r.mapping(value, "spec.analysis", required=False))
     services_raw = m.pop("services", None)
     analysed = changed
     if services_raw is not None:
-        if not isinstance(services_raw, list) or not services_raw:
-            r.problem("spec.analysis.services", "must be a non-empty list of changed services")
-        else:
-            for i, s in enumerate(services_raw):
-                if s not in changed:
-                    r.problem(f"spec.analysis.services[{i}]",
-                              f"{s!r} is not a service this release changes ({', '.join(changed)})")
-            analysed = tuple(s for s in stack.services if s in services_raw)
+        listed = r.items(services_raw, "spec.analysis.services", "changed services")
+        for i, s in enumerate(listed):
+            if s not in changed:
+                r.problem(f"spec.analysis.services[{i}]",
+                          f"{s!r} is not a service this release changes ({', '.join(changed)})")
+        if listed:
+            analysed = tuple(s for s in stack.services if s in listed)
     try:
+        # The statistics read their own config and stop at its first problem; it joins the spec's.
         config = AnalysisConfig.from_dict(m, path="spec.analysis")
     except InvalidAnalysisConfig as exc:
-        r.problems.extend(str(exc).split("; "))
-        config = AnalysisConfig.from_dict({}, path="spec.analysis")
+        r.problem(exc.path, exc.message)
+        config = AnalysisConfig()
     return config, analysed
 
 
-def _policies(r: _Reader, value: Any) -> Policies:
-    m = r.mapping(value, "spec.policies", required=False)
-    r.unknown(m, "spec.policies", ("onInconclusive", "rollbackAfterErrors", "manualGate"))
-    on_inconclusive = r.string(m.get("onInconclusive"), "spec.policies.onInconclusive", default="hold")
-    if on_inconclusive not in ON_INCONCLUSIVE:
-        r.problem("spec.policies.onInconclusive", f"{on_inconclusive!r} is not one of {', '.join(ON_INCONCLUSIVE)}")
+def _policies(r: Reader, value: Any) -> Policies:
+    m = r.fields(value, "spec.policies", ("onInconclusive", "rollbackAfterErrors", "manualGate"), required=False)
     return Policies(
-        on_inconclusive=on_inconclusive,
-        rollback_after_errors=r.integer(m.get("rollbackAfterErrors"), "spec.policies.rollbackAfterErrors", 3, 1),
-        manual_gate=r.boolean(m.get("manualGate"), "spec.policies.manualGate"),
+        on_inconclusive=r.choice(m.get("onInconclusive"), "spec.policies.onInconclusive", ON_INCONCLUSIVE,
+                                 default="hold"),
+        rollback_after_errors=r.integer(m.get("rollbackAfterErrors"), "spec.policies.rollbackAfterErrors", 1,
+                                        default=3),
+        manual_gate=r.boolean(m.get("manualGate"), "spec.policies.manualGate", default=False),
     )

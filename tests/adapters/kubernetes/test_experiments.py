@@ -20,8 +20,8 @@ import pytest
 
 from analysis.observations import MetricsQuery
 from controller.adapters.kubernetes.client import KubeApi
-from controller.adapters.kubernetes.loop import Controller, ControllerConfig
 from controller.adapters.kubernetes.routing import IstioRouter
+from controller.adapters.kubernetes.running import Controller, ControllerConfig
 from controller.adapters.kubernetes.workloads import WeightBox
 from controller.adapters.prometheus.business import PrometheusBusinessMetrics
 from controller.adapters.prometheus.client import CustomValue, CustomWindow, PrometheusConfig, expand_template
@@ -327,7 +327,7 @@ class ArmCounterPairs(CounterPairs):
 
 def test_an_abn_experiment_runs_on_kubernetes_with_every_variant_deployed_routed_and_retired(
         world: KubeWorld) -> None:
-    from tests.core.test_experiments import AbnMetrics
+    from tests.support.abn import AbnMetrics
 
     class ApiMetrics(AbnMetrics):
         def window(self, query: MetricsQuery, start: float, end: float) -> Any:

@@ -17,8 +17,8 @@ import pytest
 from controller.adapters.kubernetes.client import DEPLOYMENTS, HPAS, RELEASES, ApiConflict, ApiGone, KubeApi
 from controller.adapters.kubernetes.health import HealthServer
 from controller.adapters.kubernetes.leader import LeaseElector
-from controller.adapters.kubernetes.loop import Controller, ControllerConfig
 from controller.adapters.kubernetes.queue import WorkQueue
+from controller.adapters.kubernetes.running import Controller, ControllerConfig
 from controller.adapters.kubernetes.workloads import ReplicaPolicy, deployment_readiness
 from controller.cli.cluster import SystemClock
 from controller.core.status import Phase

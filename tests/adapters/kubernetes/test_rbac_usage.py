@@ -4,10 +4,10 @@ and every grant is used (or listed here with the reason it is needed but not exe
 from __future__ import annotations
 
 from controller.core.status import Phase
-from tests.manifests.test_manifests import CONTROLLER_NS, EXPECTED_PERMISSIONS, STACK_NS
 from tests.support.fakes import VersionModel
 from tests.support.kmock_server import RunningEmulator
 from tests.support.kube_world import NAMESPACE, KubeWorld
+from tests.support.rbac import CONTROLLER_NS, EXPECTED_PERMISSIONS, STACK_NS
 
 # Granted but not exercised by the releases below, each with why it is granted.
 GRANTED_NOT_EXERCISED = {

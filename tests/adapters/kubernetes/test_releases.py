@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from controller.adapters.kubernetes.client import DESTINATION_RULES, RELEASES, VIRTUAL_SERVICES, KubeApi
-from controller.adapters.kubernetes.loop import FINALIZER
+from controller.adapters.kubernetes.finalizing import FINALIZER
 from controller.adapters.kubernetes.routing import ANNOTATION_ADOPTED, IstioRouter
 from controller.core.status import Phase
 from tests.support.fakes import VersionModel

@@ -1,0 +1,64 @@
+"""Wiring: the reconciler's ports for one release, built over Kubernetes and the shared sources.
+
+For each tick of a release: its Deployments (`DeploymentWorkloads`, sized through the tick's `WeightBox`),
+its Istio routes (`IstioRouter`), its Kubernetes Events plus the chat/webhook notifier if any
+(`EventNotifier`, `MultiNotifier`), and the sources every release shares: the analysis metrics, the A/B
+experiments' business metrics (None: an experiment's looks are errors, see docs/experiments.md) and the
+release hooks' caller. The hooks default to a plain `HttpHooks()` here, at the edge, never in the reconciler.
+"""
+
+from __future__ import annotations
+
+from controller.adapters.http.hooks import HttpHooks
+from controller.adapters.http.notifiers import MultiNotifier
+from controller.adapters.kubernetes.client import KubeApi, Obj
+from controller.adapters.kubernetes.events import EventNotifier
+from controller.adapters.kubernetes.routing import IstioRouter
+from controller.adapters.kubernetes.workloads import DeploymentWorkloads, ReleaseRef, ReplicaPolicy, WeightBox
+from controller.core.spec.release import InvalidSpec, ReleaseSpec, parse_release
+from controller.ports import BusinessMetrics, Clock, Hooks, Metrics, Notifier
+from controller.reconciler import Ports
+
+
+def spec_or_none(obj: Obj) -> ReleaseSpec | None:
+    """The release's spec, or None when it does not parse (then it owns no services to touch)."""
+    try:
+        return parse_release(obj)
+    except InvalidSpec:
+        return None
+
+
+class ReleaseWiring:
+    """What every release's ports share (the API, the clock, the sources), and how one release's are built."""
+
+    def __init__(self, api: KubeApi, clock: Clock, identity: str, replica_policy: ReplicaPolicy,
+                 metrics: Metrics, business: BusinessMetrics | None = None, notifier: Notifier | None = None,
+                 hooks: Hooks | None = None) -> None:
+        self.api = api
+        self.clock = clock
+        # The Events' reportingInstance: which replica decided.
+        self.identity = identity
+        self.replica_policy = replica_policy
+        self.metrics = metrics
+        self.business = business
+        # Chat/webhook notifications besides the release's Kubernetes Events.
+        self.notifier = notifier
+        self.hooks: Hooks = hooks or HttpHooks()
+
+    def router(self, namespace: str, services: tuple[str, ...]) -> IstioRouter:
+        return IstioRouter(self.api, namespace, services)
+
+    def events(self, obj: Obj) -> EventNotifier:
+        """The release's Kubernetes Events alone (the finalizer's notice goes only there)."""
+        return EventNotifier(self.api, obj, self.clock, self.identity)
+
+    def ports_for(self, obj: Obj, spec: ReleaseSpec | None, box: WeightBox) -> Ports:
+        ref = ReleaseRef.of(obj)
+        services = spec.stack.services if spec else ()
+        workloads = DeploymentWorkloads(self.api, ref, services, spec.stable.version if spec else None,
+                                        spec.canary.version if spec else None, self.replica_policy, box)
+        notifier: Notifier = self.events(obj)
+        if self.notifier is not None:
+            notifier = MultiNotifier([notifier, self.notifier])
+        return Ports(workloads, self.router(ref.namespace, services), self.metrics, self.clock, notifier,
+                     business=self.business, hooks=self.hooks)

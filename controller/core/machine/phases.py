@@ -1,0 +1,230 @@
+"""The canary release's phase transitions: one function per phase, and `transition` that picks it.
+
+Pending -> Initializing -> Progressing (<-> Paused) -> Promoting -> Succeeded, or -> RollingBack ->
+RolledBack | Aborted | Failed. An experiment shares the phases and hands its looks to `experiment`; an
+abort and the operator's overrides (`revisions.operator_override`) go before the phase's own transition.
+Each transition returns an `Outcome`: the new status and the actions it decided.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from analysis.judges import make_judge
+from analysis.observations import Verdict
+from controller.core.machine.actions import Notify, Outcome
+from controller.core.machine.analysing import analyse, analysis_config, note_action
+from controller.core.machine.experiment import look as look_at_experiment
+from controller.core.machine.experiment import start as start_experiment
+from controller.core.machine.hooks import awaiting_confirmation, pre_rollout_gate
+from controller.core.machine.moves import enter_step, promote_or_gate, roll_back
+from controller.core.machine.revisions import operator_override
+from controller.core.machine.routes import base_plan, desired_plan
+from controller.core.observation import Observation, Readiness
+from controller.core.spec.release import ReleaseSpec
+from controller.core.status import Phase, ReleaseStatus
+
+
+def transition(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float) -> Outcome:
+    if spec.abort and not status.phase.final and status.phase is not Phase.ROLLING_BACK:
+        return roll_back(status, now, Phase.ABORTED, "Aborted", "aborted by an operator")
+    if (overridden := operator_override(spec, status, now)) is not None:
+        return overridden  # promoteFull / skipStep: this tick's window (if any) belonged to the old step
+    match status.phase:
+        case Phase.PENDING:
+            return _start(spec, status, now)
+        case Phase.INITIALIZING:
+            return _initializing(spec, status, obs, now)
+        case Phase.PROGRESSING:
+            return _progressing(spec, status, obs, now)
+        case Phase.PAUSED:
+            return _paused(spec, status, now)
+        case Phase.PROMOTING:
+            return _promoting(spec, status, obs, now)
+        case Phase.ROLLING_BACK:
+            return _rolling_back(spec, status, obs, now)
+        case _:
+            return Outcome(status)
+
+
+def _start(spec: ReleaseSpec, status: ReleaseStatus, now: float) -> Outcome:
+    gate, why = pre_rollout_gate(spec, status)
+    if gate == "failed":
+        message = f"preRollout hook failed, nothing was deployed: {why}"
+        return Outcome(status.with_phase(Phase.FAILED, now, message),
+                       (Notify("PreRolloutFailed", message, warning=True),))
+    if gate == "waiting":
+        return Outcome(status.with_phase(Phase.PENDING, now, f"waiting for preRollout hooks: {why}"))
+    judge = make_judge(analysis_config(spec))
+    status = replace(status, started_at=now, judge_state=judge.initial_state(services=spec.analysed_services))
+    notice = Notify("Initializing", f"deploying {spec.canary.version} of {', '.join(spec.changed)} "
+                                    f"beside {spec.stable.version}")
+    return Outcome(status.with_phase(Phase.INITIALIZING, now, "waiting for the new version to become ready"),
+                   (notice,))
+
+
+def _initializing(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float) -> Outcome:
+    readiness = obs.readiness or {}
+    broken = {s: r for s, r in readiness.items() if r.failed}
+    if broken:
+        why = "; ".join(f"{s}: {r.reason}" for s, r in broken.items())
+        return roll_back(status, now, Phase.FAILED, "CanaryFailed", f"new version cannot start: {why}")
+    missing = [s for s in spec.changed if s in readiness and not readiness[s].exists]
+    if missing:
+        # Not created yet (the controller was down, or this is the tick that creates them): the progress
+        # deadline starts once every workload exists, so controller downtime never fails a release.
+        status = replace(status, phase_since=now)
+        return Outcome(status.with_phase(Phase.INITIALIZING, now, f"creating {', '.join(missing)}"))
+    waited = now - (status.phase_since or now)
+    not_ready = [s for s in spec.changed if not readiness.get(s, Readiness(False)).ready]
+    if not_ready:
+        if waited > spec.progress_deadline:
+            return roll_back(status, now, Phase.FAILED, "ProgressDeadlineExceeded",
+                             f"{', '.join(not_ready)} not ready after {waited:.0f}s "
+                             f"(progressDeadline {spec.progress_deadline:.0f}s)")
+        return Outcome(status.with_phase(Phase.INITIALIZING, now,
+                                         f"waiting for {', '.join(not_ready)} to become ready"))
+    ready = Notify("Initialized", f"{spec.canary.version} is ready on {', '.join(spec.changed)}")
+    if spec.experiment is not None:
+        return start_experiment(spec, status, now).after(ready)
+    return enter_step(spec, status, 0, now).after(ready)
+
+
+def _progressing(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float) -> Outcome:
+    if obs.readiness is not None:
+        lost = [s for s in spec.changed if not obs.readiness.get(s, Readiness(False)).ready]
+        if lost:
+            return roll_back(status, now, Phase.ROLLED_BACK, "CanaryNotReady",
+                             f"canary of {', '.join(lost)} is no longer ready", decided=True)
+    plan = desired_plan(spec, status)
+    if obs.routing_error is None and plan is not None and not plan.equivalent(obs.routing):
+        # The step's weight is not in effect (its write failed, or the controller died before it): the
+        # next window opens `settle` after it is, and a window observed now, judged against a weight the
+        # mesh does not have, is dropped (as `_drained` waits for the read-back at promotion and rollback).
+        status = replace(status, last_analysis_at=max(status.last_analysis_at or now, now + spec.strategy.settle))
+        if obs.metrics is not None or obs.metrics_error is not None:
+            return Outcome(status)
+    if obs.metrics is None and obs.metrics_error is None:
+        if spec.paused:
+            return Outcome(status.with_phase(Phase.PAUSED, now, "paused by an operator"),
+                           (Notify("Paused", "paused by an operator"),))
+        return Outcome(status)
+    if spec.experiment is not None:
+        return look_at_experiment(spec, status, obs, now)
+    status, verdict, reason = analyse(spec, status, obs, now)
+    return _act_on_verdict(spec, status, verdict, reason, now)
+
+
+def _act_on_verdict(spec: ReleaseSpec, status: ReleaseStatus, verdict: Verdict, reason: str, now: float
+                    ) -> Outcome:
+    strategy = spec.strategy
+    if verdict is Verdict.FAIL:
+        status = note_action(status, "roll back")
+        return roll_back(status, now, Phase.ROLLED_BACK, "AnalysisFailed", reason, decided=True)
+    if verdict is Verdict.ERROR:
+        return _analysis_error(spec, status, reason, now)
+    status = replace(status, consecutive_errors=0)
+    enough = status.step_canary_requests >= strategy.min_canary_requests
+    if verdict is Verdict.PASS and enough:
+        return _advance(spec, status, now)
+    overdue = now - (status.step_started_at or now) >= strategy.step_deadline
+    if not overdue:
+        return Outcome(note_action(status, "wait"))
+    why = reason if verdict is Verdict.INCONCLUSIVE else (
+        f"{status.step_canary_requests} canary requests at this step, fewer than {strategy.min_canary_requests}")
+    return _overdue(spec, status, why, now)
+
+
+def _analysis_error(spec: ReleaseSpec, status: ReleaseStatus, reason: str, now: float) -> Outcome:
+    """An `error` verdict holds the step, until `rollbackAfterErrors` of them in a row roll it back."""
+    limit = spec.policies.rollback_after_errors
+    errors = status.consecutive_errors + 1
+    status = replace(status, consecutive_errors=errors)
+    if errors >= limit:
+        status = note_action(status, "roll back")
+        return roll_back(status, now, Phase.ROLLED_BACK, "AnalysisError",
+                         f"{errors} analysis errors in a row; last: {reason}", decided=True)
+    notice = Notify("AnalysisError", f"holding at {status.canary_weight}% ({errors}/{limit}): {reason}", True)
+    return Outcome(note_action(status, "hold"), (notice,))
+
+
+def _overdue(spec: ReleaseSpec, status: ReleaseStatus, why: str, now: float) -> Outcome:
+    """No pass by the step deadline (`why`): roll back, continue or hold, as `policies.onInconclusive` says."""
+    match spec.policies.on_inconclusive:
+        case "rollback":
+            status = note_action(status, "roll back")
+            return roll_back(status, now, Phase.ROLLED_BACK, "AnalysisInconclusive",
+                             f"no pass by the step deadline: {why}", decided=True)
+        case "continue":
+            return _advance(spec, status, now).after(
+                Notify("AnalysisInconclusive", f"continuing without a pass: {why}", True))
+        case _:
+            analysis = status.condition("Analysis")
+            notices = () if analysis is not None and analysis.reason == "Inconclusive" else (
+                Notify("AnalysisInconclusive", f"holding at {status.canary_weight}%: {why}", True),)
+            status = status.with_condition("Analysis", "Unknown", "Inconclusive", why, now)
+            return Outcome(note_action(status, "hold"), notices)
+
+
+def _advance(spec: ReleaseSpec, status: ReleaseStatus, now: float) -> Outcome:
+    status = status.with_condition("Analysis", "True", "Passed", f"step {status.step + 1} passed", now)
+    if status.step + 1 < len(spec.strategy.steps):
+        status = note_action(status, "next step")
+        return enter_step(spec, status, status.step + 1, now)
+    status = note_action(status, "promote")
+    return promote_or_gate(spec, status, now)
+
+
+def _paused(spec: ReleaseSpec, status: ReleaseStatus, now: float) -> Outcome:
+    gate = status.condition("Paused")
+    if gate is not None and gate.status == "True" and gate.reason == "AwaitingPromotion":
+        return promote_or_gate(spec, status, now) if spec.approve_promotion else Outcome(status)
+    if awaiting_confirmation(status):
+        return promote_or_gate(spec, status, now)
+    if spec.paused:
+        return Outcome(status)
+    status = status.with_condition("Paused", "False", "Resumed", "", now)
+    return Outcome(status.with_phase(Phase.PROGRESSING, now,
+                                     f"analysing step {status.step + 1} at {status.canary_weight}%"),
+                   (Notify("Resumed", "resumed by an operator"),))
+
+
+def _drained(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float) -> ReleaseStatus | None:
+    """Stage one of a promotion or rollback: once its routes read back, wait `drainTime`, then cut over.
+
+    Returns the status to carry on with, or None while the routes are not yet in effect.
+    """
+    plan = desired_plan(spec, status)
+    if plan is None or not plan.equivalent(obs.routing):
+        return None
+    since = status.stage_since or now
+    if now - since < spec.drain_time:
+        return replace(status, stage_since=since)
+    return replace(status, cutover=True, stage_since=now)
+
+
+def _promoting(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float) -> Outcome:
+    if not status.cutover:
+        return Outcome(_drained(spec, status, obs, now) or status)
+    if not base_plan(spec).promoted().equivalent(obs.routing):
+        return Outcome(status)
+    if now - (status.stage_since or now) < spec.scale_down_delay:
+        return Outcome(status.with_phase(Phase.PROMOTING, now, "promoted; waiting to scale the old version down"))
+    notice = Notify("Promoted", f"{spec.canary.version} serves all traffic for {', '.join(spec.changed)}")
+    return Outcome(replace(status, canary_weight=0).with_phase(Phase.SUCCEEDED, now,
+                                                               f"promoted {spec.canary.version}"), (notice,))
+
+
+def _rolling_back(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float) -> Outcome:
+    if not status.cutover:
+        drained = _drained(spec, status, obs, now)
+        if drained is None:
+            return Outcome(status)
+        # The mesh reads back 0% into the canary lane: no new request reaches the canary from here on.
+        return Outcome(replace(drained, canary_off_at=status.canary_off_at or now))
+    if not base_plan(spec).all_stable().equivalent(obs.routing):
+        return Outcome(status)
+    ending = Phase(status.ending or Phase.ROLLED_BACK.value)
+    notice = Notify("RolledBack" if ending is Phase.ROLLED_BACK else ending.value,
+                    f"all traffic on {spec.stable.version}; {status.message}", warning=True)
+    return Outcome(status.with_phase(ending, now, status.message), (notice,))

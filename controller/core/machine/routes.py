@@ -1,0 +1,50 @@
+"""The routes a release's status calls for: `base_plan` (every service on stable, no canary traffic) and
+`desired_plan` (what the mesh should do in each phase). Pure: spec and status in, a `RoutingPlan` out."""
+
+from __future__ import annotations
+
+from controller.core.plan import RoutingPlan, ServiceVersions
+from controller.core.spec.release import ReleaseSpec
+from controller.core.status import Phase, ReleaseStatus
+
+
+def base_plan(spec: ReleaseSpec) -> RoutingPlan:
+    return RoutingPlan(
+        namespace=spec.namespace,
+        entry=spec.stack.entry,
+        services=tuple(ServiceVersions(s, spec.stable.version, spec.canary_version_of(s))
+                       for s in spec.stack.services),
+        canary_weight=0,
+        lane_header=spec.lane_header,
+        owner=spec.name,
+    )
+
+
+def desired_plan(spec: ReleaseSpec, status: ReleaseStatus) -> RoutingPlan | None:
+    """The routes the status calls for.
+
+    Promotion and rollback each change the routes in two stages, so that no request in flight mixes
+    versions: first only the entry split moves (100% into the canary lane, or 0%), leaving the lane routes
+    of requests already inside the stack untouched; after `drainTime` the subsets are re-pointed
+    (stable -> new version) or the canary subsets removed.
+    """
+    base = base_plan(spec)
+    match status.phase:
+        case Phase.PENDING:
+            return None
+        case Phase.INITIALIZING:
+            return base
+        case Phase.PROGRESSING | Phase.PAUSED if spec.experiment is not None:
+            return base.with_experiment(spec.experiment.routes)
+        case Phase.PROGRESSING | Phase.PAUSED:
+            return base.with_weight(status.canary_weight)
+        case Phase.PROMOTING:
+            return base.promoted() if status.cutover else base.with_weight(100)
+        case Phase.SUCCEEDED:
+            return base.promoted()
+        case Phase.ROLLING_BACK:
+            return base.all_stable() if status.cutover else base.with_weight(0)
+        case Phase.FAILED if status.started_at is None:
+            return None  # failed before it started (bad spec, a failed preRollout hook): routes untouched
+        case _:
+            return base.all_stable()

@@ -1,0 +1,78 @@
+"""One step of the release state machine: `wants` (what to observe), `step` (decide on what was observed)
+and `invalid_spec` (a spec that does not parse).
+
+`step(spec, status, observation, now) -> (status, actions)` is pure: it reads no clock and calls no network.
+It is level-triggered: every tick it derives what the mesh and the workloads should look like from the
+persisted status (`world`), compares with what was observed, and asks for the difference. So a tick whose
+actions were lost (a crash after the status was persisted, an API error) is repaired by the next one, and
+actions are always safe to repeat. A step, in order: record the hooks' answers, restart a finished release
+when asked to (`revisions`), take the phase's transition (`phases`), then the world's actions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from controller.core.machine.actions import Action, FireHook, Notify, Outcome
+from controller.core.machine.hooks import due, failures, load_tests_to_fire, record
+from controller.core.machine.phases import transition
+from controller.core.machine.revisions import begin_tick
+from controller.core.machine.world import reconcile_world
+from controller.core.observation import Observation, Wants
+from controller.core.spec.hooks import HookKind
+from controller.core.spec.release import InvalidSpec, ReleaseSpec
+from controller.core.status import Phase, ReleaseStatus
+
+# Ticks come about one interval apart; a window slightly shorter than the interval still counts, so the
+# analysis does not skip a beat when the reconciler wakes a little early.
+WINDOW_SLACK = 0.95
+
+
+def wants(spec: ReleaseSpec | None, status: ReleaseStatus, now: float) -> Wants:
+    if spec is None or status.phase.final:
+        return Wants(readiness=False, routing=status.phase is not Phase.PENDING and spec is not None,
+                     metrics_window=None, hooks=due(spec, status) if spec is not None else ())
+    window = None
+    if status.phase is Phase.PROGRESSING and status.last_analysis_at is not None \
+            and now - status.last_analysis_at >= spec.strategy.interval * WINDOW_SLACK:
+        window = (status.last_analysis_at, now)
+    canary_up = status.phase in (Phase.INITIALIZING, Phase.PROGRESSING, Phase.PAUSED)
+    return Wants(readiness=canary_up, routing=status.phase is not Phase.PENDING, metrics_window=window,
+                 hooks=due(spec, status))
+
+
+def step(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float
+         ) -> tuple[ReleaseStatus, list[Action]]:
+    if status.observed_generation != spec.generation:
+        status = replace(status, observed_generation=spec.generation)
+    status = status.with_condition("SpecValid", "True", "Valid", "", now)
+    heard = _hook_answers(spec, status, obs, now)
+    begun = begin_tick(spec, heard.status)
+    moved = transition(spec, begun.status, obs, now)
+    fired = [FireHook(h) for h in load_tests_to_fire(spec, begun.status, moved.status)]
+    world = reconcile_world(spec, moved.status, obs)
+    return moved.status, [*world, *heard.actions, *begun.actions, *moved.actions, *fired]
+
+
+def _hook_answers(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float) -> Outcome:
+    """Keep the hooks' answers; announce the failures that change nothing (they are easy to miss)."""
+    notices = tuple(Notify("HookFailed", failure, warning=True)
+                    for failure in failures(spec, obs.hooks, (HookKind.ON_ROLLBACK, HookKind.POST_ROLLOUT)))
+    return Outcome(record(status, obs.hooks, now), notices)
+
+
+def invalid_spec(error: InvalidSpec, status: ReleaseStatus, generation: int, now: float
+                 ) -> tuple[ReleaseStatus, list[Action]]:
+    """A spec that does not parse: a release not yet started fails; one in flight holds where it is.
+
+    Holding is the safe choice in flight: the last good routes stay in effect (no traffic change) and
+    nothing is deployed or removed until the operator fixes the spec, which then resumes the release.
+    """
+    message = "; ".join(error.problems)
+    before = status
+    status = replace(status, observed_generation=generation)
+    status = status.with_condition("SpecValid", "False", "InvalidSpec", message, now)
+    if status.phase is Phase.PENDING:
+        status = replace(status.with_phase(Phase.FAILED, now, f"invalid spec: {message}"))
+    notify = before.condition("SpecValid") != status.condition("SpecValid")
+    return status, [Notify("InvalidSpec", message, warning=True)] if notify else []

@@ -1,0 +1,204 @@
+"""What every local demo shares: the release it runs, its console, load, ports, driving loop and summary.
+
+The canary demo (`demo.canary`) and the A/B demo (`demo.experiment`) both run one StackRelease of the
+search stack against the local platform. This module owns the parts they have in common:
+
+- `demo_release`: the release of v2 of the whole stack that the demos start from;
+- `Console`: the run's log lines, plus a live countdown line on a terminal;
+- `LaneAudit`: the client-side check that every response stayed on one version along its path;
+- `stop_on_signals`: SIGTERM/SIGINT end a demo cleanly instead of killing it mid-teardown;
+- `search_load` and `local_ports`: the load through the mesh router, and the controller's ports;
+- `drive_release`: tick the reconciler until the release reaches a final phase;
+- `load_dict`, `write_report`, `publish_summary`: the outcome as JSON, HTML and lines on the console.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from controller.adapters.http.hooks import HttpHooks
+from controller.adapters.http.notifiers import MultiNotifier
+from controller.adapters.http.outgoing import Outgoing
+from controller.adapters.local.platform import LocalRouter, LocalWorkloads, LogNotifier, SystemClock
+from controller.adapters.local.stack import SEARCH_SERVICES, LocalStack
+from controller.adapters.local.state import StateDir, write_json_atomic
+from controller.core.spec.release import ReleaseSpec
+from controller.core.status import ReleaseStatus
+from controller.logs import release_context
+from controller.ports import BusinessMetrics, Metrics, Notifier
+from controller.present import view
+from controller.present.report import render_report
+from controller.reconciler import Ports, Reconciler
+from demo.loadgen import LoadReport, LoadRunner
+
+
+def demo_release(interval: float, changed: tuple[str, ...] = SEARCH_SERVICES) -> dict[str, Any]:
+    """The demos' StackRelease: v2 of `changed` beside v1, in 10/25/50% steps every `interval` seconds."""
+    return {
+        "apiVersion": "stackcanary.dev/v1alpha1",
+        "kind": "StackRelease",
+        "metadata": {"name": "search-v2", "namespace": "local", "generation": 1},
+        "spec": {
+            "stack": {"entry": "master-search", "services": list(SEARCH_SERVICES)},
+            "stable": {"version": "v1"},
+            "canary": {"version": "v2", "services": list(changed)},
+            "strategy": {"canary": {"steps": [{"weight": 10}, {"weight": 25}, {"weight": 50}],
+                                    "interval": f"{interval:g}s", "minCanaryRequests": 40,
+                                    "stepDeadline": f"{interval * 6:g}s",
+                                    # > Prometheus' scrape interval (1s) + the evaluation lag (2s)
+                                    "settle": f"{min(4.0, interval / 2):g}s"}},
+            "analysis": {"judge": "sequential", "alpha": 0.05, "minCanaryRequests": 40},
+            "policies": {"onInconclusive": "continue", "rollbackAfterErrors": 3},
+            "progressDeadline": "60s",
+            "drainTime": "2s",  # searches take milliseconds; 2 s lets every one in flight finish
+        },
+    }
+
+
+@dataclass
+class LaneAudit:
+    """Client-side check of every response: versions seen along its path (from `x-served-by`)."""
+
+    canary: str
+    changed: tuple[str, ...]
+    responses: int = 0
+    canary_responses: int = 0
+    mixed: int = 0
+    first_canary_at: float | None = None
+    examples: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self, status: int, latency_ms: float, headers: Mapping[str, str]) -> None:
+        served = headers.get("x-served-by", "")
+        versions = {part.partition("@")[2] for part in served.split(",")
+                    if part.partition("@")[0] in self.changed}
+        with self.lock:
+            self.responses += 1
+            if len(versions) > 1:
+                self.mixed += 1
+                if len(self.examples) < 5:
+                    self.examples.append(served)
+            if self.canary in versions:
+                self.canary_responses += 1
+                if self.first_canary_at is None:
+                    self.first_canary_at = time.time()
+
+
+class Console:
+    """Lines for the log of a run, plus (on a terminal) one live line that counts down to the next step."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self._live = False
+
+    def say(self, line: str) -> None:
+        if self._live:
+            self.out.write("\r\x1b[K")
+            self._live = False
+        self.out.write(line + "\n")
+        self.out.flush()
+
+    def live(self, line: str) -> None:
+        if self.tty:
+            self.out.write("\r\x1b[K" + line)
+            self.out.flush()
+            self._live = True
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """SIGTERM/SIGINT end the demo cleanly: the loop sees the event, then everything is torn down."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def search_load(stack: LocalStack, spec: ReleaseSpec, rps: float, max_seconds: float, audit: LaneAudit,
+                keep_cookies: bool = False, click_probability: Mapping[str, float] | None = None) -> LoadRunner:
+    """Searches at `rps` through the mesh router's entry route for `max_seconds`, each checked by `audit`
+    (not started: the caller starts it when the load should begin)."""
+    return LoadRunner(url=f"{stack.router_url}/master-service/search", rate=rps, duration=max_seconds,
+                      max_requests=int(rps * max_seconds) + 1, host=spec.stack.entry, on_response=audit,
+                      keep_cookies=keep_cookies, click_probability=click_probability)
+
+
+def local_ports(stack: LocalStack, router: LocalRouter, metrics: Metrics, clock: SystemClock,
+                outgoing: Outgoing | None, business: BusinessMetrics | None = None) -> Ports:
+    """The controller's ports on the local platform; notices go to the log and to `outgoing`'s notifiers."""
+    notifier: Notifier = LogNotifier()
+    if outgoing is not None and outgoing.notifier is not None:
+        notifier = MultiNotifier([notifier, outgoing.notifier])
+    return Ports(LocalWorkloads(stack), router, metrics, clock, notifier, business=business,
+                 hooks=outgoing.hooks if outgoing is not None else HttpHooks())
+
+
+def drive_release(reconciler: Reconciler, state: StateDir, spec: Any, clock: SystemClock, stop: threading.Event,
+                  max_seconds: float, console: Console,
+                  on_tick: Callable[[ReleaseStatus], None] | None = None) -> ReleaseStatus:
+    """Tick one release until it reaches a final phase, `stop` is set or `max_seconds` pass."""
+    deadline = clock.now() + max_seconds
+    seen = 0
+    status = state.load_status()
+    while not stop.is_set() and clock.now() < deadline:
+        # Every log line of the tick carries the release, its namespace, phase and step.
+        with release_context(release=spec.name, namespace=spec.namespace, phase=status.phase.value,
+                             step=status.step):
+            result = reconciler.tick(state.load_release(), state.load_status(), state.save_status)
+        status = result.status
+        if result.persisted:
+            console.say(view.headline(spec, status, clock.now()))
+            for record in status.history[seen:]:
+                for line in view.decision_lines(record, spec.stable.version, spec.canary.version):
+                    console.say(line)
+            seen = len(status.history)
+        for failure in result.failed_actions:
+            console.say(f"  ! {failure}")
+        if on_tick is not None:
+            on_tick(status)
+        if result.requeue_after is None:
+            break
+        wake = clock.now() + result.requeue_after
+        while not stop.is_set() and clock.now() < wake:
+            console.live(view.headline(spec, status, clock.now()))
+            stop.wait(min(1.0, max(0.0, wake - clock.now())))
+    return status
+
+
+def load_dict(report: LoadReport | None) -> dict[str, Any] | None:
+    """The load generator's report as JSON-ready data (None when no load ran)."""
+    if report is None:
+        return None
+    d = asdict(report)
+    d["status_counts"] = {str(k): v for k, v in report.status_counts.items()}
+    d["achieved_rate"] = report.achieved_rate
+    return d
+
+
+def write_report(state: StateDir, path: Path) -> Path:
+    """The release's self-contained HTML report (charts and the decision log) from its persisted state."""
+    path.write_text(render_report(state.load_release(), state.load_status().for_storage()))
+    return path
+
+
+def publish_summary(result: dict[str, Any], text: str, console: Console, summary_path: Path | None) -> None:
+    """Print the run's summary and, when asked, write its JSON to `summary_path`."""
+    console.say(text)
+    if summary_path is not None:
+        write_json_atomic(Path(summary_path), result)
