@@ -33,7 +33,7 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
        --shell /usr/sbin/nologin canary
 USER 10001:10001
 WORKDIR /tmp
-# 8080: /healthz and /readyz; 9090: /metrics.
-EXPOSE 8080 9090
+# 8080 (--health-port): /healthz, /readyz and /metrics.
+EXPOSE 8080
 ENTRYPOINT ["canary"]
 CMD ["controller"]

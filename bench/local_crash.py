@@ -13,8 +13,10 @@ checks at every observed state (about every 0.1 s):
   to a version whose
   processes are not all registered and answering their health check; once the status says the rollback's
   0% canary was read back, the entry sends nothing into the canary lane;
-- probe searches through the router: no response served by the canary after that point, and none mixing
-  versions along its path;
+- probe searches through the router: each answered 200, unless the invariants say why not (the persisted
+  status is final, so the run is tearing the platform down; or the scenario's injected error, a 500 naming
+  the faulty service and served by its canary); any other failure, 503 or no answer, is a violation; no
+  response served by the canary after that point, and none mixing versions along its path;
 - the persisted status: never moves backwards (phase order, step, history, start/decision times); no
   `Promoting`/`Succeeded` without a `pass` (or an operator's) verdict behind the promotion;
 - the processes: at most one live process per service version (the stack's pids file and the process
@@ -159,7 +161,9 @@ class Tally:
     route_checks: int = 0
     health_checks: int = 0
     probes: int = 0
-    probe_failures: int = 0
+    probe_failures: int = 0  # probes not answered 200 while the platform should serve: each also a violation
+    probes_after_end: int = 0  # probes not answered once the release had ended: the run tears the platform down
+    probes_injected_errors: int = 0  # 500s of the scenario's injected errors, served by the faulty canary
     probes_after_canary_off: int = 0
     process_scans: int = 0
     most_processes_in_a_scan: int = 0  # proof that the scan sees the stack (router + services)
@@ -171,6 +175,8 @@ class Observer:
 
     workdir: Path
     release: str
+    # Services whose canary answers injected errors (the scenario's `--fault SERVICE:error_rate=...`).
+    erring: frozenset[str] = frozenset()
     violations: list[str] = field(default_factory=list)
     tally: Tally = field(default_factory=Tally)
     last_status: dict[str, Any] | None = None
@@ -266,26 +272,55 @@ class Observer:
         return code == 200
 
     def probe(self, router: str, n: int = 2) -> None:
+        """Searches through the router while the run serves (its load is on): each must be answered 200 by
+        one version. A probe not answered is a violation unless the invariants say why it may be: the
+        scenario's injected error, answered by the canary that carries it (a 500 naming that service, with
+        the canary's version in `x-served-by`), or a final persisted status, once the run is tearing the
+        platform down (it owns it and stops it at the end). A killed run is never probed: the observer kills
+        it itself, between two observations."""
         canary_off = self.canary_off  # read before sending: a response to a later request must honour it
         for i in range(n):
             try:
                 r = self.http.post(f"{router}/master-service/search", json={**QUERY, "random_seed": i},
                                    headers={"host": "master-search"})
-            except httpx.HTTPError:
-                self.tally.probe_failures += 1
+            except httpx.HTTPError as exc:
+                self._probe_failed(f"{type(exc).__name__}: {exc}")
                 continue
             self.tally.probes += 1
-            if r.status_code != 200:
-                self.tally.probe_failures += 1
-                continue
             path = dict(part.split("@", 1) for part in r.headers.get("x-served-by", "").split(",") if "@" in part)
-            versions = {path.get(s) for s in CHANGED}
+            if r.status_code == 500 and self._injected(r, path):
+                self.tally.probes_injected_errors += 1
+            elif r.status_code != 200:
+                self._probe_failed(f"HTTP {r.status_code} {r.text[:120]!r} (served by {path})")
+                continue
+            # A 200 went through every service; an injected 500 stopped at the failing one.
+            versions = {path.get(s) for s in CHANGED if r.status_code == 200 or s in path}
             if len(versions) > 1:
                 self.violation(f"a response mixed versions: {path}")
             if canary_off:
                 self.tally.probes_after_canary_off += 1
                 if CANARY in versions:
                     self.violation(f"canary served a request after the rollback's 0% was read back: {path}")
+
+    def _injected(self, r: httpx.Response, path: Mapping[str, str]) -> bool:
+        """A 500 the scenario asked for: the injected error of a service whose canary carries it, which
+        the canary version of that service served."""
+        try:
+            body = r.json()
+        except ValueError:
+            return False
+        service = body.get("service") if isinstance(body, dict) else None
+        return service in self.erring and "injected error" in str(body.get("error")) and path.get(service) == CANARY
+
+    def _probe_failed(self, what: str) -> None:
+        status = self.check_status()  # read now: the release may have ended since the last observation
+        phase = (status or {}).get("phase")
+        if phase in FINAL:
+            self.tally.probes_after_end += 1
+            return
+        self.tally.probe_failures += 1
+        self.violation(f"a probe search failed while the platform should serve (phase {phase}, step "
+                       f"{(status or {}).get('step')}): {what}")
 
     # --- processes -----------------------------------------------------------------------------------
     def check_processes(self, router_port: str | None) -> None:
@@ -493,7 +528,7 @@ def run_release(name: str, scenario: str, kills: int, workdir: Path, rng: random
     argv = [sys.executable, "-m", "controller.cli.main", "--log-level", "info", "run", "-f", str(spec_file), "--local",
             "--rps", f"{rps:g}", "--metrics", "direct", "--workdir", str(workdir), "--summary", str(summary),
             "--max-seconds", "120", *(a for f in faults for a in ("--fault", f))]
-    observer = Observer(workdir, name)
+    observer = Observer(workdir, name, erring=frozenset(f.partition(":")[0] for f in faults if ":error_rate=" in f))
     done: list[Kill] = []
     ports: set[str] = set()
     started = time.monotonic()

@@ -53,6 +53,14 @@ def known_secrets() -> frozenset[str]:
         return frozenset(_secrets)
 
 
+def restore_secrets(values: frozenset[str]) -> None:
+    """Make `values` the whole set of redacted values again (what `known_secrets()` returned before): for a
+    process that runs several independent jobs in turn, such as the test suite."""
+    with _secrets_lock:
+        _secrets.clear()
+        _secrets.update(values)
+
+
 @contextlib.contextmanager
 def release_context(**fields: Any) -> Iterator[None]:
     """Tag every log line inside the block with these fields (merged over any outer context)."""

@@ -1,6 +1,6 @@
 """The controller's seams to the outside world: every Protocol it owns, and the errors they raise.
 
-`Workloads`, `Router`, `Metrics`, `BusinessMetrics`, `Hooks`, `Clock` and `Notifier` each have a
+`Workloads`, `Router`, `Metrics`, `BusinessMetrics`, `Hooks`, `Secrets`, `Clock` and `Notifier` each have a
 Kubernetes/Istio/Prometheus/HTTP implementation (`controller.adapters`) and a local one; tests use fakes.
 The reconciler talks only to these, so the same release logic runs in a cluster, on a laptop and in tests.
 All ports are synchronous: a tick is short and sequential, and the edges that need concurrency (the local
@@ -24,7 +24,8 @@ from controller.core.spec.hooks import HookResult, HookSpec
 
 __all__ = [
     "BusinessMetrics", "BusinessQuery", "Clock", "Hooks", "Metrics", "MetricsUnavailable", "Notice", "Notifier",
-    "PermanentError", "PortError", "Readiness", "Router", "TemporaryError", "Workloads",
+    "PermanentError", "PortError", "Readiness", "Router", "SecretUnavailable", "Secrets", "TemporaryError",
+    "Workloads",
 ]
 
 
@@ -116,3 +117,15 @@ class Hooks(Protocol):
 
     def fire(self, hook: HookSpec, payload: Mapping[str, Any]) -> object:
         """Call the hook without waiting for it (load tests)."""
+
+
+class SecretUnavailable(PermanentError):
+    """A Secret a hook names is missing, lacks the key, is empty or may not be read; never shows the value."""
+
+
+class Secrets(Protocol):
+    """Hooks' signing keys, by `secretRef` (`controller.core.spec.hooks.SecretRef`): the cluster reads a
+    Kubernetes Secret of the release's namespace (`get` on one object, nothing listed), a local run a file."""
+
+    def read(self, namespace: str, name: str, key: str) -> bytes:
+        """The value of `key` in the Secret `name` of `namespace`; raises SecretUnavailable."""

@@ -6,6 +6,9 @@
                       [--business-metric-denominator PROMQL] [--business-metric-squares PROMQL]
                       [--business-metric-units PROMQL] [--no-business-metrics] [--log-format text|json]
                       [--slack-webhook-file F] [--notify-url URL] [--notify-secret-file F] [--webhook-allow-host H]
+
+The controller calls (hooks, notifications) in-cluster Services and the `--webhook-allow-host` hosts only,
+and its releases' hooks sign with Kubernetes Secrets (`secretRef`), never with files (docs/hooks.md).
     canary start RELEASE --image SERVICE=REPO:TAG ... [-n NS] [--version V] [--stable-version V]
     canary status RELEASE [-n NS] [--watch] [--json]
 
@@ -41,6 +44,7 @@ from controller.adapters.kubernetes.client import DEPLOYMENTS, RELEASES, ApiConf
 from controller.adapters.kubernetes.health import HealthServer, Telemetry
 from controller.adapters.kubernetes.leader import LeaseElector
 from controller.adapters.kubernetes.running import Controller, ControllerConfig
+from controller.adapters.kubernetes.secrets import KubeSecrets
 from controller.adapters.kubernetes.workloads import ReplicaPolicy
 from controller.cli import outgoing as notifications
 from controller.core.operations import ONE_SHOT_CLEARED, Refused, next_revision_stable, plan
@@ -170,19 +174,21 @@ def business_source(args: argparse.Namespace, metrics: CustomMetrics) -> Busines
 
 def controller_main(argv: Sequence[str]) -> int:
     args = _controller_parser().parse_args(list(argv))
-    try:
-        configure_logging(args.log_level, json=args.log_format == "json")
-        outgoing = notifications.from_args(args)
-    except ValueError as exc:
-        print(f"canary controller: {exc}", file=sys.stderr)
-        return 2
     from controller.adapters.prometheus.metrics import PrometheusSource  # the analysis edge: only the process needs it
 
     telemetry = Telemetry()
     try:
+        configure_logging(args.log_level, json=args.log_format == "json")
         api = _connect(args, telemetry)
+        # The cluster's rules: in-cluster Services plus the allow-list, hooks' keys from Kubernetes Secrets.
+        outgoing = notifications.from_args(args, secrets=KubeSecrets(api))
+    except Exception as exc:  # a bad flag, URL or file, or the API client's config: say which and stop
+        print(f"canary controller: {exc}", file=sys.stderr)
+        return 2
+    try:
         metrics = PrometheusSource.from_config(prometheus_config(args))
-    except Exception as exc:  # config errors of either client: say which and stop
+    except Exception as exc:  # config errors of the Prometheus client: say which and stop
+        outgoing.close()
         print(f"canary controller: {exc}", file=sys.stderr)
         return 2
     clock = SystemClock()

@@ -119,12 +119,22 @@ def test_status_watch_follows_the_release_until_it_finishes(emulator: RunningEmu
     follower = threading.Thread(target=lambda: done.append(status_main(
         ["search-v2", "-n", NAMESPACE, "--server", emulator.url, "--watch", "--max-seconds", "10"])))
     follower.start()
-    time.sleep(0.3)
+    out = _printed_until("Pending", capsys)  # the follower has shown the release as it is
     for phase in ("Progressing", "Succeeded"):
         current = emulator.store.get(key, NAMESPACE, "search-v2")
         emulator.store.update(key, NAMESPACE, "search-v2", {**current, "status": {"phase": phase}},
                               patch=False, status=True)
+        out += _printed_until(phase, capsys)
     follower.join(timeout=15)
     assert done == [0] and obj["metadata"]["name"] == "search-v2"
-    out = capsys.readouterr().out
+    out += capsys.readouterr().out
     assert out.index("Pending") < out.index("Progressing") < out.index("Succeeded")
+
+
+def _printed_until(word: str, capsys: pytest.CaptureFixture[str], within: float = 10.0) -> str:
+    """What the command printed, read until `word` appears (or `within` seconds pass)."""
+    out, deadline = "", time.monotonic() + within
+    while word not in out and time.monotonic() < deadline:
+        out += capsys.readouterr().out
+        time.sleep(0.02)
+    return out

@@ -22,6 +22,7 @@ from controller.adapters.kubernetes.running import Controller, ControllerConfig
 from controller.cli import outgoing as notifications
 from controller.cli.main import main
 from controller.core.machine import FireHook
+from controller.core.spec.hooks import HookRules
 from controller.core.status import Phase
 from controller.logs import configure_logging
 from controller.ports import Notice, Notifier
@@ -54,14 +55,16 @@ def client() -> WebhookClient:
 
 
 class HookedWorld(World):
-    def __init__(self, notifier: Notifier | None = None, **kw: Any) -> None:
+    def __init__(self, notifier: Notifier | None = None, secret_dir: Path | None = None, **kw: Any) -> None:
         super().__init__(**kw)
         self.extra = notifier
+        # A local run: hooks' secret files are read from the release's own directory only.
+        self.rules = HookRules.local([str(secret_dir)] if secret_dir else [])
 
     def controller(self) -> Reconciler:
         notifier: Notifier = self.notifier if self.extra is None else MultiNotifier([self.notifier, self.extra])
         return Reconciler(Ports(self.workloads, self.router, self.metrics, self.clock, notifier,
-                                hooks=HttpHooks(client())))
+                                hooks=HttpHooks(client(), self.rules)))
 
 
 def hook(kind: str, url: str, **extra: Any) -> dict[str, Any]:
@@ -79,7 +82,7 @@ def canary_started(world: World) -> bool:
 def test_pre_rollout_passes_then_the_release_runs(receivers: dict[str, Receiver], tmp_path: Path) -> None:
     key = tmp_path / "hmac"
     key.write_bytes(SECRET)
-    world = HookedWorld()
+    world = HookedWorld(secret_dir=tmp_path)
     obj = release(hooks=[hook("preRollout", receivers["pre"].url, name="smoke", secretFile=str(key),
                               metadata={"suite": "smoke"})])
     status = world.run(obj)
@@ -97,7 +100,9 @@ def test_failed_pre_rollout_fails_the_release_and_touches_nothing(receivers: dic
     world = HookedWorld()
     status = world.run(release(hooks=[hook("preRollout", receivers["pre"].url, name="db-migrated", retries=2)]))
     assert status.phase is Phase.FAILED
-    assert "preRollout hook failed, nothing was deployed: db-migrated: HTTP 503" in status.message
+    # The class of the answer, not its code: a release must not map the network through its hooks.
+    assert "preRollout hook failed, nothing was deployed: db-migrated: server error (5xx)" in status.message
+    assert "503" not in status.message and status.hooks["db-migrated"]["status"] is None
     assert len(receivers["pre"].requests) == 3  # its retries, in one call; the release is not retried
     assert not canary_started(world) and world.router.history == []
     assert "PreRolloutFailed" in world.notifier.reasons()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -67,12 +68,13 @@ class Faulty:
 
 
 @pytest.fixture
-def faulty(emulator: RunningEmulator, request: pytest.FixtureRequest) -> Iterator[Faulty]:
+def faulty(emulator: RunningEmulator, invariants: InvariantChecker, request: pytest.FixtureRequest
+           ) -> Iterator[Faulty]:
     models = getattr(request, "param", {})
     world = KubeWorld(emulator, models=models)
     world.metrics = RouteMetrics(KubeApi.for_url(emulator.url), models=models)  # the faults' client is not this
     world.seed_stack()
-    checker = InvariantChecker(tolerate=frozenset({"subset"})).attach(emulator)
+    checker = invariants  # every rule on; the fixture's teardown fails the test on any violation
     api = KubeApi.for_url(emulator.url)  # the controller's own client: the test's reads see no faults
     api.timeout = 1.0  # the slow answers (1.3 s) time out
     controller = Controller(api, ControllerConfig(identity="faulty", watch_timeout=1), world.metrics, world.clock)
@@ -116,10 +118,11 @@ def assert_no_duplicates(f: Faulty, emulator: RunningEmulator, steps: int) -> No
     reasons = [e["reason"] for e in f.world.objects("events")]
     assert not {r for r in ONCE if reasons.count(r) > 1}, reasons
     assert reasons.count("WeightIncreased") <= steps, reasons
-    # A create answered 500 after it was applied is seen by the next tick's list: never created again.
+    # A create answered 500 after it was applied is seen by the next tick's list: never created again (of any
+    # kind: Deployments, routes, Events; a create of an existing name is answered 409 and stores nothing).
     again = [w for w in emulator.emulator.write_log
-             if w.plural == "deployments" and w.method == "POST" and w.code == 409 and w.agent.startswith(AGENT)]
-    assert again == []
+             if w.method == "POST" and w.code == 409 and w.agent.startswith(AGENT)]
+    assert again == [], again[:5]
     names = {d["metadata"]["name"] for d in f.world.objects("deployments")}
     assert names == {f"{s}-{v}" for s in ("master-search", "ml-infer", "ml-search", "keyword", "text-search")
                      for v in ("v1", "v2")}
@@ -146,7 +149,7 @@ def test_release_converges_through_api_faults(faulty: Faulty, emulator: RunningE
           f"{f.checker.states} states checked")
     assert status.phase is expected, status.message
     assert sum(hits.values()) >= 20 and all(hits.values()), hits  # every kind of fault did happen
-    assert f.checker.violations == [], "\n".join(map(str, f.checker.violations[:20]))
+    f.checker.assert_clean()
     assert f.checker.check_final(emulator, [NAMESPACE]) == []
     assert_no_duplicates(f, emulator, steps=3)
     errors = f.controller.telemetry.reconcile_errors
@@ -184,7 +187,19 @@ def test_a_stale_cache_after_a_lost_status_answer_is_healed_by_a_conflict(faulty
     assert f.controller.telemetry.reconcile_errors.labels("conflict")._value.get() >= 1
     assert [h.at for h in status.history][: len(before.history)] == [h.at for h in before.history]
     assert len({h.at for h in status.history}) == len(status.history), "a decision was recorded twice"
-    assert f.checker.violations == []
+    f.checker.assert_clean()
+
+
+def drive_with_the_watch(f: Faulty, budget: float = 60.0) -> ReleaseStatus:
+    """Drive to the end; `drive` returns when nothing is queued, which with the watch running can be the
+    moment between a write and its watch event: wait for the event to queue the release, then go on."""
+    deadline = time.monotonic() + budget
+    status = f.world.drive(f.controller, relist=False)
+    while not status.phase.final and time.monotonic() < deadline:
+        while f.controller.queue.next_due() is None and time.monotonic() < deadline:
+            time.sleep(0.01)  # polls a condition: the watch thread queues the release
+        status = f.world.drive(f.controller, relist=False)
+    return status
 
 
 def test_route_writes_failing_for_a_while_do_not_roll_back_a_healthy_release(faulty: Faulty,
@@ -194,7 +209,7 @@ def test_route_writes_failing_for_a_while_do_not_roll_back_a_healthy_release(fau
     f.world.drive(f.controller, until=Phase.INITIALIZING)
     # The API server refuses the controller's route patches for a while (8 attempts, about 3 minutes).
     emulator.emulator.faults.append(Fault(code=500, method="PATCH", plural="virtualservices", times=8, agent=AGENT))
-    status = f.world.drive(f.controller, relist=False)
+    status = drive_with_the_watch(f)
     assert emulator.emulator.faults[0].hits == 8
-    assert f.checker.violations == []
+    f.checker.assert_clean()
     assert status.phase is Phase.SUCCEEDED, status.message

@@ -1,15 +1,25 @@
 """The invariant checker itself: each rule catches the state it is about (so a green campaign means
-something), and the promotion cut-over's known routing gap, as a strict xfail until routing.py is fixed."""
+something), a rule switched off fails the test all the same, an excuse covers only what it names, and the
+promotion cut-over never routes to an undefined subset (the regression test of that fixed bug)."""
 
 from __future__ import annotations
 
 import copy
 from typing import Any
 
+import pytest
+
 from controller.adapters.istio.render import render
 from controller.core.plan import RoutingPlan, ServiceVersions
 from controller.core.status import Phase
-from tests.support.invariants import DEPLOYMENTS, DESTINATION_RULES, RELEASES, VIRTUAL_SERVICES, InvariantChecker
+from tests.support.invariants import (
+    DEPLOYMENTS,
+    DESTINATION_RULES,
+    RELEASES,
+    RULES,
+    VIRTUAL_SERVICES,
+    InvariantChecker,
+)
 from tests.support.kmock_server import RunningEmulator, ready_deployment_status
 from tests.support.kube_world import NAMESPACE, SERVICES, KubeWorld, release_body, stable_deployment
 
@@ -29,9 +39,9 @@ def key_of(obj: Obj) -> tuple[str, str, str]:
 class Cluster:
     """Objects written straight into the emulator's store (no controller): states made to order."""
 
-    def __init__(self, emulator: RunningEmulator) -> None:
+    def __init__(self, emulator: RunningEmulator, checker: InvariantChecker | None = None) -> None:
         self.store = emulator.store
-        self.checker = InvariantChecker().attach(emulator)
+        self.checker = checker or InvariantChecker().attach(emulator)
 
     def deploy(self, version: str, ready: bool = True) -> None:
         for s in SERVICES:
@@ -55,11 +65,18 @@ class Cluster:
         self.store.update(RELEASES, NAMESPACE, "search-v2", body, patch=False, status=True)
 
     def rules(self) -> set[str]:
-        return {v.rule for v in self.checker.violations}
+        assert {v.rule for v in self.checker.violations} == set(self.checker.by_rule)
+        return set(self.checker.by_rule)
+
+    def drop_subset(self, host: str, subset: str) -> None:
+        """The DestinationRule of `host` without `subset`, its VirtualService untouched."""
+        dr = copy.deepcopy(self.store.get(DESTINATION_RULES, NAMESPACE, host))
+        dr["spec"]["subsets"] = [s for s in dr["spec"]["subsets"] if s["name"] != subset]
+        self.store.update(DESTINATION_RULES, NAMESPACE, host, dr, patch=False, status=False)
 
 
-def test_a_sound_sequence_of_states_passes(emulator: RunningEmulator) -> None:
-    c = Cluster(emulator)
+def test_a_sound_sequence_of_states_passes(emulator: RunningEmulator, invariants: InvariantChecker) -> None:
+    c = Cluster(emulator, invariants)  # the fixture's teardown also asserts it clean
     c.deploy("v1")
     c.deploy("v2")
     c.release({"phase": "Initializing", "step": -1})
@@ -91,6 +108,54 @@ def test_each_rule_catches_its_breach(emulator: RunningEmulator) -> None:
         del obj["metadata"]["labels"]["stack-canary.dev/release"]
     c.routes(unowned)
     assert "owner" in c.rules()
+    c.routes(render(plan(20)))
+    c.drop_subset("ml-search", "canary")  # the lane route of ml-search now names a subset that is gone
+    assert "subset" in c.rules()
+    assert any(v.rule == "subset" and "'canary'" in v.what and "ml-search" in v.what for v in c.checker.violations)
+    assert c.rules() == RULES, "every rule has a breach of its own above"
+    with pytest.raises(AssertionError, match="invariant violations"):
+        c.checker.assert_clean()
+
+
+def test_each_rule_alone_is_reported(emulator: RunningEmulator) -> None:
+    """`subset` on its own (every other rule holds): a promotion that dropped the canary subset from the
+    entry's DestinationRule while its VirtualService still sends 100% there (the fixed cut-over bug)."""
+    c = Cluster(emulator)
+    c.deploy("v1")
+    c.deploy("v2")
+    c.release({"phase": "Progressing", "step": 0, "history": [{"verdict": "pass"}]})
+    c.routes(render(plan(100)))
+    assert c.checker.violations == []
+    c.drop_subset("master-search", "canary")
+    assert [v.rule for v in c.checker.violations] == ["subset"], c.checker.violations
+    assert "master-search" in c.checker.violations[0].what
+
+
+def test_a_rule_switched_off_still_fails_the_test(emulator: RunningEmulator) -> None:
+    """`tolerate` only moves a rule's violations into `tolerated`; `assert_clean()` (which the `invariants`
+    fixture calls at every test's teardown) fails on them all the same."""
+    c = Cluster(emulator, InvariantChecker(tolerate=frozenset({"subset"})).attach(emulator))
+    c.deploy("v1")
+    c.deploy("v2")
+    c.release({"phase": "Progressing", "step": 0, "history": [{"verdict": "pass"}]})
+    c.routes(render(plan(20)))
+    c.drop_subset("keyword", "canary")
+    assert c.checker.violations == [] and c.checker.tolerated.get("subset", 0) > 0
+    with pytest.raises(AssertionError, match="switched off"):
+        c.checker.assert_clean()
+
+
+def test_an_excuse_covers_only_what_it_names(emulator: RunningEmulator) -> None:
+    c = Cluster(emulator)
+    c.checker.allow("ready", lambda v: "keyword-v2" in v.what, "keyword broken on purpose")
+    c.deploy("v1")
+    c.deploy("v2", ready=False)  # every canary Deployment without a ready pod, not only keyword's
+    c.release({"phase": "Progressing", "step": 0, "history": [{"verdict": "pass"}]})
+    c.routes(render(plan(20)))
+    assert c.checker.allowed.get("keyword broken on purpose", 0) > 0
+    assert c.rules() == {"ready"} and not any("keyword-v2" in v.what for v in c.checker.violations)
+    with pytest.raises(AssertionError):
+        c.checker.assert_clean()
 
 
 def test_a_new_revision_may_start_again_from_pending(emulator: RunningEmulator) -> None:
@@ -102,11 +167,13 @@ def test_a_new_revision_may_start_again_from_pending(emulator: RunningEmulator) 
     assert "forward" in c.rules()
 
 
-def test_promotion_never_routes_to_an_undefined_subset(emulator: RunningEmulator) -> None:
+def test_promotion_never_routes_to_an_undefined_subset(emulator: RunningEmulator,
+                                                       invariants: InvariantChecker) -> None:
     world = KubeWorld(emulator)
     world.seed_stack()
-    checker = InvariantChecker().attach(emulator)  # strict: "subset" is not tolerated here
     world.create_release()
     status = world.drive(world.controller())
     assert status.phase is Phase.SUCCEEDED
-    assert [v for v in checker.violations if v.rule == "subset"] == []
+    assert [v for v in invariants.violations if v.rule == "subset"] == []
+    invariants.assert_clean()  # every rule, not only "subset"
+    assert invariants.check_final(emulator, [NAMESPACE]) == []

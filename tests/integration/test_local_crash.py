@@ -10,6 +10,7 @@ after it was promoted must come back with the new version serving."""
 from __future__ import annotations
 
 import io
+import json
 import threading
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from bench.local_crash import (
     CHANGED,
     SERVICES,
     STABLE,
+    Observer,
     alive,
     campaign,
     expected_end,
@@ -75,6 +77,49 @@ def test_status_regressions_are_seen() -> None:
     assert status_regressions({**before, "phase": "RolledBack"}, {**before, "phase": "RollingBack"})
 
 
+def failing_router(code: int) -> httpx.MockTransport:
+    return httpx.MockTransport(lambda request: httpx.Response(code, text="no healthy upstream"))
+
+
+@pytest.mark.parametrize(("phase", "violations", "excused"), [("Progressing", 2, 0), ("Promoting", 2, 0),
+                                                             ("Succeeded", 0, 2), ("RolledBack", 0, 2)])
+def test_a_failed_probe_is_a_violation_unless_the_release_has_ended(tmp_path: Path, phase: str, violations: int,
+                                                                   excused: int) -> None:
+    """While the release runs the platform must serve: a probe answered 503 (or not at all) is a violation.
+    Only once the persisted status is final may the run be tearing the platform down."""
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "status.json").write_text(json.dumps({"phase": phase, "step": 0, "history": [
+        {"action": "promote", "verdict": "pass", "at": 1.0}]}))
+    observer = Observer(tmp_path, "r")
+    observer.http = httpx.Client(transport=failing_router(503))
+    observer.probe("http://router")
+    assert (len(observer.violations), observer.tally.probe_failures, observer.tally.probes_after_end) == \
+        (violations, violations, excused)
+    assert all("a probe search failed while the platform should serve" in v and "HTTP 503" in v
+               for v in observer.violations)
+    observer.http = httpx.Client(transport=httpx.MockTransport(lambda request: (_ for _ in ()).throw(
+        httpx.ConnectError("refused", request=request))))
+    observer.probe("http://router", n=1)
+    assert len(observer.violations) == violations + (violations > 0)
+    observer.close()
+
+
+@pytest.mark.parametrize(("served_by", "service", "excused"), [
+    ("master-search@v2,ml-search@v2", "ml-search", True),  # the scenario's fault, where it was injected
+    ("master-search@v1,ml-search@v1", "ml-search", False),  # the stable version must not fail
+    ("master-search@v2,keyword@v2", "keyword", False),  # a service the scenario did not make fail
+])
+def test_only_the_scenarios_injected_errors_are_excused(tmp_path: Path, served_by: str, service: str,
+                                                       excused: bool) -> None:
+    observer = Observer(tmp_path, "r", erring=frozenset({"ml-search"}))
+    body = {"error": "injected error (error_rate=0.5)", "service": service, "reason": "injected"}
+    observer.http = httpx.Client(transport=httpx.MockTransport(
+        lambda request: httpx.Response(500, json=body, headers={"x-served-by": served_by})))
+    observer.probe("http://router", n=1)
+    assert (observer.tally.probes_injected_errors, len(observer.violations)) == ((1, 0) if excused else (0, 1))
+    observer.close()
+
+
 # --- the campaign -------------------------------------------------------------------------------------------
 
 @pytest.mark.integration
@@ -91,6 +136,9 @@ def test_killed_anywhere_every_release_converges_with_the_invariants_intact(tmp_
         assert (r.final_workloads, r.final_routes) == expected_end(r.expected)
         # The observer really looked: routes, health, probes and the process table on every run.
         assert r.tally["route_checks"] > 10 and r.tally["probes"] > 10 and r.tally["process_scans"] > 10
+        # Every probe not answered 200 was a violation, unless the release had ended or it was the
+        # scenario's injected error (the `errors` canary): none failed while the platform should serve.
+        assert r.tally["probe_failures"] == 0, r.tally
         assert r.tally["most_processes_in_a_scan"] >= 8  # the router, 5 services of v1 and 2 of v2
     assert all(k.children_gone_seconds is not None for k in kills)  # no killed run left a process behind
     rolled_back = next(r for r in results if r.expected == "RolledBack")

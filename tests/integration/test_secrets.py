@@ -17,11 +17,13 @@ secrets are looked for in everything an operator or a third party can see:
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,8 @@ from controller.adapters.http.signing import SIGNATURE_HEADER, Secret, verify
 from controller.adapters.http.webhook import RetryPolicy, WebhookClient
 from controller.adapters.kubernetes.client import RELEASES
 from controller.adapters.kubernetes.running import Controller, ControllerConfig
+from controller.adapters.kubernetes.secrets import KubeSecrets
+from controller.core.spec.hooks import HookRules, HookSpec
 from controller.core.spec.release import parse_release
 from controller.core.status import Phase, ReleaseStatus
 from controller.logs import configure_logging
@@ -67,9 +71,11 @@ def files(tmp_path: Path, receiver: Receiver) -> dict[str, Path]:
     return {"hmac": hmac_file, "slack": slack_file}
 
 
-def hooks(receiver: Receiver, hmac_file: Path) -> list[dict[str, Any]]:
+def hooks(receiver: Receiver, hmac_file: Path | None) -> list[dict[str, Any]]:
+    """The release's hooks, keyed by a file (local runs) or, without one, by a Kubernetes Secret (cluster)."""
     url = f"{receiver.url}/hooks/release?token={HOOK_TOKEN}"
-    common = {"url": url, "secretFile": str(hmac_file), "retries": 1, "timeout": "2s"}
+    key = {"secretFile": str(hmac_file)} if hmac_file else {"secretRef": {"name": "hook-hmac", "key": "hmac"}}
+    common = {"url": url, **key, "retries": 1, "timeout": "2s"}
     return [{"name": "pre", "kind": "preRollout", "failurePolicy": "ignore", **common},
             {"name": "told-rollback", "kind": "onRollback", **common}]
 
@@ -140,7 +146,7 @@ def test_a_failing_release_leaks_no_secret_through_the_reconciler(
     notices = ListNotifier()
     fanout = MultiNotifier([notices, *notifiers(receiver, files)])
     ports = Ports(FakeWorkloads(), router, FakeMetrics(router, rps=80, models={"v2": VersionModel(error_rate=0.3)}),
-                  clock, fanout, hooks=HttpHooks(client()))
+                  clock, fanout, hooks=HttpHooks(client(), HookRules.local([str(tmp_path)])))
     reconciler = Reconciler(ports)
     saved: list[ReleaseStatus] = []
     status = ReleaseStatus()
@@ -151,14 +157,14 @@ def test_a_failing_release_leaks_no_secret_through_the_reconciler(
             break
         clock.sleep(result.requeue_after)
     assert status.phase is Phase.ROLLED_BACK, status.message
-    assert "HTTP 500" in status.hooks["told-rollback"]["reason"]
+    assert status.hooks["told-rollback"]["reason"] == "failed but ignored: server error (5xx)"
     logs = log_stream.getvalue()
     assert "failed after 2 tries" in logs  # the failures were logged (with the receiver's host and port)
     if fmt == "json":
         assert all(json.loads(line)["message"] for line in logs.splitlines())
     check_deliveries(receiver)
     stored = json.dumps([s.for_storage() for s in saved])
-    assert "HTTP 500" in stored  # the hooks' failures are in the status...
+    assert "server error (5xx)" in stored and "HTTP 500" not in stored  # the failures, sanitised, are in the status...
     for where, text in (("logs", logs), ("status", stored), ("notices", repr(notices.notices)),
                         ("report", render_report(release, status.for_storage())),
                         ("reprs", repr(fanout.notifiers) + repr(parse_release(release).hooks))):
@@ -170,10 +176,15 @@ def test_kubernetes_events_and_status_carry_no_secret(
     configure_logging("DEBUG", json=True, stream=log_stream)
     world = KubeWorld(emulator, models={"v2": VersionModel(error_rate=0.3)})
     world.seed_stack()
-    body = release_body(hooks=hooks(receiver, files["hmac"]))
-    world.api.create(RELEASES, body["metadata"]["namespace"], body)
+    body = release_body(hooks=hooks(receiver, None))
+    namespace = body["metadata"]["namespace"]
+    world.api.core.create_namespaced_secret(namespace, {  # type: ignore[arg-type]
+        "metadata": {"name": "hook-hmac"}, "data": {"hmac": base64.b64encode(HMAC_KEY.encode()).decode()}})
+    world.api.create(RELEASES, namespace, body)
+    # The cluster's rules; the admin allows the receiver's host (an IP literal is refused by default).
+    cluster_hooks = HttpHooks(client(), HookRules.cluster(["127.0.0.1"]), KubeSecrets(world.api))
     controller = Controller(world.api, ControllerConfig(identity="replica-a"), world.metrics, world.clock,
-                            notifier=MultiNotifier(notifiers(receiver, files)), hooks=HttpHooks(client()))
+                            notifier=MultiNotifier(notifiers(receiver, files)), hooks=cluster_hooks)
     status = world.drive(controller)
     assert status.phase is Phase.ROLLED_BACK, status.message
     events = world.objects("events")
@@ -197,7 +208,8 @@ def test_a_local_run_with_json_logs_leaks_no_secret(receiver: Receiver, files: d
     work, summary = tmp_path / "work", tmp_path / "summary.json"
     argv = [sys.executable, "-m", "controller.cli.main", "--log-format", "json", "--log-level", "debug", "run",
             "-f", str(spec_file), "--local", "--rps", "30", "--metrics", "direct", "--workdir", str(work),
-            "--summary", str(summary), "--fault", "ml-search:error_rate=0.5", "--max-seconds", "90"]
+            "--summary", str(summary), "--hook-secret-dir", str(tmp_path),
+            "--fault", "ml-search:error_rate=0.5", "--max-seconds", "90"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=150, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(summary.read_text())
@@ -228,3 +240,43 @@ def test_http_library_lines_and_tracebacks_show_no_url_path(receiver: Receiver, 
     assert f"HTTP Request: POST http://{host}/…" in logs  # the line is there, cut down
     assert f"could not reach http://{host}/…" in logs  # and so is the traceback's message
     assert_no_secret("logs", logs)
+
+
+class DictSecrets:
+    """The cluster's `Secrets` port over a dict (namespace, name, key) -> value; records what was read."""
+
+    def __init__(self, values: dict[tuple[str, str, str], bytes]) -> None:
+        self.values, self.reads = values, []  # type: list[tuple[str, str, str]]
+
+    def read(self, namespace: str, name: str, key: str) -> bytes:
+        self.reads.append((namespace, name, key))
+        return self.values[(namespace, name, key)]
+
+
+def test_no_byte_of_a_secret_reaches_a_receiver_the_policy_does_not_allow(
+        receiver: Receiver, tmp_path: Path) -> None:
+    """The cluster's rules: a hook to a host outside the policy, or naming a file (the service-account
+    token), is refused before anything is read or sent; the receiver gets nothing, the status says why."""
+    token = tmp_path / "token"
+    token.write_text(HMAC_KEY)
+    secrets = DictSecrets({("search", "hook-hmac", "key"): HMAC_KEY.encode()})
+    cluster = HttpHooks(client(), HookRules.cluster(), secrets)  # 127.0.0.1 is not an in-cluster Service
+    url = f"{receiver.url}/hooks/release?token={HOOK_TOKEN}"
+    for extra in ({"secretRef": {"name": "hook-hmac", "key": "key"}}, {"secretFile": str(token)}):
+        release = local_release(receiver, token)
+        release["metadata"]["namespace"] = "search"
+        release["spec"]["hooks"] = [{"name": "pre", "kind": "preRollout", "url": url, **extra}]
+        workloads, router = FakeWorkloads(), FakeRouter()
+        ports = Ports(workloads, router, FakeMetrics(router, rps=80), FakeClock(), ListNotifier(), hooks=cluster)
+        status = Reconciler(ports).tick(release, ReleaseStatus(), lambda s: None).status
+        assert status.phase is Phase.FAILED and not workloads.calls  # nothing deployed either
+        assert "refused by policy: hook pre:" in status.message
+        assert_no_secret("status", json.dumps(status.for_storage()))
+    assert receiver.requests == [] and secrets.reads == []
+    # The same hooks inside the admin's allow-list are called and signed: the refusal was the policy's.
+    allowed = HttpHooks(client(), HookRules.cluster(["127.0.0.1"]), secrets)
+    hook = HookSpec.from_dict({"name": "pre", "kind": "preRollout", "url": url, "retries": 0,
+                               "secretRef": {"name": "hook-hmac", "key": "key"}})
+    allowed.run(hook, {"namespace": "search"})
+    assert len(receiver.requests) == 1 and verify(Secret(HMAC_KEY.encode()), receiver.requests[0].body,
+                                                  receiver.requests[0].headers, now=time.time())

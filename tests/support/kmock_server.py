@@ -357,9 +357,14 @@ class WriteRecord:
     fault: bool  # an injected fault touched it (an error answer or a delay)
 
 
-def _rbac_verb(request: rendering.Request, key: Key) -> tuple[str, str, str, str]:
-    """The RBAC (namespace, apiGroup, resource, verb) a request needs."""
+def _rbac_verb(request: rendering.Request, key: Key | None) -> tuple[str, str, str, str]:
+    """The RBAC (namespace, apiGroup, resource, verb) a request needs, for every request whatever its kind:
+    resources the emulator does not model (secrets, pods, configmaps, ...) and subresources included, and
+    a request for no resource at all (discovery, `/version`) as ("nonResourceURL", "", path, verb)."""
     method = str(request.method.value)
+    if key is None:
+        verb = {"POST": "post", "PUT": "put", "PATCH": "patch", "DELETE": "delete", "HEAD": "head"}.get(method, "get")
+        return ("nonResourceURL", "", str(request.url.path), verb)
     if request.action is kmock.action.WATCH:
         verb = "watch"
     else:
@@ -378,7 +383,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
     slow_images: set[str] = attrs.field(factory=set)
     # Requests by (method, plural, subresource), for the "no writes in steady state" assertions.
     counts: dict[tuple[str, str, str], int] = attrs.field(factory=dict)
-    # RBAC verbs used while `recording`: (namespace, apiGroup, resource[/subresource], verb).
+    # RBAC verbs used while `recording`, of every request whatever its kind (served by this store, by kmock,
+    # or by nothing): (namespace or "cluster", apiGroup, resource[/subresource], verb).
     recording: bool = attrs.field(default=False)
     verbs: set[tuple[str, str, str, str]] = attrs.field(factory=set)
     # Every write request (POST, PUT, PATCH, DELETE) with its writer and answer, in arrival order.
@@ -392,14 +398,14 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         res = request.resource
-        key = (res.group or "", res.version or "", res.plural or "") if res is not None else None
+        key = (res.group or "", res.version or "", res.plural or "") if res is not None and res.plural else None
+        if self.recording:  # before anything else: what the emulator does not serve was still asked for
+            self.verbs.add(_rbac_verb(request, key))
         if key is None or key not in KINDS:
             return await super()._handle(request)
         method = str(request.method.value)
         count_key = (method, key[2], request.subresource or "")
         self.counts[count_key] = self.counts.get(count_key, 0) + 1
-        if self.recording:
-            self.verbs.add(_rbac_verb(request, key))
         fault = None if request.action is kmock.action.WATCH else self._fault_for(method, key, request)
         if fault is not None and fault.delay:
             await asyncio.sleep(fault.delay)  # late, not lost: the request is served after the wait

@@ -17,6 +17,7 @@ EXPECTED_PERMISSIONS = {
       for r in ("virtualservices", "destinationrules")
       for v in ("list", "create", "patch")),
     (STACK_NS, "", "events", "create"),
+    (STACK_NS, "", "secrets", "get"),  # hooks' secretRef, one named Secret at a time
     *((STACK_NS, "autoscaling", "horizontalpodautoscalers", v) for v in ("get", "list", "create")),
     *((CONTROLLER_NS, "coordination.k8s.io", "leases", v) for v in ("get", "create", "update")),
 }

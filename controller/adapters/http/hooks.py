@@ -10,7 +10,14 @@ Kinds (the `kind` field of a hook in the release spec):
 
 A hook's `failurePolicy` says whether a failed call matters: `fail` (the default for preRollout and
 confirmPromotion) or `ignore` (the default for the others: their result is logged and the release goes on).
-Payloads are JSON and signed exactly like notifications (`controller.adapters.http.signing`) when `secretFile` is set.
+Payloads are JSON and signed exactly like notifications (`controller.adapters.http.signing`) when the hook
+names a secret: `secretRef` (a Kubernetes Secret of the release's namespace, read through the `Secrets`
+port) or, in a local run only, `secretFile` under one of the allowed directories. Before anything is
+read or sent, the runner's `HookRules` (`controller.core.spec.hooks.refusals`) may refuse the hook: its
+URL is outside the URL policy, or its secret's source is not allowed here. The result written into the
+status says pass/fail and a sanitised reason (`Delivery.outcome`: "refused by policy", "timed out",
+"rejected (4xx)", "server error (5xx)", "unreachable"), and a status code only when the call passed: a
+release must not learn from its hooks' answers what listens where. The detail goes to the log.
 This module decides nothing about phases: `HookResult.passed` is what the machine reads.
 """
 
@@ -18,13 +25,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from collections.abc import Mapping
 from typing import Any
 
 from controller.adapters.http.signing import Secret, SecretError
-from controller.adapters.http.webhook import RetryPolicy, WebhookClient
-from controller.core.spec.hooks import FailurePolicy, HookKind, HookResult, HookSpec
+from controller.adapters.http.webhook import REFUSED, RetryPolicy, WebhookClient
+from controller.core.spec.hooks import FailurePolicy, HookKind, HookResult, HookRules, HookSpec, refusals
+from controller.ports import Secrets, SecretUnavailable
 
 __all__ = ["HttpHooks"]
 
@@ -32,15 +41,26 @@ log = logging.getLogger(__name__)
 
 
 class HttpHooks:
-    """Runs hooks over HTTP with the shared webhook client (URL policy, timeouts, retries, signing)."""
+    """Runs hooks over HTTP with the shared webhook client (URL policy, timeouts, retries, signing).
 
-    def __init__(self, client: WebhookClient | None = None) -> None:
+    `rules` say what this runner lets a hook do (default: the client's URL policy and no secret files);
+    `secrets` reads a hook's `secretRef` (None: a hook with one is refused).
+    """
+
+    def __init__(self, client: WebhookClient | None = None, rules: HookRules | None = None,
+                 secrets: Secrets | None = None) -> None:
         self.client = client or WebhookClient()
+        self.rules = rules or HookRules(self.client.policy)
+        self.secrets = secrets
 
     def run(self, hook: HookSpec, payload: Mapping[str, Any]) -> HookResult:
+        refused = refusals(hook, self.rules)
+        if refused:
+            log.warning("hook %s refused before any call: %s", hook.name, "; ".join(refused))
+            return self._judge(hook, False, None, f"{REFUSED}: {'; '.join(refused)}", 0.0, 0)
         try:
-            secret = Secret.from_file(hook.secret_file) if hook.secret_file else None
-        except SecretError as exc:
+            secret = self._secret(hook, str(payload.get("namespace", "")))
+        except (SecretError, SecretUnavailable) as exc:
             # Sending unsigned would let a receiver that checks signatures fail for an unclear reason.
             return self._judge(hook, False, None, f"secret: {exc}", 0.0, 0)
         body = json.dumps({**hook.metadata, **payload, "hook": hook.name, "kind": hook.kind.value},
@@ -49,7 +69,22 @@ class HttpHooks:
                              retry=RetryPolicy(hook.retries + 1, self.client.retry.backoff,
                                                self.client.retry.max_backoff))
         ok = d.status == 200 if hook.kind is HookKind.CONFIRM_PROMOTION else d.ok
-        return self._judge(hook, ok, d.status, d.reason, d.duration, d.attempts)
+        reason = "not confirmed (2xx other than 200)" if d.ok and not ok else d.outcome
+        return self._judge(hook, ok, d.status if ok else None, reason, d.duration, d.attempts)
+
+    def _secret(self, hook: HookSpec, namespace: str) -> Secret | None:
+        """The hook's signing key from where the rules allow it; raises SecretError or SecretUnavailable."""
+        if hook.secret_ref is not None:
+            if self.secrets is None:
+                raise SecretUnavailable("this runner reads no Secrets (secretRef)")
+            return Secret(self.secrets.read(namespace, hook.secret_ref.name, hook.secret_ref.key))
+        if hook.secret_file is None:
+            return None
+        # `refusals` checked the path as written; a symbolic link must not lead out of the allowed places.
+        real = os.path.realpath(hook.secret_file)
+        if not self.rules.allows_file(real):
+            raise SecretError(f"secret file {hook.secret_file} resolves outside the allowed directories")
+        return Secret.from_file(real)
 
     def fire(self, hook: HookSpec, payload: Mapping[str, Any]) -> threading.Thread:
         """Run a hook on a thread of its own and return at once (the load test driver); the result is logged."""

@@ -1,20 +1,23 @@
 """Shared secrets and HMAC signatures of outgoing webhook bodies (notifications and release hooks).
 
 A receiver verifies a delivery by recomputing
-    HMAC-SHA256(secret, f"{timestamp}.".encode() + body)
+    HMAC-SHA256(secret, f"{timestamp}.{delivery}.".encode() + body)
 over the exact bytes received and comparing it with `X-Stack-Canary-Signature: sha256=<hex>`; the
-timestamp (`X-Stack-Canary-Timestamp`, whole seconds since the epoch) is part of the signed content, so a
-captured delivery cannot be replayed later with a fresh timestamp, and the receiver rejects old ones.
+timestamp (`X-Stack-Canary-Timestamp`, whole seconds since the epoch) and the delivery id
+(`X-Stack-Canary-Delivery`, the same for every try of one delivery) are part of the signed content, so a
+captured delivery can be neither replayed later with a fresh timestamp nor passed off as another delivery.
+The receiver rejects old timestamps and, within the window, ids it has seen (`ReplayGuard`).
 
-Secrets come from files (a mounted Kubernetes Secret), never from the command line or the release spec,
-and a `Secret` never shows its value in `repr` or `str`; creating one registers it with the log
-redaction filter (`controller.logs`).
+Secrets come from a Kubernetes Secret (`secretRef`, the cluster) or a file (a local run, the controller's
+own flags), never from the command line or the release spec itself, and a `Secret` never shows its value
+in `repr` or `str`; creating one registers it with the log redaction filter (`controller.logs`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from controller.logs import remember_secret
 
 SIGNATURE_HEADER = "X-Stack-Canary-Signature"
 TIMESTAMP_HEADER = "X-Stack-Canary-Timestamp"
+DELIVERY_HEADER = "X-Stack-Canary-Delivery"
 # Generous enough for clock skew and retries with backoff, short enough to make replays useless.
 DEFAULT_TOLERANCE_SECONDS = 300.0
 
@@ -70,29 +74,52 @@ class Secret:
         raise TypeError("a Secret cannot be pickled")
 
 
-def signature(secret: Secret, body: bytes, timestamp: int) -> str:
-    """The signature header value for this body at this timestamp."""
-    mac = hmac.new(secret.reveal(), f"{timestamp}.".encode() + body, hashlib.sha256)
+def signature(secret: Secret, body: bytes, timestamp: int, delivery: str) -> str:
+    """The signature header value for this body at this timestamp, for this delivery id."""
+    mac = hmac.new(secret.reveal(), f"{timestamp}.{delivery}.".encode() + body, hashlib.sha256)
     return f"sha256={mac.hexdigest()}"
 
 
-def signed_headers(secret: Secret | None, body: bytes, now: float) -> dict[str, str]:
-    """The timestamp and signature headers (none when there is no secret)."""
+def signed_headers(secret: Secret | None, body: bytes, now: float, delivery: str) -> dict[str, str]:
+    """The timestamp and signature headers (none when there is no secret); the caller sends the delivery id."""
     if secret is None:
         return {}
     timestamp = int(now)
-    return {TIMESTAMP_HEADER: str(timestamp), SIGNATURE_HEADER: signature(secret, body, timestamp)}
+    return {TIMESTAMP_HEADER: str(timestamp), SIGNATURE_HEADER: signature(secret, body, timestamp, delivery)}
 
 
 def verify(secret: Secret, body: bytes, headers: Mapping[str, str], now: float,
            tolerance: float = DEFAULT_TOLERANCE_SECONDS) -> bool:
-    """What a receiver does: the signature matches the exact body and the timestamp is recent."""
+    """What a receiver does: the signature matches the exact body and delivery id, the timestamp is recent."""
     lowered = {k.lower(): v for k, v in headers.items()}
     try:
         timestamp = int(lowered.get(TIMESTAMP_HEADER.lower(), ""))
     except ValueError:
         return False
-    if abs(now - timestamp) > tolerance:
+    delivery = lowered.get(DELIVERY_HEADER.lower(), "")
+    if abs(now - timestamp) > tolerance or not delivery:
         return False
     given = lowered.get(SIGNATURE_HEADER.lower(), "")
-    return hmac.compare_digest(given, signature(secret, body, timestamp))
+    return hmac.compare_digest(given, signature(secret, body, timestamp, delivery))
+
+
+class ReplayGuard:
+    """A receiver's replay check: a verified delivery id is acted on once within the timestamp window.
+
+    Call `first_time(delivery, now)` after `verify` passed; False means a replay (or a retry of a delivery
+    already acted on): answer 2xx and do nothing. Ids older than twice the window are forgotten, since
+    `verify` refuses their timestamps anyway.
+    """
+
+    def __init__(self, tolerance: float = DEFAULT_TOLERANCE_SECONDS) -> None:
+        self.tolerance = tolerance
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def first_time(self, delivery: str, now: float) -> bool:
+        with self._lock:
+            self._seen = {d: t for d, t in self._seen.items() if now - t <= 2 * self.tolerance}
+            if delivery in self._seen:
+                return False
+            self._seen[delivery] = now
+            return True

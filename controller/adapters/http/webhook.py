@@ -7,6 +7,11 @@ stop a rollback; a failed pre-rollout hook must stop a start).
 
 URLs are treated as credentials: a Slack incoming-webhook URL carries its token in the path, so only the
 scheme, host and port of a URL ever reach a log line or a `repr`.
+
+What a delivery says about the network is kept apart: `Delivery.reason` is the detail for the controller's
+log (`HTTP 503 Service Unavailable`, `connection failed (ConnectError)`), `Delivery.outcome` the sanitised
+class a status may show (`outcome_of`), so a release cannot map the network through its hooks' answers.
+A reply is streamed and read up to `MAX_REPLY_BYTES`, never further.
 """
 
 from __future__ import annotations
@@ -19,15 +24,20 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from controller.adapters.http.signing import Secret, signed_headers
+from controller.adapters.http.signing import DELIVERY_HEADER, Secret, signed_headers
 from controller.core.urls import RefusedUrl, UrlPolicy, redact_url
 
-__all__ = ["DELIVERY_HEADER", "Delivery", "RefusedUrl", "RetryPolicy", "UrlPolicy", "WebhookClient",
+__all__ = ["DELIVERY_HEADER", "MAX_REPLY_BYTES", "Delivery", "RefusedUrl", "RetryPolicy", "UrlPolicy", "WebhookClient",
+           "outcome_of",
            "redact_url"]
 log = logging.getLogger(__name__)
 
-DELIVERY_HEADER = "X-Stack-Canary-Delivery"
 USER_AGENT = "stack-canary-webhook/1"
+MAX_REPLY_BYTES = 65536
+REFUSED = "refused by policy"
+TIMED_OUT = "timed out"
+UNREACHABLE = "unreachable"
+INVALID_URL = "invalid URL"
 
 
 @dataclass(frozen=True)
@@ -48,10 +58,30 @@ class Delivery:
 
     ok: bool
     status: int | None
-    reason: str
+    reason: str  # the detail, for the controller's log only
     attempts: int
     duration: float
     body: bytes = field(default=b"", repr=False)
+    # Without a status: REFUSED, TIMED_OUT, UNREACHABLE or INVALID_URL (what `outcome` shows).
+    failure: str = ""
+
+    @property
+    def outcome(self) -> str:
+        """The sanitised result a status may show: pass/fail and the class of the answer, nothing more."""
+        return outcome_of(self.status, self.failure)
+
+
+def outcome_of(status: int | None, failure: str = "") -> str:
+    """`ok`, `rejected (4xx)`, `server error (5xx)`, `unexpected answer (3xx)`, or a failure without answer."""
+    if status is None:
+        return failure or UNREACHABLE
+    if 200 <= status < 300:
+        return "ok"
+    if 400 <= status < 500:
+        return "rejected (4xx)"
+    if status >= 500:
+        return "server error (5xx)"
+    return f"unexpected answer ({status // 100}xx)"
 
 
 def _check_sendable(url: str) -> None:
@@ -88,17 +118,19 @@ class WebhookClient:
             _check_sendable(url)
         except RefusedUrl as exc:
             log.warning("webhook refused: %s", exc)
-            return Delivery(False, None, f"refused: {exc}", 0, 0.0)
+            return Delivery(False, None, f"refused: {exc}", 0, 0.0, failure=REFUSED)
         retry = retry or self.retry
         delivery_id = str(uuid.uuid4())
-        status, reason, answer, attempt = None, "", b"", 0
+        status, reason, answer, attempt, failure = None, "", b"", 0, ""
         with httpx.Client(timeout=timeout or self.timeout, transport=self.transport, trust_env=self.trust_env,
                           follow_redirects=False) as client:
             for attempt in range(1, max(1, retry.attempts) + 1):
-                # Signed again on every try: the timestamp is part of the signed content.
-                sent = {"Content-Type": "application/json", "User-Agent": USER_AGENT, DELIVERY_HEADER: delivery_id,
-                        **(headers or {}), **signed_headers(secret, body, self.clock())}
-                status, reason, answer, again = self._attempt(client, url, body, sent)
+                # Signed again on every try: the timestamp is part of the signed content, and so is the
+                # delivery id (the same for every try), which a receiver keeps to drop replays.
+                sent = {"Content-Type": "application/json", "User-Agent": USER_AGENT, "Accept-Encoding": "identity",
+                        **(headers or {}),
+                        DELIVERY_HEADER: delivery_id, **signed_headers(secret, body, self.clock(), delivery_id)}
+                status, reason, answer, again, failure = self._attempt(client, url, body, sent)
                 if not again or attempt >= retry.attempts:
                     break
                 log.info("webhook %s: %s; try %d of %d in %.2gs", redact_url(url), reason, attempt + 1,
@@ -107,20 +139,33 @@ class WebhookClient:
         ok = status is not None and 200 <= status < 300
         if not ok:
             log.warning("webhook %s failed after %d tries: %s", redact_url(url), attempt, reason)
-        return Delivery(ok, status, reason, attempt, time.monotonic() - started, answer)
+        return Delivery(ok, status, reason, attempt, time.monotonic() - started, answer, failure)
 
     @staticmethod
     def _attempt(client: httpx.Client, url: str, body: bytes, headers: Mapping[str, str]
-                 ) -> tuple[int | None, str, bytes, bool]:
-        """(status, reason, response body, whether to try again)."""
+                 ) -> tuple[int | None, str, bytes, bool, str]:
+        """(status, reason, response body, whether to try again, the failure when there is no status)."""
         try:
-            response = client.post(url, content=body, headers=dict(headers))
+            with client.stream("POST", url, content=body, headers=dict(headers)) as response:
+                answer = _read_limited(response)
         except (httpx.InvalidURL, UnicodeError) as exc:
             # A host name that does not encode (IDNA) or a URL httpx cannot send: asking again won't help.
-            return None, f"invalid URL ({type(exc).__name__})", b"", False
+            return None, f"invalid URL ({type(exc).__name__})", b"", False, INVALID_URL
         except httpx.TimeoutException as exc:
-            return None, f"timed out ({type(exc).__name__})", b"", True
+            return None, f"timed out ({type(exc).__name__})", b"", True, TIMED_OUT
         except httpx.TransportError as exc:
-            return None, f"connection failed ({type(exc).__name__})", b"", True
+            return None, f"connection failed ({type(exc).__name__})", b"", True, UNREACHABLE
         text = f"HTTP {response.status_code} {response.reason_phrase}".strip()
-        return response.status_code, text, response.content[:65536], _retryable(response.status_code)
+        return response.status_code, text, answer, _retryable(response.status_code), ""
+
+
+def _read_limited(response: httpx.Response) -> bytes:
+    """At most MAX_REPLY_BYTES of the reply; the rest is never read (the connection is closed instead)."""
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_raw(chunk_size=16384):
+        chunks.append(chunk[:MAX_REPLY_BYTES - size])
+        size += len(chunks[-1])
+        if size >= MAX_REPLY_BYTES:
+            break
+    return b"".join(chunks)

@@ -4,17 +4,21 @@ For each tick of a release: its Deployments (`DeploymentWorkloads`, sized throug
 its Istio routes (`IstioRouter`), its Kubernetes Events plus the chat/webhook notifier if any
 (`EventNotifier`, `MultiNotifier`), and the sources every release shares: the analysis metrics, the A/B
 experiments' business metrics (None: an experiment's looks are errors, see docs/experiments.md) and the
-release hooks' caller. The hooks default to a plain `HttpHooks()` here, at the edge, never in the reconciler.
+release hooks' caller. The hooks default, here at the edge and never in the reconciler, to the cluster's
+rules: in-cluster Services only, keys from the release namespace's Secrets (`KubeSecrets`), no files.
 """
 
 from __future__ import annotations
 
 from controller.adapters.http.hooks import HttpHooks
 from controller.adapters.http.notifiers import MultiNotifier
+from controller.adapters.http.webhook import UrlPolicy, WebhookClient
 from controller.adapters.kubernetes.client import KubeApi, Obj
 from controller.adapters.kubernetes.events import EventNotifier
 from controller.adapters.kubernetes.routing import IstioRouter
+from controller.adapters.kubernetes.secrets import KubeSecrets
 from controller.adapters.kubernetes.workloads import DeploymentWorkloads, ReleaseRef, ReplicaPolicy, WeightBox
+from controller.core.spec.hooks import HookRules
 from controller.core.spec.release import InvalidSpec, ReleaseSpec, parse_release
 from controller.ports import BusinessMetrics, Clock, Hooks, Metrics, Notifier
 from controller.reconciler import Ports
@@ -43,7 +47,8 @@ class ReleaseWiring:
         self.business = business
         # Chat/webhook notifications besides the release's Kubernetes Events.
         self.notifier = notifier
-        self.hooks: Hooks = hooks or HttpHooks()
+        self.hooks: Hooks = hooks or HttpHooks(WebhookClient(policy=UrlPolicy.in_cluster()), HookRules.cluster(),
+                                               KubeSecrets(api))
 
     def router(self, namespace: str, services: tuple[str, ...]) -> IstioRouter:
         return IstioRouter(self.api, namespace, services)

@@ -8,8 +8,9 @@ at the edge; the state machine reads `HookResult.passed`. See `controller.adapte
 
 from __future__ import annotations
 
+import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -18,7 +19,9 @@ from analysis.reader import Reader
 from controller.core.urls import RefusedUrl, UrlPolicy, redact_url
 
 _NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-HOOK_FIELDS = ("name", "kind", "url", "timeout", "retries", "failurePolicy", "secretFile", "metadata")
+_SECRET_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+_SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]{1,253}")
+HOOK_FIELDS = ("name", "kind", "url", "timeout", "retries", "failurePolicy", "secretRef", "secretFile", "metadata")
 MAX_TIMEOUT_SECONDS = 300.0
 MAX_RETRIES = 10
 
@@ -50,6 +53,14 @@ class InvalidHook(ValueError):
 
 
 @dataclass(frozen=True)
+class SecretRef:
+    """`secretRef: {name, key}`: one key of a Kubernetes Secret in the release's own namespace."""
+
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
 class HookSpec:
     name: str
     kind: HookKind
@@ -58,6 +69,7 @@ class HookSpec:
     retries: int = 2
     failure_policy: FailurePolicy = FailurePolicy.FAIL
     secret_file: str | None = None
+    secret_ref: SecretRef | None = None
     # Static fields merged into the payload (e.g. a load test's command), as Flagger's `metadata`.
     metadata: Mapping[str, str] = field(default_factory=dict)
 
@@ -113,7 +125,10 @@ def read_hook(r: Reader, value: Any, path: str, policy: UrlPolicy | None = None)
         retries=_retries(r, d.get("retries"), f"{path}.retries", kind),
         failure_policy=_failure_policy(r, d.get("failurePolicy"), f"{path}.failurePolicy", kind),
         secret_file=_secret_file(r, d.get("secretFile"), f"{path}.secretFile"),
+        secret_ref=_secret_ref(r, d.get("secretRef"), f"{path}.secretRef"),
         metadata=_metadata(r, d.get("metadata"), f"{path}.metadata"))
+    if hook.secret_file is not None and hook.secret_ref is not None:
+        r.problem(path, "give at most one of secretRef and secretFile")
     return hook if len(r.problems) == mark else None
 
 
@@ -157,6 +172,15 @@ def _secret_file(r: Reader, value: Any, path: str) -> str | None:
     return value
 
 
+def _secret_ref(r: Reader, value: Any, path: str) -> SecretRef | None:
+    if value is None:
+        return None
+    d = r.fields(value, path, ("name", "key"))
+    name = r.string(d.get("name"), f"{path}.name", _SECRET_NAME, what="a Secret's name (a DNS subdomain)")
+    key = r.string(d.get("key"), f"{path}.key", _SECRET_KEY, what="a Secret's key (letters, digits, '-', '_', '.')")
+    return SecretRef(name, key)
+
+
 def _metadata(r: Reader, value: Any, path: str) -> dict[str, str]:
     if value is None:
         return {}
@@ -164,6 +188,53 @@ def _metadata(r: Reader, value: Any, path: str) -> dict[str, str]:
         r.problem(path, "must be a mapping of strings to strings")
         return {}
     return dict(value)
+
+
+@dataclass(frozen=True)
+class HookRules:
+    """What a runner lets a release's hooks do: which URLs they may call, where their secrets may come from.
+
+    The cluster controller (`HookRules.cluster`): URLs by the admin's policy (in-cluster Services plus an
+    allow-list), secrets from `secretRef` only; a `secretFile` would let a namespace editor make the
+    controller read any file of its pod (its service-account token) as a key. A local run
+    (`HookRules.local`): `secretFile` under one of `secret_dirs` only (the release's workdir, the
+    `--hook-secret-dir` flags). Checked by `refusals` before anything is called.
+    """
+
+    urls: UrlPolicy = field(default_factory=UrlPolicy)
+    secret_files: bool = False
+    secret_dirs: tuple[str, ...] = ()
+
+    @classmethod
+    def cluster(cls, allow_hosts: Sequence[str] | None = None) -> HookRules:
+        return cls(UrlPolicy.in_cluster(allow_hosts), secret_files=False)
+
+    @classmethod
+    def local(cls, secret_dirs: Sequence[str], urls: UrlPolicy | None = None) -> HookRules:
+        dirs = tuple(posixpath.normpath(d) for d in secret_dirs if d and d.startswith("/"))
+        return cls(urls or UrlPolicy(), secret_files=True, secret_dirs=dirs)
+
+    def allows_file(self, path: str) -> bool:
+        """Lexically under one of `secret_dirs` (the adapter checks again after resolving links)."""
+        path = posixpath.normpath(path)
+        return self.secret_files and any(path.startswith(d.rstrip("/") + "/") for d in self.secret_dirs)
+
+
+def refusals(hook: HookSpec, rules: HookRules) -> list[str]:
+    """Why this runner must not call this hook (its URL, its secret's source); empty when it may."""
+    problems = []
+    try:
+        rules.urls.check(hook.url)
+    except RefusedUrl as exc:
+        problems.append(f"hook {hook.name}: url: {exc}")
+    if hook.secret_file is not None and not rules.secret_files:
+        problems.append(f"hook {hook.name}: secretFile: the cluster controller reads no file for a release; "
+                        "name a Kubernetes Secret of the release's namespace with secretRef: {name, key}")
+    elif hook.secret_file is not None and not rules.allows_file(hook.secret_file):
+        where = ", ".join(rules.secret_dirs) or "none configured"
+        problems.append(f"hook {hook.name}: secretFile: {hook.secret_file} is outside the directories a local run "
+                        f"reads secrets from (the release's workdir and --hook-secret-dir: {where})")
+    return problems
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Release hooks: spec parsing with precise messages, and each kind's rule against a loopback receiver."""
+"""Release hooks: spec parsing with precise messages, each kind's rule against a loopback receiver, and the
+runner's rules (URL policy, where secrets may come from) enforced before anything is read or sent."""
 
 from __future__ import annotations
 
@@ -12,10 +13,20 @@ import pytest
 from controller.adapters.http.hooks import HttpHooks
 from controller.adapters.http.signing import Secret, verify
 from controller.adapters.http.webhook import RetryPolicy, UrlPolicy, WebhookClient
+from controller.adapters.local.secrets import DirectorySecrets
 from controller.core.machine import hooks as hook_points
-from controller.core.spec.hooks import FailurePolicy, HookKind, HookSpec, InvalidHook, hooks_from_list
+from controller.core.spec.hooks import (
+    FailurePolicy,
+    HookKind,
+    HookRules,
+    HookSpec,
+    InvalidHook,
+    SecretRef,
+    hooks_from_list,
+)
 from controller.core.spec.release import parse_release
 from controller.core.status import Phase, ReleaseStatus
+from controller.ports import SecretUnavailable
 from tests.support.webhook_receiver import Receiver, SilentReceiver
 
 PAYLOAD = {"release": "search-v2", "namespace": "shop", "phase": "Progressing", "canaryVersion": "v2"}
@@ -28,8 +39,13 @@ def receiver() -> Iterator[Receiver]:
     r.stop()
 
 
-def _hooks() -> HttpHooks:
-    return HttpHooks(WebhookClient(timeout=2.0, sleep=lambda s: None, retry=RetryPolicy(backoff=0.01)))
+def _hooks(rules: HookRules | None = None, secrets: DirectorySecrets | None = None) -> HttpHooks:
+    return HttpHooks(WebhookClient(timeout=2.0, sleep=lambda s: None, retry=RetryPolicy(backoff=0.01)), rules, secrets)
+
+
+def _local(tmp_path: Path) -> HttpHooks:
+    """A local run whose hooks may read secrets under `tmp_path` (its workdir) only."""
+    return _hooks(HookRules.local([str(tmp_path)]), DirectorySecrets([tmp_path]))
 
 
 def _hook(kind: str, url: str, **extra: object) -> HookSpec:
@@ -53,7 +69,9 @@ def test_full_spec() -> None:
                                "timeout": "1500ms", "retries": 4, "failurePolicy": "ignore",
                                "secretFile": "/etc/hooks/hmac", "metadata": {"suite": "search"}})
     assert hook == HookSpec("smoke", HookKind.PRE_ROLLOUT, "https://ci.example.com/smoke", 1.5, 4,
-                            FailurePolicy.IGNORE, "/etc/hooks/hmac", {"suite": "search"})
+                            FailurePolicy.IGNORE, "/etc/hooks/hmac", None, {"suite": "search"})
+    ref = _hook("preRollout", "http://ci.tools.svc/smoke", secretRef={"name": "hook-hmac", "key": "key"})
+    assert ref.secret_ref == SecretRef("hook-hmac", "key") and ref.secret_file is None
 
 
 @pytest.mark.parametrize(("spec", "problem"), [
@@ -73,6 +91,14 @@ def test_full_spec() -> None:
     ({"kind": "preRollout", "url": "http://x/", "secretFile": "hmac"},
      "spec.hooks[3].secretFile: 'hmac' is not an absolute file path"),
     ({"kind": "preRollout", "url": "http://x/", "secret": "inline"}, "spec.hooks[3].secret: is not a known field"),
+    ({"kind": "preRollout", "url": "http://x/", "secretRef": {"name": "s"}},
+     "spec.hooks[3].secretRef.key: is required"),
+    ({"kind": "preRollout", "url": "http://x/", "secretRef": {"name": "../etc", "key": "k"}},
+     "spec.hooks[3].secretRef.name: '../etc' is not a Secret's name"),
+    ({"kind": "preRollout", "url": "http://x/", "secretRef": {"name": "s", "key": "a/b"}},
+     "spec.hooks[3].secretRef.key: 'a/b' is not a Secret's key"),
+    ({"kind": "preRollout", "url": "http://x/", "secretRef": {"name": "s", "key": "k"}, "secretFile": "/h"},
+     "spec.hooks[3]: give at most one of secretRef and secretFile"),
     ({"kind": "preRollout", "url": "http://x/", "name": "Bad Name"}, "spec.hooks[3].name: 'Bad Name' is not a DNS"),
     ({"kind": "preRollout", "url": "http://x/", "metadata": {"a": 1}}, "spec.hooks[3].metadata: must be a mapping"),
     ("preRollout", "spec.hooks[3]: must be a mapping, not str"),
@@ -119,7 +145,9 @@ def test_pre_rollout_passes_on_2xx_and_sends_payload(receiver: Receiver) -> None
 def test_pre_rollout_failure_blocks_after_retries(receiver: Receiver) -> None:
     receiver.statuses = [503]
     result = _hooks().run(_hook("preRollout", receiver.url, retries=2), PAYLOAD)
-    assert not result.passed and result.status == 503 and result.attempts == 3
+    # The status learns the class of the answer, never the code itself (a release must not map the network).
+    assert not result.passed and result.status is None and result.attempts == 3
+    assert result.reason == "server error (5xx)"
     assert len(receiver.requests) == 3
 
 
@@ -132,7 +160,7 @@ def test_pre_rollout_retry_recovers(receiver: Receiver) -> None:
 def test_ignore_policy_passes_a_failed_hook(receiver: Receiver) -> None:
     receiver.statuses = [500]
     result = _hooks().run(_hook("postRollout", receiver.url, retries=0), PAYLOAD)
-    assert result.passed and result.status == 500 and result.reason.startswith("failed but ignored")
+    assert result.passed and result.status is None and result.reason == "failed but ignored: server error (5xx)"
 
 
 @pytest.mark.parametrize(("status", "passed"), [(200, True), (201, False), (202, False), (403, False),
@@ -140,10 +168,12 @@ def test_ignore_policy_passes_a_failed_hook(receiver: Receiver) -> None:
 def test_confirm_promotion_gate_needs_exactly_200(receiver: Receiver, status: int, passed: bool) -> None:
     receiver.statuses = [status]
     result = _hooks().run(_hook("confirmPromotion", receiver.url), PAYLOAD)
-    assert result.passed is passed and result.status == status
+    assert result.passed is passed and result.status == (status if passed else None)
     assert len(receiver.requests) == 1  # never retried within one call: the next tick asks again
     if not passed:
-        assert result.reason.startswith("waiting for confirmation")
+        shown = {201: "not confirmed (2xx other than 200)", 202: "not confirmed (2xx other than 200)",
+                 403: "rejected (4xx)", 500: "server error (5xx)"}[status]
+        assert result.reason == f"waiting for confirmation: {shown}"
 
 
 def test_gate_opens_on_a_later_tick(receiver: Receiver) -> None:
@@ -166,15 +196,100 @@ def test_silent_gate_waits_within_its_timeout() -> None:
 
 def test_signed_payload(receiver: Receiver, tmp_path: Path) -> None:
     (tmp_path / "hmac").write_text("hook-secret-value\n")
-    _hooks().run(_hook("onRollback", receiver.url, secretFile=str(tmp_path / "hmac")), PAYLOAD)
+    _local(tmp_path).run(_hook("onRollback", receiver.url, secretFile=str(tmp_path / "hmac")), PAYLOAD)
     got = receiver.requests[0]
     assert verify(Secret(b"hook-secret-value"), got.body, got.headers, now=time.time())
 
 
 def test_missing_secret_file_fails_without_sending(receiver: Receiver, tmp_path: Path) -> None:
-    result = _hooks().run(_hook("preRollout", receiver.url, secretFile=str(tmp_path / "nope")), PAYLOAD)
+    result = _local(tmp_path).run(_hook("preRollout", receiver.url, secretFile=str(tmp_path / "nope")), PAYLOAD)
     assert not result.passed and result.reason.startswith("secret: cannot read secret file")
     assert receiver.requests == []
+
+
+def test_secret_ref_signs_with_the_named_secret(receiver: Receiver, tmp_path: Path) -> None:
+    (tmp_path / "hook-hmac").mkdir()
+    (tmp_path / "hook-hmac" / "key").write_text("ref-secret-value\n")  # a Secret mounted at <dir>/<name>
+    hook = _hook("onRollback", receiver.url, secretRef={"name": "hook-hmac", "key": "key"})
+    assert _local(tmp_path).run(hook, PAYLOAD).passed
+    got = receiver.requests[0]
+    assert verify(Secret(b"ref-secret-value"), got.body, got.headers, now=time.time())
+    missing = _hook("preRollout", receiver.url, secretRef={"name": "other", "key": "key"})
+    result = _local(tmp_path).run(missing, PAYLOAD)
+    assert not result.passed and result.reason == "secret: secret other/key is in none of the secret directories"
+    assert len(receiver.requests) == 1  # the hook without its key was not called unsigned
+
+
+# --- the runner's rules: refused before anything is read or sent --------------------------------
+
+def test_cluster_refuses_a_secret_file_before_reading_or_calling(receiver: Receiver, tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("service-account-token\n")
+    rules = HookRules(UrlPolicy.in_cluster(["127.0.0.1"]), secret_files=False)  # the receiver's host allowed
+    result = _hooks(rules).run(_hook("preRollout", receiver.url, secretFile=str(tmp_path / "token")), PAYLOAD)
+    assert not result.passed and result.attempts == 0 and result.status is None
+    assert result.reason.startswith("refused by policy: hook preRollout: secretFile: the cluster controller reads "
+                                    "no file for a release; name a Kubernetes Secret")
+    assert receiver.requests == []
+
+
+def test_cluster_refuses_a_url_outside_its_policy(receiver: Receiver) -> None:
+    result = _hooks(HookRules.cluster()).run(_hook("preRollout", receiver.url), PAYLOAD)
+    assert not result.passed and result.attempts == 0
+    assert result.reason.startswith("refused by policy: hook preRollout: url: host 127.0.0.1 is refused by the "
+                                    "controller's URL policy: only in-cluster Services")
+    assert receiver.requests == []
+
+
+@pytest.mark.parametrize(("url", "allowed"), [
+    ("http://smoke.test-tools.svc/run", True), ("http://smoke.test-tools.svc.cluster.local:8080/x", True),
+    ("http://smoke/run", True), ("https://ci.example.com/x", True), ("http://127.0.0.1:8080/", False),
+    ("http://[::1]/", False), ("http://2130706433/", False), ("http://0x7f000001/", False),
+    ("http://localhost:8080/", False), ("http://169.254.169.254/latest/meta-data", False),
+    ("http://kubernetes.default.svc.evil.example/", False), ("http://evil.example/", False),
+])
+def test_cluster_url_policy(url: str, allowed: bool) -> None:
+    rules = HookRules.cluster(["ci.example.com"])
+    assert (not any("url:" in p for p in _refusals(url, rules))) is allowed
+
+
+def _refusals(url: str, rules: HookRules) -> list[str]:
+    from controller.core.spec.hooks import refusals
+
+    return refusals(_hook("postRollout", url), rules)
+
+
+def test_local_refuses_a_secret_file_outside_the_allowed_places(receiver: Receiver, tmp_path: Path) -> None:
+    workdir, outside = tmp_path / "work", tmp_path / "elsewhere"
+    workdir.mkdir()
+    outside.mkdir()
+    (outside / "key").write_text("outside-secret\n")
+    (workdir / "link").symlink_to(outside / "key")
+    hooks = _hooks(HookRules.local([str(workdir)]))
+    result = hooks.run(_hook("preRollout", receiver.url, secretFile=str(outside / "key")), PAYLOAD)
+    assert not result.passed and result.reason == (
+        f"refused by policy: hook preRollout: secretFile: {outside / 'key'} is outside the directories a local "
+        f"run reads secrets from (the release's workdir and --hook-secret-dir: {workdir})")
+    dotted = hooks.run(_hook("preRollout", receiver.url, secretFile=f"{workdir}/../elsewhere/key"), PAYLOAD)
+    assert dotted.reason.startswith("refused by policy")
+    linked = hooks.run(_hook("preRollout", receiver.url, secretFile=str(workdir / "link")), PAYLOAD)
+    assert not linked.passed and linked.reason == (
+        f"secret: secret file {workdir / 'link'} resolves outside the allowed directories")
+    assert receiver.requests == []
+
+
+def test_secret_ref_without_a_secret_store_is_refused(receiver: Receiver) -> None:
+    hook = _hook("preRollout", receiver.url, secretRef={"name": "hmac", "key": "key"})
+    result = _hooks().run(hook, PAYLOAD)
+    assert not result.passed and result.reason == "secret: this runner reads no Secrets (secretRef)"
+    assert receiver.requests == []
+
+
+def test_directory_secrets_stay_in_their_directory(tmp_path: Path) -> None:
+    (tmp_path / "outside").write_text("x")
+    secrets = DirectorySecrets([tmp_path / "dir"])
+    for name, key in (("..", "outside"), ("a/..", "b"), (".", "k")):
+        with pytest.raises(SecretUnavailable):
+            secrets.read("ns", name, key)
 
 
 def test_load_test_fire_returns_at_once(receiver: Receiver) -> None:

@@ -3,8 +3,11 @@ timeouts, URL policy, and that no secret reaches a log line or a repr."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -19,8 +22,23 @@ from controller.adapters.http.notifiers import (
     SlackWebhookNotifier,
     slack_text,
 )
-from controller.adapters.http.signing import SIGNATURE_HEADER, TIMESTAMP_HEADER, Secret, SecretError, verify
-from controller.adapters.http.webhook import DELIVERY_HEADER, RefusedUrl, RetryPolicy, UrlPolicy, WebhookClient
+from controller.adapters.http.signing import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    ReplayGuard,
+    Secret,
+    SecretError,
+    verify,
+)
+from controller.adapters.http.webhook import (
+    DELIVERY_HEADER,
+    MAX_REPLY_BYTES,
+    RefusedUrl,
+    RetryPolicy,
+    UrlPolicy,
+    WebhookClient,
+    outcome_of,
+)
 from controller.core.status import decision_details
 from controller.logs import configure_logging
 from controller.ports import Notice
@@ -272,3 +290,99 @@ def test_secret_file_errors_name_the_path_not_the_content(tmp_path: Path) -> Non
     empty.write_text("\n")
     with pytest.raises(SecretError, match="is empty"):
         Secret.from_file(empty)
+
+
+# --- the delivery id is signed; replays are dropped; replies are read up to the limit ----------
+
+def test_the_delivery_id_is_covered_by_the_signature(receiver: Receiver) -> None:
+    secret = Secret(b"delivery-id-key")
+    JsonWebhookNotifier(receiver.url, secret=secret, client=_client()).deliver(ROLLBACK)
+    got = receiver.requests[0]
+    headers = dict(got.headers)
+    assert verify(secret, got.body, headers, now=time.time())
+    # The same body and signature passed off as another delivery (to slip past a replay check) fails.
+    forged = {**headers, DELIVERY_HEADER: "00000000-0000-0000-0000-000000000000"}
+    assert not verify(secret, got.body, forged, now=time.time())
+    assert not verify(secret, got.body, {k: v for k, v in headers.items() if k != DELIVERY_HEADER},
+                      now=time.time())
+    expected = hmac.new(b"delivery-id-key", f"{headers[TIMESTAMP_HEADER]}.{headers[DELIVERY_HEADER]}.".encode()
+                        + got.body, hashlib.sha256).hexdigest()
+    assert headers[SIGNATURE_HEADER] == f"sha256={expected}"  # the documented recipe, byte for byte
+
+
+def test_a_receiver_drops_replays_within_the_window(receiver: Receiver) -> None:
+    secret = Secret(b"replay-key")
+    receiver.statuses = [500, 200]  # one delivery, two tries: the same id, signed twice
+    JsonWebhookNotifier(receiver.url, secret=secret,
+                        client=_client(retry=RetryPolicy(attempts=2))).deliver(ROLLBACK)
+    first, retry = receiver.requests
+    guard, now = ReplayGuard(), time.time()
+    assert verify(secret, retry.body, retry.headers, now) and guard.first_time(retry.headers[DELIVERY_HEADER], now)
+    # A captured request sent again is verified (inside the window) but recognised by its signed id.
+    assert verify(secret, retry.body, retry.headers, now + 60)
+    assert not guard.first_time(retry.headers[DELIVERY_HEADER], now + 60)
+    # Outside the window the timestamp itself is refused, so the guard may forget old ids.
+    assert not verify(secret, retry.body, retry.headers, now + 301)
+    assert first.headers[DELIVERY_HEADER] == retry.headers[DELIVERY_HEADER]
+
+
+class EndlessReply:
+    """A receiver that answers 200 and then sends body bytes until the client hangs up; counts what it sent."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.sent = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
+
+    def _serve(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 10000000000\r\n\r\n")
+            chunk = b"x" * 65536
+            try:
+                while self.sent < 2 * 1024**3:
+                    conn.sendall(chunk)
+                    self.sent += len(chunk)
+            except OSError:
+                pass  # the client hung up: what it had read was enough
+
+    def stop(self) -> None:
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+def test_a_huge_reply_is_not_read_past_the_limit() -> None:
+    server = EndlessReply()
+    started = time.monotonic()
+    delivery = _client().post(server.url, b"{}")
+    server.stop()
+    assert delivery.ok and len(delivery.body) == MAX_REPLY_BYTES
+    assert time.monotonic() - started < 5.0
+    # What the server got out before the client hung up is bounded by the socket buffers, not the body size.
+    assert not server.thread.is_alive() and server.sent < 64 * 1024**2
+
+
+@pytest.mark.parametrize(("status", "failure", "shown"), [
+    (200, "", "ok"), (204, "", "ok"), (302, "", "unexpected answer (3xx)"), (401, "", "rejected (4xx)"),
+    (404, "", "rejected (4xx)"), (500, "", "server error (5xx)"), (502, "", "server error (5xx)"),
+    (None, "timed out", "timed out"), (None, "unreachable", "unreachable"),
+    (None, "refused by policy", "refused by policy"), (None, "", "unreachable"),
+])
+def test_outcomes_are_sanitised(status: int | None, failure: str, shown: str) -> None:
+    assert outcome_of(status, failure) == shown
+
+
+def test_cluster_policy_for_notifications(receiver: Receiver) -> None:
+    with pytest.raises(RefusedUrl, match="refused by the controller's URL policy"):
+        JsonWebhookNotifier(receiver.url, client=_client(policy=UrlPolicy.in_cluster()))
+    JsonWebhookNotifier("http://alerts.monitoring.svc:9093/hook", client=_client(policy=UrlPolicy.in_cluster()))
+    allowed = _client(policy=UrlPolicy.in_cluster(["127.0.0.1"]))  # the admin's explicit allow-list
+    assert JsonWebhookNotifier(receiver.url, client=allowed).deliver(ROLLBACK).ok

@@ -1,21 +1,20 @@
-"""The Grafana dashboard: valid JSON, every PromQL expression parses (promtool, when installed) and names only
+"""The Grafana dashboard: valid JSON, every PromQL expression parses (promtool) and names only
 metrics the controller exports, metrics it is assumed to export, or Istio's."""
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from controller.adapters.kubernetes.health import Telemetry
 from tests.support.paths import REPO
+from tests.support.tools import require_tool
 
 DASHBOARD = REPO / "manifests" / "dashboards" / "stack-canary.json"
 
@@ -117,8 +116,8 @@ def test_metric_name_extraction() -> None:
     assert metric_names('label_values(stack_canary_leader{a="b"}, pod)') == {"stack_canary_leader"}
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
 def test_every_expression_parses(tmp_path: Path) -> None:
+    require_tool("promtool", install="apt-get install --no-install-recommends prometheus")
     variables = {"$__rate_interval": "1m", "$namespace": ".*", "$release": ".*", "$app_namespace": ".*",
                  "$service": ".*", "$canary_version": "v2"}
     rules = []

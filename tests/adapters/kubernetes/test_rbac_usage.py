@@ -1,7 +1,14 @@
 """The controller's real API calls against the RBAC the manifests grant: every call it makes is granted,
-and every grant is used (or listed here with the reason it is needed but not exercised here)."""
+and every grant is used (or listed here with the reason it is needed but not exercised here).
+
+The emulator records every request while `recording`, whatever its kind (also kinds it does not serve, such
+as secrets, pods and configmaps, their subresources and non-resource URLs), so a new call of the controller
+to anything RBAC does not grant makes the comparison fail: `test_a_call_to_an_ungranted_kind_is_reported`
+proves it."""
 
 from __future__ import annotations
+
+import httpx
 
 from controller.core.status import Phase
 from tests.support.fakes import VersionModel
@@ -18,6 +25,9 @@ GRANTED_NOT_EXERCISED = {
     # The canary's copy of a stable HPA (tests/adapters/kubernetes/test_loop.py has the HPA case).
     (STACK_NS, "autoscaling", "horizontalpodautoscalers", "get"),
     (STACK_NS, "autoscaling", "horizontalpodautoscalers", "create"),
+    # A hook's or notifier's `secretRef` (one named Secret); the releases below have no hooks
+    # (tests/integration/test_secrets.py has them).
+    (STACK_NS, "", "secrets", "get"),
 }
 
 
@@ -28,6 +38,14 @@ def normalise(verb: tuple[str, str, str, str]) -> tuple[str, str, str, str]:
     elif ns == NAMESPACE:
         ns = STACK_NS
     return ns, group, resource, v
+
+
+def rbac_gaps(verbs: set[tuple[str, str, str, str]]) -> tuple[set[tuple[str, str, str, str]],
+                                                               set[tuple[str, str, str, str]]]:
+    """(used beyond what RBAC grants, granted but neither used nor listed as not exercised)."""
+    used = {normalise(v) for v in verbs}
+    granted = set(EXPECTED_PERMISSIONS)
+    return used - granted, granted - used - GRANTED_NOT_EXERCISED
 
 
 def test_the_controller_uses_exactly_what_rbac_grants(emulator: RunningEmulator) -> None:
@@ -48,8 +66,31 @@ def test_the_controller_uses_exactly_what_rbac_grants(emulator: RunningEmulator)
     emulator.emulator.recording = False
 
     used = {normalise(v) for v in emulator.emulator.verbs}
-    granted = set(EXPECTED_PERMISSIONS)
-    assert used - granted == set(), "the controller calls the API beyond its RBAC"
-    assert granted - used - GRANTED_NOT_EXERCISED == set(), "granted but never used: drop it or list why"
-    assert granted >= GRANTED_NOT_EXERCISED
+    beyond, unused = rbac_gaps(emulator.emulator.verbs)
+    assert beyond == set(), "the controller calls the API beyond its RBAC"
+    assert unused == set(), "granted but never used: drop it or list why"
+    assert set(EXPECTED_PERMISSIONS) >= GRANTED_NOT_EXERCISED
     assert any(ns == CONTROLLER_NS and r == "leases" for ns, _, r, _ in used)
+
+
+def test_a_call_to_an_ungranted_kind_is_reported(emulator: RunningEmulator) -> None:
+    """Requests for kinds the emulator does not model, as a controller that started calling them would
+    send: each is recorded with its verb, namespace and subresource, and the comparison reports it."""
+    calls = [("GET", f"/api/v1/namespaces/{NAMESPACE}/configmaps"),
+             ("GET", f"/api/v1/namespaces/{NAMESPACE}/secrets"),
+             ("GET", "/api/v1/namespaces/kube-system/secrets/admin-token"),
+             ("GET", f"/api/v1/namespaces/{NAMESPACE}/pods/web-0/log"),
+             ("POST", f"/api/v1/namespaces/{NAMESPACE}/pods/web-0/eviction"),
+             ("DELETE", f"/api/v1/namespaces/{NAMESPACE}/configmaps/settings"),
+             ("GET", "/version")]
+    emulator.emulator.recording = True
+    with httpx.Client(base_url=emulator.url, timeout=5) as client:
+        for method, path in calls:
+            client.request(method, path, json={} if method == "POST" else None)  # answered or not: asked
+    emulator.emulator.recording = False
+    expected = {(STACK_NS, "", "configmaps", "list"), (STACK_NS, "", "secrets", "list"),
+                ("kube-system", "", "secrets", "get"), (STACK_NS, "", "pods/log", "get"),
+                (STACK_NS, "", "pods/eviction", "create"), (STACK_NS, "", "configmaps", "delete"),
+                ("nonResourceURL", "", "/version", "get")}
+    beyond, _ = rbac_gaps(emulator.emulator.verbs)
+    assert beyond == expected, beyond ^ expected

@@ -45,9 +45,10 @@ from controller.adapters.prometheus.client import (
     promql_string,
 )
 from controller.adapters.prometheus.metrics import PrometheusSource
-from controller.adapters.prometheus.server import PrometheusProcess, prometheus_binary
+from controller.adapters.prometheus.server import PrometheusProcess
 from controller.ports import MetricsUnavailable
 from tests.support.paths import REPO
+from tests.support.tools import require_tool
 
 N = len(ISTIO_BUCKETS_MS)
 NS = "shop"
@@ -134,8 +135,7 @@ def exporter() -> Iterator[IstioExporter]:
 
 @pytest.fixture(scope="module")
 def prometheus(exporter: IstioExporter) -> Iterator[PrometheusProcess]:
-    if prometheus_binary() is None:
-        pytest.skip("no prometheus binary (apt-get install --no-install-recommends prometheus)")
+    require_tool("prometheus", install="apt-get install --no-install-recommends prometheus")
     process = PrometheusProcess([f"127.0.0.1:{exporter.port}"])
     process.start()
     yield process
@@ -324,8 +324,7 @@ def test_custom_promql_templates_work_end_to_end(
 
 @pytest.mark.integration
 def test_a_stopped_prometheus_is_unavailable_never_counts() -> None:
-    if prometheus_binary() is None:
-        pytest.skip("no prometheus binary")
+    require_tool("prometheus", install="apt-get install --no-install-recommends prometheus")
     process = PrometheusProcess([])
     process.start()
     try:
@@ -345,8 +344,7 @@ def test_a_stopped_prometheus_is_unavailable_never_counts() -> None:
 
 @pytest.mark.integration
 def test_prometheus_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
-    if prometheus_binary() is None:
-        pytest.skip("no prometheus binary")
+    require_tool("prometheus", install="apt-get install --no-install-recommends prometheus")
     starter = (
         "from controller.adapters.prometheus.server import PrometheusProcess\n"
         "import time\n"

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from controller.adapters.http.signing import Secret
-from controller.logs import configure_logging, release_context, remember_secret
+from controller.logs import configure_logging, known_secrets, release_context, remember_secret, restore_secrets
 
 
 @pytest.fixture
@@ -128,3 +128,14 @@ def test_text_format_and_levels() -> None:
     assert out.getvalue().rstrip().endswith("x: shown [release=r1]")
     with pytest.raises(ValueError, match="unknown log level 'loud'"):
         configure_logging("loud")
+
+
+def test_restore_secrets_puts_back_the_set_known_before() -> None:
+    before = known_secrets()
+    remember_secret("first-secret-abc")
+    snapshot = known_secrets()
+    remember_secret("second-secret-def")
+    restore_secrets(snapshot)
+    assert "first-secret-abc" in known_secrets() and "second-secret-def" not in known_secrets()
+    restore_secrets(before)
+    assert known_secrets() == before
