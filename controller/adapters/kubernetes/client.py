@@ -61,6 +61,7 @@ class Resource:
 RELEASES = Resource("stackcanary.dev", "v1alpha1", "stackreleases")
 DEPLOYMENTS = Resource("apps", "v1", "deployments")
 HPAS = Resource("autoscaling", "v2", "horizontalpodautoscalers")
+SECRETS = Resource("", "v1", "secrets")
 VIRTUAL_SERVICES = Resource("networking.istio.io", "v1", "virtualservices")
 DESTINATION_RULES = Resource("networking.istio.io", "v1", "destinationrules")
 LEASES = Resource("coordination.k8s.io", "v1", "leases")
@@ -238,6 +239,12 @@ class KubeApi:
             self.core.create_namespaced_event(namespace, dict(body),  # type: ignore[arg-type]
                                               _preload_content=False,
                                               _request_timeout=self.timeout)))
+
+    def read_secret(self, namespace: str, name: str) -> Obj:
+        """One Secret, by name (the controller may `get` Secrets, never list or watch them)."""
+        return self._call("get", SECRETS, f"reading secrets/{name} in {namespace}", lambda: (
+            self.core.read_namespaced_secret(name, namespace, _preload_content=False,
+                                             _request_timeout=self.timeout)))
 
     def watch(self, res: Resource, namespace: str | None, resource_version: str,
               timeout_seconds: int = 300) -> Iterator[Obj]:

@@ -11,10 +11,8 @@ from __future__ import annotations
 import base64
 import binascii
 
-from controller.adapters.kubernetes.client import ApiNotFound, KubeApi, Resource
+from controller.adapters.kubernetes.client import ApiNotFound, KubeApi
 from controller.ports import PortError, SecretUnavailable
-
-SECRETS = Resource("", "v1", "secrets")
 
 
 class KubeSecrets:
@@ -25,12 +23,8 @@ class KubeSecrets:
 
     def read(self, namespace: str, name: str, key: str) -> bytes:
         where = f"Secret {namespace}/{name}"
-        api = self.api
         try:
-            # Through the client's one call path, so API telemetry and the RBAC recorder see it.
-            obj = api._call("get", SECRETS, f"reading secrets/{name} in {namespace}", lambda: (
-                api.core.read_namespaced_secret(name, namespace, _preload_content=False,
-                                                _request_timeout=api.timeout)))
+            obj = self.api.read_secret(namespace, name)
         except ApiNotFound:
             raise SecretUnavailable(f"{where} does not exist") from None
         except PortError:
