@@ -206,7 +206,7 @@ def test_route_writes_failing_for_a_while_do_not_roll_back_a_healthy_release(fau
                                                                              emulator: RunningEmulator) -> None:
     f = faulty
     f.world.create_release()
-    f.world.drive(f.controller, until=Phase.INITIALIZING)
+    assert f.world.drive(f.controller, until=Phase.INITIALIZING).phase is Phase.INITIALIZING
     # The API server refuses the controller's route patches for a while (8 attempts, about 3 minutes).
     emulator.emulator.faults.append(Fault(code=500, method="PATCH", plural="virtualservices", times=8, agent=AGENT))
     status = drive_with_the_watch(f)

@@ -108,13 +108,16 @@ class KubeWorld:
 
     def drive(self, controller: Controller, until: Phase | None = None, rounds: int = 400,
               name: str = "search-v2", relist: bool = True) -> ReleaseStatus:
-        """Tick until the release reaches `until` (or any final phase), jumping the fake clock ahead."""
+        """Tick until the release reaches `until` (or any final phase), jumping the fake clock ahead.
+
+        With `until`, one tick per round: a watch thread running beside the driver queues the release again
+        after each of its writes, so ticking all that is due could carry it past `until` in one round."""
         if relist:
             controller.relist()
         for _ in range(rounds):
             if controller.elector is not None:
                 controller.elect()  # the election thread's part: renew the lease
-            controller.run_due()
+            controller.run_due(limit=1 if until is not None else None)
             status = self.status(name)
             if (until is not None and status.phase is until) or (until is None and status.phase.final):
                 return status
