@@ -112,6 +112,10 @@ class BusinessMetrics(Protocol):
 class Hooks(Protocol):
     """Release hooks: calls the release makes at fixed points (`controller.core.machine.hooks` says when)."""
 
+    def refusals(self, hook: HookSpec) -> list[str]:
+        """Why this runner will not call `hook` (its URL or its secret's source is outside the policy);
+        empty when it may. Asked when the spec is read, before anything of the release is done."""
+
     def run(self, hook: HookSpec, payload: Mapping[str, Any]) -> HookResult:
         """Call the hook and wait for its answer (within its timeout and retries)."""
 

@@ -80,13 +80,25 @@ class Reconciler:
         now = self.ports.clock.now()
         who = (_meta(release, "name", ""), _meta(release, "namespace", ""))
         try:
-            spec = parse_release(release)
+            spec = self._accepted(parse_release(release))
         except InvalidSpec as error:
             new, actions = machine.invalid_spec(error, status, _meta(release, "generation", 1), now)
             return self._finish(None, who, status, new, actions, persist)
         obs = self._observe(spec, status, now)
         new, actions = machine.step(spec, status, obs, now)
         return self._finish(spec, who, status, new, actions, persist)
+
+    def _accepted(self, spec: ReleaseSpec) -> ReleaseSpec:
+        """The spec, if this runner may do all it asks; else InvalidSpec naming each hook its policy refuses
+        (a URL outside the admin's policy, a secret from where secrets may not come), so that such a release
+        is refused before anything is deployed, read or sent, the same way as a spec that does not parse."""
+        if self.ports.hooks is None:
+            return spec
+        problems = [f"spec.hooks[{i}]: {problem}" for i, hook in enumerate(spec.hooks)
+                    for problem in self.ports.hooks.refusals(hook)]
+        if problems:
+            raise InvalidSpec(problems)
+        return spec
 
     # --- observe -----------------------------------------------------------------------------------
     def _observe(self, spec: ReleaseSpec, status: ReleaseStatus, now: float) -> Observation:

@@ -108,6 +108,33 @@ def test_failed_pre_rollout_fails_the_release_and_touches_nothing(receivers: dic
     assert "PreRolloutFailed" in world.notifier.reasons()
 
 
+def test_a_hook_outside_the_policy_added_in_flight_holds_the_release_and_nothing_is_read_or_sent(
+        receivers: dict[str, Receiver], tmp_path: Path) -> None:
+    """The runner's policy is checked when the spec is read: a release in flight whose spec gains a hook
+    with a secret file outside the allowed directories holds where it is (routes unchanged, SpecValid
+    False, one InvalidSpec notice); no hook is called. Fixing the spec resumes it."""
+    allowed, outside = tmp_path / "release", tmp_path / "elsewhere"
+    allowed.mkdir(), outside.mkdir()
+    (outside / "key").write_bytes(SECRET)
+    world = HookedWorld(secret_dir=allowed)
+    obj = release()
+    status = world.run(obj, until=lambda s: s.phase is Phase.PROGRESSING and s.canary_weight > 0)
+    writes, weight = world.router.writes, status.canary_weight
+    obj["spec"]["hooks"] = [hook("loadTest", receivers["load"].url, name="load", secretFile=str(outside / "key"))]
+    obj["metadata"]["generation"] = 2
+    for _ in range(5):
+        world.clock.sleep(60)
+        status = world.controller().tick(obj, world.status(), world.persist).status
+    assert status.phase is Phase.PROGRESSING and status.canary_weight == weight
+    assert world.router.writes == writes and receivers["load"].requests == []
+    assert status.condition("SpecValid").status == "False"
+    assert "spec.hooks[0]: hook load: secretFile: " in status.condition("SpecValid").message
+    assert world.notifier.reasons().count("InvalidSpec") == 1
+    del obj["spec"]["hooks"]
+    obj["metadata"]["generation"] = 3
+    assert world.run(obj).phase is Phase.SUCCEEDED
+
+
 def test_confirm_promotion_holds_until_exactly_200(receivers: dict[str, Receiver]) -> None:
     gate = receivers["gate"]
     gate.statuses = [403, 202, 500, 200]  # 202 and 500 are no confirmation either

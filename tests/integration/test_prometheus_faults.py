@@ -74,7 +74,7 @@ def rig(emulator: RunningEmulator, invariants: InvariantChecker) -> Iterator[Rig
     world.seed_stack()
     traffic = MeshTraffic(emulator, rps=50.0)
     prometheus = FakePrometheus(traffic).start()
-    source = PrometheusSource.from_config({"url": prometheus.url, "timeout_seconds": 0.5, "retries": 1,
+    source = PrometheusSource.from_config({"url": prometheus.url, "timeout_seconds": 2.0, "retries": 1,
                                            "backoff_seconds": 0.01})
     controller = Controller(KubeApi.for_url(emulator.url), ControllerConfig(identity="prom-faults"), source,
                             world.clock)
@@ -113,7 +113,7 @@ def test_prometheus_down_or_slow_holds_then_rolls_back(rig: Rig, fault: str) -> 
     if fault == "down":
         rig.prometheus.misbehaviour = Misbehaviour(down=True)
     else:
-        rig.prometheus.misbehaviour = Misbehaviour(delay=0.8)  # past the client's 0.5 s timeout
+        rig.prometheus.misbehaviour = Misbehaviour(delay=3.0)  # past the client's 2 s timeout
     status = rig.drive()
     assert_never_promoted(rig, status)
     assert status.phase is Phase.ROLLED_BACK, status.message

@@ -266,11 +266,16 @@ def test_no_byte_of_a_secret_reaches_a_receiver_the_policy_does_not_allow(
         release = local_release(receiver, token)
         release["metadata"]["namespace"] = "search"
         release["spec"]["hooks"] = [{"name": "pre", "kind": "preRollout", "url": url, **extra}]
-        workloads, router = FakeWorkloads(), FakeRouter()
-        ports = Ports(workloads, router, FakeMetrics(router, rps=80), FakeClock(), ListNotifier(), hooks=cluster)
+        workloads, router, notices = FakeWorkloads(), FakeRouter(), ListNotifier()
+        ports = Ports(workloads, router, FakeMetrics(router, rps=80), FakeClock(), notices, hooks=cluster)
         status = Reconciler(ports).tick(release, ReleaseStatus(), lambda s: None).status
-        assert status.phase is Phase.FAILED and not workloads.calls  # nothing deployed either
-        assert "refused by policy: hook pre:" in status.message
+        # Refused when the spec is read, as a spec that does not parse: nothing deployed, routed or called.
+        assert status.phase is Phase.FAILED and not workloads.calls and router.writes == 0
+        assert status.message.startswith("invalid spec: spec.hooks[0]: hook pre: "), status.message
+        assert ("url: host 127.0.0.1" in status.message) if "secretRef" in extra else (
+            "secretFile: the cluster controller reads no file" in status.message)
+        assert status.condition("SpecValid").reason == "InvalidSpec"
+        assert notices.reasons() == ["InvalidSpec"]
         assert_no_secret("status", json.dumps(status.for_storage()))
     assert receiver.requests == [] and secrets.reads == []
     # The same hooks inside the admin's allow-list are called and signed: the refusal was the policy's.

@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import copy
 import json
+import logging
 import random
 import re
 import threading
@@ -52,6 +53,10 @@ Obj = dict[str, Any]
 Key = tuple[str, str, str]  # group, version, plural
 # (resourceVersion, kind key, ADDED|MODIFIED|DELETED, the object as stored); see `Store.observers`.
 Observer = Callable[[int, Key, str, Obj], None]
+
+# One line per request the emulator answers is noise; worse, a test that logged to a stream it then closed
+# would see the next request's line fail to write.
+logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,9 @@ class HttpHooks:
         self.rules = rules or HookRules(self.client.policy)
         self.secrets = secrets
 
+    def refusals(self, hook: HookSpec) -> list[str]:
+        return refusals(hook, self.rules)
+
     def run(self, hook: HookSpec, payload: Mapping[str, Any]) -> HookResult:
         refused = refusals(hook, self.rules)
         if refused:
