@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from analysis.abtest import PrimaryCounts
 from analysis.observations import MetricsQuery, WindowCounts
-from controller.core.observation import Readiness
+from controller.core.observation import Peer, Readiness
 from controller.core.plan import RoutingPlan
 from controller.core.queries import BusinessQuery
 from controller.core.spec.hooks import HookResult, HookSpec
@@ -121,6 +121,13 @@ class Hooks(Protocol):
 
     def fire(self, hook: HookSpec, payload: Mapping[str, Any]) -> object:
         """Call the hook without waiting for it (load tests)."""
+
+
+class Peers(Protocol):
+    """The other releases of a namespace (`controller.core.machine.ownership` decides who owns what)."""
+
+    def peers(self, namespace: str, name: str) -> tuple[Peer, ...]:
+        """Every release of `namespace` but `name`."""
 
 
 class SecretUnavailable(PermanentError):

@@ -28,7 +28,7 @@ from controller.core.machine import (
     RetireWorkloads,
 )
 from controller.core.machine import hooks as hook_points
-from controller.core.observation import Observation, Readiness, Wants, combined_readiness
+from controller.core.observation import Observation, Peer, Readiness, Wants, combined_readiness
 from controller.core.queries import business_query, further_variants, metrics_query
 from controller.core.spec.hooks import HookResult
 from controller.core.spec.release import InvalidSpec, ReleaseSpec, parse_release
@@ -40,6 +40,7 @@ from controller.ports import (
     Metrics,
     Notice,
     Notifier,
+    Peers,
     PortError,
     Router,
     Workloads,
@@ -59,6 +60,8 @@ class Ports:
     business: BusinessMetrics | None = None
     # Release hooks (`spec.hooks`); a runner without one fails every hook the release declares.
     hooks: Hooks | None = None
+    # The namespace's other releases (`controller.core.machine.ownership`); None: this one is alone.
+    peers: Peers | None = None
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ class Reconciler:
         except InvalidSpec as error:
             new, actions = machine.invalid_spec(error, status, _meta(release, "generation", 1), now)
             return self._finish(None, who, status, new, actions, persist)
-        obs = self._observe(spec, status, now)
+        obs = self._observe(spec, status, now, _meta(release, "creationTimestamp", ""))
         new, actions = machine.step(spec, status, obs, now)
         return self._finish(spec, who, status, new, actions, persist)
 
@@ -101,8 +104,9 @@ class Reconciler:
         return spec
 
     # --- observe -----------------------------------------------------------------------------------
-    def _observe(self, spec: ReleaseSpec, status: ReleaseStatus, now: float) -> Observation:
-        wants = machine.wants(spec, status, now)
+    def _observe(self, spec: ReleaseSpec, status: ReleaseStatus, now: float, created: str) -> Observation:
+        peers = self._peers(spec)
+        wants = machine.wants(spec, status, now, peers, created)
         readiness: dict[str, Readiness] | None = None
         if wants.readiness:
             readiness = {}
@@ -132,7 +136,17 @@ class Reconciler:
         business, business_error = self._business(spec, wants.metrics_window)
         return Observation(readiness=readiness, routing=routing, routing_error=routing_error,
                            metrics=metrics, metrics_error=metrics_error, business=business,
-                           business_error=business_error, hooks=self._call_hooks(spec, status, wants))
+                           business_error=business_error, hooks=self._call_hooks(spec, status, wants),
+                           peers=peers, created=created)
+
+    def _peers(self, spec: ReleaseSpec) -> tuple[Peer, ...] | None:
+        if self.ports.peers is None:
+            return None
+        try:
+            return self.ports.peers.peers(spec.namespace, spec.name)
+        except PortError as exc:
+            log.warning("other releases unknown: %s", exc.reason)
+            return None
 
     def _call_hooks(self, spec: ReleaseSpec, status: ReleaseStatus, wants: Wants
                     ) -> dict[str, HookResult]:

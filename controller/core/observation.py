@@ -26,6 +26,14 @@ class Readiness:
     failed: bool = False
     # False when the workload does not exist (yet): the controller has not created it, e.g. it was down.
     exists: bool = True
+    # Pods ready now, when the platform counts them (a Deployment does; None: unknown). With a count, a
+    # workload short of pods that still has some is scaling or healing (held); with none ready it is lost.
+    ready_replicas: int | None = None
+
+    @property
+    def lost(self) -> bool:
+        """Serving nothing: not ready and no pod ready (or no count to tell scaling from lost)."""
+        return not self.ready and not self.ready_replicas
 
 
 def combined_readiness(canary: Readiness, variants: Iterable[tuple[str, Readiness]]) -> Readiness:
@@ -39,7 +47,8 @@ def combined_readiness(canary: Readiness, variants: Iterable[tuple[str, Readines
         return canary
     for version, r in variants:
         if r.failed or not r.ready:
-            return Readiness(False, f"variant {version}: {r.reason or 'not ready'}", failed=r.failed)
+            return Readiness(False, f"variant {version}: {r.reason or 'not ready'}", failed=r.failed,
+                             ready_replicas=r.ready_replicas)
     return canary
 
 
@@ -54,6 +63,19 @@ class Wants:
 
 
 @dataclass(frozen=True)
+class Peer:
+    """Another release of the same namespace, as far as route and workload ownership goes: the services
+    it changes, when it was created (RFC 3339, as the API server writes it), when its current run started
+    (None: not started), and whether it has finished."""
+
+    name: str
+    services: frozenset[str]
+    created: str
+    started_at: float | None
+    final: bool
+
+
+@dataclass(frozen=True)
 class Observation:
     """What the reconciler saw this tick. None means "not looked at" (or the look failed, see *_error)."""
 
@@ -65,5 +87,9 @@ class Observation:
     # A/B experiments: the primary metric's counts per version over the same window.
     business: Mapping[str, PrimaryCounts] | None = None
     business_error: str | None = None
+    # The namespace's other releases (None: this runner runs one release at a time, or the look failed),
+    # and this release's own creationTimestamp (orders releases created one after the other).
+    peers: tuple[Peer, ...] | None = None
+    created: str = ""
     # Answers of the hooks `wants` asked for, by hook name.
     hooks: Mapping[str, HookResult] = field(default_factory=dict)

@@ -152,6 +152,11 @@ class ReleaseStatus:
     stage_since: float | None = None
     # When a rollback's 0% canary weight was first read back from the mesh.
     canary_off_at: float | None = None
+    # Capacity before traffic: the weight the new version is being scaled for (a step's weight, or 100
+    # before promotion) while `canary_weight` stays where it was; None when no scaling is awaited. And
+    # since when the new version has been short of ready pods (held, never judged, until the deadline).
+    scaling_to: int | None = None
+    unready_since: float | None = None
     judge_state: Mapping[str, Any] = field(default_factory=dict)
     # A/B experiments only: the primary metric's sufficient statistics (analysis.abtest state), and the
     # result at the last look (decision, winner, effect and its interval, samples, duration).
@@ -215,6 +220,8 @@ class ReleaseStatus:
             "cutover": self.cutover,
             "stageSince": self.stage_since,
             "canaryOffAt": self.canary_off_at,
+            "scalingTo": self.scaling_to,
+            "unreadySince": self.unready_since,
             "judgeState": dict(self.judge_state),
             "experimentState": None if self.experiment_state is None else dict(self.experiment_state),
             "experiment": None if self.experiment is None else dict(self.experiment),
@@ -253,6 +260,8 @@ class ReleaseStatus:
             cutover=bool(d.get("cutover", False)),
             stage_since=d.get("stageSince"),
             canary_off_at=d.get("canaryOffAt"),
+            scaling_to=d.get("scalingTo"),
+            unready_since=d.get("unreadySince"),
             judge_state=dict(d.get("judgeState", {})),
             experiment_state=d.get("experimentState"),
             experiment=d.get("experiment"),

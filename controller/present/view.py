@@ -169,7 +169,8 @@ def progress_lines(spec: ReleaseSpec, old: ReleaseStatus, new: ReleaseStatus, no
         lines.append(f"{at}  revision {new.revision} attempt {new.attempt} started{what}")
     if new.phase is not old.phase:
         lines.append(f"{at}  {old.phase.value} -> {new.phase.value}: {new.message}")
-    elif new.step != old.step and new.step >= 0:
+    elif new.canary_weight != old.canary_weight and new.step >= 0:
+        # The step's weight moved (a step first scales the new version for it: that shows as its message).
         lines.append(f"{at}  step {new.step + 1}/{len(spec.strategy.steps)}: {new.canary_weight}% of traffic "
                      "in the canary lane")
     elif new.message != old.message:

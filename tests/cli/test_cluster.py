@@ -111,7 +111,7 @@ def test_pause_resume_and_promote_in_flight(emulator: RunningEmulator, capsys: p
     controller.relist()
     controller.run_due()
     status = world.status()
-    assert status.step == 1 and status.canary_weight == 25
+    assert status.step == 1 and status.scaling_to == 25  # step 2's weight moves once v2 is scaled for it
     assert [(h.verdict, h.action) for h in status.history][-1] == ("operator", "next step")
     assert "skipping the analysis of step 1: search-v2 goes on to step 2/3" in capsys.readouterr().out
     assert cli(emulator, "promote", "search-v2", "--full") == 0

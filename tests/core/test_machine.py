@@ -95,8 +95,8 @@ def test_progress_deadline_ends_in_failed_after_rolling_back() -> None:
 @pytest.mark.parametrize("obs,verdict,phase,weight,action", [
     # a clear error regression: fail, weight 0 in this very tick
     (Observation(metrics=window(counts(5400, 5), counts(600, 90))), "fail", Phase.ROLLING_BACK, 0, "roll back"),
-    # clean and plentiful: pass, next step
-    (Observation(metrics=window(counts(5400, 0), counts(600, 0))), "pass", Phase.PROGRESSING, 50, "next step"),
+    # clean and plentiful: pass, next step (its weight moves once the new version is scaled for it)
+    (Observation(metrics=window(counts(5400, 0), counts(600, 0))), "pass", Phase.PROGRESSING, 10, "next step"),
     # too few canary requests: inconclusive, wait
     (Observation(metrics=window(counts(90, 0), counts(10, 0))), "inconclusive", Phase.PROGRESSING, 10, "wait"),
     # metrics backend down: error, hold
@@ -109,6 +109,7 @@ def test_verdicts_and_their_actions(obs: Observation, verdict: str, phase: Phase
     assert new.last_verdict == verdict
     assert new.phase is phase and new.canary_weight == weight
     assert new.history[-1].action == action
+    assert new.scaling_to == (50 if action == "next step" else None)
     if weight != 10:
         [apply] = of(actions, ApplyRouting)
         assert apply.plan.canary_weight == weight
@@ -133,16 +134,72 @@ def test_repeated_errors_roll_back_after_the_configured_count() -> None:
     assert new.phase is Phase.ROLLING_BACK and new.ending == "RolledBack"
 
 
-def test_last_step_pass_promotes() -> None:
+def test_last_step_pass_promotes_with_capacity_first() -> None:
     sp = spec()
     status = progressing(sp, step=1, canary_weight=50)
     obs = Observation(metrics=window(counts(3000, 0), counts(3000, 0)), routing=routing(sp, status))
     new, actions = machine.step(sp, status, obs, NOW)
-    assert new.phase is Phase.PROMOTING
+    assert new.phase is Phase.PROMOTING and "Promoting" in [n.reason for n in of(actions, Notify)]
+    # First the new version is scaled to the stable's size; the routes stay at 50% meanwhile.
+    assert new.scaling_to == 100 and new.canary_weight == 50 and of(actions, ApplyRouting) == []
+    assert machine.capacity_weight(new) == 100 and machine.wants(sp, new, NOW + 1).readiness
+    short = {"ml-search": Readiness(False, "ml-search-v2: 3/10 ready", ready_replicas=3)}
+    held, actions = machine.step(sp, new, Observation(readiness=short, routing=routing(sp, new)), NOW + 1)
+    assert held.phase is Phase.PROMOTING and held.canary_weight == 50 and of(actions, ApplyRouting) == []
+    ready = {"ml-search": Readiness(True, ready_replicas=10)}
+    moved, actions = machine.step(sp, held, Observation(readiness=ready, routing=routing(sp, held)), NOW + 2)
     # Stage one: every new request into the canary lane; requests in flight keep their lane routes.
     [apply] = of(actions, ApplyRouting)
     assert apply.plan.service("ml-search").stable == "v1" and apply.plan.canary_weight == 100
-    assert "Promoting" in [n.reason for n in of(actions, Notify)]
+    assert moved.scaling_to is None and not machine.wants(sp, moved, NOW + 3).readiness
+
+
+def test_a_step_moves_its_weight_once_the_new_version_has_the_capacity() -> None:
+    sp = spec()
+    status = progressing(sp, step=1, canary_weight=10, scaling_to=50, last_analysis_at=None)
+    assert machine.capacity_weight(status) == 50  # the workloads are sized for the coming weight
+    short = {"ml-search": Readiness(False, "ml-search-v2: 2/5 ready", ready_replicas=2)}
+    held, actions = machine.step(sp, status, Observation(readiness=short, routing=routing(sp, status)), NOW)
+    assert held.phase is Phase.PROGRESSING and held.canary_weight == 10 and held.scaling_to == 50
+    assert of(actions, ApplyRouting) == [] and "2/5 ready" in held.message
+    assert machine.wants(sp, held, NOW + 120).metrics_window is None  # no window while scaling
+    ready = {"ml-search": Readiness(True, ready_replicas=5)}
+    moved, actions = machine.step(sp, held, Observation(readiness=ready, routing=routing(sp, held)), NOW + 9)
+    assert moved.canary_weight == 50 and moved.scaling_to is None and moved.unready_since is None
+    assert [a.plan.canary_weight for a in of(actions, ApplyRouting)] == [50]
+    assert "WeightIncreased" in [n.reason for n in of(actions, Notify)]
+    assert moved.last_analysis_at == NOW + 9 + sp.strategy.settle and moved.step_started_at == NOW + 9
+
+
+@pytest.mark.parametrize("readiness,phase,reason", [
+    # an autoscaler scaling up, or evicted pods being replaced: held, the window dropped
+    ({"ml-search": Readiness(False, "3/5 ready", ready_replicas=3)}, Phase.PROGRESSING, "WaitingForCapacity"),
+    # no pod left serving its traffic: rolled back at once
+    ({"ml-search": Readiness(False, "0/5 ready", ready_replicas=0)}, Phase.ROLLING_BACK, "CanaryNotReady"),
+    # a platform that does not count pods: not ready is lost (the local mode's processes)
+    ({"ml-search": Readiness(False, "exited")}, Phase.ROLLING_BACK, "CanaryNotReady"),
+    ({"ml-search": Readiness(False, "progress deadline exceeded", failed=True, ready_replicas=3)},
+     Phase.ROLLING_BACK, "CanaryFailed"),
+])
+def test_a_serving_canary_short_of_pods_is_held_unless_lost(readiness: dict[str, Readiness], phase: Phase,
+                                                             reason: str) -> None:
+    sp = spec(progressDeadline="60s")
+    status = progressing(sp)
+    obs = Observation(readiness=readiness, metrics=window(counts(5400, 0), counts(600, 0)),
+                      routing=routing(sp, status))
+    new, actions = machine.step(sp, status, obs, NOW)
+    assert new.phase is phase and reason in [n.reason for n in of(actions, Notify)]
+    if phase is Phase.PROGRESSING:
+        assert new.history == status.history and new.canary_weight == 10  # the window was not judged
+        assert new.unready_since == NOW
+        later, _ = machine.step(sp, new, replace(obs, metrics=None), NOW + 30)
+        assert later.phase is Phase.PROGRESSING and later.unready_since == NOW
+        whole = {"ml-search": Readiness(True, ready_replicas=5)}
+        healed, _ = machine.step(sp, later, Observation(readiness=whole, routing=obs.routing), NOW + 40)
+        assert healed.unready_since is None and healed.last_analysis_at == NOW + 40 + sp.strategy.settle
+        timed_out, _ = machine.step(sp, later, replace(obs, metrics=None), NOW + 61)
+        assert timed_out.phase is Phase.ROLLING_BACK and timed_out.ending == "RolledBack"
+        assert timed_out.condition("Release").reason == "ProgressDeadlineExceeded"
 
 
 def test_promotion_cuts_over_after_the_drain_time() -> None:

@@ -178,8 +178,9 @@ def test_promote_full_promotes_now_and_records_an_operator_decision(phase: Phase
     [record] = new.history  # the window of the step is not judged
     assert (record.verdict, record.reason, record.action) == ("operator", revisions.PROMOTED_BY_OPERATOR, "promote")
     assert "OperatorPromoted" in reasons(actions) and "Promoting" in reasons(actions)
+    # Capacity first: the new version is scaled to the stable's size, then the weight moves to 100.
     [apply] = of(actions, ApplyRouting)
-    assert apply.plan.canary_weight == 100
+    assert new.scaling_to == 100 and apply.plan.canary_weight == new.canary_weight < 100
 
 
 @pytest.mark.parametrize("phase", [Phase.INITIALIZING, Phase.PROMOTING, Phase.ROLLING_BACK])
@@ -212,7 +213,8 @@ def test_skip_step(skip: int, step: int, phase: Phase, policies: dict[str, Any],
     sp = spec(skipStep=skip, policies=policies)
     old = at_step(sp, step, phase)
     new, _ = machine.step(sp, old, Observation(), NOW)
-    assert (new.phase, new.step, new.canary_weight) == (expect_phase, expect_step, expect_weight)
+    # The weight the new version is sized for: the skip's next step (or 100) moves once it is ready.
+    assert (new.phase, new.step, machine.capacity_weight(new)) == (expect_phase, expect_step, expect_weight)
     skipped = old.step + 1 == skip
     assert [h.verdict for h in new.history] == (["operator"] if skipped else [])
     if skipped:
@@ -223,9 +225,11 @@ def test_a_skip_is_done_once_and_the_window_of_the_skipped_step_is_not_judged() 
     sp = spec(skipStep=1)
     first, _ = machine.step(sp, at_step(sp), Observation(metrics=_window()), NOW)
     assert first.step == 1 and [h.verdict for h in first.history] == ["operator"]
-    assert first.last_analysis_at == NOW + sp.strategy.settle  # the next window opens at the new weight
-    again, _ = machine.step(sp, first, Observation(), NOW + 1)
-    assert again.step == 1 and len(again.history) == 1
+    assert first.last_analysis_at is None and first.scaling_to == 50  # no window until the new weight is in
+    ready = Observation(readiness={"ml-search": Readiness(True, ready_replicas=5)})
+    again, _ = machine.step(sp, first, ready, NOW + 1)
+    assert again.step == 1 and len(again.history) == 1 and again.canary_weight == 50
+    assert again.last_analysis_at == NOW + 1 + sp.strategy.settle  # the next window opens at the new weight
 
 
 def test_skip_step_does_nothing_at_the_manual_gate() -> None:

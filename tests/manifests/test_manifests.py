@@ -445,6 +445,14 @@ def test_controller_permissions_are_exactly_the_expected_list(installed: list[Ob
     assert granted == EXPECTED_PERMISSIONS
 
 
+def test_the_controller_deletes_nothing_but_hpas(installed: list[Obj]) -> None:
+    """Versions are scaled to 0, routes re-pointed, never deleted; the one delete is of the canary's HPA
+    copy at promotion or rollback (workloads.py deletes only copies labelled as the controller's)."""
+    deletes = {(scope, group, resource) for scope, rule in _rules_of_service_account(installed)
+               for group in rule["apiGroups"] for resource in rule["resources"] if "delete" in rule["verbs"]}
+    assert deletes == {(STACK_NS, "autoscaling", "horizontalpodautoscalers")}
+
+
 def test_leader_election_writes_only_its_own_lease(installed: list[Obj]) -> None:
     lease_rules = [r for _, r in _rules_of_service_account(installed) if r["resources"] == ["leases"]]
     for rule in lease_rules:

@@ -16,7 +16,9 @@ listed in `KINDS` from its own versioned store (everything else still goes to km
 - finalizers: deleting an object with finalizers only sets `deletionTimestamp`; it goes when the last
   finalizer is removed; then the objects it owns (ownerReferences) go too, as the garbage collector does;
 - a stand-in for the Deployment controller: Deployments get a status (ready, or progress deadline
-  exceeded for images listed in `failing_images`, or never ready for `slow_images`);
+  exceeded for images listed in `failing_images`, or never ready for `slow_images`); a test that wants
+  pods that take their time sets `cluster` (`tests.support.cluster.ClusterModel`), which is then told of
+  every Deployment and HorizontalPodAutoscaler written and writes their status itself;
 - observers (`Store.observers`): called with every change the store records, in order and under its
   lock, so a checker (`tests.support.invariants`) sees every state the cluster ever held, not just the last;
 - a write log (`KubeEmulator.write_log`): every write request with its user agent (who wrote) and answer;
@@ -42,7 +44,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp.web
 import attrs
@@ -57,6 +59,12 @@ Observer = Callable[[int, Key, str, Obj], None]
 # One line per request the emulator answers is noise; worse, a test that logged to a stream it then closed
 # would see the next request's line fail to write.
 logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+class ClusterHook(Protocol):
+    """What stands in for the cluster's own controllers when a test sets `KubeEmulator.cluster`."""
+
+    def written(self, key: Key, ns: str, obj: Obj) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -386,6 +394,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
     store: Store = attrs.field(factory=Store)
     failing_images: set[str] = attrs.field(factory=set)
     slow_images: set[str] = attrs.field(factory=set)
+    # None: Deployments are ready the instant they are written; else this is told of every write instead.
+    cluster: ClusterHook | None = attrs.field(default=None)
     # Requests by (method, plural, subresource), for the "no writes in steady state" assertions.
     counts: dict[tuple[str, str, str], int] = attrs.field(factory=dict)
     # RBAC verbs used while `recording`, of every request whatever its kind (served by this store, by kmock,
@@ -474,6 +484,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     def _after_write(self, key: Key, ns: str, obj: Obj) -> Obj:
         """The Deployment controller's part: a Deployment's status follows its spec."""
+        if self.cluster is not None:
+            self.cluster.written(key, ns, obj)
+            return obj
         if key != DEPLOYMENTS:
             return obj
         images = {c.get("image") for c in obj["spec"]["template"]["spec"].get("containers", [])}

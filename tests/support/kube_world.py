@@ -4,6 +4,12 @@
 stable Deployments `<service>-v1`, creates StackReleases through the official client, and builds
 `Controller`s on a fake clock with `RouteMetrics` (tests.support.fakes.FakeMetrics, reading the routes in effect
 from the Istio router over the API, so a rollback really stops the canary's traffic).
+
+By default a Deployment is ready the instant it is written. A test that wants a cluster that takes its time
+opts in with `KubeWorld(emulator, cluster=ClusterModel(...))` (`tests.support.cluster`): pods start with
+delays, some never get ready, HPAs scale; `seed_stack(replicas=10, hpa_on=("ml-infer",))` then waits until
+the stable stack is running, and `drive` plays the cluster's events at their own moments (it never jumps
+the clock past one).
 """
 
 from __future__ import annotations
@@ -14,11 +20,12 @@ from typing import Any
 import yaml
 
 from analysis.observations import MetricsQuery, WindowCounts
-from controller.adapters.kubernetes.client import DEPLOYMENTS, RELEASES, KubeApi, Obj
+from controller.adapters.kubernetes.client import DEPLOYMENTS, HPAS, RELEASES, KubeApi, Obj
 from controller.adapters.kubernetes.leader import LeaseElector
 from controller.adapters.kubernetes.routing import IstioRouter
 from controller.adapters.kubernetes.running import Controller, ControllerConfig
 from controller.core.status import Phase, ReleaseStatus
+from tests.support.cluster import ClusterModel
 from tests.support.fakes import FakeClock, FakeMetrics, VersionModel
 from tests.support.istio_schema import istio_errors
 from tests.support.k8s_schema import core_errors, custom_resource_errors
@@ -63,6 +70,19 @@ def stable_deployment(service: str, version: str = "v1", replicas: int = 2, name
     }
 
 
+def autoscaler(service: str, version: str = "v1", lowest: int = 1, highest: int = 10,
+               namespace: str = NAMESPACE) -> Obj:
+    """An autoscaling/v2 HPA named like the service, on the CPU of `<service>-<version>`."""
+    return {
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": service, "namespace": namespace},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": f"{service}-{version}"},
+                 "minReplicas": lowest, "maxReplicas": highest,
+                 "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {
+                     "type": "Utilization", "averageUtilization": 70}}}]},
+    }
+
+
 def release_body(name: str = "search-v2", namespace: str = NAMESPACE, **spec_overrides: Any) -> Obj:
     spec: dict[str, Any] = {
         "stack": {"entry": "master-search", "services": list(SERVICES)},
@@ -79,16 +99,36 @@ def release_body(name: str = "search-v2", namespace: str = NAMESPACE, **spec_ove
 
 class KubeWorld:
     def __init__(self, emulator: RunningEmulator, models: dict[str, VersionModel] | None = None,
-                 rps: float = 50.0) -> None:
+                 rps: float = 50.0, cluster: ClusterModel | None = None) -> None:
         self.emulator = emulator
         self.api = KubeApi.for_url(emulator.url)
         self.clock = FakeClock()
         self.metrics = RouteMetrics(self.api, rps=rps, models=models or {})
+        self.cluster = cluster.attach(emulator, self.clock) if cluster is not None else None
 
-    def seed_stack(self, namespace: str = NAMESPACE, replicas: int = 2) -> None:
+    def seed_stack(self, namespace: str = NAMESPACE, replicas: int = 2, hpa_on: tuple[str, ...] = ()) -> None:
+        """The stable Deployments `<service>-v1`; for the services in `hpa_on` an HPA (between half and
+        twice `replicas`). With a cluster model, the clock then runs until every stable pod is ready."""
         for service in SERVICES:
             self.api.create(DEPLOYMENTS, namespace, stable_deployment(service, namespace=namespace,
                                                                       replicas=replicas))
+        for service in hpa_on:
+            self.api.create(HPAS, namespace, autoscaler(service, lowest=max(1, replicas // 2), highest=2 * replicas,
+                                                        namespace=namespace))
+        if self.cluster is not None:
+            self.pass_time(600, settle=True)
+
+    def pass_time(self, seconds: float, settle: bool = False) -> None:
+        """Move the clock `seconds` on, stopping at every event of the cluster model to play it (with
+        `settle`: stop early, once nothing more will happen by itself)."""
+        end = self.clock.t + seconds
+        while self.cluster is not None and (event := self.cluster.next_event()) is not None and event <= end:
+            self.clock.t = max(self.clock.t, event)
+            self.cluster.advance(self.clock.t)
+        if not settle or self.cluster is None:
+            self.clock.t = max(self.clock.t, end)
+        if self.cluster is not None:
+            self.cluster.advance(self.clock.t)
 
     def create_release(self, **kwargs: Any) -> Obj:
         body = release_body(**kwargs)
@@ -106,15 +146,20 @@ class KubeWorld:
     def status(self, name: str = "search-v2", namespace: str = NAMESPACE) -> ReleaseStatus:
         return ReleaseStatus.from_storage(self.api.get(RELEASES, namespace, name).get("status"))
 
-    def drive(self, controller: Controller, until: Phase | None = None, rounds: int = 400,
+    def drive(self, controller: Controller, until: Phase | None = None, rounds: int | None = None,
               name: str = "search-v2", relist: bool = True) -> ReleaseStatus:
         """Tick until the release reaches `until` (or any final phase), jumping the fake clock ahead.
 
         With `until`, one tick per round: a watch thread running beside the driver queues the release again
-        after each of its writes, so ticking all that is due could carry it past `until` in one round."""
+        after each of its writes, so ticking all that is due could carry it past `until` in one round.
+        With a cluster model, each round first plays the cluster up to now, and no jump goes past the
+        cluster's next event (a pod getting ready, a deadline, an HPA sync): that event is a round of its
+        own (default rounds: 400, or 4000 with a cluster model)."""
         if relist:
             controller.relist()
-        for _ in range(rounds):
+        for _ in range(rounds if rounds is not None else 400 if self.cluster is None else 4000):
+            if self.cluster is not None:
+                self.cluster.advance(self.clock.t)
             if controller.elector is not None:
                 controller.elect()  # the election thread's part: renew the lease
             controller.run_due(limit=1 if until is not None else None)
@@ -126,6 +171,8 @@ class KubeWorld:
                 return status
             if controller.elector is not None:
                 nxt = min(nxt, self.clock.t + controller.elector.retry_period)
+            if self.cluster is not None and (event := self.cluster.next_event()) is not None:
+                nxt = min(nxt, event)
             self.clock.t = max(self.clock.t, nxt)
         return self.status(name)
 

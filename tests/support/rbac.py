@@ -18,6 +18,7 @@ EXPECTED_PERMISSIONS = {
       for v in ("list", "create", "patch")),
     (STACK_NS, "", "events", "create"),
     (STACK_NS, "", "secrets", "get"),  # hooks' secretRef, one named Secret at a time
-    *((STACK_NS, "autoscaling", "horizontalpodautoscalers", v) for v in ("get", "list", "create")),
+    # HPAs: the canary's copy (create, patch, delete) and the user's retargeted at promotion (patch).
+    *((STACK_NS, "autoscaling", "horizontalpodautoscalers", v) for v in ("list", "create", "patch", "delete")),
     *((CONTROLLER_NS, "coordination.k8s.io", "leases", v) for v in ("get", "create", "update")),
 }

@@ -29,6 +29,7 @@ from controller.adapters.kubernetes.client import KubeApi, Obj
 from controller.adapters.kubernetes.finalizing import Finalizer
 from controller.adapters.kubernetes.health import Telemetry
 from controller.adapters.kubernetes.leader import Leadership, LeaseElector
+from controller.adapters.kubernetes.peers import CachedPeers
 from controller.adapters.kubernetes.queue import Key, WorkQueue
 from controller.adapters.kubernetes.store import StatusStore
 from controller.adapters.kubernetes.ticking import ReleaseTicker
@@ -74,7 +75,7 @@ class Controller:
                                   on_gone=self._forget)
         self.store = StatusStore(self.api, on_written=self.watch.remember)
         self.wiring = ReleaseWiring(self.api, clock, config.identity, config.replica_policy, metrics,
-                                    business, notifier, hooks)
+                                    business, notifier, hooks, CachedPeers(lambda: list(self.watch.cache.values())))
         self.ticker = ReleaseTicker(self.watch, self.queue, self.leadership, self.wiring,
                                     Finalizer(self.api, self.wiring, on_written=self.watch.remember),
                                     self.store, self.telemetry, config.conflict_retry)

@@ -27,7 +27,8 @@ from controller.adapters.kubernetes.store import StatusStore
 from controller.adapters.kubernetes.watching import ReleaseWatch
 from controller.adapters.kubernetes.wiring import ReleaseWiring, spec_or_none
 from controller.adapters.kubernetes.workloads import WeightBox
-from controller.core.status import Phase, ReleaseStatus
+from controller.core import machine
+from controller.core.status import ReleaseStatus
 from controller.logs import release_context
 from controller.ports import PortError
 from controller.reconciler import Reconciler, TickResult
@@ -35,9 +36,6 @@ from controller.reconciler import Reconciler, TickResult
 log = logging.getLogger(__name__)
 
 
-def effective_weight(status: ReleaseStatus) -> int:
-    """The share of traffic the new version gets: all of it once promotion re-pointed `stable`."""
-    return 100 if status.phase in (Phase.PROMOTING, Phase.SUCCEEDED) else status.canary_weight
 
 
 class ReleaseTicker:
@@ -123,11 +121,11 @@ class ReleaseTicker:
             raise PortError(f"the stored status is unreadable: {exc!r}") from exc
         spec = spec_or_none(obj)
         self.finalizer.sync(obj, wanted=spec is not None and not status.phase.final)
-        box = WeightBox(effective_weight(status))
+        box = WeightBox(machine.capacity_weight(status))
         ports = self.wiring.ports_for(obj, spec, box)
 
         def size_for(new: ReleaseStatus) -> None:
-            box.weight = effective_weight(new)
+            box.weight = machine.capacity_weight(new)
 
         result = Reconciler(ports).tick(obj, status, self.store.persister(obj, before=size_for))
         # Also at once when a finished release just started its next revision or a retry (now in flight).

@@ -20,7 +20,7 @@ from controller.adapters.kubernetes.secrets import KubeSecrets
 from controller.adapters.kubernetes.workloads import DeploymentWorkloads, ReleaseRef, ReplicaPolicy, WeightBox
 from controller.core.spec.hooks import HookRules
 from controller.core.spec.release import InvalidSpec, ReleaseSpec, parse_release
-from controller.ports import BusinessMetrics, Clock, Hooks, Metrics, Notifier
+from controller.ports import BusinessMetrics, Clock, Hooks, Metrics, Notifier, Peers
 from controller.reconciler import Ports
 
 
@@ -37,7 +37,7 @@ class ReleaseWiring:
 
     def __init__(self, api: KubeApi, clock: Clock, identity: str, replica_policy: ReplicaPolicy,
                  metrics: Metrics, business: BusinessMetrics | None = None, notifier: Notifier | None = None,
-                 hooks: Hooks | None = None) -> None:
+                 hooks: Hooks | None = None, peers: Peers | None = None) -> None:
         self.api = api
         self.clock = clock
         # The Events' reportingInstance: which replica decided.
@@ -47,6 +47,8 @@ class ReleaseWiring:
         self.business = business
         # Chat/webhook notifications besides the release's Kubernetes Events.
         self.notifier = notifier
+        # The other releases of a namespace (from the controller's cache), for who owns which service.
+        self.peers = peers
         self.hooks: Hooks = hooks or HttpHooks(WebhookClient(policy=UrlPolicy.in_cluster()), HookRules.cluster(),
                                                KubeSecrets(api))
 
@@ -66,4 +68,4 @@ class ReleaseWiring:
         if self.notifier is not None:
             notifier = MultiNotifier([notifier, self.notifier])
         return Ports(workloads, self.router(ref.namespace, services), self.metrics, self.clock, notifier,
-                     business=self.business, hooks=self.hooks)
+                     business=self.business, hooks=self.hooks, peers=self.peers)

@@ -13,6 +13,8 @@ its modules, each importing its siblings directly (never this package), lowest f
   workload and routing actions of every tick;
 - `hooks`: where a release calls its hooks and what their answers do;
 - `analysing`: judging an analysis window; `moves`: entering a step, promoting (or gating), rolling back;
+- `capacity`: the new version scaled for a weight before it gets it, and held (not rolled back) while short
+  of ready pods, until the progress deadline;
 - `experiment`: the A/B experiment's looks; `revisions`: restarts and the operator's overrides;
 - `phases`: the canary's transition per phase; `step`: `wants`, `step`, `invalid_spec`;
 - `requeue`: when a release wants its next tick; `headline`: `summary`, a release's headline numbers.
@@ -30,6 +32,7 @@ from controller.core.machine.actions import (
     RetireWorkloads,
 )
 from controller.core.machine.analysing import analysis_config
+from controller.core.machine.capacity import capacity_weight
 from controller.core.machine.headline import summary
 from controller.core.machine.requeue import requeue_after
 from controller.core.machine.routes import base_plan, desired_plan
@@ -38,6 +41,6 @@ from controller.core.observation import Observation, Readiness, Wants
 
 __all__ = [
     "Action", "ApplyRouting", "EnsureWorkloads", "FireHook", "Notify", "Observation", "Outcome", "Readiness",
-    "RetireWorkloads", "Wants", "analysis_config", "base_plan", "desired_plan", "invalid_spec", "requeue_after",
-    "step", "summary", "wants",
+    "RetireWorkloads", "Wants", "analysis_config", "base_plan", "capacity_weight", "desired_plan", "invalid_spec",
+    "requeue_after", "step", "summary", "wants",
 ]

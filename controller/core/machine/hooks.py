@@ -99,8 +99,9 @@ def load_tests_to_fire(spec: ReleaseSpec, old: ReleaseStatus, new: ReleaseStatus
     """Load tests start with every analysis window: a new step, a resume, or the window after a look."""
     if new.phase is not Phase.PROGRESSING:
         return ()
-    opened = old.phase is not Phase.PROGRESSING or new.step != old.step \
-        or new.last_analysis_at != old.last_analysis_at
+    # A window is open once `last_analysis_at` is set: a step still scaling its capacity has none yet.
+    opened = new.last_analysis_at is not None and (
+        old.phase is not Phase.PROGRESSING or new.last_analysis_at != old.last_analysis_at)
     return spec.hooks_of(HookKind.LOAD_TEST) if opened else ()
 
 

@@ -14,13 +14,24 @@ from controller.core.status import Phase, ReleaseStatus
 
 
 def enter_step(spec: ReleaseSpec, status: ReleaseStatus, index: int, now: float) -> Outcome:
+    """Start step `index`: scale the new version for the step's weight first; the weight itself moves
+    once that capacity is ready (`apply_step_weight`). Until then no window is open."""
     weight = spec.strategy.steps[index]
+    status = replace(status, step=index, scaling_to=weight, unready_since=None, step_started_at=now,
+                     step_canary_requests=0, last_analysis_at=None)
+    return Outcome(status.with_phase(Phase.PROGRESSING, now, f"step {index + 1}: scaling the new version for "
+                                                             f"{weight}% before moving traffic"))
+
+
+def apply_step_weight(spec: ReleaseSpec, status: ReleaseStatus, now: float) -> Outcome:
+    """The new version is ready for the step's weight: move it (`scaling_to` -> `canary_weight`)."""
+    index, weight = status.step, status.scaling_to if status.scaling_to is not None else status.canary_weight
     notice = Notify("WeightIncreased", f"step {index + 1}/{len(spec.strategy.steps)}: "
                                        f"{weight}% of traffic in the canary lane")
     # The next window opens once the new weight has settled (see CanaryStrategy.settle): traffic of the
     # old weight in between is left out rather than judged against the new weight.
     status = replace(
-        status, step=index, canary_weight=weight, step_started_at=now, step_canary_requests=0,
+        status, canary_weight=weight, scaling_to=None, step_started_at=now, step_canary_requests=0,
         last_analysis_at=now + spec.strategy.settle,
         first_canary_traffic_at=status.first_canary_traffic_at or now,
     )
@@ -35,10 +46,12 @@ def promote_or_gate(spec: ReleaseSpec, status: ReleaseStatus, now: float) -> Out
     if not confirmed:
         return _await_confirmation(status, why, now)
     notice = Notify("Promoting", f"{spec.canary.version} becomes stable for {', '.join(spec.changed)}")
-    status = replace(status, decided_at=status.decided_at or now, canary_weight=100, cutover=False,
-                     stage_since=None)
+    # Capacity first: the new version is scaled to the stable's size before the entry split moves to it.
+    status = replace(status, decided_at=status.decided_at or now, scaling_to=100, unready_since=None,
+                     cutover=False, stage_since=None)
     status = status.with_condition("Paused", "False", "Promoting", "", now)
-    return Outcome(status.with_phase(Phase.PROMOTING, now, "stable now points at the new version"), (notice,))
+    return Outcome(status.with_phase(Phase.PROMOTING, now, f"scaling {spec.canary.version} to the stable's "
+                                                           "capacity before moving all traffic"), (notice,))
 
 
 def _await_approval(status: ReleaseStatus, now: float) -> Outcome:
@@ -61,7 +74,8 @@ def roll_back(status: ReleaseStatus, now: float, ending: Phase, reason: str, mes
               decided: bool = False) -> Outcome:
     """Start rolling back; the release ends in `ending` once all traffic is on stable again."""
     notice = Notify(reason, f"rolling back: {message}", warning=True)
-    status = replace(status, canary_weight=0, ending=ending.value, cutover=False, stage_since=None,
+    status = replace(status, canary_weight=0, scaling_to=None, unready_since=None, ending=ending.value,
+                     cutover=False, stage_since=None,
                      decided_at=(status.decided_at or now) if decided else status.decided_at)
     status = status.with_condition("Analysis" if reason.startswith("Analysis") else "Release", "False",
                                    reason, message, now)

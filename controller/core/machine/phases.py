@@ -14,10 +14,11 @@ from analysis.judges import make_judge
 from analysis.observations import Verdict
 from controller.core.machine.actions import Notify, Outcome
 from controller.core.machine.analysing import analyse, analysis_config, note_action
+from controller.core.machine.capacity import check_capacity
 from controller.core.machine.experiment import look as look_at_experiment
 from controller.core.machine.experiment import start as start_experiment
 from controller.core.machine.hooks import awaiting_confirmation, pre_rollout_gate
-from controller.core.machine.moves import enter_step, promote_or_gate, roll_back
+from controller.core.machine.moves import apply_step_weight, enter_step, promote_or_gate, roll_back
 from controller.core.machine.revisions import operator_override
 from controller.core.machine.routes import base_plan, desired_plan
 from controller.core.observation import Observation, Readiness
@@ -56,7 +57,10 @@ def _start(spec: ReleaseSpec, status: ReleaseStatus, now: float) -> Outcome:
     if gate == "waiting":
         return Outcome(status.with_phase(Phase.PENDING, now, f"waiting for preRollout hooks: {why}"))
     judge = make_judge(analysis_config(spec))
-    status = replace(status, started_at=now, judge_state=judge.initial_state(services=spec.analysed_services))
+    # The new version starts at the size the first step needs, so that step's weight can move at once.
+    first = None if spec.experiment is not None else spec.strategy.steps[0]
+    status = replace(status, started_at=now, judge_state=judge.initial_state(services=spec.analysed_services),
+                     scaling_to=first)
     notice = Notify("Initializing", f"deploying {spec.canary.version} of {', '.join(spec.changed)} "
                                     f"beside {spec.stable.version}")
     return Outcome(status.with_phase(Phase.INITIALIZING, now, "waiting for the new version to become ready"),
@@ -87,15 +91,16 @@ def _initializing(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, no
     ready = Notify("Initialized", f"{spec.canary.version} is ready on {', '.join(spec.changed)}")
     if spec.experiment is not None:
         return start_experiment(spec, status, now).after(ready)
-    return enter_step(spec, status, 0, now).after(ready)
+    return apply_step_weight(spec, enter_step(spec, status, 0, now).status, now).after(ready)
 
 
 def _progressing(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float) -> Outcome:
-    if obs.readiness is not None:
-        lost = [s for s in spec.changed if not obs.readiness.get(s, Readiness(False)).ready]
-        if lost:
-            return roll_back(status, now, Phase.ROLLED_BACK, "CanaryNotReady",
-                             f"canary of {', '.join(lost)} is no longer ready", decided=True)
+    capacity = check_capacity(spec, status, obs, now)
+    if capacity.held is not None:
+        return capacity.held
+    status = capacity.status
+    if status.scaling_to is not None:
+        return apply_step_weight(spec, status, now)
     plan = desired_plan(spec, status)
     if obs.routing_error is None and plan is not None and not plan.equivalent(obs.routing):
         # The step's weight is not in effect (its write failed, or the controller died before it): the
@@ -204,6 +209,13 @@ def _drained(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: fl
 
 
 def _promoting(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float) -> Outcome:
+    if status.scaling_to is not None:
+        capacity = check_capacity(spec, status, obs, now)
+        if capacity.held is not None:
+            return capacity.held
+        # The new version has the stable's capacity: now the entry split moves all traffic to it.
+        return Outcome(replace(capacity.status, canary_weight=100, scaling_to=None, stage_since=None)
+                       .with_phase(Phase.PROMOTING, now, "stable now points at the new version"))
     if not status.cutover:
         return Outcome(_drained(spec, status, obs, now) or status)
     if not base_plan(spec).promoted().equivalent(obs.routing):

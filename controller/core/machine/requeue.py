@@ -18,6 +18,8 @@ def requeue_after(spec: ReleaseSpec | None, status: ReleaseStatus, now: float) -
         # Wake at the next analysis window, and often enough between to notice a canary that died.
         window_due = status.last_analysis_at + spec.strategy.interval - now
         return max(0.05, min(window_due, max(5.0, spec.strategy.interval / 3)))
+    if status.phase is Phase.PENDING and (queued := status.condition("Queued")) and queued.status == "True":
+        return 5.0  # queued behind another release: look again every few seconds
     if status.phase is Phase.PAUSED:
         return min(2.0, spec.strategy.interval)
     return min(1.0, spec.strategy.interval)

@@ -38,8 +38,11 @@ def desired_plan(spec: ReleaseSpec, status: ReleaseStatus) -> RoutingPlan | None
             return base.with_experiment(spec.experiment.routes)
         case Phase.PROGRESSING | Phase.PAUSED:
             return base.with_weight(status.canary_weight)
+        case Phase.PROMOTING if status.scaling_to is not None and spec.experiment is not None:
+            return base.with_experiment(spec.experiment.routes)  # scaling the winner: the split stays
         case Phase.PROMOTING:
-            return base.promoted() if status.cutover else base.with_weight(100)
+            # Scaling first (`scaling_to` set), the weight stays; then 100% into the lane; then the cutover.
+            return base.promoted() if status.cutover else base.with_weight(status.canary_weight)
         case Phase.SUCCEEDED:
             return base.promoted()
         case Phase.ROLLING_BACK:

@@ -15,10 +15,11 @@ from dataclasses import replace
 
 from controller.core.machine.actions import Action, FireHook, Notify, Outcome
 from controller.core.machine.hooks import due, failures, load_tests_to_fire, record
+from controller.core.machine.ownership import queued_behind, superseded_by
 from controller.core.machine.phases import transition
 from controller.core.machine.revisions import begin_tick
 from controller.core.machine.world import reconcile_world
-from controller.core.observation import Observation, Wants
+from controller.core.observation import Observation, Peer, Wants
 from controller.core.spec.hooks import HookKind
 from controller.core.spec.release import InvalidSpec, ReleaseSpec
 from controller.core.status import Phase, ReleaseStatus
@@ -28,15 +29,21 @@ from controller.core.status import Phase, ReleaseStatus
 WINDOW_SLACK = 0.95
 
 
-def wants(spec: ReleaseSpec | None, status: ReleaseStatus, now: float) -> Wants:
+def wants(spec: ReleaseSpec | None, status: ReleaseStatus, now: float, peers: tuple[Peer, ...] | None = None,
+          created: str = "") -> Wants:
+    """What to observe this tick. A finished release reads no routes (it never writes them again); a release
+    queued behind another (`peers`, `created`: see `ownership`) asks nothing, not even its preRollout hooks."""
     if spec is None or status.phase.final:
-        return Wants(readiness=False, routing=status.phase is not Phase.PENDING and spec is not None,
-                     metrics_window=None, hooks=due(spec, status) if spec is not None else ())
+        return Wants(readiness=False, routing=False, metrics_window=None,
+                     hooks=due(spec, status) if spec is not None else ())
+    if status.phase is Phase.PENDING and queued_behind(spec, created, peers) is not None:
+        return Wants(readiness=False, routing=False, metrics_window=None)
     window = None
     if status.phase is Phase.PROGRESSING and status.last_analysis_at is not None \
             and now - status.last_analysis_at >= spec.strategy.interval * WINDOW_SLACK:
         window = (status.last_analysis_at, now)
-    canary_up = status.phase in (Phase.INITIALIZING, Phase.PROGRESSING, Phase.PAUSED)
+    canary_up = status.phase in (Phase.INITIALIZING, Phase.PROGRESSING, Phase.PAUSED) or (
+        status.phase is Phase.PROMOTING and status.scaling_to is not None)
     return Wants(readiness=canary_up, routing=status.phase is not Phase.PENDING, metrics_window=window,
                  hooks=due(spec, status))
 
@@ -48,10 +55,36 @@ def step(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float
     status = status.with_condition("SpecValid", "True", "Valid", "", now)
     heard = _hook_answers(spec, status, obs, now)
     begun = begin_tick(spec, heard.status)
+    if begun.status.phase is Phase.PENDING:
+        queued = _queue(spec, begun, obs, now)
+        if queued is not None:
+            return queued.status, [*heard.actions, *queued.actions]
+        begun = Outcome(_unqueued(begun.status, now), begun.actions)
     moved = transition(spec, begun.status, obs, now)
     fired = [FireHook(h) for h in load_tests_to_fire(spec, begun.status, moved.status)]
     world = reconcile_world(spec, moved.status, obs)
+    if moved.status.phase.final and superseded_by(spec, moved.status, obs.peers) is not None:
+        world = []  # a later release of these services owns their versions now
     return moved.status, [*world, *heard.actions, *begun.actions, *moved.actions, *fired]
+
+
+def _queue(spec: ReleaseSpec, begun: Outcome, obs: Observation, now: float) -> Outcome | None:
+    """Wait in Pending while another unfinished release changes one of the same services."""
+    peer = queued_behind(spec, obs.created, obs.peers)
+    if peer is None:
+        return None
+    shared = ", ".join(sorted(peer.services & frozenset(spec.changed)))
+    message = f"waiting for release {peer.name} to finish: it changes {shared} too"
+    status = begun.status.with_condition("Queued", "True", "WaitingForRelease", message, now)
+    notices = (Notify("Queued", message),) if status.condition("Queued") != begun.status.condition("Queued") else ()
+    return Outcome(status.with_phase(Phase.PENDING, now, message), (*begun.actions, *notices))
+
+
+def _unqueued(status: ReleaseStatus, now: float) -> ReleaseStatus:
+    queued = status.condition("Queued")
+    if queued is None or queued.status != "True":
+        return status
+    return status.with_condition("Queued", "False", "Started", "the release it waited for has finished", now)
 
 
 def _hook_answers(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float) -> Outcome:

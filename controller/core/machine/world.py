@@ -20,7 +20,9 @@ def reconcile_world(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation) 
     phase = status.phase
     if phase in (Phase.INITIALIZING, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING):
         actions.append(EnsureWorkloads(spec.canary.version, spec.changed, canary_images))
-    plan = desired_plan(spec, status)
+    # A finished release never writes routes again: its final routes were read back before it finished, and
+    # a later release of the same services may have changed them since.
+    plan = None if phase.final else desired_plan(spec, status)
     if plan is not None and not plan.equivalent(obs.routing) and obs.routing_error is None:
         actions.append(ApplyRouting(plan))
     elif plan is not None and obs.routing_error is not None:

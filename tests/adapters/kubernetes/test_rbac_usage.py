@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import httpx
 
+from controller.adapters.kubernetes.client import HPAS
 from controller.core.status import Phase
 from tests.support.fakes import VersionModel
 from tests.support.kmock_server import RunningEmulator
@@ -22,9 +23,6 @@ GRANTED_NOT_EXERCISED = {
     ("cluster", "stackcanary.dev", "stackreleases", "watch"),
     # Needed where the OwnerReferencesPermissionEnforcement admission plugin is on (blockOwnerDeletion).
     ("cluster", "stackcanary.dev", "stackreleases/finalizers", "update"),
-    # The canary's copy of a stable HPA (tests/adapters/kubernetes/test_loop.py has the HPA case).
-    (STACK_NS, "autoscaling", "horizontalpodautoscalers", "get"),
-    (STACK_NS, "autoscaling", "horizontalpodautoscalers", "create"),
     # A hook's or notifier's `secretRef` (one named Secret); the releases below have no hooks
     # (tests/integration/test_secrets.py has them).
     (STACK_NS, "", "secrets", "get"),
@@ -48,9 +46,18 @@ def rbac_gaps(verbs: set[tuple[str, str, str, str]]) -> tuple[set[tuple[str, str
     return used - granted, granted - used - GRANTED_NOT_EXERCISED
 
 
+def user_hpa(target: str) -> dict[str, object]:
+    return {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "ml-infer"},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": target},
+                     "minReplicas": 2, "maxReplicas": 6}}
+
+
 def test_the_controller_uses_exactly_what_rbac_grants(emulator: RunningEmulator) -> None:
+    """Two releases of a stack whose ml-infer is autoscaled: the HPA calls (list, the canary's copy created,
+    its minimum patched, deleted; the user's HPA retargeted) are all exercised."""
     world = KubeWorld(emulator)
     world.seed_stack()
+    world.api.create(HPAS, NAMESPACE, user_hpa("ml-infer-v1"))
     world.create_release()
     emulator.emulator.recording = True
     leader = world.controller("replica-a", elector=True)
@@ -64,6 +71,9 @@ def test_the_controller_uses_exactly_what_rbac_grants(emulator: RunningEmulator)
     emulator.emulator.recording = True
     assert bad.drive(bad.controller("replica-b"), name="search-v3").phase is Phase.ROLLED_BACK
     emulator.emulator.recording = False
+    # The user's HPA follows v2, which serves; no copy is left behind by either release.
+    hpas = {h["metadata"]["name"]: h["spec"]["scaleTargetRef"]["name"] for h in world.objects(HPAS.plural)}
+    assert hpas == {"ml-infer": "ml-infer-v2"}
 
     used = {normalise(v) for v in emulator.emulator.verbs}
     beyond, unused = rbac_gaps(emulator.emulator.verbs)

@@ -272,7 +272,9 @@ def test_second_release_of_a_stack_waits_for_the_one_in_flight(world: KubeWorld)
     world.create_release(name="search-v3", canary={"version": "v3"})
     controller.relist()
     world.drive(controller, rounds=5, name="search-v3", relist=False)
-    refused = controller.last_results[(NAMESPACE, "search-v3")].failed_actions
-    assert any("belong to release search-v2, still Progressing" in f for f in refused)
+    # Queued behind the release in flight: nothing asked, nothing written (controller.core.machine.ownership).
+    waiting = world.status("search-v3")
+    assert waiting.phase is Phase.PENDING and waiting.condition("Queued").reason == "WaitingForRelease"
+    assert controller.last_results[(NAMESPACE, "search-v3")].actions == ()
     routes = {vs["metadata"]["labels"]["stack-canary.dev/release"] for vs in world.objects("virtualservices")}
     assert routes == {"search-v2"}

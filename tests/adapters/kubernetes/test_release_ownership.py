@@ -1,0 +1,80 @@
+"""Releases of one stack one after another and overlapping, through the real controller and the emulator:
+the later release waits for the earlier one, and a finished release never touches the world again."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from controller.adapters.kubernetes.routing import IstioRouter
+from controller.core.status import Phase
+from tests.support.kmock_server import Key, RunningEmulator
+from tests.support.kube_world import NAMESPACE, SERVICES, KubeWorld
+
+
+@pytest.fixture
+def world(emulator: RunningEmulator) -> KubeWorld:
+    w = KubeWorld(emulator)
+    w.seed_stack()
+    return w
+
+
+def next_release(name: str, stable: str, canary: str) -> dict[str, Any]:
+    return {"stable": {"version": stable},
+            "canary": {"version": canary, "images": {"ml-infer": f"registry.example/ml-infer:{canary}"}}}
+
+
+def stable_versions(world: KubeWorld) -> set[str]:
+    plan = IstioRouter(world.api, NAMESPACE, SERVICES).in_effect()
+    assert plan is not None
+    return {s.stable for s in plan.services if s.service == "ml-infer"}
+
+
+def replicas(world: KubeWorld) -> dict[str, int]:
+    return {d["metadata"]["name"]: d["spec"]["replicas"] for d in world.objects("deployments")
+            if d["metadata"]["name"].startswith("ml-infer-")}
+
+
+def test_a_release_created_while_another_is_in_flight_waits_then_runs(world: KubeWorld,
+                                                                       emulator: RunningEmulator) -> None:
+    world.create_release(name="infer-v2", **next_release("infer-v2", "v1", "v2"))
+    controller = world.controller()
+    assert world.drive(controller, name="infer-v2", until=Phase.PROGRESSING).phase is Phase.PROGRESSING
+    world.create_release(name="infer-v3", **next_release("infer-v3", "v2", "v3"))
+    controller.relist()
+    controller.run_due()
+    queued = world.status("infer-v3")
+    assert queued.phase is Phase.PENDING and queued.condition("Queued").reason == "WaitingForRelease"
+    assert "waiting for release infer-v2 to finish: it changes ml-infer too" in queued.message
+    assert "ml-infer-v3" not in replicas(world)  # nothing deployed while it waits
+    assert world.drive(controller, name="infer-v2").phase is Phase.SUCCEEDED
+    assert world.drive(controller, name="infer-v3").phase is Phase.SUCCEEDED
+    assert stable_versions(world) == {"v3"}
+    assert replicas(world) == {"ml-infer-v1": 0, "ml-infer-v2": 0, "ml-infer-v3": 2}
+    reasons = [e["reason"] for e in world.objects("events") if e["involvedObject"]["name"] == "infer-v3"]
+    assert reasons.count("Queued") == 1
+
+
+def test_finished_releases_of_a_service_never_rewrite_its_routes_or_scale_its_versions(
+        world: KubeWorld, emulator: RunningEmulator) -> None:
+    """v1 -> v2, then v2 -> v3, then an undo to v2: every finished release resynced many times, and the
+    routes and replicas stay what the latest release left (the old behaviour flipped stable back)."""
+    controller = world.controller()
+    for name, stable, canary in (("infer-v2", "v1", "v2"), ("infer-v3", "v2", "v3"), ("infer-undo", "v3", "v2")):
+        world.create_release(name=name, **next_release(name, stable, canary))
+        controller.relist()
+        assert world.drive(controller, name=name).phase is Phase.SUCCEEDED
+        world.clock.sleep(1)  # the next release starts later than the last one finished
+    assert stable_versions(world) == {"v2"}
+    assert replicas(world) == {"ml-infer-v1": 0, "ml-infer-v2": 2, "ml-infer-v3": 0}
+    changes: list[Key] = []
+    emulator.store.observers.append(lambda rv, key, event, obj: changes.append(key))
+    writes = emulator.emulator.writes()
+    for _ in range(4):
+        world.clock.sleep(60)
+        controller.resync()
+        controller.run_due()
+    assert emulator.emulator.writes() == writes and changes == []
+    assert stable_versions(world) == {"v2"}
+    world.assert_valid_writes()
