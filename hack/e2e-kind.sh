@@ -8,14 +8,17 @@
 #
 # What it does, in a throw-away kind cluster:
 #   1. installs Istio (default profile: istiod + ingress gateway) and Istio's Prometheus addon;
-#   2. builds the controller image and the reference search stack image (v1, v2, and a broken v3 whose
-#      responses fail 50% of the time), and loads them into the cluster;
-#   3. installs manifests/overlays/kind (CRD, RBAC, controller, search stack v1) and istio/;
+#   2. builds the controller image and the reference search stack image (v1, v2 and v4 healthy, and a
+#      broken v3 whose responses fail 50% of the time), and loads them into the cluster;
+#   3. installs manifests/overlays/kind (CRD, RBAC, controller, search stack v1) and istio/, then runs
+#      the stack with 3 replicas per service and an HPA on ml-infer (3 to 6 replicas);
 #   4. starts steady load through the mesh (a pod calling master-search);
 #   5. releases v2 of the whole stack and expects Succeeded, with every DestinationRule's stable subset
-#      re-pointed at v2;
-#   6. releases v3 of ml-infer only and expects RolledBack, with all traffic on v2 and no v3 pods left;
-#   7. deletes the cluster (KEEP_CLUSTER=1 keeps it for a look around).
+#      re-pointed at v2 and the HPA following ml-infer to v2;
+#   6. releases v4 of ml-infer right after (v2 -> v4), then undoes it with a release back to v2: both
+#      Succeeded, the stable subset and the HPA on the serving version each time, v4 scaled to 0;
+#   7. releases v3 of ml-infer only and expects RolledBack, with all traffic on v2 and no v3 pods left;
+#   8. deletes the cluster (KEEP_CLUSTER=1 keeps it for a look around).
 #
 # Usage: hack/e2e-kind.sh            environment: ISTIO_DIR (an unpacked Istio release, for its
 #                                    samples/addons/prometheus.yaml), CLUSTER, KEEP_CLUSTER, RELEASE_TIMEOUT
@@ -81,8 +84,9 @@ build_images() {
   docker build -t "$CONTROLLER_IMAGE" "$ROOT"
   docker build -f "$ROOT/searchstack.Dockerfile" -t "$SEARCH_IMAGE:v1" "$ROOT"
   docker tag "$SEARCH_IMAGE:v1" "$SEARCH_IMAGE:v2"
+  docker tag "$SEARCH_IMAGE:v1" "$SEARCH_IMAGE:v4"
   docker build -f "$ROOT/searchstack.Dockerfile" --build-arg FAULT_ERROR_RATE=0.5 -t "$SEARCH_IMAGE:v3" "$ROOT"
-  for image in "$CONTROLLER_IMAGE" "$SEARCH_IMAGE:v1" "$SEARCH_IMAGE:v2" "$SEARCH_IMAGE:v3"; do
+  for image in "$CONTROLLER_IMAGE" "$SEARCH_IMAGE:v1" "$SEARCH_IMAGE:v2" "$SEARCH_IMAGE:v3" "$SEARCH_IMAGE:v4"; do
     kind load docker-image --name "$CLUSTER" "$image"
   done
 }
@@ -96,6 +100,37 @@ install_stack() {
   for svc in "${SERVICES[@]}"; do
     kubectl -n "$NS" rollout status "deployment/$svc-v1" --timeout=300s
   done
+}
+
+scale_stack() {
+  log "3 replicas per service, an HPA on ml-infer (3 to 6 replicas)"
+  for svc in "${SERVICES[@]}"; do
+    kubectl -n "$NS" scale "deployment/$svc-v1" --replicas=3
+  done
+  kubectl -n "$NS" apply -f - <<EOF
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata:
+  name: ml-infer
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: ml-infer-v1}
+  minReplicas: 3
+  maxReplicas: 6
+  metrics:
+    - type: Resource
+      resource: {name: cpu, target: {type: Utilization, averageUtilization: 80}}
+EOF
+  for svc in "${SERVICES[@]}"; do
+    kubectl -n "$NS" rollout status "deployment/$svc-v1" --timeout=300s
+  done
+}
+
+hpa_target() {
+  kubectl -n "$NS" get hpa ml-infer -o jsonpath='{.spec.scaleTargetRef.name}'
+}
+
+replicas_of() {  # replicas_of DEPLOYMENT -> spec.replicas
+  kubectl -n "$NS" get deployment "$1" -o jsonpath='{.spec.replicas}'
 }
 
 start_load() {
@@ -192,7 +227,29 @@ healthy_release() {
     [[ "$(stable_subset "$svc")" == v2 ]] || fail "$svc: stable subset is not v2 after promotion"
   done
   [[ "$(canary_weight)" == 0 ]] || fail "canary weight is not 0 after promotion"
-  echo "ok: promoted; every stable subset is v2"
+  [[ "$(hpa_target)" == ml-infer-v2 ]] || fail "the HPA targets $(hpa_target), not ml-infer-v2"
+  echo "ok: promoted; every stable subset is v2; the HPA follows ml-infer to v2"
+}
+
+one_service_release() {  # one_service_release NAME STABLE CANARY: a healthy release of ml-infer alone
+  local name="$1" stable="$2" canary="$3" phase
+  release "$name" "$stable" "$canary" "{ml-infer: $SEARCH_IMAGE:$canary}"
+  phase="$(wait_final "$name")"
+  [[ "$phase" == Succeeded ]] || fail "$name ended $phase, expected Succeeded"
+  [[ "$(stable_subset ml-infer)" == "$canary" ]] || fail "ml-infer: stable subset is not $canary after $name"
+  [[ "$(hpa_target)" == "ml-infer-$canary" ]] || fail "after $name the HPA targets $(hpa_target)"
+  (("$(replicas_of "ml-infer-$canary")" >= 3)) || fail "ml-infer-$canary has fewer replicas than the stable had"
+  echo "ok: $name promoted $canary of ml-infer; the HPA follows it"
+}
+
+releases_in_a_row_then_undo() {
+  log "v2 -> v4 of ml-infer, then an undo back to v2: expect Succeeded twice"
+  one_service_release infer-v4 v2 v4
+  one_service_release infer-undo v4 v2
+  local deadline=$((SECONDS + 300))   # scaleDownDelay, then the scale-down
+  while (("$(replicas_of ml-infer-v4)" > 0 && SECONDS < deadline)); do sleep 5; done
+  [[ "$(replicas_of ml-infer-v4)" == 0 ]] || fail "ml-infer-v4 is not scaled to 0 after the undo"
+  echo "ok: released and undone; v4 scaled to 0"
 }
 
 failing_release() {
@@ -221,10 +278,12 @@ main() {
   install_istio
   build_images
   install_stack
+  scale_stack
   start_load
   healthy_release
+  releases_in_a_row_then_undo
   failing_release
-  log "PASS: healthy release promoted, failing release rolled back"
+  log "PASS: healthy release promoted, two releases in a row and an undo, failing release rolled back"
 }
 
 main "$@"

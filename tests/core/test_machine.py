@@ -283,3 +283,21 @@ def test_metrics_windows_are_asked_for_once_per_interval(phase: Phase, last: flo
                                                          window: tuple[float, float] | None) -> None:
     status = ReleaseStatus(phase=phase, last_analysis_at=last)
     assert machine.wants(spec(), status, now).metrics_window == window
+
+
+def test_workloads_that_cannot_be_created_fail_the_release_at_the_deadline() -> None:
+    """Missing workloads after a controller restart restart the readiness clock; a create the API keeps
+    refusing (say a name it will not take) fails the release once `progressDeadline` has passed."""
+    sp = spec(progressDeadline="60s")
+    missing = {"ml-search": Readiness(False, "does not exist yet", exists=False)}
+    status = ReleaseStatus(phase=Phase.INITIALIZING, observed_generation=4, started_at=NOW - 3600,
+                           phase_since=NOW - 3600)
+    first, _ = machine.step(sp, status, Observation(readiness=missing), NOW)
+    assert first.phase is Phase.INITIALIZING and first.phase_since == NOW  # downtime never counts
+    still, _ = machine.step(sp, first, Observation(readiness=missing), NOW + 59)
+    assert still.phase is Phase.INITIALIZING
+    created, _ = machine.step(sp, still, Observation(readiness={"ml-search": Readiness(False, "starting")}), NOW + 30)
+    assert created.unready_since is None and created.phase is Phase.INITIALIZING
+    failed, _ = machine.step(sp, still, Observation(readiness=missing), NOW + 61)
+    assert failed.phase is Phase.ROLLING_BACK and failed.ending == "Failed"
+    assert "could not be created in 61s" in failed.message

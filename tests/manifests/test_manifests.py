@@ -705,6 +705,12 @@ def test_e2e_releases_are_valid(name: str, stable: str, canary: str, images: str
     assert parse_release(release).changed == changed
 
 
+def test_e2e_autoscaler_is_valid_and_targets_the_stable_ml_infer() -> None:
+    hpa = yaml.safe_load(_heredoc("scale_stack"))
+    assert core_errors(hpa) == []
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "ml-infer-v1" and hpa["spec"]["minReplicas"] == 3
+
+
 def test_e2e_load_generator_is_valid() -> None:
     deployment = yaml.safe_load(_heredoc("start_load").replace("$SEARCH_IMAGE", "img"))
     assert core_errors(deployment) == []

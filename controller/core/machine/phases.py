@@ -76,9 +76,18 @@ def _initializing(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, no
     missing = [s for s in spec.changed if s in readiness and not readiness[s].exists]
     if missing:
         # Not created yet (the controller was down, or this is the tick that creates them): the progress
-        # deadline starts once every workload exists, so controller downtime never fails a release.
-        status = replace(status, phase_since=now)
+        # deadline for readiness starts once every workload exists, so controller downtime never fails a
+        # release. But a create that keeps failing (the API refuses the object) fails it at the deadline,
+        # counted from the first tick that found the workloads missing.
+        since = status.unready_since if status.unready_since is not None else now
+        if now - since > spec.progress_deadline:
+            return roll_back(status, now, Phase.FAILED, "ProgressDeadlineExceeded",
+                             f"{', '.join(missing)} of {spec.canary.version} could not be created in "
+                             f"{now - since:.0f}s (progressDeadline {spec.progress_deadline:.0f}s); the "
+                             "controller's log and the failed actions say why")
+        status = replace(status, phase_since=now, unready_since=since)
         return Outcome(status.with_phase(Phase.INITIALIZING, now, f"creating {', '.join(missing)}"))
+    status = replace(status, unready_since=None)
     waited = now - (status.phase_since or now)
     not_ready = [s for s in spec.changed if not readiness.get(s, Readiness(False)).ready]
     if not_ready:
