@@ -12,6 +12,12 @@ request). A drop between two samples means the counter restarted from zero, so t
 increase; every raw sample inside the window is walked, so any number of resets is handled. Latency
 buckets of one histogram (same labels but `le`) share their resets: when any bucket drops, all of them
 restarted, which keeps the per-bucket counts consistent even when a bucket's new value is not lower.
+
+Bucket layouts may differ (Istio's `statsHistogramBuckets` annotation, set on one version only): a
+cumulative bucket `le=b` counts every request up to `b` whatever the other edges, so the edges that every
+histogram of a service has (all versions, all pods) give exact counts for all of them. Only those edges
+(among the query's bounds) are used; each count sits at its upper edge, the bounds between stay empty.
+`WindowCounts.bucket_edges` says which edges each service's counts resolve.
 """
 
 from __future__ import annotations
@@ -185,28 +191,46 @@ def _histogram_resets(buckets: Sequence[Series], le: str) -> Callable[[Series], 
     return resets_of
 
 
-def _bound_index(le_value: str, bounds: Sequence[float], where: str) -> int:
+def _le_value(s: Series, labels: IstioLabels) -> float:
     try:
-        bound = float(le_value)
+        return float(s.label(labels.le))
     except ValueError:
-        raise CounterDataError(f"{where}: bucket bound le={le_value!r} is not a number") from None
-    if bound not in bounds:
-        raise CounterDataError(
-            f"{where}: bucket bound le={le_value!r} is not among the configured bounds {list(bounds)}"
-        )
-    return bounds.index(bound)
+        where = f"{s.label(labels.service)}/{s.label(labels.version)}"
+        raise CounterDataError(f"{where}: bucket bound le={s.label(labels.le)!r} is not a number") from None
 
 
-def _per_bucket(cumulative: Mapping[int, float], n_bounds: int, where: str) -> tuple[int, ...]:
-    """Non-cumulative bucket counts from the cumulative count at each bound."""
-    missing = [i for i in range(n_bounds) if i not in cumulative]
+def common_edges(buckets: Iterable[Series], bounds: Sequence[float], labels: IstioLabels
+                 ) -> dict[str, tuple[float, ...]]:
+    """Per service, the bucket edges among `bounds` that every one of its histograms (the series that
+    differ only by `le`: every version and pod) has. Raises CounterDataError when they share no +Inf."""
+    layouts: dict[str, dict[LabelSet, set[float]]] = defaultdict(lambda: defaultdict(set))
+    for s in buckets:
+        histogram = labelset({k: v for k, v in s.labels.items() if k != labels.le})
+        layouts[s.label(labels.service)][histogram].add(_le_value(s, labels))
+    edges = {}
+    for service, histograms in layouts.items():
+        shared = set(bounds).intersection(*histograms.values())
+        if math.inf not in shared:
+            raise CounterDataError(f"{service}: its histograms have no +Inf bucket in common")
+        edges[service] = tuple(sorted(shared))
+    return edges
+
+
+def _per_bucket(cumulative: Mapping[float, float], edges: Sequence[float], bounds: Sequence[float],
+                where: str) -> tuple[int, ...]:
+    """Non-cumulative counts on `bounds` from the cumulative count at each of `edges` (a subset of
+    `bounds`): the requests in (previous edge, edge] sit at the edge's position, other positions are 0."""
+    missing = [e for e in edges if e not in cumulative]
     if missing:
-        raise CounterDataError(f"{where}: no series for bucket bounds at positions {missing}")
-    whole = [_whole(cumulative[i], f"{where} bucket {i}") for i in range(n_bounds)]
-    counts = tuple(b - a for a, b in zip([0, *whole], whole, strict=False))
+        raise CounterDataError(f"{where}: no series for bucket bounds {missing}")
+    whole = [_whole(cumulative[e], f"{where} bucket le={e:g}") for e in edges]
+    counts = [b - a for a, b in zip([0, *whole], whole, strict=False)]
     if any(c < 0 for c in counts):
         raise CounterDataError(f"{where}: cumulative buckets decrease with le: {whole}")
-    return counts
+    out = [0] * len(bounds)
+    for edge, count in zip(edges, counts, strict=True):
+        out[bounds.index(edge)] = count
+    return tuple(out)
 
 
 def window_counts(
@@ -229,9 +253,11 @@ def window_counts(
     def error_pair(s: Series) -> tuple[str, str] | None:
         return pair(s) if s.label(labels.code).startswith(query.error_codes) else None
 
-    def bucket_key(s: Series) -> tuple[str, str, int] | None:
-        service, version = s.label(labels.service), s.label(labels.version)
-        return service, version, _bound_index(s.label(labels.le), bounds, f"{service}/{version}")
+    edges = common_edges(buckets, bounds, labels)
+
+    def bucket_key(s: Series) -> tuple[str, str, float] | None:
+        service, version, le = s.label(labels.service), s.label(labels.version), _le_value(s, labels)
+        return (service, version, le) if le in edges[service] else None
 
     totals = sum_increases(requests, start, end, pair)
     errors = sum_increases(requests, start, end, error_pair)
@@ -242,14 +268,14 @@ def window_counts(
     for service in query.services:
         for version in query.versions:
             where = f"{service}/{version}"
-            per_bound = {i: v for (s, ver, i), v in cumulative.items() if (s, ver) == (service, version)}
+            per_edge = {le: v for (s, ver, le), v in cumulative.items() if (s, ver) == (service, version)}
             counts[(service, version)] = VersionCounts(
                 requests=_whole(totals.get((service, version), 0.0), f"{where} requests"),
                 errors=_whole(errors.get((service, version), 0.0), f"{where} errors"),
-                buckets=_per_bucket(per_bound, len(bounds), where) if per_bound else (0,) * len(bounds),
+                buckets=_per_bucket(per_edge, edges[service], bounds, where) if per_edge else (0,) * len(bounds),
             )
     absent = frozenset(p for p in counts if p not in present)
-    return WindowCounts(start=start, end=end, counts=counts, absent=absent)
+    return WindowCounts(start=start, end=end, counts=counts, absent=absent, bucket_edges=edges)
 
 
 def _snapshot_series(before: Mapping[LabelSet, float], after: Mapping[LabelSet, float],

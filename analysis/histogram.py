@@ -117,6 +117,25 @@ def tail_index(bounds_ms: Sequence[float], threshold_ms: float) -> int:
     return len(bounds_ms) - 1
 
 
+def tail_edge(bounds_ms: Sequence[float], edges: Sequence[float], threshold_ms: float) -> float:
+    """The latency the tail check splits at when the counts resolve only `edges`, a subset of `bounds_ms`
+    (the bucket edges both versions' histograms share: `WindowCounts.bucket_edges`).
+
+    The requests counted from `tail_index(bounds_ms, threshold_ms)` on are those slower than this edge:
+    the bound that index stands for when it is one of `edges` (so a threshold on a common edge is exact),
+    else the nearest common edge below it (0 when there is none), because a count only says which common
+    bucket a request fell in, and the whole bucket is on the slow side. Below, not above: every request
+    slower than the threshold stays in the tail of both versions alike, so a canary that got slower than
+    the threshold cannot hide in a wide common bucket; the price is that some requests slightly faster
+    than the threshold count as slow too, in both versions, which dilutes the tail but hides no
+    regression. (The next common edge above could be far away, say 1000 ms for a 250 ms threshold, and
+    every regression below it would go unseen.)
+    """
+    k = tail_index(bounds_ms, threshold_ms)
+    split = bounds_ms[k - 1] if k > 0 else 0.0
+    return max((float(e) for e in edges if e <= split), default=0.0)
+
+
 def reference_tail_index(counts: npt.ArrayLike, q: float) -> IntArray:
     """The tail start chosen from a reference (stable-only) histogram: the first bucket such that at most
     a share 1-q of the reference requests lie at or above it (broadcasts; empty histograms give the

@@ -120,12 +120,17 @@ class WindowCounts:
 
     A (service, version) with no series at all in the source is listed in `absent` and counted as empty:
     callers decide whether that is "no traffic yet" or a broken route.
+
+    `bucket_edges`: per service with histograms, the bucket bounds its `buckets` resolve — the edges every
+    version's histograms share (the query's bounds when every layout is Istio's default). Requests sit at
+    the upper edge of their common bucket; positions between two edges are 0.
     """
 
     start: float
     end: float
     counts: Mapping[tuple[str, str], VersionCounts]
     absent: frozenset[tuple[str, str]] = field(default_factory=frozenset)
+    bucket_edges: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
     def of(self, service: str, version: str, n_buckets: int) -> VersionCounts:
         return self.counts.get((service, version), VersionCounts.empty(n_buckets))

@@ -62,6 +62,9 @@ class Ports:
     hooks: Hooks | None = None
     # The namespace's other releases (`controller.core.machine.ownership`); None: this one is alone.
     peers: Peers | None = None
+    # Seconds after a weight change before `metrics` counts only that weight's traffic (Prometheus: its read
+    # lag plus a scrape interval); windows open no sooner (`machine.settled_for`).
+    metrics_delay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ class Reconciler:
         now = self.ports.clock.now()
         who = (_meta(release, "name", ""), _meta(release, "namespace", ""))
         try:
-            spec = self._accepted(parse_release(release))
+            spec = machine.settled_for(self._accepted(parse_release(release)), self.ports.metrics_delay)
         except InvalidSpec as error:
             new, actions = machine.invalid_spec(error, status, _meta(release, "generation", 1), now)
             return self._finish(None, who, status, new, actions, persist)

@@ -6,9 +6,21 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from scipy import stats
 
-from analysis.histogram import quantile, quantiles, rank_sum, reference_tail_index, tail_counts, tail_index
+from analysis.counters import Series, window_counts
+from analysis.histogram import (
+    quantile,
+    quantiles,
+    rank_sum,
+    reference_tail_index,
+    tail_counts,
+    tail_edge,
+    tail_index,
+)
+from analysis.observations import ISTIO_BUCKETS_MS, MetricsQuery
 
 BOUNDS = (10.0, 25.0, 50.0, 100.0, 250.0, math.inf)
 
@@ -90,3 +102,46 @@ def test_tail_helpers() -> None:
     assert start == 4
     assert float(tail_counts(counts, start)) == 5
     assert int(reference_tail_index([0] * 6, 0.95)) == 5
+
+
+# --- the tail check on counts that resolve only the edges two layouts share ----------------------------
+
+def _histogram(version: str, layout: list[float], latencies: list[float]) -> list[Series]:
+    labels = {"destination_service_name": "s", "destination_version": version, "reporter": "destination"}
+    return [Series({**labels, "le": "+Inf" if math.isinf(b) else repr(b)},
+                   ((0.0, 0.0), (1.0, float(sum(1 for ms in latencies if ms <= b))))) for b in layout]
+
+
+FINITE = [b for b in ISTIO_BUCKETS_MS if math.isfinite(b)]
+layouts = st.lists(st.sampled_from(FINITE), unique=True).map(lambda bs: [*sorted(bs), math.inf])
+latency = st.floats(0.01, 4_000_000, allow_nan=False)
+
+
+@given(stable=layouts, canary=layouts, latencies=st.lists(latency, max_size=40),
+       threshold=st.floats(0.1, 4_000_000))
+def test_the_tail_holds_exactly_the_requests_slower_than_the_nearest_common_edge_below(
+        stable: list[float], canary: list[float], latencies: list[float], threshold: float) -> None:
+    """Counted from `tail_index` on, a version's slow requests are those slower than `tail_edge`: the
+    threshold's bucket bound when both layouts have it, else the nearest common edge below. So no request
+    slower than that bound ever counts as fast, in either version."""
+    query = MetricsQuery("", ("s",), ("v1", "v2"))
+    w = window_counts(query, [], [*_histogram("v1", stable, []), *_histogram("v2", canary, latencies)], 0, 1)
+    edges = w.bucket_edges["s"]
+    assert set(edges) == set(stable) & set(canary)
+    edge = tail_edge(ISTIO_BUCKETS_MS, edges, threshold)
+    slow = int(tail_counts(w.of("s", "v2", len(ISTIO_BUCKETS_MS)).buckets, tail_index(ISTIO_BUCKETS_MS, threshold)))
+    assert slow == sum(1 for ms in latencies if ms > edge)
+    assert edge in (*edges, 0.0)
+    grid = next(b for b in ISTIO_BUCKETS_MS if b >= threshold)
+    if grid in edges and math.isfinite(grid):
+        assert edge == grid  # the judge's own bound (the one at or above the threshold) when common
+    else:
+        assert edge < threshold  # else below: the tail is a superset of the requests slower than it
+
+
+def test_tail_edge_examples() -> None:
+    edges = (10.0, 50.0, 100.0, 1000.0, math.inf)
+    assert tail_edge(ISTIO_BUCKETS_MS, edges, 100) == 100  # a common edge: exact
+    assert tail_edge(ISTIO_BUCKETS_MS, edges, 250) == 100  # 250 is not common: the edge below
+    assert tail_edge(ISTIO_BUCKETS_MS, edges, 80) == 100  # Istio's rule moves 80 to 100, which is common
+    assert tail_edge(ISTIO_BUCKETS_MS, (1000.0, math.inf), 250) == 0.0  # nothing common below: all slow

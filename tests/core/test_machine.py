@@ -301,3 +301,20 @@ def test_workloads_that_cannot_be_created_fail_the_release_at_the_deadline() -> 
     failed, _ = machine.step(sp, still, Observation(readiness=missing), NOW + 61)
     assert failed.phase is Phase.ROLLING_BACK and failed.ending == "Failed"
     assert "could not be created in 61s" in failed.message
+
+
+def test_windows_open_no_sooner_after_a_weight_change_than_the_metrics_source_can_count_it() -> None:
+    """Prometheus read 35 s behind (lag + a scrape): a window starting 5 s after a weight change would count
+    30 s of the old weight's traffic, so the runner's delay stretches `settle` (the spec itself is unchanged)."""
+    sp = spec()
+    assert machine.settled_for(sp, 0.0) is sp and machine.settled_for(sp, 3.0) is sp  # settle 5 s covers it
+    slow = machine.settled_for(sp, 35.0)
+    assert slow.strategy.settle == 35.0 and sp.strategy.settle == 5.0
+    status = progressing(slow, step=1, canary_weight=10, scaling_to=50, last_analysis_at=None)
+    ready = {"ml-search": Readiness(True, ready_replicas=5)}
+    moved, _ = machine.step(slow, status, Observation(readiness=ready, routing=routing(slow, status)), NOW)
+    assert moved.canary_weight == 50 and moved.last_analysis_at == NOW + 35.0
+    exp = spec(strategy={"abTest": {"variants": [{"name": "v1", "weight": 50}, {"name": "v2", "weight": 50}],
+                                    "primaryMetric": {"kind": "proportion", "name": "click-through"},
+                                    "interval": "30s"}})
+    assert exp.experiment is not None and machine.settled_for(exp, 40.0).experiment.settle == 40.0

@@ -54,6 +54,9 @@ class ControllerConfig:
     conflict_retry: float = 0.2
     watch_timeout: int = 300
     replica_policy: ReplicaPolicy = field(default_factory=ReplicaPolicy)
+    # Seconds after a weight change before the metrics source counts only that weight's traffic
+    # (`PrometheusConfig.settle_delay`); no analysis window opens sooner.
+    metrics_delay: float = 0.0
 
 
 class Controller:
@@ -75,7 +78,8 @@ class Controller:
                                   on_gone=self._forget)
         self.store = StatusStore(self.api, on_written=self.watch.remember)
         self.wiring = ReleaseWiring(self.api, clock, config.identity, config.replica_policy, metrics,
-                                    business, notifier, hooks, CachedPeers(lambda: list(self.watch.cache.values())))
+                                    business, notifier, hooks, CachedPeers(lambda: list(self.watch.cache.values())),
+                                    config.metrics_delay)
         self.ticker = ReleaseTicker(self.watch, self.queue, self.leadership, self.wiring,
                                     Finalizer(self.api, self.wiring, on_written=self.watch.remember),
                                     self.store, self.telemetry, config.conflict_retry)

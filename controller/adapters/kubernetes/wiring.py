@@ -37,7 +37,7 @@ class ReleaseWiring:
 
     def __init__(self, api: KubeApi, clock: Clock, identity: str, replica_policy: ReplicaPolicy,
                  metrics: Metrics, business: BusinessMetrics | None = None, notifier: Notifier | None = None,
-                 hooks: Hooks | None = None, peers: Peers | None = None) -> None:
+                 hooks: Hooks | None = None, peers: Peers | None = None, metrics_delay: float = 0.0) -> None:
         self.api = api
         self.clock = clock
         # The Events' reportingInstance: which replica decided.
@@ -49,6 +49,7 @@ class ReleaseWiring:
         self.notifier = notifier
         # The other releases of a namespace (from the controller's cache), for who owns which service.
         self.peers = peers
+        self.metrics_delay = metrics_delay
         self.hooks: Hooks = hooks or HttpHooks(WebhookClient(policy=UrlPolicy.in_cluster()), HookRules.cluster(),
                                                KubeSecrets(api))
 
@@ -68,4 +69,4 @@ class ReleaseWiring:
         if self.notifier is not None:
             notifier = MultiNotifier([notifier, self.notifier])
         return Ports(workloads, self.router(ref.namespace, services), self.metrics, self.clock, notifier,
-                     business=self.business, hooks=self.hooks, peers=self.peers)
+                     business=self.business, hooks=self.hooks, peers=self.peers, metrics_delay=self.metrics_delay)

@@ -158,10 +158,10 @@ class DeploymentWorkloads:
             body = self.canary_from(stable, service, version, image, replicas)
             if hpa is not None:
                 body["metadata"]["annotations"][ANNOTATION_AUTOSCALED] = "true"
-                body["spec"]["replicas"] = max(replicas, _copy_min(hpa, self.weight.weight))
+                body["spec"]["replicas"] = max(replicas, _copy_min(hpa, self.weight.weight, _replicas(stable)))
             self._deployments()[name] = self.api.create(DEPLOYMENTS, self.release.namespace, body)
             if hpa is not None:
-                self._ensure_hpa_copy(hpa, name)
+                self._ensure_hpa_copy(hpa, name, _replicas(stable))
             return
         autoscaled = _autoscaled(existing)
         hpa = None
@@ -170,12 +170,12 @@ class DeploymentWorkloads:
             hpa = self._hpa_for(stable["metadata"]["name"])
         patch = self._drift(existing, service, image, None if autoscaled or hpa else replicas)
         if hpa is not None:
-            floor = _copy_min(hpa, self.weight.weight)
+            floor = _copy_min(hpa, self.weight.weight, _replicas(stable))
             if _replicas(existing) < floor:  # capacity before traffic; and an HPA never scales up from 0
                 patch.setdefault("spec", {})["replicas"] = floor
             if not autoscaled:
                 patch["metadata"] = {"annotations": {ANNOTATION_AUTOSCALED: "true"}}
-            self._ensure_hpa_copy(hpa, name)
+            self._ensure_hpa_copy(hpa, name, _replicas(stable))
         if patch:
             self._deployments()[name] = self.api.patch(DEPLOYMENTS, self.release.namespace, name, patch)
 
@@ -222,12 +222,12 @@ class DeploymentWorkloads:
             patch.setdefault("spec", {})["template"] = {"spec": {"containers": fixed}}
         return patch
 
-    def _ensure_hpa_copy(self, hpa: Obj, deployment: str) -> None:
+    def _ensure_hpa_copy(self, hpa: Obj, deployment: str, stable_replicas: int) -> None:
         """The canary's HPA: the user's, targeting the canary, its minimum at the weight's share (compare,
         then patch, so that it follows the weight and the user's edits)."""
         spec = copy.deepcopy(hpa["spec"])
         spec["scaleTargetRef"] = {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment}
-        spec["minReplicas"] = _copy_min(hpa, self.weight.weight)
+        spec["minReplicas"] = _copy_min(hpa, self.weight.weight, stable_replicas)
         hpas = self._all_hpas()
         live = next((h for h in hpas if h["metadata"]["name"] == deployment), None)
         if live is None:
@@ -345,11 +345,14 @@ def _is_copy(hpa: Obj) -> bool:
     return (hpa.get("metadata", {}).get("labels") or {}).get(LABEL_MANAGED_BY) == MANAGED_BY
 
 
-def _copy_min(hpa: Obj, weight: int) -> int:
-    """The canary copy's minReplicas: the weight's share of the user's minimum, at least 1, at most max."""
+def _copy_min(hpa: Obj, weight: int, stable_replicas: int = 0) -> int:
+    """The canary copy's minReplicas: the weight's share of what the stable runs now (its autoscaler may
+    have scaled it above the user's minimum: at promotion the new version gets that capacity before it
+    gets all the traffic), and never below the weight's share of the user's minimum; at least 1, at
+    most the user's maximum."""
     spec = hpa.get("spec") or {}
     user_min, user_max = int(spec.get("minReplicas") or 1), int(spec.get("maxReplicas") or 1)
-    return max(1, min(user_max, math.ceil(user_min * weight / 100)))
+    return max(1, min(user_max, math.ceil(max(user_min, stable_replicas) * weight / 100)))
 
 
 def _autoscaled(d: Obj) -> bool:

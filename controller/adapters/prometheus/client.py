@@ -5,9 +5,15 @@ project's one reader, `analysis.reader`), PromQL escaping, the grouped queries f
 answers into series, and custom metrics from PromQL templates. The differencing itself is
 `analysis.counters` (pure).
 
-Two queries per tick cover every service and version of a release (regex selectors, never one query per
-service x metric): the raw samples of `istio_requests_total` and `..._bucket` inside the window, and the
-last sample of each series at or before the window start (`last_over_time`, which keeps the metric name).
+Four queries per tick cover every service and version of a release (regex selectors, never one query per
+service): for each of `istio_requests_total` and `..._bucket`, its raw samples inside the window and the
+last sample of each series at or before the window start (`last_over_time`). Which metric a series is
+comes from the query that selected it, never from `__name__` in the answer (stores such as
+VictoriaMetrics drop it from a function's result); a series is known by its other labels.
+
+Windows are read `lag` seconds behind the instants asked for, rounded down to the scrape interval
+(`PrometheusConfig.lag`, `settled`): both edges of every window move the same way, so consecutive windows
+stay contiguous, and no scrape stamped inside a window can still be landing when it is read.
 
 Any failure — connection refused, timeout, HTTP error, a malformed answer, samples that are not counters —
 raises `PrometheusUnavailable(reason)`: never a count that could pass for a healthy canary. The controller
@@ -25,7 +31,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -62,6 +68,7 @@ __all__ = [
     "istio_selector",
     "promql_regex",
     "promql_string",
+    "settled_instant",
 ]
 
 log = logging.getLogger(__name__)
@@ -70,6 +77,9 @@ REQUESTS_METRIC = "istio_requests_total"
 BUCKETS_METRIC = "istio_request_duration_milliseconds_bucket"
 SERVICE_LABEL = "destination_service_name"
 VERSION_LABEL = "destination_version"
+# Added to twice the scrape interval for the default lag: clock skew between the controller and
+# Prometheus, and the query's own delay.
+LAG_MARGIN_SECONDS = 5.0
 
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _METRIC_NAME = re.compile(r"[a-zA-Z0-9_.-]+")
@@ -145,6 +155,19 @@ def _duration(seconds: float) -> str:
     return f"{max(1, math.ceil(seconds * 1000))}ms"
 
 
+def settled_instant(t: float, lag: float, step: float | None) -> float:
+    """The instant read for an edge asked for at `t`: `lag` seconds earlier, rounded down to a whole
+    multiple of `step` (the scrape interval; None: to the millisecond). A function of `t` alone, so the
+    edge two consecutive windows share is read at the same instant by both."""
+    if not lag and not step:
+        return t
+    ms = math.floor(round((t - lag) * 1000, 3))
+    if step:
+        step_ms = max(1, round(step * 1000))
+        ms -= ms % step_ms
+    return ms / 1000
+
+
 # ---------------------------------------------------------------------------------------------------
 # Configuration
 
@@ -201,6 +224,28 @@ class PrometheusConfig:
     # The response codes the controller should count as errors when a release sets none (prefixes).
     error_codes: tuple[str, ...] = ("5",)
     custom_metrics: Mapping[str, CustomMetric] = field(default_factory=dict)
+    # How often Prometheus scrapes the proxies (None: not told). Window edges are rounded down to it, and
+    # the default lag is derived from it.
+    scrape_interval_seconds: float | None = None
+    # How far behind the asked instants windows are read (None: `lag`'s default).
+    lag_seconds: float | None = None
+
+    @property
+    def lag(self) -> float:
+        """Seconds between an instant asked for and the one read: `lag_seconds`, else twice the scrape
+        interval plus `LAG_MARGIN_SECONDS` (one interval for the scrape's own timeout, one for a scrape
+        that starts just before the instant), else 0 when the scrape interval is not known either."""
+        if self.lag_seconds is not None:
+            return self.lag_seconds
+        if self.scrape_interval_seconds is None:
+            return 0.0
+        return 2 * self.scrape_interval_seconds + LAG_MARGIN_SECONDS
+
+    @property
+    def settle_delay(self) -> float:
+        """Seconds after a weight change before a window's first edge, read `lag` behind and rounded down
+        to a scrape, falls after the change: the least `settle` with which a window holds one weight."""
+        return 0.0 if self.lag == 0 else self.lag + (self.scrape_interval_seconds or 0.0)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], path: str = "prometheus") -> PrometheusConfig:
@@ -211,6 +256,7 @@ class PrometheusConfig:
 _CONFIG_FIELDS = (
     "url", "bearer_token_file", "basic_auth", "tls_verify", "ca_file", "timeout_seconds", "retries",
     "backoff_seconds", "lookback_seconds", "namespace_label", "error_codes", "custom_metrics",
+    "scrape_interval_seconds", "lag_seconds",
 )
 
 
@@ -236,6 +282,9 @@ def _read_config(r: Reader, d: Any, p: str) -> PrometheusConfig:
                                     f"{p}.namespace_label", empty_ok=True),
         error_codes=_error_codes(r, d.get("error_codes", ["5"]), f"{p}.error_codes"),
         custom_metrics=_custom_metrics(r, d.get("custom_metrics", {}), f"{p}.custom_metrics"),
+        scrape_interval_seconds=r.optional_number(d.get("scrape_interval_seconds"),
+                                                  f"{p}.scrape_interval_seconds", 0, 3600),
+        lag_seconds=r.optional_number(d.get("lag_seconds"), f"{p}.lag_seconds", 0, 3600, open_low=False),
     )
 
 
@@ -339,10 +388,12 @@ def _matchers(query: MetricsQuery, namespace_label: str, service_label: str, ver
     return matchers
 
 
-def istio_selector(query: MetricsQuery, namespace_label: str) -> str:
-    """One selector for both Istio counters of every service and version of the query."""
-    names = f'__name__=~"{REQUESTS_METRIC}|{BUCKETS_METRIC}"'
-    matchers = [names, *_matchers(query, namespace_label, SERVICE_LABEL, VERSION_LABEL, None)]
+def istio_selector(query: MetricsQuery, namespace_label: str, metric: str) -> str:
+    """One selector for one Istio metric (`metric`, a constant of this module) of every service and
+    version of the query. The metric is a matcher inside the braces, so the selector also reads as a plain
+    label matcher list."""
+    matchers = [f"__name__={promql_string(metric)}",
+                *_matchers(query, namespace_label, SERVICE_LABEL, VERSION_LABEL, None)]
     matchers.append(f"reporter={promql_string(query.reporter)}")
     return "{" + ",".join(matchers) + "}"
 
@@ -499,22 +550,28 @@ class PrometheusMetrics:
 
     # --- the Metrics port -------------------------------------------------------------------------
 
+    def settled(self, start: float, end: float) -> tuple[float, float]:
+        """The instants a window asked for as (start, end] is read at (see `settled_instant`)."""
+        lag, step = self._config.lag, self._config.scrape_interval_seconds
+        return settled_instant(start, lag, step), settled_instant(end, lag, step)
+
     def window(self, query: MetricsQuery, start: float, end: float) -> WindowCounts:
-        """Exact counts in (start, end] for every service and version of `query`, in two queries."""
+        """Exact counts for every service and version of `query`, in four queries: those of (start, end]
+        read `lag` behind (`settled`). The answer carries the instants asked for, so the next window,
+        starting at this `end`, is read from exactly where this one stopped."""
         if end < start:
             raise ValueError(f"window end {end} is before its start {start}")
         if not query.services or not query.versions:
             return WindowCounts(start=start, end=end, counts={})
-        series = self._counter_series(istio_selector(query, self._config.namespace_label), start, end)
-        by_name: dict[str, list[Series]] = {REQUESTS_METRIC: [], BUCKETS_METRIC: []}
-        for s in series:
-            by_name.get(s.label("__name__"), []).append(s)
+        a, b = self.settled(start, end)
+        namespace_label = self._config.namespace_label
+        requests = self._counter_series(istio_selector(query, namespace_label, REQUESTS_METRIC), a, b)
+        buckets = self._counter_series(istio_selector(query, namespace_label, BUCKETS_METRIC), a, b)
         try:
-            return window_counts(
-                query, by_name[REQUESTS_METRIC], by_name[BUCKETS_METRIC], start, end, self._labels
-            )
+            counts = window_counts(query, requests, buckets, a, b, self._labels)
         except CounterDataError as error:
             raise PrometheusUnavailable(f"unusable counters from Prometheus: {error}") from None
+        return replace(counts, start=start, end=end)
 
     # --- custom metrics ---------------------------------------------------------------------------
 
@@ -526,9 +583,10 @@ class PrometheusMetrics:
         pairs = [(s, v) for s in query.services for v in query.versions]
         scopes: list[tuple[str, str] | None] = list(pairs) if metric.per_pair else [None]
         values: dict[tuple[str, str], CustomValue] = {}
+        a, b = self.settled(start, end)  # read as the Istio counters are: the same lag, the same edges
         for scope in scopes:
             evaluate = self._counter_pair if metric.kind == "counter_pair" else self._value
-            values.update(evaluate(metric, query, start, end, scope))
+            values.update(evaluate(metric, query, a, b, scope))
         absent = frozenset(p for p in pairs if p not in values)
         if metric.kind == "counter_pair":  # a missing counter series is zero, as for Istio's
             values = {p: values.get(p, CustomValue(0.0, 0.0)) for p in pairs}
@@ -591,6 +649,11 @@ class PrometheusMetrics:
         Times go to Prometheus in whole milliseconds (its resolution): the range query reaches back to
         the millisecond at or before `start`, where the baseline query stands, so no sample between
         them is missed; `analysis.counters` then cuts exactly at (start, end].
+
+        A series is known by its labels without `__name__`: `last_over_time` keeps the name in
+        Prometheus but not in every store, and a baseline filed under another name than its samples
+        would count the series from zero. Two series told apart only by their name (a selector of
+        several metrics) are refused rather than merged.
         """
         start_ms, end_ms = math.floor(start * 1000) / 1000, _ms_ceil(end)
         inside = self._query(f"{selector}[{_duration(end_ms - start_ms)}]", end_ms, "window samples")
@@ -598,9 +661,12 @@ class PrometheusMetrics:
         before = self._query(f"last_over_time({selector}[{lookback}])", start_ms, "window start")
         samples: dict[LabelSet, list[Sample]] = {}
         for labels, values in _matrix(inside, "window samples"):
-            samples.setdefault(labelset(labels), []).extend(values)
+            _unique(samples, labels, "window samples").extend(values)
+        baselines: dict[LabelSet, list[Sample]] = {}
         for labels, value in _vector(before, "window start"):
-            samples.setdefault(labelset(labels), []).append((start_ms, value))
+            _unique(baselines, labels, "window start").append((start_ms, value))
+        for key, baseline in baselines.items():
+            samples.setdefault(key, []).extend(baseline)
         return [Series(dict(key), tuple(s)) for key, s in samples.items()]
 
     def _query(self, promql: str, at: float, what: str) -> Any:
@@ -643,6 +709,18 @@ class PrometheusMetrics:
         if auth is None:
             return None
         return auth.username, _read_secret(auth.password_file, "basic auth password")
+
+
+def _unique(seen: dict[LabelSet, list[Sample]], labels: Mapping[str, str], where: str) -> list[Sample]:
+    """A new, empty sample list for the series `labels` (its identity: every label but `__name__`)."""
+    key = labelset({k: v for k, v in labels.items() if k != "__name__"})
+    if key in seen:
+        raise PrometheusUnavailable(
+            f"the {where} query returned several series with the same labels but their metric name; "
+            "a counter selector must select one metric"
+        )
+    seen[key] = []
+    return seen[key]
 
 
 def _ms_ceil(t: float) -> float:

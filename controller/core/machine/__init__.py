@@ -31,7 +31,7 @@ from controller.core.machine.actions import (
     Outcome,
     RetireWorkloads,
 )
-from controller.core.machine.analysing import analysis_config
+from controller.core.machine.analysing import analysis_config, settled_for
 from controller.core.machine.capacity import capacity_weight
 from controller.core.machine.headline import summary
 from controller.core.machine.requeue import requeue_after
@@ -42,5 +42,5 @@ from controller.core.observation import Observation, Readiness, Wants
 __all__ = [
     "Action", "ApplyRouting", "EnsureWorkloads", "FireHook", "Notify", "Observation", "Outcome", "Readiness",
     "RetireWorkloads", "Wants", "analysis_config", "base_plan", "capacity_weight", "desired_plan", "invalid_spec",
-    "requeue_after", "step", "summary", "wants",
+    "requeue_after", "settled_for", "step", "summary", "wants",
 ]

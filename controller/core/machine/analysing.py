@@ -17,6 +17,19 @@ from controller.core.spec.release import ReleaseSpec
 from controller.core.status import DecisionRecord, ReleaseStatus
 
 
+def settled_for(spec: ReleaseSpec, metrics_delay: float) -> ReleaseSpec:
+    """The spec as this runner must run it: a window opens no sooner after a weight change than the metrics
+    source needs to count only that weight's traffic (`metrics_delay`: Prometheus reads each window edge
+    some seconds behind, so that no scrape lands after it; a window starting earlier than that after a
+    change would count the old weight's traffic too)."""
+    if metrics_delay <= spec.strategy.settle and (spec.experiment is None or metrics_delay <= spec.experiment.settle):
+        return spec
+    strategy = replace(spec.strategy, settle=max(spec.strategy.settle, metrics_delay))
+    experiment = None if spec.experiment is None else replace(
+        spec.experiment, settle=max(spec.experiment.settle, metrics_delay))
+    return replace(spec, strategy=strategy, experiment=experiment)
+
+
 def analysis_config(spec: ReleaseSpec) -> AnalysisConfig:
     """What judges latency and errors: the experiment's guardrails, or the canary's analysis."""
     return spec.experiment.config.guardrails if spec.experiment is not None else spec.analysis

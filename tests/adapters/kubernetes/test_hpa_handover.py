@@ -59,6 +59,9 @@ def test_the_canary_copy_has_the_users_maximum_and_a_share_of_the_minimum() -> N
     assert [_copy_min(hpa, w) for w in (0, 10, 25, 50, 100)] == [1, 1, 1, 2, 4]
     assert _copy_min(user_hpa(minimum=8, maximum=3), 100) == 3  # never above the maximum
     assert _copy_min({"spec": {"maxReplicas": 5}}, 100) == 1  # the API server's default minimum
+    # The stable scaled up by its autoscaler (9 of max 10): the canary's floor follows what the stable runs,
+    # so a promotion gets the stable's capacity before it gets all the traffic.
+    assert [_copy_min(user_hpa(minimum=4, maximum=10), w, 9) for w in (10, 50, 100)] == [1, 5, 9]
 
 
 def test_the_canary_is_autoscaled_by_a_copy_while_the_user_hpa_keeps_stable(world: KubeWorld) -> None:

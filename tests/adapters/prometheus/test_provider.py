@@ -34,6 +34,8 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from analysis.observations import ISTIO_BUCKETS_MS, MetricsQuery, VersionCounts
 from controller.adapters.local.direct_metrics import DirectMetrics, parse_snapshot
 from controller.adapters.prometheus.client import (
+    BUCKETS_METRIC,
+    REQUESTS_METRIC,
     BasicAuth,
     PrometheusConfig,
     PrometheusConfigError,
@@ -208,7 +210,7 @@ def test_consecutive_windows_equal_the_exporters_exact_increments(
     t2 = scrape_after(prometheus, exporter)
 
     first, second = provider.window(q, t0, t1), provider.window(q, t1, t2)
-    assert provider.queries_sent == 4  # two per window, whatever the number of services and versions
+    assert provider.queries_sent == 8  # four per window, whatever the number of services and versions
     assert first.of("exact-a", "v1", N) == counts(19, 2, {bucket_of(30): 17, bucket_of(700): 2})
     assert first.of("exact-a", "v2", N) == counts(3, 0, {bucket_of(30): 3})
     assert second.of("exact-a", "v1", N) == counts(0, 0, {})
@@ -412,16 +414,21 @@ def test_a_prometheus_that_never_answers_is_unavailable_within_the_timeout(silen
 class FakePrometheus(http.server.ThreadingHTTPServer):
     """Answers queries with canned (status, body) pairs, the last one repeating; records headers.
 
-    The window's start query (`last_over_time`) gets `start_answers`, every other query `answers`.
+    The window's start query (`last_over_time`) gets `start_answers`, every other query `answers`; the
+    queries for the latency buckets find nothing (the answers hold request counters).
     """
 
     def __init__(self, answers: list[tuple[int, str]], start_answers: list[tuple[int, str]]) -> None:
         self.answers = answers
         self.start_answers = start_answers
         self.seen: list[dict[str, str]] = []
+        self.queries: list[str] = []
         super().__init__(("127.0.0.1", 0), _FakeHandler)
 
     def next_answer(self, query: str) -> tuple[int, str]:
+        self.queries.append(query)
+        if BUCKETS_METRIC in query:
+            return ok([], "vector" if query.startswith("last_over_time") else "matrix")
         answers = self.start_answers if query.startswith("last_over_time") else self.answers
         return answers.pop(0) if len(answers) > 1 else answers[0]
 
@@ -499,7 +506,7 @@ def test_malformed_answers_are_unavailable(
     with pytest.raises(PrometheusUnavailable, match=reason):
         provider.window(MetricsQuery(NS, ("a",), ("v1",)), 0, 10)
     provider.close()
-    assert len(server.seen) <= 2  # not retried: the same question gets the same bad answer
+    assert len(server.queries) == len(set(server.queries))  # none retried: the same question, the same answer
 
 
 def test_5xx_is_retried_with_exponential_backoff(fake: Callable[..., FakePrometheus]) -> None:
@@ -522,6 +529,28 @@ def test_a_retry_that_succeeds_gives_counts(fake: Callable[..., FakePrometheus])
     window = provider.window(MetricsQuery(NS, ("a",), ("v1",)), 0, 10)
     provider.close()
     assert window.of("a", "v1", N).requests == 5
+
+
+def test_a_baseline_answered_without_the_metric_name_is_still_the_series_baseline(
+    fake: Callable[..., FakePrometheus]
+) -> None:
+    """Stores such as VictoriaMetrics drop `__name__` from `last_over_time`: the series is the same one."""
+    inside = ok([{"metric": ISTIO, "values": [[5, "12"], [9, "15"]]}])
+    nameless = {k: v for k, v in ISTIO.items() if k != "__name__"}
+    server = fake([inside], [ok([{"metric": nameless, "value": [0, "10"]}], "vector")])
+    provider = PrometheusMetrics(PrometheusConfig(url=url_of(server), retries=0))
+    window = provider.window(MetricsQuery(NS, ("a",), ("v1",)), 0, 10)
+    provider.close()
+    assert window.of("a", "v1", N).requests == 5  # 15 - 10, not 15 counted from zero
+
+
+def test_series_told_apart_only_by_their_metric_name_are_refused(fake: Callable[..., FakePrometheus]) -> None:
+    other = {**ISTIO, "__name__": "other_total"}
+    server = fake([ok([{"metric": ISTIO, "values": [[5, "1"]]}, {"metric": other, "values": [[5, "2"]]}])])
+    provider = PrometheusMetrics(PrometheusConfig(url=url_of(server), retries=0))
+    with pytest.raises(PrometheusUnavailable, match="must select one metric"):
+        provider.window(MetricsQuery(NS, ("a",), ("v1",)), 0, 10)
+    provider.close()
 
 
 def test_the_token_reaches_prometheus_but_never_logs_or_reprs(
@@ -595,16 +624,17 @@ def test_promql_regex_escapes_metacharacters_then_the_string() -> None:
         promql_regex([])
 
 
-def test_the_istio_selector_groups_every_service_and_version() -> None:
+def test_the_istio_selectors_group_every_service_and_version_one_metric_each() -> None:
     q = MetricsQuery('ns"x', ("search", 'x"} or vector(1)'), ("v1", "v2"))
-    selector = istio_selector(q, "destination_service_namespace")
-    assert selector == (
-        '{__name__=~"istio_requests_total|istio_request_duration_milliseconds_bucket",'
+    matchers = (
         'destination_service_namespace="ns\\"x",'
         'destination_service_name=~"search|x\\"\\\\} or vector\\\\(1\\\\)",'
         'destination_version=~"v1|v2",reporter="destination"}'
     )
-    assert "destination_service_namespace" not in istio_selector(q, "")
+    for metric in (REQUESTS_METRIC, BUCKETS_METRIC):
+        assert istio_selector(q, "destination_service_namespace", metric) == \
+            f'{{__name__="{metric}",' + matchers
+    assert "destination_service_namespace" not in istio_selector(q, "", REQUESTS_METRIC)
 
 
 def test_templates_get_escaped_values_for_every_placeholder() -> None:
