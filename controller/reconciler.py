@@ -197,16 +197,42 @@ class Reconciler:
         # Every notice of the tick carries the numbers of the decision just persisted.
         details = decision_details(new.for_storage()) if any(isinstance(a, Notify) for a in actions) else None
         acting = _Acting(*who, new, details)
-        failed = []
+        failed, refused = [], []
         for action in actions:
             try:
                 self._carry_out(spec, acting, action)
             except PortError as exc:
                 log.warning("action %s failed: %s", type(action).__name__, exc.reason)
                 failed.append(f"{type(action).__name__}: {exc.reason}")
+                if not exc.retryable:
+                    refused.append(failed[-1])
+        reported = self._report_refusals(acting, new, refused, bool(failed), persist)
+        changed, new = changed or reported is not new, reported
         # Timed from after the actions (they may take a while), as the next window is due in wall-clock time.
         requeue = machine.requeue_after(spec, new, self.ports.clock.now())
         return TickResult(new, changed, tuple(actions), tuple(failed), requeue)
+
+    def _report_refusals(self, acting: _Acting, status: ReleaseStatus, refused: list[str], failed: bool,
+                         persist: Callable[[ReleaseStatus], None]) -> ReleaseStatus:
+        """Actions the outside world refuses for good (a user's route the controller cannot keep, an object
+        the API will not take) are retried every tick, and the release holds; say so where operators look:
+        the condition `ActionsApplied` (False, with the reasons) and one warning notice. It turns True again
+        on the first tick all actions go through."""
+        now = self.ports.clock.now()
+        was = status.condition("ActionsApplied")
+        if refused:
+            newer = status.with_condition("ActionsApplied", "False", "Refused", "; ".join(refused), now)
+        elif was is not None and was.status == "False" and not failed:
+            newer = status.with_condition("ActionsApplied", "True", "Applied", "", now)
+        else:
+            return status
+        if newer == status:
+            return status
+        persist(newer)
+        if refused:
+            self.ports.notifier.notify(Notice(acting.release, "ActionRefused", "; ".join(refused), True,
+                                              acting.details, acting.namespace))
+        return newer
 
     def _carry_out(self, spec: ReleaseSpec | None, acting: _Acting, action: Action) -> None:
         p = self.ports

@@ -8,13 +8,20 @@ local mesh router routes by them. Release lanes work like this:
 - the services propagate that header on their downstream calls, like trace headers;
 - every other service's VirtualService sends a request carrying `lane=canary` to its canary subset when
   it has one, and everything else to stable, so a request never mixes versions along its path.
+
+When the controller takes over a user's VirtualService, `carry_user_settings` puts the settings of the
+user's default (match-less) route (timeout, retries, fault, corsPolicy, headers, mirror, rewrite, ...)
+on the controller's routes, which now take that route's traffic; `check_user_route` refuses what cannot
+be kept that way (`UncarryableRoute`).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from controller.adapters.istio import experiment as ab
+from controller.adapters.istio.validate import service_name_of
 from controller.core.plan import RoutingPlan, ServiceVersions
 
 API_VERSION = "networking.istio.io/v1"
@@ -180,3 +187,109 @@ def _canary_weight(entry_vs: Obj, lane_header: str) -> int:
         )
     except (StopIteration, KeyError, TypeError, ValueError) as exc:
         raise UnreadablePlan(f"VirtualService {meta.get('name')}: no canary-lane destination ({exc!r})") from exc
+
+
+# --------------------------------------------------------------------------------------------------
+# A user's routes in an adopted VirtualService
+# --------------------------------------------------------------------------------------------------
+# Which requests a route takes and where they go; every other field of an HTTP route is a setting for the
+# requests it takes (timeout, retries, fault, corsPolicy, headers, mirror, rewrite, ...).
+_ROUTE_TARGET = frozenset({"name", "match", "route"})
+# Answers without forwarding to the service: the release's split could not happen behind them.
+_NOT_FORWARDING = ("redirect", "directResponse", "delegate")
+# Subsets the controller removes again (at promotion, rollback or the end of an experiment).
+_REMOVED_SUBSETS = frozenset({"canary"})
+
+
+class UncarryableRoute(ValueError):
+    """A user's route whose behaviour the controller's routes cannot keep; the message says what to change."""
+
+
+def _route_label(route: Obj) -> str:
+    return f"route {route['name']!r}" if route.get("name") else "the unnamed route"
+
+
+def _destinations(route: Obj) -> list[Obj]:
+    """Every destination a route sends requests to, its mirrors included."""
+    found = [d.get("destination") or {} for d in route.get("route") or []]
+    found += [route["mirror"]] if isinstance(route.get("mirror"), dict) else []
+    found += [m.get("destination") or {} for m in route.get("mirrors") or []]
+    return found
+
+
+def _touches(headers: Any, name: str) -> bool:
+    """Whether header operations (`{request: {set, add, remove}, response: ...}`) change header `name`."""
+    ops = (headers or {}).get("request") or {}
+    names = [*(ops.get("set") or {}), *(ops.get("add") or {}), *(ops.get("remove") or [])]
+    return name in (str(n).lower() for n in names)
+
+
+def check_user_route(route: Obj, service: str, lane_header: str) -> None:
+    """Refuse a user's route of `service`'s VirtualService that a release would break: one sending requests
+    to a subset the controller removes again, or one that changes the lane header."""
+    label = _route_label(route)
+    for dest in _destinations(route):
+        if service_name_of(str(dest.get("host", ""))) == service and dest.get("subset") in _REMOVED_SUBSETS:
+            raise UncarryableRoute(f"{label} sends requests to subset {dest['subset']!r} of {service}, which the "
+                                   "controller removes after each release: point it at subset 'stable'")
+    if _touches(route.get("headers"), lane_header) or any(
+            _touches(d.get("headers"), lane_header) for d in route.get("route") or []):
+        raise UncarryableRoute(f"{label} changes the header {lane_header!r}, which keeps a request on its "
+                               "release lane: remove that header operation")
+
+
+def _forwarded_destination(default: Obj, service: str) -> Obj:
+    """The one destination of the user's default route, which must forward to `service` itself."""
+    label = _route_label(default)
+    for key in _NOT_FORWARDING:
+        if key in default:
+            raise UncarryableRoute(f"the default {label} of {service} answers with {key!r} instead of forwarding "
+                                   f"to {service}, so a release could not split its traffic: give that route "
+                                   "a match, or remove it")
+    dests = default.get("route") or []
+    hosts = sorted({str((d.get("destination") or {}).get("host", "")) for d in dests})
+    if len(dests) > 1:
+        raise UncarryableRoute(f"the default {label} of {service} splits its traffic itself over {len(dests)} "
+                               f"destinations ({', '.join(hosts)}), which a release would replace by its own "
+                               "split: give that route a match, or remove it")
+    if not dests or service_name_of(hosts[0]) != service:
+        target = hosts[0] if hosts else "nowhere"
+        raise UncarryableRoute(f"the default {label} of {service} sends its traffic to {target}, not to "
+                               f"{service}, and a release would send it to {service}: give that route a match, "
+                               "or remove it")
+    return dict(dests[0])
+
+
+def carry_user_settings(routes: list[Obj], default: Obj, service: str, lane_header: str) -> list[Obj]:
+    """The controller's `routes` of `service`'s VirtualService, each with the settings of the user's
+    default (match-less) route `default`, whose traffic they take: its route-level fields, and the port
+    and header operations of its one destination. The controller's own fields win where both set one.
+    Raises UncarryableRoute when `default` does not simply forward to `service`."""
+    check_user_route(default, service, lane_header)
+    theirs = _forwarded_destination(default, service)
+    settings = {k: v for k, v in default.items() if k not in _ROUTE_TARGET}
+    port = (theirs.get("destination") or {}).get("port")
+    carried = []
+    for route in routes:
+        merged = copy.deepcopy({**settings, **route})
+        for dest in merged.get("route") or []:
+            if port is not None:
+                dest["destination"].setdefault("port", copy.deepcopy(port))
+            if theirs.get("headers"):
+                dest["headers"] = _merged_headers(theirs["headers"], dest.get("headers") or {})
+        carried.append(merged)
+    return carried
+
+
+def _merged_headers(theirs: Obj, ours: Obj) -> Obj:
+    """Header operations of both; ours win where both set or add the same header."""
+    merged: Obj = {}
+    for side in ("request", "response"):
+        a, b = theirs.get(side) or {}, ours.get(side) or {}
+        ops: Obj = {op: {**(a.get(op) or {}), **(b.get(op) or {})} for op in ("set", "add") if a.get(op) or b.get(op)}
+        removed = [*(a.get("remove") or []), *(n for n in b.get("remove") or [] if n not in (a.get("remove") or []))]
+        if removed:
+            ops["remove"] = removed
+        if ops:
+            merged[side] = ops
+    return copy.deepcopy(merged)

@@ -16,7 +16,14 @@ object of the same name already exists and is not the controller's (say, the bas
   name has one of these prefixes followed by a DNS label is the controller's), and the service's own
   host. User routes with a `match` stay in front of the controller's routes (they are
   more specific); user catch-all routes stay after them, where they take over again once the controller's
-  routes are gone. Other hosts, gateways, tcp/tls routes and every other field stay untouched.
+  routes are gone. The controller's routes take the traffic of the first user catch-all route, so its
+  settings (timeout, retries, fault, corsPolicy, headers, mirror, ...; its destination's port and header
+  operations) are carried into each of them (`render.carry_user_settings`), on every write. A user route
+  the release would break is refused with a `UserRouteConflict` (PermanentError) before anything is
+  written: a catch-all that does not forward to the service itself (redirect, directResponse, delegate,
+  other hosts, its own weighted split), any route to the `canary` subset (removed after every release),
+  or one that changes the lane header. Other hosts, gateways, tcp/tls routes and every other field stay
+  untouched.
 - Another release's routes: when the live objects carry the label of another release of this stack that
   is still in flight, the write is refused (PermanentError naming it): the later release waits.
 - metadata: the renderer's labels and annotations are added, plus `stack-canary.dev/adopted: "true"` on
@@ -43,12 +50,16 @@ from typing import Any
 
 from controller.adapters.istio.experiment import ANNOTATION_EXPERIMENT, ASSIGN_ROUTE
 from controller.adapters.istio.render import (
+    ANNOTATION_LANE_HEADER,
     CANARY_LANE_ROUTE,
     ENTRY_ROUTE,
     LABEL_RELEASE,
     MANAGED_BY,
     STABLE_LANE_ROUTE,
+    UncarryableRoute,
     UnreadablePlan,
+    carry_user_settings,
+    check_user_route,
     read_plan,
     render,
 )
@@ -71,6 +82,11 @@ OWNED_ANNOTATIONS = frozenset({ANNOTATION_EXPERIMENT, ANNOTATION_VARIANT_SUBSETS
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 _SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 _FINAL_PHASES = frozenset(p.value for p in Phase if p.final)
+
+
+class UserRouteConflict(PermanentError):
+    """A user's route in an adopted VirtualService that a release cannot keep working; nothing is written
+    until the user changes it (the reason names the route and what to change)."""
 
 
 def _resource(obj: Obj) -> Resource:
@@ -117,7 +133,7 @@ def merge_owned(desired: Obj, live: Obj | None) -> Obj:
         added = _merge_subsets(spec, desired["spec"], meta.get("name", ""), previous_variants)
         _record_variant_subsets(meta, added)
     else:
-        _merge_routes(spec, desired["spec"])
+        _merge_routes(spec, desired["spec"], want["name"], want["annotations"][ANNOTATION_LANE_HEADER])
     return merged
 
 
@@ -152,7 +168,9 @@ def _merge_subsets(spec: Obj, want: Obj, name: str, previous_variants: frozenset
     return added
 
 
-def _merge_routes(spec: Obj, want: Obj) -> None:
+def _merge_routes(spec: Obj, want: Obj, service: str, lane_header: str) -> None:
+    """Our routes between the user's: theirs with a match in front, their catch-all routes after ours,
+    with the settings of the first of those (the one ours take the traffic of) carried into ours."""
     hosts = list(spec.get("hosts", []))
     spec["hosts"] = [*want["hosts"], *(h for h in hosts if h not in want["hosts"])]
     if want.get("gateways"):
@@ -161,7 +179,15 @@ def _merge_routes(spec: Obj, want: Obj) -> None:
     theirs = [r for r in spec.get("http", []) if not is_owned_route(r)]
     specific = [r for r in theirs if r.get("match")]
     catch_all = [r for r in theirs if not r.get("match")]
-    spec["http"] = [*specific, *want["http"], *catch_all]
+    ours = want["http"]
+    try:
+        for route in specific:
+            check_user_route(route, service, lane_header)
+        if catch_all:
+            ours = carry_user_settings(ours, catch_all[0], service, lane_header)
+    except UncarryableRoute as exc:
+        raise UserRouteConflict(f"VirtualService {service}: {exc}") from exc
+    spec["http"] = [*specific, *ours, *catch_all]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import pytest
 
-from controller.adapters.istio.render import read_plan, render
+from controller.adapters.istio.render import (
+    UncarryableRoute,
+    carry_user_settings,
+    check_user_route,
+    read_plan,
+    render,
+)
 from controller.adapters.istio.validate import validate_objects
-from controller.core.plan import InvalidPlan, RoutingPlan, ServiceVersions
+from controller.core.plan import ExperimentArm, ExperimentRoutes, InvalidPlan, RoutingPlan, ServiceVersions
 from tests.support.istio_schema import istio_errors
 
 SERVICES = ("master-search", "ml-infer", "ml-search", "keyword", "text-search")
@@ -94,3 +103,110 @@ def test_invalid_plans_are_refused(kwargs: dict[str, object], message: str) -> N
 def test_hostile_version_is_refused_before_it_reaches_a_label() -> None:
     with pytest.raises(InvalidPlan, match="not a valid label value"):
         RoutingPlan("search", "a", (ServiceVersions("a", 'v1"} or vector(1)'),), 0)
+
+
+# --------------------------------------------------------------------------------------------------
+# A user's default route in an adopted VirtualService: its settings carried into the controller's routes
+# --------------------------------------------------------------------------------------------------
+USER_SETTINGS: dict[str, object] = {
+    "timeout": "3s",
+    "retries": {"attempts": 3, "perTryTimeout": "1s", "retryOn": "5xx,connect-failure"},
+    "fault": {"delay": {"fixedDelay": "5ms", "percentage": {"value": 0.1}}},
+    "corsPolicy": {"allowOrigins": [{"exact": "https://search.example.com"}], "allowMethods": ["GET"]},
+    "headers": {"response": {"set": {"x-served-by": "search"}}},
+    "mirror": {"host": "search-shadow"},
+    "mirrorPercentage": {"value": 5.0},
+}
+
+
+def user_default(service: str = "master-search", **extra: object) -> dict[str, object]:
+    return {"name": "default", "route": [{"destination": {"host": service}}], **USER_SETTINGS, **extra}
+
+
+def vs_of(objects: list[dict[str, object]], name: str) -> dict[str, Any]:
+    return next(o for o in objects if o["kind"] == "VirtualService" and o["metadata"]["name"] == name)  # type: ignore[index]
+
+
+@pytest.mark.parametrize("name", ["all changed at 10%", "entry unchanged", "promoted", "behind a gateway"])
+def test_default_route_settings_are_carried_into_every_controller_route(name: str) -> None:
+    p = PLANS[name]
+    objects = render(p)
+    for vs in (o for o in objects if o["kind"] == "VirtualService"):
+        service = vs["metadata"]["name"]
+        ours = vs["spec"]["http"]
+        carried = carry_user_settings(ours, user_default(service), service, p.lane_header)
+        assert [r["name"] for r in carried] == [r["name"] for r in ours]
+        for before, after in zip(ours, carried, strict=True):
+            assert {k: after[k] for k in USER_SETTINGS} == USER_SETTINGS
+            assert (after["route"], after.get("match")) == (before["route"], before.get("match"))
+        vs["spec"]["http"] = carried
+        assert istio_errors(vs, strict=True) == [], service
+    back = read_plan(objects)
+    assert back is not None and back.equivalent(p)
+
+
+def test_destination_port_and_headers_are_kept_beside_the_lane_header() -> None:
+    entry = vs_of(render(plan(20)), "master-search")
+    default = {"route": [{"destination": {"host": "master-search.search.svc.cluster.local", "port": {"number": 8000}},
+                          "headers": {"request": {"set": {"x-team": "search"}, "remove": ["x-debug"]},
+                                      "response": {"add": {"x-route": "default"}}}}]}
+    carried = carry_user_settings(entry["spec"]["http"], default, "master-search", "x-canary-lane")
+    for dest in carried[0]["route"]:
+        assert dest["destination"]["port"] == {"number": 8000}
+        assert dest["headers"]["request"]["set"] == {"x-team": "search", "x-canary-lane": dest["headers"]["request"]
+                                                     ["set"]["x-canary-lane"]}
+        assert dest["headers"]["request"]["remove"] == ["x-debug"]
+        assert dest["headers"]["response"] == {"add": {"x-route": "default"}}
+    assert [d["headers"]["request"]["set"]["x-canary-lane"] for d in carried[0]["route"]] == ["stable", "canary"]
+    entry["spec"]["http"] = carried
+    assert istio_errors(entry, strict=True) == []
+
+
+def test_experiment_routes_carry_the_settings_too() -> None:
+    p = plan(0).with_experiment(ExperimentRoutes((ExperimentArm("control", "v1", 50),
+                                                  ExperimentArm("treatment", "v2", 50)), cohort_header="x-cohort"))
+    entry = vs_of(render(p), "master-search")
+    carried = carry_user_settings(entry["spec"]["http"], user_default(), "master-search", p.lane_header)
+    assert all(r["timeout"] == "3s" and r["retries"]["attempts"] == 3 for r in carried)
+    assign = carried[-1]
+    assert all("set-cookie" in d["headers"]["response"]["add"] for d in assign["route"])
+    entry["spec"]["http"] = carried
+    assert istio_errors(entry, strict=True) == []
+
+
+@pytest.mark.parametrize("default,reason", [
+    ({"redirect": {"uri": "/v2"}}, "answers with 'redirect'"),
+    ({"directResponse": {"status": 503}}, "answers with 'directResponse'"),
+    ({"delegate": {"name": "search-routes"}}, "answers with 'delegate'"),
+    ({"route": [{"destination": {"host": "legacy-search"}}]},
+     "sends its traffic to legacy-search, not to master-search"),
+    ({"route": [{"destination": {"host": "master-search", "subset": "v1"}, "weight": 90},
+                {"destination": {"host": "legacy-search"}, "weight": 10}]},
+     "splits its traffic itself over 2 destinations"),
+    ({"route": [{"destination": {"host": "master-search"}}],
+      "headers": {"request": {"remove": ["X-Canary-Lane"]}}}, "changes the header 'x-canary-lane'"),
+    ({"route": [{"destination": {"host": "master-search"}}],
+      "mirror": {"host": "master-search", "subset": "canary"}}, "subset 'canary'"),
+])
+def test_what_cannot_be_carried_is_refused_with_a_plain_reason(default: dict[str, object], reason: str) -> None:
+    routes = vs_of(render(plan(10)), "master-search")["spec"]["http"]
+    with pytest.raises(UncarryableRoute, match=re.escape(reason)) as caught:
+        carry_user_settings(routes, {"name": "default", **default}, "master-search", "x-canary-lane")
+    assert "route 'default'" in str(caught.value)
+
+
+def test_user_routes_with_a_match_may_not_use_the_canary_subset_or_the_lane_header() -> None:
+    check_user_route({"match": [{"uri": {"prefix": "/admin"}}], "route": [{"destination": {"host": "admin"}}]},
+                     "master-search", "x-canary-lane")
+    check_user_route({"match": [{"uri": {"prefix": "/beta"}}],
+                      "route": [{"destination": {"host": "master-search", "subset": "stable"}}]},
+                     "master-search", "x-canary-lane")
+    with pytest.raises(UncarryableRoute, match="subset 'canary' of master-search"):
+        check_user_route({"name": "beta", "match": [{"uri": {"prefix": "/beta"}}],
+                          "route": [{"destination": {"host": "master-search", "subset": "canary"}}]},
+                         "master-search", "x-canary-lane")
+    with pytest.raises(UncarryableRoute, match="changes the header"):
+        check_user_route({"match": [{"uri": {"prefix": "/beta"}}],
+                          "route": [{"destination": {"host": "admin"},
+                                     "headers": {"request": {"set": {"x-canary-lane": "canary"}}}}]},
+                         "master-search", "x-canary-lane")
