@@ -2,10 +2,12 @@
 client's timeout, dropped watches and 410 Gone, injected by the emulator while whole releases run.
 
 The controller runs in-process on a fake clock (`KubeWorld.drive`) with its watch thread running for
-real (the watch ends every second), and talks HTTP to the emulator, which answers the controller's
-requests (told apart by their User-Agent, `stack-canary-controller/<identity>`) with the faults. The
-traffic model reads the routes with a client of its own, which the faults leave alone: the faults are
-the controller's problem, not the test's. Every state the emulator stores is checked by
+real (the watch ends every second), in the cluster-like world (issue 14, `tests.support.cluster`): 4 pods
+per service, an HPA on ml-infer, every new pod ready after a seeded 2-10 s of the fake clock, so the faults
+also land while the canary is being scaled for its weights. It talks HTTP to the emulator, which
+answers the controller's requests (told apart by their User-Agent, `stack-canary-controller/<identity>`)
+with the faults. The traffic model reads the routes with a client of its own, which the faults leave
+alone: the faults are the controller's problem, not the test's. Every state the emulator stores is checked by
 `tests.support.invariants`; each release must end as it should, with no duplicated side effect.
 """
 
@@ -26,11 +28,12 @@ from controller.core.status import Phase, ReleaseStatus
 from tests.support.fakes import VersionModel
 from tests.support.invariants import FINAL, InvariantChecker
 from tests.support.kmock_server import Fault, Key, RunningEmulator
-from tests.support.kube_world import NAMESPACE, KubeWorld, RouteMetrics
+from tests.support.kube_world import NAMESPACE, KubeWorld, RouteMetrics, cluster_world
 
 AGENT = "stack-canary-controller/"
 ONCE = ("Initializing", "Initialized", "Promoting", "Promoted", "RolledBack", "AnalysisFailed")
 SEED = 9
+REPLICAS = 4
 
 
 def api_faults() -> list[Fault]:
@@ -71,9 +74,8 @@ class Faulty:
 def faulty(emulator: RunningEmulator, invariants: InvariantChecker, request: pytest.FixtureRequest
            ) -> Iterator[Faulty]:
     models = getattr(request, "param", {})
-    world = KubeWorld(emulator, models=models)
+    world = cluster_world(emulator, replicas=REPLICAS, models=models)
     world.metrics = RouteMetrics(KubeApi.for_url(emulator.url), models=models)  # the faults' client is not this
-    world.seed_stack()
     checker = invariants  # every rule on; the fixture's teardown fails the test on any violation
     api = KubeApi.for_url(emulator.url)  # the controller's own client: the test's reads see no faults
     api.timeout = 1.0  # the slow answers (1.3 s) time out
@@ -92,7 +94,7 @@ def faulty(emulator: RunningEmulator, invariants: InvariantChecker, request: pyt
         watcher.join(timeout=10)
 
 
-def drive_through_faults(f: Faulty, emulator: RunningEmulator, rng: random.Random, rounds: int = 600
+def drive_through_faults(f: Faulty, emulator: RunningEmulator, rng: random.Random, rounds: int = 1500
                          ) -> ReleaseStatus:
     """Tick the release to its end, dropping the watch and compacting the history (410) now and then."""
     f.drops = f.gones = 0
@@ -109,7 +111,7 @@ def drive_through_faults(f: Faulty, emulator: RunningEmulator, rng: random.Rando
             emulator.emulator.disconnect_watches()
             f.gones += 1
         if f.controller.queue.next_due() is None:  # nothing queued: the watch or a resync must bring it
-            f.world.clock.sleep(f.controller.config.resync_period)
+            f.world.pass_time(f.controller.config.resync_period)
             f.controller.resync()
     return f.world.status()
 
@@ -156,12 +158,12 @@ def test_release_converges_through_api_faults(faulty: Faulty, emulator: RunningE
     assert errors.labels("conflict")._value.get() + errors.labels("api")._value.get() > 0
     # Once finished and the faults gone, actions that failed are repeated once (a canary not yet scaled to 0)
     # and then nothing more is written; the routes were never written after the end.
-    f.world.clock.sleep(30)
+    f.world.pass_time(30)
     f.controller.resync()
     f.controller.run_due()
     writes = emulator.emulator.writes()
     for _ in range(3):
-        f.world.clock.sleep(30)
+        f.world.pass_time(30)
         f.controller.resync()
         f.controller.run_due()
     assert emulator.emulator.writes() == writes

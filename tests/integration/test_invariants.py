@@ -68,6 +68,12 @@ class Cluster:
         assert {v.rule for v in self.checker.violations} == set(self.checker.by_rule)
         return set(self.checker.by_rule)
 
+    def lose_pods(self, name: str) -> None:
+        """The Deployment `name` with no ready pod left (its pods evicted or crashing), its spec untouched."""
+        d = copy.deepcopy(self.store.get(DEPLOYMENTS, NAMESPACE, name))
+        d["status"] = {**(d.get("status") or {}), "readyReplicas": 0, "availableReplicas": 0}
+        self.store.update(DEPLOYMENTS, NAMESPACE, name, d, patch=False, status=True)
+
     def drop_subset(self, host: str, subset: str) -> None:
         """The DestinationRule of `host` without `subset`, its VirtualService untouched."""
         dr = copy.deepcopy(self.store.get(DESTINATION_RULES, NAMESPACE, host))
@@ -112,6 +118,8 @@ def test_each_rule_catches_its_breach(emulator: RunningEmulator) -> None:
     c.drop_subset("ml-search", "canary")  # the lane route of ml-search now names a subset that is gone
     assert "subset" in c.rules()
     assert any(v.rule == "subset" and "'canary'" in v.what and "ml-search" in v.what for v in c.checker.violations)
+    c.lose_pods("text-search-v1")  # the stable subset of text-search on a version without a ready pod
+    assert "stable" in c.rules()
     assert c.rules() == RULES, "every rule has a breach of its own above"
     with pytest.raises(AssertionError, match="invariant violations"):
         c.checker.assert_clean()
@@ -129,6 +137,45 @@ def test_each_rule_alone_is_reported(emulator: RunningEmulator) -> None:
     c.drop_subset("master-search", "canary")
     assert [v.rule for v in c.checker.violations] == ["subset"], c.checker.violations
     assert "master-search" in c.checker.violations[0].what
+
+
+def test_a_stable_subset_on_a_version_that_lost_its_pods_is_caught_alone(emulator: RunningEmulator) -> None:
+    """`stable` on its own: during a promotion's 100% into the canary lane the entry's stable version gets
+    no traffic (so `ready` is silent), yet it is what a rollback falls back on: it losing every ready pod
+    is a violation of `stable` and of nothing else."""
+    c = Cluster(emulator)
+    c.deploy("v1")
+    c.deploy("v2")
+    c.release({"phase": "Progressing", "step": 0, "history": [{"verdict": "pass"}]})
+    c.routes(render(plan(100)))
+    assert c.checker.violations == []
+    c.lose_pods("master-search-v1")
+    assert [v.rule for v in c.checker.violations] == ["stable"], c.checker.violations
+    assert "master-search-v1 is without a ready pod" in c.checker.violations[0].what
+
+
+def test_the_stable_rule_holds_a_version_once_it_was_ready_or_re_pointed_at(emulator: RunningEmulator) -> None:
+    """The rule's scope: a brand-new stack whose stable pods are still starting when its DestinationRules are
+    first written (the router writes them before the VirtualServices, so no traffic flows yet) is not held
+    to it; once ready, it is; and a stable subset re-pointed at a version without a ready pod is caught at
+    that write."""
+    c = Cluster(emulator)
+    c.deploy("v1", ready=False)
+    c.routes([o for o in render(plan(0, canary=False)) if o["kind"] == "DestinationRule"])
+    assert c.checker.violations == []
+    for s in SERVICES:
+        d = c.store.get(DEPLOYMENTS, NAMESPACE, f"{s}-v1")
+        c.store.update(DEPLOYMENTS, NAMESPACE, f"{s}-v1", {"status": ready_deployment_status(d)}, patch=True,
+                       status=True)
+    c.lose_pods("keyword-v1")
+    assert c.rules() == {"stable"} and "keyword-v1" in c.checker.violations[-1].what
+    c.deploy("v2", ready=False)
+    moved = RoutingPlan(namespace=NAMESPACE, entry="master-search", canary_weight=0, lane_header="x-canary-lane",
+                        services=tuple(ServiceVersions(s, "v2", None) for s in SERVICES), owner="search-v2")
+    before = c.checker.by_rule["stable"]
+    c.routes(render(moved))  # every stable subset re-pointed at v2, whose pods are not ready
+    assert c.checker.by_rule["stable"] - before >= len(SERVICES) - 1
+    assert any("ml-infer-v2" in v.what for v in c.checker.violations if v.rule == "stable")
 
 
 def test_a_rule_switched_off_still_fails_the_test(emulator: RunningEmulator) -> None:

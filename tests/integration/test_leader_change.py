@@ -10,8 +10,12 @@ knows who wrote (User-Agent `stack-canary-controller/<identity>`):
 - **kill**: two real `canary controller` processes; the leader is SIGKILLed mid-release; the standby takes
   over when the lease (15 s) expires and finishes the release.
 
-Every state the emulator stores is checked by `tests.support.invariants` in all three tests, every rule on
-(the `invariants` fixture); the kill test bounds the takeover by the lease timing read from the Lease itself.
+The world is cluster-like (issue 14, `tests.support.cluster`): 4 pods per service and an HPA on ml-infer.
+The partition and kill tests run in real time, so the cluster model is played by a thread on the wall
+clock (`RealTimeCluster`), new pods ready after a seeded 0.2-1 s (short, since real seconds cost); the
+fencing test runs on the fake clock, pods ready after 2-10 s. Every state the emulator stores is checked by
+`tests.support.invariants` in all three tests, every rule on (the `invariants` fixture); the kill test
+bounds the takeover by the lease timing read from the Lease itself.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,16 +37,36 @@ from controller.adapters.kubernetes.leader import LeaseElector, parse_time
 from controller.adapters.kubernetes.running import Controller, ControllerConfig
 from controller.cli.cluster import SystemClock
 from controller.core.status import Phase
+from tests.support.cluster import ClusterModel, RealTimeCluster
 from tests.support.fakes import FakeClock
 from tests.support.invariants import InvariantChecker
 from tests.support.kmock_server import Fault, RunningEmulator
-from tests.support.kube_world import NAMESPACE, KubeWorld, RouteMetrics
+from tests.support.kube_world import NAMESPACE, KubeWorld, RouteMetrics, cluster_world
 from tests.support.paths import REPO
 
 LEASE_NS = "stack-canary-system"
 LEASE_KEY = ("coordination.k8s.io", "v1", "leases")
 # The `canary controller` process's election timing: LeaseElector's defaults (lease 15 s, retry 2 s).
 LEASE_S, RETRY_S = LeaseElector.lease_duration, LeaseElector.retry_period
+REPLICAS = 4
+
+
+@pytest.fixture
+def real_time_world(emulator: RunningEmulator, invariants: InvariantChecker
+                    ) -> Iterator[tuple[KubeWorld, ClusterModel]]:
+    """The stable stack (4 pods per service, an HPA on ml-infer), then the cluster model played in real time
+    from there on (it adopts the stack as running): every pod started later is ready after 0.2-1 s."""
+    world = KubeWorld(emulator)
+    world.seed_stack(replicas=REPLICAS, hpa_on=("ml-infer",))
+    cluster = RealTimeCluster(ClusterModel(seed=14, start_delay=(0.2, 1.0)), emulator)
+    try:
+        yield world, cluster.start()
+    finally:
+        cluster.stop()
+
+
+def canary_pods_took_their_time(model: ClusterModel) -> bool:
+    return any("-v2-" in p.name and p.ready_at is not None and p.ready_at - p.started >= 0.2 for p in model.started)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
@@ -77,11 +101,10 @@ def holder(emulator: RunningEmulator) -> str:
 
 
 @pytest.mark.slow
-def test_partitioned_leader_stops_writing_and_the_standby_finishes(emulator: RunningEmulator,
-                                                                   invariants: InvariantChecker) -> None:
-    world = KubeWorld(emulator)
-    world.seed_stack()
-    checker = invariants
+def test_partitioned_leader_stops_writing_and_the_standby_finishes(
+        emulator: RunningEmulator, invariants: InvariantChecker,
+        real_time_world: tuple[KubeWorld, ClusterModel]) -> None:
+    (world, model), checker = real_time_world, invariants
     clock = SystemClock()
     metrics = RouteMetrics(KubeApi.for_url(emulator.url), rps=300)
     replicas: dict[str, tuple[Controller, threading.Event, threading.Thread]] = {}
@@ -137,14 +160,14 @@ def test_partitioned_leader_stops_writing_and_the_standby_finishes(emulator: Run
     assert checker.check_final(emulator, [NAMESPACE]) == []
     reasons = [e["reason"] for e in world.objects("events")]
     assert reasons.count("Initialized") == 1 and reasons.count("Promoted") == 1, reasons
+    assert canary_pods_took_their_time(model)
 
 
 @pytest.mark.slow
 def test_killed_leader_process_is_replaced_by_the_standby(emulator: RunningEmulator, invariants: InvariantChecker,
+                                                          real_time_world: tuple[KubeWorld, ClusterModel],
                                                           tmp_path: Path) -> None:
-    world = KubeWorld(emulator)
-    world.seed_stack()
-    checker = invariants
+    (world, model), checker = real_time_world, invariants
     processes: dict[str, subprocess.Popen[bytes]] = {}
     root = REPO
     try:
@@ -191,6 +214,7 @@ def test_killed_leader_process_is_replaced_by_the_standby(emulator: RunningEmula
     checker.assert_clean()
     assert KubeApi.for_url(emulator.url).get(LEASES, LEASE_NS, "stack-canary-controller")["spec"][
         "holderIdentity"] == "proc-b"
+    assert canary_pods_took_their_time(model)
 
 
 class SlowMetrics(RouteMetrics):
@@ -209,9 +233,8 @@ def test_a_tick_that_outlives_its_leadership_writes_nothing(emulator: RunningEmu
                                                             invariants: InvariantChecker) -> None:
     """Regression (LeaderOnlyApi): leadership is checked before every write, not once per tick. A tick that
     started as leader and whose metrics query outlasted the renew deadline must not persist its decision
-    nor act on it: another replica may be leader by then."""
-    world = KubeWorld(emulator)
-    world.seed_stack()
+    nor act on it: another replica may be leader by then. (Fake clock, pods ready after 2-10 s of it.)"""
+    world = cluster_world(emulator, replicas=REPLICAS)
     fast_release(world)
     api = KubeApi.for_url(emulator.url)
     elector = LeaseElector(api, LEASE_NS, "slow-a", world.clock, lease_duration=15, renew_deadline=10, retry_period=2)
@@ -221,7 +244,7 @@ def test_a_tick_that_outlives_its_leadership_writes_nothing(emulator: RunningEmu
     before = world.status()
     controller.metrics = SlowMetrics(KubeApi.for_url(emulator.url), world.clock, seconds=11)  # > renew deadline
     mark = len(emulator.emulator.write_log)
-    world.clock.sleep(5)
+    world.pass_time(5)
     controller.elect()
     controller.resync()
     controller.run_due()

@@ -6,8 +6,11 @@ The controller reads metrics through the production path (`PrometheusSource` ove
 `tests.support.mesh_traffic.FakePrometheus`, a Prometheus HTTP API stand-in whose samples come from the
 traffic that the routes stored in the emulator let through, and which misbehaves on command (a real Prometheus
 cannot be made to answer partially on demand). The controller runs in-process on a fake clock; the stand-in
-samples at every tick. Every state is checked by the invariants (the `invariants` fixture, all rules on).
-The last test uses Debian's real Prometheus, scraping the same traffic through an exporter, and stops it.
+samples at every tick. The world is cluster-like (issue 14, `tests.support.cluster`): 4 pods per service, an
+HPA on ml-infer, every new pod ready after a seeded 2-10 s of the fake clock, played event by event between
+ticks. Every state is checked by the invariants (the `invariants` fixture, all rules on). The last test uses
+Debian's real Prometheus, scraping the same traffic through an exporter, and stops it; it runs in real time,
+with the cluster model played by a thread (`RealTimeCluster`, pods ready after 0.2-1 s).
 
 The configured action, from `spec.policies`: `error` verdicts hold the weight; after
 `rollbackAfterErrors` in a row the release rolls back. Inconclusive looks (no canary data) hold. A partial
@@ -30,12 +33,14 @@ from controller.adapters.prometheus.metrics import PrometheusSource
 from controller.adapters.prometheus.server import PrometheusProcess, prometheus_binary
 from controller.cli.cluster import SystemClock
 from controller.core.status import Phase, ReleaseStatus
+from tests.support.cluster import ClusterModel, RealTimeCluster
 from tests.support.invariants import InvariantChecker
 from tests.support.kmock_server import RunningEmulator
-from tests.support.kube_world import NAMESPACE, KubeWorld
+from tests.support.kube_world import NAMESPACE, KubeWorld, cluster_world
 from tests.support.mesh_traffic import FakePrometheus, MeshTraffic, Misbehaviour, metrics_exporter
 
 ROLLBACK_AFTER = 3
+REPLICAS = 4
 
 
 @dataclass
@@ -53,8 +58,12 @@ class Rig:
                                   policies={"rollbackAfterErrors": ROLLBACK_AFTER}, drainTime="1s")
 
     def drive(self, until: Phase | None = None, rounds: int = 400, max_step: float = 2.0) -> ReleaseStatus:
-        """Tick on the fake clock, the stand-in sampling the traffic before every tick."""
+        """Tick on the fake clock, the stand-in sampling the traffic before every tick; the cluster's events
+        are played at their own moments (the clock never jumps past one)."""
+        cluster = self.world.cluster
         for i in range(rounds):
+            if cluster is not None:
+                cluster.advance(self.world.clock.t)
             self.traffic.sample(self.world.clock.t)
             if i == 0:
                 self.controller.relist()
@@ -63,15 +72,16 @@ class Rig:
             if (until is not None and status.phase is until) or (until is None and status.phase.final):
                 return status
             nxt = self.controller.queue.next_due()
-            self.world.clock.t = min(nxt, self.world.clock.t + max_step) if nxt is not None else \
-                self.world.clock.t + max_step
+            then = min(nxt, self.world.clock.t + max_step) if nxt is not None else self.world.clock.t + max_step
+            if cluster is not None and (event := cluster.next_event()) is not None:
+                then = min(then, event)
+            self.world.clock.t = max(self.world.clock.t, then)
         return self.world.status()
 
 
 @pytest.fixture
 def rig(emulator: RunningEmulator, invariants: InvariantChecker) -> Iterator[Rig]:
-    world = KubeWorld(emulator)
-    world.seed_stack()
+    world = cluster_world(emulator, replicas=REPLICAS)
     traffic = MeshTraffic(emulator, rps=50.0)
     prometheus = FakePrometheus(traffic).start()
     source = PrometheusSource.from_config({"url": prometheus.url, "timeout_seconds": 2.0, "retries": 1,
@@ -209,7 +219,8 @@ def test_real_prometheus_stopped_mid_release_rolls_back(emulator: RunningEmulato
                                                         ) -> None:
     assert prometheus_binary() is not None, "apt-get install prometheus"
     world = KubeWorld(emulator)
-    world.seed_stack()
+    world.seed_stack(replicas=REPLICAS, hpa_on=("ml-infer",))  # ready at once, then adopted by the model
+    cluster = RealTimeCluster(ClusterModel(seed=14, start_delay=(0.2, 1.0)), emulator)
     checker = invariants
     traffic = MeshTraffic(emulator, rps=300.0)
     exporter = metrics_exporter(traffic)
@@ -225,6 +236,7 @@ def test_real_prometheus_stopped_mid_release_rolls_back(emulator: RunningEmulato
                             source, SystemClock())
     stop = threading.Event()
     runner = threading.Thread(target=controller.run, args=(stop,), daemon=True)
+    cluster.start()
     runner.start()
     try:
         world.create_release(strategy={"canary": {"steps": [{"weight": 20}, {"weight": 40}, {"weight": 60},
@@ -244,6 +256,7 @@ def test_real_prometheus_stopped_mid_release_rolls_back(emulator: RunningEmulato
     finally:
         stop.set()
         runner.join(timeout=30)
+        cluster.stop()
         prom.stop()
         source.close()
         stop_traffic.set()
@@ -254,4 +267,5 @@ def test_real_prometheus_stopped_mid_release_rolls_back(emulator: RunningEmulato
     assert [h.verdict for h in after][-ROLLBACK_AFTER:] == ["error"] * ROLLBACK_AFTER
     assert "pass" not in [h.verdict for h in after]
     assert status.step < 3  # it stopped where the outage found it, never reached the last step
+    assert [p for p in cluster.model.started if "-v2-" in p.name], "the canary's pods took their time"
     checker.assert_clean()

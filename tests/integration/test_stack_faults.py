@@ -1,11 +1,13 @@
 """The search stack's faults (issue 9): a canary that crash-loops or never becomes ready.
 
-The emulator's stand-in for the Deployment controller gives a canary image listed in `failing_images`
-the `Progressing=False, ProgressDeadlineExceeded` condition (a crash loop past the Deployment's own
-`progressDeadlineSeconds`), one in `slow_images` pods that never get ready. Either way the release must
-fail cleanly: all traffic back on the stable version, no traffic ever sent to the broken canary, the
-canary Deployments scaled to 0, a condition and an Event saying why. A canary that stops being ready
-in the middle of a release (its pods crash after it got traffic) is rolled back.
+The tests run in the cluster-like world (issue 14, `tests.support.cluster.ClusterModel` on the fake clock):
+a stable stack of 4 pods per service with an HPA on ml-infer, every new pod ready after a seeded 2-10 s.
+A canary image listed in the emulator's `failing_images` is past its progress deadline at once
+(`Progressing=False, ProgressDeadlineExceeded`: a crash loop), one in `slow_images` gets pods that never get
+ready. Either way the release must fail cleanly: all traffic back on the stable version, no traffic ever
+sent to the broken canary, the canary Deployments scaled to 0, a condition and an Event saying why. A
+canary whose pods are evicted in the middle of a release and whose replacements never get ready (its image
+now crash-loops) is rolled back. Every invariant is checked at every stored state, `stable` included.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from controller.adapters.kubernetes.client import DEPLOYMENTS
 from controller.adapters.kubernetes.routing import IstioRouter
 from controller.core.status import Phase
 from tests.support.invariants import InvariantChecker
-from tests.support.kmock_server import DEPLOYMENTS as DEPLOYMENTS_KEY
-from tests.support.kmock_server import Fault, RunningEmulator, stuck_deployment_status
-from tests.support.kube_world import NAMESPACE, SERVICES, KubeWorld
+from tests.support.kmock_server import Fault, RunningEmulator
+from tests.support.kube_world import NAMESPACE, SERVICES, KubeWorld, cluster_world
+
+REPLICAS = 4
 
 
 def assert_cleanly_back_on_stable(world: KubeWorld) -> None:
@@ -27,14 +30,13 @@ def assert_cleanly_back_on_stable(world: KubeWorld) -> None:
     assert {s.stable for s in plan.services} == {"v1"} and not any(s.canary for s in plan.services)
     replicas = {d["metadata"]["name"]: d["spec"]["replicas"] for d in world.objects("deployments")}
     assert all(replicas.get(f"{s}-v2", 0) == 0 for s in SERVICES), replicas
-    assert all(replicas[f"{s}-v1"] == 2 for s in SERVICES), replicas
+    assert all(replicas[f"{s}-v1"] == REPLICAS for s in SERVICES), replicas
 
 
 @pytest.mark.parametrize("how", ["crash-looping", "never-ready"])
 def test_broken_canary_fails_the_release_cleanly(emulator: RunningEmulator, invariants: InvariantChecker,
                                                  how: str) -> None:
-    world = KubeWorld(emulator)
-    world.seed_stack()
+    world = cluster_world(emulator, replicas=REPLICAS)
     checker = invariants
     if how == "crash-looping":
         emulator.emulator.failing_images.add("registry.example/ml-infer:2.0")
@@ -61,8 +63,7 @@ def test_broken_canary_fails_the_release_cleanly(emulator: RunningEmulator, inva
 
 def test_canary_that_starts_crash_looping_mid_release_is_rolled_back(emulator: RunningEmulator,
                                                                    invariants: InvariantChecker) -> None:
-    world = KubeWorld(emulator)
-    world.seed_stack()
+    world = cluster_world(emulator, replicas=REPLICAS)
     checker = invariants
     world.create_release()
     controller = world.controller()
@@ -72,9 +73,11 @@ def test_canary_that_starts_crash_looping_mid_release_is_rolled_back(emulator: R
     # takes its traffic away; that is the environment's fault, the controller's part is what follows.
     checker.allow("ready", lambda v: f"traffic to {name}, which is without a ready pod" in v.what, "canary broken")
     emulator.emulator.slow_images.add("registry.example/ml-search:2.0")  # from now on its pods never get ready
-    live = world.api.get(DEPLOYMENTS, NAMESPACE, name)
-    emulator.store.update(DEPLOYMENTS_KEY, NAMESPACE, name, {**live, "status": stuck_deployment_status(live, False)},
-                          patch=False, status=True)  # the whole status: a merge-patch would keep readyReplicas
+    assert world.cluster is not None
+    pods = world.cluster.pods(name)
+    assert pods and world.api.get(DEPLOYMENTS, NAMESPACE, name)["status"].get("readyReplicas", 0) >= 1
+    world.cluster.evict(name, len(pods))  # every pod gone; the replacements never get ready
+    assert world.api.get(DEPLOYMENTS, NAMESPACE, name)["status"].get("readyReplicas", 0) == 0
     broke = world.clock.t
     status = world.drive(controller)
     assert status.phase is Phase.ROLLED_BACK, status.message
@@ -90,8 +93,7 @@ def test_canary_that_starts_crash_looping_mid_release_is_rolled_back(emulator: R
 
 def test_controller_downtime_before_the_canary_exists_does_not_fail_the_release(
         emulator: RunningEmulator, invariants: InvariantChecker) -> None:
-    world = KubeWorld(emulator)
-    world.seed_stack()
+    world = cluster_world(emulator, replicas=REPLICAS)
     world.create_release(progressDeadline="60s")
     controller = world.controller()
     # The first tick persists Initializing; its Deployment create fails (the controller "dies" right there).

@@ -38,6 +38,8 @@ import hashlib
 import json
 import math
 import random
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -362,6 +364,47 @@ class ClusterModel:
             self.store.update(HPAS, ns, name, {**hpa, "status": status}, patch=False, status=False)
 
 
+class WallClock:
+    """The machine's clock, for a model played in real time (`RealTimeCluster`)."""
+
+    def now(self) -> float:
+        return time.time()
+
+
+class RealTimeCluster:
+    """A model played by a thread of its own as the wall clock passes, for tests whose controller runs in real
+    time (threads on the system clock, or a process of its own): `with RealTimeCluster(model, emulator):`
+    attaches the model with `WallClock()` and plays each event within `poll` seconds of its moment (watches
+    see the writes at their next poll, as those of any writer)."""
+
+    def __init__(self, model: ClusterModel, emulator: RunningEmulator, poll: float = 0.02) -> None:
+        self.model, self.poll = model, poll
+        model.attach(emulator, WallClock())
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cluster-model", daemon=True)
+
+    def start(self) -> ClusterModel:
+        self._thread.start()
+        return self.model
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> ClusterModel:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.model.advance()
+            event = self.model.next_event()
+            self._stop.wait(self.poll if event is None else min(self.poll, max(0.0, event - time.time())))
+
+
 def _hpa_conditions(hpa: Obj, current: int, desired: int, why: str, now: float, previous: dict[str, Obj]
                     ) -> list[Obj]:
     spec = hpa.get("spec") or {}
@@ -395,8 +438,9 @@ def _condition(kind: str, status: str, reason: str, message: str, *, now: float,
     if same and not touch:
         assert previous is not None
         return previous
-    transition = previous["lastTransitionTime"] if previous is not None and previous.get("status") == status \
-        else _stamp(now)
+    # (a condition the emulator wrote before the model was attached may have no transition time)
+    transition = previous.get("lastTransitionTime") or _stamp(now) if previous is not None and previous.get(
+        "status") == status else _stamp(now)
     condition = {"type": kind, "status": status, "reason": reason, "message": message,
                  "lastTransitionTime": transition}
     if kind in ("Progressing", "Available"):

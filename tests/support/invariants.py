@@ -30,6 +30,16 @@ hide itself):
    one `status.revision` (a new revision legitimately starts again from Pending).
 6. **owner**: every managed route object names the release it belongs to; at the end
    (`check_final`) every finished release's stack is routed by objects owned by a release that exists.
+7. **stable**: every `stable` subset of a managed DestinationRule points at a version whose Deployment
+   `<service>-<version>` exists, is not scaled to 0 and has a ready pod (`readyReplicas >= 1`), whether or
+   not the mesh sends it traffic at that instant (during a promotion's 100% into the canary lane the
+   stable version is what a rollback falls back on). Scope: only versions this checker has seen ready
+   (`readyReplicas >= 1`) at an earlier state (`_ever_ready`), and every version a stable subset is
+   re-pointed at (from another version: a promotion, an undo) from that write on. A brand-new stack whose
+   stable pods are still starting when its routes are first written is not yet held to it (traffic to it
+   is the `ready` rule's business). So the rule catches a stable version losing its pods, being scaled
+   down or deleted while a stable subset still names it, and a stable subset re-pointed at a version
+   without ready pods.
 """
 
 from __future__ import annotations
@@ -57,7 +67,7 @@ _RANK = {"Pending": 0, "Initializing": 1, "Progressing": 2, "Paused": 2, "Promot
 FINAL = frozenset({"Succeeded", "RolledBack", "Failed", "Aborted"})
 PROMOTED = frozenset({"Promoting", "Succeeded"})
 ALLOWING_VERDICTS = frozenset({"pass", "operator"})
-RULES = frozenset({"weights", "ready", "subset", "pass", "off", "forward", "owner"})
+RULES = frozenset({"weights", "ready", "subset", "pass", "off", "forward", "owner", "stable"})
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,9 @@ class InvariantChecker:
     route_writes: int = 0
     _last_status: dict[tuple[str, str], Obj] = field(default_factory=dict)
     _canary_off: set[tuple[str, str, object]] = field(default_factory=set)
+    # (namespace, Deployment) held to the `stable` rule: seen with a ready pod, or a stable subset re-pointed at it
+    _ever_ready: set[tuple[str, str]] = field(default_factory=set)
+    _stable_at: dict[tuple[str, str], str] = field(default_factory=dict)  # (namespace, host) -> stable version
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _store: Store | None = None
 
@@ -199,6 +212,7 @@ class InvariantChecker:
             if canary and stable == canary and canary != (spec.get("stable") or {}).get("version") \
                     and not _promotion_allowed(owner):
                 self._fail("pass", rv, ns, f"stable subset of {host} re-pointed at {canary} without a pass")
+        self._check_stable(rv, ns, drs, deployments)
         entry = next((v for v in vss if _route(v, ENTRY_ROUTE) is not None), None)
         lanes = _active_lanes(entry)
         for vs in vss:
@@ -210,6 +224,28 @@ class InvariantChecker:
             if (ns, owner_name, revision) in self._canary_off:
                 self._fail("off", rv, ns, f"{owner_name}: traffic into the canary lane after its rollback "
                                           "read back 0%")
+
+    def _check_stable(self, rv: int, ns: str, drs: Mapping[str, Obj], deployments: Mapping[str, Obj]) -> None:
+        """7. Every stable subset on a version with a ready pod, once that version had been ready or the subset
+        was re-pointed at it."""
+        for host, dr in drs.items():
+            version = _subset_version(dr, "stable") if _managed(dr) else None
+            if version is None:
+                continue
+            name, before = f"{host}-{version}", self._stable_at.get((ns, host), version)
+            self._stable_at[(ns, host)] = version
+            if before != version:
+                self._ever_ready.add((ns, name))  # re-pointed: held from this write on
+            if (ns, name) not in self._ever_ready:
+                continue
+            deployment = deployments.get(name)
+            why = "missing" if deployment is None else _no_ready_pod(deployment)
+            if why:
+                self._fail("stable", rv, ns, f"stable subset of {host} at {version}, whose Deployment {name} "
+                                             f"is {why}")
+        for name, deployment in deployments.items():
+            if not _no_ready_pod(deployment):
+                self._ever_ready.add((ns, name))
 
     def _check_routes(self, rv: int, ns: str, vs: Obj, drs: Mapping[str, Obj], deployments: Mapping[str, Obj],
                       lanes: set[str]) -> None:
@@ -315,6 +351,13 @@ def _not_ready(d: Obj | None) -> str:
     if int(status.get("readyReplicas", 0) or 0) < 1:
         return "without a ready pod"
     return ""
+
+
+def _no_ready_pod(d: Obj) -> str:
+    """Why a Deployment has no pod to serve with ('' when it has one): scaled to 0, or none ready."""
+    if int(d.get("spec", {}).get("replicas", 1)) == 0:
+        return "scaled to 0"
+    return "without a ready pod" if int((d.get("status") or {}).get("readyReplicas", 0) or 0) < 1 else ""
 
 
 def _promotion_allowed(release: Obj) -> bool:

@@ -194,6 +194,15 @@ class KubeWorld:
                 assert custom_resource_errors(_as_written(obj), crd) == [], obj["metadata"]["name"]
 
 
+def cluster_world(emulator: RunningEmulator, replicas: int = 4, seed: int = 14, hpa_on: tuple[str, ...] = ("ml-infer",),
+                  start_delay: tuple[float, float] = (2.0, 10.0), **kwargs: Any) -> KubeWorld:
+    """A `KubeWorld` on a `ClusterModel` (pods ready after seeded `start_delay` seconds of the fake clock) with
+    its stable stack seeded at `replicas` pods each, an HPA on the services in `hpa_on`, and every pod ready."""
+    world = KubeWorld(emulator, cluster=ClusterModel(seed=seed, start_delay=start_delay), **kwargs)
+    world.seed_stack(replicas=replicas, hpa_on=hpa_on)
+    return world
+
+
 def _as_written(obj: Obj) -> Obj:
     """The object without what the emulator's server side added (and a real one would)."""
     meta = {k: v for k, v in obj["metadata"].items() if k not in ("uid", "resourceVersion", "creationTimestamp")}
