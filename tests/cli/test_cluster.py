@@ -22,7 +22,7 @@ from controller.cli.main import main
 from controller.core.status import Phase, ReleaseStatus
 from tests.support.fakes import VersionModel
 from tests.support.kmock_server import RunningEmulator
-from tests.support.kube_world import NAMESPACE, SERVICES, KubeWorld
+from tests.support.kube_world import NAMESPACE, SERVICES, KubeWorld, cluster_world
 from tests.support.paths import REPO
 
 ROOT = REPO
@@ -46,8 +46,7 @@ def replicas(world: KubeWorld, version: str) -> set[int]:
 
 def released(emulator: RunningEmulator, models: dict[str, VersionModel] | None = None
              ) -> tuple[KubeWorld, Controller]:
-    world = KubeWorld(emulator, models=models)
-    world.seed_stack()
+    world = cluster_world(emulator, hpa_on=(), models=models)  # pods ready after 2-10 s
     world.create_release(strategy=FAST, drainTime="1s")
     return world, world.controller()
 
@@ -128,8 +127,7 @@ def test_pause_resume_and_promote_in_flight(emulator: RunningEmulator, capsys: p
 
 
 def test_promote_approves_a_manual_gate(emulator: RunningEmulator, capsys: pytest.CaptureFixture[str]) -> None:
-    world = KubeWorld(emulator)
-    world.seed_stack()
+    world = cluster_world(emulator, hpa_on=())  # 4 pods per service, new pods ready after 2-10 s
     world.create_release(strategy=FAST, drainTime="1s", policies={"manualGate": True})
     controller = world.controller()
     gated = world.drive(controller, until=Phase.PAUSED)
@@ -157,7 +155,7 @@ def test_abort_then_a_full_retry_to_completion(emulator: RunningEmulator, capsys
     assert status.phase is Phase.SUCCEEDED, status.message
     assert (status.revision, status.attempt, status.retries) == (1, 2, 1)
     assert [(r.attempt, r.outcome) for r in status.revisions] == [(1, "Aborted")]
-    assert replicas(world, "v1") == {0} and replicas(world, "v2") == {2}
+    assert replicas(world, "v1") == {0} and replicas(world, "v2") == {4}
     assert cli(emulator, "history", "search-v2") == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line[:1].isdigit()]
     assert [(r[0], r[1], r[5]) for r in rows] == [("1", "1", "Aborted"), ("1", "2", "Succeeded")]
@@ -186,7 +184,7 @@ def test_undo_runs_the_previous_version_through_the_steps(emulator: RunningEmula
     assert status.phase is Phase.SUCCEEDED, status.message
     assert status.revision == 2 and [r.outcome for r in status.revisions] == ["Succeeded"]
     assert [h.weight for h in status.history if h.action == "next step"] == [10, 25]  # the steps ran again
-    assert replicas(world, "v1") == {2} and replicas(world, "v2") == {0}
+    assert replicas(world, "v1") == {4} and replicas(world, "v2") == {0}
     rules = world.objects("destinationrules")
     assert {s["labels"]["version"] for r in rules for s in r["spec"]["subsets"] if s["name"] == "stable"} == {"v1"}
     assert cli(emulator, "undo", "search-v2") == 0  # and again: v2 back (a redo)

@@ -8,7 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from controller.core.status import Phase
 from tests.support.fakes import VersionModel
 from tests.support.kmock_server import RunningEmulator
-from tests.support.kube_world import NAMESPACE, KubeWorld
+from tests.support.kube_world import NAMESPACE, cluster_world
 
 
 def samples(exposition: bytes) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -20,8 +20,7 @@ def samples(exposition: bytes) -> dict[str, list[tuple[dict[str, str], float]]]:
 
 
 def test_metrics_follow_a_rolled_back_release(emulator: RunningEmulator) -> None:
-    world = KubeWorld(emulator, models={"v2": VersionModel(error_rate=0.1)})
-    world.seed_stack()
+    world = cluster_world(emulator, hpa_on=(), models={"v2": VersionModel(error_rate=0.1)})  # pods ready after 2-10 s
     world.create_release()
     controller = world.controller()
     status = world.drive(controller)

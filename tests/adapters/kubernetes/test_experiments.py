@@ -29,7 +29,7 @@ from controller.cli.cluster import _controller_parser, business_source, promethe
 from controller.core.status import Phase
 from controller.ports import BusinessQuery, MetricsUnavailable
 from tests.support.kmock_server import RunningEmulator
-from tests.support.kube_world import NAMESPACE, SERVICES, KubeWorld
+from tests.support.kube_world import NAMESPACE, SERVICES, KubeWorld, cluster_world
 
 AB: dict[str, Any] = {
     "variants": [{"name": "v1", "weight": 50}, {"name": "v2", "weight": 50}],
@@ -73,8 +73,7 @@ class CounterPairs:
 
 @pytest.fixture
 def world(emulator: RunningEmulator) -> KubeWorld:
-    w = KubeWorld(emulator)
-    w.seed_stack()
+    w = cluster_world(emulator, hpa_on=())  # 4 pods per service, new pods ready after 2-10 s
     return w
 
 

@@ -19,7 +19,7 @@ from controller.adapters.kubernetes.workloads import LABEL_MANAGED_BY, MANAGED_B
 from controller.core.status import Phase
 from tests.support.fakes import VersionModel
 from tests.support.kmock_server import RunningEmulator
-from tests.support.kube_world import NAMESPACE, SERVICES, KubeWorld
+from tests.support.kube_world import NAMESPACE, SERVICES, KubeWorld, cluster_world
 
 METRICS = [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization",
                                                                          "averageUtilization": 70}}}]
@@ -35,8 +35,8 @@ def user_hpa(target: str = "ml-infer-v1", minimum: int = 4, maximum: int = 10) -
 
 @pytest.fixture
 def world(emulator: RunningEmulator) -> KubeWorld:
-    w = KubeWorld(emulator)
-    w.seed_stack(replicas=4)
+    """The cluster-like world (4 pods per service, new pods ready after 2-10 s), with the user's own HPA."""
+    w = cluster_world(emulator, hpa_on=())
     w.api.create(HPAS, NAMESPACE, user_hpa())
     return w
 

@@ -14,7 +14,7 @@ from controller.adapters.kubernetes.client import HPAS
 from controller.core.status import Phase
 from tests.support.fakes import VersionModel
 from tests.support.kmock_server import RunningEmulator
-from tests.support.kube_world import NAMESPACE, KubeWorld
+from tests.support.kube_world import NAMESPACE, KubeWorld, cluster_world
 from tests.support.rbac import CONTROLLER_NS, EXPECTED_PERMISSIONS, STACK_NS
 
 # Granted but not exercised by the releases below, each with why it is granted.
@@ -55,8 +55,7 @@ def user_hpa(target: str) -> dict[str, object]:
 def test_the_controller_uses_exactly_what_rbac_grants(emulator: RunningEmulator) -> None:
     """Two releases of a stack whose ml-infer is autoscaled: the HPA calls (list, the canary's copy created,
     its minimum patched, deleted; the user's HPA retargeted) are all exercised."""
-    world = KubeWorld(emulator)
-    world.seed_stack()
+    world = cluster_world(emulator, hpa_on=())  # 4 pods per service, new pods ready after 2-10 s
     world.api.create(HPAS, NAMESPACE, user_hpa("ml-infer-v1"))
     world.create_release()
     emulator.emulator.recording = True
@@ -65,6 +64,7 @@ def test_the_controller_uses_exactly_what_rbac_grants(emulator: RunningEmulator)
     emulator.emulator.recording = False
 
     bad = KubeWorld(emulator, models={"v3": VersionModel(error_rate=0.2)})
+    bad.clock, bad.cluster = world.clock, world.cluster  # the same cluster, on its clock
     bad.create_release(name="search-v3", stable={"version": "v2"}, canary={"version": "v3", "images": {
         s: f"registry.example/{s}:3.0" for s in ("master-search", "ml-infer", "ml-search", "keyword",
                                                    "text-search")}})

@@ -10,14 +10,13 @@ import pytest
 from controller.adapters.kubernetes.routing import IstioRouter
 from controller.core.status import Phase
 from tests.support.kmock_server import Key, RunningEmulator
-from tests.support.kube_world import NAMESPACE, SERVICES, KubeWorld
+from tests.support.kube_world import NAMESPACE, SERVICES, KubeWorld, cluster_world
 
 
 @pytest.fixture
 def world(emulator: RunningEmulator) -> KubeWorld:
-    w = KubeWorld(emulator)
-    w.seed_stack()
-    return w
+    """The cluster-like world: 4 pods per service, new pods ready after 2-10 s."""
+    return cluster_world(emulator, hpa_on=())
 
 
 def next_release(name: str, stable: str, canary: str) -> dict[str, Any]:
@@ -51,7 +50,7 @@ def test_a_release_created_while_another_is_in_flight_waits_then_runs(world: Kub
     assert world.drive(controller, name="infer-v2").phase is Phase.SUCCEEDED
     assert world.drive(controller, name="infer-v3").phase is Phase.SUCCEEDED
     assert stable_versions(world) == {"v3"}
-    assert replicas(world) == {"ml-infer-v1": 0, "ml-infer-v2": 0, "ml-infer-v3": 2}
+    assert replicas(world) == {"ml-infer-v1": 0, "ml-infer-v2": 0, "ml-infer-v3": 4}
     reasons = [e["reason"] for e in world.objects("events") if e["involvedObject"]["name"] == "infer-v3"]
     assert reasons.count("Queued") == 1
 
@@ -67,7 +66,7 @@ def test_finished_releases_of_a_service_never_rewrite_its_routes_or_scale_its_ve
         assert world.drive(controller, name=name).phase is Phase.SUCCEEDED
         world.clock.sleep(1)  # the next release starts later than the last one finished
     assert stable_versions(world) == {"v2"}
-    assert replicas(world) == {"ml-infer-v1": 0, "ml-infer-v2": 2, "ml-infer-v3": 0}
+    assert replicas(world) == {"ml-infer-v1": 0, "ml-infer-v2": 4, "ml-infer-v3": 0}
     changes: list[Key] = []
     emulator.store.observers.append(lambda rv, key, event, obj: changes.append(key))
     writes = emulator.emulator.writes()

@@ -15,14 +15,13 @@ from controller.adapters.kubernetes.routing import ANNOTATION_ADOPTED, IstioRout
 from controller.core.status import Phase
 from tests.support.fakes import VersionModel
 from tests.support.kmock_server import RunningEmulator
-from tests.support.kube_world import NAMESPACE, SERVICES, KubeWorld
+from tests.support.kube_world import NAMESPACE, SERVICES, KubeWorld, cluster_world
 
 
 @pytest.fixture
 def world(emulator: RunningEmulator) -> KubeWorld:
-    w = KubeWorld(emulator)
-    w.seed_stack()
-    return w
+    """The cluster-like world: 4 pods per service, new pods ready after 2-10 s (tests/support/cluster.py)."""
+    return cluster_world(emulator, hpa_on=())
 
 
 def event_reasons(world: KubeWorld) -> list[str]:
@@ -46,7 +45,7 @@ def test_healthy_release_is_promoted_and_then_writes_nothing(world: KubeWorld, e
         new, old = deployments[f"{service}-v2"], deployments[f"{service}-v1"]
         assert new["spec"]["template"]["spec"]["containers"][0]["image"] == f"registry.example/{service}:2.0"
         assert new["spec"]["template"]["metadata"]["labels"] == {"app": service, "version": "v2"}
-        assert new["spec"]["replicas"] == 2 and old["spec"]["replicas"] == 0
+        assert new["spec"]["replicas"] == 4 and old["spec"]["replicas"] == 0  # the stable's 4 pods
         # Promoted: the new stable version no longer belongs to the (deletable) release.
         assert not new["metadata"].get("ownerReferences")
     reasons = event_reasons(world)

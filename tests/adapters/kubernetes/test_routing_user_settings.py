@@ -25,7 +25,7 @@ from controller.core.plan import RoutingPlan, ServiceVersions
 from controller.core.status import Phase
 from tests.support.fakes import VersionModel
 from tests.support.kmock_server import Key, RunningEmulator
-from tests.support.kube_world import NAMESPACE, SERVICES, KubeWorld
+from tests.support.kube_world import NAMESPACE, SERVICES, KubeWorld, cluster_world
 
 Obj = dict[str, Any]
 VS_KEY: Key = ("networking.istio.io", "v1", "virtualservices")
@@ -97,9 +97,8 @@ class RouteStates:
 
 @pytest.fixture
 def world(emulator: RunningEmulator) -> KubeWorld:
-    w = KubeWorld(emulator)
-    w.seed_stack()
-    return w
+    """The cluster-like world: 4 pods per service, an HPA on ml-infer, new pods ready after 2-10 s."""
+    return cluster_world(emulator)
 
 
 def assert_user_settings_kept(vs: Obj, timeout: str, first: str | None) -> None:
