@@ -1,7 +1,9 @@
 """The Kubernetes commands of `canary`: run the controller, start a release, show a release.
 
-    canary controller [--namespace NS | --all-namespaces] [--prometheus-url URL] [--kubeconfig FILE]
-                      [--health-port 8080] [--identity ID] [--lease-namespace NS] [--no-leader-election]
+    canary controller [--namespace NS | --all-namespaces] [--prometheus-url URL] [--prometheus-scrape-interval S]
+                      [--kubeconfig FILE]
+                      [--health-port 8080] [--identity ID] [--lease-namespace NS] [--lease-name NAME]
+                      [--no-leader-election]
                       [--business-metric NAME] [--business-metric-numerator PROMQL]
                       [--business-metric-denominator PROMQL] [--business-metric-squares PROMQL]
                       [--business-metric-units PROMQL] [--no-business-metrics] [--log-format text|json]
@@ -42,13 +44,13 @@ from kubernetes.config import ConfigException
 
 from controller.adapters.kubernetes.client import DEPLOYMENTS, RELEASES, ApiConflict, KubeApi, Obj
 from controller.adapters.kubernetes.health import HealthServer, Telemetry
-from controller.adapters.kubernetes.leader import LeaseElector
+from controller.adapters.kubernetes.leader import DEFAULT_LEASE, LeaseElector
 from controller.adapters.kubernetes.running import Controller, ControllerConfig
 from controller.adapters.kubernetes.secrets import KubeSecrets
 from controller.adapters.kubernetes.workloads import ReplicaPolicy
 from controller.cli import outgoing as notifications
 from controller.core.operations import ONE_SHOT_CLEARED, Refused, next_revision_stable, plan
-from controller.core.spec.release import SEARCH_STACK, InvalidSpec, ReleaseSpec, parse_release
+from controller.core.spec.release import SEARCH_STACK, InvalidSpec, ReleaseSpec, parse_release, version_room
 from controller.core.status import ReleaseStatus
 from controller.logs import configure_logging
 from controller.ports import BusinessMetrics, PortError
@@ -66,7 +68,7 @@ DEFAULT_BUSINESS_NUMERATOR = "searchstack_clicks_total{namespace={namespace},ser
 DEFAULT_BUSINESS_DENOMINATOR = (
     "searchstack_impressions_total{namespace={namespace},service={service},version={version}}")
 CONTROLLER_NAMESPACE = "stack-canary-system"
-_LABEL_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_NOT_IN_VERSION = re.compile(r"[^a-z0-9-]+")
 
 
 class SystemClock:
@@ -108,6 +110,11 @@ def _controller_parser() -> argparse.ArgumentParser:
     where.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (default)")
     p.add_argument("--prometheus-url", default=os.environ.get("PROMETHEUS_URL", "http://prometheus.istio-system:9090"),
                    help="Prometheus with Istio's metrics (default: $PROMETHEUS_URL or the Istio addon)")
+    p.add_argument("--prometheus-scrape-interval", type=float,
+                   default=float(os.environ.get("PROMETHEUS_SCRAPE_INTERVAL") or 15.0),
+                   help="seconds between Prometheus's scrapes of the proxies (default: $PROMETHEUS_SCRAPE_INTERVAL "
+                        "or 15, the Istio addon's): windows are read twice that plus 5 s behind, on scrape "
+                        "boundaries, so that no scrape lands after a window was counted; 0: read at once")
     p.add_argument("--business-metric", default=os.environ.get("BUSINESS_METRIC", DEFAULT_BUSINESS_METRIC),
                    help="the A/B primary metric's name, as in primaryMetric.name (default: $BUSINESS_METRIC or "
                         f"{DEFAULT_BUSINESS_METRIC})")
@@ -133,7 +140,9 @@ def _controller_parser() -> argparse.ArgumentParser:
     p.add_argument("--identity", default=os.environ.get("POD_NAME") or socket.gethostname(),
                    help="this replica's name in the Lease (default: $POD_NAME or the host name)")
     p.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", CONTROLLER_NAMESPACE))
-    p.add_argument("--lease-name", default="stack-canary-controller")
+    p.add_argument("--lease-name", default=os.environ.get("LEADER_ELECTION_LEASE") or DEFAULT_LEASE,
+                   help="the Lease the replicas elect a leader on (default: $LEADER_ELECTION_LEASE or "
+                        f"{DEFAULT_LEASE}; the controller's Role may update that Lease only)")
     p.add_argument("--no-leader-election", action="store_true", help="a single replica: always write")
     p.add_argument("--workers", type=int, default=4, help="releases ticked in parallel (default 4)")
     p.add_argument("--resync", type=float, default=30.0, help="seconds between full resyncs (default 30)")
@@ -149,6 +158,8 @@ def _controller_parser() -> argparse.ArgumentParser:
 def prometheus_config(args: argparse.Namespace) -> dict[str, Any]:
     """The controller's Prometheus config: Istio's metrics, plus the business metric as a custom metric."""
     config: dict[str, Any] = {"url": args.prometheus_url}
+    if args.prometheus_scrape_interval > 0:
+        config["scrape_interval_seconds"] = args.prometheus_scrape_interval
     if args.no_business_metrics:
         return config
     from controller.adapters.prometheus.business import mean_metric_config, units_metric_config
@@ -193,9 +204,10 @@ def controller_main(argv: Sequence[str]) -> int:
         return 2
     clock = SystemClock()
     elector = None if args.no_leader_election else LeaseElector(
-        api, args.lease_namespace, args.identity, clock, name=args.lease_name)
+        api, args.lease_namespace, args.identity, clock, name=args.lease_name, local_clock=time.monotonic)
     config = ControllerConfig(namespace=args.namespace, identity=args.identity, resync_period=args.resync,
-                              workers=args.workers, replica_policy=ReplicaPolicy(args.canary_replicas))
+                              workers=args.workers, replica_policy=ReplicaPolicy(args.canary_replicas),
+                              metrics_delay=metrics.provider.config.settle_delay)
     controller = Controller(api, config, metrics, clock, elector, telemetry, business_source(args, metrics),
                             notifier=outgoing.notifier, hooks=outgoing.hooks)
     health = HealthServer(telemetry, controller.healthy, controller.synced.is_set, args.health_host,
@@ -242,11 +254,13 @@ def parse_images(pairs: Sequence[str]) -> dict[str, str]:
     return images
 
 
-def version_of(image: str) -> str:
-    """A label-safe version from an image reference's tag (or digest)."""
+def version_of(image: str, services: Sequence[str] = SEARCH_STACK) -> str:
+    """A version from an image reference's tag (or digest), made what the spec accepts: a lower-case DNS
+    label (`1.2.3_RC1` -> `1-2-3-rc1`) short enough for the Deployments `<service>-<version>`."""
     ref = image.rsplit("/", 1)[-1]
     tag = ref.split("@", 1)[1].split(":", 1)[-1][:12] if "@" in ref else ref.partition(":")[2] or "latest"
-    return _LABEL_SAFE.sub("-", tag).strip("-._")[:63] or "new"
+    room, _ = version_room(services)
+    return _NOT_IN_VERSION.sub("-", tag.lower())[:room].strip("-") or "new"
 
 
 def running_version(api: KubeApi, namespace: str, services: Sequence[str]) -> str | None:
@@ -283,7 +297,8 @@ def _update_release(api: KubeApi, args: argparse.Namespace, existing: Obj, image
     serving = next_revision_stable(status)
     if serving is not None:
         old_canary = existing.get("spec", {}).get("canary") or {}
-        canary["version"] = args.version or version_of(next(iter(images.values())))
+        services = (existing.get("spec", {}).get("stack") or {}).get("services") or SEARCH_STACK
+        canary["version"] = args.version or version_of(next(iter(images.values())), services)
         canary["images"] = {**{k: None for k in old_canary.get("images") or {} if k not in images}, **images}
         if canary["version"] == serving.version:
             print(f"canary start: {canary['version']} is what {where} serves now; give another --version",
@@ -305,7 +320,7 @@ def release_object(args: argparse.Namespace, images: dict[str, str], stable: str
     spec: dict[str, Any] = {
         "stack": {"entry": services[0], "services": services},
         "stable": {"version": stable},
-        "canary": {"version": args.version or version_of(next(iter(images.values()))), "images": images},
+        "canary": {"version": args.version or version_of(next(iter(images.values())), services), "images": images},
     }
     canary: dict[str, Any] = {}
     if args.steps:

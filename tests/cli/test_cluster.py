@@ -198,13 +198,14 @@ def test_start_on_a_finished_release_starts_its_next_revision(emulator: RunningE
     assert world.drive(controller).phase is Phase.SUCCEEDED
     assert main(["start", "search-v2", "--image", "ml-infer=registry.example/ml-infer:3.0", "-n", NAMESPACE,
                  "--server", emulator.url]) == 0
-    assert "revision 2 releases 3.0 beside v2" in capsys.readouterr().out
+    # The version comes from the image's tag, made a DNS label (it names the Deployment ml-infer-3-0).
+    assert "revision 2 releases 3-0 beside v2" in capsys.readouterr().out
     spec = spec_of(world)
     assert spec["stable"]["version"] == "v2" and spec["canary"] == {
-        "version": "3.0", "images": {"ml-infer": "registry.example/ml-infer:3.0"}}
+        "version": "3-0", "images": {"ml-infer": "registry.example/ml-infer:3.0"}}
     status = world.drive(controller)
     assert status.phase is Phase.SUCCEEDED and status.revision == 2
-    assert status.versions is not None and status.versions.canary == "3.0"
+    assert status.versions is not None and status.versions.canary == "3-0"
 
 
 def drive_while_watching(emulator: RunningEmulator, world: KubeWorld, controller: Controller, command: str,

@@ -28,7 +28,7 @@ def test_image_arguments_and_versions() -> None:
     assert parse_images(["ml-infer=reg.example/ml-infer:2.1"]) == {"ml-infer": "reg.example/ml-infer:2.1"}
     with pytest.raises(ValueError, match="SERVICE=REPO:TAG"):
         parse_images(["ml-infer"])
-    assert version_of("reg.example:5000/ml-infer:2.1+build") == "2.1-build"
+    assert version_of("reg.example:5000/ml-infer:2.1+build") == "2-1-build"  # a DNS label: it names Deployments
     assert version_of("ml-infer") == "latest"
     assert version_of("reg/x@sha256:0123456789abcdef") == "0123456789ab"
 
@@ -42,7 +42,7 @@ def test_start_creates_then_updates_and_status_shows_it(emulator: RunningEmulato
     obj = world.api.get(RELEASES, NAMESPACE, "search-v2")
     # The stable version and its images are read from the running Deployments.
     assert obj["spec"]["stable"] == {"version": "v1", "images": {s: f"registry.example/{s}:1.0" for s in SERVICES}}
-    assert obj["spec"]["canary"]["version"] == "2.0"
+    assert obj["spec"]["canary"]["version"] == "2-0"
     assert start_main(["search-v2", "--image", "ml-search=reg.example/ml-search:2.0", *conn]) == 0
     images = world.api.get(RELEASES, NAMESPACE, "search-v2")["spec"]["canary"]["images"]
     assert set(images) == {"ml-infer", "ml-search"}

@@ -8,6 +8,8 @@ import pytest
 
 from controller.core.spec.release import SEARCH_STACK, InvalidSpec, parse_release
 
+AB_METRIC = {"kind": "proportion", "name": "click-through"}
+
 
 def obj(spec: dict[str, Any] | None = None, **meta: Any) -> dict[str, Any]:
     base: dict[str, Any] = {"stable": {"version": "v1"}, "canary": {"version": "v2"}}
@@ -69,7 +71,7 @@ def test_changed_services_come_from_images_or_an_explicit_list() -> None:
     ({"canary": {"version": "v2", "services": ["ml-search", "payments"]}},
      "spec.canary.services[1]: 'payments' is not one of spec.stack.services"),
     ({"canary": {"version": 'v2"} or vector(1)'}},
-     "spec.canary.version: 'v2\"} or vector(1)' is not a valid label value"),
+     "spec.canary.version: 'v2\"} or vector(1)' is not a lower-case DNS label"),
     ({"canary": None}, "spec.canary: is required"),
     ({"stack": {"entry": "gateway"}}, "spec.stack.entry: 'gateway' is not one of spec.stack.services"),
     ({"stack": {"services": ["a", "a"]}}, "spec.stack.services: lists a more than once"),
@@ -95,3 +97,69 @@ def test_every_problem_is_reported_at_once() -> None:
 def test_garbage_is_an_invalid_spec_not_a_crash(bad: Any) -> None:
     with pytest.raises(InvalidSpec):
         parse_release(bad)
+
+
+def test_scale_down_delay_defaults_to_30_seconds() -> None:
+    assert parse_release(obj()).scale_down_delay == 30.0
+    assert parse_release(obj({"scaleDownDelay": 0})).scale_down_delay == 0.0
+    assert parse_release(obj({"scaleDownDelay": "2m"})).scale_down_delay == 120.0
+
+
+# A version names `<service>-<version>` Deployments, is a label value and an A/B/n subset name.
+@pytest.mark.parametrize("field", ["stable", "canary"])
+@pytest.mark.parametrize("version", ["1.2.3_rc1", "V2", "v2.0", "-v2", "v2-", "v 2"])
+def test_a_version_that_cannot_name_kubernetes_objects_is_refused(field: str, version: str) -> None:
+    found = problems(obj({field: {"version": version}}))
+    assert found == [f"spec.{field}.version: {version!r} is not a lower-case DNS label: lower-case letters, digits "
+                     "and '-', starting and ending with a letter or digit ([a-z0-9]([-a-z0-9]*[a-z0-9])?)"]
+
+
+def test_a_version_must_leave_the_longest_services_deployment_name_within_63_characters() -> None:
+    # master-search (13) + "-" + 49 = 63
+    assert parse_release(obj({"canary": {"version": "v" * 49}})).canary.version == "v" * 49
+    assert problems(obj({"canary": {"version": "v" * 50}})) == [
+        f"spec.canary.version: {'v' * 50!r} is 50 characters, at most 49 fit: the Deployment "
+        "master-search-<version> is a name of at most 63"]
+    # The bound follows the release's own services.
+    short = {"stack": {"services": ["web", "api"]}}
+    assert parse_release(obj({**short, "stable": {"version": "s" * 59}})).stable.version == "s" * 59
+    assert problems(obj({**short, "stable": {"version": "s" * 60}}))[0].startswith(
+        "spec.stable.version: 'ssss")
+
+
+def test_accepted_versions_are_lower_case_dns_labels() -> None:
+    spec = parse_release(obj({"stable": {"version": "1-2-3"}, "canary": {"version": "2024-06-01-rc1"}}))
+    assert (spec.stable.version, spec.canary.version) == ("1-2-3", "2024-06-01-rc1")
+
+
+@pytest.mark.parametrize("service,ok", [("web", True), ("ml-search-2", True), ("9web", False), ("Web", False),
+                                        ("web-", False), ("w" * 61, True), ("w" * 62, False)])
+def test_services_are_kubernetes_service_names_with_room_for_a_version(service: str, ok: bool) -> None:
+    release = obj({"stack": {"services": [service]}, "stable": {"version": "a"}, "canary": {"version": "b"}})
+    if ok:
+        assert parse_release(release).stack.services == (service,)
+    else:
+        assert problems(release)[0].startswith(f"spec.stack.services[0]: {service!r} is not a Kubernetes Service name")
+
+
+def ab(*variants: tuple[str, int]) -> dict[str, Any]:
+    return {"strategy": {"abTest": {"variants": [{"name": n, "weight": w} for n, w in variants],
+                                    "primaryMetric": AB_METRIC}}}
+
+
+def test_ab_n_variant_versions_are_checked_like_the_others() -> None:
+    spec = parse_release(obj(ab(("v1", 34), ("v2", 33), ("v3-beta", 33))))
+    assert spec.experiment is not None and [v.version for v in spec.experiment.extra] == ["v3-beta"]
+    assert problems(obj(ab(("v1", 34), ("v2", 33), ("V3", 33)))) == [
+        "spec.strategy.abTest.variants[2].name: 'V3' is not a DNS label (lower-case letters, digits, '-'; <= 63)"]
+    long = "x" * 50
+    assert problems(obj(ab(("v1", 34), ("v2", 33), (long, 33)))) == [
+        f"spec.strategy.abTest.variants[2].name: {long!r} is 50 characters, at most 49 fit: the Deployment "
+        "master-search-<version> is a name of at most 63"]
+
+
+@pytest.mark.parametrize("reserved", ["stable", "canary"])
+def test_a_variant_named_like_the_controllers_own_subsets_is_refused_not_a_crash(reserved: str) -> None:
+    found = problems(obj({"stable": {"version": reserved}, **ab((reserved, 50), ("v2", 50))}))
+    assert found == [f"spec.strategy.abTest.variants[0].name: {reserved!r} is a subset name the controller uses "
+                     "itself (stable, canary): name the version otherwise"]

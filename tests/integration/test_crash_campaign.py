@@ -120,7 +120,10 @@ class ControllerProcess:
     """
 
     def __init__(self, server: str, prometheus: str, log_path: Path) -> None:
-        self.args = ["controller", "--server", server, "--prometheus-url", prometheus, "--health-port", "0",
+        # Windows are read at once (no scrape lag): the campaign's 2 s steps would wait out a lag of several
+        # seconds on every one; reading behind the scrapes is tested in tests/adapters/prometheus/test_window_edges.py.
+        self.args = ["controller", "--server", server, "--prometheus-url", prometheus, "--prometheus-scrape-interval",
+                     "0", "--health-port", "0",
                      "--health-host", "127.0.0.1", "--identity", IDENTITY, "--lease-namespace",
                      "stack-canary-system", "--resync", "2", "--workers", "4", "--no-business-metrics",
                      "--log-level", LOG_LEVEL]

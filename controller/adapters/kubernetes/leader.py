@@ -1,12 +1,16 @@
 """Leader election on a coordination.k8s.io/v1 Lease, as client-go's leaderelection does it.
 
-One Lease (default `stack-canary-controller` in the controller's namespace) names the holder. The holder
-renews `renewTime` every `retry_period`; a replica that finds the lease expired (`renewTime +
-leaseDurationSeconds` in the past) takes it over with a resourceVersion-guarded update, so of two
-replicas racing for it exactly one wins (the other gets 409). A holder that has not managed to renew for
-`renew_deadline` stops calling itself leader *before* the lease can expire for the others, so two
-leaders never write at once. On a graceful stop the holder releases the lease (empty holder, 1 s
-duration) so that a standby takes over at once instead of after expiry.
+One Lease (default `stack-canary-controller` in the controller's namespace, `--lease-name`) names the
+holder. The holder renews `renewTime` every `retry_period`. Whether the lease expired is never read from
+the times written in it, which come from another replica's clock: like client-go's `observedTime`, each
+replica notes on its own clock (`local_clock`, the process's monotonic clock) when it last saw the lease
+record change, and takes the lease over only `leaseDurationSeconds` after that, with a
+resourceVersion-guarded update, so of two replicas racing for it exactly one wins (the other gets 409). A
+holder whose clock is minutes off therefore neither loses its lease early nor keeps it forever once it
+stops renewing. A holder that has not managed to renew for `renew_deadline` stops calling itself leader
+*before* the lease can expire for the others, so two leaders never write at once. On a graceful stop the
+holder releases the lease (empty holder, 1 s duration) so that a standby takes over at once instead of
+after expiry.
 
 `Leadership` is what the controller does around the election: without an elector every replica leads;
 with one, writes go through `LeaderOnlyApi` (refused the moment this replica stops being the leader, even
@@ -33,6 +37,7 @@ DEFAULT_LEASE = "stack-canary-controller"
 
 
 def parse_time(value: str | None) -> float | None:
+    """A Lease's RFC 3339 time (`renewTime`, `acquireTime`) in seconds since the epoch; None if unreadable."""
     if not value:
         return None
     for fmt in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%dT%H:%M:%SZ"):
@@ -43,37 +48,58 @@ def parse_time(value: str | None) -> float | None:
     return None
 
 
+def _record(spec: Obj) -> tuple[object, ...]:
+    """What a renewal or takeover changes in a Lease: seen to change, the holder is alive."""
+    return tuple(spec.get(k) for k in ("holderIdentity", "renewTime", "acquireTime", "leaseDurationSeconds",
+                                       "leaseTransitions"))
+
+
 @dataclass
 class LeaseElector:
     api: KubeApi
     namespace: str
     identity: str
+    # The wall clock: the times written into the Lease (read by people and `kubectl`, not by the election).
     clock: Clock
     name: str = DEFAULT_LEASE
     lease_duration: float = 15.0
     renew_deadline: float = 10.0
     retry_period: float = 2.0
+    # This replica's own clock for every interval of the election (default `clock.now`; the controller
+    # process passes `time.monotonic`, which no clock adjustment moves).
+    local_clock: Callable[[], float] | None = None
     _renewed_at: float | None = field(default=None, init=False)
+    # The lease record last seen and when (local clock) it was first seen so.
+    _observed: tuple[object, ...] | None = field(default=None, init=False)
+    _observed_at: float = field(default=0.0, init=False)
     transitions_seen: int = field(default=0, init=False)
 
+    def _local(self) -> float:
+        return self.local_clock() if self.local_clock is not None else self.clock.now()
+
     def is_leader(self) -> bool:
-        return self._renewed_at is not None and self.clock.now() - self._renewed_at < self.renew_deadline
+        return self._renewed_at is not None and self._local() - self._renewed_at < self.renew_deadline
+
+    def _observe(self, spec: Obj, local: float) -> None:
+        record = _record(spec)
+        if record != self._observed:
+            self._observed, self._observed_at = record, local
 
     def try_acquire_or_renew(self) -> bool:
         """One round of the election; True when this replica holds the lease afterwards."""
-        now = self.clock.now()
+        now, local = self.clock.now(), self._local()
         try:
             lease = self.api.get(LEASES, self.namespace, self.name)
         except ApiNotFound:
-            return self._create(now)
+            return self._create(now, local)
         except PortError as exc:
             log.warning("leader election: %s", exc.reason)
             return self.is_leader()
         spec = lease.get("spec", {})
         holder = spec.get("holderIdentity") or ""
-        renewed = parse_time(spec.get("renewTime")) or 0.0
         duration = float(spec.get("leaseDurationSeconds") or self.lease_duration)
-        if holder and holder != self.identity and renewed + duration > now:
+        self._observe(spec, local)
+        if holder and holder != self.identity and local < self._observed_at + duration:
             self._renewed_at = None
             return False
         transitions = int(spec.get("leaseTransitions") or 0) + (0 if holder == self.identity else 1)
@@ -90,16 +116,19 @@ class LeaseElector:
         if holder != self.identity:
             log.info("%s took the lease %s/%s over from %r", self.identity, self.namespace, self.name, holder)
             self.transitions_seen = transitions
-        self._renewed_at = now
+        self._observe(body["spec"], local)
+        self._renewed_at = local
         return True
 
-    def _create(self, now: float) -> bool:
+    def _create(self, now: float, local: float) -> bool:
+        body = self._body(now, 0, None, None)
         try:
-            self.api.create(LEASES, self.namespace, self._body(now, 0, None, None))
+            self.api.create(LEASES, self.namespace, body)
         except PortError as exc:  # 409: another replica created it first
             log.info("leader election: %s", exc.reason)
             return False
-        self._renewed_at = now
+        self._observe(body["spec"], local)
+        self._renewed_at = local
         return True
 
     def _body(self, now: float, transitions: int, lease: Obj | None, acquired: str | None) -> Obj:

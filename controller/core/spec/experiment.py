@@ -25,7 +25,7 @@ from typing import Any
 from analysis.abtest import ExperimentConfig, InvalidExperimentConfig
 from analysis.config import CHECKS
 from analysis.reader import Reader
-from controller.core.plan import ExperimentArm, ExperimentRoutes
+from controller.core.plan import ExperimentArm, ExperimentRoutes, InvalidPlan
 
 PATH = "spec.strategy.abTest"
 ROUTING_FIELDS = ("interval", "settle", "cookie", "cookieMaxAge", "cohortHeader", "minDuration", "maxDuration")
@@ -34,6 +34,8 @@ STATISTICS_FIELDS = ("variants", "control", "alpha", "primaryMetric", "minSample
 KNOWN = (*STATISTICS_FIELDS, *ROUTING_FIELDS)
 _COOKIE = re.compile(r"^[A-Za-z0-9_-]+$")
 _HEADER = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+# The DestinationRule subsets every release has; a variant (a subset of its own) cannot be named so.
+RESERVED_SUBSETS = ("stable", "canary")
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,10 @@ class ExperimentSpec:
         return tuple(a.version for a in self.routes.arms)
 
 
-def parse_ab_test(r: Reader, value: Any, stable: str, canary: str) -> ExperimentSpec | None:
-    """The experiment, or None after recording its problems on `r`."""
+def parse_ab_test(r: Reader, value: Any, stable: str, canary: str, room: tuple[int, str] = (62, "")
+                  ) -> ExperimentSpec | None:
+    """The experiment, or None after recording its problems on `r`. `room`: how long a version may be
+    and the service that bounds it (`controller.core.spec.release.version_room`)."""
     m = r.fields(value, PATH, KNOWN)
     interval = r.duration(m.get("interval"), f"{PATH}.interval", 30.0, 0.5)
     settle = r.duration(m.get("settle"), f"{PATH}.settle", min(interval / 4, 30.0))
@@ -95,10 +99,26 @@ def parse_ab_test(r: Reader, value: Any, stable: str, canary: str) -> Experiment
         if v.name in (stable, canary) and (images or {}).get(v.name):
             r.problem(f"{PATH}.variants[{i}].images", f"{v.name} is spec.{'stable' if v.name == stable else 'canary'}"
                                                       "'s version: its images are given there")
+    _check_names(r, config, (stable, canary), room)
     extra = tuple(ExtraVariant(v.name, dict((images or {}).get(v.name, {})))
                   for v in config.variants if v.name not in (stable, canary))
     routes = _routes(r, m, config, stable, canary)
     return None if routes is None else ExperimentSpec(config, routes, interval, settle, canary, extra)
+
+
+def _check_names(r: Reader, config: ExperimentConfig, checked: tuple[str, ...], room: tuple[int, str]) -> None:
+    """A variant's name is a version: a DestinationRule subset beside the controller's own `stable` and
+    `canary` ones, and the Deployments `<service>-<variant>` (the stable and canary versions' length is
+    checked where they are given, spec.stable and spec.canary)."""
+    limit, longest = room
+    for i, v in enumerate(config.variants):
+        if v.name in RESERVED_SUBSETS:
+            r.problem(f"{PATH}.variants[{i}].name", f"{v.name!r} is a subset name the controller uses itself "
+                                                    f"({', '.join(RESERVED_SUBSETS)}): name the version otherwise")
+        elif v.name not in checked and len(v.name) > limit:
+            r.problem(f"{PATH}.variants[{i}].name", f"{v.name!r} is {len(v.name)} characters, at most {limit} "
+                                                    f"fit: the Deployment {longest}-<version> is a name of at "
+                                                    "most 63")
 
 
 def _variant_images(r: Reader, variants: Any) -> dict[str, Mapping[str, str]] | None:
@@ -151,4 +171,8 @@ def _routes(r: Reader, m: Mapping[str, Any], config: ExperimentConfig, stable: s
     arms = tuple(ExperimentArm(v.name, v.name, int(v.weight)) for v in ordered)  # a variant is its version
     if r.problems:
         return None
-    return ExperimentRoutes(arms, cookie=cookie, cohort_header=header, cookie_max_age=int(max_age))
+    try:
+        return ExperimentRoutes(arms, cookie=cookie, cohort_header=header, cookie_max_age=int(max_age))
+    except InvalidPlan as exc:  # what the routes refuse is a spec problem too, never a crash
+        r.problem(PATH, str(exc))
+    return None

@@ -25,12 +25,26 @@ from controller.core.spec.hooks import HookSpec, read_hooks
 
 SEARCH_STACK = ("master-search", "ml-infer", "ml-search", "keyword", "text-search")
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-_VERSION = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?")
+# Kubernetes names built from a version: the Deployment (and HPA copy) `<service>-<version>`, the pods'
+# `version` label, and in an A/B/n experiment a DestinationRule subset. All are lower-case DNS labels of
+# at most 63 characters, so a version is one, short enough to follow the stack's longest service name.
+NAME_LIMIT = 63
+_VERSION = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+VERSION_RULE = ("a lower-case DNS label: lower-case letters, digits and '-', starting and ending with a letter or "
+                "digit ([a-z0-9]([-a-z0-9]*[a-z0-9])?)")
+# A service is a Kubernetes Service name (a DNS label that starts with a letter) with room for `-<version>`.
+_SERVICE = re.compile(r"[a-z]([-a-z0-9]{0,59}[a-z0-9])?")
+SERVICE_RULE = (f"a Kubernetes Service name: lower-case letters, digits and '-', starting with a letter, ending "
+                f"with a letter or digit, at most {NAME_LIMIT - 2} characters (room for -<version> in "
+                f"<service>-<version>)")
 _HEADER = re.compile(r"[a-z0-9][a-z0-9-]*")
 SPEC_FIELDS = ("stack", "stable", "canary", "strategy", "analysis", "policies", "progressDeadline", "scaleDownDelay",
                "drainTime", "laneHeader", "paused", "abort", "approvePromotion", "hooks", "promoteFull", "skipStep",
                "retry")
 ON_INCONCLUSIVE = ("hold", "rollback", "continue")
+# After a promotion the old version stays scaled up this long (Argo Rollouts' scaleDownDelaySeconds), so
+# that going back right away needs no new pods.
+SCALE_DOWN_DELAY = 30.0
 
 
 class InvalidSpec(ValueError):
@@ -130,7 +144,7 @@ def parse_release(obj: Mapping[str, Any]) -> ReleaseSpec:
     changed = _changed(r, spec.get("canary"), canary, stack)
     if stable.version and stable.version == canary.version:
         r.problem("spec.canary.version", f"{canary.version!r} is the stable version already")
-    strategy, experiment = _strategy(r, spec.get("strategy"), stable.version, canary.version)
+    strategy, experiment = _strategy(r, spec.get("strategy"), stable.version, canary.version, stack.services)
     analysis, analysed = _analysis(r, spec.get("analysis"), changed, stack)
     policies = _policies(r, spec.get("policies"))
     lane_header = r.string(spec.get("laneHeader"), "spec.laneHeader", _HEADER, default=DEFAULT_LANE_HEADER,
@@ -140,7 +154,7 @@ def parse_release(obj: Mapping[str, Any]) -> ReleaseSpec:
         changed=changed, strategy=strategy, analysis=analysis, analysed_services=analysed,
         policies=policies,
         progress_deadline=r.duration(spec.get("progressDeadline"), "spec.progressDeadline", 600.0, 1.0),
-        scale_down_delay=r.duration(spec.get("scaleDownDelay"), "spec.scaleDownDelay", 0.0),
+        scale_down_delay=r.duration(spec.get("scaleDownDelay"), "spec.scaleDownDelay", SCALE_DOWN_DELAY),
         drain_time=r.duration(spec.get("drainTime"), "spec.drainTime", 5.0),
         lane_header=lane_header,
         paused=r.boolean(spec.get("paused"), "spec.paused", default=False),
@@ -159,7 +173,7 @@ def parse_release(obj: Mapping[str, Any]) -> ReleaseSpec:
 def _stack(r: Reader, value: Any) -> Stack:
     m = r.fields(value, "spec.stack", ("entry", "services"), required=False)
     listed = r.items(m.get("services", list(SEARCH_STACK)), "spec.stack.services", "service names")
-    services = [r.string(s, f"spec.stack.services[{i}]", _DNS_LABEL, what="a DNS label") for i, s in enumerate(listed)]
+    services = [r.string(s, f"spec.stack.services[{i}]", _SERVICE, what=SERVICE_RULE) for i, s in enumerate(listed)]
     dupes = sorted({s for s in services if services.count(s) > 1})
     if dupes:
         r.problem("spec.stack.services", f"lists {', '.join(dupes)} more than once")
@@ -172,13 +186,24 @@ def _stack(r: Reader, value: Any) -> Stack:
 def _version(r: Reader, value: Any, path: str, stack: Stack) -> Version:
     known = ("version", "images", "services") if path == "spec.canary" else ("version", "images")
     m = r.fields(value, path, known)
-    version = r.string(m.get("version"), f"{path}.version", _VERSION, what="a valid label value")
+    version = r.string(m.get("version"), f"{path}.version", _VERSION, what=VERSION_RULE)
+    room, longest = version_room(stack.services)
+    if _VERSION.fullmatch(version) and len(version) > room:
+        r.problem(f"{path}.version", f"{version!r} is {len(version)} characters, at most {room} fit: the "
+                                     f"Deployment {longest}-<version> is a name of at most {NAME_LIMIT}")
     images = r.mapping(m.get("images"), f"{path}.images", required=False)
     for svc, image in images.items():
         if svc not in stack.services:
             r.problem(f"{path}.images.{svc}", "is not a service of spec.stack.services")
         r.string(image, f"{path}.images.{svc}")
     return Version(version, dict(images))
+
+
+def version_room(services: Sequence[str]) -> tuple[int, str]:
+    """How long a version may be so that `<service>-<version>` names fit for every service, and the longest
+    service (the one that sets the bound)."""
+    longest = max(services, key=len, default="")
+    return min(NAME_LIMIT, NAME_LIMIT - len(longest) - 1), longest
 
 
 def _changed(r: Reader, value: Any, canary: Version, stack: Stack) -> tuple[str, ...]:
@@ -196,13 +221,14 @@ def _changed(r: Reader, value: Any, canary: Version, stack: Stack) -> tuple[str,
     return tuple(s for s in stack.services if s in listed)
 
 
-def _strategy(r: Reader, value: Any, stable: str, canary: str) -> tuple[CanaryStrategy, ExperimentSpec | None]:
+def _strategy(r: Reader, value: Any, stable: str, canary: str, services: Sequence[str]
+              ) -> tuple[CanaryStrategy, ExperimentSpec | None]:
     m = r.fields(value, "spec.strategy", ("canary", "abTest"), required=False)
     if "abTest" not in m:
         return _canary_strategy(r, m), None
     if "canary" in m:
         r.problem("spec.strategy.abTest", "give either strategy.canary or strategy.abTest, not both")
-    experiment = parse_ab_test(r, m.get("abTest"), stable, canary)
+    experiment = parse_ab_test(r, m.get("abTest"), stable, canary, version_room(services))
     if experiment is None:
         return _canary_strategy(r, {}), None
     # The canary fields the reconciler reads (cadence, settle) follow the experiment's; one "step" at the
