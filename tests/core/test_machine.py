@@ -80,7 +80,7 @@ def test_initializing_waits_for_readiness(readiness: dict[str, Readiness], phase
     new, actions = machine.step(sp, status, Observation(readiness=readiness), NOW + 5)
     assert new.phase is phase and new.canary_weight == weight
     if phase is Phase.PROGRESSING:
-        assert new.last_analysis_at == NOW + 5 + sp.strategy.settle  # the first window opens after settling
+        assert new.last_analysis_at is None  # the first window opens `settle` after the routes read back
         assert [a.plan.canary_weight for a in of(actions, ApplyRouting)] == [10]
 
 
@@ -168,7 +168,9 @@ def test_a_step_moves_its_weight_once_the_new_version_has_the_capacity() -> None
     assert moved.canary_weight == 50 and moved.scaling_to is None and moved.unready_since is None
     assert [a.plan.canary_weight for a in of(actions, ApplyRouting)] == [50]
     assert "WeightIncreased" in [n.reason for n in of(actions, Notify)]
-    assert moved.last_analysis_at == NOW + 9 + sp.strategy.settle and moved.step_started_at == NOW + 9
+    assert moved.last_analysis_at is None and moved.step_started_at == NOW + 9  # no window until read back
+    seen, _ = machine.step(sp, moved, Observation(readiness=ready, routing=routing(sp, moved)), NOW + 10)
+    assert seen.last_analysis_at == NOW + 10 + sp.strategy.settle
 
 
 @pytest.mark.parametrize("readiness,phase,reason", [
@@ -313,8 +315,36 @@ def test_windows_open_no_sooner_after_a_weight_change_than_the_metrics_source_ca
     status = progressing(slow, step=1, canary_weight=10, scaling_to=50, last_analysis_at=None)
     ready = {"ml-search": Readiness(True, ready_replicas=5)}
     moved, _ = machine.step(slow, status, Observation(readiness=ready, routing=routing(slow, status)), NOW)
-    assert moved.canary_weight == 50 and moved.last_analysis_at == NOW + 35.0
+    seen, _ = machine.step(slow, moved, Observation(readiness=ready, routing=routing(slow, moved)), NOW + 1)
+    assert moved.canary_weight == 50 and seen.last_analysis_at == NOW + 1 + 35.0
     exp = spec(strategy={"abTest": {"variants": [{"name": "v1", "weight": 50}, {"name": "v2", "weight": 50}],
                                     "primaryMetric": {"kind": "proportion", "name": "click-through"},
                                     "interval": "30s"}})
     assert exp.experiment is not None and machine.settled_for(exp, 40.0).experiment.settle == 40.0
+
+
+def test_a_window_opens_settle_after_the_new_weight_is_read_back_not_after_it_was_decided() -> None:
+    """The crash campaign in the cluster-like world: the status moving a step's weight is persisted first and
+    the routes are written after it, 1-3 s after the tick's `now` on a loaded machine (settle 1 s). A window
+    opened at `now + settle` then counted the old weight's traffic against the new weight, and sample-ratio
+    errors rolled healthy releases back. No window until a tick reads the new weight back in effect."""
+    sp = spec()  # settle 5 s, interval 60 s
+    ready = {"ml-search": Readiness(True, ready_replicas=5)}
+    status = progressing(sp, step=1, canary_weight=10, scaling_to=50, last_analysis_at=None)
+    moved, actions = machine.step(sp, status, Observation(readiness=ready, routing=routing(sp, status)), NOW)
+    assert moved.canary_weight == 50 and [a.plan.canary_weight for a in of(actions, ApplyRouting)] == [50]
+    # The write lands at NOW + 8, after `settle`; the next tick comes an interval later and reads it back.
+    later = NOW + 8 + sp.strategy.interval
+    assert machine.wants(sp, moved, later).metrics_window is None  # was (NOW + 5, later]: 3 s at 10% in it
+    seen, actions = machine.step(sp, moved, Observation(readiness=ready, routing=routing(sp, moved)), later)
+    opened = later + sp.strategy.settle
+    assert seen.last_analysis_at == opened and of(actions, ApplyRouting) == [] and seen.history == ()
+    due = opened + sp.strategy.interval
+    assert machine.wants(sp, seen, due).metrics_window == (opened, due)
+    # Read back at the old weight (the write lost, or still to come): no window, and the routes are written again.
+    old = routing(sp, status)
+    lost, actions = machine.step(sp, moved, Observation(readiness=ready, routing=old), later)
+    assert lost.last_analysis_at is None and [a.plan.canary_weight for a in of(actions, ApplyRouting)] == [50]
+    stale = Observation(readiness=ready, routing=old, metrics=window(counts(5400, 0), counts(600, 0)))
+    dropped, _ = machine.step(sp, replace(moved, last_analysis_at=NOW - 60), stale, later)
+    assert dropped.history == () and dropped.last_analysis_at is None  # a window at a weight not in effect

@@ -60,10 +60,12 @@ def start(spec: ReleaseSpec, status: ReleaseStatus, now: float) -> Outcome:
         judge = make_judge(exp.config.guardrails)
         state = {**state, "guardrails": {v.version: judge.initial_state(services=spec.analysed_services)
                                          for v in exp.extra}}
-    # The canary's guardrails judge it against stable alone: its intended share is that of the pair.
+    # The canary's guardrails judge it against stable alone: its intended share is that of the pair. No
+    # window yet: the routes are written after this status is persisted; the first look opens `settle`
+    # after a tick reads them back in effect (`phases._progressing`).
     status = replace(
         status, step=0, canary_weight=pair_share(exp, exp.treatment), step_started_at=now, step_canary_requests=0,
-        last_analysis_at=now + exp.settle, first_canary_traffic_at=status.first_canary_traffic_at or now,
+        last_analysis_at=None, first_canary_traffic_at=status.first_canary_traffic_at or now,
         experiment_state=state,
     )
     return Outcome(status.with_phase(Phase.PROGRESSING, now, f"experiment running ({arms})"), (notice,))

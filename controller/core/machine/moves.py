@@ -28,11 +28,12 @@ def apply_step_weight(spec: ReleaseSpec, status: ReleaseStatus, now: float) -> O
     index, weight = status.step, status.scaling_to if status.scaling_to is not None else status.canary_weight
     notice = Notify("WeightIncreased", f"step {index + 1}/{len(spec.strategy.steps)}: "
                                        f"{weight}% of traffic in the canary lane")
-    # The next window opens once the new weight has settled (see CanaryStrategy.settle): traffic of the
-    # old weight in between is left out rather than judged against the new weight.
+    # No window yet: the routes are written after this status is persisted, which may be well after `now`
+    # (a slow tick) or never (a crash). `_progressing` opens the next window `settle` after a tick that reads
+    # the new weight back in effect, so that old-weight traffic is never judged against the new weight.
     status = replace(
         status, canary_weight=weight, scaling_to=None, step_started_at=now, step_canary_requests=0,
-        last_analysis_at=now + spec.strategy.settle,
+        last_analysis_at=None,
         first_canary_traffic_at=status.first_canary_traffic_at or now,
     )
     return Outcome(status.with_phase(Phase.PROGRESSING, now, f"analysing step {index + 1} at {weight}%"), (notice,))

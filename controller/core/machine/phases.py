@@ -112,12 +112,16 @@ def _progressing(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now
         return apply_step_weight(spec, status, now)
     plan = desired_plan(spec, status)
     if obs.routing_error is None and plan is not None and not plan.equivalent(obs.routing):
-        # The step's weight is not in effect (its write failed, or the controller died before it): the
-        # next window opens `settle` after it is, and a window observed now, judged against a weight the
-        # mesh does not have, is dropped (as `_drained` waits for the read-back at promotion and rollback).
-        status = replace(status, last_analysis_at=max(status.last_analysis_at or now, now + spec.strategy.settle))
+        # The step's weight is not in effect (its write failed, is still to come, or the controller died
+        # before it): no window until a tick reads it back, and a window observed now, judged against a
+        # weight the mesh does not have, is dropped (as `_drained` waits for the read-back at promotion).
+        status = replace(status, last_analysis_at=None)
         if obs.metrics is not None or obs.metrics_error is not None:
             return Outcome(status)
+    elif obs.routing_error is None and plan is not None and status.last_analysis_at is None:
+        # Read back in effect, so written before `now`: the next window opens once the weight has settled.
+        settle = spec.experiment.settle if spec.experiment is not None else spec.strategy.settle
+        status = replace(status, last_analysis_at=now + settle)
     if obs.metrics is None and obs.metrics_error is None:
         if spec.paused:
             return Outcome(status.with_phase(Phase.PAUSED, now, "paused by an operator"),
