@@ -91,6 +91,7 @@ def release_spec(name: str) -> dict[str, Any]:
             "policies": {"onInconclusive": "hold", "rollbackAfterErrors": 3},
             "progressDeadline": "30s",
             "drainTime": "1s",
+            "scaleDownDelay": "1s",  # the default 30 s would hold each promoted release that long
         },
     }
 

@@ -59,6 +59,9 @@ def demo_release(interval: float, changed: tuple[str, ...] = SEARCH_SERVICES) ->
             "policies": {"onInconclusive": "continue", "rollbackAfterErrors": 3},
             "progressDeadline": "60s",
             "drainTime": "2s",  # searches take milliseconds; 2 s lets every one in flight finish
+            # v1 stays up 2 s after the cutover (a cluster's default is 30 s, for a fast undo; here a
+            # process restarts in a second).
+            "scaleDownDelay": "2s",
         },
     }
 

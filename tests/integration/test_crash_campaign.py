@@ -81,6 +81,9 @@ def release_body(ns: str, kind: str) -> dict[str, Any]:
             "strategy": {"canary": {"steps": [{"weight": w} for w in steps], "interval": "2s", "settle": "1s",
                                     "minCanaryRequests": 50}},
             "drainTime": "1s",
+            # The old version stays up 2 s after the cutover (the default 30 s would hold every promoted
+            # release in Promoting for most of the campaign's budget).
+            "scaleDownDelay": "2s",
             # Short only where the deadline is the point: it counts from entering Initializing, controller
             # downtime included (see docs/reliability.md).
             "progressDeadline": "4s" if kind == "never-ready" else "120s",

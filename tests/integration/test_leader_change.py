@@ -83,7 +83,7 @@ def fast_release(world: KubeWorld) -> None:
     release is analysing (a change of leader between persisting a new weight and writing it was bug 3 of
     docs/reliability.md, since fixed; the crash campaign kills the controller at that point)."""
     world.create_release(strategy={"canary": {"steps": [{"weight": 20}], "interval": "1s", "minCanaryRequests": 200}},
-                         analysis={"minCanaryRequests": 200}, drainTime="500ms")
+                         analysis={"minCanaryRequests": 200}, drainTime="500ms", scaleDownDelay="0s")
 
 
 def takeover_gap(emulator: RunningEmulator, old: str, new: str) -> float:
@@ -175,7 +175,8 @@ def test_killed_leader_process_is_replaced_by_the_standby(emulator: RunningEmula
             with open(tmp_path / f"{identity}.log", "ab") as out:
                 processes[identity] = subprocess.Popen(
                     [sys.executable, "-m", "controller.cli.main", "controller", "--server", emulator.url,
-                     "--prometheus-url", "http://127.0.0.1:9", "--health-port", "0", "--health-host", "127.0.0.1",
+                     "--prometheus-url", "http://127.0.0.1:9",
+                     "--prometheus-scrape-interval", "0", "--health-port", "0", "--health-host", "127.0.0.1",
                      "--identity", identity, "--lease-namespace", LEASE_NS, "--resync", "2",
                      "--no-business-metrics", "--log-level", "warning"],
                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=root)
@@ -241,6 +242,14 @@ def test_a_tick_that_outlives_its_leadership_writes_nothing(emulator: RunningEmu
     controller = Controller(api, ControllerConfig(identity="slow-a"), world.metrics, world.clock, elector)
     assert controller.elect()
     world.drive(controller, until=Phase.PROGRESSING)
+    for _ in range(20):  # until a tick has read the step's weight back and opened its window
+        if world.status().last_analysis_at is not None:
+            break
+        world.pass_time(1)
+        controller.elect()
+        controller.resync()
+        controller.run_due()
+    assert world.status().last_analysis_at is not None
     before = world.status()
     controller.metrics = SlowMetrics(KubeApi.for_url(emulator.url), world.clock, seconds=11)  # > renew deadline
     mark = len(emulator.emulator.write_log)
