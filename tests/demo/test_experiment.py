@@ -55,7 +55,10 @@ def test_abn_demo_finds_the_best_of_three_variants_and_keeps_users_and_paths_on_
     assert 0 < low <= result["effect"] <= high
     comparisons = result["comparisons"]
     assert set(comparisons) == {"v2", "v3"} and comparisons["v2"]["verdict"] == "better"
-    assert comparisons["v3"]["interval"][1] < low  # separated from the other treatment
+    # v3's lift is the smaller one. (Not that its interval is already clear of v2's: the winner rule asks each
+    # variant to beat the control, so how far apart the two treatments are when it stops depends on the traffic
+    # a loaded machine managed to send.)
+    assert comparisons["v3"]["difference"] < comparisons["v2"]["difference"]
     for c in comparisons.values():  # SRM on assigned users (master-search's searchstack_assignments_total)
         assert c["sampleRatio"]["share"] is not None and abs(c["sampleRatio"]["share"] - 0.5) < 0.15, c
         assert c["sampleRatio"]["eValue"] < 2 * 1000  # far from the 1 / (0.001 / 2) threshold

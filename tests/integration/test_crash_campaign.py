@@ -56,7 +56,9 @@ SEED = int(os.environ.get("CRASH_CAMPAIGN_SEED", "20261127"))
 KILLS = int(os.environ.get("CRASH_CAMPAIGN_KILLS", "110"))
 RELEASES_TOTAL = 80
 CONCURRENT = 12
-BUDGET_S = 190.0  # the kills must be done by then (the whole test stays under ~4 minutes)
+# The kills must be done by then: about 100 s on an idle machine, up to 190 s for 100 kills when the suite's other
+# processes share the two cores (the whole test stays under ~5 minutes).
+BUDGET_S = 280.0
 LOG_LEVEL = os.environ.get("CRASH_CAMPAIGN_LOG_LEVEL", "warning")
 IDENTITY = "crash-campaign"
 AGENT = f"stack-canary-controller/{IDENTITY}"
