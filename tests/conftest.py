@@ -26,9 +26,3 @@ def _secrets_forgotten_after_each_test() -> Iterator[None]:
     before = known_secrets()
     yield
     restore_secrets(before)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The slow tests first (the order is otherwise kept): with several test processes, the longest ones then run
-    beside the many short ones instead of alone at the end."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
