@@ -125,15 +125,21 @@ def test_each_rule_catches_its_breach(emulator: RunningEmulator) -> None:
         c.checker.assert_clean()
 
 
-def test_each_rule_alone_is_reported(emulator: RunningEmulator) -> None:
-    """`subset` on its own (every other rule holds): a promotion that dropped the canary subset from the
-    entry's DestinationRule while its VirtualService still sends 100% there (the fixed cut-over bug)."""
+def all_in_the_canary_lane(emulator: RunningEmulator) -> Cluster:
+    """v1 and v2 deployed, a release past its analysis with 100% into the canary lane: no rule broken yet."""
     c = Cluster(emulator)
     c.deploy("v1")
     c.deploy("v2")
     c.release({"phase": "Progressing", "step": 0, "history": [{"verdict": "pass"}]})
     c.routes(render(plan(100)))
     assert c.checker.violations == []
+    return c
+
+
+def test_each_rule_alone_is_reported(emulator: RunningEmulator) -> None:
+    """`subset` on its own (every other rule holds): a promotion that dropped the canary subset from the
+    entry's DestinationRule while its VirtualService still sends 100% there (the fixed cut-over bug)."""
+    c = all_in_the_canary_lane(emulator)
     c.drop_subset("master-search", "canary")
     assert [v.rule for v in c.checker.violations] == ["subset"], c.checker.violations
     assert "master-search" in c.checker.violations[0].what
@@ -143,12 +149,7 @@ def test_a_stable_subset_on_a_version_that_lost_its_pods_is_caught_alone(emulato
     """`stable` on its own: during a promotion's 100% into the canary lane the entry's stable version gets
     no traffic (so `ready` is silent), yet it is what a rollback falls back on: it losing every ready pod
     is a violation of `stable` and of nothing else."""
-    c = Cluster(emulator)
-    c.deploy("v1")
-    c.deploy("v2")
-    c.release({"phase": "Progressing", "step": 0, "history": [{"verdict": "pass"}]})
-    c.routes(render(plan(100)))
-    assert c.checker.violations == []
+    c = all_in_the_canary_lane(emulator)
     c.lose_pods("master-search-v1")
     assert [v.rule for v in c.checker.violations] == ["stable"], c.checker.violations
     assert "master-search-v1 is without a ready pod" in c.checker.violations[0].what
