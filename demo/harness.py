@@ -58,7 +58,9 @@ def demo_release(interval: float, changed: tuple[str, ...] = SEARCH_SERVICES) ->
             "analysis": {"judge": "sequential", "alpha": 0.05, "minCanaryRequests": 40},
             "policies": {"onInconclusive": "continue", "rollbackAfterErrors": 3},
             "progressDeadline": "60s",
-            "drainTime": "2s",  # searches take milliseconds; 2 s lets every one in flight finish
+            # Searches take milliseconds, but on a machine whose cores are busy a request can stall for
+            # seconds: the default 5 s lets every one in flight finish before the subsets change.
+            "drainTime": "5s",
             # v1 stays up 2 s after the cutover (a cluster's default is 30 s, for a fast undo; here a
             # process restarts in a second).
             "scaleDownDelay": "2s",

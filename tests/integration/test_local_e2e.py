@@ -127,8 +127,8 @@ def stack_pids(tmp_path: Path) -> list[int]:
 def test_healthy_release_is_promoted(tmp_path: Path) -> None:
     result = demo(tmp_path, "healthy")
     assert result["outcome"] == "promoted", result["message"]
-    assert result["mixed_version_responses"] == 0 and result["responses"] > 500
-    assert result["canary_requests"] > 100
+    assert result["mixed_version_responses"] == 0, result["mixed_examples"]
+    assert result["responses"] > 500 and result["canary_requests"] > 100
     assert result["load"]["status_counts"] == {"200": result["responses"]}
     assert Path(result["report"]).read_text().lstrip().lower().startswith("<!doctype html")
     assert not [p for p in stack_pids(tmp_path) if alive(p)]
