@@ -65,9 +65,8 @@ def controller_process(emulator: RunningEmulator) -> Iterator[tuple[subprocess.P
     code = "import sys; from controller.cli.cluster import controller_main; sys.exit(controller_main(sys.argv[1:]))"
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "--server", emulator.url, "--prometheus-url", "http://127.0.0.1:9",
-                     "--prometheus-scrape-interval", "0",
-         "--health-host", "127.0.0.1", "--health-port", str(port), "--identity", "pod-a", "--resync", "1",
-         "--log-level", "warning"],
+         "--prometheus-scrape-interval", "0", "--health-host", "127.0.0.1", "--health-port", str(port),
+         "--identity", "pod-a", "--resync", "1", "--log-level", "warning"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     yield proc, port
     if proc.poll() is None:

@@ -36,9 +36,8 @@ def test_controller_process_elects_itself_on_the_lease_its_environment_names(emu
     env = {**os.environ, "PYTHONPATH": str(REPO), "LEADER_ELECTION_LEASE": "search-leader", "POD_NAMESPACE": NS}
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "--server", emulator.url, "--prometheus-url", "http://127.0.0.1:9",
-                     "--prometheus-scrape-interval", "0",
-         "--health-host", "127.0.0.1", "--health-port", "0", "--identity", "pod-a", "--no-business-metrics",
-         "--log-level", "warning"],
+         "--prometheus-scrape-interval", "0", "--health-host", "127.0.0.1", "--health-port", "0",
+         "--identity", "pod-a", "--no-business-metrics", "--log-level", "warning"],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
