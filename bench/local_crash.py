@@ -57,6 +57,9 @@ from controller.adapters.istio.render import UnreadablePlan, read_plan
 SERVICES = ("master-search", "ml-infer", "ml-search", "keyword", "text-search")
 CHANGED = ("ml-search", "keyword")
 STABLE, CANARY = "v1", "v2"
+# A probe search is answered in milliseconds; one that takes longer than this has failed. Generous: on a machine
+# whose two cores a test suite keeps busy a search through five services has stalled for over 2 s.
+PROBE_TIMEOUT_S = 10.0
 QUERY = {"text": "graph neural networks for citation ranking", "n_results": 5, "random_seed": 7}
 
 # name -> (--fault arguments, expected final phase)
@@ -283,7 +286,7 @@ class Observer:
         for i in range(n):
             try:
                 r = self.http.post(f"{router}/master-service/search", json={**QUERY, "random_seed": i},
-                                   headers={"host": "master-search"})
+                                   headers={"host": "master-search"}, timeout=PROBE_TIMEOUT_S)
             except httpx.HTTPError as exc:
                 self._probe_failed(f"{type(exc).__name__}: {exc}")
                 continue

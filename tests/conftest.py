@@ -1,14 +1,67 @@
-"""Fixtures shared by test modules in several folders: the Kubernetes API emulator, and process-wide state
-put back after every test."""
+"""Fixtures shared by test modules in several folders: the Kubernetes API emulator, process-wide state put
+back after every test, and the slots that keep the real-time tests from crowding each other out."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import tempfile
+import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
 
 import pytest
 
 from controller.logs import known_secrets, restore_secrets
 from tests.support.kmock_server import RunningEmulator, start_emulator
+
+# Tests marked `realtime` judge live traffic (demos, crash campaigns) against real time: three of them beside each
+# other on two cores starve each one's services and load of CPU, and a demo then sees a machine, not a release.
+# Across the pytest-xdist workers, at most this many run at once; the others wait for a slot (their worker's
+# remaining tests go to the idle workers under `--dist worksteal`).
+REALTIME_SLOTS = int(os.environ.get("REALTIME_SLOTS", "2"))
+# Their timeout covers the wait for a slot: the longest real-time test takes ~5 minutes on a busy machine.
+REALTIME_TIMEOUT_S = 1200
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("realtime") is not None and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(REALTIME_TIMEOUT_S))
+
+
+@pytest.fixture(autouse=True)
+def _realtime_slot(request: pytest.FixtureRequest) -> Iterator[None]:
+    """One of REALTIME_SLOTS exclusive file locks, held for the whole test, when it is marked `realtime` and
+    runs in one of several pytest-xdist workers (the locks die with the process that holds them)."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if request.node.get_closest_marker("realtime") is None or run is None or REALTIME_SLOTS < 1:
+        yield
+        return
+    folder = Path(tempfile.gettempdir()) / f"stack-canary-realtime-{run}"
+    folder.mkdir(exist_ok=True)
+    slots = [open(folder / f"slot-{i}", "a") for i in range(REALTIME_SLOTS)]  # noqa: SIM115 - closed below
+    try:
+        held = next((f for f in slots if _try_lock(f)), None)
+        while held is None:  # all taken: look again a moment later (any slot will do)
+            time.sleep(0.25)
+            held = next((f for f in slots if _try_lock(f)), None)
+        try:
+            yield
+        finally:
+            fcntl.flock(held, fcntl.LOCK_UN)
+    finally:
+        for f in slots:
+            f.close()
+
+
+def _try_lock(f: IO[str]) -> bool:
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 @pytest.fixture

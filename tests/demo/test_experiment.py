@@ -19,6 +19,7 @@ from demo.canary import run_demo
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
+@pytest.mark.realtime
 def test_ab_demo_finds_v2_the_winner_and_users_stay_on_their_variant(tmp_path: Path) -> None:
     out = io.StringIO()
     result = run_demo("ab", rps=60, interval=3, workdir=tmp_path, summary_path=tmp_path / "summary.json",
@@ -41,6 +42,7 @@ def test_ab_demo_finds_v2_the_winner_and_users_stay_on_their_variant(tmp_path: P
         assert result["samples"][version] >= 0.9 * load["impressions"][version]
 
 
+@pytest.mark.realtime
 def test_abn_demo_finds_the_best_of_three_variants_and_keeps_users_and_paths_on_one(tmp_path: Path) -> None:
     """`canary demo --scenario abn`: v1 control, v2 (p=0.30) and v3 (p=0.10, no lift); v2 must beat v1 and
     be separated from v3 under the split alpha, every variant's guardrails pass, nobody mixes variants."""

@@ -163,6 +163,7 @@ def test_partitioned_leader_stops_writing_and_the_standby_finishes(
     assert canary_pods_took_their_time(model)
 
 
+@pytest.mark.realtime
 @pytest.mark.slow
 def test_killed_leader_process_is_replaced_by_the_standby(emulator: RunningEmulator, invariants: InvariantChecker,
                                                           real_time_world: tuple[KubeWorld, ClusterModel],

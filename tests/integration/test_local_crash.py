@@ -122,6 +122,7 @@ def test_only_the_scenarios_injected_errors_are_excused(tmp_path: Path, served_b
 
 # --- the campaign -------------------------------------------------------------------------------------------
 
+@pytest.mark.realtime
 @pytest.mark.integration
 @pytest.mark.slow
 def test_killed_anywhere_every_release_converges_with_the_invariants_intact(tmp_path: Path) -> None:

@@ -149,6 +149,7 @@ def test_custom_promql_metric_reads_the_router_through_prometheus(
     assert sum(v.numerator for v in values.values()) == codes.get(500, 0)
 
 
+@pytest.mark.realtime
 def test_prometheus_outage_mid_release_holds_then_rolls_back_and_never_promotes(tmp_path: Path) -> None:
     release = demo_release(interval=3.0)
     release["spec"]["policies"] = {"onInconclusive": "continue", "rollbackAfterErrors": 2}

@@ -199,6 +199,7 @@ def test_kubernetes_events_and_status_carry_no_secret(
         assert_no_secret(where, text)
 
 
+@pytest.mark.realtime
 @pytest.mark.integration
 @pytest.mark.slow
 def test_a_local_run_with_json_logs_leaks_no_secret(receiver: Receiver, files: dict[str, Path],
