@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 # What is wrong with v2 in each scenario: per service, the searchstack fault knobs of its process.
 SCENARIOS: dict[str, dict[str, dict[str, float]]] = {
     "healthy": {},
-    "slow": {"ml-search": {"latency_ms": 25.0}},
+    "slow": {"ml-search": {"latency_ms": 50.0}},
     "errors": {"ml-infer": {"error_rate": 0.2}},
     "tail": {"keyword": {"slow_prob": 0.15, "slow_ms": 400.0}},
 }

@@ -82,6 +82,10 @@ def release_body(ns: str, kind: str) -> dict[str, Any]:
             "canary": {"version": "v2", "images": {s: f"registry.example/{s}:2.0-{ns}" for s in SERVICES}},
             "strategy": {"canary": {"steps": [{"weight": w} for w in steps], "interval": "2s", "settle": "1s",
                                     "minCanaryRequests": 50}},
+            # The campaign tests crash safety, not statistics: a healthy release promotes on "no alarm" (the
+            # safety margins would hold each one at 50% for minutes of this traffic).
+            "analysis": {"nonInferiorityMargin": None, "absoluteNonInferiorityMargin": None,
+                         "latencyNonInferiorityMargin": None},
             "drainTime": "1s",
             # The old version stays up 2 s after the cutover (the default 30 s would hold every promoted
             # release in Promoting for most of the campaign's budget).
