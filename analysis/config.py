@@ -20,7 +20,8 @@ CHECKS: tuple[str, ...] = ("errorRate", "slowTail", "latencyShift", "sampleRatio
 KAYENTA_METRICS: tuple[str, ...] = ("errorRate", "latencyP50", "latencyP99")
 ANALYSIS_FIELDS = (
     "judge", "alpha", "errorRatioTolerance", "latencyTolerance", "latencyMinEffect", "tailThresholdMs",
-    "tailReferenceQuantile", "minCanaryRequests", "nonInferiorityMargin", "latencyNonInferiorityMargin", "checks",
+    "tailReferenceQuantile", "minCanaryRequests", "nonInferiorityMargin", "absoluteNonInferiorityMargin",
+    "latencyNonInferiorityMargin", "checks",
     "kayenta", "threshold",
 )
 KAYENTA_FIELDS = (
@@ -129,13 +130,15 @@ class AnalysisConfig:
     judge: str = "sequential"
     alpha: float = 0.05
     error_ratio_tolerance: float = 1.0  # r0: the canary may fail up to r0 times as often
-    latency_tolerance: float = 0.0  # Delta0 on P(C>B) - P(C<B)
+    latency_tolerance: float = 0.05  # Delta0 on P(C>B) - P(C<B): a few % of latency is noise, not harm
     latency_min_effect: float = 0.1  # Delta_min: where the latency mixture puts its weight
     tail_threshold_ms: float | None = None
     tail_reference_quantile: float = 0.975
     min_canary_requests: int = 100
-    non_inferiority_margin: float | None = None  # on the error ratio's upper confidence bound
-    latency_non_inferiority_margin: float | None = None  # on Delta's upper confidence bound
+    # Safety margins: `pass` needs every check shown within its margin (None: the check needs no proof).
+    non_inferiority_margin: float | None = 1.5  # the error (and slow-request) ratio's upper bound below this,
+    absolute_non_inferiority_margin: float | None = 0.005  # ... or the canary's excess rate's upper bound below this
+    latency_non_inferiority_margin: float | None = 0.1  # Delta's upper bound below this
     checks: tuple[str, ...] = CHECKS
     kayenta: KayentaConfig = field(default_factory=KayentaConfig)
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
@@ -162,10 +165,15 @@ class AnalysisConfig:
                                              f"{path}.tailReferenceQuantile", 0, 1),
             min_canary_requests=r.integer(d.get("minCanaryRequests", default.min_canary_requests),
                                           f"{path}.minCanaryRequests", 0),
-            non_inferiority_margin=r.optional_number(d.get("nonInferiorityMargin"), f"{path}.nonInferiorityMargin",
-                                                     0, math.inf),
+            non_inferiority_margin=r.optional_number(
+                d.get("nonInferiorityMargin", default.non_inferiority_margin), f"{path}.nonInferiorityMargin",
+                0, math.inf),
+            absolute_non_inferiority_margin=r.optional_number(
+                d.get("absoluteNonInferiorityMargin", default.absolute_non_inferiority_margin),
+                f"{path}.absoluteNonInferiorityMargin", 0, 1),
             latency_non_inferiority_margin=r.optional_number(
-                d.get("latencyNonInferiorityMargin"), f"{path}.latencyNonInferiorityMargin", -1, 1, open_high=False),
+                d.get("latencyNonInferiorityMargin", default.latency_non_inferiority_margin),
+                f"{path}.latencyNonInferiorityMargin", -1, 1, open_high=False),
             checks=checks,
             kayenta=KayentaConfig.from_dict(d.get("kayenta"), f"{path}.kayenta"),
             threshold=ThresholdConfig.from_dict(d.get("threshold"), f"{path}.threshold"),

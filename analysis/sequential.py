@@ -35,6 +35,7 @@ from analysis.observations import (
     Verdict,
     VersionCounts,
 )
+from analysis.safety import excess_upper_bound, requests_needed
 
 # Alternatives of the rate-ratio e-process, as multiples of r0. The issue proposed (1.25, 1.5, 2, 3, 4, 6);
 # dropping the ends measured more power at x2 and no loss at x4 (docs/analysis.md, "Tuning").
@@ -47,6 +48,8 @@ CS_STEPS_PER_DOUBLING = 8
 CS_GRID: tuple[float, ...] = tuple(2.0 ** (k / CS_STEPS_PER_DOUBLING) for k in range(-48, 49))
 CS_OFFSETS: tuple[int, ...] = (2, 5, 8, 13, 16, 21)
 SQRT3 = math.sqrt(3.0)
+# Pseudo-intervals of phi = 1 that the dispersion estimate is shrunk with.
+DISPERSION_PRIOR = 3.0
 
 
 def _f(x: npt.ArrayLike) -> FloatArray:
@@ -100,29 +103,41 @@ def ratio_cs_increment(k_c: npt.ArrayLike, k_b: npt.ArrayLike, n_c: npt.ArrayLik
     return ratio_log_likelihood(kc, kb, nc, nb, np.asarray(CS_GRID))
 
 
-def ratio_confidence_sequence(loglik: npt.ArrayLike, alpha: float) -> tuple[float, float]:
-    """Bounds of the (1 - alpha) confidence sequence for the ratio from the cumulative CS_GRID
-    log-likelihood: the grid ratios that neither the upward nor the downward grid mixture rejects at
-    2/alpha. Bounds at the ends of the lattice mean "beyond"."""
+def _ratio_rejected(loglik: npt.ArrayLike, sign: int, log_threshold: float) -> npt.NDArray[np.bool_]:
+    """Which CS_GRID ratios the grid mixture of alternatives on one side (sign +1: larger ratios) rejects."""
     ll = _f(loglik)
     n = ll.shape[-1]
     offsets = np.asarray(CS_OFFSETS)
     pad = int(offsets.max())
     padded = np.concatenate((np.full(pad, -np.inf), ll, np.full(pad, -np.inf)))
     j = np.arange(n)[:, None] + pad
+    terms = padded[j + sign * offsets] - ll[:, None]
+    available = np.isfinite(terms).sum(axis=1)
+    with np.errstate(divide="ignore"):
+        log_e = special.logsumexp(terms, axis=1) - np.log(np.maximum(available, 1))
+    return np.asarray((available > 0) & (log_e >= log_threshold))
+
+
+def ratio_confidence_sequence(loglik: npt.ArrayLike, alpha: float) -> tuple[float, float]:
+    """Bounds of the (1 - alpha) confidence sequence for the ratio from the cumulative CS_GRID
+    log-likelihood: the grid ratios that neither the upward nor the downward grid mixture rejects at
+    2/alpha. Bounds at the ends of the lattice mean "beyond"."""
+    ll = _f(loglik)
     log_threshold = math.log(2.0 / alpha)
-    keep = np.ones(n, dtype=bool)
-    for sign in (1, -1):
-        terms = padded[j + sign * offsets] - ll[:, None]
-        available = np.isfinite(terms).sum(axis=1)
-        with np.errstate(divide="ignore"):
-            log_e = special.logsumexp(terms, axis=1) - np.log(np.maximum(available, 1))
-        keep &= ~((available > 0) & (log_e >= log_threshold))
+    keep = ~(_ratio_rejected(ll, 1, log_threshold) | _ratio_rejected(ll, -1, log_threshold))
     inside = np.flatnonzero(keep)
     if inside.size == 0:  # the lattice cannot hold the ratio: report the likeliest lattice point
         best = int(np.argmax(ll))
         return CS_GRID[best], CS_GRID[best]
     return CS_GRID[int(inside[0])], CS_GRID[int(inside[-1])]
+
+
+def ratio_upper_bound(loglik: npt.ArrayLike, alpha: float) -> float:
+    """Upper end of the one-sided (1 - alpha) confidence sequence for the ratio: the largest lattice ratio
+    r' whose H0: ratio >= r' the downward mixture does not reject at 1/alpha (the lattice's top when none
+    is rejected, e.g. before any event)."""
+    kept = np.flatnonzero(~_ratio_rejected(loglik, -1, math.log(1.0 / alpha)))
+    return CS_GRID[int(kept[-1])] if kept.size else CS_GRID[0]
 
 
 def log_half_normal_mixture(s: npt.ArrayLike, v: npt.ArrayLike, tau: float) -> FloatArray:
@@ -134,25 +149,79 @@ def log_half_normal_mixture(s: npt.ArrayLike, v: npt.ArrayLike, tau: float) -> F
     return math.log(2.0) - 0.5 * np.log(d) + tau * tau * ss * ss / (2.0 * d) + log_phi
 
 
-def shift_weight(n_c: npt.ArrayLike, n_b: npt.ArrayLike) -> FloatArray:
-    """a_t = sqrt(n_c n_b / N_t): the interval's weight, so that E[a_t z_t] = sqrt(3) Delta a_t^2."""
+def shift_weight(n_c: npt.ArrayLike, n_b: npt.ArrayLike, variance: npt.ArrayLike | None = None) -> FloatArray:
+    """a_t, the interval's weight, chosen so that E[a_t z_t] = sqrt(3) Delta a_t^2 whatever the ties.
+
+    The rank-sum's U - n_c n_b / 2 has mean n_c n_b Delta / 2, so with the tie-corrected `variance` of U,
+    E[z_t] = n_c n_b Delta / (2 sd_t) and a_t = n_c n_b / (2 sqrt(3) sd_t). Ties shrink sd_t, so an interval
+    with many ties weighs more and the tolerance's centring sqrt(3) Delta0 V stays exact. Without a
+    variance (no ties assumed): a_t = sqrt(n_c n_b / N_t), the untied form.
+    """
     nc, nb = _f(n_c), _f(n_b)
     n = nc + nb
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(n > 0, np.sqrt(nc * nb / np.where(n > 0, n, 1.0)), 0.0)
+        if variance is None:
+            return np.where(n > 0, np.sqrt(nc * nb / np.where(n > 0, n, 1.0)), 0.0)
+        # An interval whose requests all fall in one bucket has no tie-corrected variance (and z = 0): it
+        # counts with the untied variance, as an interval that saw no difference.
+        var = np.where(_f(variance) > 0, _f(variance), nc * nb * (n + 1.0) / 12.0)
+        return np.where(var > 0, nc * nb / (2.0 * SQRT3 * np.sqrt(np.where(var > 0, var, 1.0))), 0.0)
 
 
-def shift_log_evalue(s: npt.ArrayLike, v: npt.ArrayLike, delta0: float, delta_min: float) -> FloatArray:
-    """ln e-value of H0: Delta <= delta0 from the running sums S = sum a_t z_t and V = sum a_t^2."""
+def dispersion(rss: float, expected: float, dof: float) -> float:
+    """phi >= 1: how much more the intervals' statistics vary than the model says, from the data.
+
+    `rss` is a sum of squared deviations whose expectation is `expected` under the model, from `dof`
+    intervals. The estimate rss / expected is shrunk towards 1 with DISPERSION_PRIOR pseudo-intervals, so
+    the first intervals cannot swing it, and never goes below 1: independent requests keep the exact
+    model. Pod-to-pod speed differences, per-minute jitter and error bursts make requests within an
+    interval move together; phi then widens every bound and divides every log-likelihood ratio
+    (quasi-likelihood) instead of reading that noise as a regression. A plug-in: the bounds stay
+    anytime-valid only approximately (the benchmark measures it on noisy worlds, docs/analysis.md).
+    """
+    if dof <= 0 or expected <= 0:
+        return 1.0
+    return max(1.0, float((rss / expected * dof + DISPERSION_PRIOR) / (dof + DISPERSION_PRIOR)))
+
+
+def shift_dispersion(shift: Mapping[str, Any]) -> float:
+    """phi of the latency statistic from its running sums: deviations a_t z_t - sqrt(3) Delta a_t^2 around the
+    weighted least-squares Delta, rss = q - c3^2 / a4 (q = sum (a z)^2, c3 = sum a^3 z, a4 = sum a^4), whose
+    expectation is about V (T - 1) / T over T intervals."""
+    a4, n, v = float(shift.get("a4", 0.0)), int(shift.get("n", 0)), float(shift["v"])
+    if a4 <= 0 or n < 2:
+        return 1.0
+    rss = max(float(shift.get("q", 0.0)) - float(shift.get("c3", 0.0)) ** 2 / a4, 0.0)
+    return dispersion(rss, v * (n - 1) / n, n - 1)
+
+
+def shift_log_evalue(s: npt.ArrayLike, v: npt.ArrayLike, delta0: float, delta_min: float,
+                     phi: npt.ArrayLike = 1.0) -> FloatArray:
+    """ln e-value of H0: Delta <= delta0 from the running sums S = sum a_t z_t and V = sum a_t^2, the
+    variance of S taken as phi V (phi from `dispersion`; 1 for independent requests)."""
     centred = _f(s) - SQRT3 * delta0 * _f(v)
-    return log_half_normal_mixture(centred, v, SQRT3 * delta_min)
+    return log_half_normal_mixture(centred, _f(v) * _f(phi), SQRT3 * delta_min)
 
 
-def shift_confidence_sequence(s: float, v: float, alpha: float, tau: float) -> tuple[float, float] | None:
-    """Two-sided (1 - alpha) normal-mixture confidence sequence for Delta, or None before any data."""
+def shift_upper_bound(s: float, v: float, phi: float, alpha: float, delta_min: float) -> float:
+    """Upper end of the one-sided (1 - alpha) confidence sequence for Delta: the smallest Delta' on a
+    1/200 grid from which on every H0: Delta >= Delta' is rejected by the mirrored e-process (canary better
+    than Delta'). 1.0 (nothing shown) before any data."""
+    if v <= 0:
+        return 1.0
+    grid = np.linspace(-1.0, 1.0, 401)
+    log_e = log_half_normal_mixture(SQRT3 * grid * v - s, v * phi, SQRT3 * delta_min)
+    kept = np.flatnonzero(log_e < math.log(1.0 / alpha))
+    return float(min(1.0, grid[kept[-1]] + 0.005)) if kept.size else -1.0
+
+
+def shift_confidence_sequence(s: float, v: float, alpha: float, tau: float, phi: float = 1.0
+                              ) -> tuple[float, float] | None:
+    """Two-sided (1 - alpha) normal-mixture confidence sequence for Delta (S's variance phi V), or None before
+    any data."""
     if v <= 0:
         return None
-    d = 1.0 + tau * tau * v
+    d = 1.0 + tau * tau * v * phi
     radius = math.sqrt(d / (tau * tau) * (2.0 * math.log(1.0 / alpha) + math.log(d))) / v
     centre = s / v
     return (max(-1.0, (centre - radius) / SQRT3), min(1.0, (centre + radius) / SQRT3))
@@ -199,10 +268,19 @@ def _ratio_state() -> dict[str, Any]:
         "cs": _zeros(len(CS_GRID)),
         "events": [0, 0],
         "exposure": [0, 0],
+        # Pearson residuals of each interval's canary events against the ratio estimated before it: sum of
+        # squares, their model variance, intervals (for `dispersion`).
+        "disp": [0.0, 0.0, 0],
         "logE": 0.0,
         "maxLogE": 0.0,
         "crossedAt": None,
     }
+
+
+def _shift_state() -> dict[str, Any]:
+    # s = sum a z, v = sum a^2; q, c3, a4, n (intervals): the sums shift_dispersion needs.
+    return {"s": 0.0, "v": 0.0, "q": 0.0, "c3": 0.0, "a4": 0.0, "n": 0, "logE": 0.0, "maxLogE": 0.0,
+            "crossedAt": None}
 
 
 class SequentialJudge:
@@ -263,7 +341,7 @@ class SequentialJudge:
             "tailFromInterval": None,
             "errorRate": _ratio_state(),
             "slowTail": _ratio_state(),
-            "latencyShift": {"s": 0.0, "v": 0.0, "logE": 0.0, "maxLogE": 0.0, "crossedAt": None},
+            "latencyShift": _shift_state(),
             "sampleRatio": {
                 "llr": _zeros(len(SRM_GRID)),
                 "expected": 0.0,
@@ -380,11 +458,13 @@ class SequentialJudge:
 
     def _fold_shift(self, shift: dict[str, Any], obs: IntervalObservation) -> None:
         test = rank_sum(obs.canary.buckets, obs.baseline.buckets)
-        a = float(shift_weight(obs.canary.requests, obs.baseline.requests))
-        shift["s"] += a * float(test.z)
-        shift["v"] += a * a
+        a = float(shift_weight(obs.canary.requests, obs.baseline.requests, test.variance))
+        az = a * float(test.z)
+        for key, add in (("s", az), ("v", a * a), ("q", az * az), ("c3", a * a * az), ("a4", a**4), ("n", a > 0)):
+            shift[key] = shift.get(key, 0.0) + add
         cfg = self.config
-        shift["logE"] = float(shift_log_evalue(shift["s"], shift["v"], cfg.latency_tolerance, cfg.latency_min_effect))
+        shift["logE"] = float(shift_log_evalue(shift["s"], shift["v"], cfg.latency_tolerance, cfg.latency_min_effect,
+                                               shift_dispersion(shift)))
 
     def _fold_srm(self, srm: dict[str, Any], obs: IntervalObservation, alpha_i: float, t: float | None) -> None:
         n_c, n_b = obs.canary.requests, obs.baseline.requests
@@ -396,12 +476,20 @@ class SequentialJudge:
 
     # -- records and verdict --------------------------------------------------------------------------
     def _records(self, name: str, svc: Mapping[str, Any], bounds: tuple[float, ...]) -> list[CheckResult]:
+        """Each check's record: `fail` once harm crossed, `pass` once safety is shown, else `inconclusive`
+        (sample-ratio: `error` once crossed, else `pass`: it has no margin to show)."""
         alpha_i = float(svc["alpha"])
         out: list[CheckResult] = []
         for check in self.config.checks:
             rec = svc[check]
             crossed = rec.get("crossedAt") is not None
-            verdict = (Verdict.ERROR if check == "sampleRatio" else Verdict.FAIL) if crossed else Verdict.PASS
+            estimates = self._estimates(check, svc, alpha_i, bounds)
+            if check == "sampleRatio":
+                verdict = Verdict.ERROR if crossed else Verdict.PASS
+            else:
+                estimates["safety"] = self._safety(check, svc)
+                verdict = Verdict.FAIL if crossed else (
+                    Verdict.PASS if estimates["safety"]["shown"] else Verdict.INCONCLUSIVE)
             out.append(
                 CheckResult(
                     service=name,
@@ -411,11 +499,47 @@ class SequentialJudge:
                     threshold=1.0 / alpha_i,
                     p_value=min(1.0, math.exp(-rec["maxLogE"])),
                     samples={"canary": svc["canary"]["requests"], "baseline": svc["baseline"]["requests"]},
-                    estimates=self._estimates(check, svc, alpha_i, bounds),
+                    estimates=estimates,
                     reason=f"crossed at t={rec['crossedAt']}" if crossed else "",
                 )
             )
         return out
+
+    def _safety(self, check: str, svc: Mapping[str, Any]) -> dict[str, Any]:
+        """Is the check shown within its margin? Upper confidence bounds at the whole alpha (see
+        analysis.safety: pass needs every check, an intersection-union test)."""
+        cfg, alpha = self.config, self.config.alpha
+        n_c = float(svc["canary"]["requests"])
+        if check == "latencyShift":
+            shift, margin = svc["latencyShift"], cfg.latency_non_inferiority_margin
+            if margin is None:
+                return {"shown": True, "margin": None}
+            bound = shift_upper_bound(shift["s"], shift["v"], shift_dispersion(shift), alpha, cfg.latency_min_effect)
+            estimate = shift["s"] / shift["v"] / SQRT3 if shift["v"] > 0 else math.nan
+            return {"shown": bound < margin, "bound": bound, "margin": margin, "on": "delta",
+                    "requestsNeeded": requests_needed(n_c, estimate, bound, margin)}
+        rec = svc[check]
+        (k_c, k_b), (e_c, e_b) = rec["events"], rec["exposure"]
+        phi = rate_dispersion(rec)
+        routes: list[dict[str, Any]] = []
+        if cfg.non_inferiority_margin is not None:
+            bound = ratio_upper_bound(np.asarray(rec["cs"]) / phi, alpha)
+            ratio = _ratio(k_c, e_c, k_b, e_b)
+            routes.append({"shown": bound < cfg.non_inferiority_margin, "bound": bound,
+                           "margin": cfg.non_inferiority_margin, "on": "ratio",
+                           "requestsNeeded": None if ratio is None or ratio <= 0 else requests_needed(
+                               e_c, math.log(ratio), math.log(bound), math.log(cfg.non_inferiority_margin))})
+        if cfg.absolute_non_inferiority_margin is not None:
+            margin = cfg.absolute_non_inferiority_margin
+            prior = margin if check == "errorRate" else max(margin, 1.0 - cfg.tail_reference_quantile)
+            bound = excess_upper_bound(k_c / phi, e_c / phi, k_b / phi, e_b / phi, alpha, prior)
+            excess = (k_c / e_c if e_c else 0.0) - (k_b / e_b if e_b else 0.0)
+            routes.append({"shown": bound < margin, "bound": bound, "margin": margin, "on": "excess",
+                           "requestsNeeded": requests_needed(e_c, excess, bound, margin)})
+        if not routes:
+            return {"shown": True, "margin": None}
+        shown = [r for r in routes if r["shown"]]
+        return shown[0] if shown else min(routes, key=_needed_order)
 
     def _estimates(
         self, check: str, svc: Mapping[str, Any], alpha_i: float, bounds: tuple[float, ...]
@@ -424,7 +548,7 @@ class SequentialJudge:
         if check in ("errorRate", "slowTail"):
             rec = svc[check]
             (k_c, k_b), (n_c, n_b) = rec["events"], rec["exposure"]
-            lo, hi = ratio_confidence_sequence(rec["cs"], alpha_i)
+            lo, hi = ratio_confidence_sequence(np.asarray(rec["cs"]) / rate_dispersion(rec), alpha_i)
             est: dict[str, Any] = {
                 "rateCanary": _rate(k_c, n_c),
                 "rateBaseline": _rate(k_b, n_b),
@@ -433,6 +557,7 @@ class SequentialJudge:
                 "ratioTolerance": self.config.error_ratio_tolerance,
                 "eventsCanary": k_c,
                 "eventsBaseline": k_b,
+                "dispersion": rate_dispersion(rec),
             }
             if check == "slowTail":
                 est["thresholdMs"] = _bound_of(svc["tailStart"], len(c["buckets"]), bounds)
@@ -441,11 +566,13 @@ class SequentialJudge:
         if check == "latencyShift":
             shift = svc["latencyShift"]
             tau = SQRT3 * self.config.latency_min_effect
-            cs = shift_confidence_sequence(shift["s"], shift["v"], alpha_i, tau)
+            phi = shift_dispersion(shift)
+            cs = shift_confidence_sequence(shift["s"], shift["v"], alpha_i, tau, phi)
             est = {
                 "delta": shift["s"] / shift["v"] / SQRT3 if shift["v"] > 0 else None,
                 "deltaConfidenceSequence": list(cs) if cs else None,
                 "deltaTolerance": self.config.latency_tolerance,
+                "dispersion": phi,
             }
             for version, counts in (("Canary", c), ("Baseline", b)):
                 for q in (0.5, 0.95, 0.99):
@@ -465,7 +592,8 @@ class SequentialJudge:
         checks: list[CheckResult],
         t: float | None,
     ) -> Decision:
-        def made(verdict: Verdict, reason: str) -> Decision:
+        def made(verdict: Verdict, reason: str, safety_pending: bool = False, needed: float | None = None
+                 ) -> Decision:
             return Decision(
                 verdict,
                 reason,
@@ -477,6 +605,10 @@ class SequentialJudge:
                     "ticks": state["ticks"],
                     "regressionEValueSum": math.exp(min(state.get("regressionLogESum", 0.0), 700.0)),
                     "regressionThreshold": 1.0 / self.alpha_each(state),
+                    # No harm shown and data enough; only safety is not shown yet (weight may grow, no promotion).
+                    "safetyPending": safety_pending,
+                    # ... and the canary requests the furthest check is expected to need still (None: unknown).
+                    "canaryRequestsNeeded": needed,
                 },
             )
 
@@ -506,31 +638,69 @@ class SequentialJudge:
                     Verdict.INCONCLUSIVE,
                     f"{name}: {seen} canary requests so far, {self.config.min_canary_requests} needed",
                 )
-        shortfall = self._non_inferiority_shortfall(checks)
-        if shortfall:
-            return made(Verdict.INCONCLUSIVE, shortfall)
-        return made(Verdict.PASS, "no check crossed its threshold")
+        unsafe = [c for c in checks if c.verdict is Verdict.INCONCLUSIVE]
+        if unsafe:
+            return made(Verdict.INCONCLUSIVE, _not_yet_safe(unsafe), safety_pending=True,
+                        needed=_more_needed(unsafe))
+        return made(Verdict.PASS, "every check is shown within its margin")
 
-    def _non_inferiority_shortfall(self, checks: list[CheckResult]) -> str:
-        margin, lmargin = self.config.non_inferiority_margin, self.config.latency_non_inferiority_margin
-        for c in checks:
-            if margin is not None and c.check == "errorRate":
-                hi = c.estimates["ratioConfidenceSequence"][1]
-                if hi >= margin:
-                    return f"{c.service}: error ratio upper bound {hi:.3g} not yet under margin {margin}"
-            if lmargin is not None and c.check == "latencyShift":
-                cs = c.estimates["deltaConfidenceSequence"]
-                if cs is None or cs[1] >= lmargin:
-                    return f"{c.service}: latency Delta upper bound not yet under margin {lmargin}"
-        return ""
+
+def _needed_order(route: Mapping[str, Any]) -> float:
+    needed = route.get("requestsNeeded")
+    return math.inf if needed is None else float(needed)
+
+
+def _more(c: CheckResult) -> float:
+    needed = c.estimates["safety"].get("requestsNeeded")
+    return math.inf if needed is None else max(needed - float(c.samples["canary"]), 1.0)
+
+
+def _more_needed(unsafe: Sequence[CheckResult]) -> float | None:
+    left = max(_more(c) for c in unsafe)
+    return None if math.isinf(left) else left
+
+
+def _not_yet_safe(unsafe: Sequence[CheckResult]) -> str:
+    """"S check: upper bound B, margin M (about N more canary requests)" for the check furthest from safe."""
+    c = max(unsafe, key=_more)
+    safety = c.estimates["safety"]
+    what = {"delta": "Delta", "ratio": "ratio", "excess": "excess rate"}[safety["on"]]
+    left = _more(c)
+    tail = ("its estimate is not under the margin" if math.isinf(left)
+            else f"about {int(left):,} more canary requests")
+    others = f"; {len(unsafe) - 1} other check(s) not shown yet" if len(unsafe) > 1 else ""
+    return (f"not yet shown safe: {c.service} {c.check} {what} upper bound {safety['bound']:.3g}, margin "
+            f"{safety['margin']:g} ({tail}){others}")
 
 
 def _fold_ratio(rec: dict[str, Any], k_c: int, k_b: int, n_c: int, n_b: int, r0: float) -> None:
+    """Add one interval to a rate check: the likelihoods, and the Pearson residual of its canary events
+    against the ratio estimated from the intervals before it (for the dispersion phi, see `dispersion`).
+    The harm e-value and the ratio's bounds use the log-likelihoods divided by phi."""
+    _fold_pearson(rec, k_c, k_b, n_c, n_b)
     rec["llr"] = (np.asarray(rec["llr"]) + ratio_increment(k_c, k_b, n_c, n_b, r0)).tolist()
     rec["cs"] = (np.asarray(rec["cs"]) + ratio_cs_increment(k_c, k_b, n_c, n_b)).tolist()
     rec["events"] = [rec["events"][0] + k_c, rec["events"][1] + k_b]
     rec["exposure"] = [rec["exposure"][0] + n_c, rec["exposure"][1] + n_b]
-    rec["logE"] = float(log_mixture(rec["llr"]))
+    rec["logE"] = float(log_mixture(np.asarray(rec["llr"]) / rate_dispersion(rec)))
+
+
+def _fold_pearson(rec: dict[str, Any], k_c: int, k_b: int, n_c: int, n_b: int) -> None:
+    (e_c, e_b), (x_c, x_b) = rec["events"], rec["exposure"]
+    events = k_c + k_b
+    if not (x_c > 0 and x_b > 0 and n_c > 0 and n_b > 0 and events > 0):
+        return  # no estimate before this interval, or nothing to compare in it
+    ratio = ((e_c + 0.5) / x_c) / ((e_b + 0.5) / x_b)
+    share = ratio * n_c / (ratio * n_c + n_b)
+    expected = events * share * (1.0 - share)
+    q, v, n = rec.get("disp", [0.0, 0.0, 0])
+    rec["disp"] = [q + (k_c - events * share) ** 2, v + expected, n + 1]
+
+
+def rate_dispersion(rec: Mapping[str, Any]) -> float:
+    """phi of a rate check (1 until two intervals with events have been compared)."""
+    q, v, n = rec.get("disp", [0.0, 0.0, 0])
+    return dispersion(q, v, n)
 
 
 def _rate(k: int, n: int) -> float | None:

@@ -28,6 +28,7 @@ from controller.present.charts import (
     bar_chart,
     line_chart,
 )
+from controller.present.view import REGRESSION_CHECKS
 
 CHECK_NAMES = ("errorRate", "slowTail", "latencyShift", "sampleRatio")
 # The smallest e-value drawn on the log scale: anything below says "no evidence" just as well.
@@ -269,19 +270,19 @@ def _decision_log(v: _View) -> str:
     rows = []
     for i, record in enumerate(v.history):
         verdict = str(record.get("verdict", ""))
-        worst = max(_seq(record.get("checks")), default=None,
-                    key=lambda c: (_float(_map(c).get("eValue")) or 0.0) / (_float(_map(c).get("threshold")) or 1.0))
+        worst = max(_seq(record.get("checks")), default=None, key=lambda c: _float(_map(c).get("eValue")) or 0.0)
         base, can = _entry_counts(v, record)
         rows.append(
             f'<tr><td class="num">{_num(record.get("t"), "{:.1f}")}</td><td class="num">{_step(record)}</td>'
             f'<td class="num">{_num(record.get("weight"), "{:g}")}%</td><td class="v-{escape(verdict)}">'
             f"{escape(verdict)}</td><td>{escape(str(record.get('action', '')))}</td>"
             f"<td>{escape(str(record.get('reason', '')))}</td><td class=\"num\">{base}</td><td class=\"num\">{can}</td>"
+            f'<td class="num">{_harm_sum(record)}</td>'
             f"<td>{_check_sentence(_map(worst)) if worst else '-'}</td></tr>"
-            f'<tr><td></td><td colspan="8">{_checks_details(record, open_=i == len(v.history) - 1)}</td></tr>')
+            f'<tr><td></td><td colspan="9">{_checks_details(record, open_=i == len(v.history) - 1)}</td></tr>')
     head = ("<tr><th>t (s)</th><th>step</th><th>weight</th><th>verdict</th><th>action</th><th>reason</th>"
             f"<th>{escape(v.stable)} req / err</th><th>{escape(v.canary)} req / err</th>"
-            "<th>closest check (e-value / threshold)</th></tr>")
+            "<th>harm: regression e-values sum / fails at</th><th>largest term</th></tr>")
     return f'<h2>Decision log</h2><table class="decisions">{head}{"".join(rows)}</table>'
 
 
@@ -332,9 +333,27 @@ def _failing_checks(record: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 
 def _check_sentence(c: Mapping[str, Any]) -> str:
+    """A check as the rule uses it: its e-value is a term of the regression sum that fails at the threshold
+    (sample-ratio: alone against it); its safety bound against the margin decides a pass."""
+    term = "alone" if c.get("check") == "sampleRatio" else "a term of the sum that"
+    safety = _map(_map(c.get("estimates")).get("safety"))
+    bound = ""
+    if safety.get("margin") is not None:
+        bound = (f"; safety bound {_num(safety.get('bound'))} {'&lt;' if safety.get('shown') else '&ge;'} "
+                 f"margin {_num(safety.get('margin'))}")
     return (f"<b>{escape(str(c.get('service', '?')))}</b> {escape(str(c.get('check', '?')))}: "
-            f"e-value {_num(c.get('eValue'))} / threshold {_num(c.get('threshold'))}"
+            f"e-value {_num(c.get('eValue'))}, {term} fails at {_num(c.get('threshold'))}{bound}"
             f" (<span class=\"v-{escape(str(c.get('verdict', '')))}\">{escape(str(c.get('verdict', '')))}</span>)")
+
+
+def _harm_sum(record: Mapping[str, Any]) -> str:
+    """The number the harm rule compares: the regression e-values of every service, summed, against K/alpha."""
+    checks = [_map(c) for c in _seq(record.get("checks"))]
+    terms = [_float(c.get("eValue")) or 0.0 for c in checks if c.get("check") in REGRESSION_CHECKS]
+    threshold = next((_float(c.get("threshold")) for c in checks if _float(c.get("threshold"))), None)
+    if not terms or threshold is None:
+        return "-"
+    return f"{_num(sum(terms))} / {_num(threshold)}"
 
 
 def _entry_counts(v: _View, record: Mapping[str, Any]) -> tuple[str, str]:

@@ -50,11 +50,35 @@ def decision_lines(record: DecisionRecord, stable: str, canary: str) -> list[str
             f"{canary}: {c.get('requests', 0):>5} req {_rate(c):>6} err "
             f"p50 {_num(q.get('p50CanaryMs'), '{:.0f}'):>4} p99 {_num(q.get('p99CanaryMs'), '{:.0f}'):>5}ms"
         )
-        bars = "  ".join(f"{ch.get('check')}: e={_num(ch.get('eValue'))}/{_num(ch.get('threshold'))}"
-                         + ("!" if ch.get("verdict") == "fail" else "")
-                         for ch in checks)
-        lines.append(f"    {'':<14} {bars}")
+        lines.append(f"    {'':<14} " + "  ".join(check_text(ch) for ch in checks))
+    if record.checks:
+        lines.append(f"    {'':<14} {harm_rule(record.checks)}")
     return lines
+
+
+REGRESSION_CHECKS = ("errorRate", "slowTail", "latencyShift")
+
+
+def check_text(ch: Mapping[str, Any]) -> str:
+    """One check as the rule uses it: its harm e-value (a term of the sum that fails the release) and its
+    safety bound against the margin (all under their margins is a pass)."""
+    text = f"{ch.get('check')} e={_num(ch.get('eValue'))}"
+    safety = (ch.get("estimates") or {}).get("safety")
+    if isinstance(safety, Mapping) and safety.get("margin") is not None:
+        mark = "<" if safety.get("shown") else ">="
+        text += f" bound {_num(safety.get('bound'))}{mark}{_num(safety.get('margin'))}"
+    return f"{text} {ch.get('verdict', '')}".rstrip()
+
+
+def harm_rule(checks: Sequence[Mapping[str, Any]]) -> str:
+    """The harm rule with its numbers: the regression e-values of every service summed against K/alpha."""
+    terms = [float(ch["eValue"]) for ch in checks
+             if ch.get("check") in REGRESSION_CHECKS and isinstance(ch.get("eValue"), int | float)]
+    thresholds = [float(ch["threshold"]) for ch in checks if isinstance(ch.get("threshold"), int | float)]
+    if not terms or not thresholds:
+        return ""
+    return (f"harm: the regression e-values sum to {_num(sum(terms))}, the release fails at {_num(thresholds[0])};"
+            " pass: every bound under its margin")
 
 
 def _rate(counts: Mapping[str, Any]) -> str:
@@ -134,15 +158,12 @@ def panel(spec: ReleaseSpec, status: ReleaseStatus, now: float, decisions: int =
                          f"{c.get('requests', 0):>10} {_rate(c):>6}")
     last = next((r for r in reversed(status.history) if r.checks), None)
     if last is not None:
-        lines.append(f"  checks at the last analysis (t={last.t:.0f}s): e-value / threshold, a check fails "
-                     "the release when its e-value reaches the threshold")
+        lines.append(f"  checks at the last analysis (t={last.t:.0f}s): {harm_rule(last.checks)}")
         by_service: dict[str, list[Mapping[str, Any]]] = {}
         for check in last.checks:
             by_service.setdefault(str(check.get("service", "?")), []).append(check)
         for service, checks in by_service.items():
-            lines.append(f"    {service:<14} " + "  ".join(
-                f"{ch.get('check')} {_num(ch.get('eValue'))}/{_num(ch.get('threshold'))} {ch.get('verdict', '')}"
-                .rstrip() for ch in checks))
+            lines.append(f"    {service:<14} " + "  ".join(check_text(ch) for ch in checks))
     if status.history:
         lines.append(f"  last decisions ({min(decisions, len(status.history))} of {len(status.history)}):")
         lines += [decision_summary(r) for r in status.history[-decisions:]]

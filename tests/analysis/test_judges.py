@@ -87,11 +87,16 @@ def test_factory_refuses_unknown_judges() -> None:
 # -- the sequential judge -------------------------------------------------------------------------------
 
 
-def test_identical_versions_pass_after_the_minimum_and_records_are_plain_json() -> None:
+def test_identical_versions_pass_once_shown_within_the_margins_and_records_are_plain_json() -> None:
     rng = np.random.default_rng(1)
-    decisions = run("sequential", [{"search": interval(rng, t)} for t in range(1, 11)], minCanaryRequests=300)
-    assert [d.verdict for d in decisions[:2]] == [Verdict.INCONCLUSIVE] * 2
-    assert decisions[-1].verdict is Verdict.PASS
+    decisions = run("sequential", [{"search": interval(rng, t, n_c=1000, n_b=9000)} for t in range(1, 11)],
+                    minCanaryRequests=300)
+    # No alarm is not a pass: the first intervals are inconclusive until every check's bound is under its margin.
+    assert decisions[0].verdict is Verdict.INCONCLUSIVE and decisions[0].details["safetyPending"]
+    assert decisions[0].reason.startswith("not yet shown safe: search ") and "more canary requests" in \
+        decisions[1].reason
+    assert decisions[-1].verdict is Verdict.PASS and not decisions[-1].details["safetyPending"]
+    assert all(c.verdict is Verdict.PASS for c in decisions[-1].checks)
     record = decisions[-1].to_dict()
     json.dumps(record, allow_nan=False)
     by_check = {c["check"]: c for c in record["checks"]}
@@ -102,6 +107,71 @@ def test_identical_versions_pass_after_the_minimum_and_records_are_plain_json() 
     lo, hi = by_check["errorRate"]["estimates"]["ratioConfidenceSequence"]
     assert lo < 1 < hi
     assert 0 < by_check["errorRate"]["pValue"] <= 1
+    safety = by_check["latencyShift"]["estimates"]["safety"]
+    assert safety["shown"] and safety["bound"] < safety["margin"] == 0.1 and safety["on"] == "delta"
+
+
+def test_a_canary_beyond_the_margins_is_never_passed_while_no_alarm_is_raised_yet() -> None:
+    rng = np.random.default_rng(12)
+    # 1.8x the baseline's error rate: inside the harm test's reach only slowly, outside the safety margins.
+    decisions = run("sequential", [{"s": interval(rng, t, n_c=300, n_b=2700, error_c=0.009)} for t in range(1, 21)])
+    assert Verdict.PASS not in [d.verdict for d in decisions]
+    pending = [d for d in decisions if d.verdict is Verdict.INCONCLUSIVE and d.details.get("safetyPending")]
+    assert pending and all("errorRate" in d.reason or "slowTail" in d.reason or "latencyShift" in d.reason
+                           for d in pending)
+
+
+def test_margins_set_to_null_need_no_proof() -> None:
+    rng = np.random.default_rng(13)
+    ticks = [{"s": interval(rng, t)} for t in range(1, 4)]
+    off = {"nonInferiorityMargin": None, "absoluteNonInferiorityMargin": None, "latencyNonInferiorityMargin": None}
+    assert run("sequential", ticks, **off)[-1].verdict is Verdict.PASS
+    assert run("sequential", ticks)[-1].verdict is Verdict.INCONCLUSIVE
+
+
+def test_tolerance_centring_is_exact_with_tied_buckets() -> None:
+    # 97% of requests in one bucket: the tie-corrected z grows ~3x for the same Delta, and the weight
+    # must follow, or a canary exactly at the tolerance is failed with certainty over time.
+    from analysis.histogram import rank_sum
+    from analysis.sequential import SQRT3, shift_weight
+
+    rng = np.random.default_rng(14)
+    base = np.zeros(K)
+    base[5], base[6], base[7] = 0.97, 0.02, 0.01
+    canary = np.zeros(K)
+    canary[5], canary[6], canary[7] = 0.90, 0.06, 0.04
+    delta = sum(canary[i] * base[j] * np.sign(i - j) for i in range(K) for j in range(K))
+    n_c, n_b = 300, 2700
+    c = rng.multinomial(n_c, canary, size=4000)
+    b = rng.multinomial(n_b, base, size=4000)
+    r = rank_sum(c, b)
+    a = shift_weight(n_c, n_b, r.variance)
+    estimate = float(np.sum(a * r.z) / (SQRT3 * np.sum(a * a)))
+    assert estimate == pytest.approx(delta, rel=0.05)
+    untied = shift_weight(n_c, n_b)
+    assert float(np.sum(untied * r.z) / (SQRT3 * np.sum(untied * untied))) > 1.5 * delta  # the old bias
+
+
+def test_per_minute_jitter_is_measured_as_dispersion_and_does_not_fail_identical_versions() -> None:
+    from bench.judges import bucket_probs
+
+    rng = np.random.default_rng(15)
+    judge = make_judge(AnalysisConfig.from_dict({}))
+    state = judge.initial_state()
+    verdicts, d = [], None
+    for t in range(1, 61):
+        # Identical versions whose latency each moves by its own ~3% every minute (GC, neighbours).
+        obs = {}
+        for version, n in (("baseline", 3000), ("canary", 3000)):
+            probs = bucket_probs(float(np.exp(rng.normal(0.0, 0.03))), 0.03)
+            buckets = tuple(int(x) for x in rng.multinomial(n, probs))
+            obs[version] = VersionCounts(n, int(rng.binomial(n, 0.005)), buckets)
+        state, d = judge.update(state, {"s": IntervalObservation(60.0 * t, 50, obs["baseline"], obs["canary"])})
+        verdicts.append(d.verdict)
+    assert d is not None
+    shift = next(c for c in d.checks if c.check == "latencyShift")
+    assert shift.estimates["dispersion"] > 2  # more spread between minutes than independent requests give
+    assert Verdict.FAIL not in verdicts
 
 
 def test_clear_error_regression_fails_and_stays_failed() -> None:
@@ -139,7 +209,7 @@ def test_edge_cases_one_interval_zero_errors_one_bucket() -> None:
     one_bucket = VersionCounts(500, 0, tuple(500 if i == 5 else 0 for i in range(K)))
     small = VersionCounts(50, 0, tuple(50 if i == 5 else 0 for i in range(K)))
     decisions = run("sequential", [{"s": IntervalObservation(60, 10, one_bucket, small)}], minCanaryRequests=10)
-    assert decisions[0].verdict is Verdict.PASS
+    assert decisions[0].verdict is Verdict.INCONCLUSIVE and decisions[0].details["safetyPending"]
     json.dumps(decisions[0].to_dict(), allow_nan=False)
 
 

@@ -40,7 +40,13 @@ def test_good_file_gives_one_record_per_interval(tmp_path: Path) -> None:
     assert code == 0 and err == ""
     assert [r["t"] for r in lines] == [60, 120, 180, 240, 300]
     assert all(r["file"] == str(f) and r["verdict"] in ("pass", "inconclusive") for r in lines)
-    assert lines[-1]["verdict"] == "pass" and lines[-1]["checks"]
+    # 300 canary requests cannot show the canary within the default margins: no alarm, but no pass either.
+    assert lines[-1]["verdict"] == "inconclusive" and lines[-1]["reason"].startswith("not yet shown safe")
+    for check in lines[-1]["checks"]:  # per check: the harm evidence and the safety bound
+        assert check["eValue"] is not None and check["threshold"] > 0
+        if check["check"] != "sampleRatio":
+            assert check["estimates"]["safety"]["bound"] >= check["estimates"]["safety"]["margin"] or \
+                check["verdict"] == "pass"
 
 
 @pytest.mark.parametrize("judge", ["sequential", "kayenta", "threshold"])

@@ -129,7 +129,11 @@ def test_undo_swaps_in_the_previous_successful_version_and_drops_the_newer_image
 def _rows(status: ReleaseStatus) -> ReleaseStatus:
     history = (DecisionRecord(100.0, 60.0, 0, 10, "pass", "all checks pass", "next step",
                               ({"service": "ml-infer", "check": "errorRate", "eValue": 0.8, "threshold": 400.0,
-                                "verdict": "pass"},),
+                                "verdict": "pass", "estimates": {"safety": {"shown": True, "bound": 1.2,
+                                                                            "margin": 1.5, "on": "ratio"}}},
+                               {"service": "ml-infer", "check": "latencyShift", "eValue": 2.5, "threshold": 400.0,
+                                "verdict": "pass", "estimates": {"safety": {"shown": True, "bound": 0.04,
+                                                                            "margin": 0.1, "on": "delta"}}}),
                               {"ml-infer": {"baseline": {"requests": 900, "errors": 9},
                                             "canary": {"requests": 100, "errors": 0}}}),)
     archived = (RevisionRecord(1, 1, ReleasedVersions("v0", "v1", {}, {"ml-infer": "reg/ml-infer:1"}), "Succeeded",
@@ -142,7 +146,9 @@ def test_get_and_history_of_a_local_release(tmp_path: Path, capsys: pytest.Captu
     assert run(tmp_path, "get") == 0
     out = capsys.readouterr().out
     assert "search-v2: Progressing" in out and "revision 2 (attempt 1): v1 -> v2" in out
-    assert "errorRate 0.8/400 pass" in out  # the check's e-value against its threshold
+    # Each check as the rule uses it: its harm e-value (a term of the sum), its safety bound against the margin.
+    assert "errorRate e=0.8 bound 1.2<1.5 pass" in out
+    assert "harm: the regression e-values sum to 3.3, the release fails at 400" in out
     assert "900" in out and "1.0%" in out and "100" in out  # per-version requests and error rates
     assert run(tmp_path, "history") == 0
     lines = capsys.readouterr().out.splitlines()

@@ -24,7 +24,7 @@ def spec(**over: Any) -> ReleaseSpec:
     s: dict[str, Any] = {"stable": {"version": "v1"}, "canary": {"version": "v2", "services": ["ml-search"]},
                          "strategy": {"canary": {"steps": [{"weight": 10}, {"weight": 50}], "interval": "60s",
                                                  "minCanaryRequests": 50, "settle": "5s"}},
-                         "analysis": {"minCanaryRequests": 50}}
+                         "analysis": {"minCanaryRequests": 50, "tailThresholdMs": 250}}
     s.update(over)
     return parse_release({"metadata": {"name": "r", "namespace": "ns", "generation": 4}, "spec": s})
 
@@ -95,8 +95,12 @@ def test_progress_deadline_ends_in_failed_after_rolling_back() -> None:
 @pytest.mark.parametrize("obs,verdict,phase,weight,action", [
     # a clear error regression: fail, weight 0 in this very tick
     (Observation(metrics=window(counts(5400, 5), counts(600, 90))), "fail", Phase.ROLLING_BACK, 0, "roll back"),
-    # clean and plentiful: pass, next step (its weight moves once the new version is scaled for it)
-    (Observation(metrics=window(counts(5400, 0), counts(600, 0))), "pass", Phase.PROGRESSING, 10, "next step"),
+    # clean and plentiful: shown within the margins, pass, next step (its weight moves once the new version
+    # is scaled for it)
+    (Observation(metrics=window(counts(27000, 0), counts(3000, 0))), "pass", Phase.PROGRESSING, 10, "next step"),
+    # clean but too little to show the margins: no harm seen, so the weight may still grow (not promote)
+    (Observation(metrics=window(counts(5400, 0), counts(600, 0))), "inconclusive", Phase.PROGRESSING, 10,
+     "next step (no harm seen; safety not yet shown)"),
     # too few canary requests: inconclusive, wait
     (Observation(metrics=window(counts(90, 0), counts(10, 0))), "inconclusive", Phase.PROGRESSING, 10, "wait"),
     # metrics backend down: error, hold
@@ -109,12 +113,23 @@ def test_verdicts_and_their_actions(obs: Observation, verdict: str, phase: Phase
     assert new.last_verdict == verdict
     assert new.phase is phase and new.canary_weight == weight
     assert new.history[-1].action == action
-    assert new.scaling_to == (50 if action == "next step" else None)
+    assert new.scaling_to == (50 if action.startswith("next step") else None)
     if weight != 10:
         [apply] = of(actions, ApplyRouting)
         assert apply.plan.canary_weight == weight
     else:
         assert of(actions, ApplyRouting) == []
+
+
+def test_the_last_step_promotes_only_once_the_canary_is_shown_within_its_margins() -> None:
+    sp = spec()
+    status = progressing(sp, step=1, canary_weight=50)
+    obs = Observation(metrics=window(counts(300, 0), counts(300, 0)), routing=routing(sp, status))
+    new, actions = machine.step(sp, status, obs, NOW)
+    assert new.last_verdict == "inconclusive" and new.phase is Phase.PROGRESSING and new.canary_weight == 50
+    assert new.history[-1].action == "wait" and "not yet shown safe" in new.history[-1].reason
+    assert new.history[-1].reason.endswith("at the current rate")  # how long the missing requests take
+    assert of(actions, ApplyRouting) == []
 
 
 def test_srm_is_an_error_never_a_pass() -> None:

@@ -1,4 +1,5 @@
-"""Crash anywhere (issue 9): the real controller process, SIGKILLed at random points, 100+ times.
+"""Crash anywhere (issue 9), in a cluster-like world (issue 14): the real controller process, SIGKILLed at random
+points, 100+ times.
 
 The controller runs as it does in a cluster (`python -m controller.cli.main controller --server URL ...`, a
 process of its own with leader election, workers, watch and resync), against the Kubernetes emulator,
@@ -11,10 +12,17 @@ for `test_prometheus_faults.py`, where faults must be made on command.
 Releases of five kinds run side by side, each in a namespace of its own (a new one starts when one
 finishes): healthy (must be promoted), failing (30% errors on v2: rolled back), aborted by an operator
 while progressing (Aborted), a canary image past its progress deadline at once (Failed) and one that is
-never ready (Failed when `progressDeadline` passes). The process is killed with SIGKILL either after a
-random time, or right after the k-th change the emulator stores (so kills land between a status write
-and its actions, between two route writes, ...), and started again at once, at least 100 times. Then
-one last process runs until every release has finished.
+never ready (Failed when `progressDeadline` passes). The world is cluster-like (issue 14): the cluster model
+(`tests.support.cluster`) is played by a thread on the wall clock (`RealTimeCluster`), 3 pods per stable
+Deployment, every new pod ready after a seeded 0.2-1 s; a release is created once its namespace's stable
+stack is ready (as an operator's would be). The model is `IncrementalClusterModel`, which writes what the full
+one writes but syncs only the Deployments each moment can change: with ~800 Deployments (80 namespaces) the
+full one spends ~0.1 s of the test process's time (and of the store's lock) on every moment it plays.
+
+The process is killed with SIGKILL either after a random time, or right after the k-th change the emulator
+stores from a request (so kills land between a status write and its actions, between two route writes, ...;
+pods getting ready on the cluster's own clock are not counted), and started again at once, at least 100
+times. Then one last process runs until every release has finished.
 
 Checked: every state the emulator ever stored satisfies the invariants (`tests.support.invariants`); every
 release ends as its kind must; no duplicated side effects (one create per canary Deployment, no route
@@ -40,8 +48,10 @@ import pytest
 
 from controller.adapters.kubernetes.client import DEPLOYMENTS, RELEASES, KubeApi
 from controller.adapters.prometheus.server import PrometheusProcess, prometheus_binary
+from tests.support.cluster import IncrementalClusterModel, RealTimeCluster
 from tests.support.invariants import FINAL, InvariantChecker
 from tests.support.invariants import RELEASES as RELEASES_KEY
+from tests.support.kmock_server import DEPLOYMENTS as DEPLOYMENTS_KEY
 from tests.support.kmock_server import Key, RunningEmulator
 from tests.support.kube_world import SERVICES, stable_deployment
 from tests.support.mesh_traffic import MeshTraffic, metrics_exporter
@@ -56,6 +66,7 @@ SEED = int(os.environ.get("CRASH_CAMPAIGN_SEED", "20261127"))
 KILLS = int(os.environ.get("CRASH_CAMPAIGN_KILLS", "110"))
 RELEASES_TOTAL = 80
 CONCURRENT = 12
+STABLE_REPLICAS = 3
 # The kills must be done by then: about 100 s on an idle machine, up to 190 s for 100 kills when the suite's other
 # processes share the two cores (the whole test stays under ~5 minutes).
 BUDGET_S = 280.0
@@ -83,6 +94,10 @@ def release_body(ns: str, kind: str) -> dict[str, Any]:
             "canary": {"version": "v2", "images": {s: f"registry.example/{s}:2.0-{ns}" for s in SERVICES}},
             "strategy": {"canary": {"steps": [{"weight": w} for w in steps], "interval": "2s", "settle": "1s",
                                     "minCanaryRequests": 50}},
+            # The campaign tests crash safety, not statistics: a healthy release promotes on "no alarm" (the
+            # safety margins would hold each one at 50% for minutes of this traffic).
+            "analysis": {"nonInferiorityMargin": None, "absoluteNonInferiorityMargin": None,
+                         "latencyNonInferiorityMargin": None},
             "drainTime": "1s",
             # The old version stays up 2 s after the cutover (the default 30 s would hold every promoted
             # release in Promoting for most of the campaign's budget).
@@ -228,6 +243,7 @@ class Campaign:
         self.kinds: dict[str, str] = {}
         self.aborted: set[str] = set()
         self.serviced = 0.0
+        self.waiting: set[str] = set()  # namespaces whose stable stack is not ready yet: no release yet
         plan = [KINDS[i % len(KINDS)] for i in range(RELEASES_TOTAL)]
         rng.shuffle(plan)
         self.plan = plan
@@ -236,15 +252,26 @@ class Campaign:
         kind = self.plan[len(self.kinds)]
         ns = f"crash-{len(self.kinds):02d}"
         for service in SERVICES:
-            self.api.create(DEPLOYMENTS, ns, stable_deployment(service, namespace=ns))
+            self.api.create(DEPLOYMENTS, ns, stable_deployment(service, namespace=ns, replicas=STABLE_REPLICAS))
         if kind == "rollback":
             self.traffic.error_rates[(ns, "v2")] = 0.3
         if kind == "deadline":
             self.emulator.emulator.failing_images.add(f"registry.example/ml-infer:2.0-{ns}")
         if kind == "never-ready":
             self.emulator.emulator.slow_images.add(f"registry.example/keyword:2.0-{ns}")
-        self.api.create(RELEASES, ns, release_body(ns, kind))
         self.kinds[ns] = kind
+        self.waiting.add(ns)
+
+    def release_the_ready(self) -> None:
+        """Create the release of each namespace whose stable Deployments have all their pods ready."""
+        store = self.emulator.store
+        with store.lock:
+            ready = {ns for ns in self.waiting if all(
+                int((store.objects[(DEPLOYMENTS_KEY, ns, f"{s}-v1")].get("status") or {}).get("readyReplicas", 0))
+                >= STABLE_REPLICAS for s in SERVICES)}
+        for ns in sorted(ready):
+            self.api.create(RELEASES, ns, release_body(ns, self.kinds[ns]))
+            self.waiting.discard(ns)
 
     def phases(self) -> dict[str, str]:
         store = self.emulator.store
@@ -258,6 +285,7 @@ class Campaign:
         if now - self.serviced < 0.2:
             return {}
         self.serviced = now
+        self.release_the_ready()
         phases = self.phases()
         for ns, phase in phases.items():
             if self.kinds[ns] == "abort" and phase == "Progressing" and ns not in self.aborted:
@@ -303,6 +331,8 @@ def _kill_once(emulator: RunningEmulator, campaign: Campaign, controller: Contro
 
         def count_down(key: Key, left: list[int] = left, fired: threading.Event = fired,
                        pid: int | None = controller.pid) -> None:
+            if threading.current_thread().name == "cluster-model":
+                return  # pods getting ready on the cluster's own clock: count the changes requests made
             left[0] -= 1
             if left[0] == 0 and pid is not None:
                 os.kill(pid, signal.SIGKILL)  # inside the store's lock: not one change later
@@ -355,21 +385,22 @@ def test_controller_killed_100_times_converges_with_invariants_intact(
     prom, traffic = prometheus_and_traffic
     rng = random.Random(SEED)
     checker = InvariantChecker().attach(emulator)
-    ledger = Ledger()
+    ledger, kills = Ledger(), Kills()
     emulator.store.observers.append(ledger.observe)
     campaign = Campaign(emulator, traffic, rng)
     controller = ControllerProcess(emulator.url, prom.url, tmp_path / "controller.log")
     began = time.monotonic()
-    kills = Kills()
     tag = f"(seed {SEED}; replay with CRASH_CAMPAIGN_SEED={SEED}; controller log {tmp_path / 'controller.log'})"
+    cluster = RealTimeCluster(IncrementalClusterModel(seed=SEED, start_delay=(0.2, 1.0)), emulator, poll=0.05)
     try:
+        cluster.start()
         campaign.service()
         while kills.total < KILLS and time.monotonic() - began < BUDGET_S:
             _kill_once(emulator, campaign, controller, ledger, rng, kills)
         kill_phase_s = time.monotonic() - began
         controller.start(cold=True)  # the last one lives until every release has finished
-        # The releases still running end within their steps and delays (~30 s on an idle machine); the bound is
-        # for a machine whose cores the suite's other processes keep busy.
+        # The releases still running end within their steps and delays (~40 s on an idle machine; pods take their
+        # time, so releases start later); the bound is for a machine whose cores the suite's other processes keep busy.
         settle_deadline = time.monotonic() + SETTLE_S
         while not campaign.all_final() and time.monotonic() < settle_deadline:
             campaign.service()
@@ -383,6 +414,7 @@ def test_controller_killed_100_times_converges_with_invariants_intact(
     finally:
         ledger.on_change = None
         controller.close()
+        cluster.stop()
 
     phases = campaign.phases()
     outcomes = {kind: sum(1 for ns, k in campaign.kinds.items() if k == kind) for kind in KINDS}
@@ -405,6 +437,7 @@ def test_controller_killed_100_times_converges_with_invariants_intact(
     _assert_no_duplicated_side_effects(emulator, campaign, ledger, tag)
     assert steady_writes == [], f"writes in the steady state: {steady_writes[:5]} {tag}"
     # The campaign's own figures, for docs/reliability.md.
-    print(f"status writes {checker.status_writes}, route writes {checker.route_writes}, "
+    print(f"{len(cluster.model.started)} pods started; status writes {checker.status_writes}, route writes "
+          f"{checker.route_writes}, "
           f"controller writes {sum(1 for w in emulator.emulator.write_log if w.agent == AGENT)}, "
           f"409s {sum(1 for w in emulator.emulator.write_log if w.agent == AGENT and w.code == 409)}")

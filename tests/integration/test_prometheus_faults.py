@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -52,10 +53,11 @@ class Rig:
     controller: Controller
     checker: InvariantChecker
 
-    def create(self) -> None:
+    def create(self, **analysis: Any) -> None:
         self.world.create_release(strategy={"canary": {"steps": [{"weight": 20}, {"weight": 50}], "interval": "10s",
                                                        "settle": "2s", "minCanaryRequests": 50}},
-                                  policies={"rollbackAfterErrors": ROLLBACK_AFTER}, drainTime="1s")
+                                  policies={"rollbackAfterErrors": ROLLBACK_AFTER}, drainTime="1s",
+                                  analysis={"alpha": 0.05, **analysis})
 
     def drive(self, until: Phase | None = None, rounds: int = 400, max_step: float = 2.0) -> ReleaseStatus:
         """Tick on the fake clock, the stand-in sampling the traffic before every tick; the cluster's events
@@ -111,7 +113,8 @@ def test_healthy_release_is_promoted_through_the_stand_in(rig: Rig) -> None:
     rig.create()
     status = rig.drive()
     assert status.phase is Phase.SUCCEEDED, status.message
-    assert set(verdicts(status)) == {"pass"}
+    # No alarm and, at the end, every check shown within its margin (inconclusive while that was pending).
+    assert set(verdicts(status)) <= {"pass", "inconclusive"} and verdicts(status)[-1] == "pass"
     assert rig.prometheus.queries >= 4
     rig.checker.assert_clean()
 
@@ -196,7 +199,8 @@ def test_counter_resets_are_counted_exactly(rig: Rig) -> None:
     """A healthy canary with resets of both versions' counters every 7 s: no negative or doubled increase,
     no error verdict, and the release is promoted. (Requests between the last scrape and a reset are
     lost, as with any Prometheus: windows may count less, never more, than was sent.)"""
-    rig.create()
+    # About counting, not statistics: promotion on "no alarm" (the safety margins take minutes more of traffic).
+    rig.create(nonInferiorityMargin=None, absoluteNonInferiorityMargin=None, latencyNonInferiorityMargin=None)
     rig.drive(until=Phase.PROGRESSING)
     start = rig.world.clock.t
     rig.prometheus.misbehaviour = Misbehaviour(reset_versions=frozenset({"v1", "v2"}),
@@ -244,10 +248,11 @@ def test_real_prometheus_stopped_mid_release_rolls_back(emulator: RunningEmulato
                                                   "interval": "2s", "settle": "1s", "minCanaryRequests": 50}},
                              policies={"rollbackAfterErrors": ROLLBACK_AFTER}, drainTime="1s")
         deadline = time.monotonic() + 40
-        while time.monotonic() < deadline and "pass" not in verdicts(world.status()):
+        while time.monotonic() < deadline and world.status().step < 1:
             time.sleep(0.1)
         before = world.status()
-        assert "pass" in verdicts(before) and before.phase is Phase.PROGRESSING, before.message
+        # Under way: a step was taken on the analysis (no harm seen), and the release is still progressing.
+        assert before.step >= 1 and before.phase is Phase.PROGRESSING, before.message
         prom.stop()  # Prometheus goes away in the middle of the release
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not world.status().phase.final:

@@ -216,13 +216,15 @@ ACCEPTED = {
         "services": ["ml-search"], "judge": "kayenta", "alpha": 0.01, "errorRatioTolerance": 1.5,
         "latencyTolerance": -1, "latencyMinEffect": 1, "tailThresholdMs": 250, "tailReferenceQuantile": 0.99,
         "minCanaryRequests": 10, "nonInferiorityMargin": 0.5, "latencyNonInferiorityMargin": 1,
-        "checks": ["errorRate"],
+        "absoluteNonInferiorityMargin": 0.01, "checks": ["errorRate"],
         "kayenta": {"confidenceLevel": 0.9, "tolerance": 0, "allowedIncrease": 1.2, "allowedDecrease": 2,
                     "nanStrategy": "remove", "metrics": ["latencyP99"], "criticalMetrics": ["errorRate"],
                     "groupWeights": {"errors": 70, "latency": 30}, "passScore": 90, "marginalScore": 70,
                     "judgeEveryIntervals": 3, "outlierIqrFactor": 1.5},
         "threshold": {"minSuccessRate": 100, "maxP99Ms": 300, "failedChecks": 2}},
         "canary": {"version": "v2", "services": ["ml-search", "keyword"]}}),
+    "safety margins switched off": _release({"analysis": {
+        "nonInferiorityMargin": None, "absoluteNonInferiorityMargin": None, "latencyNonInferiorityMargin": None}}),
     "policies and switches": _release({
         "policies": {"onInconclusive": "rollback", "rollbackAfterErrors": 1, "manualGate": True},
         "progressDeadline": "1m", "scaleDownDelay": 300, "laneHeader": "x-lane", "paused": True,

@@ -170,7 +170,7 @@ def test_failing_service_comes_first_and_outcome_explains() -> None:
     assert "RolledBack" in outcome
     assert "ml-search slowTail: e-value 2.6e+03 &gt;= 400" in outcome
     assert "27.0 s" in outcome  # time to decision: decidedAt - firstCanaryTrafficAt
-    assert "e-value 2.6e+03 / threshold 400" in outcome
+    assert "e-value 2.6e+03, a term of the sum that fails at 400" in outcome
 
 
 def test_decision_log_has_numbers_of_every_decision() -> None:
@@ -181,8 +181,10 @@ def test_decision_log_has_numbers_of_every_decision() -> None:
     assert log.count("<details") == 3 and log.count("<details open>") == 1
     for t in ("10.0", "20.0", "30.0"):
         assert f'<td class="num">{t}</td>' in log
-    assert "e-value 2.6e+03 / threshold 400" in log  # the closest check of the last decision
-    assert "e-value 40 / threshold 400" in log
+    assert "e-value 2.6e+03, a term of the sum that fails at 400" in log  # the last decision's largest term
+    assert "e-value 40, a term of the sum that fails at 400" in log
+    # What the harm rule compares: the 6 regression checks' e-values summed (1 + 0.5 + 2 and 1 + 3 + 2 first).
+    assert '<td class="num">9.5 / 400</td>' in log and '<td class="num">2.61e+03 / 400</td>' in log
     assert "100 / 9" in log  # canary requests / errors at the entry service in the last interval
 
 

@@ -364,6 +364,66 @@ class ClusterModel:
             self.store.update(HPAS, ns, name, {**hpa, "status": status}, patch=False, status=False)
 
 
+@dataclass
+class IncrementalClusterModel(ClusterModel):
+    """`ClusterModel` for clusters of hundreds of Deployments played in real time (the crash campaign's 80
+    namespaces): each moment played syncs only the Deployments it can change, those new, written or deleted since
+    their last sync or with an event of their own due (a pod ready or available, the progress deadline), where
+    the full model syncs every one; the next event is found among times kept per Deployment. What it writes is
+    what the full model writes, but for one thing: a change to the emulator's `failing_images` reaches a
+    Deployment at its next write or event, not at the next moment played."""
+
+    _versions: dict[Where, str] = field(default_factory=dict)  # the resourceVersion each was last synced at
+    _times: dict[Where, list[float]] = field(default_factory=dict)  # its event times after that sync
+    _window: tuple[float, float] | None = None  # (from, to] while a moment is played
+
+    def _play(self, at: float) -> None:
+        self._window = (self.now, at)
+        try:
+            super()._play(at)
+        finally:
+            self._window = None
+
+    def _sync_deployment(self, ns: str, name: str) -> None:
+        where = (ns, name)
+        if self._window is not None and not self._due(where, *self._window):
+            return
+        super()._sync_deployment(ns, name)
+        obj = self.store.objects.get((DEPLOYMENTS, ns, name))
+        if obj is None:
+            self._versions.pop(where, None)
+            self._times.pop(where, None)
+            return
+        self._versions[where] = obj["metadata"]["resourceVersion"]
+        self._times[where] = [t for t in self._deployment_times(obj, self.rollouts[where]) if t > self.now]
+
+    def _due(self, where: Where, after: float, until: float) -> bool:
+        obj = self.store.objects.get((DEPLOYMENTS, *where))
+        if obj is None or obj["metadata"]["resourceVersion"] != self._versions.get(where):
+            return True
+        return any(after < t <= until for t in self._times.get(where, ()))
+
+    def _event_times(self) -> Iterator[float]:
+        for (ns, name), times in self._times.items():
+            if (DEPLOYMENTS, ns, name) in self.store.objects:  # (deleted: nothing happens to it any more)
+                yield from times
+        for where, at in self.hpa_syncs.items():
+            if self._hpa_pending(*where):
+                yield at
+
+    @staticmethod
+    def _deployment_times(obj: Obj, rollout: Rollout) -> Iterator[float]:
+        """One Deployment's part of `ClusterModel._event_times`."""
+        min_ready = float(obj["spec"].get("minReadySeconds", 0) or 0)
+        for pod in rollout.pods:
+            if pod.ready_at is not None:
+                yield pod.ready_at
+                yield pod.ready_at + min_ready
+        progressing = _progressing_of(obj)
+        if _watched(rollout, progressing) and (progressing or {}).get("reason") != "ProgressDeadlineExceeded":
+            yield rollout.progress_at + _deadline(obj)
+
+
 class WallClock:
     """The machine's clock, for a model played in real time (`RealTimeCluster`)."""
 

@@ -90,7 +90,10 @@ def release_body(name: str = "search-v2", namespace: str = NAMESPACE, **spec_ove
         "canary": {"version": "v2", "images": {s: f"registry.example/{s}:2.0" for s in SERVICES}},
         "strategy": {"canary": {"steps": [{"weight": 10}, {"weight": 25}, {"weight": 50}],
                                 "interval": "60s", "minCanaryRequests": 100}},
-        "analysis": {"alpha": 0.05},
+        # The lifecycle tests are about the controller, not statistics: a release promotes on "no alarm"
+        # (the safety margins take minutes more of this traffic; tests of the margins set their own).
+        "analysis": {"alpha": 0.05, "nonInferiorityMargin": None, "absoluteNonInferiorityMargin": None,
+                     "latencyNonInferiorityMargin": None},
     }
     spec.update(spec_overrides)
     return {"apiVersion": "stackcanary.dev/v1alpha1", "kind": "StackRelease",

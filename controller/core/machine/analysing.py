@@ -37,12 +37,21 @@ def analysis_config(spec: ReleaseSpec) -> AnalysisConfig:
 
 def analyse(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float
             ) -> tuple[ReleaseStatus, Verdict, str]:
+    """Judge one window and record it: the new status, the verdict and its one-line reason."""
+    status, verdict, reason, _ = analyse_window(spec, status, obs, now)
+    return status, verdict, reason
+
+
+def analyse_window(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float
+                   ) -> tuple[ReleaseStatus, Verdict, str, bool]:
+    """`analyse`, plus whether the verdict is inconclusive only because the canary is not yet shown within
+    its margins (no harm seen and data enough: a canary step may raise the weight, it may not promote)."""
     t = now - (status.started_at or now)
     window_end = now if obs.metrics is None else obs.metrics.end
     if obs.metrics is None:
         verdict, reason = Verdict.ERROR, f"metrics unavailable: {obs.metrics_error}"
         record = DecisionRecord(now, t, status.step, status.canary_weight, verdict.value, reason, "")
-        return replace(status, last_analysis_at=window_end).with_decision(record), verdict, reason
+        return replace(status, last_analysis_at=window_end).with_decision(record), verdict, reason, False
     observations = {
         s: interval_of(obs.metrics, s, spec.stable.version, spec.canary.version, t, status.canary_weight)
         for s in spec.analysed_services
@@ -54,14 +63,24 @@ def analyse(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: flo
                   "canary": {"requests": o.canary.requests, "errors": o.canary.errors}}
               for s, o in observations.items()}
     d = decision.to_dict()
+    reason = decision.reason + _time_to_go(decision.details.get("canaryRequestsNeeded"), canary_requests,
+                                           obs.metrics.end - obs.metrics.start)
     record = DecisionRecord(now, t, status.step, status.canary_weight, decision.verdict.value,
-                            decision.reason, "", tuple(d.get("checks", ())), counts)
+                            reason, "", tuple(d.get("checks", ())), counts)
     status = replace(
         status, judge_state=state, last_analysis_at=window_end,
         step_canary_requests=status.step_canary_requests + canary_requests,
         total_canary_requests=status.total_canary_requests + canary_requests,
     ).with_decision(record)
-    return status, decision.verdict, decision.reason
+    return status, decision.verdict, reason, bool(decision.details.get("safetyPending"))
+
+
+def _time_to_go(needed: object, canary_requests: int, window_seconds: float) -> str:
+    """", about 12 min at the current rate" for the canary requests a pass still needs, when known."""
+    if not isinstance(needed, int | float) or canary_requests <= 0 or window_seconds <= 0:
+        return ""
+    minutes = needed / (canary_requests / window_seconds) / 60.0
+    return f", about {minutes:.0f} min at the current rate" if minutes >= 1 else ", under a minute at the current rate"
 
 
 def note_action(status: ReleaseStatus, action: str) -> ReleaseStatus:

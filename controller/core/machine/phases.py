@@ -13,7 +13,7 @@ from dataclasses import replace
 from analysis.judges import make_judge
 from analysis.observations import Verdict
 from controller.core.machine.actions import Notify, Outcome
-from controller.core.machine.analysing import analyse, analysis_config, note_action
+from controller.core.machine.analysing import analyse_window, analysis_config, note_action
 from controller.core.machine.capacity import check_capacity
 from controller.core.machine.experiment import look as look_at_experiment
 from controller.core.machine.experiment import start as start_experiment
@@ -129,12 +129,14 @@ def _progressing(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now
         return Outcome(status)
     if spec.experiment is not None:
         return look_at_experiment(spec, status, obs, now)
-    status, verdict, reason = analyse(spec, status, obs, now)
-    return _act_on_verdict(spec, status, verdict, reason, now)
+    status, verdict, reason, safety_pending = analyse_window(spec, status, obs, now)
+    return _act_on_verdict(spec, status, verdict, reason, now, safety_pending)
 
 
-def _act_on_verdict(spec: ReleaseSpec, status: ReleaseStatus, verdict: Verdict, reason: str, now: float
-                    ) -> Outcome:
+def _act_on_verdict(spec: ReleaseSpec, status: ReleaseStatus, verdict: Verdict, reason: str, now: float,
+                    safety_pending: bool = False) -> Outcome:
+    """Advance on `pass`; before the last step also on no harm seen while safety is still pending (the
+    weight grows only while nothing is wrong; promotion needs the canary shown within its margins)."""
     strategy = spec.strategy
     if verdict is Verdict.FAIL:
         status = note_action(status, "roll back")
@@ -145,6 +147,10 @@ def _act_on_verdict(spec: ReleaseSpec, status: ReleaseStatus, verdict: Verdict, 
     enough = status.step_canary_requests >= strategy.min_canary_requests
     if verdict is Verdict.PASS and enough:
         return _advance(spec, status, now)
+    if safety_pending and enough and status.step + 1 < len(strategy.steps):
+        status = status.with_condition("Analysis", "True", "NoHarmSeen", reason, now)
+        return enter_step(spec, note_action(status, "next step (no harm seen; safety not yet shown)"),
+                          status.step + 1, now)
     overdue = now - (status.step_started_at or now) >= strategy.step_deadline
     if not overdue:
         return Outcome(note_action(status, "wait"))

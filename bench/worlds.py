@@ -1,0 +1,292 @@
+"""Worlds of traffic for the judge benchmarks: one service's canary and baseline, minute by minute.
+
+bench/judges.py first measured the judges in an idealised world: every request independent, every pod
+alike, so the only difference between two identical versions is sampling noise. Production traffic is not
+like that, and a judge tuned on that world reads the extra noise as a regression (issue 15). Each world
+below adds one departure from independence, with its parameters at the top of this module, and `real`
+adds them all:
+
+- `independent`: today's world. Requests per version ~ Poisson(rate x share x 60); latency a mixture
+  0.97 LogNormal(median 40 ms, sigma 0.5) + 0.03 LogNormal(median 300 ms, sigma 0.6) binned into Istio's
+  buckets; errors Binomial(n, 0.5%).
+- `pods`: a version is a few pods, each with its own speed and error rate (node, neighbours, JIT and cache
+  luck), drawn once per release, lognormal with mean 1 (POD_SPEED_SIGMA, POD_ERROR_SIGMA). The baseline is
+  a fleet of BASELINE_PODS, so its average is close to 1; the canary is 1 to MAX_CANARY_PODS pods
+  (`canary_pods`, by weight), so identical code runs a few % faster or slower in one release than in the
+  next, persistently within the release. Requests are spread evenly over a version's pods.
+- `jitter`: each version's latency moves by a lognormal factor every minute (GC, noisy neighbours,
+  downstream hiccups), independently between versions (JITTER_SIGMA).
+- `bursts`: each version's error rate is multiplied every minute by a Gamma factor of mean 1 and
+  coefficient of variation BURST_CV, independently between versions: errors come in bursts (a bad
+  downstream, a retry storm), so their count varies far more than binomially.
+- `warmup`: a new canary pod is slower for its first minutes (cold caches, JIT): + WARMUP_EXTRA, decaying
+  with time constant WARMUP_TAU_MIN. Pods are added when a step's scale-up raises the canary's pod
+  count; the pods already there stay warm.
+- `diurnal`: the total request rate follows the day, 1 + DIURNAL_AMPLITUDE sin(2 pi t / 1 day) from a
+  random time of day per release, and both versions' latency follows the load with elasticity
+  LOAD_LATENCY_ELASTICITY. Both versions see it alike.
+- `real`: all of these together.
+
+The scenario's true effect on the canary (latency multiplier, slow-mode share, error multiplier) comes on
+top of the noise, so `Scenario()` is an A/A test in every world: no effect on average over releases,
+though in one release of `pods` the canary's few pods may well be slower than the fleet, and in `warmup`
+a new pod is slower for a while (noise a judge must not take for a regression of the code).
+`Scenario.drift` adds bench/judges.py's common drift (both versions slow down by up to 50% and fail up to
+3x more over the horizon).
+
+    traffic = Traffic("real", rng, reps=200, rate=20.0, scenario=Scenario(latency_canary=1.1), horizon=240)
+    minute = traffic.minute(weights)           # one interval of every replication; weights (reps,) in %
+    sim = simulate("pods", rng, 200, weights_by_minute, 20.0, Scenario())   # a fixed schedule, as Sim
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from scipy import special
+
+from analysis.observations import ISTIO_BUCKETS_MS
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+BOUNDS: tuple[float, ...] = ISTIO_BUCKETS_MS
+# The latency mixture and error rate of every world (bench/judges.py's).
+FAST_MEDIAN_MS, FAST_SIGMA = 40.0, 0.5
+SLOW_MEDIAN_MS, SLOW_SIGMA = 300.0, 0.6
+SLOW_SHARE = 0.03
+BASE_ERROR = 0.005
+# pods: a baseline fleet and a canary of 1-3 pods, each pod's factors lognormal with mean 1.
+BASELINE_PODS = 10
+MAX_CANARY_PODS = 3
+POD_SPEED_SIGMA = 0.04
+POD_ERROR_SIGMA = 0.10
+# jitter: each version's latency factor per minute, lognormal with mean 1.
+JITTER_SIGMA = 0.025
+# bursts: each version's error-rate factor per minute, Gamma with mean 1.
+BURST_CV = 1.0
+# warmup: a new canary pod's extra latency, WARMUP_EXTRA exp(-age / WARMUP_TAU_MIN) (age in minutes).
+WARMUP_EXTRA = 0.20
+WARMUP_TAU_MIN = 1.0
+# diurnal: the day's load curve, and how latency follows load (latency ~ load^elasticity).
+DAY_MINUTES = 1440
+DIURNAL_AMPLITUDE = 0.5
+LOAD_LATENCY_ELASTICITY = 0.1
+# Scenario.drift: over the horizon both versions slow down by up to DRIFT_LATENCY and fail up to
+# 1 + DRIFT_ERROR times as often.
+DRIFT_LATENCY = 0.5
+DRIFT_ERROR = 2.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """The canary's true effect: latency multiplier, slow-mode share (baseline SLOW_SHARE), error
+    multiplier; `drift` slows both versions down over the horizon. `Scenario()` is A/A."""
+
+    latency_canary: float = 1.0
+    slow_canary: float = SLOW_SHARE
+    error_canary: float = 1.0
+    drift: bool = False
+
+
+# The effects the benchmarks test (A/A and the regressions).
+SCENARIOS: dict[str, Scenario] = {
+    "aa": Scenario(),
+    "lat10": Scenario(latency_canary=1.10),
+    "lat25": Scenario(latency_canary=1.25),
+    "tail": Scenario(slow_canary=2 * SLOW_SHARE),
+    "err2": Scenario(error_canary=2.0),
+    "err4": Scenario(error_canary=4.0),
+}
+
+
+@dataclass(frozen=True)
+class World:
+    """A named world: which departures from independent requests it has (module docstring)."""
+
+    name: str
+    summary: str
+    pods: bool = False
+    jitter: bool = False
+    bursts: bool = False
+    warmup: bool = False
+    diurnal: bool = False
+
+
+WORLDS: dict[str, World] = {
+    w.name: w
+    for w in (
+        World("independent", "every request independent, identical pods (the idealised world)"),
+        World("pods", "per-pod speed and error factors drawn per release; canary 1-3 pods, baseline 10",
+              pods=True),
+        World("jitter", "per-minute latency factor per version", jitter=True),
+        World("bursts", "per-minute Gamma error-rate factor per version", bursts=True),
+        World("warmup", "new canary pods slower for their first minutes", warmup=True),
+        World("diurnal", "total rate (and latency with it) follows the day", diurnal=True),
+        World("real", "all of the above together", pods=True, jitter=True, bursts=True, warmup=True, diurnal=True),
+    )
+}
+WORLD_NAMES: tuple[str, ...] = tuple(WORLDS)
+
+
+@dataclass
+class Sim:
+    """A fixed schedule's traffic: counts per (rep, minute), buckets per (rep, minute, bucket)."""
+
+    n_c: np.ndarray  # (reps, T) canary requests
+    n_b: np.ndarray
+    e_c: np.ndarray
+    e_b: np.ndarray
+    b_c: np.ndarray  # (reps, T, K) canary bucket counts
+    b_b: np.ndarray
+    weight: np.ndarray  # (T,) percent
+
+
+@dataclass
+class Minute:
+    """One interval of every replication: requests and errors (reps,), bucket counts (reps, K)."""
+
+    n_c: IntArray
+    n_b: IntArray
+    e_c: IntArray
+    e_b: IntArray
+    b_c: IntArray
+    b_b: IntArray
+
+
+def parameters() -> dict[str, float]:
+    """The worlds' parameters (this module's numeric constants), for a result file to record."""
+    return {k: float(v) for k, v in globals().items()
+            if k.isupper() and isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def bucket_probs(latency_mult: npt.ArrayLike, slow_share: npt.ArrayLike = SLOW_SHARE) -> FloatArray:
+    """P(bucket) of the latency mixture scaled by `latency_mult`; broadcasts, buckets on the last axis."""
+    log_b = np.log(np.asarray(BOUNDS[:-1]))
+    if np.ndim(latency_mult) == 0 and np.ndim(slow_share) == 0:  # bench/judges.py's exact arithmetic
+        mult, share = float(latency_mult), float(slow_share)  # type: ignore[arg-type]
+        fast = special.ndtr((log_b - math.log(FAST_MEDIAN_MS * mult)) / FAST_SIGMA)
+        slow = special.ndtr((log_b - math.log(SLOW_MEDIAN_MS * mult)) / SLOW_SIGMA)
+        cdf = np.concatenate(((1 - share) * fast + share * slow, [1.0]))
+        return np.diff(np.concatenate(([0.0], cdf)))
+    m = np.log(np.asarray(latency_mult, dtype=np.float64))[..., None]
+    s = np.asarray(slow_share, dtype=np.float64)[..., None]
+    fast = special.ndtr((log_b - math.log(FAST_MEDIAN_MS) - m) / FAST_SIGMA)
+    slow = special.ndtr((log_b - math.log(SLOW_MEDIAN_MS) - m) / SLOW_SIGMA)
+    cdf = (1 - s) * fast + s * slow
+    ones = np.ones((*cdf.shape[:-1], 1))
+    return np.asarray(np.diff(np.concatenate((np.zeros_like(ones), cdf, ones), axis=-1), axis=-1))
+
+
+def canary_pods(weight: npt.ArrayLike) -> IntArray:
+    """The canary's pod count at a weight (%): MAX_CANARY_PODS at 50% and over, at least 1 (10% -> 1,
+    20-30% -> 2, 40-50% -> 3 with the defaults)."""
+    w = np.asarray(weight, dtype=np.float64)
+    return np.clip(np.ceil(w * MAX_CANARY_PODS / 50.0 - 1e-9), 1, MAX_CANARY_PODS).astype(np.int64)
+
+
+def mean_one_lognormal(rng: np.random.Generator, sigma: float, size: tuple[int, ...]) -> FloatArray:
+    """Lognormal factors with mean 1 and log-sd `sigma` (all 1 when sigma is 0)."""
+    return np.exp(rng.normal(-0.5 * sigma * sigma, sigma, size=size)) if sigma > 0 else np.ones(size)
+
+
+class Traffic:
+    """A batch of `reps` releases of one world, generated one minute at a time.
+
+    Per-release draws (pod factors, time of day) are made here; `minute(weight)` then gives the next
+    interval of every replication at its own canary weight, so a release controller may choose each
+    replication's weight from what its judge said. Call it once per minute, in order.
+    """
+
+    def __init__(self, world: str | World, rng: np.random.Generator, reps: int, rate: float,
+                 scenario: Scenario, horizon: int = 240) -> None:
+        self.world = world if isinstance(world, World) else WORLDS[world]
+        self.rng, self.reps, self.rate, self.scenario = rng, reps, float(rate), scenario
+        self.horizon = max(int(horizon), 1)
+        self.t = 0
+        pods = self.world.pods
+        self.speed_b = mean_one_lognormal(rng, POD_SPEED_SIGMA if pods else 0.0, (reps, BASELINE_PODS))
+        self.error_b = mean_one_lognormal(rng, POD_ERROR_SIGMA if pods else 0.0, (reps, BASELINE_PODS))
+        self.speed_c = mean_one_lognormal(rng, POD_SPEED_SIGMA if pods else 0.0, (reps, MAX_CANARY_PODS))
+        self.error_c = mean_one_lognormal(rng, POD_ERROR_SIGMA if pods else 0.0, (reps, MAX_CANARY_PODS))
+        self.phase = rng.uniform(0.0, DAY_MINUTES, size=reps) if self.world.diurnal else np.zeros(reps)
+        # The minute each canary pod started (inf: not running).
+        self.pod_start = np.full((reps, MAX_CANARY_PODS), np.inf)
+
+    def load(self, t: int) -> FloatArray:
+        """The total rate's factor at minute t, per replication (1 outside the diurnal world)."""
+        if not self.world.diurnal:
+            return np.ones(self.reps)
+        return 1.0 + DIURNAL_AMPLITUDE * np.sin(2.0 * math.pi * (t + 0.5 + self.phase) / DAY_MINUTES)
+
+    def _canary_pods_now(self, weight: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Start the pods a scale-up added; each canary pod's traffic share and warm-up factor."""
+        running = np.arange(MAX_CANARY_PODS)[None, :] < canary_pods(weight)[:, None]
+        self.pod_start = np.where(running, np.minimum(self.pod_start, self.t), np.inf)
+        share = running / running.sum(axis=1, keepdims=True)
+        if not self.world.warmup:
+            return share, np.ones(share.shape)
+        age = np.where(running, self.t + 0.5 - np.where(running, self.pod_start, 0.0), np.inf)
+        return share, 1.0 + WARMUP_EXTRA * np.exp(-age / WARMUP_TAU_MIN)
+
+    def _per_minute(self, on: bool, kind: str) -> FloatArray:
+        """(reps, 2) factors of this minute for (canary, baseline): jitter or bursts when on, else ones."""
+        if not on:
+            return np.ones((self.reps, 2))
+        if kind == "jitter":
+            return mean_one_lognormal(self.rng, JITTER_SIGMA, (self.reps, 2))
+        shape = 1.0 / (BURST_CV * BURST_CV)
+        return self.rng.gamma(shape, 1.0 / shape, size=(self.reps, 2))
+
+    def minute(self, weight: npt.ArrayLike) -> Minute:
+        """The next interval of every replication, the canary getting `weight` % (scalar or (reps,))."""
+        w = np.broadcast_to(np.asarray(weight, dtype=np.float64), (self.reps,))
+        sc, t = self.scenario, self.t
+        load = self.load(t)
+        frac = t / max(self.horizon - 1, 1) if sc.drift else 0.0
+        common_lat = (1.0 + DRIFT_LATENCY * frac) * load**LOAD_LATENCY_ELASTICITY
+        common_err = BASE_ERROR * (1.0 + DRIFT_ERROR * frac)
+        total = self.rate * 60.0 * load
+        n_c = self.rng.poisson(total * w / 100.0)
+        n_b = self.rng.poisson(total * (1.0 - w / 100.0))
+        jitter = self._per_minute(self.world.jitter, "jitter")
+        bursts = self._per_minute(self.world.bursts, "bursts")
+        share_c, warm_c = self._canary_pods_now(w)
+        share_b = np.full((self.reps, BASELINE_PODS), 1.0 / BASELINE_PODS)
+        p_c = _pod_mixture(common_lat * jitter[:, 0] * sc.latency_canary, self.speed_c * warm_c, share_c,
+                           sc.slow_canary)
+        p_b = _pod_mixture(common_lat * jitter[:, 1], self.speed_b, share_b, SLOW_SHARE)
+        err_c = common_err * sc.error_canary * bursts[:, 0] * np.sum(share_c * self.error_c, axis=1)
+        err_b = common_err * bursts[:, 1] * np.sum(share_b * self.error_b, axis=1)
+        out = Minute(
+            n_c=n_c, n_b=n_b,
+            e_c=self.rng.binomial(n_c, np.minimum(err_c, 1.0)),
+            e_b=self.rng.binomial(n_b, np.minimum(err_b, 1.0)),
+            b_c=self.rng.multinomial(n_c, p_c),
+            b_b=self.rng.multinomial(n_b, p_b),
+        )
+        self.t += 1
+        return out
+
+
+def _pod_mixture(version_mult: FloatArray, pod_mult: FloatArray, pod_share: FloatArray,
+                 slow_share: float) -> FloatArray:
+    """(reps, K) bucket probabilities of a version whose requests spread over its pods by `pod_share`,
+    each pod's latency scaled by version_mult (reps,) x pod_mult (reps, pods)."""
+    probs = bucket_probs(version_mult[:, None] * pod_mult, slow_share)  # (reps, pods, K)
+    mixed = np.einsum("rp,rpk->rk", pod_share, probs)
+    return np.asarray(mixed / mixed.sum(axis=1, keepdims=True))
+
+
+def simulate(world: str | World, rng: np.random.Generator, reps: int, weights: npt.ArrayLike, rate: float,
+             scenario: Scenario) -> Sim:
+    """A fixed weight schedule (percent per minute, (T,)) in `world`, as bench/judges.py's `Sim`."""
+    w = np.asarray(weights, dtype=np.float64)
+    traffic = Traffic(world, rng, reps, rate, scenario, horizon=len(w))
+    minutes = [traffic.minute(x) for x in w]
+    n_c, n_b, e_c, e_b, b_c, b_b = (np.stack([getattr(m, f) for m in minutes], axis=1)
+                                    for f in ("n_c", "n_b", "e_c", "e_b", "b_c", "b_b"))
+    return Sim(n_c, n_b, e_c, e_b, b_c, b_b, w)
