@@ -297,6 +297,13 @@ class Campaign:
             running += 1
         return phases
 
+    def wait_all_final(self, within: float) -> None:
+        """Keep servicing until every release has ended, or `within` seconds have passed."""
+        deadline = time.monotonic() + within
+        while not self.all_final() and time.monotonic() < deadline:
+            self.service()
+            time.sleep(0.1)
+
     def all_final(self) -> bool:
         return len(self.kinds) == RELEASES_TOTAL and all(p in FINAL for p in self.phases().values())
 
@@ -401,10 +408,7 @@ def test_controller_killed_100_times_converges_with_invariants_intact(
         controller.start(cold=True)  # the last one lives until every release has finished
         # The releases still running end within their steps and delays (~40 s on an idle machine; pods take their
         # time, so releases start later); the bound is for a machine whose cores the suite's other processes keep busy.
-        settle_deadline = time.monotonic() + SETTLE_S
-        while not campaign.all_final() and time.monotonic() < settle_deadline:
-            campaign.service()
-            time.sleep(0.1)
+        campaign.wait_all_final(SETTLE_S)
         converged_s = time.monotonic() - began
         time.sleep(3.0)  # retire actions of the last ticks, then a steady state
         mark = len(emulator.emulator.write_log)

@@ -48,6 +48,7 @@ LEASE_NS = "stack-canary-system"
 LEASE_KEY = ("coordination.k8s.io", "v1", "leases")
 # The `canary controller` process's election timing: LeaseElector's defaults (lease 15 s, retry 2 s).
 LEASE_S, RETRY_S = LeaseElector.lease_duration, LeaseElector.retry_period
+TAKEOVER_SLACK_S = 10.0
 REPLICAS = 4
 # These releases test leadership, not statistics: a pass needs no proof of safety (no alarm and 200 canary
 # requests promote), which the margins' defaults would take minutes of this traffic to give.
@@ -210,9 +211,10 @@ def test_killed_leader_process_is_replaced_by_the_standby(emulator: RunningEmula
     print(f"\nthe standby took over {took:.1f}s after the leader was killed, {gap:.1f}s after the leader's last "
           f"renewal (lease {LEASE_S:.0f} s, retry {RETRY_S:.0f} s)")
     # Not before the lease expired (the election's guarantee: two leaders never write at once); and soon after:
-    # the standby looks every retry period, so within one more of those (plus as much again for a slow machine).
-    assert LEASE_S <= gap <= LEASE_S + 2 * RETRY_S + 5.0, gap
-    assert took <= LEASE_S + 2 * RETRY_S + 5.0, took  # the kill came after the last renewal: at most the gap
+    # the standby looks every retry period, so within one more of those, plus TAKEOVER_SLACK_S for a machine whose
+    # two cores the suite keeps busy (25 s once, where 19 s is the most on an idle one).
+    assert LEASE_S <= gap <= LEASE_S + 2 * RETRY_S + TAKEOVER_SLACK_S, gap
+    assert took <= LEASE_S + 2 * RETRY_S + TAKEOVER_SLACK_S, took  # the kill came after the last renewal
     assert [w for w in emulator.emulator.write_log if w.agent.endswith("/proc-a") and w.at > killed] == []
     lease = emulator.objects("leases", LEASE_NS)[0]
     assert lease["spec"]["leaseTransitions"] >= 1

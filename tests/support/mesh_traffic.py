@@ -212,15 +212,21 @@ _LAST = re.compile(r"^last_over_time\((\{.*\})\[(\d+)ms\]\)$", re.S)
 _MATCHER = re.compile(r'(\w+)(=~|=)"((?:[^"\\]|\\.)*)"')
 
 
-def _matches(selector: str, labels: dict[str, str]) -> bool:
+def _matcher(selector: str) -> Callable[[dict[str, str]], bool]:
+    """A predicate on a series' labels for a selector's `name="value"` and `name=~"regex"` matchers."""
+    equal: list[tuple[str, str]] = []
+    regex: list[tuple[str, re.Pattern[str]]] = []
     for name, op, raw in _MATCHER.findall(selector):
         value = json.loads(f'"{raw}"')
-        have = labels.get(name, "")
-        if op == "=" and have != value:
-            return False
-        if op == "=~" and not re.fullmatch(value, have):
-            return False
-    return True
+        if op == "=":
+            equal.append((name, value))
+        else:
+            regex.append((name, re.compile(value)))
+
+    def matches(labels: dict[str, str]) -> bool:
+        return all(labels.get(name, "") == value for name, value in equal) and \
+            all(pattern.fullmatch(labels.get(name, "")) for name, pattern in regex)
+    return matches
 
 
 @dataclass
@@ -299,14 +305,20 @@ class FakePrometheus:
             h.end_headers()
             h.wfile.write(body)
 
-    def _samples(self, selector: str) -> Iterator[tuple[SeriesKey, list[tuple[float, float]]]]:
+    def _samples(self, selector: str, start: float, end: float
+                 ) -> Iterator[tuple[SeriesKey, list[tuple[float, float]]]]:
+        """The samples in (start, end] of every series `selector` matches (only those: a release of minutes
+        records thousands of samples, and building every series of each would outlast the client's timeout)."""
         m = self.misbehaviour
+        matches = _matcher(selector)
         history = list(self.traffic.history)
         # A counter reset at r (the pod restarted): from then on its counters count from 0, i.e. the totals
         # minus those at r, all of its series together (as Envoy's do).
         at_reset = {r: next((s for t, s in reversed(history) if t <= r), {}) for r in m.reset_at}
         per_series: dict[SeriesKey, list[tuple[float, float]]] = {}
         for t, totals in history:
+            if not start < t <= end:
+                continue
             shown: dict[tuple[str, str, str], tuple[float, float]] = {}
             for key, (ok, err) in totals.items():
                 version = key[2]
@@ -318,7 +330,7 @@ class FakePrometheus:
                     ok, err = ok - base_ok, err - base_err
                 shown[key] = (ok, err)
             for series, value in istio_series(shown).items():
-                if _matches(selector, dict(series)):
+                if matches(dict(series)):
                     per_series.setdefault(series, []).append((t, value))
         yield from per_series.items()
 
@@ -326,8 +338,8 @@ class FakePrometheus:
         if (m := _LAST.match(query)) is not None:
             selector, lookback = m.group(1), int(m.group(2)) / 1000
             result = []
-            for key, samples in self._samples(selector):
-                inside = [(t, v) for t, v in samples if at - lookback < t <= at]
+            for key, samples in self._samples(selector, at - lookback, at):
+                inside = samples
                 if inside:
                     _, v = inside[-1]
                     result.append({"metric": dict(key), "value": [at, f"{v:.0f}"]})
@@ -335,8 +347,8 @@ class FakePrometheus:
         if (m := _RANGE.match(query)) is not None:
             selector, width = m.group(1), int(m.group(2)) / 1000
             result = []
-            for key, samples in self._samples(selector):
-                inside = [[t, f"{v:.0f}"] for t, v in samples if at - width < t <= at]
+            for key, samples in self._samples(selector, at - width, at):
+                inside = [[t, f"{v:.0f}"] for t, v in samples]
                 if inside:
                     result.append({"metric": dict(key), "values": inside})
             return {"resultType": "matrix", "result": result}
