@@ -52,11 +52,15 @@ inversion; closed form for `asymptotic`, root finding for `hoeffding` with s^2(r
 An unbounded set (the control's mean not yet distinguishable from 0) is reported as null bounds.
 
 A/B/n: each of the k comparisons gets alpha / k (Bonferroni), so all CSs hold at once with probability
->= 1 - alpha, and a variant is called the winner over another only when their CSs are disjoint.
+>= 1 - alpha, and a variant is called the winner over another only when their CSs are disjoint; at the
+maximum duration a best variant not separated from a rival is no winner (`no_difference`, "without a clear
+winner"). The guardrails of each of the k treatments run at the guardrails' alpha / k for the same reason.
 
 SRM: per variant, its share of the pair (variant, control) in units (users assigned) or samples
 against the intended w_v / (w_v + w_c), with the grid-mixture e-process of `analysis.sequential`
-(`srm_increment`), at `sampleRatioAlpha / k`. Units, not impressions, are the right input under sticky
+(`srm_increment`), at `sampleRatioAlpha / k`. With `sampleRatioOn: units` (the default) counts without a
+number of users are unusable data (an `error` naming the variant), never a check that silently sees 0 users.
+Units, not impressions, are the right input under sticky
 assignment: a heavy user's impressions all land on one variant, which makes impression shares
 overdispersed and a binomial SRM test on them fire on a healthy split.
 
@@ -71,7 +75,7 @@ import copy
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -252,9 +256,16 @@ def _parse_experiment(r: Reader, data: Any, path: str) -> ExperimentConfig:
         tuning_samples=tuning,
         sample_ratio_alpha=r.number(d.get("sampleRatioAlpha", 0.001), f"{path}.sampleRatioAlpha", 0, 1),
         sample_ratio_on=r.choice(d.get("sampleRatioOn", "units"), f"{path}.sampleRatioOn", SRM_INPUTS),
-        guardrails=AnalysisConfig.from_dict(d.get("guardrails"), f"{path}.guardrails"),
+        guardrails=_guardrails_each(AnalysisConfig.from_dict(d.get("guardrails"), f"{path}.guardrails"),
+                                    len(variants) - 1),
         on_end=r.choice(d.get("onEnd", "keepStable"), f"{path}.onEnd", END_ACTIONS),
     )
+
+
+def _guardrails_each(guardrails: AnalysisConfig, treatments: int) -> AnalysisConfig:
+    """Every treatment's guardrails run against the control with alpha / k (Bonferroni), so that the chance
+    of any false stop across the k of them stays within the alpha the spec gives."""
+    return replace(guardrails, alpha=guardrails.alpha / treatments) if treatments > 1 else guardrails
 
 
 def _parse_variants(r: Reader, value: Any, path: str) -> tuple[Variant, ...]:
@@ -649,6 +660,11 @@ def _input_problem(
             c.validate(config.primary.kind, f"counts[{name}]")
     except InvalidCounts as exc:
         return str(exc)
+    if config.sample_ratio_on == "units":
+        missing = sorted(n for n, c in counts.items() if c.units is None and c.count > 0)
+        if missing:  # never a silent "no mismatch": the check would count 0 users on every side
+            return (f"counts[{missing[0]}] has no number of users assigned (units), which the sample-ratio check "
+                    f"counts: export the metric's assigned-users counter, or set sampleRatioOn to samples or off")
     return ""
 
 
@@ -783,12 +799,15 @@ def _winner_or_not(
         best = better[0]
         # The CSs hold simultaneously, so disjoint CSs rank two variants; overlapping ones do not.
         rivals = [c for c in comps if c is not best and _best_case(c, sign) >= _worst_case(best, sign)]
-        if not rivals or ended:
-            tie = f"; not separated from {', '.join(c.variant for c in rivals)}" if rivals else ""
-            reason = f"{best.variant} beats {config.control} on {config.primary.name}: {_cs(best.difference_cs)}{tie}"
+        if not rivals:
+            reason = f"{best.variant} beats {config.control} on {config.primary.name}: {_cs(best.difference_cs)}"
             return _result(state, config, ABDecision.WINNER, reason, best.variant, comps)
-        reason = (f"{best.variant} beats {config.control} but is not yet separated from "
-                  f"{', '.join(c.variant for c in rivals)}")
+        tied = ", ".join(c.variant for c in rivals)
+        if ended:  # no clear winner: naming one would be a coin toss among the tied
+            reason = (f"maximum duration {config.max_duration_s:.0f}s reached without a clear winner: {best.variant} "
+                      f"beats {config.control} but is not separated from {tied}")
+            return _result(state, config, ABDecision.NO_DIFFERENCE, reason, comps=comps)
+        reason = f"{best.variant} beats {config.control} but is not yet separated from {tied}"
         return _result(state, config, ABDecision.CONTINUE, reason, comps=comps)
     if ended:
         reason = f"maximum duration {config.max_duration_s:.0f}s reached without a significant difference"

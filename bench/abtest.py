@@ -139,6 +139,7 @@ def check_against_api(rng: np.random.Generator) -> float:
     config = ExperimentConfig.from_dict({
         "variants": [{"name": "v1", "weight": 50}, {"name": "v2", "weight": 50}],
         "primaryMetric": {"kind": "proportion", "name": "ctr"}, "minSamples": 10**9, "maxDurationSeconds": 10**9,
+        "sampleRatioOn": "off",  # impressions only: these draws have no users
     })
     state = ab_initial_state(config)
     s = simulate(rng, 1, 1000, 0.1, 0.1)

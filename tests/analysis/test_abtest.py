@@ -264,12 +264,39 @@ def test_abn_confidence_sequences_cover_every_true_difference_at_once() -> None:
     assert unsplit_covered.mean() <= all_covered.mean()
 
 
-def test_two_winners_need_disjoint_intervals_until_the_end() -> None:
+def test_two_equal_winners_end_without_a_winner() -> None:
+    """v2 and v3 both beat v1 and are never separated: at the maximum duration no winner is named (naming the
+    one ahead would be a coin toss between the two), and the reason says which are tied."""
     cfg = config(variants=[{"name": "v1", "weight": 34}, {"name": "v2", "weight": 33}, {"name": "v3", "weight": 33}],
                  maxDurationSeconds=1800)
     _, result = run(cfg, {"v1": 0.10, "v2": 0.15, "v3": 0.15}, looks=30, seed=12)
-    assert result.decision is ABDecision.WINNER and result.elapsed_s == 1800
-    assert "not separated" in result.reason
+    assert result.decision is ABDecision.NO_DIFFERENCE and result.winner is None and result.elapsed_s == 1800
+    assert "without a clear winner" in result.reason and "not separated from v" in result.reason
+    assert all(c.verdict == "better" for c in result.comparisons)  # both beat the control: the tie is the point
+
+
+def test_a_winner_separated_from_every_rival_is_named() -> None:
+    cfg = config(variants=[{"name": "v1", "weight": 34}, {"name": "v2", "weight": 33}, {"name": "v3", "weight": 33}],
+                 maxDurationSeconds=1800)
+    _, result = run(cfg, {"v1": 0.10, "v2": 0.30, "v3": 0.10}, looks=30, seed=12)
+    assert result.decision is ABDecision.WINNER and result.winner == "v2"
+
+
+def test_guardrails_of_k_treatments_run_at_alpha_over_k() -> None:
+    two = config(guardrails={"alpha": 0.06})
+    three = config(guardrails={"alpha": 0.06}, variants=[{"name": "v1", "weight": 34}, {"name": "v2", "weight": 33},
+                                                         {"name": "v3", "weight": 33}])
+    assert two.guardrails.alpha == pytest.approx(0.06) and three.guardrails.alpha == pytest.approx(0.03)
+
+
+def test_user_counts_missing_under_the_units_check_are_an_error_not_a_silent_pass() -> None:
+    state = ab_initial_state(config())
+    counts = {"v1": PrimaryCounts.proportion(60, 600, units=60), "v2": PrimaryCounts.proportion(70, 600)}
+    new, result = ab_update(state, counts, 60)
+    assert result.decision is ABDecision.ERROR and "counts[v2] has no number of users assigned" in result.reason
+    assert new == state  # nothing folded in
+    _, result = ab_update(ab_initial_state(config(sampleRatioOn="samples")), counts, 60)
+    assert result.decision is not ABDecision.ERROR
 
 
 # --------------------------------------------------------------------------------------------------
@@ -330,7 +357,7 @@ def test_state_round_trips_through_json_with_identical_results() -> None:
 
 
 def test_update_does_not_mutate_its_input_and_matches_the_vectorised_math() -> None:
-    state = ab_initial_state(config())
+    state = ab_initial_state(config(sampleRatioOn="samples"))  # impressions without user counts
     frozen = json.dumps(state)
     counts = {"v1": PrimaryCounts.proportion(90, 1000), "v2": PrimaryCounts.proportion(120, 800)}
     new, result = ab_update(state, counts, 60)
@@ -356,13 +383,15 @@ def test_zero_impressions_keep_going_with_unbounded_intervals() -> None:
 
 def test_all_clicks_one_interval_and_huge_counts() -> None:
     _, result = ab_update(ab_initial_state(config(minSamples=0)),
-                          {"v1": PrimaryCounts.proportion(50, 50), "v2": PrimaryCounts.proportion(50, 50)}, 60)
+                          {"v1": PrimaryCounts.proportion(50, 50, units=10),
+                           "v2": PrimaryCounts.proportion(50, 50, units=10)}, 60)
     lo, hi = result.comparison("v2").difference_cs
     assert lo < 0 < hi, "all clicks in both arms after one interval is not certainty"
     assert result.decision is ABDecision.CONTINUE
     huge = 10**12
-    _, result = ab_update(ab_initial_state(config()), {"v1": PrimaryCounts.proportion(10**11, huge),
-                                                       "v2": PrimaryCounts.proportion(10**11 + 10**7, huge)}, 60)
+    _, result = ab_update(ab_initial_state(config()), {"v1": PrimaryCounts.proportion(10**11, huge, units=10**9),
+                                                       "v2": PrimaryCounts.proportion(10**11 + 10**7, huge,
+                                                                                      units=10**9)}, 60)
     c = result.comparison("v2")
     assert result.decision is ABDecision.WINNER
     assert c.difference == pytest.approx(1e-5) and 0 < c.difference_cs[0] < 1e-5 < c.difference_cs[1] < 2e-5
@@ -374,7 +403,8 @@ def test_mean_metric_and_hoeffding_need_bounds() -> None:
     with pytest.raises(InvalidExperimentConfig, match=r"primaryMetric\.bounds: a mean metric needs"):
         config(primaryMetric=mean, confidenceSequence={"method": "hoeffding"})
     cfg = config(primaryMetric={**mean, "bounds": [0, 60]}, confidenceSequence={"method": "hoeffding"}, minSamples=0)
-    counts = {"v1": PrimaryCounts.mean(10_000.0, 150_000.0, 1000), "v2": PrimaryCounts.mean(12_000.0, 200_000.0, 1000)}
+    counts = {"v1": PrimaryCounts.mean(10_000.0, 150_000.0, 1000, units=200),
+              "v2": PrimaryCounts.mean(12_000.0, 200_000.0, 1000, units=200)}
     _, result = ab_update(ab_initial_state(cfg), counts, 60)
     c = result.comparison("v2")
     assert c.difference == pytest.approx(2.0) and c.difference_cs[0] < 2.0 < c.difference_cs[1]

@@ -71,7 +71,8 @@ class FakeBusiness:
         out = {}
         for version, n in ((query.versions[0], total - treated), (query.versions[1], treated)):
             clicks = int(self.rng.binomial(n, self.click_probability.get(version, 0.1)))
-            out[version] = PrimaryCounts.proportion(clicks, n)
+            # Users assigned: a user sees about 5 results pages per window (what the sample-ratio check counts).
+            out[version] = PrimaryCounts.proportion(clicks, n, units=n // 5)
         return out
 
 
@@ -277,7 +278,8 @@ class AbnBusiness(FakeBusiness):
     def business(self, query: BusinessQuery, start: float, end: float) -> Mapping[str, PrimaryCounts]:
         self.queries.append((start, end))
         per_version = split_by_plan(self.rng, self.router.in_effect(), int(self.rng.poisson(self.rps * (end - start))))
-        return {v: PrimaryCounts.proportion(int(self.rng.binomial(n, self.click_probability.get(v, 0.1))), n)
+        return {v: PrimaryCounts.proportion(int(self.rng.binomial(n, self.click_probability.get(v, 0.1))), n,
+                                            units=n // 5)
                 for v, n in per_version.items() if v in query.versions}
 
 

@@ -47,7 +47,7 @@ class CounterPairs:
     click_probability: Mapping[str, float]
     rps: float = 50.0
     down: bool = False
-    configured: tuple[str, ...] = ("click-through",)
+    configured: tuple[str, ...] = ("click-through", "click-through.units")
     seed: int = 11
     asked: list[str] = field(default_factory=list)
 
@@ -66,9 +66,14 @@ class CounterPairs:
         treated = int(self.rng.binomial(total, weight / 100))
         values = {}
         for version, n in ((query.versions[0], total - treated), (query.versions[1], treated)):
-            clicks = int(self.rng.binomial(n, self.click_probability.get(version, 0.1)))
-            values[(query.services[0], version)] = CustomValue(float(clicks), float(n))
+            values[(query.services[0], version)] = self.value(name, version, n)
         return CustomWindow(name=name, start=start, end=end, values=values)
+
+    def value(self, name: str, version: str, n: int) -> CustomValue:
+        """Clicks of n impressions; for `<metric>.units`, the users assigned (about 5 searches each a window)."""
+        if name.endswith(".units"):
+            return CustomValue(float(n // 5), float(n // 5))
+        return CustomValue(float(self.rng.binomial(n, self.click_probability.get(version, 0.1))), float(n))
 
 
 @pytest.fixture
@@ -109,11 +114,22 @@ def test_a_better_variant_wins_and_is_promoted_on_kubernetes(world: KubeWorld) -
     low, high = result["effect"]["interval"]
     assert 0 < low < 0.06 < high
     assert result["durationSeconds"] >= 120 and min(result["samples"].values()) >= 1000
-    assert set(source.asked) == {"click-through", "click-through.units"}  # units: optional, not configured here
+    assert set(source.asked) == {"click-through", "click-through.units"}
     plan = IstioRouter(world.api, NAMESPACE, SERVICES).in_effect()
     assert plan is not None and plan.experiment is None and {s.stable for s in plan.services} == {"v2"}
     assert "ExperimentEnded" in [e["reason"] for e in world.objects("events")]
     world.assert_valid_writes()
+
+
+def test_missing_user_counts_stop_the_experiment_with_what_to_configure(world: KubeWorld) -> None:
+    """The sample-ratio check counts users (the default): without the `.units` metric it is not silently off."""
+    source = CounterPairs(world.api, {"v1": 0.10, "v2": 0.16}, configured=("click-through",))
+    start_experiment(world)
+    status = world.drive(ab_controller(world, source), rounds=600)
+    assert status.phase is Phase.ROLLED_BACK, status.message
+    last = status.history[-3:]
+    assert [h.verdict for h in last] == ["error"] * 3
+    assert all("has no number of users assigned" in h.reason and "sampleRatioOn" in h.reason for h in last)
 
 
 @pytest.mark.parametrize("failure, reason", [
@@ -319,8 +335,7 @@ class ArmCounterPairs(CounterPairs):
         values = {}
         for version, n in split.items():
             if version in query.versions:
-                clicks = int(self.rng.binomial(n, self.click_probability.get(version, 0.1)))
-                values[(query.services[0], version)] = CustomValue(float(clicks), float(n))
+                values[(query.services[0], version)] = self.value(name, version, n)
         return CustomWindow(name=name, start=start, end=end, values=values)
 
 
