@@ -13,12 +13,15 @@ maxWeight 50), one 60 s interval per look. `fail` rolls back; `error` holds, and
 in a row roll back; `pass` advances once the step has seen `minCanaryRequests` (50) canary requests, and
 on the last step promotes; before the last step an inconclusive verdict whose only gap is safety not yet
 shown (the judge's `safetyPending`) also advances; a step without a pass after `stepDeadline` (10)
-intervals follows `onInconclusive` (`hold`: it stays at that step and keeps looking). Minutes count
-analysed intervals from the first canary window (scale-ups and settling are not counted).
+intervals follows `onInconclusive` (`hold`: it stays at that step and keeps looking). With `--warmup N`
+(`strategy.canary.warmup`), the first N minutes after each weight change are served but not judged. Minutes
+count intervals from the first canary window, warm-up minutes included (scale-ups and settling are not
+counted).
 
     python -m bench.releases                 # the full table (about 10-15 min on 2 cores)
     python -m bench.releases --quick         # a smaller look (under 2 min)
     python -m bench.releases --worlds independent,real --scenarios aa,err2 --reps 50
+    python -m bench.releases --worlds real --scenarios aa --warmup 3   # steps' first 3 minutes not judged
 
 Prints a table and writes bench/results/releases.json (releases_quick.json with --quick).
 """
@@ -64,6 +67,7 @@ class Schedule:
     on_inconclusive: str = "hold"  # or "rollback", "continue"
     rollback_after_errors: int = 3
     advance_when_safety_pending: bool = True  # an inconclusive "no harm seen, safety not yet shown" advances
+    warmup: int = 0  # minutes after each weight change whose traffic is not judged (`strategy.canary.warmup`)
 
 
 class Outcome(StrEnum):
@@ -79,6 +83,7 @@ class Release:
     """One replication's controller status, and what it did at each interval."""
 
     step: int = 0
+    warming: int = 0  # minutes of the step's warm-up still to pass before its traffic is judged
     step_intervals: int = 0
     step_canary_requests: int = 0
     consecutive_errors: int = 0
@@ -120,7 +125,7 @@ def _action(schedule: Schedule, release: Release, verdict: Verdict, safety_pendi
         return _advance(schedule, release, "pass", interval)
     last = release.step + 1 >= len(schedule.steps)
     if safety_pending and enough and schedule.advance_when_safety_pending and not last:
-        _enter(release, release.step + 1)
+        _enter(release, release.step + 1, schedule.warmup)
         return "next step (no harm seen)"
     if release.step_intervals < schedule.step_deadline:
         return "wait"
@@ -131,13 +136,14 @@ def _action(schedule: Schedule, release: Release, verdict: Verdict, safety_pendi
     return "hold"
 
 
-def _enter(release: Release, step: int) -> None:
+def _enter(release: Release, step: int, warmup: int) -> None:
     release.step, release.step_intervals, release.step_canary_requests = step, 0, 0
+    release.warming = warmup
 
 
 def _advance(schedule: Schedule, release: Release, cause: str, interval: int) -> str:
     if release.step + 1 < len(schedule.steps):
-        _enter(release, release.step + 1)
+        _enter(release, release.step + 1, schedule.warmup)
         return "next step"
     return _decide(release, Outcome.PROMOTED, cause, interval)
 
@@ -163,7 +169,7 @@ def run_releases(judge: Judge, traffic: TrafficSource, reps: int, horizon: int =
     replication's weight, the judge's update, the controller's action. Decided releases stop."""
     schedule = schedule or Schedule()
     states = [judge.initial_state(services=[SERVICE]) for _ in range(reps)]
-    releases = [Release() for _ in range(reps)]
+    releases = [Release(warming=schedule.warmup) for _ in range(reps)]
     for t in range(horizon):
         live = [i for i, r in enumerate(releases) if r.outcome is Outcome.UNDECIDED]
         if not live:
@@ -171,6 +177,10 @@ def run_releases(judge: Judge, traffic: TrafficSource, reps: int, horizon: int =
         weights = np.array([schedule.steps[r.step] for r in releases], dtype=np.float64)
         minute = traffic.minute(weights)
         for i in live:
+            if releases[i].warming > 0:  # served, not judged; the minute counts toward the time to decide
+                releases[i].warming -= 1
+                releases[i].actions.append((int(weights[i]), "-", "warm-up"))
+                continue
             obs = observation(minute, i, t, float(weights[i]))
             states[i], decision = judge.update(states[i], {SERVICE: obs})
             pending = bool(decision.details.get("safetyPending", False))
@@ -198,7 +208,7 @@ def summarise(releases: list[Release], schedule: Schedule | None = None) -> dict
         "rollbackCauses": dict(Counter(r.cause for r in releases if r.outcome is Outcome.ROLLED_BACK)),
         "undecidedAtWeight": {str(k): v for k, v in sorted(Counter(
             schedule.steps[r.step] for r in releases if r.outcome is Outcome.UNDECIDED).items())},
-        "meanIntervalsJudged": float(np.mean([len(r.actions) for r in releases])),
+        "meanIntervalsJudged": float(np.mean([sum(a != "warm-up" for _, _, a in r.actions) for r in releases])),
     }
 
 
@@ -213,6 +223,7 @@ class Cell:
     horizon: int
     seed: int
     alpha: float
+    warmup: int = 0
 
 
 def run_cell(cell: Cell) -> dict[str, Any]:
@@ -221,21 +232,22 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     cfg = AnalysisConfig.from_dict({"alpha": cell.alpha})
     traffic = Traffic(cell.world, np.random.default_rng(cell.seed), cell.reps, cell.rate, SCENARIOS[cell.scenario],
                       cell.horizon)
-    releases = run_releases(SequentialJudge(cfg), traffic, cell.reps, cell.horizon)
+    schedule = Schedule(warmup=cell.warmup)
+    releases = run_releases(SequentialJudge(cfg), traffic, cell.reps, cell.horizon, schedule)
     return {"world": cell.world, "scenario": cell.scenario, "rate": cell.rate, "reps": cell.reps,
-            "horizon": cell.horizon, "seed": cell.seed, **summarise(releases),
+            "horizon": cell.horizon, "seed": cell.seed, "warmup": cell.warmup, **summarise(releases, schedule),
             "seconds": time.perf_counter() - started}
 
 
 def cells(worlds: tuple[str, ...], scenarios: tuple[str, ...], rates: tuple[int, ...], reps: int, horizon: int,
-          seed: int, alpha: float) -> list[Cell]:
+          seed: int, alpha: float, warmup: int = 0) -> list[Cell]:
     """Every world x scenario x rate, each with its own seed (the same across runs of the same grid)."""
     out = []
     for w in worlds:
         for s in scenarios:
             for r in rates:
                 cell_seed = seed + 10_000 * WORLD_NAMES.index(w) + 100 * list(SCENARIOS).index(s) + r
-                out.append(Cell(w, s, r, reps, horizon, cell_seed, alpha))
+                out.append(Cell(w, s, r, reps, horizon, cell_seed, alpha, warmup))
     return out
 
 
@@ -278,6 +290,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--alpha", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=20_000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=0,
+                        help="minutes after each weight change not judged (strategy.canary.warmup; default 0)")
     parser.add_argument("--out", default=None,
                         help="result file (default bench/results/releases.json, releases_quick.json with --quick)")
     opts = parser.parse_args(argv)
@@ -294,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     reps: int = opts.reps or (QUICK_REPS if opts.quick else REPS)
     horizon: int = opts.horizon or HORIZON
     started = time.perf_counter()
-    work = cells(worlds, scenarios, rates, reps, horizon, opts.seed, opts.alpha)
+    work = cells(worlds, scenarios, rates, reps, horizon, opts.seed, opts.alpha, opts.warmup)
     # The longest cells first (regressions that hold, low rates), for load balance.
     work.sort(key=lambda c: (c.scenario in ("aa", "lat10"), -c.rate), reverse=True)
     if opts.workers > 1:
@@ -309,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(results)} cells x {reps} releases, horizon {horizon} min: {elapsed:.0f} s with {opts.workers} workers")
     result = {
         "command": "python -m bench.releases " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "schedule": asdict(Schedule()), "alpha": opts.alpha, "reps": reps, "horizon": horizon,
+        "schedule": asdict(Schedule(warmup=opts.warmup)), "alpha": opts.alpha, "reps": reps, "horizon": horizon,
         "worldParameters": parameters(),
         "elapsedSeconds": elapsed, "cells": results,
     }

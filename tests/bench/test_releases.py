@@ -147,9 +147,18 @@ def test_summary_counts_outcomes_medians_causes_and_where_undecided_releases_hol
     assert s["undecidedAtWeight"] == {"10": 1, "50": 1}
 
 
+def test_warmup_minutes_after_each_weight_change_are_served_but_not_judged() -> None:
+    (r,), judge = play([P], schedule=Schedule(warmup=2))
+    assert judge.seen[0] == [10, 20, 30, 40, 50]  # one judged interval per step, as without a warm-up
+    assert [a for _, _, a in r.actions[:6]] == ["warm-up", "warm-up", "next step", "warm-up", "warm-up", "next step"]
+    assert (r.outcome, r.decided_at) == (Outcome.PROMOTED, 15)  # the warm-up minutes count toward the decision
+    assert summarise([r])["meanIntervalsJudged"] == 5
+
+
 def test_schedule_defaults_are_the_release_specs() -> None:
     spec = parse_release(release_manifest(strategy={"canary": {}}, analysis={}))
     strategy, policies, d = spec.strategy, spec.policies, Schedule()
+    assert strategy.warmup == d.warmup * 60
     assert strategy.steps == d.steps and strategy.min_canary_requests == d.min_canary_requests
     assert strategy.interval == 60 and strategy.step_deadline == d.step_deadline * strategy.interval
     assert (policies.on_inconclusive, policies.rollback_after_errors) == (d.on_inconclusive, d.rollback_after_errors)

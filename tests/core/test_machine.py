@@ -11,7 +11,7 @@ from analysis.observations import ISTIO_BUCKETS_MS, VersionCounts, WindowCounts
 from controller.core import machine
 from controller.core.machine import ApplyRouting, EnsureWorkloads, Notify, Observation, RetireWorkloads
 from controller.core.plan import RoutingPlan
-from controller.core.spec.release import ReleaseSpec, parse_release
+from controller.core.spec.release import InvalidSpec, ReleaseSpec, parse_release
 from controller.core.status import Phase, ReleaseStatus
 from controller.ports import Readiness
 
@@ -363,3 +363,29 @@ def test_a_window_opens_settle_after_the_new_weight_is_read_back_not_after_it_wa
     stale = Observation(readiness=ready, routing=old, metrics=window(counts(5400, 0), counts(600, 0)))
     dropped, _ = machine.step(sp, replace(moved, last_analysis_at=NOW - 60), stale, later)
     assert dropped.history == () and dropped.last_analysis_at is None  # a window at a weight not in effect
+
+
+def test_warmup_holds_a_steps_first_window_until_the_new_pods_have_served_a_while() -> None:
+    """`warmup`: new canary pods are slower for a while (cold caches, JIT); what they serve then is not judged.
+    The step's first window opens max(settle, warmup) after the weight is read back, and after a return to full
+    capacity (the replacements are new pods too)."""
+    sp = spec(strategy={"canary": {"steps": [{"weight": 10}, {"weight": 50}], "interval": "60s", "settle": "5s",
+                                   "warmup": "2m", "minCanaryRequests": 50}})
+    assert sp.strategy.warmup == 120.0 and sp.strategy.first_window_after == 120.0
+    ready = {"ml-search": Readiness(True, ready_replicas=5)}
+    status = progressing(sp, step=1, canary_weight=10, scaling_to=50, last_analysis_at=None)
+    moved, _ = machine.step(sp, status, Observation(readiness=ready, routing=routing(sp, status)), NOW)
+    seen, _ = machine.step(sp, moved, Observation(readiness=ready, routing=routing(sp, moved)), NOW + 1)
+    assert seen.last_analysis_at == NOW + 1 + 120
+    assert machine.wants(sp, seen, NOW + 100).metrics_window is None  # warming up
+    assert machine.wants(sp, seen, NOW + 1 + 180).metrics_window == (NOW + 121, NOW + 181)
+    short = {"ml-search": Readiness(False, "3/5 ready", ready_replicas=3)}
+    held, _ = machine.step(sp, seen, Observation(readiness=short, routing=routing(sp, seen)), NOW + 200)
+    healed, _ = machine.step(sp, held, Observation(readiness=ready, routing=routing(sp, held)), NOW + 230)
+    assert healed.last_analysis_at == NOW + 230 + 120
+    assert spec().strategy.warmup == 0.0 and spec().strategy.first_window_after == 5.0  # the default: none
+
+
+def test_a_warmup_that_leaves_no_window_before_the_step_deadline_is_refused() -> None:
+    with pytest.raises(InvalidSpec, match=r"strategy\.canary\.warmup: 600s leaves no whole interval"):
+        spec(strategy={"canary": {"steps": [{"weight": 10}], "interval": "60s", "warmup": "10m"}})

@@ -120,7 +120,7 @@ def _progressing(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now
             return Outcome(status)
     elif obs.routing_error is None and plan is not None and status.last_analysis_at is None:
         # Read back in effect, so written before `now`: the next window opens once the weight has settled.
-        settle = spec.experiment.settle if spec.experiment is not None else spec.strategy.settle
+        settle = spec.experiment.settle if spec.experiment is not None else spec.strategy.first_window_after
         status = replace(status, last_analysis_at=now + settle)
     if obs.metrics is None and obs.metrics_error is None:
         if spec.paused:

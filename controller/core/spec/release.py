@@ -78,6 +78,14 @@ class CanaryStrategy:
     # interval, so that no window mixes traffic of two weights (the intended weight is each interval's
     # stratum, and the sample-ratio check compares against it).
     settle: float = 0.0
+    # After a weight change, how long new canary pods serve before their traffic is judged (cold caches, JIT):
+    # the first window of a step opens max(settle, warmup) after the weight moved. 0: no warm-up.
+    warmup: float = 0.0
+
+    @property
+    def first_window_after(self) -> float:
+        """Seconds from a weight change (or a return to full capacity) to the opening of the next window."""
+        return max(self.settle, self.warmup)
 
 
 @dataclass(frozen=True)
@@ -242,7 +250,7 @@ def _strategy(r: Reader, value: Any, stable: str, canary: str, services: Sequenc
 def _canary_strategy(r: Reader, m: Mapping[str, Any]) -> CanaryStrategy:
     path = "spec.strategy.canary"
     c = r.fields(m.get("canary"), path, ("steps", "stepWeight", "maxWeight", "interval", "minCanaryRequests",
-                                         "stepDeadline", "settle"), required=False)
+                                         "stepDeadline", "settle", "warmup"), required=False)
     steps: list[int] = []
     if "steps" in c:
         if "stepWeight" in c or "maxWeight" in c:
@@ -265,12 +273,18 @@ def _canary_strategy(r: Reader, m: Mapping[str, Any]) -> CanaryStrategy:
         if steps and steps[-1] != top:
             steps.append(top)
     interval = r.duration(c.get("interval"), f"{path}.interval", 60.0, 0.5)
+    step_deadline = r.duration(c.get("stepDeadline"), f"{path}.stepDeadline", 10 * interval, interval)
+    warmup = r.duration(c.get("warmup"), f"{path}.warmup", 0.0)
+    if warmup + interval > step_deadline:
+        r.problem(f"{path}.warmup", f"{warmup:g}s leaves no whole interval ({interval:g}s) before the step deadline "
+                                    f"({step_deadline:g}s)")
     return CanaryStrategy(
         steps=tuple(steps),
         interval=interval,
         min_canary_requests=r.integer(c.get("minCanaryRequests"), f"{path}.minCanaryRequests", 0, default=50),
-        step_deadline=r.duration(c.get("stepDeadline"), f"{path}.stepDeadline", 10 * interval, interval),
+        step_deadline=step_deadline,
         settle=_settle(r, c.get("settle"), f"{path}.settle", interval),
+        warmup=warmup,
     )
 
 
