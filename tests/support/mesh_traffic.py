@@ -135,12 +135,18 @@ class MeshTraffic:
             self.advance(clock())
 
 
+def _base_labels(key: tuple[str, str, str]) -> dict[str, str]:
+    """The labels every series of (namespace, service, version) has."""
+    ns, service, version = key
+    return {"reporter": "destination", "destination_service_namespace": ns, "destination_service_name": service,
+            "destination_version": version}
+
+
 def istio_series(totals: Mapping[tuple[str, str, str], Sequence[float]]) -> dict[SeriesKey, float]:
     """Istio's counters for {(namespace, service, version): (ok, errors)}: floors, so whole and consistent."""
     out: dict[SeriesKey, float] = {}
-    for (ns, service, version), (ok, err) in totals.items():
-        base = {"reporter": "destination", "destination_service_namespace": ns,
-                "destination_service_name": service, "destination_version": version}
+    for key, (ok, err) in totals.items():
+        base = _base_labels(key)
         for code, value in (("200", ok), ("500", err)):
             key = tuple(sorted({**base, "__name__": "istio_requests_total", "response_code": code}.items()))
             out[key] = float(math.floor(value))
@@ -212,8 +218,9 @@ _LAST = re.compile(r"^last_over_time\((\{.*\})\[(\d+)ms\]\)$", re.S)
 _MATCHER = re.compile(r'(\w+)(=~|=)"((?:[^"\\]|\\.)*)"')
 
 
-def _matcher(selector: str) -> Callable[[dict[str, str]], bool]:
-    """A predicate on a series' labels for a selector's `name="value"` and `name=~"regex"` matchers."""
+def _matcher(selector: str) -> Callable[..., bool]:
+    """A predicate on a series' labels for a selector's `name="value"` and `name=~"regex"` matchers. Given only
+    some of a series' labels, it judges by the matchers on those (a series it rejects is rejected whole)."""
     equal: list[tuple[str, str]] = []
     regex: list[tuple[str, re.Pattern[str]]] = []
     for name, op, raw in _MATCHER.findall(selector):
@@ -223,9 +230,9 @@ def _matcher(selector: str) -> Callable[[dict[str, str]], bool]:
         else:
             regex.append((name, re.compile(value)))
 
-    def matches(labels: dict[str, str]) -> bool:
-        return all(labels.get(name, "") == value for name, value in equal) and \
-            all(pattern.fullmatch(labels.get(name, "")) for name, pattern in regex)
+    def matches(labels: dict[str, str], partial: bool = False) -> bool:
+        return all(labels.get(name, "") == value for name, value in equal if not partial or name in labels) and \
+            all(pattern.fullmatch(labels.get(name, "")) for name, pattern in regex if not partial or name in labels)
     return matches
 
 
@@ -324,6 +331,8 @@ class FakePrometheus:
                 version = key[2]
                 if version in m.missing_versions or (version in m.stale_versions and t > m.stale_after):
                     continue
+                if not matches(_base_labels(key), partial=True):
+                    continue  # none of this key's series can match: do not build them
                 resets = [r for r in m.reset_at if r <= t] if version in m.reset_versions else []
                 if resets:
                     base_ok, base_err = at_reset[resets[-1]].get(key, (0.0, 0.0))
