@@ -79,3 +79,14 @@ def test_list_row_and_history_lines() -> None:
     assert lines[1].split() == ["1", "1", "v1", "->", "v2", "RolledBack", "1970-01-01", "00:00:00Z", "1970-01-01",
                                 "00:01:00Z", "20s"]
     assert lines[2:] == ["    images: ml-infer=reg/ml-infer:2 (was reg/ml-infer:1)", "    errorRate crossed"]
+
+
+def test_the_headline_says_when_new_pods_are_still_warming_up() -> None:
+    warm = parse_release({"metadata": {"name": "r"}, "spec": {
+        "stable": {"version": "v1"}, "canary": {"version": "v2", "images": {"ml-infer": "reg/ml-infer:2"}},
+        "strategy": {"canary": {"steps": [{"weight": 10}, {"weight": 50}], "warmup": "3m"}}}})
+    status = ReleaseStatus(phase=Phase.PROGRESSING, step=1, canary_weight=50, last_analysis_at=1180.0)
+    line = view.headline(warm, status, 1000.0)
+    assert "next analysis in 240.0s" in line and "(new pods warming up for 180s more)" in line
+    assert "warming up" not in view.headline(warm, status, 1200.0)  # the window is open: judged from now on
+    assert "warming up" not in view.headline(SPEC, status, 1000.0)  # no warm-up set: settle only
