@@ -17,7 +17,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("PROMETHEUS_DISABLE_CREATED_SERIES", "True")
 
 import argparse
+import signal
 import sys
+import threading
+import time
 
 import uvicorn
 
@@ -34,8 +37,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def exit_with_parent(parent_pid: int, poll_s: float = 0.5) -> threading.Thread:
+    """Stop as on SIGTERM once process `parent_pid` is no longer this one's parent (it died: the process was
+    handed to init). The local platform's supervisor sets EXIT_WITH_PARENT_PID: its kernel parent-death signal
+    is tied to the thread that started the service and was once lost, which left a service running after its
+    run was killed."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    thread.start()
+    return thread
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if parent := os.environ.get("EXIT_WITH_PARENT_PID", "").strip():
+        exit_with_parent(int(parent))
     try:
         settings = Settings.from_env(args.role)
     except ValueError as exc:

@@ -129,7 +129,9 @@ class ProcessGroup:
             raise ProcessError(f"{name}: already running as pid {previous.pid}")
         if previous is not None:
             self.stop(previous)  # reap it and close its log before the name is reused
-        full_env = {**(os.environ if inherit_env else {}), **(env or {})}
+        # The search stack's services also watch for the supervisor's death themselves (the kernel's signal
+        # belongs to the thread that started them); a child that does not know the variable ignores it.
+        full_env = {**(os.environ if inherit_env else {}), **(env or {}), "EXIT_WITH_PARENT_PID": str(os.getpid())}
         log_path = self.log_dir / f"{name}.log"
         log = log_path.open("ab")
         parent = os.getpid()
