@@ -31,11 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from analysis.abtest import comparison_increment, difference_cs, rho_squared
+from analysis.abtest import comparison_increment, rho_squared
 from analysis.histogram import FloatArray
 from analysis.users import UserTotals, user_difference_cs
+from bench.abtest import ALPHA, cs_of
 
-ALPHA = 0.05
 BASE_CTR = 0.10
 NEW_USERS = 100  # per variant pair, per look
 ACTIVITY = 2.0  # mean results pages per look of an active user
@@ -44,7 +44,7 @@ RETURN_P = 0.7  # chance that a user comes back at a later look
 MIN_USERS = 100  # per variant before any decision
 ICCS = (0.0, 0.09, 0.33)
 LIFTS = (0.0, 0.10, 0.20)
-TUNING_IMPRESSIONS, TUNING_USERS = 10_000.0, 1_000.0
+TUNING_USERS = 1_000.0  # the impression-level CS is tuned as bench/abtest.py's (10,000 impressions)
 
 
 def simulate(rng: np.random.Generator, reps: int, looks: int, icc: float, lift: float) -> dict[str, FloatArray]:
@@ -85,14 +85,12 @@ def simulate(rng: np.random.Generator, reps: int, looks: int, icc: float, lift: 
 
 
 def impression_cs(s: dict[str, FloatArray]) -> tuple[FloatArray, FloatArray]:
-    """analysis.abtest's CS at every look (cumulative strata sums, Laplace binomial variances)."""
-    w, sv, sc, a, b = comparison_increment(s["dn_v"], s["dk_v"], s["dn_c"], s["dk_c"])
-    w, sv, sc, a, b = (np.cumsum(x, axis=1) for x in (w, sv, sc, a, b))
-    k_v, n_v, k_c, n_c = (np.cumsum(s[k], axis=1) for k in ("dk_v", "dn_v", "dk_c", "dn_c"))
-    p_v, p_c = (k_v + 1) / (n_v + 2), (k_c + 1) / (n_c + 2)
-    _, lo, hi = difference_cs(w, sv, sc, a, b, p_v * (1 - p_v), p_c * (1 - p_c), ALPHA,
-                              rho_squared(TUNING_IMPRESSIONS, ALPHA))
-    return lo, hi
+    """analysis.abtest's CS at every look, as bench/abtest.py computes it (cumulative strata sums, Laplace
+    binomial variances), from these looks' clicks and pages."""
+    w, sv, sc, a, b = (np.cumsum(x, axis=1) for x in comparison_increment(s["dn_v"], s["dk_v"], s["dn_c"], s["dk_c"]))
+    sums = {"w": w, "sv": sv, "sc": sc, "a": a, "b": b,
+            **{k: np.cumsum(s[f"d{k[0]}_{k[1]}"], axis=1) for k in ("kv", "nv", "kc", "nc")}}
+    return cs_of(sums, "asymptotic", ALPHA)
 
 
 def user_cs(s: dict[str, FloatArray]) -> tuple[FloatArray, FloatArray]:

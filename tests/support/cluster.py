@@ -189,19 +189,23 @@ class ClusterModel:
     def _event_times(self) -> Iterator[float]:
         for (ns, name), rollout in self.rollouts.items():
             obj = self.store.objects.get((DEPLOYMENTS, ns, name))
-            if obj is None:
-                continue
-            min_ready = float(obj["spec"].get("minReadySeconds", 0) or 0)
-            for pod in rollout.pods:
-                if pod.ready_at is not None:
-                    yield pod.ready_at
-                    yield pod.ready_at + min_ready
-            progressing = _progressing_of(obj)
-            if _watched(rollout, progressing) and (progressing or {}).get("reason") != "ProgressDeadlineExceeded":
-                yield rollout.progress_at + _deadline(obj)
+            if obj is not None:
+                yield from self._deployment_times(obj, rollout)
         for where, at in self.hpa_syncs.items():
             if self._hpa_pending(*where):
                 yield at
+
+    @staticmethod
+    def _deployment_times(obj: Obj, rollout: Rollout) -> Iterator[float]:
+        """One Deployment's event times: its pods getting ready and available, its progress deadline."""
+        min_ready = float(obj["spec"].get("minReadySeconds", 0) or 0)
+        for pod in rollout.pods:
+            if pod.ready_at is not None:
+                yield pod.ready_at
+                yield pod.ready_at + min_ready
+        progressing = _progressing_of(obj)
+        if _watched(rollout, progressing) and (progressing or {}).get("reason") != "ProgressDeadlineExceeded":
+            yield rollout.progress_at + _deadline(obj)
 
     def _play(self, at: float) -> None:
         self.now = at
@@ -410,18 +414,6 @@ class IncrementalClusterModel(ClusterModel):
         for where, at in self.hpa_syncs.items():
             if self._hpa_pending(*where):
                 yield at
-
-    @staticmethod
-    def _deployment_times(obj: Obj, rollout: Rollout) -> Iterator[float]:
-        """One Deployment's part of `ClusterModel._event_times`."""
-        min_ready = float(obj["spec"].get("minReadySeconds", 0) or 0)
-        for pod in rollout.pods:
-            if pod.ready_at is not None:
-                yield pod.ready_at
-                yield pod.ready_at + min_ready
-        progressing = _progressing_of(obj)
-        if _watched(rollout, progressing) and (progressing or {}).get("reason") != "ProgressDeadlineExceeded":
-            yield rollout.progress_at + _deadline(obj)
 
 
 class WallClock:
