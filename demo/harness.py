@@ -154,13 +154,16 @@ def search_load(stack: LocalStack, spec: ReleaseSpec, rps: float, max_seconds: f
 
 
 def local_ports(stack: LocalStack, router: LocalRouter, metrics: Metrics, clock: SystemClock,
-                outgoing: Outgoing | None, business: BusinessMetrics | None = None) -> Ports:
-    """The controller's ports on the local platform; notices go to the log and to `outgoing`'s notifiers."""
+                outgoing: Outgoing | None, business: BusinessMetrics | None = None,
+                metrics_delay: float = 0.0) -> Ports:
+    """The controller's ports on the local platform; notices go to the log and to `outgoing`'s notifiers.
+    `metrics_delay`: how long after a weight change the metrics source counts only the new weight's
+    traffic (`MetricsSource.delay`); no window opens sooner."""
     notifier: Notifier = LogNotifier()
     if outgoing is not None and outgoing.notifier is not None:
         notifier = MultiNotifier([notifier, outgoing.notifier])
     return Ports(LocalWorkloads(stack), router, metrics, clock, notifier, business=business,
-                 hooks=outgoing.hooks if outgoing is not None else HttpHooks())
+                 hooks=outgoing.hooks if outgoing is not None else HttpHooks(), metrics_delay=metrics_delay)
 
 
 def drive_release(reconciler: Reconciler, state: StateDir, spec: Any, clock: SystemClock, stop: threading.Event,

@@ -6,9 +6,11 @@ Prometheus would give it.
 
 - Prometheus: started on a free loopback port, scraping the router every second; windows are evaluated
   `lag` seconds in the past so that a scrape still being ingested cannot fall on different sides of a
-  window boundary in two consecutive queries (which would lose or double-count requests).
+  window boundary in two consecutive queries (which would lose or double-count requests). A window's
+  counts start at the last scrape at or before its start, so the first window after a weight change
+  opens `lag` plus a scrape interval after it (`MetricsSource.delay`), as on a cluster.
 - Direct: a background thread scrapes the router twice a second and keeps timestamped snapshots, like a
-  tiny TSDB, so a window (start, end] starts from the first snapshot taken at or after `start`.
+  tiny TSDB, so a window (start, end] starts from the first snapshot taken at or after `start` (no delay).
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ class MetricsSource:
     name: str  # "prometheus" or "direct", as the demo summary reports it
     description: str
     metrics: Metrics
+    # Seconds after a weight change before a window may start (the reconciler's `metrics_delay`): a window
+    # read `lag` behind reaches back to the last scrape at or before its start, up to a scrape interval
+    # earlier, so it must start that much after the change to count only the new weight's traffic.
+    delay: float = 0.0
 
 
 class LaggedMetrics:
@@ -122,6 +128,7 @@ def open_metrics_source(kind: str, router_admin_url: str, workdir: Path) -> Iter
                     f"Prometheus {prom.url} (pid {prom.pid}) scraping the mesh router every "
                     f"{SCRAPE_INTERVAL:g}s; windows evaluated {PROMETHEUS_LAG:g}s behind",
                     LaggedMetrics(source, PROMETHEUS_LAG),
+                    delay=PROMETHEUS_LAG + SCRAPE_INTERVAL,
                 )
             finally:
                 source.close()
