@@ -70,7 +70,7 @@ STABLE_REPLICAS = 3
 # The kills must be done by then: about 100 s on an idle machine, up to 190 s for 100 kills when the suite's other
 # processes share the two cores (the whole test stays under ~5 minutes).
 BUDGET_S = 280.0
-SETTLE_S = 180.0
+SETTLE_S = 300.0
 LOG_LEVEL = os.environ.get("CRASH_CAMPAIGN_LOG_LEVEL", "warning")
 IDENTITY = "crash-campaign"
 AGENT = f"stack-canary-controller/{IDENTITY}"
@@ -386,6 +386,37 @@ def _assert_no_duplicated_side_effects(emulator: RunningEmulator, campaign: Camp
         assert not twice and reasons.count("WeightIncreased") <= steps, (ns, reasons, tag)
 
 
+def _slowest(emulator: RunningEmulator, campaign: Campaign, top: int = 3) -> list[tuple[str, str, float]]:
+    """The releases that took longest from start to end (namespace, kind, seconds): where a slow campaign's
+    time went."""
+    took = []
+    for ns, kind in campaign.kinds.items():
+        status = emulator.objects("stackreleases", ns)[0].get("status") or {}
+        began, ended = status.get("startedAt"), status.get("finishedAt")
+        if isinstance(began, int | float):
+            took.append((ns, kind, round((ended if isinstance(ended, int | float) else time.time()) - began, 1)))
+    return sorted(took, key=lambda t: -t[2])[:top]
+
+
+def _explain(emulator: RunningEmulator, traffic: MeshTraffic, ns: str) -> str:
+    """What a release that ended wrong was doing: its status essentials, its last looks, and the traffic the
+    mesh stand-in gave each version (so a failure on a busy CI machine says why without its log)."""
+    status = emulator.objects("stackreleases", ns)[0].get("status") or {}
+    keys = ("phase", "step", "canaryWeight", "scalingTo", "lastAnalysisAt", "stepStartedAt", "stepCanaryRequests",
+            "unreadySince", "consecutiveErrors", "lastVerdict")
+    essentials = {k: status.get(k) for k in keys}
+    looks = [(h.get("t"), h.get("verdict"), h.get("reason"), h.get("action")) for h in status.get("history", [])[-4:]]
+    conditions = [(c.get("type"), c.get("status"), c.get("reason"), c.get("message"))
+                  for c in status.get("conditions", [])]
+    with traffic.lock:
+        served = {f"{svc}/{ver}": [round(x) for x in v] for (n, svc, ver), v in traffic.totals.items() if n == ns}
+    routes = [(vs["metadata"]["name"], [[(d["destination"].get("subset"), d.get("weight")) for d in r.get("route", [])]
+                                         for r in vs["spec"].get("http", [])])
+              for vs in emulator.objects("virtualservices", ns)]
+    return (f"{ns}: {essentials}; at {time.time():.1f}; last looks {looks}; conditions {conditions}; "
+            f"served [ok, errors] {served}; routes {routes}")
+
+
 def test_controller_killed_100_times_converges_with_invariants_intact(
         emulator: RunningEmulator, prometheus_and_traffic: tuple[PrometheusProcess, MeshTraffic],
         tmp_path: Path) -> None:
@@ -406,8 +437,9 @@ def test_controller_killed_100_times_converges_with_invariants_intact(
             _kill_once(emulator, campaign, controller, ledger, rng, kills)
         kill_phase_s = time.monotonic() - began
         controller.start(cold=True)  # the last one lives until every release has finished
-        # The releases still running end within their steps and delays (~40 s on an idle machine; pods take their
-        # time, so releases start later); the bound is for a machine whose cores the suite's other processes keep busy.
+        # The releases still running, and those not started yet, end within their steps and delays (~10 s after the
+        # kills on an idle machine; 110-175 s measured with six busy loops beside the campaign); the bound is a wait
+        # on a condition, for a machine whose cores the suite's other processes keep busy.
         campaign.wait_all_final(SETTLE_S)
         converged_s = time.monotonic() - began
         time.sleep(3.0)  # retire actions of the last ticks, then a steady state
@@ -428,14 +460,16 @@ def test_controller_killed_100_times_converges_with_invariants_intact(
           f"{len(campaign.kinds)} releases {outcomes}, "
           f"kills done in {kill_phase_s:.0f}s, all converged at {converged_s:.0f}s; {checker.states} states "
           f"checked ({checker.status_writes} status writes, {checker.route_writes} route writes); "
-          f"tolerated: {checker.tolerated}; kills right after a change of {kills.after}")
+          f"tolerated: {checker.tolerated}; kills right after a change of {kills.after}; slowest releases "
+          f"{_slowest(emulator, campaign)}")
     assert kills.total >= KILLS, f"only {kills.total} kills in {BUDGET_S:.0f}s {tag}"
     assert kills.mid_work >= KILLS // 2, f"only {kills.mid_work} kills hit a controller that was writing {tag}"
     assert len(campaign.kinds) == RELEASES_TOTAL, tag
     ends = {ns: (campaign.kinds[ns], phases[ns], str((emulator.objects("stackreleases", ns)[0].get("status") or {})
                                                     .get("message"))) for ns in campaign.kinds}
     wrong = {ns: end for ns, end in ends.items() if end[1] != EXPECTED[end[0]]}
-    assert not wrong, f"releases that ended wrong: {wrong} {tag}"
+    assert not wrong, f"releases that ended wrong: {wrong} {tag}\n" + "\n".join(
+        _explain(emulator, traffic, ns) for ns in sorted(wrong))
     checker.assert_clean()
     assert checker.check_final(emulator, list(campaign.kinds)) == [], tag
     _assert_no_duplicated_side_effects(emulator, campaign, ledger, tag)

@@ -156,13 +156,20 @@ def read_plan(objects: list[Obj]) -> RoutingPlan | None:
         raise UnreadablePlan(str(exc)) from exc
     # An experiment's entry assigns users instead of splitting by weight: its treatment share stands in.
     canary_weight = (100 - experiment.control.weight) if experiment else _canary_weight(entry_vs, lane_header)
+    entry_hosts = entry_vs["spec"]["hosts"]
+    lanes = {str((o["spec"].get("hosts") or [""])[0]): o for o in ours if o["kind"] == "VirtualService"
+             and o["metadata"].get("annotations", {}).get(ANNOTATION_ROLE) == "lane"}
     services = []
     for dr in (o for o in ours if o["kind"] == "DestinationRule"):
         subsets = {s["name"]: s.get("labels", {}).get("version") for s in dr["spec"].get("subsets", [])}
         if not subsets.get("stable"):
             raise UnreadablePlan(f"DestinationRule {dr['metadata'].get('name')}: no stable subset")
-        services.append(ServiceVersions(dr["spec"]["host"], subsets["stable"], subsets.get("canary")))
-    entry_hosts = entry_vs["spec"]["hosts"]
+        sv = ServiceVersions(dr["spec"]["host"], subsets["stable"], subsets.get("canary"))
+        # A service is routed once its lane route is in place too: its subsets alone steer no request (a write
+        # cut short between a service's DestinationRule and its VirtualService leaves the service out, so the
+        # plan read back differs from the one asked for and the next tick writes the rest).
+        if sv.service == entry_hosts[0] or _lane_routes(lanes.get(sv.service), sv, experiment is not None):
+            services.append(sv)
     gateways = tuple(g for g in entry_vs["spec"].get("gateways", []) if g != "mesh")
     return RoutingPlan(
         namespace=meta.get("namespace", ""),
@@ -175,6 +182,17 @@ def read_plan(objects: list[Obj]) -> RoutingPlan | None:
         owner=meta.get("labels", {}).get(LABEL_RELEASE, ""),
         experiment=experiment,
     )
+
+
+def _lane_routes(vs: Obj | None, sv: ServiceVersions, experiment: bool) -> bool:
+    """Whether `vs`, a lane VirtualService of the controller's, routes `sv`'s lanes: it exists and, outside an
+    experiment, has the canary lane's route exactly when the DestinationRule has a canary subset."""
+    if vs is None:
+        return False
+    if experiment:
+        return True
+    names = {r.get("name") for r in vs["spec"].get("http", []) or []}
+    return STABLE_LANE_ROUTE in names and (CANARY_LANE_ROUTE in names) == (sv.canary is not None)
 
 
 def _canary_weight(entry_vs: Obj, lane_header: str) -> int:

@@ -77,6 +77,30 @@ def test_lane_routes_send_only_canary_lane_to_canary_subsets() -> None:
     assert [s["name"] for s in by_name[("DestinationRule", "keyword")]["spec"]["subsets"]] == ["stable"]
 
 
+@pytest.mark.parametrize("cut", range(1, 10))
+def test_a_write_cut_short_reads_back_as_a_different_plan(cut: int) -> None:
+    """The objects are written in `render`'s order (subsets before the routes that use them); a controller killed
+    after `cut` of them leaves a state that must not pass for the plan, or the rest would never be written (a
+    release then waits forever for canary traffic that its missing lane routes never send)."""
+    before, after = plan(0, ()), plan(20)  # the step's first weight: canary subsets and lane routes are new
+    old = {(o["kind"], o["metadata"]["name"]): o for o in render(before)}
+    for obj in render(after)[:cut]:
+        old[(obj["kind"], obj["metadata"]["name"])] = obj
+    back = read_plan(list(old.values()))
+    assert back is not None and not back.equivalent(after), cut
+    assert len(render(after)) == 10 and read_plan(render(after)).equivalent(after)  # type: ignore[union-attr]
+
+
+def test_a_deleted_lane_route_reads_back_as_a_different_plan() -> None:
+    p = plan(20, ("ml-search", "keyword"))
+    objects = [o for o in render(p) if (o["kind"], o["metadata"]["name"]) != ("VirtualService", "keyword")]
+    assert not read_plan(objects).equivalent(p)  # type: ignore[union-attr]
+    stale = render(plan(20, ("ml-search",)))  # keyword's lane route from before it had a canary
+    mixed = [o for o in render(p) if (o["kind"], o["metadata"]["name"]) != ("VirtualService", "keyword")]
+    mixed.append(next(o for o in stale if (o["kind"], o["metadata"]["name"]) == ("VirtualService", "keyword")))
+    assert not read_plan(mixed).equivalent(p)  # type: ignore[union-attr]
+
+
 def test_read_plan_ignores_objects_the_controller_does_not_own() -> None:
     user_vs = {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
                "metadata": {"name": "other", "namespace": "search"},
