@@ -86,14 +86,17 @@ from scipy import optimize
 from analysis.config import AnalysisConfig, InvalidAnalysisConfig
 from analysis.decisions import JsonValue, finite, json_clean
 from analysis.histogram import FloatArray
+from analysis.mixture import mixture_radius, rho_squared
 from analysis.reader import CONFIG_WORDING, Reader
 from analysis.sequential import SRM_GRID, log_mixture, srm_increment
+from analysis.users import UserTotals, user_difference_cs, user_ratio_cs
 
 __all__ = [
     "ABDecision",
     "ABResult",
     "ExperimentConfig",
     "InvalidExperimentConfig",
+    "PerUser",
     "PrimaryCounts",
     "PrimaryMetric",
     "Variant",
@@ -113,9 +116,12 @@ KINDS: tuple[str, ...] = ("proportion", "mean")
 DIRECTIONS: tuple[str, ...] = ("increase", "decrease")
 END_ACTIONS: tuple[str, ...] = ("keepStable", "promoteWinner", "waitForOperator")
 SRM_INPUTS: tuple[str, ...] = ("units", "samples", "off")
+# What is independent: users (their per-user totals; the default), or every sample (impression, observation).
+UNITS: tuple[str, ...] = ("user", "sample")
 EXPERIMENT_FIELDS = (
     "variants", "control", "alpha", "primaryMetric", "minDurationSeconds", "maxDurationSeconds", "minSamples",
     "equivalenceMargin", "confidenceSequence", "sampleRatioAlpha", "sampleRatioOn", "guardrails", "onEnd",
+    "unit", "minUsers",
 )
 STATE_VERSION = 1
 VARIANT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -167,6 +173,9 @@ class ExperimentConfig:
     sample_ratio_on: str = "units"
     guardrails: AnalysisConfig = field(default_factory=AnalysisConfig)
     on_end: str = "keepStable"
+    unit: str = "user"
+    min_users: int = 100  # per variant, before any decision under `unit: user` (the CLT needs users)
+    tuning_users: float = 1_000.0  # where the user-level CS is narrowest (users in a balanced pair)
 
     @property
     def treatments(self) -> tuple[str, ...]:
@@ -197,10 +206,13 @@ class ExperimentConfig:
             "maxDurationSeconds": self.max_duration_s,
             "minSamples": self.min_samples,
             "equivalenceMargin": self.equivalence_margin,
-            "confidenceSequence": {"method": self.method, "tuningSamples": self.tuning_samples},
+            "confidenceSequence": {"method": self.method, "tuningSamples": self.tuning_samples,
+                                   "tuningUsers": self.tuning_users},
             "sampleRatioAlpha": self.sample_ratio_alpha,
             "sampleRatioOn": self.sample_ratio_on,
             "onEnd": self.on_end,
+            "unit": self.unit,
+            "minUsers": self.min_users,
         }
 
     @classmethod
@@ -212,9 +224,10 @@ class ExperimentConfig:
         default the first), alpha, primaryMetric {kind: proportion|mean, name, direction:
         increase|decrease, bounds: [lo, hi]}, minDurationSeconds, maxDurationSeconds, minSamples (per
         variant), equivalenceMargin (absolute difference), confidenceSequence {method:
-        asymptotic|hoeffding, tuningSamples}, sampleRatioAlpha, sampleRatioOn: units|samples|off,
+        asymptotic|hoeffding, tuningSamples, tuningUsers}, sampleRatioAlpha, sampleRatioOn: units|samples|off,
         guardrails (an `AnalysisConfig` for the sequential judge), onEnd:
-        keepStable|promoteWinner|waitForOperator.
+        keepStable|promoteWinner|waitForOperator, unit: user|sample (what is independent; default user:
+        the counts must carry per-user sums), minUsers (per variant, under unit: user).
         """
         try:
             return _parse_experiment(Reader(fail=InvalidExperimentConfig, wording=CONFIG_WORDING), data, path)
@@ -240,7 +253,11 @@ def _parse_experiment(r: Reader, data: Any, path: str) -> ExperimentConfig:
     max_d = r.number(d.get("maxDurationSeconds", 3600.0), f"{path}.maxDurationSeconds", 0, math.inf)
     if max_d < min_d:
         r.problem(f"{path}.maxDurationSeconds", f"{_num(max_d)} is less than minDurationSeconds {_num(min_d)}")
-    method, tuning = _parse_cs(r, d.get("confidenceSequence"), f"{path}.confidenceSequence")
+    method, tuning, tuning_users = _parse_cs(r, d.get("confidenceSequence"), f"{path}.confidenceSequence")
+    unit = r.choice(d.get("unit", "user"), f"{path}.unit", UNITS)
+    if method == "hoeffding" and unit == "user":
+        r.problem(f"{path}.confidenceSequence.method", "hoeffding assumes independent samples: it needs unit: "
+                  "sample (users as the unit use the asymptotic method)")
     if method == "hoeffding" and primary.kind == "mean" and primary.bounds is None:
         r.problem(f"{path}.primaryMetric.bounds", "a mean metric needs [lo, hi] bounds for the hoeffding method")
     return ExperimentConfig(
@@ -259,6 +276,9 @@ def _parse_experiment(r: Reader, data: Any, path: str) -> ExperimentConfig:
         guardrails=_guardrails_each(AnalysisConfig.from_dict(d.get("guardrails"), f"{path}.guardrails"),
                                     len(variants) - 1),
         on_end=r.choice(d.get("onEnd", "keepStable"), f"{path}.onEnd", END_ACTIONS),
+        unit=unit,
+        min_users=r.integer(d.get("minUsers", 100), f"{path}.minUsers", 2),
+        tuning_users=tuning_users,
     )
 
 
@@ -311,10 +331,11 @@ def _parse_primary(r: Reader, value: Any, path: str) -> PrimaryMetric:
                          bounds)
 
 
-def _parse_cs(r: Reader, value: Any, path: str) -> tuple[str, float]:
-    d = r.fields(value, path, ("method", "tuningSamples"), required=False)
+def _parse_cs(r: Reader, value: Any, path: str) -> tuple[str, float, float]:
+    d = r.fields(value, path, ("method", "tuningSamples", "tuningUsers"), required=False)
     return (r.choice(d.get("method", "asymptotic"), f"{path}.method", METHODS),
-            r.number(d.get("tuningSamples", 10_000.0), f"{path}.tuningSamples", 0, math.inf))
+            r.number(d.get("tuningSamples", 10_000.0), f"{path}.tuningSamples", 0, math.inf),
+            r.number(d.get("tuningUsers", 1_000.0), f"{path}.tuningUsers", 0, math.inf))
 
 
 def _is_finite_number(x: Any) -> bool:
@@ -333,24 +354,6 @@ def _num(x: float) -> str:
 
 def _f(x: npt.ArrayLike) -> FloatArray:
     return np.asarray(x, dtype=np.float64)
-
-
-def rho_squared(tuning_samples: float, alpha: float) -> float:
-    """The mixture's rho^2 that makes the CS narrowest at intrinsic time W = tuning_samples."""
-    two_log = 2.0 * math.log(1.0 / alpha)
-    return (two_log + math.log1p(two_log)) / tuning_samples
-
-
-def mixture_radius(v: npt.ArrayLike, scale2: npt.ArrayLike, alpha: float, rho2: float) -> FloatArray:
-    """sqrt((V + s^2/rho^2)(2 ln(1/alpha) + ln(1 + rho^2 V / s^2))): the two-sided normal-mixture boundary
-    for a sum with accumulated variance V and scale s^2 (Howard et al. 2021, eq. (14)). inf when s^2 is
-    inf (no variance estimate yet); 0 when V = s^2 = 0 (a metric with no variance)."""
-    vv, s2 = _f(v), _f(scale2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_term = 2.0 * math.log(1.0 / alpha) + np.log1p(rho2 * vv / s2)
-        r = np.sqrt((vv + s2 / rho2) * log_term)
-    r = np.where(s2 == 0, 0.0, r)
-    return np.where(np.isinf(s2) | np.isinf(vv), np.inf, r)
 
 
 def comparison_increment(
@@ -455,31 +458,57 @@ class InvalidCounts(ValueError):
 
 
 @dataclass(frozen=True)
+class PerUser:
+    """One interval's increases of a variant's per-user sums (see `analysis.users`): `users` new users, and
+    the sums over users of Y_u^2 (`yy`), N_u^2 (`nn`) and Y_u N_u (`yn`). All counters, so all >= 0."""
+
+    users: int
+    yy: float
+    nn: float
+    yn: float
+
+    def validate(self, where: str) -> None:
+        _whole(self.users, f"{where}.users")
+        for name in ("yy", "nn", "yn"):
+            value = getattr(self, name)
+            if not _is_finite_number(value) or value < 0:
+                raise InvalidCounts(f"{where}.{name}: {value!r} is not a finite number >= 0")
+
+
+@dataclass(frozen=True)
 class PrimaryCounts:
     """One variant's primary metric in one interval (not cumulative).
 
     Proportion: `count` impressions, `total` clicks (0 <= total <= count; `squares` is ignored).
     Mean: `count` observations, `total` their sum, `squares` the sum of their squares.
     `units`: new assignment units (users) of the interval, for the SRM check; None when unknown.
+    `per_user`: the interval's increases of the per-user sums (`PerUser`: users, and over users u the sums of
+    Y_u^2, N_u^2 and Y_u N_u, where Y_u and N_u are user u's totals of `total` and `count`); None when the
+    source has none (then only `unit: sample` can judge).
     """
 
     count: int
     total: float
     squares: float | None = None
     units: int | None = None
+    per_user: PerUser | None = None
 
     @classmethod
-    def proportion(cls, successes: int, trials: int, units: int | None = None) -> PrimaryCounts:
-        return cls(count=trials, total=successes, units=units)
+    def proportion(cls, successes: int, trials: int, units: int | None = None,
+                   per_user: PerUser | None = None) -> PrimaryCounts:
+        return cls(count=trials, total=successes, units=units, per_user=per_user)
 
     @classmethod
-    def mean(cls, total: float, squares: float, count: int, units: int | None = None) -> PrimaryCounts:
-        return cls(count=count, total=total, squares=squares, units=units)
+    def mean(cls, total: float, squares: float, count: int, units: int | None = None,
+             per_user: PerUser | None = None) -> PrimaryCounts:
+        return cls(count=count, total=total, squares=squares, units=units, per_user=per_user)
 
     def validate(self, kind: str, where: str) -> None:
         _whole(self.count, f"{where}.count")
         if self.units is not None:
             _whole(self.units, f"{where}.units")
+        if self.per_user is not None:
+            self.per_user.validate(f"{where}.per_user")
         if not _is_finite_number(self.total):
             raise InvalidCounts(f"{where}.total: {self.total!r} is not a finite number")
         if kind == "proportion":
@@ -526,6 +555,8 @@ class VariantComparison:
     srm_e_value: float | None
     share: float | None
     intended_share: float | None
+    users: int | None = None  # under unit: user, the users behind the estimate
+    control_users: int | None = None
 
     def to_dict(self) -> dict[str, JsonValue]:
         return {
@@ -533,6 +564,8 @@ class VariantComparison:
             "verdict": self.verdict,
             "samples": self.samples,
             "controlSamples": self.control_samples,
+            "users": self.users,
+            "controlUsers": self.control_users,
             "mean": finite(self.mean),
             "controlMean": finite(self.control_mean),
             "difference": finite(self.difference),
@@ -561,6 +594,7 @@ class ABResult:
     metric: str
     control: str
     looks: int
+    unit: str = "sample"
 
     def comparison(self, variant: str) -> VariantComparison:
         return next(c for c in self.comparisons if c.variant == variant)
@@ -576,6 +610,7 @@ class ABResult:
             "looks": self.looks,
             "alphaPerComparison": finite(self.alpha_each),
             "samples": dict(self.samples),
+            "unit": self.unit,
             "comparisons": [c.to_dict() for c in self.comparisons],
         }
         if self.winner is not None:
@@ -606,7 +641,8 @@ def ab_initial_state(config: ExperimentConfig, variants: Sequence[str] | None = 
         "config": config.statistics_dict(),
         "looks": 0,
         "elapsed": 0.0,
-        "arms": {n: {"count": 0, "total": 0.0, "squares": 0.0, "units": 0} for n in names},
+        "arms": {n: {"count": 0, "total": 0.0, "squares": 0.0, "units": 0, "perUser": [0, 0.0, 0.0, 0.0]}
+                 for n in names},
         "comparisons": {
             n: {
                 "w": 0.0, "sv": 0.0, "sc": 0.0, "a": 0.0, "b": 0.0,
@@ -635,6 +671,10 @@ def ab_update(
     new["elapsed"] = float(elapsed_seconds)
     for name, c in counts.items():
         _add_arm(new["arms"][name], c, config.primary.kind)
+    impossible = _per_user_problem(new["arms"], config, counts)
+    if impossible:
+        unchanged = copy.deepcopy(dict(state))
+        return unchanged, _result(unchanged, config, ABDecision.ERROR, f"unusable data: {impossible}")
     empty = PrimaryCounts(0, 0.0, 0.0)
     control = counts.get(config.control, empty)
     for name in config.treatments:
@@ -643,8 +683,9 @@ def ab_update(
 
 
 def state_config(state: Mapping[str, Any]) -> ExperimentConfig:
-    """The experiment configuration frozen in a state (guardrails left at their defaults: not used here)."""
-    return ExperimentConfig.from_dict(state["config"], path="state.config")
+    """The experiment configuration frozen in a state (guardrails left at their defaults: not used here). A
+    state frozen before `unit` existed judged samples, and keeps doing so."""
+    return ExperimentConfig.from_dict({"unit": "sample", **state["config"]}, path="state.config")
 
 
 def _input_problem(
@@ -660,6 +701,11 @@ def _input_problem(
             c.validate(config.primary.kind, f"counts[{name}]")
     except InvalidCounts as exc:
         return str(exc)
+    if config.unit == "user":
+        no_sums = sorted(n for n, c in counts.items() if c.per_user is None and c.count > 0)
+        if no_sums:  # never judged as if impressions were independent without being asked to
+            return (f"counts[{no_sums[0]}] has no per-user sums, which unit: user needs: export them (see "
+                    f"docs/experiments.md, \"Users as the unit\"), or set unit: sample if samples are independent")
     if config.sample_ratio_on == "units":
         missing = sorted(n for n, c in counts.items() if c.units is None and c.count > 0)
         if missing:  # never a silent "no mismatch": the check would count 0 users on every side
@@ -673,6 +719,26 @@ def _add_arm(arm: dict[str, Any], c: PrimaryCounts, kind: str) -> None:
     arm["total"] += float(c.total)
     arm["squares"] += float(c.total if kind == "proportion" else (c.squares or 0.0))
     arm["units"] += c.units or 0
+    if c.per_user is not None:
+        sums = arm.setdefault("perUser", [0, 0.0, 0.0, 0.0])
+        for i, inc in enumerate((c.per_user.users, c.per_user.yy, c.per_user.nn, c.per_user.yn)):
+            sums[i] += inc
+
+
+def _user_totals(arm: Mapping[str, Any]) -> UserTotals:
+    users, yy, nn, yn = arm.get("perUser", (0, 0.0, 0.0, 0.0))
+    return UserTotals(users=users, y=arm["total"], n=arm["count"], yy=yy, nn=nn, yn=yn)
+
+
+def _per_user_problem(arms: Mapping[str, Any], config: ExperimentConfig, counts: Mapping[str, PrimaryCounts]) -> str:
+    """Cumulative per-user sums that no set of users can have (e.g. a sum of squares below its square / users)."""
+    if config.unit != "user":
+        return ""
+    for name in counts:
+        problem = _user_totals(arms[name]).problem()
+        if problem:
+            return f"the per-user sums of {name} so far: {problem}"
+    return ""
 
 
 def _fold_comparison(
@@ -717,6 +783,8 @@ def _variances(arm: Mapping[str, Any], config: ExperimentConfig) -> tuple[float,
 
 
 def _compare(state: Mapping[str, Any], config: ExperimentConfig, name: str) -> VariantComparison:
+    if config.unit == "user":
+        return _compare_users(state, config, name)
     comp, arm_v, arm_c = state["comparisons"][name], state["arms"][name], state["arms"][config.control]
     alpha, rho2 = config.alpha_each, rho_squared(config.tuning_samples, config.alpha_each)
     (var_v, bound), (var_c, _) = _variances(arm_v, config), _variances(arm_c, config)
@@ -745,6 +813,36 @@ def _compare(state: Mapping[str, Any], config: ExperimentConfig, name: str) -> V
         srm_e_value=None if config.sample_ratio_on == "off" else math.exp(min(srm["logE"], 700.0)),
         share=share,
         intended_share=intended,
+    )
+
+
+def _compare_users(state: Mapping[str, Any], config: ExperimentConfig, name: str) -> VariantComparison:
+    """`_compare` with users as the unit: the delta method on cumulative per-user sums (`analysis.users`)."""
+    arm_v, arm_c = state["arms"][name], state["arms"][config.control]
+    alpha, rho2 = config.alpha_each, rho_squared(config.tuning_users, config.alpha_each)
+    t_v, t_c, proportion = _user_totals(arm_v), _user_totals(arm_c), config.primary.kind == "proportion"
+    est, lo, hi = user_difference_cs(t_v, t_c, alpha, rho2, proportion)
+    r_lo, r_hi = user_ratio_cs(t_v, t_c, alpha, rho2, proportion)
+    mean_v = arm_v["total"] / arm_v["count"] if arm_v["count"] else None
+    mean_c = arm_c["total"] / arm_c["count"] if arm_c["count"] else None
+    srm = state["comparisons"][name]["srm"]
+    share, intended = _shares(srm["n"], config, name)
+    return VariantComparison(
+        variant=name,
+        verdict=_verdict(float(lo), float(hi), config),
+        samples=arm_v["count"],
+        control_samples=arm_c["count"],
+        mean=mean_v,
+        control_mean=mean_c,
+        difference=None if math.isnan(float(est)) else float(est),
+        difference_cs=(float(lo), float(hi)),
+        ratio=mean_v / mean_c if mean_v is not None and mean_c else None,
+        ratio_cs=(float(r_lo), float(r_hi)),
+        srm_e_value=None if config.sample_ratio_on == "off" else math.exp(min(srm["logE"], 700.0)),
+        share=share,
+        intended_share=intended,
+        users=int(arm_v["perUser"][0]),
+        control_users=int(arm_c["perUser"][0]),
     )
 
 
@@ -779,6 +877,12 @@ def _decide(state: Mapping[str, Any], config: ExperimentConfig) -> ABResult:
         short = min(arms, key=lambda n: arms[n]["count"])
         reason = f"{short}: {arms[short]['count']} samples so far, {config.min_samples} needed per variant"
         return _result(state, config, ABDecision.CONTINUE, reason, comps=comps)
+    if config.unit == "user":
+        users = {n: int(a.get("perUser", (0,))[0]) for n, a in arms.items()}
+        short = min(users, key=lambda n: users[n])
+        if users[short] < config.min_users:
+            reason = f"{short}: {users[short]} users so far, {config.min_users} needed per variant"
+            return _result(state, config, ABDecision.CONTINUE, reason, comps=comps)
     worse = [c for c in comps if c.verdict == "worse"]
     if worse:
         return _result(state, config, ABDecision.HARMFUL, f"{worse[0].variant} is worse than {config.control} on "
@@ -847,6 +951,7 @@ def _result(
         metric=config.primary.name,
         control=config.control,
         looks=int(state["looks"]),
+        unit=config.unit,
     )
 
 

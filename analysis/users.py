@@ -39,10 +39,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from analysis.abtest import mixture_radius
 from analysis.histogram import FloatArray
+from analysis.mixture import mixture_radius
 
-__all__ = ["UserTotals", "ratio_and_variance", "user_difference_cs"]
+__all__ = ["UserTotals", "ratio_and_variance", "user_difference_cs", "user_ratio_cs"]
 
 
 @dataclass(frozen=True)
@@ -104,3 +104,21 @@ def user_difference_cs(variant: UserTotals, control: UserTotals, alpha: float, r
     radius = mixture_radius(v, np.where(has, v / w, np.inf), alpha, rho2) / w
     est = np.where(has, r_v - r_c, np.nan)
     return est, np.where(has, est - radius, -np.inf), np.where(has, est + radius, np.inf)
+
+
+def user_ratio_cs(variant: UserTotals, control: UserTotals, alpha: float, rho2: float, proportion: bool = True
+                  ) -> tuple[FloatArray, FloatArray]:
+    """(lower, upper) of R_v / R_c, anytime-valid asymptotically in users: the delta method on the log ratio
+    (variance Var(R_v) / R_v^2 + Var(R_c) / R_c^2) through the same boundary as `user_difference_cs`. (0, inf)
+    while either ratio is not positive or has no variance estimate yet."""
+    r_v, var_v = ratio_and_variance(variant, proportion)
+    r_c, var_c = ratio_and_variance(control, proportion)
+    u_v, u_c = _f(variant.users), _f(control.users)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        has = np.isfinite(var_v) & np.isfinite(var_c) & (u_v > 0) & (u_c > 0) & (r_v > 0) & (r_c > 0)
+        w = np.where(has, u_v * u_c / np.where(has, u_v + u_c, 1.0), 1.0)
+        log_var = np.where(has, var_v / (r_v * r_v) + var_c / (r_c * r_c), np.inf)
+        v = np.where(has, log_var * w * w, np.inf)
+        radius = mixture_radius(v, np.where(has, v / w, np.inf), alpha, rho2) / w
+        est = np.where(has, np.log(np.where(has, r_v / r_c, 1.0)), 0.0)
+        return np.where(has, np.exp(est - radius), 0.0), np.where(has, np.exp(est + radius), np.inf)

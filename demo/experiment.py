@@ -107,7 +107,8 @@ def run_ab_demo(rps: float = 40.0, interval: float = 10.0, summary_path: Path | 
         split = "/".join(f"{a.name} {a.weight}%" for a in spec.experiment.routes.arms)
         console.say(f"A/B experiment {split} (sticky cookie `ab`), users click with {clicks}")
         clock = SystemClock()
-        reconciler = Reconciler(local_ports(stack, router, source.metrics, clock, outgoing, business))
+        reconciler = Reconciler(local_ports(stack, router, source.metrics, clock, outgoing, business,
+                                            metrics_delay=source.delay))
         ended, load_started = threading.Event(), threading.Event()
         watch = _load_while_experimenting(load, load_started, ended, stop, on_tick)
         status = drive_release(reconciler, state, spec, clock, ended, max_seconds, console, watch)
@@ -198,6 +199,8 @@ def _summary(status: ReleaseStatus, audit: LaneAudit, report: LoadReport | None,
         "ratio_interval": effect.get("ratioInterval"),
         "rates": experiment.get("rates"),
         "samples": experiment.get("samples"),
+        "unit": experiment.get("unit"),
+        "users": experiment.get("users"),
         "comparisons": experiment.get("comparisons"),
         "experiment_seconds": experiment.get("durationSeconds"),
         "click_probability": clicks,
@@ -226,7 +229,8 @@ def _summary_text(r: dict[str, Any]) -> str:
         f"  experiment: {r['decision']}, winner {r['winner']}; click-through {r['rates']}",
         f"  effect {r['treatment'] or '-'} - v1: {num(r['effect'])}, "
         f"confidence interval [{num(interval[0])}, {num(interval[1])}] "
-        f"after {r['experiment_seconds'] or 0:.0f}s, samples {r['samples']}",
+        f"after {r['experiment_seconds'] or 0:.0f}s, samples {r['samples']}, users {r['users']} "
+        f"(unit: {r['unit']})",
         f"  users on more than one variant: {r['mixed_users']}; responses mixing versions along their path: "
         f"{r['mixed_version_responses']} of {r['responses']}",
         f"  report: {r.get('report', '-')}",

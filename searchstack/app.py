@@ -162,6 +162,7 @@ def _master_routes(ctx: ServiceContext) -> APIRouter:
     router = APIRouter(tags=["search"])
     ctx.metrics.start_business_series()
     known_docs = frozenset(corpus.CORPUS.doc_ids)
+    user_header = ctx.settings.user_header  # whose impression or click it is (per-user sums, see telemetry)
 
     @router.post("/master-service/search", response_model=dict[str, float], responses=ERROR_RESPONSES)
     async def search(body: SearchRequest, request: Request) -> JSONResponse:
@@ -179,16 +180,16 @@ def _master_routes(ctx: ServiceContext) -> APIRouter:
                 raise answer
         hits = {s: _hits(s, a) for s, a in zip(sources, answers, strict=True) if isinstance(a, dict)}
         ranked = merge_scores(hits, body.text, body.n_results, body.random_seed)
-        ctx.metrics.count_impression()
+        ctx.metrics.count_impression(request.headers.get(user_header))
         # The body keeps the seed's exact {doc_id: score} shape; the id a click refers to goes in a header.
         return JSONResponse(ranked, headers={QUERY_ID_HEADER: uuid.uuid4().hex})
 
     @router.post("/master-service/click", response_model=ClickResponse, responses=NOT_FOUND)
-    async def click(body: ClickRequest) -> JSONResponse:
+    async def click(body: ClickRequest, request: Request) -> JSONResponse:
         """Record that a user clicked `doc_id` in a search's answer (counted per version of this service)."""
         if body.doc_id not in known_docs:
             return JSONResponse({"error": f"unknown doc_id {body.doc_id!r}", "service": ctx.settings.role}, 404)
-        ctx.metrics.count_click(body.value)
+        ctx.metrics.count_click(body.value, request.headers.get(user_header))
         return JSONResponse({"recorded": True, "doc_id": body.doc_id, "query_id": body.query_id})
 
     return router

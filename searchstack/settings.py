@@ -24,6 +24,9 @@ DOWNSTREAM_ENV_PREFIX: dict[str, str] = {
 }
 DEFAULT_LANE_HEADER = "x-canary-lane"
 DEFAULT_TIMEOUT_S = 5.0
+DEFAULT_USER_HEADER = "x-user-id"
+# Per-user sums (telemetry.UserSums) keep this many user ids at most; later new users count as anonymous.
+DEFAULT_MAX_TRACKED_USERS = 100_000
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,10 @@ class Settings:
     timeout_s: float = DEFAULT_TIMEOUT_S
     # A/B experiments' assignment cookie: a search without it is a newly assigned user (see telemetry).
     assignment_cookie: str = "ab"
+    # Per-user sums of A/B experiments (see telemetry.UserSums): the request header naming the user, and how
+    # many user ids one process keeps at most.
+    user_header: str = DEFAULT_USER_HEADER
+    max_tracked_users: int = DEFAULT_MAX_TRACKED_USERS
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -54,6 +61,10 @@ class Settings:
             object.__setattr__(self, "workload", f"{self.role}-{self.version}")
         if self.work_ms < 0:
             raise ValueError(f"SEARCHSTACK_WORK_MS must be >= 0, got {self.work_ms}")
+        if self.max_tracked_users < 0:
+            raise ValueError(f"SEARCHSTACK_MAX_TRACKED_USERS must be >= 0, got {self.max_tracked_users}")
+        if not self.user_header:
+            raise ValueError("USER_HEADER must not be empty")
         for name, target in self.downstreams.items():
             parts = urlsplit(target.url)
             if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -87,6 +98,8 @@ class Settings:
             work_ms=_float_env(env, "SEARCHSTACK_WORK_MS", 0.0),
             timeout_s=_float_env(env, "SEARCHSTACK_TIMEOUT_S", DEFAULT_TIMEOUT_S),
             assignment_cookie=env.get("ASSIGNMENT_COOKIE", "").strip() or "ab",
+            user_header=(env.get("USER_HEADER", "").strip() or DEFAULT_USER_HEADER).lower(),
+            max_tracked_users=_int_env(env, "SEARCHSTACK_MAX_TRACKED_USERS", DEFAULT_MAX_TRACKED_USERS),
         )
 
 
@@ -103,3 +116,13 @@ def _float_env(env: Mapping[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise ValueError(f"{name}={raw!r} is not a number") from None
+
+
+def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer") from None

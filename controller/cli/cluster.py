@@ -6,7 +6,8 @@
                       [--no-leader-election]
                       [--business-metric NAME] [--business-metric-numerator PROMQL]
                       [--business-metric-denominator PROMQL] [--business-metric-squares PROMQL]
-                      [--business-metric-units PROMQL] [--no-business-metrics] [--log-format text|json]
+                      [--business-metric-units PROMQL] [--business-metric-user-sums 'PROMQL;PROMQL;PROMQL;PROMQL']
+                      [--no-business-metrics] [--log-format text|json]
                       [--slack-webhook-file F] [--notify-url URL] [--notify-secret-file F] [--webhook-allow-host H]
 
 The controller calls (hooks, notifications) in-cluster Services and the `--webhook-allow-host` hosts only,
@@ -133,6 +134,11 @@ def _controller_parser() -> argparse.ArgumentParser:
     p.add_argument("--business-metric-units", default=os.environ.get("BUSINESS_METRIC_UNITS"),
                    help="PromQL template of a counter of users assigned per version, the units of the sample-"
                         "ratio check (search stack: searchstack_assignments_total{...}); default: none")
+    p.add_argument("--business-metric-user-sums", default=os.environ.get("BUSINESS_METRIC_USER_SUMS"),
+                   help="users as the unit: four PromQL templates separated by ';' of counters of the sums over "
+                        "users of Y^2, N^2, Y*N and of the users (Y, N: a user's numerator and denominator "
+                        "totals); default: the search stack's searchstack_user_* counters for its two metrics, "
+                        "else none (docs/experiments.md, \"Users as the unit\")")
     p.add_argument("--no-business-metrics", action="store_true",
                    help="no business source: an A/B experiment's looks are errors (it rolls back)")
     p.add_argument("--health-port", type=int, default=8080, help="/healthz, /readyz, /metrics (0: any free)")
@@ -162,7 +168,7 @@ def prometheus_config(args: argparse.Namespace) -> dict[str, Any]:
         config["scrape_interval_seconds"] = args.prometheus_scrape_interval
     if args.no_business_metrics:
         return config
-    from controller.adapters.prometheus.business import mean_metric_config, units_metric_config
+    from controller.adapters.prometheus.business import mean_metric_config, units_metric_config, user_sums_metric_config
 
     name, numerator, denominator = (args.business_metric, args.business_metric_numerator,
                                     args.business_metric_denominator)
@@ -172,8 +178,32 @@ def prometheus_config(args: argparse.Namespace) -> dict[str, Any]:
         custom = {name: {"kind": "counter_pair", "numerator": numerator, "denominator": denominator}}
     if args.business_metric_units:
         custom |= units_metric_config(name, args.business_metric_units, denominator)
+    user_sums = _user_sums_templates(args)
+    if user_sums is not None:
+        custom |= user_sums_metric_config(name, *user_sums)
     config["custom_metrics"] = custom
     return config
+
+
+def _user_sums_templates(args: argparse.Namespace) -> tuple[str, str, str, str] | None:
+    """The per-user sums' templates (Y^2, N^2, Y N, users): `--business-metric-user-sums`, else the search
+    stack's when the metric is its click-through or value per click (default counters), else none."""
+    from controller.adapters.prometheus.business import CLICK_VALUE, USER_SUMS, USER_VALUE_SUMS
+
+    if args.business_metric_user_sums:
+        parts = tuple(t.strip() for t in args.business_metric_user_sums.split(";"))
+        if len(parts) != 4 or not all(parts):
+            raise SystemExit("--business-metric-user-sums: four PromQL templates separated by ';' (sum of Y^2; "
+                             f"sum of N^2; sum of Y*N; users), got {len(parts)}")
+        return parts[0], parts[1], parts[2], parts[3]
+    numerator, denominator = args.business_metric_numerator, args.business_metric_denominator
+    if args.business_metric_squares:
+        if (numerator, args.business_metric_squares, denominator) == CLICK_VALUE:
+            return USER_VALUE_SUMS[0], USER_VALUE_SUMS[1], USER_VALUE_SUMS[2], USER_VALUE_SUMS[3]
+        return None
+    if (numerator, denominator) == (DEFAULT_BUSINESS_NUMERATOR, DEFAULT_BUSINESS_DENOMINATOR):
+        return USER_SUMS[0], USER_SUMS[1], USER_SUMS[2], USER_SUMS[3]
+    return None
 
 
 def business_source(args: argparse.Namespace, metrics: CustomMetrics) -> BusinessMetrics | None:

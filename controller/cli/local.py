@@ -4,6 +4,7 @@
     canary run -f release.yaml --local [...]          any release on the local platform (demo.canary.run_local)
     canary stack up [--versions v1,v2] [...]          the search stack behind the mesh router until Ctrl-C
     canary analyze --replay FILE...                   judge recorded intervals (analysis.replay)
+    canary analyze --experiment --replay FILE...      judge an A/B experiment's looks (analysis.experiment_replay)
     canary get|status|history --workdir DIR           a local release's live view or revisions
     canary pause|resume|promote|...  --workdir DIR    the operator's commands on a local release's spec
 
@@ -163,7 +164,12 @@ def _serve_until(stopping: Callable[[], bool], router_url: str, rps: float) -> N
 
 
 def analyze(argv: list[str]) -> int:
-    """`canary analyze`: judge recorded intervals (replay files), as the controller would have."""
+    """`canary analyze`: judge recorded intervals (replay files), as the controller would have; with
+    `--experiment`, an A/B experiment's recorded looks."""
+    if "--experiment" in argv:
+        from analysis.experiment_replay import main as experiment_main
+
+        return experiment_main(argv)
     from analysis.replay import main as replay_main
 
     return replay_main(argv)

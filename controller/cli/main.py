@@ -4,6 +4,7 @@
     canary run -f release.yaml --local [--rps N] [--fault SERVICE:KNOB=VALUE ...] [--workdir DIR]
     canary stack up [--versions v1,v2] [--weight W] [--rps N]
     canary analyze --replay FILE... [--judge sequential|kayenta|threshold] [--alpha A]
+    canary analyze --experiment --replay FILE...|DIR                            (an A/B experiment's looks)
     canary controller | start NAME --image SERVICE=IMAGE...                         (Kubernetes)
     canary get|status NAME [-n NS] [--watch] | list [-n NS | -A] | history NAME     (or --workdir DIR)
     canary pause|resume|promote [--full]|abort|retry|undo|approve NAME [-n NS]     (or --workdir DIR)

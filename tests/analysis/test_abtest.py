@@ -35,6 +35,7 @@ def spec(**overrides: Any) -> dict[str, Any]:
         "primaryMetric": {"kind": "proportion", "name": "click-through"},
         "minSamples": 500,
         "maxDurationSeconds": 3600,
+        "unit": "sample",  # these tests are the sample-level engine's (users as the unit: test_abtest_users.py)
     }
     base.update(overrides)
     return base

@@ -25,7 +25,7 @@ from controller.core.spec.release import InvalidSpec, parse_release
 from controller.core.status import Phase, ReleaseStatus
 from controller.ports import BusinessQuery, Metrics, MetricsUnavailable
 from controller.reconciler import Ports, Reconciler
-from tests.support.abn import AbnMetrics, split_by_plan
+from tests.support.abn import AbnMetrics, split_by_plan, users_counts
 from tests.support.fakes import FakeRouter, VersionModel
 from tests.support.istio_schema import istio_errors
 from tests.support.k8s_schema import custom_resource_errors, load_documents
@@ -70,9 +70,8 @@ class FakeBusiness:
         treated = int(self.rng.binomial(total, plan.canary_weight / 100))
         out = {}
         for version, n in ((query.versions[0], total - treated), (query.versions[1], treated)):
-            clicks = int(self.rng.binomial(n, self.click_probability.get(version, 0.1)))
-            # Users assigned: a user sees about 5 results pages per window (what the sample-ratio check counts).
-            out[version] = PrimaryCounts.proportion(clicks, n, units=n // 5)
+            # New users of 5 results pages each (the sample-ratio check's units), with their per-user sums.
+            out[version] = users_counts(self.rng, n, self.click_probability.get(version, 0.1))
         return out
 
 
@@ -278,8 +277,7 @@ class AbnBusiness(FakeBusiness):
     def business(self, query: BusinessQuery, start: float, end: float) -> Mapping[str, PrimaryCounts]:
         self.queries.append((start, end))
         per_version = split_by_plan(self.rng, self.router.in_effect(), int(self.rng.poisson(self.rps * (end - start))))
-        return {v: PrimaryCounts.proportion(int(self.rng.binomial(n, self.click_probability.get(v, 0.1))), n,
-                                            units=n // 5)
+        return {v: users_counts(self.rng, n, self.click_probability.get(v, 0.1))
                 for v, n in per_version.items() if v in query.versions}
 
 
@@ -418,7 +416,7 @@ class UnitsBusiness(FakeBusiness):
         users = int(self.rng.poisson(self.users_per_second * (end - start)))
         on_v2 = int(self.rng.binomial(users, self.v2_user_share))
         units = {query.versions[0]: users - on_v2, query.versions[1]: on_v2}
-        return {v: PrimaryCounts(c.count, c.total, c.squares, units[v]) for v, c in counts.items()}
+        return {v: replace(c, units=units[v]) for v, c in counts.items()}
 
 
 @pytest.mark.parametrize("v2_user_share, broken", [(0.5, False), (0.3, True)])

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from analysis.abtest import PerUser, PrimaryCounts
 from analysis.observations import WindowCounts
 from tests.support.fakes import FakeMetrics, VersionModel
 
@@ -33,3 +34,16 @@ class AbnMetrics(FakeMetrics):
         counts = {(s, v): self._draw(n, self.models.get(v, VersionModel()))
                   for s in query.services for v, n in per_version.items() if v in query.versions}
         return WindowCounts(start, end, counts)
+
+
+def users_counts(rng: np.random.Generator, impressions: int, click_probability: float, per_user: int = 5,
+                 units: int | None = None) -> PrimaryCounts:
+    """One window's impressions of new users (`per_user` each, the last one the rest) with their clicks, and
+    the per-user sums that the search stack exports for them (`unit: user`)."""
+    sizes = np.array([per_user] * (impressions // per_user) + ([impressions % per_user] if impressions % per_user
+                                                                else []), dtype=np.int64)
+    clicks = rng.binomial(sizes, click_probability) if sizes.size else sizes
+    sums = PerUser(int(sizes.size), float((clicks * clicks).sum()), float((sizes * sizes).sum()),
+                   float((clicks * sizes).sum()))
+    return PrimaryCounts.proportion(int(clicks.sum()), impressions,
+                                    units=int(sizes.size) if units is None else units, per_user=sums)

@@ -12,6 +12,13 @@ counters are not scraped or the templates select nothing, and an experiment must
 without series (not scraped yet) is absent from the answer. Optionally, a counter pair `<name>.units` gives
 each version's users assigned in the window (its numerator: `ASSIGNMENTS` for the search stack), the
 units of the experiment's sample-ratio check; without it `units` is None.
+
+Users as the unit: two more optional counter pairs give each version's per-user sums (`PerUser`), where
+Y_u and N_u are user u's totals of the metric's numerator and denominator: `<name>.user-squares` (numerator
+the sum over users of Y_u^2, denominator of N_u^2) and `<name>.user-cross` (numerator the sum of Y_u N_u,
+denominator the users). `user_sums_metric_config` writes both; `USER_SUMS` and `USER_VALUE_SUMS` are the search
+stack's (click-through; value per click). Without them `per_user` is None, and an experiment judging users
+(`unit: user`, the default) says that the sums are missing.
 """
 
 from __future__ import annotations
@@ -20,13 +27,14 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Protocol
 
-from analysis.abtest import PrimaryCounts
+from analysis.abtest import PerUser, PrimaryCounts
 from analysis.observations import MetricsQuery
 from controller.adapters.prometheus.client import CustomWindow
 from controller.ports import BusinessQuery, MetricsUnavailable
 
-__all__ = ["ASSIGNMENTS", "CLICK_VALUE", "SQUARES_SUFFIX", "UNITS_SUFFIX", "PrometheusBusinessMetrics",
-           "mean_metric_config", "units_metric_config"]
+__all__ = ["ASSIGNMENTS", "CLICK_VALUE", "SQUARES_SUFFIX", "UNITS_SUFFIX", "USER_CROSS_SUFFIX", "USER_SQUARES_SUFFIX",
+           "USER_SUMS", "USER_VALUE_SUMS", "PrometheusBusinessMetrics", "mean_metric_config", "units_metric_config",
+           "user_sums_metric_config"]
 
 UNITS_SUFFIX = ".units"  # optional: its numerator's increase is the users assigned (the SRM check's units)
 SQUARES_SUFFIX = ".squares"  # custom metric names allow letters, digits, _ . -
@@ -45,6 +53,23 @@ ASSIGNMENTS = (
     "searchstack_assignments_total" + _PAIR.format(),
     "searchstack_impressions_total" + _PAIR.format(),
 )
+
+
+USER_SQUARES_SUFFIX = ".user-squares"  # numerator: sum of Y_u^2; denominator: sum of N_u^2
+USER_CROSS_SUFFIX = ".user-cross"  # numerator: sum of Y_u N_u; denominator: users
+# The search stack's per-user sums (searchstack/README.md) as (Y^2, N^2, Y N, users) templates: click-through
+# (Y = clicks, N = impressions) and value per click (Y = click values, N = clicks).
+USER_SUMS = tuple("searchstack_user_" + m + "_total" + _PAIR.format() for m in (
+    "clicks_squares", "impressions_squares", "clicks_impressions", "units"))
+USER_VALUE_SUMS = tuple("searchstack_user_" + m + "_total" + _PAIR.format() for m in (
+    "click_value_squares", "clicks_squares", "click_value_clicks", "units"))
+
+
+def user_sums_metric_config(name: str, yy: str, nn: str, yn: str, users: str) -> dict[str, dict[str, str]]:
+    """The optional `custom_metrics` entries that give primary metric `name` its per-user sums (PromQL
+    templates of counters: sums over users of Y_u^2, N_u^2, Y_u N_u, and the users)."""
+    return {name + USER_SQUARES_SUFFIX: {"kind": "counter_pair", "numerator": yy, "denominator": nn},
+            name + USER_CROSS_SUFFIX: {"kind": "counter_pair", "numerator": yn, "denominator": users}}
 
 
 def units_metric_config(name: str, assigned: str, other: str) -> dict[str, dict[str, str]]:
@@ -69,11 +94,26 @@ class PrometheusBusinessMetrics:
         self.source = source
 
     def business(self, query: BusinessQuery, start: float, end: float) -> Mapping[str, PrimaryCounts]:
-        counts = self._counts(query, start, end)
+        counts = self._with_per_user(query, self._counts(query, start, end), start, end)
         units = self._pairs_or_none(query, query.metric + UNITS_SUFFIX, start, end, optional=True)
         if units is None:
             return counts
         return {v: replace(c, units=round(units[v][0]) if v in units else None) for v, c in counts.items()}
+
+    def _with_per_user(self, query: BusinessQuery, counts: dict[str, PrimaryCounts], start: float, end: float
+                       ) -> dict[str, PrimaryCounts]:
+        squares = self._pairs_or_none(query, query.metric + USER_SQUARES_SUFFIX, start, end, optional=True)
+        cross = self._pairs_or_none(query, query.metric + USER_CROSS_SUFFIX, start, end, optional=True)
+        if squares is None or cross is None:
+            return counts
+        out = {}
+        for version, c in counts.items():
+            if version not in squares or version not in cross:
+                out[version] = c  # no series for it yet: no per-user sums this window
+                continue
+            (yy, nn), (yn, users) = squares[version], cross[version]
+            out[version] = replace(c, per_user=PerUser(round(users), max(yy, 0.0), max(nn, 0.0), max(yn, 0.0)))
+        return out
 
     def _counts(self, query: BusinessQuery, start: float, end: float) -> dict[str, PrimaryCounts]:
         pairs = self._pairs(query, query.metric, start, end)

@@ -258,6 +258,10 @@ def result_dict(result: ABResult, exp: ExperimentSpec, elapsed: float) -> dict[s
         "alphaPerComparison": result.alpha_each,
         "rates": {result.control: comparison.control_mean, **{c.variant: c.mean for c in result.comparisons}},
         "samples": dict(result.samples),
+        # What the intervals treat as independent: users (their per-user totals), or every sample.
+        "unit": result.unit,
+        "users": None if comparison.users is None else {
+            result.control: comparison.control_users, **{c.variant: c.users for c in result.comparisons}},
         "durationSeconds": elapsed,
         "looks": result.looks,
         "stoppedBy": stopped_by,

@@ -9,7 +9,7 @@ template runs with the variant's version label, which the local stack turns into
 `spec.canary` can be promoted at the end (the release's promotion re-points stable at it); another
 variant that wins is reported, and the release keeps stable (see `controller.core.machine.experiment`).
 The statistics' fields are those of `analysis.abtest.ExperimentConfig` (alpha, primaryMetric,
-minSamples, confidenceSequence, sampleRatioOn, guardrails, onEnd, ...), except that the duration bounds
+minSamples, confidenceSequence, sampleRatioOn, guardrails, onEnd, unit, minUsers, ...), except that the duration bounds
 are durations (`minDuration: 2m`); the routing fields are `cookie`, `cookieMaxAge`, `cohortHeader`, and
 the analysis cadence `interval` and `settle`. Problems are recorded with their full path on the release's
 reader (`analysis.reader.Reader`), which `controller.core.spec.release` hands down.
@@ -30,7 +30,8 @@ from controller.core.plan import ExperimentArm, ExperimentRoutes, InvalidPlan
 PATH = "spec.strategy.abTest"
 ROUTING_FIELDS = ("interval", "settle", "cookie", "cookieMaxAge", "cohortHeader", "minDuration", "maxDuration")
 STATISTICS_FIELDS = ("variants", "control", "alpha", "primaryMetric", "minSamples", "equivalenceMargin",
-                     "confidenceSequence", "sampleRatioAlpha", "sampleRatioOn", "guardrails", "onEnd")
+                     "confidenceSequence", "sampleRatioAlpha", "sampleRatioOn", "guardrails", "onEnd", "unit",
+                     "minUsers")
 KNOWN = (*STATISTICS_FIELDS, *ROUTING_FIELDS)
 _COOKIE = re.compile(r"^[A-Za-z0-9_-]+$")
 _HEADER = re.compile(r"^[a-z0-9][a-z0-9-]*$")

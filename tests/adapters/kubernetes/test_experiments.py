@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from analysis.abtest import PrimaryCounts
 from analysis.observations import MetricsQuery
 from controller.adapters.kubernetes.client import KubeApi
 from controller.adapters.kubernetes.routing import IstioRouter
@@ -28,6 +29,7 @@ from controller.adapters.prometheus.client import CustomValue, CustomWindow, Pro
 from controller.cli.cluster import _controller_parser, business_source, prometheus_config
 from controller.core.status import Phase
 from controller.ports import BusinessQuery, MetricsUnavailable
+from tests.support.abn import users_counts
 from tests.support.kmock_server import RunningEmulator
 from tests.support.kube_world import NAMESPACE, SERVICES, KubeWorld, cluster_world
 
@@ -47,9 +49,11 @@ class CounterPairs:
     click_probability: Mapping[str, float]
     rps: float = 50.0
     down: bool = False
-    configured: tuple[str, ...] = ("click-through", "click-through.units")
+    configured: tuple[str, ...] = ("click-through", "click-through.units", "click-through.user-squares",
+                                   "click-through.user-cross")
     seed: int = 11
     asked: list[str] = field(default_factory=list)
+    drawn: dict[tuple[float, float], dict[str, PrimaryCounts]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
@@ -60,20 +64,33 @@ class CounterPairs:
             raise MetricsUnavailable("connection failed: connection refused")
         if name not in self.configured:
             raise KeyError(f"no custom metric {name!r}; configured: {sorted(self.configured)}")
-        plan = IstioRouter(self.api, query.namespace, ()).in_effect()
-        weight = 0 if plan is None else plan.canary_weight
-        total = int(self.rng.poisson(self.rps * (end - start)))
-        treated = int(self.rng.binomial(total, weight / 100))
-        values = {}
-        for version, n in ((query.versions[0], total - treated), (query.versions[1], treated)):
-            values[(query.services[0], version)] = self.value(name, version, n)
+        counts = self.window(query, start, end)  # one draw per window: every counter pair tells of the same users
+        values = {(query.services[0], version): self.value(name, c) for version, c in counts.items()}
         return CustomWindow(name=name, start=start, end=end, values=values)
 
-    def value(self, name: str, version: str, n: int) -> CustomValue:
-        """Clicks of n impressions; for `<metric>.units`, the users assigned (about 5 searches each a window)."""
+    def window(self, query: MetricsQuery, start: float, end: float) -> dict[str, PrimaryCounts]:
+        if (start, end) not in self.drawn:
+            plan = IstioRouter(self.api, query.namespace, ()).in_effect()
+            weight = 0 if plan is None else plan.canary_weight
+            total = int(self.rng.poisson(self.rps * (end - start)))
+            treated = int(self.rng.binomial(total, weight / 100))
+            self.drawn[(start, end)] = {  # new users of about 5 searches each a window, with their clicks
+                version: users_counts(self.rng, n, self.click_probability.get(version, 0.1))
+                for version, n in ((query.versions[0], total - treated), (query.versions[1], treated))}
+        return self.drawn[(start, end)]
+
+    @staticmethod
+    def value(name: str, c: PrimaryCounts) -> CustomValue:
+        """The counter pair `name` of one version's window (its clicks of impressions; the users assigned for
+        `<metric>.units`; the per-user sums for `.user-squares` and `.user-cross`)."""
+        assert c.per_user is not None and c.units is not None
         if name.endswith(".units"):
-            return CustomValue(float(n // 5), float(n // 5))
-        return CustomValue(float(self.rng.binomial(n, self.click_probability.get(version, 0.1))), float(n))
+            return CustomValue(float(c.units), float(c.units))
+        if name.endswith(".user-squares"):
+            return CustomValue(c.per_user.yy, c.per_user.nn)
+        if name.endswith(".user-cross"):
+            return CustomValue(c.per_user.yn, float(c.per_user.users))
+        return CustomValue(float(c.total), float(c.count))
 
 
 @pytest.fixture
@@ -114,22 +131,30 @@ def test_a_better_variant_wins_and_is_promoted_on_kubernetes(world: KubeWorld) -
     low, high = result["effect"]["interval"]
     assert 0 < low < 0.06 < high
     assert result["durationSeconds"] >= 120 and min(result["samples"].values()) >= 1000
-    assert set(source.asked) == {"click-through", "click-through.units"}
+    assert set(source.asked) == set(source.configured)  # the users' sums too: the experiment judged users
+    assert result["unit"] == "user" and min(result["users"].values()) >= 100
     plan = IstioRouter(world.api, NAMESPACE, SERVICES).in_effect()
     assert plan is not None and plan.experiment is None and {s.stable for s in plan.services} == {"v2"}
     assert "ExperimentEnded" in [e["reason"] for e in world.objects("events")]
     world.assert_valid_writes()
 
 
-def test_missing_user_counts_stop_the_experiment_with_what_to_configure(world: KubeWorld) -> None:
-    """The sample-ratio check counts users (the default): without the `.units` metric it is not silently off."""
-    source = CounterPairs(world.api, {"v1": 0.10, "v2": 0.16}, configured=("click-through",))
+@pytest.mark.parametrize("missing, says", [
+    # The sample-ratio check counts users (the default): without the `.units` metric it is not silently off.
+    (".units", "has no number of users assigned"),
+    # Users are the unit (the default): without their sums the experiment is not judged on impressions instead.
+    (".user-squares", "has no per-user sums"),
+])
+def test_missing_user_counts_stop_the_experiment_with_what_to_configure(world: KubeWorld, missing: str,
+                                                                        says: str) -> None:
+    configured = tuple(n for n in CounterPairs.configured if not n.endswith(missing))
+    source = CounterPairs(world.api, {"v1": 0.10, "v2": 0.16}, configured=configured)
     start_experiment(world)
     status = world.drive(ab_controller(world, source), rounds=600)
     assert status.phase is Phase.ROLLED_BACK, status.message
     last = status.history[-3:]
     assert [h.verdict for h in last] == ["error"] * 3
-    assert all("has no number of users assigned" in h.reason and "sampleRatioOn" in h.reason for h in last)
+    assert all(says in h.reason and ("sampleRatioOn" in h.reason or "unit: sample" in h.reason) for h in last)
 
 
 @pytest.mark.parametrize("failure, reason", [
@@ -190,7 +215,10 @@ def test_mean_metric_and_assignment_units_flags() -> None:
         "--business-metric-denominator", "searchstack_clicks_total" + pair,
         "--business-metric-units", "searchstack_assignments_total" + pair])
     custom = PrometheusConfig.from_dict(prometheus_config(args)).custom_metrics
-    assert set(custom) == {"value-per-click", "value-per-click.squares", "value-per-click.units"}
+    # The search stack's value per click: its per-user sums come with it by default.
+    assert set(custom) == {"value-per-click", "value-per-click.squares", "value-per-click.units",
+                           "value-per-click.user-squares", "value-per-click.user-cross"}
+    assert custom["value-per-click.user-squares"].numerator.startswith("searchstack_user_click_value_squares_total")
     assert custom["value-per-click.squares"].numerator.startswith("searchstack_click_value_squares_total")
     assert custom["value-per-click.squares"].denominator == custom["value-per-click"].denominator
     assert custom["value-per-click.units"].numerator.startswith("searchstack_assignments_total")
@@ -321,22 +349,18 @@ def test_the_experiment_annotation_is_removed_through_the_api(world: KubeWorld) 
 class ArmCounterPairs(CounterPairs):
     """Impressions per variant by the experiment's weights read back over the API; every queried version."""
 
-    def custom(self, name: str, query: MetricsQuery, start: float, end: float) -> CustomWindow:
-        self.asked.append(name)
-        if name not in self.configured:
-            raise KeyError(name)
-        plan = IstioRouter(self.api, query.namespace, ()).in_effect()
-        total = int(self.rng.poisson(self.rps * (end - start)))
-        if plan is None or plan.experiment is None:
-            split = {plan.service(plan.entry).stable if plan else query.versions[0]: total}
-        else:
-            drawn = self.rng.multinomial(total, [a.weight / 100 for a in plan.experiment.arms])
-            split = {a.version: int(n) for a, n in zip(plan.experiment.arms, drawn, strict=True)}
-        values = {}
-        for version, n in split.items():
-            if version in query.versions:
-                values[(query.services[0], version)] = self.value(name, version, n)
-        return CustomWindow(name=name, start=start, end=end, values=values)
+    def window(self, query: MetricsQuery, start: float, end: float) -> dict[str, PrimaryCounts]:
+        if (start, end) not in self.drawn:
+            plan = IstioRouter(self.api, query.namespace, ()).in_effect()
+            total = int(self.rng.poisson(self.rps * (end - start)))
+            if plan is None or plan.experiment is None:
+                split = {plan.service(plan.entry).stable if plan else query.versions[0]: total}
+            else:
+                drawn = self.rng.multinomial(total, [a.weight / 100 for a in plan.experiment.arms])
+                split = {a.version: int(n) for a, n in zip(plan.experiment.arms, drawn, strict=True)}
+            self.drawn[(start, end)] = {v: users_counts(self.rng, n, self.click_probability.get(v, 0.1))
+                                        for v, n in split.items() if v in query.versions}
+        return self.drawn[(start, end)]
 
 
 def test_an_abn_experiment_runs_on_kubernetes_with_every_variant_deployed_routed_and_retired(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import httpx
 import pytest
 
+from analysis.abtest import PerUser
 from analysis.observations import MetricsQuery
 from controller.adapters.local.business import LocalBusinessMetrics, parse_business
 from controller.adapters.prometheus.business import PrometheusBusinessMetrics
@@ -52,8 +54,35 @@ def world() -> tuple[Processes, LocalBusinessMetrics]:
 
 
 def test_parse_business_reads_only_the_service_counters() -> None:
-    assert parse_business(exposition("v2", 10, 3), "master-search") == {"v2": (10.0, 3.0, 0.0, 0.0, 0.0)}
+    parsed = parse_business(exposition("v2", 10, 3), "master-search")
+    assert list(parsed) == ["v2"] and parsed["v2"][:5] == (10.0, 3.0, 0.0, 0.0, 0.0)
+    assert all(math.isnan(x) for x in parsed["v2"][5:])  # no per-user counters exported: none, not zeros
     assert parse_business(exposition("v2", 10, 3), "ml-infer") == {}
+
+
+def user_sums(version: str, users: float, imp_sq: float, clk_sq: float, clk_imp: float) -> str:
+    labels = f'service="master-search",version="{version}"'
+    return "".join(f"# TYPE {name} counter\n{name}_total{{{labels}}} {value}\n" for name, value in (
+        ("searchstack_user_units", users), ("searchstack_user_impressions_squares", imp_sq),
+        ("searchstack_user_clicks_squares", clk_sq), ("searchstack_user_clicks_impressions", clk_imp)))
+
+
+def test_windows_carry_the_per_user_sums_of_clicks_and_impressions() -> None:
+    """Two users: 3 impressions and 1 click, then 2 impressions and 2 clicks: (Y, N) = (1, 3), (2, 2)."""
+    before = exposition("v2", 0, 0) + user_sums("v2", 0, 0, 0, 0)
+    after = exposition("v2", 5, 3) + user_sums("v2", 2, 3 * 3 + 2 * 2, 1 + 2 * 2, 1 * 3 + 2 * 2)
+    texts = {"v2": before}
+    procs = Processes()
+    procs.counters["b:2"] = ("v2", 0, 0)
+    client = httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(200, text=texts["v2"])))
+    source = LocalBusinessMetrics(procs.list, client=client)
+    source.prime("master-search")
+    texts["v2"] = after
+    counts = source.business(QUERY, 0, 10)["v2"]
+    assert (counts.count, counts.total) == (5, 3)
+    assert counts.per_user == PerUser(users=2, yy=5.0, nn=13.0, yn=7.0)
+    texts["v2"] = exposition("v2", 9, 3)  # a stack that exports no per-user sums: none, so unit: user says so
+    assert source.business(QUERY, 10, 20)["v2"].per_user is None
 
 
 def test_windows_are_differences_per_process_with_new_processes_and_resets(
@@ -107,6 +136,48 @@ def test_prometheus_business_reads_a_counter_pair_custom_metric() -> None:
     with pytest.raises(MetricsUnavailable, match=r"'click-through\.squares' is not a configured custom metric"):
         PrometheusBusinessMetrics(fake).business(
             BusinessQuery("local", "master-search", ("v1", "v2"), "click-through", "mean"), 0, 60)
+
+
+class NamedCustom:
+    """Custom metrics by name: {name: {(service, version): CustomValue}}; an unknown name is a KeyError."""
+
+    def __init__(self, metrics: dict[str, dict[tuple[str, str], CustomValue]]) -> None:
+        self.metrics = metrics
+
+    def custom(self, name: str, query: MetricsQuery, start: float, end: float) -> CustomWindow:
+        return CustomWindow(name, start, end, self.metrics[name])
+
+
+def test_prometheus_business_reads_the_per_user_sums_when_configured() -> None:
+    from controller.adapters.prometheus.business import USER_SUMS, user_sums_metric_config
+
+    config = user_sums_metric_config("click-through", *USER_SUMS)
+    assert sorted(config) == ["click-through.user-cross", "click-through.user-squares"]
+    assert config["click-through.user-cross"]["denominator"].startswith("searchstack_user_units_total{")
+    pair = {("master-search", "v1"): CustomValue(12.0, 100.0), ("master-search", "v2"): CustomValue(19.0, 98.0)}
+    plain = PrometheusBusinessMetrics(NamedCustom({"click-through": pair})).business(QUERY, 0, 60)
+    assert all(c.per_user is None for c in plain.values())  # not configured: none (unit: user will say so)
+    with_sums = PrometheusBusinessMetrics(NamedCustom({
+        "click-through": pair,
+        "click-through.user-squares": {("master-search", "v1"): CustomValue(30.0, 400.0)},
+        "click-through.user-cross": {("master-search", "v1"): CustomValue(90.0, 25.0)},
+    })).business(QUERY, 0, 60)
+    assert with_sums["v1"].per_user == PerUser(users=25, yy=30.0, nn=400.0, yn=90.0)
+    assert with_sums["v2"].per_user is None  # no series for v2 yet
+
+
+def test_the_controller_reads_the_search_stacks_per_user_sums_by_default() -> None:
+    from controller.cli.cluster import _controller_parser, prometheus_config
+
+    default = prometheus_config(_controller_parser().parse_args([]))["custom_metrics"]
+    assert "searchstack_user_clicks_squares_total" in default["click-through.user-squares"]["numerator"]
+    own = _controller_parser().parse_args(["--business-metric-numerator", "orders_total{service={service}}"])
+    assert "click-through.user-squares" not in prometheus_config(own)["custom_metrics"]
+    given = _controller_parser().parse_args(["--business-metric-user-sums", "a_total;b_total;c_total;d_total"])
+    assert prometheus_config(given)["custom_metrics"]["click-through.user-cross"] == {
+        "kind": "counter_pair", "numerator": "c_total", "denominator": "d_total"}
+    with pytest.raises(SystemExit, match="four PromQL templates"):
+        prometheus_config(_controller_parser().parse_args(["--business-metric-user-sums", "a;b"]))
 
 
 # --- a mean metric: value per click ----------------------------------------------------------------------
@@ -178,7 +249,8 @@ def test_prometheus_mean_metric_reads_sum_and_squares_counter_pairs() -> None:
     source = PairSource({"click-value": {"v1": (42.0, 10.0), "v2": (90.0, 12.0)},
                          "click-value.squares": {"v1": (300.0, 10.0), "v2": (41.0, 12.0)}})
     counts = PrometheusBusinessMetrics(source).business(MEAN, 0, 60)
-    assert source.asked == ["click-value", "click-value.squares", "click-value.units"]
+    assert source.asked == ["click-value", "click-value.squares", "click-value.user-squares",
+                            "click-value.user-cross", "click-value.units"]
     assert (counts["v1"].count, counts["v1"].total, counts["v1"].squares) == (10, 42.0, 300.0)
     # 41 < 90^2 / 12: counters differenced apart can round into the impossible; it is lifted to the bound.
     assert counts["v2"].squares == pytest.approx(90.0 ** 2 / 12)
