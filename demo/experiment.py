@@ -72,6 +72,9 @@ def ab_release(interval: float, variants: int = 2) -> dict[str, Any]:
         "primaryMetric": {"kind": "proportion", "name": "click-through"},
         "interval": f"{interval:g}s", "settle": f"{min(4.0, interval / 2):g}s",
         "minDuration": f"{3 * interval:g}s", "maxDuration": f"{30 * interval:g}s", "minSamples": 300,
+        # Users as the unit (the default); the interval is narrowest where the demo's experiments end, at a
+        # few hundred users per variant (the default, 1,000, suits a production experiment).
+        "confidenceSequence": {"tuningUsers": 200},
         # Guardrails guard against harm, not against any difference: with thousands of requests per
         # variant a 1 ms shift between two processes is "significant", so allow a small latency shift
         # (Delta = P(v2 slower) - P(v2 faster) up to 0.1) and up to 1.5x the error rate before stopping.

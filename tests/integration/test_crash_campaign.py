@@ -386,6 +386,17 @@ def _assert_no_duplicated_side_effects(emulator: RunningEmulator, campaign: Camp
         assert not twice and reasons.count("WeightIncreased") <= steps, (ns, reasons, tag)
 
 
+def _summary(emulator: RunningEmulator, campaign: Campaign, controller: ControllerProcess, checker: InvariantChecker,
+             kills: Kills) -> str:
+    outcomes = {kind: sum(1 for k in campaign.kinds.values() if k == kind) for kind in KINDS}
+    return (f"{kills.total} kills ({kills.by_change} right after a stored change, {kills.by_time} after a random "
+            f"time; {kills.mid_work} after the process had written other than its lease), {controller.started} "
+            f"controller starts ({controller.cold} cold), {len(campaign.kinds)} releases {outcomes}; {checker.states} "
+            f"states checked ({checker.status_writes} status writes, {checker.route_writes} route writes); "
+            f"tolerated: {checker.tolerated}; kills right after a change of {kills.after}; slowest releases "
+            f"{_slowest(emulator, campaign)}")
+
+
 def _slowest(emulator: RunningEmulator, campaign: Campaign, top: int = 3) -> list[tuple[str, str, float]]:
     """The releases that took longest from start to end (namespace, kind, seconds): where a slow campaign's
     time went."""
@@ -453,15 +464,8 @@ def test_controller_killed_100_times_converges_with_invariants_intact(
         cluster.stop()
 
     phases = campaign.phases()
-    outcomes = {kind: sum(1 for ns, k in campaign.kinds.items() if k == kind) for kind in KINDS}
-    print(f"\ncrash campaign {tag}: {kills.total} kills ({kills.by_change} right after a stored change, "
-          f"{kills.by_time} after a random time; {kills.mid_work} after the process had written other than its "
-          f"lease), {controller.started} controller starts ({controller.cold} cold), "
-          f"{len(campaign.kinds)} releases {outcomes}, "
-          f"kills done in {kill_phase_s:.0f}s, all converged at {converged_s:.0f}s; {checker.states} states "
-          f"checked ({checker.status_writes} status writes, {checker.route_writes} route writes); "
-          f"tolerated: {checker.tolerated}; kills right after a change of {kills.after}; slowest releases "
-          f"{_slowest(emulator, campaign)}")
+    print(f"\ncrash campaign {tag}: {_summary(emulator, campaign, controller, checker, kills)}, "
+          f"kills done in {kill_phase_s:.0f}s, all converged at {converged_s:.0f}s")
     assert kills.total >= KILLS, f"only {kills.total} kills in {BUDGET_S:.0f}s {tag}"
     assert kills.mid_work >= KILLS // 2, f"only {kills.mid_work} kills hit a controller that was writing {tag}"
     assert len(campaign.kinds) == RELEASES_TOTAL, tag
