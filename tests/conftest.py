@@ -19,7 +19,8 @@ from tests.support.kmock_server import RunningEmulator, start_emulator
 # Tests marked `realtime` judge live traffic (demos, crash campaigns) against real time: three of them beside each
 # other on two cores starve each one's services and load of CPU, and a demo then sees a machine, not a release.
 # Across the pytest-xdist workers, at most this many run at once; the others wait for a slot (their worker's
-# remaining tests go to the idle workers under `--dist worksteal`).
+# remaining tests go to the idle workers under `--dist worksteal`). `realtime(alone=True)` takes every slot: no other
+# real-time test runs beside it.
 REALTIME_SLOTS = int(os.environ.get("REALTIME_SLOTS", "2"))
 # Their timeout covers the wait for a slot: the longest real-time test takes ~5 minutes on a busy machine.
 REALTIME_TIMEOUT_S = 1200
@@ -33,27 +34,46 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(autouse=True)
 def _realtime_slot(request: pytest.FixtureRequest) -> Iterator[None]:
-    """One of REALTIME_SLOTS exclusive file locks, held for the whole test, when it is marked `realtime` and
-    runs in one of several pytest-xdist workers (the locks die with the process that holds them)."""
+    """One of REALTIME_SLOTS exclusive file locks (all of them for `realtime(alone=True)`), held for the whole
+    test, when it is marked `realtime` and runs in one of several pytest-xdist workers (the locks die with the
+    process that holds them)."""
     run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    if request.node.get_closest_marker("realtime") is None or run is None or REALTIME_SLOTS < 1:
+    marker = request.node.get_closest_marker("realtime")
+    if marker is None or run is None or REALTIME_SLOTS < 1:
         yield
         return
     folder = Path(tempfile.gettempdir()) / f"stack-canary-realtime-{run}"
     folder.mkdir(exist_ok=True)
     slots = [open(folder / f"slot-{i}", "a") for i in range(REALTIME_SLOTS)]  # noqa: SIM115 - closed below
+    alone = bool(marker.kwargs.get("alone"))
     try:
-        held = next((f for f in slots if _try_lock(f)), None)
-        while held is None:  # all taken: look again a moment later (any slot will do)
-            time.sleep(0.25)
-            held = next((f for f in slots if _try_lock(f)), None)
+        held = _take_all(slots) if alone else [_take_one(slots)]
         try:
             yield
         finally:
-            fcntl.flock(held, fcntl.LOCK_UN)
+            for f in held:
+                fcntl.flock(f, fcntl.LOCK_UN)
     finally:
         for f in slots:
             f.close()
+
+
+def _take_one(slots: list[IO[str]]) -> IO[str]:
+    """Any free slot; while all are taken, look again a moment later."""
+    held = next((f for f in slots if _try_lock(f)), None)
+    while held is None:
+        time.sleep(0.25)
+        held = next((f for f in slots if _try_lock(f)), None)
+    return held
+
+
+def _take_all(slots: list[IO[str]]) -> list[IO[str]]:
+    """Every slot, in order (`realtime(alone=True)`: a test that must not share the machine's real-time budget
+    with another). Tests holding one slot never wait while holding it, so waiting here cannot deadlock."""
+    for f in slots:
+        while not _try_lock(f):
+            time.sleep(0.25)
+    return slots
 
 
 def _try_lock(f: IO[str]) -> bool:

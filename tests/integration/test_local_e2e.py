@@ -115,9 +115,9 @@ def test_a_rejected_route_change_keeps_the_old_routes(two_versions: LocalStack) 
     assert all(set(p.values()) == {"v1"} for p in send(two_versions, 50))
 
 
-def demo(tmp_path: Path, scenario: str) -> dict[str, Any]:
+def demo(tmp_path: Path, scenario: str, max_seconds: float = 180) -> dict[str, Any]:
     return run_demo(scenario, rps=40, interval=5, workdir=tmp_path, summary_path=tmp_path / "summary.json",
-                    max_seconds=180, out=io.StringIO())
+                    max_seconds=max_seconds, out=io.StringIO())
 
 
 def stack_pids(tmp_path: Path) -> list[int]:
@@ -125,9 +125,14 @@ def stack_pids(tmp_path: Path) -> list[int]:
     return [int(line.split()[1]) for line in (tmp_path / "stack" / "logs" / "pids.txt").read_text().splitlines()]
 
 
-@pytest.mark.realtime
+# Alone among the real-time tests: a healthy release is promoted on evidence that every check is within its margin,
+# and with a crash campaign or another demo beside it on two cores an identical v2 was measured with a slow tail
+# twice the stable's (held at 50%, once rolled back).
+@pytest.mark.realtime(alone=True)
 def test_healthy_release_is_promoted(tmp_path: Path) -> None:
-    result = demo(tmp_path, "healthy")
+    # Promotion waits for every check's safety bound: 107-137 s from the first canary traffic on this 2-core
+    # machine alone (61 s on CI's), so the run gets 300 s, not the 180 s a rollback needs at most.
+    result = demo(tmp_path, "healthy", max_seconds=300)
     assert result["outcome"] == "promoted", result["message"]
     assert result["last_verdict"] == "pass"  # promoted on evidence: every check shown within its margin
     assert result["mixed_version_responses"] == 0, result["mixed_examples"]
