@@ -782,10 +782,41 @@ def _variances(arm: Mapping[str, Any], config: ExperimentConfig) -> tuple[float,
     return max((squares - total * total / n) / (n - 1), 0.0), bound
 
 
+# A comparison's estimates: (difference, its interval, ratio, its interval).
+Estimates = tuple[float | None, tuple[float, float], float | None, tuple[float, float]]
+
+
 def _compare(state: Mapping[str, Any], config: ExperimentConfig, name: str) -> VariantComparison:
+    arm_v, arm_c = state["arms"][name], state["arms"][config.control]
     if config.unit == "user":
-        return _compare_users(state, config, name)
-    comp, arm_v, arm_c = state["comparisons"][name], state["arms"][name], state["arms"][config.control]
+        d, cs, ratio, r_cs = _user_estimates(arm_v, arm_c, config)
+    else:
+        d, cs, ratio, r_cs = _sample_estimates(state["comparisons"][name], arm_v, arm_c, config)
+    srm = state["comparisons"][name]["srm"]
+    share, intended = _shares(srm["n"], config, name)
+    users = config.unit == "user"
+    return VariantComparison(
+        variant=name,
+        verdict=_verdict(cs[0], cs[1], config),
+        samples=arm_v["count"],
+        control_samples=arm_c["count"],
+        mean=arm_v["total"] / arm_v["count"] if arm_v["count"] else None,
+        control_mean=arm_c["total"] / arm_c["count"] if arm_c["count"] else None,
+        difference=d,
+        difference_cs=cs,
+        ratio=ratio,
+        ratio_cs=r_cs,
+        srm_e_value=None if config.sample_ratio_on == "off" else math.exp(min(srm["logE"], 700.0)),
+        share=share,
+        intended_share=intended,
+        users=int(arm_v["perUser"][0]) if users else None,
+        control_users=int(arm_c["perUser"][0]) if users else None,
+    )
+
+
+def _sample_estimates(comp: Mapping[str, Any], arm_v: Mapping[str, Any], arm_c: Mapping[str, Any],
+                      config: ExperimentConfig) -> Estimates:
+    """Every sample independent: the per-interval paired sums of `comparison_increment`."""
     alpha, rho2 = config.alpha_each, rho_squared(config.tuning_samples, config.alpha_each)
     (var_v, bound), (var_c, _) = _variances(arm_v, config), _variances(arm_c, config)
     exact = config.method == "hoeffding"
@@ -796,54 +827,19 @@ def _compare(state: Mapping[str, Any], config: ExperimentConfig, name: str) -> V
     r_lo, r_hi = ratio_cs(*sums, var_v, var_c, alpha, rho2, bound_var=bound if exact else None)
     w = comp["w"]
     ratio = comp["sv"] / comp["sc"] if w > 0 and comp["sc"] > 0 else None
-    srm = comp["srm"]
-    share, intended = _shares(srm["n"], config, name)
-    d = None if w <= 0 else float(est)
-    return VariantComparison(
-        variant=name,
-        verdict=_verdict(float(lo), float(hi), config),
-        samples=arm_v["count"],
-        control_samples=arm_c["count"],
-        mean=arm_v["total"] / arm_v["count"] if arm_v["count"] else None,
-        control_mean=arm_c["total"] / arm_c["count"] if arm_c["count"] else None,
-        difference=d,
-        difference_cs=(float(lo), float(hi)),
-        ratio=ratio,
-        ratio_cs=(r_lo, r_hi),
-        srm_e_value=None if config.sample_ratio_on == "off" else math.exp(min(srm["logE"], 700.0)),
-        share=share,
-        intended_share=intended,
-    )
+    return None if w <= 0 else float(est), (float(lo), float(hi)), ratio, (r_lo, r_hi)
 
 
-def _compare_users(state: Mapping[str, Any], config: ExperimentConfig, name: str) -> VariantComparison:
-    """`_compare` with users as the unit: the delta method on cumulative per-user sums (`analysis.users`)."""
-    arm_v, arm_c = state["arms"][name], state["arms"][config.control]
+def _user_estimates(arm_v: Mapping[str, Any], arm_c: Mapping[str, Any], config: ExperimentConfig) -> Estimates:
+    """Users as the unit: the delta method on cumulative per-user sums (`analysis.users`)."""
     alpha, rho2 = config.alpha_each, rho_squared(config.tuning_users, config.alpha_each)
     t_v, t_c, proportion = _user_totals(arm_v), _user_totals(arm_c), config.primary.kind == "proportion"
     est, lo, hi = user_difference_cs(t_v, t_c, alpha, rho2, proportion)
     r_lo, r_hi = user_ratio_cs(t_v, t_c, alpha, rho2, proportion)
     mean_v = arm_v["total"] / arm_v["count"] if arm_v["count"] else None
     mean_c = arm_c["total"] / arm_c["count"] if arm_c["count"] else None
-    srm = state["comparisons"][name]["srm"]
-    share, intended = _shares(srm["n"], config, name)
-    return VariantComparison(
-        variant=name,
-        verdict=_verdict(float(lo), float(hi), config),
-        samples=arm_v["count"],
-        control_samples=arm_c["count"],
-        mean=mean_v,
-        control_mean=mean_c,
-        difference=None if math.isnan(float(est)) else float(est),
-        difference_cs=(float(lo), float(hi)),
-        ratio=mean_v / mean_c if mean_v is not None and mean_c else None,
-        ratio_cs=(float(r_lo), float(r_hi)),
-        srm_e_value=None if config.sample_ratio_on == "off" else math.exp(min(srm["logE"], 700.0)),
-        share=share,
-        intended_share=intended,
-        users=int(arm_v["perUser"][0]),
-        control_users=int(arm_c["perUser"][0]),
-    )
+    ratio = mean_v / mean_c if mean_v is not None and mean_c else None
+    return (None if math.isnan(float(est)) else float(est)), (float(lo), float(hi)), ratio, (float(r_lo), float(r_hi))
 
 
 def _shares(n: Sequence[int], config: ExperimentConfig, name: str) -> tuple[float | None, float | None]:

@@ -51,7 +51,7 @@ from analysis.abtest import rho_squared
 from analysis.histogram import FloatArray
 from analysis.users import UserTotals, user_difference_cs
 from bench import ab_users
-from bench.ab_users import BASE_CTR, ICCS, LIFTS, MIN_USERS, TUNING_USERS
+from bench.ab_users import BASE_CTR, LIFTS, MIN_USERS, TUNING_USERS
 from bench.abtest import ALPHA
 
 INSTALL_HINT = ("bench/ab_libraries.py needs GrowthBook's gbstats: pip install -e '.[bench]' (gbstats 0.8.0 "
@@ -198,34 +198,32 @@ def run(gb: SimpleNamespace, reps: int, looks: int, seed: int) -> dict[str, Any]
              **{f"{name} classes": [0.0, 0] for name in tunings}}
     pipeline: dict[str, Any] = {}
     errors = {"all": 0, "fromMinUsers": 0}
-    for i, icc in enumerate(ICCS):
-        for j, lift in enumerate(LIFTS):
-            rng = np.random.default_rng(seed + 100 * i + j)
-            s = ab_users.simulate(rng, reps, looks, icc, lift)
-            truth = BASE_CTR * lift
-            started = time.perf_counter()
-            lo, hi = ab_users.user_cs(s)
-            clock["ours vectorised"][0] += time.perf_counter() - started
-            clock["ours vectorised"][1] += int(((s["users_v"] >= 2) & (s["users_c"] >= 2)).sum())
-            seconds, count = ours_scalar_seconds(s)
-            clock["ours one call each"][0] += seconds
-            clock["ours one call each"][1] += count
-            rows.append({"icc": icc, "lift": lift, "method": "ours", **ab_users.judged(s, lo, hi, truth)})
-            _, nf_lo, nf_hi = user_difference_cs(ab_users.user_totals(s, "v"), ab_users.user_totals(s, "c"), ALPHA,
-                                                 rho_squared(TUNING_USERS, ALPHA), proportion=False)
-            rows.append({"icc": icc, "lift": lift, "method": "ours no floor", **ab_users.judged(s, nf_lo, nf_hi, truth),
-                         "vsOurs": agreement(s, lo, hi, nf_lo, nf_hi)})
-            for name, tuning in tunings.items():
-                g_lo, g_hi, seconds, count, error = gbstats_cs(gb, s, tuning)
-                clock[f"{name} classes"][0] += seconds
-                clock[f"{name} classes"][1] += count
-                errors["all"] += int(error.sum())
-                errors["fromMinUsers"] += int((error & (s["users_v"] >= MIN_USERS) & (s["users_c"] >= MIN_USERS)).sum())
-                rows.append({"icc": icc, "lift": lift, "method": name, "tuning": tuning,
-                             **ab_users.judged(s, g_lo, g_hi, truth), "vsOurs": agreement(s, lo, hi, g_lo, g_hi),
-                             "vsOursNoFloor": agreement(s, nf_lo, nf_hi, g_lo, g_hi)})
-                if not pipeline and name == "gbstats matched":
-                    pipeline = pipeline_check(gb, s, tuning, g_lo, g_hi)
+    for icc, lift, rng in ab_users.cells(seed, LIFTS):
+        s = ab_users.simulate(rng, reps, looks, icc, lift)
+        truth = BASE_CTR * lift
+        started = time.perf_counter()
+        lo, hi = ab_users.user_cs(s)
+        clock["ours vectorised"][0] += time.perf_counter() - started
+        clock["ours vectorised"][1] += int(((s["users_v"] >= 2) & (s["users_c"] >= 2)).sum())
+        seconds, count = ours_scalar_seconds(s)
+        clock["ours one call each"][0] += seconds
+        clock["ours one call each"][1] += count
+        rows.append({"icc": icc, "lift": lift, "method": "ours", **ab_users.judged(s, lo, hi, truth)})
+        _, nf_lo, nf_hi = user_difference_cs(ab_users.user_totals(s, "v"), ab_users.user_totals(s, "c"), ALPHA,
+                                             rho_squared(TUNING_USERS, ALPHA), proportion=False)
+        rows.append({"icc": icc, "lift": lift, "method": "ours no floor", **ab_users.judged(s, nf_lo, nf_hi, truth),
+                     "vsOurs": agreement(s, lo, hi, nf_lo, nf_hi)})
+        for name, tuning in tunings.items():
+            g_lo, g_hi, seconds, count, error = gbstats_cs(gb, s, tuning)
+            clock[f"{name} classes"][0] += seconds
+            clock[f"{name} classes"][1] += count
+            errors["all"] += int(error.sum())
+            errors["fromMinUsers"] += int((error & (s["users_v"] >= MIN_USERS) & (s["users_c"] >= MIN_USERS)).sum())
+            rows.append({"icc": icc, "lift": lift, "method": name, "tuning": tuning,
+                         **ab_users.judged(s, g_lo, g_hi, truth), "vsOurs": agreement(s, lo, hi, g_lo, g_hi),
+                         "vsOursNoFloor": agreement(s, nf_lo, nf_hi, g_lo, g_hi)})
+            if not pipeline and name == "gbstats matched":
+                pipeline = pipeline_check(gb, s, tuning, g_lo, g_hi)
     timing = {k: {"analyses": n, "secondsPer1000": 1000.0 * sec / max(n, 1)} for k, (sec, n) in clock.items()}
     timing["gbstats pipeline (pandas)"] = {"analyses": pipeline["analyses"],
                                            "secondsPer1000": pipeline["msPerAnalysis"]}
@@ -241,19 +239,7 @@ def table(result: dict[str, Any], reps: int, looks: int) -> list[str]:
              "variance, proportion=False); tuning: ours W* = "
              f"{TUNING_USERS:.0f}, gbstats matched N* = {result['tunings']['gbstats matched']:.0f}, default "
              f"N* = {result['tunings']['gbstats default']:.0f}.",
-             "A/A: % of experiments with a false call at some look (1 - coverage); lifts: % found, median look of",
-             "finding, and % whose interval missed the true difference at some look (1 - coverage)",
-             f"{'icc':>5} {'method':16} {'A/A false':>10} "
-             + " ".join(f"{f'lift {lift:.0%}':>28}" for lift in LIFTS[1:])]
-    for icc in ICCS:
-        for method in methods:
-            cell = {r["lift"]: r for r in rows if r["icc"] == icc and r["method"] == method}
-            found = []
-            for lift in LIFTS[1:]:
-                r = cell[lift]
-                look = "-" if r["medianFirstLook"] is None else f"{r['medianFirstLook']:.0f}"
-                found.append(f"{r['excludedZeroPct']:5.1f}% @ {look:>3} miss {r['missedTruthPct']:4.1f}%".rjust(28))
-            lines.append(f"{icc:5.2f} {method:16} {cell[0.0]['excludedZeroPct']:9.1f}% " + " ".join(found))
+             *ab_users.table(rows, methods, width=16)]
     lines += ["", "Agreement (largest over the cells): largest difference of a bound as a share of the reference's",
               "width; % of looks and % of experiments where one excluded 0 and the other did not"]
     for method in methods[1:]:

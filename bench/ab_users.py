@@ -46,9 +46,9 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -58,6 +58,8 @@ from analysis.abtest import comparison_increment, rho_squared
 from analysis.histogram import FloatArray
 from analysis.users import UserTotals, user_difference_cs
 from bench.abtest import ALPHA, cs_of
+
+T = TypeVar("T")
 
 BASE_CTR = 0.10
 NEW_USERS = 100  # per look, all variants together
@@ -244,32 +246,43 @@ def judged(s: dict[str, FloatArray], lo: FloatArray, hi: FloatArray, truth: floa
             "medianFirstLook": _median_look(_first_look(excluded))}
 
 
+def cells(seed: int, lifts: Sequence[T], iccs: Sequence[float] = ICCS
+          ) -> Iterator[tuple[float, T, np.random.Generator]]:
+    """(icc, lift, rng) of every cell, ICCS x `lifts`, the cell's generator seeded `seed + 100 i + j` by its place
+    in ICCS and `lifts`: a subset of ICCS gives the same cells, and every section's cell with the same ICC and
+    lift draws the same users as the main table's."""
+    for i, icc in enumerate(ICCS):
+        if icc not in iccs:
+            continue
+        for j, lift in enumerate(lifts):
+            yield icc, lift, np.random.default_rng(seed + 100 * i + j)
+
+
 def run(reps: int, looks: int, seed: int) -> list[dict[str, Any]]:
     rows = []
-    for i, icc in enumerate(ICCS):
-        for j, lift in enumerate(LIFTS):
-            rng = np.random.default_rng(seed + 100 * i + j)
-            s = simulate(rng, reps, looks, icc, lift)
-            truth = BASE_CTR * lift  # the users' mean propensity difference (the ratio's limit)
-            for method, (lo, hi) in (("impressions", impression_cs(s)), ("users", user_cs(s))):
-                rows.append({"icc": icc, "lift": lift, "method": method, **judged(s, lo, hi, truth)})
+    for icc, lift, rng in cells(seed, LIFTS):
+        s = simulate(rng, reps, looks, icc, lift)
+        truth = BASE_CTR * lift  # the users' mean propensity difference (the ratio's limit)
+        for method, (lo, hi) in (("impressions", impression_cs(s)), ("users", user_cs(s))):
+            rows.append({"icc": icc, "lift": lift, "method": method, **judged(s, lo, hi, truth)})
     return rows
 
 
-def table(rows: list[dict[str, Any]]) -> list[str]:
+def table(rows: list[dict[str, Any]], methods: Sequence[str] = tuple(METHODS), width: int = 12) -> list[str]:
+    """The main table: per ICC and method (`width` characters wide), A/A false calls and each lift's finding."""
     lines = ["A/A: % of experiments with a false call at some look (1 - coverage); lifts: % found, median look of",
              "finding, and % whose interval missed the true difference at some look (1 - coverage)",
-             f"{'icc':>5} {'method':12} {'A/A false':>10} "
+             f"{'icc':>5} {'method':{width}} {'A/A false':>10} "
              + " ".join(f"{f'lift {lift:.0%}':>28}" for lift in LIFTS[1:])]
     for icc in ICCS:
-        for method in METHODS:
+        for method in methods:
             cell = {r["lift"]: r for r in rows if r["icc"] == icc and r["method"] == method}
             found = []
             for lift in LIFTS[1:]:
                 r = cell[lift]
                 look = "-" if r["medianFirstLook"] is None else f"{r['medianFirstLook']:.0f}"
                 found.append(f"{r['excludedZeroPct']:5.1f}% @ {look:>3} miss {r['missedTruthPct']:4.1f}%".rjust(28))
-            lines.append(f"{icc:5.2f} {method:12} {cell[0.0]['excludedZeroPct']:9.1f}% " + " ".join(found))
+            lines.append(f"{icc:5.2f} {method:{width}} {cell[0.0]['excludedZeroPct']:9.1f}% " + " ".join(found))
     return lines
 
 
@@ -317,18 +330,14 @@ def abn_judged(ready: npt.NDArray[np.bool_], lo: FloatArray, hi: FloatArray, lif
 def run_abn(reps: int, looks: int, seed: int, iccs: Sequence[float] = ICCS) -> list[dict[str, Any]]:
     """Cells of ICCS x ABN_LIFTS (a subset of ICCS gives the same cells)."""
     rows = []
-    for i, icc in enumerate(ICCS):
-        if icc not in iccs:
-            continue
-        for j, lifts in enumerate(ABN_LIFTS):
-            rng = np.random.default_rng(seed + 100 * i + j)
-            s = simulate_arms(rng, reps, looks, icc, (BASE_CTR, *(BASE_CTR * (1 + x) for x in lifts)), ABN_SHARES)
-            ready = np.asarray((s["users"] >= MIN_USERS).all(axis=0), dtype=np.bool_)
-            alpha = ALPHA / len(lifts)
-            for method, cs in METHODS.items():
-                bounds = [cs(pair(s, t + 1, 0), alpha) for t in range(len(lifts))]
-                lo, hi = np.stack([b[0] for b in bounds]), np.stack([b[1] for b in bounds])
-                rows.append({"icc": icc, "lifts": list(lifts), "method": method, **abn_judged(ready, lo, hi, lifts)})
+    for icc, lifts, rng in cells(seed, ABN_LIFTS, iccs):
+        s = simulate_arms(rng, reps, looks, icc, (BASE_CTR, *(BASE_CTR * (1 + x) for x in lifts)), ABN_SHARES)
+        ready = np.asarray((s["users"] >= MIN_USERS).all(axis=0), dtype=np.bool_)
+        alpha = ALPHA / len(lifts)
+        for method, cs in METHODS.items():
+            bounds = [cs(pair(s, t + 1, 0), alpha) for t in range(len(lifts))]
+            lo, hi = np.stack([b[0] for b in bounds]), np.stack([b[1] for b in bounds])
+            rows.append({"icc": icc, "lifts": list(lifts), "method": method, **abn_judged(ready, lo, hi, lifts)})
     return rows
 
 
@@ -370,30 +379,26 @@ def run_novelty(reps: int, looks: int, seed: int, iccs: Sequence[float] = ICCS) 
     """Same seeds as `run`'s cells with the same ICC and lift: each A/A cell differs from the main table's only
     by the novelty (the same users, visits and random numbers)."""
     rows = []
-    for i, icc in enumerate(ICCS):
-        if icc not in iccs:
-            continue
-        for j, lift in enumerate(NOVELTY_LIFTS):
-            rng = np.random.default_rng(seed + 100 * i + j)
-            ctr_v = BASE_CTR * (1 + lift)
-            s = pair(simulate_arms(rng, reps, looks, icc, (ctr_v, BASE_CTR), (0.5, 0.5), novelty=(NOVELTY, 0.0)),
-                     0, 1)
-            estimand = expected_ratio(looks, icc, ctr_v, NOVELTY) - expected_ratio(looks, icc, BASE_CTR)
-            long_run = BASE_CTR * lift
-            ready = (s["users_v"] >= MIN_USERS) & (s["users_c"] >= MIN_USERS)
-            for method, cs in METHODS.items():
-                lo, hi = cs(s, ALPHA)
-                win = ready & (lo > 0)
-                rows.append({
-                    "icc": icc, "lift": lift, "method": method,
-                    "winnerPct": _pct(win.any(axis=1)), "medianWinnerLook": _median_look(_first_look(win)),
-                    "harmfulPct": _pct((ready & (hi < 0)).any(axis=1)),
-                    "coversLongRunAtLastLookPct": _pct((lo[:, -1] <= long_run) & (long_run <= hi[:, -1])),
-                    "missedLongRunPct": _pct((ready & ((lo > long_run) | (hi < long_run))).any(axis=1)),
-                    "missedEstimandPct": _pct((ready & ((lo > estimand) | (hi < estimand))).any(axis=1)),
-                    "medianLastWidth": float(np.median(hi[:, -1] - lo[:, -1])),
-                    "longRunDifference": long_run, "estimandByLook": [float(x) for x in estimand],
-                })
+    for icc, lift, rng in cells(seed, NOVELTY_LIFTS, iccs):
+        ctr_v = BASE_CTR * (1 + lift)
+        s = pair(simulate_arms(rng, reps, looks, icc, (ctr_v, BASE_CTR), (0.5, 0.5), novelty=(NOVELTY, 0.0)),
+                 0, 1)
+        estimand = expected_ratio(looks, icc, ctr_v, NOVELTY) - expected_ratio(looks, icc, BASE_CTR)
+        long_run = BASE_CTR * lift
+        ready = (s["users_v"] >= MIN_USERS) & (s["users_c"] >= MIN_USERS)
+        for method, cs in METHODS.items():
+            lo, hi = cs(s, ALPHA)
+            win = ready & (lo > 0)
+            rows.append({
+                "icc": icc, "lift": lift, "method": method,
+                "winnerPct": _pct(win.any(axis=1)), "medianWinnerLook": _median_look(_first_look(win)),
+                "harmfulPct": _pct((ready & (hi < 0)).any(axis=1)),
+                "coversLongRunAtLastLookPct": _pct((lo[:, -1] <= long_run) & (long_run <= hi[:, -1])),
+                "missedLongRunPct": _pct((ready & ((lo > long_run) | (hi < long_run))).any(axis=1)),
+                "missedEstimandPct": _pct((ready & ((lo > estimand) | (hi < estimand))).any(axis=1)),
+                "medianLastWidth": float(np.median(hi[:, -1] - lo[:, -1])),
+                "longRunDifference": long_run, "estimandByLook": [float(x) for x in estimand],
+            })
     return rows
 
 
@@ -425,20 +430,16 @@ def novelty_table(rows: list[dict[str, Any]], looks: int) -> list[str]:
 def run_weekly(reps: int, looks: int, seed: int, iccs: Sequence[float] = ICCS) -> list[dict[str, Any]]:
     traffic, ctr_factor, _ = weekly_factors(looks)
     rows = []
-    for i, icc in enumerate(ICCS):
-        if icc not in iccs:
-            continue
-        for j, lift in enumerate(WEEKLY_LIFTS):
-            rng = np.random.default_rng(seed + 100 * i + j)
-            ctr_v = BASE_CTR * (1 + lift)
-            s = pair(simulate_arms(rng, reps, looks, icc, (ctr_v, BASE_CTR), (0.5, 0.5), traffic=traffic,
-                                   ctr_factor=ctr_factor), 0, 1)
-            estimand = (expected_ratio(looks, icc, ctr_v, traffic=traffic, ctr_factor=ctr_factor)
-                        - expected_ratio(looks, icc, BASE_CTR, traffic=traffic, ctr_factor=ctr_factor))
-            for method, cs in METHODS.items():
-                lo, hi = cs(s, ALPHA)
-                rows.append({"icc": icc, "lift": lift, "method": method, **judged(s, lo, hi, estimand),
-                             "estimandFirstLast": [float(estimand[0]), float(estimand[-1])]})
+    for icc, lift, rng in cells(seed, WEEKLY_LIFTS, iccs):
+        ctr_v = BASE_CTR * (1 + lift)
+        s = pair(simulate_arms(rng, reps, looks, icc, (ctr_v, BASE_CTR), (0.5, 0.5), traffic=traffic,
+                               ctr_factor=ctr_factor), 0, 1)
+        estimand = (expected_ratio(looks, icc, ctr_v, traffic=traffic, ctr_factor=ctr_factor)
+                    - expected_ratio(looks, icc, BASE_CTR, traffic=traffic, ctr_factor=ctr_factor))
+        for method, cs in METHODS.items():
+            lo, hi = cs(s, ALPHA)
+            rows.append({"icc": icc, "lift": lift, "method": method, **judged(s, lo, hi, estimand),
+                         "estimandFirstLast": [float(estimand[0]), float(estimand[-1])]})
     return rows
 
 

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from analysis.abtest import ExperimentConfig, ab_initial_state, ab_update
+from bench.ab_engine import Arm, spec
 from controller.cli.main import main as canary
-from tests.analysis.test_abtest_users import Arm, spec
 
 
 def recorded(rates: tuple[float, float], looks: int, seed: int) -> tuple[dict[str, Any], list[str]]:

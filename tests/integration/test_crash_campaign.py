@@ -449,8 +449,8 @@ def test_controller_killed_100_times_converges_with_invariants_intact(
         kill_phase_s = time.monotonic() - began
         controller.start(cold=True)  # the last one lives until every release has finished
         # The releases still running, and those not started yet, end within their steps and delays (~10 s after the
-        # kills on an idle machine; 110-175 s measured with six busy loops beside the campaign); the bound is a wait
-        # on a condition, for a machine whose cores the suite's other processes keep busy.
+        # kills on an idle machine; 117-175 s measured with six busy loops beside the campaign, docs/reliability.md);
+        # the bound is a wait on a condition, for a machine whose cores the suite's other processes keep busy.
         campaign.wait_all_final(SETTLE_S)
         converged_s = time.monotonic() - began
         time.sleep(3.0)  # retire actions of the last ticks, then a steady state

@@ -19,7 +19,7 @@ import pytest
 
 from analysis.observations import ISTIO_BUCKETS_MS, MetricsQuery
 from controller.adapters.local.metrics import PROMETHEUS_LAG, SCRAPE_INTERVAL, MetricsSource, open_metrics_source
-from tests.adapters.prometheus.test_window_edges import NS, LayoutExporter
+from tests.support.layout_exporter import NS, LayoutExporter
 from tests.support.tools import require_tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
