@@ -72,6 +72,9 @@ class IstioLabels:
     le: str = "le"
     reporter: str | None = "reporter"
     namespace: str | None = "destination_service_namespace"
+    # The label naming the pod a series was scraped from (Prometheus' Kubernetes pod discovery sets `pod`);
+    # None when the source cannot tell pods apart. Counts are then not broken down by pod.
+    pod: str | None = "pod"
 
 
 @dataclass(frozen=True)
@@ -111,8 +114,14 @@ def _checked(samples: Iterable[Sample]) -> list[Sample]:
 
 def reset_times(samples: Sequence[Sample]) -> frozenset[float]:
     """Timestamps of the samples lower than the sample before them (the counter restarted)."""
+    return frozenset(t for _, t in drops(samples))
+
+
+def drops(samples: Sequence[Sample]) -> list[tuple[float, float]]:
+    """(before, at): the timestamps of each sample lower than the sample before it and of that sample; the
+    counter restarted in (before, at]."""
     ordered = _checked(samples)
-    return frozenset(t for (_, before), (t, v) in itertools.pairwise(ordered) if v < before)
+    return [(t0, t) for (t0, before), (t, v) in itertools.pairwise(ordered) if v < before]
 
 
 def increase(
@@ -122,20 +131,20 @@ def increase(
 
     The baseline is the last sample at or before `start` (zero when there is none: the series was born
     later). Each sample in (start, end] adds its difference to the one before; at a reset (a drop, or a
-    timestamp in `resets` from a sibling series) the sample's whole value is the increase.
+    restart of its process that a sibling series saw, `resets`, between the sample before and this one) the
+    sample's whole value is the increase.
     """
     if end < start:
         raise ValueError(f"window end {end} is before its start {start}")
-    previous = 0.0
+    previous, previous_t = 0.0, -math.inf
     total = 0.0
     for t, v in _checked(samples):
         if t > end:
             break
-        if t <= start:
-            previous = v
-            continue
-        total += v if (v < previous or t in resets) else v - previous
-        previous = v
+        if t > start:
+            restarted = v < previous or any(previous_t < r <= t for r in resets)
+            total += v if restarted else v - previous
+        previous, previous_t = v, t
     return total
 
 
@@ -178,17 +187,47 @@ def sum_increases(
     return dict(totals)
 
 
-def _histogram_resets(buckets: Sequence[Series], le: str) -> Callable[[Series], frozenset[float]]:
-    """Resets shared by the buckets of one histogram: the union of every bucket's drops."""
-    shared: dict[LabelSet, frozenset[float]] = defaultdict(frozenset)
-    for s in buckets:
-        group = labelset({k: v for k, v in s.labels.items() if k != le})
-        shared[group] = shared[group] | reset_times(s.samples)
+# The labels that tell one scraped process (a sidecar, the local router) from another: when it restarts,
+# every counter it exports starts again from zero at once.
+TARGET_LABELS = ("job", "instance")
+
+
+def _target_resets(series: Sequence[Series], labels: IstioLabels) -> Callable[[Series], frozenset[float]]:
+    """Resets shared by every series of one scraped process: the union of their drops.
+
+    A restart shows as a drop only in a counter that had counted more before it than after: a rarely hit
+    series (a version's 5xx, a slow bucket) can count past its old value by the next scrape and hide the
+    restart, and its requests before the restart would be lost. Its siblings' drops reveal it. A series
+    without any target label cannot be told apart from other processes' (a store that drops the labels, a
+    stand-in): only its own histogram's buckets are grouped with it."""
+    names = (*TARGET_LABELS, *((labels.pod,) if labels.pod else ()))
+
+    def target(s: Series) -> LabelSet:
+        key = {n: s.label(n) for n in names}
+        if any(key.values()):
+            return labelset(key)
+        return labelset({k: v for k, v in s.labels.items() if k != labels.le})
+
+    seen: dict[LabelSet, list[tuple[float, float]]] = defaultdict(list)
+    for s in series:
+        seen[target(s)].extend(drops(s.samples))
+    shared = {key: _restarts(found) for key, found in seen.items()}
 
     def resets_of(s: Series) -> frozenset[float]:
-        return shared[labelset({k: v for k, v in s.labels.items() if k != le})]
+        return shared.get(target(s), frozenset())
 
     return resets_of
+
+
+def _restarts(found: Sequence[tuple[float, float]]) -> frozenset[float]:
+    """The scrapes at which one process's counters restarted, from its series' drops (before, at).
+
+    Every series of a process is scraped at the same instants, but a series can miss some: one not counted
+    since the restart is not exported yet. Its drop then shows a scrape late, at `at`, with a sibling's drop
+    strictly inside (before, at): that is the same restart, seen sooner, and not a second one (which would
+    count the siblings' increases since the restart twice)."""
+    times = {at for _, at in found}
+    return frozenset(at for before, at in found if not any(before < t < at for t in times))
 
 
 def _le_value(s: Series, labels: IstioLabels) -> float:
@@ -242,40 +281,66 @@ def window_counts(
     labels: IstioLabels = IstioLabels(),  # frozen, so one shared default is safe
 ) -> WindowCounts:
     """Exact counts per (service, version) in (start, end] from `istio_requests_total` and
-    `istio_request_duration_milliseconds_bucket` series; raises CounterDataError for unusable samples."""
+    `istio_request_duration_milliseconds_bucket` series, and per pod when every series of a version names
+    its pod (`labels.pod`); raises CounterDataError for unusable samples."""
     bounds = tuple(query.bounds_ms)
     requests = [s for s in requests if _selected(s, query, labels)]
     buckets = [s for s in buckets if _selected(s, query, labels)]
 
-    def pair(s: Series) -> tuple[str, str] | None:
-        return _selected(s, query, labels)
+    def pod_of(s: Series) -> tuple[str, str, str]:
+        service, version = s.label(labels.service), s.label(labels.version)
+        return service, version, s.label(labels.pod) if labels.pod else ""
 
-    def error_pair(s: Series) -> tuple[str, str] | None:
-        return pair(s) if s.label(labels.code).startswith(query.error_codes) else None
+    def error_pod(s: Series) -> tuple[str, str, str] | None:
+        return pod_of(s) if s.label(labels.code).startswith(query.error_codes) else None
 
     edges = common_edges(buckets, bounds, labels)
 
-    def bucket_key(s: Series) -> tuple[str, str, float] | None:
-        service, version, le = s.label(labels.service), s.label(labels.version), _le_value(s, labels)
-        return (service, version, le) if le in edges[service] else None
+    def bucket_key(s: Series) -> tuple[str, str, str, float] | None:
+        le = _le_value(s, labels)
+        return (*pod_of(s), le) if le in edges[s.label(labels.service)] else None
 
-    totals = sum_increases(requests, start, end, pair)
-    errors = sum_increases(requests, start, end, error_pair)
-    cumulative = sum_increases(buckets, start, end, bucket_key, _histogram_resets(buckets, labels.le))
-    present = {pair(s) for s in (*requests, *buckets) if _exists_by(s, end)}
+    resets = _target_resets([*requests, *buckets], labels)
+    totals = sum_increases(requests, start, end, pod_of, resets)
+    errors = sum_increases(requests, start, end, error_pod, resets)
+    cumulative = sum_increases(buckets, start, end, bucket_key, resets)
+    present = {pod_of(s)[:2] for s in (*requests, *buckets) if _exists_by(s, end)}
+    pods_seen: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for s in (*requests, *buckets):
+        service, version, pod = pod_of(s)
+        pods_seen[(service, version)].add(pod)
 
+    by_pod: dict[tuple[str, str, str], dict[float, float]] = defaultdict(dict)
+    for (service, version, pod, le), value in cumulative.items():
+        by_pod[(service, version, pod)][le] = value
     counts: dict[tuple[str, str], VersionCounts] = {}
+    pods: dict[tuple[str, str], dict[str, VersionCounts]] = {}
     for service in query.services:
         for version in query.versions:
-            where = f"{service}/{version}"
-            per_edge = {le: v for (s, ver, le), v in cumulative.items() if (s, ver) == (service, version)}
-            counts[(service, version)] = VersionCounts(
-                requests=_whole(totals.get((service, version), 0.0), f"{where} requests"),
-                errors=_whole(errors.get((service, version), 0.0), f"{where} errors"),
-                buckets=_per_bucket(per_edge, edges[service], bounds, where) if per_edge else (0,) * len(bounds),
-            )
+            pair, names = (service, version), sorted(pods_seen.get((service, version), set()))
+            per_pod = {
+                pod: _pod_counts(totals, errors, by_pod.get((service, version, pod), {}), (service, version, pod),
+                                 edges.get(service, ()), bounds)
+                for pod in names
+            }
+            counts[pair] = sum(per_pod.values(), VersionCounts.empty(len(bounds)))
+            if names and "" not in names:
+                pods[pair] = per_pod
     absent = frozenset(p for p in counts if p not in present)
-    return WindowCounts(start=start, end=end, counts=counts, absent=absent, bucket_edges=edges)
+    return WindowCounts(start=start, end=end, counts=counts, absent=absent, bucket_edges=edges, pods=pods)
+
+
+def _pod_counts(totals: Mapping[tuple[str, str, str], float], errors: Mapping[tuple[str, str, str], float],
+                per_edge: Mapping[float, float], key: tuple[str, str, str], edges: Sequence[float],
+                bounds: tuple[float, ...]) -> VersionCounts:
+    """One pod's (or, without pod labels, one version's) counts from the summed increases; `per_edge` is its
+    cumulative bucket count at each edge."""
+    where = "/".join(k for k in key if k)
+    return VersionCounts(
+        requests=_whole(totals.get(key, 0.0), f"{where} requests"),
+        errors=_whole(errors.get(key, 0.0), f"{where} errors"),
+        buckets=_per_bucket(per_edge, edges, bounds, where) if per_edge else (0,) * len(bounds),
+    )
 
 
 def _snapshot_series(before: Mapping[LabelSet, float], after: Mapping[LabelSet, float],

@@ -284,7 +284,7 @@ def test_fractional_counts_are_refused() -> None:
 def test_snapshot_counts_difference_two_scrapes() -> None:
     ok, err, gone, new = (labelset(istio("search", "v1", c, pod=p)) for c, p in
                           (("200", "a"), ("503", "a"), ("200", "old"), ("200", "new")))
-    restarted = labelset(istio("search", "v2"))
+    restarted = labelset(istio("search", "v2", pod="b"))
     before = CounterSnapshot(100.0, {ok: 10, err: 1, gone: 50, restarted: 40})
     after = CounterSnapshot(105.0, {ok: 25, err: 3, new: 4, restarted: 6})
     w = snapshot_counts(QUERY, before, after)
@@ -305,3 +305,30 @@ def test_snapshot_counts_from_an_empty_snapshot_count_from_zero() -> None:
 )
 def test_aligned_instant(now: float, step: float, settle: float, expected: float) -> None:
     assert aligned_instant(now, step, settle) == expected
+
+
+def test_a_restart_hidden_in_one_series_is_revealed_by_its_siblings() -> None:
+    # The pod restarted between the scrapes at 10 and 20: its 200s dropped from 50 to 8, but its rare 503s
+    # counted past their old value (2 -> 3). All 3 errors after the restart are new.
+    pod = {"job": "envoy-stats", "instance": "10.0.0.7:15020"}
+    ok = Series(istio("search", "v1", "200", **pod), ((0, 0), (10, 50), (20, 8)))
+    err = Series(istio("search", "v1", "503", **pod), ((0, 0), (10, 2), (20, 3)))
+    other = Series(istio("search", "v1", "503", pod="b", instance="10.0.0.8:15020"), ((0, 0), (10, 4), (20, 5)))
+    w = window_counts(QUERY, [ok, err, other], [], 0, 20)
+    assert w.of("search", "v1", N).requests == 50 + 8 + 2 + 3 + 5
+    assert w.of("search", "v1", N).errors == 2 + 3 + 5  # the other pod did not restart: 4 + 1
+
+
+def test_a_series_exported_a_scrape_after_the_restart_does_not_restart_its_siblings_twice() -> None:
+    # Envoy restarted between the scrapes at 3 and 4. At 4 the new process had served no v2 200 yet, so that
+    # series was not exported: its drop (40 -> 13) shows only at 5. That is the restart of 4 seen late; the
+    # siblings' increases from 4 to 5 are ordinary ones (taking 5 for a second restart counted them twice).
+    # The rare 503s never dropped: they are new after the restart all the same.
+    pod = {"job": "mesh", "instance": "127.0.0.1:9901"}
+    v1 = Series(istio("search", "v1", "200", **pod), ((0, 59), (2, 148), (3, 148), (4, 7), (5, 47), (6, 58)))
+    v2 = Series(istio("search", "v2", "200", **pod), ((0, 18), (2, 40), (3, 40), (5, 13), (6, 15)))
+    v2_err = Series(istio("search", "v2", "503", **pod), ((0, 3), (3, 12), (5, 14), (6, 15)))
+    w = window_counts(QUERY, [v1, v2, v2_err], [], 0, 6)
+    assert w.of("search", "v1", N).requests == (148 - 59) + 7 + 40 + 11
+    assert w.of("search", "v2", N).requests == (40 - 18) + 13 + 2 + (12 - 3) + 14 + 1
+    assert w.of("search", "v2", N).errors == (12 - 3) + 14 + 1
