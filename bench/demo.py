@@ -2,6 +2,10 @@
 often a healthy release is wrongly rolled back. Prints a table and saves JSON.
 
     python -m bench.demo [--healthy 10] [--broken 3] [--rps 50] [--interval 10] [--out bench/results/demo.json]
+                         [--scenarios errors,slow,tail,healthy]
+
+The mesh is Envoy. `bench/results/demo_data_planes.json` holds the last side-by-side with the asyncio proxy the
+project used before (5 `errors` releases on each, alternated run by run, measured before the proxy was removed).
 
 Each run is a real release (real processes, real Prometheus when installed), so this takes minutes.
 """
@@ -34,10 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rps", type=float, default=40.0)
     p.add_argument("--interval", type=float, default=10.0)
     p.add_argument("--metrics", default="auto", choices=["auto", "prometheus", "direct"])
+    p.add_argument("--scenarios", default="errors,slow,tail,healthy",
+                   help="comma-separated scenarios, in this order")
     p.add_argument("--out", type=Path, default=Path("bench/results/demo.json"))
     args = p.parse_args(argv)
 
-    plan = [("errors", args.broken), ("slow", args.broken), ("tail", args.broken), ("healthy", args.healthy)]
+    plan = [(s, args.healthy if s == "healthy" else args.broken) for s in args.scenarios.split(",") if s]
     runs: list[dict[str, Any]] = []
     for scenario, n in plan:
         for i in range(n):
@@ -62,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         expected = "promoted" if scenario == "healthy" else "rolled_back"
         rows.append({
             "scenario": scenario,
+            "data_plane": rs[0]["data_plane"],
             "runs": len(rs),
             "expected_outcome": expected,
             "as_expected": sum(r["outcome"] == expected for r in rs),
@@ -76,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"rps {args.rps:g}, interval {args.interval:g}s, metrics {runs[0]['metrics_source'] if runs else '-'}")
     print("medians; decision/0% canary/removed: seconds from the canary's first traffic")
-    print(f"{'scenario':<9}{'runs':>5}{'as expected':>13}{'decision':>10}{'0% canary':>11}{'removed':>9}"
+    print(f"{'scenario':<9}{'router':<7}{'runs':>5}{'as expected':>13}{'decision':>10}{'0% canary':>11}{'removed':>9}"
           f"{'canary req':>12}{'mixed':>7}{'wall s':>8}")
     for r in rows:
-        print(f"{r['scenario']:<9}{r['runs']:>5}{r['as_expected']:>13}{_fmt(r['median_decision_seconds']):>10}"
+        print(f"{r['scenario']:<9}{r['data_plane']:<7}{r['runs']:>5}{r['as_expected']:>13}{_fmt(r['median_decision_seconds']):>10}"
               f"{_fmt(r['median_rollback_seconds']):>11}{_fmt(r['median_rollback_complete_seconds']):>9}"
               f"{_fmt(r['median_canary_requests']):>12}{r['mixed_version_responses']:>7}"
               f"{_fmt(r['median_wall_seconds']):>8}")

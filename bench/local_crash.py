@@ -97,7 +97,9 @@ def release_spec(name: str) -> dict[str, Any]:
                          "latencyNonInferiorityMargin": None},
             "policies": {"onInconclusive": "hold", "rollbackAfterErrors": 3},
             "progressDeadline": "30s",
-            "drainTime": "1s",
+            # The default: on a machine whose cores are busy a request can stall for seconds inside the stack,
+            # and one still in flight when the subsets change after a shorter drain mixes versions (CI saw 4).
+            "drainTime": "5s",
             "scaleDownDelay": "1s",  # the default 30 s would hold each promoted release that long
         },
     }
@@ -127,8 +129,8 @@ def _read(path: str) -> bytes:
 @dataclass(frozen=True)
 class StackProcess:
     pid: int
-    kind: str  # "service" or "router"
-    name: str  # workload (service-version) or "mesh-router"
+    kind: str  # "service", "router" or "envoy" (the router's child)
+    name: str  # workload (service-version), "mesh-router" or "envoy"
     router: str  # the router port the process belongs to
 
 
@@ -144,11 +146,24 @@ def stack_processes(router_ports: set[str]) -> list[StackProcess]:
             port = env.get(b"ML_INFER_URL", b"").rpartition(b":")[2].decode()
             if port in router_ports and alive(int(entry)):
                 found.append(StackProcess(int(entry), "service", env.get(b"SEARCHSTACK_WORKLOAD", b"?").decode(), port))
-        elif b"localmesh.server" in cmd and b"--port" in cmd:
+        elif b"localmesh.envoy.server" in cmd and b"--port" in cmd:
             port = cmd[cmd.index(b"--port") + 1].decode()
             if port in router_ports and alive(int(entry)):
                 found.append(StackProcess(int(entry), "router", "mesh-router", port))
+        elif cmd[0].endswith(b"/envoy") and b"-c" in cmd:
+            port = _envoy_port(Path(cmd[cmd.index(b"-c") + 1].decode()).parent)
+            if port in router_ports and alive(int(entry)):
+                found.append(StackProcess(int(entry), "envoy", "envoy", port))
     return found
+
+
+def _envoy_port(work_dir: Path) -> str:
+    """The data port of the Envoy whose files are in `work_dir` (its listener, `lds.json`), or "" when unreadable."""
+    try:
+        listener = json.loads((work_dir / "lds.json").read_text())["resources"][0]
+        return str(listener["address"]["socket_address"]["port_value"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return ""
 
 
 def recorded_pids(workdir: Path) -> list[tuple[str, int]]:

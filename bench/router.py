@@ -1,20 +1,36 @@
-"""Benchmark: the local mesh router's throughput and added latency, side by side with the bare upstream.
+"""Benchmark: the local mesh's throughput and added latency, direct against through each router, side by side.
 
-Starts a trivial fast upstream (uvloop + httptools, answers a small JSON body) and the router, both as
-processes, then runs `hey` against the upstream directly and through the router, interleaved, `--rounds`
-times at each concurrency, and reports the medians of req/s, p50 and p99. The router runs a realistic
-release config: a DestinationRule with two subsets and a VirtualService with a header-match route ahead
-of a 90/10 weighted split whose destinations set the lane header (both subsets point at the same
-upstream, so the upstream's speed is the same on both paths). At the end the router's own
-istio_requests_total is checked against the number of requests hey sent through it.
+Starts a trivial fast upstream (uvloop + httptools, answers a small JSON body) and each router of `--routers`
+as a process: `envoy` (`python -m localmesh.envoy.server`, real Envoy, the local mesh) and `proxy` (`python -m
+localmesh.server`, the asyncio proxy it replaced). `hey` runs against the upstream directly and through every
+router, interleaved in the same rounds, `--rounds` times at each concurrency; the report gives the medians of
+req/s, p50 and p99, each router's throughput against direct, and Envoy's against the proxy when both ran. The
+routers run a realistic release config: a DestinationRule with two subsets and a VirtualService with a
+header-match route ahead of a 90/10 weighted split whose destinations set the lane header (both subsets point at
+the same upstream, so the upstream's speed is the same on every path). At the end each router's own
+istio_requests_total for the service (from its admin API's `/metrics`) must equal the number of answers hey got
+through it; the run exits 1 otherwise.
 
-    python bench/router.py [--requests 64000] [--concurrency 32 1] [--rounds 3] [--out bench/results/router.json]
+    python bench/router.py [--requests 64000] [--concurrency 32 1] [--rounds 3] [--routers envoy]
+                           [--proxy-tree DIR] [--out bench/results/router.json]
+
+The asyncio proxy was removed from the tree after commit f544b64, the last that has it. Its figures, measured
+beside Envoy in one run (`--routers proxy,envoy`), are the results file's `record`, printed beside every run
+without it as "recorded", with the date and machine of that run. To measure it again, extract a tree from before
+its removal and name it:
+
+    git archive f544b64 localmesh controller | tar -x -C /tmp/proxy-tree
+    python bench/router.py --routers proxy,envoy --proxy-tree /tmp/proxy-tree
+
+(the proxy then runs from that tree; the upstream, Envoy and hey from this one).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -114,14 +130,15 @@ def router_objects() -> list[dict[str, Any]]:
     ]
 
 
-def start(cmd: list[str], ready_prefix: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
+def start(cmd: list[str], ready_prefix: str, tree: Path = REPO) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """Start `cmd` in `tree` (its modules first on the path) and wait for its ready line's `k=v` fields."""
     proc = subprocess.Popen(
-        cmd, cwd=REPO, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}
+        cmd, cwd=tree, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(tree)}
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line.startswith(ready_prefix):
-        proc.kill()
+        stop(proc)
         raise SystemExit(f"{cmd[:3]} did not start: {line!r}")
     return proc, dict(part.split("=", 1) for part in line.split()[2:])
 
@@ -156,46 +173,77 @@ def hey(url: str, requests: int, concurrency: int, host: str | None = None) -> d
     }
 
 
+# The routers that can be measured, by the module started as their process. The project's first local mesh, an
+# asyncio proxy (`localmesh.server`), was measured beside Envoy before it was removed (f544b64 is the last commit
+# with it): its figures are kept as the results file's `record` and printed beside a run that does not measure it.
+ROUTERS = {"envoy": "localmesh.envoy.server", "proxy": "localmesh.server"}
+PROXY_LAST_IN = "f544b64"  # the last commit whose tree has the asyncio proxy
+
+
+def router_tree(name: str, proxy_tree: Path | None) -> Path | None:
+    """The source tree `name` runs from: this repository, or for the proxy `--proxy-tree`; None when not there."""
+    module = ROUTERS[name]
+    if name == "proxy" and proxy_tree is not None:
+        return proxy_tree if (proxy_tree / Path(*module.split("."))).with_suffix(".py").is_file() else None
+    return REPO if importlib.util.find_spec(module) is not None else None
+
+
+def _start_router(name: str, tree: Path, tmp: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    return start(
+        [sys.executable, "-m", ROUTERS[name], "--port", "0", "--admin-port", "0",
+         "--config", str(tmp / "config.json"), "--endpoints", str(tmp / "endpoints.json")],
+        "mesh-router ready",
+        tree,
+    )  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    """hey against the upstream directly and through each router, interleaved round by round."""
     upstream, up = start([sys.executable, __file__, "--serve-upstream"], "upstream ready")
     upstream_addr = f"127.0.0.1:{up['port']}"
     tmp = Path(tempfile.mkdtemp(prefix="bench-router-"))
     (tmp / "config.json").write_text(json.dumps({"objects": router_objects()}))
     endpoints = [{"service": "bench", "labels": {"version": v}, "address": upstream_addr} for v in ("v1", "v2")]
     (tmp / "endpoints.json").write_text(json.dumps(endpoints))
-    router, rt = start(
-        [sys.executable, "-m", "localmesh.server", "--port", "0", "--admin-port", "0",
-         "--config", str(tmp / "config.json"), "--endpoints", str(tmp / "endpoints.json")],
-        "mesh-router ready",
-    )  # fmt: skip
-    direct_url, router_url = f"http://{upstream_addr}/search", f"http://{rt['proxy']}/search"
-    results: dict[str, Any] = {"rounds": {}, "medians": {}}
-    sent_through_router = 0
+    routers: dict[str, tuple[subprocess.Popen[str], dict[str, str]]] = {}
+    results: dict[str, Any] = {"rounds": {}, "medians": {}, "router_metrics_requests": {}, "sent_through": {}}
     try:
-        hey(direct_url, 3200, 32)
-        sent_through_router += hey(router_url, 3200, 32, host="bench")["answered"]
+        for name in args.routers:
+            routers[name] = _start_router(name, args.trees[name], tmp)
+        urls: dict[str, tuple[str, str | None]] = {"direct": (f"http://{upstream_addr}/search", None)}
+        urls.update({name: (f"http://{info['proxy']}/search", "bench") for name, (_, info) in routers.items()})
+        sent = dict.fromkeys(routers, 0)
+        for path, (url, host) in urls.items():  # warm-up
+            answered = int(hey(url, 3200, 32, host=host)["answered"])
+            if path in sent:
+                sent[path] += answered
         for c in args.concurrency:
             # hey sends floor(n / c) requests per worker: keep n a multiple of c so every run sends n.
             n = (args.requests if c > 1 else max(2000, args.requests // 8)) // c * c
-            rounds: dict[str, list[dict[str, float]]] = {"direct": [], "router": []}
+            rounds: dict[str, list[dict[str, float]]] = {path: [] for path in urls}
             for _ in range(args.rounds):
-                rounds["direct"].append(hey(direct_url, n, c))
-                rounds["router"].append(hey(router_url, n, c, host="bench"))
-                sent_through_router += int(rounds["router"][-1]["answered"])
+                for path, (url, host) in urls.items():
+                    rounds[path].append(hey(url, n, c, host=host))
+                    if path in sent:
+                        sent[path] += int(rounds[path][-1]["answered"])
             results["rounds"][str(c)] = rounds
             results["medians"][str(c)] = {
                 path: {k: statistics.median(r[k] for r in runs) for k in ("rps", "mean_ms", "p50_ms", "p99_ms")}
                 for path, runs in rounds.items()
             }
-        results["router_metrics_requests"] = router_metric_total(f"http://{rt['admin']}")
-        results["sent_through_router"] = sent_through_router
+        for name, (_, info) in routers.items():
+            results["router_metrics_requests"][name] = router_metric_total(f"http://{info['admin']}")
+        results["sent_through"] = sent
     finally:
-        stop(router)
+        for proc, _ in routers.values():
+            stop(proc)
         stop(upstream)
     return results
 
 
 def router_metric_total(admin_url: str) -> int:
+    """The router's istio_requests_total for the benchmark's service, summed over versions and response codes, from
+    its admin API's `/metrics` (the proxy's own counters; Envoy's statistics mapped to Istio's names)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     from controller.adapters.local.mesh_admin import RouterAdmin
@@ -204,29 +252,78 @@ def router_metric_total(admin_url: str) -> int:
         text = admin.metrics_text()
     return int(
         sum(
-            s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == "istio_requests_total"
+            s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "istio_requests_total" and s.labels.get("destination_service_name") == "bench"
         )
     )
 
 
-def table(results: dict[str, Any]) -> str:
+def table(results: dict[str, Any], record: dict[str, Any] | None = None) -> str:
+    """Medians per concurrency and path, each router's added latency, its throughput against direct and (Envoy
+    against the proxy) against the other; `record`: the proxy's recorded medians, shown as such."""
     lines = [
-        f"{'concurrency':>11} | {'path':<6} | {'req/s':>8} | {'mean ms':>7} | {'p50 ms':>7} | {'p99 ms':>7}",
-        f"{'-' * 11}-+-{'-' * 6}-+-{'-' * 8}-+-{'-' * 7}-+-{'-' * 7}-+-{'-' * 7}",
+        f"{'concurrency':>11} | {'path':<16} | {'req/s':>8} | {'mean ms':>7} | {'p50 ms':>7} | {'p99 ms':>7}",
+        f"{'-' * 11}-+-{'-' * 16}-+-{'-' * 8}-+-{'-' * 7}-+-{'-' * 7}-+-{'-' * 7}",
     ]
     for c, paths in results["medians"].items():
+        d = paths["direct"]
         for path, m in paths.items():
-            lines.append(
-                f"{c:>11} | {path:<6} | {m['rps']:>8.0f} | {m['mean_ms']:>7.3f} | {m['p50_ms']:>7.2f} | "
-                f"{m['p99_ms']:>7.2f}"
-            )
-        d, r = paths["direct"], paths["router"]
-        added = {k: r[k] - d[k] for k in ("mean_ms", "p50_ms", "p99_ms")}
-        lines.append(
-            f"{c:>11} | {'added':<6} | {'':>8} | {added['mean_ms']:>+7.3f} | {added['p50_ms']:>+7.2f} | "
-            f"{added['p99_ms']:>+7.2f}"
-        )
+            ratio = "" if path == "direct" else f"  ({m['rps'] / d['rps']:.2f}x direct)"
+            lines.append(f"{c:>11} | {path:<16} | {m['rps']:>8.0f} | {m['mean_ms']:>7.3f} | {m['p50_ms']:>7.2f} | "
+                         f"{m['p99_ms']:>7.2f}{ratio}")
+        if record and c in record.get("medians", {}) and "proxy" not in paths:
+            rec = record["medians"][c]
+            m = rec["proxy"]
+            lines.append(f"{c:>11} | {'proxy (recorded)':<16} | {m['rps']:>8.0f} | {m['mean_ms']:>7.3f} | "
+                         f"{m['p50_ms']:>7.2f} | {m['p99_ms']:>7.2f}  ({rec['ratio_to_direct']:.2f}x direct on "
+                         f"{record['date']})")
+            if rec.get("envoy_over_proxy") is not None:
+                lines.append(f"{c:>11} | {'envoy / proxy':<16} | {rec['envoy_over_proxy']:>7.2f}x | (recorded, "
+                             f"Envoy and the proxy in the same run of {record['date']})")
+        if "envoy" in paths and "proxy" in paths:
+            lines.append(f"{c:>11} | {'envoy / proxy':<16} | {paths['envoy']['rps'] / paths['proxy']['rps']:>7.2f}x |")
+    if record and not any("proxy" in paths for paths in results["medians"].values()):
+        mach = record.get("machine", {})
+        lines.append(f"recorded: the asyncio proxy (removed after {PROXY_LAST_IN}), measured on {record['date']} on "
+                     f"{describe(mach)} by `{record['command']}`; ratios against direct are that run's")
     return "\n".join(lines)
+
+
+def describe(machine: dict[str, Any]) -> str:
+    """A results file's machine in a few words."""
+    parts = [machine.get("cpu_model") or "", f"{machine.get('cpus', '?')} CPUs",
+             f"Python {machine.get('python', '?')}", f"load {machine.get('load_average_1m', 0):.2f} at the end"]
+    return ", ".join(p for p in parts if p)
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), "")
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_average_1m": os.getloadavg()[0],
+    }
+
+
+def proxy_record(results: dict[str, Any]) -> dict[str, Any]:
+    """The proxy's medians of a run that measured it, with their ratio to direct on the same run, to keep."""
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": results["machine"],
+        "command": results["command"],
+        "proxy_source": results["proxy_source"],
+        "medians": {c: {"proxy": paths["proxy"], "ratio_to_direct": paths["proxy"]["rps"] / paths["direct"]["rps"],
+                        "envoy_over_proxy": (paths["envoy"]["rps"] / paths["proxy"]["rps"]) if "envoy" in paths
+                        else None}
+                    for c, paths in results["medians"].items()},
+    }
 
 
 def main() -> int:
@@ -237,26 +334,49 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=64000, help="requests per hey run at concurrency > 1")
     p.add_argument("--concurrency", type=int, nargs="+", default=[32, 1])
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--routers", default="envoy", help=f"comma-separated, measured beside direct: {', '.join(ROUTERS)}")
+    p.add_argument("--proxy-tree", type=Path, help="a source tree holding the removed proxy (localmesh/server.py), "
+                   f"e.g. `git archive {PROXY_LAST_IN} localmesh controller | tar -x -C DIR`")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "router.json")
     args = p.parse_args()
+    args.routers = list(dict.fromkeys(r.strip() for r in args.routers.split(",") if r.strip()))
+    if unknown := [r for r in args.routers if r not in ROUTERS]:
+        p.error(f"--routers: {unknown} not among {sorted(ROUTERS)}")
+    if args.proxy_tree is not None:
+        args.proxy_tree = args.proxy_tree.resolve()
+    previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+    args.trees = {name: router_tree(name, args.proxy_tree) for name in args.routers}
+    if missing := [name for name, tree in args.trees.items() if tree is None]:
+        record = previous.get("record")
+        where = f"in {args.proxy_tree}" if args.proxy_tree else "in this tree"
+        msg = [f"--routers {','.join(missing)}: {', '.join(ROUTERS[m] for m in missing)} is not {where}"]
+        if "proxy" in missing:
+            msg.append(f"The asyncio proxy was removed after commit {PROXY_LAST_IN}; to measure it again, extract a "
+                       f"tree from before: `git archive {PROXY_LAST_IN} localmesh controller | tar -x -C DIR` and "
+                       "add `--proxy-tree DIR`.")
+            msg.append(f"Its recorded figures ({args.out}, run of {record['date']} on {describe(record['machine'])}) "
+                       "are printed beside every run of `--routers envoy`." if record else
+                       f"{args.out} holds no record of its figures.")
+        print("\n".join(msg), file=sys.stderr)
+        return 2
     started = time.time()
     results = run(args)
     results["command"] = "python " + " ".join(sys.argv)
-    results["machine"] = {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "load_average_1m": os.getloadavg()[0],
-    }
+    results["machine"] = machine()
+    results["proxy_source"] = str(args.trees["proxy"]) if "proxy" in args.trees else None
     results["seconds"] = round(time.time() - started, 1)
-    print(table(results))
-    print(
-        f"router counted {results['router_metrics_requests']} requests in istio_requests_total; "
-        f"hey got {results['sent_through_router']} answers through it"
-    )
+    results["record"] = proxy_record(results) if "proxy" in args.routers else previous.get("record")
+    print(table(results, results["record"]))
+    exact = True
+    for name, counted in results["router_metrics_requests"].items():
+        got = results["sent_through"][name]
+        exact = exact and counted == got
+        print(f"{name} counted {counted} requests in istio_requests_total; hey got {got} answers through it"
+              + ("" if counted == got else "  MISMATCH"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"saved {args.out}")
-    return 0
+    return 0 if exact else 1
 
 
 if __name__ == "__main__":

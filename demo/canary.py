@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -34,6 +35,7 @@ from demo.experiment import run_ab_demo
 from demo.harness import (
     Console,
     LaneAudit,
+    data_plane_summary,
     demo_release,
     drive_release,
     load_dict,
@@ -44,6 +46,8 @@ from demo.harness import (
     write_report,
 )
 from demo.loadgen import LoadReport, LoadRunner
+from localmesh.envoy.metrics import scrape_job
+from localmesh.envoy.process import envoy_version
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +97,8 @@ def run_local(release: dict[str, Any], faults: Faults, rps: float = 20.0, summar
         raise ValueError(f"{state.root} holds another release; use a fresh --workdir")
     with ExitStack() as ctx, stop_on_signals() as stop:
         stack, router = _start_platform(ctx, spec, state, workdir, faults, console)
-        source = ctx.enter_context(open_metrics_source(metrics, stack.admin_url, workdir / "prometheus"))
+        source = ctx.enter_context(open_metrics_source(metrics, stack.admin_url, workdir / "prometheus",
+                                                                [scrape_job([stack.envoy_admin_target])]))
         console.say(f"metrics: {source.description}")
         load = _start_load(ctx, stack, spec, rps, max_seconds, audit)
         console.say(f"load: {rps:g} searches/s through the router; releasing {spec.canary.version}"
@@ -108,6 +113,7 @@ def run_local(release: dict[str, Any], faults: Faults, rps: float = 20.0, summar
         report = load.stop() if load is not None else None
         result = _summary(label, status, audit, source.name, workdir, report)
         result.update(final_platform(stack, router))
+        result.update(data_plane_summary())
         result["interrupted"] = stop.is_set()
         result["report"] = str(write_report(state, workdir / "report.html"))
     publish_summary(result, _summary_text(result), console, summary_path)
@@ -120,6 +126,7 @@ def _start_platform(ctx: ExitStack, spec: ReleaseSpec, state: StateDir, workdir:
     stack = ctx.enter_context(LocalStack(workdir / "stack", faults=faults, lane_header=spec.lane_header))
     console.say(f"search stack {spec.stable.version} starting (router {stack.router_url}, "
                 f"admin {stack.admin_url}) ...")
+    console.say(f"data plane: Envoy {envoy_version()} (its log: {stack.workdir / 'envoy' / 'envoy.log'})")
     stack.start_version(spec.stable.version, spec.stack.services)
     assert stack.admin is not None
     router = LocalRouter(stack.admin)
@@ -143,8 +150,15 @@ def _resume(spec: ReleaseSpec, state: StateDir, stack: LocalStack, router: Local
         console.say(f"resuming {spec.name} from {resumed.phase.value} (step {resumed.step + 1}) in {state.root}")
         stack.start_version(spec.canary.version, spec.changed)
     in_flight_plan = desired_plan(spec, resumed) if resumed is not None else None
-    if in_flight_plan is not None:
-        router.apply(in_flight_plan)
+    if in_flight_plan is None:
+        return
+    stable = base_plan(spec).all_stable()
+    if {s.service: s.stable for s in in_flight_plan.services} != {s.service: s.stable for s in stable.services}:
+        # Its stable lanes were re-pointed at the new version (promoted): in two stages, as the promotion
+        # itself did, so that no search already inside the stack on the stable routes above mixes versions.
+        router.apply(base_plan(spec).with_weight(100))
+        time.sleep(spec.drain_time)
+    router.apply(in_flight_plan)
 
 
 def _start_load(ctx: ExitStack, stack: LocalStack, spec: ReleaseSpec, rps: float, max_seconds: float,

@@ -45,6 +45,7 @@ from controller.reconciler import Reconciler
 from demo.harness import (
     Console,
     LaneAudit,
+    data_plane_summary,
     demo_release,
     drive_release,
     load_dict,
@@ -55,6 +56,7 @@ from demo.harness import (
     write_report,
 )
 from demo.loadgen import LoadReport, LoadRunner
+from localmesh.envoy.metrics import scrape_job
 
 CLICK_PROBABILITY = {"v1": 0.10, "v2": 0.16}
 CLICK_PROBABILITY_ABN = {"v1": 0.10, "v2": 0.30, "v3": 0.10}
@@ -101,7 +103,8 @@ def run_ab_demo(rps: float = 40.0, interval: float = 10.0, summary_path: Path | 
     audit = LaneAudit(canary=spec.canary.version, changed=spec.changed)
     with ExitStack() as ctx, stop_on_signals() as stop:
         stack, router = _start_platform(ctx, spec, workdir, console)
-        source = ctx.enter_context(open_metrics_source(metrics, stack.admin_url, workdir / "prometheus"))
+        source = ctx.enter_context(open_metrics_source(metrics, stack.admin_url, workdir / "prometheus",
+                                                                [scrape_job([stack.envoy_admin_target])]))
         business = _business_metrics(ctx, stack, spec)
         load = search_load(stack, spec, rps, max_seconds, audit, keep_cookies=True, click_probability=clicks)
         ctx.callback(load.stop)
@@ -121,6 +124,7 @@ def run_ab_demo(rps: float = 40.0, interval: float = 10.0, summary_path: Path | 
             status = drive_release(reconciler, state, spec, clock, stop, max_seconds, console, on_tick)
         result = _summary(status, audit, report, source.name, workdir, clicks)
         result["scenario"] = "ab" if variants == 2 else "abn"
+        result.update(data_plane_summary())
         result["interrupted"] = stop.is_set()
         result["report"] = str(write_report(state, workdir / "report.html"))
     publish_summary(result, _summary_text(result), console, summary_path)

@@ -9,7 +9,8 @@ search stack against the local platform. This module owns the parts they have in
 - `stop_on_signals`: SIGTERM/SIGINT end a demo cleanly instead of killing it mid-teardown;
 - `search_load` and `local_ports`: the load through the mesh router, and the controller's ports;
 - `drive_release`: tick the reconciler until the release reaches a final phase;
-- `load_dict`, `write_report`, `publish_summary`: the outcome as JSON, HTML and lines on the console.
+- `load_dict`, `write_report`, `publish_summary`: the outcome as JSON, HTML and lines on the console;
+- `data_plane_summary`: which mesh served the run (Envoy, and its version).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from controller.present import view
 from controller.present.report import render_report
 from controller.reconciler import Ports, Reconciler
 from demo.loadgen import LoadReport, LoadRunner
+from localmesh.envoy.process import envoy_version
 
 
 def demo_release(interval: float, changed: tuple[str, ...] = SEARCH_SERVICES) -> dict[str, Any]:
@@ -212,6 +214,11 @@ def write_report(state: StateDir, path: Path) -> Path:
     """The release's self-contained HTML report (charts and the decision log) from its persisted state."""
     path.write_text(render_report(state.load_release(), state.load_status().for_storage()))
     return path
+
+
+def data_plane_summary() -> dict[str, Any]:
+    """The summary's `data_plane` ("envoy") and `envoy_version`."""
+    return {"data_plane": "envoy", "envoy_version": envoy_version()}
 
 
 def publish_summary(result: dict[str, Any], text: str, console: Console, summary_path: Path | None) -> None:

@@ -1,3 +1,3 @@
-"""The local mesh: an HTTP proxy that obeys the same Istio VirtualServices and DestinationRules the cluster gets,
-and exports Istio's request metrics. Run as `python -m localmesh.server`.
+"""The local mesh: real Envoy, configured from the same Istio VirtualServices and DestinationRules the cluster gets,
+with Istio's request metrics from Envoy's statistics. Run as `python -m localmesh.envoy.server`.
 """

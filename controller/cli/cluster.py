@@ -1,6 +1,7 @@
 """The Kubernetes commands of `canary`: run the controller, start a release, show a release.
 
     canary controller [--namespace NS | --all-namespaces] [--prometheus-url URL] [--prometheus-scrape-interval S]
+                      [--prometheus-pod-label LABEL]
                       [--kubeconfig FILE]
                       [--health-port 8080] [--identity ID] [--lease-namespace NS] [--lease-name NAME]
                       [--no-leader-election]
@@ -116,6 +117,10 @@ def _controller_parser() -> argparse.ArgumentParser:
                    help="seconds between Prometheus's scrapes of the proxies (default: $PROMETHEUS_SCRAPE_INTERVAL "
                         "or 15, the Istio addon's): windows are read twice that plus 5 s behind, on scrape "
                         "boundaries, so that no scrape lands after a window was counted; 0: read at once")
+    p.add_argument("--prometheus-pod-label", default=os.environ.get("PROMETHEUS_POD_LABEL", "pod"),
+                   help="the label naming the pod a series was scraped from (default: $PROMETHEUS_POD_LABEL or "
+                        "pod, as Prometheus' Kubernetes pod discovery sets it; '' when there is none): the "
+                        "judge learns from the stable pods how much identical code differs from pod to pod")
     p.add_argument("--business-metric", default=os.environ.get("BUSINESS_METRIC", DEFAULT_BUSINESS_METRIC),
                    help="the A/B primary metric's name, as in primaryMetric.name (default: $BUSINESS_METRIC or "
                         f"{DEFAULT_BUSINESS_METRIC})")
@@ -163,7 +168,7 @@ def _controller_parser() -> argparse.ArgumentParser:
 
 def prometheus_config(args: argparse.Namespace) -> dict[str, Any]:
     """The controller's Prometheus config: Istio's metrics, plus the business metric as a custom metric."""
-    config: dict[str, Any] = {"url": args.prometheus_url}
+    config: dict[str, Any] = {"url": args.prometheus_url, "pod_label": args.prometheus_pod_label}
     if args.prometheus_scrape_interval > 0:
         config["scrape_interval_seconds"] = args.prometheus_scrape_interval
     if args.no_business_metrics:

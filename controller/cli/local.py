@@ -31,9 +31,22 @@ if TYPE_CHECKING:
     from controller.adapters.local.stack import LocalStack
 
 
+def require_mesh() -> None:
+    """Stop a local command before it starts anything when this platform has no Envoy, the local mesh (ValueError:
+    the command line prints it and exits 2)."""
+    from localmesh.envoy.process import EnvoyUnavailable, envoy_binary
+
+    try:
+        envoy_binary()
+    except EnvoyUnavailable as exc:
+        raise ValueError(f"the local mesh is real Envoy, and there is {exc}") from None
+
+
 def demo(args: argparse.Namespace) -> int:
     """`canary demo`: the chosen scenario end to end; the exit code says whether it reached a final phase."""
     from demo.canary import run_demo
+
+    require_mesh()
 
     outgoing = notifications.from_args(args)
     try:
@@ -52,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
                          "resource and let `canary controller` run it")
     from controller.core.spec.release import parse_release
     from demo.canary import run_local
+
+    require_mesh()
 
     release = _resumed_release(args.workdir, _load_release(args.file))
     spec = parse_release(release)
@@ -109,6 +124,8 @@ def stack_up(args: argparse.Namespace) -> int:
     """`canary stack up`: versions of the search stack behind the mesh router (and load) until a signal."""
     import signal
     import tempfile
+
+    require_mesh()
 
     from controller.adapters.local.platform import LocalRouter
     from controller.adapters.local.stack import LocalStack

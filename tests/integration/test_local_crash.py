@@ -227,3 +227,36 @@ def test_a_release_resumed_after_promotion_keeps_the_new_version_serving(tmp_pat
     assert [p for p in console.served if all(p[s] == CANARY for s in CHANGED)]
     assert all(len({p[s] for s in CHANGED}) == 1 for p in console.served)
     assert not [pid for _, pid in recorded_pids(tmp_path) if alive(pid)]
+
+
+def test_a_release_resumed_after_promotion_moves_the_entry_before_the_lanes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The resumed platform starts on stable routes; the promoted ones come in the promotion's two stages (entry
+    100% into the new version's lane, the drain time, then the stable lanes re-pointed), so that no search that
+    entered on the stable routes meets the new version further down the stack."""
+    from controller.core.machine import base_plan
+    from controller.core.spec.release import parse_release
+    from demo.canary import _resume
+    from demo.harness import Console
+
+    spec = parse_release(release_spec("resumed"))
+    state = StateDir(tmp_path / "state")
+    state.save_release(release_spec("resumed"))
+    now = time.time()
+    state.save_status(ReleaseStatus(phase=Phase.SUCCEEDED, step=1, started_at=now - 30, phase_since=now - 1,
+                                    first_canary_traffic_at=now - 25, decided_at=now - 5, finished_at=now - 1,
+                                    cutover=True, observed_generation=1))
+    steps: list[object] = []
+
+    class Stack:
+        def start_version(self, version: str, services: tuple[str, ...]) -> None:
+            steps.append(("start", version))
+
+    class Router:
+        def apply(self, plan: RoutingPlan) -> None:
+            steps.append(plan)
+
+    monkeypatch.setattr("demo.canary.time.sleep", lambda seconds: steps.append(("drain", seconds)))
+    _resume(spec, state, Stack(), Router(), Console(io.StringIO()))  # type: ignore[arg-type]
+    base = base_plan(spec)
+    assert steps == [("start", CANARY), base.with_weight(100), ("drain", spec.drain_time), base.promoted()]

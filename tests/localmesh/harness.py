@@ -1,4 +1,4 @@
-"""In-process local mesh tests' harness: an asyncio loop on a thread, a recording upstream, raw HTTP requests."""
+"""The local mesh tests' harness: an asyncio loop on a thread, recording upstreams behind Envoy, raw requests."""
 
 from __future__ import annotations
 

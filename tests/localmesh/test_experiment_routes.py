@@ -1,4 +1,4 @@
-"""The experiment renderer's objects in the real local mesh router (in-process, trivial upstreams).
+"""The experiment renderer's objects in the real local mesh (Envoy, trivial upstreams).
 
 The same checks as tests/localmesh/test_sticky.py, but on what `controller.adapters.istio.experiment` renders for a
 release: 1,000 users x 20 requests each see exactly one variant, with the lane header following it; new
@@ -17,9 +17,8 @@ from scipy.stats import binom
 from controller.adapters.istio.render import render
 from controller.core.machine import base_plan
 from controller.core.spec.release import parse_release
-from localmesh.server import MeshRouter
 from tests.localmesh.harness import LoopThread
-from tests.localmesh.users import ask, browse, port_of, shop_router, users_per_variant
+from tests.localmesh.users import ShopMesh, ask, browse, port_of, shop_router, users_per_variant
 
 USERS, REQUESTS_PER_USER = 1000, 20
 
@@ -40,14 +39,14 @@ def shop_objects(v2_weight: int = 30, v3_weight: int | None = None) -> list[dict
 
 
 @pytest.fixture(scope="module")
-def router(loop: LoopThread) -> Iterator[MeshRouter]:
-    with shop_router(loop, shop_objects()) as r:
+def router(loop: LoopThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShopMesh]:
+    with shop_router(loop, shop_objects(), tmp_path_factory.mktemp("envoy")) as r:
         yield r
 
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_rendered_experiment_keeps_every_user_on_one_variant(loop: LoopThread, router: MeshRouter) -> None:
+def test_rendered_experiment_keeps_every_user_on_one_variant(loop: LoopThread, router: ShopMesh) -> None:
     router.apply_config(shop_objects())
     logs = loop.run(browse(port_of(router), [f"user-{i:04d}" for i in range(USERS)], REQUESTS_PER_USER),
                     timeout=150)
@@ -57,7 +56,7 @@ def test_rendered_experiment_keeps_every_user_on_one_variant(loop: LoopThread, r
     assert low <= first["v2"] <= high, first
 
 
-def test_rendered_cohorts_and_cookies_route_exactly(loop: LoopThread, router: MeshRouter) -> None:
+def test_rendered_cohorts_and_cookies_route_exactly(loop: LoopThread, router: ShopMesh) -> None:
     router.apply_config(shop_objects())
     port = port_of(router)
 
@@ -77,7 +76,7 @@ def test_rendered_cohorts_and_cookies_route_exactly(loop: LoopThread, router: Me
 @pytest.mark.slow
 @pytest.mark.integration
 def test_three_variants_keep_every_user_on_one_variant_and_split_by_weight(loop: LoopThread,
-                                                                            router: MeshRouter) -> None:
+                                                                            router: ShopMesh) -> None:
     weights = {"v1": 0.40, "v2": 0.25, "v3": 0.35}
     router.apply_config(shop_objects(v2_weight=25, v3_weight=35))
     logs = loop.run(browse(port_of(router), [f"user-{i:04d}" for i in range(USERS)], REQUESTS_PER_USER),
@@ -88,7 +87,7 @@ def test_three_variants_keep_every_user_on_one_variant_and_split_by_weight(loop:
         assert binom.ppf(0.0005, USERS, p) <= first[variant] <= binom.ppf(0.9995, USERS, p), first
 
 
-def test_three_variants_cohorts_and_cookies_route_exactly(loop: LoopThread, router: MeshRouter) -> None:
+def test_three_variants_cohorts_and_cookies_route_exactly(loop: LoopThread, router: ShopMesh) -> None:
     router.apply_config(shop_objects(v2_weight=25, v3_weight=35))
     port = port_of(router)
 

@@ -4,7 +4,7 @@ A request with an assignment cookie (`ab=<variant>`) goes to that variant; a req
 by weight, and the chosen destination's `headers.response.add` sets the cookie, so each user stays on one
 variant for the whole experiment. Every route also sets the lane header, so the whole stack path follows
 the variant. Explicit cohorts (a header) route exactly and ahead of the cookie. Checked against the real
-router (in-process) with trivial upstreams, and against Istio's own CRD schema.
+Envoy (the local mesh) with trivial upstreams, and against Istio's own CRD schema.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import pytest
 from scipy.stats import binom
 
 from controller.adapters.istio.validate import validate_objects
-from localmesh.server import MeshRouter
 from tests.localmesh.harness import LoopThread
 from tests.localmesh.users import (
     COOKIE,
     LANE_HEADER,
+    ShopMesh,
     ask,
     browse,
     port_of,
@@ -113,8 +113,8 @@ def experiment_objects(weights: dict[str, int] = WEIGHTS) -> list[dict[str, Any]
 
 
 @pytest.fixture(scope="module")
-def router(loop: LoopThread) -> Iterator[MeshRouter]:
-    with shop_router(loop, experiment_objects()) as r:
+def router(loop: LoopThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShopMesh]:
+    with shop_router(loop, experiment_objects(), tmp_path_factory.mktemp("envoy")) as r:
         yield r
 
 
@@ -132,7 +132,7 @@ def test_the_recommended_objects_are_valid_for_istio_and_the_router() -> None:
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_every_user_sees_one_variant_and_new_users_split_by_weight(loop: LoopThread, router: MeshRouter) -> None:
+def test_every_user_sees_one_variant_and_new_users_split_by_weight(loop: LoopThread, router: ShopMesh) -> None:
     router.apply_config(experiment_objects())
     users = [f"user-{i:04d}" for i in range(USERS)]
     logs = loop.run(browse(port_of(router), users, REQUESTS_PER_USER), timeout=150)
@@ -143,7 +143,7 @@ def test_every_user_sees_one_variant_and_new_users_split_by_weight(loop: LoopThr
     assert first["v1"] + first["v2"] == USERS
 
 
-def test_cohort_header_and_cookies_route_exactly(loop: LoopThread, router: MeshRouter) -> None:
+def test_cohort_header_and_cookies_route_exactly(loop: LoopThread, router: ShopMesh) -> None:
     router.apply_config(experiment_objects())
     port = port_of(router)
 
@@ -162,7 +162,7 @@ def test_cohort_header_and_cookies_route_exactly(loop: LoopThread, router: MeshR
         assert len(answer.get("set-cookie")) == 1, cookie
 
 
-def test_a_dropped_variant_reassigns_its_users(loop: LoopThread, router: MeshRouter) -> None:
+def test_a_dropped_variant_reassigns_its_users(loop: LoopThread, router: ShopMesh) -> None:
     """After an experiment ends on v1, the v2 cookie no longer matches a route: those users are
     re-assigned (100% to v1) and get a new cookie, instead of a 404 or a stale variant."""
     router.apply_config(experiment_objects({"v1": 100}))

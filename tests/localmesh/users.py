@@ -1,7 +1,7 @@
 """Users of the local mesh, for the sticky-assignment tests.
 
-The shop router in front of three versions, a keep-alive client with one cookie jar per user, and
-per-variant tallies.
+Real Envoy (the local mesh's data plane) in front of three versions of `shop`, a keep-alive client with one cookie
+jar per user, and per-variant tallies.
 """
 
 from __future__ import annotations
@@ -12,11 +12,15 @@ import contextlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httptools
 
-from localmesh.server import MeshRouter
+from localmesh.endpoints import Endpoint, parse_endpoints
+from localmesh.envoy.process import Envoy
+from localmesh.envoy.translate import Options
+from tests.localmesh.envoy.support import free_port
 from tests.localmesh.harness import LoopThread, Upstream, raw_request
 
 LANE_HEADER = "x-canary-lane"
@@ -81,7 +85,7 @@ async def browse(port: int, users: list[str], requests_each: int, workers: int =
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             while todo:
-                user, jar = todo.popleft(), {}
+                user, jar = todo.popleft(), dict[str, str]()
                 for _ in range(requests_each):
                     cookie = "; ".join(f"{k}={v}" for k, v in jar.items()) or None
                     headers = {"x-user-id": user, **({"cookie": cookie} if cookie else {})}
@@ -102,24 +106,41 @@ async def browse(port: int, users: list[str], requests_each: int, workers: int =
     return logs
 
 
+@dataclass
+class ShopMesh:
+    """Envoy routing `shop`'s three versions; `apply_config` puts Istio objects in effect (it waits for Envoy)."""
+
+    envoy: Envoy
+    endpoints: tuple[Endpoint, ...]
+
+    def apply_config(self, objects: list[dict[str, Any]]) -> None:
+        self.envoy.apply(objects, self.endpoints)
+
+    @property
+    def port(self) -> int:
+        return self.envoy.options.port
+
+
 @contextlib.contextmanager
-def shop_router(loop: LoopThread, objects: list[dict[str, Any]]) -> Iterator[MeshRouter]:
-    """The mesh router in front of shop v1, v2 and v3 (trivial upstreams), stopped afterwards."""
+def shop_router(loop: LoopThread, objects: list[dict[str, Any]], work_dir: Path) -> Iterator[ShopMesh]:
+    """Envoy in front of shop v1, v2 and v3 (trivial upstreams on the loop), each stopped afterwards (Envoy by PID)."""
     ups = [Upstream("shop", v) for v in ("v1", "v2", "v3")]
     for u in ups:
         loop.run(u.start())
-    r = MeshRouter(objects, [u.endpoint() for u in ups])
-    loop.run(r.start(admin_port=None))
-    yield r
-    loop.run(r.stop())
-    for u in ups:
-        assert u.server is not None
-        u.server.close()
+    mesh = ShopMesh(Envoy(work_dir, Options(port=free_port())), parse_endpoints([u.endpoint() for u in ups]))
+    try:
+        mesh.envoy.start()
+        mesh.apply_config(objects)
+        yield mesh
+    finally:
+        mesh.envoy.stop()
+        for u in ups:
+            if u.server is not None:
+                u.server.close()
 
 
-def port_of(router: MeshRouter) -> int:
-    assert router.proxy_address is not None
-    return router.proxy_address[1]
+def port_of(router: ShopMesh) -> int:
+    return router.port
 
 
 def users_per_variant(logs: dict[str, UserLog], requests_each: int,

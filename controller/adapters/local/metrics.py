@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import bisect
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from analysis.counters import CounterSnapshot, IstioLabels, snapshot_counts
@@ -109,8 +110,13 @@ class BufferedDirectMetrics:
 
 
 @contextmanager
-def open_metrics_source(kind: str, router_admin_url: str, workdir: Path) -> Iterator[MetricsSource]:
-    """`kind`: "prometheus", "direct", or "auto" (Prometheus when its binary is on PATH)."""
+def open_metrics_source(kind: str, router_admin_url: str, workdir: Path,
+                        scrape_jobs: Sequence[Mapping[str, Any]] | None = None) -> Iterator[MetricsSource]:
+    """`kind`: "prometheus", "direct", or "auto" (Prometheus when its binary is on PATH).
+
+    Prometheus scrapes `scrape_jobs` when given (the mesh's own statistics, relabelled into Istio's metrics, as
+    `localmesh.envoy.metrics.scrape_job` writes them), else the router's `/metrics`; the direct source always
+    reads the router's `/metrics`, where the router serves the same mapping."""
     if kind not in ("auto", "prometheus", "direct"):
         raise ValueError(f"unknown metrics source {kind!r}")
     binary = prometheus_binary()
@@ -119,13 +125,14 @@ def open_metrics_source(kind: str, router_admin_url: str, workdir: Path) -> Iter
                          "--no-install-recommends prometheus), or use --metrics direct")
     target = urlparse(router_admin_url).netloc
     if kind != "direct" and binary is not None:
-        with PrometheusProcess([target], scrape_interval_s=SCRAPE_INTERVAL) as prom:
+        with PrometheusProcess([target], jobs=scrape_jobs, scrape_interval_s=SCRAPE_INTERVAL) as prom:
+            scraped = "Envoy's statistics (relabelled into Istio's metrics)" if scrape_jobs else "the mesh router"
             source = PrometheusSource.from_config({"url": prom.url, "namespace_label": "", "retries": 1,
                                                    "timeout_seconds": 3.0})
             try:
                 yield MetricsSource(
                     "prometheus",
-                    f"Prometheus {prom.url} (pid {prom.pid}) scraping the mesh router every "
+                    f"Prometheus {prom.url} (pid {prom.pid}) scraping {scraped} every "
                     f"{SCRAPE_INTERVAL:g}s; windows evaluated {PROMETHEUS_LAG:g}s behind",
                     LaggedMetrics(source, PROMETHEUS_LAG),
                     delay=PROMETHEUS_LAG + SCRAPE_INTERVAL,

@@ -1,7 +1,11 @@
 """The search stack on one machine: the mesh router plus one process per (service, version).
 
 Every service reaches the others through the router (as a sidecar would make it), so release lanes are
-enforced on every hop. Ports are free ones chosen at start, never fixed. Everything started here is
+enforced on every hop. The router is real Envoy, configured from the rendered Istio objects by
+`python -m localmesh.envoy.server` (started as a process by module name; its admin API takes the objects and
+endpoints). Envoy's own admin port is fixed for the stack's life, so a Prometheus scraping Envoy's statistics
+keeps its target across a router restart.
+Ports are free ones chosen at start, never fixed. Everything started here is
 stopped by `close()` (and, should this process be killed outright, by the children's parent-death
 signal), so no process outlives the stack.
 """
@@ -31,6 +35,10 @@ ENTRY = "master-search"
 
 # Per version, per service: fault knobs of the searchstack process (see searchstack/README.md).
 Faults = Mapping[str, Mapping[str, Mapping[str, float]]]
+
+
+# The mesh router, by the module the stack starts (`python -m <module>`): Envoy behind the router's admin API.
+ROUTER_MODULE = "localmesh.envoy.server"
 
 
 # Like a Kubernetes readiness probe: a workload that was ready turns not-ready only after this many
@@ -67,19 +75,21 @@ class LocalStack:
         self.workloads: dict[tuple[str, str], Workload] = {}
         self.router_port = 0
         self.admin_port = 0
+        self.envoy_admin_port = 0
         self.admin: RouterAdmin | None = None
         self._health = httpx.Client(timeout=2.0)
 
     # --- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> LocalStack:
-        self.router_port, self.admin_port = free_port(), free_port()
+        self.router_port, self.admin_port, self.envoy_admin_port = free_port(), free_port(), free_port()
         self._start_router()
         self.admin = RouterAdmin(self.admin_url)
         return self
 
     def _start_router(self) -> None:
-        argv = [sys.executable, "-m", "localmesh.server", "--port", str(self.router_port),
-                "--admin-port", str(self.admin_port), "--namespace", self.namespace]
+        argv = [sys.executable, "-m", ROUTER_MODULE, "--port", str(self.router_port),
+                "--admin-port", str(self.admin_port), "--envoy-admin-port", str(self.envoy_admin_port),
+                "--namespace", self.namespace, "--work-dir", str(self.workdir / "envoy")]
         self.router_proc = self.group.start("mesh-router", argv, env={}, health_url=f"{self.admin_url}/healthz")
         self._record_pid(self.router_proc)
         self.group.wait_healthy(self.router_proc, timeout=20)
@@ -121,6 +131,11 @@ class LocalStack:
     @property
     def admin_url(self) -> str:
         return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def envoy_admin_target(self) -> str:
+        """Envoy's admin interface as a scrape target (host:port): its statistics, the same across restarts."""
+        return f"127.0.0.1:{self.envoy_admin_port}"
 
     # --- workloads -------------------------------------------------------------------------------------
     def ensure_service(self, service: str, version: str) -> Workload:

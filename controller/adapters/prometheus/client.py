@@ -221,6 +221,9 @@ class PrometheusConfig:
     lookback_seconds: float = 600.0
     # "" when the series carry no namespace label (e.g. a local router).
     namespace_label: str = "destination_service_namespace"
+    # The label naming the pod a series was scraped from ("" when there is none): the judge learns from the
+    # stable version's pods how much identical code differs from pod to pod (docs/analysis.md).
+    pod_label: str = "pod"
     # The response codes the controller should count as errors when a release sets none (prefixes).
     error_codes: tuple[str, ...] = ("5",)
     custom_metrics: Mapping[str, CustomMetric] = field(default_factory=dict)
@@ -255,7 +258,7 @@ class PrometheusConfig:
 
 _CONFIG_FIELDS = (
     "url", "bearer_token_file", "basic_auth", "tls_verify", "ca_file", "timeout_seconds", "retries",
-    "backoff_seconds", "lookback_seconds", "namespace_label", "error_codes", "custom_metrics",
+    "backoff_seconds", "lookback_seconds", "namespace_label", "pod_label", "error_codes", "custom_metrics",
     "scrape_interval_seconds", "lag_seconds",
 )
 
@@ -280,6 +283,7 @@ def _read_config(r: Reader, d: Any, p: str) -> PrometheusConfig:
                                   what="positive"),
         namespace_label=_label_name(r, d.get("namespace_label", "destination_service_namespace"),
                                     f"{p}.namespace_label", empty_ok=True),
+        pod_label=_label_name(r, d.get("pod_label", "pod"), f"{p}.pod_label", empty_ok=True),
         error_codes=_error_codes(r, d.get("error_codes", ["5"]), f"{p}.error_codes"),
         custom_metrics=_custom_metrics(r, d.get("custom_metrics", {}), f"{p}.custom_metrics"),
         scrape_interval_seconds=r.optional_number(d.get("scrape_interval_seconds"),
@@ -521,7 +525,7 @@ class PrometheusMetrics:
         self._config = config
         self._sleep = sleep
         self._clock = clock
-        self._labels = IstioLabels(namespace=config.namespace_label or None)
+        self._labels = IstioLabels(namespace=config.namespace_label or None, pod=config.pod_label or None)
         self._client = PrometheusConnect(
             url=config.url,
             retry=_NO_RETRY,

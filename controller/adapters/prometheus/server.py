@@ -22,7 +22,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -62,23 +62,25 @@ def _get_json(url: str, timeout: float) -> Any:
         return json.loads(response.read())
 
 
-def scrape_config(targets: Sequence[str], metrics_path: str, interval_s: float) -> dict[str, Any]:
-    """The Prometheus configuration: one job scraping `targets` (host:port) every `interval_s`."""
+def scrape_config(targets: Sequence[str], metrics_path: str, interval_s: float,
+                  jobs: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """The Prometheus configuration, scraping every `interval_s`: the given scrape `jobs` (e.g. with relabelling
+    rules), or one job scraping `targets` (host:port) at `metrics_path`."""
     interval = f"{int(interval_s * 1000)}ms"
+    default = {"job_name": "stack-canary", "metrics_path": metrics_path, "static_configs": [{"targets": list(targets)}]}
     return {
         "global": {"scrape_interval": interval, "scrape_timeout": interval, "evaluation_interval": "1m"},
-        "scrape_configs": [
-            {
-                "job_name": "stack-canary",
-                "metrics_path": metrics_path,
-                "static_configs": [{"targets": list(targets)}],
-            }
-        ],
+        "scrape_configs": [dict(j) for j in jobs] if jobs else [default],
     }
 
 
+def job_targets(jobs: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """Every static target (host:port) of these scrape jobs."""
+    return tuple(t for j in jobs for c in j.get("static_configs", []) for t in c.get("targets", []))
+
+
 class PrometheusProcess:
-    """Prometheus scraping `targets` on a free loopback port; a context manager.
+    """Prometheus scraping `targets` (or the given scrape `jobs`) on a free loopback port; a context manager.
 
     Start it from the thread that will stop it: PR_SET_PDEATHSIG fires when the *thread* that started
     the child exits.
@@ -88,12 +90,14 @@ class PrometheusProcess:
         self,
         targets: Sequence[str],
         *,
+        jobs: Sequence[Mapping[str, Any]] | None = None,
         metrics_path: str = "/metrics",
         scrape_interval_s: float = 1.0,
         binary: str | None = None,
         startup_timeout_s: float = 30.0,
     ) -> None:
-        self.targets = tuple(targets)
+        self.jobs = tuple(jobs or ())
+        self.targets = job_targets(self.jobs) if self.jobs else tuple(targets)
         self.metrics_path = metrics_path
         self.scrape_interval_s = scrape_interval_s
         self.startup_timeout_s = startup_timeout_s
@@ -129,7 +133,7 @@ class PrometheusProcess:
         self._dir = Path(tempfile.mkdtemp(prefix="stack-canary-prometheus-"))
         config = self._dir / "prometheus.yml"
         # JSON is YAML: no YAML writer needed for the config.
-        config.write_text(json.dumps(scrape_config(self.targets, self.metrics_path, self.scrape_interval_s)))
+        config.write_text(json.dumps(scrape_config(self.targets, self.metrics_path, self.scrape_interval_s, self.jobs)))
         deadline = time.monotonic() + self.startup_timeout_s
         try:
             self._launch(config, deadline)
