@@ -108,6 +108,90 @@ def rank_sum(x_counts: npt.ArrayLike, y_counts: npt.ArrayLike) -> RankSum:
     return RankSum(u=u, mean=mean, variance=variance, z=z, delta=delta, n_x=n_x, n_y=n_y)
 
 
+def shift_weight(n_c: npt.ArrayLike, n_b: npt.ArrayLike, variance: npt.ArrayLike | None = None) -> FloatArray:
+    """a_t, the interval's weight, chosen so that E[a_t z_t] = sqrt(3) Delta a_t^2 whatever the ties.
+
+    The rank-sum's U - n_c n_b / 2 has mean n_c n_b Delta / 2, so with the tie-corrected `variance` of U,
+    E[z_t] = n_c n_b Delta / (2 sd_t) and a_t = n_c n_b / (2 sqrt(3) sd_t). Ties shrink sd_t, so an interval
+    with many ties weighs more and the tolerance's centring sqrt(3) Delta0 V stays exact. Without a
+    variance (no ties assumed): a_t = sqrt(n_c n_b / N_t), the untied form.
+    """
+    nc, nb = np.asarray(n_c, dtype=np.float64), np.asarray(n_b, dtype=np.float64)
+    n = nc + nb
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if variance is None:
+            return np.where(n > 0, np.sqrt(nc * nb / np.where(n > 0, n, 1.0)), 0.0)
+        # An interval whose requests all fall in one bucket has no tie-corrected variance (and z = 0): it
+        # counts with the untied variance, as an interval that saw no difference.
+        given = np.asarray(variance, dtype=np.float64)
+        var = np.where(given > 0, given, nc * nb * (n + 1.0) / 12.0)
+        return np.where(var > 0, nc * nb / (2.0 * math.sqrt(3.0) * np.sqrt(np.where(var > 0, var, 1.0))), 0.0)
+
+
+def u_variance(p_c: npt.ArrayLike, p_b: npt.ArrayLike, n_c: npt.ArrayLike, n_b: npt.ArrayLike) -> FloatArray:
+    """Var(U) of the binned Mann-Whitney U (kernel 1{x>y} + 1/2 1{x=y}) for n_c and n_b independent requests
+    from the bucket distributions p_c and p_b (buckets on the last axis): n_c n_b (sigma_h^2 +
+    (n_b - 1) sigma_10^2 + (n_c - 1) sigma_01^2), Hoeffding's U-statistic variance. With p_c = p_b it is the
+    tie-corrected null variance; when the versions differ it can be several times that (ties: a canary that
+    moves part of its requests out of a bucket holding nearly all of them)."""
+    pc, pb = np.asarray(p_c, dtype=np.float64), np.asarray(p_b, dtype=np.float64)
+    below_b = np.cumsum(pb, axis=-1) - pb
+    g1 = below_b + 0.5 * pb  # E_Y h(x, Y), per canary bucket x
+    g2 = 1.0 - np.cumsum(pc, axis=-1) + 0.5 * pc  # E_X h(X, y), per baseline bucket y
+    theta = np.sum(pc * g1, axis=-1)
+    s10 = np.sum(pc * g1 * g1, axis=-1) - theta**2
+    s01 = np.sum(pb * g2 * g2, axis=-1) - theta**2
+    sh = np.sum(pc * below_b, axis=-1) + 0.25 * np.sum(pc * pb, axis=-1) - theta**2
+    nc, nb = np.asarray(n_c, dtype=np.float64), np.asarray(n_b, dtype=np.float64)
+    return np.asarray(nc * nb * (sh + (nb - 1.0) * s10 + (nc - 1.0) * s01), dtype=np.float64)
+
+
+# Pseudo-requests from the baseline's distribution that the canary's is shrunk with in `model_variance`.
+CANARY_PRIOR_REQUESTS = 20.0
+
+
+def model_variance(before_c: npt.ArrayLike, before_b: npt.ArrayLike, n_c: npt.ArrayLike, n_b: npt.ArrayLike
+                   ) -> FloatArray:
+    """Var(U) of an interval with n_c, n_b requests, from the cumulative bucket counts `before_c`,
+    `before_b` of the intervals before it (so it is fixed before the interval is seen): the larger of the
+    variance under the versions' own distributions and under the null's pooled one. The canary's
+    distribution is shrunk towards the baseline's with CANARY_PRIOR_REQUESTS pseudo-requests, so a few canary
+    requests cannot swing it. 0 (unknown) without baseline history."""
+    c, b = np.asarray(before_c, dtype=np.float64), np.asarray(before_b, dtype=np.float64)
+    nb_before = b.sum(axis=-1, keepdims=True)
+    pb = b / np.where(nb_before > 0, nb_before, 1.0)
+    pc = (c + CANARY_PRIOR_REQUESTS * pb) / (c.sum(axis=-1, keepdims=True) + CANARY_PRIOR_REQUESTS)
+    nc, nbn = np.asarray(n_c, dtype=np.float64), np.asarray(n_b, dtype=np.float64)
+    pooled = (nc[..., None] * pc + nbn[..., None] * pb) / np.maximum(nc + nbn, 1.0)[..., None]
+    both = np.maximum(u_variance(pc, pb, nc, nbn), u_variance(pooled, pooled, nc, nbn))
+    return np.asarray(np.where(nb_before[..., 0] > 0, both, 0.0), dtype=np.float64)
+
+
+def shift_increment(c_buckets: npt.ArrayLike, b_buckets: npt.ArrayLike, before_c: npt.ArrayLike,
+                    before_b: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
+    """One interval's terms (s_t, v_t) of the latency statistic S = sum s_t, V = sum v_t, with
+    E[s_t] = sqrt(3) Delta v_t and Var(s_t) = v_t whatever the ties and whether or not the versions differ.
+
+    With x = U - n_c n_b / 2 (E[x] = n_c n_b Delta / 2) and W its variance: s_t = n_c n_b x / (2 sqrt(3) W),
+    v_t = (n_c n_b)^2 / (12 W). W is `model_variance`, fixed before the interval from the counts before it:
+    under the null's variance alone a canary that differs in shape (ties: it moves some requests out of the
+    bucket holding nearly all) varies up to three times more than the statistic says, and its tolerance and
+    margin tests were anti-conservative (bench/ties.py). Without history, or when the model gives 0, W is the
+    interval's own tie-corrected null variance (`shift_weight`'s); an interval whose requests all fall in one
+    bucket has x = 0 and counts with the untied variance.
+    """
+    c, b = np.asarray(c_buckets, dtype=np.float64), np.asarray(b_buckets, dtype=np.float64)
+    test = rank_sum(c, b)
+    nc, nb = test.n_x, test.n_y
+    untied = nc * nb * (nc + nb + 1.0) / 12.0
+    w = model_variance(before_c, before_b, nc, nb)
+    w = np.where(w > 0, w, np.where(test.variance > 0, test.variance, untied))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.where(w > 0, nc * nb * (test.u - test.mean) / (2.0 * math.sqrt(3.0) * np.where(w > 0, w, 1.0)), 0.0)
+        v = np.where(w > 0, (nc * nb) ** 2 / (12.0 * np.where(w > 0, w, 1.0)), 0.0)
+    return np.asarray(s, dtype=np.float64), np.asarray(v, dtype=np.float64)
+
+
 def tail_index(bounds_ms: Sequence[float], threshold_ms: float) -> int:
     """Index of the first bucket wholly above `threshold_ms`: requests slower than the smallest bound >=
     the threshold are those in buckets from this index on."""

@@ -74,6 +74,10 @@ class IntervalObservation:
 
     `t` is seconds since the release started (end of the interval); `weight` is the intended canary share
     of this service's requests in percent during the interval.
+
+    `baseline_pods` / `canary_pods`: the same counts per pod (pod name -> counts), when the source can
+    tell pods apart; empty when it cannot. The judge learns from the baseline's pods how much identical
+    code differs from pod to pod (`analysis.pods`), and counts the canary's pods.
     """
 
     t: float
@@ -81,6 +85,8 @@ class IntervalObservation:
     baseline: VersionCounts
     canary: VersionCounts
     bounds_ms: tuple[float, ...] = ISTIO_BUCKETS_MS
+    baseline_pods: Mapping[str, VersionCounts] = field(default_factory=dict)
+    canary_pods: Mapping[str, VersionCounts] = field(default_factory=dict)
 
     def validate(self, where: str = "interval") -> None:
         if not math.isfinite(self.t):
@@ -91,6 +97,9 @@ class IntervalObservation:
             raise InvalidObservation(f"{where}.buckets_ms", "the last bucket bound must be +Inf")
         self.baseline.validate(len(self.bounds_ms), f"{where}.baseline")
         self.canary.validate(len(self.bounds_ms), f"{where}.canary")
+        for side, pods in (("baseline", self.baseline_pods), ("canary", self.canary_pods)):
+            for pod, counts in pods.items():
+                counts.validate(len(self.bounds_ms), f"{where}.{side}_pods[{pod}]")
 
 
 # One tick's observations of a release: service name -> that service's interval.
@@ -124,6 +133,9 @@ class WindowCounts:
     `bucket_edges`: per service with histograms, the bucket bounds its `buckets` resolve — the edges every
     version's histograms share (the query's bounds when every layout is Istio's default). Requests sit at
     the upper edge of their common bucket; positions between two edges are 0.
+
+    `pods`: per (service, version), the same counts per pod, for sources whose series name the pod
+    (empty otherwise). A version's pods add up to its `counts` entry.
     """
 
     start: float
@@ -131,9 +143,13 @@ class WindowCounts:
     counts: Mapping[tuple[str, str], VersionCounts]
     absent: frozenset[tuple[str, str]] = field(default_factory=frozenset)
     bucket_edges: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    pods: Mapping[tuple[str, str], Mapping[str, VersionCounts]] = field(default_factory=dict)
 
     def of(self, service: str, version: str, n_buckets: int) -> VersionCounts:
         return self.counts.get((service, version), VersionCounts.empty(n_buckets))
+
+    def pods_of(self, service: str, version: str) -> Mapping[str, VersionCounts]:
+        return self.pods.get((service, version), {})
 
 
 class Verdict(StrEnum):
@@ -162,4 +178,6 @@ def interval_of(
         baseline=window.of(service, baseline_version, n),
         canary=window.of(service, canary_version, n),
         bounds_ms=tuple(bounds_ms),
+        baseline_pods=window.pods_of(service, baseline_version),
+        canary_pods=window.pods_of(service, canary_version),
     )

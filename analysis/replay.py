@@ -6,7 +6,12 @@ A replay file is JSON (see the "Replay format" section of the design brief):
      "service": "search",                      # optional, default "service"
      "intervals": [{"t": 60, "weight": 10,
                     "baseline": {"requests": 540, "errors": 3, "buckets": [...]},
-                    "canary":   {"requests": 61,  "errors": 0, "buckets": [...]}}, ...]}
+                    "canary":   {"requests": 61,  "errors": 0, "buckets": [...]},
+                    "baselinePods": {"search-v1-7d9f-x2k": {"requests": 54, ...}, ...},   # optional
+                    "canaryPods":   {"search-v2-5c4b-q8z": {"requests": 61, ...}}}, ...]}   # optional
+
+`baselinePods` / `canaryPods` break a version's counts down by pod (each pod as a version's counts; they
+must add up to the version's): the judge then learns how much identical pods differ (analysis/pods.py).
 
 `main` writes one JSON object per interval to stdout (`file`, `t`, `verdict` and the decision record)
 through the same judge code the controller runs. A bad file gets one line on stderr naming the file and
@@ -96,6 +101,23 @@ def _counts(raw: Any, where: str, n_buckets: int) -> VersionCounts:
     return counts
 
 
+def _pods(raw: Any, version: str, where: str, n_buckets: int) -> dict[str, VersionCounts]:
+    """`<version>Pods`, when given: per pod counts that add up to the version's."""
+    key = f"{version}Pods"
+    pods = raw.get(key) if isinstance(raw, dict) else None
+    if pods is None:
+        return {}
+    if not isinstance(pods, dict) or not all(isinstance(name, str) and name for name in pods):
+        raise InvalidReplay(f"{where}.{key}", "is not an object of pod names to counts")
+    out = {name: _counts(counts, f"{where}.{key}.{name}", n_buckets) for name, counts in pods.items()}
+    total = sum(out.values(), VersionCounts.empty(n_buckets))
+    whole = _counts(raw[version], f"{where}.{version}", n_buckets)
+    if out and total != whole:
+        raise InvalidReplay(f"{where}.{key}", f"add up to {total.requests} requests, {total.errors} errors and "
+                                              f"their buckets, not to {version}'s")
+    return out
+
+
 def parse_replay(doc: Any) -> tuple[str, list[IntervalObservation]]:
     """(service name, intervals) of a parsed replay document; raises InvalidReplay/InvalidObservation."""
     if not isinstance(doc, dict):
@@ -116,6 +138,8 @@ def parse_replay(doc: Any) -> tuple[str, list[IntervalObservation]]:
             baseline=_counts(_field(raw, "baseline", where), f"{where}.baseline", len(bounds)),
             canary=_counts(_field(raw, "canary", where), f"{where}.canary", len(bounds)),
             bounds_ms=bounds,
+            baseline_pods=_pods(raw, "baseline", where, len(bounds)),
+            canary_pods=_pods(raw, "canary", where, len(bounds)),
         )
         obs.validate(where)
         if out and obs.t <= out[-1].t:

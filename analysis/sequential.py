@@ -27,7 +27,13 @@ from scipy import special
 
 from analysis.config import AnalysisConfig
 from analysis.decisions import CheckResult, Decision
-from analysis.histogram import FloatArray, quantile, rank_sum, reference_tail_index, tail_index
+from analysis.histogram import (
+    FloatArray,
+    quantile,
+    reference_tail_index,
+    shift_increment,
+    tail_index,
+)
 from analysis.observations import (
     ISTIO_BUCKETS_MS,
     IntervalObservation,
@@ -35,6 +41,7 @@ from analysis.observations import (
     Verdict,
     VersionCounts,
 )
+from analysis.pods import fold_pods, placement_factor, pod_weight, serving, tau2_of
 from analysis.safety import excess_upper_bound, requests_needed
 
 # Alternatives of the rate-ratio e-process, as multiples of r0. The issue proposed (1.25, 1.5, 2, 3, 4, 6);
@@ -149,25 +156,6 @@ def log_half_normal_mixture(s: npt.ArrayLike, v: npt.ArrayLike, tau: float) -> F
     return math.log(2.0) - 0.5 * np.log(d) + tau * tau * ss * ss / (2.0 * d) + log_phi
 
 
-def shift_weight(n_c: npt.ArrayLike, n_b: npt.ArrayLike, variance: npt.ArrayLike | None = None) -> FloatArray:
-    """a_t, the interval's weight, chosen so that E[a_t z_t] = sqrt(3) Delta a_t^2 whatever the ties.
-
-    The rank-sum's U - n_c n_b / 2 has mean n_c n_b Delta / 2, so with the tie-corrected `variance` of U,
-    E[z_t] = n_c n_b Delta / (2 sd_t) and a_t = n_c n_b / (2 sqrt(3) sd_t). Ties shrink sd_t, so an interval
-    with many ties weighs more and the tolerance's centring sqrt(3) Delta0 V stays exact. Without a
-    variance (no ties assumed): a_t = sqrt(n_c n_b / N_t), the untied form.
-    """
-    nc, nb = _f(n_c), _f(n_b)
-    n = nc + nb
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if variance is None:
-            return np.where(n > 0, np.sqrt(nc * nb / np.where(n > 0, n, 1.0)), 0.0)
-        # An interval whose requests all fall in one bucket has no tie-corrected variance (and z = 0): it
-        # counts with the untied variance, as an interval that saw no difference.
-        var = np.where(_f(variance) > 0, _f(variance), nc * nb * (n + 1.0) / 12.0)
-        return np.where(var > 0, nc * nb / (2.0 * SQRT3 * np.sqrt(np.where(var > 0, var, 1.0))), 0.0)
-
-
 def dispersion(rss: float, expected: float, dof: float) -> float:
     """phi >= 1: how much more the intervals' statistics vary than the model says, from the data.
 
@@ -193,6 +181,14 @@ def shift_dispersion(shift: Mapping[str, Any]) -> float:
         return 1.0
     rss = max(float(shift.get("q", 0.0)) - float(shift.get("c3", 0.0)) ** 2 / a4, 0.0)
     return dispersion(rss, v * (n - 1) / n, n - 1)
+
+
+def shift_effective(shift: Mapping[str, Any]) -> tuple[float, float, float]:
+    """(S/g, V/g, phi): the latency statistic's running sums with the pods' placement integrated out
+    (g = `analysis.pods.placement_factor`; 1 without per-pod counts) and its per-interval dispersion."""
+    phi = shift_dispersion(shift)
+    g = float(placement_factor(tau2_of(shift.get("pods", {})), float(shift.get("wk", 0.0)), phi))
+    return float(shift["s"]) / g, float(shift["v"]) / g, phi
 
 
 def shift_log_evalue(s: npt.ArrayLike, v: npt.ArrayLike, delta0: float, delta_min: float,
@@ -278,9 +274,10 @@ def _ratio_state() -> dict[str, Any]:
 
 
 def _shift_state() -> dict[str, Any]:
-    # s = sum a z, v = sum a^2; q, c3, a4, n (intervals): the sums shift_dispersion needs.
-    return {"s": 0.0, "v": 0.0, "q": 0.0, "c3": 0.0, "a4": 0.0, "n": 0, "logE": 0.0, "maxLogE": 0.0,
-            "crossedAt": None}
+    # s = sum a z, v = sum a^2; q, c3, a4, n (intervals): the sums shift_dispersion needs;
+    # pods: the baseline's pods' running sums {pod: [S_p, V_p]}; wk = sum a^2 (1/k_c + 1/k_b) (analysis.pods).
+    return {"s": 0.0, "v": 0.0, "q": 0.0, "c3": 0.0, "a4": 0.0, "n": 0, "pods": {}, "wk": 0.0, "logE": 0.0,
+            "maxLogE": 0.0, "crossedAt": None}
 
 
 class SequentialJudge:
@@ -438,7 +435,7 @@ class SequentialJudge:
         r0 = self.config.error_ratio_tolerance
         _fold_ratio(svc["errorRate"], c.errors, b.errors, c.requests, b.requests, r0)
         self._fold_tail(svc, obs, tick)
-        self._fold_shift(svc["latencyShift"], obs)
+        self._fold_shift(svc, obs)
         self._fold_srm(svc["sampleRatio"], obs, float(svc["alpha"]), t)
         for key in ("errorRate", "slowTail", "latencyShift", "sampleRatio"):
             svc[key]["maxLogE"] = max(svc[key]["maxLogE"], svc[key]["logE"])
@@ -456,15 +453,24 @@ class SequentialJudge:
         k_c, k_b = int(sum(c.buckets[start:])), int(sum(b.buckets[start:]))
         _fold_ratio(svc["slowTail"], k_c, k_b, c.requests, b.requests, self.config.error_ratio_tolerance)
 
-    def _fold_shift(self, shift: dict[str, Any], obs: IntervalObservation) -> None:
-        test = rank_sum(obs.canary.buckets, obs.baseline.buckets)
-        a = float(shift_weight(obs.canary.requests, obs.baseline.requests, test.variance))
-        az = a * float(test.z)
-        for key, add in (("s", az), ("v", a * a), ("q", az * az), ("c3", a * a * az), ("a4", a**4), ("n", a > 0)):
+    def _fold_shift(self, svc: dict[str, Any], obs: IntervalObservation) -> None:
+        """Add the interval's terms of S and V (`shift_increment`, from the counts before this interval: _fold
+        has already added it to the cumulative ones). The harm e-value counts from `minCanaryRequests`
+        on: with fewer, a rank statistic on a few tied requests is too far from normal to trust."""
+        shift, c, b = svc["latencyShift"], obs.canary, obs.baseline
+        before_c = np.subtract(svc["canary"]["buckets"], c.buckets)
+        before_b = np.subtract(svc["baseline"]["buckets"], b.buckets)
+        st, vt = (float(x) for x in shift_increment(c.buckets, b.buckets, before_c, before_b))
+        for key, add in (("s", st), ("v", vt), ("q", st * st), ("c3", vt * st), ("a4", vt * vt), ("n", vt > 0)):
             shift[key] = shift.get(key, 0.0) + add
+        fold_pods(shift.setdefault("pods", {}), obs.baseline_pods)
+        shift["wk"] = shift.get("wk", 0.0) + float(pod_weight(vt, serving(obs.canary_pods), serving(obs.baseline_pods)))
         cfg = self.config
-        shift["logE"] = float(shift_log_evalue(shift["s"], shift["v"], cfg.latency_tolerance, cfg.latency_min_effect,
-                                               shift_dispersion(shift)))
+        if svc["canary"]["requests"] < cfg.min_canary_requests:
+            shift["logE"] = 0.0
+            return
+        s, v, phi = shift_effective(shift)
+        shift["logE"] = float(shift_log_evalue(s, v, cfg.latency_tolerance, cfg.latency_min_effect, phi))
 
     def _fold_srm(self, srm: dict[str, Any], obs: IntervalObservation, alpha_i: float, t: float | None) -> None:
         n_c, n_b = obs.canary.requests, obs.baseline.requests
@@ -514,10 +520,15 @@ class SequentialJudge:
             shift, margin = svc["latencyShift"], cfg.latency_non_inferiority_margin
             if margin is None:
                 return {"shown": True, "margin": None}
-            bound = shift_upper_bound(shift["s"], shift["v"], shift_dispersion(shift), alpha, cfg.latency_min_effect)
+            s, v, phi = shift_effective(shift)
+            bound = shift_upper_bound(s, v, phi, alpha, cfg.latency_min_effect)
             estimate = shift["s"] / shift["v"] / SQRT3 if shift["v"] > 0 else math.nan
+            needed = requests_needed(n_c, estimate, bound, margin)
+            if needed and _placement_floor(shift, phi, alpha, cfg.latency_min_effect) >= margin:
+                return {"shown": False, "bound": bound, "margin": margin, "on": "delta", "requestsNeeded": None,
+                        "why": "the canary's few pods could explain it: more canary pods can show it"}
             return {"shown": bound < margin, "bound": bound, "margin": margin, "on": "delta",
-                    "requestsNeeded": requests_needed(n_c, estimate, bound, margin)}
+                    "requestsNeeded": needed}
         rec = svc[check]
         (k_c, k_b), (e_c, e_b) = rec["events"], rec["exposure"]
         phi = rate_dispersion(rec)
@@ -566,13 +577,17 @@ class SequentialJudge:
         if check == "latencyShift":
             shift = svc["latencyShift"]
             tau = SQRT3 * self.config.latency_min_effect
-            phi = shift_dispersion(shift)
-            cs = shift_confidence_sequence(shift["s"], shift["v"], alpha_i, tau, phi)
+            s, v, phi = shift_effective(shift)
+            cs = shift_confidence_sequence(s, v, alpha_i, tau, phi)
             est = {
                 "delta": shift["s"] / shift["v"] / SQRT3 if shift["v"] > 0 else None,
                 "deltaConfidenceSequence": list(cs) if cs else None,
                 "deltaTolerance": self.config.latency_tolerance,
                 "dispersion": phi,
+                # analysis.pods: the spread of one pod's offset (Delta scale) learnt from the baseline's pods,
+                # and the factor g the statistic is divided by for the canary's pod placement.
+                "podSpread": math.sqrt(tau2_of(shift.get("pods", {}))),
+                "placementFactor": shift["v"] / v if v > 0 else 1.0,
             }
             for version, counts in (("Canary", c), ("Baseline", b)):
                 for q in (0.5, 0.95, 0.99):
@@ -645,6 +660,16 @@ class SequentialJudge:
         return made(Verdict.PASS, "every check is shown within its margin")
 
 
+def _placement_floor(shift: Mapping[str, Any], phi: float, alpha: float, delta_min: float) -> float:
+    """Where Delta's upper bound would settle with unlimited requests on today's pods, the estimate staying:
+    V/g tends to phi V / (3 tau^2 wk) (analysis.pods). -1 without pod placement."""
+    tau2, wk, v = tau2_of(shift.get("pods", {})), float(shift.get("wk", 0.0)), float(shift["v"])
+    if tau2 <= 0 or wk <= 0 or v <= 0:
+        return -1.0
+    v_limit = phi * v / (3.0 * tau2 * wk)
+    return shift_upper_bound(float(shift["s"]) / v * v_limit, v_limit, phi, alpha, delta_min)
+
+
 def _needed_order(route: Mapping[str, Any]) -> float:
     needed = route.get("requestsNeeded")
     return math.inf if needed is None else float(needed)
@@ -666,7 +691,7 @@ def _not_yet_safe(unsafe: Sequence[CheckResult]) -> str:
     safety = c.estimates["safety"]
     what = {"delta": "Delta", "ratio": "ratio", "excess": "excess rate"}[safety["on"]]
     left = _more(c)
-    tail = ("its estimate is not under the margin" if math.isinf(left)
+    tail = (safety.get("why", "its estimate is not under the margin") if math.isinf(left)
             else f"about {int(left):,} more canary requests")
     others = f"; {len(unsafe) - 1} other check(s) not shown yet" if len(unsafe) > 1 else ""
     return (f"not yet shown safe: {c.service} {c.check} {what} upper bound {safety['bound']:.3g}, margin "
@@ -674,9 +699,9 @@ def _not_yet_safe(unsafe: Sequence[CheckResult]) -> str:
 
 
 def _fold_ratio(rec: dict[str, Any], k_c: int, k_b: int, n_c: int, n_b: int, r0: float) -> None:
-    """Add one interval to a rate check: the likelihoods, and the Pearson residual of its canary events
-    against the ratio estimated from the intervals before it (for the dispersion phi, see `dispersion`).
-    The harm e-value and the ratio's bounds use the log-likelihoods divided by phi."""
+    """Add one interval to a rate check: its likelihoods, and the Pearson residual of its canary events against
+    the ratio estimated from the intervals before it (for the dispersion phi, see `dispersion`). The harm
+    e-value and the ratio's bounds use the log-likelihoods divided by phi."""
     _fold_pearson(rec, k_c, k_b, n_c, n_b)
     rec["llr"] = (np.asarray(rec["llr"]) + ratio_increment(k_c, k_b, n_c, n_b, r0)).tolist()
     rec["cs"] = (np.asarray(rec["cs"]) + ratio_cs_increment(k_c, k_b, n_c, n_b)).tolist()
@@ -685,13 +710,19 @@ def _fold_ratio(rec: dict[str, Any], k_c: int, k_b: int, n_c: int, n_b: int, r0:
     rec["logE"] = float(log_mixture(np.asarray(rec["llr"]) / rate_dispersion(rec)))
 
 
-def _fold_pearson(rec: dict[str, Any], k_c: int, k_b: int, n_c: int, n_b: int) -> None:
+def _canary_share(rec: Mapping[str, Any], n_c: int, n_b: int) -> float:
+    """The canary's expected share of the interval's events at the ratio estimated before it."""
     (e_c, e_b), (x_c, x_b) = rec["events"], rec["exposure"]
+    ratio = ((e_c + 0.5) / x_c) / ((e_b + 0.5) / x_b)
+    return float(ratio * n_c / (ratio * n_c + n_b))
+
+
+def _fold_pearson(rec: dict[str, Any], k_c: int, k_b: int, n_c: int, n_b: int) -> None:
+    x_c, x_b = rec["exposure"]
     events = k_c + k_b
     if not (x_c > 0 and x_b > 0 and n_c > 0 and n_b > 0 and events > 0):
         return  # no estimate before this interval, or nothing to compare in it
-    ratio = ((e_c + 0.5) / x_c) / ((e_b + 0.5) / x_b)
-    share = ratio * n_c / (ratio * n_c + n_b)
+    share = _canary_share(rec, n_c, n_b)
     expected = events * share * (1.0 - share)
     q, v, n = rec.get("disp", [0.0, 0.0, 0])
     rec["disp"] = [q + (k_c - events * share) ** 2, v + expected, n + 1]

@@ -13,8 +13,10 @@ more over the horizon), latency +10% / +25%, slow tail (slow mode 3% -> 6%), err
 same functions `analysis.sequential` uses (a check at start-up compares it with `SequentialJudge` itself).
 
 `--world NAME` runs the grid on a world of bench/worlds.py (pods, jitter, bursts, warmup, diurnal, real)
-instead of the independent requests above (the default, drawn exactly as before); `--scenarios` picks
-scenarios (aa240 is the 240-minute A/A).
+instead of the independent requests above (the default; its baseline now spread over 10 identical pods and
+its canary over 1-3, whose counts the judge reads as in production); `--scenarios` picks scenarios (aa240 is
+the 240-minute A/A); `--warmup N` leaves each replication's first N minutes unjudged, as
+`strategy.canary.warmup` does (the grid's weight is fixed from minute 0, so its new pods warm up then).
 
 Prints a table and writes bench/results/judges.json (judges_<world>.json for another world).
 """
@@ -22,6 +24,7 @@ Prints a table and writes bench/results/judges.json (judges_<world>.json for ano
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -34,9 +37,10 @@ import numpy as np
 from scipy import special, stats
 
 from analysis.config import AnalysisConfig
-from analysis.histogram import rank_sum, reference_tail_index, tail_counts
+from analysis.histogram import rank_sum, reference_tail_index, shift_increment, shift_weight, tail_counts
 from analysis.kayenta import classify, direction_labels, metric_values, summary_score
 from analysis.observations import ISTIO_BUCKETS_MS, IntervalObservation, Verdict, VersionCounts
+from analysis.pods import placement_factor, pod_shift_increments, pod_variance, pod_weight
 from analysis.sequential import (
     DISPERSION_PRIOR,
     RATIO_GRID,
@@ -44,7 +48,6 @@ from analysis.sequential import (
     log_mixture,
     ratio_increment,
     shift_log_evalue,
-    shift_weight,
     srm_increment,
 )
 from analysis.threshold import interval_failures
@@ -92,14 +95,23 @@ def simulate(rng: np.random.Generator, reps: int, minutes: int, rate: float, wei
     b_b = np.empty((reps, minutes, k), dtype=np.int64)
     e_c = np.empty((reps, minutes), dtype=np.int64)
     e_b = np.empty((reps, minutes), dtype=np.int64)
+    # Identical pods, as production has them: the baseline's requests spread over worlds.BASELINE_PODS pods,
+    # the canary's over worlds.canary_pods(weight).
+    pods_b, pods_c = worlds.BASELINE_PODS, worlds.MAX_CANARY_PODS
+    pb_b = np.empty((reps, minutes, pods_b, k), dtype=np.int64)
+    pn_c = np.zeros((reps, minutes, pods_c), dtype=np.int64)
     for t in range(minutes):
         frac = t / max(minutes - 1, 1) if sc.drift else 0.0
         mult, err = 1.0 + 0.5 * frac, BASE_ERROR * (1.0 + 2.0 * frac)
-        b_b[:, t] = rng.multinomial(n_b[:, t], bucket_probs(mult, 0.03))
+        per_pod = rng.multinomial(n_b[:, t], np.full(pods_b, 1.0 / pods_b))
+        pb_b[:, t] = rng.multinomial(per_pod, bucket_probs(mult, 0.03))
+        b_b[:, t] = pb_b[:, t].sum(axis=1)
         b_c[:, t] = rng.multinomial(n_c[:, t], bucket_probs(mult * sc.latency_canary, sc.slow_canary))
+        k_c = int(worlds.canary_pods(w[t]))
+        pn_c[:, t, :k_c] = rng.multinomial(n_c[:, t], np.full(k_c, 1.0 / k_c))
         e_b[:, t] = rng.binomial(n_b[:, t], err)
         e_c[:, t] = rng.binomial(n_c[:, t], min(err * sc.error_canary, 1.0))
-    return Sim(n_c, n_b, e_c, e_b, b_c, b_b, w)
+    return Sim(n_c, n_b, e_c, e_b, b_c, b_b, w, pn_c, pb_b.sum(axis=-1), pb_b)
 
 
 def first_true(flags: np.ndarray) -> np.ndarray:
@@ -123,21 +135,32 @@ def sequential_log_evalues(
     tested = np.ones(tc.shape, dtype=bool)
     tested[:, 0] = False
     tail = _rate_log_evalue(tc * tested, tb * tested, sim.n_c * tested, sim.n_b * tested, r0, grid)
-    rs = rank_sum(sim.b_c, sim.b_b)
-    a = shift_weight(sim.n_c, sim.n_b, rs.variance)
-    az = a * rs.z
-    s, v = np.cumsum(az, axis=1), np.cumsum(a * a, axis=1)
-    q, c3, a4 = np.cumsum(az * az, axis=1), np.cumsum(a * a * az, axis=1), np.cumsum(a**4, axis=1)
-    n = np.cumsum(a > 0, axis=1)
+    st, vt = shift_increment(sim.b_c, sim.b_b, np.cumsum(sim.b_c, axis=1) - sim.b_c,
+                             np.cumsum(sim.b_b, axis=1) - sim.b_b)
+    s, v = np.cumsum(st, axis=1), np.cumsum(vt, axis=1)
+    q, c3, a4 = np.cumsum(st * st, axis=1), np.cumsum(vt * st, axis=1), np.cumsum(vt * vt, axis=1)
+    n = np.cumsum(vt > 0, axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         rss = np.maximum(q - np.where(a4 > 0, c3 * c3 / np.where(a4 > 0, a4, 1.0), 0.0), 0.0)
-        phi = _dispersion(rss, v * (n - 1) / np.maximum(n, 1), n - 1)
-    lat = shift_log_evalue(s, v, cfg.latency_tolerance, cfg.latency_min_effect, phi)
+        phi = dispersion_array(rss, v * (n - 1) / np.maximum(n, 1), n - 1)
+    g = _placement(sim, vt, phi)
+    lat = shift_log_evalue(s / g, v / g, cfg.latency_tolerance, cfg.latency_min_effect, phi)
+    lat = np.where(np.cumsum(sim.n_c, axis=1) >= cfg.min_canary_requests, lat, 0.0)
     srm = log_mixture(np.cumsum(srm_increment(sim.n_c, sim.n_b, sim.weight[None, :]), axis=1))
     return {"errorRate": err, "slowTail": tail, "latencyShift": lat, "sampleRatio": srm}
 
 
-def _dispersion(rss: np.ndarray, expected: np.ndarray, dof: np.ndarray) -> np.ndarray:
+def _placement(sim: Sim, vt: np.ndarray, phi: np.ndarray) -> np.ndarray:
+    """`analysis.pods.placement_factor` per (rep, minute) from the Sim's per-pod counts (1 without them)."""
+    if sim.pb_b is None or sim.pn_c is None or sim.pn_b is None:
+        return np.ones(vt.shape)
+    az, a2 = pod_shift_increments(sim.pb_b)  # (reps, T, pods): a pod alone, or with no requests, adds 0
+    tau2 = pod_variance(np.cumsum(az, axis=1), np.cumsum(a2, axis=1))
+    wk = np.cumsum(pod_weight(vt, (sim.pn_c > 0).sum(axis=-1), (sim.pn_b > 0).sum(axis=-1)), axis=1)
+    return placement_factor(tau2, wk, phi)
+
+
+def dispersion_array(rss: np.ndarray, expected: np.ndarray, dof: np.ndarray) -> np.ndarray:
     """`analysis.sequential.dispersion`, vectorised."""
     with np.errstate(divide="ignore", invalid="ignore"):
         est = (np.where(expected > 0, rss / np.where(expected > 0, expected, 1.0), 1.0) * dof + DISPERSION_PRIOR) / (
@@ -149,17 +172,20 @@ def _rate_log_evalue(k_c: np.ndarray, k_b: np.ndarray, n_c: np.ndarray, n_b: np.
                      grid: tuple[float, ...]) -> np.ndarray:
     """A rate check's ln e-process per (rep, minute): the cumulative likelihood ratios divided by the
     Pearson dispersion of each interval against the ratio estimated before it, as `_fold_ratio` does."""
-    llr = np.cumsum(ratio_increment(k_c, k_b, n_c, n_b, r0, grid), axis=1)
     e_c, e_b = np.cumsum(k_c, axis=1) - k_c, np.cumsum(k_b, axis=1) - k_b  # before each interval
     x_c, x_b = np.cumsum(n_c, axis=1) - n_c, np.cumsum(n_b, axis=1) - n_b
     events = k_c + k_b
-    used = (x_c > 0) & (x_b > 0) & (n_c > 0) & (n_b > 0) & (events > 0)
+    known = (x_c > 0) & (x_b > 0)
+    both = (n_c > 0) & (n_b > 0)
+    used = known & both & (events > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = ((e_c + 0.5) / np.where(used, x_c, 1)) / ((e_b + 0.5) / np.where(used, x_b, 1))
-        share = ratio * n_c / np.where(used, ratio * n_c + n_b, 1.0)
+        ratio = np.where(known, ((e_c + 0.5) / np.where(known, x_c, 1)) / ((e_b + 0.5) / np.where(known, x_b, 1)),
+                         1.0)
+        share = np.where(both, ratio * n_c / np.where(both, ratio * n_c + n_b, 1.0), 0.0)
+    llr = np.cumsum(ratio_increment(k_c, k_b, n_c, n_b, r0, grid), axis=1)
     q = np.cumsum(np.where(used, (k_c - events * share) ** 2, 0.0), axis=1)
     v = np.cumsum(np.where(used, events * share * (1.0 - share), 0.0), axis=1)
-    phi = _dispersion(q, v, np.cumsum(used, axis=1))
+    phi = dispersion_array(q, v, np.cumsum(used, axis=1))
     return log_mixture(llr / phi[..., None])
 
 
@@ -259,14 +285,15 @@ def summarise(first: np.ndarray, horizon: int, exposed: np.ndarray) -> dict[str,
 
 
 def run_cell(task: tuple[int, str, str, int, int, float] | tuple[int, str, str, int, int, float, str]
-             ) -> dict[str, Any]:
+             | tuple[int, str, str, int, int, float, str, int]) -> dict[str, Any]:
     rate, weight, scenario, reps, seed, alpha = task[:6]
     world = str(task[6]) if len(task) > 6 else "independent"
+    warmup = int(task[7]) if len(task) > 7 else 0
     cfg = AnalysisConfig.from_dict({"alpha": alpha})
     horizon = 240 if scenario == "aa240" else 30
     rng = np.random.default_rng(seed)
     started = time.perf_counter()
-    sim = simulate(rng, reps, horizon, rate, weight, SCENARIO_SPECS[scenario], world)
+    sim = after_warmup(simulate(rng, reps, horizon + warmup, rate, weight, SCENARIO_SPECS[scenario], world), warmup)
     exposed = np.cumsum(sim.n_c, axis=1)
     seq, per_check = sequential_first(sim, cfg)
     firsts: dict[str, np.ndarray] = {"sequential": seq}
@@ -289,6 +316,7 @@ def run_cell(task: tuple[int, str, str, int, int, float] | tuple[int, str, str, 
         "scenario": scenario,
         "reps": reps,
         "horizon": horizon,
+        "warmup": warmup,
         "judges": judges,
         "sequentialByCheckPct": checks,
         "canaryPerMinute": float(sim.n_c.mean()),
@@ -314,6 +342,8 @@ def cross_check(alpha: float, world: str = "independent") -> int:
                     float(sim.weight[t]),
                     VersionCounts(int(sim.n_b[r, t]), int(sim.e_b[r, t]), tuple(int(x) for x in sim.b_b[r, t])),
                     VersionCounts(int(sim.n_c[r, t]), int(sim.e_c[r, t]), tuple(int(x) for x in sim.b_c[r, t])),
+                    baseline_pods=_sim_pods(sim, r, t),
+                    canary_pods=_canary_pods(sim, r, t),
                 )
                 state, decision = judge.update(state, {"svc": obs})
                 if first == NEVER and decision.verdict in (Verdict.FAIL, Verdict.ERROR):
@@ -322,16 +352,44 @@ def cross_check(alpha: float, world: str = "independent") -> int:
     return mismatches
 
 
+def _sim_pods(sim: Sim, r: int, t: int) -> dict[str, VersionCounts]:
+    """The baseline's pods of replication r, minute t (errors are not drawn per pod here: the pods only
+    inform the latency statistic)."""
+    if sim.pb_b is None:
+        return {}
+    return {f"b{i}": VersionCounts(int(b.sum()), 0, tuple(int(x) for x in b))
+            for i, b in enumerate(sim.pb_b[r, t]) if b.sum() > 0}
+
+
+def _canary_pods(sim: Sim, r: int, t: int) -> dict[str, VersionCounts]:
+    """The canary's serving pods (only their count matters to the judge), their buckets empty."""
+    if sim.pn_c is None:
+        return {}
+    empty = (0,) * len(BOUNDS)
+    return {f"c{i}": VersionCounts(int(n), 0, (*empty[:-1], int(n))) for i, n in enumerate(sim.pn_c[r, t]) if n > 0}
+
+
+def after_warmup(sim: Sim, minutes: int) -> Sim:
+    """The Sim without its first `minutes` (served, not judged: `strategy.canary.warmup`; new pods are slower
+    for their first minutes in the warmup and real worlds). Every judge sees the minutes after it."""
+    if minutes <= 0:
+        return sim
+    cut = {f.name: (None if getattr(sim, f.name) is None else
+                    getattr(sim, f.name)[minutes:] if f.name == "weight" else getattr(sim, f.name)[:, minutes:])
+           for f in dataclasses.fields(sim)}
+    return Sim(**cut)
+
+
 def tasks(
-    reps: int, aa_reps: int, alpha: float, scenarios: tuple[str, ...], world: str = "independent"
-) -> list[tuple[int, str, str, int, int, float, str]]:
+    reps: int, aa_reps: int, alpha: float, scenarios: tuple[str, ...], world: str = "independent", warmup: int = 0
+) -> list[tuple[int, str, str, int, int, float, str, int]]:
     out = []
     seed = 1000
     for rate in RATES:
         for weight in WEIGHTS:
             for sc in scenarios:
                 seed += 1
-                out.append((rate, weight, sc, aa_reps if sc.startswith("aa") else reps, seed, alpha, world))
+                out.append((rate, weight, sc, aa_reps if sc.startswith("aa") else reps, seed, alpha, world, warmup))
     return out
 
 
@@ -460,6 +518,8 @@ def options(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sweep", action="store_true", help="only compare ratio grids / latencyMinEffect")
     parser.add_argument("--world", default="independent", choices=worlds.WORLD_NAMES,
                         help="the traffic's world (bench/worlds.py); default: independent requests")
+    parser.add_argument("--warmup", type=int, default=0,
+                        help="minutes at the start of each replication that no judge sees (strategy.canary.warmup)")
     parser.add_argument("--scenarios", default=None,
                         help=f"comma-separated, of {', '.join((*SCENARIOS, 'aa240'))} (default all)")
     opts = parser.parse_args(argv)
@@ -487,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     mismatches = cross_check(opts.alpha, opts.world)
     print(f"cross-check vectorised vs SequentialJudge: {mismatches} mismatches in 16 replications")
     scenarios = opts.scenarios
-    work = tasks(opts.reps, opts.aa_reps, opts.alpha, scenarios, opts.world)
+    work = tasks(opts.reps, opts.aa_reps, opts.alpha, scenarios, opts.world, opts.warmup)
     work.sort(key=lambda t: -(t[3] * (240 if t[2] == "aa240" else 30)))  # big first, for load balance
     if opts.workers > 1:
         with multiprocessing.Pool(opts.workers) as pool:
@@ -506,6 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "command": "python -m bench.judges " + " ".join(argv if argv is not None else sys.argv[1:]),
         "world": opts.world,
+        "warmup": opts.warmup,
         "alpha": opts.alpha,
         "reps": opts.reps,
         "aaReps": opts.aa_reps,

@@ -46,7 +46,7 @@ from analysis.config import AnalysisConfig
 from analysis.judges import Judge
 from analysis.observations import IntervalObservation, Verdict, VersionCounts
 from analysis.sequential import SequentialJudge
-from bench.worlds import SCENARIOS, WORLD_NAMES, Minute, Traffic, parameters
+from bench.worlds import SCENARIOS, WORLD_NAMES, IntArray, Minute, Traffic, parameters
 
 SERVICE = "search"
 RATES: tuple[int, ...] = (5, 20, 50)
@@ -153,20 +153,33 @@ def _decide(release: Release, outcome: Outcome, cause: str, interval: int) -> st
     return "promote" if outcome is Outcome.PROMOTED else "roll back"
 
 
-def observation(minute: Minute, rep: int, t: int, weight: float) -> IntervalObservation:
-    """Replication `rep`'s interval t (0-based) as the judge reads it."""
+def observation(minute: Minute, rep: int, t: int, weight: float, pods: bool = True) -> IntervalObservation:
+    """Replication `rep`'s interval t (0-based) as the judge reads it: per pod too (pods "b0".."b9" of the
+    baseline, "c0".. of the canary, those that served requests), unless `pods` is False (a metrics source
+    without a pod label)."""
     return IntervalObservation(
         60.0 * (t + 1),
         float(weight),
         VersionCounts(int(minute.n_b[rep]), int(minute.e_b[rep]), tuple(int(x) for x in minute.b_b[rep])),
         VersionCounts(int(minute.n_c[rep]), int(minute.e_c[rep]), tuple(int(x) for x in minute.b_c[rep])),
+        baseline_pods=_pods(minute.pn_b, minute.pe_b, minute.pb_b, rep, "b") if pods else {},
+        canary_pods=_pods(minute.pn_c, minute.pe_c, minute.pb_c, rep, "c") if pods else {},
     )
 
 
+def _pods(n: IntArray | None, e: IntArray | None, b: IntArray | None, rep: int, prefix: str
+          ) -> dict[str, VersionCounts]:
+    if n is None or e is None or b is None:
+        return {}
+    return {f"{prefix}{i}": VersionCounts(int(n[rep, i]), int(e[rep, i]), tuple(int(x) for x in b[rep, i]))
+            for i in range(n.shape[1]) if n[rep, i] > 0}
+
+
 def run_releases(judge: Judge, traffic: TrafficSource, reps: int, horizon: int = HORIZON,
-                 schedule: Schedule | None = None) -> list[Release]:
+                 schedule: Schedule | None = None, pods: bool = True) -> list[Release]:
     """`reps` releases side by side for up to `horizon` intervals: each interval the traffic at every
-    replication's weight, the judge's update, the controller's action. Decided releases stop."""
+    replication's weight, the judge's update, the controller's action. Decided releases stop. `pods`: the
+    judge sees per-pod counts (a source with a pod label)."""
     schedule = schedule or Schedule()
     states = [judge.initial_state(services=[SERVICE]) for _ in range(reps)]
     releases = [Release(warming=schedule.warmup) for _ in range(reps)]
@@ -181,7 +194,7 @@ def run_releases(judge: Judge, traffic: TrafficSource, reps: int, horizon: int =
                 releases[i].warming -= 1
                 releases[i].actions.append((int(weights[i]), "-", "warm-up"))
                 continue
-            obs = observation(minute, i, t, float(weights[i]))
+            obs = observation(minute, i, t, float(weights[i]), pods)
             states[i], decision = judge.update(states[i], {SERVICE: obs})
             pending = bool(decision.details.get("safetyPending", False))
             act(schedule, releases[i], decision.verdict, pending, obs.canary.requests)
@@ -224,6 +237,7 @@ class Cell:
     seed: int
     alpha: float
     warmup: int = 0
+    pods: bool = True
 
 
 def run_cell(cell: Cell) -> dict[str, Any]:
@@ -233,21 +247,22 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     traffic = Traffic(cell.world, np.random.default_rng(cell.seed), cell.reps, cell.rate, SCENARIOS[cell.scenario],
                       cell.horizon)
     schedule = Schedule(warmup=cell.warmup)
-    releases = run_releases(SequentialJudge(cfg), traffic, cell.reps, cell.horizon, schedule)
+    releases = run_releases(SequentialJudge(cfg), traffic, cell.reps, cell.horizon, schedule, pods=cell.pods)
     return {"world": cell.world, "scenario": cell.scenario, "rate": cell.rate, "reps": cell.reps,
-            "horizon": cell.horizon, "seed": cell.seed, "warmup": cell.warmup, **summarise(releases, schedule),
+            "horizon": cell.horizon, "seed": cell.seed, "warmup": cell.warmup, "pods": cell.pods,
+            **summarise(releases, schedule),
             "seconds": time.perf_counter() - started}
 
 
 def cells(worlds: tuple[str, ...], scenarios: tuple[str, ...], rates: tuple[int, ...], reps: int, horizon: int,
-          seed: int, alpha: float, warmup: int = 0) -> list[Cell]:
+          seed: int, alpha: float, warmup: int = 0, pods: bool = True) -> list[Cell]:
     """Every world x scenario x rate, each with its own seed (the same across runs of the same grid)."""
     out = []
     for w in worlds:
         for s in scenarios:
             for r in rates:
                 cell_seed = seed + 10_000 * WORLD_NAMES.index(w) + 100 * list(SCENARIOS).index(s) + r
-                out.append(Cell(w, s, r, reps, horizon, cell_seed, alpha, warmup))
+                out.append(Cell(w, s, r, reps, horizon, cell_seed, alpha, warmup, pods))
     return out
 
 
@@ -292,6 +307,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=0,
                         help="minutes after each weight change not judged (strategy.canary.warmup; default 0)")
+    parser.add_argument("--no-pods", action="store_true",
+                        help="the judge sees no per-pod counts (a metrics source without a pod label)")
     parser.add_argument("--out", default=None,
                         help="result file (default bench/results/releases.json, releases_quick.json with --quick)")
     opts = parser.parse_args(argv)
@@ -308,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     reps: int = opts.reps or (QUICK_REPS if opts.quick else REPS)
     horizon: int = opts.horizon or HORIZON
     started = time.perf_counter()
-    work = cells(worlds, scenarios, rates, reps, horizon, opts.seed, opts.alpha, opts.warmup)
+    work = cells(worlds, scenarios, rates, reps, horizon, opts.seed, opts.alpha, opts.warmup, not opts.no_pods)
     # The longest cells first (regressions that hold, low rates), for load balance.
     work.sort(key=lambda c: (c.scenario in ("aa", "lat10"), -c.rate), reverse=True)
     if opts.workers > 1:
@@ -324,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "command": "python -m bench.releases " + " ".join(argv if argv is not None else sys.argv[1:]),
         "schedule": asdict(Schedule(warmup=opts.warmup)), "alpha": opts.alpha, "reps": reps, "horizon": horizon,
+        "pods": not opts.no_pods,
         "worldParameters": parameters(),
         "elapsedSeconds": elapsed, "cells": results,
     }

@@ -132,8 +132,8 @@ def test_margins_set_to_null_need_no_proof() -> None:
 def test_tolerance_centring_is_exact_with_tied_buckets() -> None:
     # 97% of requests in one bucket: the tie-corrected z grows ~3x for the same Delta, and the weight
     # must follow, or a canary exactly at the tolerance is failed with certainty over time.
-    from analysis.histogram import rank_sum
-    from analysis.sequential import SQRT3, shift_weight
+    from analysis.histogram import rank_sum, shift_weight
+    from analysis.sequential import SQRT3
 
     rng = np.random.default_rng(14)
     base = np.zeros(K)

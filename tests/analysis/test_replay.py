@@ -49,6 +49,29 @@ def test_good_file_gives_one_record_per_interval(tmp_path: Path) -> None:
                 check["verdict"] == "pass"
 
 
+def test_pods_in_a_replay_reach_the_judge(tmp_path: Path) -> None:
+    def pod(buckets: list[int], errors: int = 0) -> dict[str, Any]:
+        return {"requests": sum(buckets), "errors": errors, "buckets": buckets}
+
+    doc: dict[str, Any] = {"buckets_ms": BOUNDS, "intervals": []}
+    for t in range(1, 4):
+        raw = interval(60 * t)
+        fast, slow = raw["baseline"]["buckets"][:6] + [0] * 8, [0] * 6 + raw["baseline"]["buckets"][6:]
+        raw["baselinePods"] = {"v1-a": pod(fast, 3), "v1-b": pod(slow)}  # two pods far apart
+        raw["canaryPods"] = {"v2-a": raw["canary"]}
+        doc["intervals"].append(raw)
+    code, lines, err = run(["--replay", str(write(tmp_path / "pods.json", doc))])
+    assert code == 0 and err == ""
+    (shift,) = [c for c in lines[-1]["checks"] if c["check"] == "latencyShift"]
+    assert shift["estimates"]["podSpread"] > 0.3 and shift["estimates"]["placementFactor"] > 1.0
+    # The same file without its pods: the fixed-effect judge.
+    for raw in doc["intervals"]:
+        del raw["baselinePods"], raw["canaryPods"]
+    _, lines, _ = run(["--replay", str(write(tmp_path / "plain.json", doc))])
+    (shift,) = [c for c in lines[-1]["checks"] if c["check"] == "latencyShift"]
+    assert shift["estimates"]["podSpread"] == 0.0 and shift["estimates"]["placementFactor"] == 1.0
+
+
 @pytest.mark.parametrize("judge", ["sequential", "kayenta", "threshold"])
 def test_every_judge_replays(tmp_path: Path, judge: str) -> None:
     f = write(
@@ -98,6 +121,18 @@ BAD = {
             ],
         },
         "intervals[0].canary.buckets: sum to 61, requests is 99",
+    ),
+    "pods_sum": (
+        {
+            "buckets_ms": BOUNDS,
+            "intervals": [{**interval(60), "canaryPods": {"v2-a": {"requests": 1, "errors": 0,
+                                                                   "buckets": [0, 0, 0, 0, 1] + [0] * 9}}}],
+        },
+        "intervals[0].canaryPods: add up to 1 requests, 0 errors and their buckets, not to canary's",
+    ),
+    "pods_shape": (
+        {"buckets_ms": BOUNDS, "intervals": [{**interval(60), "baselinePods": [1, 2]}]},
+        "intervals[0].baselinePods: is not an object of pod names to counts",
     ),
     "no_inf": ({"buckets_ms": [1, 2], "intervals": []}, 'buckets_ms[1]: the last bound must be "+Inf"'),
     "not_json": ("{nope", "(json): line 1"),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from analysis.histogram import rank_sum
+from analysis.histogram import rank_sum, shift_weight
 from analysis.sequential import (
     CS_GRID,
     log_half_normal_mixture,
@@ -17,7 +17,6 @@ from analysis.sequential import (
     ratio_cs_increment,
     ratio_increment,
     shift_log_evalue,
-    shift_weight,
     srm_increment,
 )
 

@@ -19,6 +19,7 @@ from bench.worlds import (
     BURST_CV,
     DIURNAL_AMPLITUDE,
     JITTER_SIGMA,
+    MAX_CANARY_PODS,
     POD_ERROR_SIGMA,
     POD_SPEED_SIGMA,
     SCENARIOS,
@@ -178,3 +179,48 @@ def test_aa_has_no_effect_on_average_and_a_regression_its_stated_one(world: str)
     assert effect(SCENARIOS["lat25"], 12)[0] == pytest.approx(math.log(1.25), abs=0.02)
     assert effect(SCENARIOS["err4"], 13)[1] == pytest.approx(4.0, rel=0.06)
     assert effect(SCENARIOS["tail"], 14)[2] == pytest.approx(2.0, rel=0.1)
+
+
+@pytest.mark.parametrize("world", WORLD_NAMES)
+def test_every_minute_is_drawn_per_pod_and_the_pods_add_up_to_the_version(world: str) -> None:
+    scenario = Scenario(latency_canary=1.1, error_canary=2.0)
+    traffic = Traffic(world, np.random.default_rng(21), 6, 30.0, scenario, horizon=8)
+    for weight in ([5.0] * 6, [10, 20, 30, 40, 50, 100], [50.0] * 6):
+        m = traffic.minute(np.asarray(weight, dtype=float))
+        assert m.pn_b is not None and m.pe_b is not None and m.pb_b is not None
+        assert m.pn_c is not None and m.pe_c is not None and m.pb_c is not None
+        assert m.pn_b.shape == m.pe_b.shape == (6, BASELINE_PODS)
+        assert m.pn_c.shape == m.pe_c.shape == (6, MAX_CANARY_PODS)
+        assert m.pb_b.shape == (6, BASELINE_PODS, len(BOUNDS)) and m.pb_c.shape == (6, MAX_CANARY_PODS, len(BOUNDS))
+        for n, e, b, pn, pe, pb in ((m.n_b, m.e_b, m.b_b, m.pn_b, m.pe_b, m.pb_b),
+                                    (m.n_c, m.e_c, m.b_c, m.pn_c, m.pe_c, m.pb_c)):
+            assert np.array_equal(pn.sum(axis=1), n) and np.array_equal(pe.sum(axis=1), e)
+            assert np.array_equal(pb.sum(axis=1), b) and np.array_equal(pb.sum(axis=2), pn)
+            assert (pe <= pn).all() and (pe >= 0).all()
+        # Only the pods the canary's weight runs serve it; the rest are all 0.
+        idle = np.arange(MAX_CANARY_PODS)[None, :] >= canary_pods(np.asarray(weight))[:, None]
+        assert (m.pn_c[idle] == 0).all() and (m.pb_c[idle] == 0).all() and (m.pe_c[idle] == 0).all()
+        # 100+ requests a pod: none left idle (at 100% the baseline gets none).
+        assert (m.pn_b[m.n_b > 0] > 0).all() and (m.pn_c[~idle] > 0).all()
+        assert (m.n_b[np.asarray(weight) == 100] == 0).all()
+    sim = simulate(world, np.random.default_rng(22), 3, [10, 30, 50], 20.0, scenario)
+    assert sim.pb_b is not None and sim.pn_b is not None and sim.pn_c is not None
+    assert sim.pb_b.shape == (3, 3, BASELINE_PODS, len(BOUNDS)) and sim.pn_c.shape == (3, 3, MAX_CANARY_PODS)
+    assert np.array_equal(sim.pb_b.sum(axis=2), sim.b_b) and np.array_equal(sim.pn_b.sum(axis=2), sim.n_b)
+    assert np.array_equal(sim.pn_c.sum(axis=2), sim.n_c)
+    assert list((sim.pn_c > 0).sum(axis=2)[0]) == [1, 2, 3]
+
+
+def test_the_baseline_pods_differ_in_speed_in_the_pods_world_only() -> None:
+    def pod_speeds(world: str) -> tuple[np.ndarray, np.ndarray]:
+        """Each baseline pod's log speed over 30 minutes, and the factor it was drawn with (reps, pods)."""
+        traffic = Traffic(world, np.random.default_rng(23), 40, 200.0, Scenario(), horizon=30)
+        buckets = np.sum([np.asarray(traffic.minute(10.0).pb_b) for _ in range(30)], axis=0)
+        return log_speed(buckets), np.log(traffic.speed_b)
+
+    speed, drawn = pod_speeds("pods")
+    spread = float(np.sqrt(np.mean(np.var(speed, axis=1, ddof=1))))  # between a release's pods
+    assert spread == pytest.approx(POD_SPEED_SIGMA, rel=0.25)
+    assert float(np.corrcoef(speed.ravel(), drawn.ravel())[0, 1]) > 0.8  # each pod keeps its own speed
+    same, _ = pod_speeds("independent")
+    assert float(np.sqrt(np.mean(np.var(same, axis=1, ddof=1)))) < 0.2 * POD_SPEED_SIGMA  # sampling alone
