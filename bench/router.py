@@ -176,7 +176,9 @@ def hey(url: str, requests: int, concurrency: int, host: str | None = None) -> d
 # The routers that can be measured, by the module started as their process. The project's first local mesh, an
 # asyncio proxy (`localmesh.server`), was measured beside Envoy before it was removed (f544b64 is the last commit
 # with it): its figures are kept as the results file's `record` and printed beside a run that does not measure it.
-ROUTERS = {"envoy": "localmesh.envoy.server", "proxy": "localmesh.server"}
+# `envoy-1` is Envoy with one worker thread instead of Istio's two (the proxy has one event loop).
+ROUTERS = {"envoy": "localmesh.envoy.server", "envoy-1": "localmesh.envoy.server", "proxy": "localmesh.server"}
+ROUTER_ARGS = {"envoy-1": ["--concurrency", "1"]}
 PROXY_LAST_IN = "f544b64"  # the last commit whose tree has the asyncio proxy
 
 
@@ -191,7 +193,7 @@ def router_tree(name: str, proxy_tree: Path | None) -> Path | None:
 def _start_router(name: str, tree: Path, tmp: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
     return start(
         [sys.executable, "-m", ROUTERS[name], "--port", "0", "--admin-port", "0",
-         "--config", str(tmp / "config.json"), "--endpoints", str(tmp / "endpoints.json")],
+         "--config", str(tmp / "config.json"), "--endpoints", str(tmp / "endpoints.json"), *ROUTER_ARGS.get(name, [])],
         "mesh-router ready",
         tree,
     )  # fmt: skip
@@ -282,8 +284,8 @@ def table(results: dict[str, Any], record: dict[str, Any] | None = None) -> str:
             if rec.get("envoy_over_proxy") is not None:
                 lines.append(f"{c:>11} | {'envoy / proxy':<16} | {rec['envoy_over_proxy']:>7.2f}x | (recorded, "
                              f"Envoy and the proxy in the same run of {record['date']})")
-        if "envoy" in paths and "proxy" in paths:
-            lines.append(f"{c:>11} | {'envoy / proxy':<16} | {paths['envoy']['rps'] / paths['proxy']['rps']:>7.2f}x |")
+        for envoy in (e for e in ("envoy", "envoy-1") if e in paths and "proxy" in paths):
+            lines.append(f"{c:>11} | {envoy + ' / proxy':<16} | {paths[envoy]['rps'] / paths['proxy']['rps']:>7.2f}x |")
     if record and not any("proxy" in paths for paths in results["medians"].values()):
         mach = record.get("machine", {})
         lines.append(f"recorded: the asyncio proxy (removed after {PROXY_LAST_IN}), measured on {record['date']} on "

@@ -197,6 +197,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--endpoints", type=Path, help="endpoint registry to start with (JSON or YAML)")
     p.add_argument("--namespace", default="default", help="namespace of endpoints that name none")
     p.add_argument("--work-dir", type=Path, help="Envoy's files (default: a temporary directory)")
+    p.add_argument("--concurrency", type=int, default=2,
+                   help="Envoy's worker threads (default 2, as in Istio's sidecars)")
     p.add_argument("--envoy-admin-port", type=int, default=0,
                    help="Envoy's own admin port, where Prometheus scrapes its statistics (0: pick a free one)")
     return p.parse_args(argv)
@@ -222,7 +224,7 @@ def _watch_parent(parent_pid: int, stop: threading.Event, poll_s: float = 0.5) -
 def _serve(args: argparse.Namespace, work_dir: Path, stop: threading.Event) -> None:
     port = args.port or _free_port(args.host)
     envoy = Envoy(work_dir, Options(port=port, address=args.host, upstream_idle_timeout_s=UPSTREAM_IDLE_TIMEOUT_S),
-                  admin_port=args.envoy_admin_port)
+                  admin_port=args.envoy_admin_port, concurrency=args.concurrency)
     router = EnvoyRouter(envoy, args.namespace)
     envoy.start()
     admin: ThreadingHTTPServer | None = None
