@@ -219,7 +219,7 @@ def _ml_search_routes(ctx: ServiceContext) -> APIRouter:
         vector = answer.get("vector")
         if not isinstance(vector, list) or len(vector) != corpus.EMBEDDING_DIM:
             raise DownstreamError("ml-infer", 502, f"answered no {corpus.EMBEDDING_DIM}-dim vector")
-        scores = corpus.DOC_EMBEDDINGS @ np.asarray(vector, dtype=np.float32)
+        scores = ctx.injector.rank(corpus.DOC_EMBEDDINGS @ np.asarray(vector, dtype=np.float32), body.text)
         return _hits_response(corpus.top_k(scores, body.k))
 
     return router
@@ -230,7 +230,8 @@ def _bm25_routes(ctx: ServiceContext, path: str, index: corpus.Bm25Index, doc: s
 
     async def search(body: TextQuery, request: Request) -> JSONResponse:
         await ctx.begin(request)
-        return _hits_response(corpus.top_k(index.scores(corpus.word_ids(body.text)), body.k))
+        scores = ctx.injector.rank(index.scores(corpus.word_ids(body.text)), body.text)
+        return _hits_response(corpus.top_k(scores, body.k))
 
     search.__doc__ = doc
     router.add_api_route(

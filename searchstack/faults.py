@@ -10,8 +10,12 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import zlib
 from collections.abc import Callable, Mapping
+from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 # Spread of the simulated work time: sleep = work_ms * exp(WORK_SIGMA * N(0, 1)), so work_ms is the median.
@@ -23,6 +27,7 @@ FAULT_ENV = {
     "slow_prob": "FAULT_SLOW_PROB",
     "slow_ms": "FAULT_SLOW_MS",
     "error_rate": "FAULT_ERROR_RATE",
+    "rank_noise": "FAULT_RANK_NOISE",
 }
 
 
@@ -36,6 +41,10 @@ class Faults(BaseModel):
     slow_prob: float = Field(default=0.0, ge=0, le=1, description="Probability of a slow request.")
     slow_ms: float = Field(default=0.0, ge=0, le=600_000, description="Delay of a slow request (ms).")
     error_rate: float = Field(default=0.0, ge=0, le=1, description="Probability of answering HTTP 500.")
+    rank_noise: float = Field(
+        default=0.0, ge=0, le=100,
+        description="Degraded rankings: noise, in standard deviations of the service's scores, added to them "
+                    "before its top-k (the same for the same query: a worse model, as fast, without errors).")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Faults:
@@ -91,3 +100,14 @@ class FaultInjector:
         if self.faults.error_rate > 0 and self._rng.random() < self.faults.error_rate:
             self._on_inject("error")
             raise InjectedFault(f"injected error (error_rate={self.faults.error_rate})")
+
+    def rank(self, scores: npt.NDArray[np.floating[Any]], text: str) -> npt.NDArray[np.floating[Any]]:
+        """The scores a search ranks by: with `rank_noise`, each document's score moved by that many standard
+        deviations of the scores times a normal draw seeded by the query text, so that the same query gets the
+        same (worse) answer every time."""
+        noise = self.faults.rank_noise
+        if noise <= 0 or scores.size == 0:
+            return scores
+        self._on_inject("rank")
+        draws = np.random.default_rng(zlib.crc32(text.encode())).standard_normal(scores.size)
+        return (scores + noise * float(scores.std()) * draws).astype(scores.dtype)

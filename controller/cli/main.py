@@ -68,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
                      "for `run`; the Kubernetes controller is `canary controller`)")
     run.add_argument("--rps", type=float, default=20.0, help="load to drive through the stack (0: none)")
     run.add_argument("--fault", action="append", default=[], metavar="SERVICE:KNOB=VALUE",
-                     help="fault injection for the new version, e.g. ml-search:latency_ms=25")
+                     help="fault injection for the new version, e.g. ml-search:latency_ms=25 (knobs: latency_ms, "
+                          "latency_scale, slow_prob, slow_ms, error_rate, rank_noise; searchstack/README.md)")
     run.add_argument("--workdir", type=Path, help="state and logs; an existing one is resumed")
     run.add_argument("--summary", type=Path)
     run.add_argument("--metrics", default="auto", choices=["auto", "prometheus", "direct"])

@@ -180,6 +180,22 @@ def test_an_inner_service_error_surfaces_as_500_at_the_entry_naming_it(clean_fau
 
 
 @pytest.mark.integration
+def test_rank_noise_degrades_rankings_the_same_way_every_time_without_errors(clean_faults: Stack) -> None:
+    from analysis.shadow import rbo
+
+    stack = clean_faults
+    top = list(stack.search(SEED_QUERY).json())[:10]
+    stack.set_faults("ml-search", rank_noise=3.0)
+    degraded = [stack.search(SEED_QUERY) for _ in range(2)]
+    assert [r.status_code for r in degraded] == [200, 200]
+    first, second = (list(r.json())[:10] for r in degraded)
+    assert first == second, "the same query gets the same degraded answer"
+    assert rbo(top, first) < 0.9, (top, first)
+    stack.set_faults("ml-search")
+    assert list(stack.search(SEED_QUERY).json())[:10] == top
+
+
+@pytest.mark.integration
 def test_error_rate_is_a_probability(clean_faults: Stack) -> None:
     stack = clean_faults
     stack.set_faults("keyword", error_rate=0.5)
@@ -217,6 +233,7 @@ def test_fault_admin_rejects_invalid_values_and_reads_back(clean_faults: Stack) 
     assert stack.client.put(url, json={"slow_prob": 0.25, "slow_ms": 30}).status_code == 200
     assert stack.client.get(url).json() == {
         "latency_ms": 0.0, "latency_scale": 1.0, "slow_prob": 0.25, "slow_ms": 30.0, "error_rate": 0.0,
+        "rank_noise": 0.0,
     }
 
 
