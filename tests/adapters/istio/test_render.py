@@ -17,28 +17,7 @@ from controller.adapters.istio.render import (
 from controller.adapters.istio.validate import validate_objects
 from controller.core.plan import ExperimentArm, ExperimentRoutes, InvalidPlan, RoutingPlan, ServiceVersions
 from tests.support.istio_schema import istio_errors
-
-SERVICES = ("master-search", "ml-infer", "ml-search", "keyword", "text-search")
-
-
-def plan(weight: int = 10, changed: tuple[str, ...] = SERVICES, **kw: object) -> RoutingPlan:
-    return RoutingPlan(
-        namespace="search", entry="master-search",
-        services=tuple(ServiceVersions(s, "v1", "v2" if s in changed else None) for s in SERVICES),
-        canary_weight=weight, owner="search-v2", **kw,  # type: ignore[arg-type]
-    )
-
-
-PLANS = {
-    "all changed at 10%": plan(10),
-    "two changed at 50%": plan(50, ("ml-search", "keyword")),
-    "entry unchanged": plan(25, ("ml-infer",)),
-    "before traffic": plan(0),
-    "full canary": plan(100),
-    "rolled back": plan(30).all_stable(),
-    "promoted": plan(30).promoted(),
-    "behind a gateway": plan(10, gateways=("search/search-gateway",), entry_hosts=("search.example.com",)),
-}
+from tests.support.plans import PLANS, plan
 
 
 @pytest.mark.parametrize("name", PLANS)

@@ -17,7 +17,7 @@ import pytest
 
 from controller.adapters.istio.render import carry_user_settings, render
 from controller.adapters.istio.validate import validate_objects
-from controller.core.plan import ExperimentArm, ExperimentRoutes, RoutingPlan, ServiceVersions
+from controller.core.plan import ExperimentArm, ExperimentRoutes
 from localmesh.endpoints import Endpoint
 from localmesh.envoy.process import (
     Envoy,
@@ -28,32 +28,13 @@ from localmesh.envoy.process import (
     validate_config,
 )
 from localmesh.envoy.translate import ISTIO_DEFAULT_RETRIES, Options, translate
+from tests.support.plans import PLANS as RENDERED_PLANS
+from tests.support.plans import SERVICES, plan
 
-SERVICES = ("master-search", "ml-infer", "ml-search", "keyword", "text-search")
 OPTIONS = Options(port=8000)
-
-
-def plan(weight: int = 10, changed: tuple[str, ...] = SERVICES, **kw: object) -> RoutingPlan:
-    return RoutingPlan(
-        namespace="search", entry="master-search",
-        services=tuple(ServiceVersions(s, "v1", "v2" if s in changed else None) for s in SERVICES),
-        canary_weight=weight, owner="search-v2", **kw,  # type: ignore[arg-type]
-    )
-
-
 EXPERIMENT = ExperimentRoutes((ExperimentArm("control", "v1", 50), ExperimentArm("treatment", "v2", 30),
                                ExperimentArm("bold", "v3", 20)), cohort_header="x-cohort")
-PLANS = {
-    "all changed at 10%": plan(10),
-    "two changed at 50%": plan(50, ("ml-search", "keyword")),
-    "entry unchanged": plan(25, ("ml-infer",)),
-    "before traffic": plan(0),
-    "full canary": plan(100),
-    "rolled back": plan(30).all_stable(),
-    "promoted": plan(30).promoted(),
-    "behind a gateway": plan(10, gateways=("search/search-gateway",), entry_hosts=("search.example.com",)),
-    "A/B/n experiment": plan(0).with_experiment(EXPERIMENT),
-}
+PLANS = {**RENDERED_PLANS, "A/B/n experiment": plan(0).with_experiment(EXPERIMENT)}
 
 
 def endpoints() -> list[Endpoint]:
