@@ -113,8 +113,10 @@ def test_healthy_release_is_promoted_through_the_stand_in(rig: Rig) -> None:
     rig.create()
     status = rig.drive()
     assert status.phase is Phase.SUCCEEDED, status.message
-    # No alarm and, at the end, every check shown within its margin (inconclusive while that was pending).
-    assert set(verdicts(status)) <= {"pass", "inconclusive"} and verdicts(status)[-1] == "pass"
+    # No alarm and, at the end, every check shown within its margin (inconclusive while that was pending). A query
+    # past the client's 2 s timeout on a busy machine is a look without data (`error`), never an alarm.
+    looks = [h for h in status.history if not (h.verdict == "error" and "timed out" in h.reason)]
+    assert {h.verdict for h in looks} <= {"pass", "inconclusive"} and verdicts(status)[-1] == "pass"
     assert rig.prometheus.queries >= 4
     rig.checker.assert_clean()
 
