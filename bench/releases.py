@@ -22,6 +22,7 @@ counted).
     python -m bench.releases --quick         # a smaller look (under 2 min)
     python -m bench.releases --worlds independent,real --scenarios aa,err2 --reps 50
     python -m bench.releases --worlds real --scenarios aa --warmup 3   # steps' first 3 minutes not judged
+    python -m bench.releases --scenarios aa,err2 --analysis '{"errorRatioTolerance": 1.25}'  # another analysis
 
 Prints a table and writes bench/results/releases.json (releases_quick.json with --quick).
 """
@@ -238,31 +239,33 @@ class Cell:
     alpha: float
     warmup: int = 0
     pods: bool = True
+    analysis: str = "{}"  # spec.analysis fields beside alpha, as JSON (`--analysis`)
 
 
 def run_cell(cell: Cell) -> dict[str, Any]:
     """One world x scenario x rate: `reps` releases judged by SequentialJudge with the default analysis."""
     started = time.perf_counter()
-    cfg = AnalysisConfig.from_dict({"alpha": cell.alpha})
+    cfg = AnalysisConfig.from_dict({**json.loads(cell.analysis), "alpha": cell.alpha})
     traffic = Traffic(cell.world, np.random.default_rng(cell.seed), cell.reps, cell.rate, SCENARIOS[cell.scenario],
                       cell.horizon)
     schedule = Schedule(warmup=cell.warmup)
     releases = run_releases(SequentialJudge(cfg), traffic, cell.reps, cell.horizon, schedule, pods=cell.pods)
     return {"world": cell.world, "scenario": cell.scenario, "rate": cell.rate, "reps": cell.reps,
             "horizon": cell.horizon, "seed": cell.seed, "warmup": cell.warmup, "pods": cell.pods,
+            "analysis": json.loads(cell.analysis),
             **summarise(releases, schedule),
             "seconds": time.perf_counter() - started}
 
 
 def cells(worlds: tuple[str, ...], scenarios: tuple[str, ...], rates: tuple[int, ...], reps: int, horizon: int,
-          seed: int, alpha: float, warmup: int = 0, pods: bool = True) -> list[Cell]:
+          seed: int, alpha: float, warmup: int = 0, pods: bool = True, analysis: str = "{}") -> list[Cell]:
     """Every world x scenario x rate, each with its own seed (the same across runs of the same grid)."""
     out = []
     for w in worlds:
         for s in scenarios:
             for r in rates:
                 cell_seed = seed + 10_000 * WORLD_NAMES.index(w) + 100 * list(SCENARIOS).index(s) + r
-                out.append(Cell(w, s, r, reps, horizon, cell_seed, alpha, warmup, pods))
+                out.append(Cell(w, s, r, reps, horizon, cell_seed, alpha, warmup, pods, analysis))
     return out
 
 
@@ -309,6 +312,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="minutes after each weight change not judged (strategy.canary.warmup; default 0)")
     parser.add_argument("--no-pods", action="store_true",
                         help="the judge sees no per-pod counts (a metrics source without a pod label)")
+    parser.add_argument("--analysis", default="{}",
+                        help='spec.analysis fields to judge with, as JSON, e.g. \'{"errorRatioTolerance": 1.25}\'')
     parser.add_argument("--out", default=None,
                         help="result file (default bench/results/releases.json, releases_quick.json with --quick)")
     opts = parser.parse_args(argv)
@@ -325,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     reps: int = opts.reps or (QUICK_REPS if opts.quick else REPS)
     horizon: int = opts.horizon or HORIZON
     started = time.perf_counter()
-    work = cells(worlds, scenarios, rates, reps, horizon, opts.seed, opts.alpha, opts.warmup, not opts.no_pods)
+    work = cells(worlds, scenarios, rates, reps, horizon, opts.seed, opts.alpha, opts.warmup, not opts.no_pods,
+                 json.dumps(json.loads(opts.analysis), sort_keys=True))
     # The longest cells first (regressions that hold, low rates), for load balance.
     work.sort(key=lambda c: (c.scenario in ("aa", "lat10"), -c.rate), reverse=True)
     if opts.workers > 1:
