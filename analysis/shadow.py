@@ -155,7 +155,7 @@ def log_evalues(n: float, sx: float, sxx: float, margin: Margins) -> tuple[np.nd
     m = np.asarray(margin, dtype=float)
     sum_d = sx - n * m                     # sum (x - m)
     sum_dd = sxx - 2.0 * m * sx + n * m * m  # sum (x - m)^2
-    lam = np.asarray(LAMBDAS)[:, None]
+    lam = np.asarray(LAMBDAS).reshape((-1,) + (1,) * np.ndim(sum_d))  # bets on the first axis
     psi = np.log1p(-lam) + lam
     harm = lam * sum_d / 2.0 + psi * sum_dd / 4.0
     safe = -lam * sum_d / 2.0 + psi * sum_dd / 4.0
