@@ -182,11 +182,15 @@ def _serve_until(stopping: Callable[[], bool], router_url: str, rps: float) -> N
 
 def analyze(argv: list[str]) -> int:
     """`canary analyze`: judge recorded intervals (replay files), as the controller would have; with
-    `--experiment`, an A/B experiment's recorded looks."""
+    `--experiment`, an A/B experiment's recorded looks; with `--shadow`, recorded pairs of answers."""
     if "--experiment" in argv:
         from analysis.experiment_replay import main as experiment_main
 
         return experiment_main(argv)
+    if "--shadow" in argv:
+        from analysis.shadow_replay import main as shadow_main
+
+        return shadow_main(argv)
     from analysis.replay import main as replay_main
 
     return replay_main(argv)

