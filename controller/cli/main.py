@@ -7,6 +7,7 @@
     canary analyze --replay FILE... [--judge sequential|kayenta|threshold] [--alpha A]
     canary analyze --experiment --replay FILE...|DIR                            (an A/B experiment's looks)
     canary analyze --shadow FILE... [--min-overlap 0.8]                         (recorded pairs of answers)
+    canary shadow-compare --stable URL --new URL --searches FILE     (two running stacks' rankings, judged)
     canary controller | start NAME --image SERVICE=IMAGE...                         (Kubernetes)
     canary get|status NAME [-n NS] [--watch] | list [-n NS | -A] | history NAME     (or --workdir DIR)
     canary pause|resume|promote [--full]|abort|retry|undo|approve NAME [-n NS]     (or --workdir DIR)
@@ -90,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("report", "write a release's self-contained HTML report: canary report NAME [-n NS] "
                                   "-o FILE, or --workdir DIR for a local one"),
                        ("controller", "run the Kubernetes controller (in the cluster or with a kubeconfig)"),
+                       ("shadow-compare", "ask two running stacks the same searches and judge their rankings"),
                        ("start", "create or update a StackRelease: canary start NAME --image SERVICE=IMAGE ..."),
                        *OPERATOR_COMMANDS.items()):
         passthrough = sub.add_parser(name, help=text, add_help=False)
@@ -112,7 +114,7 @@ OPERATOR_COMMANDS = {
     "undo": "a finished release: the previous successful version again, through the canary steps",
 }
 OPERATE = ("pause", "resume", "promote", "approve", "abort", "retry", "undo")
-PASSTHROUGH = ("analyze", "controller", "start", "report", *OPERATOR_COMMANDS)
+PASSTHROUGH = ("analyze", "controller", "start", "report", "shadow-compare", *OPERATOR_COMMANDS)
 
 
 def _split_passthrough(argv: list[str]) -> tuple[list[str], str | None, list[str]]:
@@ -152,6 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             case "start":
                 from controller.cli.cluster import start_main
                 return start_main(list(args.rest))
+            case "shadow-compare":
+                from controller.cli.shadow import main as shadow_compare_main
+                return shadow_compare_main(list(args.rest))
             case "report":
                 return _report(list(args.rest))
             case "get" | "status" | "list" | "history" as command:

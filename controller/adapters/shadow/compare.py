@@ -1,0 +1,91 @@
+"""Asking two running versions of the search stack the same search, and pairing their answers.
+
+What a shadow phase's comparator does for each mirrored search (docs/shadow.md), here for searches given by
+the caller (`canary shadow-compare` replays them from a file): the stable stack is asked twice (its second
+answer is the noise of one version) and the new stack once, each at its own base URL, and the three top-k
+lists of document ids become a `ShadowPair`. The search API is the seed's: POST /master-service/search with
+{"text", "n_results", "random_seed"}, answered by an object {doc_id: score} best first.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from analysis.shadow import ShadowPair
+
+SEARCH_PATH = "/master-service/search"
+
+
+class AnswerError(RuntimeError):
+    """A version did not answer a search with a ranking: `side` is "stable" or "new"."""
+
+    def __init__(self, side: str, message: str) -> None:
+        super().__init__(f"{side}: {message}")
+        self.side = side
+
+
+def top_ids(answer: object, k: int) -> tuple[str, ...]:
+    """The first k document ids of a seed-API answer ({doc_id: score, ...}, best first)."""
+    if not isinstance(answer, dict) or not all(isinstance(v, int | float) and not isinstance(v, bool)
+                                               for v in answer.values()):
+        raise ValueError("answered no {doc_id: score} object")
+    return tuple(str(doc) for doc in list(answer)[:k])
+
+
+def read_searches(path: Path, k: int) -> list[dict[str, Any]]:
+    """The searches of a file, one per line: a JSON object (a search request as sent) or plain query text
+    (sent as {"text": line, "n_results": k, "random_seed": 0}). ValueError naming the line when one is bad."""
+    searches = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("{"):
+            try:
+                body = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"line {n}: not JSON ({exc.msg})") from None
+            if not isinstance(body.get("text"), str):
+                raise ValueError(f"line {n}: a search needs its \"text\"")
+        else:
+            body = {"text": text, "n_results": k, "random_seed": 0}
+        searches.append(body)
+    if not searches:
+        raise ValueError("no searches in it")
+    return searches
+
+
+@dataclass
+class Comparator:
+    """Pairs the answers of `stable` and `new` (base URLs of each version's entry service) to one search."""
+
+    client: httpx.Client
+    stable: str
+    new: str
+    k: int = 10
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def ask(self, side: str, body: Mapping[str, Any]) -> tuple[str, ...]:
+        base = self.stable if side == "stable" else self.new
+        try:
+            response = self.client.post(base.rstrip("/") + SEARCH_PATH, json=dict(body), headers=dict(self.headers))
+        except httpx.HTTPError as exc:
+            raise AnswerError(side, f"{type(exc).__name__}: {exc}") from None
+        if response.status_code != 200:
+            raise AnswerError(side, f"HTTP {response.status_code}")
+        try:
+            return top_ids(response.json(), self.k)
+        except ValueError as exc:
+            raise AnswerError(side, str(exc)) from None
+
+    def pair(self, body: Mapping[str, Any]) -> ShadowPair:
+        """Stable, stable again, new: three requests of the same search."""
+        stable = self.ask("stable", body)
+        again = self.ask("stable", body)
+        return ShadowPair(str(body.get("text", "")), stable, again, self.ask("new", body))

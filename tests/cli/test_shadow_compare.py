@@ -1,0 +1,102 @@
+"""`canary shadow-compare`: two running versions of the search stack asked the same searches, their rankings
+judged by the shadow judge; against stand-in answers, and against the real search stack with degraded rankings."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from analysis.shadow_replay import main as analyze_shadow
+from controller.adapters.local.processes import ProcessGroup, free_port, start_search_service
+from controller.cli.shadow import main
+
+TOP = [f"d{i}" for i in range(10)]
+INNER = ("ml-infer", "ml-search", "keyword", "text-search")
+
+
+def stand_in(new: list[str], failing: str | None = None) -> httpx.MockTransport:
+    """Stable answers TOP; the new version answers `new`; `failing` ("stable" or "new") answers 503."""
+    def handle(request: httpx.Request) -> httpx.Response:
+        side = "new" if request.url.host == "new" else "stable"
+        assert request.url.path == "/master-service/search" and json.loads(request.content)["text"]
+        if side == failing:
+            return httpx.Response(503)
+        ids = TOP if side == "stable" else new
+        return httpx.Response(200, json={d: 1.0 - i / 100 for i, d in enumerate(ids)})
+    return httpx.MockTransport(handle)
+
+
+def searches(tmp_path: Path, n: int) -> Path:
+    path = tmp_path / "searches.txt"
+    lines = [f"query number {i}" if i % 2 else json.dumps({"text": f"query {i}", "n_results": 10, "random_seed": 1})
+             for i in range(n)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run(argv: list[str], transport: httpx.BaseTransport | None = None) -> tuple[int, list[dict[str, object]], str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(argv, stdout=out, stderr=err, transport=transport)
+    return code, [json.loads(line) for line in out.getvalue().splitlines()], err.getvalue()
+
+
+def test_the_same_rankings_pass_and_other_rankings_fail_and_the_pairs_replay(tmp_path: Path) -> None:
+    base = ["--stable", "http://stable", "--new", "http://new", "--searches", str(searches(tmp_path, 200))]
+    code, looks, err = run([*base, "--out", str(tmp_path / "same.jsonl")], stand_in(TOP))
+    assert (code, err) == (0, "") and looks[-1]["decision"] == "pass"
+    code, looks, _ = run([*base, "--out", str(tmp_path / "other.jsonl")], stand_in([*TOP[:4], *"uvwxyz"]))
+    assert code == 1 and looks[-1]["decision"] == "fail" and looks[-1]["searches"] < 200  # stopped at the decision
+    # The pairs file is what `canary analyze --shadow` judges, with the same verdict at the same look.
+    out = io.StringIO()
+    assert analyze_shadow(["--shadow", str(tmp_path / "other.jsonl")], stdout=out) == 0
+    assert json.loads(out.getvalue().splitlines()[-1])["decision"] == "fail"
+
+
+def test_unanswered_searches_are_counted_not_paired_and_running_out_is_undecided(tmp_path: Path) -> None:
+    argv = ["--stable", "http://stable", "--new", "http://new", "--searches", str(searches(tmp_path, 30))]
+    code, looks, _ = run(argv, stand_in(TOP, failing="new"))
+    assert code == 3 and looks[-1]["unanswered"] == {"stable": 0, "new": 30} and looks[-1]["pairs"] == 0
+
+
+def test_a_bad_searches_file_is_refused_with_its_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.txt"
+    bad.write_text('fine query\n{"n_results": 3}\n')
+    code, looks, err = run(["--stable", "http://s", "--new", "http://n", "--searches", str(bad)])
+    assert code == 2 and looks == [] and 'line 2: a search needs its "text"' in err
+    code, _, err = run(["--stable", "http://s", "--new", "http://n", "--searches", str(tmp_path / "missing")])
+    assert code == 2 and "missing" in err
+
+
+@pytest.fixture(scope="module")
+def stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Three search stacks: v1, an identical v1b, and v2 whose ml-search ranks with rank_noise 3."""
+    entries = {}
+    with ProcessGroup(tmp_path_factory.mktemp("shadow-stacks")) as group:
+        for version, fault in (("v1", 0.0), ("v1b", 0.0), ("v2", 3.0)):
+            urls = {role: f"http://127.0.0.1:{free_port()}" for role in ("master-search", *INNER)}
+            for role, url in urls.items():
+                faults = {"rank_noise": fault} if role == "ml-search" and fault else None
+                start_search_service(group, role, version, int(url.rsplit(":", 1)[1]), "http://127.0.0.1:9", faults,
+                                     upstream_urls=urls)
+            entries[version] = urls["master-search"]
+        group.wait_all_healthy(timeout=60)
+        yield entries
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_against_the_real_search_stack_degraded_rankings_are_stopped(stacks: dict[str, str], tmp_path: Path
+                                                                     ) -> None:
+    queries = tmp_path / "queries.txt"
+    queries.write_text("\n".join(f"graph neural networks {i}" for i in range(200)) + "\n")
+    same = ["--stable", stacks["v1"], "--new", stacks["v1b"], "--searches", str(queries)]
+    code, looks, err = run(same)
+    assert (code, err) == (0, "") and looks[-1]["decision"] == "pass" and looks[-1]["meanOverlap"] == 1.0
+    code, looks, _ = run(["--stable", stacks["v1"], "--new", stacks["v2"], "--searches", str(queries)])
+    assert code == 1 and looks[-1]["decision"] == "fail", looks[-1]
+    assert looks[-1]["unanswered"] == {"stable": 0, "new": 0} and looks[-1]["meanOverlap"] < 0.8
