@@ -7,7 +7,8 @@ rankings with the shadow judge, before any user is sent to the new one.
 Each search is sent to the stable stack twice and to the new one once (controller/adapters/shadow/compare.py);
 the pairs are written to `--out` in the format `canary analyze --shadow` reads, and the judge looks every
 `--look` pairs, printing one JSON line per look, up to the first decision (`--all`: every search is asked,
-and the decision is the first one the judge took). A search a version does not answer is counted, not paired.
+and the decision is the first one the judge took). A search a version does not answer is counted, not paired;
+each look also carries each side's answered latency (median and 90th percentile, ms).
 Exit code: 0 pass, 1 fail, 2 bad input, 3 undecided when the searches ran out.
 """
 
@@ -86,7 +87,8 @@ def _run(comparator: Comparator, searches: list[dict[str, Any]], config: ShadowC
             continue
         state, batch = fold(state, batch), []
         verdict = judge(state, config)
-        print(json.dumps({"searches": i, "unanswered": unanswered, **verdict.to_dict()}, allow_nan=False), file=out)
+        print(json.dumps({"searches": i, "unanswered": unanswered, "latencyMs": comparator.latency_summary(),
+                          **verdict.to_dict()}, allow_nan=False), file=out)
         if decided == "inconclusive" and verdict.decision != "inconclusive":
             decided = verdict.decision
             if not opts.all:

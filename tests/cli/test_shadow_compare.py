@@ -61,6 +61,7 @@ def test_unanswered_searches_are_counted_not_paired_and_running_out_is_undecided
     argv = ["--stable", "http://stable", "--new", "http://new", "--searches", str(searches(tmp_path, 30))]
     code, looks, _ = run(argv, stand_in(TOP, failing="new"))
     assert code == 3 and looks[-1]["unanswered"] == {"stable": 0, "new": 30} and looks[-1]["pairs"] == 0
+    assert looks[-1]["latencyMs"]["new"] is None and looks[-1]["latencyMs"]["stable"] is not None
 
 
 def test_a_bad_searches_file_is_refused_with_its_line(tmp_path: Path) -> None:
@@ -100,3 +101,5 @@ def test_against_the_real_search_stack_degraded_rankings_are_stopped(stacks: dic
     code, looks, _ = run(["--stable", stacks["v1"], "--new", stacks["v2"], "--searches", str(queries)])
     assert code == 1 and looks[-1]["decision"] == "fail", looks[-1]
     assert looks[-1]["unanswered"] == {"stable": 0, "new": 0} and looks[-1]["meanOverlap"] < 0.8
+    latency = looks[-1]["latencyMs"]
+    assert isinstance(latency, dict) and 0 < latency["new"]["p50"] <= latency["new"]["p90"], latency

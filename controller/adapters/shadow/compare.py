@@ -10,12 +10,14 @@ lists of document ids become a `ShadowPair`. The search API is the seed's: POST 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 from analysis.shadow import ShadowPair
 
@@ -70,19 +72,29 @@ class Comparator:
     new: str
     k: int = 10
     headers: Mapping[str, str] = field(default_factory=dict)
+    # Milliseconds of every answered request, per side: the shadow's latency, as extra evidence.
+    latencies_ms: dict[str, list[float]] = field(default_factory=lambda: {"stable": [], "new": []})
 
     def ask(self, side: str, body: Mapping[str, Any]) -> tuple[str, ...]:
         base = self.stable if side == "stable" else self.new
+        started = time.perf_counter()
         try:
             response = self.client.post(base.rstrip("/") + SEARCH_PATH, json=dict(body), headers=dict(self.headers))
         except httpx.HTTPError as exc:
             raise AnswerError(side, f"{type(exc).__name__}: {exc}") from None
         if response.status_code != 200:
             raise AnswerError(side, f"HTTP {response.status_code}")
+        self.latencies_ms[side].append((time.perf_counter() - started) * 1000.0)
         try:
             return top_ids(response.json(), self.k)
         except ValueError as exc:
             raise AnswerError(side, str(exc)) from None
+
+    def latency_summary(self) -> dict[str, dict[str, float] | None]:
+        """Per side: the median and 90th percentile of its answered requests' milliseconds (None before any)."""
+        return {side: None if not ms else {"p50": round(float(np.percentile(ms, 50)), 2),
+                                           "p90": round(float(np.percentile(ms, 90)), 2)}
+                for side, ms in self.latencies_ms.items()}
 
     def pair(self, body: Mapping[str, Any]) -> ShadowPair:
         """Stable, stable again, new: three requests of the same search."""
