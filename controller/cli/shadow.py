@@ -3,8 +3,11 @@ rankings with the shadow judge, before any user is sent to the new one.
 
     canary shadow-compare --stable URL --new URL --searches FILE [--k 10] [--out pairs.jsonl]
                           [--min-overlap 0.8] [--alpha 0.05] [--min-pairs 20] [--look 10] [--all]
+                          [--lane-header x-canary-lane]
 
-Each search is sent to the stable stack twice and to the new one once (controller/adapters/shadow/compare.py);
+`--stable` and `--new` are each version's entry (its master-search). Each search is sent to the stable stack
+twice and to the new one once (controller/adapters/shadow/compare.py), in the stable and the canary lane, so
+that the mesh keeps each on one version along its whole path;
 the pairs are written to `--out` in the format `canary analyze --shadow` reads, and the judge looks every
 `--look` pairs, printing one JSON line per look, up to the first decision (`--all`: every search is asked,
 and the decision is the first one the judge took). A search a version does not answer is counted, not paired;
@@ -25,6 +28,7 @@ import httpx
 from analysis.shadow import ShadowConfig, fold, judge, new_state
 from analysis.shadow_replay import ANSWERS
 from controller.adapters.shadow.compare import AnswerError, Comparator, read_searches
+from controller.core.plan import DEFAULT_LANE_HEADER
 
 EXIT = {"pass": 0, "fail": 1, "inconclusive": 3}
 
@@ -42,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=d.alpha)
     p.add_argument("--min-pairs", type=int, default=d.min_pairs)
     p.add_argument("--look", type=int, default=10, help="pairs between two looks (default 10)")
+    p.add_argument("--lane-header", default=DEFAULT_LANE_HEADER,
+                   help=f"sent as `stable` to the stable entry and `canary` to the new one, so that each search stays "
+                        f"on one version through the mesh (default {DEFAULT_LANE_HEADER}; '' sends none)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
     p.add_argument("--all", action="store_true", help="ask every search, also after the decision")
     return p
@@ -64,7 +71,8 @@ def main(argv: list[str], stdout: TextIO | None = None, stderr: TextIO | None = 
         return 2
     with httpx.Client(timeout=opts.timeout, transport=transport, trust_env=False) as client, \
             (opts.out.open("w", encoding="utf-8") if opts.out else _Discard()) as pairs_file:
-        decision = _run(Comparator(client, opts.stable, opts.new, opts.k), searches, config, opts, out, pairs_file)
+        comparator = Comparator(client, opts.stable, opts.new, opts.k, lane_header=opts.lane_header or None)
+        decision = _run(comparator, searches, config, opts, out, pairs_file)
     return EXIT[decision]
 
 

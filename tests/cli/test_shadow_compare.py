@@ -103,3 +103,28 @@ def test_against_the_real_search_stack_degraded_rankings_are_stopped(stacks: dic
     assert looks[-1]["unanswered"] == {"stable": 0, "new": 0} and looks[-1]["meanOverlap"] < 0.8
     latency = looks[-1]["latencyMs"]
     assert isinstance(latency, dict) and 0 < latency["new"]["p50"] <= latency["new"]["p90"], latency
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_through_the_local_mesh_each_side_stays_in_its_lane(tmp_path: Path) -> None:
+    """Both versions behind the local mesh (Envoy) with the canary's lane routes, the new one's ml-search
+    degraded: each entry is asked in its own lane, so v2's master-search is answered by v2's ml-search and the
+    change is seen. Without the lane header the mesh sends v2's inner calls to the stable lane's v1 services, and
+    the comparison would pass a broken release: the reason the header is sent by default."""
+    from controller.adapters.local.platform import LocalRouter
+    from controller.adapters.local.stack import LocalStack
+
+    queries = tmp_path / "queries.txt"
+    queries.write_text("\n".join(f"citation ranking {i}" for i in range(200)) + "\n")
+    with LocalStack(tmp_path / "stack", work_ms=0.5, faults={"v2": {"ml-search": {"rank_noise": 3.0}}}) as stack:
+        stack.start_version("v1")
+        stack.start_version("v2")
+        assert stack.admin is not None
+        LocalRouter(stack.admin).apply(stack.baseline_plan("v1", "v2", 0))
+        entries = {v: f"http://{stack.workloads[('master-search', v)].address}" for v in ("v1", "v2")}
+        argv = ["--stable", entries["v1"], "--new", entries["v2"], "--searches", str(queries)]
+        code, looks, err = run(argv)
+        assert (code, err) == (1, "") and looks[-1]["decision"] == "fail", looks[-1]
+        code, looks, _ = run([*argv, "--lane-header", ""])
+        assert code == 0 and looks[-1]["meanOverlap"] == 1.0  # v2's entry, v1's rankings: nothing to see

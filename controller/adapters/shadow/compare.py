@@ -2,9 +2,10 @@
 
 What a shadow phase's comparator does for each mirrored search (docs/shadow.md), here for searches given by
 the caller (`canary shadow-compare` replays them from a file): the stable stack is asked twice (its second
-answer is the noise of one version) and the new stack once, each at its own base URL, and the three top-k
-lists of document ids become a `ShadowPair`. The search API is the seed's: POST /master-service/search with
-{"text", "n_results", "random_seed"}, answered by an object {doc_id: score} best first.
+answer is the noise of one version) and the new stack once, each at its own entry (master-search of that
+version) and in its own release lane, and the three top-k lists of document ids become a `ShadowPair`. The
+search API is the seed's: POST /master-service/search with {"text", "n_results", "random_seed"}, answered by
+an object {doc_id: score} best first.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import httpx
 import numpy as np
 
 from analysis.shadow import ShadowPair
+from controller.core.plan import DEFAULT_LANE_HEADER
 
 SEARCH_PATH = "/master-service/search"
 
@@ -72,14 +74,21 @@ class Comparator:
     new: str
     k: int = 10
     headers: Mapping[str, str] = field(default_factory=dict)
+    # The release lane each side's request is sent in (None: no lane header): a version's entry calls the
+    # other services through the mesh, whose lane routes keep a request in the lane it names, so without it
+    # the new version's entry would be answered by the stable version's inner services.
+    lane_header: str | None = DEFAULT_LANE_HEADER
     # Milliseconds of every answered request, per side: the shadow's latency, as extra evidence.
     latencies_ms: dict[str, list[float]] = field(default_factory=lambda: {"stable": [], "new": []})
 
     def ask(self, side: str, body: Mapping[str, Any]) -> tuple[str, ...]:
         base = self.stable if side == "stable" else self.new
+        headers = dict(self.headers)
+        if self.lane_header:
+            headers[self.lane_header] = "stable" if side == "stable" else "canary"
         started = time.perf_counter()
         try:
-            response = self.client.post(base.rstrip("/") + SEARCH_PATH, json=dict(body), headers=dict(self.headers))
+            response = self.client.post(base.rstrip("/") + SEARCH_PATH, json=dict(body), headers=headers)
         except httpx.HTTPError as exc:
             raise AnswerError(side, f"{type(exc).__name__}: {exc}") from None
         if response.status_code != 200:
