@@ -53,6 +53,12 @@ def parse_pair(line: str, where: str) -> ShadowPair:
     return ShadowPair(query, *answers)
 
 
+def pair_line(pair: ShadowPair) -> str:
+    """One line of a pairs file, as `parse_pair` reads it."""
+    return json.dumps({"query": pair.query, "stable": list(pair.stable), "stableAgain": list(pair.stable_again),
+                       "new": list(pair.new)})
+
+
 def load_pairs(path: Path) -> list[ShadowPair]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()

@@ -26,7 +26,7 @@ from typing import Any, TextIO
 import httpx
 
 from analysis.shadow import ShadowConfig, fold, judge, new_state
-from analysis.shadow_replay import ANSWERS
+from analysis.shadow_replay import pair_line
 from controller.adapters.shadow.compare import AnswerError, Comparator, read_searches
 from controller.core.plan import DEFAULT_LANE_HEADER
 
@@ -88,9 +88,7 @@ def _run(comparator: Comparator, searches: list[dict[str, Any]], config: ShadowC
             unanswered[exc.side] += 1
         else:
             batch.append(pair)
-            pairs_file.write(json.dumps(dict(zip(("query", *ANSWERS), (pair.query, list(pair.stable),
-                                                                         list(pair.stable_again), list(pair.new)),
-                                                  strict=True))) + "\n")
+            pairs_file.write(pair_line(pair) + "\n")
         if len(batch) < opts.look and i < len(searches):
             continue
         state, batch = fold(state, batch), []
