@@ -68,7 +68,8 @@ SCENARIOS: dict[str, tuple[tuple[str, ...], str]] = {
     "errors": (("ml-search:error_rate=0.5",), "RolledBack"),
     "slow": (("keyword:latency_ms=40",), "RolledBack"),
 }
-FORWARD = {"Pending": 0, "Initializing": 1, "Progressing": 2, "Paused": 2, "Promoting": 3, "Succeeded": 4}
+FORWARD = {"Pending": 0, "Initializing": 1, "Shadowing": 1.5, "Progressing": 2, "Paused": 2, "Promoting": 3,
+           "Succeeded": 4}
 BACKWARD = {"RollingBack": 3, "RolledBack": 4, "Failed": 4, "Aborted": 4}
 FINAL = ("Succeeded", "RolledBack", "Failed", "Aborted")
 # Where a kill lands: at a random time from the start (often before the first tick), at a random time once

@@ -17,15 +17,15 @@ from typing import Any, Protocol
 
 from analysis.abtest import PrimaryCounts
 from analysis.observations import MetricsQuery, WindowCounts
-from controller.core.observation import Peer, Readiness
-from controller.core.plan import RoutingPlan
+from controller.core.observation import Peer, Readiness, ShadowBatch
+from controller.core.plan import RoutingPlan, ShadowRoutes
 from controller.core.queries import BusinessQuery
 from controller.core.spec.hooks import HookResult, HookSpec
 
 __all__ = [
     "BusinessMetrics", "BusinessQuery", "Clock", "Hooks", "Metrics", "MetricsUnavailable", "Notice", "Notifier",
-    "PermanentError", "PortError", "Readiness", "Router", "SecretUnavailable", "Secrets", "TemporaryError",
-    "Workloads",
+    "PermanentError", "PortError", "Readiness", "Router", "SecretUnavailable", "Secrets", "ShadowPairs",
+    "TemporaryError", "Workloads",
 ]
 
 
@@ -107,6 +107,14 @@ class BusinessMetrics(Protocol):
 
     def business(self, query: BusinessQuery, start: float, end: float) -> Mapping[str, PrimaryCounts]:
         """Counts per version in (start, end]; a version with no data is absent. Raises MetricsUnavailable."""
+
+
+class ShadowPairs(Protocol):
+    """A shadow phase's comparator (docs/shadow.md): the pairs of rankings it made from mirrored searches."""
+
+    def pairs(self, namespace: str, routes: ShadowRoutes, epoch: str, after: int) -> ShadowBatch:
+        """Its pairs after sequence number `after` of `epoch` (all it keeps when its epoch is another; none,
+        only where it stands, when `after` is -1). Raises TemporaryError when it cannot be read."""
 
 
 class Hooks(Protocol):

@@ -28,7 +28,7 @@ from controller.core.machine import (
     RetireWorkloads,
 )
 from controller.core.machine import hooks as hook_points
-from controller.core.observation import Observation, Peer, Readiness, Wants, combined_readiness
+from controller.core.observation import Observation, Peer, Readiness, ShadowBatch, Wants, combined_readiness
 from controller.core.queries import business_query, further_variants, metrics_query
 from controller.core.spec.hooks import HookResult
 from controller.core.spec.release import InvalidSpec, ReleaseSpec, parse_release
@@ -43,6 +43,7 @@ from controller.ports import (
     Peers,
     PortError,
     Router,
+    ShadowPairs,
     Workloads,
 )
 
@@ -65,6 +66,8 @@ class Ports:
     # Seconds after a weight change before `metrics` counts only that weight's traffic (Prometheus: its read
     # lag plus a scrape interval); windows open no sooner (`machine.settled_for`).
     metrics_delay: float = 0.0
+    # A shadow phase's comparator (`spec.strategy.shadow`); a runner without one never passes a shadow phase.
+    shadow: ShadowPairs | None = None
 
 
 @dataclass(frozen=True)
@@ -137,10 +140,24 @@ class Reconciler:
                 log.exception("metrics source failed")
                 metrics_error = f"metrics source failed: {exc!r}"
         business, business_error = self._business(spec, wants.metrics_window)
+        shadow, shadow_error = self._shadow(spec, wants.shadow_after)
         return Observation(readiness=readiness, routing=routing, routing_error=routing_error,
                            metrics=metrics, metrics_error=metrics_error, business=business,
                            business_error=business_error, hooks=self._call_hooks(spec, status, wants),
-                           peers=peers, created=created)
+                           peers=peers, created=created, shadow=shadow, shadow_error=shadow_error)
+
+    def _shadow(self, spec: ReleaseSpec, after: tuple[str, int] | None) -> tuple[ShadowBatch | None, str | None]:
+        if after is None or spec.shadow is None:
+            return None, None
+        if self.ports.shadow is None:
+            return None, "no shadow comparator is configured for this runner"
+        try:
+            return self.ports.shadow.pairs(spec.namespace, spec.shadow.routes, *after), None
+        except PortError as exc:
+            return None, exc.reason
+        except Exception as exc:  # a broken comparator must hold the shadow phase, never crash the loop
+            log.exception("shadow comparator failed")
+            return None, f"shadow comparator failed: {exc!r}"
 
     def _peers(self, spec: ReleaseSpec) -> tuple[Peer, ...] | None:
         if self.ports.peers is None:

@@ -26,6 +26,7 @@ from controller.adapters.local.metrics import open_metrics_source
 from controller.adapters.local.platform import LocalRouter, SystemClock
 from controller.adapters.local.stack import Faults, LocalStack
 from controller.adapters.local.state import StateDir
+from controller.adapters.shadow.client import HttpShadowPairs
 from controller.core.machine import base_plan, desired_plan, revisions, summary
 from controller.core.spec.release import ReleaseSpec, parse_release
 from controller.core.status import Phase, ReleaseStatus
@@ -57,8 +58,12 @@ SCENARIOS: dict[str, dict[str, dict[str, float]]] = {
     "slow": {"ml-search": {"latency_ms": 50.0}},
     "errors": {"ml-infer": {"error_rate": 0.2}},
     "tail": {"keyword": {"slow_prob": 0.15, "slow_ms": 400.0}},
+    # As fast, no errors, worse rankings: only a shadow phase (docs/shadow.md), which it always has, sees it.
+    "shadow-broken": {"ml-search": {"rank_noise": 3.0}},
 }
-IN_FLIGHT = (Phase.INITIALIZING, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING, Phase.ROLLING_BACK)
+# The demo's shadow phase: half the searches mirrored (each costs the stable version two more searches).
+DEMO_SHADOW = {"mirrorPercent": 50, "maxDuration": "120s"}
+IN_FLIGHT = (Phase.INITIALIZING, Phase.SHADOWING, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING, Phase.ROLLING_BACK)
 OUTCOMES = {Phase.SUCCEEDED: "promoted", Phase.ROLLED_BACK: "rolled_back", Phase.FAILED: "failed",
             Phase.ABORTED: "aborted"}
 
@@ -67,15 +72,19 @@ def run_demo(scenario: str = "healthy", rps: float = 40.0, interval: float = 10.
              summary_path: Path | None = None, workdir: Path | None = None, metrics: str = "auto",
              max_seconds: float = 600.0, out: TextIO = sys.stdout,
              on_tick: Callable[[ReleaseStatus], None] | None = None,
-             outgoing: Outgoing | None = None) -> dict[str, Any]:
-    """`canary demo --scenario S`: a canary release with S's faults, or (ab, abn) an A/B experiment."""
+             outgoing: Outgoing | None = None, shadow: bool = False) -> dict[str, Any]:
+    """`canary demo --scenario S`: a canary release with S's faults, or (ab, abn) an A/B experiment; with
+    `shadow` (always for shadow-broken) a shadow phase comes before the first step."""
     if scenario in ("ab", "abn"):
         return run_ab_demo(rps=rps, interval=interval, summary_path=summary_path, workdir=workdir,
                            metrics=metrics, max_seconds=max_seconds, out=out, on_tick=on_tick,
                            variants=3 if scenario == "abn" else 2, outgoing=outgoing)
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}, ab, abn")
-    return run_local(demo_release(interval), {"v2": SCENARIOS[scenario]}, rps=rps, summary_path=summary_path,
+    release = demo_release(interval)
+    if shadow or scenario == "shadow-broken":
+        release["spec"]["strategy"]["shadow"] = dict(DEMO_SHADOW)
+    return run_local(release, {"v2": SCENARIOS[scenario]}, rps=rps, summary_path=summary_path,
                      workdir=workdir, metrics=metrics, max_seconds=max_seconds, out=out, on_tick=on_tick,
                      label=scenario, outgoing=outgoing)
 
@@ -97,6 +106,7 @@ def run_local(release: dict[str, Any], faults: Faults, rps: float = 20.0, summar
         raise ValueError(f"{state.root} holds another release; use a fresh --workdir")
     with ExitStack() as ctx, stop_on_signals() as stop:
         stack, router = _start_platform(ctx, spec, state, workdir, faults, console)
+        shadow = _start_comparator(ctx, spec, stack, console)
         source = ctx.enter_context(open_metrics_source(metrics, stack.admin_url, workdir / "prometheus",
                                                                 [scrape_job([stack.envoy_admin_target])]))
         console.say(f"metrics: {source.description}")
@@ -108,10 +118,11 @@ def run_local(release: dict[str, Any], faults: Faults, rps: float = 20.0, summar
             state.save_release(release)
         clock = SystemClock()
         reconciler = Reconciler(local_ports(stack, router, source.metrics, clock, outgoing,
-                                            metrics_delay=source.delay))
+                                            metrics_delay=source.delay, shadow=shadow))
         status = drive_release(reconciler, state, spec, clock, stop, max_seconds, console, on_tick)
         report = load.stop() if load is not None else None
         result = _summary(label, status, audit, source.name, workdir, report)
+        result["shadow"] = shadow_summary(status)
         result.update(final_platform(stack, router))
         result.update(data_plane_summary())
         result["interrupted"] = stop.is_set()
@@ -159,6 +170,37 @@ def _resume(spec: ReleaseSpec, state: StateDir, stack: LocalStack, router: Local
         router.apply(base_plan(spec).with_weight(100))
         time.sleep(spec.drain_time)
     router.apply(in_flight_plan)
+
+
+def _start_comparator(ctx: ExitStack, spec: ReleaseSpec, stack: LocalStack, console: Console
+                      ) -> HttpShadowPairs | None:
+    """A release with a shadow phase gets its comparator, as the endpoint of the Service its spec names."""
+    if spec.shadow is None:
+        return None
+    url = stack.start_comparator(spec.shadow.routes, spec.stack.entry)
+    console.say(f"shadow comparator: {url} ({spec.shadow.routes.percent:g}% of searches mirrored to it "
+                "during the shadow phase)")
+    source = HttpShadowPairs(url)
+    ctx.callback(source.close)
+    return source
+
+
+def shadow_summary(status: ReleaseStatus) -> dict[str, Any] | None:
+    """A shadow phase's outcome for the summary: pairs compared, mean overlap, the difference beyond noise with
+    its interval (what the judge decides on), the verdict, and the seconds from the phase's start to it."""
+    shadow = status.shadow or {}
+    verdict = shadow.get("verdict")
+    if not verdict:
+        return None
+    decided = status.condition("Shadow")
+    seconds = None
+    if decided is not None and decided.status != "Unknown" and shadow.get("since") is not None:
+        seconds = round(decided.last_transition - float(shadow["since"]), 1)
+    return {"verdict": verdict["decision"], "pairs": verdict["pairs"], "mean_overlap": verdict["meanOverlap"],
+            "mean_noise_overlap": verdict["meanNoiseOverlap"], "difference": verdict["difference"],
+            "difference_bounds": list(verdict["differenceBounds"]), "margin": verdict["margin"],
+            "top1_changed": verdict["top1Changed"], "reason": verdict["reason"], "seconds": seconds,
+            "mirrored": shadow.get("mirrored"), "foreign_pairs": shadow.get("foreign")}
 
 
 def _start_load(ctx: ExitStack, stack: LocalStack, spec: ReleaseSpec, rps: float, max_seconds: float,
@@ -222,9 +264,15 @@ def _summary_text(r: dict[str, Any]) -> str:
     def secs(x: float | None) -> str:
         return "-" if x is None else f"{x:.1f}s"
 
+    shadow = r.get("shadow")
+    shadow_line = [] if not shadow else [
+        f"  shadow phase: {shadow['verdict']} after {shadow['pairs']} pairs in {secs(shadow['seconds'])}: mean RBO "
+        f"{shadow['mean_overlap'] if shadow['mean_overlap'] is None else round(shadow['mean_overlap'], 3)} "
+        f"(margin {shadow['margin']:.2f} beyond the stable version's own noise)"]
     return "\n".join([
         "",
         f"outcome: {r['outcome']}  ({r['message']})",
+        *shadow_line,
         f"  seconds from first canary traffic to decision: {secs(r['decision_seconds'])}"
         + (f", to 0% canary: {secs(r['rollback_seconds'])}, to canary removed: "
            f"{secs(r['rollback_complete_seconds'])}" if r["rollback_seconds"] is not None else ""),

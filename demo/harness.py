@@ -34,7 +34,7 @@ from controller.adapters.local.state import StateDir, write_json_atomic
 from controller.core.spec.release import ReleaseSpec
 from controller.core.status import ReleaseStatus
 from controller.logs import release_context
-from controller.ports import BusinessMetrics, Metrics, Notifier
+from controller.ports import BusinessMetrics, Metrics, Notifier, ShadowPairs
 from controller.present import view
 from controller.present.report import render_report
 from controller.reconciler import Ports, Reconciler
@@ -157,7 +157,7 @@ def search_load(stack: LocalStack, spec: ReleaseSpec, rps: float, max_seconds: f
 
 def local_ports(stack: LocalStack, router: LocalRouter, metrics: Metrics, clock: SystemClock,
                 outgoing: Outgoing | None, business: BusinessMetrics | None = None,
-                metrics_delay: float = 0.0) -> Ports:
+                metrics_delay: float = 0.0, shadow: ShadowPairs | None = None) -> Ports:
     """The controller's ports on the local platform; notices go to the log and to `outgoing`'s notifiers.
     `metrics_delay`: how long after a weight change the metrics source counts only the new weight's
     traffic (`MetricsSource.delay`); no window opens sooner."""
@@ -165,7 +165,8 @@ def local_ports(stack: LocalStack, router: LocalRouter, metrics: Metrics, clock:
     if outgoing is not None and outgoing.notifier is not None:
         notifier = MultiNotifier([notifier, outgoing.notifier])
     return Ports(LocalWorkloads(stack), router, metrics, clock, notifier, business=business,
-                 hooks=outgoing.hooks if outgoing is not None else HttpHooks(), metrics_delay=metrics_delay)
+                 hooks=outgoing.hooks if outgoing is not None else HttpHooks(), metrics_delay=metrics_delay,
+                 shadow=shadow)
 
 
 def drive_release(reconciler: Reconciler, state: StateDir, spec: Any, clock: SystemClock, stop: threading.Event,

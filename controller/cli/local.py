@@ -52,7 +52,7 @@ def demo(args: argparse.Namespace) -> int:
     try:
         result = run_demo(args.scenario, rps=args.rps, interval=args.interval, summary_path=args.summary,
                           workdir=args.workdir, metrics=args.metrics, max_seconds=args.max_seconds,
-                          outgoing=outgoing)
+                          outgoing=outgoing, shadow=args.shadow)
     finally:
         outgoing.close()
     return _exit_code(result)

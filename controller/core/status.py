@@ -21,6 +21,7 @@ REVISIONS_LIMIT = 50
 class Phase(StrEnum):
     PENDING = "Pending"
     INITIALIZING = "Initializing"
+    SHADOWING = "Shadowing"
     PROGRESSING = "Progressing"
     PAUSED = "Paused"
     PROMOTING = "Promoting"
@@ -164,6 +165,8 @@ class ReleaseStatus:
     experiment: Mapping[str, Any] | None = None
     # Release hooks called so far in this release, by hook name: passed, HTTP status, reason, at, attempts.
     hooks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # A shadow phase (docs/shadow.md): the judge's state, the comparator's cursor, and the last verdict.
+    shadow: Mapping[str, Any] | None = None
     conditions: tuple[Condition, ...] = ()
     history: tuple[DecisionRecord, ...] = ()
     # Revisions (controller/core/machine/revisions.py): the current revision and attempt, the operator's retries acted
@@ -226,6 +229,7 @@ class ReleaseStatus:
             "experimentState": None if self.experiment_state is None else dict(self.experiment_state),
             "experiment": None if self.experiment is None else dict(self.experiment),
             "hooks": {name: dict(result) for name, result in self.hooks.items()},
+            "shadow": None if self.shadow is None else dict(self.shadow),
             "conditions": [c.for_storage() for c in self.conditions],
             "history": [h.for_storage() for h in self.history],
             "revision": self.revision,
@@ -266,6 +270,7 @@ class ReleaseStatus:
             experiment_state=d.get("experimentState"),
             experiment=d.get("experiment"),
             hooks={name: dict(result) for name, result in (d.get("hooks") or {}).items()},
+            shadow=d.get("shadow"),
             conditions=tuple(Condition.from_storage(c) for c in d.get("conditions", ())),
             history=tuple(DecisionRecord.from_storage(h) for h in d.get("history", ())),
             revision=int(d.get("revision", 1)),

@@ -68,6 +68,7 @@ def render_report(release: Mapping[str, Any], status: Mapping[str, Any], *, titl
     body = [
         _header(view, page_title),
         _outcome(view),
+        _shadow_section(view),
         _weight_section(view),
         _services_section(view),
         _decision_log(view),
@@ -262,6 +263,37 @@ def _distribution_chart(v: _View, service: str) -> str:
     return bar_chart(title, labels[lo:hi], [(v.stable, shares[0], STABLE_COLOR), (v.canary, shares[1], CANARY_COLOR)],
                      y_label="% of requests", x_label="latency bucket (ms)", kind="distribution",
                      value_format=lambda x: f"{x:.1f}%")
+
+
+def _shadow_section(v: _View) -> str:
+    """A shadow phase (docs/shadow.md): the verdict and its numbers, the distribution of overlaps, and the searches
+    whose answers differed most, both lists side by side."""
+    shadow = _map(v.status.get("shadow"))
+    verdict = _map(shadow.get("verdict"))
+    if not verdict:
+        return ""
+    decision = str(verdict.get("decision", "inconclusive"))
+    low, high = [*_seq(verdict.get("differenceBounds")), None, None][:2]
+    facts = (f'<p><span class="v-{escape(decision)}">{escape(decision.upper())}</span> after '
+             f"{escape(_num(verdict.get('pairs'), '{:.0f}'))} pairs of answers: mean RBO "
+             f"{escape(_num(verdict.get('meanOverlap')))} against the stable version's "
+             f"{escape(_num(verdict.get('meanNoiseOverlap')))} with itself; difference "
+             f"{escape(_num(verdict.get('difference')))} in [{escape(_num(low))}, {escape(_num(high))}] against the "
+             f"margin {escape(_num(verdict.get('margin')))}. {escape(str(verdict.get('reason', '')))}.</p>")
+    hist = [_float(x) or 0.0 for x in _seq(verdict.get("overlapHistogram"))]
+    labels = [f"{i / max(len(hist) - 1, 1):.1f}" for i in range(len(hist))]
+    chart = bar_chart("Rank-biased overlap of the new version's answer with the stable one's", labels,
+                      [(v.canary, hist, CANARY_COLOR)], y_label="searches", x_label="RBO", kind="overlap",
+                      value_format=lambda x: f"{x:.0f}")
+    rows = "".join(
+        f"<tr><td>{escape(str(w.get('query', '')))}</td><td class=\"num\">{escape(_num(w.get('overlap'), '{:.2f}'))}"
+        f"</td><td>{escape(', '.join(str(d) for d in _seq(w.get('stable'))))}</td>"
+        f"<td>{escape(', '.join(str(d) for d in _seq(w.get('new'))))}</td></tr>"
+        for w in (_map(x) for x in _seq(verdict.get("mostDifferent"))))
+    table = (f"<table><tr><th>search</th><th>RBO</th><th>{escape(v.stable)} (top-k)</th><th>{escape(v.canary)} "
+             f"(top-k)</th></tr>{rows}</table>") if rows else ""
+    return (f"<h2>Shadow phase: rankings compared</h2>{facts}<div class=\"card\">{chart}</div>"
+            f"<h3>The searches whose answers differ most</h3>{table}")
 
 
 def _decision_log(v: _View) -> str:

@@ -149,6 +149,7 @@ def panel(spec: ReleaseSpec, status: ReleaseStatus, now: float, decisions: int =
     if status.conditions:
         lines.append("  conditions: " + "; ".join(
             f"{c.type}={c.status} {c.reason}" + (f" ({c.message})" if c.message else "") for c in status.conditions))
+    lines += shadow_lines(status)
     stable, canary = spec.stable.version, spec.canary.version
     totals = traffic_totals(status)
     if totals:
@@ -169,6 +170,37 @@ def panel(spec: ReleaseSpec, status: ReleaseStatus, now: float, decisions: int =
     if status.history:
         lines.append(f"  last decisions ({min(decisions, len(status.history))} of {len(status.history)}):")
         lines += [decision_summary(r) for r in status.history[-decisions:]]
+    return lines
+
+
+def shadow_lines(status: ReleaseStatus, examples: int = 3) -> list[str]:
+    """A shadow phase's comparison (docs/shadow.md): pairs, overlap and its bounds against the margin, the
+    distribution of overlaps, and the searches whose answers differ most."""
+    shadow = status.shadow or {}
+    v = shadow.get("verdict")
+    if not v:
+        return []
+    lines = [f"  shadow: {v['pairs']} pairs compared ({shadow.get('mirrored', 0)} searches mirrored, "
+             f"{shadow.get('dropped', 0)} dropped, {shadow.get('foreign', 0)} not served by the versions asked)"]
+    if v["meanOverlap"] is not None:
+        low, high = v["differenceBounds"]
+        lines.append(f"    mean RBO {v['meanOverlap']:.3f} (stable with itself {v['meanNoiseOverlap']:.3f}), "
+                     f"top result changed {100 * v['top1Changed']:.0f}%; difference {v['difference']:.3f} "
+                     f"in [{low:.3f}, {high:.3f}], margin {v['margin']:.3f} -> {v['decision'].upper()}")
+        hist = v.get("overlapHistogram") or []
+        lines.append("    overlap 0.0..1.0: " + " ".join(str(n) for n in hist))
+    lines.append(f"    {v['reason']}")
+    for worst in (v.get("mostDifferent") or [])[:examples]:
+        lines.append(f"    RBO {worst.get('overlap', 0):.2f} {str(worst.get('query', ''))[:40]!r}: stable "
+                     f"{list(worst.get('stable', []))[:3]} new {list(worst.get('new', []))[:3]}")
+    latency = shadow.get("latencyMs") or {}
+    if any(latency.values()):
+        unanswered = shadow.get("unanswered") or {}
+        lines.append("    answers to the comparator: " + "; ".join(
+            f"{side} p50 {_num((latency.get(side) or {}).get('p50'))} p90 {_num((latency.get(side) or {}).get('p90'))} "
+            f"ms, {unanswered.get(side, 0)} unanswered" for side in ("stable", "new")))
+    if shadow.get("error"):
+        lines.append(f"    comparator: {shadow['error']}")
     return lines
 
 

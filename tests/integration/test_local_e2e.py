@@ -206,9 +206,9 @@ def test_a_rejected_route_change_keeps_the_old_routes(two_versions: LocalStack) 
     assert all(set(p.values()) == {"v1"} for p in send(two_versions, 50))
 
 
-def demo(tmp_path: Path, scenario: str, max_seconds: float = 180) -> dict[str, Any]:
+def demo(tmp_path: Path, scenario: str, max_seconds: float = 180, shadow: bool = False) -> dict[str, Any]:
     return run_demo(scenario, rps=40, interval=5, workdir=tmp_path, summary_path=tmp_path / "summary.json",
-                    max_seconds=max_seconds, out=io.StringIO())
+                    max_seconds=max_seconds, out=io.StringIO(), shadow=shadow)
 
 
 def stack_pids(tmp_path: Path) -> list[int]:
@@ -220,12 +220,16 @@ def stack_pids(tmp_path: Path) -> list[int]:
 # and with a crash campaign or another demo beside it on two cores an identical v2 was measured with a slow tail
 # twice the stable's (held at 50%, once rolled back).
 @pytest.mark.realtime(alone=True)
-def test_healthy_release_is_promoted(tmp_path: Path) -> None:
+def test_healthy_release_with_a_shadow_phase_is_promoted(tmp_path: Path) -> None:
     # Promotion waits for every check's safety bound: 107-137 s from the first canary traffic on this 2-core
-    # machine alone (61 s on CI's), so the run gets 300 s, not the 180 s a rollback needs at most.
-    result = demo(tmp_path, "healthy", max_seconds=300)
+    # machine alone (61 s on CI's), so the run gets 300 s, not the 180 s a rollback needs at most. The shadow
+    # phase before it (docs/shadow.md) passes in seconds: v2 ranks as v1 does.
+    result = demo(tmp_path, "healthy", max_seconds=300, shadow=True)
     assert result["outcome"] == "promoted", result["message"]
     assert result["last_verdict"] == "pass"  # promoted on evidence: every check shown within its margin
+    shadow = result["shadow"]
+    assert shadow["verdict"] == "pass" and shadow["pairs"] >= 20 and shadow["foreign_pairs"] == 0, shadow
+    assert shadow["mean_overlap"] == shadow["mean_noise_overlap"] == 1.0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["data_plane"] == "envoy" and summary["envoy_version"].count(".") == 2
     assert summary["metrics_source"] == "prometheus"  # scraping Envoy's statistics, relabelled
@@ -239,6 +243,24 @@ def test_healthy_release_is_promoted(tmp_path: Path) -> None:
     assert set(load["error_kinds"]) <= {"ReadTimeout", "WriteTimeout", "PoolTimeout"}, load["error_kinds"]
     assert load["errors"] <= 0.01 * result["responses"], load["error_kinds"]
     assert Path(result["report"]).read_text().lstrip().lower().startswith("<!doctype html")
+    assert not [p for p in stack_pids(tmp_path) if alive(p)]
+
+
+@pytest.mark.realtime
+def test_degraded_rankings_are_stopped_in_the_shadow_phase_before_any_user_sees_them(tmp_path: Path) -> None:
+    """`canary demo --scenario shadow-broken`: v2's ml-search ranks with noise (as fast, no errors); the shadow
+    phase compares mirrored searches' rankings and ends the release with no user request served by v2."""
+    result = demo(tmp_path, "shadow-broken")
+    assert result["outcome"] == "rolled_back" and "shadow" in result["message"], result["message"]
+    assert result["canary_requests"] == 0 and result["canary_requests_analysed"] == 0
+    assert result["responses"] > 100 and result["mixed_version_responses"] == 0, result["mixed_examples"]
+    shadow = json.loads((tmp_path / "summary.json").read_text())["shadow"]
+    assert shadow["verdict"] == "fail" and shadow["pairs"] >= 20 and shadow["foreign_pairs"] == 0, shadow
+    low, high = shadow["difference_bounds"]
+    assert shadow["margin"] < low <= shadow["difference"] <= high
+    assert shadow["mean_overlap"] < 0.5 and shadow["mean_noise_overlap"] == 1.0
+    assert result["final_routes"] == {"canary_weight": 0, "services": {
+        s: {"stable": "v1", "canary": None} for s in SEARCH_SERVICES}}, result["final_routes"]
     assert not [p for p in stack_pids(tmp_path) if alive(p)]
 
 

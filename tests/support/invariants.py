@@ -62,8 +62,8 @@ DESTINATION_RULES: Key = ("networking.istio.io", "v1", "destinationrules")
 DEPLOYMENTS: Key = ("apps", "v1", "deployments")
 WATCHED = (RELEASES, VIRTUAL_SERVICES, DESTINATION_RULES, DEPLOYMENTS)
 
-_RANK = {"Pending": 0, "Initializing": 1, "Progressing": 2, "Paused": 2, "Promoting": 3, "RollingBack": 3,
-         "Succeeded": 4, "RolledBack": 4, "Failed": 4, "Aborted": 4}
+_RANK = {"Pending": 0, "Initializing": 1, "Shadowing": 1.5, "Progressing": 2, "Paused": 2, "Promoting": 3,
+         "RollingBack": 3, "Succeeded": 4, "RolledBack": 4, "Failed": 4, "Aborted": 4}
 FINAL = frozenset({"Succeeded", "RolledBack", "Failed", "Aborted"})
 PROMOTED = frozenset({"Promoting", "Succeeded"})
 ALLOWING_VERDICTS = frozenset({"pass", "operator"})

@@ -3,7 +3,7 @@ promotion, a rollback and one behind a gateway, for the five services of the sea
 
 from __future__ import annotations
 
-from controller.core.plan import RoutingPlan, ServiceVersions
+from controller.core.plan import RoutingPlan, ServiceVersions, ShadowRoutes
 
 SERVICES = ("master-search", "ml-infer", "ml-search", "keyword", "text-search")
 
@@ -25,4 +25,7 @@ PLANS = {
     "rolled back": plan(30).all_stable(),
     "promoted": plan(30).promoted(),
     "behind a gateway": plan(10, gateways=("search/search-gateway",), entry_hosts=("search.example.com",)),
+    # A shadow phase (docs/shadow.md): no user on the new version, half the searches mirrored to the comparator.
+    "shadow phase": plan(0).with_shadow(ShadowRoutes("canary-shadow", percent=50.0)),
+    "shadow, entry unchanged": plan(0, ("ml-search",)).with_shadow(ShadowRoutes("canary-shadow", 9000, 100.0)),
 }

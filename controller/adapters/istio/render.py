@@ -22,7 +22,7 @@ from typing import Any
 
 from controller.adapters.istio import experiment as ab
 from controller.adapters.istio.validate import service_name_of
-from controller.core.plan import RoutingPlan, ServiceVersions
+from controller.core.plan import RoutingPlan, ServiceVersions, ShadowRoutes
 
 API_VERSION = "networking.istio.io/v1"
 MANAGED_BY = "stack-canary"
@@ -32,6 +32,8 @@ ANNOTATION_LANE_HEADER = "stack-canary.dev/lane-header"
 ENTRY_ROUTE = "release-split"
 CANARY_LANE_ROUTE = "canary-lane"
 STABLE_LANE_ROUTE = "stable-lane"
+# A shadow phase's routes ahead of the split: the comparator's searches to the version they name.
+SHADOW_ROUTES = {"stable": "shadow-stable", "canary": "shadow-canary"}
 
 Obj = dict[str, Any]
 
@@ -79,20 +81,18 @@ def entry_virtual_service(plan: RoutingPlan) -> Obj:
                 "spec": ab.entry_spec(plan)}
     entry = plan.service(plan.entry)
     canary_subset = "canary" if entry.canary else "stable"
-    spec: Obj = {
-        "hosts": [plan.entry, *plan.entry_hosts],
-        "http": [
-            {
-                "name": ENTRY_ROUTE,
-                "route": [
-                    _lane_destination(plan.entry, "stable", plan.stable_weight, plan.lane_header, "stable"),
-                    _lane_destination(
-                        plan.entry, canary_subset, plan.canary_weight, plan.lane_header, "canary"
-                    ),
-                ],
-            }
+    split: Obj = {
+        "name": ENTRY_ROUTE,
+        "route": [
+            _lane_destination(plan.entry, "stable", plan.stable_weight, plan.lane_header, "stable"),
+            _lane_destination(plan.entry, canary_subset, plan.canary_weight, plan.lane_header, "canary"),
         ],
     }
+    http = [split]
+    if plan.shadow is not None:
+        split.update(_mirror(plan.shadow))
+        http = [*_shadow_routes(plan, plan.shadow, canary_subset), split]
+    spec: Obj = {"hosts": [plan.entry, *plan.entry_hosts], "http": http}
     if plan.gateways:
         spec["gateways"] = [*plan.gateways, "mesh"]
     return {
@@ -101,6 +101,23 @@ def entry_virtual_service(plan: RoutingPlan) -> Obj:
         "metadata": _metadata(plan.entry, plan, "entry"),
         "spec": spec,
     }
+
+
+def _mirror(shadow: ShadowRoutes) -> Obj:
+    return {"mirror": {"host": shadow.comparator, "port": {"number": shadow.port}},
+            "mirrorPercentage": {"value": shadow.percent}}
+
+
+def _shadow_routes(plan: RoutingPlan, shadow: ShadowRoutes, canary_subset: str) -> list[Obj]:
+    """The comparator's way to each version: its header names the lane, the route sets the lane header (the
+    header itself is removed, so the services see an ordinary search in that lane)."""
+    routes = []
+    for lane, subset in (("stable", "stable"), ("canary", canary_subset)):
+        destination = {"destination": {"host": plan.entry, "subset": subset},
+                       "headers": {"request": {"set": {plan.lane_header: lane}, "remove": [shadow.header]}}}
+        routes.append({"name": SHADOW_ROUTES[lane], "match": [{"headers": {shadow.header: {"exact": lane}}}],
+                       "route": [destination]})
+    return routes
 
 
 def lane_virtual_service(plan: RoutingPlan, sv: ServiceVersions) -> Obj:
@@ -181,6 +198,7 @@ def read_plan(objects: list[Obj]) -> RoutingPlan | None:
         entry_hosts=tuple(entry_hosts[1:]),
         owner=meta.get("labels", {}).get(LABEL_RELEASE, ""),
         experiment=experiment,
+        shadow=None if experiment else _read_shadow(entry_vs),
     )
 
 
@@ -193,6 +211,22 @@ def _lane_routes(vs: Obj | None, sv: ServiceVersions, experiment: bool) -> bool:
         return True
     names = {r.get("name") for r in vs["spec"].get("http", []) or []}
     return STABLE_LANE_ROUTE in names and (CANARY_LANE_ROUTE in names) == (sv.canary is not None)
+
+
+def _read_shadow(entry_vs: Obj) -> ShadowRoutes | None:
+    """The shadow phase's routes of an entry VirtualService of the controller's, or None when it has none."""
+    routes = {r.get("name"): r for r in entry_vs["spec"].get("http", []) or []}
+    split = routes.get(ENTRY_ROUTE) or {}
+    if "mirror" not in split or SHADOW_ROUTES["canary"] not in routes:
+        return None
+    try:
+        match = routes[SHADOW_ROUTES["canary"]]["match"][0]["headers"]
+        header = next(iter(match))
+        return ShadowRoutes(comparator=str(split["mirror"]["host"]), port=int(split["mirror"]["port"]["number"]),
+                            percent=float(split.get("mirrorPercentage", {}).get("value", 100.0)), header=header)
+    except (KeyError, IndexError, StopIteration, TypeError, ValueError) as exc:
+        raise UnreadablePlan(f"VirtualService {entry_vs['metadata'].get('name')}: a shadow route the controller "
+                             f"did not write ({exc!r})") from exc
 
 
 def _canary_weight(entry_vs: Obj, lane_header: str) -> int:

@@ -272,6 +272,15 @@ _route_destination = _object(
 )
 
 
+def _percent(value: Any, path: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
+        raise _Problem(path, f"{value!r} is not a percentage in 0..100")
+
+
+# Istio's `mirror` (a copy of each request, its answer dropped) and the share of requests copied.
+_mirror_percentage = _object({"value": _percent}, required=("value",), kind="Percent")
+
+
 def _weights(route: list[Any], path: str) -> None:
     """Weights are whole and non-negative; with several destinations they sum to exactly 100."""
     for i, d in enumerate(route):
@@ -295,6 +304,8 @@ _http_route_object = _object(
         "match": _list_of(_match_request),
         "route": _list_of(_route_destination, nonempty=True),
         "headers": _headers,
+        "mirror": _destination,
+        "mirrorPercentage": _mirror_percentage,
     },
     required=("route",),
     unsupported=(
@@ -305,9 +316,7 @@ _http_route_object = _object(
         "timeout",
         "retries",
         "fault",
-        "mirror",
         "mirrors",
-        "mirrorPercentage",
         "mirror_percent",
         "mirrorPercent",
         "corsPolicy",

@@ -18,6 +18,7 @@ from controller.adapters.kubernetes.events import EventNotifier
 from controller.adapters.kubernetes.routing import IstioRouter
 from controller.adapters.kubernetes.secrets import KubeSecrets
 from controller.adapters.kubernetes.workloads import DeploymentWorkloads, ReleaseRef, ReplicaPolicy, WeightBox
+from controller.adapters.shadow.client import HttpShadowPairs
 from controller.core.spec.hooks import HookRules
 from controller.core.spec.release import InvalidSpec, ReleaseSpec, parse_release
 from controller.ports import BusinessMetrics, Clock, Hooks, Metrics, Notifier, Peers
@@ -52,6 +53,8 @@ class ReleaseWiring:
         self.metrics_delay = metrics_delay
         self.hooks: Hooks = hooks or HttpHooks(WebhookClient(policy=UrlPolicy.in_cluster()), HookRules.cluster(),
                                                KubeSecrets(api))
+        # A shadow phase's comparator: the Service its release names, in the release's namespace.
+        self.shadow = HttpShadowPairs()
 
     def router(self, namespace: str, services: tuple[str, ...]) -> IstioRouter:
         return IstioRouter(self.api, namespace, services)
@@ -69,4 +72,5 @@ class ReleaseWiring:
         if self.notifier is not None:
             notifier = MultiNotifier([notifier, self.notifier])
         return Ports(workloads, self.router(ref.namespace, services), self.metrics, self.clock, notifier,
-                     business=self.business, hooks=self.hooks, peers=self.peers, metrics_delay=self.metrics_delay)
+                     business=self.business, hooks=self.hooks, peers=self.peers, metrics_delay=self.metrics_delay,
+                     shadow=self.shadow)

@@ -25,7 +25,7 @@ import httpx
 
 from controller.adapters.local.mesh_admin import RouterAdmin
 from controller.adapters.local.processes import Proc, ProcessGroup, free_port, start_search_service
-from controller.core.plan import DEFAULT_LANE_HEADER, RoutingPlan, ServiceVersions
+from controller.core.plan import DEFAULT_LANE_HEADER, RoutingPlan, ServiceVersions, ShadowRoutes
 from controller.ports import Readiness
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,10 @@ ENTRY = "master-search"
 
 # Per version, per service: fault knobs of the searchstack process (see searchstack/README.md).
 Faults = Mapping[str, Mapping[str, Mapping[str, float]]]
+
+
+# A shadow phase's comparator (docs/shadow.md), started when a release asks for one.
+COMPARATOR_MODULE = "controller.adapters.shadow.comparator"
 
 
 # The mesh router, by the module the stack starts (`python -m <module>`): Envoy behind the router's admin API.
@@ -78,6 +82,8 @@ class LocalStack:
         self.envoy_admin_port = 0
         self.admin: RouterAdmin | None = None
         self._health = httpx.Client(timeout=2.0)
+        # The shadow comparator, when started: its Service name and port (an endpoint like a service's).
+        self.comparator: tuple[str, int] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> LocalStack:
@@ -202,13 +208,31 @@ class LocalStack:
             if pending:
                 time.sleep(0.1)
 
+    def start_comparator(self, routes: ShadowRoutes, entry: str = ENTRY) -> str:
+        """Start the shadow comparator as the endpoint of `routes.comparator`, asking the stack through the mesh
+        router; returns its base URL (where the controller reads its pairs)."""
+        port = free_port()
+        argv = [sys.executable, "-m", COMPARATOR_MODULE, "--entry", self.router_url, "--entry-host", entry,
+                "--header", routes.header, "--listen", "127.0.0.1", "--port", str(port)]
+        url = f"http://127.0.0.1:{port}"
+        proc = self.group.start("shadow-comparator", argv, env={}, health_url=f"{url}/healthz")
+        self._record_pid(proc)
+        self.group.wait_healthy(proc, timeout=20)
+        self.comparator = (routes.comparator, port)
+        self._publish_endpoints()
+        return url
+
     def _publish_endpoints(self) -> None:
         assert self.admin is not None, "start() the stack first"
         self.admin.put_endpoints(self.endpoints())
 
     def endpoints(self) -> list[dict[str, Any]]:
-        return [{"service": w.service, "labels": {"version": w.version, "app": w.service},
-                 "address": w.address} for w in self.workloads.values()]
+        listed = [{"service": w.service, "labels": {"version": w.version, "app": w.service},
+                   "address": w.address} for w in self.workloads.values()]
+        if self.comparator is not None:
+            name, port = self.comparator
+            listed.append({"service": name, "labels": {"app": name}, "address": f"127.0.0.1:{port}"})
+        return listed
 
     def baseline_plan(self, stable: str, canary: str | None = None, weight: int = 0) -> RoutingPlan:
         """Routes for the stack outside any release: everything on `stable` (or a fixed split)."""

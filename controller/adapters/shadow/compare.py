@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +22,11 @@ import httpx
 import numpy as np
 
 from analysis.shadow import ShadowPair
+from controller.core.observation import MirroredPair
 from controller.core.plan import DEFAULT_LANE_HEADER
 
 SEARCH_PATH = "/master-service/search"
+LATENCIES_KEPT = 10_000
 
 
 class AnswerError(RuntimeError):
@@ -78,10 +81,16 @@ class Comparator:
     # other services through the mesh, whose lane routes keep a request in the lane it names, so without it
     # the new version's entry would be answered by the stable version's inner services.
     lane_header: str | None = DEFAULT_LANE_HEADER
-    # Milliseconds of every answered request, per side: the shadow's latency, as extra evidence.
-    latencies_ms: dict[str, list[float]] = field(default_factory=lambda: {"stable": [], "new": []})
+    # Milliseconds of the answered requests, per side (the latest LATENCIES_KEPT): the shadow's latency, as
+    # extra evidence.
+    latencies_ms: dict[str, deque[float]] = field(
+        default_factory=lambda: {"stable": deque(maxlen=LATENCIES_KEPT), "new": deque(maxlen=LATENCIES_KEPT)})
 
     def ask(self, side: str, body: Mapping[str, Any]) -> tuple[str, ...]:
+        return self.ask_served(side, body)[0]
+
+    def ask_served(self, side: str, body: Mapping[str, Any]) -> tuple[tuple[str, ...], str]:
+        """The side's top-k ids for the search, and its `x-served-by` (the versions along its path; "" if none)."""
         base = self.stable if side == "stable" else self.new
         headers = dict(self.headers)
         if self.lane_header:
@@ -95,7 +104,7 @@ class Comparator:
             raise AnswerError(side, f"HTTP {response.status_code}")
         self.latencies_ms[side].append((time.perf_counter() - started) * 1000.0)
         try:
-            return top_ids(response.json(), self.k)
+            return top_ids(response.json(), self.k), response.headers.get("x-served-by", "")
         except ValueError as exc:
             raise AnswerError(side, str(exc)) from None
 
@@ -110,3 +119,9 @@ class Comparator:
         stable = self.ask("stable", body)
         again = self.ask("stable", body)
         return ShadowPair(str(body.get("text", "")), stable, again, self.ask("new", body))
+
+    def mirrored_pair(self, body: Mapping[str, Any]) -> MirroredPair:
+        """`pair`, with the path each answer took."""
+        (stable, s1), (again, s2), (new, s3) = (self.ask_served(side, body) for side in ("stable", "stable", "new"))
+        return MirroredPair(ShadowPair(str(body.get("text", "")), stable, again, new),
+                            {"stable": s1, "stableAgain": s2, "new": s3})

@@ -20,6 +20,8 @@ def requeue_after(spec: ReleaseSpec | None, status: ReleaseStatus, now: float) -
         return max(0.05, min(window_due, max(5.0, spec.strategy.interval / 3)))
     if status.phase is Phase.PENDING and (queued := status.condition("Queued")) and queued.status == "True":
         return 5.0  # queued behind another release: look again every few seconds
+    if status.phase is Phase.SHADOWING:
+        return min(2.0, spec.strategy.interval)  # each tick reads the comparator's new pairs
     if status.phase is Phase.PAUSED:
         return min(2.0, spec.strategy.interval)
     return min(1.0, spec.strategy.interval)

@@ -34,6 +34,8 @@ def desired_plan(spec: ReleaseSpec, status: ReleaseStatus) -> RoutingPlan | None
             return None
         case Phase.INITIALIZING:
             return base
+        case Phase.SHADOWING if spec.shadow is not None:
+            return base.with_shadow(spec.shadow.routes)  # no user on the new version; searches mirrored
         case Phase.PROGRESSING | Phase.PAUSED if spec.experiment is not None:
             return base.with_experiment(spec.experiment.routes)
         case Phase.PROGRESSING | Phase.PAUSED:

@@ -18,6 +18,7 @@ from controller.core.machine.hooks import due, failures, load_tests_to_fire, rec
 from controller.core.machine.ownership import queued_behind, superseded_by
 from controller.core.machine.phases import transition
 from controller.core.machine.revisions import begin_tick
+from controller.core.machine.shadowing import cursor as shadow_cursor
 from controller.core.machine.world import reconcile_world
 from controller.core.observation import Observation, Peer, Wants
 from controller.core.spec.hooks import HookKind
@@ -42,10 +43,11 @@ def wants(spec: ReleaseSpec | None, status: ReleaseStatus, now: float, peers: tu
     if status.phase is Phase.PROGRESSING and status.last_analysis_at is not None \
             and now - status.last_analysis_at >= spec.strategy.interval * WINDOW_SLACK:
         window = (status.last_analysis_at, now)
-    canary_up = status.phase in (Phase.INITIALIZING, Phase.PROGRESSING, Phase.PAUSED) or (
+    canary_up = status.phase in (Phase.INITIALIZING, Phase.SHADOWING, Phase.PROGRESSING, Phase.PAUSED) or (
         status.phase is Phase.PROMOTING and status.scaling_to is not None)
     return Wants(readiness=canary_up, routing=status.phase is not Phase.PENDING, metrics_window=window,
-                 hooks=due(spec, status))
+                 hooks=due(spec, status),
+                 shadow_after=shadow_cursor(status) if status.phase is Phase.SHADOWING else None)
 
 
 def step(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float

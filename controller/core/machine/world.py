@@ -18,7 +18,7 @@ def reconcile_world(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation) 
     actions: list[Action] = []
     canary_images = {s: i for s, i in spec.canary.images.items() if s in spec.changed}
     phase = status.phase
-    if phase in (Phase.INITIALIZING, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING):
+    if phase in (Phase.INITIALIZING, Phase.SHADOWING, Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING):
         actions.append(EnsureWorkloads(spec.canary.version, spec.changed, canary_images))
     # A finished release never writes routes again: its final routes were read back before it finished, and
     # a later release of the same services may have changed them since.

@@ -22,6 +22,7 @@ from analysis.reader import Reader
 from controller.core.plan import DEFAULT_LANE_HEADER
 from controller.core.spec.experiment import ExperimentSpec, parse_ab_test
 from controller.core.spec.hooks import HookSpec, read_hooks
+from controller.core.spec.shadow import ShadowSpec, parse_shadow
 
 SEARCH_STACK = ("master-search", "ml-infer", "ml-search", "keyword", "text-search")
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -126,6 +127,8 @@ class ReleaseSpec:
     experiment: ExperimentSpec | None = None
     # HTTP calls at fixed points of the release (`controller.adapters.http.hooks`): gates, load tests, tell-hooks.
     hooks: tuple[HookSpec, ...] = ()
+    # Set for `strategy.shadow`: mirrored searches compared before the first canary step (docs/shadow.md).
+    shadow: ShadowSpec | None = None
 
     def hooks_of(self, kind: str) -> tuple[HookSpec, ...]:
         return tuple(h for h in self.hooks if h.kind == kind)
@@ -157,6 +160,9 @@ def parse_release(obj: Mapping[str, Any]) -> ReleaseSpec:
     policies = _policies(r, spec.get("policies"))
     lane_header = r.string(spec.get("laneHeader"), "spec.laneHeader", _HEADER, default=DEFAULT_LANE_HEADER,
                            what="a lower-case header name")
+    strategy_fields = spec.get("strategy")
+    shadow = parse_shadow(r, strategy_fields.get("shadow") if isinstance(strategy_fields, Mapping) else None,
+                          lane_header)
     release = ReleaseSpec(
         name=name, namespace=namespace, generation=generation, stack=stack, stable=stable, canary=canary,
         changed=changed, strategy=strategy, analysis=analysis, analysed_services=analysed,
@@ -173,6 +179,7 @@ def parse_release(obj: Mapping[str, Any]) -> ReleaseSpec:
         retry=r.integer(spec.get("retry"), "spec.retry", 0, default=0),
         experiment=experiment,
         hooks=read_hooks(r, spec.get("hooks"), "spec.hooks"),
+        shadow=shadow,
     )
     r.raise_if_problems(InvalidSpec)
     return release
@@ -231,7 +238,9 @@ def _changed(r: Reader, value: Any, canary: Version, stack: Stack) -> tuple[str,
 
 def _strategy(r: Reader, value: Any, stable: str, canary: str, services: Sequence[str]
               ) -> tuple[CanaryStrategy, ExperimentSpec | None]:
-    m = r.fields(value, "spec.strategy", ("canary", "abTest"), required=False)
+    m = r.fields(value, "spec.strategy", ("canary", "abTest", "shadow"), required=False)
+    if "abTest" in m and "shadow" in m:
+        r.problem("spec.strategy.shadow", "a shadow phase goes before canary steps, not before an A/B experiment")
     if "abTest" not in m:
         return _canary_strategy(r, m), None
     if "canary" in m:

@@ -241,14 +241,22 @@ BAD_CASES: list[tuple[str, str, Callable[[Obj], None], str, bool]] = [
         False,
     ),
     ("subset-empty-labels", "dr", _set("spec.subsets.1", "labels", {}), r"needs at least one label", False),
-    # Istio implements these; the local mesh router does not, so it refuses them by name.
+    # A mirror (a shadow phase's, docs/shadow.md) is a Destination and a share of requests.
     (
-        "mirror",
+        "mirror-outside-the-cluster",
         "vs",
-        _set(SPLIT, "mirror", {"host": "master-search", "subset": "canary"}),
-        r"spec\.http\[1\]\.mirror: not supported by the local mesh router",
+        _set(SPLIT, "mirror", {"host": "search.example.com"}),
+        r"spec\.http\[1\]\.mirror\.host: 'search\.example\.com' is not a Kubernetes service",
         False,
     ),
+    (
+        "mirror-percentage-above-100",
+        "vs",
+        _set(SPLIT, "mirrorPercentage", {"value": 120}),
+        r"spec\.http\[1\]\.mirrorPercentage\.value: 120 is not a percentage in 0\.\.100",
+        False,
+    ),
+    # Istio implements these; the local mesh router does not, so it refuses them by name.
     (
         "fault",
         "vs",

@@ -1,0 +1,100 @@
+"""The shadow phase (docs/shadow.md): between Initializing and the first canary step, no user traffic on the new
+version; a share of the searches is mirrored to the comparator, and its pairs of rankings are judged.
+
+`begin` enters the phase; `look` folds the comparator's new pairs into the judge's state kept in the status and
+says what the judge decided. The comparator is read with a cursor (its epoch and the last pair read), so a pair
+is judged once, a restarted controller goes on where its status says, and a restarted comparator (a new epoch)
+is read from its first pair. The phase's first look reads only where the comparator stands: pairs it made
+before this release mirrored anything are not this release's evidence. A pair is judged only when every answer
+was served by the version it stands for (`x-served-by`, on the services the release changes), so a route not
+yet in effect, or a comparator pointed at the wrong place, never passes a shadow phase. Pure: data in, data out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from analysis.shadow import ShadowVerdict, fold, judge, new_state
+from controller.core.machine.actions import Notify, Outcome
+from controller.core.observation import MirroredPair, Observation, ShadowBatch
+from controller.core.spec.release import ReleaseSpec
+from controller.core.status import Phase, ReleaseStatus
+
+# The status of a shadow phase at its first tick: nothing read, nothing judged.
+_FIRST_CURSOR = ("", -1)
+
+
+def begin(spec: ReleaseSpec, status: ReleaseStatus, now: float) -> Outcome:
+    """Enter the shadow phase: the routes mirror searches to the comparator from the next write on."""
+    assert spec.shadow is not None
+    shadow = {"since": now, "epoch": _FIRST_CURSOR[0], "after": _FIRST_CURSOR[1], "state": new_state(),
+              "foreign": 0, "verdict": None}
+    routes = spec.shadow.routes
+    message = (f"shadow: {routes.percent:g}% of searches mirrored to {routes.comparator}; comparing the rankings "
+               f"of {spec.canary.version} with {spec.stable.version}'s")
+    status = replace(status, shadow=shadow)
+    return Outcome(status.with_phase(Phase.SHADOWING, now, message), (Notify("ShadowStarted", message),))
+
+
+def cursor(status: ReleaseStatus) -> tuple[str, int]:
+    """Where the next look reads the comparator from."""
+    shadow = status.shadow or {}
+    return str(shadow.get("epoch", _FIRST_CURSOR[0])), int(shadow.get("after", _FIRST_CURSOR[1]))
+
+
+@dataclass(frozen=True)
+class Look:
+    """A look's result: the status with the pairs folded in, and the judge's verdict on them."""
+
+    status: ReleaseStatus
+    verdict: ShadowVerdict
+    overdue: bool
+
+
+def look(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float) -> Look:
+    assert spec.shadow is not None
+    shadow: dict[str, Any] = dict(status.shadow or {})
+    if obs.shadow is not None:
+        shadow = _read(spec, shadow, obs.shadow)
+        shadow.pop("error", None)
+    elif obs.shadow_error is not None:
+        shadow["error"] = obs.shadow_error
+    verdict = judge(shadow["state"], spec.shadow.judge)
+    shadow["verdict"] = verdict.to_dict()
+    overdue = now - float(shadow.get("since", now)) >= spec.shadow.max_duration
+    return Look(replace(status, shadow=shadow), verdict, overdue)
+
+
+def _read(spec: ReleaseSpec, shadow: dict[str, Any], batch: ShadowBatch) -> dict[str, Any]:
+    """The shadow's record after a look at the comparator."""
+    shadow.update(mirrored=batch.mirrored, dropped=batch.dropped, unanswered=dict(batch.unanswered),
+                  latencyMs={side: None if v is None else dict(v) for side, v in batch.latency_ms.items()})
+    first = shadow["after"] == _FIRST_CURSOR[1] and shadow["epoch"] == _FIRST_CURSOR[0]
+    if first:
+        return {**shadow, "epoch": batch.epoch, "after": batch.head}
+    own = [p for p in batch.pairs if served_as_asked(spec, p)]
+    state = fold(shadow["state"], (p.pair for p in own))
+    return {**shadow, "epoch": batch.epoch, "after": batch.head, "state": state,
+            "foreign": int(shadow.get("foreign", 0)) + len(batch.pairs) - len(own)}
+
+
+def served_as_asked(spec: ReleaseSpec, mirrored: MirroredPair) -> bool:
+    """Whether each answer of a pair was served by its side's version on every changed service it names."""
+    wanted = {"stable": spec.stable.version, "stableAgain": spec.stable.version, "new": spec.canary.version}
+    for side, version in wanted.items():
+        for part in filter(None, mirrored.served.get(side, "").split(",")):
+            service, _, served = part.strip().partition("@")
+            if service in spec.changed and served != version:
+                return False
+    return True
+
+
+def headline(verdict: ShadowVerdict) -> str:
+    """One line for the status message: pairs, mean overlap and its bounds."""
+    if verdict.mean_overlap is None:
+        return "no pairs compared yet"
+    low, high = verdict.difference_bounds
+    return (f"{verdict.pairs} pairs, mean RBO {verdict.mean_overlap:.3f} (stable with itself "
+            f"{verdict.mean_noise:.3f}), difference {verdict.difference:.3f} in [{low:.3f}, {high:.3f}], "
+            f"margin {verdict.margin:.3f}")
