@@ -115,8 +115,8 @@ class ShadowConfig:
 
 def new_state() -> dict[str, Any]:
     """The judge's state: JSON, kept in the release's status between looks."""
-    return {"n": 0, "sx": 0.0, "sxx": 0.0, "overlap": 0.0, "noise": 0.0, "top1Changed": 0, "top1Noise": 0,
-            "histogram": [0] * OVERLAP_BINS, "worst": []}
+    return {"n": 0, "sx": 0.0, "sxx": 0.0, "overlap": 0.0, "overlapSq": 0.0, "noise": 0.0, "top1Changed": 0,
+            "top1Noise": 0, "histogram": [0] * OVERLAP_BINS, "worst": []}
 
 
 def fold(state: Mapping[str, Any], pairs: Iterable[ShadowPair]) -> dict[str, Any]:
@@ -129,6 +129,8 @@ def fold(state: Mapping[str, Any], pairs: Iterable[ShadowPair]) -> dict[str, Any
         out["sx"] += x
         out["sxx"] += x * x
         out["overlap"] += overlap
+        if "overlapSq" in out:  # a state from before it keeps none rather than a partial sum
+            out["overlapSq"] += overlap * overlap
         out["noise"] += noise
         out["top1Changed"] += _top1(pair.stable) != _top1(pair.new)
         out["top1Noise"] += _top1(pair.stable) != _top1(pair.stable_again)
@@ -186,6 +188,9 @@ class ShadowVerdict:
     reason: str
     pairs: int
     mean_overlap: float | None
+    # The mean overlap's confidence sequence at alpha (the same bound, on 1 - overlap), shown beside the estimate;
+    # the decision is on the difference beyond noise (`difference_bounds`). None for a state older than it.
+    mean_overlap_bounds: tuple[float, float] | None
     mean_noise: float | None
     difference: float | None  # the estimate of D = E[noise - overlap]
     difference_bounds: tuple[float, float]
@@ -201,7 +206,9 @@ class ShadowVerdict:
 
     def to_dict(self) -> dict[str, Any]:
         return {"decision": self.decision, "reason": self.reason, "pairs": self.pairs,
-                "meanOverlap": self.mean_overlap, "meanNoiseOverlap": self.mean_noise,
+                "meanOverlap": self.mean_overlap,
+                "meanOverlapBounds": None if self.mean_overlap_bounds is None else list(self.mean_overlap_bounds),
+                "meanNoiseOverlap": self.mean_noise,
                 "difference": self.difference, "differenceBounds": list(self.difference_bounds),
                 "margin": self.margin, "harmEValue": self.harm_evalue, "safetyEValue": self.safety_evalue,
                 "threshold": self.threshold, "top1Changed": self.top1_changed, "top1ChangedNoise": self.top1_noise,
@@ -219,13 +226,23 @@ def judge(state: Mapping[str, Any], config: ShadowConfig) -> ShadowVerdict:
     decision, reason = _decide(n, harm, safe, threshold, config)
     return ShadowVerdict(
         decision=decision, reason=reason, pairs=n,
-        mean_overlap=state["overlap"] / n if n else None, mean_noise=state["noise"] / n if n else None,
+        mean_overlap=state["overlap"] / n if n else None, mean_overlap_bounds=_overlap_bounds(state, config.alpha),
+        mean_noise=state["noise"] / n if n else None,
         difference=estimate, difference_bounds=(lower, upper), margin=m,
         harm_evalue=_exp(harm), safety_evalue=_exp(safe), threshold=threshold,
         top1_changed=state["top1Changed"] / n if n else None, top1_noise=state["top1Noise"] / n if n else None,
         pairs_needed=None if estimate is None else requests_needed(n, estimate, upper, m),
         histogram=list(state["histogram"]), worst=list(state["worst"]),
     )
+
+
+def _overlap_bounds(state: Mapping[str, Any], alpha: float) -> tuple[float, float] | None:
+    """The mean overlap's bounds: `bounds` on z = 1 - overlap in [0, 1] (its sums from n, sum and sum of squares)."""
+    if "overlapSq" not in state:
+        return None
+    n, so, soo = int(state["n"]), float(state["overlap"]), float(state["overlapSq"])
+    lower, upper = bounds(n, n - so, n - 2.0 * so + soo, alpha)
+    return max(0.0, round(1.0 - upper, 4)), min(1.0, round(1.0 - lower, 4))
 
 
 def _decide(n: int, harm: float, safe: float, threshold: float, config: ShadowConfig) -> tuple[str, str]:

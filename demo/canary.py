@@ -197,6 +197,7 @@ def shadow_summary(status: ReleaseStatus) -> dict[str, Any] | None:
     if decided is not None and decided.status != "Unknown" and shadow.get("since") is not None:
         seconds = round(decided.last_transition - float(shadow["since"]), 1)
     return {"verdict": verdict["decision"], "pairs": verdict["pairs"], "mean_overlap": verdict["meanOverlap"],
+            "mean_overlap_bounds": verdict.get("meanOverlapBounds"),
             "mean_noise_overlap": verdict["meanNoiseOverlap"], "difference": verdict["difference"],
             "difference_bounds": list(verdict["differenceBounds"]), "margin": verdict["margin"],
             "top1_changed": verdict["top1Changed"], "reason": verdict["reason"], "seconds": seconds,
@@ -268,6 +269,7 @@ def _summary_text(r: dict[str, Any]) -> str:
     shadow_line = [] if not shadow else [
         f"  shadow phase: {shadow['verdict']} after {shadow['pairs']} pairs in {secs(shadow['seconds'])}: mean RBO "
         f"{shadow['mean_overlap'] if shadow['mean_overlap'] is None else round(shadow['mean_overlap'], 3)} "
+        f"in {shadow['mean_overlap_bounds']} "
         f"(margin {shadow['margin']:.2f} beyond the stable version's own noise)"]
     return "\n".join([
         "",

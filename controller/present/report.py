@@ -276,7 +276,8 @@ def _shadow_section(v: _View) -> str:
     low, high = [*_seq(verdict.get("differenceBounds")), None, None][:2]
     facts = (f'<p><span class="v-{escape(decision)}">{escape(decision.upper())}</span> after '
              f"{escape(_num(verdict.get('pairs'), '{:.0f}'))} pairs of answers: mean RBO "
-             f"{escape(_num(verdict.get('meanOverlap')))} against the stable version's "
+             f"{escape(_num(verdict.get('meanOverlap')))}{escape(_within(verdict.get('meanOverlapBounds')))} against "
+             "the stable version's "
              f"{escape(_num(verdict.get('meanNoiseOverlap')))} with itself; difference "
              f"{escape(_num(verdict.get('difference')))} in [{escape(_num(low))}, {escape(_num(high))}] against the "
              f"margin {escape(_num(verdict.get('margin')))}. {escape(str(verdict.get('reason', '')))}.</p>")
@@ -294,6 +295,11 @@ def _shadow_section(v: _View) -> str:
              f"(top-k)</th></tr>{rows}</table>") if rows else ""
     return (f"<h2>Shadow phase: rankings compared</h2>{facts}<div class=\"card\">{chart}</div>"
             f"<h3>The searches whose answers differ most</h3>{table}")
+
+
+def _within(interval: Any) -> str:
+    bounds = [_float(x) for x in _seq(interval)]
+    return f" in [{_num(bounds[0])}, {_num(bounds[1])}]" if len(bounds) == 2 else ""
 
 
 def _decision_log(v: _View) -> str:

@@ -184,7 +184,9 @@ def shadow_lines(status: ReleaseStatus, examples: int = 3) -> list[str]:
              f"{shadow.get('dropped', 0)} dropped, {shadow.get('foreign', 0)} not served by the versions asked)"]
     if v["meanOverlap"] is not None:
         low, high = v["differenceBounds"]
-        lines.append(f"    mean RBO {v['meanOverlap']:.3f} (stable with itself {v['meanNoiseOverlap']:.3f}), "
+        within = v.get("meanOverlapBounds")
+        where = f" in [{within[0]:.3f}, {within[1]:.3f}]" if within else ""
+        lines.append(f"    mean RBO {v['meanOverlap']:.3f}{where} (stable with itself {v['meanNoiseOverlap']:.3f}), "
                      f"top result changed {100 * v['top1Changed']:.0f}%; difference {v['difference']:.3f} "
                      f"in [{low:.3f}, {high:.3f}], margin {v['margin']:.3f} -> {v['decision'].upper()}")
         hist = v.get("overlapHistogram") or []

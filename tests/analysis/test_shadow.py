@@ -182,3 +182,23 @@ def test_fold_does_not_change_the_state_it_is_given() -> None:
 def test_a_min_overlap_outside_0_1_is_refused(bad: float) -> None:
     with pytest.raises(ValueError, match="minOverlap"):
         ShadowConfig(min_overlap=bad)
+
+
+def test_the_mean_overlap_has_a_confidence_sequence_that_covers_it() -> None:
+    """The mean overlap is shown with its interval (the same bound, on 1 - overlap): at every look of 200 releases
+    of 300 pairs, the interval holds the mean overlap of the pairs' generator in at least 1 - alpha of them."""
+    rng = np.random.default_rng(7)
+    truth = float(np.mean([p.overlap() for p in pairs(rng, 20_000, 3)]))
+    missed = 0
+    for _ in range(200):
+        state, ever_missed = new_state(), False
+        for _look in range(30):
+            state = fold(state, pairs(rng, 10, 3))
+            low, high = judge(state, ShadowConfig()).mean_overlap_bounds or (0.0, 0.0)
+            ever_missed |= not low <= truth <= high
+        missed += ever_missed
+        assert low <= state["overlap"] / state["n"] <= high
+    assert missed <= 10  # alpha 0.05 of 200, over 30 looks each
+    old = {k: v for k, v in fold(new_state(), pairs(rng, 30, 3)).items() if k != "overlapSq"}
+    assert judge(old, ShadowConfig()).mean_overlap_bounds is None  # a state from before it: no partial sum
+    assert "overlapSq" not in fold(old, pairs(rng, 5, 3))

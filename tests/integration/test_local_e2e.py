@@ -259,6 +259,8 @@ def test_degraded_rankings_are_stopped_in_the_shadow_phase_before_any_user_sees_
     low, high = shadow["difference_bounds"]
     assert shadow["margin"] < low <= shadow["difference"] <= high
     assert shadow["mean_overlap"] < 0.5 and shadow["mean_noise_overlap"] == 1.0
+    low, high = shadow["mean_overlap_bounds"]
+    assert low <= shadow["mean_overlap"] <= high < 0.8
     assert result["final_routes"] == {"canary_weight": 0, "services": {
         s: {"stable": "v1", "canary": None} for s in SEARCH_SERVICES}}, result["final_routes"]
     assert not [p for p in stack_pids(tmp_path) if alive(p)]

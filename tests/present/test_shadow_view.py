@@ -30,7 +30,7 @@ def _status() -> ReleaseStatus:
 def test_canary_get_shows_what_the_shadow_judge_compared() -> None:
     text = "\n".join(panel(parse_release(RELEASE), _status(), now=10.0))
     assert "shadow: 80 pairs compared (45 searches mirrored, 1 dropped, 2 not served by the versions asked)" in text
-    assert "mean RBO 0.250 (stable with itself 1.000), top result changed 75%" in text
+    assert "mean RBO 0.250 in [0.0" in text and "(stable with itself 1.000), top result changed 75%" in text
     assert "margin 0.200 -> FAIL" in text
     assert "answers to the comparator: stable p50 12.5 p90 30 ms, 0 unanswered; new p50 13 p90 31 ms, 3 unanswered" \
         in text
@@ -41,7 +41,7 @@ def test_canary_get_shows_what_the_shadow_judge_compared() -> None:
 def test_the_report_shows_the_overlaps_and_the_most_different_searches_escaped() -> None:
     html = render_report(RELEASE, _status().for_storage())
     assert "<h2>Shadow phase: rankings compared</h2>" in html
-    assert '<span class="v-fail">FAIL</span> after 80 pairs' in html
+    assert '<span class="v-fail">FAIL</span> after 80 pairs of answers: mean RBO 0.25 in [0.' in html
     assert "&lt;x0&gt;, &lt;x1&gt;" in html and "<x0>" not in html
     assert html.count("<tr><td>query ") == 5
     # A release without a shadow phase has no such section.
