@@ -201,6 +201,8 @@ def shadow_summary(status: ReleaseStatus) -> dict[str, Any] | None:
             "mean_noise_overlap": verdict["meanNoiseOverlap"], "difference": verdict["difference"],
             "difference_bounds": list(verdict["differenceBounds"]), "margin": verdict["margin"],
             "top1_changed": verdict["top1Changed"], "reason": verdict["reason"], "seconds": seconds,
+            "score_drift": (shadow.get("scoreDrift") or {}).get("mean"),
+            "score_drift_noise": (shadow.get("scoreDrift") or {}).get("noiseMean"),
             "mirrored": shadow.get("mirrored"), "foreign_pairs": shadow.get("foreign")}
 
 

@@ -73,6 +73,10 @@ class MirroredPair:
 
     pair: ShadowPair
     served: Mapping[str, str] = field(default_factory=dict)
+    # How much the scores of the documents both answers rank moved (mean relative change): new against stable,
+    # and stable's second answer against its first (the noise); None when the answers share no document.
+    score_drift: float | None = None
+    score_drift_noise: float | None = None
 
 
 @dataclass(frozen=True)

@@ -195,6 +195,10 @@ def shadow_lines(status: ReleaseStatus, examples: int = 3) -> list[str]:
     for worst in (v.get("mostDifferent") or [])[:examples]:
         lines.append(f"    RBO {worst.get('overlap', 0):.2f} {str(worst.get('query', ''))[:40]!r}: stable "
                      f"{list(worst.get('stable', []))[:3]} new {list(worst.get('new', []))[:3]}")
+    drift = shadow.get("scoreDrift") or {}
+    if drift.get("n"):
+        lines.append(f"    score drift of the documents both rank: {_num(drift.get('mean'))} (stable with itself "
+                     f"{_num(drift.get('noiseMean'))}) over {drift['n']} pairs")
     latency = shadow.get("latencyMs") or {}
     if any(latency.values()):
         unanswered = shadow.get("unanswered") or {}

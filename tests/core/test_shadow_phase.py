@@ -179,6 +179,18 @@ def test_recorded_only_goes_on_at_max_duration_whatever_the_rankings() -> None:
     assert status.shadow is not None and status.shadow["state"]["n"] == 40
 
 
+def test_score_drift_is_summed_beside_the_judge_from_the_pairs_that_have_one() -> None:
+    sp = spec()
+    status = shadowing(sp)
+    status, _ = look(sp, status, ShadowBatch("e1", head=0), NOW + 2)
+    drifting = tuple(replace(p, score_drift=0.5, score_drift_noise=0.1) for p in pairs(4, SAME))
+    status, _ = look(sp, status, ShadowBatch("e1", head=6, pairs=(*drifting, *pairs(2, OTHER))), NOW + 4)
+    assert status.shadow is not None
+    assert status.shadow["scoreDrift"] == {"n": 4, "sum": 2.0, "noiseSum": pytest.approx(0.4), "mean": 0.5,
+                                           "noiseMean": pytest.approx(0.1)}
+    assert status.shadow["state"]["n"] == 6  # the judge has every pair; the drift only those with one
+
+
 def test_the_shadow_survives_storage() -> None:
     sp = spec()
     status = shadowing(sp)

@@ -23,7 +23,8 @@ def _status() -> ReleaseStatus:
     verdict = judge(fold(new_state(), pairs), ShadowConfig())
     shadow = {"verdict": verdict.to_dict(), "mirrored": 45, "dropped": 1, "foreign": 2,
               "latencyMs": {"stable": {"p50": 12.5, "p90": 30.0}, "new": {"p50": 13.0, "p90": 31.0}},
-              "unanswered": {"stable": 0, "new": 3}}
+              "unanswered": {"stable": 0, "new": 3},
+              "scoreDrift": {"n": 20, "sum": 7.0, "noiseSum": 0.0, "mean": 0.35, "noiseMean": 0.0}}
     return ReleaseStatus(phase=Phase.ROLLED_BACK, shadow=shadow, started_at=1.0, phase_since=2.0, message="shadow")
 
 
@@ -32,6 +33,7 @@ def test_canary_get_shows_what_the_shadow_judge_compared() -> None:
     assert "shadow: 80 pairs compared (45 searches mirrored, 1 dropped, 2 not served by the versions asked)" in text
     assert "mean RBO 0.250 in [0.0" in text and "(stable with itself 1.000), top result changed 75%" in text
     assert "margin 0.200 -> FAIL" in text
+    assert "score drift of the documents both rank: 0.35 (stable with itself 0) over 20 pairs" in text
     assert "answers to the comparator: stable p50 12.5 p90 30 ms, 0 unanswered; new p50 13 p90 31 ms, 3 unanswered" \
         in text
     assert "overlap 0.0..1.0: 60 0 0 0 0 0 0 0 0 0 20" in text

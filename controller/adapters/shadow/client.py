@@ -55,7 +55,9 @@ def batch_from_json(data: Mapping[str, Any]) -> ShadowBatch:
     it is not one."""
     pairs = tuple(
         MirroredPair(ShadowPair(str(p["query"]), _ids(p["stable"]), _ids(p["stableAgain"]), _ids(p["new"])),
-                     {str(k): str(v) for k, v in dict(p.get("served") or {}).items()})
+                     {str(k): str(v) for k, v in dict(p.get("served") or {}).items()},
+                     score_drift=_optional_float(p.get("scoreDrift")),
+                     score_drift_noise=_optional_float(p.get("scoreDriftNoise")))
         for p in data["pairs"])
     latency = {str(side): None if v is None else {str(k): float(x) for k, x in dict(v).items()}
                for side, v in dict(data.get("latencyMs") or {}).items()}
@@ -63,6 +65,10 @@ def batch_from_json(data: Mapping[str, Any]) -> ShadowBatch:
                        mirrored=int(data.get("mirrored", 0)), dropped=int(data.get("dropped", 0)),
                        unanswered={str(k): int(v) for k, v in dict(data.get("unanswered") or {}).items()},
                        latency_ms=latency)
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _ids(value: Any) -> tuple[str, ...]:

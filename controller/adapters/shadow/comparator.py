@@ -7,7 +7,8 @@ shadow phase's own entry routes), and keeps the three top-k lists with the path 
 (`x-served-by`) under a sequence number. The controller reads them with a cursor:
 
     GET /shadow/pairs?epoch=E&after=N  ->  {"epoch", "head", "pairs": [{"seq", "query", "stable", "stableAgain",
-                                             "new", "served"}], "mirrored", "dropped", "ignored",
+                                             "new", "served", "scoreDrift", "scoreDriftNoise"}],
+                                             "mirrored", "dropped", "ignored",
                                              "unanswered": {"stable", "new"}, "latencyMs": {"stable", "new"}}
 
 `after=-1` returns no pairs, only where the log stands (`head`); an epoch other than the comparator's (it
@@ -90,7 +91,8 @@ class PairLog:
 def _pair_json(seq: int, mirrored: MirroredPair) -> dict[str, Any]:
     p = mirrored.pair
     return {"seq": seq, "query": p.query, "stable": list(p.stable), "stableAgain": list(p.stable_again),
-            "new": list(p.new), "served": dict(mirrored.served)}
+            "new": list(p.new), "served": dict(mirrored.served), "scoreDrift": mirrored.score_drift,
+            "scoreDriftNoise": mirrored.score_drift_noise}
 
 
 @dataclass

@@ -45,6 +45,24 @@ def top_ids(answer: object, k: int) -> tuple[str, ...]:
     return tuple(str(doc) for doc in list(answer)[:k])
 
 
+@dataclass(frozen=True)
+class Answer:
+    """One version's answer to a search: its top-k document ids, their scores, and `x-served-by` ("" if none)."""
+
+    ids: tuple[str, ...]
+    scores: Mapping[str, float]
+    served: str = ""
+
+
+def score_drift(before: Mapping[str, float], after: Mapping[str, float]) -> float | None:
+    """How much the scores of the documents both answers rank moved: the mean of |after - before| / |before|
+    over the documents in both (a score of 0 counts its absolute change); None when they share none."""
+    shared = [doc for doc in before if doc in after]
+    if not shared:
+        return None
+    return float(np.mean([abs(after[d] - before[d]) / (abs(before[d]) or 1.0) for d in shared]))
+
+
 def read_searches(path: Path, k: int) -> list[dict[str, Any]]:
     """The searches of a file, one per line: a JSON object (a search request as sent) or plain query text
     (sent as {"text": line, "n_results": k, "random_seed": 0}). ValueError naming the line when one is bad."""
@@ -87,10 +105,10 @@ class Comparator:
         default_factory=lambda: {"stable": deque(maxlen=LATENCIES_KEPT), "new": deque(maxlen=LATENCIES_KEPT)})
 
     def ask(self, side: str, body: Mapping[str, Any]) -> tuple[str, ...]:
-        return self.ask_served(side, body)[0]
+        return self.answer(side, body).ids
 
-    def ask_served(self, side: str, body: Mapping[str, Any]) -> tuple[tuple[str, ...], str]:
-        """The side's top-k ids for the search, and its `x-served-by` (the versions along its path; "" if none)."""
+    def answer(self, side: str, body: Mapping[str, Any]) -> Answer:
+        """The side's answer to the search: top-k ids and scores, and its `x-served-by`."""
         base = self.stable if side == "stable" else self.new
         headers = dict(self.headers)
         if self.lane_header:
@@ -104,9 +122,11 @@ class Comparator:
             raise AnswerError(side, f"HTTP {response.status_code}")
         self.latencies_ms[side].append((time.perf_counter() - started) * 1000.0)
         try:
-            return top_ids(response.json(), self.k), response.headers.get("x-served-by", "")
+            ranking = response.json()
+            ids = top_ids(ranking, self.k)
         except ValueError as exc:
             raise AnswerError(side, str(exc)) from None
+        return Answer(ids, {doc: float(ranking[doc]) for doc in ids}, response.headers.get("x-served-by", ""))
 
     def latency_summary(self) -> dict[str, dict[str, float] | None]:
         """Per side: the median and 90th percentile of its answered requests' milliseconds (None before any)."""
@@ -121,7 +141,10 @@ class Comparator:
         return ShadowPair(str(body.get("text", "")), stable, again, self.ask("new", body))
 
     def mirrored_pair(self, body: Mapping[str, Any]) -> MirroredPair:
-        """`pair`, with the path each answer took."""
-        (stable, s1), (again, s2), (new, s3) = (self.ask_served(side, body) for side in ("stable", "stable", "new"))
-        return MirroredPair(ShadowPair(str(body.get("text", "")), stable, again, new),
-                            {"stable": s1, "stableAgain": s2, "new": s3})
+        """`pair`, with the path each answer took and the drift of the scores (new against stable, and stable's
+        second answer against its first: the noise)."""
+        stable, again, new = (self.answer(side, body) for side in ("stable", "stable", "new"))
+        return MirroredPair(ShadowPair(str(body.get("text", "")), stable.ids, again.ids, new.ids),
+                            {"stable": stable.served, "stableAgain": again.served, "new": new.served},
+                            score_drift=score_drift(stable.scores, new.scores),
+                            score_drift_noise=score_drift(stable.scores, again.scores))

@@ -12,6 +12,7 @@ yet in effect, or a comparator pointed at the wrong place, never passes a shadow
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -76,7 +77,21 @@ def _read(spec: ReleaseSpec, shadow: dict[str, Any], batch: ShadowBatch) -> dict
     own = [p for p in batch.pairs if served_as_asked(spec, p)]
     state = fold(shadow["state"], (p.pair for p in own))
     return {**shadow, "epoch": batch.epoch, "after": batch.head, "state": state,
-            "foreign": int(shadow.get("foreign", 0)) + len(batch.pairs) - len(own)}
+            "foreign": int(shadow.get("foreign", 0)) + len(batch.pairs) - len(own),
+            "scoreDrift": _drift(shadow.get("scoreDrift"), own)}
+
+
+def _drift(before: Mapping[str, Any] | None, pairs: list[MirroredPair]) -> dict[str, Any]:
+    """The score drift's running sums (extra evidence, not judged): pairs with one, the sum of new-against-stable
+    and of stable-against-itself, and the means."""
+    sums = dict(before or {"n": 0, "sum": 0.0, "noiseSum": 0.0})
+    for p in pairs:
+        if p.score_drift is not None and p.score_drift_noise is not None:
+            sums["n"] += 1
+            sums["sum"] += p.score_drift
+            sums["noiseSum"] += p.score_drift_noise
+    n = sums["n"]
+    return {**sums, "mean": sums["sum"] / n if n else None, "noiseMean": sums["noiseSum"] / n if n else None}
 
 
 def served_as_asked(spec: ReleaseSpec, mirrored: MirroredPair) -> bool:

@@ -20,6 +20,7 @@ import pytest
 from analysis.shadow import ShadowPair
 from controller.adapters.shadow.client import HttpShadowPairs, batch_from_json
 from controller.adapters.shadow.comparator import PairLog, Settings, serve
+from controller.adapters.shadow.compare import score_drift
 from controller.core.observation import MirroredPair
 from controller.core.plan import ShadowRoutes
 from controller.ports import TemporaryError
@@ -101,6 +102,7 @@ def _read_pairs(comparator: str, source: HttpShadowPairs) -> None:
     assert one.pair.stable == one.pair.stable_again == tuple(f"d{i}" for i in range(10))
     assert one.pair.new == tuple(f"n{i}" for i in range(10))
     assert one.served == {"stable": "master-search@v1", "stableAgain": "master-search@v1", "new": "master-search@v2"}
+    assert one.score_drift is None and one.score_drift_noise == 0.0  # no document in common; stable repeats itself
     assert batch.head == 5 and batch.mirrored == 6 and batch.dropped == 0
     # Each search: stable twice, new once, all to the entry's Host; the failed one is counted, not paired.
     assert source.pairs("search", ROUTES, batch.epoch, batch.head).pairs == ()
@@ -118,6 +120,12 @@ def test_what_is_not_a_search_is_counted_and_let_go(comparator: str) -> None:
     answer = httpx.get(f"{comparator}/shadow/pairs", params={"after": -1}, timeout=5).json()
     assert answer["ignored"] == 2 and answer["mirrored"] == 0
     assert httpx.get(f"{comparator}/shadow/pairs", params={"after": "x"}, timeout=5).status_code == 400
+
+
+def test_score_drift_is_the_mean_relative_change_of_the_documents_both_rank() -> None:
+    assert score_drift({"a": 2.0, "b": 4.0, "c": 1.0}, {"b": 5.0, "a": 2.0, "z": 9.0}) == pytest.approx(0.125)
+    assert score_drift({"a": 0.0}, {"a": 0.5}) == 0.5  # a zero score counts its absolute change
+    assert score_drift({"a": 1.0}, {"b": 1.0}) is None
 
 
 def test_the_log_keeps_the_last_pairs_and_pages_a_long_read() -> None:
