@@ -1,7 +1,7 @@
 """The release state machine: `step(spec, status, observation, now) -> (status, actions)`. Pure: it reads
 no clock and calls no network.
 
-Phases: Pending -> Initializing -> Progressing (<-> Paused) -> Promoting -> Succeeded, or
+Phases: Pending -> Initializing (-> Shadowing) -> Progressing (<-> Paused) -> Promoting -> Succeeded, or
 -> RollingBack -> RolledBack | Aborted | Failed. Failed also ends a release whose spec is invalid before
 it started; an invalid spec on a release in flight holds it where it is (see `invalid_spec`).
 
@@ -15,7 +15,8 @@ its modules, each importing its siblings directly (never this package), lowest f
 - `analysing`: judging an analysis window; `moves`: entering a step, promoting (or gating), rolling back;
 - `capacity`: the new version scaled for a weight before it gets it, and held (not rolled back) while short
   of ready pods, until the progress deadline;
-- `experiment`: the A/B experiment's looks; `revisions`: restarts and the operator's overrides;
+- `experiment`: the A/B experiment's looks; `shadowing`: the shadow phase (mirrored searches' rankings judged
+  before the first step); `revisions`: restarts and the operator's overrides;
 - `phases`: the canary's transition per phase; `step`: `wants`, `step`, `invalid_spec`;
 - `requeue`: when a release wants its next tick; `headline`: `summary`, a release's headline numbers.
 """

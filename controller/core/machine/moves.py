@@ -23,6 +23,20 @@ def enter_step(spec: ReleaseSpec, status: ReleaseStatus, index: int, now: float)
                                                              f"{weight}% before moving traffic"))
 
 
+def first_step(spec: ReleaseSpec, status: ReleaseStatus, now: float) -> Outcome:
+    """The release's first canary step, at once (the new version started at its size)."""
+    return apply_step_weight(spec, enter_step(spec, status, 0, now).status, now)
+
+
+def hold_inconclusive(status: ReleaseStatus, condition: str, holding: str, why: str, now: float) -> Outcome:
+    """Hold past a deadline without a decision: condition `condition` Unknown/Inconclusive, and a warning
+    (`<condition>Inconclusive`) only when the hold begins."""
+    held = status.condition(condition)
+    notices = () if held is not None and held.reason == "Inconclusive" else (
+        Notify(f"{condition}Inconclusive", f"{holding}: {why}", True),)
+    return Outcome(status.with_condition(condition, "Unknown", "Inconclusive", why, now), notices)
+
+
 def apply_step_weight(spec: ReleaseSpec, status: ReleaseStatus, now: float) -> Outcome:
     """The new version is ready for the step's weight: move it (`scaling_to` -> `canary_weight`)."""
     index, weight = status.step, status.scaling_to if status.scaling_to is not None else status.canary_weight

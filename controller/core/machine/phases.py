@@ -1,6 +1,6 @@
 """The canary release's phase transitions: one function per phase, and `transition` that picks it.
 
-Pending -> Initializing -> Progressing (<-> Paused) -> Promoting -> Succeeded, or -> RollingBack ->
+Pending -> Initializing (-> Shadowing) -> Progressing (<-> Paused) -> Promoting -> Succeeded, or -> RollingBack ->
 RolledBack | Aborted | Failed. An experiment shares the phases and hands its looks to `experiment`; an
 abort and the operator's overrides (`revisions.operator_override`) go before the phase's own transition.
 Each transition returns an `Outcome`: the new status and the actions it decided.
@@ -18,12 +18,18 @@ from controller.core.machine.capacity import check_capacity
 from controller.core.machine.experiment import look as look_at_experiment
 from controller.core.machine.experiment import start as start_experiment
 from controller.core.machine.hooks import awaiting_confirmation, pre_rollout_gate
-from controller.core.machine.moves import apply_step_weight, enter_step, promote_or_gate, roll_back
+from controller.core.machine.moves import (
+    apply_step_weight,
+    enter_step,
+    first_step,
+    hold_inconclusive,
+    promote_or_gate,
+    roll_back,
+)
 from controller.core.machine.revisions import operator_override
 from controller.core.machine.routes import base_plan, desired_plan
 from controller.core.machine.shadowing import begin as begin_shadow
-from controller.core.machine.shadowing import headline as shadow_headline
-from controller.core.machine.shadowing import look as look_at_shadow
+from controller.core.machine.shadowing import transition as shadow_transition
 from controller.core.observation import Observation, Readiness
 from controller.core.spec.release import ReleaseSpec
 from controller.core.status import Phase, ReleaseStatus
@@ -40,7 +46,7 @@ def transition(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: 
         case Phase.INITIALIZING:
             return _initializing(spec, status, obs, now)
         case Phase.SHADOWING:
-            return _shadowing(spec, status, obs, now)
+            return shadow_transition(spec, status, obs, now)
         case Phase.PROGRESSING:
             return _progressing(spec, status, obs, now)
         case Phase.PAUSED:
@@ -107,56 +113,7 @@ def _initializing(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, no
         return start_experiment(spec, status, now).after(ready)
     if spec.shadow is not None:
         return begin_shadow(spec, status, now).after(ready)
-    return _first_step(spec, status, now).after(ready)
-
-
-def _first_step(spec: ReleaseSpec, status: ReleaseStatus, now: float) -> Outcome:
-    return apply_step_weight(spec, enter_step(spec, status, 0, now).status, now)
-
-
-def _shadowing(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float) -> Outcome:
-    """Judge the comparator's new pairs: fail ends the release before any user traffic moved; pass goes to the
-    first step; with `enforce: false` the phase records for `maxDuration` and goes on."""
-    assert spec.shadow is not None
-    broken = {s: r for s, r in (obs.readiness or {}).items() if r.failed}
-    if broken:
-        why = "; ".join(f"{s}: {r.reason}" for s, r in broken.items())
-        return roll_back(status, now, Phase.FAILED, "CanaryFailed", f"new version cannot serve: {why}")
-    if obs.shadow is None and obs.shadow_error is None:
-        return Outcome(status)
-    seen = look_at_shadow(spec, status, obs, now)
-    status, verdict, line = seen.status, seen.verdict, shadow_headline(seen.verdict)
-    if verdict.decision == "fail":
-        status = status.with_condition("Shadow", "False", "RankingsDiffer", f"{verdict.reason}: {line}", now)
-        return roll_back(status, now, Phase.ROLLED_BACK, "ShadowFailed", f"shadow: {verdict.reason}; {line}",
-                         decided=True)
-    if verdict.decision == "pass" or (seen.overdue and not spec.shadow.judge.enforce):
-        reason = "Passed" if verdict.decision == "pass" else "Recorded"
-        status = status.with_condition("Shadow", "True", reason, f"{verdict.reason}: {line}", now)
-        return _first_step(spec, status, now).after(Notify(f"Shadow{reason}", f"{verdict.reason}: {line}"))
-    if seen.overdue:
-        return _shadow_overdue(spec, status, f"{verdict.reason}: {line}", now)
-    if obs.shadow_error is not None:
-        status = status.with_condition("Shadow", "Unknown", "ComparatorUnreachable", obs.shadow_error, now)
-    return Outcome(status.with_phase(Phase.SHADOWING, now, f"shadow: {line}"))
-
-
-def _shadow_overdue(spec: ReleaseSpec, status: ReleaseStatus, why: str, now: float) -> Outcome:
-    """No decision by `maxDuration`: roll back, continue to the first step, or hold and keep comparing."""
-    match spec.policies.on_inconclusive:
-        case "rollback":
-            return roll_back(status, now, Phase.ROLLED_BACK, "ShadowInconclusive",
-                             f"shadow: no decision by maxDuration: {why}", decided=True)
-        case "continue":
-            status = status.with_condition("Shadow", "Unknown", "Inconclusive", why, now)
-            return _first_step(spec, status, now).after(
-                Notify("ShadowInconclusive", f"continuing to the first step without a shadow pass: {why}", True))
-        case _:
-            shadow = status.condition("Shadow")
-            notices = () if shadow is not None and shadow.reason == "Inconclusive" else (
-                Notify("ShadowInconclusive", f"holding in the shadow phase: {why}", True),)
-            status = status.with_condition("Shadow", "Unknown", "Inconclusive", why, now)
-            return Outcome(status.with_phase(Phase.SHADOWING, now, f"shadow (past maxDuration): {why}"), notices)
+    return first_step(spec, status, now).after(ready)
 
 
 def _progressing(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float) -> Outcome:
@@ -239,11 +196,8 @@ def _overdue(spec: ReleaseSpec, status: ReleaseStatus, why: str, now: float) -> 
             return _advance(spec, status, now).after(
                 Notify("AnalysisInconclusive", f"continuing without a pass: {why}", True))
         case _:
-            analysis = status.condition("Analysis")
-            notices = () if analysis is not None and analysis.reason == "Inconclusive" else (
-                Notify("AnalysisInconclusive", f"holding at {status.canary_weight}%: {why}", True),)
-            status = status.with_condition("Analysis", "Unknown", "Inconclusive", why, now)
-            return Outcome(note_action(status, "hold"), notices)
+            held = hold_inconclusive(status, "Analysis", f"holding at {status.canary_weight}%", why, now)
+            return Outcome(note_action(held.status, "hold"), held.actions)
 
 
 def _advance(spec: ReleaseSpec, status: ReleaseStatus, now: float) -> Outcome:

@@ -2,12 +2,14 @@
 version; a share of the searches is mirrored to the comparator, and its pairs of rankings are judged.
 
 `begin` enters the phase; `look` folds the comparator's new pairs into the judge's state kept in the status and
-says what the judge decided. The comparator is read with a cursor (its epoch and the last pair read), so a pair
-is judged once, a restarted controller goes on where its status says, and a restarted comparator (a new epoch)
-is read from its first pair. The phase's first look reads only where the comparator stands: pairs it made
-before this release mirrored anything are not this release's evidence. A pair is judged only when every answer
-was served by the version it stands for (`x-served-by`, on the services the release changes), so a route not
-yet in effect, or a comparator pointed at the wrong place, never passes a shadow phase. Pure: data in, data out.
+says what the judge decided; `transition` acts on it (fail: roll back; pass: the first step; no decision by
+`maxDuration`: `policies.onInconclusive`). The comparator is read with a cursor (its epoch and the last pair
+read), so a pair is judged once, a restarted controller goes on where its status says, and a restarted
+comparator (a new epoch) is read from its first pair. The phase's first look reads only where the comparator
+stands: pairs it made before this release mirrored anything are not this release's evidence. A pair is judged
+only when every answer was served by the version it stands for (`x-served-by`, on the services the release
+changes), so a route not yet in effect, or a comparator pointed at the wrong place, never passes a shadow phase.
+Pure: data in, data out.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from analysis.shadow import ShadowVerdict, fold, judge, new_state
 from controller.core.machine.actions import Notify, Outcome
+from controller.core.machine.moves import first_step, hold_inconclusive, roll_back
 from controller.core.observation import MirroredPair, Observation, ShadowBatch
 from controller.core.spec.release import ReleaseSpec
 from controller.core.status import Phase, ReleaseStatus
@@ -92,6 +95,49 @@ def _drift(before: Mapping[str, Any] | None, pairs: list[MirroredPair]) -> dict[
             sums["noiseSum"] += p.score_drift_noise
     n = sums["n"]
     return {**sums, "mean": sums["sum"] / n if n else None, "noiseMean": sums["noiseSum"] / n if n else None}
+
+
+def transition(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float) -> Outcome:
+    """Judge the comparator's new pairs: fail ends the release before any user traffic moved; pass goes to the
+    first step; with `enforce: false` the phase records for `maxDuration` and goes on."""
+    assert spec.shadow is not None
+    broken = {s: r for s, r in (obs.readiness or {}).items() if r.failed}
+    if broken:
+        why = "; ".join(f"{s}: {r.reason}" for s, r in broken.items())
+        return roll_back(status, now, Phase.FAILED, "CanaryFailed", f"new version cannot serve: {why}")
+    if obs.shadow is None and obs.shadow_error is None:
+        return Outcome(status)
+    seen = look(spec, status, obs, now)
+    status, verdict, line = seen.status, seen.verdict, headline(seen.verdict)
+    if verdict.decision == "fail":
+        status = status.with_condition("Shadow", "False", "RankingsDiffer", f"{verdict.reason}: {line}", now)
+        return roll_back(status, now, Phase.ROLLED_BACK, "ShadowFailed", f"shadow: {verdict.reason}; {line}",
+                         decided=True)
+    if verdict.decision == "pass" or (seen.overdue and not spec.shadow.judge.enforce):
+        reason = "Passed" if verdict.decision == "pass" else "Recorded"
+        status = status.with_condition("Shadow", "True", reason, f"{verdict.reason}: {line}", now)
+        return first_step(spec, status, now).after(Notify(f"Shadow{reason}", f"{verdict.reason}: {line}"))
+    if seen.overdue:
+        return _shadow_overdue(spec, status, f"{verdict.reason}: {line}", now)
+    if obs.shadow_error is not None:
+        status = status.with_condition("Shadow", "Unknown", "ComparatorUnreachable", obs.shadow_error, now)
+    return Outcome(status.with_phase(Phase.SHADOWING, now, f"shadow: {line}"))
+
+
+def _shadow_overdue(spec: ReleaseSpec, status: ReleaseStatus, why: str, now: float) -> Outcome:
+    """No decision by `maxDuration`: roll back, continue to the first step, or hold and keep comparing."""
+    match spec.policies.on_inconclusive:
+        case "rollback":
+            return roll_back(status, now, Phase.ROLLED_BACK, "ShadowInconclusive",
+                             f"shadow: no decision by maxDuration: {why}", decided=True)
+        case "continue":
+            status = status.with_condition("Shadow", "Unknown", "Inconclusive", why, now)
+            return first_step(spec, status, now).after(
+                Notify("ShadowInconclusive", f"continuing to the first step without a shadow pass: {why}", True))
+        case _:
+            held = hold_inconclusive(status, "Shadow", "holding in the shadow phase", why, now)
+            return Outcome(held.status.with_phase(Phase.SHADOWING, now, f"shadow (past maxDuration): {why}"),
+                           held.actions)
 
 
 def served_as_asked(spec: ReleaseSpec, mirrored: MirroredPair) -> bool:
