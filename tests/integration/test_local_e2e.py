@@ -345,11 +345,6 @@ def test_run_command_releases_two_of_five_services_from_a_file(tmp_path: Path) -
 
 @pytest.mark.realtime
 def test_a_killed_local_release_resumes_from_its_state_and_finishes(tmp_path: Path) -> None:
-    import signal
-    import subprocess
-    import sys
-    import time
-
     import yaml
 
     from controller.adapters.local.state import StateDir
@@ -363,16 +358,7 @@ def test_a_killed_local_release_resumes_from_its_state_and_finishes(tmp_path: Pa
     work = tmp_path / "work"
     argv = ["run", "-f", str(f), "--local", "--rps", "30", "--workdir", str(work), "--max-seconds", "150"]
     state = StateDir(work / "state")
-    with subprocess.Popen([sys.executable, "-m", "controller.cli.main", *argv],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if state.status_path.exists() and state.load_status().step >= 1:
-                break
-            time.sleep(0.2)
-        before = state.load_status()
-        proc.send_signal(signal.SIGKILL)  # no teardown, no final status write
-        proc.wait(timeout=10)
+    before = _run_until(argv, state, lambda status: status.step >= 1)
     assert before.phase is Phase.PROGRESSING and before.step >= 1
     first_run = [int(line.split()[1]) for line in (work / "stack" / "logs" / "pids.txt").read_text().splitlines()]
     # Their parent-death signal (SIGTERM) makes them shut down on their own.
@@ -385,3 +371,55 @@ def test_a_killed_local_release_resumes_from_its_state_and_finishes(tmp_path: Pa
     assert after.started_at == before.started_at  # the same release, continued, not restarted
     assert [h.at for h in after.history][: len(before.history)] == [h.at for h in before.history]
     assert len(after.history) > len(before.history)
+
+
+def _run_until(argv: list[str], state: Any, ready: Any, within: float = 90) -> Any:
+    """`canary run` in a process, SIGKILLed (no teardown, no final status write) once its status satisfies
+    `ready`; the status it had then."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    with subprocess.Popen([sys.executable, "-m", "controller.cli.main", *argv],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline and not (state.status_path.exists() and ready(state.load_status())):
+            time.sleep(0.1)
+        before = state.load_status()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    return before
+
+
+@pytest.mark.realtime
+def test_a_release_killed_in_its_shadow_phase_keeps_its_pairs_and_is_stopped_after_resuming(tmp_path: Path) -> None:
+    """Killed mid-comparison: the resumed run starts a new comparator (a new epoch, read from its first pair),
+    keeps the pairs already judged, and stops the degraded v2 with no user request served by it."""
+    import yaml
+
+    from controller.adapters.local.state import StateDir
+    from controller.cli.main import main
+    from controller.core.status import Phase
+
+    release = yaml.safe_load(Path("examples/release-local.yaml").read_text())
+    # Enough pairs that the first run is killed before the judge may decide (30 mirrored searches a second).
+    release["spec"]["strategy"]["shadow"] = {"minPairs": 150, "maxDuration": "120s"}
+    f = tmp_path / "release.yaml"
+    f.write_text(yaml.safe_dump(release))
+    work = tmp_path / "work"
+    argv = ["run", "-f", str(f), "--local", "--rps", "30", "--workdir", str(work), "--max-seconds", "120",
+            "--fault", "ml-search:rank_noise=3"]
+    state = StateDir(work / "state")
+    before = _run_until(argv, state, lambda s: s.phase is Phase.SHADOWING and (s.shadow or {}).get(
+        "state", {}).get("n", 0) >= 20)
+    assert before.phase is Phase.SHADOWING and before.shadow is not None, before.message
+    assert 20 <= before.shadow["state"]["n"] < 150
+    assert main([*argv, "--summary", str(tmp_path / "summary.json")]) == 0
+    result = json.loads((tmp_path / "summary.json").read_text())
+    after = state.load_status()
+    assert result["outcome"] == "rolled_back" and "shadow" in result["message"], result["message"]
+    assert after.started_at == before.started_at and after.shadow is not None
+    assert after.shadow["epoch"] != before.shadow["epoch"]  # the new comparator, read from its first pair
+    assert after.shadow["state"]["n"] >= before.shadow["state"]["n"] + 1
+    assert result["canary_requests"] == 0 and result["mixed_version_responses"] == 0
