@@ -16,6 +16,7 @@ Prometheus would give it.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -49,14 +50,15 @@ class MetricsSource:
 
 
 class LaggedMetrics:
-    """Evaluates every window `lag` seconds in the past (consistently, so windows still partition)."""
+    """Evaluates every window `lag` seconds in the past (consistently, so windows still partition); the counts
+    come back whole (per version, per pod, with the bucket edges they resolve), stamped with the window asked."""
 
     def __init__(self, inner: Metrics, lag: float) -> None:
         self.inner, self.lag = inner, lag
 
     def window(self, query: MetricsQuery, start: float, end: float) -> WindowCounts:
         counts = self.inner.window(query, start - self.lag, end - self.lag)
-        return WindowCounts(start, end, counts.counts, counts.absent)
+        return dataclasses.replace(counts, start=start, end=end)
 
 
 class BufferedDirectMetrics:
