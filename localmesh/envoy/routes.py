@@ -131,6 +131,9 @@ def route_match(match: Mapping[str, Any] | None, path: str) -> Obj:
     """An Istio HTTPMatchRequest (None: match everything) as Envoy's RouteMatch."""
     if match is None:
         return {"prefix": "/"}
+    if "gateways" in match:
+        raise Refusal(f"{path}.gateways", "the local mesh has no gateways, so it cannot tell a gateway's requests "
+                                          "from the mesh's")
     out = _path_specifier(match.get("uri", {}), bool(match.get("ignoreUriCase")), f"{path}.uri")
     headers = [_header_matcher(k, v, _key_path(f"{path}.headers", k)) for k, v in match.get("headers", {}).items()]
     headers += [_header_matcher(k, v, _key_path(f"{path}.withoutHeaders", k), without=True)

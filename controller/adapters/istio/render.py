@@ -110,13 +110,16 @@ def _mirror(shadow: ShadowRoutes) -> Obj:
 
 def _shadow_routes(plan: RoutingPlan, shadow: ShadowRoutes, canary_subset: str) -> list[Obj]:
     """The comparator's way to each version: its header names the lane, the route sets the lane header (the
-    header itself is removed, so the services see an ordinary search in that lane)."""
+    header itself is removed, so the services see an ordinary search in that lane). Behind a gateway, these routes
+    apply to the mesh's requests only, so a user cannot pick a version by sending the header."""
     routes = []
     for lane, subset in (("stable", "stable"), ("canary", canary_subset)):
         destination = {"destination": {"host": plan.entry, "subset": subset},
                        "headers": {"request": {"set": {plan.lane_header: lane}, "remove": [shadow.header]}}}
-        routes.append({"name": SHADOW_ROUTES[lane], "match": [{"headers": {shadow.header: {"exact": lane}}}],
-                       "route": [destination]})
+        match: Obj = {"headers": {shadow.header: {"exact": lane}}}
+        if plan.gateways:
+            match["gateways"] = ["mesh"]  # the comparator's sidecar only: no request through a gateway names a version
+        routes.append({"name": SHADOW_ROUTES[lane], "match": [match], "route": [destination]})
     return routes
 
 

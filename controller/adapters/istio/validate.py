@@ -244,8 +244,11 @@ _match_request = _object(
         "withoutHeaders": _map_of(_string_match, key=_header_name),
         "queryParams": _map_of(_string_match, key=_nonempty_string),
         "ignoreUriCase": _boolean,
+        # The gateways a route applies to (`mesh`: the sidecars); the local mesh, which has no gateway, refuses
+        # it in its translation.
+        "gateways": _list_of(_nonempty_string, nonempty=True),
     },
-    unsupported=("scheme", "port", "sourceLabels", "gateways", "sourceNamespace", "statPrefix"),
+    unsupported=("scheme", "port", "sourceLabels", "sourceNamespace", "statPrefix"),
     kind="HTTPMatchRequest",
 )
 

@@ -55,6 +55,7 @@ from controller.adapters.istio.render import (
     ENTRY_ROUTE,
     LABEL_RELEASE,
     MANAGED_BY,
+    SHADOW_ROUTES,
     STABLE_LANE_ROUTE,
     UncarryableRoute,
     UnreadablePlan,
@@ -70,7 +71,7 @@ from controller.ports import PermanentError, TemporaryError
 
 log = logging.getLogger(__name__)
 
-OWNED_ROUTES = frozenset({ENTRY_ROUTE, CANARY_LANE_ROUTE, STABLE_LANE_ROUTE, ASSIGN_ROUTE})
+OWNED_ROUTES = frozenset({ENTRY_ROUTE, CANARY_LANE_ROUTE, STABLE_LANE_ROUTE, ASSIGN_ROUTE, *SHADOW_ROUTES.values()})
 # An experiment's per-variant routes: `<prefix><variant>`, the variant a DNS label
 # (controller.adapters.istio.experiment).
 OWNED_ROUTE_PATTERN = re.compile(r"^(sticky|cohort|lane)-[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -187,7 +188,15 @@ def _merge_routes(spec: Obj, want: Obj, service: str, lane_header: str) -> None:
             ours = carry_user_settings(ours, catch_all[0], service, lane_header)
     except UncarryableRoute as exc:
         raise UserRouteConflict(f"VirtualService {service}: {exc}") from exc
+    if any(g != "mesh" for g in spec.get("gateways", [])):
+        ours = [_mesh_only(r) if r.get("name") in SHADOW_ROUTES.values() else r for r in ours]
     spec["http"] = [*specific, *ours, *catch_all]
+
+
+def _mesh_only(route: Obj) -> Obj:
+    """A shadow phase's route on a VirtualService bound to a gateway: it applies to the mesh's requests only, so
+    no request through the gateway can name a version with the comparator's header."""
+    return {**route, "match": [{**m, "gateways": ["mesh"]} for m in route.get("match") or [{}]]}
 
 
 # --------------------------------------------------------------------------------------------------

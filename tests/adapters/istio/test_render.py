@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 
 from controller.adapters.istio.render import (
+    ANNOTATION_ROLE,
+    ENTRY_ROUTE,
     UncarryableRoute,
     carry_user_settings,
     check_user_route,
@@ -15,7 +17,14 @@ from controller.adapters.istio.render import (
     render,
 )
 from controller.adapters.istio.validate import validate_objects
-from controller.core.plan import ExperimentArm, ExperimentRoutes, InvalidPlan, RoutingPlan, ServiceVersions
+from controller.core.plan import (
+    ExperimentArm,
+    ExperimentRoutes,
+    InvalidPlan,
+    RoutingPlan,
+    ServiceVersions,
+    ShadowRoutes,
+)
 from tests.support.istio_schema import istio_errors
 from tests.support.plans import PLANS, plan
 
@@ -213,3 +222,24 @@ def test_user_routes_with_a_match_may_not_use_the_canary_subset_or_the_lane_head
                           "route": [{"destination": {"host": "admin"},
                                      "headers": {"request": {"set": {"x-canary-lane": "canary"}}}}]},
                          "master-search", "x-canary-lane")
+
+
+def test_behind_a_gateway_only_the_mesh_may_name_a_version_in_the_shadow_phase() -> None:
+    """The shadow routes apply to the sidecars' requests only (`gateways: [mesh]`): a user's request through the
+    gateway that carries the comparator's header still takes the split, where it lands on the stable version."""
+    shadowed = plan(0, gateways=("search/search-gateway",), entry_hosts=("search.example.com",)).with_shadow(
+        ShadowRoutes("canary-shadow"))
+    objects = render(shadowed)
+    for obj in objects:
+        assert istio_errors(obj, strict=True) == [], (obj["kind"], obj["metadata"]["name"])
+    validate_objects(objects)
+    entry = next(o for o in objects if o["metadata"]["annotations"][ANNOTATION_ROLE] == "entry")
+    shadow_routes = [r for r in entry["spec"]["http"] if r["name"] != ENTRY_ROUTE]
+    assert [r["match"][0]["gateways"] for r in shadow_routes] == [["mesh"], ["mesh"]]
+    assert entry["spec"]["gateways"] == ["search/search-gateway", "mesh"]
+    back = read_plan(objects)
+    assert back is not None and back.equivalent(shadowed) and back.shadow == shadowed.shadow
+    # Without a gateway every request is the mesh's: no gateway match to write.
+    plain = render(plan(0).with_shadow(ShadowRoutes("canary-shadow")))
+    entry = next(o for o in plain if o["metadata"]["annotations"][ANNOTATION_ROLE] == "entry")
+    assert "gateways" not in entry["spec"]["http"][0]["match"][0]

@@ -21,7 +21,7 @@ import pytest
 from controller.adapters.istio.validate import service_name_of
 from controller.adapters.kubernetes.client import DESTINATION_RULES, VIRTUAL_SERVICES, KubeApi
 from controller.adapters.kubernetes.routing import IstioRouter, is_owned_route
-from controller.core.plan import RoutingPlan, ServiceVersions
+from controller.core.plan import RoutingPlan, ServiceVersions, ShadowRoutes
 from controller.core.status import Phase
 from tests.support.fakes import VersionModel
 from tests.support.kmock_server import Key, RunningEmulator
@@ -228,3 +228,34 @@ def test_no_stored_state_routes_to_an_undefined_subset_in_a_rollback(emulator: R
     for vs in states.written_by_controller("keyword"):
         assert_user_settings_kept(vs, TIMEOUT, first=None)
     world.assert_valid_writes()
+
+
+def test_a_shadow_phase_on_a_gateway_bound_entry_is_for_the_mesh_only_and_leaves_no_route_behind(
+        emulator: RunningEmulator) -> None:
+    """The user's entry VirtualService is bound to an ingress gateway: the shadow routes the controller adds match
+    the mesh only (no user names a version through the gateway), they are the controller's (read back as the
+    plan's), and the first step's write removes them, the mirror with them; the user's settings stay throughout."""
+    api = KubeApi.for_url(emulator.url)
+    api.create(VIRTUAL_SERVICES, NAMESPACE, user_virtual_service(
+        "master-search", [default_route("master-search", timeout=TIMEOUT, retries=RETRIES)],
+        hosts=["master-search", "search.example.com"], gateways=["search/search-gateway", "mesh"]))
+    router = IstioRouter(api, NAMESPACE, SERVICES)
+    shadowed = plan(0).with_shadow(ShadowRoutes("canary-shadow", percent=25.0))
+    router.apply(shadowed)
+    entry = next(o for o in emulator.objects("virtualservices", NAMESPACE) if o["metadata"]["name"] == "master-search")
+    names = [r.get("name") for r in entry["spec"]["http"]]
+    assert names == ["shadow-stable", "shadow-canary", "release-split", "default"], names
+    for route in entry["spec"]["http"][:2]:
+        assert route["match"][0]["gateways"] == ["mesh"] and route["timeout"] == TIMEOUT
+    split = entry["spec"]["http"][2]
+    assert split["mirror"] == {"host": "canary-shadow", "port": {"number": 8000}}
+    assert split["mirrorPercentage"] == {"value": 25.0}
+    assert entry["spec"]["gateways"] == ["search/search-gateway", "mesh"]
+    back = router.in_effect()
+    assert back is not None and back.equivalent(shadowed) and back.shadow == shadowed.shadow
+
+    router.apply(plan(10))
+    entry = next(o for o in emulator.objects("virtualservices", NAMESPACE) if o["metadata"]["name"] == "master-search")
+    assert [r.get("name") for r in entry["spec"]["http"]] == ["release-split", "default"]
+    assert "mirror" not in entry["spec"]["http"][0] and entry["spec"]["http"][0]["timeout"] == TIMEOUT
+    assert router.in_effect() is not None and router.in_effect().shadow is None  # type: ignore[union-attr]

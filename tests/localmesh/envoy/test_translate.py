@@ -328,6 +328,7 @@ REFUSALS: list[tuple[str, Callable[[list[Obj]], None], str, str, str]] = [
     ("match on source", _match(sourceLabels={"app": "web"}), VS, "spec.http[0].match[0].sourceLabels",
      "not supported"),
     ("lookahead", _match(uri={"regex": "/(?!admin).*"}), VS, "spec.http[0].match[0].uri.regex", "RE2"),
+    ("match on gateways", _match(gateways=["mesh"]), VS, "spec.http[0].match[0].gateways", "no gateways"),
     ("backreference", _match(headers={LANE: {"regex": r"(a)\1"}}), VS,
      'spec.http[0].match[0].headers["x-canary-lane"].regex', "RE2"),
     ("empty regex", _match(queryParams={"q": {"regex": ""}}), VS, "spec.http[0].match[0].queryParams.q.regex",
