@@ -23,7 +23,7 @@ from controller.core.status import Phase
 from tests.support.cluster import ClusterModel
 from tests.support.invariants import InvariantChecker
 from tests.support.kmock_server import Key, RunningEmulator
-from tests.support.kube_world import NAMESPACE, SERVICES, KubeWorld
+from tests.support.kube_world import SERVICES, KubeWorld
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 Obj = dict[str, Any]
