@@ -89,6 +89,9 @@ def _pause(name: str, spec: Mapping[str, Any], status: ReleaseStatus) -> Planned
         return Planned(f"{name} is already paused")
     if status.phase in (Phase.PENDING, Phase.INITIALIZING):
         return Planned(f"pausing {name}: it will hold at step 1 once the new version is ready", {"paused": True})
+    if status.phase is Phase.SHADOWING:
+        return Planned(f"pausing {name}: its shadow phase goes on (no user traffic moves in it); it will hold at "
+                       "step 1 if the shadow passes", {"paused": True})
     return Planned(f"pausing {name} at step {status.step + 1} ({status.canary_weight}%); `canary resume` goes on",
                    {"paused": True})
 
@@ -109,7 +112,8 @@ def _promote_full(name: str, status: ReleaseStatus) -> Planned | Refused:
     refused = _not_promotable(name, status)
     if refused is not None:
         return refused
-    when = " once the new version is ready" if status.phase in (Phase.PENDING, Phase.INITIALIZING) else " now"
+    when = (" once the new version is ready" if status.phase in (Phase.PENDING, Phase.INITIALIZING) else
+            " once its shadow phase passes" if status.phase is Phase.SHADOWING else " now")
     return Planned(f"promoting {name}{when}: the remaining steps and their analysis are skipped",
                    {"promoteFull": True})
 
@@ -124,6 +128,9 @@ def _promote(name: str, release: Mapping[str, Any], spec: Mapping[str, Any], sta
     if status.phase is Phase.PAUSED and spec.get("paused") is True:
         return Planned(f"resuming {name} (paused by an operator); `canary promote` again skips the step's "
                        "analysis", {"paused": False})
+    if status.phase is Phase.SHADOWING:
+        return Refused(f"{name} is in its shadow phase: there is no step to promote yet (`canary promote --full` "
+                       "promotes once the shadow passes)")
     if status.phase is not Phase.PROGRESSING:
         return Refused(f"{name} is {status.phase.value}: the new version is not ready, so there is no step to "
                        "promote yet (`canary promote --full` promotes as soon as it is)")

@@ -197,3 +197,21 @@ def test_the_shadow_survives_storage() -> None:
     status, _ = look(sp, status, ShadowBatch("e1", head=0), NOW + 2)
     status, _ = look(sp, status, ShadowBatch("e1", head=10, pairs=pairs(10, SAME)), NOW + 4)
     assert ReleaseStatus.from_storage(status.for_storage()) == status
+
+
+def test_operator_commands_in_the_shadow_phase_say_what_they_will_do() -> None:
+    from controller.core.operations import Planned, Refused, plan
+
+    sp = spec()
+    release = {"metadata": {"name": "r", "namespace": "ns"}, "spec": {
+        "stable": {"version": "v1"}, "canary": {"version": "v2", "services": ["ml-search"]},
+        "strategy": {"canary": {"steps": [{"weight": 10}, {"weight": 50}]}, "shadow": {}}}}
+    status = shadowing(sp)
+    paused = plan("pause", release, status)
+    assert isinstance(paused, Planned) and paused.patch == {"paused": True} and "shadow phase goes on" in paused.message
+    refused = plan("promote", release, status)
+    assert isinstance(refused, Refused) and "shadow phase" in refused.message
+    full = plan("promote", release, status, full=True)
+    assert isinstance(full, Planned) and "once its shadow phase passes" in full.message
+    aborted, _ = machine.step(replace(sp, abort=True), status, Observation(readiness=READY), NOW + 1)
+    assert aborted.phase is Phase.ROLLING_BACK and aborted.canary_weight == 0
