@@ -31,6 +31,7 @@ from controller.adapters.http.outgoing import Outgoing
 from controller.adapters.local.platform import LocalRouter, LocalWorkloads, LogNotifier, SystemClock
 from controller.adapters.local.stack import SEARCH_SERVICES, LocalStack
 from controller.adapters.local.state import StateDir, write_json_atomic
+from controller.core.observation import served_path
 from controller.core.spec.release import ReleaseSpec
 from controller.core.status import ReleaseStatus
 from controller.logs import release_context
@@ -94,8 +95,7 @@ class LaneAudit:
 
     def __call__(self, status: int, latency_ms: float, headers: Mapping[str, str]) -> None:
         served = headers.get("x-served-by", "")
-        versions = {part.partition("@")[2] for part in served.split(",")
-                    if part.partition("@")[0] in self.changed}
+        versions = {version for service, version in served_path(served) if service in self.changed}
         with self.lock:
             self.responses += 1
             if len(versions) > 1:

@@ -45,6 +45,7 @@ from typing import Any, Protocol, TypedDict, Unpack
 
 import httpx
 
+from controller.core.observation import served_path
 from searchstack.vocabulary import sample_words
 
 Payload = Mapping[str, Any]
@@ -200,11 +201,11 @@ class _ClientShards:
 
 def served_version(headers: Mapping[str, str]) -> str | None:
     """The entry service's version from `x-served-by` (`master-search@v2,ml-infer@v2,...`)."""
-    entries = [e.strip().partition("@") for e in headers.get("x-served-by", "").split(",") if "@" in e]
-    for role, _, version in entries:
+    entries = served_path(headers.get("x-served-by", ""))
+    for role, version in entries:
         if role == ENTRY_ROLE:
             return version
-    return entries[0][2] if entries else None
+    return entries[0][1] if entries else None
 
 
 class CookieJars:

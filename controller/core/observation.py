@@ -66,6 +66,13 @@ class Wants:
     shadow_after: tuple[str, int] | None = None
 
 
+def served_path(header: str) -> tuple[tuple[str, str], ...]:
+    """The (service, version) pairs of an `x-served-by` header (`master-search@v2,ml-infer@v2,...`), in order;
+    entries without a version are left out."""
+    return tuple((service, version) for service, _, version in (e.strip().partition("@") for e in header.split(","))
+                 if version)
+
+
 @dataclass(frozen=True)
 class MirroredPair:
     """One search the comparator paired: the three rankings, and per answer (`stable`, `stableAgain`, `new`)

@@ -28,7 +28,8 @@ from tests.support.kube_world import SERVICES, KubeWorld
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 Obj = dict[str, Any]
 VS_KEY: Key = ("networking.istio.io", "v1", "virtualservices")
-SHADOW = {"minPairs": 20, "mirrorPercent": 20}
+STRATEGY = {"canary": {"steps": [{"weight": 10}, {"weight": 50}], "interval": "60s", "minCanaryRequests": 100},
+            "shadow": {"minPairs": 20, "mirrorPercent": 20}}
 
 
 @dataclass
@@ -89,8 +90,7 @@ def _world(emulator: RunningEmulator) -> tuple[KubeWorld, EntryStates]:
 def test_a_new_version_that_ranks_alike_passes_its_shadow_phase_then_its_steps(
         emulator: RunningEmulator, invariants: InvariantChecker) -> None:
     world, states = _world(emulator)
-    world.create_release(strategy={"canary": {"steps": [{"weight": 10}, {"weight": 50}], "interval": "60s",
-                                              "minCanaryRequests": 100}, "shadow": SHADOW})
+    world.create_release(strategy=STRATEGY)
     controller = world.controller()
     stack = MirroredStack(world, same_rankings=True)
     controller.wiring.shadow = stack  # type: ignore[assignment]
@@ -113,8 +113,7 @@ def test_a_new_version_that_ranks_alike_passes_its_shadow_phase_then_its_steps(
 def test_a_new_version_that_ranks_differently_is_rolled_back_with_no_user_request_on_it(
         emulator: RunningEmulator, invariants: InvariantChecker) -> None:
     world, states = _world(emulator)
-    world.create_release(strategy={"canary": {"steps": [{"weight": 10}, {"weight": 50}], "interval": "60s",
-                                              "minCanaryRequests": 100}, "shadow": SHADOW})
+    world.create_release(strategy=STRATEGY)
     controller = world.controller()
     controller.wiring.shadow = MirroredStack(world, same_rankings=False)  # type: ignore[assignment]
     end = world.drive(controller)

@@ -116,11 +116,16 @@ def _shadow_routes(plan: RoutingPlan, shadow: ShadowRoutes, canary_subset: str) 
     for lane, subset in (("stable", "stable"), ("canary", canary_subset)):
         destination = {"destination": {"host": plan.entry, "subset": subset},
                        "headers": {"request": {"set": {plan.lane_header: lane}, "remove": [shadow.header]}}}
-        match: Obj = {"headers": {shadow.header: {"exact": lane}}}
-        if plan.gateways:
-            match["gateways"] = ["mesh"]  # the comparator's sidecar only: no request through a gateway names a version
-        routes.append({"name": SHADOW_ROUTES[lane], "match": [match], "route": [destination]})
+        route = {"name": SHADOW_ROUTES[lane], "match": [{"headers": {shadow.header: {"exact": lane}}}],
+                 "route": [destination]}
+        routes.append(mesh_only(route) if plan.gateways else route)
     return routes
+
+
+def mesh_only(route: Obj) -> Obj:
+    """A shadow phase's route on a VirtualService bound to a gateway: it applies to the mesh's requests only (the
+    comparator's sidecar), so no request through the gateway can name a version with the comparator's header."""
+    return {**route, "match": [{**m, "gateways": ["mesh"]} for m in route.get("match") or [{}]]}
 
 
 def lane_virtual_service(plan: RoutingPlan, sv: ServiceVersions) -> Obj:

@@ -61,6 +61,7 @@ from controller.adapters.istio.render import (
     UnreadablePlan,
     carry_user_settings,
     check_user_route,
+    mesh_only,
     read_plan,
     render,
 )
@@ -189,14 +190,9 @@ def _merge_routes(spec: Obj, want: Obj, service: str, lane_header: str) -> None:
     except UncarryableRoute as exc:
         raise UserRouteConflict(f"VirtualService {service}: {exc}") from exc
     if any(g != "mesh" for g in spec.get("gateways", [])):
-        ours = [_mesh_only(r) if r.get("name") in SHADOW_ROUTES.values() else r for r in ours]
+        ours = [mesh_only(r) if r.get("name") in SHADOW_ROUTES.values() else r for r in ours]
     spec["http"] = [*specific, *ours, *catch_all]
 
-
-def _mesh_only(route: Obj) -> Obj:
-    """A shadow phase's route on a VirtualService bound to a gateway: it applies to the mesh's requests only, so
-    no request through the gateway can name a version with the comparator's header."""
-    return {**route, "match": [{**m, "gateways": ["mesh"]} for m in route.get("match") or [{}]]}
 
 
 # --------------------------------------------------------------------------------------------------

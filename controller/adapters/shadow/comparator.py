@@ -36,9 +36,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-import numpy as np
 
-from controller.adapters.shadow.compare import SEARCH_PATH, AnswerError, Comparator
+from controller.adapters.shadow.compare import SEARCH_PATH, AnswerError, Comparator, latency_summary, new_latencies
 from controller.core.observation import MirroredPair
 from controller.core.plan import DEFAULT_SHADOW_HEADER
 
@@ -58,8 +57,7 @@ class PairLog:
     dropped: int = 0
     ignored: int = 0
     unanswered: dict[str, int] = field(default_factory=lambda: {"stable": 0, "new": 0})
-    latencies: dict[str, deque[float]] = field(
-        default_factory=lambda: {"stable": deque(maxlen=10_000), "new": deque(maxlen=10_000)})
+    latencies: dict[str, deque[float]] = field(default_factory=new_latencies)
 
     def __post_init__(self) -> None:
         self._pairs: deque[tuple[int, MirroredPair]] = deque(maxlen=self.keep)
@@ -77,15 +75,12 @@ class PairLog:
                 chosen: list[tuple[int, MirroredPair]] = []
                 head = self._seq
             else:
-                start = after if epoch == self.epoch else 0
+                start = after if epoch == self.epoch else 0  # another epoch: read from its first pair
                 chosen = list(itertools.islice((p for p in self._pairs if p[0] > start), PAGE))
-                head = chosen[-1][0] if chosen else max(start, 0) if epoch == self.epoch else 0
-            latency = {side: None if not ms else {"p50": round(float(np.percentile(ms, 50)), 2),
-                                                  "p90": round(float(np.percentile(ms, 90)), 2)}
-                       for side, ms in self.latencies.items()}
+                head = chosen[-1][0] if chosen else start
             return {"epoch": self.epoch, "head": head, "pairs": [_pair_json(seq, p) for seq, p in chosen],
                     "mirrored": self.mirrored, "dropped": self.dropped, "ignored": self.ignored,
-                    "unanswered": dict(self.unanswered), "latencyMs": latency}
+                    "unanswered": dict(self.unanswered), "latencyMs": latency_summary(self.latencies)}
 
 
 def _pair_json(seq: int, mirrored: MirroredPair) -> dict[str, Any]:

@@ -45,6 +45,21 @@ def top_ids(answer: object, k: int) -> tuple[str, ...]:
     return tuple(str(doc) for doc in list(answer)[:k])
 
 
+def new_latencies() -> dict[str, deque[float]]:
+    """Per side, the milliseconds of its latest LATENCIES_KEPT answered requests."""
+    return {"stable": deque(maxlen=LATENCIES_KEPT), "new": deque(maxlen=LATENCIES_KEPT)}
+
+
+def latency_summary(latencies: Mapping[str, deque[float]]) -> dict[str, dict[str, float] | None]:
+    """Per side: the median and 90th percentile of its answered requests' milliseconds (None before any)."""
+    out: dict[str, dict[str, float] | None] = {}
+    for side, kept in latencies.items():
+        ms = tuple(kept)  # a snapshot: other threads may be appending
+        out[side] = None if not ms else {"p50": round(float(np.percentile(ms, 50)), 2),
+                                         "p90": round(float(np.percentile(ms, 90)), 2)}
+    return out
+
+
 @dataclass(frozen=True)
 class Answer:
     """One version's answer to a search: its top-k document ids, their scores, and `x-served-by` ("" if none)."""
@@ -101,8 +116,7 @@ class Comparator:
     lane_header: str | None = DEFAULT_LANE_HEADER
     # Milliseconds of the answered requests, per side (the latest LATENCIES_KEPT): the shadow's latency, as
     # extra evidence.
-    latencies_ms: dict[str, deque[float]] = field(
-        default_factory=lambda: {"stable": deque(maxlen=LATENCIES_KEPT), "new": deque(maxlen=LATENCIES_KEPT)})
+    latencies_ms: dict[str, deque[float]] = field(default_factory=new_latencies)
 
     def ask(self, side: str, body: Mapping[str, Any]) -> tuple[str, ...]:
         return self.answer(side, body).ids
@@ -129,10 +143,7 @@ class Comparator:
         return Answer(ids, {doc: float(ranking[doc]) for doc in ids}, response.headers.get("x-served-by", ""))
 
     def latency_summary(self) -> dict[str, dict[str, float] | None]:
-        """Per side: the median and 90th percentile of its answered requests' milliseconds (None before any)."""
-        return {side: None if not ms else {"p50": round(float(np.percentile(ms, 50)), 2),
-                                           "p90": round(float(np.percentile(ms, 90)), 2)}
-                for side, ms in self.latencies_ms.items()}
+        return latency_summary(self.latencies_ms)
 
     def pair(self, body: Mapping[str, Any]) -> ShadowPair:
         """Stable, stable again, new: three requests of the same search."""

@@ -21,7 +21,7 @@ from typing import Any
 from analysis.shadow import ShadowVerdict, fold, judge, new_state
 from controller.core.machine.actions import Notify, Outcome
 from controller.core.machine.moves import first_step, hold_inconclusive, roll_back
-from controller.core.observation import MirroredPair, Observation, ShadowBatch
+from controller.core.observation import MirroredPair, Observation, ShadowBatch, served_path
 from controller.core.spec.release import ReleaseSpec
 from controller.core.status import Phase, ReleaseStatus
 
@@ -143,12 +143,8 @@ def _shadow_overdue(spec: ReleaseSpec, status: ReleaseStatus, why: str, now: flo
 def served_as_asked(spec: ReleaseSpec, mirrored: MirroredPair) -> bool:
     """Whether each answer of a pair was served by its side's version on every changed service it names."""
     wanted = {"stable": spec.stable.version, "stableAgain": spec.stable.version, "new": spec.canary.version}
-    for side, version in wanted.items():
-        for part in filter(None, mirrored.served.get(side, "").split(",")):
-            service, _, served = part.strip().partition("@")
-            if service in spec.changed and served != version:
-                return False
-    return True
+    return all(served == version for side, version in wanted.items()
+               for service, served in served_path(mirrored.served.get(side, "")) if service in spec.changed)
 
 
 def headline(verdict: ShadowVerdict) -> str:
