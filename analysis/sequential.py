@@ -57,10 +57,6 @@ CS_OFFSETS: tuple[int, ...] = (2, 5, 8, 13, 16, 21)
 SQRT3 = math.sqrt(3.0)
 # Pseudo-intervals of phi = 1 that the dispersion estimate is shrunk with.
 DISPERSION_PRIOR = 3.0
-# The rate checks' phi is an upper confidence bound, not the estimate: with the prior's pseudo-intervals as
-# observed, the phi at which the intervals' chi-square would be at its RATE_DISPERSION_QUANTILE (docs/analysis.md,
-# "Error bursts"). 3 / chi2.ppf(0.2, 3) = 3.0 before any interval was compared; 1.5 after ten that vary binomially.
-RATE_DISPERSION_QUANTILE = 0.2
 
 
 def _f(x: npt.ArrayLike) -> FloatArray:
@@ -174,23 +170,6 @@ def dispersion(rss: float, expected: float, dof: float) -> float:
     if dof <= 0 or expected <= 0:
         return 1.0
     return max(1.0, float((rss / expected * dof + DISPERSION_PRIOR) / (dof + DISPERSION_PRIOR)))
-
-
-def dispersion_upper(rss: npt.ArrayLike, expected: npt.ArrayLike, dof: npt.ArrayLike) -> FloatArray:
-    """phi >= 1 for the rate checks: an upper confidence bound rather than the estimate.
-
-    Error bursts (a bad downstream, a retry storm: per-minute error-rate factors with a heavy tail) make one
-    interval's canary errors far from binomial, and the estimate `dispersion` reads from the first few intervals
-    is most often too small, exactly when one bursty interval can carry the e-process past its threshold. The
-    intervals' sum of squares is phi x chi-square(dof) under the quasi-likelihood model; with DISPERSION_PRIOR
-    pseudo-intervals at phi = 1 added, phi is set where that chi-square sits at its RATE_DISPERSION_QUANTILE.
-    It starts at 3 and comes down towards the estimate as intervals are compared. Broadcasts.
-    """
-    rr, ee, dd = _f(rss), _f(expected), _f(dof)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        observed = np.where((dd > 0) & (ee > 0), rr / np.where(ee > 0, ee, 1.0) * dd, 0.0)
-    total = np.maximum(dd, 0.0) + DISPERSION_PRIOR
-    return np.maximum(1.0, (observed + DISPERSION_PRIOR) / _f(special.chdtri(total, 1.0 - RATE_DISPERSION_QUANTILE)))
 
 
 def shift_dispersion(shift: Mapping[str, Any]) -> float:
@@ -590,7 +569,6 @@ class SequentialJudge:
                 "eventsCanary": k_c,
                 "eventsBaseline": k_b,
                 "dispersion": rate_dispersion(rec),
-                "harmDispersion": rate_harm_dispersion(rec),
             }
             if check == "slowTail":
                 est["thresholdMs"] = _bound_of(svc["tailStart"], len(c["buckets"]), bounds)
@@ -723,14 +701,13 @@ def _not_yet_safe(unsafe: Sequence[CheckResult]) -> str:
 def _fold_ratio(rec: dict[str, Any], k_c: int, k_b: int, n_c: int, n_b: int, r0: float) -> None:
     """Add one interval to a rate check: its likelihoods, and the Pearson residual of its canary events against
     the ratio estimated from the intervals before it (for the dispersion phi, see `dispersion`). The harm
-    e-value uses the log-likelihoods divided by phi's upper bound (`rate_harm_dispersion`), the ratio's bounds
-    divided by its estimate (`rate_dispersion`)."""
+    e-value and the ratio's bounds use the log-likelihoods divided by phi."""
     _fold_pearson(rec, k_c, k_b, n_c, n_b)
     rec["llr"] = (np.asarray(rec["llr"]) + ratio_increment(k_c, k_b, n_c, n_b, r0)).tolist()
     rec["cs"] = (np.asarray(rec["cs"]) + ratio_cs_increment(k_c, k_b, n_c, n_b)).tolist()
     rec["events"] = [rec["events"][0] + k_c, rec["events"][1] + k_b]
     rec["exposure"] = [rec["exposure"][0] + n_c, rec["exposure"][1] + n_b]
-    rec["logE"] = float(log_mixture(np.asarray(rec["llr"]) / rate_harm_dispersion(rec)))
+    rec["logE"] = float(log_mixture(np.asarray(rec["llr"]) / rate_dispersion(rec)))
 
 
 def _canary_share(rec: Mapping[str, Any], n_c: int, n_b: int) -> float:
@@ -752,17 +729,9 @@ def _fold_pearson(rec: dict[str, Any], k_c: int, k_b: int, n_c: int, n_b: int) -
 
 
 def rate_dispersion(rec: Mapping[str, Any]) -> float:
-    """phi of a rate check (1 until two intervals with events have been compared): its safety bounds and its
-    ratio's confidence sequence."""
+    """phi of a rate check (1 until two intervals with events have been compared)."""
     q, v, n = rec.get("disp", [0.0, 0.0, 0])
     return dispersion(q, v, n)
-
-
-def rate_harm_dispersion(rec: Mapping[str, Any]) -> float:
-    """phi of a rate check's harm e-process: `dispersion_upper` of its intervals' Pearson residuals, so that a
-    bursty interval early on does not roll back an identical version (docs/analysis.md, "Error bursts")."""
-    q, v, n = rec.get("disp", [0.0, 0.0, 0])
-    return float(dispersion_upper(q, v, n))
 
 
 def _rate(k: int, n: int) -> float | None:

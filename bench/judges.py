@@ -45,7 +45,6 @@ from analysis.sequential import (
     DISPERSION_PRIOR,
     RATIO_GRID,
     SequentialJudge,
-    dispersion_upper,
     log_mixture,
     ratio_increment,
     shift_log_evalue,
@@ -172,8 +171,7 @@ def dispersion_array(rss: np.ndarray, expected: np.ndarray, dof: np.ndarray) -> 
 def _rate_log_evalue(k_c: np.ndarray, k_b: np.ndarray, n_c: np.ndarray, n_b: np.ndarray, r0: float,
                      grid: tuple[float, ...]) -> np.ndarray:
     """A rate check's ln e-process per (rep, minute): the cumulative likelihood ratios divided by the
-    Pearson dispersion of each interval against the ratio estimated before it (its upper bound,
-    `dispersion_upper`), as `_fold_ratio` does."""
+    Pearson dispersion of each interval against the ratio estimated before it, as `_fold_ratio` does."""
     e_c, e_b = np.cumsum(k_c, axis=1) - k_c, np.cumsum(k_b, axis=1) - k_b  # before each interval
     x_c, x_b = np.cumsum(n_c, axis=1) - n_c, np.cumsum(n_b, axis=1) - n_b
     events = k_c + k_b
@@ -187,7 +185,7 @@ def _rate_log_evalue(k_c: np.ndarray, k_b: np.ndarray, n_c: np.ndarray, n_b: np.
     llr = np.cumsum(ratio_increment(k_c, k_b, n_c, n_b, r0, grid), axis=1)
     q = np.cumsum(np.where(used, (k_c - events * share) ** 2, 0.0), axis=1)
     v = np.cumsum(np.where(used, events * share * (1.0 - share), 0.0), axis=1)
-    phi = dispersion_upper(q, v, np.cumsum(used, axis=1))
+    phi = dispersion_array(q, v, np.cumsum(used, axis=1))
     return log_mixture(llr / phi[..., None])
 
 

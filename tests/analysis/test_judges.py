@@ -353,28 +353,3 @@ def test_no_nan_in_any_judge_record_with_empty_canary() -> None:
         for d in run(name, [{"s": IntervalObservation(60.0 * t, 10, base, empty)} for t in (1, 2)]):
             text = json.dumps(d.to_dict(), allow_nan=False)
             assert d.verdict is not Verdict.ERROR and not math.isnan(len(text))
-
-
-def _bursty_minute(t: int, canary_errors: int, baseline_errors: int = 13) -> dict[str, IntervalObservation]:
-    """One minute at 50 req/s, 10% to the canary (300 against 2,700 requests), the errors as given."""
-    buckets = tuple([0] * (K - 1))
-    return {"search": IntervalObservation(60.0 * t, 10, VersionCounts(2700, baseline_errors, (2700, *buckets)),
-                                          VersionCounts(300, canary_errors, (300, *buckets)))}
-
-
-def test_one_bursty_minute_first_does_not_roll_back_an_identical_version_and_a_lasting_one_does() -> None:
-    """Error bursts (docs/analysis.md, "Error bursts"): a first minute in which the canary's errors are 8x their
-    rate (12 of 300, the baseline 13 of 2,700) carried the harm e-process past its threshold while phi, still
-    unestimated, was 1. The harm e-process now divides by phi's upper bound, 3 before any comparison, and that
-    minute alone fails nothing; the same 4x ratio minute after minute is still rolled back."""
-    from analysis.sequential import dispersion_upper
-
-    assert float(dispersion_upper(0.0, 0.0, 0)) == pytest.approx(2.98, abs=0.01)
-    assert float(dispersion_upper(10.0, 10.0, 10)) == pytest.approx(1.51, abs=0.01)  # binomial intervals
-    assert float(dispersion_upper(1000.0, 10.0, 100)) > 90  # 100 intervals ten times as spread as binomial
-    burst = run("sequential", [_bursty_minute(1, 12)] + [_bursty_minute(t, 1) for t in range(2, 6)])
-    assert Verdict.FAIL not in [d.verdict for d in burst]
-    first = next(c for c in burst[0].checks if c.check == "errorRate")
-    assert first.estimates["harmDispersion"] > first.estimates["dispersion"] == 1.0
-    lasting = run("sequential", [_bursty_minute(t, 6) for t in range(1, 16)])
-    assert Verdict.FAIL in [d.verdict for d in lasting]
