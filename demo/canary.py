@@ -27,6 +27,7 @@ from controller.adapters.local.platform import LocalRouter, SystemClock
 from controller.adapters.local.stack import Faults, LocalStack
 from controller.adapters.local.state import StateDir
 from controller.adapters.shadow.client import HttpShadowPairs
+from controller.adapters.signals import stop_on_signals
 from controller.core.machine import base_plan, desired_plan, revisions, summary
 from controller.core.spec.release import ReleaseSpec, parse_release
 from controller.core.status import Phase, ReleaseStatus
@@ -43,7 +44,6 @@ from demo.harness import (
     local_ports,
     publish_summary,
     search_load,
-    stop_on_signals,
     write_report,
 )
 from demo.loadgen import LoadReport, LoadRunner

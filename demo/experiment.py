@@ -39,6 +39,7 @@ from controller.adapters.local.metrics import open_metrics_source
 from controller.adapters.local.platform import LocalRouter, SystemClock
 from controller.adapters.local.stack import LocalStack
 from controller.adapters.local.state import StateDir
+from controller.adapters.signals import stop_on_signals
 from controller.core.spec.release import ReleaseSpec, parse_release
 from controller.core.status import Phase, ReleaseStatus
 from controller.reconciler import Reconciler
@@ -52,7 +53,6 @@ from demo.harness import (
     local_ports,
     publish_summary,
     search_load,
-    stop_on_signals,
     write_report,
 )
 from demo.loadgen import LoadReport, LoadRunner

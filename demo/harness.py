@@ -6,7 +6,6 @@ search stack against the local platform. This module owns the parts they have in
 - `demo_release`: the release of v2 of the whole stack that the demos start from;
 - `Console`: the run's log lines, plus a live countdown line on a terminal;
 - `LaneAudit`: the client-side check that every response stayed on one version along its path;
-- `stop_on_signals`: SIGTERM/SIGINT end a demo cleanly instead of killing it mid-teardown;
 - `search_load` and `local_ports`: the load through the mesh router, and the controller's ports;
 - `drive_release`: tick the reconciler until the release reaches a final phase;
 - `load_dict`, `write_report`, `publish_summary`: the outcome as JSON, HTML and lines on the console;
@@ -15,14 +14,11 @@ search stack against the local platform. This module owns the parts they have in
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any, TextIO
 
 from controller.adapters.http.hooks import HttpHooks
@@ -128,22 +124,6 @@ class Console:
             self.out.write("\r\x1b[K" + line)
             self.out.flush()
             self._live = True
-
-
-@contextmanager
-def stop_on_signals() -> Iterator[threading.Event]:
-    """SIGTERM/SIGINT end the demo cleanly: the loop sees the event, then everything is torn down."""
-    stop = threading.Event()
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield stop
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 def search_load(stack: LocalStack, spec: ReleaseSpec, rps: float, max_seconds: float, audit: LaneAudit,

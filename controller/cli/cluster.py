@@ -33,10 +33,8 @@ import json
 import logging
 import os
 import re
-import signal
 import socket
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -50,6 +48,7 @@ from controller.adapters.kubernetes.leader import DEFAULT_LEASE, LeaseElector
 from controller.adapters.kubernetes.running import Controller, ControllerConfig
 from controller.adapters.kubernetes.secrets import KubeSecrets
 from controller.adapters.kubernetes.workloads import ReplicaPolicy
+from controller.adapters.signals import stop_on_signals
 from controller.cli import outgoing as notifications
 from controller.core.operations import ONE_SHOT_CLEARED, Refused, next_revision_stable, plan
 from controller.core.spec.release import SEARCH_STACK, InvalidSpec, ReleaseSpec, parse_release, version_room
@@ -247,13 +246,11 @@ def controller_main(argv: Sequence[str]) -> int:
                             notifier=outgoing.notifier, hooks=outgoing.hooks)
     health = HealthServer(telemetry, controller.healthy, controller.synced.is_set, args.health_host,
                           args.health_port).start()
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     log.info("controller %s watching %s; health on :%d", args.identity, args.namespace or "all namespaces",
              health.port)
     try:
-        controller.run(stop)
+        with stop_on_signals() as stop:
+            controller.run(stop)
     finally:
         health.stop()
         metrics.close()

@@ -22,15 +22,17 @@ on the data port and routes every request; this process only configures it and r
 
 Ready is announced on stdout as `mesh-router ready proxy=HOST:PORT admin=HOST:PORT envoy_pid=N`. SIGTERM and
 SIGINT stop Envoy (by its PID) and then this process; so does the death of the process named by the
-EXIT_WITH_PARENT_PID environment variable (the local platform's supervisor sets it). Without an Envoy binary for
-the platform it exits at once with code 2 and says so. Upstream connections idle longer than
-`UPSTREAM_IDLE_TIMEOUT_S` are closed by Envoy before the services' own keep-alive (uvicorn: 5 s) would close
-them, so Envoy never reuses a connection a service is closing (a 503).
+EXIT_WITH_PARENT_PID environment variable (the local platform's supervisor sets it). A stop that has not ended
+`STOP_GRACE_S` after it was asked for ends with Envoy SIGKILLed and exit code 3, so no router outlives its
+supervisor whatever holds it up. Without an Envoy binary for the platform it exits at once with code 2 and says
+so. Upstream connections idle longer than `UPSTREAM_IDLE_TIMEOUT_S` are closed by Envoy before the services' own
+keep-alive (uvicorn: 5 s) would close them, so Envoy never reuses a connection a service is closing (a 503).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import http
@@ -48,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.adapters.istio.validate import InvalidRouteConfig
+from controller.adapters.signals import stop_on_signals
 from localmesh.endpoints import Endpoint, InvalidEndpoints, load_endpoints, load_objects, parse_endpoints
 from localmesh.envoy.metrics import istio_exposition, istio_samples, stats_path
 from localmesh.envoy.process import Envoy, EnvoyError, EnvoyUnavailable, envoy_binary, envoy_version
@@ -58,6 +61,9 @@ __all__ = ["UPSTREAM_IDLE_TIMEOUT_S", "EnvoyRouter", "main"]
 AdminResponse = tuple[int, str, bytes]  # status, content type, body
 
 UPSTREAM_IDLE_TIMEOUT_S = 4.0  # below uvicorn's 5 s keep-alive timeout
+# How long an orderly stop may take (Envoy gets 5 s after SIGTERM, then SIGKILL) before the router kills Envoy
+# and exits anyway.
+STOP_GRACE_S = 15.0
 _VERSIONS_KEPT = 16  # route versions whose objects are remembered for GET /config
 _PATHS = ("/healthz", "/metrics", "/config", "/endpoints", "/routes", "/envoy")
 
@@ -221,14 +227,36 @@ def _watch_parent(parent_pid: int, stop: threading.Event, poll_s: float = 0.5) -
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+def _exit_by_deadline(stop: threading.Event, finished: threading.Event, envoy: Envoy, grace_s: float) -> None:
+    """Once `stop` is set, give the orderly shutdown `grace_s` seconds; past that, SIGKILL Envoy and exit.
+
+    Whatever holds the main thread up, a router told to stop (or whose supervisor died) is gone within the grace:
+    nothing is left serving routes no controller owns."""
+
+    def watch() -> None:
+        stop.wait()
+        if finished.wait(grace_s):
+            return
+        print(f"mesh-router: not stopped {grace_s:g} s after being told to; killing Envoy and exiting",
+              file=sys.stderr, flush=True)
+        if (pid := envoy.pid) is not None:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="exit-by-deadline", daemon=True).start()
+
+
 def _serve(args: argparse.Namespace, work_dir: Path, stop: threading.Event) -> None:
     port = args.port or _free_port(args.host)
     envoy = Envoy(work_dir, Options(port=port, address=args.host, upstream_idle_timeout_s=UPSTREAM_IDLE_TIMEOUT_S),
                   admin_port=args.envoy_admin_port, concurrency=args.concurrency)
     router = EnvoyRouter(envoy, args.namespace)
-    envoy.start()
+    finished = threading.Event()
+    _exit_by_deadline(stop, finished, envoy, STOP_GRACE_S)
     admin: ThreadingHTTPServer | None = None
     try:
+        envoy.start()
         router.apply(load_objects(args.config) if args.config else [],
                      load_endpoints(args.endpoints) if args.endpoints else [])
         admin = ThreadingHTTPServer((args.host, args.admin_port), _handler_class(router))
@@ -246,6 +274,7 @@ def _serve(args: argparse.Namespace, work_dir: Path, stop: threading.Event) -> N
             admin.shutdown()
             admin.server_close()
         envoy.stop()
+        finished.set()
     print("mesh-router stopped", flush=True)
 
 
@@ -256,22 +285,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EnvoyUnavailable as e:
         print(f"mesh-router: {e}", file=sys.stderr, flush=True)
         return 2
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    if parent := os.environ.get("EXIT_WITH_PARENT_PID", "").strip():
-        _watch_parent(int(parent), stop)
-    try:
-        if args.work_dir is not None:
-            args.work_dir.mkdir(parents=True, exist_ok=True)
-            _serve(args, args.work_dir, stop)
-        else:
-            with tempfile.TemporaryDirectory(prefix="localmesh-envoy-") as tmp:
-                _serve(args, Path(tmp), stop)
-    except (InvalidRouteConfig, InvalidEndpoints, EnvoyError, OSError) as e:
-        print(f"mesh-router: {e}", file=sys.stderr, flush=True)
-        return 2
-    return 0 if stop.is_set() else 1
+    with stop_on_signals() as stop:
+        if parent := os.environ.get("EXIT_WITH_PARENT_PID", "").strip():
+            _watch_parent(int(parent), stop)
+        try:
+            if args.work_dir is not None:
+                args.work_dir.mkdir(parents=True, exist_ok=True)
+                _serve(args, args.work_dir, stop)
+            else:
+                with tempfile.TemporaryDirectory(prefix="localmesh-envoy-") as tmp:
+                    _serve(args, Path(tmp), stop)
+        except (InvalidRouteConfig, InvalidEndpoints, EnvoyError, OSError) as e:
+            print(f"mesh-router: {e}", file=sys.stderr, flush=True)
+            return 2
+        return 0 if stop.is_set() else 1
 
 
 if __name__ == "__main__":

