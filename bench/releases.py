@@ -44,7 +44,7 @@ import numpy as np
 import numpy.typing as npt
 
 from analysis.config import AnalysisConfig
-from analysis.judges import Judge
+from analysis.judges import Decision, Judge
 from analysis.observations import IntervalObservation, Verdict, VersionCounts
 from analysis.sequential import SequentialJudge
 from bench.worlds import SCENARIOS, WORLD_NAMES, IntArray, Minute, Traffic, parameters
@@ -199,7 +199,15 @@ def run_releases(judge: Judge, traffic: TrafficSource, reps: int, horizon: int =
             states[i], decision = judge.update(states[i], {SERVICE: obs})
             pending = bool(decision.details.get("safetyPending", False))
             act(schedule, releases[i], decision.verdict, pending, obs.canary.requests)
+            if releases[i].outcome is Outcome.ROLLED_BACK and releases[i].cause in ("fail", "errors"):
+                releases[i].cause += f":{_deciding_check(decision)}"
     return releases
+
+
+def _deciding_check(decision: Decision) -> str:
+    """The check behind a fail or error verdict (the first one with that verdict), "-" when none is named."""
+    named = [c.check for c in decision.checks if c.verdict is decision.verdict]
+    return named[0] if named else "-"
 
 
 def summarise(releases: list[Release], schedule: Schedule | None = None) -> dict[str, Any]:
