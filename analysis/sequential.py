@@ -57,6 +57,16 @@ CS_OFFSETS: tuple[int, ...] = (2, 5, 8, 13, 16, 21)
 SQRT3 = math.sqrt(3.0)
 # Pseudo-intervals of phi = 1 that the dispersion estimate is shrunk with.
 DISPERSION_PRIOR = 3.0
+# The most one interval can add to a rate check's log-likelihood ratio at any alternative, in units of the
+# check's dispersion phi as known before the interval (e^3 = 20 times the evidence, once divided by phi). Each
+# interval's factor min(LR, e^(3 phi)) still has expectation <= 1 when requests are independent, so the e-process
+# keeps its guarantee there; an error burst confined to one minute (bench.worlds "bursts") can no longer roll
+# back identical versions on its own, while a regression that lasts crosses in a few intervals
+# (docs/analysis.md, "Error bursts").
+RATE_INTERVAL_LLR_CAP = 3.0
+# A check whose e-value reached 10 (half of what one capped interval can give) keeps the weight where it is: "no
+# harm seen" raises the weight only while no check carries that much evidence of harm.
+HOLD_E_VALUE = 10.0
 
 
 def _f(x: npt.ArrayLike) -> FloatArray:
@@ -89,13 +99,16 @@ def ratio_increment(
     n_b: npt.ArrayLike,
     r0: float,
     grid: tuple[float, ...] = RATIO_GRID,
+    cap: npt.ArrayLike = RATE_INTERVAL_LLR_CAP,
 ) -> FloatArray:
-    """l_t(r0*g) for every g of `grid`: the interval's log-likelihood ratios, grid on the last axis."""
+    """min(l_t(r0*g), cap) for every g of `grid`: the interval's log-likelihood ratios, each at most `cap` (fixed
+    before the interval is seen, the factor min(LR, e^cap) has expectation <= 1 under the null as LR does), grid
+    on the last axis; `cap` broadcasts against the counts."""
     g = np.asarray(grid)
     kc, kb, nc, nb = (np.expand_dims(_f(a), -1) for a in (k_c, k_b, n_c, n_b))
     alt = ratio_log_likelihood(kc, kb, nc, nb, r0 * g)
     null = ratio_log_likelihood(kc, kb, nc, nb, r0)
-    return alt - null
+    return np.minimum(alt - null, np.expand_dims(_f(cap), -1))
 
 
 def log_mixture(cumulative_llr: npt.ArrayLike) -> FloatArray:
@@ -655,7 +668,8 @@ class SequentialJudge:
                 )
         unsafe = [c for c in checks if c.verdict is Verdict.INCONCLUSIVE]
         if unsafe:
-            return made(Verdict.INCONCLUSIVE, _not_yet_safe(unsafe), safety_pending=True,
+            holding = _holding(checks)
+            return made(Verdict.INCONCLUSIVE, _not_yet_safe(unsafe) + holding, safety_pending=not holding,
                         needed=_more_needed(unsafe))
         return made(Verdict.PASS, "every check is shown within its margin")
 
@@ -685,6 +699,19 @@ def _more_needed(unsafe: Sequence[CheckResult]) -> float | None:
     return None if math.isinf(left) else left
 
 
+def _holding(checks: Sequence[CheckResult]) -> str:
+    """"; holding the weight: ..." when a check's harm e-value reached HOLD_E_VALUE (harm not shown, but evidence of
+    it building: the weight is not raised on "no harm seen"), else ""."""
+    regression = [c for c in checks if c.check != "sampleRatio" and c.e_value is not None]
+    if not regression:
+        return ""
+    suspect = max(regression, key=lambda c: c.e_value or 0.0)
+    if (suspect.e_value or 0.0) < HOLD_E_VALUE:
+        return ""
+    return (f"; holding the weight: {suspect.service} {suspect.check} e-value {suspect.e_value:.3g} >= "
+            f"{HOLD_E_VALUE:g}")
+
+
 def _not_yet_safe(unsafe: Sequence[CheckResult]) -> str:
     """"S check: upper bound B, margin M (about N more canary requests)" for the check furthest from safe."""
     c = max(unsafe, key=_more)
@@ -701,9 +728,12 @@ def _not_yet_safe(unsafe: Sequence[CheckResult]) -> str:
 def _fold_ratio(rec: dict[str, Any], k_c: int, k_b: int, n_c: int, n_b: int, r0: float) -> None:
     """Add one interval to a rate check: its likelihoods, and the Pearson residual of its canary events against
     the ratio estimated from the intervals before it (for the dispersion phi, see `dispersion`). The harm
-    e-value and the ratio's bounds use the log-likelihoods divided by phi."""
+    e-value and the ratio's bounds use the log-likelihoods divided by phi. The interval's log-likelihood ratios
+    are capped at RATE_INTERVAL_LLR_CAP times the phi known before it: after the division by phi, one interval
+    adds about that cap at most, however overdispersed the check."""
+    cap = RATE_INTERVAL_LLR_CAP * rate_dispersion(rec)
     _fold_pearson(rec, k_c, k_b, n_c, n_b)
-    rec["llr"] = (np.asarray(rec["llr"]) + ratio_increment(k_c, k_b, n_c, n_b, r0)).tolist()
+    rec["llr"] = (np.asarray(rec["llr"]) + ratio_increment(k_c, k_b, n_c, n_b, r0, cap=cap)).tolist()
     rec["cs"] = (np.asarray(rec["cs"]) + ratio_cs_increment(k_c, k_b, n_c, n_b)).tolist()
     rec["events"] = [rec["events"][0] + k_c, rec["events"][1] + k_b]
     rec["exposure"] = [rec["exposure"][0] + n_c, rec["exposure"][1] + n_b]

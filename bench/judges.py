@@ -43,6 +43,7 @@ from analysis.observations import ISTIO_BUCKETS_MS, IntervalObservation, Verdict
 from analysis.pods import placement_factor, pod_shift_increments, pod_variance, pod_weight
 from analysis.sequential import (
     DISPERSION_PRIOR,
+    RATE_INTERVAL_LLR_CAP,
     RATIO_GRID,
     SequentialJudge,
     log_mixture,
@@ -182,10 +183,11 @@ def _rate_log_evalue(k_c: np.ndarray, k_b: np.ndarray, n_c: np.ndarray, n_b: np.
         ratio = np.where(known, ((e_c + 0.5) / np.where(known, x_c, 1)) / ((e_b + 0.5) / np.where(known, x_b, 1)),
                          1.0)
         share = np.where(both, ratio * n_c / np.where(both, ratio * n_c + n_b, 1.0), 0.0)
-    llr = np.cumsum(ratio_increment(k_c, k_b, n_c, n_b, r0, grid), axis=1)
     q = np.cumsum(np.where(used, (k_c - events * share) ** 2, 0.0), axis=1)
     v = np.cumsum(np.where(used, events * share * (1.0 - share), 0.0), axis=1)
     phi = dispersion_array(q, v, np.cumsum(used, axis=1))
+    phi_before = np.concatenate([np.ones_like(phi[:, :1]), phi[:, :-1]], axis=1)  # known before each interval
+    llr = np.cumsum(ratio_increment(k_c, k_b, n_c, n_b, r0, grid, cap=RATE_INTERVAL_LLR_CAP * phi_before), axis=1)
     return log_mixture(llr / phi[..., None])
 
 

@@ -200,14 +200,14 @@ def run_releases(judge: Judge, traffic: TrafficSource, reps: int, horizon: int =
             pending = bool(decision.details.get("safetyPending", False))
             act(schedule, releases[i], decision.verdict, pending, obs.canary.requests)
             if releases[i].outcome is Outcome.ROLLED_BACK and releases[i].cause in ("fail", "errors"):
-                releases[i].cause += f":{_deciding_check(decision)}"
+                releases[i].cause += _deciding_check(decision)
     return releases
 
 
 def _deciding_check(decision: Decision) -> str:
-    """The check behind a fail or error verdict (the first one with that verdict), "-" when none is named."""
+    """":check" of the first check with the decision's fail or error verdict ("" when no check has it)."""
     named = [c.check for c in decision.checks if c.verdict is decision.verdict]
-    return named[0] if named else "-"
+    return f":{named[0]}" if named else ""
 
 
 def summarise(releases: list[Release], schedule: Schedule | None = None) -> dict[str, Any]:

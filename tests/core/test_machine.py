@@ -93,8 +93,9 @@ def test_progress_deadline_ends_in_failed_after_rolling_back() -> None:
 
 
 @pytest.mark.parametrize("obs,verdict,phase,weight,action", [
-    # a clear error regression: fail, weight 0 in this very tick
-    (Observation(metrics=window(counts(5400, 5), counts(600, 90))), "fail", Phase.ROLLING_BACK, 0, "roll back"),
+    # a clear error regression, one interval of it: no interval alone can show harm (an error burst would
+    # look the same), but the weight is held, not raised on "no harm seen"
+    (Observation(metrics=window(counts(5400, 5), counts(600, 90))), "inconclusive", Phase.PROGRESSING, 10, "wait"),
     # clean and plentiful: shown within the margins, pass, next step (its weight moves once the new version
     # is scaled for it)
     (Observation(metrics=window(counts(27000, 0), counts(3000, 0))), "pass", Phase.PROGRESSING, 10, "next step"),
@@ -119,6 +120,20 @@ def test_verdicts_and_their_actions(obs: Observation, verdict: str, phase: Phase
         assert apply.plan.canary_weight == weight
     else:
         assert of(actions, ApplyRouting) == []
+
+
+def test_a_clear_error_regression_is_rolled_back_on_its_second_interval() -> None:
+    sp = spec()
+    status = progressing(sp)
+    bad = Observation(metrics=window(counts(5400, 5), counts(600, 90)))
+    held, _ = machine.step(sp, status, replace(bad, routing=routing(sp, status)), NOW)
+    assert (held.last_verdict, held.canary_weight) == ("inconclusive", 10)
+    assert "holding the weight" in held.history[-1].reason
+    later = Observation(metrics=window(counts(5400, 5), counts(600, 90), start=NOW, end=NOW + 60))
+    new, actions = machine.step(sp, held, replace(later, routing=routing(sp, held)), NOW + 60)
+    assert (new.last_verdict, new.phase, new.canary_weight) == ("fail", Phase.ROLLING_BACK, 0)
+    assert new.history[-1].action == "roll back"
+    assert [a.plan.canary_weight for a in of(actions, ApplyRouting)] == [0]
 
 
 def test_the_last_step_promotes_only_once_the_canary_is_shown_within_its_margins() -> None:
