@@ -133,3 +133,21 @@ def test_the_capped_likelihood_ratio_keeps_expectation_at_most_one_under_the_nul
         factors = np.exp(ratio_increment(kc, k - kc, n_c, n_b, 1.0))
         expectation = weights @ factors
         assert np.all(expectation <= 1.0 + 1e-9), (k, expectation)
+
+
+def test_the_cap_is_in_units_of_the_dispersion_known_before_the_interval() -> None:
+    """With phi learnt from overdispersed intervals, one interval's raw log-likelihood ratios may reach 3 phi
+    (not 3): once divided by phi the interval still adds about e^3 at most, and a regression in a bursty service
+    is not slowed twice (by the cap and by phi)."""
+    from analysis.sequential import _fold_ratio, _ratio_state, rate_dispersion
+
+    rec = _ratio_state()
+    for k_c in (0, 12, 1, 10, 0, 11, 2, 9):  # the canary's errors swing around the baseline's rate (1%)
+        _fold_ratio(rec, k_c, 45, 500, 4500, 1.0)
+    phi = rate_dispersion(rec)
+    assert phi > 2.0
+    before = np.asarray(rec["llr"])
+    _fold_ratio(rec, 60, 45, 500, 4500, 1.0)  # a burst: 12x the baseline's rate
+    added = np.asarray(rec["llr"]) - before
+    assert float(np.max(added)) == pytest.approx(RATE_INTERVAL_LLR_CAP * phi)
+    assert float(np.max(added)) / rate_dispersion(rec) <= RATE_INTERVAL_LLR_CAP
