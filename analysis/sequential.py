@@ -99,11 +99,11 @@ def ratio_increment(
     n_b: npt.ArrayLike,
     r0: float,
     grid: tuple[float, ...] = RATIO_GRID,
-    cap: npt.ArrayLike = RATE_INTERVAL_LLR_CAP,
+    cap: npt.ArrayLike = math.inf,
 ) -> FloatArray:
     """min(l_t(r0*g), cap) for every g of `grid`: the interval's log-likelihood ratios, each at most `cap` (fixed
-    before the interval is seen, the factor min(LR, e^cap) has expectation <= 1 under the null as LR does), grid
-    on the last axis; `cap` broadcasts against the counts."""
+    before the interval is seen, the factor min(LR, e^cap) has expectation <= 1 under the null as LR does; the
+    judge passes RATE_INTERVAL_LLR_CAP times phi), grid on the last axis; `cap` broadcasts against the counts."""
     g = np.asarray(grid)
     kc, kb, nc, nb = (np.expand_dims(_f(a), -1) for a in (k_c, k_b, n_c, n_b))
     alt = ratio_log_likelihood(kc, kb, nc, nb, r0 * g)
@@ -702,14 +702,11 @@ def _more_needed(unsafe: Sequence[CheckResult]) -> float | None:
 def _holding(checks: Sequence[CheckResult]) -> str:
     """"; holding the weight: ..." when a check's harm e-value reached HOLD_E_VALUE (harm not shown, but evidence of
     it building: the weight is not raised on "no harm seen"), else ""."""
-    regression = [c for c in checks if c.check != "sampleRatio" and c.e_value is not None]
-    if not regression:
+    evidence = [(c.e_value, c) for c in checks if c.check != "sampleRatio" and c.e_value is not None]
+    e_value, suspect = max(evidence, key=lambda pair: pair[0], default=(0.0, None))
+    if suspect is None or e_value < HOLD_E_VALUE:
         return ""
-    suspect = max(regression, key=lambda c: c.e_value or 0.0)
-    if (suspect.e_value or 0.0) < HOLD_E_VALUE:
-        return ""
-    return (f"; holding the weight: {suspect.service} {suspect.check} e-value {suspect.e_value:.3g} >= "
-            f"{HOLD_E_VALUE:g}")
+    return f"; holding the weight: {suspect.service} {suspect.check} e-value {e_value:.3g} >= {HOLD_E_VALUE:g}"
 
 
 def _not_yet_safe(unsafe: Sequence[CheckResult]) -> str:

@@ -171,8 +171,9 @@ def dispersion_array(rss: np.ndarray, expected: np.ndarray, dof: np.ndarray) -> 
 
 def _rate_log_evalue(k_c: np.ndarray, k_b: np.ndarray, n_c: np.ndarray, n_b: np.ndarray, r0: float,
                      grid: tuple[float, ...]) -> np.ndarray:
-    """A rate check's ln e-process per (rep, minute): the cumulative likelihood ratios divided by the
-    Pearson dispersion of each interval against the ratio estimated before it, as `_fold_ratio` does."""
+    """A rate check's ln e-process per (rep, minute): the cumulative likelihood ratios, each interval's capped at
+    RATE_INTERVAL_LLR_CAP times the dispersion known before it, divided by the Pearson dispersion of each interval
+    against the ratio estimated before it, as `_fold_ratio` does."""
     e_c, e_b = np.cumsum(k_c, axis=1) - k_c, np.cumsum(k_b, axis=1) - k_b  # before each interval
     x_c, x_b = np.cumsum(n_c, axis=1) - n_c, np.cumsum(n_b, axis=1) - n_b
     events = k_c + k_b

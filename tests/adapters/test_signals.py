@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # A thread other than the main one, where the kernel may deliver a process-directed signal (Linux picks any thread
 # that does not block it); the script sends it there on purpose with pthread_kill.
 WORKER = """
-import os, signal, sys, threading, time
+import signal, threading, time
 from controller.adapters.signals import stop_on_signals
 ready = threading.Event()
 def worker():
@@ -77,7 +77,7 @@ def test_the_previous_handlers_and_wakeup_fd_come_back_on_exit() -> None:
             inside = signal.getsignal(signal.SIGTERM) is mine
         after = signal.set_wakeup_fd(-1)
         restored = signal.getsignal(signal.SIGTERM) is mine
-        default_int = signal.getsignal(signal.SIGINT) is int_before
-        print(inside, restored, default_int, before, after, threading.active_count())
+        int_restored = signal.getsignal(signal.SIGINT) is int_before
+        print(inside, restored, int_restored, before, after, threading.active_count())
     """)
     assert out == "False True True -1 -1 2"  # the main thread and the script's worker: the relay has ended

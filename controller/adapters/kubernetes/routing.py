@@ -194,7 +194,6 @@ def _merge_routes(spec: Obj, want: Obj, service: str, lane_header: str) -> None:
     spec["http"] = [*specific, *ours, *catch_all]
 
 
-
 # --------------------------------------------------------------------------------------------------
 # Reading back only what the controller owns
 # --------------------------------------------------------------------------------------------------
