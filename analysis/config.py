@@ -21,9 +21,11 @@ KAYENTA_METRICS: tuple[str, ...] = ("errorRate", "latencyP50", "latencyP99")
 ANALYSIS_FIELDS = (
     "judge", "alpha", "errorRatioTolerance", "latencyTolerance", "latencyMinEffect", "tailThresholdMs",
     "tailReferenceQuantile", "minCanaryRequests", "nonInferiorityMargin", "absoluteNonInferiorityMargin",
-    "latencyNonInferiorityMargin", "checks",
+    "latencyNonInferiorityMargin", "checks", "historyIntervals",
     "kayenta", "threshold",
 )
+# At most this many intervals of history are read at a release's start (one metrics window each).
+MAX_HISTORY_INTERVALS = 240
 KAYENTA_FIELDS = (
     "confidenceLevel", "tolerance", "allowedIncrease", "allowedDecrease", "nanStrategy", "metrics",
     "criticalMetrics", "groupWeights", "passScore", "marginalScore", "judgeEveryIntervals", "outlierIqrFactor",
@@ -140,6 +142,9 @@ class AnalysisConfig:
     absolute_non_inferiority_margin: float | None = 0.005  # ... or the canary's excess rate's upper bound below this
     latency_non_inferiority_margin: float | None = 0.1  # Delta's upper bound below this
     checks: tuple[str, ...] = CHECKS
+    # Intervals of the stable version's own metrics before the release that the judge learns its noise from
+    # (error bursts; the slow-tail threshold): SequentialJudge.prime. 0: none.
+    history_intervals: int = 30
     kayenta: KayentaConfig = field(default_factory=KayentaConfig)
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
 
@@ -175,6 +180,8 @@ class AnalysisConfig:
                 d.get("latencyNonInferiorityMargin", default.latency_non_inferiority_margin),
                 f"{path}.latencyNonInferiorityMargin", -1, 1, open_high=False),
             checks=checks,
+            history_intervals=r.integer(d.get("historyIntervals", default.history_intervals),
+                                        f"{path}.historyIntervals", 0, MAX_HISTORY_INTERVALS),
             kayenta=KayentaConfig.from_dict(d.get("kayenta"), f"{path}.kayenta"),
             threshold=ThresholdConfig.from_dict(d.get("threshold"), f"{path}.threshold"),
         )

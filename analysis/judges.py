@@ -51,6 +51,11 @@ class Judge(Protocol):
     ) -> tuple[dict[str, Any], Decision]:
         """Fold one interval of every service in and decide; never modifies `state`."""
 
+    def prime(self, state: Mapping[str, Any], history: Sequence[Mapping[str, IntervalObservation]]
+              ) -> dict[str, Any]:
+        """A fresh state given the stable version's own intervals from before the release (oldest first, per
+        service), for what the judge learns from them (a judge that learns nothing returns a copy)."""
+
 
 class UnknownJudge(InvalidAnalysisConfig):
     """A judge name the factory does not know."""

@@ -204,6 +204,11 @@ class KayentaJudge:
     ) -> dict[str, Any]:
         return {"judge": self.name, "version": 1, "ticks": 0, "t": None, "series": {}}
 
+    def prime(self, state: Mapping[str, Any], history: Sequence[Mapping[str, IntervalObservation]]
+              ) -> dict[str, Any]:
+        """Nothing is learnt from the stable version's history: a copy of `state`."""
+        return copy.deepcopy(dict(state))
+
     def update(
         self, state: Mapping[str, Any], observations: Mapping[str, IntervalObservation]
     ) -> tuple[dict[str, Any], Decision]:

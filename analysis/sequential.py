@@ -57,12 +57,12 @@ CS_OFFSETS: tuple[int, ...] = (2, 5, 8, 13, 16, 21)
 SQRT3 = math.sqrt(3.0)
 # Pseudo-intervals of phi = 1 that the dispersion estimate is shrunk with.
 DISPERSION_PRIOR = 3.0
-# The most one interval can add to a rate check's log-likelihood ratio at any alternative, in units of the
-# check's dispersion phi as known before the interval (e^3 = 20 times the evidence, once divided by phi). Each
-# interval's factor min(LR, e^(3 phi)) still has expectation <= 1 when requests are independent, so the e-process
-# keeps its guarantee there; an error burst confined to one minute (bench.worlds "bursts") can no longer roll
-# back identical versions on its own, while a regression that lasts crosses in a few intervals
-# (docs/analysis.md, "Error bursts").
+# The most one interval can add to a rate check's harm evidence at any alternative, in units of that interval's
+# dispersion phi_t, fixed before the interval is seen (e^3 = 20 times the evidence). Each interval's factor
+# min(LR, e^(3 phi_t))^(1/phi_t) still has expectation <= 1 when requests are independent, so the e-process keeps
+# its guarantee there; an error burst confined to one minute (bench.worlds "bursts") can no longer roll back
+# identical versions on its own, while a regression that lasts crosses in a few intervals (docs/analysis.md,
+# "Error bursts").
 RATE_INTERVAL_LLR_CAP = 3.0
 # A check whose e-value reached 10 (half of what one capped interval can give) keeps the weight where it is: "no
 # harm seen" raises the weight only while no check carries that much evidence of harm.
@@ -280,6 +280,9 @@ def _ratio_state() -> dict[str, Any]:
         # Pearson residuals of each interval's canary events against the ratio estimated before it: sum of
         # squares, their model variance, intervals (for `dispersion`).
         "disp": [0.0, 0.0, 0],
+        # The baseline's own spread between intervals (for `rate_burstiness`): sum of (k - m)^2 - m, sum of m^2,
+        # and the baseline's events and requests seen so far (m = requests x their ratio).
+        "spread": [0.0, 0.0, 0, 0],
         "logE": 0.0,
         "maxLogE": 0.0,
         "crossedAt": None,
@@ -367,8 +370,53 @@ class SequentialJudge:
             )
         elif name in state.get("references", {}) or "*" in state.get("references", {}):
             refs = state["references"]
-            svc["tailStart"], svc["tailSource"] = refs.get(name, refs.get("*")), "reference"
+            source = "history" if state.get("priors", {}).get(name, {}).get("tailFromHistory") else "reference"
+            svc["tailStart"], svc["tailSource"] = refs.get(name, refs.get("*")), source
+        prior = state.get("priors", {}).get(name)
+        if prior:
+            svc["errorRate"]["spread"] = list(prior["errorRate"])
+            svc["slowTail"]["spread"] = list(prior["slowTail"])
         return svc
+
+    def prime(self, state: Mapping[str, Any], history: Sequence[Mapping[str, IntervalObservation]]
+              ) -> dict[str, Any]:
+        """The stable version's own intervals from before the release (its traffic alone, oldest first, per
+        service) folded into a fresh state: they fix a service's slow-tail threshold (unless the spec sets one;
+        as a `reference` does, so the tail test starts with the release's first interval) and each rate check's
+        burstiness (`rate_burstiness`), so the first intervals of the release are judged with the noise the
+        stable version is known to have, not as if its errors were independent. Intervals without baseline
+        requests or with other bucket bounds are left out. A state that has judged an interval already is
+        returned as it is. Pure."""
+        new = copy.deepcopy(dict(state))
+        if new["ticks"]:
+            return new
+        priors: dict[str, Any] = {}
+        for name in new.get("plan") or sorted({n for h in history for n in h}):
+            usable = [h[name].baseline for h in history if name in h and h[name].baseline.requests > 0
+                      and list(h[name].bounds_ms[:-1]) == new["boundsMs"]]
+            if not usable:
+                continue
+            learnt = self.config.tail_threshold_ms is None and name not in new.get("references", {}) \
+                and "*" not in new.get("references", {})
+            start = self._prior_tail_start(new, name, usable)
+            errors, slow = _ratio_state(), _ratio_state()
+            for counts in usable:
+                _fold_spread(errors, counts.errors, counts.requests)
+                _fold_spread(slow, int(sum(counts.buckets[start:])), counts.requests)
+            priors[name] = {"intervals": len(usable), "errorRate": errors["spread"], "slowTail": slow["spread"],
+                            "tailFromHistory": learnt}
+        new["priors"] = priors
+        return new
+
+    def _prior_tail_start(self, state: dict[str, Any], name: str, usable: Sequence[VersionCounts]) -> int:
+        """The slow-tail threshold's bucket index: the spec's, a reference's, or one from the history's sum."""
+        if self.config.tail_threshold_ms is not None:
+            return int(tail_index((*state["boundsMs"], math.inf), self.config.tail_threshold_ms))
+        refs = state.setdefault("references", {})
+        if name not in refs and "*" not in refs:
+            summed = [sum(col) for col in zip(*(c.buckets for c in usable), strict=True)]
+            refs[name] = int(reference_tail_index(summed, self.config.tail_reference_quantile))
+        return int(refs.get(name, refs.get("*")))
 
     # -- one tick -------------------------------------------------------------------------------------
     def update(
@@ -723,18 +771,58 @@ def _not_yet_safe(unsafe: Sequence[CheckResult]) -> str:
 
 
 def _fold_ratio(rec: dict[str, Any], k_c: int, k_b: int, n_c: int, n_b: int, r0: float) -> None:
-    """Add one interval to a rate check: its likelihoods, and the Pearson residual of its canary events against
-    the ratio estimated from the intervals before it (for the dispersion phi, see `dispersion`). The harm
-    e-value and the ratio's bounds use the log-likelihoods divided by phi. The interval's log-likelihood ratios
-    are capped at RATE_INTERVAL_LLR_CAP times the phi known before it: after the division by phi, one interval
-    adds about that cap at most, however overdispersed the check."""
-    cap = RATE_INTERVAL_LLR_CAP * rate_dispersion(rec)
+    """Add one interval to a rate check: its likelihoods, the Pearson residual of its canary events against the
+    ratio estimated from the intervals before it (for the dispersion phi, see `dispersion`), and the baseline's
+    own spread (see `interval_dispersion`). The harm e-value adds each interval's log-likelihood ratios capped at
+    RATE_INTERVAL_LLR_CAP times that interval's dispersion and divided by it, the dispersion fixed from what was
+    known before the interval (and its total events): one interval adds at most the cap, however overdispersed
+    the check. The ratio's bounds use the log-likelihoods divided by the pooled phi."""
+    phi_t = interval_dispersion(rec, k_c + k_b, n_c, n_b, r0)
     _fold_pearson(rec, k_c, k_b, n_c, n_b)
-    rec["llr"] = (np.asarray(rec["llr"]) + ratio_increment(k_c, k_b, n_c, n_b, r0, cap=cap)).tolist()
+    _fold_spread(rec, k_b, n_b)
+    added = ratio_increment(k_c, k_b, n_c, n_b, r0, cap=RATE_INTERVAL_LLR_CAP * phi_t) / phi_t
+    rec["llr"] = (np.asarray(rec["llr"]) + added).tolist()
     rec["cs"] = (np.asarray(rec["cs"]) + ratio_cs_increment(k_c, k_b, n_c, n_b)).tolist()
     rec["events"] = [rec["events"][0] + k_c, rec["events"][1] + k_b]
     rec["exposure"] = [rec["exposure"][0] + n_c, rec["exposure"][1] + n_b]
-    rec["logE"] = float(log_mixture(np.asarray(rec["llr"]) / rate_dispersion(rec)))
+    rec["logE"] = float(log_mixture(np.asarray(rec["llr"])))
+
+
+def interval_dispersion(rec: Mapping[str, Any], events: int, n_c: int, n_b: int, r0: float) -> float:
+    """phi_t of one interval with `events` events in all: the larger of the pooled Pearson phi and
+    1 + 2 kappa v_t, where v_t = events s (1 - s) is the binomial variance of the canary's share of them (s at the
+    ratio r0) and kappa the baseline's own burstiness (`rate_burstiness`).
+
+    Why a variance function: when each version's rate is multiplied every minute by a factor of squared
+    coefficient of variation kappa (error bursts, a retry storm, a slow minute), the canary's count given the
+    interval's events varies v_t (1 + (kappa_c + kappa_b) v_t): the excess grows with the events compared, so a
+    pooled phi learnt at 10% understates the noise at 50%, and more so the busier the service. Under the null the
+    canary's errors are as bursty as the baseline's (kappa_c = kappa_b), and the baseline, with most of the
+    traffic, measures kappa far more precisely than the comparison can."""
+    if not (n_c > 0 and n_b > 0 and events > 0):
+        return rate_dispersion(rec)
+    share = r0 * n_c / (r0 * n_c + n_b)
+    v_t = events * share * (1.0 - share)
+    return max(rate_dispersion(rec), 1.0 + 2.0 * rate_burstiness(rec) * v_t)
+
+
+def _fold_spread(rec: dict[str, Any], k_b: int, n_b: int) -> None:
+    """Add one baseline interval to the moments of its own burstiness: the squared deviation of its events from
+    its rate before the interval (deflated for that rate's own error), less the Poisson part, and m^2; then the
+    interval to that rate. The rate and the moments may start from the stable version's intervals before the
+    release (`SequentialJudge.prime`)."""
+    a, b, seen, exposure = rec.get("spread", [0.0, 0.0, 0, 0])
+    if exposure > 0 and n_b > 0 and seen > 0:
+        m = n_b * seen / exposure
+        a, b = a + (k_b - m) ** 2 / (1.0 + n_b / exposure) - m, b + m * m
+    rec["spread"] = [a, b, seen + k_b, exposure + n_b]
+
+
+def rate_burstiness(rec: Mapping[str, Any]) -> float:
+    """kappa >= 0: the squared coefficient of variation of the baseline's rate from interval to interval, by
+    moments (Var k = m + kappa m^2 for an interval expecting m events); 0 until two intervals with events."""
+    a, b = rec.get("spread", [0.0, 0.0])[:2]
+    return max(0.0, a / b) if b > 0 else 0.0
 
 
 def _canary_share(rec: Mapping[str, Any], n_c: int, n_b: int) -> float:

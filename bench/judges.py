@@ -171,9 +171,9 @@ def dispersion_array(rss: np.ndarray, expected: np.ndarray, dof: np.ndarray) -> 
 
 def _rate_log_evalue(k_c: np.ndarray, k_b: np.ndarray, n_c: np.ndarray, n_b: np.ndarray, r0: float,
                      grid: tuple[float, ...]) -> np.ndarray:
-    """A rate check's ln e-process per (rep, minute): the cumulative likelihood ratios, each interval's capped at
-    RATE_INTERVAL_LLR_CAP times the dispersion known before it, divided by the Pearson dispersion of each interval
-    against the ratio estimated before it, as `_fold_ratio` does."""
+    """A rate check's ln e-process per (rep, minute), as `_fold_ratio` computes it: each interval's likelihood
+    ratios capped at RATE_INTERVAL_LLR_CAP times its dispersion phi_t and divided by it, phi_t the larger of the
+    Pearson dispersion known before the interval and 1 + 2 kappa v_t (`interval_dispersion`)."""
     e_c, e_b = np.cumsum(k_c, axis=1) - k_c, np.cumsum(k_b, axis=1) - k_b  # before each interval
     x_c, x_b = np.cumsum(n_c, axis=1) - n_c, np.cumsum(n_b, axis=1) - n_b
     events = k_c + k_b
@@ -184,12 +184,31 @@ def _rate_log_evalue(k_c: np.ndarray, k_b: np.ndarray, n_c: np.ndarray, n_b: np.
         ratio = np.where(known, ((e_c + 0.5) / np.where(known, x_c, 1)) / ((e_b + 0.5) / np.where(known, x_b, 1)),
                          1.0)
         share = np.where(both, ratio * n_c / np.where(both, ratio * n_c + n_b, 1.0), 0.0)
+        share0 = np.where(both, r0 * n_c / np.where(both, r0 * n_c + n_b, 1.0), 0.0)
     q = np.cumsum(np.where(used, (k_c - events * share) ** 2, 0.0), axis=1)
     v = np.cumsum(np.where(used, events * share * (1.0 - share), 0.0), axis=1)
-    phi = dispersion_array(q, v, np.cumsum(used, axis=1))
-    phi_before = np.concatenate([np.ones_like(phi[:, :1]), phi[:, :-1]], axis=1)  # known before each interval
-    llr = np.cumsum(ratio_increment(k_c, k_b, n_c, n_b, r0, grid, cap=RATE_INTERVAL_LLR_CAP * phi_before), axis=1)
-    return log_mixture(llr / phi[..., None])
+    phi_before = _before(dispersion_array(q, v, np.cumsum(used, axis=1)), 1.0)
+    kappa_before = _before(_burstiness(k_b, n_b, e_b, x_b), 0.0)
+    phi_t = np.where(both & (events > 0),
+                     np.maximum(phi_before, 1.0 + 2.0 * kappa_before * events * share0 * (1.0 - share0)), phi_before)
+    added = ratio_increment(k_c, k_b, n_c, n_b, r0, grid, cap=RATE_INTERVAL_LLR_CAP * phi_t) / phi_t[..., None]
+    return log_mixture(np.cumsum(added, axis=1))
+
+
+def _before(after: np.ndarray, first: float) -> np.ndarray:
+    """A running estimate per (rep, minute) as known before each minute: shifted by one, `first` at minute 1."""
+    return np.concatenate([np.full_like(after[:, :1], first), after[:, :-1]], axis=1)
+
+
+def _burstiness(k_b: np.ndarray, n_b: np.ndarray, e_b: np.ndarray, x_b: np.ndarray) -> np.ndarray:
+    """`analysis.sequential.rate_burstiness` after each minute, from the baseline's counts and its events and
+    exposure before each minute."""
+    seen = (x_b > 0) & (n_b > 0) & (e_b > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        m = np.where(seen, n_b * e_b / np.where(seen, x_b, 1), 0.0)
+        a = np.cumsum(np.where(seen, (k_b - m) ** 2 / (1.0 + n_b / np.where(seen, x_b, 1)) - m, 0.0), axis=1)
+        b = np.cumsum(m * m, axis=1)
+        return np.where(b > 0, np.maximum(a / np.where(b > 0, b, 1.0), 0.0), 0.0)
 
 
 def sequential_first(

@@ -13,15 +13,17 @@ maxWeight 50), one 60 s interval per look. `fail` rolls back; `error` holds, and
 in a row roll back; `pass` advances once the step has seen `minCanaryRequests` (50) canary requests, and
 on the last step promotes; before the last step an inconclusive verdict whose only gap is safety not yet
 shown (the judge's `safetyPending`) also advances; a step without a pass after `stepDeadline` (10)
-intervals follows `onInconclusive` (`hold`: it stays at that step and keeps looking). With `--warmup N`
-(`strategy.canary.warmup`), the first N minutes after each weight change are served but not judged. Minutes
-count intervals from the first canary window, warm-up minutes included (scale-ups and settling are not
-counted).
+intervals follows `onInconclusive` (`hold`: it stays at that step and keeps looking). The first `--warmup`
+minutes after each weight change (`strategy.canary.warmup`, by default one interval) are served but not judged.
+Before the release the judge is given `--history` minutes of the stable version's own traffic
+(`analysis.historyIntervals`, by default 30; `SequentialJudge.prime`), drawn from the same world. Minutes count
+intervals from the first canary window, warm-up minutes included (scale-ups and settling are not counted).
 
     python -m bench.releases                 # the full table (about 10-15 min on 2 cores)
     python -m bench.releases --quick         # a smaller look (under 2 min)
     python -m bench.releases --worlds independent,real --scenarios aa,err2 --reps 50
     python -m bench.releases --worlds real --scenarios aa --warmup 3   # steps' first 3 minutes not judged
+    python -m bench.releases --warmup 0 --history 0    # every minute judged, nothing learnt before the release
     python -m bench.releases --scenarios aa,err2 --analysis '{"errorRatioTolerance": 1.25}'  # another analysis
 
 Prints a table and writes bench/results/releases.json (releases_quick.json with --quick).
@@ -52,6 +54,9 @@ from bench.worlds import SCENARIOS, WORLD_NAMES, IntArray, Minute, Traffic, para
 SERVICE = "search"
 RATES: tuple[int, ...] = (5, 20, 50)
 HORIZON = 240
+# A canary twice beyond a margin should be rolled back within this many minutes (the summary's
+# rolledBackByMinute30Pct).
+ROLLBACK_BY_MINUTE = 30
 REPS = 100
 # --quick: the idealised world and the real one, fewer releases per cell.
 QUICK_WORLDS: tuple[str, ...] = ("independent", "real")
@@ -68,7 +73,8 @@ class Schedule:
     on_inconclusive: str = "hold"  # or "rollback", "continue"
     rollback_after_errors: int = 3
     advance_when_safety_pending: bool = True  # an inconclusive "no harm seen, safety not yet shown" advances
-    warmup: int = 0  # minutes after each weight change whose traffic is not judged (`strategy.canary.warmup`)
+    warmup: int = 1  # intervals after each weight change whose traffic is not judged (`strategy.canary.warmup`)
+    history: int = 30  # intervals of the stable version alone before the release (`analysis.historyIntervals`)
 
 
 class Outcome(StrEnum):
@@ -183,6 +189,10 @@ def run_releases(judge: Judge, traffic: TrafficSource, reps: int, horizon: int =
     judge sees per-pod counts (a source with a pod label)."""
     schedule = schedule or Schedule()
     states = [judge.initial_state(services=[SERVICE]) for _ in range(reps)]
+    if schedule.history > 0:  # the stable version alone, the minutes before the release (weight 0)
+        before = [traffic.minute(np.zeros(reps)) for _ in range(schedule.history)]
+        states = [judge.prime(states[i], [{SERVICE: observation(m, i, t - schedule.history, 0.0, pods)}
+                                          for t, m in enumerate(before)]) for i in range(reps)]
     releases = [Release(warming=schedule.warmup) for _ in range(reps)]
     for t in range(horizon):
         live = [i for i, r in enumerate(releases) if r.outcome is Outcome.UNDECIDED]
@@ -227,6 +237,8 @@ def summarise(releases: list[Release], schedule: Schedule | None = None) -> dict
         "medianDecisionMinute": median(None),
         "medianPromotionMinute": median(Outcome.PROMOTED),
         "medianRollbackMinute": median(Outcome.ROLLED_BACK),
+        "rolledBackByMinute30Pct": 100.0 * sum(r.outcome is Outcome.ROLLED_BACK and r.decided_at is not None
+                                               and r.decided_at <= ROLLBACK_BY_MINUTE for r in releases) / n,
         "rollbackCauses": dict(Counter(r.cause for r in releases if r.outcome is Outcome.ROLLED_BACK)),
         "undecidedAtWeight": {str(k): v for k, v in sorted(Counter(
             schedule.steps[r.step] for r in releases if r.outcome is Outcome.UNDECIDED).items())},
@@ -245,9 +257,10 @@ class Cell:
     horizon: int
     seed: int
     alpha: float
-    warmup: int = 0
+    warmup: int = 1
     pods: bool = True
     analysis: str = "{}"  # spec.analysis fields beside alpha, as JSON (`--analysis`)
+    history: int = 30  # minutes of the stable version's traffic before the release given to the judge
 
 
 def run_cell(cell: Cell) -> dict[str, Any]:
@@ -256,24 +269,26 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     cfg = AnalysisConfig.from_dict({**json.loads(cell.analysis), "alpha": cell.alpha})
     traffic = Traffic(cell.world, np.random.default_rng(cell.seed), cell.reps, cell.rate, SCENARIOS[cell.scenario],
                       cell.horizon)
-    schedule = Schedule(warmup=cell.warmup)
+    schedule = Schedule(warmup=cell.warmup, history=cell.history)
     releases = run_releases(SequentialJudge(cfg), traffic, cell.reps, cell.horizon, schedule, pods=cell.pods)
     return {"world": cell.world, "scenario": cell.scenario, "rate": cell.rate, "reps": cell.reps,
-            "horizon": cell.horizon, "seed": cell.seed, "warmup": cell.warmup, "pods": cell.pods,
+            "horizon": cell.horizon, "seed": cell.seed, "warmup": cell.warmup, "history": cell.history,
+            "pods": cell.pods,
             "analysis": json.loads(cell.analysis),
             **summarise(releases, schedule),
             "seconds": time.perf_counter() - started}
 
 
 def cells(worlds: tuple[str, ...], scenarios: tuple[str, ...], rates: tuple[int, ...], reps: int, horizon: int,
-          seed: int, alpha: float, warmup: int = 0, pods: bool = True, analysis: str = "{}") -> list[Cell]:
+          seed: int, alpha: float, warmup: int = 1, pods: bool = True, analysis: str = "{}", history: int = 30
+          ) -> list[Cell]:
     """Every world x scenario x rate, each with its own seed (the same across runs of the same grid)."""
     out = []
     for w in worlds:
         for s in scenarios:
             for r in rates:
                 cell_seed = seed + 10_000 * WORLD_NAMES.index(w) + 100 * list(SCENARIOS).index(s) + r
-                out.append(Cell(w, s, r, reps, horizon, cell_seed, alpha, warmup, pods, analysis))
+                out.append(Cell(w, s, r, reps, horizon, cell_seed, alpha, warmup, pods, analysis, history))
     return out
 
 
@@ -316,8 +331,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--alpha", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=20_000)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--warmup", type=int, default=0,
-                        help="minutes after each weight change not judged (strategy.canary.warmup; default 0)")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="minutes after each weight change not judged (strategy.canary.warmup; default 1, one "
+                             "interval, as the spec's)")
+    parser.add_argument("--history", type=int, default=30,
+                        help="minutes of the stable version's own traffic before the release given to the judge "
+                             "(analysis.historyIntervals, SequentialJudge.prime; default 30, as the spec's)")
     parser.add_argument("--no-pods", action="store_true",
                         help="the judge sees no per-pod counts (a metrics source without a pod label)")
     parser.add_argument("--analysis", default="{}",
@@ -339,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     horizon: int = opts.horizon or HORIZON
     started = time.perf_counter()
     work = cells(worlds, scenarios, rates, reps, horizon, opts.seed, opts.alpha, opts.warmup, not opts.no_pods,
-                 json.dumps(json.loads(opts.analysis), sort_keys=True))
+                 json.dumps(json.loads(opts.analysis), sort_keys=True), opts.history)
     # The longest cells first (regressions that hold, low rates), for load balance.
     work.sort(key=lambda c: (c.scenario in ("aa", "lat10"), -c.rate), reverse=True)
     if opts.workers > 1:
@@ -354,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(results)} cells x {reps} releases, horizon {horizon} min: {elapsed:.0f} s with {opts.workers} workers")
     result = {
         "command": "python -m bench.releases " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "schedule": asdict(Schedule(warmup=opts.warmup)), "alpha": opts.alpha, "reps": reps, "horizon": horizon,
+        "schedule": asdict(Schedule(warmup=opts.warmup, history=opts.history)), "alpha": opts.alpha, "reps": reps,
+        "horizon": horizon,
         "pods": not opts.no_pods,
         "worldParameters": parameters(),
         "elapsedSeconds": elapsed, "cells": results,

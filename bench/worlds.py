@@ -239,9 +239,9 @@ class Traffic:
 
     def _canary_pods_now(self, weight: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Start the pods a scale-up added; each canary pod's traffic share and warm-up factor."""
-        running = np.arange(MAX_CANARY_PODS)[None, :] < canary_pods(weight)[:, None]
+        running = (np.arange(MAX_CANARY_PODS)[None, :] < canary_pods(weight)[:, None]) & (weight[:, None] > 0)
         self.pod_start = np.where(running, np.minimum(self.pod_start, self.t), np.inf)
-        share = running / running.sum(axis=1, keepdims=True)
+        share = running / np.maximum(running.sum(axis=1, keepdims=True), 1)
         if not self.world.warmup:
             return share, np.ones(share.shape)
         age = np.where(running, self.t + 0.5 - np.where(running, self.pod_start, 0.0), np.inf)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from analysis.abtest import PrimaryCounts
+from analysis.observations import WindowCounts
 from controller.core import machine
 from controller.core.machine import (
     Action,
@@ -68,6 +69,9 @@ class Ports:
     metrics_delay: float = 0.0
     # A shadow phase's comparator (`spec.strategy.shadow`); a runner without one never passes a shadow phase.
     shadow: ShadowPairs | None = None
+    # A source that answers windows in the past (Prometheus), for the stable version's metrics before a release
+    # (`spec.analysis.historyIntervals`); None: the judge learns the noise from the release alone.
+    history: Metrics | None = None
 
 
 @dataclass(frozen=True)
@@ -141,10 +145,27 @@ class Reconciler:
                 metrics_error = f"metrics source failed: {exc!r}"
         business, business_error = self._business(spec, wants.metrics_window)
         shadow, shadow_error = self._shadow(spec, wants.shadow_after)
+        history, history_error = self._history(spec, wants.history_windows)
         return Observation(readiness=readiness, routing=routing, routing_error=routing_error,
                            metrics=metrics, metrics_error=metrics_error, business=business,
                            business_error=business_error, hooks=self._call_hooks(spec, status, wants),
-                           peers=peers, created=created, shadow=shadow, shadow_error=shadow_error)
+                           peers=peers, created=created, shadow=shadow, shadow_error=shadow_error,
+                           history=history, history_error=history_error)
+
+    def _history(self, spec: ReleaseSpec, windows: tuple[tuple[float, float], ...]
+                 ) -> tuple[tuple[WindowCounts, ...] | None, str | None]:
+        """The stable version's windows before the release, from a source that keeps past samples."""
+        if not windows:
+            return None, None
+        if self.ports.history is None:
+            return None, "this metrics source keeps no history (windows are read as they close)"
+        try:
+            return tuple(self.ports.history.window(metrics_query(spec), start, end) for start, end in windows), None
+        except PortError as exc:
+            return None, exc.reason
+        except Exception as exc:  # a broken source starts the judge without history, never a crash loop
+            log.exception("metrics history failed")
+            return None, f"metrics source failed: {exc!r}"
 
     def _shadow(self, spec: ReleaseSpec, after: tuple[str, int] | None) -> tuple[ShadowBatch | None, str | None]:
         if after is None or spec.shadow is None:

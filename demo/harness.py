@@ -137,16 +137,17 @@ def search_load(stack: LocalStack, spec: ReleaseSpec, rps: float, max_seconds: f
 
 def local_ports(stack: LocalStack, router: LocalRouter, metrics: Metrics, clock: SystemClock,
                 outgoing: Outgoing | None, business: BusinessMetrics | None = None,
-                metrics_delay: float = 0.0, shadow: ShadowPairs | None = None) -> Ports:
+                metrics_delay: float = 0.0, shadow: ShadowPairs | None = None, history: Metrics | None = None
+                ) -> Ports:
     """The controller's ports on the local platform; notices go to the log and to `outgoing`'s notifiers.
     `metrics_delay`: how long after a weight change the metrics source counts only the new weight's
-    traffic (`MetricsSource.delay`); no window opens sooner."""
+    traffic (`MetricsSource.delay`); no window opens sooner. `history`: a source of past windows (Prometheus)."""
     notifier: Notifier = LogNotifier()
     if outgoing is not None and outgoing.notifier is not None:
         notifier = MultiNotifier([notifier, outgoing.notifier])
     return Ports(LocalWorkloads(stack), router, metrics, clock, notifier, business=business,
                  hooks=outgoing.hooks if outgoing is not None else HttpHooks(), metrics_delay=metrics_delay,
-                 shadow=shadow)
+                 shadow=shadow, history=history)
 
 
 def drive_release(reconciler: Reconciler, state: StateDir, spec: Any, clock: SystemClock, stop: threading.Event,

@@ -243,7 +243,7 @@ def controller_main(argv: Sequence[str]) -> int:
                               workers=args.workers, replica_policy=ReplicaPolicy(args.canary_replicas),
                               metrics_delay=metrics.provider.config.settle_delay)
     controller = Controller(api, config, metrics, clock, elector, telemetry, business_source(args, metrics),
-                            notifier=outgoing.notifier, hooks=outgoing.hooks)
+                            notifier=outgoing.notifier, hooks=outgoing.hooks, history=metrics)
     health = HealthServer(telemetry, controller.healthy, controller.synced.is_set, args.health_host,
                           args.health_port).start()
     log.info("controller %s watching %s; health on :%d", args.identity, args.namespace or "all namespaces",

@@ -64,6 +64,9 @@ class Wants:
     # A shadow phase: the comparator's pairs after this cursor (its epoch, the last sequence number read;
     # -1: none yet, so only where it stands now). None: not asked.
     shadow_after: tuple[str, int] | None = None
+    # The stable version's metrics before the release, one window per interval, oldest first (read once, while
+    # the new version starts: `SequentialJudge.prime`). Empty: not asked.
+    history_windows: tuple[tuple[float, float], ...] = ()
 
 
 def served_path(header: str) -> tuple[tuple[str, str], ...]:
@@ -136,3 +139,6 @@ class Observation:
     # A shadow phase's look at the comparator.
     shadow: ShadowBatch | None = None
     shadow_error: str | None = None
+    # The windows of `Wants.history_windows`, in order (None: not asked, or the look failed: history_error).
+    history: tuple[WindowCounts, ...] | None = None
+    history_error: str | None = None

@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
+from analysis.config import AnalysisConfig
 from analysis.histogram import rank_sum, shift_weight
+from analysis.observations import ISTIO_BUCKETS_MS, IntervalObservation, VersionCounts
 from analysis.sequential import (
     CS_GRID,
     RATE_INTERVAL_LLR_CAP,
+    SequentialJudge,
     log_half_normal_mixture,
     log_mixture,
     ratio_confidence_sequence,
@@ -133,19 +136,81 @@ def test_the_capped_likelihood_ratio_keeps_expectation_at_most_one_under_the_nul
         assert np.all(expectation <= 1.0 + 1e-9), (k, expectation)
 
 
-def test_the_cap_is_in_units_of_the_dispersion_known_before_the_interval() -> None:
-    """With phi learnt from overdispersed intervals, one interval's raw log-likelihood ratios may reach 3 phi
-    (not 3): once divided by phi the interval still adds about e^3 at most, and a regression in a bursty service
-    is not slowed twice (by the cap and by phi)."""
-    from analysis.sequential import _fold_ratio, _ratio_state, rate_dispersion
+def test_the_cap_is_in_units_of_the_interval_dispersion_fixed_before_it() -> None:
+    """With bursty errors learnt from the baseline, an interval's raw log-likelihood ratios may reach 3 phi_t (not
+    3): divided by phi_t, the interval adds e^3 at most, and a regression in a bursty service is not slowed twice
+    (by the cap and by phi_t)."""
+    from analysis.sequential import _fold_ratio, _ratio_state, interval_dispersion
 
     rec = _ratio_state()
-    for k_c in (0, 12, 1, 10, 0, 11, 2, 9):  # the canary's errors swing around the baseline's rate (1%)
-        _fold_ratio(rec, k_c, 45, 500, 4500, 1.0)
-    phi = rate_dispersion(rec)
-    assert phi > 2.0
+    for k_b in (45, 5, 120, 20, 60, 10, 90, 15):  # the baseline's errors come in bursts (4,500 requests each)
+        _fold_ratio(rec, k_b // 9, k_b, 500, 4500, 1.0)
+    phi_t = interval_dispersion(rec, 60 + 45, 500, 4500, 1.0)
+    assert phi_t > 2.0
     before = np.asarray(rec["llr"])
     _fold_ratio(rec, 60, 45, 500, 4500, 1.0)  # a burst: 12x the baseline's rate
     added = np.asarray(rec["llr"]) - before
-    assert float(np.max(added)) == pytest.approx(RATE_INTERVAL_LLR_CAP * phi)
-    assert float(np.max(added)) / rate_dispersion(rec) <= RATE_INTERVAL_LLR_CAP
+    assert float(np.max(added)) == pytest.approx(RATE_INTERVAL_LLR_CAP)
+
+
+def test_the_baseline_burstiness_is_learnt_from_its_own_intervals() -> None:
+    """kappa, the squared coefficient of variation of the baseline's rate between intervals: about 1 for a
+    per-minute Gamma factor of CV 1, about 0 for Poisson counts."""
+    from analysis.sequential import _fold_ratio, _ratio_state, rate_burstiness
+
+    rng = np.random.default_rng(3)
+    for cv2, low, high in ((1.0, 0.6, 1.4), (0.0, -0.01, 0.1)):
+        rec = _ratio_state()
+        for _ in range(300):
+            factor = rng.gamma(1.0 / cv2, cv2) if cv2 else 1.0
+            _fold_ratio(rec, 0, int(rng.poisson(20.0 * factor)), 100, 4000, 1.0)
+        assert low <= rate_burstiness(rec) <= high, (cv2, rate_burstiness(rec))
+
+
+def test_an_interval_comparing_more_events_is_given_more_dispersion() -> None:
+    """The same burstiness weighs more in an interval with more events: phi_t = 1 + 2 kappa v_t."""
+    from analysis.sequential import _fold_ratio, _ratio_state, interval_dispersion, rate_burstiness
+
+    rec = _ratio_state()
+    for k_b in (45, 5, 120, 20, 60, 10, 90, 15):
+        _fold_ratio(rec, 5, k_b, 500, 4500, 1.0)
+    kappa = rate_burstiness(rec)
+    at_10, at_50 = (interval_dispersion(rec, 100, n_c, 5000 - n_c, 1.0) for n_c in (500, 2500))
+    assert kappa > 0.3
+    assert at_50 == pytest.approx(1.0 + 2.0 * kappa * 100 * 0.25)
+    assert at_50 > at_10 > 1.0
+
+
+def counts(requests: int, errors: int, slow: int) -> VersionCounts:
+    """`requests` in a fast bucket (25 ms), `slow` of them in a slow one (1 s)."""
+    buckets = [0] * len(ISTIO_BUCKETS_MS)
+    buckets[3], buckets[9] = requests - slow, slow
+    return VersionCounts(requests, errors, tuple(buckets))
+
+
+def _baseline_only(requests: int, errors: int, slow: int = 0) -> IntervalObservation:
+    return IntervalObservation(0.0, 0.0, counts(requests, errors, slow), VersionCounts.empty(len(ISTIO_BUCKETS_MS)))
+
+
+def test_the_stable_versions_history_gives_the_first_interval_its_burstiness_and_tail_threshold() -> None:
+    """Primed with the stable version's bursty minutes, the release's first interval is judged with that
+    burstiness (an error burst on the canary weighs less than without the history), and the slow tail is tested
+    from the first interval on, at a threshold from the history."""
+    judge = SequentialJudge(AnalysisConfig())
+    history = [{"svc": _baseline_only(4500, k, slow=110)} for k in (45, 5, 120, 20, 60, 10, 90, 15) * 3]
+    fresh = judge.initial_state(services=["svc"])
+    primed = judge.prime(fresh, history)
+    assert primed["priors"]["svc"]["intervals"] == 24
+    burst = {"svc": IntervalObservation(60.0, 10.0, counts(4500, 45, 110), counts(500, 30, 12))}
+    (without, _), (with_history, _) = (judge.update(state, burst) for state in (fresh, primed))
+    assert with_history["services"]["svc"]["errorRate"]["logE"] < without["services"]["svc"]["errorRate"]["logE"] - 1
+    svc = with_history["services"]["svc"]
+    assert svc["tailSource"] == "history" and svc["slowTail"]["exposure"] == [500, 4500]
+    assert without["services"]["svc"]["slowTail"]["exposure"] == [0, 0]  # L* from this interval: tested from the next
+
+
+def test_a_state_that_judged_an_interval_is_not_primed_again() -> None:
+    judge = SequentialJudge(AnalysisConfig())
+    state, _ = judge.update(judge.initial_state(services=["svc"]),
+                            {"svc": IntervalObservation(60.0, 10.0, counts(4500, 45, 110), counts(500, 5, 12))})
+    assert judge.prime(state, [{"svc": _baseline_only(4500, 120)}]) == state

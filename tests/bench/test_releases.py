@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ class ScriptedJudge:
     def __init__(self, *scripts: Script) -> None:
         self.scripts = scripts
         self.started = 0
+        self.primed = 0
         self.seen: list[list[float]] = [[] for _ in scripts]
 
     def initial_state(self, reference: Any = None, services: Sequence[str] | None = None,
@@ -73,8 +75,17 @@ class ScriptedJudge:
         verdict = N if step == S else Verdict(step)
         return {"rep": rep, "ticks": tick + 1}, Decision(verdict, "", details={"safetyPending": step == S})
 
+    def prime(self, state: Mapping[str, Any], history: Sequence[Mapping[str, IntervalObservation]]
+              ) -> dict[str, Any]:
+        self.primed = len(history)
+        return dict(state)
 
-def play(*scripts: Script, canary: int = 100, horizon: int = 60, schedule: Schedule | None = None
+
+# The controller's loop alone: every interval judged, nothing given to the judge before the release.
+BARE = Schedule(warmup=0, history=0)
+
+
+def play(*scripts: Script, canary: int = 100, horizon: int = 60, schedule: Schedule = BARE
          ) -> tuple[list[Release], ScriptedJudge]:
     judge = ScriptedJudge(*scripts)
     return run_releases(judge, FixedTraffic(len(scripts), canary), len(scripts), horizon, schedule), judge
@@ -122,7 +133,7 @@ def test_inconclusive_holds_the_step_past_its_deadline_by_default() -> None:
 ])
 def test_the_other_inconclusive_policies_apply_at_the_step_deadline(
         policy: str, outcome: Outcome, at: int, weights: list[int]) -> None:
-    (r,), judge = play([N], schedule=Schedule(on_inconclusive=policy))
+    (r,), judge = play([N], schedule=replace(BARE, on_inconclusive=policy))
     assert (r.outcome, r.decided_at) == (outcome, at)
     assert judge.seen[0] == weights
 
@@ -132,13 +143,13 @@ def test_no_harm_seen_raises_the_weight_but_only_a_pass_promotes() -> None:
     assert pending.outcome is Outcome.UNDECIDED
     assert judge.seen[0] == [10, 20, 30, 40] + [50] * 16
     assert (passed.outcome, passed.decided_at) == (Outcome.PROMOTED, 7)
-    (stays,), judge = play([S], horizon=5, schedule=Schedule(advance_when_safety_pending=False))
+    (stays,), judge = play([S], horizon=5, schedule=replace(BARE, advance_when_safety_pending=False))
     assert judge.seen[0] == [10] * 5 and stays.outcome is Outcome.UNDECIDED
 
 
 def test_summary_counts_outcomes_medians_causes_and_where_undecided_releases_hold() -> None:
     played, _ = play([P], [P, F], [P, P, P, F], [E, E, E], [N], [S], horizon=20)
-    s = summarise(played)
+    s = summarise(played, BARE)
     assert s["promotedPct"] == pytest.approx(100 / 6) and s["rolledBackPct"] == pytest.approx(50)
     assert s["undecidedPct"] == pytest.approx(100 / 3)
     assert s["medianDecisionMinute"] == 3.5 and s["medianPromotionMinute"] == 5.0
@@ -148,17 +159,17 @@ def test_summary_counts_outcomes_medians_causes_and_where_undecided_releases_hol
 
 
 def test_warmup_minutes_after_each_weight_change_are_served_but_not_judged() -> None:
-    (r,), judge = play([P], schedule=Schedule(warmup=2))
+    (r,), judge = play([P], schedule=replace(BARE, warmup=2))
     assert judge.seen[0] == [10, 20, 30, 40, 50]  # one judged interval per step, as without a warm-up
     assert [a for _, _, a in r.actions[:6]] == ["warm-up", "warm-up", "next step", "warm-up", "warm-up", "next step"]
     assert (r.outcome, r.decided_at) == (Outcome.PROMOTED, 15)  # the warm-up minutes count toward the decision
-    assert summarise([r])["meanIntervalsJudged"] == 5
+    assert summarise([r], BARE)["meanIntervalsJudged"] == 5
 
 
 def test_schedule_defaults_are_the_release_specs() -> None:
     spec = parse_release(release_manifest(strategy={"canary": {}}, analysis={}))
     strategy, policies, d = spec.strategy, spec.policies, Schedule()
-    assert strategy.warmup == d.warmup * 60
+    assert strategy.warmup == d.warmup * strategy.interval and spec.analysis.history_intervals == d.history
     assert strategy.steps == d.steps and strategy.min_canary_requests == d.min_canary_requests
     assert strategy.interval == 60 and strategy.step_deadline == d.step_deadline * strategy.interval
     assert (policies.on_inconclusive, policies.rollback_after_errors) == (d.on_inconclusive, d.rollback_after_errors)
@@ -178,3 +189,10 @@ def test_the_real_judge_in_a_world_and_the_command(tmp_path: Path, capsys: pytes
     assert [(c["world"], c["scenario"], c["rate"], c["reps"]) for c in written["cells"]] == [
         ("independent", "err4", 50, 2)]
 
+
+
+def test_the_judge_is_given_the_stable_versions_minutes_before_the_release_and_their_weight_is_zero() -> None:
+    traffic = FixedTraffic(1)
+    judge = ScriptedJudge([P])
+    run_releases(judge, traffic, 1, 10, replace(BARE, history=3))
+    assert judge.primed == 3 and traffic.weights[:3] == [[0.0]] * 3 and traffic.weights[3] == [10.0]

@@ -22,8 +22,9 @@ N = len(ISTIO_BUCKETS_MS)
 
 def spec(**over: Any) -> ReleaseSpec:
     s: dict[str, Any] = {"stable": {"version": "v1"}, "canary": {"version": "v2", "services": ["ml-search"]},
+                         # no warm-up: windows open `settle` after a weight change (warm-up has its own tests)
                          "strategy": {"canary": {"steps": [{"weight": 10}, {"weight": 50}], "interval": "60s",
-                                                 "minCanaryRequests": 50, "settle": "5s"}},
+                                                 "minCanaryRequests": 50, "settle": "5s", "warmup": "0s"}},
                          "analysis": {"minCanaryRequests": 50, "tailThresholdMs": 250}}
     s.update(over)
     return parse_release({"metadata": {"name": "r", "namespace": "ns", "generation": 4}, "spec": s})
@@ -398,9 +399,58 @@ def test_warmup_holds_a_steps_first_window_until_the_new_pods_have_served_a_whil
     held, _ = machine.step(sp, seen, Observation(readiness=short, routing=routing(sp, seen)), NOW + 200)
     healed, _ = machine.step(sp, held, Observation(readiness=ready, routing=routing(sp, held)), NOW + 230)
     assert healed.last_analysis_at == NOW + 230 + 120
-    assert spec().strategy.warmup == 0.0 and spec().strategy.first_window_after == 5.0  # the default: none
+    assert spec().strategy.warmup == 0.0 and spec().strategy.first_window_after == 5.0  # none
+    default = spec(strategy={"canary": {"steps": [{"weight": 10}], "interval": "60s", "settle": "5s"}})
+    assert default.strategy.warmup == 60.0  # the default: one interval
+    short = spec(strategy={"canary": {"steps": [{"weight": 10}], "interval": "60s", "stepDeadline": "90s"}})
+    assert short.strategy.warmup == 30.0  # as far as the step deadline leaves a whole interval
 
 
 def test_a_warmup_that_leaves_no_window_before_the_step_deadline_is_refused() -> None:
     with pytest.raises(InvalidSpec, match=r"strategy\.canary\.warmup: 600s leaves no whole interval"):
         spec(strategy={"canary": {"steps": [{"weight": 10}], "interval": "60s", "warmup": "10m"}})
+
+
+def _bursty_history(sp: ReleaseSpec, started: float) -> tuple[WindowCounts, ...]:
+    """`historyIntervals` windows of the stable version alone, its errors in bursts (5 to 120 per 5,000)."""
+    errors = (45, 5, 120, 20, 60, 10, 90, 15)
+    ends = [end for _, end in machine.history_windows(sp, initializing(sp, started))]
+    return tuple(WindowCounts(end - 60, end, {("ml-search", "v1"): counts(5000, errors[i % len(errors)])})
+                 for i, end in enumerate(ends))
+
+
+def initializing(sp: ReleaseSpec, started: float = NOW) -> ReleaseStatus:
+    from analysis.judges import make_judge
+    return ReleaseStatus(phase=Phase.INITIALIZING, observed_generation=4, started_at=started, phase_since=started,
+                         judge_state=make_judge(sp.analysis).initial_state(services=sp.analysed_services))
+
+
+def test_a_starting_release_reads_the_stable_versions_history_once_and_the_judge_learns_its_bursts() -> None:
+    from analysis.sequential import rate_burstiness
+    sp = spec()
+    status = initializing(sp)
+    windows = machine.wants(sp, status, NOW + 5).history_windows
+    # 30 intervals (the default), oldest first, ending one interval before the release started
+    assert len(windows) == 30 and windows[-1] == (NOW - 120, NOW - 60) and windows[0] == (NOW - 1860, NOW - 1800)
+    obs = Observation(readiness={"ml-search": Readiness(False, "starting")}, history=_bursty_history(sp, NOW))
+    new, actions = machine.step(sp, status, obs, NOW + 5)
+    priors = new.judge_state["priors"]["ml-search"]
+    assert priors["intervals"] == 30 and not of(actions, Notify)
+    assert rate_burstiness({"spread": priors["errorRate"]}) > 0.3
+    assert machine.wants(sp, new, NOW + 10).history_windows == ()  # read once
+
+
+def test_history_that_cannot_be_read_starts_the_judge_without_it_and_says_why() -> None:
+    sp = spec()
+    obs = Observation(readiness={"ml-search": Readiness(True)}, history_error="this metrics source keeps no history")
+    new, actions = machine.step(sp, initializing(sp), obs, NOW + 5)
+    assert new.phase is Phase.PROGRESSING and new.judge_state["priors"] == {}
+    [notice] = [a for a in of(actions, Notify) if a.reason == "HistoryUnavailable"]
+    assert "keeps no history" in notice.message
+
+
+@pytest.mark.parametrize("over", [{"analysis": {"historyIntervals": 0}},
+                                  {"analysis": {"judge": "kayenta"}}])
+def test_no_history_is_asked_when_turned_off_or_the_judge_learns_nothing_from_it(over: dict[str, Any]) -> None:
+    sp = spec(**over)
+    assert machine.wants(sp, initializing(sp), NOW + 5).history_windows == ()

@@ -8,6 +8,7 @@ import pytest
 
 from controller.core.machine import ApplyRouting
 from controller.core.status import Phase
+from controller.reconciler import Reconciler
 from tests.support.fakes import VersionModel
 from tests.support.scenario import SERVICES, World, release
 
@@ -241,3 +242,24 @@ def test_inconclusive_hold_policy_holds() -> None:
     assert status.phase is Phase.PROGRESSING and status.step == 0
     assert status.condition("Analysis").reason == "Inconclusive"  # type: ignore[union-attr]
     assert world.notifier.reasons().count("AnalysisInconclusive") == 1
+
+
+def test_the_judge_learns_the_stable_versions_noise_from_its_metrics_before_the_release() -> None:
+    """With a source of past windows, the release's first Initializing tick reads `historyIntervals` windows of
+    the stable version, once, all before the release started; without one, the judge starts without them and
+    an event says so. Both releases are promoted."""
+    world = World()
+    ports = world.controller().ports
+    ports.history = world.metrics
+    status = world.run(release(), controller=Reconciler(ports))
+    assert status.phase is Phase.SUCCEEDED, status.message
+    assert status.started_at is not None
+    before = [q for q in world.metrics.queries if q[1] <= status.started_at]
+    assert len(before) == 30 and before[-1][1] == status.started_at - 60
+    priors = status.judge_state["priors"]
+    assert set(priors) == set(SERVICES) and {p["intervals"] for p in priors.values()} == {30}
+    assert "HistoryUnavailable" not in world.notifier.reasons()
+
+    alone = World()
+    assert alone.run(release()).phase is Phase.SUCCEEDED
+    assert "HistoryUnavailable" in alone.notifier.reasons()

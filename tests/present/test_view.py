@@ -89,4 +89,7 @@ def test_the_headline_says_when_new_pods_are_still_warming_up() -> None:
     line = view.headline(warm, status, 1000.0)
     assert "next analysis in 240.0s" in line and "(new pods warming up for 180s more)" in line
     assert "warming up" not in view.headline(warm, status, 1200.0)  # the window is open: judged from now on
-    assert "warming up" not in view.headline(SPEC, status, 1000.0)  # no warm-up set: settle only
+    cold = parse_release({"metadata": {"name": "r"}, "spec": {
+        "stable": {"version": "v1"}, "canary": {"version": "v2", "images": {"ml-infer": "reg/ml-infer:2"}},
+        "strategy": {"canary": {"steps": [{"weight": 10}, {"weight": 50}], "warmup": "0s"}}}})
+    assert "warming up" not in view.headline(cold, status, 1000.0)  # no warm-up: settle only

@@ -63,7 +63,7 @@ class Controller:
     def __init__(self, api: KubeApi, config: ControllerConfig, metrics: Metrics, clock: Clock,
                  elector: LeaseElector | None = None, telemetry: Telemetry | None = None,
                  business: BusinessMetrics | None = None, notifier: Notifier | None = None,
-                 hooks: Hooks | None = None) -> None:
+                 hooks: Hooks | None = None, history: Metrics | None = None) -> None:
         self.config = config
         self.clock = clock
         self.elector = elector
@@ -79,7 +79,7 @@ class Controller:
         self.store = StatusStore(self.api, on_written=self.watch.remember)
         self.wiring = ReleaseWiring(self.api, clock, config.identity, config.replica_policy, metrics,
                                     business, notifier, hooks, CachedPeers(lambda: list(self.watch.cache.values())),
-                                    config.metrics_delay)
+                                    config.metrics_delay, history)
         self.ticker = ReleaseTicker(self.watch, self.queue, self.leadership, self.wiring,
                                     Finalizer(self.api, self.wiring, on_written=self.watch.remember),
                                     self.store, self.telemetry, config.conflict_retry)

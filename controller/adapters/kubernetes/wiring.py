@@ -38,7 +38,8 @@ class ReleaseWiring:
 
     def __init__(self, api: KubeApi, clock: Clock, identity: str, replica_policy: ReplicaPolicy,
                  metrics: Metrics, business: BusinessMetrics | None = None, notifier: Notifier | None = None,
-                 hooks: Hooks | None = None, peers: Peers | None = None, metrics_delay: float = 0.0) -> None:
+                 hooks: Hooks | None = None, peers: Peers | None = None, metrics_delay: float = 0.0,
+                 history: Metrics | None = None) -> None:
         self.api = api
         self.clock = clock
         # The Events' reportingInstance: which replica decided.
@@ -51,6 +52,8 @@ class ReleaseWiring:
         # The other releases of a namespace (from the controller's cache), for who owns which service.
         self.peers = peers
         self.metrics_delay = metrics_delay
+        # The source of the stable version's metrics before a release (Prometheus keeps them); None: none.
+        self.history = history
         self.hooks: Hooks = hooks or HttpHooks(WebhookClient(policy=UrlPolicy.in_cluster()), HookRules.cluster(),
                                                KubeSecrets(api))
         # A shadow phase's comparator: the Service its release names, in the release's namespace.
@@ -73,4 +76,4 @@ class ReleaseWiring:
             notifier = MultiNotifier([notifier, self.notifier])
         return Ports(workloads, self.router(ref.namespace, services), self.metrics, self.clock, notifier,
                      business=self.business, hooks=self.hooks, peers=self.peers, metrics_delay=self.metrics_delay,
-                     shadow=self.shadow)
+                     shadow=self.shadow, history=self.history)

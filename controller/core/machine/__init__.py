@@ -32,7 +32,7 @@ from controller.core.machine.actions import (
     Outcome,
     RetireWorkloads,
 )
-from controller.core.machine.analysing import analysis_config, settled_for
+from controller.core.machine.analysing import analysis_config, history_windows, settled_for
 from controller.core.machine.capacity import capacity_weight
 from controller.core.machine.headline import summary
 from controller.core.machine.requeue import requeue_after
@@ -42,6 +42,6 @@ from controller.core.observation import Observation, Readiness, Wants
 
 __all__ = [
     "Action", "ApplyRouting", "EnsureWorkloads", "FireHook", "Notify", "Observation", "Outcome", "Readiness",
-    "RetireWorkloads", "Wants", "analysis_config", "base_plan", "capacity_weight", "desired_plan", "invalid_spec",
-    "requeue_after", "settled_for", "step", "summary", "wants",
+    "RetireWorkloads", "Wants", "analysis_config", "base_plan", "capacity_weight", "desired_plan", "history_windows",
+    "invalid_spec", "requeue_after", "settled_for", "step", "summary", "wants",
 ]

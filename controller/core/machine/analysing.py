@@ -12,9 +12,10 @@ from dataclasses import replace
 from analysis.config import AnalysisConfig
 from analysis.judges import make_judge
 from analysis.observations import Verdict, interval_of
+from controller.core.machine.actions import Notify
 from controller.core.observation import Observation
 from controller.core.spec.release import ReleaseSpec
-from controller.core.status import DecisionRecord, ReleaseStatus
+from controller.core.status import DecisionRecord, Phase, ReleaseStatus
 
 
 def settled_for(spec: ReleaseSpec, metrics_delay: float) -> ReleaseSpec:
@@ -33,6 +34,36 @@ def settled_for(spec: ReleaseSpec, metrics_delay: float) -> ReleaseSpec:
 def analysis_config(spec: ReleaseSpec) -> AnalysisConfig:
     """What judges latency and errors: the experiment's guardrails, or the canary's analysis."""
     return spec.experiment.config.guardrails if spec.experiment is not None else spec.analysis
+
+
+def history_windows(spec: ReleaseSpec, status: ReleaseStatus) -> tuple[tuple[float, float], ...]:
+    """The stable version's windows before the release that the judge has not seen yet (`prime_judge`): while
+    the new version starts, `historyIntervals` windows of one interval each, oldest first, ending one interval
+    before the release started (the last one's samples may not all be scraped yet). None for an A/B experiment,
+    whose guardrails judge each variant from its first window, or a judge that learns nothing from them."""
+    count = spec.analysis.history_intervals
+    if status.phase is not Phase.INITIALIZING or spec.experiment is not None or status.started_at is None \
+            or count <= 0 or spec.analysis.judge != "sequential" or "priors" in status.judge_state:
+        return ()
+    step, end = spec.strategy.interval, status.started_at - spec.strategy.interval
+    return tuple((end - (count - i) * step, end - (count - i - 1) * step) for i in range(count))
+
+
+def prime_judge(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation) -> tuple[ReleaseStatus, Notify | None]:
+    """The judge's state given the stable version's history, once, when the windows `history_windows` asked for
+    were read (or could not be: then the judge starts without them, and a notice says why)."""
+    if not history_windows(spec, status) or (obs.history is None and obs.history_error is None):
+        return status, None
+    judge = make_judge(spec.analysis)
+    started = status.started_at or 0.0
+    if obs.history is None:
+        state = judge.prime(dict(status.judge_state), [])
+        notice = Notify("HistoryUnavailable", "the judge starts without the stable version's history (its "
+                                              f"error bursts are learnt from the release alone): {obs.history_error}")
+        return replace(status, judge_state=state), notice
+    history = [{s: interval_of(w, s, spec.stable.version, spec.canary.version, w.end - started, 0.0)
+                for s in spec.analysed_services} for w in obs.history]
+    return replace(status, judge_state=judge.prime(dict(status.judge_state), history)), None
 
 
 def analyse(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float

@@ -13,7 +13,7 @@ from dataclasses import replace
 from analysis.judges import make_judge
 from analysis.observations import Verdict
 from controller.core.machine.actions import Notify, Outcome
-from controller.core.machine.analysing import analyse_window, analysis_config, note_action
+from controller.core.machine.analysing import analyse_window, analysis_config, note_action, prime_judge
 from controller.core.machine.capacity import check_capacity
 from controller.core.machine.experiment import look as look_at_experiment
 from controller.core.machine.experiment import start as start_experiment
@@ -79,6 +79,12 @@ def _start(spec: ReleaseSpec, status: ReleaseStatus, now: float) -> Outcome:
 
 
 def _initializing(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float) -> Outcome:
+    status, notice = prime_judge(spec, status, obs)
+    moved = _wait_for_workloads(spec, status, obs, now)
+    return moved.after(notice) if notice is not None else moved
+
+
+def _wait_for_workloads(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float) -> Outcome:
     readiness = obs.readiness or {}
     broken = {s: r for s, r in readiness.items() if r.failed}
     if broken:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from controller.core.machine.actions import Action, FireHook, Notify, Outcome
+from controller.core.machine.analysing import history_windows
 from controller.core.machine.hooks import due, failures, load_tests_to_fire, record
 from controller.core.machine.ownership import queued_behind, superseded_by
 from controller.core.machine.phases import transition
@@ -47,7 +48,9 @@ def wants(spec: ReleaseSpec | None, status: ReleaseStatus, now: float, peers: tu
         status.phase is Phase.PROMOTING and status.scaling_to is not None)
     return Wants(readiness=canary_up, routing=status.phase is not Phase.PENDING, metrics_window=window,
                  hooks=due(spec, status),
-                 shadow_after=shadow_cursor(status) if status.phase is Phase.SHADOWING else None)
+                 shadow_after=shadow_cursor(status) if status.phase is Phase.SHADOWING else None,
+                 history_windows=history_windows(spec, status))
+
 
 
 def step(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float

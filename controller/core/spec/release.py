@@ -80,7 +80,8 @@ class CanaryStrategy:
     # stratum, and the sample-ratio check compares against it).
     settle: float = 0.0
     # After a weight change, how long new canary pods serve before their traffic is judged (cold caches, JIT):
-    # the first window of a step opens max(settle, warmup) after the weight moved. 0: no warm-up.
+    # the first window of a step opens max(settle, warmup) after the weight moved. The spec's default is one
+    # interval (docs/analysis.md, "Warm-up"); 0: no warm-up.
     warmup: float = 0.0
 
     @property
@@ -283,7 +284,8 @@ def _canary_strategy(r: Reader, m: Mapping[str, Any]) -> CanaryStrategy:
             steps.append(top)
     interval = r.duration(c.get("interval"), f"{path}.interval", 60.0, 0.5)
     step_deadline = r.duration(c.get("stepDeadline"), f"{path}.stepDeadline", 10 * interval, interval)
-    warmup = r.duration(c.get("warmup"), f"{path}.warmup", 0.0)
+    # Default: one interval (as far as the step deadline leaves a whole interval after it).
+    warmup = r.duration(c.get("warmup"), f"{path}.warmup", min(interval, step_deadline - interval))
     if warmup + interval > step_deadline:
         r.problem(f"{path}.warmup", f"{warmup:g}s leaves no whole interval ({interval:g}s) before the step deadline "
                                     f"({step_deadline:g}s)")
