@@ -254,7 +254,9 @@ def srm_increment(n_c: npt.ArrayLike, n_b: npt.ArrayLike, weight_percent: npt.Ar
 # The sequential judge: the e-processes above, per service and check, sharing one alpha budget.
 # ---------------------------------------------------------------------------------------------------------
 
-STATE_VERSION = 1
+# 2: a rate check's `llr` holds each interval's tempered evidence (min(l, 3 phi_t) / phi_t); in 1 it held the raw
+# sums, divided by the pooled phi when read (`_upgraded` converts a state a controller wrote before).
+STATE_VERSION = 2
 
 
 def _zeros(n: int) -> list[float]:
@@ -433,7 +435,7 @@ class SequentialJudge:
                     )
         except InvalidObservation as exc:
             return copy.deepcopy(dict(state)), Decision(Verdict.ERROR, f"unusable data: {exc}", judge=self.name)
-        new = copy.deepcopy(dict(state))
+        new = _upgraded(copy.deepcopy(dict(state)))
         # .get: a Kubernetes status may drop keys whose value is null.
         if new.get("plan") is None:
             new["plan"] = sorted(observations)
@@ -768,6 +770,21 @@ def _not_yet_safe(unsafe: Sequence[CheckResult]) -> str:
     others = f"; {len(unsafe) - 1} other check(s) not shown yet" if len(unsafe) > 1 else ""
     return (f"not yet shown safe: {c.service} {c.check} {what} upper bound {safety['bound']:.3g}, margin "
             f"{safety['margin']:g} ({tail}){others}")
+
+
+def _upgraded(state: dict[str, Any]) -> dict[str, Any]:
+    """A state of STATE_VERSION 1 (a release judged by an earlier controller, resumed by this one) in today's form:
+    each rate check's summed log-likelihood ratios divided by its pooled phi, as that version read them, so the
+    e-values go on from where they were."""
+    if state.get("version", STATE_VERSION) >= 2:
+        return state
+    for svc in state.get("services", {}).values():
+        for check in ("errorRate", "slowTail"):
+            rec = svc[check]
+            rec["llr"] = (np.asarray(rec["llr"]) / rate_dispersion(rec)).tolist()
+            rec.setdefault("spread", [0.0, 0.0, 0, 0])
+    state["version"] = STATE_VERSION
+    return state
 
 
 def _fold_ratio(rec: dict[str, Any], k_c: int, k_b: int, n_c: int, n_b: int, r0: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -214,3 +215,24 @@ def test_a_state_that_judged_an_interval_is_not_primed_again() -> None:
     state, _ = judge.update(judge.initial_state(services=["svc"]),
                             {"svc": IntervalObservation(60.0, 10.0, counts(4500, 45, 110), counts(500, 5, 12))})
     assert judge.prime(state, [{"svc": _baseline_only(4500, 120)}]) == state
+
+
+def test_a_release_judged_by_the_earlier_state_version_goes_on_from_the_same_evidence() -> None:
+    """A state written before the interval dispersion (version 1: raw log-likelihood sums, divided by the pooled
+    phi when read) is read as that version read it: the e-value it showed is where the next update starts."""
+    from analysis.sequential import _upgraded, rate_dispersion
+
+    judge = SequentialJudge(AnalysisConfig())
+    state = judge.initial_state(services=["svc"])
+    for k_c, k_b in ((12, 45), (0, 45), (10, 40), (1, 50)):
+        state, _ = judge.update(state, {"svc": IntervalObservation(60.0, 10.0, counts(4500, k_b, 110),
+                                                                   counts(500, k_c, 12))})
+    old = json.loads(json.dumps({**state, "version": 1}))
+    rec = old["services"]["svc"]["errorRate"]
+    rec["llr"], rec["disp"] = [x * 3.0 for x in rec["llr"]], [20.0, 4.0, 4]  # raw sums; a pooled phi of 3.3
+    del rec["spread"]
+    shown = float(log_mixture(np.asarray(rec["llr"]) / rate_dispersion(rec)))
+    assert rate_dispersion(rec) > 3.0
+    upgraded = _upgraded(old)
+    assert upgraded["version"] == 2 and upgraded["services"]["svc"]["errorRate"]["spread"] == [0.0, 0.0, 0, 0]
+    assert float(log_mixture(upgraded["services"]["svc"]["errorRate"]["llr"])) == pytest.approx(shown)
