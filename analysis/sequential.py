@@ -398,9 +398,7 @@ class SequentialJudge:
                       and list(h[name].bounds_ms[:-1]) == new["boundsMs"]]
             if not usable:
                 continue
-            learnt = self.config.tail_threshold_ms is None and name not in new.get("references", {}) \
-                and "*" not in new.get("references", {})
-            start = self._prior_tail_start(new, name, usable)
+            start, learnt = self._prior_tail_start(new, name, usable)
             errors, slow = _ratio_state(), _ratio_state()
             for counts in usable:
                 _fold_spread(errors, counts.errors, counts.requests)
@@ -410,15 +408,18 @@ class SequentialJudge:
         new["priors"] = priors
         return new
 
-    def _prior_tail_start(self, state: dict[str, Any], name: str, usable: Sequence[VersionCounts]) -> int:
-        """The slow-tail threshold's bucket index: the spec's, a reference's, or one from the history's sum."""
+    def _prior_tail_start(self, state: dict[str, Any], name: str, usable: Sequence[VersionCounts]
+                          ) -> tuple[int, bool]:
+        """The slow-tail threshold's bucket index: the spec's, a reference's, or one from the history's sum (then
+        recorded as the service's reference); and whether it came from the history."""
         if self.config.tail_threshold_ms is not None:
-            return int(tail_index((*state["boundsMs"], math.inf), self.config.tail_threshold_ms))
+            return int(tail_index((*state["boundsMs"], math.inf), self.config.tail_threshold_ms)), False
         refs = state.setdefault("references", {})
-        if name not in refs and "*" not in refs:
-            summed = [sum(col) for col in zip(*(c.buckets for c in usable), strict=True)]
-            refs[name] = int(reference_tail_index(summed, self.config.tail_reference_quantile))
-        return int(refs.get(name, refs.get("*")))
+        if name in refs or "*" in refs:
+            return int(refs.get(name, refs.get("*"))), False
+        summed = [sum(col) for col in zip(*(c.buckets for c in usable), strict=True)]
+        refs[name] = int(reference_tail_index(summed, self.config.tail_reference_quantile))
+        return refs[name], True
 
     # -- one tick -------------------------------------------------------------------------------------
     def update(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -21,7 +21,7 @@ from analysis.shadow import ShadowPair
 from controller.adapters.shadow.client import HttpShadowPairs, batch_from_json
 from controller.adapters.shadow.comparator import PairLog, Settings, serve
 from controller.adapters.shadow.compare import score_drift
-from controller.core.observation import MirroredPair
+from controller.core.observation import MirroredPair, ShadowBatch
 from controller.core.plan import ShadowRoutes
 from controller.ports import TemporaryError
 
@@ -77,21 +77,13 @@ def _mirror(url: str, text: str) -> int:
                       headers={"host": "master-search-shadow"}, timeout=5).status_code
 
 
-def _wait_for(source: HttpShadowPairs, epoch: str, after: int, pairs: int) -> Any:
+def _wait_for(source: HttpShadowPairs, epoch: str, after: int, done: Callable[[ShadowBatch], bool]) -> ShadowBatch:
+    """The comparator's answer after the cursor once `done` holds for it (or after 20 s)."""
     deadline = time.monotonic() + 20
     while True:
         batch = source.pairs("search", ROUTES, epoch, after)
-        if len(batch.pairs) >= pairs or time.monotonic() > deadline:
+        if done(batch) or time.monotonic() > deadline:
             return batch
-        time.sleep(0.05)
-
-
-def _wait_for_unanswered(source: HttpShadowPairs, epoch: str, after: int) -> Any:
-    deadline = time.monotonic() + 20
-    while True:
-        unanswered = source.pairs("search", ROUTES, epoch, after).unanswered
-        if unanswered["new"] >= 1 or time.monotonic() > deadline:
-            return unanswered
         time.sleep(0.05)
 
 
@@ -105,7 +97,7 @@ def _read_pairs(comparator: str, source: HttpShadowPairs) -> None:
     assert head.head == 0 and head.pairs == ()
     assert all(_mirror(comparator, f"query {i}") == 202 for i in range(5))
     assert _mirror(comparator, "fails on canary") == 202
-    batch = _wait_for(source, head.epoch, head.head, 5)
+    batch = _wait_for(source, head.epoch, head.head, lambda b: len(b.pairs) >= 5)
     assert [p.pair.query for p in sorted(batch.pairs, key=lambda p: p.pair.query)] == [f"query {i}" for i in range(5)]
     one = batch.pairs[0]
     assert one.pair.stable == one.pair.stable_again == tuple(f"d{i}" for i in range(10))
@@ -116,7 +108,7 @@ def _read_pairs(comparator: str, source: HttpShadowPairs) -> None:
     # Each search: stable twice, new once, all to the entry's Host; the failed one is counted, not paired.
     assert source.pairs("search", ROUTES, batch.epoch, batch.head).pairs == ()
     # The failed search is counted once its new answer has failed, which may come after the five pairs.
-    assert _wait_for_unanswered(source, batch.epoch, batch.head)["new"] >= 1
+    assert _wait_for(source, batch.epoch, batch.head, lambda b: b.unanswered["new"] >= 1).unanswered["new"] >= 1
     lanes = [s["lane"] for s in StandIn.seen if s["text"] == "query 0"]
     assert sorted(lanes) == ["canary", "stable", "stable"]
     assert {s["host"] for s in StandIn.seen} == {"master-search"}
