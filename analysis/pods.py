@@ -25,6 +25,11 @@ tau^2 is estimated from the baseline's pods, each against the version's other po
 per-pod counts, interval by interval: s^2 V = tau^2 sum_t a_t^2 (1/k_c,t + 1/k_b,t) (`pod_weight`), an upper
 bound of the pooled offset's variance when pods join during the release (Jensen). Without per-pod counts, or
 with fewer than two baseline pods, tau^2 is 0 and the judge is the fixed-effect one.
+
+The rate checks (error rate, slow tail) get the same for the pods' rates: pod p fails 1 + u_p times as often
+as its version, Var u_p = tau_r^2, estimated from the baseline's pods' events against their share of each
+interval's events (`rate_pod_increments`, `rate_pod_variance`); the judge divides a rate check's summed
+log-likelihood ratios by g = 1 + tau_r^2 W (`analysis.sequential.rate_placement`).
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ FloatArray = npt.NDArray[np.float64]
 # The most pods of one service whose running sums a judge state keeps (autoscaling churns pods; the
 # first ones seen carry the estimate).
 MAX_PODS = 64
+# How many of its own noise's sds the pods' rate spread must stand above before it counts (`rate_pod_variance`).
+RATE_SPREAD_NOISE_SDS = 1.0
 
 
 def pod_shift_increments(pod_buckets: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
@@ -102,6 +109,64 @@ def fold_pods(sums: dict[str, list[float]], pods: Mapping[str, VersionCounts]) -
             acc = sums.setdefault(name, [0.0, 0.0])
             acc[0] += x
             acc[1] += y
+
+
+def rate_pod_increments(events: npt.ArrayLike, requests: npt.ArrayLike) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """One interval of one version's pods, events and requests (..., P) -> per pod (e_p, m_p, b_p) (..., P): its
+    events, the events its share q_p of the version's requests would have had of the interval's total, and their
+    binomial variance m_p (1 - q_p). Conditioning on the interval's total removes what the pods share (an error
+    burst, the day's load). All 0 with fewer than two pods serving."""
+    e, n = np.asarray(events, dtype=np.float64), np.asarray(requests, dtype=np.float64)
+    total_n = n.sum(axis=-1, keepdims=True)
+    ok = np.sum(n > 0, axis=-1, keepdims=True) >= 2
+    q = np.where(ok, n / np.where(total_n > 0, total_n, 1.0), 0.0)
+    m = e.sum(axis=-1, keepdims=True) * q
+    return np.where(ok, e, 0.0), m, m * (1.0 - q)
+
+
+def rate_pod_variance(e: npt.ArrayLike, m: npt.ArrayLike, b: npt.ArrayLike) -> FloatArray:
+    """tau^2 of the pods' relative rates (pod p's rate is the version's times 1 + u_p, Var u_p = tau^2), from the
+    running sums (..., P) of `rate_pod_increments`: E_p - M_p has mean M_p (u_p - u_bar) and, around it, variance
+    B_p, so sum(E_p - M_p)^2 - B_p estimates tau^2 sum M_p^2 (1 - 2 q_p + sum q^2), q_p = M_p / sum M.
+
+    With few events per pod that sum is mostly noise (its sd under alike pods is about sqrt(sum 2 B_p^2 + B_p)),
+    and a noisy positive estimate would cost power where there is nothing to correct. So RATE_SPREAD_NOISE_SDS of
+    that sd are taken off before dividing: alike pods give 0 about five times in six, and a real spread is
+    underestimated by that much, which matters less and less as the pods' events grow. Floored at 0; 0 with
+    fewer than two pods."""
+    ee, mm, bb = (np.asarray(x, dtype=np.float64) for x in (e, m, b))
+    total = mm.sum(axis=-1, keepdims=True)
+    q = mm / np.where(total > 0, total, 1.0)
+    spread = 1.0 - 2.0 * q + np.sum(q * q, axis=-1, keepdims=True)
+    noise = np.sqrt(np.sum(2.0 * bb * bb + bb, axis=-1))
+    num = np.sum((ee - mm) ** 2 - bb, axis=-1) - RATE_SPREAD_NOISE_SDS * noise
+    den = np.sum(mm * mm * spread, axis=-1)
+    k = np.sum(mm > 0, axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.asarray(np.where((k >= 2) & (den > 0), np.maximum(num / np.where(den > 0, den, 1.0), 0.0), 0.0),
+                          dtype=np.float64)
+
+
+def fold_rate_pods(sums: dict[str, list[float]], pods: Mapping[str, tuple[int, int]]) -> None:
+    """Add one interval of the baseline's pods, {pod: (events, requests)}, to their running sums
+    {pod: [E_p, M_p, B_p]} (at most MAX_PODS pods, as `fold_pods`)."""
+    names = [p for p, (_, n) in pods.items() if n > 0]
+    if len(names) < 2:
+        return
+    e, m, b = rate_pod_increments([pods[p][0] for p in names], [pods[p][1] for p in names])
+    for name, x, y, z in zip(names, e.tolist(), m.tolist(), b.tolist(), strict=True):
+        if name in sums or len(sums) < MAX_PODS:
+            acc = sums.setdefault(name, [0.0, 0.0, 0.0])
+            acc[0] += x
+            acc[1] += y
+            acc[2] += z
+
+
+def rate_tau2_of(sums: Mapping[str, list[float]]) -> float:
+    if not sums:
+        return 0.0
+    e, m, b = zip(*sums.values(), strict=True)
+    return float(rate_pod_variance(np.asarray(e), np.asarray(m), np.asarray(b)))
 
 
 def tau2_of(sums: Mapping[str, list[float]]) -> float:

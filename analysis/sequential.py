@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,7 +42,7 @@ from analysis.observations import (
     Verdict,
     VersionCounts,
 )
-from analysis.pods import fold_pods, placement_factor, pod_weight, serving, tau2_of
+from analysis.pods import fold_pods, fold_rate_pods, placement_factor, pod_weight, rate_tau2_of, serving, tau2_of
 from analysis.safety import excess_upper_bound, requests_needed
 
 # Alternatives of the rate-ratio e-process, as multiples of r0. The issue proposed (1.25, 1.5, 2, 3, 4, 6);
@@ -285,6 +286,10 @@ def _ratio_state() -> dict[str, Any]:
         # The baseline's own spread between intervals (for `rate_burstiness`): sum of (k - m)^2 - m, sum of m^2,
         # and the baseline's events and requests seen so far (m = requests x their ratio).
         "spread": [0.0, 0.0, 0, 0],
+        # The baseline's pods' running sums {pod: [E_p, M_p, B_p]} and W = sum v_t / phi_t (1/k_c + 1/k_b), for
+        # the pod placement factor (`rate_placement`).
+        "pods": {},
+        "wk": 0.0,
         "logE": 0.0,
         "maxLogE": 0.0,
         "crossedAt": None,
@@ -376,8 +381,9 @@ class SequentialJudge:
             svc["tailStart"], svc["tailSource"] = refs.get(name, refs.get("*")), source
         prior = state.get("priors", {}).get(name)
         if prior:
-            svc["errorRate"]["spread"] = list(prior["errorRate"])
-            svc["slowTail"]["spread"] = list(prior["slowTail"])
+            for check in ("errorRate", "slowTail"):
+                svc[check]["spread"] = list(prior[check])
+                svc[check]["pods"] = copy.deepcopy(dict(prior.get(f"{check}Pods", {})))
         return svc
 
     def prime(self, state: Mapping[str, Any], history: Sequence[Mapping[str, IntervalObservation]]
@@ -385,8 +391,9 @@ class SequentialJudge:
         """The stable version's own intervals from before the release (its traffic alone, oldest first, per
         service) folded into a fresh state: they fix a service's slow-tail threshold (unless the spec sets one;
         as a `reference` does, so the tail test starts with the release's first interval) and each rate check's
-        burstiness (`rate_burstiness`), so the first intervals of the release are judged with the noise the
-        stable version is known to have, not as if its errors were independent. Intervals without baseline
+        burstiness (`rate_burstiness`) and the spread of its pods' rates (`rate_placement`), so the first
+        intervals of the release are judged with the noise the stable version is known to have, not as if its
+        errors were independent and its pods alike. Intervals without baseline
         requests or with other bucket bounds are left out. A state that has judged an interval already is
         returned as it is. Pure."""
         new = copy.deepcopy(dict(state))
@@ -394,17 +401,22 @@ class SequentialJudge:
             return new
         priors: dict[str, Any] = {}
         for name in new.get("plan") or sorted({n for h in history for n in h}):
-            usable = [h[name].baseline for h in history if name in h and h[name].baseline.requests > 0
-                      and list(h[name].bounds_ms[:-1]) == new["boundsMs"]]
-            if not usable:
+            intervals = [h[name] for h in history if name in h and h[name].baseline.requests > 0
+                         and list(h[name].bounds_ms[:-1]) == new["boundsMs"]]
+            if not intervals:
                 continue
-            start, learnt = self._prior_tail_start(new, name, usable)
+            start, learnt = self._prior_tail_start(new, name, [o.baseline for o in intervals])
             errors, slow = _ratio_state(), _ratio_state()
-            for counts in usable:
+            errors["pods"], slow["pods"] = {}, {}
+            for obs in intervals:
+                counts = obs.baseline
                 _fold_spread(errors, counts.errors, counts.requests)
                 _fold_spread(slow, int(sum(counts.buckets[start:])), counts.requests)
-            priors[name] = {"intervals": len(usable), "errorRate": errors["spread"], "slowTail": slow["spread"],
-                            "tailFromHistory": learnt}
+                fold_rate_pods(errors["pods"], {p: (x.errors, x.requests) for p, x in obs.baseline_pods.items()})
+                fold_rate_pods(slow["pods"], {p: (int(sum(x.buckets[start:])), x.requests)
+                                              for p, x in obs.baseline_pods.items()})
+            priors[name] = {"intervals": len(intervals), "errorRate": errors["spread"], "slowTail": slow["spread"],
+                            "errorRatePods": errors["pods"], "slowTailPods": slow["pods"], "tailFromHistory": learnt}
         new["priors"] = priors
         return new
 
@@ -497,7 +509,9 @@ class SequentialJudge:
         _add_counts(svc["baseline"], b)
         _add_counts(svc["canary"], c)
         r0 = self.config.error_ratio_tolerance
-        _fold_ratio(svc["errorRate"], c.errors, b.errors, c.requests, b.requests, r0)
+        placed = _Placement({p: (x.errors, x.requests) for p, x in obs.baseline_pods.items()},
+                            serving(obs.canary_pods), serving(obs.baseline_pods))
+        _fold_ratio(svc["errorRate"], c.errors, b.errors, c.requests, b.requests, r0, placed)
         self._fold_tail(svc, obs, tick)
         self._fold_shift(svc, obs)
         self._fold_srm(svc["sampleRatio"], obs, float(svc["alpha"]), t)
@@ -515,7 +529,9 @@ class SequentialJudge:
             return
         start = svc["tailStart"]
         k_c, k_b = int(sum(c.buckets[start:])), int(sum(b.buckets[start:]))
-        _fold_ratio(svc["slowTail"], k_c, k_b, c.requests, b.requests, self.config.error_ratio_tolerance)
+        placed = _Placement({p: (int(sum(x.buckets[start:])), x.requests) for p, x in obs.baseline_pods.items()},
+                            serving(obs.canary_pods), serving(obs.baseline_pods))
+        _fold_ratio(svc["slowTail"], k_c, k_b, c.requests, b.requests, self.config.error_ratio_tolerance, placed)
 
     def _fold_shift(self, svc: dict[str, Any], obs: IntervalObservation) -> None:
         """Add the interval's terms of S and V (`shift_increment`, from the counts before this interval: _fold
@@ -633,6 +649,10 @@ class SequentialJudge:
                 "eventsCanary": k_c,
                 "eventsBaseline": k_b,
                 "dispersion": rate_dispersion(rec),
+                # analysis.pods: the spread of the baseline's pods' rates (relative), and the factor g the summed
+                # log-likelihood ratios are divided by for the canary's pod placement.
+                "podSpread": math.sqrt(rate_tau2_of(rec.get("pods", {}))),
+                "placementFactor": rate_placement(rec),
             }
             if check == "slowTail":
                 est["thresholdMs"] = _bound_of(svc["tailStart"], len(c["buckets"]), bounds)
@@ -788,22 +808,51 @@ def _upgraded(state: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
-def _fold_ratio(rec: dict[str, Any], k_c: int, k_b: int, n_c: int, n_b: int, r0: float) -> None:
+@dataclass(frozen=True)
+class _Placement:
+    """What one interval tells a rate check about pod placement: the baseline's pods' (events, requests), and
+    how many pods of each version served."""
+
+    pods: Mapping[str, tuple[int, int]]
+    canary_pods: int
+    baseline_pods: int
+
+
+_NO_PODS = _Placement({}, 0, 0)
+
+
+def _fold_ratio(rec: dict[str, Any], k_c: int, k_b: int, n_c: int, n_b: int, r0: float,
+                placed: _Placement = _NO_PODS) -> None:
     """Add one interval to a rate check: its likelihoods, the Pearson residual of its canary events against the
     ratio estimated from the intervals before it (for the dispersion phi, see `dispersion`), and the baseline's
     own spread (see `interval_dispersion`). The harm e-value adds each interval's log-likelihood ratios capped at
     RATE_INTERVAL_LLR_CAP times that interval's dispersion and divided by it, the dispersion fixed from what was
     known before the interval (and its total events): one interval adds at most the cap, however overdispersed
-    the check. The ratio's bounds use the log-likelihoods divided by the pooled phi."""
+    the check. The ratio's bounds use the log-likelihoods divided by the pooled phi. The e-value divides the
+    summed log-likelihood ratios by the pod placement factor g (`rate_placement`)."""
     phi_t = interval_dispersion(rec, k_c + k_b, n_c, n_b, r0)
     _fold_pearson(rec, k_c, k_b, n_c, n_b)
     _fold_spread(rec, k_b, n_b)
+    fold_rate_pods(rec.setdefault("pods", {}), placed.pods)
+    if n_c > 0 and n_b > 0 and k_c + k_b > 0:
+        share = r0 * n_c / (r0 * n_c + n_b)
+        rec["wk"] = rec.get("wk", 0.0) + float(
+            pod_weight((k_c + k_b) * share * (1.0 - share) / phi_t, placed.canary_pods, placed.baseline_pods))
     added = ratio_increment(k_c, k_b, n_c, n_b, r0, cap=RATE_INTERVAL_LLR_CAP * phi_t) / phi_t
     rec["llr"] = (np.asarray(rec["llr"]) + added).tolist()
     rec["cs"] = (np.asarray(rec["cs"]) + ratio_cs_increment(k_c, k_b, n_c, n_b)).tolist()
     rec["events"] = [rec["events"][0] + k_c, rec["events"][1] + k_b]
     rec["exposure"] = [rec["exposure"][0] + n_c, rec["exposure"][1] + n_b]
-    rec["logE"] = float(log_mixture(np.asarray(rec["llr"])))
+    rec["logE"] = float(log_mixture(np.asarray(rec["llr"]) / rate_placement(rec)))
+
+
+def rate_placement(rec: Mapping[str, Any]) -> float:
+    """g = 1 + tau^2 W for a rate check (analysis.pods): tau^2 the spread of the baseline's pods' rates, W the sum
+    over intervals of the information each gave on the log ratio, v_t / phi_t, times 1/k_c + 1/k_b. The
+    canary's few pods may fail a little more or less often than the fleet for as long as they live; the summed
+    log-likelihood ratios divided by g are those of the random-effect model (about: the rate's likelihood ratio
+    is Gaussian in its score only for many events). 1 without per-pod counts."""
+    return 1.0 + rate_tau2_of(rec.get("pods", {})) * float(rec.get("wk", 0.0))
 
 
 def interval_dispersion(rec: Mapping[str, Any], events: int, n_c: int, n_b: int, r0: float) -> float:

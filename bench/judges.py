@@ -3,6 +3,7 @@
     python -m bench.judges                      # full grid (about 10 min on 2 cores)
     python -m bench.judges --reps 100 --aa-reps 200 --workers 1   # a quick look
     python -m bench.judges --world real --scenarios aa,aa240 --aa-reps 200   # A/A in a noisy world
+    python -m bench.judges --world real --warmup 1 --history 30   # ... judged as the default release is
 
 Generator (per 60 s interval): requests per version ~ Poisson(R * w * 60); latency 0.97 LogNormal(median
 40 ms, sigma 0.5) + 0.03 LogNormal(median 300 ms, sigma 0.6), binned into Istio's buckets; errors
@@ -16,7 +17,9 @@ same functions `analysis.sequential` uses (a check at start-up compares it with 
 instead of the independent requests above (the default; its baseline now spread over 10 identical pods and
 its canary over 1-3, whose counts the judge reads as in production); `--scenarios` picks scenarios (aa240 is
 the 240-minute A/A); `--warmup N` leaves each replication's first N minutes unjudged, as
-`strategy.canary.warmup` does (the grid's weight is fixed from minute 0, so its new pods warm up then).
+`strategy.canary.warmup` does (the grid's weight is fixed from minute 0, so its new pods warm up then);
+`--history N` draws N minutes of the stable version alone before each replication and primes the judge with
+them, as `analysis.historyIntervals` does (the default release: `--warmup 1 --history 30`).
 
 Prints a table and writes bench/results/judges.json (judges_<world>.json for another world).
 """
@@ -40,7 +43,14 @@ from analysis.config import AnalysisConfig
 from analysis.histogram import rank_sum, reference_tail_index, shift_increment, shift_weight, tail_counts
 from analysis.kayenta import classify, direction_labels, metric_values, summary_score
 from analysis.observations import ISTIO_BUCKETS_MS, IntervalObservation, Verdict, VersionCounts
-from analysis.pods import placement_factor, pod_shift_increments, pod_variance, pod_weight
+from analysis.pods import (
+    placement_factor,
+    pod_shift_increments,
+    pod_variance,
+    pod_weight,
+    rate_pod_increments,
+    rate_pod_variance,
+)
 from analysis.sequential import (
     DISPERSION_PRIOR,
     RATE_INTERVAL_LLR_CAP,
@@ -84,11 +94,16 @@ def weight_schedule(weight: str, minutes: int) -> np.ndarray:
 
 
 def simulate(rng: np.random.Generator, reps: int, minutes: int, rate: float, weight: str, sc: Scenario,
-             world: str = "independent") -> Sim:
-    """The traffic of one cell; `world` other than independent comes from bench.worlds."""
+             world: str = "independent", history: int = 0) -> Sim:
+    """The traffic of one cell, after `history` minutes of the stable version alone (weight 0); `world` other
+    than independent comes from bench.worlds."""
+    w = np.concatenate((np.zeros(history), weight_schedule(weight, minutes)))
     if world != "independent":
-        return worlds.simulate(world, rng, reps, weight_schedule(weight, minutes), rate, sc)
-    w = weight_schedule(weight, minutes)
+        return worlds.simulate(world, rng, reps, w, rate, sc)
+    minutes += history
+    # The baseline's errors per pod, split from its errors by a stream of its own (the draws above stay
+    # those of earlier runs): with identical pods that is each pod's own binomial.
+    split = rng.spawn(1)[0]
     n_c = rng.poisson(rate * 60 * w / 100.0, size=(reps, minutes))
     n_b = rng.poisson(rate * 60 * (1 - w / 100.0), size=(reps, minutes))
     k = len(BOUNDS)
@@ -101,6 +116,7 @@ def simulate(rng: np.random.Generator, reps: int, minutes: int, rate: float, wei
     pods_b, pods_c = worlds.BASELINE_PODS, worlds.MAX_CANARY_PODS
     pb_b = np.empty((reps, minutes, pods_b, k), dtype=np.int64)
     pn_c = np.zeros((reps, minutes, pods_c), dtype=np.int64)
+    pe_b = np.zeros((reps, minutes, pods_b), dtype=np.int64)
     for t in range(minutes):
         frac = t / max(minutes - 1, 1) if sc.drift else 0.0
         mult, err = 1.0 + 0.5 * frac, BASE_ERROR * (1.0 + 2.0 * frac)
@@ -112,7 +128,9 @@ def simulate(rng: np.random.Generator, reps: int, minutes: int, rate: float, wei
         pn_c[:, t, :k_c] = rng.multinomial(n_c[:, t], np.full(k_c, 1.0 / k_c))
         e_b[:, t] = rng.binomial(n_b[:, t], err)
         e_c[:, t] = rng.binomial(n_c[:, t], min(err * sc.error_canary, 1.0))
-    return Sim(n_c, n_b, e_c, e_b, b_c, b_b, w, pn_c, pb_b.sum(axis=-1), pb_b)
+        served = per_pod.sum(axis=1, keepdims=True)
+        pe_b[:, t] = split.multinomial(e_b[:, t], np.where(served > 0, per_pod / np.maximum(served, 1), 1.0 / pods_b))
+    return Sim(n_c, n_b, e_c, e_b, b_c, b_b, w, pn_c, pb_b.sum(axis=-1), pb_b, pe_b)
 
 
 def first_true(flags: np.ndarray) -> np.ndarray:
@@ -124,18 +142,65 @@ def first_true(flags: np.ndarray) -> np.ndarray:
 # --- the judges, vectorised over replications -----------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class RatePods:
+    """A rate check's per-pod view (reps, T, P) of the baseline's events and requests, and each version's serving
+    pods (reps, T): what the judge's pod placement factor reads (`analysis.sequential.rate_placement`)."""
+
+    events: np.ndarray
+    requests: np.ndarray
+    canary_pods: np.ndarray
+    baseline_pods: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class RatePrior:
+    """What `SequentialJudge.prime` learns for one rate check from the stable version's minutes before the
+    release, per replication: the spread sums [a, b, events, requests] (reps, 4) and the pods' sums (3, reps, P)."""
+
+    spread: np.ndarray
+    pods: np.ndarray
+
+
+def history_priors(hist: Sim, cfg: AnalysisConfig) -> tuple[np.ndarray, dict[str, RatePrior]]:
+    """The slow-tail threshold (reps,) and each rate check's prior from `hist`, the baseline's minutes alone."""
+    start = reference_tail_index(hist.b_b.sum(axis=1), cfg.tail_reference_quantile)
+    tail_b = tail_counts(hist.b_b, start[:, None])
+    tail_pods = tail_counts(hist.pb_b, start[:, None, None]) if hist.pb_b is not None else None
+
+    def prior(k_b: np.ndarray, pods: np.ndarray | None) -> RatePrior:
+        e_b, x_b = np.cumsum(k_b, axis=1) - k_b, np.cumsum(hist.n_b, axis=1) - hist.n_b
+        a, b = _spread_sums(k_b, hist.n_b, e_b, x_b)
+        spread = np.stack([a[:, -1], b[:, -1], k_b.sum(axis=1), hist.n_b.sum(axis=1)], axis=1)
+        if pods is None or hist.pn_b is None:
+            return RatePrior(spread, np.zeros((3, k_b.shape[0], 1)))
+        return RatePrior(spread, np.stack([x.sum(axis=1) for x in rate_pod_increments(pods, hist.pn_b)]))
+
+    return start, {"errorRate": prior(hist.e_b, hist.pe_b), "slowTail": prior(tail_b, tail_pods)}
+
+
 def sequential_log_evalues(
-    sim: Sim, cfg: AnalysisConfig, grid: tuple[float, ...] = RATIO_GRID
+    sim: Sim, cfg: AnalysisConfig, grid: tuple[float, ...] = RATIO_GRID, hist: Sim | None = None
 ) -> dict[str, np.ndarray]:
-    """Each check's ln e-process per (rep, minute), as SequentialJudge computes them."""
+    """Each check's ln e-process per (rep, minute), as SequentialJudge computes them; primed with `hist`, the
+    stable version's minutes before the release, when given."""
     r0 = cfg.error_ratio_tolerance
-    err = _rate_log_evalue(sim.e_c, sim.e_b, sim.n_c, sim.n_b, r0, grid)
-    start = reference_tail_index(sim.b_b[:, 0, :], cfg.tail_reference_quantile)[:, None]
-    tc, tb = tail_counts(sim.b_c, start), tail_counts(sim.b_b, start)
-    # L* came from interval 1's baseline: the tail test starts with interval 2.
-    tested = np.ones(tc.shape, dtype=bool)
-    tested[:, 0] = False
-    tail = _rate_log_evalue(tc * tested, tb * tested, sim.n_c * tested, sim.n_b * tested, r0, grid)
+    start, priors = history_priors(hist, cfg) if hist is not None else (None, {})
+    kc = (sim.pn_c > 0).sum(axis=-1) if sim.pn_c is not None else np.zeros(sim.n_c.shape, dtype=np.int64)
+    kb = (sim.pn_b > 0).sum(axis=-1) if sim.pn_b is not None else np.zeros(sim.n_b.shape, dtype=np.int64)
+    pods = RatePods(sim.pe_b, sim.pn_b, kc, kb) if sim.pe_b is not None and sim.pn_b is not None else None
+    err = _rate_log_evalue(sim.e_c, sim.e_b, sim.n_c, sim.n_b, r0, grid, pods, priors.get("errorRate"))
+    tested = np.ones(sim.n_c.shape, dtype=bool)
+    if start is None:
+        # L* came from interval 1's baseline: the tail test starts with interval 2.
+        start = reference_tail_index(sim.b_b[:, 0, :], cfg.tail_reference_quantile)
+        tested[:, 0] = False
+    tc, tb = tail_counts(sim.b_c, start[:, None]), tail_counts(sim.b_b, start[:, None])
+    tail_pods = None
+    if pods is not None and sim.pb_b is not None:
+        tail_pods = dataclasses.replace(pods, events=tail_counts(sim.pb_b, start[:, None, None]) * tested[..., None])
+    tail = _rate_log_evalue(tc * tested, tb * tested, sim.n_c * tested, sim.n_b * tested, r0, grid, tail_pods,
+                            priors.get("slowTail"))
     st, vt = shift_increment(sim.b_c, sim.b_b, np.cumsum(sim.b_c, axis=1) - sim.b_c,
                              np.cumsum(sim.b_b, axis=1) - sim.b_b)
     s, v = np.cumsum(st, axis=1), np.cumsum(vt, axis=1)
@@ -170,10 +235,12 @@ def dispersion_array(rss: np.ndarray, expected: np.ndarray, dof: np.ndarray) -> 
 
 
 def _rate_log_evalue(k_c: np.ndarray, k_b: np.ndarray, n_c: np.ndarray, n_b: np.ndarray, r0: float,
-                     grid: tuple[float, ...]) -> np.ndarray:
+                     grid: tuple[float, ...], pods: RatePods | None = None, prior: RatePrior | None = None
+                     ) -> np.ndarray:
     """A rate check's ln e-process per (rep, minute), as `_fold_ratio` computes it: each interval's likelihood
     ratios capped at RATE_INTERVAL_LLR_CAP times its dispersion phi_t and divided by it, phi_t the larger of the
-    Pearson dispersion known before the interval and 1 + 2 kappa v_t (`interval_dispersion`)."""
+    Pearson dispersion known before the interval and 1 + 2 kappa v_t (`interval_dispersion`); their sum divided by
+    the pod placement factor g (`rate_placement`) when the baseline's pods are known."""
     e_c, e_b = np.cumsum(k_c, axis=1) - k_c, np.cumsum(k_b, axis=1) - k_b  # before each interval
     x_c, x_b = np.cumsum(n_c, axis=1) - n_c, np.cumsum(n_b, axis=1) - n_b
     events = k_c + k_b
@@ -188,35 +255,64 @@ def _rate_log_evalue(k_c: np.ndarray, k_b: np.ndarray, n_c: np.ndarray, n_b: np.
     q = np.cumsum(np.where(used, (k_c - events * share) ** 2, 0.0), axis=1)
     v = np.cumsum(np.where(used, events * share * (1.0 - share), 0.0), axis=1)
     phi_before = _before(dispersion_array(q, v, np.cumsum(used, axis=1)), 1.0)
-    kappa_before = _before(_burstiness(k_b, n_b, e_b, x_b), 0.0)
-    phi_t = np.where(both & (events > 0),
-                     np.maximum(phi_before, 1.0 + 2.0 * kappa_before * events * share0 * (1.0 - share0)), phi_before)
+    kappa_before = _before(_burstiness(k_b, n_b, e_b, x_b, prior), _prior_burstiness(prior))
+    v_t = np.where(both & (events > 0), events * share0 * (1.0 - share0), 0.0)
+    phi_t = np.where(both & (events > 0), np.maximum(phi_before, 1.0 + 2.0 * kappa_before * v_t), phi_before)
     added = ratio_increment(k_c, k_b, n_c, n_b, r0, grid, cap=RATE_INTERVAL_LLR_CAP * phi_t) / phi_t[..., None]
-    return log_mixture(np.cumsum(added, axis=1))
+    g = np.ones(k_c.shape) if pods is None else _rate_placement(pods, v_t / phi_t, prior)
+    return log_mixture(np.cumsum(added, axis=1) / g[..., None])
 
 
-def _before(after: np.ndarray, first: float) -> np.ndarray:
-    """A running estimate per (rep, minute) as known before each minute: shifted by one, `first` at minute 1."""
-    return np.concatenate([np.full_like(after[:, :1], first), after[:, :-1]], axis=1)
+def _rate_placement(pods: RatePods, info: np.ndarray, prior: RatePrior | None) -> np.ndarray:
+    """`analysis.sequential.rate_placement` per (rep, minute): g = 1 + tau^2 W."""
+    sums = [np.cumsum(x, axis=1) for x in rate_pod_increments(pods.events, pods.requests)]
+    if prior is not None and prior.pods.shape[-1] == sums[0].shape[-1]:
+        sums = [x + p[:, None, :] for x, p in zip(sums, prior.pods, strict=True)]
+    wk = np.cumsum(pod_weight(info, pods.canary_pods, pods.baseline_pods), axis=1)
+    return np.asarray(1.0 + rate_pod_variance(*sums) * wk)
 
 
-def _burstiness(k_b: np.ndarray, n_b: np.ndarray, e_b: np.ndarray, x_b: np.ndarray) -> np.ndarray:
-    """`analysis.sequential.rate_burstiness` after each minute, from the baseline's counts and its events and
-    exposure before each minute."""
+def _before(after: np.ndarray, first: float | np.ndarray) -> np.ndarray:
+    """A running estimate per (rep, minute) as known before each minute: shifted by one, `first` (a scalar or
+    one per rep) at minute 1."""
+    return np.concatenate([np.broadcast_to(np.reshape(first, (-1, 1)), after[:, :1].shape), after[:, :-1]], axis=1)
+
+
+def _prior_burstiness(prior: RatePrior | None) -> float | np.ndarray:
+    """kappa before the release's first minute: the history's, else 0."""
+    if prior is None:
+        return 0.0
+    a, b = prior.spread[:, 0], prior.spread[:, 1]
+    return np.where(b > 0, np.maximum(a / np.where(b > 0, b, 1.0), 0.0), 0.0)
+
+
+def _spread_sums(k_b: np.ndarray, n_b: np.ndarray, e_b: np.ndarray, x_b: np.ndarray,
+                 prior: RatePrior | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`analysis.sequential._fold_spread`'s running sums (a, b) after each minute, from the baseline's counts and
+    its events and exposure before each minute (those of the prior added)."""
+    a0, b0, seen0, exp0 = (prior.spread.T[:, :, None] if prior is not None else np.zeros((4, 1, 1)))
+    e_b, x_b = e_b + seen0, x_b + exp0
     seen = (x_b > 0) & (n_b > 0) & (e_b > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         m = np.where(seen, n_b * e_b / np.where(seen, x_b, 1), 0.0)
-        a = np.cumsum(np.where(seen, (k_b - m) ** 2 / (1.0 + n_b / np.where(seen, x_b, 1)) - m, 0.0), axis=1)
-        b = np.cumsum(m * m, axis=1)
+        a = a0 + np.cumsum(np.where(seen, (k_b - m) ** 2 / (1.0 + n_b / np.where(seen, x_b, 1)) - m, 0.0), axis=1)
+    return a, b0 + np.cumsum(m * m, axis=1)
+
+
+def _burstiness(k_b: np.ndarray, n_b: np.ndarray, e_b: np.ndarray, x_b: np.ndarray,
+                prior: RatePrior | None = None) -> np.ndarray:
+    """`analysis.sequential.rate_burstiness` after each minute (`_spread_sums`)."""
+    a, b = _spread_sums(k_b, n_b, e_b, x_b, prior)
+    with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(b > 0, np.maximum(a / np.where(b > 0, b, 1.0), 0.0), 0.0)
 
 
 def sequential_first(
-    sim: Sim, cfg: AnalysisConfig, grid: tuple[float, ...] = RATIO_GRID
+    sim: Sim, cfg: AnalysisConfig, grid: tuple[float, ...] = RATIO_GRID, hist: Sim | None = None
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """First minute of fail/error: the regression e-values' sum or the SRM e-value reaching K/alpha.
     Also each check's own first crossing of K/alpha (a Bonferroni judge), for diagnosis."""
-    logs = sequential_log_evalues(sim, cfg, grid)
+    logs = sequential_log_evalues(sim, cfg, grid, hist)
     threshold = math.log(len(cfg.checks) / cfg.alpha)
     per_check = {k: first_true(v >= threshold) for k, v in logs.items() if k in cfg.checks}
     family = special.logsumexp(np.stack([logs[k] for k in cfg.checks if k != "sampleRatio"]), axis=0)
@@ -306,18 +402,21 @@ def summarise(first: np.ndarray, horizon: int, exposed: np.ndarray) -> dict[str,
     }
 
 
-def run_cell(task: tuple[int, str, str, int, int, float] | tuple[int, str, str, int, int, float, str]
-             | tuple[int, str, str, int, int, float, str, int]) -> dict[str, Any]:
+def run_cell(task: tuple[Any, ...]) -> dict[str, Any]:
+    """One cell: (rate, weight, scenario, reps, seed, alpha[, world[, warmup[, history]]])."""
     rate, weight, scenario, reps, seed, alpha = task[:6]
     world = str(task[6]) if len(task) > 6 else "independent"
     warmup = int(task[7]) if len(task) > 7 else 0
+    history = int(task[8]) if len(task) > 8 else 0
     cfg = AnalysisConfig.from_dict({"alpha": alpha})
     horizon = 240 if scenario == "aa240" else 30
     rng = np.random.default_rng(seed)
     started = time.perf_counter()
-    sim = after_warmup(simulate(rng, reps, horizon + warmup, rate, weight, SCENARIO_SPECS[scenario], world), warmup)
+    full = simulate(rng, reps, horizon + warmup, rate, weight, SCENARIO_SPECS[scenario], world, history)
+    hist = after_warmup(full, 0, history) if history else None
+    sim = after_warmup(full, history + warmup)
     exposed = np.cumsum(sim.n_c, axis=1)
-    seq, per_check = sequential_first(sim, cfg)
+    seq, per_check = sequential_first(sim, cfg, hist=hist)
     firsts: dict[str, np.ndarray] = {"sequential": seq}
     firsts["seq-bonferroni"] = np.minimum.reduce([v for k, v in per_check.items() if k != "regressionSum"])
     if horizon == 30:
@@ -339,6 +438,7 @@ def run_cell(task: tuple[int, str, str, int, int, float] | tuple[int, str, str, 
         "reps": reps,
         "horizon": horizon,
         "warmup": warmup,
+        "history": history,
         "judges": judges,
         "sequentialByCheckPct": checks,
         "canaryPerMinute": float(sim.n_c.mean()),
@@ -346,41 +446,52 @@ def run_cell(task: tuple[int, str, str, int, int, float] | tuple[int, str, str, 
     }
 
 
-def cross_check(alpha: float, world: str = "independent") -> int:
-    """Mismatches between the vectorised sequential judge and SequentialJudge on a few replications."""
+def cross_check(alpha: float, world: str = "independent", history: int = 0) -> int:
+    """Replications on which the vectorised sequential judge and SequentialJudge differ (the first minute of a
+    fail, or any check's e-value at any minute) among 16, the judge primed with `history` minutes of the stable
+    version alone (`SequentialJudge.prime`)."""
     cfg = AnalysisConfig.from_dict({"alpha": alpha})
     rng = np.random.default_rng(7)
     mismatches = 0
     for scenario in ("aa", "lat25", "err4", "tail"):
-        sim = simulate(rng, 4, 30, 20, "prog", SCENARIO_SPECS[scenario], world)
-        vec, _ = sequential_first(sim, cfg)
+        full = simulate(rng, 4, 30, 20, "prog", SCENARIO_SPECS[scenario], world, history)
+        hist, sim = (after_warmup(full, 0, history), after_warmup(full, history)) if history else (None, full)
+        vec, _ = sequential_first(sim, cfg, hist=hist)
+        logs = sequential_log_evalues(sim, cfg, hist=hist)
         for r in range(4):
             judge = SequentialJudge(cfg)
             state = judge.initial_state(services=["svc"])
-            first = NEVER
+            if hist is not None:
+                state = judge.prime(state, [{"svc": _sim_observation(hist, r, t)} for t in range(history)])
+            first, apart = NEVER, False
             for t in range(30):
-                obs = IntervalObservation(
-                    60.0 * (t + 1),
-                    float(sim.weight[t]),
-                    VersionCounts(int(sim.n_b[r, t]), int(sim.e_b[r, t]), tuple(int(x) for x in sim.b_b[r, t])),
-                    VersionCounts(int(sim.n_c[r, t]), int(sim.e_c[r, t]), tuple(int(x) for x in sim.b_c[r, t])),
-                    baseline_pods=_sim_pods(sim, r, t),
-                    canary_pods=_canary_pods(sim, r, t),
-                )
-                state, decision = judge.update(state, {"svc": obs})
+                state, decision = judge.update(state, {"svc": _sim_observation(sim, r, t)})
                 if first == NEVER and decision.verdict in (Verdict.FAIL, Verdict.ERROR):
                     first = t + 1
-            mismatches += int(first != vec[r])
+                apart = apart or any(abs(state["services"]["svc"][k]["logE"] - logs[k][r, t]) > 1e-6 for k in logs)
+            mismatches += int(first != vec[r] or apart)
     return mismatches
 
 
+def _sim_observation(sim: Sim, r: int, t: int) -> IntervalObservation:
+    """Replication r's minute t as the judge reads it."""
+    return IntervalObservation(
+        60.0 * (t + 1),
+        float(sim.weight[t]),
+        VersionCounts(int(sim.n_b[r, t]), int(sim.e_b[r, t]), tuple(int(x) for x in sim.b_b[r, t])),
+        VersionCounts(int(sim.n_c[r, t]), int(sim.e_c[r, t]), tuple(int(x) for x in sim.b_c[r, t])),
+        baseline_pods=_sim_pods(sim, r, t),
+        canary_pods=_canary_pods(sim, r, t),
+    )
+
+
 def _sim_pods(sim: Sim, r: int, t: int) -> dict[str, VersionCounts]:
-    """The baseline's pods of replication r, minute t (errors are not drawn per pod here: the pods only
-    inform the latency statistic)."""
+    """The baseline's pods of replication r, minute t."""
     if sim.pb_b is None:
         return {}
-    return {f"b{i}": VersionCounts(int(b.sum()), 0, tuple(int(x) for x in b))
-            for i, b in enumerate(sim.pb_b[r, t]) if b.sum() > 0}
+    errors = sim.pe_b[r, t] if sim.pe_b is not None else np.zeros(len(sim.pb_b[r, t]), dtype=np.int64)
+    return {f"b{i}": VersionCounts(int(b.sum()), int(e), tuple(int(x) for x in b))
+            for i, (b, e) in enumerate(zip(sim.pb_b[r, t], errors, strict=True)) if b.sum() > 0}
 
 
 def _canary_pods(sim: Sim, r: int, t: int) -> dict[str, VersionCounts]:
@@ -391,27 +502,30 @@ def _canary_pods(sim: Sim, r: int, t: int) -> dict[str, VersionCounts]:
     return {f"c{i}": VersionCounts(int(n), 0, (*empty[:-1], int(n))) for i, n in enumerate(sim.pn_c[r, t]) if n > 0}
 
 
-def after_warmup(sim: Sim, minutes: int) -> Sim:
-    """The Sim without its first `minutes` (served, not judged: `strategy.canary.warmup`; new pods are slower
-    for their first minutes in the warmup and real worlds). Every judge sees the minutes after it."""
-    if minutes <= 0:
+def after_warmup(sim: Sim, minutes: int, until: int | None = None) -> Sim:
+    """The Sim's minutes from `minutes` on (before `until`, when given): the history before a release, or the
+    release after its warm-up (served, not judged: `strategy.canary.warmup`; new pods are slower for their first
+    minutes in the warmup and real worlds). Every judge sees the same minutes."""
+    if minutes <= 0 and until is None:
         return sim
-    cut = {f.name: (None if getattr(sim, f.name) is None else
-                    getattr(sim, f.name)[minutes:] if f.name == "weight" else getattr(sim, f.name)[:, minutes:])
-           for f in dataclasses.fields(sim)}
-    return Sim(**cut)
+    cut = slice(minutes, until)
+    return Sim(**{f.name: (None if getattr(sim, f.name) is None else
+                           getattr(sim, f.name)[cut] if f.name == "weight" else getattr(sim, f.name)[:, cut])
+                  for f in dataclasses.fields(sim)})
 
 
 def tasks(
-    reps: int, aa_reps: int, alpha: float, scenarios: tuple[str, ...], world: str = "independent", warmup: int = 0
-) -> list[tuple[int, str, str, int, int, float, str, int]]:
+    reps: int, aa_reps: int, alpha: float, scenarios: tuple[str, ...], world: str = "independent", warmup: int = 0,
+    history: int = 0,
+) -> list[tuple[int, str, str, int, int, float, str, int, int]]:
     out = []
     seed = 1000
     for rate in RATES:
         for weight in WEIGHTS:
             for sc in scenarios:
                 seed += 1
-                out.append((rate, weight, sc, aa_reps if sc.startswith("aa") else reps, seed, alpha, world, warmup))
+                out.append((rate, weight, sc, aa_reps if sc.startswith("aa") else reps, seed, alpha, world, warmup,
+                            history))
     return out
 
 
@@ -542,6 +656,9 @@ def options(argv: list[str] | None) -> argparse.Namespace:
                         help="the traffic's world (bench/worlds.py); default: independent requests")
     parser.add_argument("--warmup", type=int, default=0,
                         help="minutes at the start of each replication that no judge sees (strategy.canary.warmup)")
+    parser.add_argument("--history", type=int, default=0,
+                        help="minutes of the stable version alone before each replication, given to the judge "
+                             "(analysis.historyIntervals, SequentialJudge.prime; default 0)")
     parser.add_argument("--scenarios", default=None,
                         help=f"comma-separated, of {', '.join((*SCENARIOS, 'aa240'))} (default all)")
     opts = parser.parse_args(argv)
@@ -566,10 +683,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if opts.world != "independent":
         print(f"world: {opts.world} ({worlds.WORLDS[opts.world].summary})")
-    mismatches = cross_check(opts.alpha, opts.world)
+    mismatches = cross_check(opts.alpha, opts.world, opts.history)
     print(f"cross-check vectorised vs SequentialJudge: {mismatches} mismatches in 16 replications")
     scenarios = opts.scenarios
-    work = tasks(opts.reps, opts.aa_reps, opts.alpha, scenarios, opts.world, opts.warmup)
+    work = tasks(opts.reps, opts.aa_reps, opts.alpha, scenarios, opts.world, opts.warmup, opts.history)
     work.sort(key=lambda t: -(t[3] * (240 if t[2] == "aa240" else 30)))  # big first, for load balance
     if opts.workers > 1:
         with multiprocessing.Pool(opts.workers) as pool:
@@ -589,6 +706,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m bench.judges " + " ".join(argv if argv is not None else sys.argv[1:]),
         "world": opts.world,
         "warmup": opts.warmup,
+        "history": opts.history,
         "alpha": opts.alpha,
         "reps": opts.reps,
         "aaReps": opts.aa_reps,

@@ -149,6 +149,7 @@ class Sim:
     pn_c: np.ndarray | None = None  # (reps, T, canary pods) canary requests per pod
     pn_b: np.ndarray | None = None  # (reps, T, baseline pods)
     pb_b: np.ndarray | None = None  # (reps, T, baseline pods, K) baseline buckets per pod
+    pe_b: np.ndarray | None = None  # (reps, T, baseline pods) baseline errors per pod
 
 
 @dataclass
@@ -298,7 +299,7 @@ def simulate(world: str | World, rng: np.random.Generator, reps: int, weights: n
     w = np.asarray(weights, dtype=np.float64)
     traffic = Traffic(world, rng, reps, rate, scenario, horizon=len(w))
     minutes = [traffic.minute(x) for x in w]
-    n_c, n_b, e_c, e_b, b_c, b_b, pn_c, pn_b, pb_b = (
+    n_c, n_b, e_c, e_b, b_c, b_b, pn_c, pn_b, pb_b, pe_b = (
         np.stack([getattr(m, f) for m in minutes], axis=1)
-        for f in ("n_c", "n_b", "e_c", "e_b", "b_c", "b_b", "pn_c", "pn_b", "pb_b"))
-    return Sim(n_c, n_b, e_c, e_b, b_c, b_b, w, pn_c, pn_b, pb_b)
+        for f in ("n_c", "n_b", "e_c", "e_b", "b_c", "b_b", "pn_c", "pn_b", "pb_b", "pe_b"))
+    return Sim(n_c, n_b, e_c, e_b, b_c, b_b, w, pn_c, pn_b, pb_b, pe_b)

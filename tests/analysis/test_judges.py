@@ -346,6 +346,15 @@ def test_vectorised_benchmark_judge_matches_the_real_one() -> None:
     assert cross_check(0.05) == 0
 
 
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("world", ["pods", "real"])
+def test_vectorised_benchmark_judge_matches_the_real_one_primed_with_history_in_a_noisy_world(world: str) -> None:
+    # The grid's copy of the rate checks (burstiness, the pods' rate spread) and of the history prime.
+    from bench.judges import cross_check
+
+    assert cross_check(0.05, world, history=20) == 0
+
+
 def test_no_nan_in_any_judge_record_with_empty_canary() -> None:
     empty = VersionCounts.empty(K)
     base = VersionCounts(10, 0, tuple(10 if i == 5 else 0 for i in range(K)))
