@@ -9,7 +9,9 @@ routers run a realistic release config: a DestinationRule with two subsets and a
 header-match route ahead of a 90/10 weighted split whose destinations set the lane header (both subsets point at
 the same upstream, so the upstream's speed is the same on every path). At the end each router's own
 istio_requests_total for the service (from its admin API's `/metrics`) must equal the number of answers hey got
-through it; the run exits 1 otherwise.
+through it; the run exits 1 otherwise. Each hey run also gives the CPU time, per answered request, of the router
+(its process and every process below it: Envoy under its server), of the upstream and of hey itself (from
+/proc and the children's rusage): on a machine whose cores the three share, throughput follows the sum.
 
     python bench/router.py [--requests 64000] [--concurrency 32 1] [--rounds 3] [--routers envoy]
                            [--proxy-tree DIR] [--out bench/results/router.json]
@@ -35,6 +37,7 @@ import json
 import os
 import platform
 import re
+import resource
 import signal
 import statistics
 import subprocess
@@ -153,6 +156,45 @@ def stop(proc: subprocess.Popen[str]) -> None:
             proc.wait(10)
 
 
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by `pid` and every live process below it, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    used: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            parents[int(entry.name)] = int(fields[1])
+            used[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [c for c, pp in parents.items() if pp == parent and c not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    return sum(used.get(p, 0.0) for p in tree)
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measured_hey(url: str, requests: int, concurrency: int, host: str | None, pids: dict[str, int]
+                 ) -> dict[str, float]:
+    """`hey`, and the CPU microseconds per answered request of each process tree in `pids` and of hey."""
+    before = {name: process_tree_cpu(pid) for name, pid in pids.items()}
+    hey_before = _children_cpu()
+    result = hey(url, requests, concurrency, host=host)
+    answered = max(result["answered"], 1.0)
+    for name, pid in pids.items():
+        result[f"{name}_cpu_us"] = (process_tree_cpu(pid) - before[name]) / answered * 1e6
+    result["hey_cpu_us"] = (_children_cpu() - hey_before) / answered * 1e6
+    return result
+
+
 def hey(url: str, requests: int, concurrency: int, host: str | None = None) -> dict[str, float]:
     cmd = ["hey", "-n", str(requests), "-c", str(concurrency), "-t", "10"]
     if host:
@@ -225,12 +267,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rounds: dict[str, list[dict[str, float]]] = {path: [] for path in urls}
             for _ in range(args.rounds):
                 for path, (url, host) in urls.items():
-                    rounds[path].append(hey(url, n, c, host=host))
+                    pids = {"upstream": upstream.pid, **({"router": routers[path][0].pid} if path in routers else {})}
+                    rounds[path].append(measured_hey(url, n, c, host, pids))
                     if path in sent:
                         sent[path] += int(rounds[path][-1]["answered"])
             results["rounds"][str(c)] = rounds
             results["medians"][str(c)] = {
-                path: {k: statistics.median(r[k] for r in runs) for k in ("rps", "mean_ms", "p50_ms", "p99_ms")}
+                path: {k: statistics.median(r[k] for r in runs) for k in MEDIANS if k in runs[0]}
                 for path, runs in rounds.items()
             }
         for name, (_, info) in routers.items():
@@ -262,25 +305,37 @@ def router_metric_total(admin_url: str) -> int:
     )
 
 
+MEDIANS = ("rps", "mean_ms", "p50_ms", "p99_ms", "router_cpu_us", "upstream_cpu_us", "hey_cpu_us")
+
+
+def _cpu(m: dict[str, float]) -> str:
+    """CPU us per request of router / upstream / hey, when measured."""
+    if "hey_cpu_us" not in m:
+        return f"{'-':>18}"
+    router = f"{m['router_cpu_us']:.0f}" if "router_cpu_us" in m else "-"
+    return f"{router:>6}/{m['upstream_cpu_us']:>4.0f}/{m['hey_cpu_us']:>4.0f}"
+
+
 def table(results: dict[str, Any], record: dict[str, Any] | None = None) -> str:
     """Medians per concurrency and path, each router's added latency, its throughput against direct and (Envoy
     against the proxy) against the other; `record`: the proxy's recorded medians, shown as such."""
     lines = [
-        f"{'concurrency':>11} | {'path':<16} | {'req/s':>8} | {'mean ms':>7} | {'p50 ms':>7} | {'p99 ms':>7}",
-        f"{'-' * 11}-+-{'-' * 16}-+-{'-' * 8}-+-{'-' * 7}-+-{'-' * 7}-+-{'-' * 7}",
+        f"{'concurrency':>11} | {'path':<16} | {'req/s':>8} | {'mean ms':>7} | {'p50 ms':>7} | {'p99 ms':>7} | "
+        f"{'CPU us/req r/u/hey':>18}",
+        f"{'-' * 11}-+-{'-' * 16}-+-{'-' * 8}-+-{'-' * 7}-+-{'-' * 7}-+-{'-' * 7}-+-{'-' * 18}",
     ]
     for c, paths in results["medians"].items():
         d = paths["direct"]
         for path, m in paths.items():
             ratio = "" if path == "direct" else f"  ({m['rps'] / d['rps']:.2f}x direct)"
             lines.append(f"{c:>11} | {path:<16} | {m['rps']:>8.0f} | {m['mean_ms']:>7.3f} | {m['p50_ms']:>7.2f} | "
-                         f"{m['p99_ms']:>7.2f}{ratio}")
+                         f"{m['p99_ms']:>7.2f} | {_cpu(m)}{ratio}")
         if record and c in record.get("medians", {}) and "proxy" not in paths:
             rec = record["medians"][c]
             m = rec["proxy"]
             lines.append(f"{c:>11} | {'proxy (recorded)':<16} | {m['rps']:>8.0f} | {m['mean_ms']:>7.3f} | "
-                         f"{m['p50_ms']:>7.2f} | {m['p99_ms']:>7.2f}  ({rec['ratio_to_direct']:.2f}x direct on "
-                         f"{record['date']})")
+                         f"{m['p50_ms']:>7.2f} | {m['p99_ms']:>7.2f} | {_cpu(m)}  "
+                         f"({rec['ratio_to_direct']:.2f}x direct on {record['date']})")
             if rec.get("envoy_over_proxy") is not None:
                 lines.append(f"{c:>11} | {'envoy / proxy':<16} | {rec['envoy_over_proxy']:>7.2f}x | (recorded, "
                              f"Envoy and the proxy in the same run of {record['date']})")
