@@ -407,14 +407,12 @@ class SequentialJudge:
                 continue
             start, learnt = self._prior_tail_start(new, name, [o.baseline for o in intervals])
             errors, slow = _ratio_state(), _ratio_state()
-            errors["pods"], slow["pods"] = {}, {}
             for obs in intervals:
                 counts = obs.baseline
                 _fold_spread(errors, counts.errors, counts.requests)
                 _fold_spread(slow, int(sum(counts.buckets[start:])), counts.requests)
-                fold_rate_pods(errors["pods"], {p: (x.errors, x.requests) for p, x in obs.baseline_pods.items()})
-                fold_rate_pods(slow["pods"], {p: (int(sum(x.buckets[start:])), x.requests)
-                                              for p, x in obs.baseline_pods.items()})
+                fold_rate_pods(errors["pods"], _pod_events(obs.baseline_pods))
+                fold_rate_pods(slow["pods"], _pod_events(obs.baseline_pods, start))
             priors[name] = {"intervals": len(intervals), "errorRate": errors["spread"], "slowTail": slow["spread"],
                             "errorRatePods": errors["pods"], "slowTailPods": slow["pods"], "tailFromHistory": learnt}
         new["priors"] = priors
@@ -509,9 +507,7 @@ class SequentialJudge:
         _add_counts(svc["baseline"], b)
         _add_counts(svc["canary"], c)
         r0 = self.config.error_ratio_tolerance
-        placed = _Placement({p: (x.errors, x.requests) for p, x in obs.baseline_pods.items()},
-                            serving(obs.canary_pods), serving(obs.baseline_pods))
-        _fold_ratio(svc["errorRate"], c.errors, b.errors, c.requests, b.requests, r0, placed)
+        _fold_ratio(svc["errorRate"], c.errors, b.errors, c.requests, b.requests, r0, _placement(obs))
         self._fold_tail(svc, obs, tick)
         self._fold_shift(svc, obs)
         self._fold_srm(svc["sampleRatio"], obs, float(svc["alpha"]), t)
@@ -529,9 +525,8 @@ class SequentialJudge:
             return
         start = svc["tailStart"]
         k_c, k_b = int(sum(c.buckets[start:])), int(sum(b.buckets[start:]))
-        placed = _Placement({p: (int(sum(x.buckets[start:])), x.requests) for p, x in obs.baseline_pods.items()},
-                            serving(obs.canary_pods), serving(obs.baseline_pods))
-        _fold_ratio(svc["slowTail"], k_c, k_b, c.requests, b.requests, self.config.error_ratio_tolerance, placed)
+        _fold_ratio(svc["slowTail"], k_c, k_b, c.requests, b.requests, self.config.error_ratio_tolerance,
+                    _placement(obs, start))
 
     def _fold_shift(self, svc: dict[str, Any], obs: IntervalObservation) -> None:
         """Add the interval's terms of S and V (`shift_increment`, from the counts before this interval: _fold
@@ -819,6 +814,18 @@ class _Placement:
 
 
 _NO_PODS = _Placement({}, 0, 0)
+
+
+def _pod_events(pods: Mapping[str, VersionCounts], tail_start: int | None = None) -> dict[str, tuple[int, int]]:
+    """Each pod's (events, requests): its errors, or with `tail_start` its requests from that bucket on."""
+    return {p: (x.errors if tail_start is None else int(sum(x.buckets[tail_start:])), x.requests)
+            for p, x in pods.items()}
+
+
+def _placement(obs: IntervalObservation, tail_start: int | None = None) -> _Placement:
+    """The interval's `_Placement` for the error rate, or with `tail_start` for the slow tail."""
+    return _Placement(_pod_events(obs.baseline_pods, tail_start), serving(obs.canary_pods),
+                      serving(obs.baseline_pods))
 
 
 def _fold_ratio(rec: dict[str, Any], k_c: int, k_b: int, n_c: int, n_b: int, r0: float,

@@ -156,10 +156,11 @@ class RatePods:
 @dataclasses.dataclass(frozen=True)
 class RatePrior:
     """What `SequentialJudge.prime` learns for one rate check from the stable version's minutes before the
-    release, per replication: the spread sums [a, b, events, requests] (reps, 4) and the pods' sums (3, reps, P)."""
+    release, per replication: the spread sums [a, b, events, requests] (reps, 4) and the pods' sums (3, reps, P),
+    None without per-pod counts."""
 
     spread: np.ndarray
-    pods: np.ndarray
+    pods: np.ndarray | None
 
 
 def history_priors(hist: Sim, cfg: AnalysisConfig) -> tuple[np.ndarray, dict[str, RatePrior]]:
@@ -173,7 +174,7 @@ def history_priors(hist: Sim, cfg: AnalysisConfig) -> tuple[np.ndarray, dict[str
         a, b = _spread_sums(k_b, hist.n_b, e_b, x_b)
         spread = np.stack([a[:, -1], b[:, -1], k_b.sum(axis=1), hist.n_b.sum(axis=1)], axis=1)
         if pods is None or hist.pn_b is None:
-            return RatePrior(spread, np.zeros((3, k_b.shape[0], 1)))
+            return RatePrior(spread, None)
         return RatePrior(spread, np.stack([x.sum(axis=1) for x in rate_pod_increments(pods, hist.pn_b)]))
 
     return start, {"errorRate": prior(hist.e_b, hist.pe_b), "slowTail": prior(tail_b, tail_pods)}
@@ -266,7 +267,7 @@ def _rate_log_evalue(k_c: np.ndarray, k_b: np.ndarray, n_c: np.ndarray, n_b: np.
 def _rate_placement(pods: RatePods, info: np.ndarray, prior: RatePrior | None) -> np.ndarray:
     """`analysis.sequential.rate_placement` per (rep, minute): g = 1 + tau^2 W."""
     sums = [np.cumsum(x, axis=1) for x in rate_pod_increments(pods.events, pods.requests)]
-    if prior is not None and prior.pods.shape[-1] == sums[0].shape[-1]:
+    if prior is not None and prior.pods is not None:
         sums = [x + p[:, None, :] for x, p in zip(sums, prior.pods, strict=True)]
     wk = np.cumsum(pod_weight(info, pods.canary_pods, pods.baseline_pods), axis=1)
     return np.asarray(1.0 + rate_pod_variance(*sums) * wk)
@@ -280,10 +281,13 @@ def _before(after: np.ndarray, first: float | np.ndarray) -> np.ndarray:
 
 def _prior_burstiness(prior: RatePrior | None) -> float | np.ndarray:
     """kappa before the release's first minute: the history's, else 0."""
-    if prior is None:
-        return 0.0
-    a, b = prior.spread[:, 0], prior.spread[:, 1]
-    return np.where(b > 0, np.maximum(a / np.where(b > 0, b, 1.0), 0.0), 0.0)
+    return 0.0 if prior is None else _kappa(prior.spread[:, 0], prior.spread[:, 1])
+
+
+def _kappa(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """`analysis.sequential.rate_burstiness` of the spread sums a, b."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(b > 0, np.maximum(a / np.where(b > 0, b, 1.0), 0.0), 0.0)
 
 
 def _spread_sums(k_b: np.ndarray, n_b: np.ndarray, e_b: np.ndarray, x_b: np.ndarray,
@@ -302,9 +306,7 @@ def _spread_sums(k_b: np.ndarray, n_b: np.ndarray, e_b: np.ndarray, x_b: np.ndar
 def _burstiness(k_b: np.ndarray, n_b: np.ndarray, e_b: np.ndarray, x_b: np.ndarray,
                 prior: RatePrior | None = None) -> np.ndarray:
     """`analysis.sequential.rate_burstiness` after each minute (`_spread_sums`)."""
-    a, b = _spread_sums(k_b, n_b, e_b, x_b, prior)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(b > 0, np.maximum(a / np.where(b > 0, b, 1.0), 0.0), 0.0)
+    return _kappa(*_spread_sums(k_b, n_b, e_b, x_b, prior))
 
 
 def sequential_first(
@@ -312,7 +314,11 @@ def sequential_first(
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """First minute of fail/error: the regression e-values' sum or the SRM e-value reaching K/alpha.
     Also each check's own first crossing of K/alpha (a Bonferroni judge), for diagnosis."""
-    logs = sequential_log_evalues(sim, cfg, grid, hist)
+    return first_crossings(sequential_log_evalues(sim, cfg, grid, hist), cfg)
+
+
+def first_crossings(logs: dict[str, np.ndarray], cfg: AnalysisConfig) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """`sequential_first` of e-processes already computed."""
     threshold = math.log(len(cfg.checks) / cfg.alpha)
     per_check = {k: first_true(v >= threshold) for k, v in logs.items() if k in cfg.checks}
     family = special.logsumexp(np.stack([logs[k] for k in cfg.checks if k != "sampleRatio"]), axis=0)
@@ -413,8 +419,8 @@ def run_cell(task: tuple[Any, ...]) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     started = time.perf_counter()
     full = simulate(rng, reps, horizon + warmup, rate, weight, SCENARIO_SPECS[scenario], world, history)
-    hist = after_warmup(full, 0, history) if history else None
-    sim = after_warmup(full, history + warmup)
+    hist = minutes_of(full, 0, history) if history else None
+    sim = minutes_of(full, history + warmup)
     exposed = np.cumsum(sim.n_c, axis=1)
     seq, per_check = sequential_first(sim, cfg, hist=hist)
     firsts: dict[str, np.ndarray] = {"sequential": seq}
@@ -455,9 +461,9 @@ def cross_check(alpha: float, world: str = "independent", history: int = 0) -> i
     mismatches = 0
     for scenario in ("aa", "lat25", "err4", "tail"):
         full = simulate(rng, 4, 30, 20, "prog", SCENARIO_SPECS[scenario], world, history)
-        hist, sim = (after_warmup(full, 0, history), after_warmup(full, history)) if history else (None, full)
-        vec, _ = sequential_first(sim, cfg, hist=hist)
+        hist, sim = (minutes_of(full, 0, history), minutes_of(full, history)) if history else (None, full)
         logs = sequential_log_evalues(sim, cfg, hist=hist)
+        vec, _ = first_crossings(logs, cfg)
         for r in range(4):
             judge = SequentialJudge(cfg)
             state = judge.initial_state(services=["svc"])
@@ -502,13 +508,13 @@ def _canary_pods(sim: Sim, r: int, t: int) -> dict[str, VersionCounts]:
     return {f"c{i}": VersionCounts(int(n), 0, (*empty[:-1], int(n))) for i, n in enumerate(sim.pn_c[r, t]) if n > 0}
 
 
-def after_warmup(sim: Sim, minutes: int, until: int | None = None) -> Sim:
-    """The Sim's minutes from `minutes` on (before `until`, when given): the history before a release, or the
+def minutes_of(sim: Sim, start: int, stop: int | None = None) -> Sim:
+    """The Sim's minutes from `start` on (before `stop`, when given): the history before a release, or the
     release after its warm-up (served, not judged: `strategy.canary.warmup`; new pods are slower for their first
     minutes in the warmup and real worlds). Every judge sees the same minutes."""
-    if minutes <= 0 and until is None:
+    if start <= 0 and stop is None:
         return sim
-    cut = slice(minutes, until)
+    cut = slice(start, stop)
     return Sim(**{f.name: (None if getattr(sim, f.name) is None else
                            getattr(sim, f.name)[cut] if f.name == "weight" else getattr(sim, f.name)[:, cut])
                   for f in dataclasses.fields(sim)})

@@ -39,8 +39,8 @@ def analysis_config(spec: ReleaseSpec) -> AnalysisConfig:
 def history_windows(spec: ReleaseSpec, status: ReleaseStatus) -> tuple[tuple[float, float], ...]:
     """The stable version's windows before the release that the judge has not seen yet (`prime_judge`): while
     the new version starts, `historyIntervals` windows of one interval each, oldest first, ending one interval
-    before the release started (the last one's samples may not all be scraped yet). None (empty) for an A/B experiment,
-    whose guardrails judge each variant from its first window, or a judge that learns nothing from them."""
+    before the release started (the last one's samples may not all be scraped yet). None (an empty tuple) for an A/B
+    experiment, whose guardrails judge each variant from its first window, or a judge that learns nothing from them."""
     count = spec.analysis.history_intervals
     if status.phase is not Phase.INITIALIZING or spec.experiment is not None or status.started_at is None \
             or count <= 0 or spec.analysis.judge != "sequential" or "priors" in status.judge_state:
