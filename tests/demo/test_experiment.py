@@ -18,8 +18,14 @@ from demo.canary import run_demo
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
+# Both demos run alone among the real-time tests. Their guardrails compare two versions' latency on one machine,
+# and users are sticky and unequal (the busiest sends ~18% of the searches), so one arm can serve 1.5-3x the
+# other's searches on the same number of processes. Beside another real-time test (a crash campaign starting
+# controllers by the hundred) the busier arm's processes queue: seen in CI, master-search p50 115 ms on v2
+# against 76 ms on v1, and the latency guardrail rightly stopped the experiment. That is the product working
+# on a starved machine, not what these tests are about.
 
-@pytest.mark.realtime
+@pytest.mark.realtime(alone=True)
 def test_ab_demo_finds_v2_the_winner_and_users_stay_on_their_variant(tmp_path: Path) -> None:
     out = io.StringIO()
     # A 4 s interval: the experiment may run 120 s, enough users for the lift on a machine whose cores the
@@ -51,7 +57,7 @@ def test_ab_demo_finds_v2_the_winner_and_users_stay_on_their_variant(tmp_path: P
         assert 50 <= result["users"][version] <= load["assigned_users"][version], (result["users"], load)
 
 
-@pytest.mark.realtime
+@pytest.mark.realtime(alone=True)
 def test_abn_demo_finds_the_best_of_three_variants_and_keeps_users_and_paths_on_one(tmp_path: Path) -> None:
     """`canary demo --scenario abn`: v1 control, v2 (p=0.30) and v3 (p=0.10, no lift); v2 must beat v1 and
     be separated from v3 under the split alpha, every variant's guardrails pass, nobody mixes variants."""
