@@ -13,6 +13,14 @@ A replay file is JSON (see the "Replay format" section of the design brief):
 `baselinePods` / `canaryPods` break a version's counts down by pod (each pod as a version's counts; they
 must add up to the version's): the judge then learns how much identical pods differ (analysis/pods.py).
 
+An optional top-level `"history"` holds the stable version's own intervals from before the release, oldest
+first, each `{"baseline": {...}}` with optional `"baselinePods"` and `"t"` (seconds, before 0). The controller
+reads `historyIntervals` such windows (30 by default) before it judges a release and primes the judge with
+them (its error bursts, its pods' spread, the slow-tail threshold); the replay does the same with the last
+`historyIntervals` of the file's, so a file that carries them is judged as the controller judged it. Each
+record says how many it was primed with (`history`); without them the judge learns that noise from the
+release alone, as the controller does when its metrics source keeps no history.
+
 `main` writes one JSON object per interval to stdout (`file`, `t`, `verdict` and the decision record)
 through the same judge code the controller runs. A bad file gets one line on stderr naming the file and
 the field, and the exit code becomes 2; the other files still run. A file is checked whole before any of
@@ -148,7 +156,33 @@ def parse_replay(doc: Any) -> tuple[str, list[IntervalObservation]]:
     return service, out
 
 
-def load_replay(path: Path) -> tuple[str, list[IntervalObservation]]:
+def parse_history(doc: Any) -> list[IntervalObservation]:
+    """The stable version's intervals before the release (`"history"`, optional): each one's baseline counts
+    (and pods) as an interval at weight 0 with no canary traffic, as the controller hands them to the judge."""
+    raw_history = doc.get("history", []) if isinstance(doc, dict) else []
+    if not isinstance(raw_history, list):
+        raise InvalidReplay("history", "is not a list")
+    bounds = parse_bounds(_field(doc, "buckets_ms", "(top level)"))
+    out: list[IntervalObservation] = []
+    for i, raw in enumerate(raw_history):
+        where = f"history[{i}]"
+        t = _number(raw["t"], f"{where}.t") if isinstance(raw, dict) and "t" in raw else -float(len(raw_history) - i)
+        if t >= 0:
+            raise InvalidReplay(f"{where}.t", f"{t} is not before the release (t < 0)")
+        if out and t <= out[-1].t:
+            raise InvalidReplay(f"{where}.t", f"{t} does not come after {out[-1].t}")
+        obs = IntervalObservation(
+            t=t, weight=0.0, baseline=_counts(_field(raw, "baseline", where), f"{where}.baseline", len(bounds)),
+            canary=VersionCounts.empty(len(bounds)), bounds_ms=bounds,
+            baseline_pods=_pods(raw, "baseline", where, len(bounds)),
+        )
+        obs.validate(where)
+        out.append(obs)
+    return out
+
+
+def load_replay(path: Path) -> tuple[str, list[IntervalObservation], list[IntervalObservation]]:
+    """(service, intervals, history) of a replay file."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -157,18 +191,26 @@ def load_replay(path: Path) -> tuple[str, list[IntervalObservation]]:
         doc = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise InvalidReplay("(json)", f"line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
-    return parse_replay(doc)
+    service, intervals = parse_replay(doc)
+    return service, intervals, parse_history(doc)
 
 
 def replay_decisions(
-    config: AnalysisConfig, service: str, intervals: Sequence[IntervalObservation]
+    config: AnalysisConfig, service: str, intervals: Sequence[IntervalObservation],
+    history: Sequence[IntervalObservation] = (),
 ) -> Iterator[dict[str, Any]]:
-    """The decision record of every interval, judged in order from a fresh state."""
+    """The decision record of every interval, judged in order from a fresh state primed, as the controller
+    primes it (`controller.core.machine.analysing.prime_judge`), with the last `historyIntervals` of `history`
+    when the judge learns from them (the sequential judge)."""
     judge = make_judge(config)
     state = judge.initial_state(services=[service], bounds_ms=intervals[0].bounds_ms if intervals else ISTIO_BUCKETS_MS)
+    used = list(history)[-config.history_intervals:] if config.history_intervals > 0 and config.judge == "sequential" \
+        else []
+    if used:
+        state = judge.prime(state, [{service: obs} for obs in used])
     for obs in intervals:
         state, decision = judge.update(state, {service: obs})
-        yield {"t": obs.t, **decision.to_dict(), "verdict": decision.verdict.value}
+        yield {"t": obs.t, **decision.to_dict(), "verdict": decision.verdict.value, "history": len(used)}
 
 
 def expand_paths(args: Sequence[str]) -> list[Path]:
@@ -213,12 +255,12 @@ def main(argv: list[str], stdout: TextIO | None = None, stderr: TextIO | None = 
     status = 0
     for path in expand_paths(opts.replay):
         try:
-            service, intervals = load_replay(path)
+            service, intervals, history = load_replay(path)
         except (InvalidReplay, InvalidObservation) as exc:
             print(f"canary analyze: {path}: {exc}", file=err)
             status = 2
             continue
-        for record in replay_decisions(config, service, intervals):
+        for record in replay_decisions(config, service, intervals, history):
             print(json.dumps({"file": str(path), **record}, allow_nan=False), file=out)
     return status
 

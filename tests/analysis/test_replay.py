@@ -82,6 +82,49 @@ def test_every_judge_replays(tmp_path: Path, judge: str) -> None:
     assert lines[-1]["verdict"] == "fail"  # a third of the canary's requests fail
 
 
+# The stable version's errors come in bursts (a minute of 9-16 errors in 540 requests now and then).
+BURSTY_HISTORY = [0, 9, 1, 0, 14, 2, 0, 0, 11, 1, 0, 3, 0, 16, 0, 1, 0, 8, 0, 0, 12, 1, 0, 2, 0, 0, 10, 0, 1, 0]
+
+
+def bursty_release(canary_errors: list[int]) -> dict[str, Any]:
+    """Ten minutes at 10% with a quiet baseline, and before them the bursty history."""
+    intervals = []
+    for t, errors in enumerate(canary_errors, start=1):
+        raw = interval(60 * t, c_err=errors)
+        raw["baseline"]["errors"] = 2 - t % 2  # 1, 2, 1, 2, ...: the baseline quiet during the release
+        intervals.append(raw)
+    history = [{"baseline": {**interval(0)["baseline"], "errors": e}} for e in BURSTY_HISTORY]
+    return {"buckets_ms": BOUNDS, "intervals": intervals, "history": history}
+
+
+def test_history_primes_the_judge_as_the_controller_does(tmp_path: Path) -> None:
+    """A canary with three one-minute error bursts, in a service whose stable version is known to burst: with
+    the history the judge holds (as the controller, which reads `historyIntervals` windows first); without it
+    the same minutes are a regression."""
+    doc = bursty_release([0, 5, 0, 6, 0, 5, 0, 0, 0, 0])
+    code, lines, err = run(["--replay", str(write(tmp_path / "with.json", doc))])
+    assert code == 0 and err == ""
+    assert all(r["history"] == 30 for r in lines) and {r["verdict"] for r in lines} == {"inconclusive"}
+    _, without, _ = run(["--replay", str(write(tmp_path / "without.json", {**doc, "history": []}))])
+    assert all(r["history"] == 0 for r in without) and without[-1]["verdict"] == "fail"
+    _, unused, _ = run(["--replay", str(tmp_path / "with.json"), "--config", str(write(
+        tmp_path / "spec.json", {"historyIntervals": 0}))])
+    assert [r["history"] for r in unused] == [0] * 10 and unused[-1]["verdict"] == "fail"
+    # The last historyIntervals of the file's history are the ones used, as the controller reads the latest.
+    _, last5, _ = run(["--replay", str(tmp_path / "with.json"), "--config", str(write(
+        tmp_path / "spec5.json", {"historyIntervals": 5}))])
+    assert last5[0]["history"] == 5
+    # A judge that learns nothing from history is not given it.
+    _, kayenta, _ = run(["--replay", str(tmp_path / "with.json"), "--judge", "kayenta"])
+    assert kayenta[0]["history"] == 0
+
+
+def test_with_history_a_sustained_regression_still_fails(tmp_path: Path) -> None:
+    _, lines, _ = run(["--replay", str(write(tmp_path / "r.json", bursty_release([3] * 10)))])
+    assert lines[-1]["history"] == 30
+    assert [r["verdict"] for r in lines].index("fail") <= 4  # 3 errors in 61 every minute against ~0.3%
+
+
 BAD = {
     "negative": (
         {
@@ -135,6 +178,17 @@ BAD = {
         "intervals[0].baselinePods: is not an object of pod names to counts",
     ),
     "no_inf": ({"buckets_ms": [1, 2], "intervals": []}, 'buckets_ms[1]: the last bound must be "+Inf"'),
+    "history_shape": ({"buckets_ms": BOUNDS, "intervals": [interval(60)], "history": {"baseline": 1}},
+                      "history: is not a list"),
+    "history_counts": (
+        {"buckets_ms": BOUNDS, "intervals": [interval(60)],
+         "history": [{"baseline": interval(0)["baseline"]}, {"baseline": {**interval(0)["baseline"], "errors": -2}}]},
+        "history[1].baseline.errors: -2 is negative",
+    ),
+    "history_after_start": (
+        {"buckets_ms": BOUNDS, "intervals": [interval(60)], "history": [{"t": 0, "baseline": interval(0)["baseline"]}]},
+        "history[0].t: 0.0 is not before the release (t < 0)",
+    ),
     "not_json": ("{nope", "(json): line 1"),
 }
 
