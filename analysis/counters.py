@@ -22,6 +22,7 @@ histogram of a service has (all versions, all pods) give exact counts for all of
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from collections import defaultdict
@@ -169,6 +170,25 @@ def _selected(series: Series, query: MetricsQuery, labels: IstioLabels) -> tuple
 
 def _exists_by(series: Series, end: float) -> bool:
     return any(t <= end for t, _ in series.samples)
+
+
+def span_cutter(series: Sequence[Series]) -> Callable[[float, float], list[Series]]:
+    """Cut series read over a long span into what one window (start, end] reads: each series' last sample at or
+    before `start` (its baseline; none when the series was born later) and its samples in (start, end], as a read
+    of that window alone gives them. Sorted once, then bisected per window, so that cutting N windows from one
+    read costs about what N reads' own samples would."""
+    ordered = [(s.labels, _checked(s.samples)) for s in series]
+    times = [[t for t, _ in samples] for _, samples in ordered]
+
+    def cut(start: float, end: float) -> list[Series]:
+        out = []
+        for (labels, samples), ts in zip(ordered, times, strict=True):
+            lo, hi = max(bisect.bisect_right(ts, start) - 1, 0), bisect.bisect_right(ts, end)
+            if hi > lo:
+                out.append(Series(labels, tuple(samples[lo:hi])))
+        return out
+
+    return cut
 
 
 def sum_increases(

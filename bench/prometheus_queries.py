@@ -8,7 +8,13 @@ load thread keeps adding requests. Each tick then reads one window of the whole 
 - per pair: the same window asked once per (service, version) (2 queries each: what a provider that
   queries per service and version would do), to show what grouping saves.
 
-Both must return identical counts; the program checks that. Prints a table and saves JSON.
+Then, as a release's first tick does, it reads the stable version's history: `--history-windows` (30)
+contiguous windows of `--history-window` seconds before now,
+
+- alone: `window()` once per window (what the controller did before `windows()` existed);
+- together: `PrometheusMetrics.windows()`, the whole span in the queries of one window, cut per window.
+
+Each pair of modes must return identical counts; the program checks that. Prints a table and saves JSON.
 
     python -m bench.prometheus_queries --ticks 20 --out /tmp/prometheus_queries.json
 """
@@ -53,6 +59,38 @@ def measure(provider: PrometheusMetrics, queries: list[MetricsQuery], start: flo
     return provider.queries_sent - sent, elapsed, merged
 
 
+def history_rows(provider: PrometheusMetrics, query: MetricsQuery, args: argparse.Namespace
+                 ) -> dict[str, list[tuple[int, float]]]:
+    """The stable version's history read window by window and together, `args.ticks` times."""
+    rows: dict[str, list[tuple[int, float]]] = {"history_alone": [], "history_together": []}
+    n, width = args.history_windows, args.history_window
+    for tick in range(args.ticks):
+        end = time.time() - 2 - tick * 0.25
+        edges = [(end - (n - i) * width, end - (n - i - 1) * width) for i in range(n)]
+        sent, began = provider.queries_sent, time.perf_counter()
+        alone = [provider.window(query, a, b) for a, b in edges]
+        rows["history_alone"].append((provider.queries_sent - sent, time.perf_counter() - began))
+        sent, began = provider.queries_sent, time.perf_counter()
+        together = provider.windows(query, edges)
+        rows["history_together"].append((provider.queries_sent - sent, time.perf_counter() - began))
+        if together != tuple(alone):
+            raise SystemExit(f"the history read together differs from its windows read alone at tick {tick}")
+    return rows
+
+
+def summary(rows: dict[str, list[tuple[int, float]]], window: float, lookback: float) -> list[dict[str, Any]]:
+    out = []
+    for mode, samples in rows.items():
+        times = sorted(t for _, t in samples)
+        out.append({
+            "mode": mode, "window_s": window, "lookback_s": lookback, "ticks": len(samples),
+            "queries_per_tick": samples[0][0],
+            "median_ms": round(statistics.median(times) * 1000, 1),
+            "p95_ms": round(times[int(0.95 * (len(times) - 1))] * 1000, 1),
+        })
+    return out
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     exporter = IstioExporter()
     target = exporter.serve()
@@ -72,7 +110,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for lookback in args.lookbacks:
             provider = PrometheusMetrics(PrometheusConfig(url=prometheus.url, lookback_seconds=lookback))
             for window in args.windows:
-                rows = {"grouped": [], "per_pair": []}
+                rows: dict[str, list[tuple[int, float]]] = {"grouped": [], "per_pair": []}
                 for tick in range(args.ticks):
                     end = time.time() - 2 - tick * 0.25
                     start = end - window
@@ -82,14 +120,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         raise SystemExit(f"grouped and per-pair counts differ at tick {tick}")
                     rows["grouped"].append((g_queries, g_time))
                     rows["per_pair"].append((p_queries, p_time))
-                for mode, samples in rows.items():
-                    times = sorted(t for _, t in samples)
-                    results["runs"].append({
-                        "mode": mode, "window_s": window, "lookback_s": lookback, "ticks": len(samples),
-                        "queries_per_tick": samples[0][0],
-                        "median_ms": round(statistics.median(times) * 1000, 1),
-                        "p95_ms": round(times[int(0.95 * (len(times) - 1))] * 1000, 1),
-                    })
+                results["runs"] += summary(rows, window, lookback)
+            results["runs"] += summary(history_rows(provider, grouped_query, args), args.history_window, lookback)
             provider.close()
     stop.set()
     loader.join(timeout=5)
@@ -103,6 +135,8 @@ def main() -> None:
     parser.add_argument("--history", type=float, default=70.0, help="seconds of scrapes before measuring")
     parser.add_argument("--windows", type=lambda s: [float(x) for x in s.split(",")], default=[10.0, 60.0])
     parser.add_argument("--lookbacks", type=lambda s: [float(x) for x in s.split(",")], default=[600.0, 60.0])
+    parser.add_argument("--history-windows", type=int, default=30, help="windows of the stable version's history")
+    parser.add_argument("--history-window", type=float, default=2.0, help="seconds per history window")
     parser.add_argument("--out", type=Path, default=Path("/tmp/prometheus_queries.json"))
     args = parser.parse_args()
     if prometheus_binary() is None:
@@ -110,9 +144,10 @@ def main() -> None:
     results = run(args)
     print(f"{results['services']} services x {results['versions']} versions x {results['codes']} codes "
           f"= {results['series']} series (requests + 20 buckets each), {args.ticks} ticks per row")
-    print(f"{'mode':<9} {'window s':>8} {'lookback s':>10} {'queries/tick':>12} {'median ms':>9} {'p95 ms':>7}")
+    print(f"history: {args.history_windows} windows of {args.history_window:g} s")
+    print(f"{'mode':<16} {'window s':>8} {'lookback s':>10} {'queries/tick':>12} {'median ms':>9} {'p95 ms':>7}")
     for r in results["runs"]:
-        print(f"{r['mode']:<9} {r['window_s']:>8g} {r['lookback_s']:>10g} {r['queries_per_tick']:>12} "
+        print(f"{r['mode']:<16} {r['window_s']:>8g} {r['lookback_s']:>10g} {r['queries_per_tick']:>12} "
               f"{r['median_ms']:>9} {r['p95_ms']:>7}")
     args.out.write_text(json.dumps(results, indent=2))
     print(f"saved {args.out}")

@@ -11,7 +11,7 @@ This module depends on the core only (the data the ports carry), never on an ada
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -73,6 +73,14 @@ class Router(Protocol):
 class Metrics(Protocol):
     def window(self, query: MetricsQuery, start: float, end: float) -> WindowCounts:
         """Exact per-version counts of requests in (start, end]; raises MetricsUnavailable."""
+
+
+class History(Metrics, Protocol):
+    """A metrics source that keeps past samples (Prometheus), for the stable version's windows before a release."""
+
+    def windows(self, query: MetricsQuery, edges: Sequence[tuple[float, float]]) -> tuple[WindowCounts, ...]:
+        """`window` of each (start, end] in `edges` (oldest first), read together: as many queries as one
+        window, however many windows; raises MetricsUnavailable."""
 
 
 class Clock(Protocol):

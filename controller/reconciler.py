@@ -37,6 +37,7 @@ from controller.core.status import ReleaseStatus, decision_details
 from controller.ports import (
     BusinessMetrics,
     Clock,
+    History,
     Hooks,
     Metrics,
     Notice,
@@ -71,7 +72,7 @@ class Ports:
     shadow: ShadowPairs | None = None
     # A source that answers windows in the past (Prometheus), for the stable version's metrics before a release
     # (`spec.analysis.historyIntervals`); None: the judge learns the noise from the release alone.
-    history: Metrics | None = None
+    history: History | None = None
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ class Reconciler:
         if self.ports.history is None:
             return None, "this metrics source keeps no history (windows are read as they close)"
         try:
-            return tuple(self.ports.history.window(metrics_query(spec), start, end) for start, end in windows), None
+            return self.ports.history.windows(metrics_query(spec), windows), None
         except PortError as exc:
             return None, exc.reason
         except Exception as exc:  # a broken source starts the judge without history, never a crash loop

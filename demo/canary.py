@@ -119,7 +119,7 @@ def run_local(release: dict[str, Any], faults: Faults, rps: float = 20.0, summar
         clock = SystemClock()
         reconciler = Reconciler(local_ports(stack, router, source.metrics, clock, outgoing,
                                             metrics_delay=source.delay, shadow=shadow,
-                                            history=source.metrics if source.name == "prometheus" else None))
+                                            history=source.history))
         status = drive_release(reconciler, state, spec, clock, stop, max_seconds, console, on_tick)
         report = load.stop() if load is not None else None
         result = _summary(label, status, audit, source.name, workdir, report)

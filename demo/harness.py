@@ -31,7 +31,7 @@ from controller.core.observation import served_path
 from controller.core.spec.release import ReleaseSpec
 from controller.core.status import ReleaseStatus
 from controller.logs import release_context
-from controller.ports import BusinessMetrics, Metrics, Notifier, ShadowPairs
+from controller.ports import BusinessMetrics, History, Metrics, Notifier, ShadowPairs
 from controller.present import view
 from controller.present.report import render_report
 from controller.reconciler import Ports, Reconciler
@@ -137,7 +137,7 @@ def search_load(stack: LocalStack, spec: ReleaseSpec, rps: float, max_seconds: f
 
 def local_ports(stack: LocalStack, router: LocalRouter, metrics: Metrics, clock: SystemClock,
                 outgoing: Outgoing | None, business: BusinessMetrics | None = None,
-                metrics_delay: float = 0.0, shadow: ShadowPairs | None = None, history: Metrics | None = None
+                metrics_delay: float = 0.0, shadow: ShadowPairs | None = None, history: History | None = None
                 ) -> Ports:
     """The controller's ports on the local platform; notices go to the log and to `outgoing`'s notifiers.
     `metrics_delay`: how long after a weight change the metrics source counts only the new weight's

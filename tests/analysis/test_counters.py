@@ -19,6 +19,7 @@ from analysis.counters import (
     labelset,
     reset_times,
     snapshot_counts,
+    span_cutter,
     window_counts,
 )
 from analysis.observations import ISTIO_BUCKETS_MS, MetricsQuery, VersionCounts
@@ -129,6 +130,23 @@ def test_consecutive_windows_partition_the_counts_exactly(
     parts = [increase(samples, a, b) for a, b in itertools.pairwise(edges)]
     assert all(p >= 0 for p in parts)
     assert sum(parts) == increase(samples, -1.0, 61.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(life=events, born=st.integers(0, 30), cuts=st.lists(st.floats(-1, 61, allow_nan=False), max_size=6))
+def test_a_span_cut_per_window_counts_what_each_window_read_alone_does(
+    life: list[tuple[int, bool]], born: int, cuts: list[float]
+) -> None:
+    """What Prometheus gives a read of (a, b] alone: the samples inside, and the last one at or before a (none for
+    a series born later). Cutting one read of the whole span gives each window the same increase."""
+    samples = [s for s in sampled(life) if s[0] >= born]  # a series first scraped at `born`
+    edges = sorted({-1.0, 61.0, *cuts})
+    cut = span_cutter([Series({"pod": "a"}, tuple(reversed(samples)))])  # any order: sorted on use
+    for a, b in itertools.pairwise(edges):
+        alone = [s for s in samples if a < s[0] <= b] + [s for s in samples if s[0] <= a][-1:]
+        pieces = cut(a, b)
+        assert sum(increase(p.samples, a, b) for p in pieces) == increase(alone, a, b)
+        assert all(p.labels == {"pod": "a"} for p in pieces) and len(pieces) == (1 if alone else 0)
 
 
 @settings(max_examples=200, deadline=None)

@@ -8,6 +8,7 @@ stack behind the routes that are in effect, so a rollback really does stop the c
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +113,10 @@ class FakeMetrics:
         buckets = np.bincount(idx, minlength=len(ISTIO_BUCKETS_MS))
         errors = int(self.rng.binomial(n, model.error_rate))
         return VersionCounts(n, errors, tuple(int(b) for b in buckets))
+
+    def windows(self, query: MetricsQuery, edges: Sequence[tuple[float, float]]) -> tuple[WindowCounts, ...]:
+        """Past windows (the stable version's history), each drawn and recorded as `window` draws one."""
+        return tuple(self.window(query, start, end) for start, end in edges)
 
     def window(self, query: MetricsQuery, start: float, end: float) -> WindowCounts:
         self.queries.append((start, end))

@@ -37,7 +37,7 @@ from controller.adapters.kubernetes.watching import ReleaseWatch
 from controller.adapters.kubernetes.wiring import ReleaseWiring
 from controller.adapters.kubernetes.workloads import ReplicaPolicy, WeightBox
 from controller.core.spec.release import ReleaseSpec
-from controller.ports import BusinessMetrics, Clock, Hooks, Metrics, Notifier
+from controller.ports import BusinessMetrics, Clock, History, Hooks, Metrics, Notifier
 from controller.reconciler import Ports, TickResult
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class Controller:
     def __init__(self, api: KubeApi, config: ControllerConfig, metrics: Metrics, clock: Clock,
                  elector: LeaseElector | None = None, telemetry: Telemetry | None = None,
                  business: BusinessMetrics | None = None, notifier: Notifier | None = None,
-                 hooks: Hooks | None = None, history: Metrics | None = None) -> None:
+                 hooks: Hooks | None = None, history: History | None = None) -> None:
         self.config = config
         self.clock = clock
         self.elector = elector

@@ -21,7 +21,7 @@ from controller.adapters.kubernetes.workloads import DeploymentWorkloads, Releas
 from controller.adapters.shadow.client import HttpShadowPairs
 from controller.core.spec.hooks import HookRules
 from controller.core.spec.release import InvalidSpec, ReleaseSpec, parse_release
-from controller.ports import BusinessMetrics, Clock, Hooks, Metrics, Notifier, Peers
+from controller.ports import BusinessMetrics, Clock, History, Hooks, Metrics, Notifier, Peers
 from controller.reconciler import Ports
 
 
@@ -39,7 +39,7 @@ class ReleaseWiring:
     def __init__(self, api: KubeApi, clock: Clock, identity: str, replica_policy: ReplicaPolicy,
                  metrics: Metrics, business: BusinessMetrics | None = None, notifier: Notifier | None = None,
                  hooks: Hooks | None = None, peers: Peers | None = None, metrics_delay: float = 0.0,
-                 history: Metrics | None = None) -> None:
+                 history: History | None = None) -> None:
         self.api = api
         self.clock = clock
         # The Events' reportingInstance: which replica decided.

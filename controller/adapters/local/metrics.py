@@ -30,7 +30,7 @@ from analysis.observations import MetricsQuery, WindowCounts
 from controller.adapters.local.direct_metrics import DirectMetrics
 from controller.adapters.prometheus.metrics import PrometheusSource
 from controller.adapters.prometheus.server import PrometheusProcess, prometheus_binary
-from controller.ports import Metrics, MetricsUnavailable
+from controller.ports import History, Metrics, MetricsUnavailable
 
 SCRAPE_INTERVAL = 1.0
 PROMETHEUS_LAG = 2.0
@@ -47,18 +47,24 @@ class MetricsSource:
     # read `lag` behind reaches back to the last scrape at or before its start, up to a scrape interval
     # earlier, so it must start that much after the change to count only the new weight's traffic.
     delay: float = 0.0
+    # The same source when it also answers windows in the past (Prometheus), for the stable version's history.
+    history: History | None = None
 
 
 class LaggedMetrics:
     """Evaluates every window `lag` seconds in the past (consistently, so windows still partition); the counts
     come back whole (per version, per pod, with the bucket edges they resolve), stamped with the window asked."""
 
-    def __init__(self, inner: Metrics, lag: float) -> None:
+    def __init__(self, inner: History, lag: float) -> None:
         self.inner, self.lag = inner, lag
 
     def window(self, query: MetricsQuery, start: float, end: float) -> WindowCounts:
         counts = self.inner.window(query, start - self.lag, end - self.lag)
         return dataclasses.replace(counts, start=start, end=end)
+
+    def windows(self, query: MetricsQuery, edges: Sequence[tuple[float, float]]) -> tuple[WindowCounts, ...]:
+        lagged = self.inner.windows(query, [(start - self.lag, end - self.lag) for start, end in edges])
+        return tuple(dataclasses.replace(c, start=s, end=e) for c, (s, e) in zip(lagged, edges, strict=True))
 
 
 class BufferedDirectMetrics:
@@ -131,13 +137,15 @@ def open_metrics_source(kind: str, router_admin_url: str, workdir: Path,
             scraped = "Envoy's statistics (relabelled into Istio's metrics)" if scrape_jobs else "the mesh router"
             source = PrometheusSource.from_config({"url": prom.url, "namespace_label": "", "retries": 1,
                                                    "timeout_seconds": 3.0})
+            lagged = LaggedMetrics(source, PROMETHEUS_LAG)
             try:
                 yield MetricsSource(
                     "prometheus",
                     f"Prometheus {prom.url} (pid {prom.pid}) scraping {scraped} every "
                     f"{SCRAPE_INTERVAL:g}s; windows evaluated {PROMETHEUS_LAG:g}s behind",
-                    LaggedMetrics(source, PROMETHEUS_LAG),
+                    lagged,
                     delay=PROMETHEUS_LAG + SCRAPE_INTERVAL,
+                    history=lagged,
                 )
             finally:
                 source.close()

@@ -7,7 +7,7 @@ same reason, so the reconciler records an `error` verdict and never a count.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from analysis.observations import MetricsQuery, WindowCounts
@@ -23,7 +23,7 @@ __all__ = ["PrometheusSource"]
 
 
 class PrometheusSource:
-    """Implements `controller.ports.Metrics`; also serves the configured custom metrics."""
+    """Implements `controller.ports.History` (so `Metrics`); also serves the configured custom metrics."""
 
     def __init__(self, provider: PrometheusMetrics) -> None:
         self.provider = provider
@@ -42,6 +42,12 @@ class PrometheusSource:
     def window(self, query: MetricsQuery, start: float, end: float) -> WindowCounts:
         try:
             return self.provider.window(query, start, end)
+        except PrometheusUnavailable as error:
+            raise MetricsUnavailable(error.reason) from error
+
+    def windows(self, query: MetricsQuery, edges: Sequence[tuple[float, float]]) -> tuple[WindowCounts, ...]:
+        try:
+            return self.provider.windows(query, edges)
         except PrometheusUnavailable as error:
             raise MetricsUnavailable(error.reason) from error
 

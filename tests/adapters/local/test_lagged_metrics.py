@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from analysis.observations import ISTIO_BUCKETS_MS, MetricsQuery, VersionCounts, WindowCounts
 from controller.adapters.local.metrics import LaggedMetrics
 
@@ -11,6 +13,9 @@ N = len(ISTIO_BUCKETS_MS)
 class Source:
     def __init__(self) -> None:
         self.asked: list[tuple[float, float]] = []
+
+    def windows(self, query: MetricsQuery, edges: Sequence[tuple[float, float]]) -> tuple[WindowCounts, ...]:
+        return tuple(self.window(query, start, end) for start, end in edges)
 
     def window(self, query: MetricsQuery, start: float, end: float) -> WindowCounts:
         self.asked.append((start, end))
@@ -27,3 +32,11 @@ def test_a_lagged_window_is_read_behind_and_keeps_pods_and_bucket_edges() -> Non
     assert counts.absent == frozenset({("ml-search", "v1")}) and counts.counts[("ml-search", "v2")].requests == 3
     assert counts.bucket_edges == {"ml-search": (5.0, 10.0)}
     assert set(counts.pods_of("ml-search", "v2")) == {"pod-a"}
+
+
+def test_lagged_past_windows_are_read_behind_together_and_stamped_as_asked() -> None:
+    source = Source()
+    edges = [(40.0, 50.0), (50.0, 60.0), (60.0, 70.0)]
+    counts = LaggedMetrics(source, 2.0).windows(MetricsQuery("local", ("ml-search",), ("v1", "v2")), edges)
+    assert source.asked == [(38.0, 48.0), (48.0, 58.0), (58.0, 68.0)]
+    assert [(c.start, c.end) for c in counts] == edges

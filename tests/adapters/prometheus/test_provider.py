@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import itertools
 import json
 import logging
 import math
@@ -221,6 +222,41 @@ def test_consecutive_windows_equal_the_exporters_exact_increments(
     whole = provider.window(q, t0, t2)
     for pair in whole.counts:
         assert whole.counts[pair] == first.counts[pair] + second.counts[pair]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_past_windows_read_together_equal_each_window_read_alone(
+    exporter: IstioExporter, prometheus: PrometheusProcess, provider: PrometheusMetrics
+) -> None:
+    """The stable version's history (`windows`): five windows in the four queries of one, with the counts of
+    five separate reads, through a series born in the middle (a new pod) and a restart of the exporter."""
+    q = MetricsQuery(NS, ("hist-a", "hist-b"), ("v1", "v2"))
+    exporter.add("hist-a", "v1", 200, count=30, latency_ms=3)
+    edges = [scrape_after(prometheus, exporter)]
+    steps: list[Callable[[], None]] = [
+        lambda: exporter.add("hist-a", "v1", 200, count=11, latency_ms=30),
+        lambda: exporter.add("hist-a", "v1", 503, count=2, latency_ms=700, pod="p2"),  # born here
+        lambda: None,  # a quiet window
+        exporter.restart,  # every series from zero; then traffic again
+        lambda: exporter.add("hist-b", "v1", 200, count=9, latency_ms=8),
+    ]
+    for step in steps:
+        step()
+        exporter.add("hist-a", "v1", 200, count=4, latency_ms=3)
+        edges.append(scrape_after(prometheus, exporter))
+    windows = list(itertools.pairwise(edges))
+    before = provider.queries_sent
+    together = provider.windows(q, windows)
+    assert provider.queries_sent - before == 4
+    alone = [provider.window(q, a, b) for a, b in windows]
+    assert together == tuple(alone)
+    assert [w.of("hist-a", "v1", N).requests for w in together] == [15, 6, 4, 4, 4]
+    assert sum(w.of("hist-a", "v1", N).errors for w in together) == 2
+    # Windows with a gap between them are read one by one (four queries each), with the same counts.
+    before = provider.queries_sent
+    assert provider.windows(q, [windows[0], windows[2]]) == (alone[0], alone[2])
+    assert provider.queries_sent - before == 8
 
 
 @pytest.mark.integration
