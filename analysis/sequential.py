@@ -7,7 +7,8 @@ calls them on scalars, the benchmark on arrays of replications.
 - Rate ratio (errors, slow tail): given an interval's total events k = k_c + k_b, the canary's share is
   Binomial(k, pi_t(r)) with pi_t(r) = r n_c / (r n_c + n_b) whatever the interval's base rate, so the
   likelihood ratio of r0*g against r0, multiplied over intervals and averaged over a grid of g, is an
-  e-process for H0: r <= r0 (intervals are strata; weights and base rates may change freely).
+  e-process for H0: r <= r0 (intervals are strata; weights and base rates may change freely). When the
+  baseline's events come in bursts, the split's likelihood under them (`analysis.bursts`) replaces the binomial.
 - Latency shift: per interval the binned rank-sum z_t, weighted by a_t = sqrt(n_c n_b / N_t), summed to
   S, V; a half-normal mixture over the drift gives a one-sided e-value for H0: Delta <= Delta0.
 - Sample-ratio mismatch: the canary's share of requests against the intended weight, with a two-sided
@@ -26,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy import special
 
+from analysis.bursts import BURST_KAPPA_MARGIN, BURST_RATE_MARGIN, burst_increment, kappa_level
 from analysis.config import AnalysisConfig
 from analysis.decisions import CheckResult, Decision
 from analysis.histogram import (
@@ -835,9 +837,12 @@ def _fold_ratio(rec: dict[str, Any], k_c: int, k_b: int, n_c: int, n_b: int, r0:
     own spread (see `interval_dispersion`). The harm e-value adds each interval's log-likelihood ratios capped at
     RATE_INTERVAL_LLR_CAP times that interval's dispersion and divided by it, the dispersion fixed from what was
     known before the interval (and its total events): one interval adds at most the cap, however overdispersed
-    the check. The ratio's bounds use the log-likelihoods divided by the pooled phi. The e-value divides the
-    summed log-likelihood ratios by the pod placement factor g (`rate_placement`)."""
+    the check. When the baseline's events burst (`_burst_inputs`), the interval's log-likelihood ratios are those
+    of the split under bursts (`analysis.bursts`) instead, capped at RATE_INTERVAL_LLR_CAP and divided by the
+    dispersion the bursts leave unexplained. The ratio's bounds use the log-likelihoods divided by the pooled
+    phi. The e-value divides the summed log-likelihood ratios by the pod placement factor g (`rate_placement`)."""
     phi_t = interval_dispersion(rec, k_c + k_b, n_c, n_b, r0)
+    bursts = _burst_inputs(rec, k_c + k_b, n_c, n_b, r0)
     _fold_pearson(rec, k_c, k_b, n_c, n_b)
     _fold_spread(rec, k_b, n_b)
     fold_rate_pods(rec.setdefault("pods", {}), placed.pods)
@@ -845,12 +850,33 @@ def _fold_ratio(rec: dict[str, Any], k_c: int, k_b: int, n_c: int, n_b: int, r0:
         share = r0 * n_c / (r0 * n_c + n_b)
         rec["wk"] = rec.get("wk", 0.0) + float(
             pod_weight((k_c + k_b) * share * (1.0 - share) / phi_t, placed.canary_pods, placed.baseline_pods))
-    added = ratio_increment(k_c, k_b, n_c, n_b, r0, cap=RATE_INTERVAL_LLR_CAP * phi_t) / phi_t
+    if bursts is None:
+        added = ratio_increment(k_c, k_b, n_c, n_b, r0, cap=RATE_INTERVAL_LLR_CAP * phi_t) / phi_t
+    else:
+        level, rate, excess = bursts
+        added = burst_increment(k_c, k_b, n_c, n_b, r0, RATIO_GRID, level, rate, cap=RATE_INTERVAL_LLR_CAP) / excess
     rec["llr"] = (np.asarray(rec["llr"]) + added).tolist()
     rec["cs"] = (np.asarray(rec["cs"]) + ratio_cs_increment(k_c, k_b, n_c, n_b)).tolist()
     rec["events"] = [rec["events"][0] + k_c, rec["events"][1] + k_b]
     rec["exposure"] = [rec["exposure"][0] + n_c, rec["exposure"][1] + n_b]
     rec["logE"] = float(log_mixture(np.asarray(rec["llr"]) / rate_placement(rec)))
+
+
+def _burst_inputs(rec: Mapping[str, Any], events: int, n_c: int, n_b: int, r0: float
+                  ) -> tuple[int, float, float] | None:
+    """What the burst likelihood (`analysis.bursts`) needs for one interval, from the intervals before it: kappa's
+    level (the baseline's burstiness raised by BURST_KAPPA_MARGIN, rounded up), the baseline's event rate raised
+    by BURST_RATE_MARGIN, and the dispersion left beyond the bursts (the pooled Pearson phi over 1 + 2 kappa v_t,
+    at least 1), which divides the interval's log-likelihood ratios as phi_t divides the binomial's. None when the
+    binomial split is used: no bursts learnt (kappa below the floor once raised), no baseline rate yet, or
+    nothing to compare in the interval."""
+    level = kappa_level(BURST_KAPPA_MARGIN * rate_burstiness(rec))
+    _, _, seen, exposure = rec.get("spread", [0.0, 0.0, 0, 0])
+    if level is None or seen <= 0 or exposure <= 0 or not (n_c > 0 and n_b > 0 and events > 0):
+        return None
+    share = r0 * n_c / (r0 * n_c + n_b)
+    bursts = 1.0 + 2.0 * rate_burstiness(rec) * events * share * (1.0 - share)
+    return level, BURST_RATE_MARGIN * seen / exposure, max(1.0, rate_dispersion(rec) / bursts)
 
 
 def rate_placement(rec: Mapping[str, Any]) -> float:

@@ -2,14 +2,15 @@
 
     python -m bench.burst_evalues              # about 10 s
 
-The sequential judge adds, per interval, the error-rate check's log-likelihood ratios capped at
-RATE_INTERVAL_LLR_CAP phi_t and divided by phi_t = 1 + 2 kappa v_t (analysis/sequential.py,
-`interval_dispersion`). Its e-process is a supermartingale under identical versions only if each interval's
+Without the burst likelihood (analysis/bursts.py, which the rate checks use once the baseline's errors are known to
+burst), the sequential judge adds, per interval, the error-rate check's binomial log-likelihood ratios capped at
+RATE_INTERVAL_LLR_CAP phi_t and divided by phi_t = 1 + 2 kappa v_t (analysis/sequential.py, `interval_dispersion`):
+the factor measured here. Its e-process is a supermartingale under identical versions only if each interval's
 exp(capped l / phi_t) has expectation <= 1 at every ratio of the grid. This draws identical versions whose error
-rates are each multiplied every minute by an independent Gamma factor of mean 1 and squared CV kappa (the
-`bursts` world of bench/worlds.py), with kappa known (as after the history), and prints that expectation, the
-largest over the grid, per rate, canary weight and kappa, beside the conditional variance of the canary's
-errors against the model's phi (the variance is right; the tails are heavier than the tempering allows).
+rates are each multiplied every minute by an independent Gamma factor of mean 1 and squared CV kappa (the `bursts`
+world of bench/worlds.py), with kappa known (as after the history), and prints that expectation, the largest over
+the grid, per rate, canary weight and kappa, beside the conditional variance of the canary's errors against the
+model's phi (the variance is right; the tails are heavier than the tempering allows).
 """
 
 from __future__ import annotations

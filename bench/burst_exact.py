@@ -2,9 +2,10 @@
 
     python -m bench.burst_exact [--draws 100000] [--out FILE]      # about 3 minutes
 
-`bench.burst_evalues` shows that the error-rate check's per-interval factor (the binomial log-likelihood ratio
-of the canary's share of the errors, capped and divided by phi_t) is not an e-value under heavy-tailed
-per-version bursts at a small weight and a high rate. The exact remedy is the likelihood of the canary's errors
+`bench.burst_evalues` shows that the error-rate check's per-interval factor as it was (the binomial
+log-likelihood ratio of the canary's share of the errors, capped and divided by phi_t; "judge" below) is not an
+e-value under heavy-tailed per-version bursts at a small weight and a high rate. The exact remedy, which the rate
+checks now use (analysis/bursts.py, with the margins this program chose), is the likelihood of the canary's errors
 given the interval's total under the bursts' own model: each version's rate multiplied by an independent
 Gamma(1/kappa, kappa) factor, the errors Poisson. Writing the factors as S u and S (1 - u), u ~ Beta(a, a),
 S ~ Gamma(2a, 1/a) (a = 1/kappa), S integrates out in closed form (a negative binomial total; given it, a

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from scipy import special, stats
 
+from analysis.bursts import BURST_KAPPA_MARGIN, BURST_RATE_MARGIN, burst_increment, kappa_level
 from analysis.config import AnalysisConfig
 from analysis.histogram import rank_sum, reference_tail_index, shift_increment, shift_weight, tail_counts
 from analysis.kayenta import classify, direction_labels, metric_values, summary_score
@@ -260,8 +261,42 @@ def _rate_log_evalue(k_c: np.ndarray, k_b: np.ndarray, n_c: np.ndarray, n_b: np.
     v_t = np.where(both & (events > 0), events * share0 * (1.0 - share0), 0.0)
     phi_t = np.where(both & (events > 0), np.maximum(phi_before, 1.0 + 2.0 * kappa_before * v_t), phi_before)
     added = ratio_increment(k_c, k_b, n_c, n_b, r0, grid, cap=RATE_INTERVAL_LLR_CAP * phi_t) / phi_t[..., None]
+    _burst_added(added, (k_c, k_b, n_c, n_b), r0, grid, _baseline_rate(e_b, x_b, prior), kappa_before, phi_before,
+                 phi_t)
     g = np.ones(k_c.shape) if pods is None else _rate_placement(pods, v_t / phi_t, prior)
     return log_mixture(np.cumsum(added, axis=1) / g[..., None])
+
+
+def _baseline_rate(e_b: np.ndarray, x_b: np.ndarray, prior: RatePrior | None) -> np.ndarray:
+    """The baseline's events per request before each minute, the prior's included (the spread's seen / exposure);
+    0 before any."""
+    seen0, exp0 = (prior.spread.T[2:, :, None] if prior is not None else np.zeros((2, 1, 1)))
+    seen, exposure = e_b + seen0, x_b + exp0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where((seen > 0) & (exposure > 0), BURST_RATE_MARGIN * seen / np.where(exposure > 0, exposure, 1.0),
+                        0.0)
+
+
+_NO_LEVEL = -(10**6)  # kappa below the burst likelihood's floor
+
+
+def _burst_added(added: np.ndarray, counts: tuple[np.ndarray, ...], r0: float, grid: tuple[float, ...],
+                 rate: np.ndarray, kappa: np.ndarray, phi_before: np.ndarray, phi_t: np.ndarray) -> None:
+    """Replace, in `added`, the intervals `_fold_ratio` judges by the burst likelihood (`_burst_inputs`): kappa's
+    level from the burstiness known before each, the baseline's rate, the dispersion left beyond the bursts."""
+    k_c, k_b, n_c, n_b = counts
+    events = k_c + k_b
+    level_of = np.frompyfunc(lambda k: _NO_LEVEL if (v := kappa_level(BURST_KAPPA_MARGIN * float(k))) is None else v,
+                             1, 1)
+    levels = np.broadcast_to(level_of(kappa), k_c.shape).astype(np.int64)
+    used = (levels != _NO_LEVEL) & (rate > 0) & (n_c > 0) & (n_b > 0) & (events > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = r0 * n_c / np.where(used, r0 * n_c + n_b, 1.0)
+        excess = np.maximum(1.0, phi_before / (1.0 + 2.0 * kappa * events * share * (1.0 - share)))
+    for level in set(levels[used].tolist()):
+        at = used & (levels == level)
+        added[at] = burst_increment(k_c[at], k_b[at], n_c[at], n_b[at], r0, grid, int(level), rate[at],
+                                    cap=RATE_INTERVAL_LLR_CAP) / excess[at][:, None]
 
 
 def _rate_placement(pods: RatePods, info: np.ndarray, prior: RatePrior | None) -> np.ndarray:

@@ -15,6 +15,7 @@ from analysis.observations import ISTIO_BUCKETS_MS, IntervalObservation, Version
 from analysis.sequential import (
     CS_GRID,
     RATE_INTERVAL_LLR_CAP,
+    RATIO_GRID,
     SequentialJudge,
     log_half_normal_mixture,
     log_mixture,
@@ -137,21 +138,40 @@ def test_the_capped_likelihood_ratio_keeps_expectation_at_most_one_under_the_nul
         assert np.all(expectation <= 1.0 + 1e-9), (k, expectation)
 
 
-def test_the_cap_is_in_units_of_the_interval_dispersion_fixed_before_it() -> None:
-    """With bursty errors learnt from the baseline, an interval's raw log-likelihood ratios may reach 3 phi_t (not
-    3): divided by phi_t, the interval adds e^3 at most, and a regression in a bursty service is not slowed twice
-    (by the cap and by phi_t)."""
-    from analysis.sequential import _fold_ratio, _ratio_state, interval_dispersion
+def test_a_bursty_checks_interval_is_judged_by_the_burst_likelihood_and_adds_at_most_e3() -> None:
+    """With bursty errors learnt from the baseline, an interval's log-likelihood ratios are those of the split
+    under bursts (analysis.bursts), given kappa and the baseline's rate from the intervals before, each raised by
+    its margin; capped at 3 (one minute adds at most e^3, however bursty the service) and divided by the
+    dispersion the bursts leave unexplained (at least 1)."""
+    from analysis.bursts import BURST_KAPPA_MARGIN, BURST_RATE_MARGIN, burst_increment, level_kappa
+    from analysis.sequential import _burst_inputs, _fold_ratio, _ratio_state, interval_dispersion, rate_burstiness
 
     rec = _ratio_state()
-    for k_b in (45, 5, 120, 20, 60, 10, 90, 15):  # the baseline's errors come in bursts (4,500 requests each)
+    history = (45, 5, 120, 20, 60, 10, 90, 15)  # the baseline's errors come in bursts (4,500 requests each)
+    for k_b in history:
         _fold_ratio(rec, k_b // 9, k_b, 500, 4500, 1.0)
     phi_t = interval_dispersion(rec, 60 + 45, 500, 4500, 1.0)
-    assert phi_t > 2.0
+    inputs = _burst_inputs(rec, 60 + 45, 500, 4500, 1.0)
+    assert phi_t > 2.0 and inputs is not None
+    level, rate, excess = inputs
+    kappa = rate_burstiness(rec)
+    assert BURST_KAPPA_MARGIN * kappa <= level_kappa(level) < BURST_KAPPA_MARGIN * kappa * 2 ** (1 / 8)
+    assert rate == pytest.approx(BURST_RATE_MARGIN * sum(history) / (4500 * len(history))) and excess >= 1.0
     before = np.asarray(rec["llr"])
     _fold_ratio(rec, 60, 45, 500, 4500, 1.0)  # a burst: 12x the baseline's rate
     added = np.asarray(rec["llr"]) - before
-    assert float(np.max(added)) == pytest.approx(RATE_INTERVAL_LLR_CAP)
+    expected = burst_increment(60, 45, 500, 4500, 1.0, RATIO_GRID, level, rate, cap=RATE_INTERVAL_LLR_CAP)
+    assert added == pytest.approx(expected / excess) and float(np.max(added)) <= RATE_INTERVAL_LLR_CAP
+    # A baseline whose errors do not burst: the binomial split (capped at 3 phi_t, divided by phi_t).
+    plain = _ratio_state()
+    for k_b in (40, 41, 39, 40, 42, 38, 40, 40):
+        _fold_ratio(plain, k_b // 9, k_b, 500, 4500, 1.0)
+    assert _burst_inputs(plain, 105, 500, 4500, 1.0) is None
+    phi_t = interval_dispersion(plain, 105, 500, 4500, 1.0)
+    before = np.asarray(plain["llr"])
+    _fold_ratio(plain, 60, 45, 500, 4500, 1.0)
+    binomial = ratio_increment(60, 45, 500, 4500, 1.0, cap=RATE_INTERVAL_LLR_CAP * phi_t) / phi_t
+    assert np.asarray(plain["llr"]) - before == pytest.approx(binomial)
 
 
 def test_the_baseline_burstiness_is_learnt_from_its_own_intervals() -> None:
