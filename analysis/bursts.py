@@ -57,9 +57,10 @@ def level_kappa(level: int) -> float:
 
 
 @functools.lru_cache(maxsize=256)
-def beta_nodes(level: int) -> tuple[FloatArray, FloatArray]:
-    """Nodes u and log weights of E[f(u)], u ~ Beta(a, a), a = 1 / kappa of the level (Gauss-Jacobi)."""
-    a = 1.0 / level_kappa(level)
+def beta_nodes(kappa: float) -> tuple[FloatArray, FloatArray]:
+    """Nodes u and log weights of E[f(u)], u ~ Beta(a, a), a = 1 / kappa (Gauss-Jacobi); the judge asks only for
+    the ladder's kappas, so each is computed once."""
+    a = 1.0 / kappa
     x, w = special.roots_jacobi(QUADRATURE_NODES, a - 1.0, a - 1.0)
     u = (np.asarray(x, dtype=np.float64) + 1.0) / 2.0
     weights = np.asarray(w, dtype=np.float64)
@@ -67,11 +68,11 @@ def beta_nodes(level: int) -> tuple[FloatArray, FloatArray]:
 
 
 def burst_log_likelihood(k_c: npt.ArrayLike, k_b: npt.ArrayLike, n_c: npt.ArrayLike, n_b: npt.ArrayLike,
-                         ratios: npt.ArrayLike, level: int, rate: npt.ArrayLike) -> FloatArray:
-    """ln P_r(k_c | k_c + k_b) (module docstring) for every r of `ratios` (last axis of the result), the counts
-    and the baseline's event rate `rate` broadcasting against each other; kappa is the level's."""
-    u, log_w = beta_nodes(level)
-    a = 1.0 / level_kappa(level)
+                         ratios: npt.ArrayLike, kappa: float, rate: npt.ArrayLike) -> FloatArray:
+    """ln P_r(k_c | k_c + k_b) (module docstring), up to ln C(k, k_c), for every r of `ratios` (last axis of the
+    result), the counts and the baseline's event rate `rate` broadcasting against each other."""
+    u, log_w = beta_nodes(kappa)
+    a = 1.0 / kappa
     kc, kb, nc, nb, lam = (np.asarray(x, dtype=np.float64)[..., None, None] for x in (k_c, k_b, n_c, n_b, rate))
     r = np.asarray(ratios, dtype=np.float64)[:, None]
     m_c, m_b = lam * r * nc * u, lam * nb * (1.0 - u)
@@ -88,5 +89,5 @@ def burst_increment(k_c: npt.ArrayLike, k_b: npt.ArrayLike, n_c: npt.ArrayLike, 
     """min(ln P_{r0 g}(k_c | k) - ln P_{r0}(k_c | k), cap) for every g of `grid` (last axis): one interval's
     capped log-likelihood ratios under bursts, as `sequential.ratio_increment` gives them without."""
     ratios = np.concatenate([[r0], r0 * np.asarray(grid, dtype=np.float64)])
-    logs = burst_log_likelihood(k_c, k_b, n_c, n_b, ratios, level, rate)
+    logs = burst_log_likelihood(k_c, k_b, n_c, n_b, ratios, level_kappa(level), rate)
     return np.minimum(logs[..., 1:] - logs[..., :1], np.expand_dims(np.asarray(cap, dtype=np.float64), -1))

@@ -870,12 +870,13 @@ def _burst_inputs(rec: Mapping[str, Any], events: int, n_c: int, n_b: int, r0: f
     at least 1), which divides the interval's log-likelihood ratios as phi_t divides the binomial's. None when the
     binomial split is used: no bursts learnt (kappa below the floor once raised), no baseline rate yet, or
     nothing to compare in the interval."""
-    level = kappa_level(BURST_KAPPA_MARGIN * rate_burstiness(rec))
+    kappa = rate_burstiness(rec)
+    level = kappa_level(BURST_KAPPA_MARGIN * kappa)
     _, _, seen, exposure = rec.get("spread", [0.0, 0.0, 0, 0])
     if level is None or seen <= 0 or exposure <= 0 or not (n_c > 0 and n_b > 0 and events > 0):
         return None
     share = r0 * n_c / (r0 * n_c + n_b)
-    bursts = 1.0 + 2.0 * rate_burstiness(rec) * events * share * (1.0 - share)
+    bursts = 1.0 + 2.0 * kappa * events * share * (1.0 - share)
     return level, BURST_RATE_MARGIN * seen / exposure, max(1.0, rate_dispersion(rec) / bursts)
 
 

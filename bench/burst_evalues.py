@@ -19,12 +19,29 @@ import argparse
 import json
 
 import numpy as np
+import numpy.typing as npt
 
 from analysis.sequential import RATE_INTERVAL_LLR_CAP, RATIO_GRID, ratio_increment
 from bench.worlds import BASE_ERROR
 
 CELLS = ((5, 10), (20, 10), (20, 50), (50, 5), (50, 10), (50, 25), (50, 50))
 KAPPAS = (0.25, 1.0)
+
+
+def tempered_phi(k_c: npt.ArrayLike, k_b: npt.ArrayLike, n_c: npt.ArrayLike, n_b: npt.ArrayLike, kappa: float
+                 ) -> np.ndarray:
+    """phi_t = 1 + 2 kappa v_t of each interval (`interval_dispersion` with kappa known)."""
+    share = np.asarray(n_c) / (np.asarray(n_c) + np.asarray(n_b))
+    return np.asarray(1.0 + 2.0 * kappa * ((np.asarray(k_c) + np.asarray(k_b)) * share * (1 - share)))
+
+
+def tempered_log_factors(k_c: npt.ArrayLike, k_b: npt.ArrayLike, n_c: npt.ArrayLike, n_b: npt.ArrayLike,
+                         kappa: float) -> np.ndarray:
+    """ln of each interval's binomial factor, capped at RATE_INTERVAL_LLR_CAP phi_t and divided by phi_t, at every
+    ratio of the grid (last axis): the rate checks' factor when no burst likelihood is used."""
+    phi = tempered_phi(k_c, k_b, n_c, n_b, kappa)
+    llr = ratio_increment(k_c, k_b, n_c, n_b, 1.0, RATIO_GRID, cap=RATE_INTERVAL_LLR_CAP * phi)
+    return np.asarray(llr / phi[:, None])
 
 
 def cell(rng: np.random.Generator, rate: float, weight: float, kappa: float, draws: int) -> dict[str, float]:
@@ -36,9 +53,8 @@ def cell(rng: np.random.Generator, rate: float, weight: float, kappa: float, dra
     events = k_c + k_b
     share = n_c / (n_c + n_b)
     v = events * share * (1 - share)
-    phi = 1.0 + 2.0 * kappa * v
-    llr = ratio_increment(k_c, k_b, n_c, n_b, 1.0, RATIO_GRID, cap=RATE_INTERVAL_LLR_CAP * phi)
-    expectation = np.exp(llr / phi[:, None]).mean(axis=0)
+    phi = tempered_phi(k_c, k_b, n_c, n_b, kappa)
+    expectation = np.exp(tempered_log_factors(k_c, k_b, n_c, n_b, kappa)).mean(axis=0)
     return {
         "rate": rate, "weight": weight, "kappa": kappa,
         "maxExpectation": float(expectation.max()), "atRatio": float(RATIO_GRID[int(expectation.argmax())]),

@@ -35,36 +35,17 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy import special
 
-from analysis.sequential import RATE_INTERVAL_LLR_CAP, RATIO_GRID, ratio_increment
+from analysis.bursts import burst_log_likelihood
+from analysis.sequential import RATIO_GRID
+from bench.burst_evalues import tempered_log_factors
 from bench.worlds import BASE_ERROR
 
 CELLS = ((20, 10), (20, 50), (50, 10), (50, 25))
 # (kappa of the world, kappa the model is given as a multiple of it, lambda given as a multiple of the true one)
 PLUG_INS = ((1.0, 1.0, 1.0), (1.0, 1.0, 0.8), (1.0, 1.0, 1.25), (1.0, 0.7, 1.0), (1.0, 1.4, 1.0),
             (0.25, 1.0, 1.0), (0.25, 1.0, 0.8))
-QUADRATURE_NODES = 48
 FloatArray = npt.NDArray[np.float64]
-
-
-def beta_nodes(a: float) -> tuple[FloatArray, FloatArray]:
-    """Nodes and weights of E[f(u)], u ~ Beta(a, a), by Gauss-Jacobi quadrature."""
-    x, w = special.roots_jacobi(QUADRATURE_NODES, a - 1.0, a - 1.0)
-    return (x + 1.0) / 2.0, w / w.sum()
-
-
-def exact_log_likelihood(k_c: FloatArray, k_b: FloatArray, n_c: float, n_b: float, r: float, kappa: float,
-                         lam: float) -> FloatArray:
-    """ln P_r(k_c | k_c + k_b) under Gamma(1/kappa, kappa) bursts of each version's rate (module docstring)."""
-    a = 1.0 / kappa
-    u, w = beta_nodes(a)
-    total = (k_c + k_b)[:, None]
-    m_c, m_b = lam * r * n_c * u[None, :], lam * n_b * (1.0 - u[None, :])
-    mu = m_c + m_b
-    log_total = 2.0 * a * np.log(a / (a + mu)) + total * np.log(mu / (a + mu)) + np.log(w)[None, :]
-    log_split = k_c[:, None] * np.log(m_c / mu) + k_b[:, None] * np.log(m_b / mu)
-    return np.asarray(special.logsumexp(log_total + log_split, axis=1) - special.logsumexp(log_total, axis=1))
 
 
 def draw(rng: np.random.Generator, n_c: float, n_b: float, kappa: float, ratio: float, draws: int
@@ -75,15 +56,6 @@ def draw(rng: np.random.Generator, n_c: float, n_b: float, kappa: float, ratio: 
     return k_c, k_b
 
 
-def judge_factors(k_c: FloatArray, k_b: FloatArray, n_c: float, n_b: float, kappa: float) -> FloatArray:
-    """ln of the judge's per-interval factor at every ratio of the grid (grid on the last axis)."""
-    share = n_c / (n_c + n_b)
-    phi = 1.0 + 2.0 * kappa * (k_c + k_b) * share * (1.0 - share)
-    llr = ratio_increment(k_c, k_b, np.full_like(k_c, n_c), np.full_like(k_b, n_b), 1.0, RATIO_GRID,
-                          cap=RATE_INTERVAL_LLR_CAP * phi)
-    return np.asarray(llr / phi[:, None])
-
-
 def cell(rng: np.random.Generator, rate: float, weight: float, plug_in: tuple[float, float, float], draws: int
          ) -> dict[str, Any]:
     kappa, kappa_x, lam_x = plug_in
@@ -92,10 +64,10 @@ def cell(rng: np.random.Generator, rate: float, weight: float, plug_in: tuple[fl
                            "lambdaGiven": BASE_ERROR * lam_x}
     for name, ratio in (("null", 1.0), ("x4", 4.0)):
         k_c, k_b = draw(rng, n_c, n_b, kappa, ratio, draws)
-        null = exact_log_likelihood(k_c, k_b, n_c, n_b, 1.0, kappa * kappa_x, BASE_ERROR * lam_x)
-        exact = np.stack([exact_log_likelihood(k_c, k_b, n_c, n_b, g, kappa * kappa_x, BASE_ERROR * lam_x) - null
-                          for g in RATIO_GRID], axis=-1)
-        judged = judge_factors(k_c, k_b, n_c, n_b, kappa * kappa_x)
+        logs = np.stack([burst_log_likelihood(k_c, k_b, n_c, n_b, (r,), kappa * kappa_x, BASE_ERROR * lam_x)[:, 0]
+                         for r in (1.0, *RATIO_GRID)], axis=-1)  # one ratio at a time: arrays of draws x nodes
+        exact = logs[:, 1:] - logs[:, :1]
+        judged = tempered_log_factors(k_c, k_b, np.full_like(k_c, n_c), np.full_like(k_b, n_b), kappa * kappa_x)
         at4 = RATIO_GRID.index(4.0)
         if name == "null":
             row["exactMaxE0"] = float(np.exp(exact).mean(axis=0).max())

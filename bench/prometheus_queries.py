@@ -4,8 +4,9 @@ A real Prometheus (Debian's binary) scrapes the test exporter every second: 5 se
 3 response codes, each with Istio's 20 latency buckets (30 request series + 600 bucket series), while a
 load thread keeps adding requests. Each tick then reads one window of the whole release:
 
-- grouped: `PrometheusMetrics.window()` for all services at once (2 queries, regex selectors);
-- per pair: the same window asked once per (service, version) (2 queries each: what a provider that
+- grouped: `PrometheusMetrics.window()` for all services at once (4 queries, regex selectors: each metric's
+  samples in the window and its series' last values at the start);
+- per pair: the same window asked once per (service, version) (4 queries each: what a provider that
   queries per service and version would do), to show what grouping saves.
 
 Then, as a release's first tick does, it reads the stable version's history: `--history-windows` (30)

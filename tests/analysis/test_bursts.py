@@ -33,7 +33,7 @@ def test_given_the_total_the_canarys_events_have_a_proper_distribution(kappa: fl
     assert level is not None
     for total in (1, 3, 12, 40):
         k_c = np.arange(total + 1)
-        logs = burst_log_likelihood(k_c, total - k_c, n_c, n_b, (1.0, 1.5, 4.0), level, 0.01)
+        logs = burst_log_likelihood(k_c, total - k_c, n_c, n_b, (1.0, 1.5, 4.0), level_kappa(level), 0.01)
         logs += log_comb(total, k_c)[:, None]
         assert np.exp(logs).sum(axis=0) == pytest.approx(np.ones(3), abs=1e-9)
 
@@ -51,7 +51,7 @@ def test_the_split_is_the_gamma_poisson_models() -> None:
     seen = np.bincount(six, minlength=7) / six.size
     level = kappa_level(kappa)
     assert level is not None and level_kappa(level) == kappa
-    logs = burst_log_likelihood(np.arange(7), 6 - np.arange(7), n_c, n_b, (ratio,), level, rate)[:, 0]
+    logs = burst_log_likelihood(np.arange(7), 6 - np.arange(7), n_c, n_b, (ratio,), level_kappa(level), rate)[:, 0]
     model = np.exp(logs + log_comb(6, np.arange(7)))
     assert np.abs(seen - model).max() < 0.01, (seen.round(3), model.round(3))
     # The binomial split of the same intervals is far off: bursts spread the share both ways.

@@ -26,12 +26,13 @@ request headers.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -516,6 +517,16 @@ class CustomWindow:
     absent: frozenset[tuple[str, str]] = frozenset()
 
 
+@contextlib.contextmanager
+def _usable_counters() -> Iterator[None]:
+    """Counters Prometheus gave that cannot be counted (not finite, negative, no common +Inf bucket, ...) make the
+    source unavailable, never a count."""
+    try:
+        yield
+    except CounterDataError as error:
+        raise PrometheusUnavailable(f"unusable counters from Prometheus: {error}") from None
+
+
 class PrometheusMetrics:
     """Exact window counts and custom metrics of a release from Prometheus.
 
@@ -570,13 +581,9 @@ class PrometheusMetrics:
         if not query.services or not query.versions:
             return WindowCounts(start=start, end=end, counts={})
         a, b = self.settled(start, end)
-        namespace_label = self._config.namespace_label
-        requests = self._counter_series(istio_selector(query, namespace_label, REQUESTS_METRIC), a, b)
-        buckets = self._counter_series(istio_selector(query, namespace_label, BUCKETS_METRIC), a, b)
-        try:
+        requests, buckets = self._istio_series(query, a, b)
+        with _usable_counters():
             counts = window_counts(query, requests, buckets, a, b, self._labels)
-        except CounterDataError as error:
-            raise PrometheusUnavailable(f"unusable counters from Prometheus: {error}") from None
         return replace(counts, start=start, end=end)
 
     def windows(self, query: MetricsQuery, edges: Sequence[tuple[float, float]]) -> tuple[WindowCounts, ...]:
@@ -592,18 +599,18 @@ class PrometheusMetrics:
         if not contiguous or not query.services or not query.versions:
             return tuple(self.window(query, s, e) for s, e in edges)
         instants = [self.settled(s, e) for s, e in edges]
-        first, last = instants[0][0], instants[-1][1]
-        requests, buckets = (
-            span_cutter(self._counter_series(istio_selector(query, self._config.namespace_label, metric), first, last))
-            for metric in (REQUESTS_METRIC, BUCKETS_METRIC))
-        out = []
-        for (start, end), (a, b) in zip(edges, instants, strict=True):
-            try:
-                counts = window_counts(query, requests(a, b), buckets(a, b), a, b, self._labels)
-            except CounterDataError as error:
-                raise PrometheusUnavailable(f"unusable counters from Prometheus: {error}") from None
-            out.append(replace(counts, start=start, end=end))
-        return tuple(out)
+        series = self._istio_series(query, instants[0][0], instants[-1][1])
+        with _usable_counters():
+            requests, buckets = (span_cutter(s) for s in series)
+            return tuple(replace(window_counts(query, requests(a, b), buckets(a, b), a, b, self._labels),
+                                 start=start, end=end)
+                         for (start, end), (a, b) in zip(edges, instants, strict=True))
+
+    def _istio_series(self, query: MetricsQuery, start: float, end: float) -> tuple[list[Series], list[Series]]:
+        """The request counters' and the latency buckets' series of `query` over (start, end] (`_counter_series`)."""
+        label = self._config.namespace_label
+        return (self._counter_series(istio_selector(query, label, REQUESTS_METRIC), start, end),
+                self._counter_series(istio_selector(query, label, BUCKETS_METRIC), start, end))
 
     # --- custom metrics ---------------------------------------------------------------------------
 

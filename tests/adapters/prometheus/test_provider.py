@@ -545,6 +545,19 @@ def test_malformed_answers_are_unavailable(
     assert len(server.queries) == len(set(server.queries))  # none retried: the same question, the same answer
 
 
+@pytest.mark.parametrize("value, reason", [("-3", "negative"), ("NaN", "not finite")])
+def test_unusable_counters_in_past_windows_are_unavailable(
+    fake: Callable[..., FakePrometheus], value: str, reason: str
+) -> None:
+    """The history's read (`windows`) turns counters that cannot be counted into an unavailable source, as
+    `window` does: the reconciler then starts the judge without history and says why."""
+    server = fake([ok([{"metric": ISTIO, "values": [[5, value]]}])])
+    provider = PrometheusMetrics(PrometheusConfig(url=url_of(server), retries=0), sleep=lambda _: None)
+    with pytest.raises(PrometheusUnavailable, match=f"unusable counters from Prometheus: .*{reason}"):
+        provider.windows(MetricsQuery(NS, ("a",), ("v1",)), [(0, 10), (10, 20)])
+    provider.close()
+
+
 def test_5xx_is_retried_with_exponential_backoff(fake: Callable[..., FakePrometheus]) -> None:
     server = fake([(503, "overloaded")])
     sleeps: list[float] = []
