@@ -1,0 +1,116 @@
+"""How often errors x4 could be rolled back by minute 30 under error bursts, by a test that knew what the judge
+must estimate: the bound the release benchmark's figure is to be read against.
+
+    python -m bench.burst_limits [--reps 4000] [--out FILE]      # about 2 minutes
+
+In the `bursts` world each version's error rate is multiplied every minute by its own Gamma factor of mean 1
+(squared coefficient of variation kappa = BURST_CV^2 = 1), so a minute's split of the errors between the versions
+carries a bounded amount of evidence whatever the traffic. The rate checks judge that split by its exact
+likelihood under the bursts (analysis/bursts.py), given kappa and the baseline's error rate lambda as estimated
+from the intervals before, each raised by a margin (BURST_KAPPA_MARGIN, BURST_RATE_MARGIN) so that the factor
+stays an e-value when the estimates are low (`python -m bench.burst_exact`). This program draws releases of 30
+judged minutes at a fixed weight, the canary's errors x4 or identical versions, and runs four running sums of
+that likelihood's log-ratios against ln(K/alpha), each knowing more than the judge:
+
+- `oracle`: kappa and lambda true, and the alternative too (ratio 4 alone): a sequential probability ratio test,
+  the most any test of the split can do by a given minute at this threshold;
+- `oracle, grid`: kappa and lambda true; the judge's alternatives (the average of the e-values over RATIO_GRID)
+  and its per-interval cap (RATE_INTERVAL_LLR_CAP);
+- `rate margin`: the same with lambda x BURST_RATE_MARGIN;
+- `both margins`: the judge's factor exactly (grid, cap, kappa x BURST_KAPPA_MARGIN rounded up on the ladder,
+  lambda x BURST_RATE_MARGIN) with the true kappa and lambda as its estimates.
+
+The judge itself, with kappa and lambda estimated from 30 minutes of history and the release (and the weight
+rising 10 -> 50% while safety is pending), is `python -m bench.releases`. Thresholds: K/alpha = 80 is one
+service's four checks at alpha 5% (the release benchmark's), 400 the five services of the search stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from analysis.bursts import BURST_KAPPA_MARGIN, BURST_RATE_MARGIN, burst_log_likelihood, kappa_level, level_kappa
+from analysis.sequential import RATE_INTERVAL_LLR_CAP, RATIO_GRID, log_mixture
+from bench.burst_exact import draw
+from bench.worlds import BASE_ERROR, BURST_CV
+
+CELLS = ((20, 10), (20, 50), (50, 10), (50, 50))
+MINUTES = 30
+THRESHOLDS = (80.0, 400.0)
+KAPPA = BURST_CV**2
+FloatArray = npt.NDArray[np.float64]
+
+# name -> (kappa the model is given, lambda the model is given, the alternatives, cap per interval)
+TESTS: dict[str, tuple[float, float, tuple[float, ...], float]] = {
+    "oracle": (KAPPA, BASE_ERROR, (4.0,), math.inf),
+    "oracle, grid": (KAPPA, BASE_ERROR, RATIO_GRID, RATE_INTERVAL_LLR_CAP),
+    "rate margin": (KAPPA, BASE_ERROR * BURST_RATE_MARGIN, RATIO_GRID, RATE_INTERVAL_LLR_CAP),
+    "both margins": (KAPPA * BURST_KAPPA_MARGIN, BASE_ERROR * BURST_RATE_MARGIN, RATIO_GRID, RATE_INTERVAL_LLR_CAP),
+}
+
+
+def ladder(kappa: float) -> float:
+    """The kappa the judge's model takes for a given one: rounded up on the ladder (analysis.bursts)."""
+    level = kappa_level(kappa)
+    assert level is not None
+    return level_kappa(level)
+
+
+def log_e_path(k_c: FloatArray, k_b: FloatArray, n_c: int, n_b: int, test: tuple[float, float, tuple[float, ...], float]
+               ) -> FloatArray:
+    """(reps, minutes) running ln e of one test: the capped per-interval log-likelihood ratios against ratio 1,
+    summed, then averaged as e-values over the alternatives."""
+    kappa, lam, ratios, cap = test
+    logs = [burst_log_likelihood(k_c, k_b, n_c, n_b, (r,), ladder(kappa), lam)[..., 0] for r in (1.0, *ratios)]
+    steps = np.stack([np.minimum(lr - logs[0], cap) for lr in logs[1:]], axis=-1)
+    return np.asarray(log_mixture(np.cumsum(steps, axis=1)), dtype=np.float64)
+
+
+def cell(rng: np.random.Generator, rate: int, weight: int, reps: int) -> list[dict[str, Any]]:
+    n_c, n_b = round(rate * 60 * weight / 100), round(rate * 60 * (1 - weight / 100))
+    rows = []
+    draws = {name: [a.reshape(reps, MINUTES) for a in draw(rng, n_c, n_b, KAPPA, ratio, reps * MINUTES)]
+             for name, ratio in (("x4", 4.0), ("aa", 1.0))}
+    for test_name, test in TESTS.items():
+        row: dict[str, Any] = {"rate": rate, "weight": weight, "test": test_name}
+        for scenario, (k_c, k_b) in draws.items():
+            peak = log_e_path(k_c, k_b, n_c, n_b, test).max(axis=1)
+            for threshold in THRESHOLDS:
+                row[f"{scenario}CrossedPct@{threshold:g}"] = float(100 * np.mean(peak >= math.log(threshold)))
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=4000, help="releases drawn per cell and scenario")
+    parser.add_argument("--out", default=None, help="write the rows as JSON here")
+    opts = parser.parse_args(argv)
+    began = time.monotonic()
+    rng = np.random.default_rng(11)
+    rows = [row for rate, weight in CELLS for row in cell(rng, rate, weight, opts.reps)]
+    print(f"crossed ln(K/alpha) by minute {MINUTES}, % of releases: errors x4 | identical versions")
+    print("req/s  weight%  test                  x4 @80   x4 @400 |  aa @80   aa @400")
+    for r in rows:
+        print(f"{r['rate']:5d}  {r['weight']:7d}  {r['test']:20s}  {r['x4CrossedPct@80']:6.1f}  "
+              f"{r['x4CrossedPct@400']:8.1f} | {r['aaCrossedPct@80']:6.2f}  {r['aaCrossedPct@400']:8.2f}")
+    print(f"{opts.reps} releases per cell and scenario, kappa {KAPPA:g}, base error {BASE_ERROR:g}, "
+          f"{time.monotonic() - began:.0f} s")
+    if opts.out:
+        with open(opts.out, "w") as f:
+            command = "python -m bench.burst_limits" + (f" --reps {opts.reps}" if opts.reps != 4000 else "")
+            json.dump({"command": command,
+                       "reps": opts.reps, "minutes": MINUTES, "kappa": KAPPA, "baseError": BASE_ERROR,
+                       "kappaMargin": BURST_KAPPA_MARGIN, "rateMargin": BURST_RATE_MARGIN, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
