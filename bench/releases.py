@@ -97,6 +97,7 @@ class Release:
     outcome: Outcome = Outcome.UNDECIDED
     decided_at: int | None = None  # the interval (1-based minute) of the promotion or rollback
     cause: str = ""  # what decided: pass, fail, errors, inconclusive, continue
+    served: int = 0  # canary requests served until the decision, warm-up minutes included: the users exposed
     actions: list[tuple[int, str, str]] = field(default_factory=list)  # (weight, verdict, action) per interval
 
 
@@ -201,6 +202,7 @@ def run_releases(judge: Judge, traffic: TrafficSource, reps: int, horizon: int =
         weights = np.array([schedule.steps[r.step] for r in releases], dtype=np.float64)
         minute = traffic.minute(weights)
         for i in live:
+            releases[i].served += int(minute.n_c[i])
             if releases[i].warming > 0:  # served, not judged; the minute counts toward the time to decide
                 releases[i].warming -= 1
                 releases[i].actions.append((int(weights[i]), "-", "warm-up"))
@@ -230,6 +232,7 @@ def summarise(releases: list[Release], schedule: Schedule | None = None) -> dict
         return float(np.median(times)) if times else None
 
     share = {o: 100.0 * sum(r.outcome is o for r in releases) / n for o in Outcome}
+    served = [r.served for r in releases if r.outcome is Outcome.ROLLED_BACK]
     return {
         "promotedPct": share[Outcome.PROMOTED],
         "rolledBackPct": share[Outcome.ROLLED_BACK],
@@ -243,6 +246,8 @@ def summarise(releases: list[Release], schedule: Schedule | None = None) -> dict
         "undecidedAtWeight": {str(k): v for k, v in sorted(Counter(
             schedule.steps[r.step] for r in releases if r.outcome is Outcome.UNDECIDED).items())},
         "meanIntervalsJudged": float(np.mean([sum(a != "warm-up" for _, _, a in r.actions) for r in releases])),
+        # The users a rolled-back canary served before it was taken off (a regression's cost), median.
+        "medianCanaryRequestsBeforeRollback": float(np.median(served)) if served else None,
     }
 
 

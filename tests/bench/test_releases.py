@@ -156,6 +156,9 @@ def test_summary_counts_outcomes_medians_causes_and_where_undecided_releases_hol
     assert s["medianRollbackMinute"] == 3.0
     assert s["rollbackCauses"] == {"fail": 2, "errors": 1}
     assert s["undecidedAtWeight"] == {"10": 1, "50": 1}
+    # The users each rolled-back canary served (100 a minute here): 2, 4 and 3 minutes.
+    assert s["medianCanaryRequestsBeforeRollback"] == 300
+    assert summarise(played[:1], BARE)["medianCanaryRequestsBeforeRollback"] is None
 
 
 def test_warmup_minutes_after_each_weight_change_are_served_but_not_judged() -> None:
@@ -164,6 +167,8 @@ def test_warmup_minutes_after_each_weight_change_are_served_but_not_judged() -> 
     assert [a for _, _, a in r.actions[:6]] == ["warm-up", "warm-up", "next step", "warm-up", "warm-up", "next step"]
     assert (r.outcome, r.decided_at) == (Outcome.PROMOTED, 15)  # the warm-up minutes count toward the decision
     assert summarise([r], BARE)["meanIntervalsJudged"] == 5
+    (failed,), _ = play([F], schedule=replace(BARE, warmup=2))  # the warm-up's users count among those exposed
+    assert summarise([failed], BARE)["medianCanaryRequestsBeforeRollback"] == 300
 
 
 def test_schedule_defaults_are_the_release_specs() -> None:
