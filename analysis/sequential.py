@@ -610,9 +610,11 @@ class SequentialJudge:
         (k_c, k_b), (e_c, e_b) = rec["events"], rec["exposure"]
         phi = rate_dispersion(rec)
         routes: list[dict[str, Any]] = []
+        estimates: list[tuple[str, float | None, float]] = []
         if cfg.non_inferiority_margin is not None:
             bound = ratio_upper_bound(np.asarray(rec["cs"]) / phi, alpha)
             ratio = _ratio(k_c, e_c, k_b, e_b)
+            estimates.append(("ratio", ratio, cfg.non_inferiority_margin))
             routes.append({"shown": bound < cfg.non_inferiority_margin, "bound": bound,
                            "margin": cfg.non_inferiority_margin, "on": "ratio",
                            "requestsNeeded": None if ratio is None or ratio <= 0 else requests_needed(
@@ -622,12 +624,14 @@ class SequentialJudge:
             prior = margin if check == "errorRate" else max(margin, 1.0 - cfg.tail_reference_quantile)
             bound = excess_upper_bound(k_c / phi, e_c / phi, k_b / phi, e_b / phi, alpha, prior)
             excess = (k_c / e_c if e_c else 0.0) - (k_b / e_b if e_b else 0.0)
+            estimates.append(("excess rate", excess if e_c and e_b else None, margin))
             routes.append({"shown": bound < margin, "bound": bound, "margin": margin, "on": "excess",
                            "requestsNeeded": requests_needed(e_c, excess, bound, margin)})
         if not routes:
             return {"shown": True, "margin": None}
         shown = [r for r in routes if r["shown"]]
-        return shown[0] if shown else min(routes, key=_needed_order)
+        chosen = shown[0] if shown else min(routes, key=_needed_order)
+        return {**chosen, "beyond": _beyond(estimates)}
 
     def _estimates(
         self, check: str, svc: Mapping[str, Any], alpha_i: float, bounds: tuple[float, ...]
@@ -768,13 +772,32 @@ def _more_needed(unsafe: Sequence[CheckResult]) -> float | None:
 
 
 def _holding(checks: Sequence[CheckResult]) -> str:
-    """"; holding the weight: ..." when a check's harm e-value reached HOLD_E_VALUE (harm not shown, but evidence of
-    it building: the weight is not raised on "no harm seen"), else ""."""
-    evidence = [(c.e_value, c) for c in checks if c.check != "sampleRatio" and c.e_value is not None]
+    """"; holding the weight: ..." when harm is not shown but the canary looks worse than allowed, else "": a check's
+    harm e-value reached HOLD_E_VALUE (evidence of harm building), or the error rate's estimate is beyond its
+    margin on every route to safety (the canary, as measured so far, fails more than a canary that could be shown
+    safe). Either way the weight is not raised on "no harm seen": a canary that looks bad keeps the users it has,
+    no more, while the evidence decides. The latency and slow-tail estimates do not hold it: at a few canary pods
+    their differences can be where those pods run, which only more pods (a higher weight) tell apart, and their
+    regressions are shown within minutes once there; error bursts can keep an error regression's evidence low for
+    tens of minutes (docs/analysis.md, "Holding a canary that fails more than its margins allow")."""
+    regressions = [c for c in checks if c.check != "sampleRatio"]
+    evidence = [(c.e_value, c) for c in regressions if c.e_value is not None]
     e_value, suspect = max(evidence, key=lambda pair: pair[0], default=(0.0, None))
-    if suspect is None or e_value < HOLD_E_VALUE:
+    if suspect is not None and e_value >= HOLD_E_VALUE:
+        return f"; holding the weight: {suspect.service} {suspect.check} e-value {e_value:.3g} >= {HOLD_E_VALUE:g}"
+    for c in regressions:
+        beyond = c.estimates.get("safety", {}).get("beyond") if c.check == "errorRate" else ""
+        if c.verdict is Verdict.INCONCLUSIVE and beyond:
+            return f"; holding the weight: {c.service} {c.check} {beyond}"
+    return ""
+
+
+def _beyond(estimates: Sequence[tuple[str, float | None, float]]) -> str:
+    """"ratio 4.1 > margin 1.5, ..." when every route's point estimate is beyond its margin, else "" (also when
+    one is not known yet: too few events to say)."""
+    if not estimates or any(value is None or not value > margin for _, value, margin in estimates):
         return ""
-    return f"; holding the weight: {suspect.service} {suspect.check} e-value {e_value:.3g} >= {HOLD_E_VALUE:g}"
+    return ", ".join(f"{what} {value:.3g} > margin {margin:g}" for what, value, margin in estimates)
 
 
 def _not_yet_safe(unsafe: Sequence[CheckResult]) -> str:

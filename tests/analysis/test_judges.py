@@ -362,3 +362,42 @@ def test_no_nan_in_any_judge_record_with_empty_canary() -> None:
         for d in run(name, [{"s": IntervalObservation(60.0 * t, 10, base, empty)} for t in (1, 2)]):
             text = json.dumps(d.to_dict(), allow_nan=False)
             assert d.verdict is not Verdict.ERROR and not math.isnan(len(text))
+
+
+def _fixed(requests: int, errors: int, slow: int = 0) -> VersionCounts:
+    """`requests` in the 25-50 ms bucket, `slow` of them moved to the next one; `errors` of them failed."""
+    buckets = [0] * K
+    buckets[5], buckets[6] = requests - slow, slow
+    return VersionCounts(requests, errors, tuple(buckets))
+
+
+def test_a_canary_that_looks_worse_than_its_margins_keeps_its_weight_before_harm_is_shown() -> None:
+    # One minute: the canary's 2 errors in 100 against the baseline's 4 in 900 (ratio 4.5, excess +1.6 points):
+    # far too little to show harm, but beyond both error margins (1.5 and +0.5 points). "No harm seen" must
+    # not raise its weight: the decision holds it and says why.
+    judge = make_judge(AnalysisConfig.from_dict({"judge": "sequential"}))
+    minute = IntervalObservation(60.0, 10.0, _fixed(900, 4), _fixed(100, 2))
+    _, held = judge.update(judge.initial_state(), {"s": minute})
+    assert held.verdict is Verdict.INCONCLUSIVE and not held.details["safetyPending"]
+    assert "holding the weight: s errorRate ratio 4.5 > margin 1.5, excess rate 0.0156 > margin 0.005" in held.reason
+    rate = next(c for c in held.checks if c.check == "errorRate")
+    assert rate.e_value < 10  # not the evidence rule: the estimate alone holds it
+    # Beyond one margin only (ratio 2.25, but an excess of +0.06 points): the canary could still be shown safe
+    # on the absolute margin, so the weight may grow.
+    _, grows = judge.update(judge.initial_state(), {"s": IntervalObservation(60.0, 10.0, _fixed(9000, 40),
+                                                                                _fixed(1000, 5))})
+    assert grows.verdict is Verdict.INCONCLUSIVE and grows.details["safetyPending"], grows.reason
+    assert "holding" not in grows.reason
+
+
+def test_a_canary_slower_than_the_latency_margin_may_still_grow_until_harm_evidence_builds() -> None:
+    # Half the baseline's requests one bucket slower, 64% of the canary's: Delta 0.14 > margin 0.1 on 100 canary
+    # requests (e-value about 3). Unlike the error rate's, the latency estimate does not hold the weight: at a
+    # few canary pods it can be where they run, and more pods (a higher weight) are what tell the two apart.
+    judge = make_judge(AnalysisConfig.from_dict({"judge": "sequential"}))
+    _, slow = judge.update(judge.initial_state(), {"s": IntervalObservation(60.0, 10.0, _fixed(900, 0, slow=450),
+                                                                               _fixed(100, 0, slow=64))})
+    shift = next(c for c in slow.checks if c.check == "latencyShift")
+    assert slow.verdict is Verdict.INCONCLUSIVE and shift.e_value < 10, (slow.verdict, shift.e_value)
+    assert slow.details["safetyPending"] and "holding" not in slow.reason, slow.reason
+    assert shift.estimates["delta"] == pytest.approx(0.14)
