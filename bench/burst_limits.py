@@ -1,7 +1,7 @@
 """How often errors x4 could be rolled back by minute 30 under error bursts, by a test that knew what the judge
 must estimate: the bound the release benchmark's figure is to be read against.
 
-    python -m bench.burst_limits [--reps 4000] [--out FILE]      # about 2 minutes
+    python -m bench.burst_limits [--reps 4000] [--out FILE]      # about 75 s, 2 GB of memory
 
 In the `bursts` world each version's error rate is multiplied every minute by its own Gamma factor of mean 1
 (squared coefficient of variation kappa = BURST_CV^2 = 1), so a minute's split of the errors between the versions
@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from analysis.bursts import BURST_KAPPA_MARGIN, BURST_RATE_MARGIN, burst_log_likelihood, kappa_level, level_kappa
+from analysis.bursts import BURST_KAPPA_MARGIN, BURST_RATE_MARGIN, burst_increment, kappa_level
 from analysis.sequential import RATE_INTERVAL_LLR_CAP, RATIO_GRID, log_mixture
 from bench.burst_exact import draw
 from bench.worlds import BASE_ERROR, BURST_CV
@@ -56,20 +56,15 @@ TESTS: dict[str, tuple[float, float, tuple[float, ...], float]] = {
 }
 
 
-def ladder(kappa: float) -> float:
-    """The kappa the judge's model takes for a given one: rounded up on the ladder (analysis.bursts)."""
-    level = kappa_level(kappa)
-    assert level is not None
-    return level_kappa(level)
-
-
 def log_e_path(k_c: FloatArray, k_b: FloatArray, n_c: int, n_b: int, test: tuple[float, float, tuple[float, ...], float]
                ) -> FloatArray:
-    """(reps, minutes) running ln e of one test: the capped per-interval log-likelihood ratios against ratio 1,
-    summed, then averaged as e-values over the alternatives."""
+    """(reps, minutes) running ln e of one test: the capped per-interval log-likelihood ratios against ratio 1 (the
+    rate checks' own `burst_increment`, kappa rounded up on its ladder), summed, then averaged as e-values over
+    the alternatives."""
     kappa, lam, ratios, cap = test
-    logs = [burst_log_likelihood(k_c, k_b, n_c, n_b, (r,), ladder(kappa), lam)[..., 0] for r in (1.0, *ratios)]
-    steps = np.stack([np.minimum(lr - logs[0], cap) for lr in logs[1:]], axis=-1)
+    level = kappa_level(kappa)
+    assert level is not None, f"kappa {kappa} is below the burst likelihood's floor"
+    steps = burst_increment(k_c, k_b, n_c, n_b, 1.0, ratios, level, lam, cap=cap)
     return np.asarray(log_mixture(np.cumsum(steps, axis=1)), dtype=np.float64)
 
 
