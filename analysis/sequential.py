@@ -67,6 +67,9 @@ DISPERSION_PRIOR = 3.0
 # identical versions on its own, while a regression that lasts crosses in a few intervals (docs/analysis.md,
 # "Error bursts").
 RATE_INTERVAL_LLR_CAP = 3.0
+# The last intervals on which a bursty rate check measures the dispersion its burst likelihood leaves unexplained
+# (`burst_excess`): an hour, so that the state stays bounded however long a release holds.
+EXCESS_WINDOW = 60
 # A check whose e-value reached 10 (half of what one capped interval can give) keeps the weight where it is: "no
 # harm seen" raises the weight only while no check carries that much evidence of harm.
 HOLD_E_VALUE = 10.0
@@ -288,6 +291,8 @@ def _ratio_state() -> dict[str, Any]:
         # The baseline's own spread between intervals (for `rate_burstiness`): sum of (k - m)^2 - m, sum of m^2,
         # and the baseline's events and requests seen so far (m = requests x their ratio).
         "spread": [0.0, 0.0, 0, 0],
+        # The last EXCESS_WINDOW intervals' [k_c, k_b, n_c, n_b] (for `burst_excess`).
+        "recent": [],
         # The baseline's pods' running sums {pod: [E_p, M_p, B_p]} and W = sum v_t / phi_t (1/k_c + 1/k_b), for
         # the pod placement factor (`rate_placement`).
         "pods": {},
@@ -862,12 +867,14 @@ def _fold_ratio(rec: dict[str, Any], k_c: int, k_b: int, n_c: int, n_b: int, r0:
     known before the interval (and its total events): one interval adds at most the cap, however overdispersed
     the check. When the baseline's events burst (`_burst_inputs`), the interval's log-likelihood ratios are those
     of the split under bursts (`analysis.bursts`) instead, capped at RATE_INTERVAL_LLR_CAP and divided by the
-    dispersion the bursts leave unexplained. The ratio's bounds use the log-likelihoods divided by the pooled
-    phi. The e-value divides the summed log-likelihood ratios by the pod placement factor g (`rate_placement`)."""
+    dispersion the bursts leave unexplained (`burst_excess`). The ratio's bounds use the log-likelihoods divided
+    by the pooled phi. The e-value divides the summed log-likelihood ratios by the pod placement factor g
+    (`rate_placement`)."""
     phi_t = interval_dispersion(rec, k_c + k_b, n_c, n_b, r0)
     bursts = _burst_inputs(rec, k_c + k_b, n_c, n_b, r0)
     _fold_pearson(rec, k_c, k_b, n_c, n_b)
     _fold_spread(rec, k_b, n_b)
+    _fold_recent(rec, k_c, k_b, n_c, n_b)
     fold_rate_pods(rec.setdefault("pods", {}), placed.pods)
     if n_c > 0 and n_b > 0 and k_c + k_b > 0:
         share = r0 * n_c / (r0 * n_c + n_b)
@@ -889,18 +896,48 @@ def _burst_inputs(rec: Mapping[str, Any], events: int, n_c: int, n_b: int, r0: f
                   ) -> tuple[int, float, float] | None:
     """What the burst likelihood (`analysis.bursts`) needs for one interval, from the intervals before it: kappa's
     level (the baseline's burstiness raised by BURST_KAPPA_MARGIN, rounded up), the baseline's event rate raised
-    by BURST_RATE_MARGIN, and the dispersion left beyond the bursts (the pooled Pearson phi over 1 + 2 kappa v_t,
-    at least 1), which divides the interval's log-likelihood ratios as phi_t divides the binomial's. None when the
-    binomial split is used: no bursts learnt (kappa below the floor once raised), no baseline rate yet, or
-    nothing to compare in the interval."""
+    by BURST_RATE_MARGIN, and the dispersion left beyond the bursts (`burst_excess`, at least 1), which divides
+    the interval's log-likelihood ratios as phi_t divides the binomial's. None when the binomial split is used: no
+    bursts learnt (kappa below the floor once raised), no baseline rate yet, or nothing to compare in the
+    interval."""
     kappa = rate_burstiness(rec)
     level = kappa_level(BURST_KAPPA_MARGIN * kappa)
     _, _, seen, exposure = rec.get("spread", [0.0, 0.0, 0, 0])
     if level is None or seen <= 0 or exposure <= 0 or not (n_c > 0 and n_b > 0 and events > 0):
         return None
-    share = r0 * n_c / (r0 * n_c + n_b)
-    bursts = 1.0 + 2.0 * kappa * events * share * (1.0 - share)
-    return level, BURST_RATE_MARGIN * seen / exposure, max(1.0, rate_dispersion(rec) / bursts)
+    return level, BURST_RATE_MARGIN * seen / exposure, burst_excess(rec, kappa)
+
+
+def burst_excess(rec: Mapping[str, Any], kappa: float) -> float:
+    """The dispersion a rate check's burst likelihood leaves unexplained (>= 1): over its last EXCESS_WINDOW
+    intervals, the squared deviations of the canary's events from the split the ratio estimated so far predicts,
+    against the variance the bursts give them, v_t (1 + 2 kappa v_t) with v_t = k_t s_t (1 - s_t) at that ratio's
+    share s_t (`interval_dispersion`), shrunk towards 1 as `dispersion` does. About 1 when the bursts explain the
+    intervals' spread; more when something else spreads them (pods failing differently, bursts the model does not
+    describe).
+
+    Measured at the ratio estimated from every interval so far, not at each interval's ratio as known before it
+    (the pooled Pearson phi, which this replaced): under a regression the first intervals' ratio lags the truth,
+    and their deviations from it, kept in a pooled sum, read as noise the bursts do not explain and divided the
+    evidence of the regression itself. Fixed before the interval it divides, like every input of the interval's
+    likelihood."""
+    recent = rec.get("recent") or []
+    (e_c, e_b), (x_c, x_b) = rec["events"], rec["exposure"]
+    if not recent or x_c <= 0 or x_b <= 0:
+        return 1.0
+    ratio = ((e_c + 0.5) / x_c) / ((e_b + 0.5) / x_b)
+    k_c, k_b, n_c, n_b = np.asarray(recent, dtype=np.float64).T
+    events = k_c + k_b
+    share = ratio * n_c / (ratio * n_c + n_b)
+    v = events * share * (1.0 - share)
+    return dispersion(float(np.sum((k_c - events * share) ** 2)), float(np.sum(v * (1.0 + 2.0 * kappa * v))),
+                      len(recent))
+
+
+def _fold_recent(rec: dict[str, Any], k_c: int, k_b: int, n_c: int, n_b: int) -> None:
+    """Keep the interval for `burst_excess` when it has something to compare; the last EXCESS_WINDOW only."""
+    if n_c > 0 and n_b > 0 and k_c + k_b > 0:
+        rec["recent"] = [*(rec.get("recent") or []), [k_c, k_b, n_c, n_b]][-EXCESS_WINDOW:]
 
 
 def rate_placement(rec: Mapping[str, Any]) -> float:

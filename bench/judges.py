@@ -54,6 +54,7 @@ from analysis.pods import (
 )
 from analysis.sequential import (
     DISPERSION_PRIOR,
+    EXCESS_WINDOW,
     RATE_INTERVAL_LLR_CAP,
     RATIO_GRID,
     SequentialJudge,
@@ -261,8 +262,8 @@ def _rate_log_evalue(k_c: np.ndarray, k_b: np.ndarray, n_c: np.ndarray, n_b: np.
     v_t = np.where(both & (events > 0), events * share0 * (1.0 - share0), 0.0)
     phi_t = np.where(both & (events > 0), np.maximum(phi_before, 1.0 + 2.0 * kappa_before * v_t), phi_before)
     added = ratio_increment(k_c, k_b, n_c, n_b, r0, grid, cap=RATE_INTERVAL_LLR_CAP * phi_t) / phi_t[..., None]
-    _burst_added(added, (k_c, k_b, n_c, n_b), r0, grid, _baseline_rate(e_b, x_b, prior), kappa_before, phi_before,
-                 phi_t)
+    excess = _burst_excess((k_c, k_b, n_c, n_b), np.where(known, ratio, 0.0), kappa_before)
+    _burst_added(added, (k_c, k_b, n_c, n_b), r0, grid, _baseline_rate(e_b, x_b, prior), kappa_before, excess)
     g = np.ones(k_c.shape) if pods is None else _rate_placement(pods, v_t / phi_t, prior)
     return log_mixture(np.cumsum(added, axis=1) / g[..., None])
 
@@ -280,8 +281,31 @@ def _baseline_rate(e_b: np.ndarray, x_b: np.ndarray, prior: RatePrior | None) ->
 _NO_LEVEL = -(10**6)  # kappa below the burst likelihood's floor
 
 
+def _burst_excess(counts: tuple[np.ndarray, ...], ratio: np.ndarray, kappa: np.ndarray) -> np.ndarray:
+    """`analysis.sequential.burst_excess` per (rep, minute): over the last EXCESS_WINDOW minutes before it that had
+    something to compare, the canary's deviations from the split at `ratio` (the estimate before the minute; 0
+    when none, then 1) against the bursts' variance, shrunk as `dispersion` does."""
+    k_c, k_b, n_c, n_b = (np.asarray(x, dtype=np.float64) for x in counts)
+    events = k_c + k_b
+    used = (n_c > 0) & (n_b > 0) & (events > 0)
+    excess = np.ones(k_c.shape)
+    for t in range(1, k_c.shape[1]):
+        # The judge keeps the last EXCESS_WINDOW minutes that had something to compare, not the last minutes.
+        kept = used[:, :t] & (np.cumsum(used[:, :t][:, ::-1], axis=1)[:, ::-1] <= EXCESS_WINDOW)
+        r = ratio[:, t:t + 1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share = np.where(kept, r * n_c[:, :t] / np.where(kept, r * n_c[:, :t] + n_b[:, :t], 1.0), 0.0)
+        k = events[:, :t]
+        v = k * share * (1.0 - share)
+        rss = np.sum(np.where(kept, (k_c[:, :t] - k * share) ** 2, 0.0), axis=1)
+        model = np.sum(np.where(kept, v * (1.0 + 2.0 * kappa[:, t:t + 1] * v), 0.0), axis=1)
+        known = (ratio[:, t] > 0) & kept.any(axis=1)
+        excess[:, t] = np.where(known, dispersion_array(rss, model, kept.sum(axis=1).astype(np.float64)), 1.0)
+    return excess
+
+
 def _burst_added(added: np.ndarray, counts: tuple[np.ndarray, ...], r0: float, grid: tuple[float, ...],
-                 rate: np.ndarray, kappa: np.ndarray, phi_before: np.ndarray, phi_t: np.ndarray) -> None:
+                 rate: np.ndarray, kappa: np.ndarray, excess: np.ndarray) -> None:
     """Replace, in `added`, the intervals `_fold_ratio` judges by the burst likelihood (`_burst_inputs`): kappa's
     level from the burstiness known before each, the baseline's rate, the dispersion left beyond the bursts."""
     k_c, k_b, n_c, n_b = counts
@@ -290,9 +314,6 @@ def _burst_added(added: np.ndarray, counts: tuple[np.ndarray, ...], r0: float, g
                              1, 1)
     levels = np.broadcast_to(level_of(kappa), k_c.shape).astype(np.int64)
     used = (levels != _NO_LEVEL) & (rate > 0) & (n_c > 0) & (n_b > 0) & (events > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        share = r0 * n_c / np.where(used, r0 * n_c + n_b, 1.0)
-        excess = np.maximum(1.0, phi_before / (1.0 + 2.0 * kappa * events * share * (1.0 - share)))
     for level in set(levels[used].tolist()):
         at = used & (levels == level)
         added[at] = burst_increment(k_c[at], k_b[at], n_c[at], n_b[at], r0, grid, int(level), rate[at],
