@@ -871,7 +871,7 @@ def _fold_ratio(rec: dict[str, Any], k_c: int, k_b: int, n_c: int, n_b: int, r0:
     by the pooled phi. The e-value divides the summed log-likelihood ratios by the pod placement factor g
     (`rate_placement`)."""
     phi_t = interval_dispersion(rec, k_c + k_b, n_c, n_b, r0)
-    bursts = _burst_inputs(rec, k_c + k_b, n_c, n_b, r0)
+    bursts = _burst_inputs(rec, k_c + k_b, n_c, n_b)
     _fold_pearson(rec, k_c, k_b, n_c, n_b)
     _fold_spread(rec, k_b, n_b)
     _fold_recent(rec, k_c, k_b, n_c, n_b)
@@ -892,8 +892,7 @@ def _fold_ratio(rec: dict[str, Any], k_c: int, k_b: int, n_c: int, n_b: int, r0:
     rec["logE"] = float(log_mixture(np.asarray(rec["llr"]) / rate_placement(rec)))
 
 
-def _burst_inputs(rec: Mapping[str, Any], events: int, n_c: int, n_b: int, r0: float
-                  ) -> tuple[int, float, float] | None:
+def _burst_inputs(rec: Mapping[str, Any], events: int, n_c: int, n_b: int) -> tuple[int, float, float] | None:
     """What the burst likelihood (`analysis.bursts`) needs for one interval, from the intervals before it: kappa's
     level (the baseline's burstiness raised by BURST_KAPPA_MARGIN, rounded up), the baseline's event rate raised
     by BURST_RATE_MARGIN, and the dispersion left beyond the bursts (`burst_excess`, at least 1), which divides
@@ -922,10 +921,10 @@ def burst_excess(rec: Mapping[str, Any], kappa: float) -> float:
     evidence of the regression itself. Fixed before the interval it divides, like every input of the interval's
     likelihood."""
     recent = rec.get("recent") or []
-    (e_c, e_b), (x_c, x_b) = rec["events"], rec["exposure"]
+    x_c, x_b = rec["exposure"]
     if not recent or x_c <= 0 or x_b <= 0:
         return 1.0
-    ratio = ((e_c + 0.5) / x_c) / ((e_b + 0.5) / x_b)
+    ratio = _estimated_ratio(rec)
     k_c, k_b, n_c, n_b = np.asarray(recent, dtype=np.float64).T
     events = k_c + k_b
     share = ratio * n_c / (ratio * n_c + n_b)
@@ -986,10 +985,16 @@ def rate_burstiness(rec: Mapping[str, Any]) -> float:
     return max(0.0, a / b) if b > 0 else 0.0
 
 
+def _estimated_ratio(rec: Mapping[str, Any]) -> float:
+    """The rate ratio estimated from the intervals folded so far (half an event added to each side), for checks
+    that have seen requests of both versions."""
+    (e_c, e_b), (x_c, x_b) = rec["events"], rec["exposure"]
+    return float(((e_c + 0.5) / x_c) / ((e_b + 0.5) / x_b))
+
+
 def _canary_share(rec: Mapping[str, Any], n_c: int, n_b: int) -> float:
     """The canary's expected share of the interval's events at the ratio estimated before it."""
-    (e_c, e_b), (x_c, x_b) = rec["events"], rec["exposure"]
-    ratio = ((e_c + 0.5) / x_c) / ((e_b + 0.5) / x_b)
+    ratio = _estimated_ratio(rec)
     return float(ratio * n_c / (ratio * n_c + n_b))
 
 
