@@ -78,7 +78,12 @@ class LeaseElector:
         return self.local_clock() if self.local_clock is not None else self.clock.now()
 
     def is_leader(self) -> bool:
-        return self._renewed_at is not None and self._local() - self._renewed_at < self.renew_deadline
+        """Renewed less than `renew_deadline` ago on the local clock. A local clock that went back past the
+        last renewal (a wall clock stepped back, when no steady one was given) says nothing about how long
+        ago that was: not the leader until the next renewal, rather than leader again for as long as the step."""
+        if self._renewed_at is None:
+            return False
+        return 0.0 <= self._local() - self._renewed_at < self.renew_deadline
 
     def _observe(self, spec: Obj, local: float) -> None:
         record = _record(spec)

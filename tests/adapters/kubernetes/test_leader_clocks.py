@@ -93,3 +93,20 @@ def test_a_step_of_the_wall_clock_neither_ends_a_leadership_nor_starts_a_takeove
     assert holder.try_acquire_or_renew()
     steady_b.sleep(LEASE_S - 1)  # a lease after its first look, but it saw the holder renew since
     assert not follower.try_acquire_or_renew()
+
+
+def test_a_local_clock_stepped_back_does_not_extend_a_leadership(emulator: RunningEmulator) -> None:
+    """Without a steady clock the election's intervals run on the wall clock. One stepped back after the last
+    renewal would make "renewed 2 s ago" read as "renewed just now" for as long as the step: a replica cut off
+    from the API server would go on writing past its renew deadline. It stops calling itself leader until it
+    renews again instead."""
+    clock = FakeClock()
+    holder = elector(emulator, "replica-a", clock)
+    assert holder.try_acquire_or_renew() and holder.is_leader()
+    clock.sleep(9.0)
+    assert holder.is_leader()  # 9 s of the 10 s renew deadline
+    clock.sleep(-5.0)  # the clock is stepped back 5 s: still 4 s after the renewal, which it may count
+    assert holder.is_leader()
+    clock.sleep(-5.0)  # now 1 s before the renewal: how long ago it renewed is unknown
+    assert not holder.is_leader()
+    assert holder.try_acquire_or_renew() and holder.is_leader()  # the next renewal restores it

@@ -209,7 +209,7 @@ def test_running_controller_serves_health_and_metrics_and_stops_gracefully(emula
     api = KubeApi.for_url(emulator.url)
     clock = SystemClock()
     elector = LeaseElector(api, "stack-canary-system", "replica-a", clock, lease_duration=3, renew_deadline=2,
-                           retry_period=0.5)
+                           retry_period=0.5, local_clock=time.monotonic)
     controller = Controller(api, ControllerConfig(watch_timeout=1, resync_period=1), RouteMetrics(api), clock,
                             elector)
     api.observer = controller.telemetry.api_call
