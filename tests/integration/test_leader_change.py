@@ -104,14 +104,12 @@ def holder(emulator: RunningEmulator) -> str:
     return str(leases[0]["spec"].get("holderIdentity", "")) if leases else ""
 
 
-@pytest.mark.slow
-def test_partitioned_leader_stops_writing_and_the_standby_finishes(
-        emulator: RunningEmulator, invariants: InvariantChecker,
-        real_time_world: tuple[KubeWorld, ClusterModel]) -> None:
-    (world, model), checker, clock = real_time_world, invariants, SystemClock()
-    metrics = RouteMetrics(KubeApi.for_url(emulator.url), rps=300)
+def in_process_replicas(emulator: RunningEmulator, *identities: str
+                        ) -> dict[str, tuple[Controller, threading.Event, threading.Thread]]:
+    """Controllers with a client each (lease 3 s, renew deadline 2 s, retry 0.3 s), not started yet."""
+    clock, metrics = SystemClock(), RouteMetrics(KubeApi.for_url(emulator.url), rps=300)
     replicas: dict[str, tuple[Controller, threading.Event, threading.Thread]] = {}
-    for identity in ("replica-a", "replica-b"):
+    for identity in identities:
         api = KubeApi.for_url(emulator.url)
         api.timeout = 2.0
         # The election's intervals on the steady clock, as in the `canary controller` process.
@@ -120,8 +118,16 @@ def test_partitioned_leader_stops_writing_and_the_standby_finishes(
         controller = Controller(api, ControllerConfig(identity=identity, watch_timeout=1, resync_period=1),
                                 metrics, clock, elector)
         stop = threading.Event()
-        thread = threading.Thread(target=controller.run, args=(stop,), daemon=True)
-        replicas[identity] = (controller, stop, thread)
+        replicas[identity] = (controller, stop, threading.Thread(target=controller.run, args=(stop,), daemon=True))
+    return replicas
+
+
+@pytest.mark.slow
+def test_partitioned_leader_stops_writing_and_the_standby_finishes(
+        emulator: RunningEmulator, invariants: InvariantChecker,
+        real_time_world: tuple[KubeWorld, ClusterModel]) -> None:
+    (world, model), checker = real_time_world, invariants
+    replicas = in_process_replicas(emulator, "replica-a", "replica-b")
     replicas["replica-a"][2].start()
     try:
         assert wait_for(lambda: holder(emulator) == "replica-a", 10)
