@@ -145,6 +145,11 @@ class AnalysisConfig:
     # Intervals of the stable version's own metrics before the release that the judge learns its noise from
     # (error bursts; the slow-tail threshold): SequentialJudge.prime. 0: none.
     history_intervals: int = 30
+    # Not a spec.analysis field: the controller sets it from strategy.canary.warmup (intervals, rounded up).
+    # A canary pod the sequential judge sees for the first time is left out of this many intervals (every
+    # check but the sample ratio) while it warms up; the canary's pods in the first interval with any are warm
+    # (the controller waited the warm-up before it). 0: every pod judged from its first interval.
+    pod_warmup_intervals: int = 0
     kayenta: KayentaConfig = field(default_factory=KayentaConfig)
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
 

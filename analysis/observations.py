@@ -9,8 +9,9 @@ latency fell in (bounds[i-1], bounds[i]]; the last bound is +Inf, so `sum(bucket
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -67,6 +68,14 @@ class VersionCounts:
             tuple(a + b for a, b in zip(self.buckets, other.buckets, strict=True)),
         )
 
+    def __sub__(self, other: VersionCounts) -> VersionCounts:
+        """These counts without `other`'s (a part of them: a pod's), never below 0."""
+        return VersionCounts(
+            max(self.requests - other.requests, 0),
+            max(min(self.errors - other.errors, self.requests - other.requests), 0),
+            tuple(max(a - b, 0) for a, b in zip(self.buckets, other.buckets, strict=True)),
+        )
+
 
 @dataclass(frozen=True)
 class IntervalObservation:
@@ -87,6 +96,20 @@ class IntervalObservation:
     bounds_ms: tuple[float, ...] = ISTIO_BUCKETS_MS
     baseline_pods: Mapping[str, VersionCounts] = field(default_factory=dict)
     canary_pods: Mapping[str, VersionCounts] = field(default_factory=dict)
+
+    def without_canary_pods(self, pods: Iterable[str]) -> IntervalObservation:
+        """The interval without these canary pods' traffic (pods still warming up): the canary's counts less
+        theirs, and its pods less them. The version's pods add up to its counts, so what is left is the other
+        pods' traffic."""
+        left_out = [self.canary_pods[p] for p in pods if p in self.canary_pods]
+        if not left_out:
+            return self
+        canary = self.canary
+        for counts in left_out:
+            canary = canary - counts
+        gone = set(pods)
+        kept = {p: c for p, c in self.canary_pods.items() if p not in gone}
+        return dataclasses.replace(self, canary=canary, canary_pods=kept)
 
     def validate(self, where: str = "interval") -> None:
         if not math.isfinite(self.t):

@@ -34,6 +34,7 @@ import json
 import math
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -228,6 +229,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--judge", choices=JUDGES, default=None)
     parser.add_argument("--alpha", type=float, default=None)
     parser.add_argument("--config", metavar="FILE", help="JSON object of spec.analysis settings")
+    parser.add_argument("--pod-warmup", type=int, default=1, metavar="INTERVALS",
+                        help="intervals a canary pod first seen after the first interval is left out of while it "
+                             "warms up, as the controller does with strategy.canary.warmup (default 1, the "
+                             "controller's default of one interval; 0: every pod judged at once)")
     return parser
 
 
@@ -235,13 +240,17 @@ def _config(opts: argparse.Namespace) -> AnalysisConfig:
     base: dict[str, Any] = {}
     if opts.config:
         base = json.loads(Path(opts.config).read_text(encoding="utf-8"))
-    return AnalysisConfig.from_dict(base, path="--config" if opts.config else "spec.analysis").with_overrides(
+    if opts.pod_warmup < 0:
+        raise InvalidAnalysisConfig("--pod-warmup", f"{opts.pod_warmup} is negative")
+    config = AnalysisConfig.from_dict(base, path="--config" if opts.config else "spec.analysis").with_overrides(
         judge=opts.judge, alpha=opts.alpha
     )
+    return replace(config, pod_warmup_intervals=opts.pod_warmup)
 
 
 def main(argv: list[str], stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
-    """`canary analyze --replay FILE... [--judge J] [--alpha A] [--config FILE]`; returns the exit code."""
+    """`canary analyze --replay FILE... [--judge J] [--alpha A] [--config FILE] [--pod-warmup N]`; returns the exit
+    code."""
     out, err = stdout or sys.stdout, stderr or sys.stderr
     try:
         opts = _parser().parse_args(argv)

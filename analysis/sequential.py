@@ -468,6 +468,8 @@ class SequentialJudge:
         new["ticks"] += 1
         new["t"] = t
         n_buckets = len(new["boundsMs"]) + 1
+        judged: dict[str, IntervalObservation] = {}
+        warming: dict[str, list[str]] = {}
         for name in new["plan"]:
             obs = observations.get(name) or IntervalObservation(
                 t or 0.0,
@@ -478,11 +480,18 @@ class SequentialJudge:
             )
             if name not in new["services"]:
                 new["services"][name] = self._service_state(new, name, obs)
-            self._fold(new["services"][name], obs, new["ticks"], t)
+            young = warming_pods(new["services"][name], obs, new["ticks"], self.config.pod_warmup_intervals)
+            if young:
+                warming[name] = sorted(young)
+            judged[name] = obs.without_canary_pods(young)
+            self._fold(new["services"][name], judged[name], new["ticks"], t, served=obs)
         self._judge_family(new, t)
         bounds = (*new["boundsMs"], math.inf)
         checks = [c for name in new["plan"] for c in self._records(name, new["services"][name], bounds)]
-        return new, self._decide(new, observations, checks, t)
+        pods_told_apart = self.config.pod_warmup_intervals > 0 and all(
+            bool(o.canary_pods) for o in observations.values()) and set(observations) >= set(new["plan"])
+        return new, self._decide(new, {n: judged[n] for n in observations if n in judged}, checks, t,
+                                 (warming, pods_told_apart))
 
     def regression_checks(self) -> tuple[str, ...]:
         return tuple(c for c in self.config.checks if c != "sampleRatio")
@@ -507,9 +516,11 @@ class SequentialJudge:
         plan = state.get("plan") or [None]
         return self.config.alpha / (len(plan) * len(self.config.checks))
 
-    def _fold(self, svc: dict[str, Any], obs: IntervalObservation, tick: int, t: float | None) -> None:
+    def _fold(self, svc: dict[str, Any], obs: IntervalObservation, tick: int, t: float | None,
+              served: IntervalObservation | None = None) -> None:
         """Add one interval to a service's running sums (regression crossings are marked afterwards,
-        across services, by _judge_family)."""
+        across services, by _judge_family). `obs` is what the checks judge; `served` (default `obs`) what the
+        versions served, warming pods included, which the sample-ratio check compares with the weight."""
         b, c = obs.baseline, obs.canary
         _add_counts(svc["baseline"], b)
         _add_counts(svc["canary"], c)
@@ -517,7 +528,7 @@ class SequentialJudge:
         _fold_ratio(svc["errorRate"], c.errors, b.errors, c.requests, b.requests, r0, _placement(obs))
         self._fold_tail(svc, obs, tick)
         self._fold_shift(svc, obs)
-        self._fold_srm(svc["sampleRatio"], obs, float(svc["alpha"]), t)
+        self._fold_srm(svc["sampleRatio"], served or obs, float(svc["alpha"]), t)
         for key in ("errorRate", "slowTail", "latencyShift", "sampleRatio"):
             svc[key]["maxLogE"] = max(svc[key]["maxLogE"], svc[key]["logE"])
 
@@ -696,7 +707,10 @@ class SequentialJudge:
         observations: Mapping[str, IntervalObservation],
         checks: list[CheckResult],
         t: float | None,
+        pods: tuple[Mapping[str, list[str]], bool] = ({}, False),
     ) -> Decision:
+        warming, pod_warmup = pods
+
         def made(verdict: Verdict, reason: str, safety_pending: bool = False, needed: float | None = None
                  ) -> Decision:
             return Decision(
@@ -714,6 +728,11 @@ class SequentialJudge:
                     "safetyPending": safety_pending,
                     # ... and the canary requests the furthest check is expected to need still (None: unknown).
                     "canaryRequestsNeeded": needed,
+                    # New canary pods left out of this interval while they warm up, by service.
+                    "canaryPodsWarming": dict(warming),
+                    # This interval told every service's canary pods apart and new ones are left out while
+                    # they warm up: after a weight change the next window need not wait for the warm-up.
+                    "podWarmup": pod_warmup,
                 },
             )
 
@@ -733,22 +752,29 @@ class SequentialJudge:
                 f"{f.service} {f.check}: e-value {f.e_value:.3g}; the regression e-values sum to "
                 f"{math.exp(min(state['regressionLogESum'], 700.0)):.3g} >= {f.threshold:.3g} ({f.reason})",
             )
-        for name in state["plan"]:
-            obs = observations.get(name)
-            if obs is None or obs.canary.requests == 0:
-                return made(Verdict.INCONCLUSIVE, f"no canary requests for {name} in this interval")
-            seen = state["services"][name]["canary"]["requests"]
-            if seen < self.config.min_canary_requests:
-                return made(
-                    Verdict.INCONCLUSIVE,
-                    f"{name}: {seen} canary requests so far, {self.config.min_canary_requests} needed",
-                )
+        short = self._short_of_data(state, observations, warming)
+        if short:
+            return made(Verdict.INCONCLUSIVE, short)
         unsafe = [c for c in checks if c.verdict is Verdict.INCONCLUSIVE]
         if unsafe:
             holding = _holding(checks)
             return made(Verdict.INCONCLUSIVE, _not_yet_safe(unsafe) + holding, safety_pending=not holding,
                         needed=_more_needed(unsafe))
         return made(Verdict.PASS, "every check is shown within its margin")
+
+    def _short_of_data(self, state: Mapping[str, Any], observations: Mapping[str, IntervalObservation],
+                       warming: Mapping[str, list[str]]) -> str:
+        """Why a verdict cannot be given yet for want of canary requests (this interval's or in all), or ""."""
+        for name in state["plan"]:
+            obs = observations.get(name)
+            if obs is None or obs.canary.requests == 0:
+                young = warming.get(name)
+                return f"no canary requests for {name} in this interval" if not young \
+                    else f"{name}: every canary pod that served this interval is warming up ({len(young)})"
+            seen = state["services"][name]["canary"]["requests"]
+            if seen < self.config.min_canary_requests:
+                return f"{name}: {seen} canary requests so far, {self.config.min_canary_requests} needed"
+        return ""
 
 
 def _placement_floor(shift: Mapping[str, Any], phi: float, alpha: float, delta_min: float) -> float:
@@ -905,6 +931,23 @@ def _burst_inputs(rec: Mapping[str, Any], events: int, n_c: int, n_b: int) -> tu
     if level is None or seen <= 0 or exposure <= 0 or not (n_c > 0 and n_b > 0 and events > 0):
         return None
     return level, BURST_RATE_MARGIN * seen / exposure, burst_excess(rec, kappa)
+
+
+def warming_pods(svc: dict[str, Any], obs: IntervalObservation, tick: int, intervals: int) -> set[str]:
+    """The canary pods of this interval still warming up: first seen less than `intervals` intervals ago. The
+    pods of the first interval with any are warm (the controller waits the warm-up before the release's first
+    window); a pod seen later (a step's scale-up, an autoscaler's, a replacement) is new. Keeps the pods of this
+    interval only, each with the tick it was first seen (`canaryPodsSince`), so the state stays as small as
+    the canary."""
+    if intervals <= 0 or not obs.canary_pods:
+        return set()
+    since = svc.get("canaryPodsSince")
+    if since is None:
+        svc["canaryPodsSince"] = {p: tick - intervals for p in obs.canary_pods}
+        return set()
+    now = {p: int(since.get(p, tick)) for p in obs.canary_pods}
+    svc["canaryPodsSince"] = now
+    return {p for p, first in now.items() if tick - first < intervals}
 
 
 def burst_excess(rec: Mapping[str, Any], kappa: float) -> float:

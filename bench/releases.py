@@ -14,7 +14,10 @@ in a row roll back; `pass` advances once the step has seen `minCanaryRequests` (
 on the last step promotes; before the last step an inconclusive verdict whose only gap is safety not yet
 shown (the judge's `safetyPending`) also advances; a step without a pass after `stepDeadline` (10)
 intervals follows `onInconclusive` (`hold`: it stays at that step and keeps looking). The first `--warmup`
-minutes after each weight change (`strategy.canary.warmup`, by default one interval) are served but not judged.
+minutes after each weight change (`strategy.canary.warmup`, by default one interval) are served but not judged,
+unless the judge's last verdict told the canary's pods apart (`podWarmup`: it had per-pod counts, the worlds'
+default): then the minutes after a weight change are judged and the judge leaves the step's new pods out for
+`--warmup` minutes (the controller opens that window after `settle`), so only the release's first minutes wait.
 Before the release the judge is given `--history` minutes of the stable version's own traffic
 (`analysis.historyIntervals`, by default 30; `SequentialJudge.prime`), drawn from the same world. Minutes count
 intervals from the first canary window, warm-up minutes included (scale-ups and settling are not counted).
@@ -37,7 +40,7 @@ import multiprocessing
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
@@ -97,6 +100,9 @@ class Release:
     outcome: Outcome = Outcome.UNDECIDED
     decided_at: int | None = None  # the interval (1-based minute) of the promotion or rollback
     cause: str = ""  # what decided: pass, fail, errors, inconclusive, continue
+    # The last verdict's interval told the canary's pods apart (the judge's `podWarmup`): a step's new pods are
+    # left out by the judge while they warm up, so the step's first minute is judged (the rest of its pods').
+    pod_warmup: bool = False
     served: int = 0  # canary requests served until the decision, warm-up minutes included: the users exposed
     actions: list[tuple[int, str, str]] = field(default_factory=list)  # (weight, verdict, action) per interval
 
@@ -146,7 +152,7 @@ def _action(schedule: Schedule, release: Release, verdict: Verdict, safety_pendi
 
 def _enter(release: Release, step: int, warmup: int) -> None:
     release.step, release.step_intervals, release.step_canary_requests = step, 0, 0
-    release.warming = warmup
+    release.warming = 0 if release.pod_warmup else warmup
 
 
 def _advance(schedule: Schedule, release: Release, cause: str, interval: int) -> str:
@@ -210,6 +216,7 @@ def run_releases(judge: Judge, traffic: TrafficSource, reps: int, horizon: int =
             obs = observation(minute, i, t, float(weights[i]), pods)
             states[i], decision = judge.update(states[i], {SERVICE: obs})
             pending = bool(decision.details.get("safetyPending", False))
+            releases[i].pod_warmup = bool(decision.details.get("podWarmup", False))
             act(schedule, releases[i], decision.verdict, pending, obs.canary.requests)
             if releases[i].outcome is Outcome.ROLLED_BACK and releases[i].cause in ("fail", "errors"):
                 releases[i].cause += _deciding_check(decision)
@@ -271,7 +278,8 @@ class Cell:
 def run_cell(cell: Cell) -> dict[str, Any]:
     """One world x scenario x rate: `reps` releases judged by SequentialJudge with the default analysis."""
     started = time.perf_counter()
-    cfg = AnalysisConfig.from_dict({**json.loads(cell.analysis), "alpha": cell.alpha})
+    cfg = replace(AnalysisConfig.from_dict({**json.loads(cell.analysis), "alpha": cell.alpha}),
+                  pod_warmup_intervals=cell.warmup)
     traffic = Traffic(cell.world, np.random.default_rng(cell.seed), cell.reps, cell.rate, SCENARIOS[cell.scenario],
                       cell.horizon)
     schedule = Schedule(warmup=cell.warmup, history=cell.history)

@@ -159,6 +159,9 @@ class ReleaseStatus:
     scaling_to: int | None = None
     unready_since: float | None = None
     judge_state: Mapping[str, Any] = field(default_factory=dict)
+    # The last window told the canary's pods apart (the judge's `podWarmup`): after a weight change the next
+    # window opens after `settle`, the step's new pods left out by the judge while they warm up.
+    pod_warmup: bool = False
     # A/B experiments only: the primary metric's sufficient statistics (analysis.abtest state), and the
     # result at the last look (decision, winner, effect and its interval, samples, duration).
     experiment_state: Mapping[str, Any] | None = None
@@ -225,6 +228,7 @@ class ReleaseStatus:
             "canaryOffAt": self.canary_off_at,
             "scalingTo": self.scaling_to,
             "unreadySince": self.unready_since,
+            "podWarmup": self.pod_warmup,
             "judgeState": dict(self.judge_state),
             "experimentState": None if self.experiment_state is None else dict(self.experiment_state),
             "experiment": None if self.experiment is None else dict(self.experiment),
@@ -266,6 +270,7 @@ class ReleaseStatus:
             canary_off_at=d.get("canaryOffAt"),
             scaling_to=d.get("scalingTo"),
             unready_since=d.get("unreadySince"),
+            pod_warmup=bool(d.get("podWarmup", False)),
             judge_state=dict(d.get("judgeState", {})),
             experiment_state=d.get("experimentState"),
             experiment=d.get("experiment"),

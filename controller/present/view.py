@@ -29,7 +29,7 @@ def headline(spec: ReleaseSpec, status: ReleaseStatus, now: float) -> str:
     if status.last_analysis_at is not None and status.phase is Phase.PROGRESSING:
         due = status.last_analysis_at + spec.strategy.interval - now
         parts.append(f"next analysis in {max(0.0, due):4.1f}s")
-        if status.last_analysis_at > now and spec.strategy.warmup > spec.strategy.settle:
+        if status.last_analysis_at > now and spec.strategy.warmup > spec.strategy.settle and not status.pod_warmup:
             parts.append(f"(new pods warming up for {status.last_analysis_at - now:.0f}s more)")
     return "  ".join(parts)
 

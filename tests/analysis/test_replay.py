@@ -72,6 +72,29 @@ def test_pods_in_a_replay_reach_the_judge(tmp_path: Path) -> None:
     assert shift["estimates"]["podSpread"] == 0.0 and shift["estimates"]["placementFactor"] == 1.0
 
 
+def test_a_pod_new_in_a_replay_is_left_out_while_it_warms_up_as_the_controller_does(tmp_path: Path) -> None:
+    doc: dict[str, Any] = {"buckets_ms": BOUNDS, "intervals": []}
+    for t in range(1, 4):
+        raw = interval(60 * t)
+        pods = {"v2-a": raw["canary"]} if t == 1 else {
+            "v2-a": {**raw["canary"], "buckets": [0, 0, 0, 0, 5, 33, 17, 6, 0, 0, 0, 0, 0, 0]},
+            "v2-b": {**raw["canary"], "errors": 1, "buckets": [0, 0, 0, 0, 5, 33, 17, 4, 2, 0, 0, 0, 0, 0]}}
+        raw["canary"] = {"requests": 61 * len(pods), "errors": sum(p["errors"] for p in pods.values()),
+                         "buckets": [sum(b) for b in zip(*(p["buckets"] for p in pods.values()), strict=True)]}
+        raw["canaryPods"] = pods
+        doc["intervals"].append(raw)
+    f = write(tmp_path / "scaled.json", doc)
+    code, lines, err = run(["--replay", str(f)])
+    assert code == 0 and err == ""
+    assert [r["details"]["canaryPodsWarming"] for r in lines] == [{}, {"service": ["v2-b"]}, {}]
+    assert [r["details"]["podWarmup"] for r in lines] == [True, True, True]
+    _, lines, _ = run(["--replay", str(f), "--pod-warmup", "0"])
+    assert [r["details"]["canaryPodsWarming"] for r in lines] == [{}, {}, {}]
+    assert not any(r["details"]["podWarmup"] for r in lines)
+    code, _, err = run(["--replay", str(f), "--pod-warmup", "-1"])
+    assert code == 2 and "--pod-warmup: -1 is negative" in err
+
+
 @pytest.mark.parametrize("judge", ["sequential", "kayenta", "threshold"])
 def test_every_judge_replays(tmp_path: Path, judge: str) -> None:
     f = write(

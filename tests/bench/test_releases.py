@@ -59,6 +59,7 @@ class ScriptedJudge:
         self.started = 0
         self.primed = 0
         self.seen: list[list[float]] = [[] for _ in scripts]
+        self.pods_told_apart = False  # the `podWarmup` of every decision
 
     def initial_state(self, reference: Any = None, services: Sequence[str] | None = None,
                       bounds_ms: Sequence[float] = ISTIO_BUCKETS_MS) -> dict[str, Any]:
@@ -73,7 +74,8 @@ class ScriptedJudge:
         script = self.scripts[rep]
         step = script[min(tick, len(script) - 1)]
         verdict = N if step == S else Verdict(step)
-        return {"rep": rep, "ticks": tick + 1}, Decision(verdict, "", details={"safetyPending": step == S})
+        return {"rep": rep, "ticks": tick + 1}, Decision(verdict, "", details={"safetyPending": step == S,
+                                                                              "podWarmup": self.pods_told_apart})
 
     def prime(self, state: Mapping[str, Any], history: Sequence[Mapping[str, IntervalObservation]]
               ) -> dict[str, Any]:
@@ -169,6 +171,16 @@ def test_warmup_minutes_after_each_weight_change_are_served_but_not_judged() -> 
     assert summarise([r], BARE)["meanIntervalsJudged"] == 5
     (failed,), _ = play([F], schedule=replace(BARE, warmup=2))  # the warm-up's users count among those exposed
     assert summarise([failed], BARE)["medianCanaryRequestsBeforeRollback"] == 300
+
+
+def test_with_pods_told_apart_only_the_first_steps_warm_up_is_a_whole_minute() -> None:
+    """A judge that leaves new pods out itself (`podWarmup`): after a weight change the minute is judged, as the
+    controller opens that window after `settle`; the release's first minute still waits (every pod is new)."""
+    judge = ScriptedJudge([P])
+    judge.pods_told_apart = True
+    (r,) = run_releases(judge, FixedTraffic(1), 1, 60, replace(BARE, warmup=2))
+    assert [a for _, _, a in r.actions] == ["warm-up", "warm-up"] + ["next step"] * 4 + ["promote"]
+    assert judge.seen[0] == [10, 20, 30, 40, 50] and r.decided_at == 7
 
 
 def test_schedule_defaults_are_the_release_specs() -> None:

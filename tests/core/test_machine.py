@@ -406,6 +406,31 @@ def test_warmup_holds_a_steps_first_window_until_the_new_pods_have_served_a_whil
     assert short.strategy.warmup == 30.0  # as far as the step deadline leaves a whole interval
 
 
+def test_a_window_that_tells_the_canary_pods_apart_lets_the_next_step_open_after_settle() -> None:
+    """When the metrics name the pods, the judge leaves a canary pod out of the first interval it serves in
+    (warm-up per pod); the pods already serving are judged at once. So after a weight change the window opens
+    `settle` later, not `warmup`; without per-pod counts it still waits the warm-up."""
+    sp = spec(strategy={"canary": {"steps": [{"weight": 10}, {"weight": 50}], "interval": "60s", "settle": "5s",
+                                   "warmup": "2m", "minCanaryRequests": 50}})
+    assert sp.strategy.pod_warmup_intervals == 2
+    ready = {"ml-search": Readiness(True, ready_replicas=5)}
+    status = progressing(sp)
+    stable_pods = {f"ml-search-v1-{i}": counts(540, 0) for i in range(10)}
+    by_pod = replace(window(counts(5400, 0), counts(600, 0)),
+                     pods={("ml-search", "v1"): stable_pods, ("ml-search", "v2"): {"ml-search-v2-a": counts(600, 0)}})
+    looked, _ = machine.step(sp, status, Observation(readiness=ready, routing=routing(sp, status), metrics=by_pod),
+                             NOW)
+    assert looked.pod_warmup and looked.history[-1].verdict != "error"
+    blind, _ = machine.step(sp, status, Observation(readiness=ready, routing=routing(sp, status),
+                                                    metrics=window(counts(5400, 0), counts(600, 0))), NOW)
+    assert not blind.pod_warmup
+    for before, wait in ((looked, 5.0), (blind, 120.0)):
+        moved = replace(before, step=1, scaling_to=None, canary_weight=50, last_analysis_at=None)
+        seen, _ = machine.step(sp, moved, Observation(readiness=ready, routing=routing(sp, moved)), NOW + 10)
+        assert seen.last_analysis_at == NOW + 10 + wait
+    assert ReleaseStatus.from_storage(looked.for_storage()).pod_warmup  # kept in the status
+
+
 def test_a_warmup_that_leaves_no_window_before_the_step_deadline_is_refused() -> None:
     with pytest.raises(InvalidSpec, match=r"strategy\.canary\.warmup: 600s leaves no whole interval"):
         spec(strategy={"canary": {"steps": [{"weight": 10}], "interval": "60s", "warmup": "10m"}})

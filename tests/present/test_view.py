@@ -93,3 +93,6 @@ def test_the_headline_says_when_new_pods_are_still_warming_up() -> None:
         "stable": {"version": "v1"}, "canary": {"version": "v2", "images": {"ml-infer": "reg/ml-infer:2"}},
         "strategy": {"canary": {"steps": [{"weight": 10}, {"weight": 50}], "warmup": "0s"}}}})
     assert "warming up" not in view.headline(cold, status, 1000.0)  # no warm-up: settle only
+    # Pods told apart: the window opens after settle, the judge leaving the step's new pods out: no wait to show.
+    by_pod = replace(status, last_analysis_at=1003.0, pod_warmup=True)
+    assert "warming up" not in view.headline(warm, by_pod, 1000.0)

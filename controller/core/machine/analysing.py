@@ -33,7 +33,9 @@ def settled_for(spec: ReleaseSpec, metrics_delay: float) -> ReleaseSpec:
 
 def analysis_config(spec: ReleaseSpec) -> AnalysisConfig:
     """What judges latency and errors: the experiment's guardrails, or the canary's analysis."""
-    return spec.experiment.config.guardrails if spec.experiment is not None else spec.analysis
+    if spec.experiment is not None:
+        return spec.experiment.config.guardrails
+    return replace(spec.analysis, pod_warmup_intervals=spec.strategy.pod_warmup_intervals)
 
 
 def history_windows(spec: ReleaseSpec, status: ReleaseStatus) -> tuple[tuple[float, float], ...]:
@@ -99,7 +101,7 @@ def analyse_window(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, n
     record = DecisionRecord(now, t, status.step, status.canary_weight, decision.verdict.value,
                             reason, "", tuple(d.get("checks", ())), counts)
     status = replace(
-        status, judge_state=state, last_analysis_at=window_end,
+        status, judge_state=state, last_analysis_at=window_end, pod_warmup=bool(decision.details.get("podWarmup")),
         step_canary_requests=status.step_canary_requests + canary_requests,
         total_canary_requests=status.total_canary_requests + canary_requests,
     ).with_decision(record)

@@ -71,7 +71,7 @@ def _start(spec: ReleaseSpec, status: ReleaseStatus, now: float) -> Outcome:
     # The new version starts at the size the first step needs, so that step's weight can move at once.
     first = None if spec.experiment is not None else spec.strategy.steps[0]
     status = replace(status, started_at=now, judge_state=judge.initial_state(services=spec.analysed_services),
-                     scaling_to=first)
+                     scaling_to=first, pod_warmup=False)
     notice = Notify("Initializing", f"deploying {spec.canary.version} of {', '.join(spec.changed)} "
                                     f"beside {spec.stable.version}")
     return Outcome(status.with_phase(Phase.INITIALIZING, now, "waiting for the new version to become ready"),
@@ -139,7 +139,8 @@ def _progressing(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now
             return Outcome(status)
     elif obs.routing_error is None and plan is not None and status.last_analysis_at is None:
         # Read back in effect, so written before `now`: the next window opens once the weight has settled.
-        settle = spec.experiment.settle if spec.experiment is not None else spec.strategy.first_window_after
+        settle = spec.experiment.settle if spec.experiment is not None \
+            else spec.strategy.window_after_change(status.pod_warmup)
         status = replace(status, last_analysis_at=now + settle)
     if obs.metrics is None and obs.metrics_error is None:
         if spec.paused:

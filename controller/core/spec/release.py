@@ -12,6 +12,7 @@ hooks (`controller.core.spec.hooks`), which record their problems on it; the ana
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -88,6 +89,17 @@ class CanaryStrategy:
     def first_window_after(self) -> float:
         """Seconds from a weight change (or a return to full capacity) to the opening of the next window."""
         return max(self.settle, self.warmup)
+
+    def window_after_change(self, pods_told_apart: bool) -> float:
+        """Seconds from a weight change to the next window: only `settle` when the last window told the
+        canary's pods apart (the judge then leaves a step's new pods out while they warm up, and judges the
+        pods that were already serving), else `first_window_after`."""
+        return self.settle if pods_told_apart and self.pod_warmup_intervals > 0 else self.first_window_after
+
+    @property
+    def pod_warmup_intervals(self) -> int:
+        """The warm-up in whole intervals (rounded up): how many intervals a new canary pod is left out of."""
+        return math.ceil(self.warmup / self.interval - 1e-9) if self.warmup > 0 and self.interval > 0 else 0
 
 
 @dataclass(frozen=True)
