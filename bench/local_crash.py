@@ -89,11 +89,14 @@ def release_spec(name: str) -> dict[str, Any]:
             "stack": {"entry": "master-search", "services": list(SERVICES)},
             "stable": {"version": STABLE},
             "canary": {"version": CANARY, "services": list(CHANGED)},
+            # 40 canary requests a step: several windows each, so that a regression's evidence has crossed
+            # before "no alarm" promotes. With 10 a step passed on one or two windows, and on a loaded machine
+            # (few requests a window, each window's evidence capped) the errors release was promoted.
             "strategy": {"canary": {"steps": [{"weight": 25}, {"weight": 50}], "interval": "2s", "settle": "1s",
-                                    "minCanaryRequests": 10, "stepDeadline": "30s"}},
+                                    "minCanaryRequests": 40, "stepDeadline": "30s"}},
             # The campaign tests crash safety, not statistics: a release of a minute at 30 req/s on shared
             # cores promotes on "no alarm" (safety margins off).
-            "analysis": {"judge": "sequential", "alpha": 0.05, "minCanaryRequests": 10,
+            "analysis": {"judge": "sequential", "alpha": 0.05, "minCanaryRequests": 40,
                          "nonInferiorityMargin": None, "absoluteNonInferiorityMargin": None,
                          "latencyNonInferiorityMargin": None},
             "policies": {"onInconclusive": "hold", "rollbackAfterErrors": 3},
