@@ -490,8 +490,7 @@ class SequentialJudge:
         checks = [c for name in new["plan"] for c in self._records(name, new["services"][name], bounds)]
         pods_told_apart = self.config.pod_warmup_intervals > 0 and all(
             bool(o.canary_pods) for o in observations.values()) and set(observations) >= set(new["plan"])
-        return new, self._decide(new, {n: judged[n] for n in observations if n in judged}, checks, t,
-                                 (warming, pods_told_apart))
+        return new, self._decide(new, {n: judged[n] for n in observations}, checks, t, (warming, pods_told_apart))
 
     def regression_checks(self) -> tuple[str, ...]:
         return tuple(c for c in self.config.checks if c != "sampleRatio")

@@ -93,8 +93,8 @@ class CanaryStrategy:
     def window_after_change(self, pods_told_apart: bool) -> float:
         """Seconds from a weight change to the next window: only `settle` when the last window told the
         canary's pods apart (the judge then leaves a step's new pods out while they warm up, and judges the
-        pods that were already serving), else `first_window_after`."""
-        return self.settle if pods_told_apart and self.pod_warmup_intervals > 0 else self.first_window_after
+        pods that were already serving), else `first_window_after` (also `settle` without a warm-up)."""
+        return self.settle if pods_told_apart else self.first_window_after
 
     @property
     def pod_warmup_intervals(self) -> int:
