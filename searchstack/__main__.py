@@ -18,6 +18,7 @@ os.environ.setdefault("PROMETHEUS_DISABLE_CREATED_SERIES", "True")
 
 import argparse
 import signal
+import socket
 import sys
 import threading
 import time
@@ -34,6 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--role", required=role is None, default=role, choices=ROLES)
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--fd", type=int, default=None,
+                        help="serve on this inherited, already bound socket instead of binding --host/--port")
     return parser.parse_args(argv)
 
 
@@ -72,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         # Keep-alive connections from callers must not hold up a SIGTERM for long.
         timeout_graceful_shutdown=3,
     )
-    uvicorn.Server(config).run()
+    # An inherited socket (the local supervisor binds the port itself, so nothing takes it before we listen).
+    sockets = None if args.fd is None else [socket.socket(fileno=args.fd)]
+    uvicorn.Server(config).run(sockets=sockets)
     return 0
 
 

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -39,11 +39,32 @@ class ProcessError(RuntimeError):
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it).
+
+    Only *looked up*: until a process binds it, anything may take it, an outgoing connection's local port
+    included (they come from the same range), and the process then fails with "address already in use". A
+    process that can listen on an inherited socket gets a `bound_socket` instead.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def bound_socket(host: str = "127.0.0.1") -> socket.socket:
+    """A TCP socket bound to a port the OS picked on `host`, not listening yet: the port is held from here on.
+
+    Hand it to the child that serves on it (`ProcessGroup.start(..., pass_fds=[sock.fileno()])`, the child
+    listens on the inherited descriptor), then close it here. Until the child listens, connections to the port
+    are refused, as to a process still starting.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind((host, 0))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 @dataclass
@@ -122,8 +143,10 @@ class ProcessGroup:
         *,
         inherit_env: bool = True,
         cwd: Path | str | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> Proc:
-        """Start `argv` as `name`; `env` is added to (or, with inherit_env=False, replaces) os.environ."""
+        """Start `argv` as `name`; `env` is added to (or, with inherit_env=False, replaces) os.environ;
+        `pass_fds` are inherited by the child under the same numbers (e.g. a `bound_socket` to serve on)."""
         previous = self.procs.get(name)
         if previous is not None and previous.alive():
             raise ProcessError(f"{name}: already running as pid {previous.pid}")
@@ -138,7 +161,7 @@ class ProcessGroup:
         try:
             popen = subprocess.Popen(
                 argv, env=full_env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=lambda: _die_with_parent(parent),
+                start_new_session=True, preexec_fn=lambda: _die_with_parent(parent), pass_fds=tuple(pass_fds),
             )
         except OSError as exc:
             log.close()
@@ -259,7 +282,7 @@ def start_search_service(
     group: ProcessGroup,
     role: str,
     version: str,
-    port: int,
+    port: int | socket.socket,
     upstream_url: str,
     faults: Mapping[str, float] | None = None,
     work_ms: float = 0.0,
@@ -272,13 +295,24 @@ def start_search_service(
 ) -> Proc:
     """Start `python -m searchstack` for one version of one service; call `group.wait_healthy` after.
 
+    `port` is a port number the service binds on `bind_host`, or a `bound_socket` it serves on (handed over:
+    closed here once the child holds it, so no other process can take the port in between).
     The process is named `<role>-<version>` unless `name` is given; its health URL is `/healthz`.
     """
     env = search_service_env(
         role, version, upstream_url, faults, work_ms, lane_header,
         host_suffix=host_suffix, upstream_urls=upstream_urls,
     )
-    argv = [sys.executable, "-m", "searchstack", "--role", role, "--port", str(port), "--host", bind_host]
+    argv = [sys.executable, "-m", "searchstack", "--role", role]
+    if isinstance(port, socket.socket):
+        host, number = port.getsockname()[:2]
+        argv += ["--fd", str(port.fileno())]
+        try:
+            return group.start(name or f"{role}-{version}", argv, env, health_url=f"http://{host}:{number}/healthz",
+                               cwd=_project_root(), pass_fds=[port.fileno()])
+        finally:
+            port.close()
+    argv += ["--port", str(port), "--host", bind_host]
     return group.start(
         name or f"{role}-{version}", argv, env, health_url=f"http://{bind_host}:{port}/healthz",
         cwd=_project_root(),

@@ -24,7 +24,14 @@ from typing import Any
 import httpx
 
 from controller.adapters.local.mesh_admin import RouterAdmin
-from controller.adapters.local.processes import Proc, ProcessGroup, free_port, start_search_service
+from controller.adapters.local.processes import (
+    Proc,
+    ProcessError,
+    ProcessGroup,
+    bound_socket,
+    free_port,
+    start_search_service,
+)
 from controller.core.plan import DEFAULT_LANE_HEADER, RoutingPlan, ServiceVersions, ShadowRoutes
 from controller.ports import Readiness
 
@@ -39,6 +46,7 @@ Faults = Mapping[str, Mapping[str, Mapping[str, float]]]
 
 # A shadow phase's comparator (docs/shadow.md), started when a release asks for one.
 COMPARATOR_MODULE = "controller.adapters.shadow.comparator"
+ROUTER_START_ATTEMPTS = 3
 
 
 # The mesh router, by the module the stack starts (`python -m <module>`): Envoy behind the router's admin API.
@@ -87,8 +95,18 @@ class LocalStack:
 
     # --- lifecycle -----------------------------------------------------------------------------------
     def start(self) -> LocalStack:
-        self.router_port, self.admin_port, self.envoy_admin_port = free_port(), free_port(), free_port()
-        self._start_router()
+        # Envoy binds its own ports, so they can only be looked up free; one taken in between (by an outgoing
+        # connection's local port, say) fails the start with "address already in use": try other ports.
+        for attempt in range(1, ROUTER_START_ATTEMPTS + 1):
+            self.router_port, self.admin_port, self.envoy_admin_port = free_port(), free_port(), free_port()
+            try:
+                self._start_router()
+                break
+            except ProcessError:
+                port_taken = "address already in use" in self.router_proc.log_tail().lower()
+                if attempt == ROUTER_START_ATTEMPTS or not port_taken:
+                    raise
+                log.warning("mesh router: a port was taken before it bound it; starting it on other ports")
         self.admin = RouterAdmin(self.admin_url)
         return self
 
@@ -149,9 +167,10 @@ class LocalStack:
         existing = self.workloads.get(key)
         if existing is not None and existing.proc.popen.poll() is None:
             return existing
-        port = free_port()
+        listener = bound_socket()  # held from here: the service serves on it, nothing else can take the port
+        port = listener.getsockname()[1]
         faults = dict(self.faults.get(version, {}).get(service, {}))
-        proc = start_search_service(self.group, service, version, port, self.router_url, faults=faults,
+        proc = start_search_service(self.group, service, version, listener, self.router_url, faults=faults,
                                     work_ms=self.work_ms, lane_header=self.lane_header)
         self._record_pid(proc)
         workload = Workload(service, version, port, proc)
@@ -211,11 +230,16 @@ class LocalStack:
     def start_comparator(self, routes: ShadowRoutes, entry: str = ENTRY) -> str:
         """Start the shadow comparator as the endpoint of `routes.comparator`, asking the stack through the mesh
         router; returns its base URL (where the controller reads its pairs)."""
-        port = free_port()
+        listener = bound_socket()
+        port = listener.getsockname()[1]
         argv = [sys.executable, "-m", COMPARATOR_MODULE, "--entry", self.router_url, "--entry-host", entry,
-                "--header", routes.header, "--listen", "127.0.0.1", "--port", str(port)]
+                "--header", routes.header, "--fd", str(listener.fileno())]
         url = f"http://127.0.0.1:{port}"
-        proc = self.group.start("shadow-comparator", argv, env={}, health_url=f"{url}/healthz")
+        try:
+            proc = self.group.start("shadow-comparator", argv, env={}, health_url=f"{url}/healthz",
+                                    pass_fds=[listener.fileno()])
+        finally:
+            listener.close()  # the comparator holds it now
         self._record_pid(proc)
         self.group.wait_healthy(proc, timeout=20)
         self.comparator = (routes.comparator, port)

@@ -26,6 +26,7 @@ import itertools
 import json
 import logging
 import queue
+import socket
 import threading
 import uuid
 from collections import deque
@@ -199,10 +200,17 @@ def _handler(service: ComparatorService) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def serve(settings: Settings, listen: str, port: int) -> tuple[ThreadingHTTPServer, ComparatorService]:
-    """A started comparator on listen:port (its server not yet serving: call `serve_forever`)."""
+def serve(settings: Settings, listen: str, port: int, fd: int | None = None
+          ) -> tuple[ThreadingHTTPServer, ComparatorService]:
+    """A started comparator on listen:port, or on the inherited bound socket `fd` (its server not yet serving:
+    call `serve_forever`)."""
     service = ComparatorService(settings).start()
-    server = ThreadingHTTPServer((listen, port), _handler(service))
+    server = ThreadingHTTPServer((listen, port), _handler(service), bind_and_activate=fd is None)
+    if fd is not None:
+        server.socket.close()
+        server.socket = socket.socket(fileno=fd)
+        server.server_address = server.socket.getsockname()
+        server.server_activate()
     server.daemon_threads = True
     return server, service
 
@@ -218,11 +226,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--queue", type=int, default=256, help="mirrored searches waiting at most")
     parser.add_argument("--listen", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--fd", type=int, default=None,
+                        help="serve on this inherited, already bound socket instead of binding --listen/--port")
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server, service = serve(Settings(opts.entry, opts.entry_host, opts.header, opts.k, opts.workers, opts.queue),
-                            opts.listen, opts.port)
-    log.info("comparator on %s:%d asking %s (epoch %s)", opts.listen, opts.port, opts.entry, service.log.epoch)
+                            opts.listen, opts.port, opts.fd)
+    host, port = server.server_address[:2]
+    log.info("comparator on %s:%d asking %s (epoch %s)", host, port, opts.entry, service.log.epoch)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -11,9 +11,17 @@ import textwrap
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
-from controller.adapters.local.processes import ProcessError, ProcessGroup, free_port, search_service_env
+from controller.adapters.local.processes import (
+    ProcessError,
+    ProcessGroup,
+    bound_socket,
+    free_port,
+    search_service_env,
+    start_search_service,
+)
 from tests.support.paths import REPO
 
 PYTHON = sys.executable
@@ -43,6 +51,28 @@ def test_free_port_is_bindable() -> None:
     port = free_port()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
+
+
+@pytest.mark.integration
+def test_a_search_service_serves_on_the_socket_held_for_it_and_its_port_is_never_free(tmp_path: Path) -> None:
+    """A port only looked up free can be taken (an outgoing connection's local port, under load) before the
+    service binds it, and the service then exits with "address already in use". The supervisor binds it
+    instead and the service listens on the inherited socket: from the bind on, nothing else gets the port."""
+    listener = bound_socket()
+    port = listener.getsockname()[1]
+    with socket.socket() as other, pytest.raises(OSError):
+        other.bind(("127.0.0.1", port))  # held already, before the service even starts
+    with ProcessGroup(tmp_path) as group:
+        proc = start_search_service(group, "keyword", "v1", listener, "http://127.0.0.1:9")
+        assert listener.fileno() == -1  # handed over: the supervisor keeps no copy that would outlive the service
+        group.wait_healthy(proc, timeout=30)
+        answer = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5, trust_env=False)
+        assert answer.status_code == 200
+        with socket.socket() as other, pytest.raises(OSError):
+            other.bind(("127.0.0.1", port))
+        group.stop(proc)
+    with socket.socket() as after:  # and it is free again once the service is gone
+        after.bind(("127.0.0.1", port))
 
 
 @pytest.mark.integration
