@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from controller.core.spec.release import parse_release
 from demo.canary import run_demo
+from demo.experiment import ab_release
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -46,11 +48,14 @@ def test_ab_demo_finds_v2_the_winner_and_users_stay_on_their_variant(tmp_path: P
     assert users > 100 and result["mixed_users"] == 0, load
     # The experiment's counts are the load generator's own ground truth (server counters, same windows).
     # Most of them fall in the experiment's windows; the rest were served before the first window opened (the
-    # settle, 2 s at a 4 s interval) or after the last one, or were still in flight at a window's end: at most the
-    # variant's rate times the time the load ran outside the experiment, the settle and a slow answer (p90). A
+    # warm-up, one 4 s interval) or after the last one, or were still in flight at a window's end: at most the
+    # variant's rate times the time the load ran outside the experiment, the warm-up and a slow answer (p90). A
     # fixed share (0.85) failed twice on a starved machine (p50 2 s, a 24 s experiment: 438 of 520), where that
     # time is a larger part of the run.
-    outside = load["duration_s"] - result["experiment_seconds"] + 2.0 + load["latency_p90_ms"] / 1000.0
+    experiment = parse_release(ab_release(4)).experiment
+    assert experiment is not None
+    opening = experiment.first_window_after
+    outside = load["duration_s"] - result["experiment_seconds"] + opening + load["latency_p90_ms"] / 1000.0
     for version in ("v1", "v2"):
         assert result["samples"][version] <= load["impressions"][version]
         missing = load["impressions"][version] - result["samples"][version]

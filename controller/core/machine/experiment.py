@@ -61,7 +61,7 @@ def start(spec: ReleaseSpec, status: ReleaseStatus, now: float) -> Outcome:
         state = {**state, "guardrails": {v.version: judge.initial_state(services=spec.analysed_services)
                                          for v in exp.extra}}
     # The canary's guardrails judge it against stable alone: its intended share is that of the pair. No
-    # window yet: the routes are written after this status is persisted; the first look opens `settle`
+    # window yet: the routes are written after this status is persisted; the first look opens max(settle, warmup)
     # after a tick reads them back in effect (`phases._progressing`).
     status = replace(
         status, step=0, canary_weight=pair_share(exp, exp.treatment), step_started_at=now, step_canary_requests=0,

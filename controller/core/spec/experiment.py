@@ -28,7 +28,8 @@ from analysis.reader import Reader
 from controller.core.plan import ExperimentArm, ExperimentRoutes, InvalidPlan
 
 PATH = "spec.strategy.abTest"
-ROUTING_FIELDS = ("interval", "settle", "cookie", "cookieMaxAge", "cohortHeader", "minDuration", "maxDuration")
+ROUTING_FIELDS = ("interval", "settle", "warmup", "cookie", "cookieMaxAge", "cohortHeader", "minDuration",
+                  "maxDuration")
 STATISTICS_FIELDS = ("variants", "control", "alpha", "primaryMetric", "minSamples", "equivalenceMargin",
                      "confidenceSequence", "sampleRatioAlpha", "sampleRatioOn", "guardrails", "onEnd", "unit",
                      "minUsers")
@@ -56,6 +57,14 @@ class ExperimentSpec:
     # The variant the release can promote (`spec.canary.version`); the other treatments are `extra`.
     promotable: str = ""
     extra: tuple[ExtraVariant, ...] = ()
+    # How long the variants serve before their traffic is judged (a new version's cold caches and JIT): the
+    # first window opens max(settle, warmup) after the routes are in effect. The spec's default is one interval.
+    warmup: float = 0.0
+
+    @property
+    def first_window_after(self) -> float:
+        """Seconds from the routes in effect to the opening of the first window."""
+        return max(self.settle, self.warmup)
 
     @property
     def treatment(self) -> str:
@@ -84,6 +93,7 @@ def parse_ab_test(r: Reader, value: Any, stable: str, canary: str, room: tuple[i
                              for item in m["variants"]]
     stats["minDurationSeconds"] = r.duration(m.get("minDuration"), f"{PATH}.minDuration", 0.0)
     stats["maxDurationSeconds"] = r.duration(m.get("maxDuration"), f"{PATH}.maxDuration", 3600.0, 1.0)
+    warmup = _warmup(r, m.get("warmup"), interval, stats["maxDurationSeconds"])
     stats.setdefault("control", stable)
     stats["guardrails"] = _guardrails(stats.get("guardrails"))
     config = _config(r, stats)
@@ -104,7 +114,17 @@ def parse_ab_test(r: Reader, value: Any, stable: str, canary: str, room: tuple[i
     extra = tuple(ExtraVariant(v.name, dict((images or {}).get(v.name, {})))
                   for v in config.variants if v.name not in (stable, canary))
     routes = _routes(r, m, config, stable, canary)
-    return None if routes is None else ExperimentSpec(config, routes, interval, settle, canary, extra)
+    return None if routes is None else ExperimentSpec(config, routes, interval, settle, canary, extra, warmup)
+
+
+def _warmup(r: Reader, value: Any, interval: float, max_duration: float) -> float:
+    """`warmup`: one interval unless given, as a canary's (never so long that no whole window fits before
+    maxDuration)."""
+    warmup = r.duration(value, f"{PATH}.warmup", min(interval, max(0.0, max_duration - interval)))
+    if warmup + interval > max_duration:
+        r.problem(f"{PATH}.warmup", f"{warmup:g}s leaves no whole interval ({interval:g}s) before maxDuration "
+                                    f"({max_duration:g}s)")
+    return warmup
 
 
 def _check_names(r: Reader, config: ExperimentConfig, checked: tuple[str, ...], room: tuple[int, str]) -> None:

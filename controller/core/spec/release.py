@@ -261,12 +261,12 @@ def _strategy(r: Reader, value: Any, stable: str, canary: str, services: Sequenc
     experiment = parse_ab_test(r, m.get("abTest"), stable, canary, version_room(services))
     if experiment is None:
         return _canary_strategy(r, {}), None
-    # The canary fields the reconciler reads (cadence, settle) follow the experiment's; one "step" at the
+    # The canary fields the reconciler reads (cadence, settle, warm-up) follow the experiment's; one "step" at the
     # treatment's share.
     share = experiment.routes.arms[1].weight
     return CanaryStrategy(steps=(max(share, 1),), interval=experiment.interval, min_canary_requests=0,
                           step_deadline=experiment.config.max_duration_s + experiment.interval,
-                          settle=experiment.settle), experiment
+                          settle=experiment.settle, warmup=experiment.warmup), experiment
 
 
 def _canary_strategy(r: Reader, m: Mapping[str, Any]) -> CanaryStrategy:
