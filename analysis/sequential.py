@@ -736,21 +736,23 @@ class SequentialJudge:
             )
 
         srm = [c for c in checks if c.check == "sampleRatio" and c.verdict is Verdict.ERROR]
-        if srm:
-            est = srm[0].estimates
-            return made(
-                Verdict.ERROR,
-                f"sample-ratio mismatch on {srm[0].service}: canary got "
-                f"{_pct(est['canaryShare'])} of requests, intended {_pct(est['intendedShare'])}",
-            )
+        mismatch = "" if not srm else (
+            f"sample-ratio mismatch on {srm[0].service}: canary got {_pct(srm[0].estimates['canaryShare'])} of "
+            f"requests, intended {_pct(srm[0].estimates['intendedShare'])}")
         failed = [c for c in checks if c.verdict is Verdict.FAIL]
         if failed:
+            # Harm shown goes before a mismatch: both keep the canary from promotion, and the way out of harm
+            # (roll back) is safe whatever was compared. A canary too slow to keep up (its answers pile up in
+            # flight) also looks under-served: its latency is the cause, and what the operator must read.
             f = failed[0]
             return made(
                 Verdict.FAIL,
                 f"{f.service} {f.check}: e-value {f.e_value:.3g}; the regression e-values sum to "
-                f"{math.exp(min(state['regressionLogESum'], 700.0)):.3g} >= {f.threshold:.3g} ({f.reason})",
+                f"{math.exp(min(state['regressionLogESum'], 700.0)):.3g} >= {f.threshold:.3g} ({f.reason})"
+                + (f"; also a {mismatch}" if mismatch else ""),
             )
+        if srm:
+            return made(Verdict.ERROR, mismatch)
         short = self._short_of_data(state, observations, warming)
         if short:
             return made(Verdict.INCONCLUSIVE, short)

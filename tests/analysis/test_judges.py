@@ -197,6 +197,19 @@ def test_sample_ratio_mismatch_is_an_error_never_a_pass() -> None:
     assert decisions[-1].reason.startswith("sample-ratio mismatch on search")
 
 
+def test_a_slow_canary_that_also_looks_under_served_fails_on_its_latency() -> None:
+    """A canary that cannot keep up has answers in flight at every window's end, so it also looks under-served.
+    Harm shown goes first (the way out of it, a rollback, is safe whatever was compared), and the reason
+    names the mismatch too; without the harm the same mismatch is an `error`, as before."""
+    rng = np.random.default_rng(5)
+    slow = run("sequential", [{"search": interval(rng, t, n_c=60, n_b=940, shift=2)} for t in range(1, 8)])
+    assert slow[-1].verdict is Verdict.FAIL, [d.reason for d in slow]
+    assert slow[-1].reason.startswith(("search latencyShift", "search slowTail")), slow[-1].reason
+    assert "also a sample-ratio mismatch on search: canary got 6.0%" in slow[-1].reason
+    healthy = run("sequential", [{"search": interval(rng, t, n_c=60, n_b=940)} for t in range(1, 8)])
+    assert healthy[-1].verdict is Verdict.ERROR and healthy[-1].reason.startswith("sample-ratio mismatch on search")
+
+
 def test_zero_canary_requests_is_inconclusive_not_error() -> None:
     rng = np.random.default_rng(5)
     ticks = [{"search": interval(rng, 1)}, {"search": interval(rng, 2, n_c=0, weight=0)}]
