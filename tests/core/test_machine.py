@@ -14,6 +14,7 @@ from controller.core.plan import RoutingPlan
 from controller.core.spec.release import InvalidSpec, ReleaseSpec, parse_release
 from controller.core.status import Phase, ReleaseStatus
 from controller.ports import Readiness
+from controller.present.view import headline
 
 SERVICES = ("master-search", "ml-infer", "ml-search", "keyword", "text-search")
 NOW = 1_000_000.0
@@ -233,6 +234,20 @@ def test_a_serving_canary_short_of_pods_is_held_unless_lost(readiness: dict[str,
         timed_out, _ = machine.step(sp, later, replace(obs, metrics=None), NOW + 61)
         assert timed_out.phase is Phase.ROLLING_BACK and timed_out.ending == "RolledBack"
         assert timed_out.condition("Release").reason == "ProgressDeadlineExceeded"
+
+
+@pytest.mark.parametrize("pods_told_apart, opens_after", [(False, 30.0), (True, 5.0)])
+def test_back_at_full_capacity_the_next_window_waits_the_replacements_warm_up_unless_the_judge_leaves_them_out(
+        pods_told_apart: bool, opens_after: float) -> None:
+    """Replacement pods are new pods: the next window opens after their warm-up, or after `settle` when the
+    last window told the canary's pods apart (the judge then leaves the new ones out while they warm up)."""
+    sp = spec(strategy={"canary": {"steps": [{"weight": 10}, {"weight": 50}], "interval": "60s",
+                                   "minCanaryRequests": 50, "settle": "5s", "warmup": "30s"}})
+    status = progressing(sp, unready_since=NOW - 20, pod_warmup=pods_told_apart)
+    whole = {"ml-search": Readiness(True, ready_replicas=5)}
+    healed, _ = machine.step(sp, status, Observation(readiness=whole, routing=routing(sp, status)), NOW)
+    assert healed.unready_since is None and healed.last_analysis_at == NOW + opens_after
+    assert ("warming up" in headline(sp, healed, NOW)) is not pods_told_apart
 
 
 def test_promotion_cuts_over_after_the_drain_time() -> None:

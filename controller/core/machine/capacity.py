@@ -60,9 +60,10 @@ def check_capacity(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, n
     if short:
         return Capacity(status, _short(spec, status, short, now))
     if status.unready_since is not None:
-        # Whole again: the window that saw the shortage is dropped; a fresh one opens after `settle` (or the
-        # warm-up of the pods that replaced the lost ones).
-        status = replace(status, unready_since=None, last_analysis_at=now + spec.strategy.first_window_after
+        # Whole again: the window that saw the shortage is dropped; a fresh one opens after the warm-up of the
+        # pods that replaced the lost ones, or after `settle` when the judge leaves new pods out itself.
+        status = replace(status, unready_since=None,
+                         last_analysis_at=now + spec.strategy.window_after_change(status.pod_warmup)
                          if status.last_analysis_at is not None else None)
     return Capacity(status)
 
