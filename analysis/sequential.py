@@ -735,10 +735,7 @@ class SequentialJudge:
                 },
             )
 
-        srm = [c for c in checks if c.check == "sampleRatio" and c.verdict is Verdict.ERROR]
-        mismatch = "" if not srm else (
-            f"sample-ratio mismatch on {srm[0].service}: canary got {_pct(srm[0].estimates['canaryShare'])} of "
-            f"requests, intended {_pct(srm[0].estimates['intendedShare'])}")
+        mismatch = _mismatch(checks)
         failed = [c for c in checks if c.verdict is Verdict.FAIL]
         if failed:
             # Harm shown goes before a mismatch: both keep the canary from promotion, and the way out of harm
@@ -751,7 +748,7 @@ class SequentialJudge:
                 f"{math.exp(min(state['regressionLogESum'], 700.0)):.3g} >= {f.threshold:.3g} ({f.reason})"
                 + (f"; also a {mismatch}" if mismatch else ""),
             )
-        if srm:
+        if mismatch:
             return made(Verdict.ERROR, mismatch)
         short = self._short_of_data(state, observations, warming)
         if short:
@@ -1073,6 +1070,15 @@ def _bound_of(start: int | None, n_buckets: int, bounds: Sequence[float]) -> flo
     if start is None or start <= 0 or len(bounds) != n_buckets:
         return None
     return float(bounds[start - 1])
+
+
+def _mismatch(checks: Sequence[CheckResult]) -> str:
+    """The first sample-ratio mismatch among the checks, in words ("" when none)."""
+    srm = next((c for c in checks if c.check == "sampleRatio" and c.verdict is Verdict.ERROR), None)
+    if srm is None:
+        return ""
+    return (f"sample-ratio mismatch on {srm.service}: canary got {_pct(srm.estimates['canaryShare'])} of requests, "
+            f"intended {_pct(srm.estimates['intendedShare'])}")
 
 
 def _pct(share: float | None) -> str:
