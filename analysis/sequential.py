@@ -1001,10 +1001,23 @@ def interval_dispersion(rec: Mapping[str, Any], events: int, n_c: int, n_b: int,
     canary's errors are as bursty as the baseline's (kappa_c = kappa_b), and the baseline, with most of the
     traffic, measures kappa far more precisely than the comparison can."""
     if not (n_c > 0 and n_b > 0 and events > 0):
-        return rate_dispersion(rec)
+        return harm_dispersion(rec)
     share = r0 * n_c / (r0 * n_c + n_b)
     v_t = events * share * (1.0 - share)
-    return max(rate_dispersion(rec), 1.0 + 2.0 * rate_burstiness(rec) * v_t)
+    return max(harm_dispersion(rec), 1.0 + 2.0 * rate_burstiness(rec) * v_t)
+
+
+def harm_dispersion(rec: Mapping[str, Any]) -> float:
+    """The Pearson phi that divides a rate check's harm evidence (`interval_dispersion`): over its last
+    EXCESS_WINDOW intervals, the canary's deviations from the split at the ratio estimated from every interval
+    so far, against the binomial variance (`burst_excess` without bursts).
+
+    Not the pooled phi of each interval against the ratio known before it (`rate_dispersion`, which the bounds
+    keep): under a regression the first intervals' ratio lags the truth (the estimate starts from a few
+    events), and their deviations from it read as noise and divided the evidence of the regression itself
+    (a local canary failing 8 of 18 requests in its first window was judged with phi 2.3-2.9). Fixed before the
+    interval it divides, so each interval's factor keeps expectation <= 1 when requests are independent."""
+    return burst_excess(rec, 0.0)
 
 
 def _fold_spread(rec: dict[str, Any], k_b: int, n_b: int) -> None:

@@ -242,23 +242,20 @@ def _rate_log_evalue(k_c: np.ndarray, k_b: np.ndarray, n_c: np.ndarray, n_b: np.
                      ) -> np.ndarray:
     """A rate check's ln e-process per (rep, minute), as `_fold_ratio` computes it: each interval's likelihood
     ratios capped at RATE_INTERVAL_LLR_CAP times its dispersion phi_t and divided by it, phi_t the larger of the
-    Pearson dispersion known before the interval and 1 + 2 kappa v_t (`interval_dispersion`); their sum divided by
-    the pod placement factor g (`rate_placement`) when the baseline's pods are known."""
+    Pearson dispersion known before the interval (`harm_dispersion`) and 1 + 2 kappa v_t (`interval_dispersion`);
+    their sum divided by the pod placement factor g (`rate_placement`) when the baseline's pods are known."""
     e_c, e_b = np.cumsum(k_c, axis=1) - k_c, np.cumsum(k_b, axis=1) - k_b  # before each interval
     x_c, x_b = np.cumsum(n_c, axis=1) - n_c, np.cumsum(n_b, axis=1) - n_b
     events = k_c + k_b
     known = (x_c > 0) & (x_b > 0)
     both = (n_c > 0) & (n_b > 0)
-    used = known & both & (events > 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(known, ((e_c + 0.5) / np.where(known, x_c, 1)) / ((e_b + 0.5) / np.where(known, x_b, 1)),
                          1.0)
-        share = np.where(both, ratio * n_c / np.where(both, ratio * n_c + n_b, 1.0), 0.0)
         share0 = np.where(both, r0 * n_c / np.where(both, r0 * n_c + n_b, 1.0), 0.0)
-    q = np.cumsum(np.where(used, (k_c - events * share) ** 2, 0.0), axis=1)
-    v = np.cumsum(np.where(used, events * share * (1.0 - share), 0.0), axis=1)
-    phi_before = _before(dispersion_array(q, v, np.cumsum(used, axis=1)), 1.0)
     kappa_before = _before(_burstiness(k_b, n_b, e_b, x_b, prior), _prior_burstiness(prior))
+    # `harm_dispersion`: the Pearson phi of the last minutes at the ratio estimated before this one.
+    phi_before = _burst_excess((k_c, k_b, n_c, n_b), np.where(known, ratio, 0.0), np.zeros_like(kappa_before))
     v_t = np.where(both & (events > 0), events * share0 * (1.0 - share0), 0.0)
     phi_t = np.where(both & (events > 0), np.maximum(phi_before, 1.0 + 2.0 * kappa_before * v_t), phi_before)
     added = ratio_increment(k_c, k_b, n_c, n_b, r0, grid, cap=RATE_INTERVAL_LLR_CAP * phi_t) / phi_t[..., None]

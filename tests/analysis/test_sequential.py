@@ -221,6 +221,37 @@ def test_a_canary_spread_beyond_what_the_bursts_explain_still_divides_its_eviden
     assert len(rec["recent"]) == EXCESS_WINDOW
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_a_regressions_own_first_intervals_do_not_divide_its_evidence_without_bursts(seed: int) -> None:
+    """Errors x4, independent requests, few events (20 canary and 180 baseline requests a minute at 2%): the
+    dispersion that divides each interval's harm evidence stays near 1 (1.0 on four of these six seeds, at most
+    1.32), measured at the ratio estimated so far. The pooled Pearson phi, each interval against the ratio known
+    before it (which the bounds keep), reads the first minutes, while that ratio still lagged x4, as noise:
+    1.0-1.93 on these seeds, at least as large on each."""
+    from analysis.sequential import _fold_ratio, _ratio_state, harm_dispersion, rate_dispersion
+
+    rng = np.random.default_rng(seed)
+    rec = _ratio_state()
+    for _ in range(10):
+        _fold_ratio(rec, int(rng.binomial(20, 0.08)), int(rng.binomial(180, 0.02)), 20, 180, 1.0)
+    assert 1.0 <= harm_dispersion(rec) <= 1.4, harm_dispersion(rec)
+    assert rate_dispersion(rec) >= harm_dispersion(rec)
+
+
+def test_identical_versions_keep_a_harm_dispersion_of_about_one_and_overdispersion_still_shows() -> None:
+    """The same measure under the null: about 1 for independent requests; well above 1 when the canary's rate
+    swings 0.2x / 1.8x minute by minute (what it is there to catch)."""
+    from analysis.sequential import _fold_ratio, _ratio_state, harm_dispersion
+
+    rng = np.random.default_rng(8)
+    for swing, low, high in (((1.0,), 1.0, 1.3), ((1.8, 0.2), 1.5, math.inf)):
+        rec = _ratio_state()
+        for t in range(60):
+            rate = 0.02 * swing[t % len(swing)]
+            _fold_ratio(rec, int(rng.binomial(200, rate)), int(rng.binomial(1800, 0.02)), 200, 1800, 1.0)
+        assert low <= harm_dispersion(rec) <= high, (swing, harm_dispersion(rec))
+
+
 def test_the_baseline_burstiness_is_learnt_from_its_own_intervals() -> None:
     """kappa, the squared coefficient of variation of the baseline's rate between intervals: about 1 for a
     per-minute Gamma factor of CV 1, about 0 for Poisson counts."""
