@@ -254,12 +254,10 @@ def _rate_log_evalue(k_c: np.ndarray, k_b: np.ndarray, n_c: np.ndarray, n_b: np.
                          1.0)
         share0 = np.where(both, r0 * n_c / np.where(both, r0 * n_c + n_b, 1.0), 0.0)
     kappa_before = _before(_burstiness(k_b, n_b, e_b, x_b, prior), _prior_burstiness(prior))
-    # `harm_dispersion`: the Pearson phi of the last minutes at the ratio estimated before this one.
-    phi_before = _burst_excess((k_c, k_b, n_c, n_b), np.where(known, ratio, 0.0), np.zeros_like(kappa_before))
+    excess, phi_before = _recent_dispersions((k_c, k_b, n_c, n_b), np.where(known, ratio, 0.0), kappa_before)
     v_t = np.where(both & (events > 0), events * share0 * (1.0 - share0), 0.0)
     phi_t = np.where(both & (events > 0), np.maximum(phi_before, 1.0 + 2.0 * kappa_before * v_t), phi_before)
     added = ratio_increment(k_c, k_b, n_c, n_b, r0, grid, cap=RATE_INTERVAL_LLR_CAP * phi_t) / phi_t[..., None]
-    excess = _burst_excess((k_c, k_b, n_c, n_b), np.where(known, ratio, 0.0), kappa_before)
     _burst_added(added, (k_c, k_b, n_c, n_b), r0, grid, _baseline_rate(e_b, x_b, prior), kappa_before, excess)
     g = np.ones(k_c.shape) if pods is None else _rate_placement(pods, v_t / phi_t, prior)
     return log_mixture(np.cumsum(added, axis=1) / g[..., None])
@@ -278,14 +276,16 @@ def _baseline_rate(e_b: np.ndarray, x_b: np.ndarray, prior: RatePrior | None) ->
 _NO_LEVEL = -(10**6)  # kappa below the burst likelihood's floor
 
 
-def _burst_excess(counts: tuple[np.ndarray, ...], ratio: np.ndarray, kappa: np.ndarray) -> np.ndarray:
-    """`analysis.sequential.burst_excess` per (rep, minute): over the last EXCESS_WINDOW minutes before it that had
-    something to compare, the canary's deviations from the split at `ratio` (the estimate before the minute; 0
-    when none, then 1) against the bursts' variance, shrunk as `dispersion` does."""
+def _recent_dispersions(counts: tuple[np.ndarray, ...], ratio: np.ndarray, kappa: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """`analysis.sequential.burst_excess` and `harm_dispersion` per (rep, minute), in one pass: over the last
+    EXCESS_WINDOW minutes before it that had something to compare, the canary's deviations from the split at
+    `ratio` (the estimate before the minute; 0 when none, then 1) against the bursts' variance and against the
+    binomial's, each shrunk as `dispersion` does."""
     k_c, k_b, n_c, n_b = (np.asarray(x, dtype=np.float64) for x in counts)
     events = k_c + k_b
     used = (n_c > 0) & (n_b > 0) & (events > 0)
-    excess = np.ones(k_c.shape)
+    excess, plain = np.ones(k_c.shape), np.ones(k_c.shape)
     for t in range(1, k_c.shape[1]):
         # The judge keeps the last EXCESS_WINDOW minutes that had something to compare, not the last minutes.
         kept = used[:, :t] & (np.cumsum(used[:, :t][:, ::-1], axis=1)[:, ::-1] <= EXCESS_WINDOW)
@@ -296,9 +296,12 @@ def _burst_excess(counts: tuple[np.ndarray, ...], ratio: np.ndarray, kappa: np.n
         v = k * share * (1.0 - share)
         rss = np.sum(np.where(kept, (k_c[:, :t] - k * share) ** 2, 0.0), axis=1)
         model = np.sum(np.where(kept, v * (1.0 + 2.0 * kappa[:, t:t + 1] * v), 0.0), axis=1)
+        binomial = np.sum(np.where(kept, v, 0.0), axis=1)
         known = (ratio[:, t] > 0) & kept.any(axis=1)
-        excess[:, t] = np.where(known, dispersion_array(rss, model, kept.sum(axis=1).astype(np.float64)), 1.0)
-    return excess
+        dof = kept.sum(axis=1).astype(np.float64)
+        excess[:, t] = np.where(known, dispersion_array(rss, model, dof), 1.0)
+        plain[:, t] = np.where(known, dispersion_array(rss, binomial, dof), 1.0)
+    return excess, plain
 
 
 def _burst_added(added: np.ndarray, counts: tuple[np.ndarray, ...], r0: float, grid: tuple[float, ...],

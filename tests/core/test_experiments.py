@@ -97,7 +97,7 @@ def test_ab_test_spec_parses_into_the_experiment() -> None:
     assert "sampleRatio" not in spec.experiment.config.guardrails.checks
     assert spec.strategy.interval == 30
     # A new version is not judged while it warms up: one interval by default, as a canary's new pods.
-    assert spec.experiment.warmup == spec.strategy.warmup == 30 and spec.experiment.first_window_after == 30
+    assert spec.experiment.warmup == spec.strategy.warmup == 30 and spec.strategy.first_window_after == 30
 
 
 @pytest.mark.parametrize(("strategy", "message"), [

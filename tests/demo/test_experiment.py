@@ -52,9 +52,7 @@ def test_ab_demo_finds_v2_the_winner_and_users_stay_on_their_variant(tmp_path: P
     # variant's rate times the time the load ran outside the experiment, the warm-up and a slow answer (p90). A
     # fixed share (0.85) failed twice on a starved machine (p50 2 s, a 24 s experiment: 438 of 520), where that
     # time is a larger part of the run.
-    experiment = parse_release(ab_release(4)).experiment
-    assert experiment is not None
-    opening = experiment.first_window_after
+    opening = parse_release(ab_release(4)).strategy.first_window_after
     outside = load["duration_s"] - result["experiment_seconds"] + opening + load["latency_p90_ms"] / 1000.0
     for version in ("v1", "v2"):
         assert result["samples"][version] <= load["impressions"][version]

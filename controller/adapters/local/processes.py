@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -54,9 +54,9 @@ def free_port() -> int:
 def bound_socket(host: str = "127.0.0.1") -> socket.socket:
     """A TCP socket bound to a port the OS picked on `host`, not listening yet: the port is held from here on.
 
-    Hand it to the child that serves on it (`ProcessGroup.start(..., pass_fds=[sock.fileno()])`, the child
-    listens on the inherited descriptor), then close it here. Until the child listens, connections to the port
-    are refused, as to a process still starting.
+    Hand it to the child that serves on it (`ProcessGroup.start(..., listener=sock)`: the child listens on the
+    inherited descriptor, the supervisor's copy is closed). Until the child listens, connections to the port are
+    refused, as to a process still starting.
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
@@ -143,10 +143,22 @@ class ProcessGroup:
         *,
         inherit_env: bool = True,
         cwd: Path | str | None = None,
-        pass_fds: Sequence[int] = (),
+        listener: socket.socket | None = None,
     ) -> Proc:
-        """Start `argv` as `name`; `env` is added to (or, with inherit_env=False, replaces) os.environ;
-        `pass_fds` are inherited by the child under the same numbers (e.g. a `bound_socket` to serve on)."""
+        """Start `argv` as `name`; `env` is added to (or, with inherit_env=False, replaces) os.environ.
+
+        `listener`, a `bound_socket` the child serves on, is inherited under its own descriptor number (name it
+        in `argv`) and closed here once the child holds it, or when the start fails: the port stays the child's.
+        """
+        try:
+            return self._start(name, argv, env, health_url, inherit_env, cwd,
+                               () if listener is None else (listener.fileno(),))
+        finally:
+            if listener is not None:
+                listener.close()
+
+    def _start(self, name: str, argv: list[str], env: Mapping[str, str] | None, health_url: str | None,
+               inherit_env: bool, cwd: Path | str | None, pass_fds: tuple[int, ...]) -> Proc:
         previous = self.procs.get(name)
         if previous is not None and previous.alive():
             raise ProcessError(f"{name}: already running as pid {previous.pid}")
@@ -161,7 +173,7 @@ class ProcessGroup:
         try:
             popen = subprocess.Popen(
                 argv, env=full_env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=lambda: _die_with_parent(parent), pass_fds=tuple(pass_fds),
+                start_new_session=True, preexec_fn=lambda: _die_with_parent(parent), pass_fds=pass_fds,
             )
         except OSError as exc:
             log.close()
@@ -303,20 +315,14 @@ def start_search_service(
         role, version, upstream_url, faults, work_ms, lane_header,
         host_suffix=host_suffix, upstream_urls=upstream_urls,
     )
-    argv = [sys.executable, "-m", "searchstack", "--role", role]
-    if isinstance(port, socket.socket):
-        host, number = port.getsockname()[:2]
-        argv += ["--fd", str(port.fileno())]
-        try:
-            return group.start(name or f"{role}-{version}", argv, env, health_url=f"http://{host}:{number}/healthz",
-                               cwd=_project_root(), pass_fds=[port.fileno()])
-        finally:
-            port.close()
-    argv += ["--port", str(port), "--host", bind_host]
-    return group.start(
-        name or f"{role}-{version}", argv, env, health_url=f"http://{bind_host}:{port}/healthz",
-        cwd=_project_root(),
-    )
+    listener = port if isinstance(port, socket.socket) else None
+    if listener is None:
+        host, number, where = bind_host, port, ["--port", str(port), "--host", bind_host]
+    else:
+        (host, number), where = listener.getsockname()[:2], ["--fd", str(listener.fileno())]
+    argv = [sys.executable, "-m", "searchstack", "--role", role, *where]
+    return group.start(name or f"{role}-{version}", argv, env, health_url=f"http://{host}:{number}/healthz",
+                       cwd=_project_root(), listener=listener)
 
 
 def _project_root() -> Path:

@@ -235,11 +235,7 @@ class LocalStack:
         argv = [sys.executable, "-m", COMPARATOR_MODULE, "--entry", self.router_url, "--entry-host", entry,
                 "--header", routes.header, "--fd", str(listener.fileno())]
         url = f"http://127.0.0.1:{port}"
-        try:
-            proc = self.group.start("shadow-comparator", argv, env={}, health_url=f"{url}/healthz",
-                                    pass_fds=[listener.fileno()])
-        finally:
-            listener.close()  # the comparator holds it now
+        proc = self.group.start("shadow-comparator", argv, env={}, health_url=f"{url}/healthz", listener=listener)
         self._record_pid(proc)
         self.group.wait_healthy(proc, timeout=20)
         self.comparator = (routes.comparator, port)

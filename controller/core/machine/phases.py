@@ -139,10 +139,8 @@ def _progressing(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now
             return Outcome(status)
     elif obs.routing_error is None and plan is not None and status.last_analysis_at is None:
         # Read back in effect, so written before `now`: the next window opens once the weight has settled (and
-        # the new pods, or an experiment's variants, have warmed up).
-        settle = spec.experiment.first_window_after if spec.experiment is not None \
-            else spec.strategy.window_after_change(status.pod_warmup)
-        status = replace(status, last_analysis_at=now + settle)
+        # the new pods, or an experiment's variants, have warmed up: its strategy carries its settle and warm-up).
+        status = replace(status, last_analysis_at=now + spec.strategy.window_after_change(status.pod_warmup))
     if obs.metrics is None and obs.metrics_error is None:
         if spec.paused:
             return Outcome(status.with_phase(Phase.PAUSED, now, "paused by an operator"),

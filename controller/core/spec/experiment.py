@@ -26,6 +26,7 @@ from analysis.abtest import ExperimentConfig, InvalidExperimentConfig
 from analysis.config import CHECKS
 from analysis.reader import Reader
 from controller.core.plan import ExperimentArm, ExperimentRoutes, InvalidPlan
+from controller.core.spec.cadence import read_settle, read_warmup
 
 PATH = "spec.strategy.abTest"
 ROUTING_FIELDS = ("interval", "settle", "warmup", "cookie", "cookieMaxAge", "cohortHeader", "minDuration",
@@ -58,13 +59,9 @@ class ExperimentSpec:
     promotable: str = ""
     extra: tuple[ExtraVariant, ...] = ()
     # How long the variants serve before their traffic is judged (a new version's cold caches and JIT): the
-    # first window opens max(settle, warmup) after the routes are in effect. The spec's default is one interval.
+    # first window opens max(settle, warmup) after the routes are in effect (`CanaryStrategy.first_window_after`
+    # of the release's strategy, which carries both). The spec's default is one interval.
     warmup: float = 0.0
-
-    @property
-    def first_window_after(self) -> float:
-        """Seconds from the routes in effect to the opening of the first window."""
-        return max(self.settle, self.warmup)
 
     @property
     def treatment(self) -> str:
@@ -83,9 +80,7 @@ def parse_ab_test(r: Reader, value: Any, stable: str, canary: str, room: tuple[i
     and the service that bounds it (`controller.core.spec.release.version_room`)."""
     m = r.fields(value, PATH, KNOWN)
     interval = r.duration(m.get("interval"), f"{PATH}.interval", 30.0, 0.5)
-    settle = r.duration(m.get("settle"), f"{PATH}.settle", min(interval / 4, 30.0))
-    if settle >= interval:
-        r.problem(f"{PATH}.settle", f"{settle:g}s is not shorter than the interval ({interval:g}s)")
+    settle = read_settle(r, m.get("settle"), f"{PATH}.settle", interval)
     stats = {k: v for k, v in m.items() if k in STATISTICS_FIELDS}
     images = _variant_images(r, m.get("variants"))
     if images is not None:
@@ -93,7 +88,7 @@ def parse_ab_test(r: Reader, value: Any, stable: str, canary: str, room: tuple[i
                              for item in m["variants"]]
     stats["minDurationSeconds"] = r.duration(m.get("minDuration"), f"{PATH}.minDuration", 0.0)
     stats["maxDurationSeconds"] = r.duration(m.get("maxDuration"), f"{PATH}.maxDuration", 3600.0, 1.0)
-    warmup = _warmup(r, m.get("warmup"), interval, stats["maxDurationSeconds"])
+    warmup = read_warmup(r, m.get("warmup"), f"{PATH}.warmup", interval, stats["maxDurationSeconds"], "maxDuration")
     stats.setdefault("control", stable)
     stats["guardrails"] = _guardrails(stats.get("guardrails"))
     config = _config(r, stats)
@@ -115,16 +110,6 @@ def parse_ab_test(r: Reader, value: Any, stable: str, canary: str, room: tuple[i
                   for v in config.variants if v.name not in (stable, canary))
     routes = _routes(r, m, config, stable, canary)
     return None if routes is None else ExperimentSpec(config, routes, interval, settle, canary, extra, warmup)
-
-
-def _warmup(r: Reader, value: Any, interval: float, max_duration: float) -> float:
-    """`warmup`: one interval unless given, as a canary's (never so long that no whole window fits before
-    maxDuration)."""
-    warmup = r.duration(value, f"{PATH}.warmup", min(interval, max(0.0, max_duration - interval)))
-    if warmup + interval > max_duration:
-        r.problem(f"{PATH}.warmup", f"{warmup:g}s leaves no whole interval ({interval:g}s) before maxDuration "
-                                    f"({max_duration:g}s)")
-    return warmup
 
 
 def _check_names(r: Reader, config: ExperimentConfig, checked: tuple[str, ...], room: tuple[int, str]) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 from analysis.config import AnalysisConfig, InvalidAnalysisConfig
 from analysis.reader import Reader
 from controller.core.plan import DEFAULT_LANE_HEADER
+from controller.core.spec.cadence import read_settle, read_warmup
 from controller.core.spec.experiment import ExperimentSpec, parse_ab_test
 from controller.core.spec.hooks import HookSpec, read_hooks
 from controller.core.spec.shadow import ShadowSpec, parse_shadow
@@ -296,26 +297,15 @@ def _canary_strategy(r: Reader, m: Mapping[str, Any]) -> CanaryStrategy:
             steps.append(top)
     interval = r.duration(c.get("interval"), f"{path}.interval", 60.0, 0.5)
     step_deadline = r.duration(c.get("stepDeadline"), f"{path}.stepDeadline", 10 * interval, interval)
-    # Default: one interval (as far as the step deadline leaves a whole interval after it).
-    warmup = r.duration(c.get("warmup"), f"{path}.warmup", min(interval, step_deadline - interval))
-    if warmup + interval > step_deadline:
-        r.problem(f"{path}.warmup", f"{warmup:g}s leaves no whole interval ({interval:g}s) before the step deadline "
-                                    f"({step_deadline:g}s)")
+    warmup = read_warmup(r, c.get("warmup"), f"{path}.warmup", interval, step_deadline, "the step deadline")
     return CanaryStrategy(
         steps=tuple(steps),
         interval=interval,
         min_canary_requests=r.integer(c.get("minCanaryRequests"), f"{path}.minCanaryRequests", 0, default=50),
         step_deadline=step_deadline,
-        settle=_settle(r, c.get("settle"), f"{path}.settle", interval),
+        settle=read_settle(r, c.get("settle"), f"{path}.settle", interval),
         warmup=warmup,
     )
-
-
-def _settle(r: Reader, value: Any, path: str, interval: float) -> float:
-    settle = r.duration(value, path, min(interval / 4, 30.0))
-    if settle >= interval:
-        r.problem(path, f"{settle:g}s is not shorter than the interval ({interval:g}s)")
-    return settle
 
 
 def _analysis(r: Reader, value: Any, changed: tuple[str, ...], stack: Stack
