@@ -9,11 +9,14 @@ routers run a realistic release config: a DestinationRule with two subsets and a
 header-match route ahead of a 90/10 weighted split whose destinations set the lane header (both subsets point at
 the same upstream, so the upstream's speed is the same on every path). At the end each router's own
 istio_requests_total for the service (from its admin API's `/metrics`) must equal the number of answers hey got
-through it; the run exits 1 otherwise. Each hey run also gives the CPU time, per answered request, of the router
-(its process and every process below it: Envoy under its server), of the upstream and of hey itself (from
-/proc and the children's rusage): on a machine whose cores the three share, throughput follows the sum.
+through it; the run exits 1 otherwise. `envoy-bare` is Envoy with the least configuration that proxies (one route
+to one cluster, the router filter): what Envoy itself costs a request, beside what the local mesh's configuration
+adds; its count is its listener's `http.bare.downstream_rq_completed`. Each hey run also gives the CPU time, per
+answered request, of the router (its process and every process below it: Envoy under its server), of the
+upstream and of hey itself (from /proc and the children's rusage): on a machine whose cores the three share,
+throughput follows the sum.
 
-    python bench/router.py [--requests 64000] [--concurrency 32 1] [--rounds 3] [--routers envoy]
+    python bench/router.py [--requests 64000] [--concurrency 32 1] [--rounds 3] [--routers envoy,envoy-bare]
                            [--proxy-tree DIR] [--out bench/results/router.json]
 
 The asyncio proxy was removed from the tree after commit f544b64, the last that has it. Its figures, measured
@@ -38,6 +41,7 @@ import os
 import platform
 import re
 import resource
+import shutil
 import signal
 import statistics
 import subprocess
@@ -87,6 +91,67 @@ def serve_upstream() -> None:
         server.close()
 
     uvloop.run(main())
+
+
+def bare_envoy_bootstrap(upstream: str, stat_prefix: str = "bare") -> dict[str, Any]:
+    """The least configuration through which Envoy proxies: one listener on any free loopback port, one route to
+    one static cluster, the router filter and nothing else; Envoy's default statistics (no Istio tags)."""
+    host, port = upstream.rsplit(":", 1)
+    manager = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+                 "HttpConnectionManager",
+        "stat_prefix": stat_prefix,
+        "route_config": {"virtual_hosts": [{"name": "bench", "domains": ["*"],
+                                            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]}]},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+    }
+    loopback = {"socket_address": {"address": "127.0.0.1", "port_value": 0}}
+    endpoint = {"address": {"socket_address": {"address": host, "port_value": int(port)}}}
+    return {
+        "admin": {"address": loopback},
+        "static_resources": {
+            "listeners": [{"name": "bench", "address": loopback, "filter_chains": [{"filters": [
+                {"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}]}],
+            "clusters": [{"name": "upstream", "type": "STATIC", "load_assignment": {
+                "cluster_name": "upstream", "endpoints": [{"lb_endpoints": [{"endpoint": endpoint}]}]}}],
+        },
+    }
+
+
+def serve_bare_envoy(upstream: str) -> None:
+    """Run Envoy (2 workers, as the local mesh) with `bare_envoy_bootstrap` until SIGTERM; print its ports."""
+    import httpx
+
+    from localmesh.envoy.process import _die_with_parent, envoy_binary
+
+    work = Path(tempfile.mkdtemp(prefix="bench-envoy-bare-"))
+    (work / "bootstrap.json").write_text(json.dumps(bare_envoy_bootstrap(upstream)))
+    log = (work / "envoy.log").open("ab")
+    envoy = subprocess.Popen(
+        [str(envoy_binary()), "-c", str(work / "bootstrap.json"), "--concurrency", "2", "--log-level", "warn",
+         "--disable-hot-restart", "--admin-address-path", str(work / "admin.address")],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: envoy.terminate())
+    deadline = time.monotonic() + 30
+    listener = None
+    while listener is None and envoy.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(OSError, httpx.HTTPError, KeyError, IndexError, ValueError):
+            admin = (work / "admin.address").read_text().strip()
+            listeners = httpx.get(f"http://{admin}/listeners?format=json", timeout=2).json()
+            sock = listeners["listener_statuses"][0]["local_address"]["socket_address"]
+            listener = f"{sock['address']}:{sock['port_value']}" if sock.get("port_value") else None
+        if listener is None:
+            time.sleep(0.05)
+    if listener is None:
+        envoy.kill()
+        print(f"envoy-bare did not start: {(work / 'envoy.log').read_text(errors='replace')[-2000:]!r}", flush=True)
+        return
+    print(f"mesh-router ready proxy={listener} admin={admin}", flush=True)
+    envoy.wait()
+    log.close()
+    shutil.rmtree(work, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -154,6 +219,8 @@ def stop(proc: subprocess.Popen[str]) -> None:
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(10)
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 def process_tree_cpu(pid: int) -> float:
@@ -218,8 +285,11 @@ def hey(url: str, requests: int, concurrency: int, host: str | None = None) -> d
 # The routers that can be measured, by the module started as their process. The project's first local mesh, an
 # asyncio proxy (`localmesh.server`), was measured beside Envoy before it was removed (f544b64 is the last commit
 # with it): its figures are kept as the results file's `record` and printed beside a run that does not measure it.
-# `envoy-1` is Envoy with one worker thread instead of Istio's two (the proxy has one event loop).
-ROUTERS = {"envoy": "localmesh.envoy.server", "envoy-1": "localmesh.envoy.server", "proxy": "localmesh.server"}
+# `envoy-1` is Envoy with one worker thread instead of Istio's two (the proxy has one event loop). `envoy-bare` is
+# Envoy with the least configuration that proxies (`bare_envoy_bootstrap`: no translation, no Istio statistics
+# tags, no lane header, no metrics mapping): what Envoy itself costs a request here, whatever it is configured with.
+ROUTERS = {"envoy": "localmesh.envoy.server", "envoy-1": "localmesh.envoy.server", "envoy-bare": "localmesh.envoy",
+           "proxy": "localmesh.server"}
 ROUTER_ARGS = {"envoy-1": ["--concurrency", "1"]}
 PROXY_LAST_IN = "f544b64"  # the last commit whose tree has the asyncio proxy
 
@@ -232,7 +302,9 @@ def router_tree(name: str, proxy_tree: Path | None) -> Path | None:
     return REPO if importlib.util.find_spec(module) is not None else None
 
 
-def _start_router(name: str, tree: Path, tmp: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
+def _start_router(name: str, tree: Path, tmp: Path, upstream: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    if name == "envoy-bare":
+        return start([sys.executable, __file__, "--serve-envoy-bare", upstream], "mesh-router ready")
     return start(
         [sys.executable, "-m", ROUTERS[name], "--port", "0", "--admin-port", "0",
          "--config", str(tmp / "config.json"), "--endpoints", str(tmp / "endpoints.json"), *ROUTER_ARGS.get(name, [])],
@@ -253,7 +325,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"rounds": {}, "medians": {}, "router_metrics_requests": {}, "sent_through": {}}
     try:
         for name in args.routers:
-            routers[name] = _start_router(name, args.trees[name], tmp)
+            routers[name] = _start_router(name, args.trees[name], tmp, upstream_addr)
         urls: dict[str, tuple[str, str | None]] = {"direct": (f"http://{upstream_addr}/search", None)}
         urls.update({name: (f"http://{info['proxy']}/search", "bench") for name, (_, info) in routers.items()})
         sent = dict.fromkeys(routers, 0)
@@ -277,13 +349,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for path, runs in rounds.items()
             }
         for name, (_, info) in routers.items():
-            results["router_metrics_requests"][name] = router_metric_total(f"http://{info['admin']}")
+            admin = f"http://{info['admin']}"
+            results["router_metrics_requests"][name] = (
+                bare_envoy_total(admin) if name == "envoy-bare" else router_metric_total(admin))
         results["sent_through"] = sent
     finally:
         for proc, _ in routers.values():
             stop(proc)
         stop(upstream)
     return results
+
+
+def bare_envoy_total(admin_url: str) -> int:
+    """The requests the bare Envoy answered: its listener's `http.bare.downstream_rq_completed`."""
+    import httpx
+
+    stats = httpx.get(f"{admin_url}/stats?format=json&filter=^http\\.bare\\.downstream_rq_completed$", timeout=10)
+    stats.raise_for_status()
+    return int(next(s["value"] for s in stats.json()["stats"] if s.get("name") == "http.bare.downstream_rq_completed"))
 
 
 def router_metric_total(admin_url: str) -> int:
@@ -339,7 +422,7 @@ def table(results: dict[str, Any], record: dict[str, Any] | None = None) -> str:
             if rec.get("envoy_over_proxy") is not None:
                 lines.append(f"{c:>11} | {'envoy / proxy':<16} | {rec['envoy_over_proxy']:>7.2f}x | (recorded, "
                              f"Envoy and the proxy in the same run of {record['date']})")
-        for envoy in (e for e in ("envoy", "envoy-1") if e in paths and "proxy" in paths):
+        for envoy in (e for e in ("envoy", "envoy-1", "envoy-bare") if e in paths and "proxy" in paths):
             lines.append(f"{c:>11} | {envoy + ' / proxy':<16} | {paths[envoy]['rps'] / paths['proxy']['rps']:>7.2f}x |")
     if record and not any("proxy" in paths for paths in results["medians"].values()):
         mach = record.get("machine", {})
@@ -387,6 +470,9 @@ def main() -> int:
     if sys.argv[1:2] == ["--serve-upstream"]:
         serve_upstream()
         return 0
+    if sys.argv[1:2] == ["--serve-envoy-bare"]:
+        serve_bare_envoy(sys.argv[2])
+        return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--requests", type=int, default=64000, help="requests per hey run at concurrency > 1")
     p.add_argument("--concurrency", type=int, nargs="+", default=[32, 1])
@@ -428,7 +514,8 @@ def main() -> int:
     for name, counted in results["router_metrics_requests"].items():
         got = results["sent_through"][name]
         exact = exact and counted == got
-        print(f"{name} counted {counted} requests in istio_requests_total; hey got {got} answers through it"
+        counter = "http.bare.downstream_rq_completed" if name == "envoy-bare" else "istio_requests_total"
+        print(f"{name} counted {counted} requests in {counter}; hey got {got} answers through it"
               + ("" if counted == got else "  MISMATCH"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

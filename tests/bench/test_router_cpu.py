@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +47,27 @@ def test_the_cpu_of_a_process_counts_its_childrens() -> None:
 def test_a_process_that_is_gone_counts_nothing() -> None:
     gone = 2**22 + 12345  # above Linux' default pid_max, so no such process
     assert process_tree_cpu(gone) == 0.0
+
+
+@pytest.mark.timeout(90)
+def test_the_bare_envoy_proxies_to_the_upstream_and_counts_every_answer() -> None:
+    """`--routers envoy-bare`: Envoy with the least configuration that proxies, beside the local mesh. Its count
+    (the listener's own counter) must be the answers it gave, as every router's is checked against hey's."""
+    import httpx
+
+    from bench.router import _start_router, bare_envoy_total, start, stop
+
+    upstream, up = start([sys.executable, "bench/router.py", "--serve-upstream"], "upstream ready")
+    try:
+        router, info = _start_router("envoy-bare", Path("."), Path("."), f"127.0.0.1:{up['port']}")
+        try:
+            with httpx.Client(timeout=10) as client:
+                answers = [client.get(f"http://{info['proxy']}/search") for _ in range(25)]
+            assert [a.status_code for a in answers] == [200] * 25
+            assert answers[0].json() == {"service": "bench", "ok": True}  # the upstream's body, through Envoy
+            assert bare_envoy_total(f"http://{info['admin']}") == 25
+        finally:
+            stop(router)
+        assert router.returncode == 0
+    finally:
+        stop(upstream)
