@@ -17,7 +17,10 @@ upstream and of hey itself (from /proc and the children's rusage): on a machine 
 throughput follows the sum.
 
     python bench/router.py [--requests 64000] [--concurrency 32 1] [--rounds 3] [--routers envoy,envoy-bare]
-                           [--proxy-tree DIR] [--out bench/results/router.json]
+                           [--proxy-tree DIR] [--syscalls] [--out bench/results/router.json]
+
+`--syscalls` adds one hey run per router under `strace -c -f` and reports its system calls per request (counts
+only: strace slows the router down).
 
 The asyncio proxy was removed from the tree after commit f544b64, the last that has it. Its figures, measured
 beside Envoy in one run (`--routers proxy,envoy`), are the results file's `record`, printed beside every run
@@ -225,6 +228,12 @@ def stop(proc: subprocess.Popen[str]) -> None:
 
 def process_tree_cpu(pid: int) -> float:
     """CPU seconds (user + system) used so far by `pid` and every live process below it, from /proc."""
+    used, tree = _process_tree(pid)
+    return sum(used.get(p, 0.0) for p in tree)
+
+
+def _process_tree(pid: int) -> tuple[dict[int, float], set[int]]:
+    """Every live process's CPU seconds, and `pid` with every live process below it."""
     tick = os.sysconf("SC_CLK_TCK")
     parents: dict[int, int] = {}
     used: dict[int, float] = {}
@@ -241,7 +250,42 @@ def process_tree_cpu(pid: int) -> float:
         children = [c for c, pp in parents.items() if pp == parent and c not in tree]
         tree.update(children)
         frontier.extend(children)
-    return sum(used.get(p, 0.0) for p in tree)
+    return used, tree & set(parents)
+
+
+def syscalls_per_request(pid: int, url: str, requests: int, host: str | None) -> dict[str, dict[str, float]]:
+    """System calls per answered request of `pid` and every process below it, every thread (`strace -c -f`),
+    over one hey run of `requests` at -c 32, by call: {"calls": ..., "errors": ...}. strace slows the router
+    down, so the run's speed is not reported; the counts are exact."""
+    if shutil.which("strace") is None:
+        raise SystemExit("--syscalls needs strace (Debian package strace)")
+    _, tree = _process_tree(pid)
+    with tempfile.NamedTemporaryFile(prefix="bench-strace-", suffix=".txt") as out:
+        argv = ["strace", "-c", "-f", "-o", out.name, *(a for p in sorted(tree) for a in ("-p", str(p)))]
+        tracer = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+        assert tracer.stderr is not None
+        attached = 0
+        while attached < len(tree):  # strace says "Process N attached" once per process it traces
+            line = tracer.stderr.readline()
+            if not line:
+                raise SystemExit(f"strace stopped before attaching to {sorted(tree)}: is ptrace allowed here?")
+            attached += "attached" in line
+        answered = max(hey(url, requests, 32, host=host)["answered"], 1.0)
+        tracer.send_signal(signal.SIGINT)
+        tracer.communicate(timeout=30)
+        return _strace_counts(Path(out.name).read_text(), answered)
+
+
+def _strace_counts(summary: str, answered: float) -> dict[str, dict[str, float]]:
+    """`strace -c`'s table (% time, seconds, usecs/call, calls, [errors,] syscall) per answered request."""
+    counts: dict[str, dict[str, float]] = {}
+    for line in summary.splitlines():
+        fields = line.split()
+        if len(fields) not in (5, 6) or not fields[3].isdigit() or fields[-1] == "total":
+            continue
+        errors = int(fields[4]) if len(fields) == 6 else 0
+        counts[fields[-1]] = {"calls": int(fields[3]) / answered, "errors": errors / answered}
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]["calls"]))
 
 
 def _children_cpu() -> float:
@@ -348,6 +392,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 path: {k: statistics.median(r[k] for r in runs) for k in MEDIANS if k in runs[0]}
                 for path, runs in rounds.items()
             }
+        if args.syscalls:
+            results["syscalls"] = {name: syscalls_per_request(proc.pid, urls[name][0], args.requests, "bench")
+                                   for name, (proc, _) in routers.items()}
+            for name in routers:
+                sent[name] += args.requests // 32 * 32
         for name, (_, info) in routers.items():
             admin = f"http://{info['admin']}"
             results["router_metrics_requests"][name] = (
@@ -431,6 +480,17 @@ def table(results: dict[str, Any], record: dict[str, Any] | None = None) -> str:
     return "\n".join(lines)
 
 
+def syscall_table(syscalls: dict[str, dict[str, dict[str, float]]]) -> str:
+    """Per router, its system calls per answered request, by call (and how many of them failed, e.g. EAGAIN)."""
+    lines = ["system calls per answered request (strace -c -f, one hey run at -c 32):"]
+    for name, calls in syscalls.items():
+        total = sum(c["calls"] for c in calls.values())
+        parts = [f"{call} {c['calls']:.2f}" + (f" ({c['errors']:.2f} failed)" if c["errors"] >= 0.005 else "")
+                 for call, c in calls.items() if c["calls"] >= 0.005]
+        lines.append(f"  {name:<12} {total:5.2f}: {', '.join(parts)}")
+    return "\n".join(lines)
+
+
 def describe(machine: dict[str, Any]) -> str:
     """A results file's machine in a few words."""
     parts = [machine.get("cpu_model") or "", f"{machine.get('cpus', '?')} CPUs",
@@ -480,6 +540,8 @@ def main() -> int:
     p.add_argument("--routers", default="envoy", help=f"comma-separated, measured beside direct: {', '.join(ROUTERS)}")
     p.add_argument("--proxy-tree", type=Path, help="a source tree holding the removed proxy (localmesh/server.py), "
                    f"e.g. `git archive {PROXY_LAST_IN} localmesh controller | tar -x -C DIR`")
+    p.add_argument("--syscalls", action="store_true", help="after the rounds, count each router's system calls per "
+                   "request over one more hey run at -c 32 (strace -c -f; the counts only, strace slows it down)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "router.json")
     args = p.parse_args()
     args.routers = list(dict.fromkeys(r.strip() for r in args.routers.split(",") if r.strip()))
@@ -510,6 +572,8 @@ def main() -> int:
     results["seconds"] = round(time.time() - started, 1)
     results["record"] = proxy_record(results) if "proxy" in args.routers else previous.get("record")
     print(table(results, results["record"]))
+    if "syscalls" in results:
+        print(syscall_table(results["syscalls"]))
     exact = True
     for name, counted in results["router_metrics_requests"].items():
         got = results["sent_through"][name]

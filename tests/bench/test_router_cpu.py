@@ -71,3 +71,23 @@ def test_the_bare_envoy_proxies_to_the_upstream_and_counts_every_answer() -> Non
         assert router.returncode == 0
     finally:
         stop(upstream)
+
+
+def test_strace_summary_is_read_per_answered_request() -> None:
+    """`--syscalls`: strace -c's table, with and without an errors column, per answered request; the total row
+    and the headers are not calls."""
+    from bench.router import _strace_counts
+
+    summary = (
+        "% time     seconds  usecs/call     calls    errors syscall\n"
+        "------ ----------- ----------- --------- --------- ----------------\n"
+        " 70.21    9.879387        1246      7925           epoll_wait\n"
+        "  5.76    0.809981          10     80007     40000 readv\n"
+        "  4.51    0.635125          15     40000           sendto\n"
+        "------ ----------- ----------- --------- --------- ----------------\n"
+        "100.00   14.070490         109    128544     40058 total\n"
+    )
+    counts = _strace_counts(summary, 20000)
+    assert list(counts) == ["readv", "sendto", "epoll_wait"]  # most calls first
+    assert counts["readv"] == {"calls": 80007 / 20000, "errors": 2.0}
+    assert counts["sendto"] == {"calls": 2.0, "errors": 0.0}

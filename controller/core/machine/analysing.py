@@ -56,7 +56,7 @@ def prime_judge(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation) -> t
     were read (or could not be: then the judge starts without them, and a notice says why)."""
     if not history_windows(spec, status) or (obs.history is None and obs.history_error is None):
         return status, None
-    judge = make_judge(spec.analysis)
+    judge = make_judge(analysis_config(spec))  # the judge that will judge the windows
     started = status.started_at or 0.0
     if obs.history is None:
         state = judge.prime(dict(status.judge_state), [])
