@@ -253,10 +253,11 @@ def _process_tree(pid: int) -> tuple[dict[int, float], set[int]]:
     return used, tree & set(parents)
 
 
-def syscalls_per_request(pid: int, url: str, requests: int, host: str | None) -> dict[str, dict[str, float]]:
+def syscalls_per_request(pid: int, url: str, requests: int, host: str | None
+                         ) -> tuple[dict[str, dict[str, float]], int]:
     """System calls per answered request of `pid` and every process below it, every thread (`strace -c -f`),
-    over one hey run of `requests` at -c 32, by call: {"calls": ..., "errors": ...}. strace slows the router
-    down, so the run's speed is not reported; the counts are exact."""
+    over one hey run of `requests` at -c 32, by call: {"calls": ..., "errors": ...}; and the requests answered.
+    strace slows the router down, so the run's speed is not reported; the counts are exact."""
     if shutil.which("strace") is None:
         raise SystemExit("--syscalls needs strace (Debian package strace)")
     _, tree = _process_tree(pid)
@@ -270,10 +271,10 @@ def syscalls_per_request(pid: int, url: str, requests: int, host: str | None) ->
             if not line:
                 raise SystemExit(f"strace stopped before attaching to {sorted(tree)}: is ptrace allowed here?")
             attached += "attached" in line
-        answered = max(hey(url, requests, 32, host=host)["answered"], 1.0)
+        answered = int(hey(url, requests, 32, host=host)["answered"])
         tracer.send_signal(signal.SIGINT)
         tracer.communicate(timeout=30)
-        return _strace_counts(Path(out.name).read_text(), answered)
+        return _strace_counts(Path(out.name).read_text(), max(answered, 1)), answered
 
 
 def _strace_counts(summary: str, answered: float) -> dict[str, dict[str, float]]:
@@ -393,10 +394,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for path, runs in rounds.items()
             }
         if args.syscalls:
-            results["syscalls"] = {name: syscalls_per_request(proc.pid, urls[name][0], args.requests, "bench")
-                                   for name, (proc, _) in routers.items()}
-            for name in routers:
-                sent[name] += args.requests // 32 * 32
+            results["syscalls"] = {}
+            for name, (proc, _) in routers.items():
+                results["syscalls"][name], answered = syscalls_per_request(proc.pid, urls[name][0], args.requests,
+                                                                            "bench")
+                sent[name] += answered
         for name, (_, info) in routers.items():
             admin = f"http://{info['admin']}"
             results["router_metrics_requests"][name] = (
