@@ -103,6 +103,9 @@ SCENARIOS: dict[str, Scenario] = {
     "err4": Scenario(error_canary=4.0),
     # Last, so that the seeds of the scenarios before it stay those of earlier runs.
     "lat13": Scenario(latency_canary=1.13),  # Delta 0.112: just beyond the default margin
+    # Twice the default error margins on both of their routes: the ratio margin 1.5 x 2, and the excess-rate margin
+    # 0.005 x 2 over BASE_ERROR 0.005. Last, as lat13.
+    "err3": Scenario(error_canary=3.0),
 }
 
 

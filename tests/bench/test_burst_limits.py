@@ -21,13 +21,13 @@ def _peaks(test: str, ratio: float, rate: int = 20, weight: int = 10, reps: int 
     rng = np.random.default_rng(5)
     k_c, k_b = (a.reshape(reps, burst_limits.MINUTES)
                 for a in draw(rng, n_c, n_b, burst_limits.KAPPA, ratio, reps * burst_limits.MINUTES))
-    return np.asarray(burst_limits.log_e_path(k_c, k_b, n_c, n_b, burst_limits.TESTS[test]).max(axis=1))
+    return np.asarray(burst_limits.log_e_path(k_c, k_b, n_c, n_b, burst_limits.tests(4.0)[test]).max(axis=1))
 
 
 def test_identical_versions_rarely_reach_one_over_alpha() -> None:
     # Ville: an e-process reaches 20 with probability <= 5%. A sign error or a likelihood of the wrong split
     # would cross in most releases.
-    for test in burst_limits.TESTS:
+    for test in burst_limits.tests(4.0):
         assert np.mean(_peaks(test, 1.0) >= math.log(20.0)) <= 0.05, test
 
 
@@ -44,6 +44,18 @@ def test_the_program_writes_every_cell_and_test(tmp_path: Path, capsys: pytest.C
     assert burst_limits.main(["--reps", "40", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert {(r["rate"], r["weight"], r["test"]) for r in rows} == {
-        (rate, weight, test) for rate, weight in burst_limits.CELLS for test in burst_limits.TESTS}
+        (rate, weight, test) for rate, weight in burst_limits.CELLS for test in burst_limits.tests(4.0)}
     assert all(0.0 <= r[k] <= 100.0 for r in rows for k in r if k.endswith("Pct@80") or k.endswith("Pct@400"))
     assert "both margins" in capsys.readouterr().out
+
+
+def test_the_regression_is_chosen_and_named_by_its_ratio(tmp_path: Path) -> None:
+    """`--ratio 3`: errors x3 (twice the default margins) are drawn, the oracle knows 3, the rows say x3."""
+    assert burst_limits.tests(3.0)["oracle"][2] == (3.0,)
+    out = tmp_path / "limits3.json"
+    assert burst_limits.main(["--reps", "40", "--ratio", "3", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["ratio"] == 3.0 and data["command"].endswith("--ratio 3")
+    assert all("x3CrossedPct@80" in r and "x4CrossedPct@80" not in r for r in data["rows"])
+    with pytest.raises(SystemExit):
+        burst_limits.main(["--ratio", "1"])
