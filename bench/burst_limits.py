@@ -1,10 +1,12 @@
 """How often errors x4 could be rolled back by minute 30 under error bursts, by a test that knew what the judge
 must estimate: the bound the release benchmark's figure is to be read against.
 
-    python -m bench.burst_limits [--reps 4000] [--ratio 4] [--out FILE]      # about 75 s, 2 GB of memory
+    python -m bench.burst_limits [--reps 4000] [--ratio 4] [--cv 1] [--out FILE]   # about 75 s, 2 GB of memory
 
 `--ratio 3` draws errors x3 instead: twice the default error margins (`nonInferiorityMargin` 1.5, and
 `absoluteNonInferiorityMargin` 0.005 over the base rate of 0.005), the issue's "canary at twice the margin".
+`--cv C` draws bursts of coefficient of variation C instead of the `bursts` world's BURST_CV (kappa = C^2):
+how the bound moves with how bursty a service's errors are.
 
 In the `bursts` world each version's error rate is multiplied every minute by its own Gamma factor of mean 1
 (squared coefficient of variation kappa = BURST_CV^2 = 1), so a minute's split of the errors between the versions
@@ -53,14 +55,14 @@ FloatArray = npt.NDArray[np.float64]
 Test = tuple[float, float, tuple[float, ...], float]
 
 
-def tests(ratio: float) -> dict[str, Test]:
-    """name -> (kappa the model is given, lambda the model is given, the alternatives, cap per interval); the
-    oracle knows the regression's `ratio`."""
+def tests(ratio: float, kappa: float = KAPPA) -> dict[str, Test]:
+    """name -> (kappa the model is given, lambda the model is given, the alternatives, cap per interval), for bursts
+    of burstiness `kappa`; the oracle knows the regression's `ratio`."""
     return {
-        "oracle": (KAPPA, BASE_ERROR, (ratio,), math.inf),
-        "oracle, grid": (KAPPA, BASE_ERROR, RATIO_GRID, RATE_INTERVAL_LLR_CAP),
-        "rate margin": (KAPPA, BASE_ERROR * BURST_RATE_MARGIN, RATIO_GRID, RATE_INTERVAL_LLR_CAP),
-        "both margins": (KAPPA * BURST_KAPPA_MARGIN, BASE_ERROR * BURST_RATE_MARGIN, RATIO_GRID,
+        "oracle": (kappa, BASE_ERROR, (ratio,), math.inf),
+        "oracle, grid": (kappa, BASE_ERROR, RATIO_GRID, RATE_INTERVAL_LLR_CAP),
+        "rate margin": (kappa, BASE_ERROR * BURST_RATE_MARGIN, RATIO_GRID, RATE_INTERVAL_LLR_CAP),
+        "both margins": (kappa * BURST_KAPPA_MARGIN, BASE_ERROR * BURST_RATE_MARGIN, RATIO_GRID,
                          RATE_INTERVAL_LLR_CAP),
     }
 
@@ -76,12 +78,13 @@ def log_e_path(k_c: FloatArray, k_b: FloatArray, n_c: int, n_b: int, test: Test)
     return np.asarray(log_mixture(np.cumsum(steps, axis=1)), dtype=np.float64)
 
 
-def cell(rng: np.random.Generator, rate: int, weight: int, reps: int, ratio: float = 4.0) -> list[dict[str, Any]]:
+def cell(rng: np.random.Generator, rate: int, weight: int, reps: int, ratio: float = 4.0, kappa: float = KAPPA
+         ) -> list[dict[str, Any]]:
     n_c, n_b = round(rate * 60 * weight / 100), round(rate * 60 * (1 - weight / 100))
     rows = []
-    draws = {name: [a.reshape(reps, MINUTES) for a in draw(rng, n_c, n_b, KAPPA, r, reps * MINUTES)]
+    draws = {name: [a.reshape(reps, MINUTES) for a in draw(rng, n_c, n_b, kappa, r, reps * MINUTES)]
              for name, r in ((f"x{ratio:g}", ratio), ("aa", 1.0))}
-    for test_name, test in tests(ratio).items():
+    for test_name, test in tests(ratio, kappa).items():
         row: dict[str, Any] = {"rate": rate, "weight": weight, "test": test_name}
         for scenario, (k_c, k_b) in draws.items():
             peak = log_e_path(k_c, k_b, n_c, n_b, test).max(axis=1)
@@ -96,27 +99,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=4000, help="releases drawn per cell and scenario")
     parser.add_argument("--ratio", type=float, default=4.0,
                         help="the canary's error-rate multiplier (3: twice the default margins)")
+    parser.add_argument("--cv", type=float, default=BURST_CV,
+                        help=f"the bursts' coefficient of variation per minute (the bursts world's: {BURST_CV:g})")
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
     opts = parser.parse_args(argv)
     if opts.ratio <= 1.0:
         parser.error(f"--ratio {opts.ratio:g}: a regression's multiplier is above 1")
+    kappa = opts.cv**2
+    if kappa_level(kappa) is None:
+        parser.error(f"--cv {opts.cv:g}: kappa {kappa:g} is below the burst likelihood's floor")
     began = time.monotonic()
     rng = np.random.default_rng(11)
-    rows = [row for rate, weight in CELLS for row in cell(rng, rate, weight, opts.reps, opts.ratio)]
+    rows = [row for rate, weight in CELLS for row in cell(rng, rate, weight, opts.reps, opts.ratio, kappa)]
     x = f"x{opts.ratio:g}"
     print(f"crossed ln(K/alpha) by minute {MINUTES}, % of releases: errors {x} | identical versions")
     print(f"req/s  weight%  test                  {x:>2} @80   {x:>2} @400 |  aa @80   aa @400")
     for r in rows:
         print(f"{r['rate']:5d}  {r['weight']:7d}  {r['test']:20s}  {r[f'{x}CrossedPct@80']:6.1f}  "
               f"{r[f'{x}CrossedPct@400']:8.1f} | {r['aaCrossedPct@80']:6.2f}  {r['aaCrossedPct@400']:8.2f}")
-    print(f"{opts.reps} releases per cell and scenario, kappa {KAPPA:g}, base error {BASE_ERROR:g}, "
+    print(f"{opts.reps} releases per cell and scenario, kappa {kappa:g}, base error {BASE_ERROR:g}, "
           f"{time.monotonic() - began:.0f} s")
     if opts.out:
         with open(opts.out, "w") as f:
-            command = "python -m bench.burst_limits" + (f" --reps {opts.reps}" if opts.reps != 4000 else "") + (
-                f" --ratio {opts.ratio:g}" if opts.ratio != 4.0 else "")
+            options = [f"--reps {opts.reps}" if opts.reps != 4000 else "",
+                       f"--ratio {opts.ratio:g}" if opts.ratio != 4.0 else "",
+                       f"--cv {opts.cv:g}" if kappa != KAPPA else ""]
+            command = " ".join(["python -m bench.burst_limits", *(o for o in options if o)])
             json.dump({"command": command,
-                       "reps": opts.reps, "ratio": opts.ratio, "minutes": MINUTES, "kappa": KAPPA,
+                       "reps": opts.reps, "ratio": opts.ratio, "minutes": MINUTES, "kappa": kappa,
                        "baseError": BASE_ERROR,
                        "kappaMargin": BURST_KAPPA_MARGIN, "rateMargin": BURST_RATE_MARGIN, "rows": rows}, f, indent=1)
     return 0

@@ -59,3 +59,18 @@ def test_the_regression_is_chosen_and_named_by_its_ratio(tmp_path: Path) -> None
     assert all("x3CrossedPct@80" in r and "x4CrossedPct@80" not in r for r in data["rows"])
     with pytest.raises(SystemExit):
         burst_limits.main(["--ratio", "1"])
+
+
+def test_milder_bursts_give_more_evidence(tmp_path: Path) -> None:
+    """`--cv`: the same regression under bursts of CV 0.5 crosses more often than under CV 1 (the bursts world),
+    and the command says which bursts it drew."""
+    rows = {}
+    for cv in ("1", "0.5"):
+        out = tmp_path / f"cv{cv}.json"
+        assert burst_limits.main(["--reps", "300", "--ratio", "3", "--cv", cv, "--out", str(out)]) == 0
+        data = json.loads(out.read_text())
+        assert data["kappa"] == pytest.approx(float(cv) ** 2)
+        rows[cv] = {(r["rate"], r["weight"], r["test"]): r["x3CrossedPct@80"] for r in data["rows"]}
+    assert "--cv 0.5" in json.loads((tmp_path / "cv0.5.json").read_text())["command"]
+    oracle = [k for k in rows["1"] if k[2] == "oracle"]
+    assert sum(rows["0.5"][k] for k in oracle) > sum(rows["1"][k] for k in oracle)
