@@ -1,5 +1,5 @@
-"""How often errors x4 could be rolled back by minute 30 under error bursts, by a test that knew what the judge
-must estimate: the bound the release benchmark's figure is to be read against.
+"""How often errors x4 (or `--ratio`) could be rolled back by minute 30 under error bursts, by a test that knew
+what the judge must estimate: the bound the release benchmark's figure is to be read against.
 
     python -m bench.burst_limits [--reps 4000] [--ratio 4] [--cv 1] [--out FILE]   # about 75 s, 2 GB of memory
 
