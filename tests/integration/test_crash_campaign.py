@@ -32,6 +32,7 @@ The seed is printed on failure; `CRASH_CAMPAIGN_SEED=N` replays a campaign.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -190,9 +191,16 @@ class ControllerProcess:
             return False
         return True
 
-    def kill(self) -> None:
+    def send(self, signum: int) -> None:
+        """Send `signum` if the process is still there. A warm child the campaign has just killed (from the
+        store's thread, mid-change) can be reaped by the zygote between `alive()` and the signal: that is gone,
+        not an error."""
         if self.pid is not None and self.alive():
-            os.kill(self.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send(signal.SIGKILL)
         deadline = time.monotonic() + 10
         while self.alive() and time.monotonic() < deadline:  # warm children are reaped by the zygote
             time.sleep(0.005)
@@ -201,7 +209,7 @@ class ControllerProcess:
         """SIGTERM; True when it stopped by itself within 20 s."""
         if self.pid is None or not self.alive():
             return False
-        os.kill(self.pid, signal.SIGTERM)
+        self.send(signal.SIGTERM)
         deadline = time.monotonic() + 20
         while self.alive() and time.monotonic() < deadline:
             time.sleep(0.05)
