@@ -96,14 +96,19 @@ def serve_upstream() -> None:
     uvloop.run(main())
 
 
-def bare_envoy_bootstrap(upstream: str, stat_prefix: str = "bare") -> dict[str, Any]:
+# The bare Envoy's listener statistics prefix, and the counter its answers are checked against.
+BARE_STAT_PREFIX = "bare"
+BARE_COUNTER = f"http.{BARE_STAT_PREFIX}.downstream_rq_completed"
+
+
+def bare_envoy_bootstrap(upstream: str) -> dict[str, Any]:
     """The least configuration through which Envoy proxies: one listener on any free loopback port, one route to
     one static cluster, the router filter and nothing else; Envoy's default statistics (no Istio tags)."""
     host, port = upstream.rsplit(":", 1)
     manager = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
                  "HttpConnectionManager",
-        "stat_prefix": stat_prefix,
+        "stat_prefix": BARE_STAT_PREFIX,
         "route_config": {"virtual_hosts": [{"name": "bench", "domains": ["*"],
                                             "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]}]},
         "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
@@ -400,9 +405,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                                             "bench")
                 sent[name] += answered
         for name, (_, info) in routers.items():
-            admin = f"http://{info['admin']}"
-            results["router_metrics_requests"][name] = (
-                bare_envoy_total(admin) if name == "envoy-bare" else router_metric_total(admin))
+            results["router_metrics_requests"][name] = counted_answers(name, f"http://{info['admin']}")
         results["sent_through"] = sent
     finally:
         for proc, _ in routers.values():
@@ -411,13 +414,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def counter_of(name: str) -> str:
+    """The counter a router's answers are checked against: Istio's, or for the bare Envoy its listener's own."""
+    return BARE_COUNTER if name == "envoy-bare" else "istio_requests_total"
+
+
+def counted_answers(name: str, admin_url: str) -> int:
+    """The answers router `name` counted in `counter_of(name)`, from its admin API."""
+    return bare_envoy_total(admin_url) if name == "envoy-bare" else router_metric_total(admin_url)
+
+
 def bare_envoy_total(admin_url: str) -> int:
-    """The requests the bare Envoy answered: its listener's `http.bare.downstream_rq_completed`."""
+    """The requests the bare Envoy answered: its listener's BARE_COUNTER."""
     import httpx
 
-    stats = httpx.get(f"{admin_url}/stats?format=json&filter=^http\\.bare\\.downstream_rq_completed$", timeout=10)
+    stats = httpx.get(f"{admin_url}/stats", params={"format": "json", "filter": f"^{re.escape(BARE_COUNTER)}$"},
+                      timeout=10)
     stats.raise_for_status()
-    return int(next(s["value"] for s in stats.json()["stats"] if s.get("name") == "http.bare.downstream_rq_completed"))
+    return int(next(s["value"] for s in stats.json()["stats"] if s.get("name") == BARE_COUNTER))
 
 
 def router_metric_total(admin_url: str) -> int:
@@ -580,8 +594,7 @@ def main() -> int:
     for name, counted in results["router_metrics_requests"].items():
         got = results["sent_through"][name]
         exact = exact and counted == got
-        counter = "http.bare.downstream_rq_completed" if name == "envoy-bare" else "istio_requests_total"
-        print(f"{name} counted {counted} requests in {counter}; hey got {got} answers through it"
+        print(f"{name} counted {counted} requests in {counter_of(name)}; hey got {got} answers through it"
               + ("" if counted == got else "  MISMATCH"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
