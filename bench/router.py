@@ -131,7 +131,8 @@ def serve_bare_envoy(upstream: str) -> None:
     """Run Envoy (2 workers, as the local mesh) with `bare_envoy_bootstrap` until SIGTERM; print its ports."""
     import httpx
 
-    from localmesh.envoy.process import _die_with_parent, envoy_binary
+    from controller.adapters.parent_death import die_with_parent
+    from localmesh.envoy.process import envoy_binary
 
     work = Path(tempfile.mkdtemp(prefix="bench-envoy-bare-"))
     (work / "bootstrap.json").write_text(json.dumps(bare_envoy_bootstrap(upstream)))
@@ -139,7 +140,7 @@ def serve_bare_envoy(upstream: str) -> None:
     envoy = subprocess.Popen(
         [str(envoy_binary()), "-c", str(work / "bootstrap.json"), "--concurrency", "2", "--log-level", "warn",
          "--disable-hot-restart", "--admin-address-path", str(work / "admin.address")],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent(signal.SIGKILL),
     )
     signal.signal(signal.SIGTERM, lambda *_: envoy.terminate())
     deadline = time.monotonic() + 30
@@ -266,20 +267,45 @@ def syscalls_per_request(pid: int, url: str, requests: int, host: str | None
     if shutil.which("strace") is None:
         raise SystemExit("--syscalls needs strace (Debian package strace)")
     _, tree = _process_tree(pid)
-    with tempfile.NamedTemporaryFile(prefix="bench-strace-", suffix=".txt") as out:
+    with tempfile.NamedTemporaryFile(prefix="bench-strace-", suffix=".txt") as out, \
+            tempfile.TemporaryFile(mode="w+") as said:
         argv = ["strace", "-c", "-f", "-o", out.name, *(a for p in sorted(tree) for a in ("-p", str(p)))]
-        tracer = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
-        assert tracer.stderr is not None
-        attached = 0
-        while attached < len(tree):  # strace says "Process N attached" once per process it traces
-            line = tracer.stderr.readline()
-            if not line:
-                raise SystemExit(f"strace stopped before attaching to {sorted(tree)}: is ptrace allowed here?")
-            attached += "attached" in line
-        answered = int(hey(url, requests, 32, host=host)["answered"])
-        tracer.send_signal(signal.SIGINT)
-        tracer.communicate(timeout=30)
+        with subprocess.Popen(argv, stderr=said) as tracer:
+            try:
+                if not _wait_traced(tracer, tree, time.monotonic() + 30):
+                    said.seek(0)
+                    raise SystemExit(f"strace did not attach to every thread of {sorted(tree)} in 30 s (is ptrace "
+                                     f"allowed here?): {said.read().strip()[-500:]}")
+                answered = int(hey(url, requests, 32, host=host)["answered"])
+            finally:
+                tracer.send_signal(signal.SIGINT)
+                tracer.wait(timeout=30)
         return _strace_counts(Path(out.name).read_text(), max(answered, 1)), answered
+
+
+def _wait_traced(tracer: subprocess.Popen[bytes], pids: set[int], deadline: float) -> bool:
+    """Whether every live thread of `pids` came to have `tracer` as its tracer (/proc's TracerPid) before strace
+    stopped or the deadline passed; a thread that ends meanwhile is not waited for."""
+    while any(_tracer_of(task) not in (None, tracer.pid) for pid in pids for task in _tasks(pid)):
+        if tracer.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _tasks(pid: int) -> list[Path]:
+    with contextlib.suppress(OSError):
+        return sorted(Path(f"/proc/{pid}/task").iterdir())
+    return []
+
+
+def _tracer_of(task: Path) -> int | None:
+    """The TracerPid of one thread, None when it has ended."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith("TracerPid:"):
+                return int(line.split()[1])
+    return None
 
 
 def _strace_counts(summary: str, answered: float) -> dict[str, dict[str, float]]:

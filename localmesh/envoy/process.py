@@ -21,7 +21,6 @@ This module is the I/O edge of `localmesh.envoy`. It owns
 
 from __future__ import annotations
 
-import ctypes
 import http.client
 import json
 import os
@@ -37,6 +36,7 @@ from types import TracebackType
 from typing import IO, Any
 from urllib.parse import quote
 
+from controller.adapters.parent_death import die_with_parent
 from localmesh.endpoints import Endpoint
 from localmesh.envoy.instances import Instance, Instances, Placement
 from localmesh.envoy.policies import envoy_duration
@@ -76,16 +76,6 @@ class EnvoyUnavailable(EnvoyError):
 
 class EnvoyConfigRejected(EnvoyError):
     """Envoy refused a configuration; the message carries what Envoy said."""
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the thread that forked it ends (prctl PR_SET_PDEATHSIG; Linux)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
 
 
 def envoy_binary() -> Path:
@@ -276,7 +266,7 @@ class Envoy:
                 "--admin-address-path", str(self.work_dir / "admin.address")]
         self._log = (self.work_dir / "envoy.log").open("ab")
         self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                                      preexec_fn=_die_with_parent)
+                                      preexec_fn=die_with_parent(signal.SIGKILL))
         try:
             self._wait_ready(time.monotonic() + timeout)
         except BaseException:

@@ -91,3 +91,33 @@ def test_strace_summary_is_read_per_answered_request() -> None:
     assert list(counts) == ["readv", "sendto", "epoll_wait"]  # most calls first
     assert counts["readv"] == {"calls": 80007 / 20000, "errors": 2.0}
     assert counts["sendto"] == {"calls": 2.0, "errors": 0.0}
+
+
+def test_the_wait_for_strace_to_attach_ends_when_strace_stops_or_the_deadline_passes() -> None:
+    """`--syscalls` waits until every thread of the router has strace as its tracer (/proc's TracerPid); a tracer
+    that never attaches, or that exits, ends the wait with False instead of leaving the benchmark waiting."""
+    import time
+
+    from bench.router import _wait_traced
+
+    with subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE) as watched, \
+            subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE) as idle:
+        try:
+            start = time.monotonic()
+            assert not _wait_traced(idle, {watched.pid}, time.monotonic() + 0.5)  # never attaches
+            assert 0.5 <= time.monotonic() - start < 10
+            assert idle.stdin is not None
+            idle.stdin.close()
+            idle.wait(10)
+            start = time.monotonic()
+            assert not _wait_traced(idle, {watched.pid}, time.monotonic() + 30)  # the tracer is gone
+            assert time.monotonic() - start < 10
+            gone = idle.pid  # reaped: no threads left to wait for
+            with subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                                  stdin=subprocess.PIPE) as tracer:
+                assert _wait_traced(tracer, {gone}, time.monotonic() + 30)
+                assert tracer.stdin is not None
+                tracer.stdin.close()
+        finally:
+            assert watched.stdin is not None
+            watched.stdin.close()

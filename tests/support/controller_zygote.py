@@ -11,7 +11,6 @@ children get SIGKILL when it dies: PR_SET_PDEATHSIG).
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import sys
@@ -21,22 +20,22 @@ import kubernetes
 import controller.adapters.prometheus.metrics
 import controller.cli.cluster  # imported here so that children start warm
 import controller.cli.main
+from controller.adapters.parent_death import die_with_parent
 
 # The official client imports its API classes lazily, on first use (~0.8 s): do it once, here.
 _WARM = (kubernetes.client.ApiClient, kubernetes.client.CustomObjectsApi, kubernetes.client.CoreV1Api)
-
-_PR_SET_PDEATHSIG = 1
 
 
 def main() -> None:
     log_path, argv = sys.argv[1], sys.argv[2:]
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped at once, never zombies
+    die_with_zygote = die_with_parent(signal.SIGKILL)
     for line in sys.stdin:
         if line.strip() != "spawn":
             continue
         pid = os.fork()
         if pid == 0:  # the child: a controller process
-            ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            die_with_zygote()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             os.setsid()
             fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

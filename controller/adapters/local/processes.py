@@ -12,7 +12,6 @@ own session, so `stop` signals its whole process group, and logs stdout+stderr t
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -27,11 +26,10 @@ from typing import IO
 
 import httpx
 
+from controller.adapters.parent_death import die_with_parent
 from searchstack.faults import FAULT_ENV
 from searchstack.settings import DOWNSTREAM_ENV_PREFIX
 from searchstack.settings import ROLES as SEARCH_ROLES
-
-PR_SET_PDEATHSIG = 1
 
 
 class ProcessError(RuntimeError):
@@ -106,18 +104,6 @@ def tail(path: Path, lines: int = 20) -> str:
     return "\n".join(data.splitlines()[-lines:])
 
 
-# Resolved once in the parent: dlopen() between fork and exec can deadlock when the parent has threads.
-_prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Runs in the child between fork and exec: ask the kernel for SIGTERM when the parent dies."""
-    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    # The parent may have died before prctl took effect; then nobody would ever signal us.
-    if os.getppid() != parent_pid:
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
 class ProcessGroup:
     """The processes of one local run. Leaving the `with` block stops them all."""
 
@@ -169,11 +155,10 @@ class ProcessGroup:
         full_env = {**(os.environ if inherit_env else {}), **(env or {}), "EXIT_WITH_PARENT_PID": str(os.getpid())}
         log_path = self.log_dir / f"{name}.log"
         log = log_path.open("ab")
-        parent = os.getpid()
         try:
             popen = subprocess.Popen(
                 argv, env=full_env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=lambda: _die_with_parent(parent), pass_fds=pass_fds,
+                start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM), pass_fds=pass_fds,
             )
         except OSError as exc:
             log.close()

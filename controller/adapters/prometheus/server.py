@@ -11,7 +11,6 @@ Note: Prometheus applies new scrape targets in 5 s batches, so the first scrape 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import shutil
@@ -27,11 +26,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from controller.adapters.parent_death import die_with_parent
+
 __all__ = ["PrometheusProcess", "PrometheusStartError", "prometheus_binary"]
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 _PORT_ATTEMPTS = 3
 
 
@@ -42,12 +42,6 @@ class PrometheusStartError(RuntimeError):
 def prometheus_binary() -> str | None:
     """The path of the `prometheus` executable on PATH, or None (then use the direct scrape)."""
     return shutil.which("prometheus")
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: SIGKILL it when the parent (thread) that started it exits."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _free_port() -> int:
@@ -160,7 +154,7 @@ class PrometheusProcess:
                     stdin=subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
-                    preexec_fn=_die_with_parent,  # runs between fork and exec: only a prctl call
+                    preexec_fn=die_with_parent(signal.SIGKILL),  # runs between fork and exec: only a prctl call
                 )
             if self._wait_ready(deadline):
                 log.info("prometheus pid %s ready at %s", self._process.pid, self.url)
