@@ -11,10 +11,11 @@ the same upstream, so the upstream's speed is the same on every path). At the en
 istio_requests_total for the service (from its admin API's `/metrics`) must equal the number of answers hey got
 through it; the run exits 1 otherwise. `envoy-bare` is Envoy with the least configuration that proxies (one route
 to one cluster, the router filter): what Envoy itself costs a request, beside what the local mesh's configuration
-adds; its count is its listener's `http.bare.downstream_rq_completed`. Each hey run also gives the CPU time, per
-answered request, of the router (its process and every process below it: Envoy under its server), of the
-upstream and of hey itself (from /proc and the children's rusage): on a machine whose cores the three share,
-throughput follows the sum.
+adds; its count is its listener's `http.bare.downstream_rq_completed`. `envoy-uring` is that Envoy with its socket
+I/O through io_uring (few system calls per request): whether Envoy's system calls are what it costs. Each hey
+run also gives the CPU time, per answered request, of the router (its process and every process below it: Envoy
+under its server), of the upstream and of hey itself (from /proc and the children's rusage): on a machine whose
+cores the three share, throughput follows the sum.
 
     python bench/router.py [--requests 64000] [--concurrency 32 1] [--rounds 3] [--routers envoy,envoy-bare]
                            [--proxy-tree DIR] [--syscalls] [--out bench/results/router.json]
@@ -101,9 +102,11 @@ BARE_STAT_PREFIX = "bare"
 BARE_COUNTER = f"http.{BARE_STAT_PREFIX}.downstream_rq_completed"
 
 
-def bare_envoy_bootstrap(upstream: str) -> dict[str, Any]:
+def bare_envoy_bootstrap(upstream: str, io_uring: bool = False) -> dict[str, Any]:
     """The least configuration through which Envoy proxies: one listener on any free loopback port, one route to
-    one static cluster, the router filter and nothing else; Envoy's default statistics (no Istio tags)."""
+    one static cluster, the router filter and nothing else; Envoy's default statistics (no Istio tags). With
+    `io_uring`, Envoy's sockets do their I/O through io_uring (its experimental socket interface; Linux >= 5.11,
+    else Envoy falls back to the usual system calls) instead of a readv/sendto per event."""
     host, port = upstream.rsplit(":", 1)
     manager = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
@@ -116,7 +119,13 @@ def bare_envoy_bootstrap(upstream: str) -> dict[str, Any]:
     }
     loopback = {"socket_address": {"address": "127.0.0.1", "port_value": 0}}
     endpoint = {"address": {"socket_address": {"address": host, "port_value": int(port)}}}
+    sockets = "envoy.extensions.network.socket_interface.default_socket_interface"
+    uring = {"bootstrap_extensions": [{"name": sockets, "typed_config": {
+                 "@type": "type.googleapis.com/envoy.extensions.network.socket_interface.v3.DefaultSocketInterface",
+                 "io_uring_options": {}}}],
+             "default_socket_interface": sockets} if io_uring else {}
     return {
+        **uring,
         "admin": {"address": loopback},
         "static_resources": {
             "listeners": [{"name": "bench", "address": loopback, "filter_chains": [{"filters": [
@@ -127,7 +136,7 @@ def bare_envoy_bootstrap(upstream: str) -> dict[str, Any]:
     }
 
 
-def serve_bare_envoy(upstream: str) -> None:
+def serve_bare_envoy(upstream: str, io_uring: bool = False) -> None:
     """Run Envoy (2 workers, as the local mesh) with `bare_envoy_bootstrap` until SIGTERM; print its ports."""
     import httpx
 
@@ -135,7 +144,7 @@ def serve_bare_envoy(upstream: str) -> None:
     from localmesh.envoy.process import envoy_binary
 
     work = Path(tempfile.mkdtemp(prefix="bench-envoy-bare-"))
-    (work / "bootstrap.json").write_text(json.dumps(bare_envoy_bootstrap(upstream)))
+    (work / "bootstrap.json").write_text(json.dumps(bare_envoy_bootstrap(upstream, io_uring)))
     log = (work / "envoy.log").open("ab")
     envoy = subprocess.Popen(
         [str(envoy_binary()), "-c", str(work / "bootstrap.json"), "--concurrency", "2", "--log-level", "warn",
@@ -364,8 +373,10 @@ def hey(url: str, requests: int, concurrency: int, host: str | None = None) -> d
 # `envoy-1` is Envoy with one worker thread instead of Istio's two (the proxy has one event loop). `envoy-bare` is
 # Envoy with the least configuration that proxies (`bare_envoy_bootstrap`: no translation, no Istio statistics
 # tags, no lane header, no metrics mapping): what Envoy itself costs a request here, whatever it is configured with.
+# `envoy-uring` is the bare Envoy doing its socket I/O through io_uring: whether its system calls are its cost.
 ROUTERS = {"envoy": "localmesh.envoy.server", "envoy-1": "localmesh.envoy.server", "envoy-bare": "localmesh.envoy",
-           "proxy": "localmesh.server"}
+           "envoy-uring": "localmesh.envoy", "proxy": "localmesh.server"}
+BARE_ROUTERS = {"envoy-bare": [], "envoy-uring": ["io-uring"]}  # served by this file, with these arguments
 ROUTER_ARGS = {"envoy-1": ["--concurrency", "1"]}
 PROXY_LAST_IN = "f544b64"  # the last commit whose tree has the asyncio proxy
 
@@ -379,8 +390,9 @@ def router_tree(name: str, proxy_tree: Path | None) -> Path | None:
 
 
 def _start_router(name: str, tree: Path, tmp: Path, upstream: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
-    if name == "envoy-bare":
-        return start([sys.executable, __file__, "--serve-envoy-bare", upstream], "mesh-router ready")
+    if name in BARE_ROUTERS:
+        return start([sys.executable, __file__, "--serve-envoy-bare", upstream, *BARE_ROUTERS[name]],
+                     "mesh-router ready")
     return start(
         [sys.executable, "-m", ROUTERS[name], "--port", "0", "--admin-port", "0",
          "--config", str(tmp / "config.json"), "--endpoints", str(tmp / "endpoints.json"), *ROUTER_ARGS.get(name, [])],
@@ -442,12 +454,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def counter_of(name: str) -> str:
     """The counter a router's answers are checked against: Istio's, or for the bare Envoy its listener's own."""
-    return BARE_COUNTER if name == "envoy-bare" else "istio_requests_total"
+    return BARE_COUNTER if name in BARE_ROUTERS else "istio_requests_total"
 
 
 def counted_answers(name: str, admin_url: str) -> int:
     """The answers router `name` counted in `counter_of(name)`, from its admin API."""
-    return bare_envoy_total(admin_url) if name == "envoy-bare" else router_metric_total(admin_url)
+    return bare_envoy_total(admin_url) if name in BARE_ROUTERS else router_metric_total(admin_url)
 
 
 def bare_envoy_total(admin_url: str) -> int:
@@ -513,7 +525,7 @@ def table(results: dict[str, Any], record: dict[str, Any] | None = None) -> str:
             if rec.get("envoy_over_proxy") is not None:
                 lines.append(f"{c:>11} | {'envoy / proxy':<16} | {rec['envoy_over_proxy']:>7.2f}x | (recorded, "
                              f"Envoy and the proxy in the same run of {record['date']})")
-        for envoy in (e for e in ("envoy", "envoy-1", "envoy-bare") if e in paths and "proxy" in paths):
+        for envoy in (e for e in ("envoy", "envoy-1", *BARE_ROUTERS) if e in paths and "proxy" in paths):
             lines.append(f"{c:>11} | {envoy + ' / proxy':<16} | {paths[envoy]['rps'] / paths['proxy']['rps']:>7.2f}x |")
     if record and not any("proxy" in paths for paths in results["medians"].values()):
         mach = record.get("machine", {})
@@ -573,7 +585,7 @@ def main() -> int:
         serve_upstream()
         return 0
     if sys.argv[1:2] == ["--serve-envoy-bare"]:
-        serve_bare_envoy(sys.argv[2])
+        serve_bare_envoy(sys.argv[2], io_uring=sys.argv[3:4] == ["io-uring"])
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--requests", type=int, default=64000, help="requests per hey run at concurrency > 1")

@@ -3,7 +3,6 @@ asked for; a child whose parent went before the request took effect signals itse
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

@@ -3,6 +3,7 @@ under its server), so a busy grandchild must count."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -50,22 +51,26 @@ def test_a_process_that_is_gone_counts_nothing() -> None:
 
 
 @pytest.mark.timeout(90)
-def test_the_bare_envoy_proxies_to_the_upstream_and_counts_every_answer() -> None:
+@pytest.mark.parametrize("name", ["envoy-bare", "envoy-uring"])
+def test_the_bare_envoy_proxies_to_the_upstream_and_counts_every_answer(name: str) -> None:
     """`--routers envoy-bare`: Envoy with the least configuration that proxies, beside the local mesh. Its count
-    (the listener's own counter) must be the answers it gave, as every router's is checked against hey's."""
+    (the listener's own counter) must be the answers it gave, as every router's is checked against hey's.
+    `envoy-uring` is the same Envoy with io_uring as its socket interface, in its configuration."""
     import httpx
 
     from bench.router import _start_router, bare_envoy_total, start, stop
 
     upstream, up = start([sys.executable, "bench/router.py", "--serve-upstream"], "upstream ready")
     try:
-        router, info = _start_router("envoy-bare", Path("."), Path("."), f"127.0.0.1:{up['port']}")
+        router, info = _start_router(name, Path("."), Path("."), f"127.0.0.1:{up['port']}")
         try:
             with httpx.Client(timeout=10) as client:
                 answers = [client.get(f"http://{info['proxy']}/search") for _ in range(25)]
             assert [a.status_code for a in answers] == [200] * 25
             assert answers[0].json() == {"service": "bench", "ok": True}  # the upstream's body, through Envoy
             assert bare_envoy_total(f"http://{info['admin']}") == 25
+            bootstrap = httpx.get(f"http://{info['admin']}/config_dump", timeout=10).json()["configs"][0]
+            assert ("io_uring_options" in json.dumps(bootstrap)) == (name == "envoy-uring")
         finally:
             stop(router)
         assert router.returncode == 0
