@@ -7,12 +7,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.support.paths import REPO
+from tests.support.pids import alive, gone, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -37,24 +37,6 @@ time.sleep(60)
 """
 
 
-def _gone(pid: int) -> bool:
-    """True when no live process has this pid (a zombie waiting for a reaper counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return state in ("Z", "X")
-
-
-def _wait_until(predicate: object, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_a_child_gets_the_signal_asked_for_when_its_parent_is_sigkilled(tmp_path: Path, sig: signal.Signals) -> None:
     out, ready = tmp_path / "signal", tmp_path / "ready"
@@ -64,14 +46,14 @@ def test_a_child_gets_the_signal_asked_for_when_its_parent_is_sigkilled(tmp_path
         try:
             assert parent.stdout is not None
             pid = int(parent.stdout.readline().split()[1])
-            assert _wait_until(ready.exists, 20), "the child never started"
-            assert not _gone(pid)
+            assert wait_until(ready.exists, 20), "the child never started"
+            assert alive(pid)
             parent.kill()
-            assert _wait_until(lambda: _gone(pid), 10), "the child outlived its SIGKILLed parent"
+            assert gone(pid, 10), "the child outlived its SIGKILLed parent"
         finally:
             parent.kill()
     if sig == signal.SIGTERM:
-        assert _wait_until(out.exists, 5) and out.read_text() == str(int(signal.SIGTERM))
+        assert wait_until(out.exists, 5) and out.read_text() == str(int(signal.SIGTERM))
     else:
         assert not out.exists()  # SIGKILL cannot be handled: the child was killed, not asked
 

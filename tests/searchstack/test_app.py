@@ -4,7 +4,6 @@ fault injection and metrics, against the five services running as real processes
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import statistics
 import sys
@@ -22,6 +21,7 @@ from searchstack.faults import FaultInjector, Faults, InjectedFault
 from searchstack.ranking import JITTER, merge_scores
 from searchstack.settings import Downstream, Settings
 from tests.support.paths import REPO
+from tests.support.pids import alive
 
 VERSION = "v7"
 INNER = ("ml-infer", "ml-search", "keyword", "text-search")
@@ -45,14 +45,6 @@ class Stack:
         return headers
 
 
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     ports = {role: free_port() for role in ("master-search", *INNER)}
@@ -66,7 +58,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         s = Stack(urls, [p.pid for p in procs])
         yield s
         s.client.close()
-    assert all(_gone(pid) for pid in s.pids), "a search service outlived its ProcessGroup"
+    assert all(not alive(pid) for pid in s.pids), "a search service outlived its ProcessGroup"
 
 
 @pytest.fixture

@@ -23,28 +23,11 @@ from controller.adapters.local.processes import (
     start_search_service,
 )
 from tests.support.paths import REPO
+from tests.support.pids import alive, gone, wait_until
 
 PYTHON = sys.executable
 SLEEPER = [PYTHON, "-c", "import time; time.sleep(60)"]
 ROOT = REPO
-
-
-def _gone(pid: int) -> bool:
-    """True when no live process has this pid (a zombie waiting for a reaper counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return state in ("Z", "X")
-
-
-def _wait_until(predicate: object, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_free_port_is_bindable() -> None:
@@ -82,7 +65,7 @@ def test_stop_terminates_and_reaps(tmp_path: Path) -> None:
         assert proc.alive()
         code = group.stop(proc, grace=5)
         assert code == -signal.SIGTERM
-        assert _gone(proc.pid)
+        assert not alive(proc.pid)
 
 
 @pytest.mark.integration
@@ -93,11 +76,11 @@ def test_stop_kills_a_process_that_ignores_sigterm(tmp_path: Path) -> None:
     )
     with ProcessGroup(tmp_path) as group:
         proc = group.start("stubborn", [PYTHON, "-c", script])
-        assert _wait_until(lambda: "ready" in proc.log_tail(), 10)
+        assert wait_until(lambda: "ready" in proc.log_tail(), 10)
         started = time.monotonic()
         assert group.stop(proc, grace=0.3) == -signal.SIGKILL
         assert time.monotonic() - started < 3
-        assert _gone(proc.pid)
+        assert not alive(proc.pid)
 
 
 @pytest.mark.integration
@@ -109,15 +92,15 @@ def test_stop_is_idempotent_and_a_name_can_be_reused(tmp_path: Path) -> None:
         assert group.stop(proc) == group.stop(proc) == -signal.SIGTERM
         again = group.start("worker", SLEEPER)
         assert again.pid != proc.pid and again.alive()
-    assert _gone(again.pid)
+    assert not alive(again.pid)
 
 
 @pytest.mark.integration
 def test_leaving_the_group_stops_every_process(tmp_path: Path) -> None:
     with ProcessGroup(tmp_path) as group:
         pids = [group.start(f"sleeper-{i}", SLEEPER).pid for i in range(3)]
-        assert not any(_gone(pid) for pid in pids)
-    assert all(_gone(pid) for pid in pids)
+        assert all(alive(pid) for pid in pids)
+    assert all(not alive(pid) for pid in pids)
 
 
 @pytest.mark.integration
@@ -164,11 +147,11 @@ def test_children_die_when_the_supervisor_is_killed(tmp_path: Path) -> None:
     """)
     with ProcessGroup(tmp_path) as group:
         outer = group.start("supervisor", [PYTHON, "-c", supervisor])
-        assert _wait_until(lambda: "grandchild" in outer.log_tail(), 15), outer.log_tail()
+        assert wait_until(lambda: "grandchild" in outer.log_tail(), 15), outer.log_tail()
         grandchild = int(outer.log_tail().split("grandchild")[1].split()[0])
-        assert not _gone(grandchild)
+        assert alive(grandchild)
         os.kill(outer.pid, signal.SIGKILL)
-        assert _wait_until(lambda: _gone(grandchild), 5), "the grandchild outlived its SIGKILLed supervisor"
+        assert gone(grandchild, 5), "the grandchild outlived its SIGKILLed supervisor"
 
 
 def test_search_service_env_points_every_downstream_at_the_router() -> None:

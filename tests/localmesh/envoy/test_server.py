@@ -25,28 +25,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from localmesh.envoy.server import UPSTREAM_IDLE_TIMEOUT_S
 from tests.localmesh.envoy.support import LANE, Backend, Client, free_port, release
+from tests.support.pids import alive, gone
 
 pytestmark = [pytest.mark.integration]
 
 ROOT = Path(__file__).resolve().parents[3]
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie has exited: only its parent's reaping is left)."""
-    try:
-        state = Path(f"/proc/{pid}/status").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return "State:\tZ" not in state
-
-
-def gone(pid: int, within: float = 10.0) -> bool:
-    deadline = time.monotonic() + within
-    while alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def ready_line(stream: IO[str], proc: subprocess.Popen[str] | None = None) -> dict[str, str]:
