@@ -17,7 +17,15 @@ null's r, when kappa and lambda are the true ones; `python -m bench.burst_exact`
 moves when they are estimated: too low, it is not an e-value; taken high, it is, and keeps most of its power.
 So the judge gives it kappa and lambda from the intervals before (the stable version's history first), each
 raised by a margin (`BURST_KAPPA_MARGIN`, `BURST_RATE_MARGIN`), and kappa rounded up to a level of a fixed
-ladder so that the quadrature's nodes are computed once per level. Pure.
+ladder so that the quadrature's nodes are computed once per level.
+
+Bursts both versions share (a bad dependency, a burst of bad queries) cancel in the split. The model then takes
+two burstinesses: kappa, of each version's own factor, which sets the split u ~ Beta(a, a); and version_kappa, of
+a version's rate as a whole, which sets the total's negative binomial: S ~ Gamma(alpha, 2 / alpha) with alpha
+(`total_shape`) such that S u has squared coefficient of variation version_kappa. With version_kappa = kappa it is
+the model above (alpha = 2a); as kappa goes to 0 the split is binomial whatever the total. A model told only a
+small kappa (no version_kappa) could explain a minute of many errors only by a canary failing more, and would read
+a shared burst as harm (`tests/analysis/test_bursts.py`). Pure.
 """
 
 from __future__ import annotations
@@ -67,27 +75,49 @@ def beta_nodes(kappa: float) -> tuple[FloatArray, FloatArray]:
     return u, np.log(weights / weights.sum())
 
 
+def total_shape(kappa: float, version_kappa: npt.ArrayLike) -> FloatArray:
+    """The shape alpha of the Gamma factor S that, with the split u ~ Beta(a, a) (a = 1/kappa), gives each
+    version's rate (S u, S (1 - u)) the burstiness `version_kappa`: (1 + 1/alpha)(1 + 1/(2a + 1)) = 1 +
+    version_kappa. 2a when version_kappa is kappa (each version's bursts its own); 1/version_kappa as kappa goes
+    to 0 (the bursts shared, the split binomial). Bursts partly shared are a product of two Gamma factors, taken
+    here as one Gamma factor of the same variance."""
+    a = 1.0 / kappa
+    inverse = (1.0 + np.asarray(version_kappa, dtype=np.float64)) * (2.0 * a + 1.0) / (2.0 * a + 2.0) - 1.0
+    return np.asarray(1.0 / np.maximum(inverse, 1.0 / (2.0 * a)), dtype=np.float64)
+
+
 def burst_log_likelihood(k_c: npt.ArrayLike, k_b: npt.ArrayLike, n_c: npt.ArrayLike, n_b: npt.ArrayLike,
-                         ratios: npt.ArrayLike, kappa: float, rate: npt.ArrayLike) -> FloatArray:
+                         ratios: npt.ArrayLike, kappa: float, rate: npt.ArrayLike,
+                         version_kappa: npt.ArrayLike | None = None) -> FloatArray:
     """ln P_r(k_c | k_c + k_b) (module docstring), up to ln C(k, k_c), for every r of `ratios` (last axis of the
-    result), the counts and the baseline's event rate `rate` broadcasting against each other."""
+    result), the counts and the baseline's event rate `rate` broadcasting against each other.
+
+    `kappa` is the burstiness of each version's own factor, which sets the split u; `version_kappa` (at least
+    `kappa`; default `kappa`) that of a version's rate as a whole, bursts both versions share included, which sets
+    the total's negative binomial (`total_shape`)."""
     u, log_w = beta_nodes(kappa)
     a = 1.0 / kappa
     kc, kb, nc, nb, lam = (np.asarray(x, dtype=np.float64)[..., None, None] for x in (k_c, k_b, n_c, n_b, rate))
     r = np.asarray(ratios, dtype=np.float64)[:, None]
     m_c, m_b = lam * r * nc * u, lam * nb * (1.0 - u)
     mu = m_c + m_b
-    log_total = 2.0 * a * np.log(a / (a + mu)) + (kc + kb) * np.log(mu / (a + mu)) + log_w
+    if version_kappa is None:  # S ~ Gamma(2a, 1/a): the total is negative binomial of shape 2a, mean 2 mu
+        log_total = 2.0 * a * np.log(a / (a + mu)) + (kc + kb) * np.log(mu / (a + mu)) + log_w
+    else:  # S ~ Gamma(alpha, 2/alpha)
+        shape = total_shape(kappa, version_kappa)[..., None, None]
+        log_total = (shape * np.log(shape / (shape + 2.0 * mu)) + (kc + kb) * np.log(2.0 * mu / (shape + 2.0 * mu))
+                     + log_w)
     log_split = kc * np.log(m_c / mu) + kb * np.log(m_b / mu)
     joint = special.logsumexp(log_total + log_split, axis=-1)
     return np.asarray(joint - special.logsumexp(log_total, axis=-1), dtype=np.float64)
 
 
 def burst_increment(k_c: npt.ArrayLike, k_b: npt.ArrayLike, n_c: npt.ArrayLike, n_b: npt.ArrayLike, r0: float,
-                    grid: tuple[float, ...], level: int, rate: npt.ArrayLike, cap: npt.ArrayLike = math.inf
-                    ) -> FloatArray:
+                    grid: tuple[float, ...], level: int, rate: npt.ArrayLike, cap: npt.ArrayLike = math.inf,
+                    version_kappa: npt.ArrayLike | None = None) -> FloatArray:
     """min(ln P_{r0 g}(k_c | k) - ln P_{r0}(k_c | k), cap) for every g of `grid` (last axis): one interval's
-    capped log-likelihood ratios under bursts, as `sequential.ratio_increment` gives them without."""
+    capped log-likelihood ratios under bursts, as `sequential.ratio_increment` gives them without; each version's
+    own bursts at the ladder's `level`, its rate's as a whole `version_kappa` (`burst_log_likelihood`)."""
     ratios = np.concatenate([[r0], r0 * np.asarray(grid, dtype=np.float64)])
-    logs = burst_log_likelihood(k_c, k_b, n_c, n_b, ratios, level_kappa(level), rate)
+    logs = burst_log_likelihood(k_c, k_b, n_c, n_b, ratios, level_kappa(level), rate, version_kappa)
     return np.minimum(logs[..., 1:] - logs[..., :1], np.expand_dims(np.asarray(cap, dtype=np.float64), -1))

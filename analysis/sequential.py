@@ -70,6 +70,11 @@ RATE_INTERVAL_LLR_CAP = 3.0
 # The last intervals on which a bursty rate check measures the dispersion its burst likelihood leaves unexplained
 # (`burst_excess`): an hour, so that the state stays bounded however long a release holds.
 EXCESS_WINDOW = 60
+# How far above its estimate the burstiness the versions' split shows is taken (`split_burstiness`), in standard
+# errors, and the intervals it needs first. Bursts shared by both versions (a bad dependency, a burst of bad
+# queries) make the baseline's own rate bursty but cancel in the split of the errors between the versions.
+SPLIT_BURST_Z = 2.0
+SPLIT_BURST_MIN_INTERVALS = 10
 # A check whose e-value reached 10 (half of what one capped interval can give) keeps the weight where it is: "no
 # harm seen" raises the weight only while no check carries that much evidence of harm.
 HOLD_E_VALUE = 10.0
@@ -907,8 +912,9 @@ def _fold_ratio(rec: dict[str, Any], k_c: int, k_b: int, n_c: int, n_b: int, r0:
     if bursts is None:
         added = ratio_increment(k_c, k_b, n_c, n_b, r0, cap=RATE_INTERVAL_LLR_CAP * phi_t) / phi_t
     else:
-        level, rate, excess = bursts
-        added = burst_increment(k_c, k_b, n_c, n_b, r0, RATIO_GRID, level, rate, cap=RATE_INTERVAL_LLR_CAP) / excess
+        level, rate, excess, version_kappa = bursts
+        added = burst_increment(k_c, k_b, n_c, n_b, r0, RATIO_GRID, level, rate, cap=RATE_INTERVAL_LLR_CAP,
+                                version_kappa=version_kappa) / excess
     rec["llr"] = (np.asarray(rec["llr"]) + added).tolist()
     rec["cs"] = (np.asarray(rec["cs"]) + ratio_cs_increment(k_c, k_b, n_c, n_b)).tolist()
     rec["events"] = [rec["events"][0] + k_c, rec["events"][1] + k_b]
@@ -916,19 +922,23 @@ def _fold_ratio(rec: dict[str, Any], k_c: int, k_b: int, n_c: int, n_b: int, r0:
     rec["logE"] = float(log_mixture(np.asarray(rec["llr"]) / rate_placement(rec)))
 
 
-def _burst_inputs(rec: Mapping[str, Any], events: int, n_c: int, n_b: int) -> tuple[int, float, float] | None:
-    """What the burst likelihood (`analysis.bursts`) needs for one interval, from the intervals before it: kappa's
-    level (the baseline's burstiness raised by BURST_KAPPA_MARGIN, rounded up), the baseline's event rate raised
-    by BURST_RATE_MARGIN, and the dispersion left beyond the bursts (`burst_excess`, at least 1), which divides
-    the interval's log-likelihood ratios as phi_t divides the binomial's. None when the binomial split is used: no
-    bursts learnt (kappa below the floor once raised), no baseline rate yet, or nothing to compare in the
-    interval."""
-    kappa = rate_burstiness(rec)
+def _burst_inputs(rec: Mapping[str, Any], events: int, n_c: int, n_b: int
+                  ) -> tuple[int, float, float, float | None] | None:
+    """What the burst likelihood (`analysis.bursts`) needs for one interval, from the intervals before it: the
+    level of each version's own burstiness (`judged_burstiness` raised by BURST_KAPPA_MARGIN, rounded up), the
+    baseline's event rate raised by BURST_RATE_MARGIN, the dispersion left beyond the bursts (`burst_excess`, at
+    least 1), which divides the interval's log-likelihood ratios as phi_t divides the binomial's, and the
+    burstiness of a version's rate as a whole (the baseline's, raised by BURST_KAPPA_MARGIN) when the split showed
+    less than that (None: the same). None when the binomial split is used: no bursts learnt (kappa below the
+    floor once raised), no baseline rate yet, or nothing to compare in the interval."""
+    whole = rate_burstiness(rec)
+    kappa = judged_burstiness(rec)
     level = kappa_level(BURST_KAPPA_MARGIN * kappa)
     _, _, seen, exposure = rec.get("spread", [0.0, 0.0, 0, 0])
     if level is None or seen <= 0 or exposure <= 0 or not (n_c > 0 and n_b > 0 and events > 0):
         return None
-    return level, BURST_RATE_MARGIN * seen / exposure, burst_excess(rec, kappa)
+    version_kappa = None if kappa >= whole else BURST_KAPPA_MARGIN * whole
+    return level, BURST_RATE_MARGIN * seen / exposure, burst_excess(rec, kappa), version_kappa
 
 
 def warming_pods(svc: dict[str, Any], obs: IntervalObservation, tick: int, intervals: int) -> set[str]:
@@ -961,17 +971,57 @@ def burst_excess(rec: Mapping[str, Any], kappa: float) -> float:
     and their deviations from it, kept in a pooled sum, read as noise the bursts do not explain and divided the
     evidence of the regression itself. Fixed before the interval it divides, like every input of the interval's
     likelihood."""
+    split = _recent_split(rec)
+    if split is None:
+        return 1.0
+    deviation, v = split
+    return dispersion(float(np.sum(deviation**2)), float(np.sum(v * (1.0 + 2.0 * kappa * v))), len(v))
+
+
+def _recent_split(rec: Mapping[str, Any]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None:
+    """Over the intervals `burst_excess` keeps, the canary's events less what the split at the ratio estimated
+    from every interval so far predicts, and the binomial variance v_t of that split; None before any."""
     recent = rec.get("recent") or []
     x_c, x_b = rec["exposure"]
     if not recent or x_c <= 0 or x_b <= 0:
-        return 1.0
+        return None
     ratio = _estimated_ratio(rec)
     k_c, k_b, n_c, n_b = np.asarray(recent, dtype=np.float64).T
     events = k_c + k_b
     share = ratio * n_c / (ratio * n_c + n_b)
-    v = events * share * (1.0 - share)
-    return dispersion(float(np.sum((k_c - events * share) ** 2)), float(np.sum(v * (1.0 + 2.0 * kappa * v))),
-                      len(recent))
+    return k_c - events * share, events * share * (1.0 - share)
+
+
+def judged_burstiness(rec: Mapping[str, Any]) -> float:
+    """The kappa a rate check's interval is judged with: the baseline's own burstiness (`rate_burstiness`), or
+    less when the versions' split shows less (`split_burstiness`): the part of the bursts both versions share
+    cancels in the split, and only the rest can make identical versions' errors look different."""
+    kappa = rate_burstiness(rec)
+    split = split_burstiness(rec)
+    return kappa if split is None else min(kappa, split)
+
+
+def split_burstiness(rec: Mapping[str, Any]) -> float | None:
+    """An upper bound on each version's own burstiness from the split of the events between them, or None with
+    fewer than SPLIT_BURST_MIN_INTERVALS intervals to measure it on.
+
+    When each version's rate has a factor of its own per interval (squared coefficient of variation kappa_c,
+    kappa_b), the canary's events given the interval's deviate from the split by E[d_t^2] = v_t (1 + theta v_t),
+    theta = kappa_c + kappa_b; a factor both versions share cancels. theta is estimated by moments over the
+    intervals `burst_excess` keeps, sum(d_t^2 - v_t) / sum(v_t^2), with its standard error from the same terms,
+    and taken SPLIT_BURST_Z standard errors high (then halved: per version, as the burst likelihood's kappa), so
+    that it is rarely below the truth; the judge still raises what it uses by BURST_KAPPA_MARGIN, and
+    `burst_excess` still divides the evidence by whatever dispersion is left."""
+    split = _recent_split(rec)
+    if split is None or len(split[1]) < SPLIT_BURST_MIN_INTERVALS:
+        return None
+    deviation, v = split
+    excess, squares = deviation**2 - v, float(np.sum(v * v))
+    if squares <= 0:
+        return None
+    theta = float(np.sum(excess)) / squares
+    error = math.sqrt(float(np.sum((excess - theta * v * v) ** 2))) / squares
+    return (max(theta, 0.0) + SPLIT_BURST_Z * error) / 2.0
 
 
 def _fold_recent(rec: dict[str, Any], k_c: int, k_b: int, n_c: int, n_b: int) -> None:
@@ -992,19 +1042,20 @@ def rate_placement(rec: Mapping[str, Any]) -> float:
 def interval_dispersion(rec: Mapping[str, Any], events: int, n_c: int, n_b: int, r0: float) -> float:
     """phi_t of one interval with `events` events in all: the larger of the pooled Pearson phi and
     1 + 2 kappa v_t, where v_t = events s (1 - s) is the binomial variance of the canary's share of them (s at the
-    ratio r0) and kappa the baseline's own burstiness (`rate_burstiness`).
+    ratio r0) and kappa the baseline's own burstiness, or less when the split shows less (`judged_burstiness`).
 
     Why a variance function: when each version's rate is multiplied every minute by a factor of squared
     coefficient of variation kappa (error bursts, a retry storm, a slow minute), the canary's count given the
     interval's events varies v_t (1 + (kappa_c + kappa_b) v_t): the excess grows with the events compared, so a
     pooled phi learnt at 10% understates the noise at 50%, and more so the busier the service. Under the null the
     canary's errors are as bursty as the baseline's (kappa_c = kappa_b), and the baseline, with most of the
-    traffic, measures kappa far more precisely than the comparison can."""
+    traffic, measures kappa far more precisely than the comparison can; but its kappa also counts the bursts both
+    versions share, which cancel in the split, so the split's own bound is used when lower."""
     if not (n_c > 0 and n_b > 0 and events > 0):
         return harm_dispersion(rec)
     share = r0 * n_c / (r0 * n_c + n_b)
     v_t = events * share * (1.0 - share)
-    return max(harm_dispersion(rec), 1.0 + 2.0 * rate_burstiness(rec) * v_t)
+    return max(harm_dispersion(rec), 1.0 + 2.0 * judged_burstiness(rec) * v_t)
 
 
 def harm_dispersion(rec: Mapping[str, Any]) -> float:

@@ -13,7 +13,7 @@ more over the horizon), latency +10% / +25%, slow tail (slow mode 3% -> 6%), err
 (+5% every 3 min). Every judge sees the same draws. The sequential judge runs vectorised through the
 same functions `analysis.sequential` uses (a check at start-up compares it with `SequentialJudge` itself).
 
-`--world NAME` runs the grid on a world of bench/worlds.py (pods, jitter, bursts, warmup, diurnal, real)
+`--world NAME` runs the grid on a world of bench/worlds.py (pods, jitter, bursts, warmup, diurnal, real, bursts-shared)
 instead of the independent requests above (the default; its baseline now spread over 10 identical pods and
 its canary over 1-3, whose counts the judge reads as in production); `--scenarios` picks scenarios (aa240 is
 the 240-minute A/A); `--warmup N` leaves each replication's first N minutes unjudged, as
@@ -57,6 +57,8 @@ from analysis.sequential import (
     EXCESS_WINDOW,
     RATE_INTERVAL_LLR_CAP,
     RATIO_GRID,
+    SPLIT_BURST_MIN_INTERVALS,
+    SPLIT_BURST_Z,
     SequentialJudge,
     log_mixture,
     ratio_increment,
@@ -254,11 +256,13 @@ def _rate_log_evalue(k_c: np.ndarray, k_b: np.ndarray, n_c: np.ndarray, n_b: np.
                          1.0)
         share0 = np.where(both, r0 * n_c / np.where(both, r0 * n_c + n_b, 1.0), 0.0)
     kappa_before = _before(_burstiness(k_b, n_b, e_b, x_b, prior), _prior_burstiness(prior))
-    excess, phi_before = _recent_dispersions((k_c, k_b, n_c, n_b), np.where(known, ratio, 0.0), kappa_before)
+    # kappa as judged: the baseline's, lowered where the split between the versions shows less
+    excess, phi_before, judged = _recent_dispersions((k_c, k_b, n_c, n_b), np.where(known, ratio, 0.0), kappa_before)
     v_t = np.where(both & (events > 0), events * share0 * (1.0 - share0), 0.0)
-    phi_t = np.where(both & (events > 0), np.maximum(phi_before, 1.0 + 2.0 * kappa_before * v_t), phi_before)
+    phi_t = np.where(both & (events > 0), np.maximum(phi_before, 1.0 + 2.0 * judged * v_t), phi_before)
     added = ratio_increment(k_c, k_b, n_c, n_b, r0, grid, cap=RATE_INTERVAL_LLR_CAP * phi_t) / phi_t[..., None]
-    _burst_added(added, (k_c, k_b, n_c, n_b), r0, grid, _baseline_rate(e_b, x_b, prior), kappa_before, excess)
+    _burst_added(added, (k_c, k_b, n_c, n_b), r0, grid, _baseline_rate(e_b, x_b, prior), (judged, kappa_before),
+                 excess)
     g = np.ones(k_c.shape) if pods is None else _rate_placement(pods, v_t / phi_t, prior)
     return log_mixture(np.cumsum(added, axis=1) / g[..., None])
 
@@ -277,15 +281,17 @@ _NO_LEVEL = -(10**6)  # kappa below the burst likelihood's floor
 
 
 def _recent_dispersions(counts: tuple[np.ndarray, ...], ratio: np.ndarray, kappa: np.ndarray
-                        ) -> tuple[np.ndarray, np.ndarray]:
-    """`analysis.sequential.burst_excess` and `harm_dispersion` per (rep, minute), in one pass: over the last
-    EXCESS_WINDOW minutes before it that had something to compare, the canary's deviations from the split at
-    `ratio` (the estimate before the minute; 0 when none, then 1) against the bursts' variance and against the
-    binomial's, each shrunk as `dispersion` does."""
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`analysis.sequential.burst_excess`, `harm_dispersion` and `judged_burstiness` per (rep, minute), in one
+    pass: over the last EXCESS_WINDOW minutes before it that had something to compare, the canary's deviations
+    from the split at `ratio` (the estimate before the minute; 0 when none, then 1) against the bursts' variance
+    and against the binomial's, each shrunk as `dispersion` does; and the baseline's burstiness `kappa`, lowered
+    to the split's own bound where that is lower (the bursts' variance uses the lowered one)."""
     k_c, k_b, n_c, n_b = (np.asarray(x, dtype=np.float64) for x in counts)
     events = k_c + k_b
     used = (n_c > 0) & (n_b > 0) & (events > 0)
     excess, plain = np.ones(k_c.shape), np.ones(k_c.shape)
+    judged = np.array(np.broadcast_to(kappa, k_c.shape), dtype=np.float64)
     for t in range(1, k_c.shape[1]):
         # The judge keeps the last EXCESS_WINDOW minutes that had something to compare, not the last minutes.
         kept = used[:, :t] & (np.cumsum(used[:, :t][:, ::-1], axis=1)[:, ::-1] <= EXCESS_WINDOW)
@@ -293,31 +299,52 @@ def _recent_dispersions(counts: tuple[np.ndarray, ...], ratio: np.ndarray, kappa
         with np.errstate(divide="ignore", invalid="ignore"):
             share = np.where(kept, r * n_c[:, :t] / np.where(kept, r * n_c[:, :t] + n_b[:, :t], 1.0), 0.0)
         k = events[:, :t]
-        v = k * share * (1.0 - share)
-        rss = np.sum(np.where(kept, (k_c[:, :t] - k * share) ** 2, 0.0), axis=1)
-        model = np.sum(np.where(kept, v * (1.0 + 2.0 * kappa[:, t:t + 1] * v), 0.0), axis=1)
-        binomial = np.sum(np.where(kept, v, 0.0), axis=1)
+        v = np.where(kept, k * share * (1.0 - share), 0.0)
+        deviation = np.where(kept, k_c[:, :t] - k * share, 0.0)
         known = (ratio[:, t] > 0) & kept.any(axis=1)
+        judged[:, t] = np.where(known, np.minimum(judged[:, t], _split_burstiness(kept, deviation, v)), judged[:, t])
+        rss = np.sum(deviation**2, axis=1)
+        model = np.sum(v * (1.0 + 2.0 * judged[:, t:t + 1] * v), axis=1)
         dof = kept.sum(axis=1).astype(np.float64)
         excess[:, t] = np.where(known, dispersion_array(rss, model, dof), 1.0)
-        plain[:, t] = np.where(known, dispersion_array(rss, binomial, dof), 1.0)
-    return excess, plain
+        plain[:, t] = np.where(known, dispersion_array(rss, np.sum(v, axis=1), dof), 1.0)
+    return excess, plain, judged
+
+
+def _split_burstiness(kept: np.ndarray, deviation: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """`analysis.sequential.split_burstiness` per rep from its kept minutes (0 elsewhere in `deviation`, `v`):
+    inf where it has none (fewer than SPLIT_BURST_MIN_INTERVALS minutes, or no variance to measure it on)."""
+    squares = np.sum(v * v, axis=1)
+    ok = (kept.sum(axis=1) >= SPLIT_BURST_MIN_INTERVALS) & (squares > 0)
+    terms = np.where(kept, deviation**2 - v, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        theta = np.sum(terms, axis=1) / np.where(ok, squares, 1.0)
+        error = np.sqrt(np.sum(np.where(kept, (terms - theta[:, None] * v * v) ** 2, 0.0), axis=1)) / np.where(
+            ok, squares, 1.0)
+    return np.where(ok, (np.maximum(theta, 0.0) + SPLIT_BURST_Z * error) / 2.0, np.inf)
 
 
 def _burst_added(added: np.ndarray, counts: tuple[np.ndarray, ...], r0: float, grid: tuple[float, ...],
-                 rate: np.ndarray, kappa: np.ndarray, excess: np.ndarray) -> None:
+                 rate: np.ndarray, kappas: tuple[np.ndarray, np.ndarray], excess: np.ndarray) -> None:
     """Replace, in `added`, the intervals `_fold_ratio` judges by the burst likelihood (`_burst_inputs`): kappa's
-    level from the burstiness known before each, the baseline's rate, the dispersion left beyond the bursts."""
+    level from the burstiness known before each (as judged, and the baseline's whole where the split lowered it),
+    the baseline's rate, the dispersion left beyond the bursts."""
     k_c, k_b, n_c, n_b = counts
+    kappa, whole = kappas
+    lowered = np.broadcast_to(kappa < whole, k_c.shape)
     events = k_c + k_b
     level_of = np.frompyfunc(lambda k: _NO_LEVEL if (v := kappa_level(BURST_KAPPA_MARGIN * float(k))) is None else v,
                              1, 1)
     levels = np.broadcast_to(level_of(kappa), k_c.shape).astype(np.int64)
     used = (levels != _NO_LEVEL) & (rate > 0) & (n_c > 0) & (n_b > 0) & (events > 0)
+    version = BURST_KAPPA_MARGIN * np.broadcast_to(whole, k_c.shape)
     for level in set(levels[used].tolist()):
-        at = used & (levels == level)
-        added[at] = burst_increment(k_c[at], k_b[at], n_c[at], n_b[at], r0, grid, int(level), rate[at],
-                                    cap=RATE_INTERVAL_LLR_CAP) / excess[at][:, None]
+        for split in (False, True):
+            at = used & (levels == level) & (lowered == split)
+            if at.any():
+                added[at] = burst_increment(k_c[at], k_b[at], n_c[at], n_b[at], r0, grid, int(level), rate[at],
+                                            cap=RATE_INTERVAL_LLR_CAP, version_kappa=version[at] if split else None
+                                            ) / excess[at][:, None]
 
 
 def _rate_placement(pods: RatePods, info: np.ndarray, prior: RatePrior | None) -> np.ndarray:

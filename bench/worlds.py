@@ -26,6 +26,10 @@ adds them all:
   random time of day per release, and both versions' latency follows the load with elasticity
   LOAD_LATENCY_ELASTICITY. Both versions see it alike.
 - `real`: all of these together.
+- `bursts-shared`: the `bursts` factor, but one per minute for both versions: errors burst because of
+  something both versions depend on (a database, a downstream service, a burst of bad queries), so the bursts
+  cancel in the split of the errors between the versions. `bursts` is the harder case, bursts of each version's
+  own; this world shows what the judge makes of the common one.
 
 The scenario's true effect on the canary (latency multiplier, slow-mode share, error multiplier) comes on
 top of the noise, so `Scenario()` is an A/A test in every world: no effect on average over releases,
@@ -120,6 +124,7 @@ class World:
     bursts: bool = False
     warmup: bool = False
     diurnal: bool = False
+    shared_bursts: bool = False  # one burst factor per minute for both versions instead of one each
 
 
 WORLDS: dict[str, World] = {
@@ -133,6 +138,8 @@ WORLDS: dict[str, World] = {
         World("warmup", "new canary pods slower for their first minutes", warmup=True),
         World("diurnal", "total rate (and latency with it) follows the day", diurnal=True),
         World("real", "all of the above together", pods=True, jitter=True, bursts=True, warmup=True, diurnal=True),
+        World("bursts-shared", "per-minute Gamma error-rate factor shared by both versions", bursts=True,
+              shared_bursts=True),
     )
 }
 WORLD_NAMES: tuple[str, ...] = tuple(WORLDS)
@@ -258,6 +265,8 @@ class Traffic:
         if kind == "jitter":
             return mean_one_lognormal(self.rng, JITTER_SIGMA, (self.reps, 2))
         shape = 1.0 / (BURST_CV * BURST_CV)
+        if self.world.shared_bursts:
+            return np.repeat(self.rng.gamma(shape, 1.0 / shape, size=(self.reps, 1)), 2, axis=1)
         return self.rng.gamma(shape, 1.0 / shape, size=(self.reps, 2))
 
     def minute(self, weight: npt.ArrayLike) -> Minute:

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from scipy import special
+from scipy import special, stats
 
 from analysis.bursts import (
     BURST_KAPPA_FLOOR,
@@ -89,3 +89,33 @@ def test_the_cap_bounds_each_ratio() -> None:
     assert level is not None
     capped = burst_increment(np.array([40]), np.array([2]), 300, 300, 1.0, RATIO_GRID, level, 0.05, cap=np.array([2.0]))
     assert capped.max() == 2.0
+
+
+def test_the_totals_shape_gives_each_version_the_burstiness_of_its_rate_as_a_whole() -> None:
+    """Own bursts only (version_kappa = kappa): the shape is 2a, today's model. Bursts all shared (kappa near
+    0): 1 / version_kappa. In between, each version's factor S u has squared CV version_kappa exactly."""
+    from analysis.bursts import total_shape
+
+    assert float(total_shape(0.5, 0.5)) == pytest.approx(4.0)
+    assert float(total_shape(1e-4, 1.0)) == pytest.approx(1.0, rel=1e-3)
+    kappa, whole = 0.3, 1.2
+    alpha, a = float(total_shape(kappa, whole)), 1.0 / kappa
+    assert (1.0 + 1.0 / alpha) * (1.0 + 1.0 / (2.0 * a + 1.0)) - 1.0 == pytest.approx(whole)
+    assert float(total_shape(kappa, 0.1)) == pytest.approx(2.0 * a)  # never less bursty than its own part
+
+
+def test_a_shared_burst_split_as_the_null_splits_is_evidence_for_the_null_once_the_rate_is_known_bursty() -> None:
+    """A minute with 10x the errors expected, split between the versions exactly as identical versions split them
+    (15 of 150 on a 10% canary). Judged with bursts of each version's own but small (kappa 0.02), the model can
+    only explain so many errors by a canary that fails more, and the minute reads as evidence of harm; told that
+    the rate as a whole is bursty (version_kappa 1), it reads as what it is, evidence for identical versions, as
+    the binomial split does."""
+    from analysis.bursts import burst_log_likelihood, kappa_level, level_kappa
+
+    kappa = level_kappa(kappa_level(0.02))
+    ratios = np.array([1.0, 2.0, 4.0])
+    own = burst_log_likelihood(15, 135, 300, 2700, ratios, kappa, 0.005)
+    whole = burst_log_likelihood(15, 135, 300, 2700, ratios, kappa, 0.005, version_kappa=1.0)
+    binomial = stats.binom.logpmf(15, 150, ratios * 300 / (ratios * 300 + 2700))
+    assert own[1] - own[0] > 2.0
+    assert (whole[1:] - whole[0] < 0).all() and (binomial[1:] - binomial[0] < 0).all()

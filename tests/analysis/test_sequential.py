@@ -154,8 +154,9 @@ def test_a_bursty_checks_interval_is_judged_by_the_burst_likelihood_and_adds_at_
     phi_t = interval_dispersion(rec, 60 + 45, 500, 4500, 1.0)
     inputs = _burst_inputs(rec, 60 + 45, 500, 4500)
     assert phi_t > 2.0 and inputs is not None
-    level, rate, excess = inputs
+    level, rate, excess, version_kappa = inputs
     kappa = rate_burstiness(rec)
+    assert version_kappa is None  # eight intervals: too few for the split to bound the bursts
     assert BURST_KAPPA_MARGIN * kappa <= level_kappa(level) < BURST_KAPPA_MARGIN * kappa * 2 ** (1 / 8)
     assert rate == pytest.approx(BURST_RATE_MARGIN * sum(history) / (4500 * len(history))) and excess >= 1.0
     before = np.asarray(rec["llr"])
@@ -264,6 +265,52 @@ def test_the_baseline_burstiness_is_learnt_from_its_own_intervals() -> None:
             factor = rng.gamma(1.0 / cv2, cv2) if cv2 else 1.0
             _fold_ratio(rec, 0, int(rng.poisson(20.0 * factor)), 100, 4000, 1.0)
         assert low <= rate_burstiness(rec) <= high, (cv2, rate_burstiness(rec))
+
+
+def _split_bursts(seed: int, shared: bool, intervals: int, n_c: int) -> dict[str, Any]:
+    """A rate check fed `intervals` minutes of `n_c` canary requests out of 2,000 at 1% errors, both versions'
+    rates multiplied every minute by Gamma(1) burst factors: one they share, or one each."""
+    from analysis.sequential import _fold_ratio, _ratio_state
+
+    rng = np.random.default_rng(seed)
+    rec = _ratio_state()
+    for _ in range(intervals):
+        common = rng.gamma(1.0, 1.0)
+        f_c, f_b = (common, common) if shared else (rng.gamma(1.0, 1.0), rng.gamma(1.0, 1.0))
+        n_b = 2000 - n_c
+        _fold_ratio(rec, int(rng.poisson(0.01 * n_c * f_c)), int(rng.poisson(0.01 * n_b * f_b)), n_c, n_b, 1.0)
+    return rec
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("n_c", [200, 1000])
+def test_bursts_both_versions_share_cancel_in_the_split_and_the_check_is_judged_without_them(
+        seed: int, n_c: int) -> None:
+    """Errors that burst because of something both versions depend on make the baseline's own rate bursty
+    (kappa about 1 from its intervals) but split between the versions binomially: after 40 minutes the split's
+    bound on each version's own burstiness is below 0.2, and the check is judged with it. Bursts of each
+    version's own show in the split (its bound above 0.3 on every seed). Before SPLIT_BURST_MIN_INTERVALS
+    intervals the split gives no bound and the baseline's burstiness is used."""
+    from analysis.bursts import BURST_KAPPA_MARGIN
+    from analysis.sequential import (
+        SPLIT_BURST_MIN_INTERVALS,
+        _burst_inputs,
+        judged_burstiness,
+        rate_burstiness,
+        split_burstiness,
+    )
+
+    shared = _split_bursts(seed, True, 40, n_c)
+    bound = split_burstiness(shared)
+    assert rate_burstiness(shared) > 0.3 and bound is not None and bound < 0.2
+    assert judged_burstiness(shared) == bound
+    # The burst likelihood, when the bound is above its floor, is told the baseline's burstiness as a whole.
+    inputs = _burst_inputs(shared, 40, n_c, 2000 - n_c)
+    assert inputs is None or inputs[3] == pytest.approx(BURST_KAPPA_MARGIN * rate_burstiness(shared))
+    own = split_burstiness(_split_bursts(seed, False, 40, n_c))
+    assert own is not None and own > 0.3
+    early = _split_bursts(seed, True, SPLIT_BURST_MIN_INTERVALS - 1, n_c)
+    assert split_burstiness(early) is None and judged_burstiness(early) == rate_burstiness(early)
 
 
 def test_an_interval_comparing_more_events_is_given_more_dispersion() -> None:

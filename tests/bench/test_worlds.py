@@ -120,6 +120,23 @@ def test_bursts_make_errors_vary_far_more_than_binomially() -> None:
     assert abs(float(np.corrcoef(sim.e_c.ravel(), sim.e_b.ravel())[0, 1])) < 0.1
 
 
+def test_shared_bursts_make_both_versions_burst_together_and_leave_the_split_binomial() -> None:
+    sim = run("bursts-shared", 40, 60, 200.0, weight=50.0)
+    mean_errors = float(np.mean(sim.e_c))
+    per_minute = float(np.mean(np.var(sim.e_b, axis=1, ddof=1)) / np.mean(sim.e_b))
+    assert per_minute == pytest.approx(1.0 + mean_errors * BURST_CV**2, rel=0.25)  # as bursty as `bursts`
+    assert float(np.corrcoef(sim.e_c.ravel(), sim.e_b.ravel())[0, 1]) > 0.8  # together
+    # Given a minute's errors, the canary's share of them is binomial: the common factor cancels.
+    total = sim.e_c + sim.e_b
+    share = sim.n_c / (sim.n_c + sim.n_b)
+    pearson = float(np.sum((sim.e_c - total * share) ** 2) / np.sum(total * share * (1 - share)))
+    assert pearson == pytest.approx(1.0, abs=0.1)
+    independent = run("bursts", 40, 60, 200.0, weight=50.0)
+    total_i = independent.e_c + independent.e_b
+    share_i = independent.n_c / (independent.n_c + independent.n_b)
+    assert float(np.sum((independent.e_c - total_i * share_i) ** 2) / np.sum(total_i * share_i * (1 - share_i))) > 5
+
+
 def test_warmup_slows_the_pods_a_scale_up_adds_for_their_first_minutes() -> None:
     weights = np.repeat([10.0, 20.0, 30.0, 40.0, 50.0], 6)  # canary pods 1, 2, 2, 3, 3
     sim = simulate("warmup", np.random.default_rng(4), 40, weights, 1000.0, Scenario())
