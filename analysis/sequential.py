@@ -899,8 +899,9 @@ def _fold_ratio(rec: dict[str, Any], k_c: int, k_b: int, n_c: int, n_b: int, r0:
     dispersion the bursts leave unexplained (`burst_excess`). The ratio's bounds use the log-likelihoods divided
     by the pooled phi. The e-value divides the summed log-likelihood ratios by the pod placement factor g
     (`rate_placement`)."""
-    phi_t = interval_dispersion(rec, k_c + k_b, n_c, n_b, r0)
-    bursts = _burst_inputs(rec, k_c + k_b, n_c, n_b)
+    kappa = judged_burstiness(rec)  # from the intervals before this one; both below judge with it
+    phi_t = interval_dispersion(rec, k_c + k_b, n_c, n_b, r0, kappa)
+    bursts = _burst_inputs(rec, k_c + k_b, n_c, n_b, kappa)
     _fold_pearson(rec, k_c, k_b, n_c, n_b)
     _fold_spread(rec, k_b, n_b)
     _fold_recent(rec, k_c, k_b, n_c, n_b)
@@ -922,7 +923,7 @@ def _fold_ratio(rec: dict[str, Any], k_c: int, k_b: int, n_c: int, n_b: int, r0:
     rec["logE"] = float(log_mixture(np.asarray(rec["llr"]) / rate_placement(rec)))
 
 
-def _burst_inputs(rec: Mapping[str, Any], events: int, n_c: int, n_b: int
+def _burst_inputs(rec: Mapping[str, Any], events: int, n_c: int, n_b: int, kappa: float | None = None
                   ) -> tuple[int, float, float, float | None] | None:
     """What the burst likelihood (`analysis.bursts`) needs for one interval, from the intervals before it: the
     level of each version's own burstiness (`judged_burstiness` raised by BURST_KAPPA_MARGIN, rounded up), the
@@ -930,9 +931,10 @@ def _burst_inputs(rec: Mapping[str, Any], events: int, n_c: int, n_b: int
     least 1), which divides the interval's log-likelihood ratios as phi_t divides the binomial's, and the
     burstiness of a version's rate as a whole (the baseline's, raised by BURST_KAPPA_MARGIN) when the split showed
     less than that (None: the same). None when the binomial split is used: no bursts learnt (kappa below the
-    floor once raised), no baseline rate yet, or nothing to compare in the interval."""
+    floor once raised), no baseline rate yet, or nothing to compare in the interval. `kappa`, when given, is
+    `judged_burstiness(rec)` already computed."""
     whole = rate_burstiness(rec)
-    kappa = judged_burstiness(rec)
+    kappa = judged_burstiness(rec) if kappa is None else kappa
     level = kappa_level(BURST_KAPPA_MARGIN * kappa)
     _, _, seen, exposure = rec.get("spread", [0.0, 0.0, 0, 0])
     if level is None or seen <= 0 or exposure <= 0 or not (n_c > 0 and n_b > 0 and events > 0):
@@ -1039,7 +1041,8 @@ def rate_placement(rec: Mapping[str, Any]) -> float:
     return 1.0 + rate_tau2_of(rec.get("pods", {})) * float(rec.get("wk", 0.0))
 
 
-def interval_dispersion(rec: Mapping[str, Any], events: int, n_c: int, n_b: int, r0: float) -> float:
+def interval_dispersion(rec: Mapping[str, Any], events: int, n_c: int, n_b: int, r0: float,
+                        kappa: float | None = None) -> float:
     """phi_t of one interval with `events` events in all: the larger of the pooled Pearson phi and
     1 + 2 kappa v_t, where v_t = events s (1 - s) is the binomial variance of the canary's share of them (s at the
     ratio r0) and kappa the baseline's own burstiness, or less when the split shows less (`judged_burstiness`).
@@ -1050,12 +1053,13 @@ def interval_dispersion(rec: Mapping[str, Any], events: int, n_c: int, n_b: int,
     pooled phi learnt at 10% understates the noise at 50%, and more so the busier the service. Under the null the
     canary's errors are as bursty as the baseline's (kappa_c = kappa_b), and the baseline, with most of the
     traffic, measures kappa far more precisely than the comparison can; but its kappa also counts the bursts both
-    versions share, which cancel in the split, so the split's own bound is used when lower."""
+    versions share, which cancel in the split, so the split's own bound is used when lower. `kappa`, when given,
+    is `judged_burstiness(rec)` already computed."""
     if not (n_c > 0 and n_b > 0 and events > 0):
         return harm_dispersion(rec)
     share = r0 * n_c / (r0 * n_c + n_b)
     v_t = events * share * (1.0 - share)
-    return max(harm_dispersion(rec), 1.0 + 2.0 * judged_burstiness(rec) * v_t)
+    return max(harm_dispersion(rec), 1.0 + 2.0 * (judged_burstiness(rec) if kappa is None else kappa) * v_t)
 
 
 def harm_dispersion(rec: Mapping[str, Any]) -> float:

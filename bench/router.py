@@ -164,7 +164,7 @@ def serve_bare_envoy(upstream: str, io_uring: bool = False) -> None:
             time.sleep(0.05)
     if listener is None:
         envoy.kill()
-        print(f"envoy-bare did not start: {(work / 'envoy.log').read_text(errors='replace')[-2000:]!r}", flush=True)
+        print(f"the bare Envoy did not start: {(work / 'envoy.log').read_text(errors='replace')[-2000:]!r}", flush=True)
         return
     print(f"mesh-router ready proxy={listener} admin={admin}", flush=True)
     envoy.wait()
