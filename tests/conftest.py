@@ -35,29 +35,50 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.timeout(REALTIME_TIMEOUT_S))
 
 
-@pytest.fixture(autouse=True)
-def _realtime_slot(request: pytest.FixtureRequest) -> Iterator[None]:
-    """When several pytest-xdist workers run: one of REALTIME_SLOTS exclusive file locks for a test marked
-    `realtime` (all of them for `realtime(alone=True)`), then the machine lock, shared by every test and exclusive
-    for `alone`, all held for the whole test (the locks die with the process that holds them)."""
+def _locks_folder() -> Path | None:
+    """Where the workers of this pytest-xdist run keep their locks; None outside such a run."""
     run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
     if run is None or REALTIME_SLOTS < 1:
-        yield
-        return
-    marker = request.node.get_closest_marker("realtime")
-    alone = marker is not None and bool(marker.kwargs.get("alone"))
+        return None
     folder = Path(tempfile.gettempdir()) / f"stack-canary-realtime-{run}"
     folder.mkdir(exist_ok=True)
-    count = 0 if marker is None else REALTIME_SLOTS
-    slots = [open(folder / f"slot-{i}", "a") for i in range(count)]  # noqa: SIM115 - closed below
+    return folder
+
+
+def _alone(item: pytest.Item) -> bool:
+    marker = item.get_closest_marker("realtime")
+    return marker is not None and bool(marker.kwargs.get("alone"))
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """The machine lock around the whole test (setup, call, teardown), taken before pytest-timeout starts the
+    test's clock: waiting for an `alone` test to end is no part of a test's own time."""
+    folder = _locks_folder()
+    if folder is None:
+        yield
+        return
+    with _machine(folder, _alone(item)):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _realtime_slot(request: pytest.FixtureRequest) -> Iterator[None]:
+    """One of REALTIME_SLOTS exclusive file locks (all of them for `realtime(alone=True)`), held for the whole
+    test, when it is marked `realtime` and runs in one of several pytest-xdist workers (the locks die with the
+    process that holds them)."""
+    folder = _locks_folder()
+    if request.node.get_closest_marker("realtime") is None or folder is None:
+        yield
+        return
+    slots = [open(folder / f"slot-{i}", "a") for i in range(REALTIME_SLOTS)]  # noqa: SIM115 - closed below
     try:
-        held = [] if marker is None else _take_all(slots) if alone else [_take_one(slots)]
-        with _machine(folder, alone):
-            try:
-                yield
-            finally:
-                for f in held:
-                    fcntl.flock(f, fcntl.LOCK_UN)
+        held = _take_all(slots) if _alone(request.node) else [_take_one(slots)]
+        try:
+            yield
+        finally:
+            for f in held:
+                fcntl.flock(f, fcntl.LOCK_UN)
     finally:
         for f in slots:
             f.close()
@@ -67,8 +88,8 @@ def _realtime_slot(request: pytest.FixtureRequest) -> Iterator[None]:
 def _machine(folder: Path, alone: bool) -> Iterator[None]:
     """The machine: shared by every test, exclusive for `realtime(alone=True)`. A turnstile keeps an exclusive
     taker from waiting forever while the other workers' short tests keep the shared lock taken between them:
-    each taker passes the gate first, and the exclusive one holds it while it runs. Slots are always taken
-    before the machine, and a test holding the machine never waits for a slot, so this cannot deadlock."""
+    each taker passes the gate first, and the exclusive one holds it while it runs. Every test takes the machine
+    before any slot, and an `alone` test holds it exclusively, so slot and machine waits cannot deadlock."""
     with open(folder / "gate", "a") as gate, open(folder / "machine", "a") as machine:
         fcntl.flock(gate, fcntl.LOCK_EX)
         fcntl.flock(machine, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
