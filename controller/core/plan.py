@@ -37,16 +37,23 @@ class ExperimentRoutes:
     Requests with `cohort_header: <variant>` go to that variant (explicit cohorts); requests whose cookie
     `cookie=<variant>` names a variant stay on it (sticky); every other request is split by weight and its
     response sets that cookie. `arms[0]` is the control, served by the stable subsets.
+
+    `closing_to` names the variant every new request goes to while the experiment ends (the control on a
+    rollback, the promoted variant on a promotion), whatever its cookie or cohort, and no cookie is set; every
+    variant's lane keeps its routes, so a request already inside the stack finishes on its variant.
     """
 
     arms: tuple[ExperimentArm, ...]
     cookie: str = "ab"
     cohort_header: str | None = None
     cookie_max_age: int = 7 * 24 * 3600
+    closing_to: str | None = None
 
     def __post_init__(self) -> None:
         if len(self.arms) < 2:
             raise InvalidPlan("an experiment needs at least two variants")
+        if self.closing_to is not None and self.closing_to not in {a.name for a in self.arms}:
+            raise InvalidPlan(f"the experiment closes to {self.closing_to!r}, which is not one of its variants")
         if sum(a.weight for a in self.arms) != 100:
             raise InvalidPlan(f"experiment weights {[a.weight for a in self.arms]} do not sum to 100")
         for a in self.arms:
@@ -62,6 +69,11 @@ class ExperimentRoutes:
     @property
     def control(self) -> ExperimentArm:
         return self.arms[0]
+
+    def closed_to(self, variant: str) -> ExperimentRoutes:
+        """Stage one of the experiment's end: every new request to `variant`, every lane kept (see the class)."""
+        arms = tuple(replace(a, weight=100 if a.name == variant else 0) for a in self.arms)
+        return replace(self, arms=arms, closing_to=variant)
 
 
 DEFAULT_SHADOW_HEADER = "x-canary-shadow"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -21,6 +21,7 @@ from analysis.observations import MetricsQuery, WindowCounts
 from controller.adapters.istio.render import read_plan, render
 from controller.adapters.istio.validate import validate_objects
 from controller.core.machine import base_plan
+from controller.core.plan import InvalidPlan, RoutingPlan
 from controller.core.spec.release import InvalidSpec, parse_release
 from controller.core.status import Phase, ReleaseStatus
 from controller.ports import BusinessQuery, Metrics, MetricsUnavailable
@@ -158,6 +159,69 @@ def test_experiment_routes_read_back_as_the_same_plan() -> None:
     entry["spec"]["http"][-1]["route"][1]["weight"] = 10
     entry["spec"]["http"][-1]["route"][0]["weight"] = 90
     assert not plan.equivalent(read_plan(edited))  # a hand edit is seen and repaired
+
+
+def _inner(plan: RoutingPlan) -> list[dict[str, Any]]:
+    """Every object of the plan but the entry's VirtualService: what routes a request already inside the stack."""
+    return [o for o in render(plan) if not (o["kind"] == "VirtualService" and o["metadata"]["name"] == plan.entry)]
+
+
+def _entry_routes(plan: RoutingPlan) -> list[tuple[str, list[tuple[str, str]]]]:
+    entry = next(o for o in render(plan) if o["kind"] == "VirtualService" and o["metadata"]["name"] == plan.entry)
+    return [(r["name"], [(d["destination"]["subset"], d["headers"]["request"]["set"]["x-canary-lane"])
+                         for d in r["route"]]) for r in entry["spec"]["http"]]
+
+
+@pytest.mark.parametrize("release_of", [ab_release, lambda: abn_release()], ids=["ab", "abn"])
+def test_an_ending_experiment_sends_new_requests_to_one_variant_and_keeps_every_lane(
+        release_of: Callable[[], dict[str, Any]]) -> None:
+    """Stage one of a rollback or a promotion: the entry sends every new request, whatever its cookie or cohort,
+    to the control or the promoted variant and sets no cookie; the subsets and lane routes stay, so a request
+    already on a variant's lane finishes there. Valid for Istio and the local router, and read back as itself."""
+    spec = parse_release(release_of())
+    assert spec.experiment is not None
+    running = base_plan(spec).with_experiment(spec.experiment.routes)
+    for variant, lane in (("v1", "v1"), ("v2", "v2")):
+        closing = base_plan(spec).with_experiment(spec.experiment.routes.closed_to(variant))
+        objects = render(closing)
+        for obj in objects:
+            assert istio_errors(obj, strict=True) == [], obj
+        validate_objects(objects)
+        assert _inner(closing) == _inner(running)
+        subset = "stable" if variant == "v1" else "v2"
+        assert _entry_routes(closing) == [("assign", [(subset, lane)])]
+        assert "set-cookie" not in json.dumps(objects)
+        assert closing.canary_weight == (0 if variant == "v1" else 100)
+        back = read_plan(json.loads(json.dumps(objects)))
+        assert closing.equivalent(back) and not running.equivalent(back)
+    with pytest.raises(InvalidPlan, match="not one of its variants"):
+        spec.experiment.routes.closed_to("v9")
+
+
+def _stages_after_the_experiment(world: ABWorld) -> list[RoutingPlan]:
+    applied = world.router.history
+    last = max(i for i, p in enumerate(applied) if p.experiment is not None and p.experiment.closing_to is None)
+    return applied[last:]
+
+
+@pytest.mark.parametrize("ctr, models, ended", [
+    ({"v1": 0.10, "v2": 0.16}, None, Phase.SUCCEEDED),
+    ({"v1": 0.10, "v2": 0.16}, {"v2": VersionModel(error_rate=0.02)}, Phase.ROLLED_BACK),
+])
+def test_promotion_and_rollback_of_an_experiment_keep_its_lanes_until_the_cutover(
+        ctr: dict[str, float], models: dict[str, VersionModel] | None, ended: Phase) -> None:
+    world = ABWorld(ctr, models=models)
+    status = world.run(ab_release())
+    assert status.phase is ended, status.message
+    running, closing, cut = _stages_after_the_experiment(world)[:3]
+    assert closing.experiment is not None
+    assert closing.experiment.closing_to == ("v2" if ended is Phase.SUCCEEDED else "v1")
+    assert _inner(closing) == _inner(running)
+    assert cut == (base_plan(parse_release(ab_release())).promoted() if ended is Phase.SUCCEEDED
+                   else base_plan(parse_release(ab_release())).all_stable())
+
+
+# --- whole experiments -------------------------------------------------------------------------------------
 
 
 # --- whole experiments -------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,6 @@ def alive(pid: int) -> bool:
 
 
 def all_gone(pids: list[int], within: float = 15.0) -> bool:
-    import time
-
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         if not [p for p in pids if alive(p)]:
@@ -127,8 +126,6 @@ def test_weight_changes_under_40_searches_a_second_fail_no_request(two_versions:
     """A release's moves applied to Envoy while 40 searches/s flow through the whole stack: every weight step up
     and back, a promotion (every subset re-pointed at v2) and a rollback. Not one request fails or goes
     unanswered, and the weights read back from Envoy are the ones applied."""
-    import time
-
     stack = two_versions
     apply(stack, stack.baseline_plan("v1", "v2", 0))
     load = LoadRunner(f"{stack.router_url}/master-service/search", 40.0, 30.0, 1200, host="master-search",
@@ -177,6 +174,53 @@ def test_a_router_restart_stops_the_old_envoy_and_keeps_routes_and_endpoints(two
     assert all_gone([old]), f"the old Envoy {old} outlived the restart"
     assert alive(envoy_pid(stack)) and envoy_pid(stack) != old
     assert all(set(p.values()) == {"v2"} for p in send(stack, 30))
+
+
+def _active_in(stack: LocalStack, service: str, version: str) -> int:
+    """Requests Envoy has sent to `service`'s `version` and not yet seen answered (its clusters' gauges)."""
+    name = rf"^cluster\.outbound\|\d+\|{version}(~\d+)?\|{service}\..*\.upstream_rq_active$"
+    stats = httpx.get(f"http://{stack.envoy_admin_target}/stats", params={"filter": name, "format": "json"},
+                      timeout=10).json()["stats"]
+    return sum(int(s.get("value", 0)) for s in stats)
+
+
+@pytest.mark.realtime
+@pytest.mark.timeout(120)
+def test_searches_inside_a_variant_finish_on_it_while_the_experiment_ends(two_versions: LocalStack) -> None:
+    """An experiment ends (a rollback's first stage) while eight searches of v2's users wait inside v2's
+    master-search: they still call v2 of every service behind it, while a new search of a v2 user goes to v1."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from controller.core.plan import ExperimentArm, ExperimentRoutes
+
+    stack = two_versions
+    experiment = ExperimentRoutes((ExperimentArm("v1", "v1", 50), ExperimentArm("v2", "v2", 50)))
+    running = stack.baseline_plan("v1", "v2", 0).with_experiment(experiment)
+    closing = stack.baseline_plan("v1", "v2", 0).with_experiment(experiment.closed_to("v1"))
+    apply(stack, running)
+    faults = f"http://127.0.0.1:{stack.workloads[('master-search', 'v2')].port}/admin/faults"
+    httpx.put(faults, json={"latency_ms": 4000}, timeout=5).raise_for_status()
+
+    def search(seed: int) -> dict[str, str]:
+        r = httpx.post(f"{stack.router_url}/master-service/search", json={**QUERY, "random_seed": seed},
+                       headers={"host": "master-search", "cookie": "ab=v2"}, timeout=30)
+        assert r.status_code == 200, r.text
+        return served_by(r)
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            inside = [pool.submit(search, i) for i in range(8)]
+            deadline = time.monotonic() + 10
+            while _active_in(stack, "master-search", "v2") < 8:
+                assert time.monotonic() < deadline, "the searches did not reach v2's master-search"
+                time.sleep(0.05)
+            apply(stack, closing)
+            assert closing.equivalent(LocalRouter(stack.admin).in_effect())  # read back from Envoy
+            assert set(search(99).values()) == {"v1"}  # a new search of a v2 user: the control
+            paths = [f.result() for f in inside]
+    finally:
+        httpx.put(faults, json={}, timeout=5).raise_for_status()
+    assert all(set(p.values()) == {"v2"} and set(p) == set(SEARCH_SERVICES) for p in paths), paths
 
 
 def test_services_left_unchanged_serve_both_lanes_from_stable(two_versions: LocalStack) -> None:
@@ -297,8 +341,6 @@ def test_stack_up_serves_then_stops_every_process_on_sigterm(tmp_path: Path) -> 
     import signal
     import subprocess
     import sys
-    import time
-
     argv = [sys.executable, "-m", "controller.cli.main", "stack", "up", "--versions", "v1,v2", "--weight", "50",
             "--workdir", str(tmp_path)]
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
@@ -384,8 +426,6 @@ def _run_until(argv: list[str], state: Any, ready: Any, within: float = 90) -> A
     import signal
     import subprocess
     import sys
-    import time
-
     with subprocess.Popen([sys.executable, "-m", "controller.cli.main", *argv],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
         deadline = time.monotonic() + within

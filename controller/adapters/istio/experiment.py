@@ -11,6 +11,10 @@ This module owns the experiment's routes (`RoutingPlan.experiment` set); `render
   user is assigned once and stays. Every destination sets the lane header to the variant's name;
 - every other service: `lane-<v>` (lane header == v -> subset v) for variants that change it, then stable.
   A request thus stays on its variant along the whole stack path.
+
+While an experiment ends (`ExperimentRoutes.closing_to`, the first stage of its rollback or promotion) the entry has
+only the `assign` route, to that one variant and setting no cookie; the DestinationRules and lane routes stay as
+they were, so the requests already inside the stack finish on their variant.
 """
 
 from __future__ import annotations
@@ -62,13 +66,17 @@ def destination_rule_spec(plan: RoutingPlan, sv: ServiceVersions) -> Obj:
 def entry_spec(plan: RoutingPlan) -> Obj:
     exp = _experiment(plan)
     http: list[Obj] = []
-    if exp.cohort_header:
+    if exp.closing_to is not None:
+        arm = next(a for a in exp.arms if a.name == exp.closing_to)
+        http.append({"name": ASSIGN_ROUTE, "route": [{**_to_variant(plan, exp, arm, assign=False), "weight": 100}]})
+    elif exp.cohort_header:
         http.extend({"name": f"cohort-{a.name}", "match": [{"headers": {exp.cohort_header: {"exact": a.name}}}],
                      "route": [_to_variant(plan, exp, a, assign=False)]} for a in exp.arms)
-    http.extend({"name": f"sticky-{a.name}",
-                 "match": [{"headers": {"cookie": {"regex": cookie_regex(exp.cookie, a.name)}}}],
-                 "route": [_to_variant(plan, exp, a, assign=False)]} for a in exp.arms)
-    http.append({"name": ASSIGN_ROUTE, "route": [_to_variant(plan, exp, a, assign=True) for a in exp.arms]})
+    if exp.closing_to is None:
+        http.extend({"name": f"sticky-{a.name}",
+                     "match": [{"headers": {"cookie": {"regex": cookie_regex(exp.cookie, a.name)}}}],
+                     "route": [_to_variant(plan, exp, a, assign=False)]} for a in exp.arms)
+        http.append({"name": ASSIGN_ROUTE, "route": [_to_variant(plan, exp, a, assign=True) for a in exp.arms]})
     spec: Obj = {"hosts": [plan.entry, *plan.entry_hosts], "http": http}
     if plan.gateways:
         spec["gateways"] = [*plan.gateways, "mesh"]
@@ -97,8 +105,9 @@ def _experiment(plan: RoutingPlan) -> ExperimentRoutes:
 
 
 def _annotation(exp: ExperimentRoutes) -> Obj:
-    return {"arms": [[a.name, a.version] for a in exp.arms], "cookie": exp.cookie,
+    note = {"arms": [[a.name, a.version] for a in exp.arms], "cookie": exp.cookie,
             "cohortHeader": exp.cohort_header, "cookieMaxAge": exp.cookie_max_age}
+    return note if exp.closing_to is None else {**note, "closingTo": exp.closing_to}
 
 
 class UnreadableExperiment(ValueError):
@@ -115,7 +124,8 @@ def read_experiment(entry_vs: Obj) -> ExperimentRoutes:
         weights = {d["headers"]["request"]["set"][lane_header]: int(d.get("weight", 0)) for d in route["route"]}
         arms = tuple(ExperimentArm(str(n), str(v), weights.get(str(n), 0)) for n, v in note["arms"])
         return ExperimentRoutes(arms, cookie=str(note["cookie"]), cohort_header=note.get("cohortHeader"),
-                                cookie_max_age=int(note.get("cookieMaxAge", 7 * 24 * 3600)))
+                                cookie_max_age=int(note.get("cookieMaxAge", 7 * 24 * 3600)),
+                                closing_to=note.get("closingTo"))
     except (StopIteration, KeyError, TypeError, ValueError) as exc:
         raise UnreadableExperiment(f"VirtualService {meta.get('name')}: not a readable experiment ({exc!r})") from exc
 

@@ -24,8 +24,9 @@ def desired_plan(spec: ReleaseSpec, status: ReleaseStatus) -> RoutingPlan | None
     """The routes the status calls for.
 
     Promotion and rollback each change the routes in two stages, so that no request in flight mixes
-    versions: first only the entry split moves (100% into the canary lane, or 0%), leaving the lane routes
-    of requests already inside the stack untouched; after `drainTime` the subsets are re-pointed
+    versions: first only the entry split moves (100% into the canary lane, or 0%; an experiment's entry sends
+    every new request to the promoted variant or the control and keeps every variant's lane), leaving the lane
+    routes of requests already inside the stack untouched; after `drainTime` the subsets are re-pointed
     (stable -> new version) or the canary subsets removed.
     """
     base = base_plan(spec)
@@ -44,11 +45,19 @@ def desired_plan(spec: ReleaseSpec, status: ReleaseStatus) -> RoutingPlan | None
             return base.with_experiment(spec.experiment.routes)  # scaling the winner: the split stays
         case Phase.PROMOTING:
             # Scaling first (`scaling_to` set), the weight stays; then 100% into the lane; then the cutover.
-            return base.promoted() if status.cutover else base.with_weight(status.canary_weight)
+            if status.cutover:
+                return base.promoted()
+            if spec.experiment is not None:
+                return base.with_experiment(spec.experiment.routes.closed_to(spec.experiment.treatment))
+            return base.with_weight(status.canary_weight)
         case Phase.SUCCEEDED:
             return base.promoted()
         case Phase.ROLLING_BACK:
-            return base.all_stable() if status.cutover else base.with_weight(0)
+            if status.cutover:
+                return base.all_stable()
+            if spec.experiment is not None:
+                return base.with_experiment(spec.experiment.routes.closed_to(spec.experiment.routes.control.name))
+            return base.with_weight(0)
         case Phase.FAILED if status.started_at is None:
             return None  # failed before it started (bad spec, a failed preRollout hook): routes untouched
         case _:
