@@ -37,6 +37,7 @@ from demo.experiment import run_ab_demo
 from demo.harness import (
     Console,
     LaneAudit,
+    cpu_line,
     data_plane_summary,
     demo_release,
     drive_release,
@@ -126,6 +127,7 @@ def run_local(release: dict[str, Any], faults: Faults, rps: float = 20.0, summar
         result["shadow"] = shadow_summary(status)
         result.update(final_platform(stack, router))
         result.update(data_plane_summary())
+        result["cpu_seconds"] = stack.cpu_seconds()
         result["interrupted"] = stop.is_set()
         result["report"] = str(write_report(state, workdir / "report.html"))
     publish_summary(result, _summary_text(result), console, summary_path)
@@ -284,6 +286,7 @@ def _summary_text(r: dict[str, Any]) -> str:
         f"  canary requests served: {r['canary_requests']} of {r['responses']} "
         f"(requests mixing versions along their path: {r['mixed_version_responses']})",
         f"  metrics source: {r['metrics_source']}",
+        f"  CPU seconds per process: {cpu_line(r['cpu_seconds'])}",
         f"  report: {r.get('report', '-')}",
         f"  state: {r['state_dir']}   logs: {r['logs']}",
     ])

@@ -46,6 +46,7 @@ from controller.reconciler import Reconciler
 from demo.harness import (
     Console,
     LaneAudit,
+    cpu_line,
     data_plane_summary,
     demo_release,
     drive_release,
@@ -125,6 +126,7 @@ def run_ab_demo(rps: float = 40.0, interval: float = 10.0, summary_path: Path | 
         result = _summary(status, audit, report, source.name, workdir, clicks)
         result["scenario"] = "ab" if variants == 2 else "abn"
         result.update(data_plane_summary())
+        result["cpu_seconds"] = stack.cpu_seconds()
         result["interrupted"] = stop.is_set()
         result["report"] = str(write_report(state, workdir / "report.html"))
     publish_summary(result, _summary_text(result), console, summary_path)
@@ -240,5 +242,6 @@ def _summary_text(r: dict[str, Any]) -> str:
         f"(unit: {r['unit']})",
         f"  users on more than one variant: {r['mixed_users']}; responses mixing versions along their path: "
         f"{r['mixed_version_responses']} of {r['responses']}",
+        f"  CPU seconds per process: {cpu_line(r['cpu_seconds'])}",
         f"  report: {r.get('report', '-')}",
     ])

@@ -203,6 +203,11 @@ def data_plane_summary() -> dict[str, Any]:
     return {"data_plane": "envoy", "envoy_version": envoy_version()}
 
 
+def cpu_line(cpu_seconds: Mapping[str, float]) -> str:
+    """The summary's CPU seconds per service process, on one line ("-" when none could be read)."""
+    return ", ".join(f"{name} {seconds:.1f}" for name, seconds in cpu_seconds.items()) or "-"
+
+
 def publish_summary(result: dict[str, Any], text: str, console: Console, summary_path: Path | None) -> None:
     """Print the run's summary and, when asked, write its JSON to `summary_path`."""
     console.say(text)

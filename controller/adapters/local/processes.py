@@ -87,6 +87,19 @@ class Proc:
     def log_tail(self, lines: int = 20) -> str:
         return tail(self.log_path, lines)
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time the process has used so far (user + system, from /proc), or None when it cannot be read (it
+        has been reaped, or not Linux). A service that queues requests with little CPU used was starved of it;
+        with much, it was busy."""
+        if self.stopped:
+            return None
+        try:
+            fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return None
+        # After the command's closing parenthesis: state is field 3, utime and stime fields 14 and 15 (proc(5)).
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def last_error(self, lines: int = 5) -> str:
         """The last few log lines on one line: what to show in a status reason when the process died."""
         return " | ".join(line.strip() for line in self.log_tail(lines).splitlines() if line.strip())

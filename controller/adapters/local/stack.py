@@ -179,6 +179,11 @@ class LocalStack:
         log.info("started %s@%s on :%d (pid %d)", service, version, port, proc.popen.pid)
         return workload
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds each running service process has used so far, by `service@version`."""
+        used = {f"{service}@{version}": w.proc.cpu_seconds() for (service, version), w in self.workloads.items()}
+        return {name: round(seconds, 2) for name, seconds in sorted(used.items()) if seconds is not None}
+
     def readiness(self, service: str, version: str) -> Readiness:
         workload = self.workloads.get((service, version))
         if workload is None:

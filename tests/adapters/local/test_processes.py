@@ -168,3 +168,17 @@ def test_search_service_env_points_every_downstream_at_the_router() -> None:
         search_service_env("keyword", "v1", "http://r", {"explode": 1})
     with pytest.raises(ValueError, match="unknown search role"):
         search_service_env("frontend", "v1", "http://r")
+
+
+def test_cpu_seconds_tell_a_busy_process_from_an_idle_one_and_none_once_stopped(tmp_path: Path) -> None:
+    """A process that computed for 0.5 s of CPU time has used at least that; one that only slept, almost none."""
+    busy = [PYTHON, "-c", "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end: pass\n"
+                          "print('done', flush=True)\ntime.sleep(60)"]
+    with ProcessGroup(tmp_path) as group:
+        worker, sleeper = group.start("busy", busy), group.start("sleeper", SLEEPER)
+        assert wait_until(lambda: "done" in worker.log_tail(), 30)
+        used, idle = worker.cpu_seconds(), sleeper.cpu_seconds()
+        assert used is not None and used >= 0.5
+        assert idle is not None and idle < used
+        group.stop(worker, grace=5)
+        assert worker.cpu_seconds() is None
