@@ -70,6 +70,12 @@ class Router(Protocol):
         """Read back the plan the mesh is using now, or None when the controller owns no routes yet."""
 
 
+class InFlight(Protocol):
+    def in_flight(self, workloads: Sequence[tuple[str, str]]) -> int:
+        """Requests the mesh has sent to these (service, version) workloads and not yet seen answered; raises
+        PortError when it cannot tell."""
+
+
 class Metrics(Protocol):
     def window(self, query: MetricsQuery, start: float, end: float) -> WindowCounts:
         """Exact per-version counts of requests in (start, end]; raises MetricsUnavailable."""

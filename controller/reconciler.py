@@ -39,6 +39,7 @@ from controller.ports import (
     Clock,
     History,
     Hooks,
+    InFlight,
     Metrics,
     Notice,
     Notifier,
@@ -73,6 +74,9 @@ class Ports:
     # A source that answers windows in the past (Prometheus), for the stable version's metrics before a release
     # (`spec.analysis.historyIntervals`); None: the judge learns the noise from the release alone.
     history: History | None = None
+    # The mesh's count of requests in flight per workload (local Envoy's gauges); None: a promotion's or
+    # rollback's drain waits `drainTime` alone.
+    in_flight: InFlight | None = None
 
 
 @dataclass(frozen=True)
@@ -147,11 +151,23 @@ class Reconciler:
         business, business_error = self._business(spec, wants.metrics_window)
         shadow, shadow_error = self._shadow(spec, wants.shadow_after)
         history, history_error = self._history(spec, wants.history_windows)
+        in_flight = self._in_flight(wants.in_flight)
         return Observation(readiness=readiness, routing=routing, routing_error=routing_error,
                            metrics=metrics, metrics_error=metrics_error, business=business,
                            business_error=business_error, hooks=self._call_hooks(spec, status, wants),
                            peers=peers, created=created, shadow=shadow, shadow_error=shadow_error,
-                           history=history, history_error=history_error)
+                           history=history, history_error=history_error, in_flight=in_flight)
+
+    def _in_flight(self, workloads: tuple[tuple[str, str], ...]) -> int | None:
+        """Requests still in flight on the retiring lane's workloads; None when not asked or the mesh cannot
+        tell (the drain then waits `drainTime` alone)."""
+        if not workloads or self.ports.in_flight is None:
+            return None
+        try:
+            return self.ports.in_flight.in_flight(workloads)
+        except PortError as exc:
+            log.warning("requests in flight unknown: %s", exc.reason)
+            return None
 
     def _history(self, spec: ReleaseSpec, windows: tuple[tuple[float, float], ...]
                  ) -> tuple[tuple[WindowCounts, ...] | None, str | None]:

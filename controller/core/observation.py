@@ -67,6 +67,9 @@ class Wants:
     # The stable version's metrics before the release, one window per interval, oldest first (read once, while
     # the new version starts: `SequentialJudge.prime`). Empty: not asked.
     history_windows: tuple[tuple[float, float], ...] = ()
+    # A promotion's or rollback's drain: the (service, version) workloads of the lane the cutover retires, whose
+    # requests still in flight the mesh should count (`machine.phases`, "draining"). Empty: not asked.
+    in_flight: tuple[tuple[str, str], ...] = ()
 
 
 def served_path(header: str) -> tuple[tuple[str, str], ...]:
@@ -142,3 +145,5 @@ class Observation:
     # The windows of `Wants.history_windows`, in order (None: not asked, or the look failed: history_error).
     history: tuple[WindowCounts, ...] | None = None
     history_error: str | None = None
+    # Requests still in flight on the workloads of `Wants.in_flight` (None: not asked, or the mesh cannot tell).
+    in_flight: int | None = None

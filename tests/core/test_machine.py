@@ -10,6 +10,7 @@ import pytest
 from analysis.observations import ISTIO_BUCKETS_MS, VersionCounts, WindowCounts
 from controller.core import machine
 from controller.core.machine import ApplyRouting, EnsureWorkloads, Notify, Observation, RetireWorkloads
+from controller.core.machine.phases import IN_FLIGHT_WAIT_S
 from controller.core.plan import RoutingPlan
 from controller.core.spec.release import InvalidSpec, ReleaseSpec, parse_release
 from controller.core.status import Phase, ReleaseStatus
@@ -291,6 +292,26 @@ def test_rolling_back_drains_then_removes_the_canary_routes_then_ends() -> None:
     new, actions = machine.step(sp, new, Observation(routing=machine.base_plan(sp).all_stable()), NOW + 7)
     assert new.phase is Phase.ROLLED_BACK
     assert of(actions, RetireWorkloads) == [RetireWorkloads("v2", ("ml-search",))]
+
+
+@pytest.mark.parametrize("phase, retiring", [(Phase.ROLLING_BACK, "v2"), (Phase.PROMOTING, "v1")])
+def test_the_cutover_waits_for_requests_in_flight_on_the_retiring_lane_at_most_a_minute_more(
+        phase: Phase, retiring: str) -> None:
+    """After `drainTime` the machine asks for the requests still in flight on the lane the cutover retires (the
+    canary's on a rollback, the stable version's on a promotion, of the changed services only) and waits while
+    there are any, at most IN_FLIGHT_WAIT_S more; a mesh that cannot count them (None) gets `drainTime` alone."""
+    sp = spec(drainTime="5s")
+    status = replace(progressing(sp), phase=phase, canary_weight=0 if phase is Phase.ROLLING_BACK else 100,
+                     phase_since=NOW, stage_since=NOW, ending="RolledBack" if phase is Phase.ROLLING_BACK else None)
+    stage_one = machine.base_plan(sp).with_weight(status.canary_weight)
+    assert machine.wants(sp, status, NOW + 4.9).in_flight == ()  # within drainTime: not asked
+    assert machine.wants(sp, status, NOW + 5).in_flight == (("ml-search", retiring),)
+    waits = machine.step(sp, status, Observation(routing=stage_one, in_flight=3), NOW + 5)[0]
+    assert not waits.cutover and waits.stage_since == NOW
+    for in_flight, at in ((0, NOW + 6), (None, NOW + 5), (2, NOW + 5 + IN_FLIGHT_WAIT_S)):
+        cut = machine.step(sp, waits, Observation(routing=stage_one, in_flight=in_flight), at)[0]
+        assert cut.cutover and cut.stage_since == at, (in_flight, at)
+        assert machine.wants(sp, cut, at + 10).in_flight == ()  # after the cutover: not asked
 
 
 def test_promoting_waits_for_the_scale_down_delay() -> None:

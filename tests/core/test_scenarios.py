@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import pytest
 
 from controller.core.machine import ApplyRouting
 from controller.core.status import Phase
-from controller.reconciler import Reconciler
+from controller.reconciler import Ports, Reconciler
 from tests.support.fakes import VersionModel
 from tests.support.scenario import SERVICES, World, release
 
@@ -46,6 +47,33 @@ def test_errors_roll_back_with_weight_zero_in_the_deciding_tick() -> None:
     assert plan is not None and not plan.canary_reachable()
     assert "RolledBack" in world.notifier.reasons()
     assert status.history[-1].verdict == "fail"
+
+
+class HeldRequests:
+    """An InFlight port whose mesh still holds `busy` requests for the first `asks` times it is asked."""
+
+    def __init__(self, world: World, asks: int, busy: int = 4) -> None:
+        self.world, self.asks, self.busy = world, asks, busy
+        self.asked: list[tuple[float, tuple[tuple[str, str], ...]]] = []
+
+    def in_flight(self, workloads: Sequence[tuple[str, str]]) -> int:
+        self.asked.append((self.world.clock.now(), tuple(workloads)))
+        return self.busy if len(self.asked) <= self.asks else 0
+
+
+def test_a_rollback_cuts_over_once_the_canarys_requests_in_flight_are_answered() -> None:
+    """Through the reconciler: after `drainTime` it asks the InFlight port about the canary's workloads every tick,
+    and the cutover (the canary's routes removed) comes only after the port said none was left."""
+    world = World(models={"v2": VersionModel(error_rate=0.05)})
+    held = HeldRequests(world, asks=10)
+    controller = Reconciler(Ports(world.workloads, world.router, world.metrics, world.clock, world.notifier,
+                                  in_flight=held))
+    status = world.run(release(drainTime="5s"), controller=controller)
+    assert status.phase is Phase.ROLLED_BACK, status.message
+    assert len(held.asked) == 11 and {w for _, w in held.asked} == {tuple((s, "v2") for s in SERVICES)}
+    cut = next(t for t in world.ticks if t.status.cutover)  # its stage starts at the cutover
+    assert any(isinstance(a, ApplyRouting) and a.plan.service("ml-search").canary is None for a in cut.actions)
+    assert cut.status.stage_since == held.asked[-1][0] > held.asked[-2][0] >= held.asked[0][0] + 9
 
 
 def test_slow_canary_rolls_back() -> None:

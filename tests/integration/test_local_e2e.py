@@ -176,24 +176,19 @@ def test_a_router_restart_stops_the_old_envoy_and_keeps_routes_and_endpoints(two
     assert all(set(p.values()) == {"v2"} for p in send(stack, 30))
 
 
-def _active_in(stack: LocalStack, service: str, version: str) -> int:
-    """Requests Envoy has sent to `service`'s `version` and not yet seen answered (its clusters' gauges)."""
-    name = rf"^cluster\.outbound\|\d+\|{version}(~\d+)?\|{service}\..*\.upstream_rq_active$"
-    stats = httpx.get(f"http://{stack.envoy_admin_target}/stats", params={"filter": name, "format": "json"},
-                      timeout=10).json()["stats"]
-    return sum(int(s.get("value", 0)) for s in stats)
-
-
 @pytest.mark.realtime
 @pytest.mark.timeout(120)
 def test_searches_inside_a_variant_finish_on_it_while_the_experiment_ends(two_versions: LocalStack) -> None:
     """An experiment ends (a rollback's first stage) while eight searches of v2's users wait inside v2's
-    master-search: they still call v2 of every service behind it, while a new search of a v2 user goes to v1."""
+    master-search: they still call v2 of every service behind it, while a new search of a v2 user goes to v1.
+    Envoy's count of requests in flight (`LocalInFlight`, what a drain waits on) sees the eight, then none."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from controller.adapters.local.platform import LocalInFlight
     from controller.core.plan import ExperimentArm, ExperimentRoutes
 
     stack = two_versions
+    mesh = LocalInFlight(stack)
     experiment = ExperimentRoutes((ExperimentArm("v1", "v1", 50), ExperimentArm("v2", "v2", 50)))
     running = stack.baseline_plan("v1", "v2", 0).with_experiment(experiment)
     closing = stack.baseline_plan("v1", "v2", 0).with_experiment(experiment.closed_to("v1"))
@@ -211,9 +206,10 @@ def test_searches_inside_a_variant_finish_on_it_while_the_experiment_ends(two_ve
         with ThreadPoolExecutor(8) as pool:
             inside = [pool.submit(search, i) for i in range(8)]
             deadline = time.monotonic() + 10
-            while _active_in(stack, "master-search", "v2") < 8:
+            while mesh.in_flight([("master-search", "v2")]) < 8:
                 assert time.monotonic() < deadline, "the searches did not reach v2's master-search"
                 time.sleep(0.05)
+            assert mesh.in_flight([("master-search", "v2"), ("master-search", "v1"), ("ml-search", "v2")]) == 8
             apply(stack, closing)
             assert closing.equivalent(LocalRouter(stack.admin).in_effect())  # read back from Envoy
             assert set(search(99).values()) == {"v1"}  # a new search of a v2 user: the control
@@ -221,6 +217,7 @@ def test_searches_inside_a_variant_finish_on_it_while_the_experiment_ends(two_ve
     finally:
         httpx.put(faults, json={}, timeout=5).raise_for_status()
     assert all(set(p.values()) == {"v2"} and set(p) == set(SEARCH_SERVICES) for p in paths), paths
+    assert mesh.in_flight([(s, v) for s in SEARCH_SERVICES for v in ("v1", "v2")]) == 0
 
 
 def test_services_left_unchanged_serve_both_lanes_from_stable(two_versions: LocalStack) -> None:
@@ -335,6 +332,23 @@ def test_slow_version_is_rolled_back(tmp_path: Path) -> None:
     result = demo(tmp_path, "slow")
     assert result["outcome"] == "rolled_back", result["message"]
     assert "latencyShift" in result["message"] or "slowTail" in result["message"]
+
+
+@pytest.mark.realtime
+def test_a_slow_canary_is_rolled_back_without_mixing_the_searches_it_still_holds(tmp_path: Path) -> None:
+    """v2's master-search answers in 2.5 s and `drainTime` is 1 s: when the rollback's first stage takes effect,
+    v2 still holds searches that entered before it. The cutover waits until Envoy counts none in flight on v2's
+    workloads (`LocalInFlight`), so none of them finishes its later hops on v1."""
+    from demo.canary import run_local
+    from demo.harness import demo_release
+
+    release = demo_release(5.0)
+    release["spec"]["drainTime"] = "1s"
+    result = run_local(release, {"v2": {"master-search": {"latency_ms": 2500.0}}}, rps=40, workdir=tmp_path,
+                       summary_path=tmp_path / "summary.json", max_seconds=150, out=io.StringIO())
+    assert result["outcome"] == "rolled_back", result["message"]
+    assert result["canary_requests"] > 0
+    assert result["mixed_version_responses"] == 0, result["mixed_examples"]
 
 
 def test_stack_up_serves_then_stops_every_process_on_sigterm(tmp_path: Path) -> None:

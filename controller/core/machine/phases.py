@@ -34,6 +34,10 @@ from controller.core.observation import Observation, Readiness
 from controller.core.spec.release import ReleaseSpec
 from controller.core.status import Phase, ReleaseStatus
 
+# The most a promotion's or rollback's drain waits beyond `drainTime` for requests still in flight on the lane
+# it retires (a canary that answers in more than a minute is not served by waiting longer).
+IN_FLIGHT_WAIT_S = 60.0
+
 
 def transition(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float) -> Outcome:
     if spec.abort and not status.phase.final and status.phase is not Phase.ROLLING_BACK:
@@ -230,7 +234,9 @@ def _paused(spec: ReleaseSpec, status: ReleaseStatus, now: float) -> Outcome:
 
 
 def _drained(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float) -> ReleaseStatus | None:
-    """Stage one of a promotion or rollback: once its routes read back, wait `drainTime`, then cut over.
+    """Stage one of a promotion or rollback: once its routes read back, wait `drainTime`, then cut over; while
+    the mesh counts requests still in flight on the retiring lane (`routes.retiring_workloads`), wait for them
+    too, at most IN_FLIGHT_WAIT_S more. A mesh that cannot count them (None) gets `drainTime` alone.
 
     Returns the status to carry on with, or None while the routes are not yet in effect.
     """
@@ -238,7 +244,8 @@ def _drained(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: fl
     if plan is None or not plan.equivalent(obs.routing):
         return None
     since = status.stage_since or now
-    if now - since < spec.drain_time:
+    waited = now - since
+    if waited < spec.drain_time or (obs.in_flight and waited < spec.drain_time + IN_FLIGHT_WAIT_S):
         return replace(status, stage_since=since)
     return replace(status, cutover=True, stage_since=now)
 

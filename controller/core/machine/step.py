@@ -19,6 +19,7 @@ from controller.core.machine.hooks import due, failures, load_tests_to_fire, rec
 from controller.core.machine.ownership import queued_behind, superseded_by
 from controller.core.machine.phases import transition
 from controller.core.machine.revisions import begin_tick
+from controller.core.machine.routes import retiring_workloads
 from controller.core.machine.shadowing import cursor as shadow_cursor
 from controller.core.machine.world import reconcile_world
 from controller.core.observation import Observation, Peer, Wants
@@ -46,10 +47,13 @@ def wants(spec: ReleaseSpec | None, status: ReleaseStatus, now: float, peers: tu
         window = (status.last_analysis_at, now)
     canary_up = status.phase in (Phase.INITIALIZING, Phase.SHADOWING, Phase.PROGRESSING, Phase.PAUSED) or (
         status.phase is Phase.PROMOTING and status.scaling_to is not None)
+    # Requests still in flight on the retiring lane count once the drain's fixed time is over (`phases._drained`).
+    drained_for = now - status.stage_since if status.stage_since is not None else -1.0
     return Wants(readiness=canary_up, routing=status.phase is not Phase.PENDING, metrics_window=window,
                  hooks=due(spec, status),
                  shadow_after=shadow_cursor(status) if status.phase is Phase.SHADOWING else None,
-                 history_windows=history_windows(spec, status))
+                 history_windows=history_windows(spec, status),
+                 in_flight=retiring_workloads(spec, status) if drained_for >= spec.drain_time else ())
 
 
 
