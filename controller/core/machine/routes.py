@@ -64,7 +64,7 @@ def desired_plan(spec: ReleaseSpec, status: ReleaseStatus) -> RoutingPlan | None
             return base.all_stable()
 
 
-def draining(spec: ReleaseSpec, status: ReleaseStatus) -> bool:
+def _draining(status: ReleaseStatus) -> bool:
     """Whether the release is in the first stage of a promotion or rollback (its drain, before the cutover)."""
     promoting = status.phase is Phase.PROMOTING and status.scaling_to is None
     return (promoting or status.phase is Phase.ROLLING_BACK) and not status.cutover
@@ -75,7 +75,7 @@ def retiring_workloads(spec: ReleaseSpec, status: ReleaseStatus) -> tuple[tuple[
     but the one that stays (the new one on a promotion, the stable one on a rollback). A request still in flight
     on one of them has been, or is, on the retiring lane, and its later hops would take the other version after
     the cutover. Empty outside a drain."""
-    if not draining(spec, status):
+    if not _draining(status):
         return ()
     stays = spec.canary.version if status.phase is Phase.PROMOTING else spec.stable.version
     extra = tuple(v.version for v in spec.experiment.extra) if spec.experiment is not None else ()
