@@ -289,9 +289,16 @@ class Observer:
                                    f"{(self.last_status or {}).get('phase')})")
 
     def _healthy(self, address: str) -> bool:
+        """Whether the workload answers its health check. One that only answered slowly (a timeout after 2 s, as
+        the platform's readiness check waits) is asked again with PROBE_TIMEOUT_S: a process that is up but whose
+        event loop a busy machine stalled (the entry, serving every search, once did for over 2 s under a full
+        suite) is no route to a workload that is not ready."""
         self.tally.health_checks += 1
         try:
-            code = self.http.get(f"http://{address}/healthz").status_code
+            try:
+                code = self.http.get(f"http://{address}/healthz").status_code
+            except httpx.TimeoutException:
+                code = self.http.get(f"http://{address}/healthz", timeout=PROBE_TIMEOUT_S).status_code
         except httpx.HTTPError as exc:
             self.last_health_error = f"{address}: {exc!r}"
             return False
