@@ -24,7 +24,7 @@ from typing import Any, TextIO
 from controller.adapters.http.hooks import HttpHooks
 from controller.adapters.http.notifiers import MultiNotifier
 from controller.adapters.http.outgoing import Outgoing
-from controller.adapters.local.platform import LocalInFlight, LocalRouter, LocalWorkloads, LogNotifier, SystemClock
+from controller.adapters.local.platform import LocalRouter, LocalWorkloads, LogNotifier, SystemClock
 from controller.adapters.local.stack import SEARCH_SERVICES, LocalStack
 from controller.adapters.local.state import StateDir, write_json_atomic
 from controller.core.observation import served_path
@@ -36,6 +36,7 @@ from controller.present import view
 from controller.present.report import render_report
 from controller.reconciler import Ports, Reconciler
 from demo.loadgen import LoadReport, LoadRunner
+from localmesh.envoy.in_flight import EnvoyInFlight
 from localmesh.envoy.process import envoy_version
 
 
@@ -147,7 +148,7 @@ def local_ports(stack: LocalStack, router: LocalRouter, metrics: Metrics, clock:
         notifier = MultiNotifier([notifier, outgoing.notifier])
     return Ports(LocalWorkloads(stack), router, metrics, clock, notifier, business=business,
                  hooks=outgoing.hooks if outgoing is not None else HttpHooks(), metrics_delay=metrics_delay,
-                 shadow=shadow, history=history, in_flight=LocalInFlight(stack))
+                 shadow=shadow, history=history, in_flight=EnvoyInFlight(stack.envoy_admin_target))
 
 
 def drive_release(reconciler: Reconciler, state: StateDir, spec: Any, clock: SystemClock, stop: threading.Event,

@@ -20,8 +20,8 @@ from tests.support.kmock_server import RunningEmulator, start_emulator
 # Tests marked `realtime` judge live traffic (demos, crash campaigns) against real time: three of them beside each
 # other on two cores starve each one's services and load of CPU, and a demo then sees a machine, not a release.
 # Across the pytest-xdist workers, at most this many run at once; the others wait for a slot (their worker's
-# remaining tests go to the idle workers under `--dist worksteal`). `realtime(alone=True)` takes every slot and the
-# machine: no other test at all runs beside it (the A/B demos compare two versions' latency on one machine; beside
+# remaining tests go to the idle workers under `--dist worksteal`). `realtime(alone=True)` takes the machine: no
+# other test at all runs beside it (the A/B demos compare two versions' latency on one machine; beside
 # CPU-bound tests, CI once saw the newly started arm's master-search at p50 3.4 s against 100 ms, and the latency
 # guardrail rightly stopped the experiment).
 REALTIME_SLOTS = int(os.environ.get("REALTIME_SLOTS", "2"))
@@ -64,21 +64,20 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 @pytest.fixture(autouse=True)
 def _realtime_slot(request: pytest.FixtureRequest) -> Iterator[None]:
-    """One of REALTIME_SLOTS exclusive file locks (all of them for `realtime(alone=True)`), held for the whole
-    test, when it is marked `realtime` and runs in one of several pytest-xdist workers (the locks die with the
-    process that holds them)."""
+    """One of REALTIME_SLOTS exclusive file locks, held for the whole test, when it is marked `realtime` and runs
+    in one of several pytest-xdist workers (the locks die with the process that holds them). A
+    `realtime(alone=True)` test takes none: it holds the machine, so no other test, and no slot, is taken."""
     folder = _locks_folder()
-    if request.node.get_closest_marker("realtime") is None or folder is None:
+    if request.node.get_closest_marker("realtime") is None or folder is None or _alone(request.node):
         yield
         return
     slots = [open(folder / f"slot-{i}", "a") for i in range(REALTIME_SLOTS)]  # noqa: SIM115 - closed below
     try:
-        held = _take_all(slots) if _alone(request.node) else [_take_one(slots)]
+        held = _take_one(slots)
         try:
             yield
         finally:
-            for f in held:
-                fcntl.flock(f, fcntl.LOCK_UN)
+            fcntl.flock(held, fcntl.LOCK_UN)
     finally:
         for f in slots:
             f.close()
@@ -89,7 +88,7 @@ def _machine(folder: Path, alone: bool) -> Iterator[None]:
     """The machine: shared by every test, exclusive for `realtime(alone=True)`. A turnstile keeps an exclusive
     taker from waiting forever while the other workers' short tests keep the shared lock taken between them:
     each taker passes the gate first, and the exclusive one holds it while it runs. Every test takes the machine
-    before any slot, and an `alone` test holds it exclusively, so slot and machine waits cannot deadlock."""
+    before any slot, and an `alone` test holds it exclusively and takes no slot, so the waits cannot deadlock."""
     with open(folder / "gate", "a") as gate, open(folder / "machine", "a") as machine:
         fcntl.flock(gate, fcntl.LOCK_EX)
         fcntl.flock(machine, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
@@ -109,15 +108,6 @@ def _take_one(slots: list[IO[str]]) -> IO[str]:
         time.sleep(0.25)
         held = next((f for f in slots if _try_lock(f)), None)
     return held
-
-
-def _take_all(slots: list[IO[str]]) -> list[IO[str]]:
-    """Every slot, in order (`realtime(alone=True)`: a test that must not share the machine's real-time budget
-    with another). Tests holding one slot never wait while holding it, so waiting here cannot deadlock."""
-    for f in slots:
-        while not _try_lock(f):
-            time.sleep(0.25)
-    return slots
 
 
 def _try_lock(f: IO[str]) -> bool:

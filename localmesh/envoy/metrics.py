@@ -52,6 +52,7 @@ __all__ = [
     "ISTIO_REQUESTS",
     "STATS_FILTER",
     "STATS_PATH",
+    "STAT_NAME",
     "IstioSample",
     "istio_exposition",
     "istio_samples",
@@ -74,7 +75,7 @@ STATS_PATH = "/stats/prometheus"
 # it maps an unfiltered scrape the same way.
 STATS_FILTER = r"^cluster\.outbound\|[0-9]+\|[^|]+\|[^|]+\.svc\.cluster\.local\.upstream_rq(_[0-9]{3}|_time)$"
 # An Istio stat name (`translate.stat_name`): version (without the instance's `~n`), service, namespace.
-_STAT_NAME = r"outbound\|[0-9]+\|([^|~]+)(?:~[0-9]+)?\|([^|.]+)\.([^|.]+)\.svc\.cluster\.local"
+STAT_NAME = r"outbound\|[0-9]+\|([^|~]+)(?:~[0-9]+)?\|([^|.]+)\.([^|.]+)\.svc\.cluster\.local"
 _REQUESTS = "envoy_cluster_upstream_rq"
 _LATENCY = "envoy_cluster_upstream_rq_time_(bucket|sum|count)"
 _DEFAULTS: Mapping[str, Any] = {"separator": ";", "regex": "(.*)", "replacement": "$1", "action": "replace"}
@@ -96,11 +97,11 @@ def metric_relabel_configs() -> list[Obj]:
         {"source_labels": ["__name__"], "regex": f"{_REQUESTS}|{_LATENCY}", "action": "keep"},
         {"source_labels": ["__name__", "response_code"], "separator": ";", "regex": f"{_REQUESTS};",
          "action": "drop"},  # the response_code_class series: the same requests counted per class
-        {"source_labels": stat, "regex": _STAT_NAME, "action": "keep"},
-        {"source_labels": stat, "regex": _STAT_NAME, "target_label": "destination_version", "replacement": "${1}"},
-        {"source_labels": stat, "regex": _STAT_NAME, "target_label": "destination_service_name",
+        {"source_labels": stat, "regex": STAT_NAME, "action": "keep"},
+        {"source_labels": stat, "regex": STAT_NAME, "target_label": "destination_version", "replacement": "${1}"},
+        {"source_labels": stat, "regex": STAT_NAME, "target_label": "destination_service_name",
          "replacement": "${2}"},
-        {"source_labels": stat, "regex": _STAT_NAME, "target_label": "destination_service_namespace",
+        {"source_labels": stat, "regex": STAT_NAME, "target_label": "destination_service_namespace",
          "replacement": "${3}"},
         {"target_label": "reporter", "replacement": "destination"},
         {"source_labels": ["__name__"], "regex": _REQUESTS, "target_label": "__name__",

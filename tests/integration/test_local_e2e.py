@@ -181,14 +181,14 @@ def test_a_router_restart_stops_the_old_envoy_and_keeps_routes_and_endpoints(two
 def test_searches_inside_a_variant_finish_on_it_while_the_experiment_ends(two_versions: LocalStack) -> None:
     """An experiment ends (a rollback's first stage) while eight searches of v2's users wait inside v2's
     master-search: they still call v2 of every service behind it, while a new search of a v2 user goes to v1.
-    Envoy's count of requests in flight (`LocalInFlight`, what a drain waits on) sees the eight, then none."""
+    Envoy's count of requests in flight (`EnvoyInFlight`, what a drain waits on) sees the eight, then none."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from controller.adapters.local.platform import LocalInFlight
     from controller.core.plan import ExperimentArm, ExperimentRoutes
+    from localmesh.envoy.in_flight import EnvoyInFlight
 
     stack = two_versions
-    mesh = LocalInFlight(stack)
+    mesh = EnvoyInFlight(stack.envoy_admin_target)
     experiment = ExperimentRoutes((ExperimentArm("v1", "v1", 50), ExperimentArm("v2", "v2", 50)))
     running = stack.baseline_plan("v1", "v2", 0).with_experiment(experiment)
     closing = stack.baseline_plan("v1", "v2", 0).with_experiment(experiment.closed_to("v1"))
@@ -338,7 +338,7 @@ def test_slow_version_is_rolled_back(tmp_path: Path) -> None:
 def test_a_slow_canary_is_rolled_back_without_mixing_the_searches_it_still_holds(tmp_path: Path) -> None:
     """v2's master-search answers in 2.5 s and `drainTime` is 1 s: when the rollback's first stage takes effect,
     v2 still holds searches that entered before it. The cutover waits until Envoy counts none in flight on v2's
-    workloads (`LocalInFlight`), so none of them finishes its later hops on v1."""
+    workloads (`EnvoyInFlight`), so none of them finishes its later hops on v1."""
     from demo.canary import run_local
     from demo.harness import demo_release
 

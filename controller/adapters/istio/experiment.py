@@ -63,21 +63,22 @@ def destination_rule_spec(plan: RoutingPlan, sv: ServiceVersions) -> Obj:
     return {"host": sv.service, "subsets": subsets}
 
 
-def entry_spec(plan: RoutingPlan) -> Obj:
-    exp = _experiment(plan)
-    http: list[Obj] = []
+def _entry_routes(plan: RoutingPlan, exp: ExperimentRoutes) -> list[Obj]:
+    """The entry's routes in order (module docstring): while the experiment ends, only `assign` to one variant."""
     if exp.closing_to is not None:
         arm = next(a for a in exp.arms if a.name == exp.closing_to)
-        http.append({"name": ASSIGN_ROUTE, "route": [{**_to_variant(plan, exp, arm, assign=False), "weight": 100}]})
-    elif exp.cohort_header:
-        http.extend({"name": f"cohort-{a.name}", "match": [{"headers": {exp.cohort_header: {"exact": a.name}}}],
-                     "route": [_to_variant(plan, exp, a, assign=False)]} for a in exp.arms)
-    if exp.closing_to is None:
-        http.extend({"name": f"sticky-{a.name}",
-                     "match": [{"headers": {"cookie": {"regex": cookie_regex(exp.cookie, a.name)}}}],
-                     "route": [_to_variant(plan, exp, a, assign=False)]} for a in exp.arms)
-        http.append({"name": ASSIGN_ROUTE, "route": [_to_variant(plan, exp, a, assign=True) for a in exp.arms]})
-    spec: Obj = {"hosts": [plan.entry, *plan.entry_hosts], "http": http}
+        return [{"name": ASSIGN_ROUTE, "route": [{**_to_variant(plan, exp, arm, assign=False), "weight": 100}]}]
+    cohorts = [{"name": f"cohort-{a.name}", "match": [{"headers": {exp.cohort_header: {"exact": a.name}}}],
+                "route": [_to_variant(plan, exp, a, assign=False)]} for a in exp.arms] if exp.cohort_header else []
+    sticky = [{"name": f"sticky-{a.name}",
+               "match": [{"headers": {"cookie": {"regex": cookie_regex(exp.cookie, a.name)}}}],
+               "route": [_to_variant(plan, exp, a, assign=False)]} for a in exp.arms]
+    return [*cohorts, *sticky,
+            {"name": ASSIGN_ROUTE, "route": [_to_variant(plan, exp, a, assign=True) for a in exp.arms]}]
+
+
+def entry_spec(plan: RoutingPlan) -> Obj:
+    spec: Obj = {"hosts": [plan.entry, *plan.entry_hosts], "http": _entry_routes(plan, _experiment(plan))}
     if plan.gateways:
         spec["gateways"] = [*plan.gateways, "mesh"]
     return spec

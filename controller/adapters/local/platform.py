@@ -4,17 +4,13 @@
   an endpoint labelled `version=<v>` (as a pod would be); readiness is its health check.
 - `LocalRouter`: the rendered VirtualServices/DestinationRules are PUT to the local mesh router's admin
   API and read back from it, exactly as the Kubernetes adapter writes and reads them.
-- `LocalInFlight`: requests still in flight per (service, version), from Envoy's own gauges, so that a
-  promotion's or rollback's drain waits for the slow requests of the lane it retires.
 - `SystemClock`, `LogNotifier`: the real clock, and notices as log lines (and kept for the summary).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -45,32 +41,6 @@ class LogNotifier:
         self.notices.append((time.time(), notice))
         level = logging.WARNING if notice.warning else logging.INFO
         log.log(level, "%s: %s", notice.reason, notice.message)
-
-
-# An upstream cluster's active-requests gauge, `cluster.<stat name>.upstream_rq_active`: the stat name is
-# `outbound|<port>|<version>[~<instance>]|<service>.<namespace>...` (`localmesh.envoy.translate.stat_name`).
-_ACTIVE = re.compile(r"^cluster\.outbound\|\d+\|([^|~]+)(?:~\d+)?\|([^.|]+)\..*\.upstream_rq_active$")
-
-
-class LocalInFlight:
-    """The InFlight port: Envoy's `upstream_rq_active` gauges (requests sent to a cluster and not yet answered),
-    summed over every cluster, and every instance of it, that serves one of the (service, version) workloads.
-    The local mesh is one Envoy for the entry and every hop, so a request is counted on each workload it is
-    inside of at the moment."""
-
-    def __init__(self, stack: LocalStack, timeout_s: float = 5.0) -> None:
-        self.stack = stack
-        self.timeout_s = timeout_s
-
-    def in_flight(self, workloads: Sequence[tuple[str, str]]) -> int:
-        wanted = set(workloads)
-        try:
-            stats = httpx.get(f"http://{self.stack.envoy_admin_target}/stats", timeout=self.timeout_s,
-                              params={"filter": "upstream_rq_active$", "format": "json"}).json()["stats"]
-            matches = ((_ACTIVE.match(str(s.get("name", ""))), s) for s in stats)
-            return sum(int(s.get("value", 0)) for m, s in matches if m and (m.group(2), m.group(1)) in wanted)
-        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise TemporaryError(f"Envoy's statistics unreadable: {exc!r}") from exc
 
 
 class LocalRouter:
