@@ -537,6 +537,9 @@ class ReleaseResult:
     wall_seconds: float
     final_workloads: list[str] | None = None
     final_routes: dict[str, Any] | None = None
+    # How the last run's load fared and each process's CPU seconds (its summary): on a machine too busy to
+    # serve 30 searches a second, latency grows for every version alike, and a probe may time out.
+    served: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -623,7 +626,15 @@ def run_release(name: str, scenario: str, kills: int, workdir: Path, rng: random
         name, scenario, expected, outcome, incarnation, done, observer.violations, observer.phases_seen,
         asdict(observer.tally), round(time.monotonic() - started, 1),
         None if result_summary is None else result_summary.get("final_workloads"),
-        None if result_summary is None else result_summary.get("final_routes"))
+        None if result_summary is None else result_summary.get("final_routes"),
+        None if result_summary is None else served(result_summary))
+
+
+def served(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The load's latency and errors, and each process's CPU seconds, from a run's summary."""
+    load = summary.get("load") or {}
+    return {"latency_p50_ms": load.get("latency_p50_ms"), "latency_p99_ms": load.get("latency_p99_ms"),
+            "errors": load.get("error_kinds"), "sent": load.get("sent"), "cpu_seconds": summary.get("cpu_seconds")}
 
 
 def drive(run: ControllerRun, observer: Observer, mode: str, rng: random.Random, ports: set[str],

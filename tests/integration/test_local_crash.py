@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -122,7 +123,18 @@ def test_only_the_scenarios_injected_errors_are_excused(tmp_path: Path, served_b
 
 # --- the campaign -------------------------------------------------------------------------------------------
 
-@pytest.mark.realtime
+def _served(results: list[Any]) -> str:
+    """How each release's load was served, and how busy the machine was: what tells a release that broke an
+    invariant from a machine too busy to serve the stack (searches queueing for seconds in every version)."""
+    one, five, _ = os.getloadavg()
+    lines = [f"{r.name}: {r.served}" for r in results]
+    return "\n".join([*lines, f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} CPUs"])
+
+
+# Alone: the campaign's probes must be answered within 10 s while 30 searches a second go through the stack, so
+# it measures the controller only on a machine that can serve them. Beside another real-time test and a CPU-bound
+# one, CI once served its load at p50 4.2 s (p99 9.8 s, 314 of 1,067 timed out) and a probe timed out.
+@pytest.mark.realtime(alone=True)
 @pytest.mark.integration
 @pytest.mark.slow
 def test_killed_anywhere_every_release_converges_with_the_invariants_intact(tmp_path: Path) -> None:
@@ -131,10 +143,11 @@ def test_killed_anywhere_every_release_converges_with_the_invariants_intact(tmp_
     # Up to 4 per release: a release that ends before a run's kill point comes has no more runs to kill.
     assert 9 <= len(kills) <= 12
     for r in results:
-        assert r.violations == [], (r.name, r.violations[:5])
+        assert r.violations == [], (r.name, r.violations[:5], _served(results))
         assert r.outcome == r.expected, (r.name, r.phases_seen)
         assert r.incarnations == len(r.kills) + 1
         assert (r.final_workloads, r.final_routes) == expected_end(r.expected)
+        assert r.served is not None and r.served["sent"] > 0 and r.served["cpu_seconds"], r.served
         # The observer really looked: routes, health, probes and the process table on every run.
         assert r.tally["route_checks"] > 10 and r.tally["probes"] > 10 and r.tally["process_scans"] > 10
         # Every probe not answered 200 was a violation, unless the release had ended or it was the
