@@ -347,10 +347,17 @@ def measured_hey(url: str, requests: int, concurrency: int, host: str | None, pi
     return result
 
 
-def hey(url: str, requests: int, concurrency: int, host: str | None = None) -> dict[str, float]:
+def hey(url: str, requests: int, concurrency: int, host: str | None = None, *, body: Path | None = None,
+        rate: float | None = None) -> dict[str, float]:
+    """`requests` (at least 100: hey prints no 99th percentile below) GETs over `concurrency` connections, as fast
+    as they go; with `body`, POSTs of that JSON file; with `rate`, about that many requests a second in all."""
     cmd = ["hey", "-n", str(requests), "-c", str(concurrency), "-t", "10"]
     if host:
         cmd += ["-host", host]
+    if body is not None:
+        cmd += ["-m", "POST", "-T", "application/json", "-D", str(body)]
+    if rate is not None:
+        cmd += ["-q", f"{rate / concurrency:.3f}"]  # hey's rate is per connection
     out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=300, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     pct = {int(p): float(s) * 1000 for p, s in re.findall(r"(\d+)%+ in ([\d.]+) secs", out)}

@@ -23,7 +23,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -32,13 +31,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
-from controller.adapters.local.processes import ProcessGroup, free_port  # noqa: E402
+from bench.router import hey  # noqa: E402
+from controller.adapters.local.processes import Proc, ProcessGroup, free_port, search_service_env  # noqa: E402
+from searchstack.settings import DOWNSTREAM_ENV_PREFIX  # noqa: E402
 
 ROLES = ("ml-infer", "ml-search", "keyword", "text-search", "master-search")
-CALLEES = {"ml-search": ("ml-infer",), "master-search": ("ml-search", "keyword", "text-search")}
 QUERY = {"text": "graph neural networks for protein folding", "n_results": 10, "random_seed": 7}
 CONFIGS = ("installed", "hidden")
-HEY_TIMEOUT_S = 300
+CONNECTIONS = 4  # hey's connections to master-search
 
 HIDE_SNIFFIO = '''\
 import importlib.machinery
@@ -61,39 +61,33 @@ sys.meta_path.insert(0, _AbsentSniffio)
 '''
 
 
-def cpu_ticks(pid: int) -> int:
-    """User plus system CPU time of process `pid`, in clock ticks."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return int(fields[11]) + int(fields[12])
-
-
-def start_stack(group: ProcessGroup, env: dict[str, str]) -> tuple[dict[str, int], str]:
-    """The five services, each calling the others directly; returns their pids and master-search's URL."""
+def start_stack(group: ProcessGroup, env: dict[str, str]) -> tuple[dict[str, Proc], str]:
+    """The five services, each calling the others directly (every callee's URL named, so no mesh URL is used);
+    returns their processes and master-search's URL."""
     ports = {role: free_port() for role in ROLES}
-    pids = {}
+    direct = {callee: f"http://127.0.0.1:{ports[callee]}" for callee in DOWNSTREAM_ENV_PREFIX}
+    procs = {}
     for role in ROLES:
-        urls = {f"{callee.upper().replace('-', '_')}_URL": f"http://127.0.0.1:{ports[callee]}"
-                for callee in CALLEES.get(role, ())}
-        proc = group.start(role, [sys.executable, "-m", "searchstack", "--role", role, "--port", str(ports[role])],
-                           {**env, **urls}, f"http://127.0.0.1:{ports[role]}/healthz", cwd=REPO)
-        pids[role] = proc.pid
+        procs[role] = group.start(
+            role, [sys.executable, "-m", "searchstack", "--role", role, "--port", str(ports[role])],
+            {**search_service_env(role, "v1", "", upstream_urls=direct), **env},
+            f"http://127.0.0.1:{ports[role]}/healthz", cwd=REPO)
     group.wait_all_healthy(timeout=60)
-    return pids, f"http://127.0.0.1:{ports['master-search']}/master-service/search"
+    return procs, f"http://127.0.0.1:{ports['master-search']}/master-service/search"
 
 
-def hey(url: str, body: Path, n: int, rate: float) -> int:
-    """Send `n` searches at about `rate` a second (4 connections); the number answered 200."""
-    workers = 4
-    out = subprocess.run(["hey", "-n", str(n), "-c", str(workers), "-q", f"{rate / workers:.3f}", "-m", "POST",
-                          "-T", "application/json", "-D", str(body), url],
-                         capture_output=True, text=True, timeout=HEY_TIMEOUT_S, check=True).stdout
-    for line in out.splitlines():
-        if line.strip().startswith("[200]"):
-            return int(line.split()[1])
-    return 0
+def cpu(procs: dict[str, Proc]) -> dict[str, float]:
+    """CPU seconds each service has used so far."""
+    used = {}
+    for role, proc in procs.items():
+        seconds = proc.cpu_seconds()
+        if seconds is None:
+            raise SystemExit(f"{role}: its CPU time cannot be read (it has stopped)")
+        used[role] = seconds
+    return used
 
 
-def one_round(config: str, args: argparse.Namespace, scratch: Path) -> dict[str, float]:
+def one_round(config: str, args: argparse.Namespace, scratch: Path, body: Path) -> dict[str, float]:
     """CPU milliseconds per answered search, per service, for one stack of `config`."""
     env = {"PYTHONUNBUFFERED": "1"}
     if config == "hidden":
@@ -101,18 +95,15 @@ def one_round(config: str, args: argparse.Namespace, scratch: Path) -> dict[str,
         site.mkdir(exist_ok=True)
         (site / "sitecustomize.py").write_text(HIDE_SNIFFIO)
         env["PYTHONPATH"] = str(site)
-    body = scratch / "query.json"
-    body.write_text(json.dumps(QUERY))
     with ProcessGroup(scratch / f"logs-{config}") as group:
-        pids, url = start_stack(group, env)
-        hey(url, body, args.warmup, args.rate)
-        before = {role: cpu_ticks(pid) for role, pid in pids.items()}
-        answered = hey(url, body, args.searches, args.rate)
-        after = {role: cpu_ticks(pid) for role, pid in pids.items()}
+        procs, url = start_stack(group, env)
+        hey(url, args.warmup, CONNECTIONS, body=body, rate=args.rate)
+        before = cpu(procs)
+        answered = int(hey(url, args.searches, CONNECTIONS, body=body, rate=args.rate)["ok"])
+        after = cpu(procs)
     if answered < args.searches:
         raise SystemExit(f"{config}: only {answered} of {args.searches} searches answered 200")
-    tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
-    return {role: (after[role] - before[role]) * tick_ms / answered for role in ROLES}
+    return {role: (after[role] - before[role]) * 1000 / answered for role in ROLES}
 
 
 def summarise(rounds: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
@@ -131,16 +122,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    if min(args.warmup, args.searches) < 100:
+        parser.error("--warmup and --searches must be at least 100 (hey gives no 99th percentile below)")
     if shutil.which("hey") is None:
         raise SystemExit("hey is not installed (scripts/setup installs it)")
     rounds: dict[str, list[dict[str, float]]] = {config: [] for config in CONFIGS}
     with tempfile.TemporaryDirectory(prefix="stack-cpu-") as tmp:
+        body = Path(tmp) / "query.json"
+        body.write_text(json.dumps(QUERY))
         for i in range(args.rounds):
             for config in CONFIGS if i % 2 == 0 else CONFIGS[::-1]:
-                rounds[config].append(one_round(config, args, Path(tmp)))
+                rounds[config].append(one_round(config, args, Path(tmp), body))
                 print(f"round {i + 1} {config}: " + ", ".join(f"{r} {v:.2f}" for r, v in rounds[config][-1].items())
                       + " ms CPU per search", flush=True)
-    result = {"args": vars(args) | {"out": None}, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    result = {"args": vars(args) | {"out": str(args.out)}, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
               **summarise(rounds), "rounds": rounds}
     print(json.dumps({k: result[k] for k in ("cpu_ms_per_search", "total_cpu_ms_per_search",
                                              "hidden_over_installed")}, indent=1))

@@ -26,6 +26,7 @@ from bench.local_crash import (
     SERVICES,
     STABLE,
     Observer,
+    ReleaseResult,
     alive,
     campaign,
     expected_end,
@@ -123,7 +124,7 @@ def test_only_the_scenarios_injected_errors_are_excused(tmp_path: Path, served_b
 
 # --- the campaign -------------------------------------------------------------------------------------------
 
-def _served(results: list[Any]) -> str:
+def _served(results: list[ReleaseResult]) -> str:
     """How each release's load was served, and how busy the machine was: what tells a release that broke an
     invariant from a machine too busy to serve the stack (searches queueing for seconds in every version)."""
     one, five, _ = os.getloadavg()

@@ -2,7 +2,7 @@
 
 httpcore, under httpx, runs `import sniffio` for every lock and event of a request. When the package is absent
 (anyio >= 4.11 no longer brings it) Python walks `sys.path` for it on each call, because it does not remember a
-failed import: the stack then spends 1.2x the CPU per search (bench/stack_cpu.py). The project depends on it.
+failed import: the stack then spends 1.2x to 1.35x the CPU per search (bench/stack_cpu.py). The project depends on it.
 """
 
 from __future__ import annotations
@@ -32,11 +32,7 @@ class ImportsSeen:
         self.names.append(name)
 
 
-HANDLERS: set[asyncio.Task[None]] = set()  # the server's connection handlers, awaited before it closes
-
-
 async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    HANDLERS.add(asyncio.current_task())  # type: ignore[arg-type]
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -52,7 +48,13 @@ async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 
 
 async def calls(n: int, seen: ImportsSeen) -> list[dict[str, Any]]:
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    handlers: list[asyncio.Task[None]] = []  # the server's connection handlers, awaited before it closes
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.append(asyncio.current_task())  # type: ignore[arg-type]
+        await answer(reader, writer)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
     url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     settings = Settings.from_env("master-search", {"KEYWORD_URL": url})
     client = DownstreamClient(settings, ServiceMetrics(settings))
@@ -65,8 +67,7 @@ async def calls(n: int, seen: ImportsSeen) -> list[dict[str, Any]]:
             sys.meta_path.remove(seen)
     finally:
         await client.aclose()
-        await asyncio.gather(*HANDLERS)
-        HANDLERS.clear()
+        await asyncio.gather(*handlers)
         server.close()
         await server.wait_closed()
 
