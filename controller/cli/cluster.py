@@ -219,7 +219,9 @@ def business_source(args: argparse.Namespace, metrics: CustomMetrics) -> Busines
 
 def controller_main(argv: Sequence[str]) -> int:
     args = _controller_parser().parse_args(list(argv))
-    from controller.adapters.prometheus.metrics import PrometheusSource  # the analysis edge: only the process needs it
+    # The analysis edge: only the process needs it.
+    from controller.adapters.prometheus.in_flight import PrometheusInFlight
+    from controller.adapters.prometheus.metrics import PrometheusSource
 
     telemetry = Telemetry()
     try:
@@ -243,7 +245,8 @@ def controller_main(argv: Sequence[str]) -> int:
                               workers=args.workers, replica_policy=ReplicaPolicy(args.canary_replicas),
                               metrics_delay=metrics.provider.config.settle_delay)
     controller = Controller(api, config, metrics, clock, elector, telemetry, business_source(args, metrics),
-                            notifier=outgoing.notifier, hooks=outgoing.hooks, history=metrics)
+                            notifier=outgoing.notifier, hooks=outgoing.hooks, history=metrics,
+                            in_flight=PrometheusInFlight(metrics.provider, clock.now))
     health = HealthServer(telemetry, controller.healthy, controller.synced.is_set, args.health_host,
                           args.health_port).start()
     log.info("controller %s watching %s; health on :%d", args.identity, args.namespace or "all namespaces",

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import threading
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +33,7 @@ from controller.core.status import Phase, ReleaseStatus
 from controller.reconciler import Ports, Reconciler
 from demo.harness import Console, demo_release, drive_release
 from localmesh.envoy.metrics import scrape_job
+from tests.support.scrapes import scrape_after
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -62,19 +60,6 @@ def prometheus(stack: LocalStack) -> Iterator[PrometheusProcess]:
     """Prometheus scraping Envoy's own statistics, relabelled into Istio's metrics by the scrape job's rules."""
     with PrometheusProcess([], jobs=[scrape_job([stack.envoy_admin_target])], scrape_interval_s=1.0) as prom:
         yield prom
-
-
-def scrape_after(prom: PrometheusProcess, t: float) -> float:
-    """Wait (bounded) for a scrape of the router stamped after `t`; its timestamp."""
-    query = urllib.parse.urlencode({"query": "timestamp(up)"})
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        with urllib.request.urlopen(f"{prom.url}/api/v1/query?{query}", timeout=2) as r:
-            result = json.loads(r.read())["data"]["result"]
-        if result and float(result[0]["value"][1]) > t:
-            return float(result[0]["value"][1])
-        time.sleep(0.1)
-    raise AssertionError("no scrape of the router landed within 15 s")
 
 
 def send(stack: LocalStack, n: int) -> dict[int, int]:
@@ -108,10 +93,10 @@ def test_provider_counts_equal_the_routers_own_counters(stack: LocalStack, prome
     source = PrometheusSource.from_config({"url": prometheus.url, "namespace_label": ""})
     try:
         before = direct.scrape()
-        t0 = scrape_after(prometheus, time.time())
+        t0 = scrape_after(prometheus)
         codes = send(stack, 300)
         after = flushed_scrape(direct, before)
-        t1 = scrape_after(prometheus, time.time())
+        t1 = scrape_after(prometheus)
         from_prometheus = source.window(QUERY, t0, t1)
         from_router = snapshot_counts(QUERY, before, after, LOCAL_LABELS)
     finally:
@@ -130,17 +115,17 @@ def test_a_router_restart_loses_nothing_and_counts_nothing_negative(
     direct = DirectMetrics(f"{stack.admin_url}/metrics", labels=LOCAL_LABELS)
     try:
         before = direct.scrape()
-        t0 = scrape_after(prometheus, time.time())
+        t0 = scrape_after(prometheus)
         send(stack, 120)
         # The last scrape before the restart must see Envoy's histograms flushed: buckets not yet merged when Envoy
         # stops are gone with it, in any mesh, and this test is about the counter reset, not that lag.
         flushed_scrape(direct, before)
-        scrape_after(prometheus, time.time())
+        scrape_after(prometheus)
         stack.restart_router()  # counters start again from zero
         before = direct.scrape()
         send(stack, 80)
         flushed_scrape(direct, before)
-        t1 = scrape_after(prometheus, time.time())
+        t1 = scrape_after(prometheus)
         window = source.window(QUERY, t0, t1)
     finally:
         source.close()
@@ -162,9 +147,9 @@ def test_custom_promql_metric_reads_the_router_through_prometheus(
             "denominator": "istio_requests_total{selector}"}},
     })
     try:
-        t0 = scrape_after(prometheus, time.time())
+        t0 = scrape_after(prometheus)
         codes = send(stack, 150)
-        t1 = scrape_after(prometheus, time.time())
+        t1 = scrape_after(prometheus)
         custom = source.custom("entry_errors", MetricsQuery("local", ("master-search",), ("v1", "v2")), t0, t1)
     finally:
         source.close()

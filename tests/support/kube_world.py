@@ -21,6 +21,7 @@ import yaml
 
 from analysis.observations import MetricsQuery, WindowCounts
 from controller.adapters.kubernetes.client import DEPLOYMENTS, HPAS, RELEASES, KubeApi, Obj
+from controller.adapters.kubernetes.in_flight import RequestsInFlight
 from controller.adapters.kubernetes.leader import LeaseElector
 from controller.adapters.kubernetes.routing import IstioRouter
 from controller.adapters.kubernetes.running import Controller, ControllerConfig
@@ -140,11 +141,12 @@ class KubeWorld:
     def patch_spec(self, spec: Obj, name: str = "search-v2", namespace: str = NAMESPACE) -> None:
         self.api.patch(RELEASES, namespace, name, {"spec": spec})
 
-    def controller(self, identity: str = "replica-a", elector: bool = False, **config: Any) -> Controller:
+    def controller(self, identity: str = "replica-a", elector: bool = False,
+                   in_flight: RequestsInFlight | None = None, **config: Any) -> Controller:
         cfg = ControllerConfig(identity=identity, **config)
         lease = LeaseElector(self.api, "stack-canary-system", identity, self.clock, lease_duration=15,
                              renew_deadline=10, retry_period=2) if elector else None
-        return Controller(self.api, cfg, self.metrics, self.clock, lease)
+        return Controller(self.api, cfg, self.metrics, self.clock, lease, in_flight=in_flight)
 
     def status(self, name: str = "search-v2", namespace: str = NAMESPACE) -> ReleaseStatus:
         return ReleaseStatus.from_storage(self.api.get(RELEASES, namespace, name).get("status"))

@@ -45,6 +45,7 @@ from __future__ import annotations
 import copy
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -194,6 +195,13 @@ def _merge_routes(spec: Obj, want: Obj, service: str, lane_header: str) -> None:
     spec["http"] = [*specific, *ours, *catch_all]
 
 
+def _short_host(host: str, namespace: str) -> str | None:
+    """The Service a DestinationRule's host names in `namespace` (`ml-infer` or `ml-infer.<namespace>.svc...`);
+    None for a host elsewhere."""
+    name, _, rest = host.partition(".")
+    return name if not rest or rest == namespace or rest.startswith(f"{namespace}.svc") else None
+
+
 # --------------------------------------------------------------------------------------------------
 # Reading back only what the controller owns
 # --------------------------------------------------------------------------------------------------
@@ -236,6 +244,22 @@ class IstioRouter:
             return read_plan(ours)
         except (UnreadablePlan, KeyError, TypeError, ValueError) as exc:
             raise TemporaryError(f"routes in effect in {self.namespace} are unreadable: {exc}") from exc
+
+    def subsets_serving(self, workloads: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+        """(service, subset) for every subset of the namespace's live DestinationRules that selects one of the
+        (service, version) workloads (its `version` label): the subsets through which the mesh sends them
+        requests, the controller's and a user's alike."""
+        wanted = set(workloads)
+        found: set[tuple[str, str]] = set()
+        for rule in self.api.list(DESTINATION_RULES, self.namespace, None).get("items", []):
+            spec = rule.get("spec") or {}
+            service = _short_host(str(spec.get("host", "")), self.namespace)
+            if service is None:
+                continue
+            for subset in spec.get("subsets") or []:
+                if (service, (subset.get("labels") or {}).get("version")) in wanted and subset.get("name"):
+                    found.add((service, str(subset["name"])))
+        return tuple(sorted(found))
 
     def apply(self, plan: RoutingPlan) -> None:
         """Write the plan make-before-break, so that no route ever points at a subset that is not defined

@@ -28,6 +28,7 @@ from controller.adapters.kubernetes import queue as queueing
 from controller.adapters.kubernetes.client import KubeApi, Obj
 from controller.adapters.kubernetes.finalizing import Finalizer
 from controller.adapters.kubernetes.health import Telemetry
+from controller.adapters.kubernetes.in_flight import RequestsInFlight
 from controller.adapters.kubernetes.leader import Leadership, LeaseElector
 from controller.adapters.kubernetes.peers import CachedPeers
 from controller.adapters.kubernetes.queue import Key, WorkQueue
@@ -63,7 +64,8 @@ class Controller:
     def __init__(self, api: KubeApi, config: ControllerConfig, metrics: Metrics, clock: Clock,
                  elector: LeaseElector | None = None, telemetry: Telemetry | None = None,
                  business: BusinessMetrics | None = None, notifier: Notifier | None = None,
-                 hooks: Hooks | None = None, history: History | None = None) -> None:
+                 hooks: Hooks | None = None, history: History | None = None,
+                 in_flight: RequestsInFlight | None = None) -> None:
         self.config = config
         self.clock = clock
         self.elector = elector
@@ -79,7 +81,7 @@ class Controller:
         self.store = StatusStore(self.api, on_written=self.watch.remember)
         self.wiring = ReleaseWiring(self.api, clock, config.identity, config.replica_policy, metrics,
                                     business, notifier, hooks, CachedPeers(lambda: list(self.watch.cache.values())),
-                                    config.metrics_delay, history)
+                                    config.metrics_delay, history, in_flight)
         self.ticker = ReleaseTicker(self.watch, self.queue, self.leadership, self.wiring,
                                     Finalizer(self.api, self.wiring, on_written=self.watch.remember),
                                     self.store, self.telemetry, config.conflict_retry)

@@ -3,9 +3,10 @@
 For each tick of a release: its Deployments (`DeploymentWorkloads`, sized through the tick's `WeightBox`),
 its Istio routes (`IstioRouter`), its Kubernetes Events plus the chat/webhook notifier if any
 (`EventNotifier`, `MultiNotifier`), and the sources every release shares: the analysis metrics, the A/B
-experiments' business metrics (None: an experiment's looks are errors, see docs/experiments.md) and the
-release hooks' caller. The hooks default, here at the edge and never in the reconciler, to the cluster's
-rules: in-cluster Services only, keys from the release namespace's Secrets (`KubeSecrets`), no files.
+experiments' business metrics (None: an experiment's looks are errors, see docs/experiments.md), the
+release hooks' caller, and the sidecars' requests in flight per subset (through `SubsetInFlight`, for the
+drains). The hooks default, here at the edge and never in the reconciler, to the cluster's rules: in-cluster
+Services only, keys from the release namespace's Secrets (`KubeSecrets`), no files.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from controller.adapters.http.notifiers import MultiNotifier
 from controller.adapters.http.webhook import UrlPolicy, WebhookClient
 from controller.adapters.kubernetes.client import KubeApi, Obj
 from controller.adapters.kubernetes.events import EventNotifier
+from controller.adapters.kubernetes.in_flight import RequestsInFlight, SubsetInFlight
 from controller.adapters.kubernetes.routing import IstioRouter
 from controller.adapters.kubernetes.secrets import KubeSecrets
 from controller.adapters.kubernetes.workloads import DeploymentWorkloads, ReleaseRef, ReplicaPolicy, WeightBox
@@ -39,7 +41,7 @@ class ReleaseWiring:
     def __init__(self, api: KubeApi, clock: Clock, identity: str, replica_policy: ReplicaPolicy,
                  metrics: Metrics, business: BusinessMetrics | None = None, notifier: Notifier | None = None,
                  hooks: Hooks | None = None, peers: Peers | None = None, metrics_delay: float = 0.0,
-                 history: History | None = None) -> None:
+                 history: History | None = None, in_flight: RequestsInFlight | None = None) -> None:
         self.api = api
         self.clock = clock
         # The Events' reportingInstance: which replica decided.
@@ -54,6 +56,8 @@ class ReleaseWiring:
         self.metrics_delay = metrics_delay
         # The source of the stable version's metrics before a release (Prometheus keeps them); None: none.
         self.history = history
+        # The sidecars' requests in flight per subset, for the drains (None: `drainTime` alone).
+        self.in_flight = in_flight
         self.hooks: Hooks = hooks or HttpHooks(WebhookClient(policy=UrlPolicy.in_cluster()), HookRules.cluster(),
                                                KubeSecrets(api))
         # A shadow phase's comparator: the Service its release names, in the release's namespace.
@@ -74,6 +78,8 @@ class ReleaseWiring:
         notifier: Notifier = self.events(obj)
         if self.notifier is not None:
             notifier = MultiNotifier([notifier, self.notifier])
-        return Ports(workloads, self.router(ref.namespace, services), self.metrics, self.clock, notifier,
+        router = self.router(ref.namespace, services)
+        in_flight = SubsetInFlight(router, self.in_flight) if self.in_flight is not None else None
+        return Ports(workloads, router, self.metrics, self.clock, notifier,
                      business=self.business, hooks=self.hooks, peers=self.peers, metrics_delay=self.metrics_delay,
-                     shadow=self.shadow, history=self.history)
+                     shadow=self.shadow, history=self.history, in_flight=in_flight)

@@ -565,6 +565,11 @@ class PrometheusMetrics:
     def close(self) -> None:
         self._client.close()
 
+    def instant(self, promql: str, at: float, what: str) -> list[tuple[dict[str, str], float]]:
+        """An instant vector at `at` (each series' labels and value), with the retries of every query;
+        raises PrometheusUnavailable naming `what`. The caller escapes what it puts into `promql`."""
+        return _vector(self._query(promql, at, what), what)
+
     # --- the Metrics port -------------------------------------------------------------------------
 
     def settled(self, start: float, end: float) -> tuple[float, float]:

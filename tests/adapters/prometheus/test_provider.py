@@ -51,6 +51,7 @@ from controller.adapters.prometheus.metrics import PrometheusSource
 from controller.adapters.prometheus.server import PrometheusProcess
 from controller.ports import MetricsUnavailable
 from tests.support.paths import REPO
+from tests.support.scrapes import scrape_after
 from tests.support.tools import require_tool
 
 N = len(ISTIO_BUCKETS_MS)
@@ -115,6 +116,10 @@ class IstioExporter:
     def serve(self) -> str:
         self._server, _ = start_http_server(0, addr="127.0.0.1", registry=self._registry)
         self.port = self._server.server_port
+        return self.target
+
+    @property
+    def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def stop(self) -> None:
@@ -161,25 +166,6 @@ def provider(prometheus: PrometheusProcess) -> Iterator[PrometheusMetrics]:
     p.close()
 
 
-def last_scrape(prometheus: PrometheusProcess, exporter: IstioExporter) -> float:
-    query = urllib.parse.urlencode({"query": f'timestamp(up{{instance="127.0.0.1:{exporter.port}"}})'})
-    with urllib.request.urlopen(f"{prometheus.url}/api/v1/query?{query}", timeout=2) as r:
-        result = json.loads(r.read())["data"]["result"]
-    return float(result[0]["value"][1]) if result else 0.0
-
-
-def scrape_after(prometheus: PrometheusProcess, exporter: IstioExporter, t: float | None = None) -> float:
-    """Wait (bounded) until a scrape that started after `t` (default: now) has landed; its timestamp."""
-    t = time.time() if t is None else t
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        landed = last_scrape(prometheus, exporter)
-        if landed > t:
-            return landed
-        time.sleep(0.1)
-    raise AssertionError("no scrape landed within 10 s")
-
-
 def counts(requests: int, errors: int, by_bucket: dict[int, int]) -> VersionCounts:
     return VersionCounts(requests, errors, tuple(by_bucket.get(i, 0) for i in range(N)))
 
@@ -200,15 +186,15 @@ def test_consecutive_windows_equal_the_exporters_exact_increments(
     q = MetricsQuery(NS, ("exact-a", "exact-b"), ("v1", "v2"))
     exporter.add("exact-a", "v1", 200, count=40, latency_ms=3)  # before the release: not counted
     exporter.add("exact-b", "v1", 200, count=5, latency_ms=3)
-    t0 = scrape_after(prometheus, exporter)
+    t0 = scrape_after(prometheus, exporter.target)
 
     exporter.add("exact-a", "v1", 200, count=17, latency_ms=30)
     exporter.add("exact-a", "v1", 503, count=2, latency_ms=700)
     exporter.add("exact-a", "v2", 200, count=3, latency_ms=30, pod="p7")  # the canary's first requests
-    t1 = scrape_after(prometheus, exporter)
+    t1 = scrape_after(prometheus, exporter.target)
     exporter.add("exact-a", "v2", 500, count=4, latency_ms=2)
     exporter.add("exact-a", "v2", 200, count=6, latency_ms=2, pod="p8")  # a second canary pod
-    t2 = scrape_after(prometheus, exporter)
+    t2 = scrape_after(prometheus, exporter.target)
 
     first, second = provider.window(q, t0, t1), provider.window(q, t1, t2)
     assert provider.queries_sent == 8  # four per window, whatever the number of services and versions
@@ -233,7 +219,7 @@ def test_past_windows_read_together_equal_each_window_read_alone(
     five separate reads, through a series born in the middle (a new pod) and a restart of the exporter."""
     q = MetricsQuery(NS, ("hist-a", "hist-b"), ("v1", "v2"))
     exporter.add("hist-a", "v1", 200, count=30, latency_ms=3)
-    edges = [scrape_after(prometheus, exporter)]
+    edges = [scrape_after(prometheus, exporter.target)]
     steps: list[Callable[[], None]] = [
         lambda: exporter.add("hist-a", "v1", 200, count=11, latency_ms=30),
         lambda: exporter.add("hist-a", "v1", 503, count=2, latency_ms=700, pod="p2"),  # born here
@@ -244,7 +230,7 @@ def test_past_windows_read_together_equal_each_window_read_alone(
     for step in steps:
         step()
         exporter.add("hist-a", "v1", 200, count=4, latency_ms=3)
-        edges.append(scrape_after(prometheus, exporter))
+        edges.append(scrape_after(prometheus, exporter.target))
     windows = list(itertools.pairwise(edges))
     before = provider.queries_sent
     together = provider.windows(q, windows)
@@ -266,13 +252,13 @@ def test_a_counter_reset_loses_nothing_and_goes_nowhere_negative(
 ) -> None:
     q = MetricsQuery(NS, ("reset",), ("v1",))
     exporter.add("reset", "v1", 200, count=100, latency_ms=3)
-    t0 = scrape_after(prometheus, exporter)
+    t0 = scrape_after(prometheus, exporter.target)
     exporter.add("reset", "v1", 200, count=5, latency_ms=3)
-    scrape_after(prometheus, exporter)
+    scrape_after(prometheus, exporter.target)
     exporter.restart()  # the proxy restarts: every series from zero (and other tests' series vanish)
     exporter.add("reset", "v1", 200, count=7, latency_ms=3)
     exporter.add("reset", "v1", 503, count=1, latency_ms=3)
-    t1 = scrape_after(prometheus, exporter)
+    t1 = scrape_after(prometheus, exporter.target)
     window = provider.window(q, t0, t1)
     assert window.of("reset", "v1", N) == counts(13, 1, {bucket_of(3): 13})
 
@@ -281,10 +267,10 @@ def test_a_counter_reset_loses_nothing_and_goes_nowhere_negative(
 def test_hostile_names_are_escaped_and_still_match_exactly(
     exporter: IstioExporter, prometheus: PrometheusProcess, provider: PrometheusMetrics
 ) -> None:
-    t0 = scrape_after(prometheus, exporter)
+    t0 = scrape_after(prometheus, exporter.target)
     for name in HOSTILE[:3]:
         exporter.add(name, 'v"1', 200, count=3)
-    t1 = scrape_after(prometheus, exporter)
+    t1 = scrape_after(prometheus, exporter.target)
     q = MetricsQuery(NS, HOSTILE, ('v"1',))
     window = provider.window(q, t0, t1)
     for name in HOSTILE[:3]:
@@ -299,9 +285,9 @@ def test_hostile_names_are_escaped_and_still_match_exactly(
 def test_a_missing_version_is_absent_and_counted_as_zero(
     exporter: IstioExporter, prometheus: PrometheusProcess, provider: PrometheusMetrics
 ) -> None:
-    t0 = scrape_after(prometheus, exporter)
+    t0 = scrape_after(prometheus, exporter.target)
     exporter.add("lonely", "v1", 200, count=2)
-    t1 = scrape_after(prometheus, exporter)
+    t1 = scrape_after(prometheus, exporter.target)
     window = provider.window(MetricsQuery(NS, ("lonely", "nobody"), ("v1", "v2")), t0, t1)
     assert window.of("lonely", "v1", N) == counts(2, 0, {bucket_of(7): 2})
     assert window.absent == frozenset({("lonely", "v2"), ("nobody", "v1"), ("nobody", "v2")})
@@ -336,11 +322,11 @@ def test_custom_promql_templates_work_end_to_end(
     try:
         q = MetricsQuery(NS, ("custom",), ("v1", "v2"))
         exporter.add("custom", "v1", 200, count=10)
-        t0 = scrape_after(prometheus, exporter)
+        t0 = scrape_after(prometheus, exporter.target)
         exporter.add("custom", "v1", 200, count=6)
         exporter.add("custom", "v1", 502, count=2)
         exporter.add("custom", "v2", 200, count=4)
-        t1 = scrape_after(prometheus, exporter)
+        t1 = scrape_after(prometheus, exporter.target)
 
         ratio = provider.custom("error_ratio", q, t0, t1)
         v1 = ratio.values[("custom", "v1")]

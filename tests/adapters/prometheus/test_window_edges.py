@@ -39,6 +39,7 @@ from controller.adapters.prometheus.client import (
 )
 from controller.adapters.prometheus.server import PrometheusProcess
 from tests.support.layout_exporter import NS, LayoutExporter
+from tests.support.scrapes import scrape_after
 from tests.support.tools import require_tool
 
 N = len(ISTIO_BUCKETS_MS)
@@ -68,19 +69,6 @@ def provider_for(prometheus: PrometheusProcess) -> Iterator[Callable[..., Promet
     yield make
     for provider in made:
         provider.close()
-
-
-def scrape_after(prometheus: PrometheusProcess, exporter: LayoutExporter, t: float) -> float:
-    """Wait (bounded) until a scrape stamped after `t` has landed; its timestamp."""
-    query = urllib.parse.urlencode({"query": f'timestamp(up{{instance="{exporter.target}"}})'})
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        with urllib.request.urlopen(f"{prometheus.url}/api/v1/query?{query}", timeout=2) as r:
-            result = json.loads(r.read())["data"]["result"]
-        if result and float(result[0]["value"][1]) > t:
-            return float(result[0]["value"][1])
-        time.sleep(0.1)
-    raise AssertionError(f"no scrape stamped after {t} landed within 15 s")
 
 
 def numbers(w: WindowCounts) -> dict[tuple[str, str], VersionCounts]:
@@ -155,7 +143,7 @@ def test_windows_read_live_count_every_request_once_with_the_lag(
         live, edges = live_and_again(exporter, provider, q, ticks=7)
     finally:
         exporter.delay = 0.0
-    scrape_after(prometheus, exporter, edges[-1])
+    scrape_after(prometheus, exporter.target, edges[-1])
     again = [provider.window(q, a, b) for a, b in itertools.pairwise(edges)]
     assert [numbers(w) for w in live] == [numbers(w) for w in again]
     whole = provider.window(q, edges[0], edges[-1])
@@ -176,7 +164,7 @@ def test_without_the_lag_a_window_read_live_misses_the_scrape_in_flight(
         live, edges = live_and_again(exporter, provider, q, ticks=3)
     finally:
         exporter.delay = 0.0
-    scrape_after(prometheus, exporter, edges[-1])
+    scrape_after(prometheus, exporter.target, edges[-1])
     again = [provider.window(q, a, b) for a, b in itertools.pairwise(edges)]
     missed = [b.of("live", "v1", N).requests - a.of("live", "v1", N).requests for a, b in zip(live, again,
                                                                                            strict=True)]
@@ -233,11 +221,11 @@ def test_a_store_that_drops_the_metric_name_gives_the_same_counts(
     q = MetricsQuery(NS, ("nameless",), ("v1", "v2"))
     exporter.add("nameless", "v1", [3.0, 30.0, 300.0] * 20)  # before the window: the baselines matter
     exporter.add("nameless", "v2", [40.0] * 7, code="503")
-    t0 = scrape_after(prometheus, exporter, time.time())
+    t0 = scrape_after(prometheus, exporter.target, time.time())
     exporter.add("nameless", "v1", [3.0, 70.0] * 4)
     exporter.add("nameless", "v2", [40.0] * 3, code="503")
     exporter.add("nameless", "v2", [900.0])
-    t1 = scrape_after(prometheus, exporter, time.time())
+    t1 = scrape_after(prometheus, exporter.target, time.time())
     proxy = NamelessProxy(prometheus.url, everywhere)
     try:
         through_proxy = provider_for(url=proxy.url).window(q, t0, t1)
@@ -277,10 +265,10 @@ def test_versions_with_different_bucket_layouts_are_judged_on_their_common_edges
     stable = [3.0, 8.0, 20.0, 45.0, 80.0, 200.0, 400.0, 2000.0] * 30
     canary = [4.0, 9.0, 30.0, 45.0, 90.0, 600.0, 3000.0, 7000.0] * 10
     exporter.add("layouts", "v1", [1.0] * 40)
-    t0 = scrape_after(prometheus, exporter, time.time())
+    t0 = scrape_after(prometheus, exporter.target, time.time())
     exporter.add("layouts", "v1", stable)
     exporter.add("layouts", "v2", canary)
-    t1 = scrape_after(prometheus, exporter, time.time())
+    t1 = scrape_after(prometheus, exporter.target, time.time())
     window = provider_for().window(q, t0, t1)
 
     assert window.bucket_edges == {"layouts": COMMON}
