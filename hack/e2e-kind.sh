@@ -7,7 +7,8 @@
 # =====================================================================================================
 #
 # What it does, in a throw-away kind cluster:
-#   1. installs Istio (default profile: istiod + ingress gateway) and Istio's Prometheus addon;
+#   1. installs Istio (default profile: istiod + ingress gateway; every proxy keeps its in-flight gauges)
+#      and Istio's Prometheus addon;
 #   2. builds the controller image and the reference search stack image (v1, v2 and v4 healthy, and a
 #      broken v3 whose responses fail 50% of the time), and loads them into the cluster;
 #   3. installs manifests/overlays/kind (CRD, RBAC, controller, search stack v1) and istio/, then runs
@@ -65,7 +66,10 @@ create_cluster() {
 
 install_istio() {
   log "Istio and its Prometheus addon"
-  istioctl install -y --set profile=default
+  # Every proxy, the ingress gateway included, keeps its upstream_rq_active gauges: the requests in flight per
+  # subset that a promotion's or rollback's drain waits for (docs/kubernetes.md, "Draining on a cluster").
+  istioctl install -y --set profile=default \
+    --set 'meshConfig.defaultConfig.proxyStatsMatcher.inclusionSuffixes[0]=upstream_rq_active'
   local addon
   if [[ -n "${ISTIO_DIR:-}" ]]; then
     addon="$ISTIO_DIR/samples/addons/prometheus.yaml"
