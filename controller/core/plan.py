@@ -48,6 +48,9 @@ class ExperimentRoutes:
     cohort_header: str | None = None
     cookie_max_age: int = 7 * 24 * 3600
     closing_to: str | None = None
+    # The header naming the user (`unit: user`): the entry's replicas of a variant are chosen by its hash, so
+    # that one process sees each user whole (its per-user sums); None: the mesh's usual load balancing.
+    user_header: str | None = None
 
     def __post_init__(self) -> None:
         if len(self.arms) < 2:
@@ -63,8 +66,9 @@ class ExperimentRoutes:
                 raise InvalidPlan(f"version {a.version!r} of variant {a.name} is not a valid label value")
         if not re.match(r"^[A-Za-z0-9_-]+$", self.cookie):
             raise InvalidPlan(f"cookie name {self.cookie!r} is not a plain token")
-        if self.cohort_header is not None and not _HEADER_NAME.match(self.cohort_header):
-            raise InvalidPlan(f"cohort header {self.cohort_header!r} is not a lower-case HTTP header name")
+        for what, header in (("cohort", self.cohort_header), ("user", self.user_header)):
+            if header is not None and not _HEADER_NAME.match(header):
+                raise InvalidPlan(f"{what} header {header!r} is not a lower-case HTTP header name")
 
     @property
     def control(self) -> ExperimentArm:

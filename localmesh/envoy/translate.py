@@ -106,6 +106,9 @@ class ClusterTarget:
     versions: tuple[str, ...]
     version: str
     stat_name: str
+    # The request header whose hash picks the endpoint (a subset's consistentHash.httpHeaderName); None: least
+    # request, as istiod's default.
+    hash_header: str | None = None
 
 
 @dataclass(frozen=True)
@@ -190,11 +193,14 @@ class _Clusters:
     def __init__(self, objects: list[Any], endpoints: Sequence[Endpoint], port: int) -> None:
         self.port, self.endpoints = port, tuple(endpoints)
         self.subsets: dict[str, dict[str, Mapping[str, str]]] = {}
+        self.hashing: dict[tuple[str, str], str] = {}  # (service, subset) -> the header its endpoints hash on
         self.namespaces: dict[str, str] = {e.service: e.namespace for e in reversed(self.endpoints)}
         for obj in objects:
             if obj["kind"] == "DestinationRule":
                 service, ns, _ = _service_fqdn(obj["spec"]["host"], _namespace(obj))
                 self.subsets[service] = {s["name"]: s["labels"] for s in obj["spec"].get("subsets", [])}
+                self.hashing.update({(service, s["name"]): s["trafficPolicy"]["loadBalancer"]["consistentHash"][
+                    "httpHeaderName"].lower() for s in obj["spec"].get("subsets", []) if "trafficPolicy" in s})
                 self.namespaces[service] = ns
         self.wanted: dict[str, tuple[str, str, str, int, str]] = {}  # name -> service, ns, fqdn, port, subset
         for service in sorted(self.namespaces):
@@ -229,7 +235,7 @@ class _Clusters:
             versions = tuple(sorted({e.version for e in chosen}))
             version = attributed_version(labels, versions)
             targets[name] = ClusterTarget(service, ns, fqdn, port, subset, dict(labels), versions, version,
-                                          stat_name(port, version, fqdn))
+                                          stat_name(port, version, fqdn), self.hashing.get((service, subset)))
             clusters.append(_cluster(name, targets[name], chosen, options))
         return tuple(clusters), targets
 
@@ -266,7 +272,8 @@ def _cluster(name: str, target: ClusterTarget, endpoints: Sequence[Endpoint], op
     if target.subset:
         istio["subset"] = target.subset
     cluster: Obj = {
-        "name": name, "alt_stat_name": target.stat_name, "type": "STATIC", "lb_policy": "LEAST_REQUEST",
+        "name": name, "alt_stat_name": target.stat_name, "type": "STATIC",
+        "lb_policy": "RING_HASH" if target.hash_header else "LEAST_REQUEST",
         "connect_timeout": envoy_duration(round(options.connect_timeout_s * 10**9)),
         "circuit_breakers": {"thresholds": [{"max_connections": _UNLIMITED, "max_pending_requests": _UNLIMITED,
                                              "max_requests": _UNLIMITED, "max_retries": _UNLIMITED,
@@ -354,9 +361,22 @@ def translate(objects: Iterable[Mapping[str, Any]], endpoints: Sequence[Endpoint
         vhost = _default_virtual_host(service, clusters, options, seen, default_retry)
         vhosts += [vhost] if vhost is not None else []
     built, targets = clusters.build(options)
+    _hash_policies(vhosts, targets)
     route_config = {"name": route_config_name(options), "virtual_hosts": vhosts, "validate_clusters": False,
                     "ignore_port_in_host_matching": True}
     return Resources(built, route_config, targets)
+
+
+def _hash_policies(vhosts: list[Obj], targets: Mapping[str, ClusterTarget]) -> None:
+    """A route whose every cluster hashes on one header hashes requests by it, as istiod gives a route the
+    consistent hash its destinations share (a ring-hash cluster without one picks endpoints at random)."""
+    for route in (r for vhost in vhosts for r in vhost["routes"] if "route" in r):
+        action = route["route"]
+        shares = action.get("weighted_clusters", {}).get("clusters", [])
+        names = [action["cluster"]] if "cluster" in action else [c["name"] for c in shares]
+        headers = {targets[n].hash_header if n in targets else None for n in names}
+        if len(headers) == 1 and (header := headers.pop()) is not None:
+            action["hash_policy"] = [{"header": {"header_name": header}}]
 
 
 def http_listener(options: Options, routes: Mapping[str, Any]) -> Obj:

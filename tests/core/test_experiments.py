@@ -114,6 +114,9 @@ def test_ab_test_spec_parses_into_the_experiment() -> None:
     ({"abTest": {**AB, "zz": 1}}, "spec.strategy.abTest.zz: is not a known field"),
     ({"abTest": {**AB, "maxDuration": "2m", "warmup": "100s"}},
      "spec.strategy.abTest.warmup: 100s leaves no whole interval (30s) before maxDuration (120s)"),
+    ({"abTest": {**AB, "userHeader": "X User"}}, "spec.strategy.abTest.userHeader: 'X User' is not a lower-case"),
+    ({"abTest": {**AB, "unit": "sample", "userHeader": "x-user-id"}},
+     "spec.strategy.abTest.userHeader: only with unit: user (this experiment's unit is sample)"),
 ])
 def test_ab_test_spec_problems_name_their_path(strategy: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidSpec) as info:
@@ -147,18 +150,46 @@ def test_rendered_experiment_is_valid_for_istio_and_the_local_router() -> None:
     assert lane["spec"]["http"][0]["route"][0]["destination"]["subset"] == "v2"
 
 
+def test_each_user_reaches_one_replica_of_the_entry_per_variant() -> None:
+    """Per-user sums are kept per master-search process: the entry's subsets (and only the entry's) balance by the
+    user header, the one the search stack keys the sums on; `unit: sample` needs no such thing."""
+    from searchstack.settings import DEFAULT_USER_HEADER
+
+    def hashing(objects: list[dict[str, Any]]) -> dict[tuple[str, str], Any]:
+        return {(o["metadata"]["name"], s["name"]): s.get("trafficPolicy")
+                for o in objects if o["kind"] == "DestinationRule" for s in o["spec"]["subsets"]}
+
+    by_user = hashing(experiment_objects())
+    affinity = {"loadBalancer": {"consistentHash": {"httpHeaderName": DEFAULT_USER_HEADER}}}
+    assert {k: v for k, v in by_user.items() if k[0] == "master-search"} == {
+        ("master-search", "stable"): affinity, ("master-search", "canary"): affinity,
+        ("master-search", "v2"): affinity}
+    assert all(v is None for k, v in by_user.items() if k[0] != "master-search")
+    spec = parse_release(ab_release(userHeader="x-member"))
+    assert spec.experiment is not None and spec.experiment.routes.user_header == "x-member"
+    spec = parse_release(ab_release(unit="sample"))
+    assert spec.experiment is not None and spec.experiment.routes.user_header is None
+    plan = base_plan(spec).with_experiment(spec.experiment.routes)
+    assert all(v is None for v in hashing(render(plan)).values())
+
+
 def test_experiment_routes_read_back_as_the_same_plan() -> None:
     spec = parse_release(ab_release())
     assert spec.experiment is not None
     plan = base_plan(spec).with_experiment(spec.experiment.routes)
     back = read_plan(json.loads(json.dumps(render(plan))))
     assert plan.equivalent(back)
+    assert back.experiment is not None and back.experiment.user_header == "x-user-id"
     assert not plan.with_weight(50).equivalent(back)  # a canary split is not the experiment
     edited = json.loads(json.dumps(render(plan)))
     entry = next(o for o in edited if o["metadata"]["name"] == "master-search" and o["kind"] == "VirtualService")
     entry["spec"]["http"][-1]["route"][1]["weight"] = 10
     entry["spec"]["http"][-1]["route"][0]["weight"] = 90
     assert not plan.equivalent(read_plan(edited))  # a hand edit is seen and repaired
+    edited = json.loads(json.dumps(render(plan)))
+    rule = next(o for o in edited if o["metadata"]["name"] == "master-search" and o["kind"] == "DestinationRule")
+    del rule["spec"]["subsets"][0]["trafficPolicy"]
+    assert not plan.equivalent(read_plan(edited))  # so is one that takes the user affinity away
 
 
 def _inner(plan: RoutingPlan) -> list[dict[str, Any]]:

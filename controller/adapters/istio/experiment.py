@@ -4,7 +4,8 @@ This module owns the experiment's routes (`RoutingPlan.experiment` set); `render
 `render.read_plan` hand experiment plans to it. The same objects serve Kubernetes and the local router.
 
 - DestinationRule per service: `stable` (and `canary` when the service changes), plus one subset per
-  variant, named after it, pointing at the variant's version (the control's at the stable version);
+  variant, named after it, pointing at the variant's version (the control's at the stable version); with a
+  user header (`unit: user`) the entry's subsets balance by its consistent hash (`user_affinity`);
 - the entry VirtualService, in order: `cohort-<v>` routes (header `cohortHeader: <v>` -> variant v, when
   a cohort header is configured), `sticky-<v>` routes (the assignment cookie names v -> variant v), and the
   `assign` route: weighted destinations, each adding `set-cookie: <cookie>=<v>` to its response, so a new
@@ -60,7 +61,17 @@ def destination_rule_spec(plan: RoutingPlan, sv: ServiceVersions) -> Obj:
     if sv.canary:
         subsets.append({"name": "canary", "labels": {"version": sv.canary}})
         subsets.extend({"name": a.name, "labels": {"version": a.version}} for a in exp.arms[1:])
+    if exp.user_header and sv.service == plan.entry:
+        # Per-user sums are kept per entry process: each user's searches go to one replica of their variant.
+        # At the subset level, so an adopted rule's own trafficPolicy keeps its other settings.
+        for subset in subsets:
+            subset["trafficPolicy"] = user_affinity(exp.user_header)
     return {"host": sv.service, "subsets": subsets}
+
+
+def user_affinity(header: str) -> Obj:
+    """The load balancing that sends every request carrying one value of `header` to the same endpoint."""
+    return {"loadBalancer": {"consistentHash": {"httpHeaderName": header}}}
 
 
 def _entry_routes(plan: RoutingPlan, exp: ExperimentRoutes) -> list[Obj]:
@@ -115,8 +126,10 @@ class UnreadableExperiment(ValueError):
     """The entry route is marked as an experiment's but does not read back as one."""
 
 
-def read_experiment(entry_vs: Obj) -> ExperimentRoutes:
-    """The experiment in effect: variants from the annotation, weights from the `assign` route itself."""
+def read_experiment(entry_vs: Obj, entry_rule: Obj | None = None) -> ExperimentRoutes:
+    """The experiment in effect: variants from the annotation, weights from the `assign` route itself, the user
+    header from the entry's DestinationRule (its `stable` subset's consistent hash, so a hand edit that removes it
+    is seen and repaired)."""
     meta = entry_vs.get("metadata", {})
     try:
         note = json.loads(meta["annotations"][ANNOTATION_EXPERIMENT])
@@ -126,9 +139,17 @@ def read_experiment(entry_vs: Obj) -> ExperimentRoutes:
         arms = tuple(ExperimentArm(str(n), str(v), weights.get(str(n), 0)) for n, v in note["arms"])
         return ExperimentRoutes(arms, cookie=str(note["cookie"]), cohort_header=note.get("cohortHeader"),
                                 cookie_max_age=int(note.get("cookieMaxAge", 7 * 24 * 3600)),
-                                closing_to=note.get("closingTo"))
+                                closing_to=note.get("closingTo"), user_header=_hashed_on(entry_rule))
     except (StopIteration, KeyError, TypeError, ValueError) as exc:
         raise UnreadableExperiment(f"VirtualService {meta.get('name')}: not a readable experiment ({exc!r})") from exc
+
+
+def _hashed_on(rule: Obj | None) -> str | None:
+    """The header the `stable` subset of `rule` balances by (`user_affinity`), or None."""
+    subsets: list[Obj] = (rule or {}).get("spec", {}).get("subsets", [])
+    stable: Obj = next((s for s in subsets if s.get("name") == "stable"), {})
+    header = stable.get("trafficPolicy", {}).get("loadBalancer", {}).get("consistentHash", {}).get("httpHeaderName")
+    return header if isinstance(header, str) else None
 
 
 def is_experiment_entry(entry_vs: Obj) -> bool:

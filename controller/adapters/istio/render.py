@@ -176,7 +176,9 @@ def read_plan(objects: list[Obj]) -> RoutingPlan | None:
     meta = entry_vs["metadata"]
     lane_header = meta.get("annotations", {}).get(ANNOTATION_LANE_HEADER, "")
     try:
-        experiment = ab.read_experiment(entry_vs) if ab.is_experiment_entry(entry_vs) else None
+        entry_dr = next((o for o in ours if o["kind"] == "DestinationRule" and o["metadata"]["name"] == meta["name"]),
+                        None)
+        experiment = ab.read_experiment(entry_vs, entry_dr) if ab.is_experiment_entry(entry_vs) else None
     except ab.UnreadableExperiment as exc:
         raise UnreadablePlan(str(exc)) from exc
     # An experiment's entry assigns users instead of splitting by weight: its treatment share stands in.

@@ -368,10 +368,26 @@ def _labels(value: Any, path: str) -> None:
         raise _Problem(path, "a subset needs at least one label, or it selects every endpoint")
 
 
+# Of a subset's traffic policy, the local mesh translates one thing: the consistent hash on a request header
+# that keeps a user on one endpoint of a variant (an experiment's `userHeader`, see `experiment.user_affinity`).
+_consistent_hash = _object(
+    {"httpHeaderName": _header_name},
+    required=("httpHeaderName",),
+    unsupported=("httpCookie", "useSourceIp", "httpQueryParameterName", "ringHash", "maglev", "minimumRingSize"),
+    kind="ConsistentHashLB",
+)
+_subset_traffic_policy = _object(
+    {"loadBalancer": _object({"consistentHash": _consistent_hash}, required=("consistentHash",),
+                             unsupported=("simple", "localityLbSetting", "warmupDurationSecs", "warmup"),
+                             kind="LoadBalancerSettings")},
+    required=("loadBalancer",),
+    unsupported=("connectionPool", "outlierDetection", "tls", "portLevelSettings", "tunnel", "proxyProtocol",
+                 "retryBudget"),
+    kind="TrafficPolicy",
+)
 _subset = _object(
-    {"name": _nonempty_string, "labels": _labels},
+    {"name": _nonempty_string, "labels": _labels, "trafficPolicy": _subset_traffic_policy},
     required=("name", "labels"),
-    unsupported=("trafficPolicy",),
     kind="Subset",
 )
 _dr_spec = _object(

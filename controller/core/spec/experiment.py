@@ -10,8 +10,9 @@ template runs with the variant's version label, which the local stack turns into
 variant that wins is reported, and the release keeps stable (see `controller.core.machine.experiment`).
 The statistics' fields are those of `analysis.abtest.ExperimentConfig` (alpha, primaryMetric,
 minSamples, confidenceSequence, sampleRatioOn, guardrails, onEnd, unit, minUsers, ...), except that the duration bounds
-are durations (`minDuration: 2m`); the routing fields are `cookie`, `cookieMaxAge`, `cohortHeader`, and
-the analysis cadence `interval` and `settle`. Problems are recorded with their full path on the release's
+are durations (`minDuration: 2m`); the routing fields are `cookie`, `cookieMaxAge`, `cohortHeader`, `userHeader`
+(with `unit: user`, default `x-user-id`: the entry's replicas of a variant are chosen by its hash), and the
+analysis cadence `interval` and `settle`. Problems are recorded with their full path on the release's
 reader (`analysis.reader.Reader`), which `controller.core.spec.release` hands down.
 """
 
@@ -29,8 +30,10 @@ from controller.core.plan import ExperimentArm, ExperimentRoutes, InvalidPlan
 from controller.core.spec.cadence import read_settle, read_warmup
 
 PATH = "spec.strategy.abTest"
-ROUTING_FIELDS = ("interval", "settle", "warmup", "cookie", "cookieMaxAge", "cohortHeader", "minDuration",
-                  "maxDuration")
+ROUTING_FIELDS = ("interval", "settle", "warmup", "cookie", "cookieMaxAge", "cohortHeader", "userHeader",
+                  "minDuration", "maxDuration")
+# The header the search stack keys its per-user sums on (searchstack.settings.DEFAULT_USER_HEADER).
+DEFAULT_USER_HEADER = "x-user-id"
 STATISTICS_FIELDS = ("variants", "control", "alpha", "primaryMetric", "minSamples", "equivalenceMargin",
                      "confidenceSequence", "sampleRatioAlpha", "sampleRatioOn", "guardrails", "onEnd", "unit",
                      "minUsers")
@@ -170,6 +173,12 @@ def _routes(r: Reader, m: Mapping[str, Any], config: ExperimentConfig, stable: s
     header = m.get("cohortHeader")
     if header is not None:
         header = r.string(header, f"{PATH}.cohortHeader", _HEADER, what="a lower-case header name")
+    user = None
+    if config.unit == "user":
+        user = r.string(m.get("userHeader"), f"{PATH}.userHeader", _HEADER, default=DEFAULT_USER_HEADER,
+                        what="a lower-case header name")
+    elif m.get("userHeader") is not None:
+        r.problem(f"{PATH}.userHeader", f"only with unit: user (this experiment's unit is {config.unit})")
     max_age = r.duration(m.get("cookieMaxAge"), f"{PATH}.cookieMaxAge", 7 * 24 * 3600.0, 1.0)
     if max_age < config.max_duration_s:
         r.problem(f"{PATH}.cookieMaxAge", f"{max_age:g}s is shorter than maxDuration: users would be re-assigned")
@@ -178,7 +187,8 @@ def _routes(r: Reader, m: Mapping[str, Any], config: ExperimentConfig, stable: s
     if r.problems:
         return None
     try:
-        return ExperimentRoutes(arms, cookie=cookie, cohort_header=header, cookie_max_age=int(max_age))
+        return ExperimentRoutes(arms, cookie=cookie, cohort_header=header, cookie_max_age=int(max_age),
+                                user_header=user)
     except InvalidPlan as exc:  # what the routes refuse is a spec problem too, never a crash
         r.problem(PATH, str(exc))
     return None

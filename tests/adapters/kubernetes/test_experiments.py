@@ -20,7 +20,7 @@ import pytest
 
 from analysis.abtest import PrimaryCounts
 from analysis.observations import MetricsQuery
-from controller.adapters.kubernetes.client import KubeApi
+from controller.adapters.kubernetes.client import DESTINATION_RULES, KubeApi
 from controller.adapters.kubernetes.routing import IstioRouter
 from controller.adapters.kubernetes.running import Controller, ControllerConfig
 from controller.adapters.kubernetes.workloads import WeightBox
@@ -136,6 +136,36 @@ def test_a_better_variant_wins_and_is_promoted_on_kubernetes(world: KubeWorld) -
     plan = IstioRouter(world.api, NAMESPACE, SERVICES).in_effect()
     assert plan is not None and plan.experiment is None and {s.stable for s in plan.services} == {"v2"}
     assert "ExperimentEnded" in [e["reason"] for e in world.objects("events")]
+    world.assert_valid_writes()
+
+
+def test_each_user_stays_on_one_entry_replica_while_the_experiment_runs_and_the_users_policy_stays(
+        world: KubeWorld) -> None:
+    """The entry's subsets balance by the user header during the experiment only; an adopted DestinationRule's own
+    traffic policy stays in effect throughout (the affinity is per subset, so it overrides only the balancing)."""
+    pool = {"connectionPool": {"http": {"http1MaxPendingRequests": 64}}}
+    world.api.create(DESTINATION_RULES, NAMESPACE, {
+        "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+        "metadata": {"name": "master-search", "namespace": NAMESPACE},
+        "spec": {"host": "master-search", "trafficPolicy": pool,
+                 "subsets": [{"name": "stable", "labels": {"version": "v1"}}]}})
+    source = CounterPairs(world.api, {"v1": 0.10, "v2": 0.16})
+    start_experiment(world)
+    controller = ab_controller(world, source)
+    assert world.drive(controller, until=Phase.PROGRESSING).phase is Phase.PROGRESSING
+
+    def entry_rule() -> dict[str, Any]:
+        return world.api.get(DESTINATION_RULES, NAMESPACE, "master-search")["spec"]
+
+    running = entry_rule()
+    affinity = {"loadBalancer": {"consistentHash": {"httpHeaderName": "x-user-id"}}}
+    assert {s["name"]: s.get("trafficPolicy") for s in running["subsets"]} == {
+        "stable": affinity, "canary": affinity, "v2": affinity}
+    assert running["trafficPolicy"] == pool
+    world.assert_valid_writes()
+    assert world.drive(controller, rounds=600).phase is Phase.SUCCEEDED
+    ended = entry_rule()
+    assert all("trafficPolicy" not in s for s in ended["subsets"]) and ended["trafficPolicy"] == pool
     world.assert_valid_writes()
 
 

@@ -330,3 +330,43 @@ def test_a_listener_port_in_use_is_reported_at_once_and_the_process_stopped(tmp_
         with pytest.raises(EnvoyConfigRejected, match="Address already in use"):
             proxy.start()
     assert proxy.pid is None
+
+
+def replicas_per_user(envoy: Envoy, replicas: list[Backend], users: int, each: int) -> dict[str, set[int]]:
+    """Which of `replicas` served each user's `each` sequential requests (by the backends' own counts)."""
+    served: dict[str, set[int]] = {}
+    client = Client(envoy.options.port)
+    try:
+        for u in range(users):
+            user = f"user-{u}"
+            for _ in range(each):
+                before = [r.requests for r in replicas]
+                status, _, _ = client.get("/", headers={"x-user-id": user})
+                assert status == 200
+                served.setdefault(user, set()).update(
+                    i for i, r in enumerate(replicas) if r.requests != before[i])
+    finally:
+        client.close()
+    return served
+
+
+@pytest.mark.timeout(60)
+def test_a_subset_hashing_on_the_user_header_keeps_each_user_on_one_replica(
+        envoy: Envoy, backends: dict[str, Backend]) -> None:
+    """An experiment's user affinity: two replicas of v1; every request of one user reaches the same one, and
+    users spread over both. Without the subset's hash, one user's requests reach both (the control)."""
+    second = Backend("v1")
+    try:
+        replicas = [backends["v1"], second]
+        hashed = all_stable()
+        hashed[0]["spec"]["subsets"][0]["trafficPolicy"] = {
+            "loadBalancer": {"consistentHash": {"httpHeaderName": "x-user-id"}}}
+        validate_objects(hashed)
+        envoy.apply(hashed, [*endpoints(backends), second.endpoint()])
+        served = replicas_per_user(envoy, replicas, users=16, each=8)
+        assert all(len(used) == 1 for used in served.values()), served
+        assert set().union(*served.values()) == {0, 1}, "every user on one replica"
+        envoy.apply(all_stable(), [*endpoints(backends), second.endpoint()])
+        assert replicas_per_user(envoy, replicas, users=1, each=24)["user-0"] == {0, 1}
+    finally:
+        second.stop()

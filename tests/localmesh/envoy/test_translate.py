@@ -359,8 +359,15 @@ REFUSALS: list[tuple[str, Callable[[list[Obj]], None], str, str, str]] = [
     ("weights", _route(1, route=[to("stable", 60), to("canary", 30)]), VS, "spec.http[1].route", "sum to 90"),
     ("undefined subset", _route(1, route=[to("blue")]), VS, "spec.http[1].route[0].destination.subset",
      "not defined"),
-    ("subset policy", lambda o: o[0]["spec"]["subsets"][0].update(trafficPolicy={}), DR,
-     "spec.subsets[0].trafficPolicy", "not supported"),
+    ("subset connection pool", lambda o: o[0]["spec"]["subsets"][0].update(
+        trafficPolicy={"connectionPool": {"tcp": {"maxConnections": 1}}}), DR,
+     "spec.subsets[0].trafficPolicy.connectionPool", "not supported"),
+    ("subset cookie hash", lambda o: o[0]["spec"]["subsets"][0].update(
+        trafficPolicy={"loadBalancer": {"consistentHash": {"httpCookie": {"name": "u", "ttl": "0s"}}}}), DR,
+     "spec.subsets[0].trafficPolicy.loadBalancer.consistentHash.httpCookie", "not supported"),
+    ("subset simple balancing", lambda o: o[0]["spec"]["subsets"][0].update(
+        trafficPolicy={"loadBalancer": {"simple": "ROUND_ROBIN"}}), DR,
+     "spec.subsets[0].trafficPolicy.loadBalancer.simple", "not supported"),
 ]
 
 
@@ -406,3 +413,31 @@ def test_routes_read_back_from_a_config_dump_of_either_shape() -> None:
 def test_stats_text_is_read_into_names_and_values() -> None:
     text = 'cluster_manager.cds.version_text: "12"\nlistener_manager.lds.update_rejected: 0\nnoise\n'
     assert parse_stats(text) == {"cluster_manager.cds.version_text": "12", "listener_manager.lds.update_rejected": "0"}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A subset's consistent hash on a header (an experiment's user affinity)
+
+
+def test_subsets_that_hash_on_a_header_are_ring_hash_clusters_and_their_routes_hash_by_it() -> None:
+    objects = release(30)
+    for subset in objects[0]["spec"]["subsets"]:
+        subset["trafficPolicy"] = {"loadBalancer": {"consistentHash": {"httpHeaderName": "X-User-Id"}}}
+    resources = translate(objects, EPS, OPTIONS)
+    policies = {c["name"]: c["lb_policy"] for c in resources.clusters}
+    assert policies[STABLE] == policies[CANARY] == "RING_HASH" and policies[WHOLE] == "LEAST_REQUEST"
+    lane, split_route = routes(resources)
+    hashing = [{"header": {"header_name": "x-user-id"}}]
+    assert lane["route"]["hash_policy"] == hashing  # the canary lane: one cluster
+    assert split_route["route"]["hash_policy"] == hashing  # the split: both clusters hash on it
+
+
+def test_a_route_whose_clusters_do_not_all_hash_on_one_header_does_not_hash() -> None:
+    objects = release(30)
+    objects[0]["spec"]["subsets"][1]["trafficPolicy"] = {
+        "loadBalancer": {"consistentHash": {"httpHeaderName": "x-user-id"}}}  # the canary subset alone
+    resources = translate(objects, EPS, OPTIONS)
+    lane, split_route = routes(resources)
+    assert lane["route"]["hash_policy"] == [{"header": {"header_name": "x-user-id"}}]
+    assert "hash_policy" not in split_route["route"]
+    assert {c["name"]: c["lb_policy"] for c in resources.clusters}[STABLE] == "LEAST_REQUEST"
