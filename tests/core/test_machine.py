@@ -306,12 +306,19 @@ def test_the_cutover_waits_for_requests_in_flight_on_the_retiring_lane_at_most_a
     stage_one = machine.base_plan(sp).with_weight(status.canary_weight)
     assert machine.wants(sp, status, NOW + 4.9).in_flight == ()  # within drainTime: not asked
     assert machine.wants(sp, status, NOW + 5).in_flight == (("ml-search", retiring),)
-    waits = machine.step(sp, status, Observation(routing=stage_one, in_flight=3), NOW + 5)[0]
-    assert not waits.cutover and waits.stage_since == NOW
+    waits, actions = machine.step(sp, status, Observation(routing=stage_one, in_flight=3), NOW + 5)
+    assert not waits.cutover and waits.stage_since == NOW and of(actions, Notify) == []
     for in_flight, at in ((0, NOW + 6), (None, NOW + 5), (2, NOW + 5 + IN_FLIGHT_WAIT_S)):
-        cut = machine.step(sp, waits, Observation(routing=stage_one, in_flight=in_flight), at)[0]
+        cut, actions = machine.step(sp, waits, Observation(routing=stage_one, in_flight=in_flight), at)
         assert cut.cutover and cut.stage_since == at, (in_flight, at)
         assert machine.wants(sp, cut, at + 10).in_flight == ()  # after the cutover: not asked
+        # Only a cutover that ran out of time with requests still counted is a warning, with the count.
+        warned = [(n.reason, n.warning) for n in of(actions, Notify)]
+        assert warned == ([("DrainTimedOut", True)] if in_flight else []), (in_flight, warned)
+    [notice] = of(actions, Notify)
+    assert "cut over with 2 requests still in flight on the retiring version after 65s" in notice.message
+    if phase is Phase.ROLLING_BACK:
+        assert cut.canary_off_at is not None  # the rollback's bookkeeping kept with the notice
 
 
 def test_promoting_waits_for_the_scale_down_delay() -> None:

@@ -233,12 +233,13 @@ def _paused(spec: ReleaseSpec, status: ReleaseStatus, now: float) -> Outcome:
                    (Notify("Resumed", "resumed by an operator"),))
 
 
-def _drained(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float) -> ReleaseStatus | None:
+def _drained(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float) -> Outcome | None:
     """Stage one of a promotion or rollback: once its routes read back, wait `drainTime`, then cut over; while
     the mesh counts requests still in flight on the retiring lane (`routes.retiring_workloads`), wait for them
-    too, at most IN_FLIGHT_WAIT_S more. A mesh that cannot count them (None) gets `drainTime` alone.
+    too, at most IN_FLIGHT_WAIT_S more. A mesh that cannot count them (None) gets `drainTime` alone. A cutover
+    with requests still counted (the wait ran out) is a Warning: those requests finish on the other version.
 
-    Returns the status to carry on with, or None while the routes are not yet in effect.
+    Returns the outcome to carry on with, or None while the routes are not yet in effect.
     """
     plan = desired_plan(spec, status)
     if plan is None or not plan.equivalent(obs.routing):
@@ -246,8 +247,14 @@ def _drained(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: fl
     since = status.stage_since or now
     waited = now - since
     if waited < spec.drain_time or (obs.in_flight and waited < spec.drain_time + IN_FLIGHT_WAIT_S):
-        return replace(status, stage_since=since)
-    return replace(status, cutover=True, stage_since=now)
+        return Outcome(replace(status, stage_since=since))
+    cut = replace(status, cutover=True, stage_since=now)
+    if not obs.in_flight:
+        return Outcome(cut)
+    return Outcome(cut, (Notify("DrainTimedOut", f"cut over with {obs.in_flight} requests still in flight on the "
+                                f"retiring version after {waited:.0f}s (drainTime {spec.drain_time:g}s and "
+                                f"{IN_FLIGHT_WAIT_S:g}s more): their later hops take the other version",
+                                warning=True),))
 
 
 def _promoting(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float) -> Outcome:
@@ -259,7 +266,7 @@ def _promoting(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: 
         return Outcome(replace(capacity.status, canary_weight=100, scaling_to=None, stage_since=None)
                        .with_phase(Phase.PROMOTING, now, "stable now points at the new version"))
     if not status.cutover:
-        return Outcome(_drained(spec, status, obs, now) or status)
+        return _drained(spec, status, obs, now) or Outcome(status)
     if not base_plan(spec).promoted().equivalent(obs.routing):
         return Outcome(status)
     if now - (status.stage_since or now) < spec.scale_down_delay:
@@ -275,7 +282,7 @@ def _rolling_back(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, no
         if drained is None:
             return Outcome(status)
         # The mesh reads back 0% into the canary lane: no new request reaches the canary from here on.
-        return Outcome(replace(drained, canary_off_at=status.canary_off_at or now))
+        return replace(drained, status=replace(drained.status, canary_off_at=status.canary_off_at or now))
     if not base_plan(spec).all_stable().equivalent(obs.routing):
         return Outcome(status)
     ending = Phase(status.ending or Phase.ROLLED_BACK.value)

@@ -16,6 +16,7 @@ import pytest
 from controller.adapters.kubernetes.client import DESTINATION_RULES
 from controller.adapters.kubernetes.in_flight import SubsetInFlight
 from controller.adapters.kubernetes.routing import IstioRouter
+from controller.core.machine.phases import IN_FLIGHT_WAIT_S
 from controller.core.status import Phase
 from controller.ports import TemporaryError
 from tests.support.fakes import FakeClock, VersionModel
@@ -34,6 +35,7 @@ class ScriptedGauges:
 
     clock: FakeClock
     unknown: bool = False
+    busy_for: float = BUSY_FOR_S
     asked: list[tuple[float, str, tuple[tuple[str, str], ...], int]] = field(default_factory=list)
 
     def requests_in_flight(self, namespace: str, subsets: Sequence[tuple[str, str]]) -> int:
@@ -41,7 +43,7 @@ class ScriptedGauges:
             self.asked.append((self.clock.t, namespace, tuple(subsets), -1))
             raise TemporaryError("no series")
         first = self.asked[0][0] if self.asked else self.clock.t
-        answer = 3 if self.clock.t - first < BUSY_FOR_S else 0
+        answer = 3 if self.clock.t - first < self.busy_for else 0
         self.asked.append((self.clock.t, namespace, tuple(subsets), answer))
         return answer
 
@@ -67,6 +69,20 @@ def test_a_rollback_asks_about_the_canary_subsets_and_cuts_over_once_none_is_in_
     assert gauges.asked[-1][0] - gauges.asked[0][0] >= BUSY_FOR_S
     plan = IstioRouter(world.api, NAMESPACE, SERVICES).in_effect()
     assert plan is not None and not any(s.canary for s in plan.services)
+    assert "DrainTimedOut" not in [e["reason"] for e in world.objects("events")]
+    world.assert_valid_writes()
+
+
+def test_requests_that_never_finish_hold_the_cutover_a_minute_then_a_warning_says_how_many(
+        emulator: RunningEmulator) -> None:
+    world = seeded(emulator, {"v2": VersionModel(error_rate=0.25)})
+    gauges = ScriptedGauges(world.clock, busy_for=float("inf"))
+    world.create_release(drainTime="5s")
+    status = world.drive(world.controller(in_flight=gauges))
+    assert status.phase is Phase.ROLLED_BACK, status.message
+    assert gauges.asked[-1][0] - gauges.asked[0][0] >= IN_FLIGHT_WAIT_S
+    [event] = [e for e in world.objects("events") if e["reason"] == "DrainTimedOut"]
+    assert event["type"] == "Warning" and "cut over with 3 requests still in flight" in event["message"]
     world.assert_valid_writes()
 
 
