@@ -308,6 +308,10 @@ def test_the_cutover_waits_for_requests_in_flight_on_the_retiring_lane_at_most_a
     assert machine.wants(sp, status, NOW + 5).in_flight == (("ml-search", retiring),)
     waits, actions = machine.step(sp, status, Observation(routing=stage_one, in_flight=3), NOW + 5)
     assert not waits.cutover and waits.stage_since == NOW and of(actions, Notify) == []
+    waiting = waits.condition("Drained")
+    assert waiting is not None and (waiting.status, waiting.reason) == ("False", "RequestsInFlight")
+    assert waiting.message.startswith("3 requests still in flight on the retiring version")
+    ended = {0: ("True", "RequestsAnswered"), None: ("Unknown", "NotCounted"), 2: ("False", "TimedOut")}
     for in_flight, at in ((0, NOW + 6), (None, NOW + 5), (2, NOW + 5 + IN_FLIGHT_WAIT_S)):
         cut, actions = machine.step(sp, waits, Observation(routing=stage_one, in_flight=in_flight), at)
         assert cut.cutover and cut.stage_since == at, (in_flight, at)
@@ -315,6 +319,11 @@ def test_the_cutover_waits_for_requests_in_flight_on_the_retiring_lane_at_most_a
         # Only a cutover that ran out of time with requests still counted is a warning, with the count.
         warned = [(n.reason, n.warning) for n in of(actions, Notify)]
         assert warned == ([("DrainTimedOut", True)] if in_flight else []), (in_flight, warned)
+        drained = cut.condition("Drained")
+        assert drained is not None and (drained.status, drained.reason) == ended[in_flight]
+    # A drain that never waited (nothing in flight at drainTime) adds no condition.
+    quiet = machine.step(sp, status, Observation(routing=stage_one, in_flight=0), NOW + 5)[0]
+    assert quiet.cutover and quiet.condition("Drained") is None
     [notice] = of(actions, Notify)
     assert "cut over with 2 requests still in flight on the retiring version after 65s" in notice.message
     if phase is Phase.ROLLING_BACK:

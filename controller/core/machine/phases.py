@@ -37,6 +37,8 @@ from controller.core.status import Phase, ReleaseStatus
 # The most a promotion's or rollback's drain waits beyond `drainTime` for requests still in flight on the lane
 # it retires (a canary that answers in more than a minute is not served by waiting longer).
 IN_FLIGHT_WAIT_S = 60.0
+# The condition that shows a drain waiting for requests in flight, and how it ended (`_drained`).
+DRAINED = "Drained"
 
 
 def transition(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float) -> Outcome:
@@ -246,15 +248,25 @@ def _drained(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: fl
         return None
     since = status.stage_since or now
     waited = now - since
-    if waited < spec.drain_time or (obs.in_flight and waited < spec.drain_time + IN_FLIGHT_WAIT_S):
+    if waited < spec.drain_time:
         return Outcome(replace(status, stage_since=since))
+    if obs.in_flight and waited < spec.drain_time + IN_FLIGHT_WAIT_S:
+        return Outcome(replace(status, stage_since=since).with_condition(
+            DRAINED, "False", "RequestsInFlight", f"{obs.in_flight} requests still in flight on the retiring "
+            f"version: the cutover waits for them, at most {IN_FLIGHT_WAIT_S:g}s past drainTime", now))
     cut = replace(status, cutover=True, stage_since=now)
+    waiting = status.condition(DRAINED)
     if not obs.in_flight:
+        # Said only where the drain had to wait (the condition is there): a drain of drainTime alone says nothing.
+        if waiting is not None and waiting.status == "False":
+            cut = cut.with_condition(DRAINED, "True" if obs.in_flight == 0 else "Unknown",
+                                     "RequestsAnswered" if obs.in_flight == 0 else "NotCounted", "", now)
         return Outcome(cut)
-    return Outcome(cut, (Notify("DrainTimedOut", f"cut over with {obs.in_flight} requests still in flight on the "
-                                f"retiring version after {waited:.0f}s (drainTime {spec.drain_time:g}s and "
-                                f"{IN_FLIGHT_WAIT_S:g}s more): their later hops take the other version",
-                                warning=True),))
+    timed_out = (f"cut over with {obs.in_flight} requests still in flight on the retiring version after "
+                 f"{waited:.0f}s (drainTime {spec.drain_time:g}s and {IN_FLIGHT_WAIT_S:g}s more): their later hops "
+                 "take the other version")
+    return Outcome(cut.with_condition(DRAINED, "False", "TimedOut", timed_out, now),
+                   (Notify("DrainTimedOut", timed_out, warning=True),))
 
 
 def _promoting(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float) -> Outcome:

@@ -70,6 +70,8 @@ def test_a_rollback_asks_about_the_canary_subsets_and_cuts_over_once_none_is_in_
     plan = IstioRouter(world.api, NAMESPACE, SERVICES).in_effect()
     assert plan is not None and not any(s.canary for s in plan.services)
     assert "DrainTimedOut" not in [e["reason"] for e in world.objects("events")]
+    drained = status.condition("Drained")
+    assert drained is not None and (drained.status, drained.reason) == ("True", "RequestsAnswered")
     world.assert_valid_writes()
 
 
@@ -83,6 +85,8 @@ def test_requests_that_never_finish_hold_the_cutover_a_minute_then_a_warning_say
     assert gauges.asked[-1][0] - gauges.asked[0][0] >= IN_FLIGHT_WAIT_S
     [event] = [e for e in world.objects("events") if e["reason"] == "DrainTimedOut"]
     assert event["type"] == "Warning" and "cut over with 3 requests still in flight" in event["message"]
+    drained = status.condition("Drained")
+    assert drained is not None and (drained.status, drained.reason) == ("False", "TimedOut")
     world.assert_valid_writes()
 
 
