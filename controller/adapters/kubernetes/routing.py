@@ -9,8 +9,10 @@ object of the same name already exists and is not the controller's (say, the bas
   per variant (named after it). The variant subsets the controller added are listed in the annotation
   `stack-canary.dev/variant-subsets`, so that they (and only they) are removed when the experiment ends;
   a user's subset that already has a variant's name and the same labels is used as it is and left alone,
-  one with other labels is refused (PermanentError). Other subsets and the traffic policy stay. A
-  DestinationRule of that name for another host is refused with a PermanentError.
+  one with other labels is refused (PermanentError). Other subsets and the traffic policy stay; where our
+  subset balances by its own consistent hash (an experiment's user affinity), the rest of the rule's
+  `loadBalancer` (its locality settings) is carried into it, since Istio replaces a rule's `loadBalancer` with a
+  subset's whole. A DestinationRule of that name for another host is refused with a PermanentError.
 - VirtualService: the HTTP routes named `release-split`, `canary-lane` and `stable-lane`, an experiment's
   `assign` route and its `sticky-<variant>`, `cohort-<variant>` and `lane-<variant>` routes (any route whose
   name has one of these prefixes followed by a DNS label is the controller's), and the service's own
@@ -164,11 +166,25 @@ def _merge_subsets(spec: Obj, want: Obj, name: str, previous_variants: frozenset
                                      f"{their_labels[subset['name']]}, the experiment needs {subset['labels']}: "
                                      "rename the variant or the subset")
             continue
-        ours.append(subset)
+        ours.append(_with_their_balancing(subset, spec.get("trafficPolicy")))
         if subset["name"] not in OWNED_SUBSETS:
             added.append(subset["name"])
     spec["subsets"] = [*ours, *theirs]
     return added
+
+
+def _with_their_balancing(subset: Obj, policy: Any) -> Obj:
+    """Our subset, its balancing (an experiment's consistent hash) completed with the rest of the rule's own
+    `loadBalancer` (`localityLbSetting`, warm-up): Istio replaces a rule's `loadBalancer` with a subset's whole, so
+    what the user set there would otherwise not apply to the subset."""
+    ours = (subset.get("trafficPolicy") or {}).get("loadBalancer")
+    theirs = policy.get("loadBalancer") if isinstance(policy, dict) else None
+    if not ours or not isinstance(theirs, dict):
+        return subset
+    carried = {k: v for k, v in theirs.items() if k not in ("simple", "consistentHash")}
+    if not carried:
+        return subset
+    return {**subset, "trafficPolicy": {**subset["trafficPolicy"], "loadBalancer": {**carried, **ours}}}
 
 
 def _merge_routes(spec: Obj, want: Obj, service: str, lane_header: str) -> None:

@@ -143,7 +143,9 @@ def test_each_user_stays_on_one_entry_replica_while_the_experiment_runs_and_the_
         world: KubeWorld) -> None:
     """The entry's subsets balance by the user header during the experiment only; an adopted DestinationRule's own
     traffic policy stays in effect throughout (the affinity is per subset, so it overrides only the balancing)."""
-    pool = {"connectionPool": {"http": {"http1MaxPendingRequests": 64}}}
+    locality = {"enabled": True, "failoverPriority": ["topology.kubernetes.io/zone"]}
+    pool = {"connectionPool": {"http": {"http1MaxPendingRequests": 64}},
+            "loadBalancer": {"simple": "LEAST_REQUEST", "localityLbSetting": locality}}
     world.api.create(DESTINATION_RULES, NAMESPACE, {
         "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
         "metadata": {"name": "master-search", "namespace": NAMESPACE},
@@ -158,7 +160,8 @@ def test_each_user_stays_on_one_entry_replica_while_the_experiment_runs_and_the_
         return world.api.get(DESTINATION_RULES, NAMESPACE, "master-search")["spec"]
 
     running = entry_rule()
-    affinity = {"loadBalancer": {"consistentHash": {"httpHeaderName": "x-user-id"}}}
+    # The rule's own locality setting goes on applying: Istio replaces its loadBalancer with a subset's whole.
+    affinity = {"loadBalancer": {"consistentHash": {"httpHeaderName": "x-user-id"}, "localityLbSetting": locality}}
     assert {s["name"]: s.get("trafficPolicy") for s in running["subsets"]} == {
         "stable": affinity, "canary": affinity, "v2": affinity}
     assert running["trafficPolicy"] == pool
