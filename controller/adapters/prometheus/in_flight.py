@@ -15,6 +15,7 @@ after it is seen at the next one.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 from controller.adapters.prometheus.client import PrometheusMetrics, PrometheusUnavailable, promql_string, regex_literal
@@ -56,7 +57,13 @@ class PrometheusInFlight:
         except PrometheusUnavailable as error:
             raise TemporaryError(error.reason) from error
         if not vector:
-            names = ", ".join(f"{service}/{subset}" for service, subset in subsets)
-            raise TemporaryError(f"Prometheus has no {ACTIVE_METRIC} of {names} in {namespace}: the sidecars' "
-                                 "proxyStatsMatcher does not include it (docs/kubernetes.md)")
-        return max(0, round(vector[0][1]))
+            raise TemporaryError(f"Prometheus has no {ACTIVE_METRIC} of {names_of(subsets)} in {namespace}: the "
+                                 "sidecars' proxyStatsMatcher does not include it (docs/kubernetes.md)")
+        value = vector[0][1]
+        if not math.isfinite(value):
+            raise TemporaryError(f"Prometheus answered {value} for the requests in flight on {names_of(subsets)}")
+        return max(0, round(value))
+
+
+def names_of(subsets: Sequence[tuple[str, str]]) -> str:
+    return ", ".join(f"{service}/{subset}" for service, subset in subsets)

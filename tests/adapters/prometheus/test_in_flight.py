@@ -116,6 +116,10 @@ def test_the_count_is_the_sum_of_the_asked_subsets_clusters_only(
     exporter.set("ml-search-b", "outbound|9090|canary|ml-infer.shop.svc.corp.example", 0.0)
     scrape_after(prometheus, f"127.0.0.1:{exporter.port}")
     assert counter.requests_in_flight("shop", [("ml-infer", "canary")]) == 0  # none in flight is a count
+    exporter.set("gateway", CANARY, float("nan"))  # a gauge gone wrong: no count, never a crash
+    scrape_after(prometheus, f"127.0.0.1:{exporter.port}")
+    with pytest.raises(TemporaryError, match="answered nan"):
+        counter.requests_in_flight("shop", [("ml-infer", "canary")])
 
 
 def test_every_search_stack_sidecar_keeps_the_gauge_the_count_reads() -> None:
