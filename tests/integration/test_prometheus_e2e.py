@@ -76,6 +76,10 @@ def as_dict(w: WindowCounts) -> dict[tuple[str, str], tuple[int, int, tuple[int,
     return {k: (v.requests, v.errors, v.buckets) for k, v in w.counts.items() if v.requests}
 
 
+def series(snapshot: CounterSnapshot) -> list[tuple[list[tuple[str, str]], float]]:
+    return sorted((sorted(labels), value) for labels, value in snapshot.requests.items())
+
+
 def flushed_scrape(direct: DirectMetrics, before: CounterSnapshot) -> CounterSnapshot:
     """The router's counters once Envoy has flushed its histograms: they lag its request counters by up to a flush
     interval (0.25 s), so a scrape right after the last answer can count a request not yet in any bucket."""
@@ -116,22 +120,26 @@ def test_a_router_restart_loses_nothing_and_counts_nothing_negative(
     try:
         before = direct.scrape()
         t0 = scrape_after(prometheus)
-        send(stack, 120)
+        sent = send(stack, 120)
         # The last scrape before the restart must see Envoy's histograms flushed: buckets not yet merged when Envoy
         # stops are gone with it, in any mesh, and this test is about the counter reset, not that lag.
-        flushed_scrape(direct, before)
+        old = flushed_scrape(direct, before)
         scrape_after(prometheus)
         stack.restart_router()  # counters start again from zero
         before = direct.scrape()
-        send(stack, 80)
-        flushed_scrape(direct, before)
+        sent_after = send(stack, 80)
+        new = flushed_scrape(direct, before)
         t1 = scrape_after(prometheus)
         window = source.window(QUERY, t0, t1)
+        # What each side counted, for a failure (seen rarely beside other tests: 201 and 203 of 200).
+        after_restart = as_dict(snapshot_counts(QUERY, before, new, LOCAL_LABELS))
+        seen = (f"sent {sent} then {sent_after}; Envoy counted {after_restart} after the restart; Prometheus "
+                f"{as_dict(window)} in ({t0}, {t1}); Envoy's request series before it: {series(old)}")
     finally:
         source.close()
         direct.close()
     entry = [window.counts[("master-search", v)] for v in ("v1", "v2")]
-    assert sum(c.requests for c in entry) == 200
+    assert sum(c.requests for c in entry) == 200, seen
     for counts in window.counts.values():
         assert counts.requests >= 0 and min(counts.buckets) >= 0
         assert sum(counts.buckets) == counts.requests

@@ -9,7 +9,7 @@ for (`controller.core.machine.phases`).
 
 Istio records no cluster statistics by default: the sidecars' `proxyStatsMatcher` must include the gauge
 (docs/kubernetes.md, "Draining on a cluster"). With no series at all the count is unknown (TemporaryError) and the
-drain waits `drainTime` alone, as it did before. A value is as old as the last scrape: a request that started
+drain waits `drainTime` alone. A value is as old as the last scrape: a request that started
 after it is seen at the next one.
 """
 
