@@ -161,12 +161,14 @@ def test_release_converges_through_api_faults(faulty: Faulty, emulator: RunningE
     f.world.pass_time(30)
     f.controller.resync()
     f.controller.run_due()
-    writes = emulator.emulator.writes()
+    writes, before = emulator.emulator.writes(), dict(emulator.emulator.counts)
     for _ in range(3):
         f.world.pass_time(30)
         f.controller.resync()
         f.controller.run_due()
-    assert emulator.emulator.writes() == writes
+    # Seen once in a full run beside other tests (7 writes more), not reproduced: say which, when it happens.
+    extra = {k: n - before.get(k, 0) for k, n in emulator.emulator.counts.items() if n != before.get(k, 0)}
+    assert emulator.emulator.writes() == writes, f"requests after the end: {extra}"
     assert f.route_changes_after_end == 0
     f.world.assert_valid_writes()
 

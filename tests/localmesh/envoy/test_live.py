@@ -21,6 +21,7 @@ mapping to `istio_requests_total` / `istio_request_duration_milliseconds_bucket`
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -104,7 +105,10 @@ def test_a_70_30_split_lands_within_3_points_and_each_destination_sets_its_lane(
     versions = Counter(body["version"] for _, body in results if body)
     share = versions["v2"] / 2000
     print(f"70/30 split through Envoy: {dict(versions)} (v2 share {share:.3f})")
-    assert abs(share - 0.30) <= 0.03, versions
+    # Envoy draws each request's cluster at random: 4.5 binomial standard deviations (0.046) fail a right split
+    # about once in 150,000 runs (3 points failed one in about 300: 0.332 once) and miss a 60/40 split about once
+    # in two million.
+    assert abs(share - 0.30) <= 4.5 * math.sqrt(0.3 * 0.7 / 2000), versions
     lanes = {(body["version"], body["headers"].get(LANE)) for _, body in results if body}
     assert lanes == {("v1", "stable"), ("v2", "canary")}
 
