@@ -95,7 +95,7 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_a_70_30_split_lands_within_3_points_and_each_destination_sets_its_lane(
+def test_a_70_30_split_lands_within_its_binomial_bound_and_each_destination_sets_its_lane(
         envoy: Envoy, backends: dict[str, Backend]) -> None:
     objects = release(30)
     validate_objects(objects)
