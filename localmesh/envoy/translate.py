@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from controller.adapters.istio.experiment import hashed_on
 from controller.adapters.istio.validate import InvalidRouteConfig, service_name_of, validate_objects
 from localmesh.endpoints import Endpoint
 from localmesh.envoy.policies import ISTIO_DEFAULT_RETRIES, Refusal, envoy_duration, retry_policy
@@ -199,8 +200,8 @@ class _Clusters:
             if obj["kind"] == "DestinationRule":
                 service, ns, _ = _service_fqdn(obj["spec"]["host"], _namespace(obj))
                 self.subsets[service] = {s["name"]: s["labels"] for s in obj["spec"].get("subsets", [])}
-                self.hashing.update({(service, s["name"]): s["trafficPolicy"]["loadBalancer"]["consistentHash"][
-                    "httpHeaderName"].lower() for s in obj["spec"].get("subsets", []) if "trafficPolicy" in s})
+                self.hashing.update({(service, s["name"]): header.lower() for s in obj["spec"].get("subsets", [])
+                                     if (header := hashed_on(s)) is not None})
                 self.namespaces[service] = ns
         self.wanted: dict[str, tuple[str, str, str, int, str]] = {}  # name -> service, ns, fqdn, port, subset
         for service in sorted(self.namespaces):

@@ -144,12 +144,17 @@ def read_experiment(entry_vs: Obj, entry_rule: Obj | None = None) -> ExperimentR
         raise UnreadableExperiment(f"VirtualService {meta.get('name')}: not a readable experiment ({exc!r})") from exc
 
 
-def _hashed_on(rule: Obj | None) -> str | None:
-    """The header the `stable` subset of `rule` balances by (`user_affinity`), or None."""
-    subsets: list[Obj] = (rule or {}).get("spec", {}).get("subsets", [])
-    stable: Obj = next((s for s in subsets if s.get("name") == "stable"), {})
-    header = stable.get("trafficPolicy", {}).get("loadBalancer", {}).get("consistentHash", {}).get("httpHeaderName")
+def hashed_on(subset: Obj) -> str | None:
+    """The request header whose hash picks a subset's endpoint (`user_affinity`), or None."""
+    balancing = ((subset.get("trafficPolicy") or {}).get("loadBalancer") or {}).get("consistentHash") or {}
+    header = balancing.get("httpHeaderName")
     return header if isinstance(header, str) else None
+
+
+def _hashed_on(rule: Obj | None) -> str | None:
+    """The header the `stable` subset of `rule` balances by, or None."""
+    subsets: list[Obj] = (rule or {}).get("spec", {}).get("subsets", [])
+    return hashed_on(next((s for s in subsets if s.get("name") == "stable"), {}))
 
 
 def is_experiment_entry(entry_vs: Obj) -> bool:

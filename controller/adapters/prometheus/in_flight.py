@@ -57,13 +57,13 @@ class PrometheusInFlight:
         except PrometheusUnavailable as error:
             raise TemporaryError(error.reason) from error
         if not vector:
-            raise TemporaryError(f"Prometheus has no {ACTIVE_METRIC} of {names_of(subsets)} in {namespace}: the "
+            raise TemporaryError(f"Prometheus has no {ACTIVE_METRIC} of {_names(subsets)} in {namespace}: the "
                                  "sidecars' proxyStatsMatcher does not include it (docs/kubernetes.md)")
         value = vector[0][1]
         if not math.isfinite(value):
-            raise TemporaryError(f"Prometheus answered {value} for the requests in flight on {names_of(subsets)}")
+            raise TemporaryError(f"Prometheus answered {value} for the requests in flight on {_names(subsets)}")
         return max(0, round(value))
 
 
-def names_of(subsets: Sequence[tuple[str, str]]) -> str:
+def _names(subsets: Sequence[tuple[str, str]]) -> str:
     return ", ".join(f"{service}/{subset}" for service, subset in subsets)

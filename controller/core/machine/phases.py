@@ -259,8 +259,8 @@ def _drained(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: fl
     if not obs.in_flight:
         # Said only where the drain had to wait (the condition is there): a drain of drainTime alone says nothing.
         if waiting is not None and waiting.status == "False":
-            cut = cut.with_condition(DRAINED, "True" if obs.in_flight == 0 else "Unknown",
-                                     "RequestsAnswered" if obs.in_flight == 0 else "NotCounted", "", now)
+            ended, reason = ("True", "RequestsAnswered") if obs.in_flight == 0 else ("Unknown", "NotCounted")
+            cut = cut.with_condition(DRAINED, ended, reason, "", now)
         return Outcome(cut)
     timed_out = (f"cut over with {obs.in_flight} requests still in flight on the retiring version after "
                  f"{waited:.0f}s (drainTime {spec.drain_time:g}s and {IN_FLIGHT_WAIT_S:g}s more): their later hops "

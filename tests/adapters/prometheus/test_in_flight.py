@@ -59,6 +59,10 @@ class GaugeExporter:
                 gauge.add_metric([pod, cluster], value)
         yield gauge
 
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
     def set(self, pod: str, cluster: str, value: float) -> None:
         with self.lock:
             self.values[(pod, cluster)] = value
@@ -77,7 +81,7 @@ def exporter() -> Iterator[GaugeExporter]:
 @pytest.fixture(scope="module")
 def prometheus(exporter: GaugeExporter) -> Iterator[PrometheusProcess]:
     require_tool("prometheus", install="apt-get install --no-install-recommends prometheus")
-    with PrometheusProcess([f"127.0.0.1:{exporter.port}"]) as process:
+    with PrometheusProcess([exporter.target]) as process:
         yield process
 
 
@@ -99,7 +103,7 @@ def test_names_are_escaped_in_the_query() -> None:
 @pytest.mark.integration
 def test_the_count_is_the_sum_of_the_asked_subsets_clusters_only(
         exporter: GaugeExporter, prometheus: PrometheusProcess, counter: PrometheusInFlight) -> None:
-    scrape_after(prometheus, f"127.0.0.1:{exporter.port}")
+    scrape_after(prometheus, exporter.target)
     assert counter.requests_in_flight("shop", [("ml-infer", "canary")]) == 2 + 1 + 4
     assert counter.requests_in_flight("shop", [("ml-infer", "stable")]) == 7
     assert counter.requests_in_flight("shop", [("ml-infer", "stable"), ("ml-infer", "canary")]) == 14
@@ -111,13 +115,13 @@ def test_the_count_is_the_sum_of_the_asked_subsets_clusters_only(
 
     for pod, cluster in [("gateway", CANARY), ("ml-search-a", CANARY)]:
         exporter.set(pod, cluster, 0.0)
-    scrape_after(prometheus, f"127.0.0.1:{exporter.port}")
+    scrape_after(prometheus, exporter.target)
     assert counter.requests_in_flight("shop", [("ml-infer", "canary")]) == 4
     exporter.set("ml-search-b", "outbound|9090|canary|ml-infer.shop.svc.corp.example", 0.0)
-    scrape_after(prometheus, f"127.0.0.1:{exporter.port}")
+    scrape_after(prometheus, exporter.target)
     assert counter.requests_in_flight("shop", [("ml-infer", "canary")]) == 0  # none in flight is a count
     exporter.set("gateway", CANARY, float("nan"))  # a gauge gone wrong: no count, never a crash
-    scrape_after(prometheus, f"127.0.0.1:{exporter.port}")
+    scrape_after(prometheus, exporter.target)
     with pytest.raises(TemporaryError, match="answered nan"):
         counter.requests_in_flight("shop", [("ml-infer", "canary")])
 
