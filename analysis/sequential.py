@@ -603,7 +603,7 @@ class SequentialJudge:
                     p_value=min(1.0, math.exp(-rec["maxLogE"])),
                     samples={"canary": svc["canary"]["requests"], "baseline": svc["baseline"]["requests"]},
                     estimates=estimates,
-                    reason=f"crossed at t={rec['crossedAt']}" if crossed else "",
+                    reason=f"crossed at t={rec['crossedAt']:.1f}" if crossed else "",
                 )
             )
         return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -181,6 +182,15 @@ def test_clear_error_regression_fails_and_stays_failed() -> None:
     assert first <= 3
     assert all(d.verdict is Verdict.FAIL for d in decisions[first:])
     assert "errorRate" in decisions[first].reason
+
+
+def test_a_failed_check_says_when_it_crossed_in_tenths_of_a_second() -> None:
+    """Read by an operator in events and notifications: `t=33.9`, not every digit of the float."""
+    rng = np.random.default_rng(2)
+    decisions = run("sequential", [{"search": IntervalObservation(60.0 * t + 1 / 3, 10.0, counts(rng, 900, 0.005),
+                                                                  counts(rng, 100, 0.08))} for t in range(1, 8)])
+    failed = [c for c in decisions[-1].checks if c.verdict is Verdict.FAIL]
+    assert failed and all(re.fullmatch(r"crossed at t=\d+\.\d", c.reason) for c in failed), [c.reason for c in failed]
 
 
 def test_latency_regression_fails() -> None:
