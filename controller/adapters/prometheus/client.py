@@ -57,6 +57,7 @@ from analysis.counters import (
 )
 from analysis.observations import MetricsQuery, WindowCounts
 from analysis.reader import CONFIG_WORDING, Reader
+from controller.logs import remember_secret
 
 __all__ = [
     "BasicAuth",
@@ -437,6 +438,8 @@ def _reason(error: BaseException, timeout: float) -> str:
             return f"timed out after {timeout:g} s"
         detail = re.sub(r"^<[^>]*>: ", "", str(inner))
         return f"connection failed: {detail}"[:_REASON_LIMIT]
+    if isinstance(error, requests.exceptions.InvalidHeader):  # its message repeats the header, credentials too
+        return f"{type(error).__name__}: a request header was refused"
     text = f"{type(error).__name__}: {error}"
     return text if len(text) <= _REASON_LIMIT else text[:_REASON_LIMIT] + "..."
 
@@ -745,7 +748,7 @@ class PrometheusMetrics:
     def _auth_headers(self) -> dict[str, str] | None:
         if not self._config.bearer_token_file:
             return None
-        token = _read_secret(self._config.bearer_token_file, "bearer token")
+        token = _read_secret(self._config.bearer_token_file, "bearer token", header=True)
         return {"Authorization": f"Bearer {token}"}
 
     def _basic_auth(self) -> tuple[str, str] | None:
@@ -771,12 +774,22 @@ def _ms_ceil(t: float) -> float:
     return math.ceil(t * 1000) / 1000
 
 
-def _read_secret(path: str, what: str) -> str:
+def _read_secret(path: str, what: str, *, header: bool = False) -> str:
+    """The secret in the file at `path`, without surrounding whitespace, redacted from the logs from now on.
+
+    `header`: the value goes into an HTTP header as it is, so it must be printable ASCII without spaces. Any
+    other character is refused here, by the file's name alone: the HTTP library would refuse the header with
+    an error that repeats its whole value, and that error would reach the release's status."""
     try:
         with open(path, encoding="utf-8") as f:
             value = f.read().strip()
-    except OSError as error:
-        raise PrometheusUnavailable(f"cannot read the {what} file {path}: {error.strerror}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        detail = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        raise PrometheusUnavailable(f"cannot read the {what} file {path}: {detail}") from None
     if not value:
         raise PrometheusUnavailable(f"the {what} file {path} is empty")
+    remember_secret(value)
+    if header and not all("!" <= c <= "~" for c in value):
+        raise PrometheusUnavailable(f"the {what} file {path} holds a space, a line break, a control or a non-ASCII "
+                                    "character inside the value; a header cannot carry it")
     return value

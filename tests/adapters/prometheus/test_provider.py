@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
@@ -42,6 +43,7 @@ from controller.adapters.prometheus.client import (
     PrometheusConfigError,
     PrometheusMetrics,
     PrometheusUnavailable,
+    _reason,
     expand_template,
     istio_selector,
     promql_regex,
@@ -49,6 +51,7 @@ from controller.adapters.prometheus.client import (
 )
 from controller.adapters.prometheus.metrics import PrometheusSource
 from controller.adapters.prometheus.server import PrometheusProcess
+from controller.logs import known_secrets
 from controller.ports import MetricsUnavailable
 from tests.support.paths import REPO
 from tests.support.scrapes import scrape_after
@@ -604,6 +607,31 @@ def test_the_token_reaches_prometheus_but_never_logs_or_reprs(
     assert caplog.records, "the provider logs its queries at debug level"
     for text in (caplog.text, repr(config), str(config), repr(provider), repr(PrometheusSource(provider))):
         assert secret not in text
+
+
+@pytest.mark.parametrize("token", ["s3cr3t-one\ns3cr3t-two", "s3cr3t-one s3cr3t-two", "s3cr3t-one\u00e9"])
+def test_a_token_a_header_cannot_carry_is_refused_by_its_files_name_alone(
+    fake: Callable[..., FakePrometheus], tmp_path: Path, token: str
+) -> None:
+    """The HTTP library would refuse such a header with an error that repeats the whole value, and a metrics
+    outage's reason is written into the release's status, which every viewer of releases can read."""
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    server = fake([ok([])])
+    source = PrometheusSource(PrometheusMetrics(PrometheusConfig(url=url_of(server), retries=0,
+                                                                 bearer_token_file=str(token_file))))
+    with pytest.raises(MetricsUnavailable) as caught:
+        source.window(MetricsQuery(NS, ("a",), ("v1",)), 0, 10)
+    source.close()
+    assert str(token_file) in caught.value.reason and "a header cannot carry it" in caught.value.reason
+    assert "s3cr3t" not in caught.value.reason
+    assert server.seen == []
+    assert token in known_secrets()  # and redacted from the logs, as the signing secrets are
+
+
+def test_a_refused_header_is_named_without_its_value() -> None:
+    refused = requests.exceptions.InvalidHeader("Invalid return character(s) in header value: 'Bearer s3cr3t'")
+    assert _reason(refused, 1.0) == "InvalidHeader: a request header was refused"
 
 
 def test_basic_auth_password_is_read_from_its_file(
