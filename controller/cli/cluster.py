@@ -120,6 +120,18 @@ def _controller_parser() -> argparse.ArgumentParser:
                    help="the label naming the pod a series was scraped from (default: $PROMETHEUS_POD_LABEL or "
                         "pod, as Prometheus' Kubernetes pod discovery sets it; '' when there is none): the "
                         "judge learns from the stable pods how much identical code differs from pod to pod")
+    p.add_argument("--prometheus-bearer-token-file", default=os.environ.get("PROMETHEUS_BEARER_TOKEN_FILE"),
+                   help="a file holding the token Prometheus wants (default: $PROMETHEUS_BEARER_TOKEN_FILE; the "
+                        "pod's own: /var/run/secrets/kubernetes.io/serviceaccount/token), read again for each "
+                        "query, so a rotated token is used")
+    p.add_argument("--prometheus-basic-auth-user", default=os.environ.get("PROMETHEUS_BASIC_AUTH_USER"),
+                   help="basic auth instead: the user name (default: $PROMETHEUS_BASIC_AUTH_USER) ...")
+    p.add_argument("--prometheus-basic-auth-password-file",
+                   default=os.environ.get("PROMETHEUS_BASIC_AUTH_PASSWORD_FILE"),
+                   help="... and a file holding the password (default: $PROMETHEUS_BASIC_AUTH_PASSWORD_FILE)")
+    p.add_argument("--prometheus-ca-file", default=os.environ.get("PROMETHEUS_CA_FILE"),
+                   help="the CA bundle an https:// Prometheus's certificate is checked against (default: "
+                        "$PROMETHEUS_CA_FILE, else the system's)")
     p.add_argument("--business-metric", default=os.environ.get("BUSINESS_METRIC", DEFAULT_BUSINESS_METRIC),
                    help="the A/B primary metric's name, as in primaryMetric.name (default: $BUSINESS_METRIC or "
                         f"{DEFAULT_BUSINESS_METRIC})")
@@ -170,6 +182,7 @@ def prometheus_config(args: argparse.Namespace) -> dict[str, Any]:
     config: dict[str, Any] = {"url": args.prometheus_url, "pod_label": args.prometheus_pod_label}
     if args.prometheus_scrape_interval > 0:
         config["scrape_interval_seconds"] = args.prometheus_scrape_interval
+    config |= _prometheus_credentials(args)
     if args.no_business_metrics:
         return config
     from controller.adapters.prometheus.business import mean_metric_config, units_metric_config, user_sums_metric_config
@@ -187,6 +200,35 @@ def prometheus_config(args: argparse.Namespace) -> dict[str, Any]:
         custom |= user_sums_metric_config(name, *user_sums)
     config["custom_metrics"] = custom
     return config
+
+
+def _prometheus_credentials(args: argparse.Namespace) -> dict[str, Any]:
+    """The files Prometheus's credentials and CA are read from, each checked readable now: a controller that
+    could never query fails at start with the file's name, not at its first release with a metrics outage.
+    The values stay in the files (read again for each query), never on the command line."""
+    config: dict[str, Any] = {}
+    token, user, password = (args.prometheus_bearer_token_file, args.prometheus_basic_auth_user,
+                             args.prometheus_basic_auth_password_file)
+    if bool(user) != bool(password):
+        raise ValueError("--prometheus-basic-auth-user and --prometheus-basic-auth-password-file go together")
+    if token and user:
+        raise ValueError("Prometheus takes a bearer token or basic auth, not both")
+    if token:
+        config["bearer_token_file"] = _readable(token, "--prometheus-bearer-token-file")
+    if user:
+        config["basic_auth"] = {"username": user,
+                                "password_file": _readable(password, "--prometheus-basic-auth-password-file")}
+    if args.prometheus_ca_file:
+        config["ca_file"] = _readable(args.prometheus_ca_file, "--prometheus-ca-file")
+    return config
+
+
+def _readable(path: str, flag: str) -> str:
+    try:
+        with open(path, "rb"):
+            return path
+    except OSError as error:
+        raise ValueError(f"{flag}: cannot read {path}: {error.strerror}") from None
 
 
 def _user_sums_templates(args: argparse.Namespace) -> tuple[str, str, str, str] | None:

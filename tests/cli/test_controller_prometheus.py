@@ -1,0 +1,132 @@
+"""`canary controller`'s Prometheus credentials: a bearer token or basic auth, and a CA bundle, each named by a file
+(flag or environment variable) whose value is read for each query and never put on the command line; a file
+that cannot be read stops the controller at start with the flag's name."""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from analysis.observations import MetricsQuery
+from controller.adapters.prometheus.client import PrometheusConfig
+from controller.adapters.prometheus.metrics import PrometheusSource
+from controller.cli.cluster import _controller_parser, controller_main, prometheus_config
+
+pytestmark = pytest.mark.timeout(60)
+
+EMPTY = json.dumps({"status": "success", "data": {"resultType": "vector", "result": []}}).encode()
+FLAGS = ("PROMETHEUS_BEARER_TOKEN_FILE", "PROMETHEUS_BASIC_AUTH_USER", "PROMETHEUS_BASIC_AUTH_PASSWORD_FILE",
+         "PROMETHEUS_CA_FILE")
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """Answers every query with an empty vector and keeps each request's Authorization header."""
+
+    seen: list[str | None]
+
+    def do_GET(self) -> None:
+        type(self).seen.append(self.headers.get("Authorization"))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(EMPTY)))
+        self.end_headers()
+        self.wfile.write(EMPTY)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def prometheus() -> Iterator[tuple[str, list[str | None]]]:
+    seen: list[str | None] = []
+    handler = type("Recorder", (_Recorder,), {"seen": seen})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+@pytest.fixture(autouse=True)
+def _no_credentials_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in FLAGS:
+        monkeypatch.delenv(name, raising=False)
+
+
+def _authorization_sent(url: str, seen: list[str | None], argv: list[str]) -> str | None:
+    args = _controller_parser().parse_args(["--prometheus-url", url, "--no-business-metrics", *argv])
+    source = PrometheusSource.from_config(prometheus_config(args))
+    try:
+        source.window(MetricsQuery("search", ("master-search",), ("v1", "v2")), 0.0, 60.0)
+    finally:
+        source.close()
+    assert seen, "no query reached Prometheus"
+    assert len(set(seen)) == 1, seen
+    return seen[-1]
+
+
+def test_no_credentials_by_default(prometheus: tuple[str, list[str | None]]) -> None:
+    assert _authorization_sent(*prometheus, []) is None
+
+
+def test_the_bearer_token_file_from_the_flag_or_the_environment_is_sent(
+        prometheus: tuple[str, list[str | None]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = tmp_path / "token"
+    token.write_text("eyJhbGciOi.token-of-the-pod\n")
+    assert _authorization_sent(*prometheus, ["--prometheus-bearer-token-file", str(token)]) == \
+        "Bearer eyJhbGciOi.token-of-the-pod"
+    prometheus[1].clear()
+    token.write_text("rotated-token")  # read again for each query
+    monkeypatch.setenv("PROMETHEUS_BEARER_TOKEN_FILE", str(token))
+    assert _authorization_sent(*prometheus, []) == "Bearer rotated-token"
+
+
+def test_basic_auth_sends_the_user_and_the_password_of_its_file(
+        prometheus: tuple[str, list[str | None]], tmp_path: Path) -> None:
+    password = tmp_path / "password"
+    password.write_text("correct horse battery staple\n")
+    sent = _authorization_sent(*prometheus, ["--prometheus-basic-auth-user", "canary",
+                                             "--prometheus-basic-auth-password-file", str(password)])
+    assert sent == "Basic " + base64.b64encode(b"canary:correct horse battery staple").decode()
+
+
+def test_the_ca_file_is_the_one_certificates_are_checked_against(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    args = _controller_parser().parse_args(["--prometheus-url", "https://prometheus.monitoring:9090",
+                                            "--prometheus-ca-file", str(ca), "--no-business-metrics"])
+    config = PrometheusConfig.from_dict(prometheus_config(args))
+    assert (config.ca_file, config.tls_verify) == (str(ca), True)
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--prometheus-bearer-token-file", "{missing}"], "--prometheus-bearer-token-file: cannot read {missing}"),
+    (["--prometheus-ca-file", "{missing}"], "--prometheus-ca-file: cannot read {missing}"),
+    (["--prometheus-basic-auth-user", "canary"], "--prometheus-basic-auth-password-file go together"),
+    (["--prometheus-basic-auth-password-file", "{password}"], "--prometheus-basic-auth-user and"),
+    (["--prometheus-basic-auth-user", "canary", "--prometheus-basic-auth-password-file", "{missing}"],
+     "--prometheus-basic-auth-password-file: cannot read {missing}"),
+    (["--prometheus-bearer-token-file", "{password}", "--prometheus-basic-auth-user", "canary",
+      "--prometheus-basic-auth-password-file", "{password}"], "not both"),
+])
+def test_credentials_that_cannot_work_stop_the_controller_at_start_with_the_reason(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], says: str) -> None:
+    password = tmp_path / "password"
+    password.write_text("s3cr3t-password")
+    paths = {"missing": str(tmp_path / "missing"), "password": str(password)}
+    argv = [a.format(**paths) for a in argv]
+    code = controller_main(["--server", "http://127.0.0.1:9", "--prometheus-url", "http://127.0.0.1:9",
+                            "--no-business-metrics", "--no-leader-election", "--health-port", "0", *argv])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert says.format(**paths) in err
+    assert "s3cr3t" not in err
