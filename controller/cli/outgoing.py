@@ -3,7 +3,7 @@
 The Kubernetes controller and the local runs (`canary demo`, `canary run --local`) take the same flags:
 
     --slack-webhook-file FILE     a Slack-compatible incoming webhook; the file holds the URL (a Secret)
-    --notify-url URL              a generic JSON webhook (repeatable)
+    --notify-url URL              a generic JSON webhook (repeatable; seen in `ps` and the pod spec)
     --notify-url-file FILE        the same, with the URL kept in a file
     --notify-secret-file FILE     HMAC key that signs the JSON webhooks' payloads (controller.adapters.http.signing)
     --webhook-allow-host HOST     hosts notifications and hooks may call (repeatable; `*.example.com` for
@@ -34,7 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--slack-webhook-file", metavar="FILE",
                    help="file holding a Slack-compatible incoming-webhook URL (mount it from a Secret)")
     g.add_argument("--notify-url", action="append", default=[], metavar="URL",
-                   help="a generic JSON webhook told about every step, promotion, rollback and result")
+                   help="a generic JSON webhook told about every step, promotion, rollback and result (the "
+                        "URL shows in the pod spec and the process list: one that carries a token belongs in "
+                        "--notify-url-file)")
     g.add_argument("--notify-url-file", action="append", default=[], metavar="FILE",
                    help="a generic JSON webhook whose URL is kept in a file")
     g.add_argument("--notify-secret-file", metavar="FILE", help="HMAC key that signs the JSON webhooks' payloads")
