@@ -206,12 +206,6 @@ class KubeApi:
                                                        dict(patch), _content_type=MERGE_PATCH,
                                                        _preload_content=False, _request_timeout=self.timeout)))
 
-    def patch_status(self, res: Resource, namespace: str, name: str, patch: Mapping[str, Any]) -> Obj:
-        return self._call("patch", res, f"patching {res.plural}/{name}/status in {namespace}", lambda: (
-            self.custom.patch_namespaced_custom_object_status(
-                res.group, res.version, namespace, res.plural, name, dict(patch), _content_type=MERGE_PATCH,
-                _preload_content=False, _request_timeout=self.timeout)))
-
     def replace_status(self, res: Resource, namespace: str, name: str, body: Mapping[str, Any]) -> Obj:
         """PUT on /status: the whole object, of which the server takes the status only."""
         return self._call("update", res, f"replacing {res.plural}/{name}/status in {namespace}", lambda: (
