@@ -109,29 +109,7 @@ def _controller_parser() -> argparse.ArgumentParser:
     where = p.add_mutually_exclusive_group()
     where.add_argument("-n", "--namespace", help="watch releases in this namespace only")
     where.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (default)")
-    p.add_argument("--prometheus-url", default=os.environ.get("PROMETHEUS_URL", "http://prometheus.istio-system:9090"),
-                   help="Prometheus with Istio's metrics (default: $PROMETHEUS_URL or the Istio addon)")
-    p.add_argument("--prometheus-scrape-interval", type=float,
-                   default=float(os.environ.get("PROMETHEUS_SCRAPE_INTERVAL") or 15.0),
-                   help="seconds between Prometheus's scrapes of the proxies (default: $PROMETHEUS_SCRAPE_INTERVAL "
-                        "or 15, the Istio addon's): windows are read twice that plus 5 s behind, on scrape "
-                        "boundaries, so that no scrape lands after a window was counted; 0: read at once")
-    p.add_argument("--prometheus-pod-label", default=os.environ.get("PROMETHEUS_POD_LABEL", "pod"),
-                   help="the label naming the pod a series was scraped from (default: $PROMETHEUS_POD_LABEL or "
-                        "pod, as Prometheus' Kubernetes pod discovery sets it; '' when there is none): the "
-                        "judge learns from the stable pods how much identical code differs from pod to pod")
-    p.add_argument("--prometheus-bearer-token-file", default=os.environ.get("PROMETHEUS_BEARER_TOKEN_FILE"),
-                   help="a file holding the token Prometheus wants (default: $PROMETHEUS_BEARER_TOKEN_FILE; the "
-                        "pod's own: /var/run/secrets/kubernetes.io/serviceaccount/token), read again for each "
-                        "query, so a rotated token is used")
-    p.add_argument("--prometheus-basic-auth-user", default=os.environ.get("PROMETHEUS_BASIC_AUTH_USER"),
-                   help="basic auth instead: the user name (default: $PROMETHEUS_BASIC_AUTH_USER) ...")
-    p.add_argument("--prometheus-basic-auth-password-file",
-                   default=os.environ.get("PROMETHEUS_BASIC_AUTH_PASSWORD_FILE"),
-                   help="... and a file holding the password (default: $PROMETHEUS_BASIC_AUTH_PASSWORD_FILE)")
-    p.add_argument("--prometheus-ca-file", default=os.environ.get("PROMETHEUS_CA_FILE"),
-                   help="the CA bundle an https:// Prometheus's certificate is checked against (default: "
-                        "$PROMETHEUS_CA_FILE, else the system's)")
+    _prometheus_args(p)
     p.add_argument("--business-metric", default=os.environ.get("BUSINESS_METRIC", DEFAULT_BUSINESS_METRIC),
                    help="the A/B primary metric's name, as in primaryMetric.name (default: $BUSINESS_METRIC or "
                         f"{DEFAULT_BUSINESS_METRIC})")
@@ -175,6 +153,33 @@ def _controller_parser() -> argparse.ArgumentParser:
     notifications.add_arguments(p)
     _connection_args(p)
     return p
+
+
+def _prometheus_args(p: argparse.ArgumentParser) -> None:
+    """Where Prometheus is, how often it scrapes, the pod label, and the files of its credentials."""
+    p.add_argument("--prometheus-url", default=os.environ.get("PROMETHEUS_URL", "http://prometheus.istio-system:9090"),
+                   help="Prometheus with Istio's metrics (default: $PROMETHEUS_URL or the Istio addon)")
+    p.add_argument("--prometheus-scrape-interval", type=float,
+                   default=float(os.environ.get("PROMETHEUS_SCRAPE_INTERVAL") or 15.0),
+                   help="seconds between Prometheus's scrapes of the proxies (default: $PROMETHEUS_SCRAPE_INTERVAL "
+                        "or 15, the Istio addon's): windows are read twice that plus 5 s behind, on scrape "
+                        "boundaries, so that no scrape lands after a window was counted; 0: read at once")
+    p.add_argument("--prometheus-pod-label", default=os.environ.get("PROMETHEUS_POD_LABEL", "pod"),
+                   help="the label naming the pod a series was scraped from (default: $PROMETHEUS_POD_LABEL or "
+                        "pod, as Prometheus' Kubernetes pod discovery sets it; '' when there is none): the "
+                        "judge learns from the stable pods how much identical code differs from pod to pod")
+    p.add_argument("--prometheus-bearer-token-file", default=os.environ.get("PROMETHEUS_BEARER_TOKEN_FILE"),
+                   help="a file holding the token Prometheus wants (default: $PROMETHEUS_BEARER_TOKEN_FILE; the "
+                        "pod's own: /var/run/secrets/kubernetes.io/serviceaccount/token), read again for each "
+                        "query, so a rotated token is used")
+    p.add_argument("--prometheus-basic-auth-user", default=os.environ.get("PROMETHEUS_BASIC_AUTH_USER"),
+                   help="basic auth instead: the user name (default: $PROMETHEUS_BASIC_AUTH_USER) ...")
+    p.add_argument("--prometheus-basic-auth-password-file",
+                   default=os.environ.get("PROMETHEUS_BASIC_AUTH_PASSWORD_FILE"),
+                   help="... and a file holding the password (default: $PROMETHEUS_BASIC_AUTH_PASSWORD_FILE)")
+    p.add_argument("--prometheus-ca-file", default=os.environ.get("PROMETHEUS_CA_FILE"),
+                   help="the CA bundle an https:// Prometheus's certificate is checked against (default: "
+                        "$PROMETHEUS_CA_FILE, else the system's)")
 
 
 def prometheus_config(args: argparse.Namespace) -> dict[str, Any]:
