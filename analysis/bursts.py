@@ -37,6 +37,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy import special
 
+from analysis.numeric import logsumexp
+
 FloatArray = npt.NDArray[np.float64]
 
 # The burstiness and the baseline's rate the likelihood is given, as multiples of the estimates from the
@@ -108,8 +110,8 @@ def burst_log_likelihood(k_c: npt.ArrayLike, k_b: npt.ArrayLike, n_c: npt.ArrayL
         log_total = (shape * np.log(shape / (shape + 2.0 * mu)) + (kc + kb) * np.log(2.0 * mu / (shape + 2.0 * mu))
                      + log_w)
     log_split = kc * np.log(m_c / mu) + kb * np.log(m_b / mu)
-    joint = special.logsumexp(log_total + log_split, axis=-1)
-    return np.asarray(joint - special.logsumexp(log_total, axis=-1), dtype=np.float64)
+    joint = logsumexp(log_total + log_split, axis=-1)
+    return np.asarray(joint - logsumexp(log_total, axis=-1), dtype=np.float64)
 
 
 def burst_increment(k_c: npt.ArrayLike, k_b: npt.ArrayLike, n_c: npt.ArrayLike, n_b: npt.ArrayLike, r0: float,

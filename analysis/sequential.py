@@ -37,6 +37,7 @@ from analysis.histogram import (
     shift_increment,
     tail_index,
 )
+from analysis.numeric import logsumexp
 from analysis.observations import (
     ISTIO_BUCKETS_MS,
     IntervalObservation,
@@ -125,7 +126,7 @@ def ratio_increment(
 def log_mixture(cumulative_llr: npt.ArrayLike) -> FloatArray:
     """ln of the grid-average e-value from the cumulative log-likelihood ratios (grid on the last axis)."""
     llr = _f(cumulative_llr)
-    return _f(special.logsumexp(llr, axis=-1)) - math.log(llr.shape[-1])
+    return _f(logsumexp(llr, axis=-1)) - math.log(llr.shape[-1])
 
 
 def ratio_cs_increment(k_c: npt.ArrayLike, k_b: npt.ArrayLike, n_c: npt.ArrayLike, n_b: npt.ArrayLike) -> FloatArray:
@@ -145,7 +146,7 @@ def _ratio_rejected(loglik: npt.ArrayLike, sign: int, log_threshold: float) -> n
     terms = padded[j + sign * offsets] - ll[:, None]
     available = np.isfinite(terms).sum(axis=1)
     with np.errstate(divide="ignore"):
-        log_e = special.logsumexp(terms, axis=1) - np.log(np.maximum(available, 1))
+        log_e = logsumexp(terms, axis=1) - np.log(np.maximum(available, 1))
     return np.asarray((available > 0) & (log_e >= log_threshold))
 
 
@@ -505,7 +506,7 @@ class SequentialJudge:
         recs = [svc[c] for svc in state["services"].values() for c in self.regression_checks()]
         if not recs:
             return
-        log_sum = float(special.logsumexp([r["logE"] for r in recs]))
+        log_sum = float(logsumexp([r["logE"] for r in recs]))
         state["regressionLogESum"] = log_sum
         log_threshold = math.log(1.0 / self.alpha_each(state))
         if log_sum < log_threshold:
