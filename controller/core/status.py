@@ -8,12 +8,27 @@ state file) carries.
 
 from __future__ import annotations
 
+import json
+import marshal
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 HISTORY_LIMIT = 200
+# Kubernetes keeps an object whole in one etcd value, and etcd refuses requests over 1.5 MiB by default: a status
+# over that could no longer be written, and the release would stop where it is. The decisions are its largest
+# part (each names every check of every analysed service, about 0.5 KiB a check), so their stored JSON is held to
+# budgets: the newest whole while they fit FULL_HISTORY_BYTES, older ones with each check's service, name, verdict,
+# e-value and threshold only (`DecisionRecord.compact`), and none older than fit HISTORY_BYTES. The newest is
+# always kept whole.
+FULL_HISTORY_BYTES = 256 * 1024
+HISTORY_BYTES = 512 * 1024
+COMPACT_CHECK_FIELDS = ("service", "check", "verdict", "eValue", "threshold")
+# Sizes are estimated from `marshal`'s encoding, which takes a tenth of JSON's time (the walk runs at every
+# decision): the JSON of these records (numbers, ASCII names) is 1.4-1.9 times longer, so 2.5 times overestimates
+# it (tests/core/test_status_size.py checks both).
+JSON_PER_MARSHAL_BYTE = 2.5
 # Archived revisions and attempts kept in the status (controller/core/machine/revisions.py).
 REVISIONS_LIMIT = 50
 
@@ -78,6 +93,36 @@ class DecisionRecord:
         return cls(float(d["at"]), float(d["t"]), int(d["step"]), int(d["weight"]), d["verdict"],
                    d.get("reason", ""), d.get("action", ""), tuple(d.get("checks", ())),
                    dict(d.get("counts", {})))
+
+    def compact(self) -> DecisionRecord:
+        """The record with each check's service, name, verdict, e-value and threshold only."""
+        return replace(self, checks=tuple({k: c[k] for k in COMPACT_CHECK_FIELDS if k in c} for c in self.checks))
+
+    def stored_size(self) -> int:
+        """At least the bytes of the record's JSON (estimated, see JSON_PER_MARSHAL_BYTE)."""
+        data = self.for_storage()
+        try:
+            return int(len(marshal.dumps(data)) * JSON_PER_MARSHAL_BYTE)
+        except ValueError:  # not plain JSON data (a numpy number, say): measure the JSON itself
+            return len(json.dumps(data, default=str))
+
+
+def bounded_history(history: tuple[DecisionRecord, ...]) -> tuple[DecisionRecord, ...]:
+    """The newest HISTORY_LIMIT decisions within the byte budgets (HISTORY_BYTES, above)."""
+    kept: list[DecisionRecord] = []
+    used, whole = 0, True
+    for record in reversed(history[-HISTORY_LIMIT:]):
+        if whole:
+            size = record.stored_size()
+            whole = not kept or used + size <= FULL_HISTORY_BYTES
+        if not whole:
+            record = record.compact()
+            size = record.stored_size()
+            if used + size > HISTORY_BYTES:
+                break
+        kept.append(record)
+        used += size
+    return tuple(reversed(kept))
 
 
 @dataclass(frozen=True)
@@ -198,7 +243,7 @@ class ReleaseStatus:
         return replace(self, conditions=(*(c for c in self.conditions if c.type != type_), new))
 
     def with_decision(self, record: DecisionRecord) -> ReleaseStatus:
-        return replace(self, history=(*self.history, record)[-HISTORY_LIMIT:], last_verdict=record.verdict)
+        return replace(self, history=bounded_history((*self.history, record)), last_verdict=record.verdict)
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)

@@ -151,6 +151,18 @@ def selector_matches(selector: str | None, labels: Mapping[str, str]) -> bool:
     return True
 
 
+# etcd's default --max-request-bytes: an object whose JSON is larger cannot be stored, and the API server answers
+# the write that would make it so with an error (413, "etcdserver: request is too large").
+ETCD_MAX_BYTES = 1_572_864
+
+
+def _storable(obj: Obj, key: Key, name: str) -> None:
+    size = len(json.dumps(obj, separators=(",", ":"), default=str))
+    if size > ETCD_MAX_BYTES:
+        raise ApiError(413, "RequestEntityTooLarge", f"etcdserver: request is too large ({key[2]} {name!r}: "
+                                                     f"{size} bytes, limit {ETCD_MAX_BYTES})")
+
+
 @dataclass
 class Store:
     """The versioned object store; thread-safe (the tests' threads and the server's loop both use it)."""
@@ -199,6 +211,7 @@ class Store:
         with self.lock:
             if (key, ns, name) in self.objects:
                 raise ApiError(409, "AlreadyExists", f'{key[2]} "{name}" already exists')
+            _storable(obj, key, name)
             self.rv += 1
             meta.update(name=name, resourceVersion=str(self.rv), uid=str(uuid.uuid4()),
                         creationTimestamp="2026-01-01T00:00:00Z")
@@ -228,6 +241,7 @@ class Store:
             new = self._keep_owned_parts(key, old, new, status)
             if new == old:
                 return copy.deepcopy(old)  # a no-op write keeps the resourceVersion, as the API server does
+            _storable(new, key, name)
             self.rv += 1
             new["metadata"]["resourceVersion"] = str(self.rv)
             self.objects[(key, ns, name)] = new

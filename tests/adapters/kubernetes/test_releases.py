@@ -7,6 +7,8 @@ CRDs (strict) and kubernetes-validate (strict), and the release's status against
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from controller.adapters.kubernetes.client import DESTINATION_RULES, RELEASES, VIRTUAL_SERVICES, KubeApi
@@ -14,7 +16,7 @@ from controller.adapters.kubernetes.finalizing import FINALIZER
 from controller.adapters.kubernetes.routing import ANNOTATION_ADOPTED, IstioRouter
 from controller.core.status import Phase
 from tests.support.fakes import VersionModel
-from tests.support.kmock_server import RunningEmulator
+from tests.support.kmock_server import ETCD_MAX_BYTES, RunningEmulator
 from tests.support.kube_world import NAMESPACE, SERVICES, KubeWorld, cluster_world
 
 
@@ -277,3 +279,26 @@ def test_second_release_of_a_stack_waits_for_the_one_in_flight(world: KubeWorld)
     assert controller.last_results[(NAMESPACE, "search-v3")].actions == ()
     routes = {vs["metadata"]["labels"]["stack-canary.dev/release"] for vs in world.objects("virtualservices")}
     assert routes == {"search-v2"}
+
+
+@pytest.mark.slow
+def test_a_release_that_analyses_for_hours_keeps_writing_its_status(emulator: RunningEmulator) -> None:
+    """Every decision names each check of the five services (about 11 KiB), and the emulator refuses an object
+    over etcd's 1.5 MiB as the API server does: with 200 whole decisions the status could not be written after
+    about 130 looks (HTTP 413 at every try), and the release would stand still at its weight. It holds (too few
+    canary requests to step on) for 160 looks, and each one is written."""
+    world = KubeWorld(emulator)
+    world.seed_stack()
+    world.create_release(strategy={"canary": {"steps": [{"weight": 10}, {"weight": 50}], "interval": "60s",
+                                              "minCanaryRequests": 10**9, "stepDeadline": "100h"}})
+    controller = world.controller()
+    status = world.drive(controller, until=Phase.PROGRESSING)
+    started = world.clock.t
+    while world.clock.t - started < 160 * 60:
+        status = world.drive(controller, rounds=60, relist=False)  # about 20 looks
+        assert status.phase is Phase.PROGRESSING, status.message
+        assert status.last_analysis_at is not None and status.last_analysis_at >= world.clock.t - 2 * 60, (
+            f"the status stopped at {len(status.history)} decisions, {status.last_analysis_at - started:.0f} s in")
+    stored = world.api.get(RELEASES, NAMESPACE, "search-v2")
+    assert len(json.dumps(stored)) < ETCD_MAX_BYTES // 2
+    assert 20 < len(status.history) < 160 and status.history[-1].checks[0].get("estimates") is not None
