@@ -9,9 +9,9 @@ controller (`controller.adapters.kubernetes.running.Controller`, the official cl
 one "round" is everything the controller does in 30 s of cluster time:
 
 - **analysing**: every release is Progressing at its first step and analyses once per interval (the
-  judge holds: too few canary requests to advance), and in between wakes every 5 s as the reconciler
-  asks, to notice a canary that died. One status write per release per interval is expected (the
-  decision record).
+  judge holds: too few canary requests to advance), and in between wakes as the reconciler asks (every
+  max(5 s, interval / 3): every 10 s here), to notice a canary that died. One status write per release
+  per interval is expected (the decision record).
 - **steady**: every release is Succeeded; a resync ticks each once. Nothing to change: no writes.
 
 Measured per round: controller CPU (thread CPU time of the thread that runs the ticks, which includes
