@@ -5,12 +5,8 @@ that cannot be read stops the controller at start with the flag's name."""
 from __future__ import annotations
 
 import base64
-import http.server
-import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -18,42 +14,18 @@ from analysis.observations import MetricsQuery
 from controller.adapters.prometheus.client import PrometheusConfig
 from controller.adapters.prometheus.metrics import PrometheusSource
 from controller.cli.cluster import _controller_parser, controller_main, prometheus_config
+from tests.support.fake_prometheus import FakePrometheus, fake_prometheus, ok, url_of
 
 pytestmark = pytest.mark.timeout(60)
 
-EMPTY = json.dumps({"status": "success", "data": {"resultType": "vector", "result": []}}).encode()
 FLAGS = ("PROMETHEUS_BEARER_TOKEN_FILE", "PROMETHEUS_BASIC_AUTH_USER", "PROMETHEUS_BASIC_AUTH_PASSWORD_FILE",
          "PROMETHEUS_CA_FILE")
 
 
-class _Recorder(http.server.BaseHTTPRequestHandler):
-    """Answers every query with an empty vector and keeps each request's Authorization header."""
-
-    seen: list[str | None]
-
-    def do_GET(self) -> None:
-        type(self).seen.append(self.headers.get("Authorization"))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(EMPTY)))
-        self.end_headers()
-        self.wfile.write(EMPTY)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
-def prometheus() -> Iterator[tuple[str, list[str | None]]]:
-    seen: list[str | None] = []
-    handler = type("Recorder", (_Recorder,), {"seen": seen})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+def prometheus() -> Iterator[FakePrometheus]:
+    with fake_prometheus() as start:
+        yield start([ok([])])
 
 
 @pytest.fixture(autouse=True)
@@ -62,39 +34,40 @@ def _no_credentials_in_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-def _authorization_sent(url: str, seen: list[str | None], argv: list[str]) -> str | None:
-    args = _controller_parser().parse_args(["--prometheus-url", url, "--no-business-metrics", *argv])
+def _authorization_sent(server: FakePrometheus, argv: list[str]) -> str | None:
+    args = _controller_parser().parse_args(["--prometheus-url", url_of(server), "--no-business-metrics", *argv])
     source = PrometheusSource.from_config(prometheus_config(args))
     try:
         source.window(MetricsQuery("search", ("master-search",), ("v1", "v2")), 0.0, 60.0)
     finally:
         source.close()
-    assert seen, "no query reached Prometheus"
-    assert len(set(seen)) == 1, seen
-    return seen[-1]
+    sent = [headers.get("Authorization") for headers in server.seen]
+    assert sent, "no query reached Prometheus"
+    assert len(set(sent)) == 1, sent
+    return sent[-1]
 
 
-def test_no_credentials_by_default(prometheus: tuple[str, list[str | None]]) -> None:
-    assert _authorization_sent(*prometheus, []) is None
+def test_no_credentials_by_default(prometheus: FakePrometheus) -> None:
+    assert _authorization_sent(prometheus, []) is None
 
 
 def test_the_bearer_token_file_from_the_flag_or_the_environment_is_sent(
-        prometheus: tuple[str, list[str | None]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        prometheus: FakePrometheus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     token = tmp_path / "token"
     token.write_text("eyJhbGciOi.token-of-the-pod\n")
-    assert _authorization_sent(*prometheus, ["--prometheus-bearer-token-file", str(token)]) == \
+    assert _authorization_sent(prometheus, ["--prometheus-bearer-token-file", str(token)]) == \
         "Bearer eyJhbGciOi.token-of-the-pod"
-    prometheus[1].clear()
+    prometheus.seen.clear()
     token.write_text("rotated-token")  # read again for each query
     monkeypatch.setenv("PROMETHEUS_BEARER_TOKEN_FILE", str(token))
-    assert _authorization_sent(*prometheus, []) == "Bearer rotated-token"
+    assert _authorization_sent(prometheus, []) == "Bearer rotated-token"
 
 
 def test_basic_auth_sends_the_user_and_the_password_of_its_file(
-        prometheus: tuple[str, list[str | None]], tmp_path: Path) -> None:
+        prometheus: FakePrometheus, tmp_path: Path) -> None:
     password = tmp_path / "password"
     password.write_text("correct horse battery staple\n")
-    sent = _authorization_sent(*prometheus, ["--prometheus-basic-auth-user", "canary",
+    sent = _authorization_sent(prometheus, ["--prometheus-basic-auth-user", "canary",
                                              "--prometheus-basic-auth-password-file", str(password)])
     assert sent == "Basic " + base64.b64encode(b"canary:correct horse battery staple").decode()
 
