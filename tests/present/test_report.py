@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from controller.core.status import DecisionRecord, Phase, ReleaseStatus
+from controller.core.status import HISTORY_LIMIT, DecisionRecord, Phase, ReleaseStatus
 from controller.present.charts import Series, line_chart, nice_ticks
 from controller.present.report import render_report
 from tests.support.tools import require_tool
@@ -202,6 +202,24 @@ def test_every_user_string_is_escaped() -> None:
     assert _parse(html).errors == []
     for svg in _svgs(html):
         assert svg.get("data-chart")
+
+
+def test_a_long_release_whose_older_decisions_are_compacted_renders_them_all() -> None:
+    """Past the whole decisions' byte budget (controller.core.status.bounded_history) older decisions keep only
+    each check's verdict, e-value and threshold: they still have their row, their e-values and markers."""
+    status = ReleaseStatus(phase=Phase.PROGRESSING, started_at=1000.0)
+    for i in range(HISTORY_LIMIT):
+        status = status.with_decision(_record(float(10 * i + 10), 10, "pass", 3.0 + i, 0))
+    compacted = [r for r in status.history if "estimates" not in r.checks[0]]
+    assert compacted and len(compacted) < len(status.history)
+    html = render_report(_release(), status.for_storage())
+    assert _parse(html).errors == []
+    log = html[html.index("<h2>Decision log"):]
+    assert log.count("<details") == len(status.history)
+    svgs = _svgs(html)
+    assert _series(_chart(svgs, "evalues", "ml-search")) == ["errorRate", "slowTail", "latencyShift", "sampleRatio"]
+    circles = _chart(svgs, "weight").iter("{http://www.w3.org/2000/svg}circle")
+    assert len([c for c in circles if c.get("class") == "marker"]) == len(status.history)
 
 
 def test_empty_history_renders() -> None:
