@@ -25,9 +25,9 @@ HISTORY_LIMIT = 200
 FULL_HISTORY_BYTES = 256 * 1024
 HISTORY_BYTES = 512 * 1024
 COMPACT_CHECK_FIELDS = ("service", "check", "verdict", "eValue", "threshold")
-# Sizes are estimated from `marshal`'s encoding, which takes a tenth of JSON's time (the walk runs at every
-# decision): the JSON of these records (numbers, ASCII names) is 1.4-1.9 times longer, so 2.5 times overestimates
-# it (tests/core/test_status_size.py checks both).
+# Sizes are estimated from `marshal`'s encoding, which is much quicker than JSON's (the walk runs at every
+# decision): the JSON of these records (numbers, ASCII names) is 1.4-1.9 times longer (`python -m
+# bench.status_size`), so 2.5 times overestimates it (tests/core/test_status_size.py checks that it does).
 JSON_PER_MARSHAL_BYTE = 2.5
 # Archived revisions and attempts kept in the status (controller/core/machine/revisions.py).
 REVISIONS_LIMIT = 50

@@ -285,7 +285,7 @@ def test_second_release_of_a_stack_waits_for_the_one_in_flight(world: KubeWorld)
 def test_a_release_that_analyses_for_hours_keeps_writing_its_status(emulator: RunningEmulator) -> None:
     """Every decision names each check of the five services (about 11 KiB), and the emulator refuses an object
     over etcd's 1.5 MiB as the API server does: with 200 whole decisions the status could not be written after
-    about 130 looks (HTTP 413 at every try), and the release would stand still at its weight. It holds (too few
+    fewer than 160 looks (HTTP 413 at every try), and the release would stand still at its weight. It holds (too few
     canary requests to step on) for 160 looks, and each one is written."""
     world = KubeWorld(emulator)
     world.seed_stack()
