@@ -156,7 +156,7 @@ def test_release_converges_through_api_faults(faulty: Faulty, emulator: RunningE
     assert f.checker.check_final(emulator, [NAMESPACE]) == []
     assert_no_duplicates(f, emulator, steps=3)
     errors = f.controller.telemetry.reconcile_errors
-    assert errors.labels("conflict")._value.get() + errors.labels("api")._value.get() > 0
+    assert sum(errors.labels(reason)._value.get() for reason in ("conflict", "api", "status")) > 0
     # Once finished and the faults gone, actions that failed are repeated once (a canary not yet scaled to 0)
     # and then nothing more is written; the routes were never written after the end. "Once" needs the cache to
     # have caught up first: when the last status write was answered 500 after it was applied, the cache holds

@@ -14,7 +14,9 @@ Every call goes through `KubeApi`, which
       │   ├── ApiGone             410 on a watch from a compacted resourceVersion: re-list
       │   └── NotLeader           refused here, never sent: this replica does not hold the lease
       └── PermanentError          400, 401, 403, 422: retrying will not help; tell the operator
-          └── ApiNotFound         404 (callers usually turn it into "absent")
+          ├── ApiNotFound         404 (callers usually turn it into "absent")
+          └── ApiTooLarge         413, or etcd's "request is too large" (which API servers may answer 500):
+                                  the object would exceed what etcd stores (1.5 MiB by default)
 
 `LeaderOnlyApi` wraps a `KubeApi` so that every write except the Lease's is refused (`NotLeader`) the
 moment this replica stops being the leader: a tick that started as leader and outlived the lease (a slow
@@ -45,6 +47,8 @@ log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
+# etcd's answer to a request over its --max-request-bytes; some API servers pass it on as a 500.
+ETCD_TOO_LARGE = "request is too large"
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,10 @@ class ApiNotFound(PermanentError):
     """404: no such object."""
 
 
+class ApiTooLarge(PermanentError):
+    """413, or etcd's "request is too large": the same write will be refused again."""
+
+
 class NotLeader(TemporaryError):
     """A write refused before it was sent: this replica does not (or no longer) hold the lease."""
 
@@ -95,6 +103,8 @@ def classify(exc: Exception, what: str) -> TemporaryError | PermanentError:
             return ApiGone(message)
         if status == 404:
             return ApiNotFound(message)
+        if status == 413 or ETCD_TOO_LARGE in message:
+            return ApiTooLarge(message)
         if status in (400, 401, 403, 405, 422):
             return PermanentError(message)
         return TemporaryError(message)

@@ -70,14 +70,17 @@ class ReleaseWiring:
         """The release's Kubernetes Events alone (the finalizer's notice goes only there)."""
         return EventNotifier(self.api, obj, self.clock, self.identity)
 
+    def notifier_for(self, obj: Obj) -> Notifier:
+        """The release's Events, and the chat/webhook notifier if any."""
+        events: Notifier = self.events(obj)
+        return events if self.notifier is None else MultiNotifier([events, self.notifier])
+
     def ports_for(self, obj: Obj, spec: ReleaseSpec | None, box: WeightBox) -> Ports:
         ref = ReleaseRef.of(obj)
         services = spec.stack.services if spec else ()
         workloads = DeploymentWorkloads(self.api, ref, services, spec.stable.version if spec else None,
                                         spec.canary.version if spec else None, self.replica_policy, box)
-        notifier: Notifier = self.events(obj)
-        if self.notifier is not None:
-            notifier = MultiNotifier([notifier, self.notifier])
+        notifier = self.notifier_for(obj)
         router = self.router(ref.namespace, services)
         in_flight = SubsetInFlight(router, self.in_flight) if self.in_flight is not None else None
         return Ports(workloads, router, self.metrics, self.clock, notifier,
