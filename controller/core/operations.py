@@ -51,6 +51,8 @@ def plan(command: str, release: Mapping[str, Any], status: ReleaseStatus, full: 
          ) -> Planned | Refused:
     name = str((release.get("metadata") or {}).get("name", "the release"))
     spec: Mapping[str, Any] = release.get("spec") or {}
+    if spec.get("abort") is True and not status.phase.final and command not in ("retry", "undo"):
+        return _aborting(name, command)
     match command:
         case "pause":
             return _pause(name, spec, status)
@@ -78,6 +80,14 @@ def _finished(name: str, status: ReleaseStatus, what: str) -> Refused:
              Phase.ROLLED_BACK: " (`canary retry` runs it again)", Phase.ABORTED: " (`canary retry` runs it again)",
              Phase.FAILED: " (`canary retry` runs it again)"}.get(status.phase, "")
     return Refused(f"{name} already finished ({status.phase.value}): nothing to {what}{after}")
+
+
+def _aborting(name: str, command: str) -> Planned | Refused:
+    """An abort asked for and not yet carried out comes first: the controller rolls the release back."""
+    if command == "abort":
+        return Planned(f"{name} is already being aborted")
+    return Refused(f"{name} is being aborted (an abort is pending): it rolls back, so there is nothing to "
+                   f"{command} (`canary retry` runs it again once it has been aborted)")
 
 
 def _pause(name: str, spec: Mapping[str, Any], status: ReleaseStatus) -> Planned | Refused:

@@ -95,6 +95,13 @@ def test_each_command_patches_the_spec_and_bumps_the_generation(
     (["promote", "--full"], replace(GATE, conditions=(Condition("Paused", "True", "AwaitingConfirmation", "hooks",
                                                                 1.0),)), {},
      "waiting at a gate that is not the operator's (AwaitingConfirmation: hooks)"),
+    # An abort not yet carried out comes first: nothing else may look as if it worked.
+    (["promote", "--full"], PROGRESSING, {"abort": True}, "is being aborted (an abort is pending): it rolls back, "
+                                                          "so there is nothing to promote"),
+    (["promote"], GATE, {"abort": True}, "is being aborted"),
+    (["approve"], GATE, {"abort": True}, "is being aborted"),
+    (["pause"], PROGRESSING, {"abort": True}, "nothing to pause"),
+    (["resume"], replace(PROGRESSING, phase=Phase.PAUSED), {"abort": True, "paused": True}, "nothing to resume"),
 ])
 def test_commands_that_do_not_apply_say_why_and_change_nothing(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str], status: ReleaseStatus,
@@ -104,6 +111,14 @@ def test_commands_that_do_not_apply_say_why_and_change_nothing(
     assert run(tmp_path, *command) == 2
     assert message in capsys.readouterr().err
     assert state.load_release() == before
+
+
+def test_aborting_a_release_being_aborted_is_done_already(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    state = state_with(tmp_path, PROGRESSING, abort=True)
+    assert run(tmp_path, "abort") == 0
+    assert "already being aborted" in capsys.readouterr().out
+    assert state.load_release()["metadata"]["generation"] == 1
 
 
 def test_pausing_a_paused_release_is_done_already(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
