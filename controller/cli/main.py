@@ -36,6 +36,7 @@ from pathlib import Path
 from controller.cli import local
 from controller.cli import outgoing as notifications
 from controller.core.spec.release import InvalidSpec
+from controller.ports import PortError
 
 log = logging.getLogger("canary")
 
@@ -184,35 +185,42 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _report(argv: list[str]) -> int:
+    """Exit 0 written, 1 no such release or no API to ask, 2 bad input (an output path that is a directory)."""
     p = argparse.ArgumentParser(prog="canary report", description="Write a release's report: one "
                                 "self-contained HTML file (charts and the decision log; no network to view).")
     p.add_argument("release", nargs="?", help="a StackRelease in the cluster (omit with --workdir)")
-    p.add_argument("-n", "--namespace", default="default")
+    p.add_argument("-n", "--namespace", default="default", help="the release's namespace (default: default)")
     p.add_argument("--workdir", type=Path, help="a local release's work directory instead")
-    p.add_argument("-o", "--output", type=Path, default=Path("report.html"))
-    p.add_argument("--kubeconfig")
-    p.add_argument("--context")
+    p.add_argument("-o", "--output", type=Path, default=Path("report.html"),
+                   help="the HTML file to write (default: report.html)")
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, else ~/.kube/config)")
+    p.add_argument("--context", help="kubeconfig context")
+    p.add_argument("--server", help=argparse.SUPPRESS)  # a plain-HTTP API server (tests)
     args = p.parse_args(argv)
-    if args.workdir is not None:
-        html = local.report_html(args.workdir)
-    elif args.release:
-        from controller.adapters.kubernetes.client import RELEASES, KubeApi
-        from controller.ports import PortError
-        from controller.present.report import render_report
-
-        try:
-            obj = KubeApi.connect(args.kubeconfig, args.context).get_or_none(RELEASES, args.namespace, args.release)
-        except PortError as exc:
-            print(f"canary report: {exc.reason}", file=sys.stderr)
-            return 1
-        if obj is None:
-            raise FileNotFoundError(f"no StackRelease {args.namespace}/{args.release}")
-        html = render_report(obj, obj.get("status") or {})
-    else:
+    if args.output.is_dir():
+        raise ValueError(f"-o {args.output} is a directory: name the HTML file to write")
+    if args.workdir is None and not args.release:
         raise ValueError("name a release, or give --workdir DIR for a local one")
+    try:
+        html = local.report_html(args.workdir) if args.workdir is not None else _cluster_report(args)
+    except (FileNotFoundError, PortError) as exc:
+        print(f"canary report: {exc.reason if isinstance(exc, PortError) else exc}", file=sys.stderr)
+        return 1
     args.output.write_text(html)
     print(f"wrote {args.output}")
     return 0
+
+
+def _cluster_report(args: argparse.Namespace) -> str:
+    from controller.adapters.kubernetes.client import RELEASES, KubeApi
+    from controller.present.report import render_report
+
+    _quiet_http_retries()
+    api = KubeApi.for_url(args.server) if args.server else KubeApi.connect(args.kubeconfig, args.context)
+    obj = api.get_or_none(RELEASES, args.namespace, args.release)
+    if obj is None:
+        raise FileNotFoundError(f"no StackRelease {args.namespace}/{args.release}")
+    return render_report(obj, obj.get("status") or {})
 
 
 def _is_local(argv: list[str]) -> bool:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -145,8 +146,12 @@ class KubeApi:
                 return cls(kubernetes.client.ApiClient(configuration), observer)
             except kubernetes.config.ConfigException:
                 pass
-        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=kubeconfig, context=context, client_configuration=configuration)
+        try:
+            kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig, context=context, client_configuration=configuration)
+        except (kubernetes.config.ConfigException, OSError) as exc:  # none, no such context, unreadable
+            where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+            raise PermanentError(f"no Kubernetes API to talk to: {exc} (kubeconfig: {where})") from exc
         return cls(kubernetes.client.ApiClient(configuration), observer)
 
     def identify(self, identity: str) -> None:
