@@ -59,9 +59,38 @@ def test_the_same_rankings_pass_and_other_rankings_fail_and_the_pairs_replay(tmp
 
 def test_unanswered_searches_are_counted_not_paired_and_running_out_is_undecided(tmp_path: Path) -> None:
     argv = ["--stable", "http://stable", "--new", "http://new", "--searches", str(searches(tmp_path, 30))]
-    code, looks, _ = run(argv, stand_in(TOP, failing="new"))
-    assert code == 3 and looks[-1]["unanswered"] == {"stable": 0, "new": 30} and looks[-1]["pairs"] == 0
+    code, looks, err = run(argv, stand_in(TOP, failing="new"))
+    assert code == 4 and looks[-1]["unanswered"] == {"stable": 0, "new": 30} and looks[-1]["pairs"] == 0
     assert looks[-1]["latencyMs"]["new"] is None and looks[-1]["latencyMs"]["stable"] is not None
+    # The first failure is said with its reason, once, and that nothing was compared.
+    assert err.splitlines() == [
+        "canary shadow-compare: search 1 not answered by new: HTTP 503 (further failures are counted in "
+        "`unanswered`)",
+        "canary shadow-compare: no search was answered by both versions, so nothing was compared (the reasons are "
+        "above)"]
+    flaky = iter(range(10**6))
+    code, looks, err = run(argv, httpx.MockTransport(lambda request: stand_in(TOP, failing="new" if next(flaky) % 6 == 5
+                                                                              else None).handle_request(request)))
+    assert code == 3 and looks[-1]["pairs"] > 0 and looks[-1]["unanswered"]["new"] > 0, looks[-1]
+    assert err.count("not answered by new") == 1 and "nothing was compared" not in err
+
+
+def test_a_stack_that_refuses_connections_is_named(tmp_path: Path) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    code, looks, err = run(["--stable", closed, "--new", closed, "--searches", str(searches(tmp_path, 3)),
+                            "--timeout", "2"])
+    assert code == 4 and looks[-1]["unanswered"] == {"stable": 3, "new": 0}
+    assert "search 1 not answered by stable: ConnectError" in err, err
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--stable", "notaurl", "--new", "http://n"], "--stable 'notaurl': not an http(s) URL with a host"),
+    (["--stable", "http://s", "--new", "ftp://n"], "--new 'ftp://n': not an http(s) URL"),
+    (["--stable", "http://s", "--new", "http://n", "--timeout", "-1"], "--timeout -1: must be a positive number"),
+])
+def test_bad_urls_and_timeouts_are_refused_before_any_search(tmp_path: Path, argv: list[str], message: str) -> None:
+    code, looks, err = run([*argv, "--searches", str(searches(tmp_path, 3))])
+    assert code == 2 and looks == [] and message in err, err
 
 
 def test_a_bad_searches_file_is_refused_with_its_line(tmp_path: Path) -> None:
