@@ -73,7 +73,7 @@ def main(argv: list[str], stdout: TextIO | None = None, stderr: TextIO | None = 
     except SystemExit as exc:
         return int(exc.code or 0)
     try:
-        config = ShadowConfig(min_overlap=opts.min_overlap, alpha=opts.alpha, min_pairs=opts.min_pairs)
+        config = _config(opts)
         if opts.look < 1 or opts.k < 1:
             raise ValueError("--look and --k must be at least 1")
         if opts.timeout <= 0:
@@ -93,6 +93,18 @@ def main(argv: list[str], stdout: TextIO | None = None, stderr: TextIO | None = 
               "reasons are above)", file=err)
         return NONE_ANSWERED
     return EXIT[decision]
+
+
+def _config(opts: argparse.Namespace) -> ShadowConfig:
+    """The judge's settings; a refusal names the flag, not the spec field it shares the check with."""
+    try:
+        return ShadowConfig(min_overlap=opts.min_overlap, alpha=opts.alpha, min_pairs=opts.min_pairs)
+    except ValueError as exc:
+        message = str(exc)
+        for field, flag in (("shadow minOverlap", "--min-overlap"), ("shadow alpha", "--alpha"),
+                            ("shadow minPairs", "--min-pairs")):
+            message = message.replace(field, flag)
+        raise ValueError(message) from None
 
 
 def _check_url(flag: str, url: str) -> None:

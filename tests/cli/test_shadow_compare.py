@@ -87,6 +87,8 @@ def test_a_stack_that_refuses_connections_is_named(tmp_path: Path) -> None:
     (["--stable", "notaurl", "--new", "http://n"], "--stable 'notaurl': not an http(s) URL with a host"),
     (["--stable", "http://s", "--new", "ftp://n"], "--new 'ftp://n': not an http(s) URL"),
     (["--stable", "http://s", "--new", "http://n", "--timeout", "-1"], "--timeout -1: must be a positive number"),
+    (["--stable", "http://s", "--new", "http://n", "--min-overlap", "3"], "--min-overlap 3.0 is not in (0, 1]"),
+    (["--stable", "http://s", "--new", "http://n", "--alpha", "2"], "--alpha 2.0 is not in (0, 1)"),
 ])
 def test_bad_urls_and_timeouts_are_refused_before_any_search(tmp_path: Path, argv: list[str], message: str) -> None:
     code, looks, err = run([*argv, "--searches", str(searches(tmp_path, 3))])
