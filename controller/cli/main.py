@@ -47,6 +47,40 @@ def _setup_logging(level: str, fmt: str = "text") -> None:
     configure_logging(level, json=fmt == "json")
 
 
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be above 0")
+    return value
+
+
+def _not_negative(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 or more")
+    return value
+
+
+def _percent(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 to 100")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="canary", description="Canary releases and A/B experiments for a "
                                 "whole multi-service stack, judged by anytime-valid statistics.")
@@ -62,36 +96,41 @@ def _parser() -> argparse.ArgumentParser:
                            "rankings, stopped in a shadow phase)")
     demo.add_argument("--shadow", action="store_true",
                       help="a shadow phase before the first step (docs/shadow.md); shadow-broken always has one")
-    demo.add_argument("--rps", type=float, default=40.0, help="searches per second of load (default 40)")
-    demo.add_argument("--interval", type=float, default=10.0, help="analysis interval in seconds (default 10)")
+    demo.add_argument("--rps", type=_positive, default=40.0, help="searches per second of load (default 40)")
+    demo.add_argument("--interval", type=_positive, default=10.0, help="analysis interval in seconds (default 10)")
     demo.add_argument("--summary", type=Path, help="write the outcome as JSON to this file")
     demo.add_argument("--workdir", type=Path, help="where state and logs go (default: a new temp dir)")
     demo.add_argument("--metrics", default="auto", choices=["auto", "prometheus", "direct"],
                       help="auto: a real Prometheus when the binary is installed, else scrape the router")
-    demo.add_argument("--max-seconds", type=float, default=600.0, help="give up after this long")
+    demo.add_argument("--max-seconds", type=_positive, default=600.0,
+                      help="give up after this many seconds (default 600)")
     notifications.add_arguments(demo)
 
     run = sub.add_parser("run", help="run a release spec")
     run.add_argument("-f", "--file", type=Path, required=True, help="release YAML/JSON")
     run.add_argument("--local", action="store_true", help="against the local platform (the only one yet "
                      "for `run`; the Kubernetes controller is `canary controller`)")
-    run.add_argument("--rps", type=float, default=20.0, help="load to drive through the stack (0: none)")
+    run.add_argument("--rps", type=_not_negative, default=20.0,
+                     help="searches per second to drive through the stack (default 20; 0: none)")
     run.add_argument("--fault", action="append", default=[], metavar="SERVICE:KNOB=VALUE",
                      help="fault injection for the new version, e.g. ml-search:latency_ms=25 (knobs: latency_ms, "
                           "latency_scale, slow_prob, slow_ms, error_rate, rank_noise; searchstack/README.md)")
     run.add_argument("--workdir", type=Path, help="state and logs; an existing one is resumed")
-    run.add_argument("--summary", type=Path)
-    run.add_argument("--metrics", default="auto", choices=["auto", "prometheus", "direct"])
-    run.add_argument("--max-seconds", type=float, default=1800.0)
+    run.add_argument("--summary", type=Path, help="write the outcome as JSON to this file")
+    run.add_argument("--metrics", default="auto", choices=["auto", "prometheus", "direct"],
+                     help="auto: a real Prometheus when the binary is installed, else scrape the router")
+    run.add_argument("--max-seconds", type=_positive, default=1800.0,
+                     help="stop after this many seconds, leaving the release as it is (default 1800)")
     notifications.add_arguments(run)
 
     stack = sub.add_parser("stack", help="the local search stack")
     stack_sub = stack.add_subparsers(dest="stack_command", required=True)
     up = stack_sub.add_parser("up", help="start versions of the stack behind the mesh router until Ctrl-C")
     up.add_argument("--versions", default="v1", help="comma-separated, first is stable (default v1)")
-    up.add_argument("--weight", type=int, default=50, help="canary-lane share for the second version")
-    up.add_argument("--rps", type=float, default=0.0, help="also send this much load (default none)")
-    up.add_argument("--workdir", type=Path)
+    up.add_argument("--weight", type=_percent, default=50,
+                    help="canary-lane share for the second version, 0-100 (default 50)")
+    up.add_argument("--rps", type=_not_negative, default=0.0, help="also send this much load (default none)")
+    up.add_argument("--workdir", type=Path, help="where the stack's files and logs go (default: a new temp dir)")
 
     analyze = sub.add_parser("analyze", help="judge recorded intervals (replay files)", add_help=False)
     analyze.add_argument("rest", nargs=argparse.REMAINDER)
