@@ -253,12 +253,17 @@ class Reconciler:
         details = decision_details(new.for_storage()) if any(isinstance(a, Notify) for a in actions) else None
         acting = _Acting(*who, new, details)
         failed, refused = [], []
+        was = new.condition("ActionsApplied")
+        known = was.message if was is not None and was.status == "False" else ""
         for action in actions:
             try:
                 self._carry_out(spec, acting, action)
             except PortError as exc:
-                log.warning("action %s failed: %s", type(action).__name__, exc.reason)
                 failed.append(f"{type(action).__name__}: {exc.reason}")
+                # A refusal already in the condition is retried quietly: it was said, and is still shown.
+                repeated = not exc.retryable and failed[-1] in known.split("; ")
+                log.log(logging.DEBUG if repeated else logging.WARNING, "action %s failed: %s",
+                        type(action).__name__, exc.reason)
                 if not exc.retryable:
                     refused.append(failed[-1])
         reported = self._report_refusals(acting, new, refused, bool(failed), persist)

@@ -32,6 +32,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from controller.cli import local
 from controller.cli import outgoing as notifications
@@ -81,14 +82,7 @@ def _percent(text: str) -> int:
     return value
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="canary", description="Canary releases and A/B experiments for a "
-                                "whole multi-service stack, judged by anytime-valid statistics.")
-    p.add_argument("--log-level", default="warning", help="debug, info, warning (default), error")
-    p.add_argument("--log-format", default="text", choices=["text", "json"],
-                   help="json: one object per line with release, namespace, phase and step")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _demo_parser(sub: Any) -> None:
     demo = sub.add_parser("demo", help="a real canary release of the search stack on this machine")
     demo.add_argument("--scenario", default="healthy",
                       choices=["healthy", "slow", "errors", "tail", "shadow-broken", "ab", "abn"],
@@ -106,6 +100,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="give up after this many seconds (default 600)")
     notifications.add_arguments(demo)
 
+
+def _run_parser(sub: Any) -> None:
     run = sub.add_parser("run", help="run a release spec")
     run.add_argument("-f", "--file", type=Path, required=True, help="release YAML/JSON")
     run.add_argument("--local", action="store_true", help="against the local platform (the only one yet "
@@ -123,6 +119,16 @@ def _parser() -> argparse.ArgumentParser:
                      help="stop after this many seconds, leaving the release as it is (default 1800)")
     notifications.add_arguments(run)
 
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="canary", description="Canary releases and A/B experiments for a "
+                                "whole multi-service stack, judged by anytime-valid statistics.")
+    p.add_argument("--log-level", default="warning", help="debug, info, warning (default), error")
+    p.add_argument("--log-format", default="text", choices=["text", "json"],
+                   help="json: one object per line with release, namespace, phase and step")
+    sub = p.add_subparsers(dest="command", required=True)
+    _demo_parser(sub)
+    _run_parser(sub)
     stack = sub.add_parser("stack", help="the local search stack")
     stack_sub = stack.add_subparsers(dest="stack_command", required=True)
     up = stack_sub.add_parser("up", help="start versions of the stack behind the mesh router until Ctrl-C")
