@@ -109,7 +109,18 @@ def classify(exc: Exception, what: str) -> TemporaryError | PermanentError:
         if status in (400, 401, 403, 405, 422):
             return PermanentError(message)
         return TemporaryError(message)
+    if isinstance(exc, urllib3.exceptions.MaxRetryError):
+        return TemporaryError(f"{what}: {_unreachable(exc)}")
     return TemporaryError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def _unreachable(exc: urllib3.exceptions.MaxRetryError) -> str:
+    """The API server that could not be reached and why, without urllib3's retry wrapping and object reprs."""
+    pool = exc.pool
+    where = f"{pool.host}:{pool.port}" if pool is not None else "the API server"
+    cause = str(exc.reason if exc.reason is not None else exc)
+    cause = cause.rsplit("): ", 1)[-1] if "): " in cause else cause  # "HTTPConnection(host=..., port=...): why"
+    return f"cannot reach the API server at {where}: {cause}"
 
 
 def _reason(exc: ApiException) -> str:
