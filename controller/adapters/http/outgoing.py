@@ -11,14 +11,19 @@ at shutdown delivers what is queued. The command-line flags that fill these valu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
 
 from controller.adapters.http.hooks import HttpHooks
 from controller.adapters.http.notifiers import JsonWebhookNotifier, MultiNotifier, QueuedNotifier, SlackWebhookNotifier
+from controller.adapters.http.signing import Secret
 from controller.adapters.http.webhook import UrlPolicy, WebhookClient
 from controller.core.spec.hooks import HookRules
 from controller.ports import Notifier, Secrets
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -42,12 +47,27 @@ def build_outgoing(*, slack_webhook_file: str | None = None, notify_urls: Sequen
     rules = HookRules.cluster(allow_hosts) if cluster else HookRules.local(secret_dirs, policy)
     client = WebhookClient(policy=policy)
     notifiers: list[Notifier] = []
-    # Unreadable files raise SecretError and refused URLs RefusedUrl: both ValueErrors naming the problem.
+    # Unreadable files raise SecretError and refused URLs RefusedUrl: both ValueErrors naming the problem, here
+    # prefixed with the flag that gave the value (a URL is not repeated: the policy's message shows what it may).
+    secret = (_flagged("--notify-secret-file", lambda: Secret.from_file(notify_secret_file))
+              if notify_secret_file else None)
+    if secret is not None and not (notify_urls or notify_url_files):
+        raise ValueError("--notify-secret-file signs the JSON webhooks' payloads, but no --notify-url or "
+                         "--notify-url-file is given")
     if slack_webhook_file:
-        notifiers.append(SlackWebhookNotifier(url_file=slack_webhook_file, client=client))
+        notifiers.append(_flagged(f"--slack-webhook-file {slack_webhook_file}",
+                                  lambda: SlackWebhookNotifier(url_file=slack_webhook_file, client=client)))
     for url in notify_urls:
-        notifiers.append(JsonWebhookNotifier(url, secret_file=notify_secret_file, client=client))
+        notifiers.append(_flagged("--notify-url", partial(JsonWebhookNotifier, url, secret=secret, client=client)))
     for path in notify_url_files:
-        notifiers.append(JsonWebhookNotifier(url_file=path, secret_file=notify_secret_file, client=client))
+        notifiers.append(_flagged(f"--notify-url-file {path}",
+                                  partial(JsonWebhookNotifier, url_file=path, secret=secret, client=client)))
     notifier = QueuedNotifier(MultiNotifier(notifiers)) if notifiers else None
     return Outgoing(notifier, HttpHooks(client, rules, secrets))
+
+
+def _flagged(flag: str, build: Callable[[], T]) -> T:
+    try:
+        return build()
+    except ValueError as exc:
+        raise ValueError(f"{flag}: {exc}") from None
