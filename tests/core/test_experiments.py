@@ -108,7 +108,7 @@ def test_ab_test_spec_parses_into_the_experiment() -> None:
     ({"abTest": {**AB, "variants": [{"name": "v1", "weight": 50}, {"name": "v2", "weight": 60}]}},
      "spec.strategy.abTest.variants: weights sum to 110, not 100"),
     ({"abTest": {**AB, "control": "v2"}}, "spec.strategy.abTest.control: 'v2' is not the stable version 'v1'"),
-    ({"abTest": {**AB, "maxDuration": "1m"}}, "spec.strategy.abTest.maxDuration: 60 is less than minDuration"),
+    ({"abTest": {**AB, "maxDuration": "1m"}}, "spec.strategy.abTest.maxDuration: 60 s is less than minDuration 120 s"),
     ({"abTest": {**AB, "cookieMaxAge": "10m"}}, "spec.strategy.abTest.cookieMaxAge: 600s is shorter than"),
     ({"abTest": {**AB, "onEnd": "flip"}}, "spec.strategy.abTest.onEnd"),
     ({"abTest": {**AB, "zz": 1}}, "spec.strategy.abTest.zz: is not a known field"),

@@ -163,7 +163,10 @@ def _config(r: Reader, stats: Mapping[str, Any]) -> ExperimentConfig | None:
         return ExperimentConfig.from_dict(dict(stats), path=PATH)
     except InvalidExperimentConfig as exc:
         path = exc.path.replace(f"{PATH}.minDurationSeconds", f"{PATH}.minDuration")
-        r.problem(path.replace(f"{PATH}.maxDurationSeconds", f"{PATH}.maxDuration"), exc.message)
+        message = exc.message.replace("minDurationSeconds", "minDuration")
+        if "minDuration" in message:  # the bounds compared, in seconds as the spec's durations become
+            message = message.replace(" is less than minDuration ", " s is less than minDuration ") + " s"
+        r.problem(path.replace(f"{PATH}.maxDurationSeconds", f"{PATH}.maxDuration"), message)
     return None
 
 
