@@ -24,7 +24,8 @@ release alone, as the controller does when its metrics source keeps no history.
 `main` writes one JSON object per interval to stdout (`file`, `t`, `verdict` and the decision record)
 through the same judge code the controller runs. A bad file gets one line on stderr naming the file and
 the field, and the exit code becomes 2; the other files still run. A file is checked whole before any of
-its intervals is judged, so a bad file prints no decisions.
+its intervals is judged, so a bad file prints no decisions. A file without intervals is bad input too, and a
+directory without *.json files stops the command before any file is judged (exit 2 either way).
 """
 
 from __future__ import annotations
@@ -214,20 +215,45 @@ def replay_decisions(
         yield {"t": obs.t, **decision.to_dict(), "verdict": decision.verdict.value, "history": len(used)}
 
 
+class NoReplayFiles(ValueError):
+    """A directory given as replay files that holds none: bad input (exit 2), not an empty success."""
+
+
 def expand_paths(args: Sequence[str]) -> list[Path]:
-    """Files as given; directories contribute their *.json files, sorted."""
+    """Files as given; directories contribute their *.json files, sorted; NoReplayFiles for a directory without."""
     paths: list[Path] = []
     for arg in args:
         p = Path(arg)
-        paths.extend(sorted(p.glob("*.json")) if p.is_dir() else [p])
+        found = sorted(p.glob("*.json")) if p.is_dir() else [p]
+        if not found:
+            raise NoReplayFiles(f"{p}: no replay file (*.json) in this directory")
+        paths.extend(found)
     return paths
 
 
+MODES = """the three modes of canary analyze:
+  canary analyze --replay FILE...|DIR [--judge J] [--alpha A] [--config FILE] [--pod-warmup N]
+      a canary release's recorded intervals, judged as the controller judges them (this help)
+  canary analyze --experiment --replay FILE...|DIR
+      an A/B experiment's recorded looks (canary analyze --experiment --help)
+  canary analyze --shadow FILE... [--min-overlap M] [--alpha A] [--min-pairs N] [--look K]
+      a shadow phase's recorded pairs of answers (canary analyze --shadow --help)
+Each writes one JSON object per interval, look or verdict to stdout; a bad file gets a line on stderr
+naming it, and exit code 2 (so do a replay file without intervals and a directory without *.json files)."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="canary analyze", description="Judge recorded intervals offline.")
+    parser = argparse.ArgumentParser(prog="canary analyze", epilog=MODES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     description="Judge a canary's recorded intervals offline: replay files (JSON; "
+                                                 "docs/analysis.md, 'Replay')\nthrough the judge the controller "
+                                                 "runs, one decision per interval.")
     parser.add_argument("--replay", nargs="+", required=True, metavar="FILE", help="replay files or directories")
-    parser.add_argument("--judge", choices=JUDGES, default=None)
-    parser.add_argument("--alpha", type=float, default=None)
+    parser.add_argument("--judge", choices=JUDGES, default=None,
+                        help="the judge (default: the --config file's, else sequential, the controller's default)")
+    parser.add_argument("--alpha", type=float, default=None,
+                        help="the judge's false-alarm rate, between 0 and 1 (default: the --config file's, else "
+                             "0.05, the controller's default)")
     parser.add_argument("--config", metavar="FILE", help="JSON object of spec.analysis settings")
     parser.add_argument("--pod-warmup", type=int, default=1, metavar="INTERVALS",
                         help="intervals a canary pod first seen after the first interval is left out of while it "
@@ -237,9 +263,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(opts: argparse.Namespace) -> AnalysisConfig:
-    base: dict[str, Any] = {}
+    base: Any = {}
     if opts.config:
-        base = json.loads(Path(opts.config).read_text(encoding="utf-8"))
+        try:
+            base = json.loads(Path(opts.config).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise InvalidAnalysisConfig("--config", f"{opts.config}: cannot be read: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise InvalidAnalysisConfig("--config", f"{opts.config}: not a text file ({exc.reason})") from None
+        except json.JSONDecodeError as exc:
+            raise InvalidAnalysisConfig("--config", f"{opts.config}: not JSON: line {exc.lineno} column "
+                                                    f"{exc.colno}: {exc.msg}") from None
     if opts.pod_warmup < 0:
         raise InvalidAnalysisConfig("--pod-warmup", f"{opts.pod_warmup} is negative")
     config = AnalysisConfig.from_dict(base, path="--config" if opts.config else "spec.analysis").with_overrides(
@@ -258,15 +292,20 @@ def main(argv: list[str], stdout: TextIO | None = None, stderr: TextIO | None = 
         return int(exc.code or 0)
     try:
         config = _config(opts)
-    except (InvalidAnalysisConfig, OSError, json.JSONDecodeError) as exc:
+        paths = expand_paths(opts.replay)
+    except (InvalidAnalysisConfig, NoReplayFiles) as exc:
         print(f"canary analyze: {exc}", file=err)
         return 2
     status = 0
-    for path in expand_paths(opts.replay):
+    for path in paths:
         try:
             service, intervals, history = load_replay(path)
         except (InvalidReplay, InvalidObservation) as exc:
             print(f"canary analyze: {path}: {exc}", file=err)
+            status = 2
+            continue
+        if not intervals:
+            print(f"canary analyze: {path}: no intervals to judge (\"intervals\" is empty)", file=err)
             status = 2
             continue
         for record in replay_decisions(config, service, intervals, history):

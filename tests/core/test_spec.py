@@ -163,3 +163,34 @@ def test_a_variant_named_like_the_controllers_own_subsets_is_refused_not_a_crash
     found = problems(obj({"stable": {"version": reserved}, **ab((reserved, 50), ("v2", 50))}))
     assert found == [f"spec.strategy.abTest.variants[0].name: {reserved!r} is a subset name the controller uses "
                      "itself (stable, canary): name the version otherwise"]
+
+
+@pytest.mark.parametrize("top,expected", [
+    ({"kind": "Deployment"}, "kind: 'Deployment' is not StackRelease, the kind of a release"),
+    ({"apiVersion": "apps/v1"}, "apiVersion: 'apps/v1' is not stackcanary.dev/v1alpha1 (the group stackcanary.dev)"),
+    ({"apiVersion": "stackcanary.dev/v9"}, "apiVersion: 'stackcanary.dev/v9' is not stackcanary.dev/v1alpha1"),
+    ({"specs": {}}, "specs: is not a known field (known: apiVersion, kind, metadata, spec, status)"),
+])
+def test_a_document_that_is_not_a_stack_release_is_refused_naming_the_key(top: dict[str, Any], expected: str) -> None:
+    assert any(p.startswith(expected) for p in problems({**obj(), **top})), problems({**obj(), **top})
+
+
+def test_a_release_as_the_api_serves_it_or_without_kind_parses() -> None:
+    served = {"apiVersion": "stackcanary.dev/v1alpha1", "kind": "StackRelease",
+              "metadata": {"name": "search-v2", "namespace": "search", "generation": 3, "uid": "u-1",
+                           "resourceVersion": "42", "managedFields": [], "finalizers": ["x"]},
+              "spec": obj()["spec"], "status": {"phase": "Progressing", "step": 1}}
+    assert parse_release(served).generation == 3
+    assert parse_release(obj()).name == "search-v2"  # a local file may leave apiVersion and kind out
+
+
+def test_the_kind_and_group_checked_are_the_crds() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from controller.core.spec.release import API_VERSIONS, RELEASE_KIND
+
+    crd = yaml.safe_load((Path(__file__).parents[2] / "manifests" / "crd" / "stackreleases.yaml").read_text())
+    served = tuple(f"{crd['spec']['group']}/{v['name']}" for v in crd["spec"]["versions"] if v["served"])
+    assert crd["spec"]["names"]["kind"] == RELEASE_KIND and served == API_VERSIONS

@@ -41,6 +41,13 @@ SERVICE_RULE = (f"a Kubernetes Service name: lower-case letters, digits and '-',
                 f"with a letter or digit, at most {NAME_LIMIT - 2} characters (room for -<version> in "
                 f"<service>-<version>)")
 _HEADER = re.compile(r"[a-z0-9][a-z0-9-]*")
+# What a release document is: the StackRelease custom resource (manifests/crd/stackreleases.yaml) of this group.
+# A local release file may leave `apiVersion` and `kind` out; given, they must be these. Objects the API serves
+# always carry them, with the controller's `status`; the CRD's schema prunes any other top-level key.
+API_GROUP = "stackcanary.dev"
+API_VERSIONS = (f"{API_GROUP}/v1alpha1",)
+RELEASE_KIND = "StackRelease"
+TOP_LEVEL_FIELDS = ("apiVersion", "kind", "metadata", "spec", "status")
 SPEC_FIELDS = ("stack", "stable", "canary", "strategy", "analysis", "policies", "progressDeadline", "scaleDownDelay",
                "drainTime", "laneHeader", "paused", "abort", "approvePromotion", "hooks", "promoteFull", "skipStep",
                "retry")
@@ -155,6 +162,7 @@ def parse_release(obj: Mapping[str, Any]) -> ReleaseSpec:
     """Parse a whole release object (`metadata` + `spec`) or raise InvalidSpec naming every problem."""
     r = Reader()
     obj = r.mapping(obj, "release")
+    _document(r, obj)
     meta = r.mapping(obj.get("metadata"), "metadata")
     name = r.string(meta.get("name"), "metadata.name", _DNS_LABEL, what="a DNS label")
     namespace = r.string(meta.get("namespace"), "metadata.namespace", _DNS_LABEL, default="default",
@@ -197,6 +205,20 @@ def parse_release(obj: Mapping[str, Any]) -> ReleaseSpec:
     )
     r.raise_if_problems(InvalidSpec)
     return release
+
+
+def _document(r: Reader, obj: Mapping[str, Any]) -> None:
+    """The document is a StackRelease of this group, with no top-level keys beside the resource's."""
+    kind = obj.get("kind")
+    if kind is not None and kind != RELEASE_KIND:
+        r.problem("kind", f"{kind!r} is not {RELEASE_KIND}, the kind of a release")
+    api_version = obj.get("apiVersion")
+    if api_version is not None and api_version not in API_VERSIONS:
+        r.problem("apiVersion", f"{api_version!r} is not {' or '.join(API_VERSIONS)} (the group {API_GROUP})")
+    for key in obj:
+        if key not in TOP_LEVEL_FIELDS:
+            where = key if isinstance(key, str) and key else repr(key)
+            r.problem(where, r.wording.unknown_field.format(known=", ".join(TOP_LEVEL_FIELDS)))
 
 
 def _stack(r: Reader, value: Any) -> Stack:
