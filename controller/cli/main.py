@@ -138,7 +138,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--rps", type=_not_negative, default=0.0, help="also send this much load (default none)")
     up.add_argument("--workdir", type=Path, help="where the stack's files and logs go (default: a new temp dir)")
 
-    analyze = sub.add_parser("analyze", help="judge recorded intervals (replay files)", add_help=False)
+    analyze = sub.add_parser("analyze", help="judge recorded data: --replay FILE/DIR (a canary's intervals), "
+                             "--experiment --replay (an A/B test), --shadow FILE (shadow pairs)", add_help=False)
     analyze.add_argument("rest", nargs=argparse.REMAINDER)
     for name, text in (("report", "write a release's self-contained HTML report: canary report NAME [-n NS] "
                                   "-o FILE, or --workdir DIR for a local one"),
