@@ -29,6 +29,7 @@ click-through, `searchstack_clicks_total` / `searchstack_impressions_total` {nam
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -36,9 +37,10 @@ import re
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from kubernetes.config import ConfigException
 
@@ -102,82 +104,204 @@ def _connect(args: argparse.Namespace, telemetry: Telemetry | None = None) -> Ku
 
 
 # --------------------------------------------------------------------------------------------------
+# flag values: checked as they are parsed (argparse: exit 2 naming the flag), defaults from the environment too
+# --------------------------------------------------------------------------------------------------
+class _FromEnvironment(str):
+    """A flag's default read from an environment variable. argparse converts a string default with the flag's
+    `type` while it parses and only when the flag is not given, so `--help` works whatever the environment, and
+    a bad value stops the command with the flag's name; the type functions add the variable's (`_not`)."""
+
+    variable = ""
+
+
+def _env(variable: str, fallback: Any = None, *, empty_is_unset: bool = True) -> Any:
+    """A flag's default: the variable's value when it is set (and not empty, unless empty means something)."""
+    value = os.environ.get(variable)
+    if value is None or (value == "" and empty_is_unset):
+        return fallback
+    default = _FromEnvironment(value)
+    default.variable = variable
+    return default
+
+
+def _not(text: str, what: str) -> argparse.ArgumentTypeError:
+    """`'VALUE' (from $VARIABLE) is not WHAT`, which argparse prints after `argument --flag:`."""
+    source = f" (from ${text.variable})" if isinstance(text, _FromEnvironment) else ""
+    return argparse.ArgumentTypeError(f"{text!r}{source} is not {what}")
+
+
+def _whole(low: int, high: int | None = None, what: str = "") -> Callable[[str], int]:
+    """A type: a whole number from `low` (to `high`)."""
+    what = what or (f"a whole number from {low} to {high}" if high is not None else f"a whole number of {low} or more")
+
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise _not(text, what) from None
+        if value < low or (high is not None and value > high):
+            raise _not(text, what)
+        return value
+    return whole
+
+
+def _seconds(low: float, high: float) -> Callable[[str], float]:
+    """A type: a number of seconds from `low` to `high` (not NaN, not infinite)."""
+    what = f"a number of seconds from {low:g} to {high:g}"
+
+    def seconds(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise _not(text, what) from None
+        if not low <= value <= high:  # NaN fails both comparisons
+            raise _not(text, what)
+        return value
+    return seconds
+
+
+def _one_of(*choices: str) -> Callable[[str], str]:
+    """A type: one of `choices` (argparse's `choices` would not check a default from the environment)."""
+    def one_of(text: str) -> str:
+        if text not in choices:
+            raise _not(text, " or ".join(choices))
+        return str(text)
+    return one_of
+
+
+def _http_url(text: str) -> str:
+    try:
+        parts = urlsplit(text)
+        good = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # e.g. an unclosed [IPv6 address
+        good = False
+    if not good:
+        raise _not(text, "an http:// or https:// URL with a host")
+    return str(text)
+
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}\Z)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*")
+
+
+def _namespace(text: str) -> str:
+    if not _DNS_LABEL.fullmatch(text):
+        raise _not(text, "a namespace's name (lower-case letters, digits and '-', at most 63)")
+    return str(text)
+
+
+def _lease_name(text: str) -> str:
+    if not _DNS_SUBDOMAIN.fullmatch(text):
+        raise _not(text, "a Lease's name (lower-case letters, digits, '-' and '.', at most 253)")
+    return str(text)
+
+
+def _bind_problem(exc: OSError, host_flag: str, port_flag: str) -> str:
+    """`FLAG VALUE: reason` of a failed bind: the host's flag for an address that does not resolve or is not
+    this machine's, the port's for the rest (in use, a privileged port)."""
+    on_host = isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL
+    reason = exc.strerror or str(exc)
+    return f"{host_flag if on_host else port_flag}: {reason[:1].lower()}{reason[1:]}"
+
+
+# --------------------------------------------------------------------------------------------------
 # canary controller
 # --------------------------------------------------------------------------------------------------
 def _controller_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="canary controller", description="Run the StackRelease controller.")
+    # A short usage line: a bad flag is two lines in the pod's log, not a screenful.
+    p = argparse.ArgumentParser(prog="canary controller", usage="%(prog)s [options]  (--help lists them)",
+                                description="Run the StackRelease controller.",
+                                epilog="A default from an environment variable is checked as the flag's value is.")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("-n", "--namespace", help="watch releases in this namespace only")
+    where.add_argument("-n", "--namespace", type=_namespace, help="watch releases in this namespace only")
     where.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (default)")
     _prometheus_args(p)
-    p.add_argument("--business-metric", default=os.environ.get("BUSINESS_METRIC", DEFAULT_BUSINESS_METRIC),
-                   help="the A/B primary metric's name, as in primaryMetric.name (default: $BUSINESS_METRIC or "
-                        f"{DEFAULT_BUSINESS_METRIC})")
-    p.add_argument("--business-metric-numerator",
-                   default=os.environ.get("BUSINESS_METRIC_NUMERATOR", DEFAULT_BUSINESS_NUMERATOR),
-                   help="PromQL template of its successes counter (default: $BUSINESS_METRIC_NUMERATOR or "
-                        "searchstack_clicks_total per namespace, service, version)")
-    p.add_argument("--business-metric-denominator",
-                   default=os.environ.get("BUSINESS_METRIC_DENOMINATOR", DEFAULT_BUSINESS_DENOMINATOR),
-                   help="PromQL template of its trials counter (default: $BUSINESS_METRIC_DENOMINATOR or "
-                        "searchstack_impressions_total per namespace, service, version)")
-    p.add_argument("--business-metric-squares", default=os.environ.get("BUSINESS_METRIC_SQUARES"),
-                   help="makes the metric a mean: PromQL template of the sum of squared values (the numerator "
-                        "is then the sum of values, the denominator their count); e.g. "
-                        "searchstack_click_value_squares_total")
-    p.add_argument("--business-metric-units", default=os.environ.get("BUSINESS_METRIC_UNITS"),
-                   help="PromQL template of a counter of users assigned per version, the units of the sample-"
-                        "ratio check (search stack: searchstack_assignments_total{...}); default: none")
-    p.add_argument("--business-metric-user-sums", default=os.environ.get("BUSINESS_METRIC_USER_SUMS"),
-                   help="users as the unit: four PromQL templates separated by ';' of counters of the sums over "
-                        "users of Y^2, N^2, Y*N and of the users (Y, N: a user's numerator and denominator "
-                        "totals); default: the search stack's searchstack_user_* counters for its two metrics, "
-                        "else none (docs/experiments.md, \"Users as the unit\")")
-    p.add_argument("--no-business-metrics", action="store_true",
-                   help="no business source: an A/B experiment's looks are errors (it rolls back)")
-    p.add_argument("--health-port", type=int, default=8080, help="/healthz, /readyz, /metrics (0: any free)")
-    p.add_argument("--health-host", default="0.0.0.0", help="address to serve them on")
-    p.add_argument("--identity", default=os.environ.get("POD_NAME") or socket.gethostname(),
-                   help="this replica's name in the Lease (default: $POD_NAME or the host name)")
-    p.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", CONTROLLER_NAMESPACE))
-    p.add_argument("--lease-name", default=os.environ.get("LEADER_ELECTION_LEASE") or DEFAULT_LEASE,
-                   help="the Lease the replicas elect a leader on (default: $LEADER_ELECTION_LEASE or "
-                        f"{DEFAULT_LEASE}; the controller's Role may update that Lease only)")
-    p.add_argument("--no-leader-election", action="store_true", help="a single replica: always write")
-    p.add_argument("--workers", type=int, default=4, help="releases ticked in parallel (default 4)")
-    p.add_argument("--resync", type=float, default=30.0, help="seconds between full resyncs (default 30)")
-    p.add_argument("--canary-replicas", type=int, help="fixed canary replicas (default: proportional to weight)")
-    p.add_argument("--log-level", default="info")
-    p.add_argument("--log-format", default=os.environ.get("LOG_FORMAT", "text"), choices=["text", "json"],
+    _business_args(p)
+    _process_args(p)
+    p.add_argument("--canary-replicas", type=_whole(1), metavar="N",
+                   help="fixed canary replicas, 1 or more (default: proportional to weight)")
+    p.add_argument("--log-level", default="info", help="debug, info (default), warning or error")
+    p.add_argument("--log-format", default=_env("LOG_FORMAT", "text"), type=_one_of("text", "json"),
+                   metavar="{text,json}",
                    help="json: one object per line with release, namespace, phase and step ($LOG_FORMAT)")
     notifications.add_arguments(p)
     _connection_args(p)
     return p
 
 
+def _process_args(p: argparse.ArgumentParser) -> None:
+    """The process: its health endpoints, its name and Lease, how many releases it ticks at once, how often."""
+    p.add_argument("--health-port", type=_whole(0, 65535, "a port number (0 to 65535)"), default=8080,
+                   help="/healthz, /readyz, /metrics (default 8080; 0: any free)")
+    p.add_argument("--health-host", default="0.0.0.0", help="address to serve them on (default 0.0.0.0: all)")
+    p.add_argument("--identity", default=os.environ.get("POD_NAME") or socket.gethostname(),
+                   help="this replica's name in the Lease (default: $POD_NAME or the host name)")
+    p.add_argument("--lease-namespace", type=_namespace, default=_env("POD_NAMESPACE", CONTROLLER_NAMESPACE),
+                   help=f"the namespace of the Lease (default: $POD_NAMESPACE, the controller's own, or "
+                        f"{CONTROLLER_NAMESPACE})")
+    p.add_argument("--lease-name", type=_lease_name, default=_env("LEADER_ELECTION_LEASE", DEFAULT_LEASE),
+                   help="the Lease the replicas elect a leader on (default: $LEADER_ELECTION_LEASE or "
+                        f"{DEFAULT_LEASE}; the controller's Role may update that Lease only)")
+    p.add_argument("--no-leader-election", action="store_true", help="a single replica: always write")
+    p.add_argument("--workers", type=_whole(1, 256), default=4,
+                   help="releases ticked in parallel (1 to 256; default 4)")
+    p.add_argument("--resync", type=_seconds(1, 86400), default=30.0,
+                   help="seconds between full resyncs (1 to 86400; default 30)")
+
+
+def _business_args(p: argparse.ArgumentParser) -> None:
+    """The A/B experiments' primary metric, as PromQL templates (docs/metrics.md)."""
+    p.add_argument("--business-metric", default=_env("BUSINESS_METRIC", DEFAULT_BUSINESS_METRIC),
+                   help="the A/B primary metric's name, as in primaryMetric.name (default: $BUSINESS_METRIC or "
+                        f"{DEFAULT_BUSINESS_METRIC})")
+    p.add_argument("--business-metric-numerator", default=_env("BUSINESS_METRIC_NUMERATOR", DEFAULT_BUSINESS_NUMERATOR),
+                   help="PromQL template of its successes counter (default: $BUSINESS_METRIC_NUMERATOR or "
+                        "searchstack_clicks_total per namespace, service, version)")
+    p.add_argument("--business-metric-denominator",
+                   default=_env("BUSINESS_METRIC_DENOMINATOR", DEFAULT_BUSINESS_DENOMINATOR),
+                   help="PromQL template of its trials counter (default: $BUSINESS_METRIC_DENOMINATOR or "
+                        "searchstack_impressions_total per namespace, service, version)")
+    p.add_argument("--business-metric-squares", default=_env("BUSINESS_METRIC_SQUARES"),
+                   help="makes the metric a mean: PromQL template of the sum of squared values (the numerator "
+                        "is then the sum of values, the denominator their count); e.g. "
+                        "searchstack_click_value_squares_total ($BUSINESS_METRIC_SQUARES)")
+    p.add_argument("--business-metric-units", default=_env("BUSINESS_METRIC_UNITS"),
+                   help="PromQL template of a counter of users assigned per version, the units of the sample-"
+                        "ratio check (search stack: searchstack_assignments_total{...}); default: "
+                        "$BUSINESS_METRIC_UNITS, else none")
+    p.add_argument("--business-metric-user-sums", default=_env("BUSINESS_METRIC_USER_SUMS"),
+                   help="users as the unit: four PromQL templates separated by ';' of counters of the sums over "
+                        "users of Y^2, N^2, Y*N and of the users (Y, N: a user's numerator and denominator "
+                        "totals); default: $BUSINESS_METRIC_USER_SUMS, else the search stack's searchstack_user_* "
+                        "counters for its two metrics, else none (docs/experiments.md, \"Users as the unit\")")
+    p.add_argument("--no-business-metrics", action="store_true",
+                   help="no business source: an A/B experiment's looks are errors (it rolls back)")
+
+
 def _prometheus_args(p: argparse.ArgumentParser) -> None:
     """Where Prometheus is, how often it scrapes, the pod label, and the files of its credentials."""
-    p.add_argument("--prometheus-url", default=os.environ.get("PROMETHEUS_URL", "http://prometheus.istio-system:9090"),
+    p.add_argument("--prometheus-url", type=_http_url,
+                   default=_env("PROMETHEUS_URL", "http://prometheus.istio-system:9090"),
                    help="Prometheus with Istio's metrics (default: $PROMETHEUS_URL or the Istio addon)")
-    p.add_argument("--prometheus-scrape-interval", type=float,
-                   default=float(os.environ.get("PROMETHEUS_SCRAPE_INTERVAL") or 15.0),
-                   help="seconds between Prometheus's scrapes of the proxies (default: $PROMETHEUS_SCRAPE_INTERVAL "
-                        "or 15, the Istio addon's): windows are read twice that plus 5 s behind, on scrape "
-                        "boundaries, so that no scrape lands after a window was counted; 0: read at once")
-    p.add_argument("--prometheus-pod-label", default=os.environ.get("PROMETHEUS_POD_LABEL", "pod"),
+    p.add_argument("--prometheus-scrape-interval", type=_seconds(0, 3600),
+                   default=_env("PROMETHEUS_SCRAPE_INTERVAL", 15.0),
+                   help="seconds between Prometheus's scrapes of the proxies, 0 to 3600 (default: "
+                        "$PROMETHEUS_SCRAPE_INTERVAL or 15, the Istio addon's): windows are read twice that plus "
+                        "5 s behind, on scrape boundaries, so that no scrape lands after a window was counted; 0: "
+                        "read at once")
+    p.add_argument("--prometheus-pod-label", default=_env("PROMETHEUS_POD_LABEL", "pod", empty_is_unset=False),
                    help="the label naming the pod a series was scraped from (default: $PROMETHEUS_POD_LABEL or "
                         "pod, as Prometheus' Kubernetes pod discovery sets it; '' when there is none): the "
                         "judge learns from the stable pods how much identical code differs from pod to pod")
-    p.add_argument("--prometheus-bearer-token-file", default=os.environ.get("PROMETHEUS_BEARER_TOKEN_FILE"),
+    p.add_argument("--prometheus-bearer-token-file", default=_env("PROMETHEUS_BEARER_TOKEN_FILE"),
                    help="a file holding the token Prometheus wants (default: $PROMETHEUS_BEARER_TOKEN_FILE; the "
                         "pod's own: /var/run/secrets/kubernetes.io/serviceaccount/token), read again for each "
                         "query, so a rotated token is used")
-    p.add_argument("--prometheus-basic-auth-user", default=os.environ.get("PROMETHEUS_BASIC_AUTH_USER"),
+    p.add_argument("--prometheus-basic-auth-user", default=_env("PROMETHEUS_BASIC_AUTH_USER"),
                    help="basic auth instead: the user name (default: $PROMETHEUS_BASIC_AUTH_USER) ...")
-    p.add_argument("--prometheus-basic-auth-password-file",
-                   default=os.environ.get("PROMETHEUS_BASIC_AUTH_PASSWORD_FILE"),
+    p.add_argument("--prometheus-basic-auth-password-file", default=_env("PROMETHEUS_BASIC_AUTH_PASSWORD_FILE"),
                    help="... and a file holding the password (default: $PROMETHEUS_BASIC_AUTH_PASSWORD_FILE)")
-    p.add_argument("--prometheus-ca-file", default=os.environ.get("PROMETHEUS_CA_FILE"),
+    p.add_argument("--prometheus-ca-file", default=_env("PROMETHEUS_CA_FILE"),
                    help="the CA bundle an https:// Prometheus's certificate is checked against (default: "
                         "$PROMETHEUS_CA_FILE, else the system's)")
 
@@ -242,11 +366,10 @@ def _user_sums_templates(args: argparse.Namespace) -> tuple[str, str, str, str] 
     from controller.adapters.prometheus.business import CLICK_VALUE, USER_SUMS, USER_VALUE_SUMS
 
     if args.business_metric_user_sums:
-        parts = tuple(t.strip() for t in args.business_metric_user_sums.split(";"))
-        if len(parts) != 4 or not all(parts):
-            raise SystemExit("--business-metric-user-sums: four PromQL templates separated by ';' (sum of Y^2; "
-                             f"sum of N^2; sum of Y*N; users), got {len(parts)}")
-        return parts[0], parts[1], parts[2], parts[3]
+        try:
+            return _user_sums_given(args)
+        except ValueError as exc:  # `canary controller` checks the flag before this (exit 2); other callers stop
+            raise SystemExit(str(exc)) from None
     numerator, denominator = args.business_metric_numerator, args.business_metric_denominator
     if args.business_metric_squares:
         if (numerator, args.business_metric_squares, denominator) == CLICK_VALUE:
@@ -255,6 +378,20 @@ def _user_sums_templates(args: argparse.Namespace) -> tuple[str, str, str, str] 
     if (numerator, denominator) == (DEFAULT_BUSINESS_NUMERATOR, DEFAULT_BUSINESS_DENOMINATOR):
         return USER_SUMS[0], USER_SUMS[1], USER_SUMS[2], USER_SUMS[3]
     return None
+
+
+def _user_sums_given(args: argparse.Namespace) -> tuple[str, str, str, str] | None:
+    """`--business-metric-user-sums` as its four templates; a ValueError that names the flag (and the variable
+    it came from) when they are not four."""
+    text = args.business_metric_user_sums
+    if not text:
+        return None
+    parts = tuple(t.strip() for t in text.split(";"))
+    if len(parts) != 4 or not all(parts):
+        source = f" (from ${text.variable})" if isinstance(text, _FromEnvironment) else ""
+        raise ValueError(f"--business-metric-user-sums {text!r}{source}: four PromQL templates separated by ';', "
+                         "none empty (sum of Y^2; sum of N^2; sum of Y*N; users)")
+    return parts[0], parts[1], parts[2], parts[3]
 
 
 def business_source(args: argparse.Namespace, metrics: CustomMetrics) -> BusinessMetrics | None:
@@ -273,6 +410,7 @@ def controller_main(argv: Sequence[str]) -> int:
     telemetry = Telemetry()
     try:
         configure_logging(args.log_level, json=args.log_format == "json")
+        _user_sums_given(args)
         api = _connect(args, telemetry)
         # The cluster's rules: in-cluster Services plus the allow-list, hooks' keys from Kubernetes Secrets.
         outgoing = notifications.from_args(args, secrets=KubeSecrets(api))
@@ -294,8 +432,13 @@ def controller_main(argv: Sequence[str]) -> int:
     controller = Controller(api, config, metrics, clock, elector, telemetry, business_source(args, metrics),
                             notifier=outgoing.notifier, hooks=outgoing.hooks, history=metrics,
                             in_flight=PrometheusInFlight(metrics.provider, clock.now))
-    health = HealthServer(telemetry, controller.healthy, controller.synced.is_set, args.health_host,
-                          args.health_port).start()
+    try:
+        health = _health_server(telemetry, controller, args.health_host, args.health_port).start()
+    except ValueError as exc:  # the port in use, an address not of this host: one line, not a traceback
+        metrics.close()
+        outgoing.close()
+        print(f"canary controller: {exc}", file=sys.stderr)
+        return 2
     log.info("controller %s watching %s; health on :%d", args.identity, args.namespace or "all namespaces",
              health.port)
     try:
@@ -308,19 +451,29 @@ def controller_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def _health_server(telemetry: Telemetry, controller: Controller, host: str, port: int) -> HealthServer:
+    """The health endpoints' server, bound now: a ValueError naming the flag when it cannot bind."""
+    try:
+        return HealthServer(telemetry, controller.healthy, controller.synced.is_set, host, port)
+    except OSError as exc:  # socket.gaierror too: a --health-host that does not resolve
+        raise ValueError(_bind_problem(exc, f"--health-host {host}", f"--health-port {port}")) from None
+
+
 # --------------------------------------------------------------------------------------------------
 # canary start
 # --------------------------------------------------------------------------------------------------
 def _start_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="canary start", description="Create or update a StackRelease.")
     p.add_argument("release", help="name of the StackRelease")
-    p.add_argument("-n", "--namespace", default="default")
+    p.add_argument("-n", "--namespace", default="default", help="its namespace (default: default)")
     p.add_argument("--image", action="append", default=[], metavar="SERVICE=REPO:TAG", required=True,
-                   help="new image of a service (repeat for each changed service)")
-    p.add_argument("--version", help="the new version's label (default: the first image's tag)")
+                   help="new image of a service (repeat for each changed service; a service once)")
+    p.add_argument("--version", help="the new version's label (default: the first --image's tag, made a DNS label: "
+                                     "2.1 -> 2-1; needed when that image has no tag, is :latest or is named by its "
+                                     "digest only, as such a tag names no version)")
     p.add_argument("--stable-version", help="the running version (default: read from the Deployments)")
     p.add_argument("--services", help="comma-separated stack services (default: the search stack)")
-    p.add_argument("--steps", help="canary weights, e.g. 10,25,50 (default: the CRD's)")
+    p.add_argument("--steps", type=_weights, help="canary weights, e.g. 10,25,50 (default: the CRD's)")
     p.add_argument("--interval", help="analysis interval, e.g. 60s")
     _connection_args(p)
     return p
@@ -332,8 +485,35 @@ def parse_images(pairs: Sequence[str]) -> dict[str, str]:
         service, sep, image = pair.partition("=")
         if not sep or not service or not image:
             raise ValueError(f"--image {pair!r} is not SERVICE=REPO:TAG")
+        if service in images:
+            raise ValueError(f"--image: {service} is given twice ({images[service]} and {image}); give each "
+                             "service once")
         images[service] = image
     return images
+
+
+def _weights(text: str) -> list[int]:
+    try:
+        return [int(w) for w in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not whole-number weights separated by ',', e.g. 10,25,50"
+                                         ) from None
+
+
+def new_version(given: str | None, images: dict[str, str], services: Sequence[str]) -> str:
+    """The new version's label: `--version`, else the first image's tag (`version_of`). An image without a tag
+    (that is `latest`), tagged `latest` or named by its digest only is refused: its version would be `latest`
+    for every release, or a hash no one recognises."""
+    if given:
+        return given
+    service, image = next(iter(images.items()))
+    name = image.split("@", 1)[0]  # REPO:TAG@DIGEST: the tag names the version
+    tag = name.rsplit("/", 1)[-1].partition(":")[2]
+    if not tag or tag.lower() == "latest":
+        why = "is tagged latest" if tag else "is named by its digest only" if "@" in image else "has no tag (latest)"
+        raise ValueError(f"--image {service}={image} {why}, which names no version: tag the image (REPO:TAG) or "
+                         "give --version V")
+    return version_of(name, services)
 
 
 def version_of(image: str, services: Sequence[str] = SEARCH_STACK) -> str:
@@ -380,7 +560,7 @@ def _update_release(api: KubeApi, args: argparse.Namespace, existing: Obj, image
     if serving is not None:
         old_canary = existing.get("spec", {}).get("canary") or {}
         services = (existing.get("spec", {}).get("stack") or {}).get("services") or SEARCH_STACK
-        canary["version"] = args.version or version_of(next(iter(images.values())), services)
+        canary["version"] = new_version(args.version, images, services)
         canary["images"] = {**{k: None for k in old_canary.get("images") or {} if k not in images}, **images}
         if canary["version"] == serving.version:
             print(f"canary start: {canary['version']} is what {where} serves now; give another --version",
@@ -402,11 +582,11 @@ def release_object(args: argparse.Namespace, images: dict[str, str], stable: str
     spec: dict[str, Any] = {
         "stack": {"entry": services[0], "services": services},
         "stable": {"version": stable},
-        "canary": {"version": args.version or version_of(next(iter(images.values())), services), "images": images},
+        "canary": {"version": new_version(args.version, images, services), "images": images},
     }
     canary: dict[str, Any] = {}
     if args.steps:
-        canary["steps"] = [{"weight": int(w)} for w in args.steps.split(",")]
+        canary["steps"] = [{"weight": w} for w in args.steps]
     if args.interval:
         canary["interval"] = args.interval
     if canary:
@@ -449,16 +629,41 @@ def start_main(argv: Sequence[str]) -> int:
 # canary get | status, list, history: reading releases
 # --------------------------------------------------------------------------------------------------
 def _get_parser(prog: str = "canary get") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Show a StackRelease: phase, step, weights, versions, "
-                                "traffic per version, each check's e-value against its threshold, decisions.")
-    p.add_argument("release")
-    p.add_argument("-n", "--namespace", default="default")
+    p = argparse.ArgumentParser(prog=prog, usage=_LOCAL_USAGE, description="Show a StackRelease: phase, step, "
+                                "weights, versions, traffic per version, each check's e-value against its threshold, "
+                                "decisions.")
+    _release_args(p)
     p.add_argument("-w", "--watch", action="store_true",
                    help="then print each change (phase, step, decision) until it finishes (Ctrl-C stops)")
     p.add_argument("--json", action="store_true", help="the status as JSON")
     p.add_argument("--max-seconds", type=float, default=24 * 3600.0, help=argparse.SUPPRESS)
     _connection_args(p)
+    _local_args(p)
     return p
+
+
+# The commands on one release take a local release's --workdir DIR instead of RELEASE: `canary` hands those to
+# the local mode before these parsers see them (controller.cli.main), so they are here for the help only.
+_LOCAL_USAGE = "%(prog)s RELEASE [-n NAMESPACE] [options]\n       %(prog)s --workdir DIR [options]"
+
+
+def _release_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("release", help="the StackRelease's name")
+    p.add_argument("-n", "--namespace", default="default", help="its namespace (default: default)")
+
+
+def _local_args(p: argparse.ArgumentParser) -> None:
+    local = p.add_argument_group("a local release (canary run --local)")
+    local.add_argument("--workdir", metavar="DIR", help="instead of RELEASE: the release in this work directory "
+                       "(handled by the local mode; -n and the Kubernetes flags do not apply)")
+
+
+def _parsed(p: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """The arguments of a command on a cluster's release; `--workdir` never gets here from `canary` (above)."""
+    args = p.parse_args(list(argv))
+    if args.workdir is not None:
+        p.error(f"--workdir {args.workdir}: a local release, for `{p.prog} --workdir DIR` (the local mode)")
+    return args
 
 
 def render_status(obj: Obj, now: float, as_json: bool = False) -> str:
@@ -473,7 +678,7 @@ def render_status(obj: Obj, now: float, as_json: bool = False) -> str:
 
 
 def get_main(argv: Sequence[str], prog: str = "canary get") -> int:
-    args = _get_parser(prog).parse_args(list(argv))
+    args = _parsed(_get_parser(prog), argv)
     try:
         api = _connect(args)
         obj = api.get_or_none(RELEASES, args.namespace, args.release)
@@ -547,8 +752,8 @@ def _print_change(old: Obj, new: Obj, as_json: bool) -> Obj:
 def _list_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="canary list", description="List StackReleases.")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("-n", "--namespace", default="default")
-    where.add_argument("-A", "--all-namespaces", action="store_true")
+    where.add_argument("-n", "--namespace", default="default", help="the releases of this namespace (default: default)")
+    where.add_argument("-A", "--all-namespaces", action="store_true", help="the releases of every namespace")
     _connection_args(p)
     return p
 
@@ -588,17 +793,17 @@ def _age(obj: Obj, now: float) -> float | None:
 
 
 def _history_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="canary history", description="A release's revisions and attempts: "
-                                "versions, images (model versions), outcomes, times, time to decision.")
-    p.add_argument("release")
-    p.add_argument("-n", "--namespace", default="default")
-    p.add_argument("--json", action="store_true")
+    p = argparse.ArgumentParser(prog="canary history", usage=_LOCAL_USAGE, description="A release's revisions "
+                                "and attempts: versions, images (model versions), outcomes, times, time to decision.")
+    _release_args(p)
+    p.add_argument("--json", action="store_true", help="the revisions as JSON")
     _connection_args(p)
+    _local_args(p)
     return p
 
 
 def history_main(argv: Sequence[str]) -> int:
-    args = _history_parser().parse_args(list(argv))
+    args = _parsed(_history_parser(), argv)
     try:
         obj = _connect(args).get_or_none(RELEASES, args.namespace, args.release)
     except PortError as exc:
@@ -615,15 +820,14 @@ def history_main(argv: Sequence[str]) -> int:
 # canary pause | resume | promote [--full] | abort | retry | undo | approve: a merge patch of the spec
 # --------------------------------------------------------------------------------------------------
 def _operate_parser(command: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"canary {command}", description=OPERATE_HELP[command],
-                                epilog="A local release: --workdir DIR instead of RELEASE.")
-    p.add_argument("release")
-    p.add_argument("-n", "--namespace", default="default")
+    p = argparse.ArgumentParser(prog=f"canary {command}", usage=_LOCAL_USAGE, description=OPERATE_HELP[command])
+    _release_args(p)
     if command == "promote":
         p.add_argument("--full", action="store_true", help="promote now: skip every remaining step and its analysis")
     p.add_argument("-w", "--watch", action="store_true", help="then follow the release until it finishes")
     p.add_argument("--max-seconds", type=float, default=24 * 3600.0, help=argparse.SUPPRESS)
     _connection_args(p)
+    _local_args(p)
     return p
 
 
@@ -641,7 +845,7 @@ OPERATE_HELP = {
 def operate_main(command: str, argv: Sequence[str]) -> int:
     """Read the release, plan the command against its phase, and send the spec as a merge patch carrying
     the resourceVersion read (a release that changed meanwhile is read and planned again)."""
-    args = _operate_parser(command).parse_args(list(argv))
+    args = _parsed(_operate_parser(command), argv)
     where = f"{args.namespace}/{args.release}"
     try:
         api = _connect(args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -15,7 +16,22 @@ from collections.abc import Iterator
 import pytest
 
 from controller.adapters.kubernetes.client import RELEASES, KubeApi
-from controller.cli.cluster import parse_images, start_main, status_main, version_of
+from controller.cli.cluster import (
+    OPERATE_HELP,
+    _get_parser,
+    _history_parser,
+    _list_parser,
+    _operate_parser,
+    _start_parser,
+    get_main,
+    history_main,
+    new_version,
+    operate_main,
+    parse_images,
+    start_main,
+    status_main,
+    version_of,
+)
 from controller.core.status import Phase, ReleaseStatus
 from tests.support.kmock_server import KINDS, RunningEmulator
 from tests.support.kube_world import NAMESPACE, SERVICES, KubeWorld
@@ -31,6 +47,70 @@ def test_image_arguments_and_versions() -> None:
     assert version_of("reg.example:5000/ml-infer:2.1+build") == "2-1-build"  # a DNS label: it names Deployments
     assert version_of("ml-infer") == "latest"
     assert version_of("reg/x@sha256:0123456789abcdef") == "0123456789ab"
+
+
+@pytest.mark.timeout(30)
+def test_a_service_given_twice_is_refused_before_anything_is_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match="ml-search is given twice"):
+        parse_images(["ml-search=r:v2", "ml-search=r:v3"])
+    # Refused before the API is asked: nothing listens on port 9.
+    twice = ["--image", "ml-search=r:v2", "--image", "ml-search=r:v3"]
+    assert start_main(["r", *twice, "--server", "http://127.0.0.1:9"]) == 2
+    assert capsys.readouterr().err == ("canary start: --image: ml-search is given twice (r:v2 and r:v3); give each "
+                                       "service once\n")
+
+
+@pytest.mark.timeout(30)
+def test_the_new_version_is_the_first_images_tag_and_an_image_that_names_none_needs_version() -> None:
+    assert new_version(None, {"ml-infer": "reg:5000/ml-infer:2.1", "ml-search": "reg/ml-search:3.0"}, SERVICES) == "2-1"
+    # REPO:TAG@DIGEST: the tag names the version, not the digest
+    assert new_version(None, {"ml-search": "reg/ml-search:2.1@sha256:abcd"}, SERVICES) == "2-1"
+    for image, why in [("reg:5000/ml-search", "has no tag (latest)"), ("r:latest", "is tagged latest"),
+                       ("r@sha256:abcd", "is named by its digest only")]:
+        said = f"--image ml-search={image} {why}, which names no version: tag the image (REPO:TAG) or give --version"
+        with pytest.raises(ValueError, match=re.escape(said)):
+            new_version(None, {"ml-search": image}, SERVICES)
+        assert new_version("v2", {"ml-search": image}, SERVICES) == "v2"
+
+
+@pytest.mark.timeout(60)
+def test_start_refuses_an_untagged_image_without_version_and_takes_it_with_one(
+        emulator: RunningEmulator, capsys: pytest.CaptureFixture[str]) -> None:
+    world = KubeWorld(emulator)
+    world.seed_stack()
+    conn = ["--server", emulator.url, "-n", NAMESPACE]
+    assert start_main(["search-v2", "--image", "ml-search=reg.example/ml-search", *conn]) == 2
+    assert "ml-search=reg.example/ml-search has no tag (latest)" in capsys.readouterr().err
+    assert world.api.get_or_none(RELEASES, NAMESPACE, "search-v2") is None
+    assert start_main(["search-v2", "--image", "ml-search=reg.example/ml-search", "--version", "v2", *conn]) == 0
+    assert world.api.get(RELEASES, NAMESPACE, "search-v2")["spec"]["canary"]["version"] == "v2"
+
+
+@pytest.mark.timeout(30)
+def test_steps_that_are_not_whole_numbers_are_refused_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        _start_parser().parse_args(["r", "--image", "ml-search=r:v2", "--steps", "10,half"])
+    assert stopped.value.code == 2
+    assert "argument --steps: '10,half' is not whole-number weights" in capsys.readouterr().err
+    assert _start_parser().parse_args(["r", "--image", "a=r:1", "--steps", "10,50"]).steps == [10, 50]
+
+
+@pytest.mark.timeout(30)
+def test_the_commands_on_one_release_document_workdir_and_never_ignore_it(capsys: pytest.CaptureFixture[str]) -> None:
+    parsers = [_get_parser("canary get"), _get_parser("canary status"), _history_parser(),
+               *(_operate_parser(command) for command in OPERATE_HELP)]
+    for parser in [*parsers, _list_parser(), _start_parser()]:
+        assert [a.dest for a in parser._actions if not a.help] == [], parser.prog
+    for parser in parsers:
+        text = " ".join(parser.format_help().split())
+        assert f"{parser.prog} --workdir DIR" in text and "--workdir DIR instead of RELEASE" in text, parser.prog
+    # `canary CMD --workdir DIR` goes to the local mode (controller.cli.main); here it is refused, not ignored.
+    for run in (lambda: operate_main("pause", ["r", "--workdir", "w"]), lambda: get_main(["r", "--workdir", "w"]),
+                lambda: history_main(["r", "--workdir", "w"])):
+        with pytest.raises(SystemExit) as stopped:
+            run()
+        assert stopped.value.code == 2
+        assert "--workdir w: a local release" in capsys.readouterr().err
 
 
 def test_start_creates_then_updates_and_status_shows_it(emulator: RunningEmulator,

@@ -22,15 +22,17 @@ Run as `canary comparator --entry http://master-search:8000` beside the stack (m
 from __future__ import annotations
 
 import argparse
+import errno
 import itertools
 import json
 import logging
 import queue
 import socket
+import sys
 import threading
 import uuid
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -215,23 +217,62 @@ def serve(settings: Settings, listen: str, port: int, fd: int | None = None
     return server, service
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _whole(low: int, high: int | None, what: str) -> Callable[[str], int]:
+    """A type of the flags: a whole number from `low` (to `high`), else argparse's exit 2 naming the flag."""
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+    return whole
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="canary comparator",
                                      description="Pairs the stable and new versions' rankings of mirrored searches.")
     parser.add_argument("--entry", required=True, help="the stack's entry through the mesh, e.g. http://master-search:8000")
     parser.add_argument("--entry-host", default="", help="Host header of the entry requests (default: the URL's)")
     parser.add_argument("--header", default=DEFAULT_SHADOW_HEADER, help="the header naming the version to ask")
-    parser.add_argument("--k", type=int, default=10, help="document ids compared per answer")
-    parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--queue", type=int, default=256, help="mirrored searches waiting at most")
-    parser.add_argument("--listen", default="0.0.0.0")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--fd", type=int, default=None,
+    parser.add_argument("--k", type=_whole(1, None, "a whole number of 1 or more"), default=10,
+                        help="document ids compared per answer (default 10)")
+    parser.add_argument("--workers", type=_whole(1, 256, "a whole number from 1 to 256"), default=4,
+                        help="mirrored searches paired at once, each asking the stack three times (default 4)")
+    parser.add_argument("--queue", type=_whole(1, None, "a whole number of 1 or more"), default=256,
+                        help="mirrored searches waiting at most; more are dropped and counted (default 256)")
+    parser.add_argument("--listen", default="0.0.0.0", help="the address to serve on (default 0.0.0.0: all)")
+    parser.add_argument("--port", type=_whole(0, 65535, "a port number (0 to 65535)"), default=8000,
+                        help="the port to serve on (default 8000; 0: any free)")
+    parser.add_argument("--fd", type=_whole(0, None, "a file descriptor's number (0 or more)"), default=None,
                         help="serve on this inherited, already bound socket instead of binding --listen/--port")
-    opts = parser.parse_args(argv)
+    return parser
+
+
+def _serving_problem(exc: OSError, opts: argparse.Namespace) -> str:
+    """`FLAG VALUE: reason` of a comparator that could not serve: the socket of --fd, the address of --listen
+    (no such name, not this machine's), else the port (in use, privileged)."""
+    if opts.fd is not None:
+        flag = f"--fd {opts.fd}"
+    elif isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+        flag = f"--listen {opts.listen}"
+    else:
+        flag = f"--port {opts.port}"
+    reason = exc.strerror or str(exc)
+    return f"{flag}: {reason[:1].lower()}{reason[1:]}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`canary comparator`: exit 0 when stopped, 2 for bad flags or an address it cannot serve on."""
+    opts = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server, service = serve(Settings(opts.entry, opts.entry_host, opts.header, opts.k, opts.workers, opts.queue),
-                            opts.listen, opts.port, opts.fd)
+    try:
+        server, service = serve(Settings(opts.entry, opts.entry_host, opts.header, opts.k, opts.workers, opts.queue),
+                                opts.listen, opts.port, opts.fd)
+    except OSError as exc:  # the port in use, no such address, a --fd that is not an open socket
+        print(f"canary comparator: {_serving_problem(exc, opts)}", file=sys.stderr)
+        return 2
     host, port = server.server_address[:2]
     log.info("comparator on %s:%d asking %s (epoch %s)", host, port, opts.entry, service.log.epoch)
     try:
