@@ -29,7 +29,6 @@ click-through, `searchstack_clicks_total` / `searchstack_impressions_total` {nam
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import os
@@ -37,10 +36,9 @@ import re
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from kubernetes.config import ConfigException
 
@@ -51,6 +49,7 @@ from controller.adapters.kubernetes.running import Controller, ControllerConfig
 from controller.adapters.kubernetes.secrets import KubeSecrets
 from controller.adapters.kubernetes.workloads import ReplicaPolicy
 from controller.adapters.signals import stop_on_signals
+from controller.cli import flags
 from controller.cli import outgoing as notifications
 from controller.core.operations import ONE_SHOT_CLEARED, Refused, next_revision_stable, plan
 from controller.core.spec.release import SEARCH_STACK, InvalidSpec, ReleaseSpec, parse_release, version_room
@@ -104,107 +103,6 @@ def _connect(args: argparse.Namespace, telemetry: Telemetry | None = None) -> Ku
 
 
 # --------------------------------------------------------------------------------------------------
-# flag values: checked as they are parsed (argparse: exit 2 naming the flag), defaults from the environment too
-# --------------------------------------------------------------------------------------------------
-class _FromEnvironment(str):
-    """A flag's default read from an environment variable. argparse converts a string default with the flag's
-    `type` while it parses and only when the flag is not given, so `--help` works whatever the environment, and
-    a bad value stops the command with the flag's name; the type functions add the variable's (`_not`)."""
-
-    variable = ""
-
-
-def _env(variable: str, fallback: Any = None, *, empty_is_unset: bool = True) -> Any:
-    """A flag's default: the variable's value when it is set (and not empty, unless empty means something)."""
-    value = os.environ.get(variable)
-    if value is None or (value == "" and empty_is_unset):
-        return fallback
-    default = _FromEnvironment(value)
-    default.variable = variable
-    return default
-
-
-def _not(text: str, what: str) -> argparse.ArgumentTypeError:
-    """`'VALUE' (from $VARIABLE) is not WHAT`, which argparse prints after `argument --flag:`."""
-    source = f" (from ${text.variable})" if isinstance(text, _FromEnvironment) else ""
-    return argparse.ArgumentTypeError(f"{text!r}{source} is not {what}")
-
-
-def _whole(low: int, high: int | None = None, what: str = "") -> Callable[[str], int]:
-    """A type: a whole number from `low` (to `high`)."""
-    what = what or (f"a whole number from {low} to {high}" if high is not None else f"a whole number of {low} or more")
-
-    def whole(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise _not(text, what) from None
-        if value < low or (high is not None and value > high):
-            raise _not(text, what)
-        return value
-    return whole
-
-
-def _seconds(low: float, high: float) -> Callable[[str], float]:
-    """A type: a number of seconds from `low` to `high` (not NaN, not infinite)."""
-    what = f"a number of seconds from {low:g} to {high:g}"
-
-    def seconds(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise _not(text, what) from None
-        if not low <= value <= high:  # NaN fails both comparisons
-            raise _not(text, what)
-        return value
-    return seconds
-
-
-def _one_of(*choices: str) -> Callable[[str], str]:
-    """A type: one of `choices` (argparse's `choices` would not check a default from the environment)."""
-    def one_of(text: str) -> str:
-        if text not in choices:
-            raise _not(text, " or ".join(choices))
-        return str(text)
-    return one_of
-
-
-def _http_url(text: str) -> str:
-    try:
-        parts = urlsplit(text)
-        good = parts.scheme in ("http", "https") and bool(parts.hostname)
-    except ValueError:  # e.g. an unclosed [IPv6 address
-        good = False
-    if not good:
-        raise _not(text, "an http:// or https:// URL with a host")
-    return str(text)
-
-
-_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-_DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}\Z)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*")
-
-
-def _namespace(text: str) -> str:
-    if not _DNS_LABEL.fullmatch(text):
-        raise _not(text, "a namespace's name (lower-case letters, digits and '-', at most 63)")
-    return str(text)
-
-
-def _lease_name(text: str) -> str:
-    if not _DNS_SUBDOMAIN.fullmatch(text):
-        raise _not(text, "a Lease's name (lower-case letters, digits, '-' and '.', at most 253)")
-    return str(text)
-
-
-def _bind_problem(exc: OSError, host_flag: str, port_flag: str) -> str:
-    """`FLAG VALUE: reason` of a failed bind: the host's flag for an address that does not resolve or is not
-    this machine's, the port's for the rest (in use, a privileged port)."""
-    on_host = isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL
-    reason = exc.strerror or str(exc)
-    return f"{host_flag if on_host else port_flag}: {reason[:1].lower()}{reason[1:]}"
-
-
-# --------------------------------------------------------------------------------------------------
 # canary controller
 # --------------------------------------------------------------------------------------------------
 def _controller_parser() -> argparse.ArgumentParser:
@@ -213,15 +111,15 @@ def _controller_parser() -> argparse.ArgumentParser:
                                 description="Run the StackRelease controller.",
                                 epilog="A default from an environment variable is checked as the flag's value is.")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("-n", "--namespace", type=_namespace, help="watch releases in this namespace only")
+    where.add_argument("-n", "--namespace", type=flags.namespace, help="watch releases in this namespace only")
     where.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (default)")
     _prometheus_args(p)
     _business_args(p)
     _process_args(p)
-    p.add_argument("--canary-replicas", type=_whole(1), metavar="N",
+    p.add_argument("--canary-replicas", type=flags.whole(1), metavar="N",
                    help="fixed canary replicas, 1 or more (default: proportional to weight)")
     p.add_argument("--log-level", default="info", help="debug, info (default), warning or error")
-    p.add_argument("--log-format", default=_env("LOG_FORMAT", "text"), type=_one_of("text", "json"),
+    p.add_argument("--log-format", default=flags.env("LOG_FORMAT", "text"), type=flags.one_of("text", "json"),
                    metavar="{text,json}",
                    help="json: one object per line with release, namespace, phase and step ($LOG_FORMAT)")
     notifications.add_arguments(p)
@@ -231,45 +129,46 @@ def _controller_parser() -> argparse.ArgumentParser:
 
 def _process_args(p: argparse.ArgumentParser) -> None:
     """The process: its health endpoints, its name and Lease, how many releases it ticks at once, how often."""
-    p.add_argument("--health-port", type=_whole(0, 65535, "a port number (0 to 65535)"), default=8080,
+    p.add_argument("--health-port", type=flags.whole(0, 65535, "a port number (0 to 65535)"), default=8080,
                    help="/healthz, /readyz, /metrics (default 8080; 0: any free)")
     p.add_argument("--health-host", default="0.0.0.0", help="address to serve them on (default 0.0.0.0: all)")
     p.add_argument("--identity", default=os.environ.get("POD_NAME") or socket.gethostname(),
                    help="this replica's name in the Lease (default: $POD_NAME or the host name)")
-    p.add_argument("--lease-namespace", type=_namespace, default=_env("POD_NAMESPACE", CONTROLLER_NAMESPACE),
+    p.add_argument("--lease-namespace", type=flags.namespace, default=flags.env("POD_NAMESPACE", CONTROLLER_NAMESPACE),
                    help=f"the namespace of the Lease (default: $POD_NAMESPACE, the controller's own, or "
                         f"{CONTROLLER_NAMESPACE})")
-    p.add_argument("--lease-name", type=_lease_name, default=_env("LEADER_ELECTION_LEASE", DEFAULT_LEASE),
+    p.add_argument("--lease-name", type=flags.lease_name, default=flags.env("LEADER_ELECTION_LEASE", DEFAULT_LEASE),
                    help="the Lease the replicas elect a leader on (default: $LEADER_ELECTION_LEASE or "
                         f"{DEFAULT_LEASE}; the controller's Role may update that Lease only)")
     p.add_argument("--no-leader-election", action="store_true", help="a single replica: always write")
-    p.add_argument("--workers", type=_whole(1, 256), default=4,
+    p.add_argument("--workers", type=flags.whole(1, 256), default=4,
                    help="releases ticked in parallel (1 to 256; default 4)")
-    p.add_argument("--resync", type=_seconds(1, 86400), default=30.0,
+    p.add_argument("--resync", type=flags.seconds(1, 86400), default=30.0,
                    help="seconds between full resyncs (1 to 86400; default 30)")
 
 
 def _business_args(p: argparse.ArgumentParser) -> None:
     """The A/B experiments' primary metric, as PromQL templates (docs/metrics.md)."""
-    p.add_argument("--business-metric", default=_env("BUSINESS_METRIC", DEFAULT_BUSINESS_METRIC),
+    p.add_argument("--business-metric", default=flags.env("BUSINESS_METRIC", DEFAULT_BUSINESS_METRIC),
                    help="the A/B primary metric's name, as in primaryMetric.name (default: $BUSINESS_METRIC or "
                         f"{DEFAULT_BUSINESS_METRIC})")
-    p.add_argument("--business-metric-numerator", default=_env("BUSINESS_METRIC_NUMERATOR", DEFAULT_BUSINESS_NUMERATOR),
+    p.add_argument("--business-metric-numerator",
+                   default=flags.env("BUSINESS_METRIC_NUMERATOR", DEFAULT_BUSINESS_NUMERATOR),
                    help="PromQL template of its successes counter (default: $BUSINESS_METRIC_NUMERATOR or "
                         "searchstack_clicks_total per namespace, service, version)")
     p.add_argument("--business-metric-denominator",
-                   default=_env("BUSINESS_METRIC_DENOMINATOR", DEFAULT_BUSINESS_DENOMINATOR),
+                   default=flags.env("BUSINESS_METRIC_DENOMINATOR", DEFAULT_BUSINESS_DENOMINATOR),
                    help="PromQL template of its trials counter (default: $BUSINESS_METRIC_DENOMINATOR or "
                         "searchstack_impressions_total per namespace, service, version)")
-    p.add_argument("--business-metric-squares", default=_env("BUSINESS_METRIC_SQUARES"),
+    p.add_argument("--business-metric-squares", default=flags.env("BUSINESS_METRIC_SQUARES"),
                    help="makes the metric a mean: PromQL template of the sum of squared values (the numerator "
                         "is then the sum of values, the denominator their count); e.g. "
                         "searchstack_click_value_squares_total ($BUSINESS_METRIC_SQUARES)")
-    p.add_argument("--business-metric-units", default=_env("BUSINESS_METRIC_UNITS"),
+    p.add_argument("--business-metric-units", default=flags.env("BUSINESS_METRIC_UNITS"),
                    help="PromQL template of a counter of users assigned per version, the units of the sample-"
                         "ratio check (search stack: searchstack_assignments_total{...}); default: "
                         "$BUSINESS_METRIC_UNITS, else none")
-    p.add_argument("--business-metric-user-sums", default=_env("BUSINESS_METRIC_USER_SUMS"),
+    p.add_argument("--business-metric-user-sums", default=flags.env("BUSINESS_METRIC_USER_SUMS"),
                    help="users as the unit: four PromQL templates separated by ';' of counters of the sums over "
                         "users of Y^2, N^2, Y*N and of the users (Y, N: a user's numerator and denominator "
                         "totals); default: $BUSINESS_METRIC_USER_SUMS, else the search stack's searchstack_user_* "
@@ -280,28 +179,28 @@ def _business_args(p: argparse.ArgumentParser) -> None:
 
 def _prometheus_args(p: argparse.ArgumentParser) -> None:
     """Where Prometheus is, how often it scrapes, the pod label, and the files of its credentials."""
-    p.add_argument("--prometheus-url", type=_http_url,
-                   default=_env("PROMETHEUS_URL", "http://prometheus.istio-system:9090"),
+    p.add_argument("--prometheus-url", type=flags.http_url,
+                   default=flags.env("PROMETHEUS_URL", "http://prometheus.istio-system:9090"),
                    help="Prometheus with Istio's metrics (default: $PROMETHEUS_URL or the Istio addon)")
-    p.add_argument("--prometheus-scrape-interval", type=_seconds(0, 3600),
-                   default=_env("PROMETHEUS_SCRAPE_INTERVAL", 15.0),
+    p.add_argument("--prometheus-scrape-interval", type=flags.seconds(0, 3600),
+                   default=flags.env("PROMETHEUS_SCRAPE_INTERVAL", 15.0),
                    help="seconds between Prometheus's scrapes of the proxies, 0 to 3600 (default: "
                         "$PROMETHEUS_SCRAPE_INTERVAL or 15, the Istio addon's): windows are read twice that plus "
                         "5 s behind, on scrape boundaries, so that no scrape lands after a window was counted; 0: "
                         "read at once")
-    p.add_argument("--prometheus-pod-label", default=_env("PROMETHEUS_POD_LABEL", "pod", empty_is_unset=False),
+    p.add_argument("--prometheus-pod-label", default=flags.env("PROMETHEUS_POD_LABEL", "pod", empty_is_unset=False),
                    help="the label naming the pod a series was scraped from (default: $PROMETHEUS_POD_LABEL or "
                         "pod, as Prometheus' Kubernetes pod discovery sets it; '' when there is none): the "
                         "judge learns from the stable pods how much identical code differs from pod to pod")
-    p.add_argument("--prometheus-bearer-token-file", default=_env("PROMETHEUS_BEARER_TOKEN_FILE"),
+    p.add_argument("--prometheus-bearer-token-file", default=flags.env("PROMETHEUS_BEARER_TOKEN_FILE"),
                    help="a file holding the token Prometheus wants (default: $PROMETHEUS_BEARER_TOKEN_FILE; the "
                         "pod's own: /var/run/secrets/kubernetes.io/serviceaccount/token), read again for each "
                         "query, so a rotated token is used")
-    p.add_argument("--prometheus-basic-auth-user", default=_env("PROMETHEUS_BASIC_AUTH_USER"),
+    p.add_argument("--prometheus-basic-auth-user", default=flags.env("PROMETHEUS_BASIC_AUTH_USER"),
                    help="basic auth instead: the user name (default: $PROMETHEUS_BASIC_AUTH_USER) ...")
-    p.add_argument("--prometheus-basic-auth-password-file", default=_env("PROMETHEUS_BASIC_AUTH_PASSWORD_FILE"),
+    p.add_argument("--prometheus-basic-auth-password-file", default=flags.env("PROMETHEUS_BASIC_AUTH_PASSWORD_FILE"),
                    help="... and a file holding the password (default: $PROMETHEUS_BASIC_AUTH_PASSWORD_FILE)")
-    p.add_argument("--prometheus-ca-file", default=_env("PROMETHEUS_CA_FILE"),
+    p.add_argument("--prometheus-ca-file", default=flags.env("PROMETHEUS_CA_FILE"),
                    help="the CA bundle an https:// Prometheus's certificate is checked against (default: "
                         "$PROMETHEUS_CA_FILE, else the system's)")
 
@@ -388,7 +287,7 @@ def _user_sums_given(args: argparse.Namespace) -> tuple[str, str, str, str] | No
         return None
     parts = tuple(t.strip() for t in text.split(";"))
     if len(parts) != 4 or not all(parts):
-        source = f" (from ${text.variable})" if isinstance(text, _FromEnvironment) else ""
+        source = f" (from ${text.variable})" if isinstance(text, flags.FromEnvironment) else ""
         raise ValueError(f"--business-metric-user-sums {text!r}{source}: four PromQL templates separated by ';', "
                          "none empty (sum of Y^2; sum of N^2; sum of Y*N; users)")
     return parts[0], parts[1], parts[2], parts[3]
@@ -456,7 +355,7 @@ def _health_server(telemetry: Telemetry, controller: Controller, host: str, port
     try:
         return HealthServer(telemetry, controller.healthy, controller.synced.is_set, host, port)
     except OSError as exc:  # socket.gaierror too: a --health-host that does not resolve
-        raise ValueError(_bind_problem(exc, f"--health-host {host}", f"--health-port {port}")) from None
+        raise ValueError(flags.bind_problem(exc, f"--health-host {host}", f"--health-port {port}")) from None
 
 
 # --------------------------------------------------------------------------------------------------

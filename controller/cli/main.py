@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from controller.cli import local
+from controller.cli import flags, local
 from controller.cli import outgoing as notifications
 from controller.core.spec.release import InvalidSpec
 from controller.ports import PortError
@@ -48,38 +48,9 @@ def _setup_logging(level: str, fmt: str = "text") -> None:
     configure_logging(level, json=fmt == "json")
 
 
-def _number(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-    return value
-
-
-def _positive(text: str) -> float:
-    value = _number(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be above 0")
-    return value
-
-
-def _not_negative(text: str) -> float:
-    value = _number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 or more")
-    return value
-
-
-def _percent(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 to 100")
-    return value
+_positive = flags.number(0, above=True)
+_not_negative = flags.number(0)
+_percent = flags.whole(0, 100)
 
 
 def _demo_parser(sub: Any) -> None:
@@ -212,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from controller.cli.shadow import main as shadow_compare_main
                 return shadow_compare_main(list(args.rest))
             case "comparator":
-                from controller.adapters.shadow.comparator import main as comparator_main
+                from controller.cli.comparator import main as comparator_main
                 return comparator_main(list(args.rest))
             case "report":
                 return _report(list(args.rest))

@@ -14,8 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from controller.adapters.shadow import comparator
-from controller.cli import cluster
+from controller.cli import cluster, comparator
 from controller.cli.cluster import _controller_parser, controller_main
 from tests.support.paths import REPO
 

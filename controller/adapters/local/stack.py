@@ -45,7 +45,7 @@ Faults = Mapping[str, Mapping[str, Mapping[str, float]]]
 
 
 # A shadow phase's comparator (docs/shadow.md), started when a release asks for one.
-COMPARATOR_MODULE = "controller.adapters.shadow.comparator"
+COMPARATOR_MODULE = "controller.cli.comparator"
 ROUTER_START_ATTEMPTS = 3
 
 

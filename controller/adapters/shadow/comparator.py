@@ -12,27 +12,24 @@ shadow phase's own entry routes), and keeps the three top-k lists with the path 
                                              "unanswered": {"stable", "new"}, "latencyMs": {"stable", "new"}}
 
 `after=-1` returns no pairs, only where the log stands (`head`); an epoch other than the comparator's (it
-restarted) returns every pair it keeps. The log keeps the last `--keep` pairs; a mirrored search that finds the
-queue full is dropped and counted (the judge needs a sample of the searches, not all of them).
+restarted) returns every pair it keeps. The log keeps the last 10,000 pairs (`PairLog.keep`); a mirrored search
+that finds the queue full is dropped and counted (the judge needs a sample of the searches, not all of them).
 
-Run as `canary comparator --entry http://master-search:8000` beside the stack (manifests/shadow), or as
-`python -m controller.adapters.shadow.comparator` by the local platform.
+Its command is `canary comparator` (`controller/cli/comparator.py`), run beside the stack on a cluster
+(manifests/shadow) and by the local platform.
 """
 
 from __future__ import annotations
 
-import argparse
-import errno
 import itertools
 import json
 import logging
 import queue
 import socket
-import sys
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -206,84 +203,16 @@ def serve(settings: Settings, listen: str, port: int, fd: int | None = None
           ) -> tuple[ThreadingHTTPServer, ComparatorService]:
     """A started comparator on listen:port, or on the inherited bound socket `fd` (its server not yet serving:
     call `serve_forever`)."""
-    service = ComparatorService(settings).start()
+    service = ComparatorService(settings)
     server = ThreadingHTTPServer((listen, port), _handler(service), bind_and_activate=fd is None)
     if fd is not None:
         server.socket.close()
-        server.socket = socket.socket(fileno=fd)
-        server.server_address = server.socket.getsockname()
-        server.server_activate()
-    server.daemon_threads = True
-    return server, service
-
-
-def _whole(low: int, high: int | None, what: str) -> Callable[[str], int]:
-    """A type of the flags: a whole number from `low` (to `high`), else argparse's exit 2 naming the flag."""
-    def whole(text: str) -> int:
         try:
-            value = int(text)
-        except ValueError:
-            value = low - 1
-        if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
-        return value
-    return whole
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="canary comparator",
-                                     description="Pairs the stable and new versions' rankings of mirrored searches.")
-    parser.add_argument("--entry", required=True, help="the stack's entry through the mesh, e.g. http://master-search:8000")
-    parser.add_argument("--entry-host", default="", help="Host header of the entry requests (default: the URL's)")
-    parser.add_argument("--header", default=DEFAULT_SHADOW_HEADER, help="the header naming the version to ask")
-    parser.add_argument("--k", type=_whole(1, None, "a whole number of 1 or more"), default=10,
-                        help="document ids compared per answer (default 10)")
-    parser.add_argument("--workers", type=_whole(1, 256, "a whole number from 1 to 256"), default=4,
-                        help="mirrored searches paired at once, each asking the stack three times (default 4)")
-    parser.add_argument("--queue", type=_whole(1, None, "a whole number of 1 or more"), default=256,
-                        help="mirrored searches waiting at most; more are dropped and counted (default 256)")
-    parser.add_argument("--listen", default="0.0.0.0", help="the address to serve on (default 0.0.0.0: all)")
-    parser.add_argument("--port", type=_whole(0, 65535, "a port number (0 to 65535)"), default=8000,
-                        help="the port to serve on (default 8000; 0: any free)")
-    parser.add_argument("--fd", type=_whole(0, None, "a file descriptor's number (0 or more)"), default=None,
-                        help="serve on this inherited, already bound socket instead of binding --listen/--port")
-    return parser
-
-
-def _serving_problem(exc: OSError, opts: argparse.Namespace) -> str:
-    """`FLAG VALUE: reason` of a comparator that could not serve: the socket of --fd, the address of --listen
-    (no such name, not this machine's), else the port (in use, privileged)."""
-    if opts.fd is not None:
-        flag = f"--fd {opts.fd}"
-    elif isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
-        flag = f"--listen {opts.listen}"
-    else:
-        flag = f"--port {opts.port}"
-    reason = exc.strerror or str(exc)
-    return f"{flag}: {reason[:1].lower()}{reason[1:]}"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`canary comparator`: exit 0 when stopped, 2 for bad flags or an address it cannot serve on."""
-    opts = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        server, service = serve(Settings(opts.entry, opts.entry_host, opts.header, opts.k, opts.workers, opts.queue),
-                                opts.listen, opts.port, opts.fd)
-    except OSError as exc:  # the port in use, no such address, a --fd that is not an open socket
-        print(f"canary comparator: {_serving_problem(exc, opts)}", file=sys.stderr)
-        return 2
-    host, port = server.server_address[:2]
-    log.info("comparator on %s:%d asking %s (epoch %s)", host, port, opts.entry, service.log.epoch)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-        service.stop()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+            server.socket = socket.socket(fileno=fd)
+            server.server_address = server.socket.getsockname()
+            server.server_activate()
+        except OSError:
+            server.server_close()
+            raise
+    server.daemon_threads = True
+    return server, service.start()  # its workers start only once it has its address
