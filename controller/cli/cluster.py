@@ -35,6 +35,7 @@ import os
 import re
 import socket
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -60,6 +61,7 @@ from controller.present.view import LIST_HEADER, list_row, panel, progress_lines
 
 if TYPE_CHECKING:
     from controller.adapters.prometheus.business import CustomMetrics
+    from controller.adapters.prometheus.metrics import PrometheusSource
 
 log = logging.getLogger("canary.kubernetes")
 # The search stack's business counters (searchstack/telemetry.py), one query per (service, version): the
@@ -338,8 +340,11 @@ def controller_main(argv: Sequence[str]) -> int:
         outgoing.close()
         print(f"canary controller: {exc}", file=sys.stderr)
         return 2
-    log.info("controller %s watching %s; health on :%d", args.identity, args.namespace or "all namespaces",
-             health.port)
+    log.info("controller %s watching %s; health on :%d; metrics from Prometheus at %s (scraping every %g s)",
+             args.identity, args.namespace or "all namespaces", health.port, args.prometheus_url,
+             args.prometheus_scrape_interval)
+    threading.Thread(target=_probe_prometheus, args=(metrics, args.prometheus_url, clock), daemon=True,
+                     name="prometheus-probe").start()
     try:
         with stop_on_signals() as stop:
             controller.run(stop)
@@ -348,6 +353,20 @@ def controller_main(argv: Sequence[str]) -> int:
         metrics.close()
         outgoing.close()
     return 0
+
+
+def _probe_prometheus(metrics: PrometheusSource, url: str, clock: SystemClock) -> None:
+    """Say once, at start, whether Prometheus answers, so a wrong URL or credential shows in the first lines of
+    the log rather than only in each release's decisions (which hold, as a metrics outage never promotes)."""
+    from controller.adapters.prometheus.client import PrometheusUnavailable
+
+    try:
+        metrics.provider.instant("vector(1)", clock.now(), "the start-up check")
+    except PrometheusUnavailable as exc:
+        log.warning("Prometheus at %s does not answer: %s; releases analysing hold their weight until it does",
+                    url, exc.reason)
+    else:
+        log.info("Prometheus at %s answers", url)
 
 
 def _health_server(telemetry: Telemetry, controller: Controller, host: str, port: int) -> HealthServer:

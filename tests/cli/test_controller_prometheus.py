@@ -5,15 +5,23 @@ that cannot be read stops the controller at start with the flag's name."""
 from __future__ import annotations
 
 import base64
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from analysis.observations import MetricsQuery
+from controller.adapters.local.processes import free_port
 from controller.adapters.prometheus.client import PrometheusConfig
 from controller.adapters.prometheus.metrics import PrometheusSource
-from controller.cli.cluster import _controller_parser, controller_main, prometheus_config
+from controller.cli.cluster import (
+    SystemClock,
+    _controller_parser,
+    _probe_prometheus,
+    controller_main,
+    prometheus_config,
+)
 from tests.support.fake_prometheus import FakePrometheus, fake_prometheus, ok, url_of
 
 pytestmark = pytest.mark.timeout(60)
@@ -103,3 +111,25 @@ def test_credentials_that_cannot_work_stop_the_controller_at_start_with_the_reas
     assert code == 2, err
     assert says.format(**paths) in err
     assert "s3cr3t" not in err
+
+
+def _probed(url: str, caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    args = _controller_parser().parse_args(["--prometheus-url", url, "--no-business-metrics"])
+    source = PrometheusSource.from_config(prometheus_config(args))
+    caplog.set_level(logging.INFO, logger="canary.kubernetes")
+    try:
+        _probe_prometheus(source, url, SystemClock())
+    finally:
+        source.close()
+    return [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "canary.kubernetes"]
+
+
+def test_the_start_up_says_whether_prometheus_answers(prometheus: FakePrometheus,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    url = url_of(prometheus)
+    assert _probed(url, caplog) == [(logging.INFO, f"Prometheus at {url} answers")]
+    caplog.clear()
+    closed = f"http://127.0.0.1:{free_port()}"
+    [(level, message)] = _probed(closed, caplog)
+    assert level == logging.WARNING and message.startswith(f"Prometheus at {closed} does not answer: "), message
+    assert "releases analysing hold their weight" in message
