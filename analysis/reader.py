@@ -194,6 +194,9 @@ class Reader:
             seconds = float(value)
         elif isinstance(value, str) and (m := _DURATION.fullmatch(value.strip())):
             seconds = float(m.group(1)) * _UNITS[m.group(2)]
+        elif isinstance(value, str) and value.strip().startswith("-") and _DURATION.fullmatch(value.strip()[1:]):
+            self.problem(path, f"{value!r} is negative: a duration of at least {low:g}s")
+            return default if default is not None else low
         else:
             self.problem(path, "is required" if value is None
                          else f"{value!r} is not a duration (e.g. 30s, 2m, 500ms or seconds)")

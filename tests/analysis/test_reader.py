@@ -54,6 +54,9 @@ def test_fails_fast_with_the_callers_exception() -> None:
     (lambda r: r.duration("soon", "p"), "p: 'soon' is not a duration (e.g. 30s, 2m, 500ms or seconds)"),
     (lambda r: r.duration(math.inf, "p"), "p: inf is not a duration (e.g. 30s, 2m, 500ms or seconds)"),
     (lambda r: r.duration("100ms", "p", low=1.0), "p: '100ms' is shorter than 1s"),
+    (lambda r: r.duration("-10s", "p", low=1.0), "p: '-10s' is negative: a duration of at least 1s"),
+    (lambda r: r.duration(" -2m", "p"), "p: ' -2m' is negative: a duration of at least 0s"),
+    (lambda r: r.duration("--2m", "p"), "p: '--2m' is not a duration (e.g. 30s, 2m, 500ms or seconds)"),
     (lambda r: r.choice("panic", "p", ("hold", "rollback")), "p: 'panic' is not one of hold, rollback"),
     (lambda r: r.subset(["a", "x"], "p", ("a", "b")), "p[1]: 'x' is not one of a, b"),
 ])
