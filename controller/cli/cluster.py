@@ -554,7 +554,7 @@ def _get_parser(prog: str = "canary get") -> argparse.ArgumentParser:
     p.add_argument("-w", "--watch", action="store_true",
                    help="then print each change (phase, step, decision) until it finishes (Ctrl-C stops)")
     p.add_argument("--json", action="store_true", help="the status as JSON")
-    p.add_argument("--max-seconds", type=float, default=24 * 3600.0, help=argparse.SUPPRESS)
+    p.add_argument("--max-seconds", type=flags.number(0, above=True), default=24 * 3600.0, help=argparse.SUPPRESS)
     _connection_args(p)
     _local_args(p)
     return p
@@ -743,7 +743,7 @@ def _operate_parser(command: str) -> argparse.ArgumentParser:
     if command == "promote":
         p.add_argument("--full", action="store_true", help="promote now: skip every remaining step and its analysis")
     p.add_argument("-w", "--watch", action="store_true", help="then follow the release until it finishes")
-    p.add_argument("--max-seconds", type=float, default=24 * 3600.0, help=argparse.SUPPRESS)
+    p.add_argument("--max-seconds", type=flags.number(0, above=True), default=24 * 3600.0, help=argparse.SUPPRESS)
     _connection_args(p)
     _local_args(p)
     return p

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from controller.adapters.local.state import StateDir
+from controller.cli import flags
 from controller.cli import outgoing as notifications
 
 if TYPE_CHECKING:
@@ -365,7 +366,7 @@ def _get(command: str, argv: list[str]) -> int:
     def extra(p: argparse.ArgumentParser) -> None:
         p.add_argument("--json", action="store_true")
         p.add_argument("-w", "--watch", action="store_true", help="then print each change until it finishes")
-        p.add_argument("--max-seconds", type=float, default=24 * 3600.0, help=argparse.SUPPRESS)
+        p.add_argument("--max-seconds", type=flags.number(0, above=True), default=24 * 3600.0, help=argparse.SUPPRESS)
 
     found = _local_state(argv, f"canary {command}", extra)
     if found is None:
@@ -427,7 +428,7 @@ def operate(command: str, argv: list[str]) -> int:
         if command == "promote":
             p.add_argument("--full", action="store_true", help="promote now, skipping every remaining step")
         p.add_argument("-w", "--watch", action="store_true", help="then follow the release until it finishes")
-        p.add_argument("--max-seconds", type=float, default=24 * 3600.0, help=argparse.SUPPRESS)
+        p.add_argument("--max-seconds", type=flags.number(0, above=True), default=24 * 3600.0, help=argparse.SUPPRESS)
 
     found = _local_state(argv, f"canary {command}", extra)
     if found is None:
