@@ -79,6 +79,10 @@ SPLIT_BURST_MIN_INTERVALS = 10
 # A check whose e-value reached 10 (half of what one capped interval can give) keeps the weight where it is: "no
 # harm seen" raises the weight only while no check carries that much evidence of harm.
 HOLD_E_VALUE = 10.0
+# Terms of the regression sum within this log-distance of the strongest are tied with it (1%): all are marked.
+TIED_LOG_E = 0.01
+# A fail reason names every check carrying at least this share of the regression sum, failed or not.
+CARRIER_SHARE = 0.1
 
 
 def _f(x: npt.ArrayLike) -> FloatArray:
@@ -511,9 +515,11 @@ class SequentialJudge:
         log_threshold = math.log(1.0 / self.alpha_each(state))
         if log_sum < log_threshold:
             return
-        strongest = max(recs, key=lambda r: r["logE"])
+        # The strongest term carries the sum; terms tied with it carry it as much (one service's errors that its
+        # callers pass on have the same counts at each), so none of them is singled out by the plan's order.
+        strongest = max(r["logE"] for r in recs)
         for rec in recs:
-            if rec.get("crossedAt") is None and (rec is strongest or rec["logE"] >= log_threshold):
+            if rec.get("crossedAt") is None and (rec["logE"] >= strongest - TIED_LOG_E or rec["logE"] >= log_threshold):
                 rec["crossedAt"] = t
 
     def alpha_each(self, state: Mapping[str, Any]) -> float:
@@ -747,11 +753,9 @@ class SequentialJudge:
             # Harm shown goes before a mismatch: both keep the canary from promotion, and the way out of harm
             # (roll back) is safe whatever was compared. A canary too slow to keep up (its answers pile up in
             # flight) also looks under-served: its latency is the cause, and what the operator must read.
-            f = failed[0]
             return made(
                 Verdict.FAIL,
-                f"{f.service} {f.check}: e-value {f.e_value:.3g}; the regression e-values sum to "
-                f"{math.exp(min(state['regressionLogESum'], 700.0)):.3g} >= {f.threshold:.3g} ({f.reason})"
+                _harm_shown(checks, failed, math.exp(min(state["regressionLogESum"], 700.0)))
                 + (f"; also a {mismatch}" if mismatch else ""),
             )
         if mismatch:
@@ -794,6 +798,48 @@ def _placement_floor(shift: Mapping[str, Any], phi: float, alpha: float, delta_m
 def _needed_order(route: Mapping[str, Any]) -> float:
     needed = route.get("requestsNeeded")
     return math.inf if needed is None else float(needed)
+
+
+def _harm_shown(checks: Sequence[CheckResult], failed: Sequence[CheckResult], total: float) -> str:
+    """The fail reason: each regressed check with every service that carries it, the strongest first, each with
+    its numbers in plain units, then the rule ("errorRate worse on ml-infer, ml-search and master-search (e-value
+    327 each; canary 15.3% vs baseline 0.0% of requests failed); the regression e-values sum to 989 >= 400,
+    crossed at t=34.9 s"). A service's errors or latency that its callers pass on show at each of them alike,
+    so all are named, not the first in the plan's order."""
+    carriers = [c for c in checks if c.check != "sampleRatio" and c.e_value is not None
+                and (c.verdict is Verdict.FAIL or c.e_value >= CARRIER_SHARE * total)]
+    carriers.sort(key=lambda c: -float(c.e_value or 0.0))  # stable: ties keep the plan's order
+    by_check: dict[str, list[CheckResult]] = {}
+    for c in carriers:
+        by_check.setdefault(c.check, []).append(c)
+    parts = []
+    for check, cs in by_check.items():
+        values = [float(c.e_value or 0.0) for c in cs]
+        tied = max(values) <= min(values) * math.exp(TIED_LOG_E)
+        evidence = (f"e-value {values[0]:.3g}" + (" each" if len(cs) > 1 else "") if tied
+                    else "e-values " + ", ".join(f"{v:.3g}" for v in values))
+        plain = _in_units(cs[0])
+        parts.append(f"{check} worse on {_listed([c.service for c in cs])} ({evidence}{'; ' + plain if plain else ''})")
+    first = failed[0]
+    when = f", {first.reason} s after the release started" if first.reason else ""
+    return f"{'; '.join(parts)}; the regression e-values sum to {total:.3g} >= {first.threshold:.3g}{when}"
+
+
+def _in_units(c: CheckResult) -> str:
+    """A check's measure in the units an operator reads: rates of requests, or latency quantiles in ms."""
+    est = c.estimates
+    if c.check == "errorRate" and est.get("rateCanary") is not None and est.get("rateBaseline") is not None:
+        return f"canary {est['rateCanary']:.1%} vs baseline {est['rateBaseline']:.1%} of requests failed"
+    if c.check == "slowTail" and est.get("rateCanary") is not None and est.get("rateBaseline") is not None:
+        over = f" slower than {est['thresholdMs']:g} ms" if est.get("thresholdMs") is not None else " in the slow tail"
+        return f"canary {est['rateCanary']:.1%} vs baseline {est['rateBaseline']:.1%} of requests{over}"
+    if c.check == "latencyShift" and est.get("p50CanaryMs") is not None and est.get("p50BaselineMs") is not None:
+        return f"median {est['p50BaselineMs']:.3g} ms on the baseline, {est['p50CanaryMs']:.3g} ms on the canary"
+    return ""
+
+
+def _listed(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _more(c: CheckResult) -> float:

@@ -243,7 +243,7 @@ def _evalue_chart(v: _View, service: str) -> str:
         if points:
             series.append(Series(check, points, PALETTE[(i + 2) % len(PALETTE)]))
         thresholds.update(t for c in v.checks_of(service) if (t := _float(c.get("threshold"))))
-    rules = [Rule(t, f"threshold {t:g}", "#B00020") for t in sorted(thresholds)]
+    rules = [Rule(t, f"the regression sum (or a check alone) fails at {t:g}", "#B00020") for t in sorted(thresholds)]
     return line_chart(f"{service}: e-value of each check vs threshold (log)", series, y_label="e-value",
                       log_y=True, rules=rules, kind="evalues")
 
@@ -338,7 +338,9 @@ def _checks_details(record: Mapping[str, Any], open_: bool) -> str:
                     f'<td class="num">{_num(c.get("pValue"))}</td>'
                     f'<td class="num">{_num(samples.get("baseline"), "{:g}")} / {_num(samples.get("canary"), "{:g}")}'
                     f"</td><td>{estimates}</td></tr>")
-    table = ("<table><tr><th>service</th><th>check</th><th>verdict</th><th>e-value</th><th>threshold</th>"
+    table = ("<table><tr><th>service</th><th>check</th><th>verdict</th><th>e-value</th>"
+             "<th title=\"the regression e-values of every service, summed, fail the release here; a check alone "
+             "does too\">sum fails at</th>"
              "<th>p-value</th><th>samples (stable / canary)</th><th>estimates</th></tr>" + "".join(rows) + "</table>")
     return f"<details{' open' if open_ else ''}><summary>all {len(rows)} checks</summary>{table}</details>"
 

@@ -69,7 +69,12 @@ def check_text(ch: Mapping[str, Any]) -> str:
     if isinstance(safety, Mapping) and safety.get("margin") is not None:
         mark = "<" if safety.get("shown") else ">="
         text += f" bound {_num(safety.get('bound'))}{mark}{_num(safety.get('margin'))}"
-    return f"{text} {ch.get('verdict', '')}".rstrip()
+    verdict = str(ch.get("verdict", ""))
+    e_value, threshold = ch.get("eValue"), ch.get("threshold")
+    if (verdict == "fail" and isinstance(e_value, int | float) and isinstance(threshold, int | float)
+            and e_value < threshold):
+        verdict = "fail (by the sum)"  # a term of the sum that crossed, not at the threshold alone
+    return f"{text} {verdict}".rstrip()
 
 
 def harm_rule(checks: Sequence[Mapping[str, Any]]) -> str:

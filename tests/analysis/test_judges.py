@@ -193,6 +193,31 @@ def test_a_failed_check_says_when_it_crossed_in_tenths_of_a_second() -> None:
     assert failed and all(re.fullmatch(r"crossed at t=\d+\.\d", c.reason) for c in failed), [c.reason for c in failed]
 
 
+def test_a_fail_names_every_service_that_carries_the_harm_strongest_first() -> None:
+    """Errors of one service that its callers pass on have the same counts at each: all are named and marked,
+    not the first in the plan's order; a service with more evidence is named before one with less. The reason
+    gives the rates in plain units and when the sum crossed."""
+    rng = np.random.default_rng(5)
+    shared, decisions = [], []
+    for t in range(1, 8):
+        passed_on = interval(rng, t, error_c=0.08)  # the same observation at the entry and at the service below
+        shared.append({"master-search": passed_on, "ml-infer": passed_on, "keyword": interval(rng, t)})
+    decisions = run("sequential", shared)
+    d = next(d for d in decisions if d.verdict is Verdict.FAIL)
+    failed = {c.service for c in d.checks if c.verdict is Verdict.FAIL}
+    assert failed == {"master-search", "ml-infer"}, failed
+    assert re.match(r"errorRate worse on master-search and ml-infer \(e-value \S+ each; canary \d+\.\d% vs "
+                    r"baseline \d+\.\d% of requests failed\); the regression e-values sum to \S+ >= 240, "
+                    r"crossed at t=\d+\.\d s after the release started$", d.reason), d.reason
+
+    rng = np.random.default_rng(6)
+    decisions = run("sequential", [{"master-search": interval(rng, t, shift=1), "ml-search": interval(rng, t, shift=2)}
+                                   for t in range(1, 8)])
+    d = next(d for d in decisions if d.verdict is Verdict.FAIL)
+    assert d.reason.startswith("latencyShift worse on ml-search"), d.reason
+    assert " ms on the baseline, " in d.reason and " ms on the canary" in d.reason, d.reason
+
+
 def test_latency_regression_fails() -> None:
     rng = np.random.default_rng(3)
     decisions = run("sequential", [{"search": interval(rng, t, shift=1)} for t in range(1, 8)])
@@ -214,7 +239,7 @@ def test_a_slow_canary_that_also_looks_under_served_fails_on_its_latency() -> No
     rng = np.random.default_rng(5)
     slow = run("sequential", [{"search": interval(rng, t, n_c=60, n_b=940, shift=2)} for t in range(1, 8)])
     assert slow[-1].verdict is Verdict.FAIL, [d.reason for d in slow]
-    assert slow[-1].reason.startswith(("search latencyShift", "search slowTail")), slow[-1].reason
+    assert slow[-1].reason.startswith(("latencyShift worse on search", "slowTail worse on search")), slow[-1].reason
     assert "also a sample-ratio mismatch on search: canary got 6.0%" in slow[-1].reason
     healthy = run("sequential", [{"search": interval(rng, t, n_c=60, n_b=940)} for t in range(1, 8)])
     assert healthy[-1].verdict is Verdict.ERROR and healthy[-1].reason.startswith("sample-ratio mismatch on search")

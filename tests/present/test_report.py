@@ -155,7 +155,7 @@ def test_report_has_every_chart_and_series() -> None:
     evalues = _chart(svgs, "evalues", "ml-search")
     assert _series(evalues) == ["errorRate", "slowTail", "latencyShift", "sampleRatio"]
     rules = [g.get("data-rule") for g in evalues.iter("{http://www.w3.org/2000/svg}g") if g.get("class") == "rule"]
-    assert rules == ["threshold 400"]
+    assert rules == ["the regression sum (or a check alone) fails at 400"]
     assert _series(_chart(svgs, "distribution", "ml-search")) == ["v1", "v2"]
     # One verdict marker per analysis on the weight chart.
     circles = _chart(svgs, "weight").iter("{http://www.w3.org/2000/svg}circle")
