@@ -150,7 +150,8 @@ def _outcome(v: _View) -> str:
         ("time to decision", _duration(_span(s.get("firstCanaryTrafficAt"), s.get("decidedAt"))),
          "first canary request → deciding verdict"),
         ("release duration", _duration(_span(s.get("startedAt"), s.get("finishedAt"))), "start → final phase"),
-        ("canary requests", f"{int(_float(s.get('totalCanaryRequests')) or 0):,}", "entry service, whole release"),
+        ("canary requests", f"{int(_float(s.get('totalCanaryRequests')) or 0):,}",
+         "the busiest service's, in the analysed windows (not in the warm-up or windows not judged)"),
         ("analyses", str(len(v.history)), f"last verdict: {s.get('lastVerdict') or '-'}"),
     ]
     last = v.history[-1] if v.history else None
