@@ -24,14 +24,24 @@ def _num(x: Any, fmt: str = "{:.3g}") -> str:
 def headline(spec: ReleaseSpec, status: ReleaseStatus, now: float) -> str:
     steps = spec.strategy.steps
     step = f"{status.step + 1}/{len(steps)}" if status.step >= 0 else f"0/{len(steps)}"
-    parts = [f"{spec.name}: {status.phase.value:<12}", f"step {step}",
-             f"weight {100 - status.canary_weight}/{status.canary_weight} (stable/canary)"]
+    parts = [f"{spec.name}: {status.phase.value:<12}", f"step {step}", _weight_text(spec, status)]
     if status.last_analysis_at is not None and status.phase is Phase.PROGRESSING:
         due = status.last_analysis_at + spec.strategy.interval - now
         parts.append(f"next analysis in {max(0.0, due):4.1f}s")
         if status.last_analysis_at > now and spec.strategy.warmup > spec.strategy.settle and not status.pod_warmup:
             parts.append(f"(new pods warming up for {status.last_analysis_at - now:.0f}s more)")
     return "  ".join(parts)
+
+
+def _weight_text(spec: ReleaseSpec, status: ReleaseStatus) -> str:
+    """The split; once finished, which version serves everyone (100/0 reads alike after either ending)."""
+    versions = status.versions
+    stable, canary = (versions.stable, versions.canary) if versions else (spec.stable.version, spec.canary.version)
+    if status.phase is Phase.SUCCEEDED:
+        return f"all traffic on {canary} (promoted: now the stable version)"
+    if status.phase in (Phase.ROLLED_BACK, Phase.ABORTED, Phase.FAILED) and status.canary_weight == 0:
+        return f"all traffic on {stable} (the stable version; {canary} serves none)"
+    return f"weight {100 - status.canary_weight}/{status.canary_weight} (stable/canary)"
 
 
 def decision_lines(record: DecisionRecord, stable: str, canary: str) -> list[str]:

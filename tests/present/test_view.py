@@ -96,3 +96,13 @@ def test_the_headline_says_when_new_pods_are_still_warming_up() -> None:
     # Pods told apart: the window opens after settle, the judge leaving the step's new pods out: no wait to show.
     by_pod = replace(status, last_analysis_at=1003.0, pod_warmup=True)
     assert "warming up" not in view.headline(warm, by_pod, 1000.0)
+
+
+def test_a_finished_release_says_which_version_serves_everyone() -> None:
+    """100/0 read the same after a promotion and after a rollback; the headline names the version."""
+    done = ReleaseStatus(phase=Phase.SUCCEEDED, step=2, canary_weight=0, versions=ReleasedVersions("v1", "v2"))
+    assert "all traffic on v2 (promoted: now the stable version)" in view.headline(SPEC, done, 0.0)
+    back = replace(done, phase=Phase.ROLLED_BACK, step=0)
+    assert "all traffic on v1 (the stable version; v2 serves none)" in view.headline(SPEC, back, 0.0)
+    assert "weight 90/10 (stable/canary)" in view.headline(SPEC, replace(done, phase=Phase.PROGRESSING,
+                                                                          canary_weight=10), 0.0)
