@@ -14,6 +14,7 @@ search stack against the local platform. This module owns the parts they have in
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -112,6 +113,18 @@ class Console:
         self.out = out
         self.tty = out.isatty()
         self._live = False
+        if self.tty:  # a log line on the same terminal first clears the live line, so neither overwrites the other
+            for handler in logging.getLogger().handlers:
+                stream = getattr(handler, "stream", None)
+                if stream is not None and getattr(stream, "isatty", lambda: False)():
+                    handler.addFilter(self._clear_for_log)
+
+    def _clear_for_log(self, record: logging.LogRecord) -> bool:
+        if self._live:
+            self.out.write("\r\x1b[K")
+            self.out.flush()
+            self._live = False
+        return True
 
     def say(self, line: str) -> None:
         if self._live:

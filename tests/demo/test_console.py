@@ -1,0 +1,46 @@
+"""The demo's console on a terminal: a log line clears the live count-down line first, so neither overwrites
+the other (before, `next analysis in  0.9s2026-12-07 ... WARNING ...` ran together)."""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from demo.harness import Console
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def terminal_log() -> Iterator[Terminal]:
+    term = Terminal()
+    handler = logging.StreamHandler(term)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield term
+    finally:
+        root.removeHandler(handler)
+
+
+def test_a_log_line_clears_the_live_line_first(terminal_log: Terminal) -> None:
+    console = Console(terminal_log)
+    console.live("next analysis in  0.9s")
+    logging.getLogger("controller.adapters.local.platform").warning("AnalysisFailed: errorRate worse on ml-infer")
+    console.live("next analysis in  9.9s")
+    assert terminal_log.getvalue() == ("\r\x1b[Knext analysis in  0.9s" "\r\x1b[K"
+                                       "AnalysisFailed: errorRate worse on ml-infer\n" "\r\x1b[Knext analysis in  9.9s")
+
+
+def test_off_a_terminal_the_log_is_left_alone(terminal_log: Terminal) -> None:
+    Console(io.StringIO())
+    logging.getLogger("x").warning("plain")
+    assert terminal_log.getvalue() == "plain\n"
