@@ -270,6 +270,9 @@ def test_inconclusive_hold_policy_holds() -> None:
     assert status.phase is Phase.PROGRESSING and status.step == 0
     assert status.condition("Analysis").reason == "Inconclusive"  # type: ignore[union-attr]
     assert world.notifier.reasons().count("AnalysisInconclusive") == 1
+    [notice] = [n for n in world.notifier.notices if n.reason == "AnalysisInconclusive"]
+    assert notice.message.startswith("holding at 10%: no pass by the step deadline (300 s), and "
+                                      "policies.onInconclusive is hold"), notice.message
 
 
 def test_the_judge_learns_the_stable_versions_noise_from_its_metrics_before_the_release() -> None:

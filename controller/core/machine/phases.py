@@ -208,7 +208,11 @@ def _overdue(spec: ReleaseSpec, status: ReleaseStatus, why: str, now: float) -> 
             return _advance(spec, status, now).after(
                 Notify("AnalysisInconclusive", f"continuing without a pass: {why}", True))
         case _:
-            held = hold_inconclusive(status, "Analysis", f"holding at {status.canary_weight}%", why, now)
+            deadline = f"{spec.strategy.step_deadline:g} s"
+            held = hold_inconclusive(status, "Analysis", f"holding at {status.canary_weight}%: no pass by the step "
+                                     f"deadline ({deadline}), and policies.onInconclusive is hold, so the analysis "
+                                     "goes on at this weight (`canary promote` or `canary abort` decides sooner)",
+                                     why, now)
             return Outcome(note_action(held.status, "hold"), held.actions)
 
 
