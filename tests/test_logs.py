@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import threading
 from collections.abc import Iterator
 
@@ -126,6 +127,8 @@ def test_text_format_and_levels() -> None:
         root.setLevel(level)
     assert "hidden" not in out.getvalue()
     assert out.getvalue().rstrip().endswith("x: shown [release=r1]")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z WARNING x: shown \[release=r1\]\n", out.getvalue()), \
+        out.getvalue()  # UTC, marked as such, as the other views give times
     with pytest.raises(ValueError, match="unknown log level 'loud'"):
         configure_logging("loud")
 
