@@ -203,6 +203,7 @@ def load_dict(report: LoadReport | None) -> dict[str, Any] | None:
     d = asdict(report)
     d["status_counts"] = {str(k): v for k, v in report.status_counts.items()}
     d["achieved_rate"] = report.achieved_rate
+    d["error_answers"] = report.error_answers  # answered 5xx: `errors` counts requests that got no answer
     return d
 
 

@@ -96,6 +96,11 @@ class LoadReport:
     held: int = 0  # slots that waited for their user's first answer (then sent, or dropped if it failed)
 
     @property
+    def error_answers(self) -> int:
+        """Requests answered with an error status (5xx): what users saw fail, beside `errors` (no answer)."""
+        return sum(n for code, n in self.status_counts.items() if code >= 500)
+
+    @property
     def achieved_rate(self) -> float:
         """Requests actually sent per second of the sending window."""
         return self.sent / self.duration_s if self.duration_s > 0 else 0.0
@@ -104,7 +109,8 @@ class LoadReport:
         codes = " ".join(f"{code}:{n}" for code, n in sorted(self.status_counts.items()))
         return (
             f"target {self.target_rate:.0f}/s achieved {self.achieved_rate:.1f}/s over {self.duration_s:.1f}s: "
-            f"sent {self.sent} completed {self.completed} errors {self.errors} dropped {self.dropped} "
+            f"sent {self.sent} completed {self.completed} (5xx {self.error_answers}) no answer {self.errors} "
+            f"dropped {self.dropped} "
             f"[{codes}] p50 {self.latency_p50_ms:.1f}ms p90 {self.latency_p90_ms:.1f}ms "
             f"p99 {self.latency_p99_ms:.1f}ms"
         )

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from controller.adapters.local.processes import ProcessGroup, free_port, start_search_service
+from demo.harness import load_dict
 from demo.loadgen import CookieJars, LoadReport, LoadRunner, QueryMix, run_load, served_version
 from searchstack.vocabulary import WORD_INDEX
 
@@ -455,3 +456,13 @@ def test_cookie_jars_and_served_version() -> None:
     assert served_version({"x-served-by": "master-search@v2,ml-infer@v1"}) == "v2"
     assert served_version({"x-served-by": "keyword@v5"}) == "v5"
     assert served_version({}) is None
+
+
+def test_answers_with_an_error_status_are_counted_apart_from_requests_without_an_answer() -> None:
+    """`errors` is requests that got no answer; what users saw fail is the 5xx answers, said beside it."""
+    report = LoadReport(target_rate=10, duration_s=1.0, scheduled=17, sent=17, completed=16, errors=1, dropped=0,
+                        status_counts={200: 10, 404: 1, 500: 3, 503: 2}, latency_p50_ms=1.0, latency_p90_ms=2.0,
+                        latency_p99_ms=3.0)
+    assert report.error_answers == 5
+    assert "completed 16 (5xx 5) no answer 1 dropped 0" in report.summary()
+    assert load_dict(report)["error_answers"] == 5  # type: ignore[index]
