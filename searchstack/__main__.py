@@ -65,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"searchstack: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    # The one line of its log that says what it is, and any faults injected on purpose (why its answers fail).
+    injected = settings.faults.model_dump(exclude_defaults=True)
+    print(f"searchstack: {settings.workload} ({settings.role} {settings.version}) starting; faults injected: "
+          + (", ".join(f"{k}={v:g}" for k, v in injected.items()) or "none"), file=sys.stderr, flush=True)
     config = uvicorn.Config(
         create_app(settings),
         host=args.host,
