@@ -106,6 +106,13 @@ class LaneAudit:
                     self.first_canary_at = time.time()
 
 
+def _on_a_terminal(stream: object) -> bool:
+    try:
+        return bool(getattr(stream, "isatty", lambda: False)())
+    except (ValueError, OSError):  # a closed stream
+        return False
+
+
 class Console:
     """Lines for the log of a run, plus (on a terminal) one live line that counts down to the next step."""
 
@@ -115,8 +122,7 @@ class Console:
         self._live = False
         if self.tty:  # a log line on the same terminal first clears the live line, so neither overwrites the other
             for handler in logging.getLogger().handlers:
-                stream = getattr(handler, "stream", None)
-                if stream is not None and getattr(stream, "isatty", lambda: False)():
+                if _on_a_terminal(getattr(handler, "stream", None)):
                     handler.addFilter(self._clear_for_log)
 
     def _clear_for_log(self, record: logging.LogRecord) -> bool:

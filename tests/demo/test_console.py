@@ -40,6 +40,19 @@ def test_a_log_line_clears_the_live_line_first(terminal_log: Terminal) -> None:
                                        "AnalysisFailed: errorRate worse on ml-infer\n" "\r\x1b[Knext analysis in  9.9s")
 
 
+def test_a_closed_log_stream_beside_it_is_passed_over(terminal_log: Terminal) -> None:
+    closed = io.StringIO()
+    handler = logging.StreamHandler(closed)
+    closed.close()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        Console(Terminal()).live("next analysis in  1.0s")
+    finally:
+        root.removeHandler(handler)
+    assert not handler.filters
+
+
 def test_off_a_terminal_the_log_is_left_alone(terminal_log: Terminal) -> None:
     Console(io.StringIO())
     logging.getLogger("x").warning("plain")
