@@ -888,10 +888,19 @@ def _not_yet_safe(unsafe: Sequence[CheckResult]) -> str:
     what = {"delta": "Delta", "ratio": "ratio", "excess": "excess rate"}[safety["on"]]
     left = _more(c)
     tail = (safety.get("why", "its estimate is not under the margin") if math.isinf(left)
-            else f"about {int(left):,} more canary requests")
+            else f"about {int(left):,} more canary request{'s' if int(left) != 1 else ''}")
     others = f"; {len(unsafe) - 1} other check(s) not shown yet" if len(unsafe) > 1 else ""
-    return (f"not yet shown safe: {c.service} {c.check} {what} upper bound {safety['bound']:.3g}, margin "
-            f"{safety['margin']:g} ({tail}){others}")
+    return (f"not yet shown safe: {c.service} {c.check} {what} upper bound {_beside(safety['bound'], safety['margin'])}"
+            f", margin {safety['margin']:g} ({tail}){others}")
+
+
+def _beside(value: float, margin: float) -> str:
+    """`value` with the digits that tell it from `margin` (a bound of 2.0004 is not "2" beside a margin of 2)."""
+    for digits in (3, 4, 5, 6):
+        text = f"{value:.{digits}g}"
+        if text != f"{margin:g}" or value == margin:
+            return text
+    return f"{value:.6g}"
 
 
 def _upgraded(state: dict[str, Any]) -> dict[str, Any]:

@@ -449,3 +449,13 @@ def test_a_canary_slower_than_the_latency_margin_may_still_grow_until_harm_evide
     assert slow.verdict is Verdict.INCONCLUSIVE and shift.e_value < 10, (slow.verdict, shift.e_value)
     assert slow.details["safetyPending"] and "holding" not in slow.reason, slow.reason
     assert shift.estimates["delta"] == pytest.approx(0.14)
+
+
+def test_a_bound_just_over_its_margin_is_not_shown_as_equal_to_it() -> None:
+    """"upper bound 2, margin 2" read as if it were shown; the digits that tell them apart are kept."""
+    from analysis.sequential import _beside
+
+    assert _beside(2.0031, 2.0) == "2.003"
+    assert _beside(2.83, 2.0) == "2.83"
+    assert _beside(2.0, 2.0) == "2"
+    assert _beside(0.10004, 0.1) == "0.10004"
