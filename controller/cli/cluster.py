@@ -41,8 +41,6 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from kubernetes.config import ConfigException
-
 from controller.adapters.kubernetes.client import DEPLOYMENTS, RELEASES, ApiConflict, KubeApi, Obj
 from controller.adapters.kubernetes.health import HealthServer, Telemetry
 from controller.adapters.kubernetes.leader import DEFAULT_LEASE, LeaseElector
@@ -88,20 +86,18 @@ def _logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-def _connection_args(p: argparse.ArgumentParser) -> None:
+def connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, else ~/.kube/config)")
     p.add_argument("--context", help="kubeconfig context")
     p.add_argument("--server", help=argparse.SUPPRESS)  # a plain-HTTP API server (tests, benchmarks)
 
 
-def _connect(args: argparse.Namespace, telemetry: Telemetry | None = None) -> KubeApi:
+def connect(args: argparse.Namespace, telemetry: Telemetry | None = None) -> KubeApi:
+    """The API the `connection_args` name; PortError "no Kubernetes API to talk to" when there is none."""
     observer = telemetry.api_call if telemetry else None
     if args.server:
         return KubeApi.for_url(args.server, observer)
-    try:
-        return KubeApi.connect(args.kubeconfig, args.context, observer)
-    except (ConfigException, OSError) as exc:  # no kubeconfig, no such context, unreadable file
-        raise PortError(f"no Kubernetes API to talk to: {exc}") from exc
+    return KubeApi.connect(args.kubeconfig, args.context, observer)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -125,7 +121,7 @@ def _controller_parser() -> argparse.ArgumentParser:
                    metavar="{text,json}",
                    help="json: one object per line with release, namespace, phase and step ($LOG_FORMAT)")
     notifications.add_arguments(p)
-    _connection_args(p)
+    connection_args(p)
     return p
 
 
@@ -289,9 +285,8 @@ def _user_sums_given(args: argparse.Namespace) -> tuple[str, str, str, str] | No
         return None
     parts = tuple(t.strip() for t in text.split(";"))
     if len(parts) != 4 or not all(parts):
-        source = f" (from ${text.variable})" if isinstance(text, flags.FromEnvironment) else ""
-        raise ValueError(f"--business-metric-user-sums {text!r}{source}: four PromQL templates separated by ';', "
-                         "none empty (sum of Y^2; sum of N^2; sum of Y*N; users)")
+        raise ValueError(f"--business-metric-user-sums {text!r}{flags.source(text)}: four PromQL templates "
+                         "separated by ';', none empty (sum of Y^2; sum of N^2; sum of Y*N; users)")
     return parts[0], parts[1], parts[2], parts[3]
 
 
@@ -312,7 +307,7 @@ def controller_main(argv: Sequence[str]) -> int:
     try:
         configure_logging(args.log_level, json=args.log_format == "json")
         _user_sums_given(args)
-        api = _connect(args, telemetry)
+        api = connect(args, telemetry)
         # The cluster's rules: in-cluster Services plus the allow-list, hooks' keys from Kubernetes Secrets.
         outgoing = notifications.from_args(args, secrets=KubeSecrets(api))
     except Exception as exc:  # a bad flag, URL or file, or the API client's config: say which and stop
@@ -393,7 +388,7 @@ def _start_parser() -> argparse.ArgumentParser:
     p.add_argument("--services", help="comma-separated stack services (default: the search stack)")
     p.add_argument("--steps", type=_weights, help="canary weights, e.g. 10,25,50 (default: the CRD's)")
     p.add_argument("--interval", help="analysis interval, e.g. 60s")
-    _connection_args(p)
+    connection_args(p)
     return p
 
 
@@ -518,7 +513,7 @@ def start_main(argv: Sequence[str]) -> int:
     services = args.services.split(",") if args.services else list(SEARCH_STACK)
     try:
         images = parse_images(args.image)
-        api = _connect(args)
+        api = connect(args)
         existing = api.get_or_none(RELEASES, args.namespace, args.release)
         if existing is not None:
             return _update_release(api, args, existing, images)
@@ -555,7 +550,7 @@ def _get_parser(prog: str = "canary get") -> argparse.ArgumentParser:
                    help="then print each change (phase, step, decision) until it finishes (Ctrl-C stops)")
     p.add_argument("--json", action="store_true", help="the status as JSON")
     p.add_argument("--max-seconds", type=flags.number(0, above=True), default=24 * 3600.0, help=argparse.SUPPRESS)
-    _connection_args(p)
+    connection_args(p)
     _local_args(p)
     return p
 
@@ -598,7 +593,7 @@ def render_status(obj: Obj, now: float, as_json: bool = False) -> str:
 def get_main(argv: Sequence[str], prog: str = "canary get") -> int:
     args = _parsed(_get_parser(prog), argv)
     try:
-        api = _connect(args)
+        api = connect(args)
         obj = api.get_or_none(RELEASES, args.namespace, args.release)
         if obj is None:
             print(f"{prog}: no StackRelease {args.namespace}/{args.release}", file=sys.stderr)
@@ -672,7 +667,7 @@ def _list_parser() -> argparse.ArgumentParser:
     where = p.add_mutually_exclusive_group()
     where.add_argument("-n", "--namespace", default="default", help="the releases of this namespace (default: default)")
     where.add_argument("-A", "--all-namespaces", action="store_true", help="the releases of every namespace")
-    _connection_args(p)
+    connection_args(p)
     return p
 
 
@@ -680,7 +675,7 @@ def list_main(argv: Sequence[str]) -> int:
     args = _list_parser().parse_args(list(argv))
     namespace = None if args.all_namespaces else args.namespace
     try:
-        items = _connect(args).list(RELEASES, namespace).get("items", [])
+        items = connect(args).list(RELEASES, namespace).get("items", [])
     except PortError as exc:
         print(f"canary list: {exc.reason}", file=sys.stderr)
         return 1
@@ -715,7 +710,7 @@ def _history_parser() -> argparse.ArgumentParser:
                                 "and attempts: versions, images (model versions), outcomes, times, time to decision.")
     _release_args(p)
     p.add_argument("--json", action="store_true", help="the revisions as JSON")
-    _connection_args(p)
+    connection_args(p)
     _local_args(p)
     return p
 
@@ -723,7 +718,7 @@ def _history_parser() -> argparse.ArgumentParser:
 def history_main(argv: Sequence[str]) -> int:
     args = _parsed(_history_parser(), argv)
     try:
-        obj = _connect(args).get_or_none(RELEASES, args.namespace, args.release)
+        obj = connect(args).get_or_none(RELEASES, args.namespace, args.release)
     except PortError as exc:
         print(f"canary history: {exc.reason}", file=sys.stderr)
         return 1
@@ -744,7 +739,7 @@ def _operate_parser(command: str) -> argparse.ArgumentParser:
         p.add_argument("--full", action="store_true", help="promote now: skip every remaining step and its analysis")
     p.add_argument("-w", "--watch", action="store_true", help="then follow the release until it finishes")
     p.add_argument("--max-seconds", type=flags.number(0, above=True), default=24 * 3600.0, help=argparse.SUPPRESS)
-    _connection_args(p)
+    connection_args(p)
     _local_args(p)
     return p
 
@@ -766,7 +761,7 @@ def operate_main(command: str, argv: Sequence[str]) -> int:
     args = _parsed(_operate_parser(command), argv)
     where = f"{args.namespace}/{args.release}"
     try:
-        api = _connect(args)
+        api = connect(args)
         for _ in range(5):
             obj = api.get_or_none(RELEASES, args.namespace, args.release)
             if obj is None:

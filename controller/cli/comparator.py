@@ -14,11 +14,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from controller.adapters.shadow.comparator import Settings, serve
+from controller.adapters.shadow.comparator import Settings, log, serve
 from controller.cli import flags
 from controller.core.plan import DEFAULT_SHADOW_HEADER
-
-log = logging.getLogger("controller.adapters.shadow.comparator")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -39,10 +39,14 @@ def env(variable: str, fallback: Any = None, *, empty_is_unset: bool = True) -> 
     return default
 
 
+def source(text: str) -> str:
+    """` (from $VARIABLE)` for a default read from the environment, else ``."""
+    return f" (from ${text.variable})" if isinstance(text, FromEnvironment) else ""
+
+
 def refused(text: str, what: str) -> argparse.ArgumentTypeError:
     """`'VALUE' (from $VARIABLE) is not WHAT`, which argparse prints after `argument --flag:`."""
-    source = f" (from ${text.variable})" if isinstance(text, FromEnvironment) else ""
-    return argparse.ArgumentTypeError(f"{text!r}{source} is not {what}")
+    return argparse.ArgumentTypeError(f"{text!r}{source(text)} is not {what}")
 
 
 def whole(low: int, high: int | None = None, what: str = "") -> Callable[[str], int]:

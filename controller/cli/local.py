@@ -35,8 +35,6 @@ if TYPE_CHECKING:
     from controller.core.spec.release import ReleaseSpec
     from controller.core.status import ReleaseStatus
 
-FINAL_PHASES = ("Succeeded", "RolledBack", "Failed", "Aborted")
-
 
 class CheckedState(StateDir):
     """A local release's state directory whose unreadable files are a ValueError naming the file (the command
@@ -111,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
                            max_seconds=args.max_seconds, label=str(args.file), outgoing=outgoing)
     finally:
         outgoing.close()
-    if not result.get("interrupted") and result["phase"] not in FINAL_PHASES:
+    if not result.get("interrupted") and not _finished(result):
         print(_gave_up(result, args), file=sys.stderr)
     return _exit_code(result)
 
@@ -119,7 +117,13 @@ def run(args: argparse.Namespace) -> int:
 def _exit_code(result: dict[str, Any]) -> int:
     if result.get("interrupted"):
         return 130
-    return 0 if result["phase"] in FINAL_PHASES else 1
+    return 0 if _finished(result) else 1
+
+
+def _finished(result: dict[str, Any]) -> bool:
+    from controller.core.status import Phase
+
+    return Phase(result["phase"]).final
 
 
 def _gave_up(result: dict[str, Any], args: argparse.Namespace) -> str:

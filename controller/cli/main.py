@@ -210,9 +210,9 @@ def _report(argv: list[str]) -> int:
     p.add_argument("--workdir", type=Path, help="a local release's work directory instead")
     p.add_argument("-o", "--output", type=Path, default=Path("report.html"),
                    help="the HTML file to write (default: report.html)")
-    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, else ~/.kube/config)")
-    p.add_argument("--context", help="kubeconfig context")
-    p.add_argument("--server", help=argparse.SUPPRESS)  # a plain-HTTP API server (tests)
+    from controller.cli.cluster import connection_args
+
+    connection_args(p)
     args = p.parse_args(argv)
     if args.output.is_dir():
         raise ValueError(f"-o {args.output} is a directory: name the HTML file to write")
@@ -229,12 +229,12 @@ def _report(argv: list[str]) -> int:
 
 
 def _cluster_report(args: argparse.Namespace) -> str:
-    from controller.adapters.kubernetes.client import RELEASES, KubeApi
+    from controller.adapters.kubernetes.client import RELEASES
+    from controller.cli.cluster import connect
     from controller.present.report import render_report
 
     _quiet_http_retries()
-    api = KubeApi.for_url(args.server) if args.server else KubeApi.connect(args.kubeconfig, args.context)
-    obj = api.get_or_none(RELEASES, args.namespace, args.release)
+    obj = connect(args).get_or_none(RELEASES, args.namespace, args.release)
     if obj is None:
         raise FileNotFoundError(f"no StackRelease {args.namespace}/{args.release}")
     return render_report(obj, obj.get("status") or {})

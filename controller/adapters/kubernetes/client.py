@@ -42,6 +42,7 @@ import kubernetes
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
+from controller.core.spec.release import API_GROUP, API_VERSION
 from controller.ports import PermanentError, TemporaryError
 
 log = logging.getLogger(__name__)
@@ -63,14 +64,13 @@ class Resource:
         return f"{self.group}/{self.version}" if self.group else self.version
 
 
-RELEASES = Resource("stackcanary.dev", "v1alpha1", "stackreleases")
+RELEASES = Resource(API_GROUP, API_VERSION, "stackreleases")
 DEPLOYMENTS = Resource("apps", "v1", "deployments")
 HPAS = Resource("autoscaling", "v2", "horizontalpodautoscalers")
 SECRETS = Resource("", "v1", "secrets")
 VIRTUAL_SERVICES = Resource("networking.istio.io", "v1", "virtualservices")
 DESTINATION_RULES = Resource("networking.istio.io", "v1", "destinationrules")
 LEASES = Resource("coordination.k8s.io", "v1", "leases")
-RELEASE_KIND = "StackRelease"
 
 
 class ApiConflict(TemporaryError):

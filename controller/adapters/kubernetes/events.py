@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from controller.adapters.kubernetes.client import RELEASE_KIND, RELEASES, KubeApi, Obj
+from controller.adapters.kubernetes.client import RELEASES, KubeApi, Obj
+from controller.core.spec.release import RELEASE_KIND
 from controller.ports import Clock, Notice, PortError
 
 log = logging.getLogger(__name__)

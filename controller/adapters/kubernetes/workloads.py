@@ -39,8 +39,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.adapters.kubernetes.client import DEPLOYMENTS, HPAS, RELEASE_KIND, RELEASES, KubeApi, Obj
+from controller.adapters.kubernetes.client import DEPLOYMENTS, HPAS, RELEASES, KubeApi, Obj
 from controller.core.observation import Readiness
+from controller.core.spec.release import RELEASE_KIND
 from controller.ports import PermanentError
 
 log = logging.getLogger(__name__)

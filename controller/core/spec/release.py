@@ -45,7 +45,8 @@ _HEADER = re.compile(r"[a-z0-9][a-z0-9-]*")
 # A local release file may leave `apiVersion` and `kind` out; given, they must be these. Objects the API serves
 # always carry them, with the controller's `status`; the CRD's schema prunes any other top-level key.
 API_GROUP = "stackcanary.dev"
-API_VERSIONS = (f"{API_GROUP}/v1alpha1",)
+API_VERSION = "v1alpha1"
+API_VERSIONS = (f"{API_GROUP}/{API_VERSION}",)
 RELEASE_KIND = "StackRelease"
 TOP_LEVEL_FIELDS = ("apiVersion", "kind", "metadata", "spec", "status")
 SPEC_FIELDS = ("stack", "stable", "canary", "strategy", "analysis", "policies", "progressDeadline", "scaleDownDelay",
