@@ -4,6 +4,7 @@ back after every test, and the slots that keep the real-time tests from crowding
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import tempfile
 import time
@@ -125,6 +126,28 @@ def emulator() -> Iterator[RunningEmulator]:
     running = start_emulator()
     yield running
     running.stop()
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_as_it_was() -> Iterator[None]:
+    """A command run in-process (`controller_main`, `main([...])`) installs its log handler on the root logger,
+    writing to the test's captured stderr, and sets the level. Both are put back after the test: a handler left
+    on a closed capture stream made every later log line of that worker a logging error (16,801 of them, from
+    httpx at INFO, in one demo test, which then ran out of time)."""
+    root = logging.getLogger()
+
+    def ours() -> list[logging.Handler]:  # pytest adds and removes its own capture handlers around each phase
+        return [h for h in root.handlers if not type(h).__module__.startswith("_pytest")]
+
+    handlers, level = ours(), root.level
+    yield
+    for handler in ours():
+        if handler not in handlers:
+            root.removeHandler(handler)
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture(autouse=True)
