@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,6 +96,28 @@ def send(stack: LocalStack, n: int) -> list[dict[str, str]]:
     return paths
 
 
+# Envoy's counters of requests it could not pass on as asked: timeouts, resets, refusals, retries, no route/cluster.
+_TROUBLE = re.compile(r"timeout|reset|with_active_rq|overflow|retry|no_cluster|no_route|no_healthy|connect_fail|"
+                      r"_5xx$")
+
+
+def envoy_trouble(stack: LocalStack, since: dict[str, int] | None = None) -> dict[str, int]:
+    """Envoy's trouble counters that are not zero (or, given `since`, those that grew since), from its admin.
+    Connections closed for being idle (`*_cx_idle_timeout`) are Envoy's housekeeping, not trouble."""
+    admin = httpx.get(f"{stack.admin_url}/envoy", timeout=10).json()["admin"]
+    counts = {}
+    for line in httpx.get(f"{admin}/stats", timeout=10).text.splitlines():
+        name, _, value = line.partition(": ")
+        if _TROUBLE.search(name) and "_cx_idle_timeout" not in name and value.isdigit():
+            counts[name] = int(value) - (since or {}).get(name, 0)
+    return {k: v for k, v in counts.items() if v}
+
+
+def load_average() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} CPUs"
+
+
 def apply(stack: LocalStack, plan: RoutingPlan) -> None:
     assert stack.admin is not None
     LocalRouter(stack.admin).apply(plan)
@@ -120,7 +143,12 @@ def test_lane_purity_at_50_50_across_every_hop(two_versions: LocalStack) -> None
     assert sorted(c["weight"] for r in entry["routes"] for c in r["clusters"]) == [50, 50]
 
 
-@pytest.mark.realtime
+# With the machine to itself (no other test beside it): ten search processes, Envoy and the load generator serving
+# 40 searches/s must keep up on two cores for "no request failed" to be about the weight changes. Beside the crash
+# campaigns they did not: in CI one search had no answer within 10 s (the generator 50 searches behind its
+# schedule), and in a run of this test beside them here 4 searches were dropped with 256 waiting. Alone, and beside
+# four CPU-bound processes, it passed every time (4 and 4 runs).
+@pytest.mark.realtime(alone=True)
 @pytest.mark.timeout(120)
 def test_weight_changes_under_40_searches_a_second_fail_no_request(two_versions: LocalStack) -> None:
     """A release's moves applied to Envoy while 40 searches/s flow through the whole stack: every weight step up
@@ -128,6 +156,7 @@ def test_weight_changes_under_40_searches_a_second_fail_no_request(two_versions:
     unanswered, and the weights read back from Envoy are the ones applied."""
     stack = two_versions
     apply(stack, stack.baseline_plan("v1", "v2", 0))
+    before = envoy_trouble(stack)
     load = LoadRunner(f"{stack.router_url}/master-service/search", 40.0, 30.0, 1200, host="master-search",
                       timeout_s=10.0).start()
     try:
@@ -144,9 +173,12 @@ def test_weight_changes_under_40_searches_a_second_fail_no_request(two_versions:
             assert plan.equivalent(router.in_effect())  # read back from Envoy
     finally:
         report = load.stop()
-    assert report.sent >= 600, report
-    assert report.errors == 0 and report.dropped == 0, report
-    assert dict(report.status_counts) == {200: report.sent}, report
+    trouble = envoy_trouble(stack, before)
+    told = f"{report.summary()} {dict(report.error_kinds)}; Envoy: {trouble}; {load_average()}"
+    assert report.sent >= 600, told
+    assert report.errors == 0 and report.dropped == 0, told
+    assert dict(report.status_counts) == {200: report.sent}, told
+    assert trouble == {}, told  # nothing reset, refused or retried in Envoy either
 
 
 @pytest.mark.realtime
