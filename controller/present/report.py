@@ -330,7 +330,7 @@ def _checks_details(record: Mapping[str, Any], open_: bool) -> str:
     for c in (_map(c) for c in _seq(record.get("checks"))):
         verdict = str(c.get("verdict", ""))
         samples = _map(c.get("samples"))
-        estimates = ", ".join(f"{escape(str(k))}={escape(_short(val))}" for k, val in _map(c.get("estimates")).items())
+        estimates = _estimates_cell(_map(c.get("estimates")))
         row_class = ' class="row-fail"' if verdict in ("fail", "error") else ""
         rows.append(f"<tr{row_class}><td>{escape(str(c.get('service', '')))}</td>"
                     f"<td>{escape(str(c.get('check', '')))}</td>"
@@ -344,6 +344,31 @@ def _checks_details(record: Mapping[str, Any], open_: bool) -> str:
              "does too\">sum fails at</th>"
              "<th>p-value</th><th>samples (stable / canary)</th><th>estimates</th></tr>" + "".join(rows) + "</table>")
     return f"<details{' open' if open_ else ''}><summary>all {len(rows)} checks</summary>{table}</details>"
+
+
+def _estimates_cell(estimates: Mapping[str, Any]) -> str:
+    """A check's estimates as read: the safety bound against its margin first (what a pass waits on), in words,
+    then every other estimate as name=value, nested values flattened (a confidence sequence as [low, high])."""
+    parts = []
+    safety = _map(estimates.get("safety"))
+    if safety.get("margin") is not None:
+        shown = bool(safety.get("shown"))
+        text = (f"safety: bound {_short(safety.get('bound'))} {'&lt;' if shown else '&ge;'} margin "
+                f"{_short(safety.get('margin'))}{' on the ' + escape(str(safety['on'])) if safety.get('on') else ''}"
+                f" ({'shown' if shown else 'not yet shown'}")
+        needed = _float(safety.get("requestsNeeded"))
+        if not shown and needed is not None:
+            text += f"; at about {needed:,.0f} canary requests in all, if the estimate holds"
+        if safety.get("why"):
+            text += f"; {escape(str(safety['why']))}"
+        parts.append(f"<b>{text})</b>")
+    for key, value in estimates.items():
+        if key == "safety":
+            continue
+        shown_value = (", ".join(f"{k}={_short(x)}" for k, x in value.items()) if isinstance(value, Mapping)
+                       else _short(value))
+        parts.append(f"{escape(str(key))}={escape(shown_value)}")
+    return ", ".join(parts)
 
 
 def _conditions(v: _View) -> str:

@@ -188,6 +188,23 @@ def test_decision_log_has_numbers_of_every_decision() -> None:
     assert "100 / 9" in log  # canary requests / errors at the entry service in the last interval
 
 
+def test_a_checks_estimates_read_as_words_with_its_safety_bound_first() -> None:
+    """The detail table's estimates: the safety bound against its margin in words (what a pass waits on), then
+    the other estimates as name=value, a confidence sequence as [low, high]; no Python dict in the page."""
+    status = _status()
+    last = status["history"][-1]["checks"]
+    last[0]["estimates"] = {"ratio": 1.5, "ratioConfidenceSequence": [0.42, 3.97],
+                            "safety": {"shown": False, "bound": 3.97, "margin": 1.5, "on": "ratio",
+                                       "requestsNeeded": 2400}}
+    last[1]["estimates"] = {"safety": {"shown": True, "bound": 0.0123, "margin": 0.02, "on": "excess",
+                                       "requestsNeeded": 0}, "thresholdMs": 250.0}
+    html = render_report(_release(), status)
+    assert ("<b>safety: bound 3.97 &ge; margin 1.5 on the ratio (not yet shown; at about 2,400 canary requests in "
+            "all, if the estimate holds)</b>, ratio=1.5, ratioConfidenceSequence=[0.42, 3.97]") in html
+    assert "<b>safety: bound 0.0123 &lt; margin 0.02 on the excess (shown)</b>, thresholdMs=250" in html
+    assert "{" not in html[html.index("<h2>Decision log"):].replace("{}", "")
+
+
 def test_every_user_string_is_escaped() -> None:
     release = _release(name=EVIL)
     release["metadata"]["namespace"] = EVIL
