@@ -885,13 +885,20 @@ def _not_yet_safe(unsafe: Sequence[CheckResult]) -> str:
     """"S check: upper bound B, margin M (about N more canary requests)" for the check furthest from safe."""
     c = max(unsafe, key=_more)
     safety = c.estimates["safety"]
-    what = {"delta": "Delta", "ratio": "ratio", "excess": "excess rate"}[safety["on"]]
+    what = _measure(c.check, safety["on"])
     left = _more(c)
     tail = (safety.get("why", "its estimate is not under the margin") if math.isinf(left)
             else f"about {int(left):,} more canary request{'s' if int(left) != 1 else ''}")
     others = f"; {len(unsafe) - 1} other check(s) not shown yet" if len(unsafe) > 1 else ""
     return (f"not yet shown safe: {c.service} {c.check} {what} upper bound {_beside(safety['bound'], safety['margin'])}"
             f", margin {safety['margin']:g} ({tail}){others}")
+
+
+def _measure(check: str, on: str) -> str:
+    """What a safety bound is of, in words an operator reads without docs/analysis.md at hand."""
+    events = "slow-request" if check == "slowTail" else "error"
+    return {"delta": "latency shift P(slower)-P(faster)", "ratio": f"canary/baseline {events} ratio",
+            "excess": f"excess {events} rate (canary minus baseline)"}[on]
 
 
 def _beside(value: float, margin: float) -> str:

@@ -459,3 +459,22 @@ def test_a_bound_just_over_its_margin_is_not_shown_as_equal_to_it() -> None:
     assert _beside(2.83, 2.0) == "2.83"
     assert _beside(2.0, 2.0) == "2"
     assert _beside(0.10004, 0.1) == "0.10004"
+
+
+def test_the_reason_a_release_waits_names_what_its_bound_is_of_in_words() -> None:
+    """"Delta upper bound 0.12" meant nothing without docs/analysis.md at hand; each bound now says what it bounds."""
+    from analysis.decisions import CheckResult
+    from analysis.sequential import _not_yet_safe
+
+    def waiting(check: str, on: str, bound: float, margin: float) -> str:
+        safety = {"shown": False, "bound": bound, "margin": margin, "on": on, "requestsNeeded": 1500}
+        return _not_yet_safe([CheckResult("ml-search", check, Verdict.INCONCLUSIVE, samples={"canary": 500},
+                                          estimates={"safety": safety})])
+
+    assert waiting("latencyShift", "delta", 0.12, 0.1) == (
+        "not yet shown safe: ml-search latencyShift latency shift P(slower)-P(faster) upper bound 0.12, margin 0.1 "
+        "(about 1,000 more canary requests)")
+    assert "errorRate canary/baseline error ratio upper bound 2.4, margin 1.5" in waiting(
+        "errorRate", "ratio", 2.4, 1.5)
+    assert "slowTail excess slow-request rate (canary minus baseline) upper bound 0.031, margin 0.02" in waiting(
+        "slowTail", "excess", 0.031, 0.02)
