@@ -25,7 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--entry", required=True, type=flags.http_url,
                         help="the stack's entry through the mesh, e.g. http://master-search:8000")
     parser.add_argument("--entry-host", default="", help="Host header of the entry requests (default: the URL's)")
-    parser.add_argument("--header", default=DEFAULT_SHADOW_HEADER, help="the header naming the version to ask")
+    parser.add_argument("--header", type=flags.header_name, default=DEFAULT_SHADOW_HEADER,
+                        help="the header naming the version to ask")
     parser.add_argument("--k", type=flags.whole(1), default=10, help="document ids compared per answer (default 10)")
     parser.add_argument("--workers", type=flags.whole(1, 256), default=4,
                         help="mirrored searches paired at once, each asking the stack three times (default 4)")

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_HEADER_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")  # as the release spec's header fields take them
 _DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}\Z)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*")
 
 
@@ -104,6 +105,17 @@ def http_url(text: str) -> str:
     if not good:
         raise refused(text, "an http:// or https:// URL with a host")
     return str(text)
+
+
+def header_name(text: str) -> str:
+    if not _HEADER_NAME.fullmatch(text):
+        raise refused(text, "a lower-case HTTP header name (letters, digits and '-')")
+    return str(text)
+
+
+def header_name_or_none(text: str) -> str:
+    """A header name, or '' for none."""
+    return text if text == "" else header_name(text)
 
 
 def namespace(text: str) -> str:

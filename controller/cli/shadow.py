@@ -31,6 +31,7 @@ import httpx
 from analysis.shadow import ShadowConfig, fold, judge, new_state
 from analysis.shadow_replay import pair_line
 from controller.adapters.shadow.compare import AnswerError, Comparator, read_searches
+from controller.cli import flags
 from controller.core.plan import DEFAULT_LANE_HEADER
 
 EXIT = {"pass": 0, "fail": 1, "inconclusive": 3}
@@ -57,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min-pairs", type=int, default=d.min_pairs,
                    help=f"no decision before this many compared searches (default {d.min_pairs})")
     p.add_argument("--look", type=int, default=10, help="pairs between two looks (default 10)")
-    p.add_argument("--lane-header", default=DEFAULT_LANE_HEADER,
+    p.add_argument("--lane-header", type=flags.header_name_or_none, default=DEFAULT_LANE_HEADER,
                    help=f"sent as `stable` to the stable entry and `canary` to the new one, so that each search stays "
                         f"on one version through the mesh (default {DEFAULT_LANE_HEADER}; '' sends none)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")

@@ -161,8 +161,9 @@ def test_a_comparator_port_in_use_or_a_bad_fd_is_one_line_naming_it_and_exit_2(b
 
 
 @pytest.mark.parametrize(("flag", "bad"), [("--port", "99999"), ("--port", "-1"), ("--workers", "0"),
-                                           ("--queue", "0"), ("--k", "0"), ("--fd", "-1"), ("--workers", "x")])
-def test_a_comparator_number_out_of_range_is_refused_by_the_parser(
+                                           ("--queue", "0"), ("--k", "0"), ("--fd", "-1"), ("--workers", "x"),
+                                           ("--header", "X-Shadow-Version"), ("--header", "")])
+def test_a_comparator_number_out_of_range_or_a_bad_header_is_refused_by_the_parser(
         flag: str, bad: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as stopped:
         comparator._parser().parse_args(["--entry", "http://127.0.0.1:9", flag, bad])

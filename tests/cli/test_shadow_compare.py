@@ -13,6 +13,7 @@ import pytest
 
 from analysis.shadow_replay import main as analyze_shadow
 from controller.adapters.local.processes import ProcessGroup, free_port, start_search_service
+from controller.cli import shadow
 from controller.cli.shadow import main
 
 TOP = [f"d{i}" for i in range(10)]
@@ -93,6 +94,20 @@ def test_a_stack_that_refuses_connections_is_named(tmp_path: Path) -> None:
 def test_bad_urls_and_timeouts_are_refused_before_any_search(tmp_path: Path, argv: list[str], message: str) -> None:
     code, looks, err = run([*argv, "--searches", str(searches(tmp_path, 3))])
     assert code == 2 and looks == [] and message in err, err
+
+
+LANE_BASE = ["--stable", "http://s", "--new", "http://n", "--searches", "searches.txt"]
+
+
+@pytest.mark.parametrize("bad", ["X-Canary-Lane", "x lane", "-lane"])
+def test_a_lane_header_that_is_no_header_name_is_refused_by_the_parser(
+        bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before any search: such a header would fail every request (or be sent as another name than the mesh's)."""
+    with pytest.raises(SystemExit) as stopped:
+        shadow._parser().parse_args([*LANE_BASE, f"--lane-header={bad}"])
+    assert stopped.value.code == 2
+    assert f"argument --lane-header: '{bad}' is not a lower-case HTTP header name" in capsys.readouterr().err
+    assert shadow._parser().parse_args([*LANE_BASE, "--lane-header="]).lane_header == ""  # '' sends none
 
 
 def test_a_bad_searches_file_is_refused_with_its_line(tmp_path: Path) -> None:
