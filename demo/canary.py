@@ -106,6 +106,7 @@ def run_local(release: dict[str, Any], faults: Faults, rps: float = 20.0, summar
     if state.exists() and state.load_release().get("metadata", {}).get("name") != spec.name:
         raise ValueError(f"{state.root} holds another release; use a fresh --workdir")
     with ExitStack() as ctx, stop_on_signals() as stop:
+        ctx.enter_context(console)  # off the log handlers last, once the platform is down
         stack, router = _start_platform(ctx, spec, state, workdir, faults, console)
         shadow = _start_comparator(ctx, spec, stack, console)
         source = ctx.enter_context(open_metrics_source(metrics, stack.admin_url, workdir / "prometheus",

@@ -103,6 +103,7 @@ def run_ab_demo(rps: float = 40.0, interval: float = 10.0, summary_path: Path | 
     console, state = Console(out), StateDir(workdir / "state")
     audit = LaneAudit(canary=spec.canary.version, changed=spec.changed)
     with ExitStack() as ctx, stop_on_signals() as stop:
+        ctx.enter_context(console)  # off the log handlers last, once the platform is down
         stack, router = _start_platform(ctx, spec, workdir, console)
         source = ctx.enter_context(open_metrics_source(metrics, stack.admin_url, workdir / "prometheus",
                                                                 [scrape_job([stack.envoy_admin_target])]))

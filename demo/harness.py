@@ -114,16 +114,30 @@ def _on_a_terminal(stream: object) -> bool:
 
 
 class Console:
-    """Lines for the log of a run, plus (on a terminal) one live line that counts down to the next step."""
+    """Lines for the log of a run, plus (on a terminal) one live line that counts down to the next step.
+    `close()` (or the end of a `with` block) takes its hook off the log handlers again."""
 
     def __init__(self, out: TextIO) -> None:
         self.out = out
         self.tty = out.isatty()
         self._live = False
+        self._hooked: list[logging.Handler] = []
         if self.tty:  # a log line on the same terminal first clears the live line, so neither overwrites the other
             for handler in logging.getLogger().handlers:
                 if _on_a_terminal(getattr(handler, "stream", None)):
                     handler.addFilter(self._clear_for_log)
+                    self._hooked.append(handler)
+
+    def close(self) -> None:
+        for handler in self._hooked:
+            handler.removeFilter(self._clear_for_log)
+        self._hooked = []
+
+    def __enter__(self) -> Console:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def _clear_for_log(self, record: logging.LogRecord) -> bool:
         if self._live:

@@ -57,3 +57,14 @@ def test_off_a_terminal_the_log_is_left_alone(terminal_log: Terminal) -> None:
     Console(io.StringIO())
     logging.getLogger("x").warning("plain")
     assert terminal_log.getvalue() == "plain\n"
+
+
+def test_a_closed_console_takes_its_hook_off_the_log_handlers(terminal_log: Terminal) -> None:
+    """A process that runs several releases (the test suite, a notebook) does not pile up one hook per run."""
+    handler = next(h for h in logging.getLogger().handlers if getattr(h, "stream", None) is terminal_log)
+    with Console(terminal_log) as console:
+        console.live("next analysis in  0.9s")
+        assert len(handler.filters) == 1
+    assert handler.filters == []
+    logging.getLogger("x").warning("after")
+    assert terminal_log.getvalue().endswith("next analysis in  0.9s" "after\n")  # no longer cleared for it
