@@ -28,7 +28,7 @@ from controller.present.charts import (
     bar_chart,
     line_chart,
 )
-from controller.present.view import REGRESSION_CHECKS
+from controller.present.view import REGRESSION_CHECKS, confidence_text, experiment_table, operator_choice
 
 CHECK_NAMES = ("errorRate", "slowTail", "latencyShift", "sampleRatio")
 # The smallest e-value drawn on the log scale: anything below says "no evidence" just as well.
@@ -68,6 +68,7 @@ def render_report(release: Mapping[str, Any], status: Mapping[str, Any], *, titl
     body = [
         _header(view, page_title),
         _outcome(view),
+        _experiment_section(view),
         _shadow_section(view),
         _weight_section(view),
         _services_section(view),
@@ -166,6 +167,24 @@ def _outcome(v: _View) -> str:
     return (f'<section class="outcome" style="--c:{color}"><div class="phase" data-phase="{escape(v.phase)}">'
             f"{escape(v.phase)}</div><div class=\"why\">{escape(why)}</div>{culprit_html}"
             f'<div class="facts">{fact_html}</div></section>')
+
+
+def _experiment_section(v: _View) -> str:
+    """An A/B experiment's result: who won and why, each variant's numbers and each treatment's difference from
+    the control with its confidence interval, and at the operator's gate what approving and aborting do."""
+    experiment = _map(v.status.get("experiment"))
+    if not experiment.get("decision"):
+        return ""
+    headline, header, rows = experiment_table(experiment)
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+    gate = any(_map(c).get("type") == "Paused" and _map(c).get("status") == "True"
+               and _map(c).get("reason") == "AwaitingPromotion" for c in _seq(v.status.get("conditions")))
+    choice = (f"<p><b>Next:</b> {escape(operator_choice(experiment, v.stable, v.canary))}</p>"
+              if gate and v.phase == "Paused" else "")
+    return (f"<h2>Experiment</h2><div class=\"card\"><p><b>{escape(headline)}</b></p>"
+            f"<p>{escape(str(experiment.get('reason') or '-'))}</p><table><tr>{head}</tr>{body}</table>"
+            f'<p class="muted">{escape(confidence_text(experiment))}</p>{choice}</div>')
 
 
 def _weight_section(v: _View) -> str:

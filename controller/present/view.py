@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from controller.core.operations import all_revisions
+from controller.core.operations import all_revisions, at_gate
 from controller.core.spec.release import ReleaseSpec
 from controller.core.status import DecisionRecord, Phase, ReleasedVersions, ReleaseStatus, RevisionRecord
 
@@ -41,6 +41,10 @@ def _weight_text(spec: ReleaseSpec, status: ReleaseStatus) -> str:
         return f"all traffic on {canary} (promoted: now the stable version)"
     if status.phase in (Phase.ROLLED_BACK, Phase.ABORTED, Phase.FAILED) and status.canary_weight == 0:
         return f"all traffic on {stable} (the stable version; {canary} serves none)"
+    if spec.experiment is not None and status.phase in (Phase.PROGRESSING, Phase.PAUSED):
+        # The experiment's routes assign new users by every variant's weight; `canary_weight` is the canary's
+        # share of its pair with the control (what its guardrails judge), not a traffic split of A/B/n.
+        return "users split " + " / ".join(f"{a.name} {a.weight}%" for a in spec.experiment.routes.arms)
     return f"weight {100 - status.canary_weight}/{status.canary_weight} (stable/canary)"
 
 
@@ -143,10 +147,14 @@ def images_text(v: ReleasedVersions) -> str:
 
 
 def traffic_totals(status: ReleaseStatus) -> dict[str, dict[str, dict[str, int]]]:
-    """Requests and errors per service and version summed over this attempt's analysed windows."""
+    """Requests and errors per service and version summed over this attempt's analysed windows. An experiment's
+    record also holds its primary metric's look and the further variants' guardrails (`counts["primary"]`,
+    `counts["guardrails"]`): not services, so not traffic."""
     totals: dict[str, dict[str, dict[str, int]]] = {}
     for record in status.history:
         for service, counts in record.counts.items():
+            if not isinstance(counts, Mapping) or not ({"baseline", "canary"} & counts.keys()):
+                continue
             per = totals.setdefault(service, {})
             for side in ("baseline", "canary"):
                 c = counts.get(side, {}) if isinstance(counts, Mapping) else {}
@@ -165,6 +173,7 @@ def panel(spec: ReleaseSpec, status: ReleaseStatus, now: float, decisions: int =
         lines.append("  conditions: " + "; ".join(
             f"{c.type}={c.status} {c.reason}" + (f" ({c.message})" if c.message else "") for c in status.conditions))
     lines += shadow_lines(status)
+    lines += experiment_lines(status, spec.stable.version, spec.canary.version)
     stable, canary = spec.stable.version, spec.canary.version
     totals = traffic_totals(status)
     if totals:
@@ -223,6 +232,84 @@ def shadow_lines(status: ReleaseStatus, examples: int = 3) -> list[str]:
     if shadow.get("error"):
         lines.append(f"    comparator: {shadow['error']}")
     return lines
+
+
+def experiment_lines(status: ReleaseStatus, stable: str, canary: str) -> list[str]:
+    """An A/B experiment's result (docs/experiments.md): who won and why, every variant's users, samples and
+    primary metric, each treatment's difference from the control with its confidence interval, and, at the
+    operator's gate, what each command does."""
+    experiment = status.experiment or {}
+    if not experiment.get("decision"):
+        return []
+    headline, header, rows = experiment_table(experiment)
+    lines = [f"  {headline}", f"    {experiment.get('reason') or '-'}"]
+    lines += [f"    {line}" for line in table(header, rows)]
+    lines.append(wrapped(confidence_text(experiment), "    "))
+    if at_gate(status):
+        lines.append(f"  next: {operator_choice(experiment, stable, canary)}")
+    return lines
+
+
+def experiment_table(experiment: Mapping[str, Any]) -> tuple[str, list[str], list[list[str]]]:
+    """(headline, column names, one row per variant, the control's first) of `status.experiment`."""
+    metric, control = str(experiment.get("metric") or "primary metric"), str(experiment.get("control") or "-")
+    decision, comparisons = str(experiment.get("decision")), experiment.get("comparisons") or {}
+    # A guardrail names the harmful variant; the primary metric's harm is the treatment it finds worse.
+    harmful = experiment.get("harmful") or ", ".join(v for v, c in comparisons.items() if c.get("verdict") == "worse")
+    outcome = {"winner": f"winner {experiment.get('winner')}", "harmful": f"harmful: {harmful or '-'}",
+               "no_difference": "no winner (no difference shown)", "continue": "running, no decision yet",
+               "error": "no decision (the last look was an error)"}.get(decision, decision)
+    stopped = experiment.get("stoppedBy")
+    why = f", stopped by {_STOPPED_BY.get(str(stopped), stopped)}" if stopped else ""
+    looks = experiment.get("looks")
+    after = f" after {experiment['durationSeconds']:.0f}s" if isinstance(experiment.get("durationSeconds"),
+                                                                             int | float) else ""
+    headline = (f"experiment on {metric}: {outcome}{why}{after}" + (f", {looks} looks" if looks else ""))
+    rates, samples = experiment.get("rates") or {}, experiment.get("samples") or {}
+    users = experiment.get("users") or {}
+    header = ["variant", "users", "samples", metric, f"difference from {control} [interval]",
+              "ratio [interval]", "verdict"]
+    rows = [[f"{control} (control)", _num(users.get(control), "{:,}"), _num(samples.get(control), "{:,}"),
+             _num(rates.get(control), "{:.4f}"), "-", "-", "-"]]
+    for variant, c in comparisons.items():
+        rows.append([str(variant), _num(users.get(variant), "{:,}"), _num(samples.get(variant), "{:,}"),
+                     _num(rates.get(variant), "{:.4f}"),
+                     _with_interval(c.get("difference"), c.get("interval"), "{:+.4f}"),
+                     _with_interval(c.get("ratio"), c.get("ratioInterval"), "{:.3g}"), str(c.get("verdict") or "-")])
+    return headline, header, rows
+
+
+_STOPPED_BY = {"primary": "the primary metric", "maxDuration": "the maximum duration", "guardrail": "a guardrail"}
+
+
+def _with_interval(value: Any, interval: Any, fmt: str) -> str:
+    """`value [low, high]`; an end the status stores as null is infinite (`json_clean`)."""
+    low, high = interval if isinstance(interval, list | tuple) and len(interval) == 2 else (None, None)
+    ends = ("-inf" if low is None else fmt.format(low), "+inf" if high is None else fmt.format(high))
+    return f"{_num(value, fmt)} [{ends[0]}, {ends[1]}]"
+
+
+def confidence_text(experiment: Mapping[str, Any]) -> str:
+    """What the intervals promise: their confidence, that they hold at every look, and the unit."""
+    alpha = experiment.get("alphaPerComparison")
+    level = f"{100 * (1 - alpha):.4g}% " if isinstance(alpha, int | float) else ""
+    unit = {"user": "users as the unit", "sample": "every sample as independent"}.get(
+        str(experiment.get("unit")), "unit unknown")
+    return (f"intervals: {level}confidence sequences, valid at every look (alpha {_num(alpha)} per comparison; "
+            f"{unit}); samples: the metric's denominator (impressions for click-through)")
+
+
+def operator_choice(experiment: Mapping[str, Any], stable: str, canary: str) -> str:
+    """What `canary approve` and `canary abort` do at the end of a waitForOperator experiment: approving
+    promotes spec.canary whatever won."""
+    winner = experiment.get("winner")
+    if winner == canary:
+        verdict = f"the winner {canary} is spec.canary"
+    elif winner:
+        verdict = f"the winner {winner} is not spec.canary: release {winner} on its own to promote it"
+    else:
+        verdict = "no variant won"
+    return f"`canary approve` promotes {canary}, `canary abort` keeps {stable} ({verdict})"
 
 
 def decision_summary(record: DecisionRecord) -> str:

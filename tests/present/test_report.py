@@ -341,3 +341,25 @@ def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert variance > 100, f"screenshot looks blank (variance {variance:.1f})"
     dark = sum(1 for x in lum if x < 100) / len(lum)
     assert dark > 0.005, "no text or lines drawn"
+
+
+def test_an_experiments_report_says_who_won_with_its_interval_and_what_the_operator_decides() -> None:
+    experiment = {"decision": "winner",
+                  "reason": "v2 beats v1 on click-through: difference in [0.003289, 0.09442] (confidence interval, "
+                            "valid at every look)",
+                  "winner": "v2", "metric": "click-through", "control": "v1", "treatment": "v2",
+                  "comparisons": {"v2": {"difference": 0.0489, "interval": [0.0033, 0.0944], "ratio": 1.51,
+                                         "ratioInterval": [1.06, 2.17], "verdict": "better"}},
+                  "alphaPerComparison": 0.05, "rates": {"v1": 0.095, "v2": 0.1438}, "samples": {"v1": 1716, "v2": 723},
+                  "unit": "user", "users": {"v1": 245, "v2": 235}, "durationSeconds": 61.1, "looks": 5,
+                  "stoppedBy": "primary"}
+    status = ReleaseStatus(phase=Phase.PAUSED, started_at=1000.0, experiment=experiment).with_condition(
+        "Paused", "True", "AwaitingPromotion", "experiment ended", 1061.0).for_storage()
+    html = render_report(_release(), status)
+    assert not _parse(html).errors
+    section = html[html.index("<h2>Experiment</h2>"):html.index("<h2>Traffic</h2>")]
+    assert "experiment on click-through: winner v2, stopped by the primary metric after 61s, 5 looks" in section
+    assert "<td>v2</td><td>235</td><td>723</td><td>0.1438</td><td>+0.0489 [+0.0033, +0.0944]</td>" in section
+    assert "95% confidence sequences, valid at every look" in section
+    assert "`canary approve` promotes v2, `canary abort` keeps v1" in section
+    assert "<h2>Experiment</h2>" not in render_report(_release(), _status())  # a canary release has none

@@ -106,3 +106,80 @@ def test_a_finished_release_says_which_version_serves_everyone() -> None:
     assert "all traffic on v1 (the stable version; v2 serves none)" in view.headline(SPEC, back, 0.0)
     assert "weight 90/10 (stable/canary)" in view.headline(SPEC, replace(done, phase=Phase.PROGRESSING,
                                                                           canary_weight=10), 0.0)
+
+
+# An A/B/n experiment that ended with a winner and waits for the operator (onEnd: waitForOperator), as the
+# machine leaves it (controller.core.machine.experiment.result_dict).
+EXPERIMENT = {
+    "decision": "winner",
+    "reason": "v2 beats v1 on click-through: difference in [0.1201, 0.2449] (confidence interval, valid at every look)",
+    "winner": "v2", "metric": "click-through", "control": "v1", "treatment": "v2",
+    "comparisons": {
+        "v2": {"difference": 0.1825, "interval": [0.1201, 0.2449], "ratio": 2.83, "ratioInterval": [1.78, 4.49],
+               "verdict": "better"},
+        "v3": {"difference": -0.0245, "interval": [-0.0900, 0.0411], "ratio": 0.755, "ratioInterval": [0.345, 1.65],
+               "verdict": "undecided"}},
+    "alphaPerComparison": 0.025, "rates": {"v1": 0.0998, "v2": 0.2823, "v3": 0.0754},
+    "samples": {"v1": 571, "v2": 1137, "v3": 345}, "unit": "user", "users": {"v1": 141, "v2": 167, "v3": 133},
+    "durationSeconds": 51.2, "looks": 4, "stoppedBy": "primary"}
+
+
+def _experiment_status() -> ReleaseStatus:
+    counts = {"master-search": {"baseline": {"requests": 497, "errors": 0}, "canary": {"requests": 1136, "errors": 0}},
+              "primary": {"decision": "winner", "reason": "v2 beats v1", "samples": {"v1": 571}},
+              "guardrails": {"v3": {"verdict": "inconclusive", "reason": "not yet shown safe"}}}
+    look = DecisionRecord(1050.0, 51.2, 0, 49, "inconclusive", "primary: v2 beats v1", "winner: wait for an operator",
+                          counts=counts)
+    status = ReleaseStatus(phase=Phase.PAUSED, canary_weight=49, history=(look,), experiment=EXPERIMENT)
+    return status.with_condition("Paused", "True", "AwaitingPromotion", "experiment ended", 1050.0)
+
+
+def test_get_shows_the_experiments_winner_its_interval_and_what_the_operator_decides() -> None:
+    text = "\n".join(view.panel(SPEC, _experiment_status(), 1060.0))
+    assert "experiment on click-through: winner v2, stopped by the primary metric after 51s, 4 looks" in text
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.startswith("    v")}
+    assert rows["v1"][2:6] == ["141", "571", "0.0998", "-"]
+    assert rows["v2"][1:] == ["167", "1,137", "0.2823", "+0.1825", "[+0.1201,", "+0.2449]", "2.83", "[1.78,", "4.49]",
+                              "better"]
+    assert rows["v3"][-1] == "undecided"
+    assert "97.5% confidence sequences, valid at every look (alpha 0.025 per comparison; users as the unit)" in text
+    assert "next: `canary approve` promotes v2, `canary abort` keeps v1 (the winner v2 is spec.canary)" in text
+
+
+def test_the_traffic_table_lists_services_not_the_experiments_own_records() -> None:
+    lines = view.panel(SPEC, _experiment_status(), 1060.0)
+    services = [line.split()[0] for line in lines[lines.index(next(x for x in lines if x.startswith("  traffic"))) + 2:]
+                if line.startswith("    ") and not line.startswith("     ")]
+    assert services[0] == "master-search" and "primary" not in services and "guardrails" not in services
+
+
+def test_at_the_gate_approving_promotes_the_canary_whatever_won() -> None:
+    v3 = {**EXPERIMENT, "winner": "v3"}
+    assert view.operator_choice(v3, "v1", "v2") == (
+        "`canary approve` promotes v2, `canary abort` keeps v1 (the winner v3 is not spec.canary: release v3 on its "
+        "own to promote it)")
+    none = {**EXPERIMENT, "decision": "no_difference", "winner": None}
+    assert view.operator_choice(none, "v1", "v2").endswith("(no variant won)")
+    running = replace(_experiment_status(), phase=Phase.PROGRESSING, conditions=())
+    assert not any(line.startswith("  next:") for line in view.panel(SPEC, running, 1060.0))
+
+
+def test_the_headline_of_a_running_abn_experiment_gives_every_variants_share() -> None:
+    """The canary's weight is its share of the pair with the control (49% of 34/33): not a split of three."""
+    abn = parse_release({"metadata": {"name": "r"}, "spec": {
+        "stable": {"version": "v1"}, "canary": {"version": "v2"}, "strategy": {"abTest": {
+            "variants": [{"name": "v1", "weight": 34}, {"name": "v2", "weight": 33}, {"name": "v3", "weight": 33}],
+            "primaryMetric": {"kind": "proportion", "name": "click-through"}}}}})
+    status = ReleaseStatus(phase=Phase.PROGRESSING, step=0, canary_weight=49)
+    line = view.headline(abn, status, 0.0)
+    assert "users split v1 34% / v2 33% / v3 33%" in line and "51/49" not in line
+
+
+@pytest.mark.parametrize("experiment,outcome", [
+    ({"harmful": "v3", "stoppedBy": "guardrail"}, "experiment on click-through: harmful: v3, stopped by a guardrail"),
+    ({"comparisons": {**EXPERIMENT["comparisons"], "v3": {"verdict": "worse"}}},
+     "experiment on click-through: harmful: v3, stopped by the primary metric"),
+])
+def test_a_harmful_experiment_names_the_variant(experiment: dict[str, object], outcome: str) -> None:
+    headline, _, _ = view.experiment_table({**EXPERIMENT, "decision": "harmful", "winner": None, **experiment})
+    assert headline.startswith(outcome)
