@@ -63,7 +63,7 @@ def plan(command: str, release: Mapping[str, Any], status: ReleaseStatus, full: 
         case "promote":
             return _promote(name, release, spec, status)
         case "approve":
-            return _approve(name, status)
+            return _approve(name, spec, status)
         case "abort":
             return _abort(name, status)
         case "retry":
@@ -102,6 +102,11 @@ def _pause(name: str, spec: Mapping[str, Any], status: ReleaseStatus) -> Planned
     if status.phase is Phase.SHADOWING:
         return Planned(f"pausing {name}: its shadow phase goes on (no user traffic moves in it); it will hold at "
                        "step 1 if the shadow passes", {"paused": True})
+    if _ab_test(spec) is not None:
+        # Paused, the experiment takes no look but its routes stay, and its clock (`durationSeconds`) runs on.
+        return Planned(f"pausing {name}: its experiment takes no look until `canary resume`; its routes stay (users "
+                       "keep their variants, new users are still assigned) and the pause counts towards maxDuration",
+                       {"paused": True})
     return Planned(f"pausing {name} at step {status.step + 1} ({status.canary_weight}%); `canary resume` goes on",
                    {"paused": True})
 
@@ -144,6 +149,11 @@ def _promote(name: str, release: Mapping[str, Any], spec: Mapping[str, Any], sta
     if status.phase is not Phase.PROGRESSING:
         return Refused(f"{name} is {status.phase.value}: the new version is not ready, so there is no step to "
                        "promote yet (`canary promote --full` promotes as soon as it is)")
+    if _ab_test(spec) is not None:
+        # The machine skips no look of an experiment (`revisions.operator_override`): a skipStep would be ignored.
+        return Refused(f"{name} is running an A/B experiment: it has no step to skip, it looks until a variant "
+                       f"wins or maxDuration (`canary promote --full` promotes {_version(spec, 'canary')} now, "
+                       f"ending the experiment; `canary abort` keeps {_version(spec, 'stable')})")
     number = status.step + 1
     steps = _step_count(release)
     if steps is not None and number >= steps:
@@ -155,12 +165,17 @@ def _promote(name: str, release: Mapping[str, Any], spec: Mapping[str, Any], sta
     return Planned(f"skipping the analysis of step {number}: {name} goes on to {then}", {"skipStep": number})
 
 
-def _approve(name: str, status: ReleaseStatus) -> Planned | Refused:
+def _approve(name: str, spec: Mapping[str, Any], status: ReleaseStatus) -> Planned | Refused:
     refused = _not_promotable(name, status)
     if refused is not None:
         return refused
     if at_gate(status):
         return Planned(f"approved: {name} is promoted", {"approvePromotion": True})
+    if (_ab_test(spec) or {}).get("onEnd") == "waitForOperator":
+        # The experiment's end waits at the operator's gate, which an approval given before lets through at once.
+        return Planned(f"approved in advance: {name} promotes {_version(spec, 'canary')} as soon as its experiment "
+                       "ends, whichever variant wins or if none does (`canary abort` keeps "
+                       f"{_version(spec, 'stable')})", {"approvePromotion": True})
     return Planned(f"approved in advance: {name} will not wait at a manual gate", {"approvePromotion": True})
 
 
@@ -212,8 +227,14 @@ def _undo(name: str, spec: Mapping[str, Any], status: ReleaseStatus) -> Planned 
     if not previous.images and services and "services" not in (spec.get("canary") or {}):
         canary["services"] = list(services)  # the services the successful release changed, not the whole stack
     patch = {**ONE_SHOT_CLEARED, "stable": {"version": serving.version, "images": stable_images}, "canary": canary}
+    # The strategy stays the spec's: an experiment's undo is another experiment, the serving version its control
+    # (a `control` given must be the stable version, or the new revision's spec would not parse).
+    if "control" in (_ab_test(spec) or {}):
+        patch["strategy"] = {"abTest": {"control": serving.version}}
+    how = (f"by an A/B experiment ({serving.version} now the control, as spec.strategy.abTest says)"
+           if _ab_test(spec) is not None else "through the canary steps")
     return Planned(f"undo: revision {status.revision + 1} of {name} releases {previous.version} again in place of "
-                   f"{serving.version}, through the canary steps", patch)
+                   f"{serving.version}, {how}", patch)
 
 
 # --- revisions ---------------------------------------------------------------------------------------
@@ -285,6 +306,18 @@ def _step_count(release: Mapping[str, Any]) -> int | None:
         return len(parse_release(release).strategy.steps)
     except InvalidSpec:
         return None
+
+
+def _ab_test(spec: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """`spec.strategy.abTest` of an experiment's release, None for a canary's."""
+    strategy = spec.get("strategy")
+    ab_test = strategy.get("abTest") if isinstance(strategy, Mapping) else None
+    return ab_test if isinstance(ab_test, Mapping) else None
+
+
+def _version(spec: Mapping[str, Any], which: str) -> str:
+    part = spec.get(which)
+    return str(part.get("version")) if isinstance(part, Mapping) else which
 
 
 def _images(spec: Mapping[str, Any], which: str) -> Mapping[str, Any]:

@@ -102,6 +102,10 @@ def test_each_command_patches_the_spec_and_bumps_the_generation(
     (["approve"], GATE, {"abort": True}, "is being aborted"),
     (["pause"], PROGRESSING, {"abort": True}, "nothing to pause"),
     (["resume"], replace(PROGRESSING, phase=Phase.PAUSED), {"abort": True, "paused": True}, "nothing to resume"),
+    # An experiment has no step whose analysis `promote` could skip: the machine would ignore a skipStep.
+    (["promote"], PROGRESSING, {"strategy": {"abTest": {"onEnd": "waitForOperator"}}},
+     "search-v2 is running an A/B experiment: it has no step to skip, it looks until a variant wins or maxDuration "
+     "(`canary promote --full` promotes v2 now, ending the experiment; `canary abort` keeps v1)"),
 ])
 def test_commands_that_do_not_apply_say_why_and_change_nothing(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str], status: ReleaseStatus,
@@ -251,3 +255,34 @@ def test_a_local_get_watch_prints_each_change_until_it_finishes(tmp_path: Path,
     assert done == [0]
     out = capsys.readouterr().out
     assert out.index("step 2/3: 25% of traffic") < out.index("Progressing -> Succeeded: promoted v2")
+
+
+def test_approving_an_experiment_in_advance_says_it_promotes_the_canary_whatever_wins(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state_with(tmp_path, PROGRESSING, strategy={"abTest": {"onEnd": "waitForOperator"}})
+    assert run(tmp_path, "approve") == 0
+    assert capsys.readouterr().out.strip() == (
+        "approved in advance: search-v2 promotes v2 as soon as its experiment ends, whichever variant wins or if "
+        "none does (`canary abort` keeps v1)")
+
+
+def test_undoing_an_experiment_says_it_runs_an_experiment_again_not_canary_steps(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The undo keeps the spec's strategy: an A/B release's undo is an experiment with the serving version as the
+    control (controller.core.spec.experiment: the control is spec.stable)."""
+    done = replace(PROGRESSING, phase=Phase.SUCCEEDED, finished_at=9.0)
+    state = state_with(tmp_path, done, strategy={"abTest": {"onEnd": "waitForOperator", "control": "v1"}})
+    assert run(tmp_path, "undo") == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "undo: revision 2 of search-v2 releases v1 again in place of v2, by an A/B experiment (v2 now the control, "
+        "as spec.strategy.abTest says)")
+    # A control given in the spec follows the stable version: else the undone spec would not parse.
+    assert state.load_release()["spec"]["strategy"]["abTest"] == {"onEnd": "waitForOperator", "control": "v2"}
+
+
+def test_pausing_an_experiment_says_what_a_pause_keeps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state_with(tmp_path, PROGRESSING, strategy={"abTest": {"onEnd": "waitForOperator"}})
+    assert run(tmp_path, "pause") == 0
+    assert capsys.readouterr().out.strip() == (
+        "pausing search-v2: its experiment takes no look until `canary resume`; its routes stay (users keep their "
+        "variants, new users are still assigned) and the pause counts towards maxDuration")
