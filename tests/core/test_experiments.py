@@ -325,6 +325,33 @@ def test_wait_for_operator_pauses_until_approved() -> None:
     assert world.run(obj).phase is Phase.SUCCEEDED
 
 
+def test_an_approval_given_before_the_end_promotes_the_canary_even_without_a_winner() -> None:
+    """What `canary approve` says of an experiment in flight (controller.core.operations): no gate is kept."""
+    world = ABWorld({"v1": 0.10, "v2": 0.10})
+    obj = ab_release(maxDuration="5m", onEnd="waitForOperator")
+    obj["spec"]["approvePromotion"] = True
+    status = world.run(obj)
+    assert status.phase is Phase.SUCCEEDED and status.experiment is not None
+    assert status.experiment["decision"] == "no_difference" and status.experiment["winner"] is None
+
+
+def test_a_paused_experiment_keeps_its_routes_and_its_clock() -> None:
+    """What `canary pause` says of an experiment (controller.core.operations): no look while paused, the routes
+    stay, and the pause counts towards maxDuration."""
+    world = ABWorld({"v1": 0.10, "v2": 0.10})
+    obj = ab_release(maxDuration="10m", onEnd="keepStable")
+    world.run(obj, until=lambda s: (s.experiment_state or {}).get("looks", 0) >= 2)
+    obj["spec"]["paused"], obj["metadata"]["generation"] = True, 2
+    assert world.run(obj, until=lambda s: s.phase is Phase.PAUSED).phase is Phase.PAUSED
+    in_effect = world.router.in_effect()
+    assert in_effect is not None and in_effect.experiment is not None
+    world.clock.sleep(900)
+    obj["spec"]["paused"], obj["metadata"]["generation"] = False, 3
+    status = world.run(obj)
+    assert status.phase is Phase.ROLLED_BACK and status.experiment is not None
+    assert status.experiment["looks"] == 3 and status.experiment["stoppedBy"] == "maxDuration"
+
+
 def test_a_restarted_controller_resumes_the_experiment_from_the_persisted_status() -> None:
     world = ABWorld({"v1": 0.10, "v2": 0.16})
     obj = ab_release()
@@ -429,6 +456,18 @@ def test_abn_spec_gives_every_variant_its_version_and_images() -> None:
     bad["variants"][1]["images"] = {"ml-search": "x"}
     with pytest.raises(InvalidSpec, match=r"variants\[1\]\.images: v2 is spec.canary's version"):
         parse_release(release(strategy={"abTest": bad}))
+
+
+def test_abn_a_variants_image_for_a_service_the_release_does_not_change_is_a_problem() -> None:
+    """A further variant runs the canary's services only (`world.variant_workloads`): an image for another
+    service would never run, and the variant would be judged as if it did."""
+    bad = copy.deepcopy(ABN)
+    bad["variants"][2]["images"] = {"ml-search": "registry/ml-search:v3", "keyword": "registry/keyword:v3"}
+    with pytest.raises(InvalidSpec) as info:
+        parse_release(release(canary={"version": "v2", "services": ["ml-search"]}, strategy={"abTest": bad}))
+    assert info.value.problems == (
+        "spec.strategy.abTest.variants[2].images.keyword: is not a service the release changes (ml-search): a "
+        "variant runs only those (spec.canary.services, or the services with a canary image)",)
 
 
 def test_abn_routes_are_valid_for_istio_and_the_local_router_and_read_back() -> None:

@@ -77,15 +77,16 @@ class ExperimentSpec:
         return tuple(a.version for a in self.routes.arms)
 
 
-def parse_ab_test(r: Reader, value: Any, stable: str, canary: str, room: tuple[int, str] = (62, "")
-                  ) -> ExperimentSpec | None:
+def parse_ab_test(r: Reader, value: Any, stable: str, canary: str, room: tuple[int, str] = (62, ""),
+                  changed: tuple[str, ...] = ()) -> ExperimentSpec | None:
     """The experiment, or None after recording its problems on `r`. `room`: how long a version may be
-    and the service that bounds it (`controller.core.spec.release.version_room`)."""
+    and the service that bounds it (`controller.core.spec.release.version_room`); `changed`: the services the
+    release changes, the only ones a further variant runs (empty: not checked)."""
     m = r.fields(value, PATH, KNOWN)
     interval = r.duration(m.get("interval"), f"{PATH}.interval", 30.0, 0.5)
     settle = read_settle(r, m.get("settle"), f"{PATH}.settle", interval)
     stats = {k: v for k, v in m.items() if k in STATISTICS_FIELDS}
-    images = _variant_images(r, m.get("variants"))
+    images = _variant_images(r, m.get("variants"), changed)
     if images is not None:
         stats["variants"] = [{k: v for k, v in item.items() if k != "images"} if isinstance(item, Mapping) else item
                              for item in m["variants"]]
@@ -130,8 +131,9 @@ def _check_names(r: Reader, config: ExperimentConfig, checked: tuple[str, ...], 
                                                     "most 63")
 
 
-def _variant_images(r: Reader, variants: Any) -> dict[str, Mapping[str, str]] | None:
-    """`images` per variant name (checked: a mapping of service -> image); None when no variant has any."""
+def _variant_images(r: Reader, variants: Any, changed: tuple[str, ...]) -> dict[str, Mapping[str, str]] | None:
+    """`images` per variant name (checked: a mapping of service -> image, each a service the release changes,
+    since a further variant runs only those: another image would never run); None when no variant has any."""
     if not isinstance(variants, list) or not any(isinstance(v, Mapping) and "images" in v for v in variants):
         return None
     out: dict[str, Mapping[str, str]] = {}
@@ -140,6 +142,10 @@ def _variant_images(r: Reader, variants: Any) -> dict[str, Mapping[str, str]] | 
             continue
         images = r.mapping(item["images"], f"{PATH}.variants[{i}].images")
         for service, image in images.items():
+            if changed and service not in changed:
+                r.problem(f"{PATH}.variants[{i}].images.{service}",
+                          f"is not a service the release changes ({', '.join(changed)}): a variant runs only "
+                          "those (spec.canary.services, or the services with a canary image)")
             r.string(image, f"{PATH}.variants[{i}].images.{service}")
         out[str(item.get("name"))] = {str(k): str(v) for k, v in images.items()}
     return out

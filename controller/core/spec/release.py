@@ -178,7 +178,8 @@ def parse_release(obj: Mapping[str, Any]) -> ReleaseSpec:
     changed = _changed(r, spec.get("canary"), canary, stack)
     if stable.version and stable.version == canary.version:
         r.problem("spec.canary.version", f"{canary.version!r} is the stable version already")
-    strategy, experiment = _strategy(r, spec.get("strategy"), stable.version, canary.version, stack.services)
+    strategy, experiment = _strategy(r, spec.get("strategy"), stable.version, canary.version, stack.services,
+                                     changed)
     analysis, analysed = _analysis(r, spec.get("analysis"), changed, stack)
     policies = _policies(r, spec.get("policies"))
     lane_header = r.string(spec.get("laneHeader"), "spec.laneHeader", _HEADER, default=DEFAULT_LANE_HEADER,
@@ -273,8 +274,8 @@ def _changed(r: Reader, value: Any, canary: Version, stack: Stack) -> tuple[str,
     return tuple(s for s in stack.services if s in listed)
 
 
-def _strategy(r: Reader, value: Any, stable: str, canary: str, services: Sequence[str]
-              ) -> tuple[CanaryStrategy, ExperimentSpec | None]:
+def _strategy(r: Reader, value: Any, stable: str, canary: str, services: Sequence[str],
+              changed: tuple[str, ...] = ()) -> tuple[CanaryStrategy, ExperimentSpec | None]:
     m = r.fields(value, "spec.strategy", ("canary", "abTest", "shadow"), required=False)
     if "abTest" in m and "shadow" in m:
         r.problem("spec.strategy.shadow", "a shadow phase goes before canary steps, not before an A/B experiment")
@@ -282,7 +283,7 @@ def _strategy(r: Reader, value: Any, stable: str, canary: str, services: Sequenc
         return _canary_strategy(r, m), None
     if "canary" in m:
         r.problem("spec.strategy.abTest", "give either strategy.canary or strategy.abTest, not both")
-    experiment = parse_ab_test(r, m.get("abTest"), stable, canary, version_room(services))
+    experiment = parse_ab_test(r, m.get("abTest"), stable, canary, version_room(services), changed)
     if experiment is None:
         return _canary_strategy(r, {}), None
     # The canary fields the reconciler reads (cadence, settle, warm-up) follow the experiment's; one "step" at the
