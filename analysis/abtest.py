@@ -956,4 +956,5 @@ def _pct(share: float | None) -> str:
 
 
 def _cs(bounds: tuple[float, float]) -> str:
-    return f"difference CS [{bounds[0]:.4g}, {bounds[1]:.4g}]"
+    """The difference's confidence sequence, in words an operator reads without the docs."""
+    return f"difference in [{bounds[0]:.4g}, {bounds[1]:.4g}] (confidence interval, valid at every look)"

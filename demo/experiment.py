@@ -123,7 +123,8 @@ def run_ab_demo(rps: float = 40.0, interval: float = 10.0, summary_path: Path | 
         report = load.stop() if load_started.is_set() else None
         if status.phase is Phase.PAUSED and not stop.is_set():
             _play_the_operator(status, spec, state, console)
-            status = drive_release(reconciler, state, spec, clock, stop, max_seconds, console, on_tick)
+            status = drive_release(reconciler, state, spec, clock, stop, max_seconds, console, on_tick,
+                                   shown=len(status.history))
         result = _summary(status, audit, report, source.name, workdir, clicks)
         result["scenario"] = "ab" if variants == 2 else "abn"
         result.update(data_plane_summary())

@@ -186,10 +186,11 @@ def local_ports(stack: LocalStack, router: LocalRouter, metrics: Metrics, clock:
 
 def drive_release(reconciler: Reconciler, state: StateDir, spec: Any, clock: SystemClock, stop: threading.Event,
                   max_seconds: float, console: Console,
-                  on_tick: Callable[[ReleaseStatus], None] | None = None) -> ReleaseStatus:
-    """Tick one release until it reaches a final phase, `stop` is set or `max_seconds` pass."""
+                  on_tick: Callable[[ReleaseStatus], None] | None = None, shown: int = 0) -> ReleaseStatus:
+    """Tick one release until it reaches a final phase, `stop` is set or `max_seconds` pass. `shown`: how many
+    of its decisions an earlier drive of the same attempt printed already (they are not printed again)."""
     deadline = clock.now() + max_seconds
-    seen = 0
+    seen = shown
     status = state.load_status()
     while not stop.is_set() and clock.now() < deadline:
         # Every log line of the tick carries the release, its namespace, phase and step.

@@ -183,6 +183,9 @@ def test_power_on_a_clear_lift_and_early_stop() -> None:
     _, result = run(config(), {"v1": 0.10, "v2": 0.13}, looks=60, seed=1)
     assert result.decision is ABDecision.WINNER and result.winner == "v2"
     assert result.looks < 60 and result.comparison("v2").ratio_cs[0] > 1
+    low, high = result.comparison("v2").difference_cs
+    assert result.reason == (f"v2 beats v1 on click-through: difference in [{low:.4g}, {high:.4g}] (confidence "
+                             "interval, valid at every look)")
 
 
 def test_winner_waits_for_minimum_duration_and_samples() -> None:

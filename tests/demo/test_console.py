@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from demo.harness import Console
+from controller.adapters.local.platform import SystemClock
+from controller.adapters.local.state import StateDir
+from controller.core.spec.release import parse_release
+from controller.core.status import DecisionRecord, Phase, ReleaseStatus
+from controller.reconciler import TickResult
+from demo.harness import Console, demo_release, drive_release
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -68,3 +76,25 @@ def test_a_closed_console_takes_its_hook_off_the_log_handlers(terminal_log: Term
     assert handler.filters == []
     logging.getLogger("x").warning("after")
     assert terminal_log.getvalue().endswith("next analysis in  0.9s" "after\n")  # no longer cleared for it
+
+
+def test_a_second_drive_of_the_same_release_prints_only_its_new_decisions(tmp_path: Path) -> None:
+    """The A/B demo drives the release again after it plays the operator (approve or abort): the looks the first
+    drive printed are not printed again, as if the experiment had looked once more at each."""
+    state = StateDir(tmp_path / "state")
+    spec = parse_release(demo_release(10))
+    state.save_release(demo_release(10))
+    looks = tuple(DecisionRecord(1000.0 + t, t, 0, 50, "inconclusive", f"look at t={t:g}", "continue")
+                  for t in (10.0, 20.0))
+    done = ReleaseStatus(phase=Phase.SUCCEEDED, history=(*looks, DecisionRecord(1030.0, 30.0, 0, 50, "operator",
+                                                                                   "promoted", "promote")))
+    state.save_status(ReleaseStatus(phase=Phase.PAUSED, history=looks))
+
+    class Ticks:
+        def tick(self, release: Any, status: ReleaseStatus, persist: Any) -> TickResult:
+            return TickResult(done, True, (), (), None)
+
+    out = io.StringIO()
+    drive_release(Ticks(), state, spec, SystemClock(), threading.Event(), 10, Console(out),  # type: ignore[arg-type]
+                  shown=len(looks))
+    assert "look at t=" not in out.getvalue() and "promoted" in out.getvalue()
