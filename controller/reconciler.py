@@ -152,11 +152,20 @@ class Reconciler:
         shadow, shadow_error = self._shadow(spec, wants.shadow_after)
         history, history_error = self._history(spec, wants.history_windows)
         in_flight = self._in_flight(wants.in_flight)
-        return Observation(readiness=readiness, routing=routing, routing_error=routing_error,
+        stable = self._stable(spec) if wants.stable_readiness else None
+        return Observation(readiness=readiness, stable=stable, routing=routing, routing_error=routing_error,
                            metrics=metrics, metrics_error=metrics_error, business=business,
                            business_error=business_error, hooks=self._call_hooks(spec, status, wants),
                            peers=peers, created=created, shadow=shadow, shadow_error=shadow_error,
                            history=history, history_error=history_error, in_flight=in_flight)
+
+    def _stable(self, spec: ReleaseSpec) -> dict[str, Readiness] | None:
+        """The stable version's readiness on every service of the stack; None when it could not be read."""
+        try:
+            return {s: self.ports.workloads.readiness(s, spec.stable.version) for s in spec.stack.services}
+        except PortError as exc:
+            log.warning("readiness of %s unknown: %s", spec.stable.version, exc.reason)
+            return None
 
     def _in_flight(self, workloads: tuple[tuple[str, str], ...]) -> int | None:
         """Requests still in flight on the retiring lane's workloads; None when not asked or the mesh cannot

@@ -70,6 +70,9 @@ class Wants:
     # A promotion's or rollback's drain: the (service, version) workloads of the lane the cutover retires, whose
     # requests still in flight the mesh should count (`machine.phases`, "draining"). Empty: not asked.
     in_flight: tuple[tuple[str, str], ...] = ()
+    # A release about to start: the stable version's workloads of every service of the stack, whose stable subsets
+    # its first routes point at (`phases._stable_not_serving`).
+    stable_readiness: bool = False
 
 
 def served_path(header: str) -> tuple[tuple[str, str], ...]:
@@ -147,3 +150,6 @@ class Observation:
     history_error: str | None = None
     # Requests still in flight on the workloads of `Wants.in_flight` (None: not asked, or the mesh cannot tell).
     in_flight: int | None = None
+    # The stable version's readiness per service of the stack (`Wants.stable_readiness`; None: not asked, or the
+    # look failed).
+    stable: Mapping[str, Readiness] | None = None

@@ -547,7 +547,7 @@ def test_abn_waits_for_every_variant_and_fails_when_one_cannot_start() -> None:
     assert status.phase is Phase.PROGRESSING
     initializing = [t for t in world.ticks if t.status.phase is Phase.INITIALIZING]
     waiting = [t.status.message for t in initializing if "become ready" in t.status.message]
-    assert waiting.count("waiting for ml-search to become ready") == 4, waiting  # v2 was ready at once
+    assert waiting.count("waiting for ml-search to become ready (variant v3: starting)") == 4, waiting  # v2 at once
     broken = AbnWorld({"v1": 0.10, "v2": 0.17, "v3": 0.10})
     broken.workloads.broken = {("ml-search", "v3")}
     status = broken.run(abn_release())

@@ -286,3 +286,32 @@ def test_skip_step_does_nothing_at_any_gate_after_the_last_step() -> None:
     sp = spec(skipStep=2)
     held = at_step(sp, 1, Phase.PAUSED).with_condition("Paused", "True", "AwaitingConfirmation", "hooks", NOW)
     assert revisions.operator_override(sp, held, NOW) is None
+
+
+def test_a_restart_looks_at_the_stable_version_first_and_waits_while_it_serves_nothing() -> None:
+    """A retry starts from Pending in the tick that takes it: that tick reads the stable version's readiness, and a
+    stable version scaled to 0 since (another release promoted away from it) holds the retry in Pending."""
+    sp, old = spec(retry=1), finished(Phase.ROLLED_BACK)
+    assert machine.wants(sp, old, NOW).stable_readiness
+    assert not machine.wants(spec(), old, NOW).stable_readiness  # nothing to restart: nothing to read
+    gone = Readiness(False, "ml-search-v1: scaled to 0 replicas", ready_replicas=0)
+    new, actions = machine.step(sp, old, Observation(stable={"ml-search": gone, "keyword": Readiness(True)}), NOW)
+    assert new.phase is Phase.PENDING and new.attempt == 2
+    assert new.condition("StableServing").reason == "NoReadyPods"  # type: ignore[union-attr]
+    assert "ml-search-v1: scaled to 0 replicas" in new.message
+    assert reasons(actions) == ["Retrying", "StableNotServing"] and of(actions, ApplyRouting) == []
+    # The stable subsets point at the version serving: a workload not found under that name is not judged.
+    unknown = Readiness(False, "not deployed", exists=False)
+    started, _ = machine.step(sp, old, Observation(stable={"ml-search": unknown}), NOW)
+    assert started.phase is Phase.INITIALIZING
+
+
+def test_a_release_refused_before_it_started_starts_when_its_spec_parses() -> None:
+    refused = ReleaseStatus(phase=Phase.FAILED, observed_generation=3, message="invalid spec: ...",
+                            conditions=(Condition("SpecValid", "False", "InvalidSpec", "...", NOW - 60),))
+    assert revisions.refused_before_start(refused) and machine.wants(spec(), refused, NOW).stable_readiness
+    new, actions = machine.step(spec(), refused, Observation(), NOW)
+    assert new.phase is Phase.INITIALIZING and (new.revision, new.attempt, new.revisions) == (1, 1, ())
+    assert reasons(actions)[:2] == ["SpecFixed", "Initializing"]
+    # A preRollout hook's failure also fails a release before it started, but with its versions recorded: it stays.
+    assert not revisions.refused_before_start(replace(refused, versions=V1_V2))

@@ -48,7 +48,7 @@ def transition(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: 
         return overridden  # promoteFull / skipStep: this tick's window (if any) belonged to the old step
     match status.phase:
         case Phase.PENDING:
-            return _start(spec, status, now)
+            return _start(spec, status, obs, now)
         case Phase.INITIALIZING:
             return _initializing(spec, status, obs, now)
         case Phase.SHADOWING:
@@ -65,7 +65,40 @@ def transition(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: 
             return Outcome(status)
 
 
-def _start(spec: ReleaseSpec, status: ReleaseStatus, now: float) -> Outcome:
+# The condition of a release that waits to start because its stable version serves nothing (`_stable_not_serving`).
+STABLE_SERVING = "StableServing"
+
+
+def _stable_not_serving(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float) -> Outcome | None:
+    """Wait in Pending while a service's `<service>-<stable version>` workload exists with no pod ready (the
+    version an earlier release promoted from, scaled to 0): the first routes would point every stable request of
+    that service at it. A workload not found under that name, or readiness not read, is not judged here."""
+    idle = {s: r for s, r in (obs.stable or {}).items() if r.exists and r.lost}
+    if not idle:
+        return None
+    condition = status.condition(STABLE_SERVING)
+    why = "; ".join(r.reason for r in idle.values())
+    message = (f"not started: spec.stable.version {spec.stable.version} serves no request ({why}), and the "
+               f"release's routes would send the stable traffic of {', '.join(idle)} there: set spec.stable.version "
+               f"to the version serving now, or scale {spec.stable.version} up")
+    new = status.with_condition(STABLE_SERVING, "False", "NoReadyPods", message, now)
+    notices = (Notify("StableNotServing", message, warning=True),) if new.condition(STABLE_SERVING) != condition \
+        else ()
+    return Outcome(new.with_phase(Phase.PENDING, now, message), notices)
+
+
+def _stable_serving_again(status: ReleaseStatus, now: float) -> ReleaseStatus:
+    waited = status.condition(STABLE_SERVING)
+    if waited is None or waited.status == "True":
+        return status
+    return status.with_condition(STABLE_SERVING, "True", "Serving", "the stable version serves every service", now)
+
+
+def _start(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float) -> Outcome:
+    waiting = _stable_not_serving(spec, status, obs, now)
+    if waiting is not None:
+        return waiting
+    status = _stable_serving_again(status, now)
     gate, why = pre_rollout_gate(spec, status)
     if gate == "failed":
         message = f"preRollout hook failed, nothing was deployed: {why}"
@@ -118,8 +151,10 @@ def _wait_for_workloads(spec: ReleaseSpec, status: ReleaseStatus, obs: Observati
             return roll_back(status, now, Phase.FAILED, "ProgressDeadlineExceeded",
                              f"{', '.join(not_ready)} not ready after {waited:.0f}s "
                              f"(progressDeadline {spec.progress_deadline:.0f}s)")
-        return Outcome(status.with_phase(Phase.INITIALIZING, now,
-                                         f"waiting for {', '.join(not_ready)} to become ready"))
+        # What each one lacks (`<service>-<version>: 0/4 ready, 4/4 updated`): a crash loop shows before the deadline.
+        lacking = "; ".join(r.reason for s in not_ready if (r := readiness.get(s)) is not None and r.reason)
+        return Outcome(status.with_phase(Phase.INITIALIZING, now, f"waiting for {', '.join(not_ready)} to become "
+                                                                  f"ready" + (f" ({lacking})" if lacking else "")))
     ready = Notify("Initialized", f"{spec.canary.version} is ready on {', '.join(spec.changed)}")
     if spec.experiment is not None:
         return start_experiment(spec, status, now).after(ready)

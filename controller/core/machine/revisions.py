@@ -12,6 +12,8 @@ archived in `status.revisions` (the newest `REVISIONS_LIMIT`), each with its out
   RolledBack, Aborted or Failed, the attempt is archived and the same versions start again from Pending
   (attempt + 1). A counter raised while the release is in flight, or after it succeeded, is absorbed:
   it retries nothing.
+- **Refused, then fixed**: a release that failed because its spec was refused before it started ran nothing;
+  once its spec is valid it starts from Pending as the same revision and attempt, with nothing archived.
 - **Overrides** (Progressing or Paused only; an abort goes first): `spec.promoteFull` promotes now,
   skipping the remaining steps and their analysis, and counts as approval at a manual gate;
   `spec.skipStep: N` skips the analysis of step N (1-based) once, when the release is at that step.
@@ -62,6 +64,14 @@ def should_restart(spec: ReleaseSpec, status: ReleaseStatus) -> Restart | None:
     return None
 
 
+def refused_before_start(status: ReleaseStatus) -> bool:
+    """Failed because its spec was refused before anything ran (`step.invalid_spec`): no versions were ever
+    released, so the spec the operator fixes starts it (`begin_tick`), with nothing to archive."""
+    valid = status.condition("SpecValid")
+    return (status.phase is Phase.FAILED and status.versions is None and status.started_at is None
+            and valid is not None and valid.status == "False")
+
+
 def archive(status: ReleaseStatus, versions: ReleasedVersions) -> RevisionRecord:
     """The record of the attempt that `status` describes."""
     return RevisionRecord(revision=status.revision, attempt=status.attempt, versions=versions,
@@ -86,12 +96,20 @@ def restart(spec: ReleaseSpec, status: ReleaseStatus, how: Restart) -> ReleaseSt
     )
 
 
-def begin_tick(spec: ReleaseSpec, status: ReleaseStatus) -> Outcome:
+def begin_tick(spec: ReleaseSpec, status: ReleaseStatus, refused: bool = False) -> Outcome:
     """Before the transition: restart a finished release when asked to, else keep `versions` current.
 
     In flight, the versions follow the spec (an edit in flight applies to the running release, as it
-    always did) and raised retry counters are absorbed; once final they are what the release ran.
+    always did) and raised retry counters are absorbed; once final they are what the release ran. `refused`:
+    the status was `refused_before_start` before this tick found the spec valid; the release starts.
     """
+    if refused:
+        v = versions_of(spec)
+        fresh = ReleaseStatus(observed_generation=status.observed_generation, revision=status.revision,
+                              conditions=tuple(c for c in status.conditions if c.type == "SpecValid"),
+                              attempt=status.attempt, retries=max(status.retries, spec.retry), versions=v,
+                              revisions=status.revisions)
+        return Outcome(fresh, (Notify("SpecFixed", f"the spec is valid now: {v.stable} -> {v.canary} starts"),))
     how = should_restart(spec, status)
     if how is None:
         if status.phase.final:

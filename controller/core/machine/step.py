@@ -18,7 +18,7 @@ from controller.core.machine.analysing import history_windows
 from controller.core.machine.hooks import due, failures, load_tests_to_fire, record
 from controller.core.machine.ownership import queued_behind, superseded_by
 from controller.core.machine.phases import transition
-from controller.core.machine.revisions import begin_tick
+from controller.core.machine.revisions import begin_tick, refused_before_start, should_restart
 from controller.core.machine.routes import retiring_workloads
 from controller.core.machine.shadowing import cursor as shadow_cursor
 from controller.core.machine.world import reconcile_world
@@ -37,8 +37,10 @@ def wants(spec: ReleaseSpec | None, status: ReleaseStatus, now: float, peers: tu
     """What to observe this tick. A finished release reads no routes (it never writes them again); a release
     queued behind another (`peers`, `created`: see `ownership`) asks nothing, not even its preRollout hooks."""
     if spec is None or status.phase.final:
+        # A release that starts again this tick starts from Pending, which looks at the stable version first.
+        starts = spec is not None and (should_restart(spec, status) is not None or refused_before_start(status))
         return Wants(readiness=False, routing=False, metrics_window=None,
-                     hooks=due(spec, status) if spec is not None else ())
+                     hooks=due(spec, status) if spec is not None else (), stable_readiness=starts)
     if status.phase is Phase.PENDING and queued_behind(spec, created, peers) is not None:
         return Wants(readiness=False, routing=False, metrics_window=None)
     window = None
@@ -50,6 +52,7 @@ def wants(spec: ReleaseSpec | None, status: ReleaseStatus, now: float, peers: tu
     # Requests still in flight on the retiring lane count once the drain's fixed time is over (`phases._drained`).
     drained_for = now - status.stage_since if status.stage_since is not None else -1.0
     return Wants(readiness=canary_up, routing=status.phase is not Phase.PENDING, metrics_window=window,
+                 stable_readiness=status.phase is Phase.PENDING,
                  hooks=due(spec, status),
                  shadow_after=shadow_cursor(status) if status.phase is Phase.SHADOWING else None,
                  history_windows=history_windows(spec, status),
@@ -61,9 +64,10 @@ def step(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float
          ) -> tuple[ReleaseStatus, list[Action]]:
     if status.observed_generation != spec.generation:
         status = replace(status, observed_generation=spec.generation)
+    refused = refused_before_start(status)
     status = status.with_condition("SpecValid", "True", "Valid", "", now)
     heard = _hook_answers(spec, status, obs, now)
-    begun = begin_tick(spec, heard.status)
+    begun = begin_tick(spec, heard.status, refused)
     if begun.status.phase is Phase.PENDING:
         queued = _queue(spec, begun, obs, now)
         if queued is not None:

@@ -77,3 +77,33 @@ def test_finished_releases_of_a_service_never_rewrite_its_routes_or_scale_its_ve
     assert emulator.emulator.writes() == writes and changes == []
     assert stable_versions(world) == {"v2"}
     world.assert_valid_writes()
+
+
+def test_a_release_whose_stable_version_was_promoted_away_while_it_waited_holds_until_fixed(
+        world: KubeWorld, emulator: RunningEmulator) -> None:
+    """infer-v3 names v1 as its stable version, as it was when it was created; search-v2, ahead of it, promotes
+    v2 of every service and scales v1 to 0. Started as it is, infer-v3's routes would send every stable request
+    to v1, which has no pod left (the old behaviour: every stable subset re-pointed at v1). It waits in Pending,
+    says why once, and starts when the operator sets its stable version to v2."""
+    world.create_release()
+    controller = world.controller()
+    world.drive(controller, until=Phase.PROGRESSING)
+    world.create_release(name="infer-v3", **next_release("infer-v3", "v1", "v3"))
+    assert world.drive(controller).phase is Phase.SUCCEEDED
+    held = world.drive(controller, name="infer-v3", rounds=20)
+    assert held.phase is Phase.PENDING
+    condition = held.condition("StableServing")
+    assert condition is not None and (condition.status, condition.reason) == ("False", "NoReadyPods")
+    assert held.message.startswith("not started: spec.stable.version v1 serves no request (")
+    assert "ml-infer-v1: scaled to 0 replicas" in held.message and "set spec.stable.version" in held.message
+    assert stable_versions(world) == {"v2"} and "ml-infer-v3" not in replicas(world)
+    events = [e for e in world.objects("events") if e["involvedObject"]["name"] == "infer-v3"]
+    assert [(e["type"], e["reason"]) for e in events if e["reason"] == "StableNotServing"] == [
+        ("Warning", "StableNotServing")]
+    world.patch_spec({"stable": {"version": "v2"}}, name="infer-v3")
+    controller.relist()
+    done = world.drive(controller, name="infer-v3")
+    assert done.phase is Phase.SUCCEEDED and done.condition("StableServing").status == "True"  # type: ignore[union-attr]
+    assert stable_versions(world) == {"v3"}
+    assert replicas(world) == {"ml-infer-v1": 0, "ml-infer-v2": 0, "ml-infer-v3": 4}
+    world.assert_valid_writes()

@@ -201,6 +201,42 @@ def test_invalid_release_fails_with_an_event(world: KubeWorld) -> None:
     assert "InvalidSpec" in event_reasons(world)
 
 
+def test_a_canary_that_never_gets_ready_says_what_it_lacks_while_the_release_waits(world: KubeWorld) -> None:
+    """The old message was "waiting for ml-infer to become ready" alone, for as long as the Deployment's progress
+    deadline (120 s here): nothing said whether one pod of four was late or none had started."""
+    assert world.cluster is not None
+    world.cluster.never_ready["registry.example/ml-infer:2.0"] = "CrashLoopBackOff"
+    world.create_release()
+    controller = world.controller()
+    world.drive(controller, until=Phase.INITIALIZING)
+    waiting = world.drive(controller, rounds=40)
+    assert waiting.phase is Phase.INITIALIZING
+    assert waiting.message == "waiting for ml-infer to become ready (ml-infer-v2: 0/1 ready, 1/1 updated)"
+    failed = world.drive(controller)
+    assert failed.phase is Phase.FAILED and "ml-infer-v2: progress deadline exceeded" in failed.message
+
+
+def test_a_release_refused_before_it_started_starts_once_its_spec_is_fixed(world: KubeWorld) -> None:
+    """Applying the fixed spec is all it takes: the old behaviour kept the release Failed with the old message
+    ("invalid spec: spec.canary.version: 'v1' is the stable version already") beside SpecValid=True, and only a
+    `canary retry` moved it."""
+    world.create_release(canary={"version": "v1", "images": {"ml-infer": "registry.example/ml-infer:2.0"}})
+    controller = world.controller()
+    refused = world.drive(controller)
+    assert refused.phase is Phase.FAILED
+    assert refused.message == "invalid spec: spec.canary.version: 'v1' is the stable version already"
+    world.patch_spec({"canary": {"version": "v2"}})
+    status = world.drive(controller)
+    assert status.phase is Phase.SUCCEEDED and (status.revision, status.attempt) == (1, 1)
+    assert status.condition("SpecValid").status == "True"  # type: ignore[union-attr]
+    assert status.revisions == ()  # nothing ran before: no attempt to archive
+    reasons = event_reasons(world)
+    assert reasons.count("InvalidSpec") == 1 and reasons.count("SpecFixed") == 1
+    fixed = next(e for e in world.objects("events") if e["reason"] == "SpecFixed")
+    assert fixed["type"] == "Normal" and fixed["message"] == "the spec is valid now: v1 -> v2 starts"
+    world.assert_valid_writes()
+
+
 def test_user_routes_and_fields_survive_and_foreign_rules_are_refused(world: KubeWorld) -> None:
     api: KubeApi = world.api
     api.create(VIRTUAL_SERVICES, NAMESPACE, {
