@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import select
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -164,33 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"canary: {exc}", file=sys.stderr)
         return 2
     try:
-        match args.command:
-            case "demo":
-                return local.demo(args)
-            case "run":
-                return local.run(args)
-            case "stack":
-                return local.stack_up(args)
-            case "analyze":
-                return local.analyze(list(args.rest))
-            case "controller":
-                from controller.cli.cluster import controller_main
-                return controller_main(list(args.rest))
-            case "start":
-                from controller.cli.cluster import start_main
-                return start_main(list(args.rest))
-            case "shadow-compare":
-                from controller.cli.shadow import main as shadow_compare_main
-                return shadow_compare_main(list(args.rest))
-            case "comparator":
-                from controller.cli.comparator import main as comparator_main
-                return comparator_main(list(args.rest))
-            case "report":
-                return _report(list(args.rest))
-            case "get" | "status" | "list" | "history" as command:
-                return _read(command, list(args.rest))
-            case command if command in OPERATE:
-                return _operate(command, list(args.rest))
+        code = _dispatch(args)
+        sys.stdout.flush()  # here, not at exit: a reader gone away is then told apart (`_stdout_gone`)
+        return code
     except InvalidSpec as exc:
         for problem in exc.problems:
             print(f"invalid release: {problem}", file=sys.stderr)
@@ -198,7 +176,64 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"canary {args.command}: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        if not _stdout_gone():
+            raise
+        return STDOUT_GONE
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    match args.command:
+        case "demo":
+            return local.demo(args)
+        case "run":
+            return local.run(args)
+        case "stack":
+            return local.stack_up(args)
+        case "analyze":
+            return local.analyze(list(args.rest))
+        case "controller":
+            from controller.cli.cluster import controller_main
+            return controller_main(list(args.rest))
+        case "start":
+            from controller.cli.cluster import start_main
+            return start_main(list(args.rest))
+        case "shadow-compare":
+            from controller.cli.shadow import main as shadow_compare_main
+            return shadow_compare_main(list(args.rest))
+        case "comparator":
+            from controller.cli.comparator import main as comparator_main
+            return comparator_main(list(args.rest))
+        case "report":
+            return _report(list(args.rest))
+        case "get" | "status" | "list" | "history" as command:
+            return _read(command, list(args.rest))
+        case command if command in OPERATE:
+            return _operate(command, list(args.rest))
     return 1
+
+
+# What a shell tool exits with when the reader of its output went away (killed by SIGPIPE: 128 + 13).
+STDOUT_GONE = 141
+
+
+def _stdout_gone() -> bool:
+    """Whether the broken pipe was stdout's: its reader went away (`canary get NAME | head`, `--watch | grep -m1`;
+    the pipe's write end then polls as an error). The output then stops without a traceback, as a shell tool's
+    does, and what is left to write goes nowhere (the interpreter's last flush at exit would raise again). Any
+    other broken pipe is not for this to hide."""
+    try:
+        fd = sys.stdout.fileno()
+    except (ValueError, OSError):  # closed, or not a file
+        return False
+    poll = select.poll()
+    poll.register(fd, select.POLLOUT)
+    if not any(events & select.POLLERR for _, events in poll.poll(0)):
+        return False
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+    return True
 
 
 def _report(argv: list[str]) -> int:

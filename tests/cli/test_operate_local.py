@@ -286,3 +286,25 @@ def test_pausing_an_experiment_says_what_a_pause_keeps(tmp_path: Path, capsys: p
     assert capsys.readouterr().out.strip() == (
         "pausing search-v2: its experiment takes no look until `canary resume`; its routes stay (users keep their "
         "variants, new users are still assigned) and the pause counts towards maxDuration")
+
+
+@pytest.mark.parametrize("decisions", [1, 300])
+def test_a_reader_that_goes_away_stops_the_output_without_a_traceback(tmp_path: Path, decisions: int) -> None:
+    """`canary history --workdir W | head -1`: the pipe's reader is gone before the output is written. The command
+    stops as a shell tool does (exit 141, as if killed by SIGPIPE) and says nothing on stderr, with more output
+    than a pipe holds (300 decisions, over 64 KiB) and with a few lines (1)."""
+    import subprocess
+    import sys
+
+    history = PROGRESSING
+    for i in range(decisions):
+        history = history.with_decision(DecisionRecord(at=10.0 + i, t=float(i), step=0, weight=10, verdict="pass",
+                                                       reason="x" * 200, action="wait", checks=(), counts={}))
+    state_with(tmp_path, history)
+    proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "history", "--workdir", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader goes away before the command has written anything
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert (proc.wait(timeout=60), err) == (141, "")
