@@ -512,6 +512,17 @@ def test_abn_a_further_variant_wins_and_the_release_keeps_stable() -> None:
     assert final is not None and final.experiment is None and {s.stable for s in final.services} == {"v1"}
 
 
+def test_a_look_without_harm_says_so_not_that_the_guardrails_wait_to_show_safety() -> None:
+    """An experiment's guardrails stop it on harm only; a canary's "not yet shown safe ... about 7 min at the
+    current rate" in its looks read as if the experiment waited for them (once "about 559 min")."""
+    world = AbnWorld({"v1": 0.10, "v2": 0.10, "v3": 0.17})
+    status = world.run(abn_release())
+    looks = [r.reason for r in status.history]
+    assert looks and all(r.startswith("guardrails: no harm shown; v3: guardrails: no harm shown; primary: ")
+                         for r in looks), looks
+    assert not any("shown safe" in r or "current rate" in r for r in looks)
+
+
 def test_abn_the_canary_wins_and_is_promoted_with_the_other_variant_retired() -> None:
     world = AbnWorld({"v1": 0.10, "v2": 0.17, "v3": 0.10})
     status = world.run(abn_release())

@@ -81,6 +81,8 @@ def look(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float)
     """One analysis window of a running experiment: guardrails, then the primary metric, then act."""
     exp = _experiment(spec)
     status, verdict, reason = analyse(spec, status, obs, now)
+    if verdict in (Verdict.PASS, Verdict.INCONCLUSIVE):
+        status, reason = _no_harm_shown(status), NO_HARM
     harmful = spec.canary.version if verdict is Verdict.FAIL else None
     if exp.extra and verdict is not Verdict.FAIL:
         status, verdict, reason, harmful = _extra_guardrails(spec, status, obs, now, verdict, reason)
@@ -128,7 +130,8 @@ def _extra_guardrails(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation
         initial = states.get(v.version) or judge.initial_state(services=spec.analysed_services)
         states[v.version], decision = judge.update(dict(initial), observations)
         verdicts[v.version] = {"verdict": decision.verdict.value, "reason": decision.reason}
-        reasons.append(f"{v.version}: {decision.reason}")
+        harmless = decision.verdict in (Verdict.PASS, Verdict.INCONCLUSIVE)
+        reasons.append(f"{v.version}: {NO_HARM if harmless else decision.reason}")
         if _SEVERITY[decision.verdict] > _SEVERITY[worst]:
             worst = decision.verdict
         if decision.verdict is Verdict.FAIL and harmful is None:
@@ -140,6 +143,17 @@ def _extra_guardrails(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation
 
 
 _SEVERITY = {Verdict.PASS: 0, Verdict.INCONCLUSIVE: 1, Verdict.ERROR: 2, Verdict.FAIL: 3}
+# An experiment's guardrails stop it on harm only: a look without harm says so, not a canary's "not yet shown
+# safe ... about 7 min at the current rate" (an experiment never waits for its guardrails to show safety).
+NO_HARM = "guardrails: no harm shown"
+
+
+def _no_harm_shown(status: ReleaseStatus) -> ReleaseStatus:
+    """The look's record with the guardrails' reason as an experiment reads it (`NO_HARM`)."""
+    if not status.history:
+        return status
+    last = status.history[-1]
+    return replace(status, history=(*status.history[:-1], replace(last, reason=NO_HARM)))
 
 
 def _not_counted(window: WindowCounts, services: tuple[str, ...], version: str) -> bool:
