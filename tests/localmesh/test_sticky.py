@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from scipy.stats import binom
 
 from controller.adapters.istio.validate import validate_objects
 from tests.localmesh.harness import LoopThread
@@ -26,6 +25,7 @@ from tests.localmesh.users import (
     browse,
     port_of,
     shop_router,
+    split_fits,
     users_per_variant,
 )
 from tests.support.istio_schema import istio_errors
@@ -138,8 +138,8 @@ def test_every_user_sees_one_variant_and_new_users_split_by_weight(loop: LoopThr
     logs = loop.run(browse(port_of(router), users, REQUESTS_PER_USER), timeout=150)
     first = users_per_variant(logs, REQUESTS_PER_USER, lambda variant, set_cookies: set_cookies == [
         f"{COOKIE}={variant}; Path=/; Max-Age={MAX_AGE_S}; HttpOnly"])
-    low, high = binom.ppf(0.0005, USERS, 0.30), binom.ppf(0.9995, USERS, 0.30)
-    assert low <= first["v2"] <= high, first
+    fits, p = split_fits(first, {"v1": 0.70, "v2": 0.30})
+    assert fits, (first, p)
     assert first["v1"] + first["v2"] == USERS
 
 
