@@ -19,8 +19,9 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from controller.core.plan import HEADER_NAME
+
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-_HEADER_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")  # as the release spec's header fields take them
 _DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}\Z)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*")
 
 
@@ -108,7 +109,7 @@ def http_url(text: str) -> str:
 
 
 def header_name(text: str) -> str:
-    if not _HEADER_NAME.fullmatch(text):
+    if not HEADER_NAME.fullmatch(text):  # as a release's header fields take them
         raise refused(text, "a lower-case HTTP header name (letters, digits and '-')")
     return str(text)
 

@@ -229,10 +229,11 @@ def _undo(name: str, spec: Mapping[str, Any], status: ReleaseStatus) -> Planned 
     patch = {**ONE_SHOT_CLEARED, "stable": {"version": serving.version, "images": stable_images}, "canary": canary}
     # The strategy stays the spec's: an experiment's undo is another experiment, the serving version its control
     # (a `control` given must be the stable version, or the new revision's spec would not parse).
-    if "control" in (_ab_test(spec) or {}):
+    ab_test = _ab_test(spec)
+    if ab_test is not None and "control" in ab_test:
         patch["strategy"] = {"abTest": {"control": serving.version}}
     how = (f"by an A/B experiment ({serving.version} now the control, as spec.strategy.abTest says)"
-           if _ab_test(spec) is not None else "through the canary steps")
+           if ab_test is not None else "through the canary steps")
     return Planned(f"undo: revision {status.revision + 1} of {name} releases {previous.version} again in place of "
                    f"{serving.version}, {how}", patch)
 

@@ -11,7 +11,8 @@ import re
 from dataclasses import dataclass, replace
 
 DEFAULT_LANE_HEADER = "x-canary-lane"
-_HEADER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+# A header name as releases give them (lane, shadow, cohort and user headers): lower-case, digits and "-".
+HEADER_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 # Kubernetes label values: what a version may look like, since it becomes a `version` pod label.
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -67,7 +68,7 @@ class ExperimentRoutes:
         if not re.match(r"^[A-Za-z0-9_-]+$", self.cookie):
             raise InvalidPlan(f"cookie name {self.cookie!r} is not a plain token")
         for what, header in (("cohort", self.cohort_header), ("user", self.user_header)):
-            if header is not None and not _HEADER_NAME.match(header):
+            if header is not None and not HEADER_NAME.fullmatch(header):
                 raise InvalidPlan(f"{what} header {header!r} is not a lower-case HTTP header name")
 
     @property
@@ -102,7 +103,7 @@ class ShadowRoutes:
             raise InvalidPlan(f"shadow comparator port {self.port!r} is not a port number")
         if not 0.0 < self.percent <= 100.0:
             raise InvalidPlan(f"shadow mirror percentage {self.percent!r} is not in (0, 100]")
-        if not _HEADER_NAME.match(self.header):
+        if not HEADER_NAME.fullmatch(self.header):
             raise InvalidPlan(f"shadow header {self.header!r} is not a lower-case HTTP header name")
 
 
@@ -136,7 +137,7 @@ class RoutingPlan:
             raise InvalidPlan("a shadow phase's routes go with a weight split, and a header of their own")
         if not isinstance(self.canary_weight, int) or not 0 <= self.canary_weight <= 100:
             raise InvalidPlan(f"canary weight {self.canary_weight!r} is not a whole number in 0..100")
-        if not _HEADER_NAME.match(self.lane_header):
+        if not HEADER_NAME.fullmatch(self.lane_header):
             raise InvalidPlan(f"lane header {self.lane_header!r} is not a lower-case HTTP header name")
         names = [s.service for s in self.services]
         if len(set(names)) != len(names):

@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
+from controller.core.operations import at_gate
+from controller.core.status import ReleaseStatus
 from controller.present.charts import (
     CANARY_COLOR,
     PALETTE,
@@ -178,13 +180,19 @@ def _experiment_section(v: _View) -> str:
     headline, header, rows = experiment_table(experiment)
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
-    gate = any(_map(c).get("type") == "Paused" and _map(c).get("status") == "True"
-               and _map(c).get("reason") == "AwaitingPromotion" for c in _seq(v.status.get("conditions")))
     choice = (f"<p><b>Next:</b> {escape(operator_choice(experiment, v.stable, v.canary))}</p>"
-              if gate and v.phase == "Paused" else "")
+              if _at_gate(v.status) else "")
     return (f"<h2>Experiment</h2><div class=\"card\"><p><b>{escape(headline)}</b></p>"
             f"<p>{escape(str(experiment.get('reason') or '-'))}</p><table><tr>{head}</tr>{body}</table>"
             f'<p class="muted">{escape(confidence_text(experiment))}</p>{choice}</div>')
+
+
+def _at_gate(status: Mapping[str, Any]) -> bool:
+    """`operations.at_gate` of a status read as stored; a status that does not parse is at no gate."""
+    try:
+        return at_gate(ReleaseStatus.from_storage(status))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return False
 
 
 def _weight_section(v: _View) -> str:

@@ -157,7 +157,7 @@ def traffic_totals(status: ReleaseStatus) -> dict[str, dict[str, dict[str, int]]
                 continue
             per = totals.setdefault(service, {})
             for side in ("baseline", "canary"):
-                c = counts.get(side, {}) if isinstance(counts, Mapping) else {}
+                c = counts.get(side, {})
                 t = per.setdefault(side, {"requests": 0, "errors": 0})
                 t["requests"] += int(c.get("requests", 0))
                 t["errors"] += int(c.get("errors", 0))

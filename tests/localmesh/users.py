@@ -170,7 +170,7 @@ def _echoed_lane(body: bytes) -> str:
 
 
 # How often a correct split of new users fails `split_fits` by chance: once in 100,000 runs. At 1,000 users a
-# split rendered wrong by a few points still fails it: 33/33/33 served for 40/25/35 has p ~ 2.5e-9, and 35/65 for
+# split rendered wrong by a few points still fails it: 33/33/33 served for 40/25/35 has p ~ 2.6e-9, and 35/65 for
 # 30/70 p ~ 6e-4 (not caught) while 40/60 has p ~ 5e-12. The shares of a failing full run here,
 # 376/299/325 for 40/25/35 (v2 3.6 standard deviations high), have p ~ 0.0016.
 SPLIT_ALPHA = 1e-5

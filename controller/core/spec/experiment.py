@@ -26,7 +26,7 @@ from typing import Any
 from analysis.abtest import ExperimentConfig, InvalidExperimentConfig
 from analysis.config import CHECKS
 from analysis.reader import Reader
-from controller.core.plan import ExperimentArm, ExperimentRoutes, InvalidPlan
+from controller.core.plan import HEADER_NAME, ExperimentArm, ExperimentRoutes, InvalidPlan
 from controller.core.spec.cadence import read_settle, read_warmup
 
 PATH = "spec.strategy.abTest"
@@ -39,7 +39,6 @@ STATISTICS_FIELDS = ("variants", "control", "alpha", "primaryMetric", "minSample
                      "minUsers")
 KNOWN = (*STATISTICS_FIELDS, *ROUTING_FIELDS)
 _COOKIE = re.compile(r"^[A-Za-z0-9_-]+$")
-_HEADER = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 # The DestinationRule subsets every release has; a variant (a subset of its own) cannot be named so.
 RESERVED_SUBSETS = ("stable", "canary")
 
@@ -181,10 +180,10 @@ def _routes(r: Reader, m: Mapping[str, Any], config: ExperimentConfig, stable: s
     cookie = r.string(m.get("cookie"), f"{PATH}.cookie", _COOKIE, default="ab", what="a cookie name")
     header = m.get("cohortHeader")
     if header is not None:
-        header = r.string(header, f"{PATH}.cohortHeader", _HEADER, what="a lower-case header name")
+        header = r.string(header, f"{PATH}.cohortHeader", HEADER_NAME, what="a lower-case header name")
     user = None
     if config.unit == "user":
-        user = r.string(m.get("userHeader"), f"{PATH}.userHeader", _HEADER, default=DEFAULT_USER_HEADER,
+        user = r.string(m.get("userHeader"), f"{PATH}.userHeader", HEADER_NAME, default=DEFAULT_USER_HEADER,
                         what="a lower-case header name")
     elif m.get("userHeader") is not None:
         r.problem(f"{PATH}.userHeader", f"only with unit: user (this experiment's unit is {config.unit})")

@@ -20,7 +20,7 @@ from typing import Any
 
 from analysis.config import AnalysisConfig, InvalidAnalysisConfig
 from analysis.reader import Reader
-from controller.core.plan import DEFAULT_LANE_HEADER
+from controller.core.plan import DEFAULT_LANE_HEADER, HEADER_NAME
 from controller.core.spec.cadence import read_settle, read_warmup
 from controller.core.spec.experiment import ExperimentSpec, parse_ab_test
 from controller.core.spec.hooks import HookSpec, read_hooks
@@ -40,7 +40,6 @@ _SERVICE = re.compile(r"[a-z]([-a-z0-9]{0,59}[a-z0-9])?")
 SERVICE_RULE = (f"a Kubernetes Service name: lower-case letters, digits and '-', starting with a letter, ending "
                 f"with a letter or digit, at most {NAME_LIMIT - 2} characters (room for -<version> in "
                 f"<service>-<version>)")
-_HEADER = re.compile(r"[a-z0-9][a-z0-9-]*")
 # What a release document is: the StackRelease custom resource (manifests/crd/stackreleases.yaml) of this group.
 # A local release file may leave `apiVersion` and `kind` out; given, they must be these. Objects the API serves
 # always carry them, with the controller's `status`; the CRD's schema prunes any other top-level key.
@@ -182,7 +181,7 @@ def parse_release(obj: Mapping[str, Any]) -> ReleaseSpec:
                                      changed)
     analysis, analysed = _analysis(r, spec.get("analysis"), changed, stack)
     policies = _policies(r, spec.get("policies"))
-    lane_header = r.string(spec.get("laneHeader"), "spec.laneHeader", _HEADER, default=DEFAULT_LANE_HEADER,
+    lane_header = r.string(spec.get("laneHeader"), "spec.laneHeader", HEADER_NAME, default=DEFAULT_LANE_HEADER,
                            what="a lower-case header name")
     strategy_fields = spec.get("strategy")
     shadow = parse_shadow(r, strategy_fields.get("shadow") if isinstance(strategy_fields, Mapping) else None,

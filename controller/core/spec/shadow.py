@@ -14,14 +14,13 @@ from typing import Any
 
 from analysis.reader import Reader
 from analysis.shadow import ShadowConfig
-from controller.core.plan import DEFAULT_SHADOW_HEADER, ShadowRoutes
+from controller.core.plan import DEFAULT_SHADOW_HEADER, HEADER_NAME, ShadowRoutes
 
 SHADOW_FIELDS = ("mirrorPercent", "minOverlap", "alpha", "minPairs", "enforce", "maxDuration", "comparator",
                  "comparatorPort", "header")
 # The comparator's Service in the release's namespace (manifests/shadow), as `canary stack up` names it locally.
 DEFAULT_COMPARATOR = "canary-shadow"
 _DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
-_HEADER = re.compile(r"[a-z0-9][a-z0-9-]*")
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ def parse_shadow(r: Reader, value: Any, lane_header: str) -> ShadowSpec | None:
         return None
     path = "spec.strategy.shadow"
     m: Mapping[str, Any] = r.fields(value, path, SHADOW_FIELDS)
-    header = r.string(m.get("header"), f"{path}.header", _HEADER, default=DEFAULT_SHADOW_HEADER,
+    header = r.string(m.get("header"), f"{path}.header", HEADER_NAME, default=DEFAULT_SHADOW_HEADER,
                       what="a lower-case header name")
     if header == lane_header:
         r.problem(f"{path}.header", f"{header!r} is the lane header; the comparator's header must be another")
