@@ -162,9 +162,9 @@ class Reconciler:
     def _stable(self, spec: ReleaseSpec) -> dict[str, Readiness] | None:
         """The stable version's readiness on every service of the stack; None when it could not be read."""
         try:
-            return {s: self.ports.workloads.readiness(s, spec.stable.version) for s in spec.stack.services}
+            return {s: self.ports.workloads.readiness(s, spec.stable_version_of(s)) for s in spec.stack.services}
         except PortError as exc:
-            log.warning("readiness of %s unknown: %s", spec.stable.version, exc.reason)
+            log.warning("readiness of %s unknown: %s", "/".join(spec.stable_versions()), exc.reason)
             return None
 
     def _in_flight(self, workloads: tuple[tuple[str, str], ...]) -> int | None:

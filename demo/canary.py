@@ -139,10 +139,11 @@ def _start_platform(ctx: ExitStack, spec: ReleaseSpec, state: StateDir, workdir:
                     console: Console) -> tuple[LocalStack, LocalRouter]:
     """The stack's stable version behind the mesh router on stable routes, or what a resumed release ran."""
     stack = ctx.enter_context(LocalStack(workdir / "stack", faults=faults, lane_header=spec.lane_header))
-    console.say(f"search stack {spec.stable.version} starting (router {stack.router_url}, "
+    console.say(f"search stack {spec.stable_described()} starting (router {stack.router_url}, "
                 f"admin {stack.admin_url}) ...")
     console.say(f"data plane: Envoy {envoy_version()} (its log: {stack.workdir / 'envoy' / 'envoy.log'})")
-    stack.start_version(spec.stable.version, spec.stack.services)
+    for version, services in spec.stable_groups():
+        stack.start_version(version, services)
     assert stack.admin is not None
     router = LocalRouter(stack.admin)
     # Routes first, before any process of the new version registers: a router without a VirtualService

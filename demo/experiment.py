@@ -139,11 +139,12 @@ def _start_platform(ctx: ExitStack, spec: ReleaseSpec, workdir: Path,
                     console: Console) -> tuple[LocalStack, LocalRouter]:
     """The stack's stable version behind the mesh router, every service on it."""
     stack = ctx.enter_context(LocalStack(workdir / "stack", lane_header=spec.lane_header))
-    console.say(f"search stack {spec.stable.version} starting (router {stack.router_url}) ...")
-    stack.start_version(spec.stable.version, spec.stack.services)
+    console.say(f"search stack {spec.stable_described()} starting (router {stack.router_url}) ...")
+    for version, services in spec.stable_groups():
+        stack.start_version(version, services)
     assert stack.admin is not None
     router = LocalRouter(stack.admin)
-    router.apply(stack.baseline_plan(spec.stable.version))
+    router.apply(stack.baseline_plan(spec.stable.version, versions=spec.stable.versions))
     return stack, router
 
 

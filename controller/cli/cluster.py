@@ -37,7 +37,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +52,7 @@ from controller.cli import flags
 from controller.cli import outgoing as notifications
 from controller.core.operations import ONE_SHOT_CLEARED, Refused, next_revision_stable, plan
 from controller.core.spec.release import SEARCH_STACK, InvalidSpec, ReleaseSpec, parse_release, version_room
-from controller.core.status import ReleaseStatus
+from controller.core.status import ReleaseStatus, versions_described
 from controller.logs import configure_logging
 from controller.ports import BusinessMetrics, PortError
 from controller.present.view import LIST_HEADER, list_row, panel, progress_lines, render_history, table
@@ -438,26 +438,41 @@ def version_of(image: str, services: Sequence[str] = SEARCH_STACK) -> str:
     return _NOT_IN_VERSION.sub("-", tag.lower())[:room].strip("-") or "new"
 
 
-def running_version(api: KubeApi, namespace: str, services: Sequence[str]) -> str | None:
-    """The version label most of the stack's scaled-up Deployments carry."""
+def running_versions(api: KubeApi, namespace: str, services: Sequence[str]) -> tuple[str | None, dict[str, str]]:
+    """What the stack runs: the version most of its services run, and the services that run another, each with
+    its own (the version of its scaled-up Deployment with the most pods ready, from their `app` and `version`
+    labels). A stack an earlier release changed in part runs several."""
     listed = api.list(DEPLOYMENTS, namespace, f"app in ({','.join(services)})")
-    votes: dict[str, int] = {}
+    best: dict[str, tuple[int, int, str]] = {}
     for d in listed.get("items", []):
-        version = (d["metadata"].get("labels") or {}).get("version")
-        if version and d.get("spec", {}).get("replicas", 1) > 0:
-            votes[version] = votes.get(version, 0) + 1
-    return max(votes, key=lambda v: votes[v]) if votes else None
+        labels = d["metadata"].get("labels") or {}
+        service, version, replicas = labels.get("app"), labels.get("version"), d.get("spec", {}).get("replicas", 1)
+        if isinstance(service, str) and service in services and version and replicas > 0:
+            ready = (d.get("status") or {}).get("readyReplicas") or 0
+            best[service] = max(best.get(service, (-1, -1, "")), (ready, replicas, version))
+    per_service = {s: best[s][2] for s in services if s in best}
+    if not per_service:
+        return None, {}
+    votes = list(per_service.values())
+    main = max(dict.fromkeys(votes), key=votes.count)  # most services; a tie goes to the stack's first
+    return main, {s: v for s, v in per_service.items() if v != main}
 
 
-def running_images(api: KubeApi, namespace: str, services: Sequence[str], version: str) -> dict[str, str]:
-    """The image of each service's `<service>-<version>` Deployment (its container named like the service)."""
-    listed = api.list(DEPLOYMENTS, namespace, f"app in ({','.join(services)}),version={version}")
+def running_images(api: KubeApi, namespace: str, services: Sequence[str], version: str,
+                   versions: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The image of each service's `<service>-<version>` Deployment (its container named like the service); a
+    service in `versions` on its own version."""
+    listed = api.list(DEPLOYMENTS, namespace, f"app in ({','.join(services)})")
     images: dict[str, str] = {}
     for d in listed.get("items", []):
-        service = (d["metadata"].get("labels") or {}).get("app")
+        labels = d["metadata"].get("labels") or {}
+        service = labels.get("app")
+        if not isinstance(service, str) or service not in services or \
+                labels.get("version") != (versions or {}).get(service, version):
+            continue
         containers = d.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
         chosen = next((c for c in containers if c.get("name") == service), containers[0] if containers else None)
-        if isinstance(service, str) and service in services and chosen and chosen.get("image"):
+        if chosen and chosen.get("image"):
             images[service] = chosen["image"]
     return images
 
@@ -479,15 +494,13 @@ def _update_release(api: KubeApi, args: argparse.Namespace, existing: Obj, image
             print(f"canary start: {canary['version']} is what {where} serves now; give another --version",
                   file=sys.stderr)
             return 2
-        old_stable = (existing.get("spec", {}).get("stable") or {}).get("images") or {}
-        spec.update(ONE_SHOT_CLEARED, stable={"version": serving.version, "images": {
-            **{k: None for k in old_stable if k not in serving.images}, **serving.images}})
+        spec.update(ONE_SHOT_CLEARED, stable=serving.stable_field(existing.get("spec", {}).get("stable") or {}))
     api.patch(RELEASES, args.namespace, args.release, {"spec": spec})
     if serving is None:
         print(f"updated {where} (phase {status.phase.value})")
     else:
         print(f"{where} had finished ({status.phase.value}): revision {status.revision + 1} releases "
-              f"{canary['version']} beside {serving.version}")
+              f"{canary['version']} beside {serving.described()}")
     return 0
 
 
@@ -517,13 +530,16 @@ def start_main(argv: Sequence[str]) -> int:
         existing = api.get_or_none(RELEASES, args.namespace, args.release)
         if existing is not None:
             return _update_release(api, args, existing, images)
-        stable = args.stable_version or running_version(api, args.namespace, services)
+        stable, own = (args.stable_version, {}) if args.stable_version else \
+            running_versions(api, args.namespace, services)
         if stable is None:
             print(f"canary start: no running version of {', '.join(services)} in {args.namespace}; "
                   "give --stable-version", file=sys.stderr)
             return 2
         body = release_object(args, images, stable, services)
-        stable_images = running_images(api, args.namespace, services, stable)
+        if own:  # a stack an earlier release changed in part: each of those services keeps its own
+            body["spec"]["stable"]["versions"] = own
+        stable_images = running_images(api, args.namespace, services, stable, own)
         if stable_images:  # informational: `canary history` shows what each new image replaced
             body["spec"]["stable"]["images"] = stable_images
         parse_release(body)  # refuse locally what the controller would refuse, with the same messages
@@ -534,7 +550,8 @@ def start_main(argv: Sequence[str]) -> int:
     except PortError as exc:
         print(f"canary start: {exc.reason}", file=sys.stderr)
         return 1
-    print(f"created {args.namespace}/{args.release}: {stable} -> {body['spec']['canary']['version']}")
+    print(f"created {args.namespace}/{args.release}: {versions_described(stable, own)} -> "
+          f"{body['spec']['canary']['version']}")
     return 0
 
 

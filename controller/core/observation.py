@@ -30,6 +30,9 @@ class Readiness:
     # Pods ready now, when the platform counts them (a Deployment does; None: unknown). With a count, a
     # workload short of pods that still has some is scaling or healing (held); with none ready it is lost.
     ready_replicas: int | None = None
+    # Other versions of the same service with pods ready, when the platform can tell (Deployments can): for a
+    # stable version that does not exist or serves nothing, what serves that service instead.
+    others_ready: tuple[str, ...] = ()
 
     @property
     def lost(self) -> bool:

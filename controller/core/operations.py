@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.core.spec.release import InvalidSpec, parse_release
-from controller.core.status import Phase, ReleasedVersions, ReleaseStatus, RevisionRecord
+from controller.core.status import Phase, ReleasedVersions, ReleaseStatus, RevisionRecord, versions_described
 
 COMMANDS = ("pause", "resume", "promote", "abort", "retry", "undo", "approve")
 RETRYABLE = (Phase.ROLLED_BACK, Phase.ABORTED, Phase.FAILED)
@@ -223,10 +223,9 @@ def _undo(name: str, spec: Mapping[str, Any], status: ReleaseStatus) -> Planned 
     serving, previous, services = target
     canary: dict[str, Any] = {"version": previous.version, "images": _replacing(_images(spec, "canary"),
                                                                                previous.images)}
-    stable_images = _replacing(_images(spec, "stable"), serving.images)
     if not previous.images and services and "services" not in (spec.get("canary") or {}):
         canary["services"] = list(services)  # the services the successful release changed, not the whole stack
-    patch = {**ONE_SHOT_CLEARED, "stable": {"version": serving.version, "images": stable_images}, "canary": canary}
+    patch = {**ONE_SHOT_CLEARED, "stable": serving.stable_field(_mapping(spec, "stable")), "canary": canary}
     # The strategy stays the spec's: an experiment's undo is another experiment, the serving version its control
     # (a `control` given must be the stable version, or the new revision's spec would not parse).
     ab_test = _ab_test(spec)
@@ -235,15 +234,38 @@ def _undo(name: str, spec: Mapping[str, Any], status: ReleaseStatus) -> Planned 
     how = (f"by an A/B experiment ({serving.version} now the control, as spec.strategy.abTest says)"
            if ab_test is not None else "through the canary steps")
     return Planned(f"undo: revision {status.revision + 1} of {name} releases {previous.version} again in place of "
-                   f"{serving.version}, {how}", patch)
+                   f"{serving.described()}, {how}", patch)
 
 
 # --- revisions ---------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class VersionRef:
+    """What a stack runs: one version, except the services in `versions`, each on its own."""
+
     version: str
     images: Mapping[str, str] = field(default_factory=dict)
+    versions: Mapping[str, str] = field(default_factory=dict)
+
+    def of(self, service: str) -> str:
+        return self.versions.get(service, self.version)
+
+    def described(self) -> str:
+        return versions_described(self.version, self.versions)
+
+    def stable_field(self, old: Mapping[str, Any]) -> dict[str, Any]:
+        """`spec.stable` as a merge patch over the spec's `old` one: this version, its images and services' own
+        versions (null removes what the old one had and this one does not)."""
+        images, versions = _mapping(old, "images"), _mapping(old, "versions")
+        patch: dict[str, Any] = {"version": self.version, "images": _replacing(images, self.images)}
+        if versions or self.versions:
+            patch["versions"] = _replacing(versions, self.versions) or None
+        return patch
+
+
+def _ref(version: str, images: Mapping[str, str], versions: Mapping[str, str]) -> VersionRef:
+    """A VersionRef without the entries that repeat its main version."""
+    return VersionRef(version, dict(images), {s: v for s, v in versions.items() if v != version})
 
 
 def all_revisions(status: ReleaseStatus) -> list[RevisionRecord]:
@@ -257,10 +279,14 @@ def all_revisions(status: ReleaseStatus) -> list[RevisionRecord]:
 
 
 def serving(versions: ReleasedVersions, outcome: Phase) -> VersionRef:
-    """What serves once a revision ended: its canary if it succeeded, else its stable."""
-    if outcome is Phase.SUCCEEDED:
+    """What serves once a revision ended: its canary if it succeeded, else its stable. A revision that changed
+    part of the stack leaves the rest on its stable versions."""
+    if outcome is not Phase.SUCCEEDED:
+        return _ref(versions.stable, versions.stable_images, versions.stable_versions)
+    if not versions.changed:
         return VersionRef(versions.canary, dict(versions.canary_images))
-    return VersionRef(versions.stable, dict(versions.stable_images))
+    return _ref(versions.stable, {**versions.stable_images, **versions.canary_images},
+                {**versions.stable_versions, **{s: versions.canary for s in versions.changed}})
 
 
 def undo_target(status: ReleaseStatus) -> tuple[VersionRef, VersionRef, tuple[str, ...]] | Refused:
@@ -272,10 +298,18 @@ def undo_target(status: ReleaseStatus) -> tuple[VersionRef, VersionRef, tuple[st
     if last_good is None:
         return Refused(f"no earlier successful version to go back to: no revision of it succeeded "
                        f"({now_serving.version} serves, as before it started)")
-    previous = VersionRef(last_good.versions.stable, dict(last_good.versions.stable_images))
-    if previous.version == now_serving.version:
-        return Refused(f"the previous successful version, {previous.version}, is what serves now: nothing to undo")
-    return now_serving, previous, tuple(last_good.versions.canary_images)
+    good = last_good.versions
+    previous = _ref(good.stable, good.stable_images, good.stable_versions)
+    services = good.changed or tuple(good.canary_images)
+    back = {previous.of(s) for s in services} if services else {previous.version, *previous.versions.values()}
+    if len(back) > 1:
+        return Refused(f"before its last successful revision the services it changed ran several versions "
+                       f"({previous.described()}): an undo releases one version; write that release's spec by hand")
+    if all(previous.of(s) == now_serving.of(s) for s in services) if services else previous == now_serving:
+        return Refused(f"the previous successful version, {previous.described()}, is what serves now: nothing to "
+                       "undo")
+    images = {s: i for s, i in previous.images.items() if s in services} if services else previous.images
+    return now_serving, _ref(back.pop(), images, {}), services
 
 
 def next_revision_stable(status: ReleaseStatus) -> VersionRef | None:
@@ -322,9 +356,13 @@ def _version(spec: Mapping[str, Any], which: str) -> str:
 
 
 def _images(spec: Mapping[str, Any], which: str) -> Mapping[str, Any]:
-    part = spec.get(which)
-    images = part.get("images") if isinstance(part, Mapping) else None
-    return images if isinstance(images, Mapping) else {}
+    return _mapping(_mapping(spec, which), "images")
+
+
+def _mapping(m: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """`m[key]` when it is a mapping, else an empty one."""
+    value = m.get(key)
+    return value if isinstance(value, Mapping) else {}
 
 
 def _replacing(old: Mapping[str, Any], new: Mapping[str, str]) -> dict[str, Any]:

@@ -24,11 +24,13 @@ class BusinessQuery:
     kind: str  # proportion | mean
 
 
-def release_versions(spec: ReleaseSpec) -> tuple[str, ...]:
-    """Every version the release compares: stable and canary, plus an A/B/n experiment's further variants."""
-    if spec.experiment is not None:
-        return spec.experiment.versions
-    return (spec.stable.version, spec.canary.version)
+def release_versions(spec: ReleaseSpec, services: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """Every version the release compares on `services` (the analysed ones by default): their stable versions
+    (one, or one per service where `spec.stable.versions` says so) and the canary, plus an A/B/n experiment's
+    further variants."""
+    stable = spec.stable_versions(spec.analysed_services if services is None else services)
+    new = spec.experiment.versions if spec.experiment is not None else (spec.canary.version,)
+    return tuple(dict.fromkeys((*stable, *new)))
 
 
 def further_variants(spec: ReleaseSpec) -> tuple[str, ...]:
@@ -46,5 +48,6 @@ def business_query(spec: ReleaseSpec) -> BusinessQuery | None:
     if spec.experiment is None:
         return None
     primary = spec.experiment.config.primary
-    return BusinessQuery(namespace=spec.namespace, service=spec.stack.entry, versions=release_versions(spec),
+    return BusinessQuery(namespace=spec.namespace, service=spec.stack.entry,
+                         versions=release_versions(spec, (spec.stack.entry,)),
                          metric=primary.name, kind=primary.kind)

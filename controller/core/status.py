@@ -125,6 +125,12 @@ def bounded_history(history: tuple[DecisionRecord, ...]) -> tuple[DecisionRecord
     return tuple(reversed(kept))
 
 
+def versions_described(version: str, versions: Mapping[str, str]) -> str:
+    """What a stack runs, in words: `v1`, or `v1 (ml-infer v2-model)` when services in `versions` run their own."""
+    own = ", ".join(f"{s} {v}" for s, v in versions.items() if v != version)
+    return f"{version} ({own})" if own else version
+
+
 @dataclass(frozen=True)
 class ReleasedVersions:
     """The versions one revision of a release moves between, with their images (the model versions)."""
@@ -133,15 +139,30 @@ class ReleasedVersions:
     canary: str
     stable_images: Mapping[str, str] = field(default_factory=dict)
     canary_images: Mapping[str, str] = field(default_factory=dict)
+    # `spec.stable.versions`: the services whose stable version is not `stable`.
+    stable_versions: Mapping[str, str] = field(default_factory=dict)
+    # The services the revision changes when not the whole stack (empty: all of them, or not recorded: a
+    # status written before this was kept). Not part of what makes a revision new: a finished release restarts
+    # for other versions or images, not because its record got more precise.
+    changed: tuple[str, ...] = field(default=(), compare=False)
 
     def for_storage(self) -> dict[str, Any]:
-        return {"stable": self.stable, "canary": self.canary, "stableImages": dict(self.stable_images),
-                "canaryImages": dict(self.canary_images)}
+        stored: dict[str, Any] = {"stable": self.stable, "canary": self.canary,
+                                  "stableImages": dict(self.stable_images), "canaryImages": dict(self.canary_images)}
+        if self.stable_versions:
+            stored["stableVersions"] = dict(self.stable_versions)
+        if self.changed:
+            stored["changed"] = list(self.changed)
+        return stored
 
     @classmethod
     def from_storage(cls, d: Mapping[str, Any]) -> ReleasedVersions:
         return cls(str(d["stable"]), str(d["canary"]), dict(d.get("stableImages") or {}),
-                   dict(d.get("canaryImages") or {}))
+                   dict(d.get("canaryImages") or {}), dict(d.get("stableVersions") or {}),
+                   tuple(str(s) for s in d.get("changed") or ()))
+
+    def stable_described(self) -> str:
+        return versions_described(self.stable, self.stable_versions)
 
 
 @dataclass(frozen=True)

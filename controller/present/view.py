@@ -126,8 +126,8 @@ def age(seconds: float) -> str:
 
 def versions_line(spec: ReleaseSpec, status: ReleaseStatus) -> str:
     v = status.versions or ReleasedVersions(spec.stable.version, spec.canary.version, dict(spec.stable.images),
-                                            dict(spec.canary.images))
-    line = f"  revision {status.revision} (attempt {status.attempt}): {v.stable} -> {v.canary}"
+                                            dict(spec.canary.images), dict(spec.stable.versions))
+    line = f"  revision {status.revision} (attempt {status.attempt}): {v.stable_described()} -> {v.canary}"
     images = images_text(v)
     return line + ("\n" + wrapped("images: " + images, "    ") if images else "")
 

@@ -22,7 +22,7 @@ from controller.cli.main import main
 from controller.core.status import Phase, ReleaseStatus
 from tests.support.fakes import VersionModel
 from tests.support.kmock_server import RunningEmulator
-from tests.support.kube_world import NAMESPACE, SERVICES, KubeWorld, cluster_world
+from tests.support.kube_world import NAMESPACE, SERVICES, KubeWorld, cluster_world, release_body
 from tests.support.paths import REPO
 
 ROOT = REPO
@@ -284,3 +284,48 @@ def test_no_kubeconfig_is_a_clear_could_not(tmp_path: Path, capsys: pytest.Captu
     err = capsys.readouterr().err.splitlines()
     assert [line.split(":")[:2] for line in err] == [["canary list", " no Kubernetes API to talk to"],
                                                      ["canary promote", " no Kubernetes API to talk to"]]
+
+
+def stable_routes(world: KubeWorld) -> dict[str, str]:
+    """The version each service's `stable` subset points at."""
+    return {r["spec"]["host"]: s["labels"]["version"] for r in world.objects("destinationrules")
+            for s in r["spec"]["subsets"] if s["name"] == "stable"}
+
+
+def test_a_stack_changed_in_part_is_released_and_undone_service_by_service(
+        emulator: RunningEmulator, capsys: pytest.CaptureFixture[str]) -> None:
+    """A release of ml-infer alone leaves the stack on two versions (ml-infer v2, the rest v1). The next
+    release, of keyword, started with `canary start`, describes that stack (`spec.stable.versions`), keeps every
+    untouched service's stable traffic where it runs, and its undo brings keyword back alone. Before, the next
+    release had one stable version for the whole stack: v1 sent ml-infer's stable traffic to a version scaled to
+    0, v2 sent the other services' to Deployments that do not exist."""
+    world = cluster_world(emulator, hpa_on=())
+    world.create_release(name="model", strategy=FAST, drainTime="1s",
+                         canary={"version": "v2", "images": {"ml-infer": "registry.example/ml-infer:2.0"}})
+    controller = world.controller()
+    assert world.drive(controller, name="model").phase is Phase.SUCCEEDED
+    assert stable_routes(world) == {**{s: "v1" for s in SERVICES}, "ml-infer": "v2"}
+
+    assert cli(emulator, "start", "search-v3", "--image", "keyword=registry.example/keyword:v3") == 0
+    assert "created search/search-v3: v1 (ml-infer v2) -> v3" in capsys.readouterr().out
+    assert spec_of(world, "search-v3")["stable"]["versions"] == {"ml-infer": "v2"}
+    world.patch_spec({"strategy": FAST, "drainTime": "1s", "analysis": release_body()["spec"]["analysis"]},
+                     name="search-v3")
+    assert world.drive(controller, name="search-v3").phase is Phase.SUCCEEDED
+    assert stable_routes(world) == {**{s: "v1" for s in SERVICES}, "ml-infer": "v2", "keyword": "v3"}
+    assert replicas(world, "v2") == {4}  # ml-infer v2 still serves: the keyword release did not retire it
+    capsys.readouterr()
+    assert cli(emulator, "get", "search-v3") == 0
+    assert "revision 1 (attempt 1): v1 (ml-infer v2) -> v3" in capsys.readouterr().out
+
+    assert cli(emulator, "undo", "search-v3") == 0
+    assert "releases v1 again in place of v1 (ml-infer v2, keyword v3)" in capsys.readouterr().out
+    spec = spec_of(world, "search-v3")
+    assert spec["stable"]["versions"] == {"ml-infer": "v2", "keyword": "v3"} and spec["canary"]["version"] == "v1"
+    status = world.drive(controller, name="search-v3")
+    assert status.phase is Phase.SUCCEEDED and status.revision == 2, status.message
+    assert stable_routes(world) == {**{s: "v1" for s in SERVICES}, "ml-infer": "v2"}
+    assert {d["metadata"]["name"]: d["spec"]["replicas"] for d in world.objects("deployments")
+            if d["metadata"]["name"].startswith(("keyword-", "ml-infer-"))} == {
+        "keyword-v1": 4, "keyword-v3": 0, "ml-infer-v1": 0, "ml-infer-v2": 4}
+    world.assert_valid_writes()

@@ -215,3 +215,13 @@ def test_operator_commands_in_the_shadow_phase_say_what_they_will_do() -> None:
     assert isinstance(full, Planned) and "once its shadow phase passes" in full.message
     aborted, _ = machine.step(replace(sp, abort=True), status, Observation(readiness=READY), NOW + 1)
     assert aborted.phase is Phase.ROLLING_BACK and aborted.canary_weight == 0
+
+
+def test_a_pair_s_stable_side_is_checked_against_each_service_s_own_stable_version() -> None:
+    """ml-search runs v1-model while the rest runs v1: its stable answers come from v1-model, and the v1 of the
+    whole stack's version would be a version it does not run."""
+    sp = spec(stable={"version": "v1", "versions": {"ml-search": "v1-model"}})
+    own = PATH_V1.replace("ml-search@v1", "ml-search@v1-model")
+    pair = ShadowPair("q0", SAME, SAME, SAME)
+    assert served_as_asked(sp, MirroredPair(pair, {"stable": own, "stableAgain": own, "new": PATH_V2}))
+    assert not served_as_asked(sp, MirroredPair(pair, {"stable": PATH_V1, "stableAgain": own, "new": PATH_V2}))

@@ -402,9 +402,10 @@ def _full_status() -> ReleaseStatus:
                                             "at": 1700000000.0, "attempts": 1, "calls": 1}})
     status = replace(status, revision=2, attempt=2, retries=1,
                      versions=ReleasedVersions("v2", "v3", {"ml-infer": "reg/ml-infer:2"},
-                                               {"ml-infer": "reg/ml-infer:3"}),
-                     revisions=(RevisionRecord(1, 1, ReleasedVersions("v1", "v2"), "Succeeded", 1.0, 2.0, 1.5, 1.2,
-                                               "promoted v2"),))
+                                               {"ml-infer": "reg/ml-infer:3"}, {"keyword": "v1"}, ("ml-infer",)),
+                     revisions=(RevisionRecord(1, 1, ReleasedVersions("v1", "v2", {}, {}, {"keyword": "v0"},
+                                                                      ("ml-infer",)),
+                                               "Succeeded", 1.0, 2.0, 1.5, 1.2, "promoted v2"),))
     status = status.with_condition("Analysis", "False", "AnalysisFailed", "errorRate e=41.2", 1700000100.5)
     return status.with_decision(record)
 

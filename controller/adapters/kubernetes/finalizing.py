@@ -50,5 +50,5 @@ class Finalizer:
             self.wiring.router(meta["namespace"], spec.stack.services).apply(base_plan(spec).all_stable())
             self.wiring.events(obj).notify(Notice(
                 meta["name"], "RolledBack", f"deleted while {status.phase.value}: all traffic back on "
-                f"{spec.stable.version}", warning=True))
+                f"{spec.stable_described()}", warning=True))
         self.sync(obj, wanted=False)

@@ -79,7 +79,8 @@ class ReleaseWiring:
         ref = ReleaseRef.of(obj)
         services = spec.stack.services if spec else ()
         workloads = DeploymentWorkloads(self.api, ref, services, spec.stable.version if spec else None,
-                                        spec.canary.version if spec else None, self.replica_policy, box)
+                                        spec.canary.version if spec else None, self.replica_policy, box,
+                                        dict(spec.stable.versions) if spec else {})
         notifier = self.notifier_for(obj)
         router = self.router(ref.namespace, services)
         in_flight = SubsetInFlight(router, self.in_flight) if self.in_flight is not None else None

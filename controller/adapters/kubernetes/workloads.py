@@ -36,7 +36,8 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from controller.adapters.kubernetes.client import DEPLOYMENTS, HPAS, RELEASES, KubeApi, Obj
@@ -110,6 +111,8 @@ class DeploymentWorkloads:
     canary_version: str | None
     policy: ReplicaPolicy = field(default_factory=ReplicaPolicy)
     weight: WeightBox = field(default_factory=WeightBox)
+    # `spec.stable.versions`: services whose stable version is not `stable_version`.
+    stable_versions: Mapping[str, str] = field(default_factory=dict)
     _snapshot: dict[str, Obj] | None = None
     _hpas: list[Obj] | None = None
 
@@ -136,15 +139,19 @@ class DeploymentWorkloads:
         hpas = self._hpas_targeting(deployment)
         return next((h for h in hpas if not _is_copy(h)), hpas[0] if hpas else None)
 
+    def _stable_version(self, service: str) -> str | None:
+        return self.stable_versions.get(service, self.stable_version)
+
     def _stable_of(self, service: str, version: str) -> Obj:
         deployments = self._deployments()
-        if self.stable_version and (d := deployments.get(deployment_name(service, self.stable_version))):
+        stable = self._stable_version(service)
+        if stable and (d := deployments.get(deployment_name(service, stable))):
             return d
         candidates = [d for d in deployments.values()
                       if _labels(d).get("app") == service and _labels(d).get("version") != version]
         if not candidates:
             raise PermanentError(f"no stable Deployment of {service} to copy (looked for "
-                                 f"{deployment_name(service, self.stable_version or '<stable>')} and app={service})")
+                                 f"{deployment_name(service, stable or '<stable>')} and app={service})")
         return max(candidates, key=lambda d: d.get("status", {}).get("readyReplicas", 0))
 
     # --- the port ----------------------------------------------------------------------------------------
@@ -281,10 +288,12 @@ class DeploymentWorkloads:
         d = self._deployments().get(deployment_name(service, version))
         if d is None:
             return Readiness(False, f"Deployment {deployment_name(service, version)} does not exist yet",
-                             exists=False)
+                             exists=False, others_ready=self._others_ready(service, version))
         readiness = deployment_readiness(d)
+        if readiness.lost:
+            readiness = replace(readiness, others_ready=self._others_ready(service, version))
         autoscaled = (d["metadata"].get("annotations") or {}).get(ANNOTATION_AUTOSCALED) == "true"
-        if not readiness.ready or autoscaled or version == self.stable_version:
+        if not readiness.ready or autoscaled or version == self._stable_version(service):
             return readiness
         need = self.policy.canary_replicas(_replicas(self._stable_of(service, version)), self.weight.weight)
         if _replicas(d) < need:
@@ -292,10 +301,16 @@ class DeploymentWorkloads:
                                     f"{self.weight.weight}% of traffic", ready_replicas=readiness.ready_replicas)
         return readiness
 
+    def _others_ready(self, service: str, version: str) -> tuple[str, ...]:
+        """The other versions of `service` whose Deployments have pods ready, most ready first."""
+        ready = [(d.get("status", {}).get("readyReplicas") or 0, _labels(d).get("version"))
+                 for d in self._deployments().values() if _labels(d).get("app") == service]
+        return tuple(v for n, v in sorted(ready, key=lambda x: -x[0]) if n > 0 and v and v != version)
+
     def retire(self, service: str, version: str) -> None:
         name = deployment_name(service, version)
         d = self._deployments().get(name)
-        if version == self.stable_version and self.canary_version:
+        if version == self._stable_version(service) and self.canary_version:
             # Promoted: what serves now must belong to no release before the old version goes.
             new = deployment_name(service, self.canary_version)
             self._release_ownership(new)

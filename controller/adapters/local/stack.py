@@ -259,10 +259,12 @@ class LocalStack:
             listed.append({"service": name, "labels": {"app": name}, "address": f"127.0.0.1:{port}"})
         return listed
 
-    def baseline_plan(self, stable: str, canary: str | None = None, weight: int = 0) -> RoutingPlan:
-        """Routes for the stack outside any release: everything on `stable` (or a fixed split)."""
+    def baseline_plan(self, stable: str, canary: str | None = None, weight: int = 0,
+                      versions: Mapping[str, str] | None = None) -> RoutingPlan:
+        """Routes for the stack outside any release: everything on `stable` (or a fixed split); a service in
+        `versions` on its own stable version."""
         return RoutingPlan(
             namespace=self.namespace, entry=ENTRY,
-            services=tuple(ServiceVersions(s, stable, canary) for s in SEARCH_SERVICES),
+            services=tuple(ServiceVersions(s, (versions or {}).get(s, stable), canary) for s in SEARCH_SERVICES),
             canary_weight=weight if canary else 0, lane_header=self.lane_header,
         )

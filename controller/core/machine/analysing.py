@@ -63,7 +63,7 @@ def prime_judge(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation) -> t
         notice = Notify("HistoryUnavailable", "the judge starts without the stable version's history (its "
                                               f"error bursts are learnt from the release alone): {obs.history_error}")
         return replace(status, judge_state=state), notice
-    history = [{s: interval_of(w, s, spec.stable.version, spec.canary.version, w.end - started, 0.0)
+    history = [{s: interval_of(w, s, spec.stable_version_of(s), spec.canary.version, w.end - started, 0.0)
                 for s in spec.analysed_services} for w in obs.history]
     return replace(status, judge_state=judge.prime(dict(status.judge_state), history)), None
 
@@ -86,7 +86,7 @@ def analyse_window(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, n
         record = DecisionRecord(now, t, status.step, status.canary_weight, verdict.value, reason, "")
         return replace(status, last_analysis_at=window_end).with_decision(record), verdict, reason, False
     observations = {
-        s: interval_of(obs.metrics, s, spec.stable.version, spec.canary.version, t, status.canary_weight)
+        s: interval_of(obs.metrics, s, spec.stable_version_of(s), spec.canary.version, t, status.canary_weight)
         for s in spec.analysed_services
     }
     judge = make_judge(analysis_config(spec))

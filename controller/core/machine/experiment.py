@@ -125,8 +125,8 @@ def _extra_guardrails(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation
     verdicts: dict[str, dict[str, Any]] = {}
     worst, harmful, harmful_reason, reasons = verdict, None, "", [reason]
     for v in exp.extra:
-        observations = {s: interval_of(obs.metrics, s, spec.stable.version, v.version, t, pair_share(exp, v.version))
-                        for s in spec.analysed_services}
+        observations = {s: interval_of(obs.metrics, s, spec.stable_version_of(s), v.version, t,
+                                    pair_share(exp, v.version)) for s in spec.analysed_services}
         initial = states.get(v.version) or judge.initial_state(services=spec.analysed_services)
         states[v.version], decision = judge.update(dict(initial), observations)
         verdicts[v.version] = {"verdict": decision.verdict.value, "reason": decision.reason}

@@ -117,7 +117,8 @@ def payload(spec: ReleaseSpec, status: ReleaseStatus, hook: HookSpec) -> dict[st
         "id": run_id(spec, status, hook),
         "release": spec.name, "namespace": spec.namespace, "generation": spec.generation,
         "phase": status.phase.value, "step": status.step, "canaryWeight": status.canary_weight,
-        "stable": {"version": spec.stable.version, "images": dict(spec.stable.images)},
+        "stable": {"version": spec.stable.version, "images": dict(spec.stable.images),
+                   **({"versions": dict(spec.stable.versions)} if spec.stable.versions else {})},
         "canary": {"version": spec.canary.version, "images": dict(spec.canary.images)},
         "services": list(spec.changed), "lastVerdict": status.last_verdict, "message": status.message,
     }

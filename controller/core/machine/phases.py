@@ -8,6 +8,7 @@ Each transition returns an `Outcome`: the new status and the actions it decided.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 
 from analysis.judges import make_judge
@@ -70,21 +71,41 @@ STABLE_SERVING = "StableServing"
 
 
 def _stable_not_serving(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float) -> Outcome | None:
-    """Wait in Pending while a service's `<service>-<stable version>` workload exists with no pod ready (the
-    version an earlier release promoted from, scaled to 0): the first routes would point every stable request of
-    that service at it. A workload not found under that name, or readiness not read, is not judged here."""
-    idle = {s: r for s, r in (obs.stable or {}).items() if r.exists and r.lost}
+    """Wait in Pending while a service's stable version serves nothing there: its workload exists with no pod
+    ready (the version an earlier release promoted from, scaled to 0), or does not exist while another version of
+    the service has pods ready (a stack an earlier release changed in part). The first routes would point every
+    stable request of that service at it. A workload not found and no other version seen, or readiness not read,
+    is not judged here."""
+    idle = {s: r for s, r in (obs.stable or {}).items() if (r.exists and r.lost) or (not r.exists and r.others_ready)}
     if not idle:
         return None
     condition = status.condition(STABLE_SERVING)
-    why = "; ".join(r.reason for r in idle.values())
-    message = (f"not started: spec.stable.version {spec.stable.version} serves no request ({why}), and the "
-               f"release's routes would send the stable traffic of {', '.join(idle)} there: set spec.stable.version "
-               f"to the version serving now, or scale {spec.stable.version} up")
-    new = status.with_condition(STABLE_SERVING, "False", "NoReadyPods", message, now)
+    message = _stable_not_serving_message(spec, idle)
+    reason = "OtherVersionServes" if any(r.others_ready for r in idle.values()) else "NoReadyPods"
+    new = status.with_condition(STABLE_SERVING, "False", reason, message, now)
     notices = (Notify("StableNotServing", message, warning=True),) if new.condition(STABLE_SERVING) != condition \
         else ()
     return Outcome(new.with_phase(Phase.PENDING, now, message), notices)
+
+
+def _stable_not_serving_message(spec: ReleaseSpec, idle: Mapping[str, Readiness]) -> str:
+    """What serves nothing, and the spec that would describe what serves: `spec.stable.versions` for the
+    services another version serves, else the stable version scaled up."""
+    why = "; ".join(r.reason for r in idle.values())
+    head = f"not started: the release's routes would send the stable traffic of {', '.join(idle)} to " + (
+        f"{spec.stable_version_of(next(iter(idle)))}, which serves no request there ({why})" if
+        len(set(spec.stable_versions(tuple(idle)))) == 1 else f"versions that serve no request there ({why})")
+    serving = {s: r.others_ready[0] for s, r in idle.items() if r.others_ready}
+    if not serving:
+        versions = "/".join(spec.stable_versions(tuple(idle)))
+        return f"{head}: set spec.stable.version to the version serving now, or scale {versions} up"
+    found = ", ".join(f"{s} {v}" for s, v in serving.items())
+    runs = {s: serving.get(s, spec.stable_version_of(s)) for s in spec.stack.services}
+    votes = list(runs.values())
+    main = max(dict.fromkeys(votes), key=votes.count)  # most services; a tie goes to the stack's first
+    own = ", ".join(f"{s}: {v}" for s, v in runs.items() if v != main)
+    wanted = f"{{version: {main}, versions: {{{own}}}}}" if own else f"{{version: {main}}}"
+    return f"{head}; pods of {found} are ready: set spec.stable to what each service runs, {wanted}"
 
 
 def _stable_serving_again(status: ReleaseStatus, now: float) -> ReleaseStatus:
@@ -112,7 +133,7 @@ def _start(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: floa
     status = replace(status, started_at=now, judge_state=judge.initial_state(services=spec.analysed_services),
                      scaling_to=first, pod_warmup=False)
     notice = Notify("Initializing", f"deploying {spec.canary.version} of {', '.join(spec.changed)} "
-                                    f"beside {spec.stable.version}")
+                                    f"beside {spec.stable_described()}")
     return Outcome(status.with_phase(Phase.INITIALIZING, now, "waiting for the new version to become ready"),
                    (notice,))
 
@@ -338,5 +359,5 @@ def _rolling_back(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, no
         return Outcome(status)
     ending = Phase(status.ending or Phase.ROLLED_BACK.value)
     notice = Notify("RolledBack" if ending is Phase.ROLLED_BACK else ending.value,
-                    f"all traffic on {spec.stable.version}; {status.message}", warning=True)
+                    f"all traffic on {spec.stable_described()}; {status.message}", warning=True)
     return Outcome(status.with_phase(ending, now, status.message), (notice,))

@@ -49,8 +49,9 @@ Restart = Literal["revision", "retry"]
 
 def versions_of(spec: ReleaseSpec) -> ReleasedVersions:
     """What a spec asks to release: both versions and their images."""
+    partial = spec.changed if spec.changed != spec.stack.services else ()
     return ReleasedVersions(spec.stable.version, spec.canary.version, dict(spec.stable.images),
-                            dict(spec.canary.images))
+                            dict(spec.canary.images), dict(spec.stable.versions), partial)
 
 
 def should_restart(spec: ReleaseSpec, status: ReleaseStatus) -> Restart | None:

@@ -12,7 +12,7 @@ def base_plan(spec: ReleaseSpec) -> RoutingPlan:
     return RoutingPlan(
         namespace=spec.namespace,
         entry=spec.stack.entry,
-        services=tuple(ServiceVersions(s, spec.stable.version, spec.canary_version_of(s))
+        services=tuple(ServiceVersions(s, spec.stable_version_of(s), spec.canary_version_of(s))
                        for s in spec.stack.services),
         canary_weight=0,
         lane_header=spec.lane_header,
@@ -77,7 +77,10 @@ def retiring_workloads(spec: ReleaseSpec, status: ReleaseStatus) -> tuple[tuple[
     the cutover. Empty outside a drain."""
     if not _draining(status):
         return ()
-    stays = spec.canary.version if status.phase is Phase.PROMOTING else spec.stable.version
     extra = tuple(v.version for v in spec.experiment.extra) if spec.experiment is not None else ()
-    versions = [v for v in dict.fromkeys((spec.stable.version, spec.canary.version, *extra)) if v != stays]
-    return tuple((service, version) for service in spec.changed for version in versions)
+    retiring = []
+    for service in spec.changed:
+        stable = spec.stable_version_of(service)
+        stays = spec.canary.version if status.phase is Phase.PROMOTING else stable
+        retiring += [(service, v) for v in dict.fromkeys((stable, spec.canary.version, *extra)) if v != stays]
+    return tuple(retiring)

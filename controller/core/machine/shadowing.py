@@ -36,7 +36,7 @@ def begin(spec: ReleaseSpec, status: ReleaseStatus, now: float) -> Outcome:
               "foreign": 0, "verdict": None}
     routes = spec.shadow.routes
     message = (f"shadow: {routes.percent:g}% of searches mirrored to {routes.comparator}; comparing the rankings "
-               f"of {spec.canary.version} with {spec.stable.version}'s")
+               f"of {spec.canary.version} with {spec.stable_described()}'s")
     status = replace(status, shadow=shadow)
     return Outcome(status.with_phase(Phase.SHADOWING, now, message), (Notify("ShadowStarted", message),))
 
@@ -142,8 +142,9 @@ def _shadow_overdue(spec: ReleaseSpec, status: ReleaseStatus, why: str, now: flo
 
 def served_as_asked(spec: ReleaseSpec, mirrored: MirroredPair) -> bool:
     """Whether each answer of a pair was served by its side's version on every changed service it names."""
-    wanted = {"stable": spec.stable.version, "stableAgain": spec.stable.version, "new": spec.canary.version}
-    return all(served == version for side, version in wanted.items()
+    def wanted(side: str, service: str) -> str:
+        return spec.canary.version if side == "new" else spec.stable_version_of(service)
+    return all(served == wanted(side, service) for side in ("stable", "stableAgain", "new")
                for service, served in served_path(mirrored.served.get(side, "")) if service in spec.changed)
 
 

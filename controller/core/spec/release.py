@@ -25,6 +25,7 @@ from controller.core.spec.cadence import read_settle, read_warmup
 from controller.core.spec.experiment import ExperimentSpec, parse_ab_test
 from controller.core.spec.hooks import HookSpec, read_hooks
 from controller.core.spec.shadow import ShadowSpec, parse_shadow
+from controller.core.status import versions_described
 
 SEARCH_STACK = ("master-search", "ml-infer", "ml-search", "keyword", "text-search")
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -75,6 +76,13 @@ class Stack:
 class Version:
     version: str
     images: Mapping[str, str] = field(default_factory=dict)
+    # `spec.stable.versions` only: the services whose serving version is not `version` (a stack an earlier
+    # release changed only in part, e.g. ml-infer on v2-model, the rest on v1).
+    versions: Mapping[str, str] = field(default_factory=dict)
+
+    def of(self, service: str) -> str:
+        """The version `service` runs: its own entry in `versions`, else `version`."""
+        return self.versions.get(service, self.version)
 
 
 @dataclass(frozen=True)
@@ -157,6 +165,24 @@ class ReleaseSpec:
     def canary_version_of(self, service: str) -> str | None:
         return self.canary.version if service in self.changed else None
 
+    def stable_version_of(self, service: str) -> str:
+        """The version serving `service` now: `spec.stable.versions[service]`, else `spec.stable.version`."""
+        return self.stable.of(service)
+
+    def stable_versions(self, services: Sequence[str] | None = None) -> tuple[str, ...]:
+        """The stable versions of `services` (every service of the stack by default), each once, in order."""
+        listed = self.stack.services if services is None else services
+        return tuple(dict.fromkeys(self.stable_version_of(s) for s in listed))
+
+    def stable_groups(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """(version, the services it serves) for every stable version, in the stack's order."""
+        return tuple((v, tuple(s for s in self.stack.services if self.stable_version_of(s) == v))
+                     for v in self.stable_versions())
+
+    def stable_described(self) -> str:
+        """`v1`, or `v1 (ml-infer v2-model)` when `spec.stable.versions` gives services versions of their own."""
+        return versions_described(self.stable.version, self.stable.versions)
+
 
 def parse_release(obj: Mapping[str, Any]) -> ReleaseSpec:
     """Parse a whole release object (`metadata` + `spec`) or raise InvalidSpec naming every problem."""
@@ -175,10 +201,13 @@ def parse_release(obj: Mapping[str, Any]) -> ReleaseSpec:
     stable = _version(r, spec.get("stable"), "spec.stable", stack)
     canary = _version(r, spec.get("canary"), "spec.canary", stack)
     changed = _changed(r, spec.get("canary"), canary, stack)
-    if stable.version and stable.version == canary.version:
-        r.problem("spec.canary.version", f"{canary.version!r} is the stable version already")
+    _new_where_changed(r, stable, canary, changed)
     strategy, experiment = _strategy(r, spec.get("strategy"), stable.version, canary.version, stack.services,
                                      changed)
+    if experiment is not None and stable.of(stack.entry) != stable.version:
+        r.problem(f"spec.stable.versions.{stack.entry}",
+                  f"an A/B experiment counts its primary metric on {stack.entry} by the version of its pods, and "
+                  f"its control is spec.stable.version ({stable.version}): the entry's stable version must be that")
     analysis, analysed = _analysis(r, spec.get("analysis"), changed, stack)
     policies = _policies(r, spec.get("policies"))
     lane_header = r.string(spec.get("laneHeader"), "spec.laneHeader", HEADER_NAME, default=DEFAULT_LANE_HEADER,
@@ -236,19 +265,42 @@ def _stack(r: Reader, value: Any) -> Stack:
 
 
 def _version(r: Reader, value: Any, path: str, stack: Stack) -> Version:
-    known = ("version", "images", "services") if path == "spec.canary" else ("version", "images")
+    known = ("version", "images", "services") if path == "spec.canary" else ("version", "images", "versions")
     m = r.fields(value, path, known)
-    version = r.string(m.get("version"), f"{path}.version", _VERSION, what=VERSION_RULE)
-    room, longest = version_room(stack.services)
-    if _VERSION.fullmatch(version) and len(version) > room:
-        r.problem(f"{path}.version", f"{version!r} is {len(version)} characters, at most {room} fit: the "
-                                     f"Deployment {longest}-<version> is a name of at most {NAME_LIMIT}")
+    version = _version_name(r, m.get("version"), f"{path}.version", stack)
     images = r.mapping(m.get("images"), f"{path}.images", required=False)
     for svc, image in images.items():
         if svc not in stack.services:
             r.problem(f"{path}.images.{svc}", "is not a service of spec.stack.services")
         r.string(image, f"{path}.images.{svc}")
-    return Version(version, dict(images))
+    versions = r.mapping(m.get("versions"), f"{path}.versions", required=False)
+    for svc, own in versions.items():
+        if svc not in stack.services:
+            r.problem(f"{path}.versions.{svc}", "is not a service of spec.stack.services")
+        _version_name(r, own, f"{path}.versions.{svc}", stack)
+    return Version(version, dict(images), {s: v for s, v in versions.items() if isinstance(v, str)})
+
+
+def _version_name(r: Reader, value: Any, path: str, stack: Stack) -> str:
+    """A version: a DNS label short enough that `<service>-<version>` fits for the stack's longest service."""
+    version = r.string(value, path, _VERSION, what=VERSION_RULE)
+    room, longest = version_room(stack.services)
+    if _VERSION.fullmatch(version) and len(version) > room:
+        r.problem(path, f"{version!r} is {len(version)} characters, at most {room} fit: the "
+                        f"Deployment {longest}-<version> is a name of at most {NAME_LIMIT}")
+    return version
+
+
+def _new_where_changed(r: Reader, stable: Version, canary: Version, changed: Sequence[str]) -> None:
+    """Every service the release changes gets a version it does not run already."""
+    if not canary.version:
+        return
+    if stable.version == canary.version and any(s not in stable.versions for s in changed):
+        r.problem("spec.canary.version", f"{canary.version!r} is the stable version already")
+    for service in changed:
+        if stable.versions.get(service) == canary.version:
+            r.problem(f"spec.stable.versions.{service}", f"{canary.version!r} is the new version: {service} "
+                                                        f"runs it already")
 
 
 def version_room(services: Sequence[str]) -> tuple[int, str]:

@@ -20,7 +20,8 @@ def world(emulator: RunningEmulator) -> KubeWorld:
 
 
 def next_release(name: str, stable: str, canary: str) -> dict[str, Any]:
-    return {"stable": {"version": stable},
+    """A release of ml-infer alone, from `stable`; the other services run v1 (the stack the world starts with)."""
+    return {"stable": {"version": "v1", **({"versions": {"ml-infer": stable}} if stable != "v1" else {})},
             "canary": {"version": canary, "images": {"ml-infer": f"registry.example/ml-infer:{canary}"}}}
 
 
@@ -28,6 +29,13 @@ def stable_versions(world: KubeWorld) -> set[str]:
     plan = IstioRouter(world.api, NAMESPACE, SERVICES).in_effect()
     assert plan is not None
     return {s.stable for s in plan.services if s.service == "ml-infer"}
+
+
+def others_on_v1(world: KubeWorld) -> bool:
+    """Whether every service but ml-infer still sends its stable traffic to v1, the version it runs."""
+    plan = IstioRouter(world.api, NAMESPACE, SERVICES).in_effect()
+    assert plan is not None
+    return all(s.stable == "v1" for s in plan.services if s.service != "ml-infer")
 
 
 def replicas(world: KubeWorld) -> dict[str, int]:
@@ -49,7 +57,7 @@ def test_a_release_created_while_another_is_in_flight_waits_then_runs(world: Kub
     assert "ml-infer-v3" not in replicas(world)  # nothing deployed while it waits
     assert world.drive(controller, name="infer-v2").phase is Phase.SUCCEEDED
     assert world.drive(controller, name="infer-v3").phase is Phase.SUCCEEDED
-    assert stable_versions(world) == {"v3"}
+    assert stable_versions(world) == {"v3"} and others_on_v1(world)
     assert replicas(world) == {"ml-infer-v1": 0, "ml-infer-v2": 0, "ml-infer-v3": 4}
     reasons = [e["reason"] for e in world.objects("events") if e["involvedObject"]["name"] == "infer-v3"]
     assert reasons.count("Queued") == 1
@@ -65,7 +73,7 @@ def test_finished_releases_of_a_service_never_rewrite_its_routes_or_scale_its_ve
         controller.relist()
         assert world.drive(controller, name=name).phase is Phase.SUCCEEDED
         world.clock.sleep(1)  # the next release starts later than the last one finished
-    assert stable_versions(world) == {"v2"}
+    assert stable_versions(world) == {"v2"} and others_on_v1(world)
     assert replicas(world) == {"ml-infer-v1": 0, "ml-infer-v2": 4, "ml-infer-v3": 0}
     changes: list[Key] = []
     emulator.store.observers.append(lambda rv, key, event, obj: changes.append(key))
@@ -93,9 +101,12 @@ def test_a_release_whose_stable_version_was_promoted_away_while_it_waited_holds_
     held = world.drive(controller, name="infer-v3", rounds=20)
     assert held.phase is Phase.PENDING
     condition = held.condition("StableServing")
-    assert condition is not None and (condition.status, condition.reason) == ("False", "NoReadyPods")
-    assert held.message.startswith("not started: spec.stable.version v1 serves no request (")
-    assert "ml-infer-v1: scaled to 0 replicas" in held.message and "set spec.stable.version" in held.message
+    assert condition is not None and (condition.status, condition.reason) == ("False", "OtherVersionServes")
+    assert held.message.startswith("not started: the release's routes would send the stable traffic of "
+                                   "master-search, ml-infer, ml-search, keyword, text-search to v1, which serves no "
+                                   "request there (")
+    assert "ml-infer-v1: scaled to 0 replicas" in held.message
+    assert held.message.endswith("set spec.stable to what each service runs, {version: v2}")
     assert stable_versions(world) == {"v2"} and "ml-infer-v3" not in replicas(world)
     events = [e for e in world.objects("events") if e["involvedObject"]["name"] == "infer-v3"]
     assert [(e["type"], e["reason"]) for e in events if e["reason"] == "StableNotServing"] == [
@@ -106,4 +117,33 @@ def test_a_release_whose_stable_version_was_promoted_away_while_it_waited_holds_
     assert done.phase is Phase.SUCCEEDED and done.condition("StableServing").status == "True"  # type: ignore[union-attr]
     assert stable_versions(world) == {"v3"}
     assert replicas(world) == {"ml-infer-v1": 0, "ml-infer-v2": 0, "ml-infer-v3": 4}
+    world.assert_valid_writes()
+
+
+def test_a_release_that_names_one_stable_version_for_a_stack_on_two_waits_with_the_spec_that_fits(
+        world: KubeWorld, emulator: RunningEmulator) -> None:
+    """After a release of ml-infer alone (v1 -> v2), a release of keyword names v2 as the whole stack's stable
+    version. Started as written, its routes would send the stable traffic of master-search, ml-search, keyword and
+    text-search to Deployments `<service>-v2` that do not exist (the old behaviour: it ran, and on a cluster every
+    search failed). It waits, says what runs, and runs once `spec.stable` says it."""
+    world.create_release(name="infer-v2", **next_release("infer-v2", "v1", "v2"))
+    controller = world.controller()
+    assert world.drive(controller, name="infer-v2").phase is Phase.SUCCEEDED
+    world.create_release(name="keyword-v3", stable={"version": "v2"},
+                         canary={"version": "v3", "images": {"keyword": "registry.example/keyword:v3"}})
+    held = world.drive(controller, name="keyword-v3", rounds=20)
+    assert held.phase is Phase.PENDING
+    assert held.condition("StableServing").reason == "OtherVersionServes"  # type: ignore[union-attr]
+    assert "Deployment master-search-v2 does not exist" in held.message
+    assert held.message.endswith("set spec.stable to what each service runs, {version: v1, versions: "
+                                 "{ml-infer: v2}}"), held.message
+    assert not [d for d in world.objects("deployments") if d["metadata"]["name"] == "keyword-v3"]
+    assert stable_versions(world) == {"v2"} and others_on_v1(world)
+    world.patch_spec({"stable": {"version": "v1", "versions": {"ml-infer": "v2"}}}, name="keyword-v3")
+    controller.relist()
+    done = world.drive(controller, name="keyword-v3")
+    assert done.phase is Phase.SUCCEEDED, done.message
+    plan = IstioRouter(world.api, NAMESPACE, SERVICES).in_effect()
+    assert plan is not None and {s.service: s.stable for s in plan.services} == {
+        "master-search": "v1", "ml-infer": "v2", "ml-search": "v1", "keyword": "v3", "text-search": "v1"}
     world.assert_valid_writes()
