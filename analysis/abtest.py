@@ -867,27 +867,37 @@ def _decide(state: Mapping[str, Any], config: ExperimentConfig) -> ABResult:
         c = next(x for x in comps if x.variant == srm[0])
         return _result(state, config, ABDecision.ERROR, f"sample-ratio mismatch: {c.variant} got {_pct(c.share)} of "
                        f"its pair with {config.control}, intended {_pct(c.intended_share)}", comps=comps)
-    arms = state["arms"]
-    enough = all(a["count"] >= config.min_samples for a in arms.values())
-    if not enough:
-        short = min(arms, key=lambda n: arms[n]["count"])
-        reason = f"{short}: {arms[short]['count']} samples so far, {config.min_samples} needed per variant"
-        return _result(state, config, ABDecision.CONTINUE, reason, comps=comps)
-    if config.unit == "user":
-        users = {n: int(a.get("perUser", (0,))[0]) for n, a in arms.items()}
-        short = min(users, key=lambda n: users[n])
-        if users[short] < config.min_users:
-            reason = f"{short}: {users[short]} users so far, {config.min_users} needed per variant"
-            return _result(state, config, ABDecision.CONTINUE, reason, comps=comps)
+    ended = state["elapsed"] >= config.max_duration_s
+    short = _short_of_minimum(state["arms"], config)
+    if short and ended:
+        # `no_difference` is the decision at the deadline whatever the reason; the reason says none was judged.
+        reason = (f"maximum duration {config.max_duration_s:.0f}s reached before the minimum sample ({short}): no "
+                  "variant could be judged")
+        return _result(state, config, ABDecision.NO_DIFFERENCE, reason, comps=comps)
+    if short:
+        return _result(state, config, ABDecision.CONTINUE, short, comps=comps)
     worse = [c for c in comps if c.verdict == "worse"]
     if worse:
         return _result(state, config, ABDecision.HARMFUL, f"{worse[0].variant} is worse than {config.control} on "
                        f"{config.primary.name}: {_cs(worse[0].difference_cs)}", comps=comps)
-    ended = state["elapsed"] >= config.max_duration_s
     if state["elapsed"] < config.min_duration_s:
         reason = f"{state['elapsed']:.0f}s of the minimum {config.min_duration_s:.0f}s"
         return _result(state, config, ABDecision.CONTINUE, reason, comps=comps)
     return _winner_or_not(state, config, comps, ended)
+
+
+def _short_of_minimum(arms: Mapping[str, Any], config: ExperimentConfig) -> str:
+    """The variant furthest from the minimum sample (`minSamples`, and `minUsers` under unit: user) and its
+    count, e.g. "v3: 12 samples so far, 1000 needed per variant"; "" once every variant has it."""
+    short = min(arms, key=lambda n: arms[n]["count"])
+    if arms[short]["count"] < config.min_samples:
+        return f"{short}: {arms[short]['count']} samples so far, {config.min_samples} needed per variant"
+    if config.unit == "user":
+        users = {n: int(a.get("perUser", (0,))[0]) for n, a in arms.items()}
+        short = min(users, key=lambda n: users[n])
+        if users[short] < config.min_users:
+            return f"{short}: {users[short]} users so far, {config.min_users} needed per variant"
+    return ""
 
 
 def _winner_or_not(

@@ -30,7 +30,13 @@ from controller.present.charts import (
     bar_chart,
     line_chart,
 )
-from controller.present.view import REGRESSION_CHECKS, confidence_text, experiment_table, operator_choice
+from controller.present.view import (
+    REGRESSION_CHECKS,
+    confidence_text,
+    experiment_table,
+    operator_choice,
+    shown_verdict,
+)
 
 CHECK_NAMES = ("errorRate", "slowTail", "latencyShift", "sampleRatio")
 # The smallest e-value drawn on the log scale: anything below says "no evidence" just as well.
@@ -155,9 +161,11 @@ def _outcome(v: _View) -> str:
         ("release duration", _duration(_span(s.get("startedAt"), s.get("finishedAt"))), "start → final phase"),
         ("canary requests", f"{int(_float(s.get('totalCanaryRequests')) or 0):,}",
          "the busiest service's, in the analysed windows (not in the warm-up or windows not judged)"),
-        ("analyses", str(len(v.history)), f"last verdict: {s.get('lastVerdict') or '-'}"),
     ]
     last = v.history[-1] if v.history else None
+    # An experiment's last look shows its decision; a canary's, the verdict the status keeps.
+    latest = _shown(last) if last is not None and _shown(last) != last.get("verdict") else s.get("lastVerdict")
+    facts.append(("analyses", str(len(v.history)), f"last verdict: {latest or '-'}"))
     why = v.message or (str(last.get("reason", "")) if last else "") or "no decision yet"
     fact_html = "".join(f'<div class="fact"><b>{escape(value)}</b><span>{escape(label)} — {escape(hint)}</span></div>'
                         for label, value, hint in facts)
@@ -203,9 +211,9 @@ def _weight_section(v: _View) -> str:
     markers = []
     for record in v.history:
         t, weight = _float(record.get("t")) or 0.0, _float(record.get("weight")) or 0.0
-        verdict = str(record.get("verdict", ""))
+        verdict = _shown(record)
         points.append((t, weight))
-        markers.append(Marker(t, weight, VERDICT_COLORS.get(verdict, "#777"),
+        markers.append(Marker(t, weight, VERDICT_COLORS.get(_verdict_class(verdict), "#777"),
                               f"t={t:.1f}s {weight:g}%: {verdict} → {record.get('action', '')}"))
     points += _final_weight_points(v, points[-1][1] or 0.0)
     chart = line_chart("Canary weight (%) and each analysis verdict",
@@ -335,12 +343,13 @@ def _decision_log(v: _View) -> str:
         return "<h2>Decision log</h2><p class=\"muted\">No analysis has run yet.</p>"
     rows = []
     for i, record in enumerate(v.history):
-        verdict = str(record.get("verdict", ""))
+        verdict = _shown(record)
         worst = max(_seq(record.get("checks")), default=None, key=lambda c: _float(_map(c).get("eValue")) or 0.0)
         base, can = _entry_counts(v, record)
         rows.append(
             f'<tr><td class="num">{_num(record.get("t"), "{:.1f}")}</td><td class="num">{_step(record)}</td>'
-            f'<td class="num">{_num(record.get("weight"), "{:g}")}%</td><td class="v-{escape(verdict)}">'
+            f'<td class="num">{_num(record.get("weight"), "{:g}")}%</td>'
+            f'<td class="v-{escape(_verdict_class(verdict))}">'
             f"{escape(verdict)}</td><td>{escape(str(record.get('action', '')))}</td>"
             f"<td>{escape(str(record.get('reason', '')))}</td><td class=\"num\">{base}</td><td class=\"num\">{can}</td>"
             f'<td class="num">{_harm_sum(record)}</td>'
@@ -419,6 +428,19 @@ def _check_points(v: _View, service: str, check: str, value: Any) -> list[tuple[
             if c.get("check") == check:
                 points.append((_float(record.get("t")) or 0.0, value(c)))
     return points
+
+
+def _shown(record: Mapping[str, Any]) -> str:
+    """A look's verdict as shown: a canary's verdict, an experiment's decision (`view.shown_verdict`)."""
+    return shown_verdict(str(record.get("verdict", "")), _map(record.get("counts")))
+
+
+# An experiment's decisions drawn in the colours of the verdicts they read like.
+_DECISION_CLASSES = {"winner": "pass", "continue": "inconclusive", "no_difference": "inconclusive", "harmful": "fail"}
+
+
+def _verdict_class(verdict: str) -> str:
+    return _DECISION_CLASSES.get(verdict, verdict)
 
 
 def _failing_checks(record: Mapping[str, Any]) -> list[Mapping[str, Any]]:

@@ -48,9 +48,22 @@ def _weight_text(spec: ReleaseSpec, status: ReleaseStatus) -> str:
     return f"weight {100 - status.canary_weight}/{status.canary_weight} (stable/canary)"
 
 
+def shown_verdict(verdict: str, counts: Mapping[str, Any]) -> str:
+    """What a look decided, as the views show it: a canary's verdict, or an experiment's own decision at that
+    look (continue, winner, no_difference, harmful or error; `counts["primary"]["decision"]`, written by
+    `controller.core.machine.experiment`), not its guardrails' verdict, whose state the look's reason says in
+    words ("guardrails: no harm shown", or the harm they found). A look whose guardrails could not be read has
+    no primary part: its verdict, `error`, is the experiment's decision too."""
+    primary = counts.get("primary")
+    if isinstance(primary, Mapping) and isinstance(primary.get("decision"), str):
+        return str(primary["decision"])
+    return verdict
+
+
 def decision_lines(record: DecisionRecord, stable: str, canary: str) -> list[str]:
     """One decision: the verdict, per service the traffic of each version, each check against its bar."""
-    lines = [f"  t={record.t:6.1f}s  {record.weight:3d}%  verdict {record.verdict.upper():<12} "
+    verdict = shown_verdict(record.verdict, record.counts)
+    lines = [f"  t={record.t:6.1f}s  {record.weight:3d}%  verdict {verdict.upper():<12} "
              f"-> {record.action or '-'}   {record.reason}"]
     by_service: dict[str, list[Mapping[str, Any]]] = {}
     for check in record.checks:
@@ -146,22 +159,40 @@ def images_text(v: ReleasedVersions) -> str:
     return ", ".join(parts)
 
 
-def traffic_totals(status: ReleaseStatus) -> dict[str, dict[str, dict[str, int]]]:
-    """Requests and errors per service and version summed over this attempt's analysed windows. An experiment's
-    record also holds its primary metric's look and the further variants' guardrails (`counts["primary"]`,
-    `counts["guardrails"]`): not services, so not traffic."""
+def traffic_totals(status: ReleaseStatus, stable: str, canary: str) -> dict[str, dict[str, dict[str, int]]]:
+    """Requests and errors per service and version summed over this attempt's analysed windows: the stable
+    version's and the canary's, and an A/B/n experiment's further variants' (`counts[service]["variants"]`).
+    An experiment's record also holds its primary metric's look and the further variants' guardrails
+    (`counts["primary"]`, `counts["guardrails"]`): not services, so not traffic."""
     totals: dict[str, dict[str, dict[str, int]]] = {}
     for record in status.history:
         for service, counts in record.counts.items():
             if not isinstance(counts, Mapping) or not ({"baseline", "canary"} & counts.keys()):
                 continue
             per = totals.setdefault(service, {})
-            for side in ("baseline", "canary"):
-                c = counts.get(side, {})
-                t = per.setdefault(side, {"requests": 0, "errors": 0})
+            variants = counts.get("variants")
+            sides = {stable: counts.get("baseline", {}), canary: counts.get("canary", {}),
+                     **(variants if isinstance(variants, Mapping) else {})}
+            for version, c in sides.items():
+                t = per.setdefault(str(version), {"requests": 0, "errors": 0})
                 t["requests"] += int(c.get("requests", 0))
                 t["errors"] += int(c.get("errors", 0))
     return totals
+
+
+def traffic_lines(status: ReleaseStatus, stable: str, canary: str) -> list[str]:
+    """The traffic table of `canary get`: per service, every version's requests and error rate (the stable
+    version, the canary, then an A/B/n experiment's further variants), over the analysed windows."""
+    totals = traffic_totals(status, stable, canary)
+    if not totals:
+        return []
+    versions = list(dict.fromkeys(v for per in totals.values() for v in per))
+    lines = ["  traffic in the analysed windows (requests, error rate per version):",
+             (f"    {'service':<14} " + "   ".join(f"{v:>10} {'':>6}" for v in versions)).rstrip()]
+    for service, per in totals.items():
+        lines.append(f"    {service:<14} " + "   ".join(
+            f"{per.get(v, {}).get('requests', 0):>10} {_rate(per.get(v, {})):>6}" for v in versions))
+    return lines
 
 
 def panel(spec: ReleaseSpec, status: ReleaseStatus, now: float, decisions: int = 5) -> list[str]:
@@ -174,15 +205,7 @@ def panel(spec: ReleaseSpec, status: ReleaseStatus, now: float, decisions: int =
             f"{c.type}={c.status} {c.reason}" + (f" ({c.message})" if c.message else "") for c in status.conditions))
     lines += shadow_lines(status)
     lines += experiment_lines(status, spec.stable.version, spec.canary.version)
-    stable, canary = spec.stable.version, spec.canary.version
-    totals = traffic_totals(status)
-    if totals:
-        lines.append("  traffic in the analysed windows (requests, error rate per version):")
-        lines.append(f"    {'service':<14} {stable:>10} {'':>6}   {canary:>10}")
-        for service, per in totals.items():
-            b, c = per.get("baseline", {}), per.get("canary", {})
-            lines.append(f"    {service:<14} {b.get('requests', 0):>10} {_rate(b):>6}   "
-                         f"{c.get('requests', 0):>10} {_rate(c):>6}")
+    lines += traffic_lines(status, spec.stable.version, spec.canary.version)
     last = next((r for r in reversed(status.history) if r.checks), None)
     if last is not None:
         lines.append(f"  checks at the last analysis (t={last.t:.0f}s): {harm_rule(last.checks)}")
@@ -314,7 +337,7 @@ def operator_choice(experiment: Mapping[str, Any], stable: str, canary: str) -> 
 
 def decision_summary(record: DecisionRecord) -> str:
     return (f"    {clock(record.at)}  step {record.step + 1} at {record.weight:3d}%  "
-            f"{record.verdict.upper():<12} -> {record.action or '-':<10} {record.reason}")
+            f"{shown_verdict(record.verdict, record.counts).upper():<12} -> {record.action or '-':<10} {record.reason}")
 
 
 def progress_lines(spec: ReleaseSpec, old: ReleaseStatus, new: ReleaseStatus, now: float) -> list[str]:

@@ -14,6 +14,7 @@ from analysis.abtest import (
     ABDecision,
     ExperimentConfig,
     InvalidExperimentConfig,
+    PerUser,
     PrimaryCounts,
     ab_initial_state,
     ab_update,
@@ -214,6 +215,23 @@ def test_no_difference_at_max_duration_and_inside_the_equivalence_margin() -> No
     assert equal.decision is ABDecision.NO_DIFFERENCE and "equivalence margin" in equal.reason
     lo, hi = equal.comparison("v2").difference_cs
     assert -0.02 < lo < hi < 0.02 and equal.elapsed_s < 3600
+
+
+def test_no_difference_at_max_duration_before_the_minimum_sample_says_nothing_was_judged() -> None:
+    """`no_difference` is the decision at the deadline, also when a variant never had the minimum sample: the
+    reason says so, or an operator reads it as "no difference shown" (before: a look went on as `continue`
+    with "v2: 600 samples so far, 100000 needed per variant" and the controller ended it as it ends any look
+    at maxDuration)."""
+    _, result = run(config(minSamples=100_000, maxDurationSeconds=600), {"v1": 0.1, "v2": 0.2}, looks=11, seed=6)
+    assert result.decision is ABDecision.NO_DIFFERENCE and result.looks == 10 and result.winner is None
+    assert result.reason.startswith("maximum duration 600s reached before the minimum sample (v")
+    assert "samples so far, 100000 needed per variant): no variant could be judged" in result.reason
+    users = ExperimentConfig.from_dict(spec(unit="user", minUsers=500, maxDurationSeconds=60))
+    few = PrimaryCounts.proportion(300, 3000, units=200, per_user=PerUser(200, 450.0, 45000.0, 4500.0))
+    _, result = ab_update(ab_initial_state(users), {"v1": few, "v2": few}, 60)
+    assert result.decision is ABDecision.NO_DIFFERENCE
+    assert result.reason == ("maximum duration 60s reached before the minimum sample (v1: 200 users so far, 500 "
+                             "needed per variant): no variant could be judged")
 
 
 def test_abn_splits_alpha_and_controls_family_wise_error() -> None:

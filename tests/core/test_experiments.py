@@ -117,6 +117,14 @@ def test_ab_test_spec_parses_into_the_experiment() -> None:
     ({"abTest": {**AB, "userHeader": "X User"}}, "spec.strategy.abTest.userHeader: 'X User' is not a lower-case"),
     ({"abTest": {**AB, "unit": "sample", "userHeader": "x-user-id"}},
      "spec.strategy.abTest.userHeader: only with unit: user (this experiment's unit is sample)"),
+    # A variant of weight 0 never gets a user: it could never be judged, and the experiment ended no_difference.
+    ({"abTest": {**AB, "variants": [{"name": "v1", "weight": 100}, {"name": "v2", "weight": 0}]}},
+     "spec.strategy.abTest.variants[1].weight: 0 gives this variant no users; give it a share of 1-99, or leave the "
+     "variant out"),
+    ({"abTest": {**AB, "variants": [{"name": "v1", "weight": 50}, {"name": "v2", "weight": 50},
+                                    {"name": "v3", "weight": 0}]}},
+     "spec.strategy.abTest.variants[2].weight: 0 gives this variant no users; give it a share of 1-99, or leave the "
+     "variant out"),
 ])
 def test_ab_test_spec_problems_name_their_path(strategy: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidSpec) as info:
@@ -312,6 +320,39 @@ def test_no_difference_at_the_maximum_duration_keeps_stable() -> None:
     assert 300 <= status.experiment["durationSeconds"] < 300 + 2 * 30
     low, high = status.experiment["effect"]["interval"]
     assert low < 0 < high
+
+
+def test_no_difference_without_the_minimum_sample_says_that_no_variant_was_judged() -> None:
+    """At maxDuration before every variant had `minSamples`, the decision is `no_difference` like any other end
+    without a winner; its reason (the experiment's, the release's message and the look's) says nothing was judged.
+    It had read "maximum duration reached: v1: 6637 samples so far, 100000 needed per variant" (a run like this
+    one), and the look's record "continue"."""
+    world = ABWorld({"v1": 0.10, "v2": 0.16})
+    status = world.run(ab_release(maxDuration="5m", minSamples=100_000))
+    assert status.phase is Phase.ROLLED_BACK and status.experiment is not None, status.message
+    said = "maximum duration 300s reached before the minimum sample (v"
+    assert status.experiment["decision"] == "no_difference" and status.experiment["stoppedBy"] == "maxDuration"
+    assert status.experiment["reason"].startswith(said) and "no variant could be judged" in status.experiment["reason"]
+    assert said in status.message
+    last = status.history[-1]
+    assert last.counts["primary"]["decision"] == "no_difference" and said in last.reason
+    assert [r.counts["primary"]["decision"] for r in status.history[:-1]] == ["continue"] * (len(status.history) - 1)
+
+
+def test_each_look_records_the_experiments_own_decision() -> None:
+    """What `canary get`, the report and the demo show as a look's verdict (`counts["primary"]["decision"]`): the
+    experiment's decision, whatever the guardrails' verdict (kept as the record's `verdict`)."""
+    won = ABWorld({"v1": 0.10, "v2": 0.16}).run(ab_release())
+    decisions = [r.counts["primary"]["decision"] for r in won.history]
+    assert decisions[-1] == "winner" and set(decisions[:-1]) == {"continue"}
+    assert {r.verdict for r in won.history} <= {"pass", "inconclusive"}
+    harmed = ABWorld({"v1": 0.10, "v2": 0.16}, models={"v2": VersionModel(error_rate=0.02)}).run(ab_release())
+    assert harmed.experiment is not None and harmed.experiment["decision"] == "harmful"
+    last = harmed.history[-1]
+    assert last.verdict == "fail" and last.counts["primary"]["decision"] == "harmful"  # it had recorded "error"
+    # The guardrails' state in words: what they found, said to be theirs, then the primary metric's part.
+    assert last.reason.startswith("guardrails: errorRate worse on ")
+    assert last.reason.endswith("; primary: stopped by a guardrail")
 
 
 def test_wait_for_operator_pauses_until_approved() -> None:
@@ -540,6 +581,20 @@ def test_abn_a_harmful_further_variant_stops_the_experiment_on_its_guardrail() -
     assert status.experiment["harmful"] == "v3" and status.experiment["stoppedBy"] == "guardrail"
     assert status.history[-1].counts["guardrails"]["v3"]["verdict"] == "fail"
     assert status.history[-1].verdict == "fail" and "v3 fails a guardrail" in status.message
+
+
+def test_abn_each_look_records_every_variants_requests() -> None:
+    """The further variant's requests and errors per service, beside the control's and the canary's, for the
+    traffic table of `canary get` (which had shown v1 and v2 only)."""
+    world = AbnWorld({"v1": 0.10, "v2": 0.17, "v3": 0.10})
+    status = world.run(abn_release())
+    assert status.history
+    for record in status.history:
+        for service in SERVICES_OF_RELEASE:
+            counts = record.counts[service]
+            assert set(counts["variants"]) == {"v3"} and counts["variants"]["v3"]["requests"] > 0
+            assert counts["variants"]["v3"]["requests"] != counts["canary"]["requests"]
+        assert "variants" not in record.counts["primary"] and "variants" not in record.counts["guardrails"]
 
 
 def test_abn_without_every_variant_counted_is_an_error_not_silence() -> None:

@@ -8,6 +8,7 @@ import struct
 import subprocess
 import xml.etree.ElementTree as ET
 import zlib
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,6 @@ def _status(message: str = "ml-search slowTail: e-value 2.6e+03 >= 400") -> dict
     status = status.with_phase(Phase.ROLLED_BACK, 1040.0, message)
     judge = {"boundsMs": [5, 25, 100], "services": {"ml-search": {"baseline": {"buckets": [10, 80, 10, 0]},
                                                                   "canary": {"buckets": [5, 40, 40, 15]}}}}
-    from dataclasses import replace
     status = replace(status, decided_at=1030.0, canary_off_at=1035.0, judge_state=judge)
     return status.for_storage()
 
@@ -363,3 +363,21 @@ def test_an_experiments_report_says_who_won_with_its_interval_and_what_the_opera
     assert "95% confidence sequences, valid at every look" in section
     assert "`canary approve` promotes v2, `canary abort` keeps v1" in section
     assert "<h2>Experiment</h2>" not in render_report(_release(), _status())  # a canary release has none
+
+
+def test_an_experiments_decision_log_shows_each_looks_decision_not_the_guardrails_verdict() -> None:
+    """The log's verdict column, the weight chart's markers and the outcome's last verdict of an experiment are its
+    decision at each look (`counts["primary"]["decision"]`); they had shown the guardrails' `inconclusive`."""
+    status = ReleaseStatus(phase=Phase.PROGRESSING, started_at=1000.0, first_canary_traffic_at=1003.0)
+    for t, decision, action in ((10, "continue", "continue"), (20, "winner", "winner: promote v2")):
+        record = _record(t, 50, "inconclusive", 3.0, 0)
+        counts = {**record.counts, "primary": {"decision": decision, "reason": "v2 beats v1"}}
+        status = status.with_decision(replace(record, counts=counts, action=action, reason="guardrails: no harm shown"))
+    html = render_report(_release(), status.for_storage())
+    log = html[html.index("<h2>Decision log"):]
+    assert '<td class="v-inconclusive">continue</td>' in log and '<td class="v-pass">winner</td>' in log
+    assert ">inconclusive</td>" not in log
+    assert "t=20.0s 50%: winner → winner: promote v2" in html  # the weight chart's marker
+    assert "last verdict: winner" in html
+    canary = render_report(_release(), _status())
+    assert "last verdict: fail" in canary and '<td class="v-pass">pass</td>' in canary  # a canary's: its verdict

@@ -183,3 +183,72 @@ def test_the_headline_of_a_running_abn_experiment_gives_every_variants_share() -
 def test_a_harmful_experiment_names_the_variant(experiment: dict[str, object], outcome: str) -> None:
     headline, _, _ = view.experiment_table({**EXPERIMENT, "decision": "harmful", "winner": None, **experiment})
     assert headline.startswith(outcome)
+
+
+def _look(verdict: str, decision: str | None, action: str, reason: str) -> DecisionRecord:
+    counts: dict[str, object] = {"master-search": {"baseline": {"requests": 497, "errors": 0},
+                                                   "canary": {"requests": 1136, "errors": 0}}}
+    if decision is not None:
+        counts["primary"] = {"decision": decision, "reason": reason}
+    return DecisionRecord(1050.0, 51.2, 0, 49, verdict, reason, action, counts=counts)
+
+
+@pytest.mark.parametrize(("verdict", "decision", "action", "shown"), [
+    ("inconclusive", "winner", "winner: wait for an operator", "WINNER"),
+    ("pass", "continue", "continue", "CONTINUE"),
+    ("inconclusive", "no_difference", "no_difference: keep v1", "NO_DIFFERENCE"),
+    ("fail", "harmful", "stop experiment, roll back", "HARMFUL"),  # a guardrail's, or the primary metric's
+    ("error", "error", "hold", "ERROR"),
+    ("error", None, "hold", "ERROR"),  # the guardrails' metrics unavailable: no primary metric's look
+])
+def test_an_experiments_look_shows_the_experiments_decision_not_the_guardrails_verdict(
+        verdict: str, decision: str | None, action: str, shown: str) -> None:
+    """`canary get`, `--watch` and the demo once read "INCONCLUSIVE -> winner: wait for an operator": the guardrails'
+    verdict, then the experiment's decision. The look's verdict is the experiment's; the guardrails' state is in
+    its reason, in words."""
+    look = _look(verdict, decision, action, "guardrails: no harm shown; primary: v2 beats v1")
+    summary = view.decision_summary(look)
+    assert summary.split()[6:9] == [shown, "->", action.split()[0]], summary
+    assert f"verdict {shown:<12} -> {action}" in view.decision_lines(look, "v1", "v2")[0]
+    if shown != verdict.upper():
+        assert verdict.upper() not in summary
+    status = ReleaseStatus(phase=Phase.PROGRESSING, canary_weight=49, history=(look,))
+    assert any(line.split()[6:7] == [shown] for line in view.panel(SPEC, status, 1060.0))
+
+
+def test_a_canary_look_still_shows_its_verdict() -> None:
+    look = _look("inconclusive", None, "wait", "errorRate not yet shown safe")
+    assert view.decision_summary(look).split()[6:8] == ["INCONCLUSIVE", "->"]
+    assert "verdict INCONCLUSIVE -> wait" in view.decision_lines(look, "v1", "v2")[0]
+
+
+def _abn_status() -> ReleaseStatus:
+    """An A/B/n experiment's looks as the machine records them: the further variant v3's requests per service
+    beside the control's and the canary's (`counts[service]["variants"]`)."""
+    looks = []
+    for i, (v1, v2, v3) in enumerate([(500, 480, 470), (510, 490, 0)]):
+        counts = {s: {"baseline": {"requests": v1, "errors": 5}, "canary": {"requests": v2, "errors": 0},
+                      "variants": {"v3": {"requests": v3, "errors": 47 if v3 else 0}}}
+                  for s in ("master-search", "ml-search")}
+        counts["primary"] = {"decision": "continue", "reason": "v3: 470 samples so far, 1000 needed per variant"}
+        counts["guardrails"] = {"v3": {"verdict": "inconclusive", "reason": "no harm shown"}}
+        looks.append(DecisionRecord(1000.0 + 30 * i, 30.0 * i, 0, 49, "inconclusive", "guardrails: no harm shown",
+                                    "continue", counts=counts))
+    return ReleaseStatus(phase=Phase.PROGRESSING, canary_weight=49, history=tuple(looks))
+
+
+def test_the_traffic_table_of_an_abn_experiment_has_every_variant() -> None:
+    lines = view.panel(SPEC, _abn_status(), 1060.0)
+    at = lines.index("  traffic in the analysed windows (requests, error rate per version):")
+    assert lines[at + 1].split() == ["service", "v1", "v2", "v3"]
+    assert lines[at + 2].split() == ["master-search", "1010", "1.0%", "970", "0.0%", "470", "10.0%"]
+    assert lines[at + 3].split()[0] == "ml-search" and lines[at + 4].startswith("  checks") is False
+    assert view.traffic_totals(_abn_status(), "v1", "v2")["ml-search"]["v3"] == {"requests": 470, "errors": 47}
+
+
+def test_a_canary_releases_traffic_table_is_unchanged() -> None:
+    look = _look("pass", None, "wait", "within margins")
+    lines = view.panel(SPEC, ReleaseStatus(phase=Phase.PROGRESSING, canary_weight=10, history=(look, look)), 1060.0)
+    at = lines.index("  traffic in the analysed windows (requests, error rate per version):")
+    assert lines[at + 1:at + 3] == ["    service                v1                  v2",
+                                    "    master-search         994   0.0%         2272   0.0%"]

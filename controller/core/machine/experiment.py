@@ -16,8 +16,10 @@ Each look, in order:
    waitForOperator. `error`s (metrics or business source down, SRM) count towards
    `policies.rollbackAfterErrors`, like the canary's.
 Every look is one `DecisionRecord` in `status.history` (the canary's guardrail checks, the other
-variants' guardrail verdicts in `counts["guardrails"]`, the primary metric's look in `counts["primary"]`)
-and the latest result is `status.experiment`.
+variants' guardrail verdicts in `counts["guardrails"]` and their requests per service in
+`counts[service]["variants"]`, the primary metric's look in `counts["primary"]`, whose `decision` is the
+experiment's at that look: what the views show as the look's verdict, the record's `verdict` being the
+guardrails') and the latest result is `status.experiment`.
 
 Only `spec.canary` can be promoted (the release re-points stable at it): when another A/B/n variant wins,
 `promoteWinner` keeps stable and says which variant won (release it next), and `waitForOperator` says
@@ -26,6 +28,7 @@ that approving promotes `spec.canary`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -82,12 +85,13 @@ def look(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float)
     exp = _experiment(spec)
     status, verdict, reason = analyse(spec, status, obs, now)
     if verdict in (Verdict.PASS, Verdict.INCONCLUSIVE):
-        status, reason = _no_harm_shown(status), NO_HARM
+        reason = NO_HARM
+    status = _guardrails_said(status, verdict, reason)
     harmful = spec.canary.version if verdict is Verdict.FAIL else None
     if exp.extra and verdict is not Verdict.FAIL:
         status, verdict, reason, harmful = _extra_guardrails(spec, status, obs, now, verdict, reason)
     if verdict is Verdict.FAIL:
-        status = _with_primary(status, None, "stopped by a guardrail")
+        status = _with_primary(status, None, "stopped by a guardrail", ABDecision.HARMFUL)
         status = note_action(status, "stop experiment, roll back")
         status = replace(status, experiment={**(status.experiment or {}), "decision": ABDecision.HARMFUL.value,
                                              "stoppedBy": "guardrail", "harmful": harmful, "reason": reason})
@@ -101,15 +105,27 @@ def look(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float)
     elapsed = now - (status.step_started_at or now)
     state, result = ab_update(dict(status.experiment_state or ab_initial_state(exp.config)),
                               dict(obs.business), elapsed)
+    result = _at_max_duration(result, exp, elapsed)
     status = replace(status, experiment_state=state, experiment=result_dict(result, exp, elapsed))
     status = _with_primary(status, result, result.reason)
-    return _act(spec, status, result, elapsed, now)
+    return _act(spec, status, result, now)
+
+
+def _at_max_duration(result: ABResult, exp: ExperimentSpec, elapsed: float) -> ABResult:
+    """The look's result once the spec's `maxDuration` is over: no decision yet is `no_difference`. The statistics
+    end at the maximum duration frozen in their state when the experiment started (`ab_initial_state`), which is
+    the spec's unless the spec changed since."""
+    if result.decision is not ABDecision.CONTINUE or elapsed < exp.config.max_duration_s:
+        return result
+    return replace(result, decision=ABDecision.NO_DIFFERENCE, reason=f"maximum duration reached: {result.reason}")
 
 
 def _extra_guardrails(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float, verdict: Verdict,
                       reason: str) -> tuple[ReleaseStatus, Verdict, str, str | None]:
     """A/B/n: the guardrails of every variant beyond the canary, each against stable with its own judge
-    state; folded into the look's record (worst verdict, reasons appended, `counts["guardrails"]`)."""
+    state; folded into the look's record (worst verdict, reasons appended, `counts["guardrails"]`, and each
+    variant's requests and errors per service beside the control's and the canary's:
+    `counts[service]["variants"][version]`)."""
     exp = _experiment(spec)
     if obs.metrics is None:
         return status, verdict, reason, None  # `analyse` recorded the outage already
@@ -123,22 +139,25 @@ def _extra_guardrails(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation
     states = dict(state.get("guardrails") or {})
     t = now - (status.started_at or now)
     verdicts: dict[str, dict[str, Any]] = {}
+    traffic: dict[str, dict[str, dict[str, int]]] = {s: {} for s in spec.analysed_services}
     worst, harmful, harmful_reason, reasons = verdict, None, "", [reason]
     for v in exp.extra:
         observations = {s: interval_of(obs.metrics, s, spec.stable_version_of(s), v.version, t,
                                     pair_share(exp, v.version)) for s in spec.analysed_services}
+        for s, o in observations.items():
+            traffic[s][v.version] = {"requests": o.canary.requests, "errors": o.canary.errors}
         initial = states.get(v.version) or judge.initial_state(services=spec.analysed_services)
         states[v.version], decision = judge.update(dict(initial), observations)
         verdicts[v.version] = {"verdict": decision.verdict.value, "reason": decision.reason}
         harmless = decision.verdict in (Verdict.PASS, Verdict.INCONCLUSIVE)
-        reasons.append(f"{v.version}: {NO_HARM if harmless else decision.reason}")
+        reasons.append(f"{v.version}: {NO_HARM if harmless else _said(decision.verdict, decision.reason)}")
         if _SEVERITY[decision.verdict] > _SEVERITY[worst]:
             worst = decision.verdict
         if decision.verdict is Verdict.FAIL and harmful is None:
             harmful, harmful_reason = v.version, decision.reason
     status = replace(status, experiment_state={**state, "guardrails": states})
     merged = "; ".join(reasons)
-    status = _merge_record(status, worst, merged, verdicts)
+    status = _merge_record(status, worst, merged, verdicts, traffic)
     return status, worst, harmful_reason if harmful else merged, harmful
 
 
@@ -148,12 +167,22 @@ _SEVERITY = {Verdict.PASS: 0, Verdict.INCONCLUSIVE: 1, Verdict.ERROR: 2, Verdict
 NO_HARM = "guardrails: no harm shown"
 
 
-def _no_harm_shown(status: ReleaseStatus) -> ReleaseStatus:
-    """The look's record with the guardrails' reason as an experiment reads it (`NO_HARM`)."""
+def _said(verdict: Verdict, reason: str) -> str:
+    """The guardrails' reason in a look's record: `NO_HARM`, or the harm they found, said to be theirs
+    ("guardrails: errorRate worse on ..."): the look's verdict is the experiment's decision (`_with_primary`:
+    `harmful`), so its reason says what stopped it. An error's reason stays as the judge gave it ("metrics
+    unavailable: ...", which the controller's own metrics count by)."""
+    if verdict in (Verdict.PASS, Verdict.INCONCLUSIVE):
+        return NO_HARM
+    return f"guardrails: {reason}" if verdict is Verdict.FAIL else reason
+
+
+def _guardrails_said(status: ReleaseStatus, verdict: Verdict, reason: str) -> ReleaseStatus:
+    """The look's record with the guardrails' reason as an experiment reads it (`_said`)."""
     if not status.history:
         return status
     last = status.history[-1]
-    return replace(status, history=(*status.history[:-1], replace(last, reason=NO_HARM)))
+    return replace(status, history=(*status.history[:-1], replace(last, reason=_said(verdict, reason))))
 
 
 def _not_counted(window: WindowCounts, services: tuple[str, ...], version: str) -> bool:
@@ -161,11 +190,16 @@ def _not_counted(window: WindowCounts, services: tuple[str, ...], version: str) 
     return all((s, version) not in window.counts and (s, version) not in window.absent for s in services)
 
 
-def _merge_record(status: ReleaseStatus, verdict: Verdict, reason: str, verdicts: dict[str, Any]) -> ReleaseStatus:
+def _merge_record(status: ReleaseStatus, verdict: Verdict, reason: str, verdicts: dict[str, Any],
+                  traffic: Mapping[str, Mapping[str, Any]] | None = None) -> ReleaseStatus:
     if not status.history:
         return status
     last = status.history[-1]
-    merged = replace(last, verdict=verdict.value, reason=reason, counts={**last.counts, "guardrails": verdicts})
+    counts = {**last.counts, "guardrails": verdicts}
+    for service, variants in (traffic or {}).items():
+        if isinstance(counts.get(service), Mapping):
+            counts[service] = {**counts[service], "variants": dict(variants)}
+    merged = replace(last, verdict=verdict.value, reason=reason, counts=counts)
     return replace(status, history=(*status.history[:-1], merged), last_verdict=merged.verdict)
 
 
@@ -181,22 +215,16 @@ def _error(spec: ReleaseSpec, status: ReleaseStatus, reason: str, now: float) ->
     return Outcome(note_action(status, "hold"), (notice,))
 
 
-def _act(spec: ReleaseSpec, status: ReleaseStatus, result: ABResult, elapsed: float, now: float) -> Outcome:
-    exp = _experiment(spec)
+def _act(spec: ReleaseSpec, status: ReleaseStatus, result: ABResult, now: float) -> Outcome:
     if result.decision is ABDecision.ERROR:
         return _error(spec, status, result.reason, now)
     status = replace(status, consecutive_errors=0)
     if result.decision is ABDecision.HARMFUL:
         status = note_action(status, "stop experiment, roll back")
         return roll_back(status, now, Phase.ROLLED_BACK, "ExperimentHarmful", result.reason, decided=True)
-    decision, reason = result.decision, result.reason
-    if decision is ABDecision.CONTINUE and elapsed >= exp.config.max_duration_s:
-        decision, reason = ABDecision.NO_DIFFERENCE, f"maximum duration reached: {reason}"
-        status = replace(status, experiment={**(status.experiment or {}), "decision": decision.value,
-                                             "reason": reason, "stoppedBy": "maxDuration"})
-    if decision is ABDecision.CONTINUE:
+    if result.decision is ABDecision.CONTINUE:
         return Outcome(note_action(status, "continue"))
-    return _end(spec, status, decision, result.winner, reason, now)
+    return _end(spec, status, result.decision, result.winner, result.reason, now)
 
 
 def _end(spec: ReleaseSpec, status: ReleaseStatus, decision: ABDecision, winner: str | None, reason: str,
@@ -225,25 +253,30 @@ def _end(spec: ReleaseSpec, status: ReleaseStatus, decision: ABDecision, winner:
                              f"{other_won}", decided=True).after(ended)
 
 
-def _with_primary(status: ReleaseStatus, result: ABResult | None, reason: str) -> ReleaseStatus:
+def _with_primary(status: ReleaseStatus, result: ABResult | None, reason: str,
+                  decision: ABDecision | None = None) -> ReleaseStatus:
     """Add the primary metric's look to the interval's decision record.
 
     It goes in `counts["primary"]`, not among the `checks`: those are per-service guardrail checks, which
-    the CLI and the report draw per service; the look's reason is appended to the record's reason.
+    the CLI and the report draw per service; the look's reason is appended to the record's reason. Its
+    `decision` is the experiment's at this look (`decision`, else the result's, else `error`: the metric
+    could not be read), which the views show as the look's verdict; the record's `verdict` stays the
+    guardrails' (`fail` or `error` also when the primary metric finds harm or cannot be read).
     """
     if not status.history:
         return status
     last = status.history[-1]
-    primary: dict[str, Any] = {"decision": result.decision.value if result else "error", "reason": reason}
+    decided = decision or (result.decision if result else ABDecision.ERROR)
+    primary: dict[str, Any] = {"decision": decided.value, "reason": reason}
     if result is not None:
         primary.update({"samples": dict(result.samples),
                         "comparisons": [c.to_dict() for c in result.comparisons]})
     merged = replace(last, counts={**last.counts, "primary": primary}, reason=f"{last.reason}; primary: {reason}")
     if last.verdict == Verdict.FAIL.value:
         pass  # a guardrail's `fail` stays the record's verdict
-    elif result is None or result.decision is ABDecision.ERROR:
+    elif decided is ABDecision.ERROR:
         merged = replace(merged, verdict="error")
-    elif result.decision is ABDecision.HARMFUL:
+    elif decided is ABDecision.HARMFUL:
         merged = replace(merged, verdict="fail")
     return replace(status, history=(*status.history[:-1], merged), last_verdict=merged.verdict)
 

@@ -105,6 +105,9 @@ def parse_ab_test(r: Reader, value: Any, stable: str, canary: str, room: tuple[i
                                       f"not only {', '.join(sorted(names))}")
         return None
     for i, v in enumerate(config.variants):
+        if v.weight <= 0:  # never assigned a user: the experiment would end without judging it
+            r.problem(f"{PATH}.variants[{i}].weight", f"{v.weight:g} gives this variant no users; give it a share "
+                                                      "of 1-99, or leave the variant out")
         if v.name in (stable, canary) and (images or {}).get(v.name):
             r.problem(f"{PATH}.variants[{i}].images", f"{v.name} is spec.{'stable' if v.name == stable else 'canary'}"
                                                       "'s version: its images are given there")
