@@ -205,7 +205,9 @@ def panel(spec: ReleaseSpec, status: ReleaseStatus, now: float, decisions: int =
             f"{c.type}={c.status} {c.reason}" + (f" ({c.message})" if c.message else "") for c in status.conditions))
     lines += shadow_lines(status)
     lines += experiment_lines(status, spec.stable.version, spec.canary.version)
-    lines += traffic_lines(status, spec.stable.version, spec.canary.version)
+    # The baseline column is the stable version's, or "stable" where analysed services run versions of their own.
+    own = set(spec.stable_versions(spec.analysed_services)) != {spec.stable.version}
+    lines += traffic_lines(status, "stable" if own else spec.stable.version, spec.canary.version)
     last = next((r for r in reversed(status.history) if r.checks), None)
     if last is not None:
         lines.append(f"  checks at the last analysis (t={last.t:.0f}s): {harm_rule(last.checks)}")

@@ -252,3 +252,18 @@ def test_a_canary_releases_traffic_table_is_unchanged() -> None:
     at = lines.index("  traffic in the analysed windows (requests, error rate per version):")
     assert lines[at + 1:at + 3] == ["    service                v1                  v2",
                                     "    master-search         994   0.0%         2272   0.0%"]
+
+
+def test_a_stack_on_several_versions_shows_them() -> None:
+    """ml-infer's baseline is v2-model, not the v1 the rest of the stack runs: its column says `stable`, and the
+    versions line names what each service runs."""
+    mixed = parse_release({"metadata": {"name": "r"}, "spec": {
+        "stable": {"version": "v1", "versions": {"ml-infer": "v2-model"}},
+        "canary": {"version": "v3", "images": {"ml-infer": "reg/ml-infer:3"}}}})
+    look = _look("pass", None, "wait", "within margins")
+    lines = view.panel(mixed, ReleaseStatus(phase=Phase.PROGRESSING, canary_weight=10, history=(look,)), 1060.0)
+    assert lines[1].startswith("  revision 1 (attempt 1): v1 (ml-infer v2-model) -> v3")
+    at = lines.index("  traffic in the analysed windows (requests, error rate per version):")
+    assert lines[at + 1].split() == ["service", "stable", "v3"]
+    unchanged = view.panel(SPEC, ReleaseStatus(phase=Phase.PROGRESSING, canary_weight=10, history=(look,)), 1060.0)
+    assert unchanged[unchanged.index(lines[at]) + 1].split() == ["service", "v1", "v2"]
