@@ -413,7 +413,11 @@ def history_lines(records: Sequence[RevisionRecord]) -> list[str]:
     out = [lines[0]]
     for record, line in zip(records, lines[1:], strict=True):
         out.append(line)
-        images = images_text(record.versions)
+        v = record.versions
+        if v.changed or v.stable_versions:  # a stack on several versions, or a release of part of it
+            changes = f"; changes {', '.join(v.changed)}" if v.changed else ""
+            out.append(wrapped(f"stable: {v.stable_described()}{changes}", "    "))
+        images = images_text(v)
         if images:
             out.append(wrapped(f"images: {images}", "    "))
         if record.message:

@@ -369,7 +369,7 @@ def test_an_experiments_decision_log_shows_each_looks_decision_not_the_guardrail
     """The log's verdict column, the weight chart's markers and the outcome's last verdict of an experiment are its
     decision at each look (`counts["primary"]["decision"]`); they had shown the guardrails' `inconclusive`."""
     status = ReleaseStatus(phase=Phase.PROGRESSING, started_at=1000.0, first_canary_traffic_at=1003.0)
-    for t, decision, action in ((10, "continue", "continue"), (20, "winner", "winner: promote v2")):
+    for t, decision, action in ((10, "continue", "continue"), (20, "winner", "promote v2")):
         record = _record(t, 50, "inconclusive", 3.0, 0)
         counts = {**record.counts, "primary": {"decision": decision, "reason": "v2 beats v1"}}
         status = status.with_decision(replace(record, counts=counts, action=action, reason="guardrails: no harm shown"))
@@ -377,7 +377,7 @@ def test_an_experiments_decision_log_shows_each_looks_decision_not_the_guardrail
     log = html[html.index("<h2>Decision log"):]
     assert '<td class="v-inconclusive">continue</td>' in log and '<td class="v-pass">winner</td>' in log
     assert ">inconclusive</td>" not in log
-    assert "t=20.0s 50%: winner → winner: promote v2" in html  # the weight chart's marker
+    assert "t=20.0s 50%: winner → promote v2" in html  # the weight chart's marker
     assert "last verdict: winner" in html
     canary = render_report(_release(), _status())
     assert "last verdict: fail" in canary and '<td class="v-pass">pass</td>' in canary  # a canary's: its verdict

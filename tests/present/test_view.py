@@ -79,6 +79,9 @@ def test_list_row_and_history_lines() -> None:
     assert lines[1].split() == ["1", "1", "v1", "->", "v2", "RolledBack", "1970-01-01", "00:00:00Z", "1970-01-01",
                                 "00:01:00Z", "20s"]
     assert lines[2:] == ["    images: ml-infer=reg/ml-infer:2 (was reg/ml-infer:1)", "    errorRate crossed"]
+    partial = ReleasedVersions("v1", "v3", {}, {}, {"ml-search": "v2-model"}, ("ml-infer",))
+    lines = view.history_lines([RevisionRecord(2, 1, partial, "Succeeded", 0.0, 60.0)])
+    assert lines[2:] == ["    stable: v1 (ml-search v2-model); changes ml-infer"]
 
 
 def test_the_headline_says_when_new_pods_are_still_warming_up() -> None:
@@ -128,7 +131,7 @@ def _experiment_status() -> ReleaseStatus:
     counts = {"master-search": {"baseline": {"requests": 497, "errors": 0}, "canary": {"requests": 1136, "errors": 0}},
               "primary": {"decision": "winner", "reason": "v2 beats v1", "samples": {"v1": 571}},
               "guardrails": {"v3": {"verdict": "inconclusive", "reason": "not yet shown safe"}}}
-    look = DecisionRecord(1050.0, 51.2, 0, 49, "inconclusive", "primary: v2 beats v1", "winner: wait for an operator",
+    look = DecisionRecord(1050.0, 51.2, 0, 49, "inconclusive", "primary: v2 beats v1", "wait for an operator",
                           counts=counts)
     status = ReleaseStatus(phase=Phase.PAUSED, canary_weight=49, history=(look,), experiment=EXPERIMENT)
     return status.with_condition("Paused", "True", "AwaitingPromotion", "experiment ended", 1050.0)
@@ -194,9 +197,9 @@ def _look(verdict: str, decision: str | None, action: str, reason: str) -> Decis
 
 
 @pytest.mark.parametrize(("verdict", "decision", "action", "shown"), [
-    ("inconclusive", "winner", "winner: wait for an operator", "WINNER"),
+    ("inconclusive", "winner", "wait for an operator", "WINNER"),
     ("pass", "continue", "continue", "CONTINUE"),
-    ("inconclusive", "no_difference", "no_difference: keep v1", "NO_DIFFERENCE"),
+    ("inconclusive", "no_difference", "keep v1", "NO_DIFFERENCE"),
     ("fail", "harmful", "stop experiment, roll back", "HARMFUL"),  # a guardrail's, or the primary metric's
     ("error", "error", "hold", "ERROR"),
     ("error", None, "hold", "ERROR"),  # the guardrails' metrics unavailable: no primary metric's look

@@ -237,17 +237,17 @@ def _end(spec: ReleaseSpec, status: ReleaseStatus, decision: ABDecision, winner:
         f"; the winner {winner} is not spec.canary ({spec.canary.version}): release {winner} to promote it")
     match exp.config.on_end:
         case "promoteWinner" if treatment_won:
-            status = note_action(status, f"{decision.value}: promote {winner}")
+            status = note_action(status, f"promote {winner}")
             return promote_or_gate(spec, status, now).after(ended)
         case "waitForOperator":
-            status = note_action(status, f"{decision.value}: wait for an operator")
+            status = note_action(status, "wait for an operator")
             waiting = Notify("AwaitingPromotion", "experiment ended; set spec.approvePromotion to promote "
                                                   f"{spec.canary.version}, or spec.abort to keep stable{other_won}")
             status = status.with_condition("Paused", "True", "AwaitingPromotion", "experiment ended", now)
             return Outcome(status.with_phase(Phase.PAUSED, now, f"experiment ended ({decision.value}); "
                                                                 "awaiting an operator"), (ended, waiting))
         case _:
-            status = note_action(status, f"{decision.value}: keep {spec.stable.version}")
+            status = note_action(status, f"keep {spec.stable_described()}")
             return roll_back(status, now, Phase.ROLLED_BACK, "ExperimentEnded",
                              f"experiment ended ({decision.value}): {reason}; keeping {spec.stable.version}"
                              f"{other_won}", decided=True).after(ended)
