@@ -116,15 +116,18 @@ class ShadowBatch:
 
 @dataclass(frozen=True)
 class Peer:
-    """Another release of the same namespace, as far as route and workload ownership goes: the services
-    it changes, when it was created (RFC 3339, as the API server writes it), when its current run started
-    (None: not started), and whether it has finished."""
+    """Another release of the same namespace, as far as route and workload ownership goes: the services it
+    changes and those of its stack, when it was created (RFC 3339, as the API server writes it), when its
+    current run started (None: not started), and whether it has finished."""
 
     name: str
     services: frozenset[str]
     created: str
     started_at: float | None
     final: bool
+    # The services of its stack (`spec.stack.services`): the routes it writes while in flight cover them all.
+    # Empty: not known (then `services`).
+    stack: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

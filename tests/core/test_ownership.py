@@ -46,10 +46,18 @@ def test_a_release_waits_for_an_unfinished_one_of_the_same_service_and_starts_wh
     assert started.condition("Queued").status == "False"
 
 
-def test_only_releases_sharing_a_changed_service_queue_and_the_older_of_two_waiting_goes_first() -> None:
+def test_releases_of_one_stack_queue_those_of_another_stack_do_not_and_the_older_of_two_waiting_goes_first(
+        ) -> None:
     sp = spec()
-    other_service = peer("r1", services=("keyword",), started_at=NOW - 100)
+    other_service = Peer("r1", frozenset({"keyword"}), "2026-01-01T00:00:00Z", NOW - 100, False,
+                         frozenset(sp.stack.services))
     status, _ = machine.step(sp, ReleaseStatus(), Observation(peers=(other_service,)), NOW)
+    assert status.phase is Phase.PENDING  # it routes ml-infer too: every release writes its whole stack's routes
+    assert status.message == ("waiting for release r1 to finish: it changes keyword and routes the whole stack, "
+                              "whose stable versions this release starts from")
+    other_stack = Peer("r1", frozenset({"payments"}), "2026-01-01T00:00:00Z", NOW - 100, False,
+                       frozenset({"payments", "ledger"}))
+    status, _ = machine.step(sp, ReleaseStatus(), Observation(peers=(other_stack,)), NOW)
     assert status.phase is Phase.INITIALIZING
     older = peer("r1", created="2026-01-01T00:00:00Z")
     newer = peer("r3", created="2026-01-01T00:05:00Z")

@@ -29,15 +29,19 @@ def peer_of(obj: Obj) -> Peer:
     meta, status = obj.get("metadata", {}), obj.get("status") or {}
     phase = status.get("phase") or Phase.PENDING.value
     started = status.get("startedAt")
-    return Peer(name=str(meta.get("name", "")), services=_services(obj), created=str(meta.get("creationTimestamp", "")),
+    changed, stack = _services(obj)
+    return Peer(name=str(meta.get("name", "")), services=changed, created=str(meta.get("creationTimestamp", "")),
                 started_at=float(started) if isinstance(started, int | float) else None,
-                final=phase in {p.value for p in Phase if p.final})
+                final=phase in {p.value for p in Phase if p.final}, stack=stack)
 
 
-def _services(obj: Obj) -> frozenset[str]:
+def _services(obj: Obj) -> tuple[frozenset[str], frozenset[str]]:
+    """The services a release changes and those of its stack."""
     try:
-        return frozenset(parse_release(obj).changed)
+        spec = parse_release(obj)
+        return frozenset(spec.changed), frozenset(spec.stack.services)
     except InvalidSpec:
         stack: Any = (obj.get("spec") or {}).get("stack")
         listed = stack.get("services") if isinstance(stack, Mapping) else None
-        return frozenset(s for s in listed if isinstance(s, str)) if isinstance(listed, list) else frozenset()
+        named = frozenset(s for s in listed if isinstance(s, str)) if isinstance(listed, list) else frozenset()
+        return named, named

@@ -1,8 +1,11 @@
 """Who may touch a service's routes and workloads when several releases of one stack come one after another.
 
-- One release in flight per service: a new release that changes a service an unfinished release (one
-  started, or one created earlier and still waiting) also changes waits in Pending, with the reason in
-  its status, until that one has finished. Two releases never interleave their route writes.
+- One release in flight per stack: a new release waits in Pending, with the reason in its status, while an
+  unfinished release (one started, or one created earlier and still waiting) changes one of the same services
+  or routes one of them: a release writes the routes of its whole stack (every service's stable subset, the
+  canary lane through the services it leaves alone), so two releases of one stack would fight over them even
+  when they change different services, and the later one would start on stable versions the earlier one is
+  about to promote away. Two releases never interleave their route writes.
 - A finished release is done with the world: it never writes routes again (its last routes were read
   back before it finished), and once a later release of one of its services has started, it no longer
   retires anything either: the latest release of a service owns its versions (a v2 -> v3 release must
@@ -21,11 +24,11 @@ def _order(peer_created: str, peer_name: str) -> tuple[str, str]:
 
 
 def queued_behind(spec: ReleaseSpec, created: str, peers: tuple[Peer, ...] | None) -> Peer | None:
-    """The unfinished release this one (not yet started) must wait for, if any: it changes one of the same
-    services and has started, or was created before this one (ties broken by name)."""
-    mine = frozenset(spec.changed)
+    """The unfinished release this one (not yet started) must wait for, if any: it changes or routes one of
+    this one's services and has started, or was created before this one (ties broken by name)."""
+    mine = frozenset(spec.stack.services)
     for peer in sorted(peers or (), key=lambda p: _order(p.created, p.name)):
-        if peer.name == spec.name or peer.final or not (peer.services & mine):
+        if peer.name == spec.name or peer.final or not ((peer.stack or peer.services) & mine):
             continue
         if peer.started_at is not None or _order(peer.created, peer.name) < _order(created, spec.name):
             return peer

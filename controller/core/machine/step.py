@@ -82,12 +82,15 @@ def step(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation, now: float
 
 
 def _queue(spec: ReleaseSpec, begun: Outcome, obs: Observation, now: float) -> Outcome | None:
-    """Wait in Pending while another unfinished release changes one of the same services."""
+    """Wait in Pending while another unfinished release changes or routes one of the same services."""
     peer = queued_behind(spec, obs.created, obs.peers)
     if peer is None:
         return None
-    shared = ", ".join(sorted(peer.services & frozenset(spec.changed)))
-    message = f"waiting for release {peer.name} to finish: it changes {shared} too"
+    shared = [s for s in spec.stack.services if s in peer.services and s in spec.changed]
+    message = f"waiting for release {peer.name} to finish: " + (
+        f"it changes {', '.join(shared)} too" if shared else
+        f"it changes {', '.join(s for s in spec.stack.services if s in peer.services) or 'the same stack'} and "
+        "routes the whole stack, whose stable versions this release starts from")
     status = begun.status.with_condition("Queued", "True", "WaitingForRelease", message, now)
     notices = (Notify("Queued", message),) if status.condition("Queued") != begun.status.condition("Queued") else ()
     return Outcome(status.with_phase(Phase.PENDING, now, message), (*begun.actions, *notices))

@@ -147,3 +147,32 @@ def test_a_release_that_names_one_stable_version_for_a_stack_on_two_waits_with_t
     assert plan is not None and {s.service: s.stable for s in plan.services} == {
         "master-search": "v1", "ml-infer": "v2", "ml-search": "v1", "keyword": "v3", "text-search": "v1"}
     world.assert_valid_writes()
+
+
+
+def test_a_release_of_other_services_of_the_stack_waits_for_the_one_in_flight_then_for_the_right_spec(
+        world: KubeWorld, emulator: RunningEmulator) -> None:
+    """kw-v2 (keyword v1 -> v2) is in flight when infer-v3 (ml-infer) is created. Both write the routes of the
+    whole stack. Before, infer-v3 started at once and went to Progressing with its route writes refused while
+    kw-v2 ran; once kw-v2 had promoted keyword to v2 and scaled v1 to 0, infer-v3's routes sent keyword's stable
+    traffic back to v1, which had no pod. Now it waits for kw-v2, then for a spec that says
+    keyword runs v2, and both end with every service's stable traffic where its pods are."""
+    world.create_release(name="kw-v2", canary={"version": "v2", "images": {"keyword": "registry.example/keyword:v2"}})
+    controller = world.controller()
+    assert world.drive(controller, name="kw-v2", until=Phase.PROGRESSING).phase is Phase.PROGRESSING
+    world.create_release(name="infer-v3", **next_release("infer-v3", "v1", "v3"))
+    queued = world.drive(controller, name="infer-v3", rounds=20)
+    assert queued.phase is Phase.PENDING and queued.condition("Queued").reason == "WaitingForRelease"  # type: ignore[union-attr]
+    assert queued.message == ("waiting for release kw-v2 to finish: it changes keyword and routes the whole stack, "
+                              "whose stable versions this release starts from")
+    assert "ml-infer-v3" not in replicas(world)
+    assert world.drive(controller, name="kw-v2").phase is Phase.SUCCEEDED
+    held = world.drive(controller, name="infer-v3", rounds=20)
+    assert held.phase is Phase.PENDING and held.message.endswith(
+        "set spec.stable to what each service runs, {version: v1, versions: {keyword: v2}}"), held.message
+    world.patch_spec({"stable": {"version": "v1", "versions": {"keyword": "v2"}}}, name="infer-v3")
+    assert world.drive(controller, name="infer-v3").phase is Phase.SUCCEEDED
+    plan = IstioRouter(world.api, NAMESPACE, SERVICES).in_effect()
+    assert plan is not None and {s.service: s.stable for s in plan.services} == {
+        "master-search": "v1", "ml-infer": "v3", "ml-search": "v1", "keyword": "v2", "text-search": "v1"}
+    world.assert_valid_writes()
