@@ -140,9 +140,9 @@ def test_a_router_restart_loses_nothing_and_counts_nothing_negative(
         direct.close()
     entry = [window.counts[("master-search", v)] for v in ("v1", "v2")]
     assert sum(c.requests for c in entry) == 200, seen
-    for counts in window.counts.values():
-        assert counts.requests >= 0 and min(counts.buckets) >= 0
-        assert sum(counts.buckets) == counts.requests
+    for key, counts in window.counts.items():
+        assert counts.requests >= 0 and min(counts.buckets) >= 0, seen
+        assert sum(counts.buckets) == counts.requests, f"{key}: {seen}"
 
 
 def test_custom_promql_metric_reads_the_router_through_prometheus(
