@@ -352,6 +352,18 @@ class ReleaseStatus:
         )
 
 
+def shown_verdict(verdict: str, counts: Mapping[str, Any]) -> str:
+    """What a look decided, as the views show it: a canary's verdict, or an experiment's own decision at that
+    look (continue, winner, no_difference, harmful or error; `counts["primary"]["decision"]`, written by
+    `controller.core.machine.experiment`), not its guardrails' verdict, whose state the look's reason says in
+    words ("guardrails: no harm shown", or the harm they found). A look whose guardrails could not be read has
+    no primary part: its verdict, `error`, is the experiment's decision too."""
+    primary = counts.get("primary")
+    if isinstance(primary, Mapping) and isinstance(primary.get("decision"), str):
+        return str(primary["decision"])
+    return verdict
+
+
 def decision_details(status: Mapping[str, Any]) -> dict[str, Any]:
     """The numbers of a persisted status's latest decision, in a compact JSON-able shape.
 
@@ -367,6 +379,7 @@ def decision_details(status: Mapping[str, Any]) -> dict[str, Any]:
         checks = [max(last["checks"], key=lambda c: (c.get("eValue") or 0.0) / (c.get("threshold") or 1.0))]
     details.update({
         "t": last.get("t"), "step": last.get("step"), "weight": last.get("weight"), "verdict": last.get("verdict"),
+        "decision": shown_verdict(str(last.get("verdict") or ""), last.get("counts") or {}),
         "action": last.get("action"), "reason": last.get("reason"),
         "checks": [{k: c.get(k) for k in ("service", "check", "verdict", "eValue", "threshold", "pValue")}
                    for c in checks],

@@ -18,7 +18,7 @@ from html import escape
 from typing import Any
 
 from controller.core.operations import at_gate
-from controller.core.status import ReleaseStatus
+from controller.core.status import ReleaseStatus, shown_verdict
 from controller.present.charts import (
     CANARY_COLOR,
     PALETTE,
@@ -35,7 +35,6 @@ from controller.present.view import (
     confidence_text,
     experiment_table,
     operator_choice,
-    shown_verdict,
 )
 
 CHECK_NAMES = ("errorRate", "slowTail", "latencyShift", "sampleRatio")
@@ -431,7 +430,7 @@ def _check_points(v: _View, service: str, check: str, value: Any) -> list[tuple[
 
 
 def _shown(record: Mapping[str, Any]) -> str:
-    """A look's verdict as shown: a canary's verdict, an experiment's decision (`view.shown_verdict`)."""
+    """A look's verdict as shown: a canary's verdict, an experiment's decision (`status.shown_verdict`)."""
     return shown_verdict(str(record.get("verdict", "")), _map(record.get("counts")))
 
 

@@ -14,7 +14,14 @@ from typing import Any
 
 from controller.core.operations import all_revisions, at_gate
 from controller.core.spec.release import ReleaseSpec
-from controller.core.status import DecisionRecord, Phase, ReleasedVersions, ReleaseStatus, RevisionRecord
+from controller.core.status import (
+    DecisionRecord,
+    Phase,
+    ReleasedVersions,
+    ReleaseStatus,
+    RevisionRecord,
+    shown_verdict,
+)
 
 
 def _num(x: Any, fmt: str = "{:.3g}") -> str:
@@ -46,18 +53,6 @@ def _weight_text(spec: ReleaseSpec, status: ReleaseStatus) -> str:
         # share of its pair with the control (what its guardrails judge), not a traffic split of A/B/n.
         return "users split " + " / ".join(f"{a.name} {a.weight}%" for a in spec.experiment.routes.arms)
     return f"weight {100 - status.canary_weight}/{status.canary_weight} (stable/canary)"
-
-
-def shown_verdict(verdict: str, counts: Mapping[str, Any]) -> str:
-    """What a look decided, as the views show it: a canary's verdict, or an experiment's own decision at that
-    look (continue, winner, no_difference, harmful or error; `counts["primary"]["decision"]`, written by
-    `controller.core.machine.experiment`), not its guardrails' verdict, whose state the look's reason says in
-    words ("guardrails: no harm shown", or the harm they found). A look whose guardrails could not be read has
-    no primary part: its verdict, `error`, is the experiment's decision too."""
-    primary = counts.get("primary")
-    if isinstance(primary, Mapping) and isinstance(primary.get("decision"), str):
-        return str(primary["decision"])
-    return verdict
 
 
 def decision_lines(record: DecisionRecord, stable: str, canary: str) -> list[str]:

@@ -61,8 +61,10 @@ def slack_text(notice: Notice, details: Mapping[str, Any] | None = None) -> str:
     lines = [f"{icon} *{_slack_escape(notice.release)}* — {_slack_escape(notice.reason)}",
              _slack_escape(notice.message)]
     if details and details.get("verdict"):
+        # An experiment's look: its own decision (`decision`), not its guardrails' verdict.
+        shown = details.get("decision") or details["verdict"]
         lines.append(f"analysis at t={_number(details.get('t'))}s, weight {details.get('weight')}%: "
-                     f"*{_slack_escape(str(details['verdict']))}* → {_slack_escape(str(details.get('action', '')))}")
+                     f"*{_slack_escape(str(shown))}* → {_slack_escape(str(details.get('action', '')))}")
         for c in details.get("checks", ()):
             lines.append(f"• {_slack_escape(str(c.get('service')))} {_slack_escape(str(c.get('check')))}: "
                          f"e-value {_number(c.get('eValue'))} / threshold {_number(c.get('threshold'))} "

@@ -121,6 +121,20 @@ def test_slack_message_carries_the_numbers(receiver: Receiver) -> None:
     assert "time to decision: 42.0s" in text
 
 
+def test_slack_shows_an_experiments_decision_and_the_webhook_keeps_the_guardrails_verdict() -> None:
+    """An experiment's look: the guardrails found no harm (`inconclusive`) and the experiment named a winner. Slack
+    read "*inconclusive* → winner: promote v2"; the webhook's `verdict` stays the guardrails' (an API)."""
+    look = {"at": 1.0, "t": 60.0, "step": 0, "weight": 50, "verdict": "inconclusive", "action": "promote v2",
+            "reason": "guardrails: no harm shown; primary: v2 beats v1",
+            "counts": {"primary": {"decision": "winner", "reason": "v2 beats v1"}}}
+    details = decision_details({"phase": "Promoting", "history": [look]})
+    assert (details["verdict"], details["decision"]) == ("inconclusive", "winner")
+    text = slack_text(Notice("search-v2", "ExperimentEnded", "v2 won"), details)
+    assert "weight 50%: *winner* → promote v2" in text
+    canary = decision_details({"history": [{**look, "verdict": "pass", "counts": {}}]})
+    assert canary["decision"] == "pass"
+
+
 def test_slack_text_escapes_mentions_and_links() -> None:
     text = slack_text(Notice("<!channel>", "X", "see <http://evil|here> & more"))
     assert "<!channel>" not in text and "&lt;!channel&gt;" in text
