@@ -201,7 +201,8 @@ def drive_release(reconciler: Reconciler, state: StateDir, spec: Any, clock: Sys
         if result.persisted:
             console.say(view.headline(spec, status, clock.now()))
             for record in status.history[seen:]:
-                for line in view.decision_lines(record, spec.stable.version, spec.canary.version):
+                for line in view.decision_lines(record, spec.stable.version, spec.canary.version,
+                                                spec.stable.versions):
                     console.say(line)
             seen = len(status.history)
         for failure in result.failed_actions:

@@ -55,8 +55,10 @@ def _weight_text(spec: ReleaseSpec, status: ReleaseStatus) -> str:
     return f"weight {100 - status.canary_weight}/{status.canary_weight} (stable/canary)"
 
 
-def decision_lines(record: DecisionRecord, stable: str, canary: str) -> list[str]:
-    """One decision: the verdict, per service the traffic of each version, each check against its bar."""
+def decision_lines(record: DecisionRecord, stable: str, canary: str,
+                   stable_of: Mapping[str, str] | None = None) -> list[str]:
+    """One decision: the verdict, per service the traffic of each version (a service in `stable_of` on its own
+    stable version; an A/B/n experiment's further variants after the canary), each check against its bar."""
     verdict = shown_verdict(record.verdict, record.counts)
     lines = [f"  t={record.t:6.1f}s  {record.weight:3d}%  verdict {verdict.upper():<12} "
              f"-> {record.action or '-'}   {record.reason}"]
@@ -68,11 +70,13 @@ def decision_lines(record: DecisionRecord, stable: str, canary: str) -> list[str
         b, c = counts.get("baseline", {}), counts.get("canary", {})
         latency = next((ch for ch in checks if ch.get("check") == "latencyShift"), None)
         q = latency.get("estimates", {}) if latency else {}
+        variants = counts.get("variants") if isinstance(counts.get("variants"), Mapping) else {}
         lines.append(
-            f"    {service:<14} {stable}: {b.get('requests', 0):>6} req {_rate(b):>6} err "
-            f"p50 {_num(q.get('p50BaselineMs'), '{:.0f}'):>4} p99 {_num(q.get('p99BaselineMs'), '{:.0f}'):>5}ms | "
+            f"    {service:<14} {(stable_of or {}).get(service, stable)}: {b.get('requests', 0):>6} req {_rate(b):>6} "
+            f"err p50 {_num(q.get('p50BaselineMs'), '{:.0f}'):>4} p99 {_num(q.get('p99BaselineMs'), '{:.0f}'):>5}ms | "
             f"{canary}: {c.get('requests', 0):>5} req {_rate(c):>6} err "
             f"p50 {_num(q.get('p50CanaryMs'), '{:.0f}'):>4} p99 {_num(q.get('p99CanaryMs'), '{:.0f}'):>5}ms"
+            + "".join(f" | {v}: {n.get('requests', 0):>5} req {_rate(n):>6} err" for v, n in variants.items())
         )
         lines.append(f"    {'':<14} " + "  ".join(check_text(ch) for ch in checks))
     if record.checks:
@@ -345,7 +349,7 @@ def progress_lines(spec: ReleaseSpec, old: ReleaseStatus, new: ReleaseStatus, no
     # The decisions first: they are why the step or the phase changed.
     for record in new.history[_first_unseen(old, new, restarted):]:
         lines.append(decision_summary(record).strip())
-        lines += decision_lines(record, spec.stable.version, spec.canary.version)[1:]
+        lines += decision_lines(record, spec.stable.version, spec.canary.version, spec.stable.versions)[1:]
     if restarted:
         v = new.versions
         what = f": {v.stable} -> {v.canary}" if v is not None else ""

@@ -270,3 +270,18 @@ def test_a_stack_on_several_versions_shows_them() -> None:
     assert lines[at + 1].split() == ["service", "stable", "v3"]
     unchanged = view.panel(SPEC, ReleaseStatus(phase=Phase.PROGRESSING, canary_weight=10, history=(look,)), 1060.0)
     assert unchanged[unchanged.index(lines[at]) + 1].split() == ["service", "v1", "v2"]
+
+
+def test_a_looks_lines_name_each_service_s_own_stable_version_and_every_variant() -> None:
+    """Under each look, one line per service: ml-infer's baseline is its own stable version (v2-model) where the
+    rest of the stack runs v1, and an A/B/n experiment's further variant (v3) follows the canary."""
+    counts = {s: {"baseline": {"requests": 400, "errors": 4}, "canary": {"requests": 380, "errors": 0},
+                  "variants": {"v3": {"requests": 390, "errors": 39}}} for s in ("ml-infer", "keyword")}
+    checks = tuple({"service": s, "check": "errorRate", "eValue": 1.0, "threshold": 400.0, "verdict": "pass"}
+                   for s in ("ml-infer", "keyword"))
+    look = DecisionRecord(1050.0, 51.2, 0, 33, "pass", "fine", "continue", checks=checks, counts=counts)
+    lines = view.decision_lines(look, "v1", "v2", {"ml-infer": "v2-model"})
+    infer = next(line for line in lines if line.split()[:1] == ["ml-infer"])
+    keyword = next(line for line in lines if line.split()[:1] == ["keyword"])
+    assert infer.split()[1:3] == ["v2-model:", "400"] and keyword.split()[1:3] == ["v1:", "400"]
+    assert infer.endswith("| v3:   390 req  10.0% err")
