@@ -38,6 +38,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +51,7 @@ from controller.adapters.kubernetes.workloads import ReplicaPolicy
 from controller.adapters.signals import stop_on_signals
 from controller.cli import flags
 from controller.cli import outgoing as notifications
-from controller.core.operations import ONE_SHOT_CLEARED, Refused, next_revision_stable, plan
+from controller.core.operations import ONE_SHOT_CLEARED, Refused, merge_patch, next_revision_stable, plan
 from controller.core.spec.release import SEARCH_STACK, InvalidSpec, ReleaseSpec, parse_release, version_room
 from controller.core.status import ReleaseStatus, versions_described
 from controller.logs import configure_logging
@@ -384,7 +385,8 @@ def _start_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", help="the new version's label (default: the first --image's tag, made a DNS label: "
                                      "2.1 -> 2-1; needed when that image has no tag, is :latest or is named by its "
                                      "digest only, as such a tag names no version)")
-    p.add_argument("--stable-version", help="the running version (default: read from the Deployments)")
+    p.add_argument("--stable-version", help="the version the stack runs (default: read from the Deployments: the "
+                                            "one most services run); a service that runs another keeps its own")
     p.add_argument("--services", help="comma-separated stack services (default: the search stack)")
     p.add_argument("--steps", type=_weights, help="canary weights, e.g. 10,25,50 (default: the CRD's)")
     p.add_argument("--interval", help="analysis interval, e.g. 60s")
@@ -438,24 +440,31 @@ def version_of(image: str, services: Sequence[str] = SEARCH_STACK) -> str:
     return _NOT_IN_VERSION.sub("-", tag.lower())[:room].strip("-") or "new"
 
 
-def running_versions(api: KubeApi, namespace: str, services: Sequence[str]) -> tuple[str | None, dict[str, str]]:
-    """What the stack runs: the version most of its services run, and the services that run another, each with
-    its own (the version of its scaled-up Deployment with the most pods ready, from their `app` and `version`
-    labels). A stack an earlier release changed in part runs several."""
+def running_versions(api: KubeApi, namespace: str, services: Sequence[str], main: str | None = None
+                     ) -> tuple[str | None, dict[str, str]]:
+    """What the stack runs: the version most of its services run (or `main`, given), and the services that run
+    another, each with its own (the version of its scaled-up Deployment with the most pods ready, from their `app`
+    and `version` labels). A stack an earlier release changed in part runs several."""
+    per_service = {s: versions[0] for s, versions in what_runs(api, namespace, services).items()}
+    if not per_service:
+        return main, {}
+    votes = list(per_service.values())
+    main = main or max(dict.fromkeys(votes), key=votes.count)  # most services; a tie goes to the stack's first
+    return main, {s: v for s, v in per_service.items() if v != main}
+
+
+def what_runs(api: KubeApi, namespace: str, services: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """The versions each service runs: those of its scaled-up Deployments (from their `app` and `version` labels),
+    the one with the most pods ready first; a service with none is left out."""
     listed = api.list(DEPLOYMENTS, namespace, f"app in ({','.join(services)})")
-    best: dict[str, tuple[int, int, str]] = {}
+    found: dict[str, list[tuple[int, int, str]]] = {}
     for d in listed.get("items", []):
         labels = d["metadata"].get("labels") or {}
         service, version, replicas = labels.get("app"), labels.get("version"), d.get("spec", {}).get("replicas", 1)
         if isinstance(service, str) and service in services and version and replicas > 0:
             ready = (d.get("status") or {}).get("readyReplicas") or 0
-            best[service] = max(best.get(service, (-1, -1, "")), (ready, replicas, version))
-    per_service = {s: best[s][2] for s in services if s in best}
-    if not per_service:
-        return None, {}
-    votes = list(per_service.values())
-    main = max(dict.fromkeys(votes), key=votes.count)  # most services; a tie goes to the stack's first
-    return main, {s: v for s, v in per_service.items() if v != main}
+            found.setdefault(service, []).append((ready, replicas, version))
+    return {s: tuple(v for *_, v in sorted(found[s], reverse=True)) for s in services if s in found}
 
 
 def running_images(api: KubeApi, namespace: str, services: Sequence[str], version: str,
@@ -484,17 +493,24 @@ def _update_release(api: KubeApi, args: argparse.Namespace, existing: Obj, image
     where = f"{args.namespace}/{args.release}"
     canary: Obj = {"images": images, **({"version": args.version} if args.version else {})}
     spec: Obj = {"canary": canary}
-    serving = next_revision_stable(status)
+    serving = next_revision_stable(status, existing.get("spec") or {})
     if serving is not None:
         old_canary = existing.get("spec", {}).get("canary") or {}
         services = (existing.get("spec", {}).get("stack") or {}).get("services") or SEARCH_STACK
+        # What runs now: a later release of the stack may have changed services since this one finished.
+        serving = serving.running(what_runs(api, args.namespace, services))
+        serving = replace(serving, images=running_images(api, args.namespace, services, serving.version,
+                                                         serving.versions) or serving.images)
         canary["version"] = new_version(args.version, images, services)
         canary["images"] = {**{k: None for k in old_canary.get("images") or {} if k not in images}, **images}
-        if canary["version"] == serving.version:
-            print(f"canary start: {canary['version']} is what {where} serves now; give another --version",
-                  file=sys.stderr)
+        runs = [s for s in images if serving.of(s) == canary["version"]]
+        if runs:
+            print(f"canary start: {canary['version']} is what {where} serves now on {', '.join(runs)}; give "
+                  "another --version", file=sys.stderr)
             return 2
         spec.update(ONE_SHOT_CLEARED, stable=serving.stable_field(existing.get("spec", {}).get("stable") or {}))
+        # Refuse locally what the controller would refuse, with the same messages.
+        parse_release({**existing, "spec": merge_patch(existing.get("spec") or {}, spec)})
     api.patch(RELEASES, args.namespace, args.release, {"spec": spec})
     if serving is None:
         print(f"updated {where} (phase {status.phase.value})")
@@ -530,14 +546,14 @@ def start_main(argv: Sequence[str]) -> int:
         existing = api.get_or_none(RELEASES, args.namespace, args.release)
         if existing is not None:
             return _update_release(api, args, existing, images)
-        stable, own = (args.stable_version, {}) if args.stable_version else \
-            running_versions(api, args.namespace, services)
+        # A stack an earlier release changed in part: each service that runs another version keeps its own.
+        stable, own = running_versions(api, args.namespace, services, args.stable_version)
         if stable is None:
             print(f"canary start: no running version of {', '.join(services)} in {args.namespace}; "
                   "give --stable-version", file=sys.stderr)
             return 2
         body = release_object(args, images, stable, services)
-        if own:  # a stack an earlier release changed in part: each of those services keeps its own
+        if own:
             body["spec"]["stable"]["versions"] = own
         stable_images = running_images(api, args.namespace, services, stable, own)
         if stable_images:  # informational: `canary history` shows what each new image replaced

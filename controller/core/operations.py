@@ -18,7 +18,7 @@ the message. The controller then acts on the spec (controller/core/machine/, con
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -221,6 +221,7 @@ def _undo(name: str, spec: Mapping[str, Any], status: ReleaseStatus) -> Planned 
     if isinstance(target, Refused):
         return Refused(f"{name}: {target.message}")
     serving, previous, services = target
+    serving = entry_first(spec, serving)
     canary: dict[str, Any] = {"version": previous.version, "images": _replacing(_images(spec, "canary"),
                                                                                previous.images)}
     if not previous.images and services and "services" not in (spec.get("canary") or {}):
@@ -253,6 +254,13 @@ class VersionRef:
     def described(self) -> str:
         return versions_described(self.version, self.versions)
 
+    def running(self, runs: Mapping[str, Sequence[str]]) -> VersionRef:
+        """This, with each service in `runs` whose version here is none of those it runs (`runs`: most pods ready
+        first) on the first of them: a release's record, except where another release changed a service since."""
+        moved = {s: running[0] for s, running in runs.items() if running and self.of(s) not in running}
+        versions = {**self.versions, **moved}
+        return VersionRef(self.version, self.images, {s: v for s, v in versions.items() if v != self.version})
+
     def stable_field(self, old: Mapping[str, Any]) -> dict[str, Any]:
         """`spec.stable` as a merge patch over the spec's `old` one: this version, its images and services' own
         versions (null removes what the old one had and this one does not)."""
@@ -261,6 +269,23 @@ class VersionRef:
         if versions or self.versions:
             patch["versions"] = _replacing(versions, self.versions) or None
         return patch
+
+
+def entry_first(spec: Mapping[str, Any], ref: VersionRef) -> VersionRef:
+    """`ref` as the stable part of `spec`: an A/B experiment's `spec.stable.version` is what its entry runs (its
+    primary metric is counted there, and that version is its control), the other services listed by their own
+    versions; a canary's stays as it is."""
+    if _ab_test(spec) is None:
+        return ref
+    stack = _mapping(spec, "stack")
+    listed = stack.get("services")
+    services = [s for s in listed if isinstance(s, str)] if isinstance(listed, list) else []
+    entry = stack.get("entry") if isinstance(stack.get("entry"), str) else services[0] if services else None
+    if entry is None or ref.of(entry) == ref.version:
+        return ref
+    main = ref.of(entry)
+    runs = {**{s: ref.version for s in services}, **ref.versions}
+    return VersionRef(main, ref.images, {s: v for s, v in runs.items() if v != main})
 
 
 def _ref(version: str, images: Mapping[str, str], versions: Mapping[str, str]) -> VersionRef:
@@ -312,11 +337,11 @@ def undo_target(status: ReleaseStatus) -> tuple[VersionRef, VersionRef, tuple[st
     return now_serving, _ref(back.pop(), images, {}), services
 
 
-def next_revision_stable(status: ReleaseStatus) -> VersionRef | None:
-    """For a new revision of a finished release: the version that serves now is its stable."""
+def next_revision_stable(status: ReleaseStatus, spec: Mapping[str, Any] | None = None) -> VersionRef | None:
+    """For a new revision of a finished release (`spec`, its spec): the version that serves now is its stable."""
     if not status.phase.final or status.versions is None:
         return None
-    return serving(status.versions, status.phase)
+    return entry_first(spec or {}, serving(status.versions, status.phase))
 
 
 # --- helpers -----------------------------------------------------------------------------------------

@@ -164,6 +164,15 @@ class ReleasedVersions:
     def stable_described(self) -> str:
         return versions_described(self.stable, self.stable_versions)
 
+    def replaced(self) -> str:
+        """The stable version the revision moves its services from: `stable`, or where the services it changes run
+        versions of their own, theirs (`v2-model` for ml-infer on v2-model going back to v1; `v1/v2` for two)."""
+        if self.changed:
+            versions = [self.stable_versions.get(s, self.stable) for s in self.changed]
+        else:
+            versions = [self.stable, *self.stable_versions.values()]
+        return "/".join(dict.fromkeys(versions))
+
 
 @dataclass(frozen=True)
 class RevisionRecord:

@@ -43,7 +43,8 @@ def headline(spec: ReleaseSpec, status: ReleaseStatus, now: float) -> str:
 def _weight_text(spec: ReleaseSpec, status: ReleaseStatus) -> str:
     """The split; once finished, which version serves everyone (100/0 reads alike after either ending)."""
     versions = status.versions
-    stable, canary = (versions.stable, versions.canary) if versions else (spec.stable.version, spec.canary.version)
+    stable, canary = (versions.replaced(), versions.canary) if versions else (spec.stable.version,
+                                                                             spec.canary.version)
     if status.phase is Phase.SUCCEEDED:
         return f"all traffic on {canary} (promoted: now the stable version)"
     if status.phase in (Phase.ROLLED_BACK, Phase.ABORTED, Phase.FAILED) and status.canary_weight == 0:
@@ -352,7 +353,7 @@ def progress_lines(spec: ReleaseSpec, old: ReleaseStatus, new: ReleaseStatus, no
         lines += decision_lines(record, spec.stable.version, spec.canary.version, spec.stable.versions)[1:]
     if restarted:
         v = new.versions
-        what = f": {v.stable} -> {v.canary}" if v is not None else ""
+        what = f": {v.stable_described()} -> {v.canary}" if v is not None else ""
         lines.append(f"{at}  revision {new.revision} attempt {new.attempt} started{what}")
     if new.phase is not old.phase:
         lines.append(f"{at}  {old.phase.value} -> {new.phase.value}: {new.message}")
@@ -394,7 +395,7 @@ def list_row(name: str, namespace: str, spec: ReleaseSpec | None, status: Releas
     steps = len(spec.strategy.steps) if spec is not None else None
     step = "-" if status.step < 0 else f"{status.step + 1}" + (f"/{steps}" if steps else "")
     if status.versions is not None:
-        pair = f"{status.versions.stable}->{status.versions.canary}"
+        pair = f"{status.versions.replaced()}->{status.versions.canary}"
     else:
         pair = f"{spec.stable.version}->{spec.canary.version}" if spec is not None else "(invalid spec)"
     return (name, namespace, status.phase.value, step, f"{status.canary_weight}%", pair,
@@ -406,7 +407,7 @@ HISTORY_HEADER = ("REVISION", "ATTEMPT", "STABLE -> CANARY", "OUTCOME", "STARTED
 
 def history_lines(records: Sequence[RevisionRecord]) -> list[str]:
     """One row per revision and attempt (oldest first), each followed by its images when it has any."""
-    rows = [(str(r.revision), str(r.attempt), f"{r.versions.stable} -> {r.versions.canary}", r.outcome,
+    rows = [(str(r.revision), str(r.attempt), f"{r.versions.replaced()} -> {r.versions.canary}", r.outcome,
              clock(r.started_at), clock(r.finished_at), decision_time(r)) for r in records]
     lines = table(HISTORY_HEADER, rows)
     out = [lines[0]]

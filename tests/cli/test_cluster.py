@@ -329,3 +329,64 @@ def test_a_stack_changed_in_part_is_released_and_undone_service_by_service(
             if d["metadata"]["name"].startswith(("keyword-", "ml-infer-"))} == {
         "keyword-v1": 4, "keyword-v3": 0, "ml-infer-v1": 0, "ml-infer-v2": 4}
     world.assert_valid_writes()
+
+
+def test_start_on_a_finished_release_of_part_of_the_stack_refuses_a_version_a_service_runs(
+        emulator: RunningEmulator, capsys: pytest.CaptureFixture[str]) -> None:
+    """After a release of ml-infer alone (v1 -> v2), a next revision of ml-infer named v2 again is refused, as it
+    was when the whole stack ran one version. Before, the check compared with v1 alone: the CLI wrote the spec and
+    the controller refused it (spec.stable.versions.ml-infer: 'v2' is the new version)."""
+    world = cluster_world(emulator, hpa_on=())
+    world.create_release(name="model", strategy=FAST, drainTime="1s",
+                         canary={"version": "v2", "images": {"ml-infer": "registry.example/ml-infer:2.0"}})
+    controller = world.controller()
+    assert world.drive(controller, name="model").phase is Phase.SUCCEEDED
+    before = spec_of(world, "model")
+    capsys.readouterr()
+    assert cli(emulator, "start", "model", "--image", "ml-infer=registry.example/ml-infer:v2") == 2
+    assert "v2 is what search/model serves now on ml-infer; give another --version" in capsys.readouterr().err
+    assert spec_of(world, "model") == before
+    assert cli(emulator, "start", "model", "--image", "keyword=registry.example/keyword:v2") == 0
+    assert "revision 2 releases v2 beside v1 (ml-infer v2)" in capsys.readouterr().out
+
+
+def test_start_with_a_stable_version_given_keeps_each_service_on_what_it_runs(
+        emulator: RunningEmulator, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--stable-version v1` on a stack whose ml-infer runs v2: the release says so (`stable.versions`), where it
+    named v1 for every service and waited in Pending (ml-infer-v1 has no pod ready) until the spec was fixed."""
+    world = cluster_world(emulator, hpa_on=())
+    world.create_release(name="model", strategy=FAST, drainTime="1s",
+                         canary={"version": "v2", "images": {"ml-infer": "registry.example/ml-infer:2.0"}})
+    controller = world.controller()
+    assert world.drive(controller, name="model").phase is Phase.SUCCEEDED
+    capsys.readouterr()
+    assert cli(emulator, "start", "kw", "--image", "keyword=registry.example/keyword:v3", "--stable-version",
+               "v1") == 0
+    assert "created search/kw: v1 (ml-infer v2) -> v3" in capsys.readouterr().out
+    assert spec_of(world, "kw")["stable"]["versions"] == {"ml-infer": "v2"}
+
+
+def test_start_on_a_finished_release_reads_what_runs_since_a_later_release(
+        emulator: RunningEmulator, capsys: pytest.CaptureFixture[str]) -> None:
+    """A release of ml-infer (v2), then one of keyword (v3); a next revision of the first, started with `canary
+    start`, keeps keyword on v3 and records its image. Before, it took its own record (keyword on v1, scaled to 0
+    by the keyword release) and waited in Pending until the operator wrote spec.stable by hand."""
+    world = cluster_world(emulator, hpa_on=())
+    world.create_release(name="model", strategy=FAST, drainTime="1s",
+                         canary={"version": "v2", "images": {"ml-infer": "registry.example/ml-infer:2.0"}})
+    controller = world.controller()
+    assert world.drive(controller, name="model").phase is Phase.SUCCEEDED
+    world.create_release(name="kw", strategy=FAST, drainTime="1s", stable={"version": "v1", "versions": {
+        "ml-infer": "v2"}}, canary={"version": "v3", "images": {"keyword": "registry.example/keyword:v3"}})
+    controller.relist()
+    assert world.drive(controller, name="kw").phase is Phase.SUCCEEDED
+    capsys.readouterr()
+    assert cli(emulator, "start", "model", "--image", "ml-infer=registry.example/ml-infer:v4") == 0
+    assert "revision 2 releases v4 beside v1 (ml-infer v2, keyword v3)" in capsys.readouterr().out
+    stable = spec_of(world, "model")["stable"]
+    assert stable["versions"] == {"ml-infer": "v2", "keyword": "v3"}
+    assert stable["images"]["keyword"] == "registry.example/keyword:v3"
+    status = world.drive(controller, name="model")
+    assert status.phase is Phase.SUCCEEDED and status.revision == 2, status.message
+    assert stable_routes(world) == {**{s: "v1" for s in SERVICES}, "ml-infer": "v4", "keyword": "v3"}
+    world.assert_valid_writes()

@@ -12,7 +12,16 @@ from controller.core import machine
 from controller.core.machine import ApplyRouting, Observation, RetireWorkloads
 from controller.core.machine.routes import retiring_workloads
 from controller.core.observation import Readiness
-from controller.core.operations import Planned, Refused, VersionRef, plan, serving, undo_target
+from controller.core.operations import (
+    Planned,
+    Refused,
+    VersionRef,
+    merge_patch,
+    next_revision_stable,
+    plan,
+    serving,
+    undo_target,
+)
 from controller.core.queries import business_query, metrics_query
 from controller.core.spec.release import InvalidSpec, parse_release
 from controller.core.status import Phase, ReleasedVersions, ReleaseStatus, RevisionRecord
@@ -175,3 +184,56 @@ def test_undo_refuses_what_it_could_not_release_as_one_version() -> None:
     refused = undo_target(status)
     assert isinstance(refused, Refused) and "ran several versions (v1 (ml-infer v2-model))" in refused.message
 
+
+
+def test_an_experiment_s_undo_and_next_revision_keep_the_entry_on_the_stable_version() -> None:
+    """An A/B experiment of master-search and ml-infer (v1 -> v2) won: the entry runs v2, the rest v1. Its undo and
+    its next revision name the entry's version as spec.stable.version (the control), the others by their own.
+    Before, both wrote `{version: v1, versions: {master-search: v2, ...}}`, a spec the controller refuses."""
+    ab = {"abTest": {"variants": [{"name": "v1", "weight": 50}, {"name": "v2", "weight": 50}],
+                     "primaryMetric": {"kind": "proportion", "name": "click-through"}}}
+    experiment = release(canary={"version": "v2", "services": ["master-search", "ml-infer"]}, strategy=ab)
+    won = ReleaseStatus(phase=Phase.SUCCEEDED, revision=1, started_at=NOW - 100, finished_at=NOW - 10,
+                        versions=ReleasedVersions("v1", "v2", {}, {}, {}, ("master-search", "ml-infer")))
+    planned = plan("undo", experiment, won)
+    assert isinstance(planned, Planned), planned
+    assert planned.patch["stable"] == {"version": "v2", "images": {}, "versions": {
+        "ml-search": "v1", "keyword": "v1", "text-search": "v1"}}
+    undone = parse_release({**experiment, "spec": merge_patch(experiment["spec"], planned.patch)})
+    assert undone.experiment is not None and undone.experiment.config.control == "v2"
+    assert [undone.stable_version_of(s) for s in SERVICES] == ["v2", "v2", "v1", "v1", "v1"]
+    assert "(v2 now the control" in planned.message
+    nxt = next_revision_stable(won, experiment["spec"])
+    assert nxt == VersionRef("v2", {}, {"ml-search": "v1", "keyword": "v1", "text-search": "v1"})
+    # A canary's stays on the version most of the stack ran.
+    assert next_revision_stable(won, release()["spec"]) == VersionRef("v1", {}, {"master-search": "v2",
+                                                                                  "ml-infer": "v2"})
+
+
+def test_an_experiment_held_for_a_stable_version_that_serves_nothing_is_given_a_spec_it_accepts() -> None:
+    """An A/B experiment of ml-infer named v1 for the whole stack, where master-search and ml-search run v2: the
+    spec it is told to write keeps the entry's version as spec.stable.version (its control). Before, the version
+    most services run came first, `{version: v1, versions: {master-search: v2, ...}}`, which it refuses."""
+    ab = {"abTest": {"variants": [{"name": "v1", "weight": 50}, {"name": "v3", "weight": 50}],
+                     "primaryMetric": {"kind": "proportion", "name": "click-through"}}}
+    spec = parse_release(release(canary={"version": "v3", "services": ["ml-infer"]}, strategy=ab))
+    moved = {s: Readiness(False, f"Deployment {s}-v1 does not exist yet", exists=False, others_ready=("v2",))
+             for s in ("master-search", "ml-search")}
+    stable = {**{s: Readiness(True) for s in SERVICES}, **moved}
+    status, _ = machine.step(spec, ReleaseStatus(), Observation(stable=stable), NOW)
+    assert status.phase is Phase.PENDING
+    wanted = "{version: v2, versions: {ml-infer: v1, keyword: v1, text-search: v1}}"
+    assert status.message.endswith(f"set spec.stable to what each service runs, {wanted}"), status.message
+    fixed = {"version": "v2", "versions": {"ml-infer": "v1", "keyword": "v1", "text-search": "v1"}}
+    ab["abTest"]["variants"][0]["name"] = "v2"
+    assert parse_release(release(stable=fixed, canary={"version": "v3", "services": ["ml-infer"]}, strategy=ab))
+
+
+def test_what_runs_corrects_a_record_only_where_its_version_no_longer_runs() -> None:
+    """A next revision starts from the release's record; a service whose recorded version runs no more (a later
+    release moved it) takes the version that runs, most pods ready first. Right after a promotion both versions
+    run: the record's stays."""
+    record = VersionRef("v1", {}, {"ml-infer": "v2"})
+    assert record.running({"ml-infer": ("v1", "v2"), "keyword": ("v3",), "master-search": ("v1",)}) == VersionRef(
+        "v1", {}, {"ml-infer": "v2", "keyword": "v3"})
+    assert record.running({"ml-infer": ("v1",)}) == VersionRef("v1")

@@ -285,3 +285,28 @@ def test_a_looks_lines_name_each_service_s_own_stable_version_and_every_variant(
     keyword = next(line for line in lines if line.split()[:1] == ["keyword"])
     assert infer.split()[1:3] == ["v2-model:", "400"] and keyword.split()[1:3] == ["v1:", "400"]
     assert infer.endswith("| v3:   390 req  10.0% err")
+
+
+def test_a_release_of_services_on_their_own_stable_version_names_that_version() -> None:
+    """An undo of a model release: ml-infer goes from v2-model back to v1, the rest of the stack runs v1. `canary
+    list`, `canary history` and a rollback's headline read `v2-model -> v1`, where they read `v1 -> v1`; a restart
+    names what each service ran; and each service's traffic in a look is headed by the version it is compared
+    with (keyword's own v1b, not v1)."""
+    undo = ReleasedVersions("v1", "v1", {}, {}, {"ml-infer": "v2-model"}, ("ml-infer",))
+    status = ReleaseStatus(phase=Phase.ROLLED_BACK, step=1, versions=undo)
+    assert view.list_row("r", "ns", SPEC, status, 125.0)[5] == "v2-model->v1"
+    lines = view.history_lines([RevisionRecord(2, 1, undo, "RolledBack", 0.0, 60.0)])
+    assert lines[1].split()[2:5] == ["v2-model", "->", "v1"]
+    assert "all traffic on v2-model (the stable version; v1 serves none)" in view.headline(SPEC, status, 100.0)
+    whole = ReleasedVersions("v1", "v3", {}, {}, {"ml-infer": "v2-model"})
+    assert view.list_row("r", "ns", SPEC, replace(status, versions=whole), 125.0)[5] == "v1/v2-model->v3"
+    started = view.progress_lines(SPEC, ReleaseStatus(phase=Phase.SUCCEEDED), replace(
+        status, phase=Phase.INITIALIZING, revision=2), 0.0)
+    assert started[0] == "1970-01-01 00:00:00Z  revision 2 attempt 1 started: v1 (ml-infer v2-model) -> v1"
+    look = DecisionRecord(1050.0, 51.2, 0, 10, "pass", "fine", "next step", counts={
+        s: {"baseline": {"requests": 90, "errors": 0}, "canary": {"requests": 10, "errors": 0}}
+        for s in ("ml-search", "keyword")}, checks=tuple(
+        {"service": s, "check": "errorRate", "verdict": "pass", "eValue": 1.0} for s in ("ml-search", "keyword")))
+    lines = view.decision_lines(look, "v1", "v2", {"keyword": "v1b"})
+    assert [line.split()[:2] for line in lines if line.split()[:1] in (["ml-search"], ["keyword"])] == [
+        ["ml-search", "v1:"], ["keyword", "v1b:"]]

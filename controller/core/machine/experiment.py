@@ -249,7 +249,7 @@ def _end(spec: ReleaseSpec, status: ReleaseStatus, decision: ABDecision, winner:
         case _:
             status = note_action(status, f"keep {spec.stable_described()}")
             return roll_back(status, now, Phase.ROLLED_BACK, "ExperimentEnded",
-                             f"experiment ended ({decision.value}): {reason}; keeping {spec.stable.version}"
+                             f"experiment ended ({decision.value}): {reason}; keeping {spec.stable_described()}"
                              f"{other_won}", decided=True).after(ended)
 
 

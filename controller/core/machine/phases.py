@@ -102,7 +102,8 @@ def _stable_not_serving_message(spec: ReleaseSpec, idle: Mapping[str, Readiness]
     found = ", ".join(f"{s} {v}" for s, v in serving.items())
     runs = {s: serving.get(s, spec.stable_version_of(s)) for s in spec.stack.services}
     votes = list(runs.values())
-    main = max(dict.fromkeys(votes), key=votes.count)  # most services; a tie goes to the stack's first
+    # Most services' (a tie goes to the stack's first); an experiment's is its entry's, its control.
+    main = runs[spec.stack.entry] if spec.experiment is not None else max(dict.fromkeys(votes), key=votes.count)
     own = ", ".join(f"{s}: {v}" for s, v in runs.items() if v != main)
     wanted = f"{{version: {main}, versions: {{{own}}}}}" if own else f"{{version: {main}}}"
     return f"{head}; pods of {found} are ready: set spec.stable to what each service runs, {wanted}"

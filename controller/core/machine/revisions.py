@@ -110,7 +110,8 @@ def begin_tick(spec: ReleaseSpec, status: ReleaseStatus, refused: bool = False) 
                               conditions=tuple(c for c in status.conditions if c.type == "SpecValid"),
                               attempt=status.attempt, retries=max(status.retries, spec.retry), versions=v,
                               revisions=status.revisions)
-        return Outcome(fresh, (Notify("SpecFixed", f"the spec is valid now: {v.stable} -> {v.canary} starts"),))
+        return Outcome(fresh, (Notify("SpecFixed", f"the spec is valid now: {v.stable_described()} -> {v.canary} "
+                                                   "starts"),))
     how = should_restart(spec, status)
     if how is None:
         if status.phase.final:
@@ -119,11 +120,12 @@ def begin_tick(spec: ReleaseSpec, status: ReleaseStatus, refused: bool = False) 
     fresh = restart(spec, status, how)
     v = fresh.versions or versions_of(spec)
     if how == "revision":
-        notices = [Notify("RevisionStarted", f"revision {fresh.revision}: {v.stable} -> {v.canary} "
+        notices = [Notify("RevisionStarted", f"revision {fresh.revision}: {v.stable_described()} -> {v.canary} "
                                              f"(revision {status.revision} ended {status.phase.value})")]
     else:
-        notices = [Notify("Retrying", f"attempt {fresh.attempt} of revision {fresh.revision}: {v.stable} -> "
-                                      f"{v.canary} again (attempt {status.attempt} ended {status.phase.value})")]
+        notices = [Notify("Retrying", f"attempt {fresh.attempt} of revision {fresh.revision}: "
+                                      f"{v.stable_described()} -> {v.canary} again (attempt {status.attempt} ended "
+                                      f"{status.phase.value})")]
     leftover = leftover_overrides(spec)
     if leftover:
         notices.append(Notify("OperatorFieldsSet", f"{', '.join(leftover)} still set from before: they apply "
