@@ -113,6 +113,9 @@ def test_provider_counts_equal_the_routers_own_counters(stack: LocalStack, prome
     assert entry["v1"].errors + entry["v2"].errors == codes.get(500, 0)
 
 
+# Alone: beside other tests this exact count failed 2 of 3 full runs here on one day (Prometheus counted 201 of
+# 200 searches, once 135 of 136 requests in buckets), around the router's restart; alone it passed 5 of 5.
+@pytest.mark.realtime(alone=True)
 def test_a_router_restart_loses_nothing_and_counts_nothing_negative(
         stack: LocalStack, prometheus: PrometheusProcess) -> None:
     source = PrometheusSource.from_config({"url": prometheus.url, "namespace_label": ""})
