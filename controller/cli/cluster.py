@@ -53,7 +53,7 @@ from controller.cli import flags
 from controller.cli import outgoing as notifications
 from controller.core.operations import ONE_SHOT_CLEARED, Refused, merge_patch, next_revision_stable, plan
 from controller.core.spec.release import SEARCH_STACK, InvalidSpec, ReleaseSpec, parse_release, version_room
-from controller.core.status import ReleaseStatus, versions_described
+from controller.core.status import ReleaseStatus, main_and_own, versions_described
 from controller.logs import configure_logging
 from controller.ports import BusinessMetrics, PortError
 from controller.present.view import LIST_HEADER, list_row, panel, progress_lines, render_history, table
@@ -440,25 +440,25 @@ def version_of(image: str, services: Sequence[str] = SEARCH_STACK) -> str:
     return _NOT_IN_VERSION.sub("-", tag.lower())[:room].strip("-") or "new"
 
 
-def running_versions(api: KubeApi, namespace: str, services: Sequence[str], main: str | None = None
+def stack_deployments(api: KubeApi, namespace: str, services: Sequence[str]) -> list[Obj]:
+    """The Deployments of the stack's services (one LIST, by their `app` label), for the readings below."""
+    return list(api.list(DEPLOYMENTS, namespace, f"app in ({','.join(services)})").get("items", []))
+
+
+def running_versions(deployments: list[Obj], services: Sequence[str], main: str | None = None
                      ) -> tuple[str | None, dict[str, str]]:
     """What the stack runs: the version most of its services run (or `main`, given), and the services that run
     another, each with its own (the version of its scaled-up Deployment with the most pods ready, from their `app`
     and `version` labels). A stack an earlier release changed in part runs several."""
-    per_service = {s: versions[0] for s, versions in what_runs(api, namespace, services).items()}
-    if not per_service:
-        return main, {}
-    votes = list(per_service.values())
-    main = main or max(dict.fromkeys(votes), key=votes.count)  # most services; a tie goes to the stack's first
-    return main, {s: v for s, v in per_service.items() if v != main}
+    per_service = {s: versions[0] for s, versions in what_runs(deployments, services).items()}
+    return main_and_own(per_service, main) if per_service else (main, {})
 
 
-def what_runs(api: KubeApi, namespace: str, services: Sequence[str]) -> dict[str, tuple[str, ...]]:
+def what_runs(deployments: list[Obj], services: Sequence[str]) -> dict[str, tuple[str, ...]]:
     """The versions each service runs: those of its scaled-up Deployments (from their `app` and `version` labels),
     the one with the most pods ready first; a service with none is left out."""
-    listed = api.list(DEPLOYMENTS, namespace, f"app in ({','.join(services)})")
     found: dict[str, list[tuple[int, int, str]]] = {}
-    for d in listed.get("items", []):
+    for d in deployments:
         labels = d["metadata"].get("labels") or {}
         service, version, replicas = labels.get("app"), labels.get("version"), d.get("spec", {}).get("replicas", 1)
         if isinstance(service, str) and service in services and version and replicas > 0:
@@ -467,13 +467,12 @@ def what_runs(api: KubeApi, namespace: str, services: Sequence[str]) -> dict[str
     return {s: tuple(v for *_, v in sorted(found[s], reverse=True)) for s in services if s in found}
 
 
-def running_images(api: KubeApi, namespace: str, services: Sequence[str], version: str,
+def running_images(deployments: list[Obj], services: Sequence[str], version: str,
                    versions: Mapping[str, str] | None = None) -> dict[str, str]:
     """The image of each service's `<service>-<version>` Deployment (its container named like the service); a
     service in `versions` on its own version."""
-    listed = api.list(DEPLOYMENTS, namespace, f"app in ({','.join(services)})")
     images: dict[str, str] = {}
-    for d in listed.get("items", []):
+    for d in deployments:
         labels = d["metadata"].get("labels") or {}
         service = labels.get("app")
         if not isinstance(service, str) or service not in services or \
@@ -498,8 +497,9 @@ def _update_release(api: KubeApi, args: argparse.Namespace, existing: Obj, image
         old_canary = existing.get("spec", {}).get("canary") or {}
         services = (existing.get("spec", {}).get("stack") or {}).get("services") or SEARCH_STACK
         # What runs now: a later release of the stack may have changed services since this one finished.
-        serving = serving.running(what_runs(api, args.namespace, services))
-        serving = replace(serving, images=running_images(api, args.namespace, services, serving.version,
+        deployments = stack_deployments(api, args.namespace, services)
+        serving = serving.running(what_runs(deployments, services))
+        serving = replace(serving, images=running_images(deployments, services, serving.version,
                                                          serving.versions) or serving.images)
         canary["version"] = new_version(args.version, images, services)
         canary["images"] = {**{k: None for k in old_canary.get("images") or {} if k not in images}, **images}
@@ -547,7 +547,8 @@ def start_main(argv: Sequence[str]) -> int:
         if existing is not None:
             return _update_release(api, args, existing, images)
         # A stack an earlier release changed in part: each service that runs another version keeps its own.
-        stable, own = running_versions(api, args.namespace, services, args.stable_version)
+        deployments = stack_deployments(api, args.namespace, services)
+        stable, own = running_versions(deployments, services, args.stable_version)
         if stable is None:
             print(f"canary start: no running version of {', '.join(services)} in {args.namespace}; "
                   "give --stable-version", file=sys.stderr)
@@ -555,7 +556,7 @@ def start_main(argv: Sequence[str]) -> int:
         body = release_object(args, images, stable, services)
         if own:
             body["spec"]["stable"]["versions"] = own
-        stable_images = running_images(api, args.namespace, services, stable, own)
+        stable_images = running_images(deployments, services, stable, own)
         if stable_images:  # informational: `canary history` shows what each new image replaced
             body["spec"]["stable"]["images"] = stable_images
         parse_release(body)  # refuse locally what the controller would refuse, with the same messages

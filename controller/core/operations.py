@@ -23,7 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.core.spec.release import InvalidSpec, parse_release
-from controller.core.status import Phase, ReleasedVersions, ReleaseStatus, RevisionRecord, versions_described
+from controller.core.status import (
+    Phase,
+    ReleasedVersions,
+    ReleaseStatus,
+    RevisionRecord,
+    main_and_own,
+    versions_described,
+)
 
 COMMANDS = ("pause", "resume", "promote", "abort", "retry", "undo", "approve")
 RETRYABLE = (Phase.ROLLED_BACK, Phase.ABORTED, Phase.FAILED)
@@ -258,8 +265,7 @@ class VersionRef:
         """This, with each service in `runs` whose version here is none of those it runs (`runs`: most pods ready
         first) on the first of them: a release's record, except where another release changed a service since."""
         moved = {s: running[0] for s, running in runs.items() if running and self.of(s) not in running}
-        versions = {**self.versions, **moved}
-        return VersionRef(self.version, self.images, {s: v for s, v in versions.items() if v != self.version})
+        return _ref(self.version, self.images, {**self.versions, **moved})
 
     def stable_field(self, old: Mapping[str, Any]) -> dict[str, Any]:
         """`spec.stable` as a merge patch over the spec's `old` one: this version, its images and services' own
@@ -283,9 +289,8 @@ def entry_first(spec: Mapping[str, Any], ref: VersionRef) -> VersionRef:
     entry = stack.get("entry") if isinstance(stack.get("entry"), str) else services[0] if services else None
     if entry is None or ref.of(entry) == ref.version:
         return ref
-    main = ref.of(entry)
-    runs = {**{s: ref.version for s in services}, **ref.versions}
-    return VersionRef(main, ref.images, {s: v for s, v in runs.items() if v != main})
+    main, own = main_and_own({**{s: ref.version for s in services}, **ref.versions}, ref.of(entry))
+    return VersionRef(main, ref.images, own)
 
 
 def _ref(version: str, images: Mapping[str, str], versions: Mapping[str, str]) -> VersionRef:

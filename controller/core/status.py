@@ -125,6 +125,15 @@ def bounded_history(history: tuple[DecisionRecord, ...]) -> tuple[DecisionRecord
     return tuple(reversed(kept))
 
 
+def main_and_own(runs: Mapping[str, str], main: str | None = None) -> tuple[str, dict[str, str]]:
+    """A stack's versions (`runs`: service -> version, not empty) as `spec.stable` says them: the version most
+    services run (a tie goes to the first; `main` when given), and the services that run another, each with its
+    own."""
+    votes = list(runs.values())
+    main = main or max(dict.fromkeys(votes), key=votes.count)
+    return main, {s: v for s, v in runs.items() if v != main}
+
+
 def versions_described(version: str, versions: Mapping[str, str]) -> str:
     """What a stack runs, in words: `v1`, or `v1 (ml-infer v2-model)` when services in `versions` run their own."""
     own = ", ".join(f"{s} {v}" for s, v in versions.items() if v != version)

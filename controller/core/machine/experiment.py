@@ -149,8 +149,7 @@ def _extra_guardrails(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation
         initial = states.get(v.version) or judge.initial_state(services=spec.analysed_services)
         states[v.version], decision = judge.update(dict(initial), observations)
         verdicts[v.version] = {"verdict": decision.verdict.value, "reason": decision.reason}
-        harmless = decision.verdict in (Verdict.PASS, Verdict.INCONCLUSIVE)
-        reasons.append(f"{v.version}: {NO_HARM if harmless else _said(decision.verdict, decision.reason)}")
+        reasons.append(f"{v.version}: {_said(decision.verdict, decision.reason)}")
         if _SEVERITY[decision.verdict] > _SEVERITY[worst]:
             worst = decision.verdict
         if decision.verdict is Verdict.FAIL and harmful is None:

@@ -33,7 +33,7 @@ from controller.core.machine.shadowing import begin as begin_shadow
 from controller.core.machine.shadowing import transition as shadow_transition
 from controller.core.observation import Observation, Readiness
 from controller.core.spec.release import ReleaseSpec
-from controller.core.status import Phase, ReleaseStatus
+from controller.core.status import Phase, ReleaseStatus, main_and_own
 
 # The most a promotion's or rollback's drain waits beyond `drainTime` for requests still in flight on the lane
 # it retires (a canary that answers in more than a minute is not served by waiting longer).
@@ -101,11 +101,10 @@ def _stable_not_serving_message(spec: ReleaseSpec, idle: Mapping[str, Readiness]
         return f"{head}: set spec.stable.version to the version serving now, or scale {versions} up"
     found = ", ".join(f"{s} {v}" for s, v in serving.items())
     runs = {s: serving.get(s, spec.stable_version_of(s)) for s in spec.stack.services}
-    votes = list(runs.values())
-    # Most services' (a tie goes to the stack's first); an experiment's is its entry's, its control.
-    main = runs[spec.stack.entry] if spec.experiment is not None else max(dict.fromkeys(votes), key=votes.count)
-    own = ", ".join(f"{s}: {v}" for s, v in runs.items() if v != main)
-    wanted = f"{{version: {main}, versions: {{{own}}}}}" if own else f"{{version: {main}}}"
+    # Most services' version; an experiment's is its entry's, its control.
+    main, own = main_and_own(runs, runs[spec.stack.entry] if spec.experiment is not None else None)
+    listed = ", ".join(f"{s}: {v}" for s, v in own.items())
+    wanted = f"{{version: {main}, versions: {{{listed}}}}}" if own else f"{{version: {main}}}"
     return f"{head}; pods of {found} are ready: set spec.stable to what each service runs, {wanted}"
 
 

@@ -29,8 +29,7 @@ def reconcile_world(spec: ReleaseSpec, status: ReleaseStatus, obs: Observation) 
         # The read failed: write anyway, since writes are idempotent and the mesh may be wrong.
         actions.append(ApplyRouting(plan))
     if phase is Phase.SUCCEEDED:
-        actions += [RetireWorkloads(v, tuple(s for s in spec.changed if spec.stable_version_of(s) == v))
-                    for v in spec.stable_versions(spec.changed)]
+        actions += [RetireWorkloads(v, services) for v, services in spec.stable_groups(spec.changed)]
     if phase in (Phase.ROLLED_BACK, Phase.ABORTED) or (phase is Phase.FAILED and status.started_at):
         actions.append(RetireWorkloads(spec.canary.version, spec.changed))
     return actions + variant_workloads(spec, status)

@@ -174,10 +174,12 @@ class ReleaseSpec:
         listed = self.stack.services if services is None else services
         return tuple(dict.fromkeys(self.stable_version_of(s) for s in listed))
 
-    def stable_groups(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
-        """(version, the services it serves) for every stable version, in the stack's order."""
-        return tuple((v, tuple(s for s in self.stack.services if self.stable_version_of(s) == v))
-                     for v in self.stable_versions())
+    def stable_groups(self, services: Sequence[str] | None = None) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """(version, the services of `services` it serves) for every stable version, in the stack's order (every
+        service of the stack by default)."""
+        listed = self.stack.services if services is None else tuple(s for s in self.stack.services if s in services)
+        return tuple((v, tuple(s for s in listed if self.stable_version_of(s) == v))
+                     for v in self.stable_versions(listed))
 
     def stable_described(self) -> str:
         """`v1`, or `v1 (ml-infer v2-model)` when `spec.stable.versions` gives services versions of their own."""
