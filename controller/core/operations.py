@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.core.spec.release import InvalidSpec, parse_release
+from controller.core.spec.release import SEARCH_STACK, InvalidSpec, parse_release
 from controller.core.status import (
     Phase,
     ReleasedVersions,
@@ -284,7 +284,7 @@ def entry_first(spec: Mapping[str, Any], ref: VersionRef) -> VersionRef:
     if _ab_test(spec) is None:
         return ref
     stack = _mapping(spec, "stack")
-    listed = stack.get("services")
+    listed = stack.get("services", list(SEARCH_STACK))  # the parser's default
     services = [s for s in listed if isinstance(s, str)] if isinstance(listed, list) else []
     entry = stack.get("entry") if isinstance(stack.get("entry"), str) else services[0] if services else None
     if entry is None or ref.of(entry) == ref.version:

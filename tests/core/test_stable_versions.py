@@ -210,6 +210,26 @@ def test_an_experiment_s_undo_and_next_revision_keep_the_entry_on_the_stable_ver
                                                                                   "ml-infer": "v2"})
 
 
+@pytest.mark.parametrize("stack", [{}, {"entry": "master-search"}])
+def test_an_experiment_on_the_default_stack_keeps_its_entry_on_the_stable_version(stack: dict[str, Any]) -> None:
+    """The experiment above with `spec.stack.services` left out (the search stack, by default). Before, the undo
+    and the next revision found no services: with no stack they named v1 for the entry (a spec the controller
+    refuses), and with only the entry given they named v2 for every service."""
+    ab = {"abTest": {"variants": [{"name": "v1", "weight": 50}, {"name": "v2", "weight": 50}],
+                     "primaryMetric": {"kind": "proportion", "name": "click-through"}}}
+    experiment = release(canary={"version": "v2", "services": ["master-search", "ml-infer"]}, strategy=ab,
+                         stack=stack)
+    won = ReleaseStatus(phase=Phase.SUCCEEDED, revision=1, started_at=NOW - 100, finished_at=NOW - 10,
+                        versions=ReleasedVersions("v1", "v2", {}, {}, {}, ("master-search", "ml-infer")))
+    others = {"ml-search": "v1", "keyword": "v1", "text-search": "v1"}
+    planned = plan("undo", experiment, won)
+    assert isinstance(planned, Planned), planned
+    assert planned.patch["stable"] == {"version": "v2", "images": {}, "versions": others}
+    undone = parse_release({**experiment, "spec": merge_patch(experiment["spec"], planned.patch)})
+    assert [undone.stable_version_of(s) for s in SERVICES] == ["v2", "v2", "v1", "v1", "v1"]
+    assert next_revision_stable(won, experiment["spec"]) == VersionRef("v2", {}, others)
+
+
 def test_an_experiment_held_for_a_stable_version_that_serves_nothing_is_given_a_spec_it_accepts() -> None:
     """An A/B experiment of ml-infer named v1 for the whole stack, where master-search and ml-search run v2: the
     spec it is told to write keeps the entry's version as spec.stable.version (its control). Before, the version
