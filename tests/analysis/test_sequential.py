@@ -239,48 +239,28 @@ def test_a_regressions_own_first_intervals_do_not_divide_its_evidence_without_bu
     assert rate_dispersion(rec) >= harm_dispersion(rec)
 
 
-# A healthy local release's master-search slow tail (requests over 50 ms), its first 15 intervals with any: [canary
-# slow, baseline slow, canary requests, baseline requests]. The machine stalled both versions in the third interval
-# (35 and 46) and the canary alone in the fourth (20 of 93).
-SHARED_BURST_EARLY = [[1, 0, 48, 152], [1, 0, 111, 89], [35, 46, 100, 100], [20, 0, 93, 107], [3, 0, 101, 99],
-                      [1, 0, 100, 100], [8, 2, 102, 98], [0, 1, 86, 114], [0, 1, 98, 102], [6, 2, 101, 99],
-                      [1, 0, 96, 104], [0, 1, 112, 88], [5, 5, 95, 105], [1, 0, 103, 97], [0, 1, 101, 99]]
-
-
 def test_a_burst_both_versions_share_before_the_ratio_is_known_is_not_read_as_overdispersion() -> None:
     """The pooled phi judges each interval against the ratio estimated before it; here that ratio came from 2
     slow requests to 0, and the shared burst's residual, 1,336 against a binomial variance of 8, made phi 53: the
     slow tail's upper bound on the excess rate stayed above its 3% margin and the release held at 50% until the
     test's end. With the estimate's own error in the residual's variance phi is 6.4, still well above 1 for the
-    canary's own burst, and the bound (2.3%) is under the margin."""
-    from analysis.safety import excess_upper_bound
-    from analysis.sequential import _fold_ratio, _ratio_state, rate_dispersion
+    canary's own burst, and the bound (2.3%) is under the margin (`python -m bench.dispersion`)."""
+    from analysis.sequential import rate_dispersion
+    from bench.dispersion import excess_bound, shared_burst_release
 
-    rec = _ratio_state()
-    for k_c, k_b, n_c, n_b in SHARED_BURST_EARLY:
-        _fold_ratio(rec, k_c, k_b, n_c, n_b, 1.0)
-    (n_c, n_b) = rec["exposure"]
-    for _ in range(40):  # the release's intervals with no slow request, up to its 7,410 and 7,830 requests
-        _fold_ratio(rec, 0, 0, (7410 - n_c) // 40, (7830 - n_b) // 40, 1.0)
+    rec = shared_burst_release()
     phi = rate_dispersion(rec)
     assert 3.0 < phi < 10.0, phi
-    (k_c, k_b), (n_c, n_b) = rec["events"], rec["exposure"]
-    assert excess_upper_bound(k_c / phi, n_c / phi, k_b / phi, n_b / phi, 0.05, 0.03) < 0.03
+    assert excess_bound(rec, phi) < 0.03
 
 
 def test_the_pooled_dispersion_of_independent_requests_is_not_raised_by_the_first_estimates() -> None:
     """Identical versions, independent requests, 1% events, 100 requests a version per interval: after 15
     intervals the pooled phi averages 1.15 over 400 runs (1.35 without the estimate's error in the residuals'
-    variance; the floor at 1 alone makes the mean of an unbiased estimate above 1)."""
-    from analysis.sequential import _fold_ratio, _ratio_state, rate_dispersion
+    variance; the floor at 1 alone makes the mean of an unbiased estimate above 1; `python -m bench.dispersion`)."""
+    from bench.dispersion import independent_phis
 
-    rng = np.random.default_rng(5)
-    phis = []
-    for _ in range(400):
-        rec = _ratio_state()
-        for _ in range(15):
-            _fold_ratio(rec, int(rng.binomial(100, 0.01)), int(rng.binomial(100, 0.01)), 100, 100, 1.0)
-        phis.append(rate_dispersion(rec))
+    phis = independent_phis(400, seed=5)
     assert float(np.mean(phis)) < 1.22, np.mean(phis)
 
 
@@ -289,15 +269,12 @@ def test_the_safety_bounds_take_the_bursts_dispersion_at_the_weight_compared(bur
     """Identical versions, 0.5% errors, 50 req/s: 20 minutes at 10%, then 5 at 50%. With a per-minute Gamma
     factor of CV 1 on each version's rate, the split of ~15 events a minute at 50% varies about 1 + 2 kappa v = 8.5
     times the binomial's; the pooled phi, most of its minutes at 10%, says 2.9 on this draw (2.3-8.6 on six), and
-    the bounds take 8.7 (4.8-8.7). With independent requests the bounds keep about 1 (1.0-1.33 on six draws)."""
-    from analysis.sequential import _fold_ratio, _ratio_state, bound_dispersion, rate_dispersion
+    the bounds take 8.7 (4.8-8.7). With independent requests the bounds keep about 1 (1.0-1.33 on six draws;
+    `python -m bench.dispersion`)."""
+    from analysis.sequential import bound_dispersion, rate_dispersion
+    from bench.dispersion import ramp
 
-    rng = np.random.default_rng(3)
-    rec = _ratio_state()
-    for weight in [0.1] * 20 + [0.5] * 5:
-        rate_c, rate_b = (0.005 * rng.gamma(1.0, 1.0, 2)) if bursty else (0.005, 0.005)
-        n_c = int(3000 * weight)
-        _fold_ratio(rec, int(rng.poisson(n_c * rate_c)), int(rng.poisson((3000 - n_c) * rate_b)), n_c, 3000 - n_c, 1.0)
+    rec = ramp(3, bursty)
     if bursty:
         assert bound_dispersion(rec) > max(5.0, 2 * rate_dispersion(rec)), (bound_dispersion(rec), rate_dispersion(rec))
     else:
