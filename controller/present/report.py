@@ -18,7 +18,7 @@ from html import escape
 from typing import Any
 
 from controller.core.operations import at_gate
-from controller.core.status import ReleaseStatus, shown_verdict
+from controller.core.status import ReleaseStatus, shown_verdict, versions_described
 from controller.present.charts import (
     CANARY_COLOR,
     PALETTE,
@@ -97,7 +97,12 @@ class _View:
         self.name = str(meta.get("name", "?"))
         self.namespace = str(meta.get("namespace", "default"))
         self.stable = str(_map(spec.get("stable")).get("version", "stable"))
+        # `spec.stable.versions`: services of a stack an earlier release changed in part run their own version.
+        self.stable_versions = {str(k): str(x) for k, x in _map(_map(spec.get("stable")).get("versions")).items()}
         self.canary = str(_map(spec.get("canary")).get("version", "canary"))
+        # An A/B/n experiment's variants besides the stable and the canary version, in the spec's order.
+        variants = (str(_map(x).get("name", "")) for x in _seq(_map(spec.get("experiment")).get("variants")))
+        self.variants = [x for x in dict.fromkeys(variants) if x and x not in (self.stable, self.canary)]
         self.images = _map(_map(spec.get("canary")).get("images"))
         self.phase = str(status.get("phase", "Pending"))
         self.message = str(status.get("message", ""))
@@ -112,6 +117,15 @@ class _View:
         instants += [_float(status.get(k)) for k in ("finishedAt", "phaseSince", "lastAnalysisAt", "startedAt")]
         self.as_of = max((x for x in instants if x is not None), default=None)
         self.services = self._services(spec)
+
+    def stable_of(self, service: str) -> str:
+        """The version `service` runs as the stable one: its own in `spec.stable.versions`, else the stack's."""
+        return self.stable_versions.get(service, self.stable)
+
+    @property
+    def stable_described(self) -> str:
+        """`v1`, or `v1 (ml-infer v2-model)` when services run stable versions of their own."""
+        return versions_described(self.stable, self.stable_versions)
 
     def _services(self, spec: Mapping[str, Any]) -> list[str]:
         seen: list[str] = []
@@ -146,8 +160,10 @@ class _View:
 def _header(v: _View, page_title: str) -> str:
     images = ", ".join(f"{escape(str(k))}={escape(str(i))}" for k, i in v.images.items())
     return (f"<h1>{escape(page_title)}</h1>"
-            f'<p class="sub">namespace <b>{escape(v.namespace)}</b> · stable <b>{escape(v.stable)}</b> → '
-            f"canary <b>{escape(v.canary)}</b> · services {escape(', '.join(v.services) or '-')}"
+            f'<p class="sub">namespace <b>{escape(v.namespace)}</b> · stable <b>{escape(v.stable_described)}</b> → '
+            f"canary <b>{escape(v.canary)}</b>"
+            + (f" · further variants <b>{escape(', '.join(v.variants))}</b>" if v.variants else "")
+            + f" · services {escape(', '.join(v.services) or '-')}"
             + (f" · images {images}" if images else "") + "</p>")
 
 
@@ -187,7 +203,7 @@ def _experiment_section(v: _View) -> str:
     headline, header, rows = experiment_table(experiment)
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
-    choice = (f"<p><b>Next:</b> {escape(operator_choice(experiment, v.stable, v.canary))}</p>"
+    choice = (f"<p><b>Next:</b> {escape(operator_choice(experiment, v.stable_described, v.canary))}</p>"
               if _at_gate(v.status) else "")
     return (f"<h2>Experiment</h2><div class=\"card\"><p><b>{escape(headline)}</b></p>"
             f"<p>{escape(str(experiment.get('reason') or '-'))}</p><table><tr>{head}</tr>{body}</table>"
@@ -247,7 +263,8 @@ def _services_section(v: _View) -> str:
 
 
 def _latency_chart(v: _View, service: str) -> str:
-    keys = (("p50BaselineMs", f"{v.stable} p50", STABLE_COLOR, True), ("p99BaselineMs", f"{v.stable} p99",
+    stable = v.stable_of(service)
+    keys = (("p50BaselineMs", f"{stable} p50", STABLE_COLOR, True), ("p99BaselineMs", f"{stable} p99",
             STABLE_COLOR, False), ("p50CanaryMs", f"{v.canary} p50", CANARY_COLOR, True),
             ("p99CanaryMs", f"{v.canary} p99", CANARY_COLOR, False))
     series = [Series(label, tuple(_check_points(v, service, "latencyShift", lambda c, k=key: _estimate(c, k))),
@@ -257,11 +274,18 @@ def _latency_chart(v: _View, service: str) -> str:
 
 
 def _error_chart(v: _View, service: str) -> str:
+    """Each version's error rate per interval: the stable one, the canary, and an A/B/n experiment's further
+    variants (their counts are under the service's `variants`)."""
     series = []
-    for role, version, color in (("baseline", v.stable, STABLE_COLOR), ("canary", v.canary, CANARY_COLOR)):
+    roles: list[tuple[tuple[str, ...], str, str]] = [(("baseline",), v.stable_of(service), STABLE_COLOR),
+                                                     (("canary",), v.canary, CANARY_COLOR)]
+    roles += [(("variants", name), name, PALETTE[(i + 2) % len(PALETTE)]) for i, name in enumerate(v.variants)]
+    for path, version, color in roles:
         points = []
         for record in v.history:
-            counts = _map(_map(_map(record.get("counts")).get(service)).get(role))
+            counts = _map(_map(record.get("counts")).get(service))
+            for key in path:
+                counts = _map(counts.get(key))
             requests = _float(counts.get("requests")) or 0.0
             rate = 100 * (_float(counts.get("errors")) or 0.0) / requests if requests else None
             points.append((_float(record.get("t")) or 0.0, rate))
@@ -295,7 +319,8 @@ def _distribution_chart(v: _View, service: str) -> str:
     used = [i for i in range(len(base)) if base[i] or can[i]]
     lo, hi = min(used, default=0), max(used, default=0) + 1
     shares = [[100 * x / (sum(vals) or 1) for x in vals[lo:hi]] for vals in (base, can)]
-    return bar_chart(title, labels[lo:hi], [(v.stable, shares[0], STABLE_COLOR), (v.canary, shares[1], CANARY_COLOR)],
+    return bar_chart(title, labels[lo:hi], [(v.stable_of(service), shares[0], STABLE_COLOR),
+                                            (v.canary, shares[1], CANARY_COLOR)],
                      y_label="% of requests", x_label="latency bucket (ms)", kind="distribution",
                      value_format=lambda x: f"{x:.1f}%")
 
@@ -326,8 +351,8 @@ def _shadow_section(v: _View) -> str:
         f"</td><td>{escape(', '.join(str(d) for d in _seq(w.get('stable'))))}</td>"
         f"<td>{escape(', '.join(str(d) for d in _seq(w.get('new'))))}</td></tr>"
         for w in (_map(x) for x in _seq(verdict.get("mostDifferent"))))
-    table = (f"<table><tr><th>search</th><th>RBO</th><th>{escape(v.stable)} (top-k)</th><th>{escape(v.canary)} "
-             f"(top-k)</th></tr>{rows}</table>") if rows else ""
+    table = (f"<table><tr><th>search</th><th>RBO</th><th>{escape(v.stable_described)} (top-k)</th>"
+             f"<th>{escape(v.canary)} (top-k)</th></tr>{rows}</table>") if rows else ""
     return (f"<h2>Shadow phase: rankings compared</h2>{facts}<div class=\"card\">{chart}</div>"
             f"<h3>The searches whose answers differ most</h3>{table}")
 
@@ -344,18 +369,21 @@ def _decision_log(v: _View) -> str:
     for i, record in enumerate(v.history):
         verdict = _shown(record)
         worst = max(_seq(record.get("checks")), default=None, key=lambda c: _float(_map(c).get("eValue")) or 0.0)
-        base, can = _entry_counts(v, record)
+        base, can, others = _entry_counts(v, record)
         rows.append(
             f'<tr><td class="num">{_num(record.get("t"), "{:.1f}")}</td><td class="num">{_step(record)}</td>'
             f'<td class="num">{_num(record.get("weight"), "{:g}")}%</td>'
             f'<td class="v-{escape(_verdict_class(verdict))}">'
             f"{escape(verdict)}</td><td>{escape(str(record.get('action', '')))}</td>"
             f"<td>{escape(str(record.get('reason', '')))}</td><td class=\"num\">{base}</td><td class=\"num\">{can}</td>"
+            + "".join(f'<td class="num">{cell}</td>' for cell in others) +
             f'<td class="num">{_harm_sum(record)}</td>'
             f"<td>{_check_sentence(_map(worst)) if worst else '-'}</td></tr>"
-            f'<tr><td></td><td colspan="9">{_checks_details(record, open_=i == len(v.history) - 1)}</td></tr>')
+            f'<tr><td></td><td colspan="{9 + len(v.variants)}">'
+            f"{_checks_details(record, open_=i == len(v.history) - 1)}</td></tr>")
     head = ("<tr><th>t (s)</th><th>step</th><th>weight</th><th>verdict</th><th>action</th><th>reason</th>"
-            f"<th>{escape(v.stable)} req / err</th><th>{escape(v.canary)} req / err</th>"
+            f"<th>{escape(v.stable_of(v.entry))} req / err</th><th>{escape(v.canary)} req / err</th>"
+            + "".join(f"<th>{escape(name)} req / err</th>" for name in v.variants) +
             "<th>harm: regression e-values sum / fails at</th><th>largest term</th></tr>")
     return f'<h2>Decision log</h2><table class="decisions">{head}{"".join(rows)}</table>'
 
@@ -470,14 +498,17 @@ def _harm_sum(record: Mapping[str, Any]) -> str:
     return f"{_num(sum(terms))} / {_num(threshold)}"
 
 
-def _entry_counts(v: _View, record: Mapping[str, Any]) -> tuple[str, str]:
+def _entry_counts(v: _View, record: Mapping[str, Any]) -> tuple[str, str, list[str]]:
+    """The entry service's requests / errors in one look: the stable version's, the canary's, and each further
+    variant's of an A/B/n experiment."""
     counts = _map(record.get("counts"))
     service = v.entry if v.entry in counts else next(iter(counts), "")
     c = _map(counts.get(service))
 
-    def pair(role: str) -> str:
-        return f"{_num(_map(c.get(role)).get('requests'), '{:g}')} / {_num(_map(c.get(role)).get('errors'), '{:g}')}"
-    return pair("baseline"), pair("canary")
+    def pair(n: Mapping[str, Any]) -> str:
+        return f"{_num(n.get('requests'), '{:g}')} / {_num(n.get('errors'), '{:g}')}"
+    return (pair(_map(c.get("baseline"))), pair(_map(c.get("canary"))),
+            [pair(_map(_map(c.get("variants")).get(name))) for name in v.variants])
 
 
 def _estimate(check: Mapping[str, Any], key: str) -> float | None:

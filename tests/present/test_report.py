@@ -381,3 +381,43 @@ def test_an_experiments_decision_log_shows_each_looks_decision_not_the_guardrail
     assert "last verdict: winner" in html
     canary = render_report(_release(), _status())
     assert "last verdict: fail" in canary and '<td class="v-pass">pass</td>' in canary  # a canary's: its verdict
+
+
+def test_a_stack_whose_services_run_stable_versions_of_their_own_is_labelled_per_service() -> None:
+    """A stack an earlier release changed in part (`spec.stable.versions`): each service's charts and the decision
+    log name the version that service's baseline runs; the header says what the stack runs. They had all said the
+    stack's version."""
+    release = _release()
+    release["spec"]["stable"]["versions"] = {"ml-search": "v1-model"}
+    release["spec"]["stack"]["entry"] = "ml-search"
+    html = render_report(release, _status())
+    assert not _parse(html).errors
+    assert "stable <b>v1 (ml-search v1-model)</b> → canary <b>v2</b>" in html
+    svgs = _svgs(html)
+    assert _series(_chart(svgs, "latency", "ml-search")) == ["v1-model p50", "v1-model p99", "v2 p50", "v2 p99"]
+    assert _series(_chart(svgs, "latency", "master-search")) == ["v1 p50", "v1 p99", "v2 p50", "v2 p99"]
+    assert _series(_chart(svgs, "errors", "ml-search")) == ["v1-model errors", "v2 errors"]
+    assert _series(_chart(svgs, "distribution", "ml-search")) == ["v1-model", "v2"]
+    assert "<th>v1-model req / err</th><th>v2 req / err</th>" in html  # the entry's counts
+
+
+def test_an_abn_experiments_report_shows_every_variants_traffic() -> None:
+    """An A/B/n experiment's further variants (their counts under `variants`) get their own error series and
+    decision-log column; they had been left out, as if the experiment had two."""
+    release = _release()
+    release["spec"]["experiment"] = {"variants": [{"name": "v1", "weight": 34}, {"name": "v2", "weight": 33},
+                                                  {"name": "v3", "weight": 33}]}
+    status = ReleaseStatus(phase=Phase.PROGRESSING, started_at=1000.0, first_canary_traffic_at=1003.0)
+    for t, errors in ((10, 1), (20, 4)):
+        record = _record(t, 33, "inconclusive", 3.0, 0)
+        counts = {s: {**c, "variants": {"v3": {"requests": 100, "errors": errors}}} for s, c in record.counts.items()}
+        status = status.with_decision(replace(record, counts=counts))
+    html = render_report(release, status.for_storage())
+    assert not _parse(html).errors
+    assert "further variants <b>v3</b>" in html
+    errors = _chart(_svgs(html), "errors", "ml-search")
+    assert _series(errors) == ["v1 errors", "v2 errors", "v3 errors"]
+    assert "<th>v2 req / err</th><th>v3 req / err</th>" in html
+    assert '<td class="num">100 / 4</td>' in html
+    two = render_report(_release(), _status())
+    assert "further variants" not in two and "v3" not in two
