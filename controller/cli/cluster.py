@@ -52,7 +52,14 @@ from controller.adapters.signals import stop_on_signals
 from controller.cli import flags
 from controller.cli import outgoing as notifications
 from controller.core.operations import ONE_SHOT_CLEARED, Refused, merge_patch, next_revision_stable, plan
-from controller.core.spec.release import SEARCH_STACK, InvalidSpec, ReleaseSpec, parse_release, version_room
+from controller.core.spec.release import (
+    SEARCH_STACK,
+    InvalidSpec,
+    ReleaseSpec,
+    parse_release,
+    version_order,
+    version_room,
+)
 from controller.core.status import ReleaseStatus, main_and_own, versions_described
 from controller.logs import configure_logging
 from controller.ports import BusinessMetrics, PortError
@@ -456,7 +463,8 @@ def running_versions(deployments: list[Obj], services: Sequence[str], main: str 
 
 def what_runs(deployments: list[Obj], services: Sequence[str]) -> dict[str, tuple[str, ...]]:
     """The versions each service runs: those of its scaled-up Deployments (from their `app` and `version` labels),
-    the one with the most pods ready first; a service with none is left out."""
+    the one with the most pods ready first (then the most replicas, then the later-numbered: v10 before v9); a
+    service with none is left out."""
     found: dict[str, list[tuple[int, int, str]]] = {}
     for d in deployments:
         labels = d["metadata"].get("labels") or {}
@@ -464,7 +472,8 @@ def what_runs(deployments: list[Obj], services: Sequence[str]) -> dict[str, tupl
         if isinstance(service, str) and service in services and version and replicas > 0:
             ready = (d.get("status") or {}).get("readyReplicas") or 0
             found.setdefault(service, []).append((ready, replicas, version))
-    return {s: tuple(v for *_, v in sorted(found[s], reverse=True)) for s in services if s in found}
+    return {s: tuple(v for *_, v in sorted(found[s], key=lambda x: (x[0], x[1], version_order(x[2])), reverse=True))
+            for s in services if s in found}
 
 
 def running_images(deployments: list[Obj], services: Sequence[str], version: str,

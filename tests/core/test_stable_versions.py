@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from controller.adapters.kubernetes.workloads import DeploymentWorkloads, ReleaseRef
+from controller.cli.cluster import what_runs
 from controller.core import machine
 from controller.core.machine import ApplyRouting, Observation, RetireWorkloads
 from controller.core.machine.routes import retiring_workloads
@@ -23,7 +25,7 @@ from controller.core.operations import (
     undo_target,
 )
 from controller.core.queries import business_query, metrics_query
-from controller.core.spec.release import InvalidSpec, parse_release
+from controller.core.spec.release import InvalidSpec, parse_release, version_order
 from controller.core.status import Phase, ReleasedVersions, ReleaseStatus, RevisionRecord
 from tests.support.scenario import SERVICES, World, release
 
@@ -257,3 +259,34 @@ def test_what_runs_corrects_a_record_only_where_its_version_no_longer_runs() -> 
     assert record.running({"ml-infer": ("v1", "v2"), "keyword": ("v3",), "master-search": ("v1",)}) == VersionRef(
         "v1", {}, {"ml-infer": "v2", "keyword": "v3"})
     assert record.running({"ml-infer": ("v1",)}) == VersionRef("v1")
+
+
+def _deployment(service: str, version: str, ready: int, replicas: int = 2) -> dict[str, Any]:
+    return {"metadata": {"name": f"{service}-{version}", "labels": {"app": service, "version": version}},
+            "spec": {"replicas": replicas}, "status": {"readyReplicas": ready}}
+
+
+def test_versions_with_as_many_pods_ready_are_ordered_as_people_number_them() -> None:
+    """Where two versions of a service have as many pods ready (a retirement that did not finish), what runs is
+    read later-numbered first: v10 before v9. Compared as strings, v9 had come first, and a next revision would have
+    started from it."""
+    assert sorted(["v10", "v9", "v1", "v10-rc1", "v2"], key=version_order) == ["v1", "v2", "v9", "v10", "v10-rc1"]
+    deployments = [_deployment("ml-infer", "v9", 2), _deployment("ml-infer", "v10", 2),
+                   _deployment("keyword", "v9", 2), _deployment("keyword", "v10", 1),
+                   _deployment("text-search", "v11", 0, replicas=0), _deployment("text-search", "v9", 1)]
+    assert what_runs(deployments, SERVICES) == {"ml-infer": ("v10", "v9"), "keyword": ("v9", "v10"),
+                                                "text-search": ("v9",)}
+    api = _ListingApi(deployments)
+    workloads = DeploymentWorkloads(api, ReleaseRef("r", "default", "uid"), SERVICES, "v1", "v11")  # type: ignore[arg-type]
+    assert workloads.readiness("ml-infer", "v1").others_ready == ("v10", "v9")
+    assert workloads.readiness("keyword", "v1").others_ready == ("v9", "v10")
+
+
+class _ListingApi:
+    """The one call `DeploymentWorkloads.readiness` makes: the stack's Deployments, listed."""
+
+    def __init__(self, deployments: list[dict[str, Any]]) -> None:
+        self.items = deployments
+
+    def list(self, kind: Any, namespace: str, selector: str | None = None) -> dict[str, Any]:
+        return {"items": self.items}

@@ -42,7 +42,7 @@ from typing import Any
 
 from controller.adapters.kubernetes.client import DEPLOYMENTS, HPAS, RELEASES, KubeApi, Obj
 from controller.core.observation import Readiness
-from controller.core.spec.release import RELEASE_KIND
+from controller.core.spec.release import RELEASE_KIND, version_order
 from controller.ports import PermanentError
 
 log = logging.getLogger(__name__)
@@ -302,10 +302,12 @@ class DeploymentWorkloads:
         return readiness
 
     def _others_ready(self, service: str, version: str) -> tuple[str, ...]:
-        """The other versions of `service` whose Deployments have pods ready, most ready first."""
-        ready = [(d.get("status", {}).get("readyReplicas") or 0, _labels(d).get("version"))
+        """The other versions of `service` whose Deployments have pods ready, most ready first (then the
+        later-numbered: v10 before v9)."""
+        ready = [(int(d.get("status", {}).get("readyReplicas") or 0), str(_labels(d).get("version") or ""))
                  for d in self._deployments().values() if _labels(d).get("app") == service]
-        return tuple(v for n, v in sorted(ready, key=lambda x: -x[0]) if n > 0 and v and v != version)
+        ordered = sorted(ready, key=lambda x: (x[0], version_order(x[1])), reverse=True)
+        return tuple(v for n, v in ordered if n > 0 and v and v != version)
 
     def retire(self, service: str, version: str) -> None:
         name = deployment_name(service, version)

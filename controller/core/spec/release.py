@@ -305,6 +305,12 @@ def _new_where_changed(r: Reader, stable: Version, canary: Version, changed: Seq
                                                         f"runs it already")
 
 
+def version_order(version: str) -> tuple[tuple[int, int | str], ...]:
+    """A key that orders version names as people number them: `v9` < `v10` < `v10-rc1` (digits by value); the
+    tie-break where two versions of a service have as many pods ready, the later-numbered first when reversed."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in re.findall(r"\d+|\D+", version))
+
+
 def version_room(services: Sequence[str]) -> tuple[int, str]:
     """How long a version may be so that `<service>-<version>` names fit for every service, and the longest
     service (the one that sets the bound)."""
