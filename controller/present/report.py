@@ -101,7 +101,9 @@ class _View:
         self.stable_versions = {str(k): str(x) for k, x in _map(_map(spec.get("stable")).get("versions")).items()}
         self.canary = str(_map(spec.get("canary")).get("version", "canary"))
         # An A/B/n experiment's variants besides the stable and the canary version, in the spec's order.
-        variants = (str(_map(x).get("name", "")) for x in _seq(_map(spec.get("experiment")).get("variants")))
+        ab_test = _map(_map(spec.get("strategy")).get("abTest"))
+        self.experiment = bool(ab_test)
+        variants = (str(_map(x).get("name", "")) for x in _seq(ab_test.get("variants")))
         self.variants = [x for x in dict.fromkeys(variants) if x and x not in (self.stable, self.canary)]
         self.images = _map(_map(spec.get("canary")).get("images"))
         self.phase = str(status.get("phase", "Pending"))
@@ -219,6 +221,8 @@ def _at_gate(status: Mapping[str, Any]) -> bool:
 
 
 def _weight_section(v: _View) -> str:
+    if v.experiment:
+        return _experiment_traffic_section(v)
     first = v.rel(v.status.get("firstCanaryTrafficAt"))
     points: list[tuple[float, float | None]] = [(0.0, 0.0)]
     if first:
@@ -237,6 +241,48 @@ def _weight_section(v: _View) -> str:
                        width=1200, height=240)
     legend = " ".join(f'<span class="v-{k}">● {k}</span>' for k in VERDICT_COLORS)
     return f'<h2>Traffic</h2><div class="card">{chart}<p class="muted">Verdicts: {legend}</p></div>'
+
+
+def _experiment_traffic_section(v: _View) -> str:
+    """An experiment's traffic: each variant's share of the entry's requests in each look, as served (its users
+    are split by the variants' weights, and a returning user stays on their variant). The look's decision is a
+    marker on the treatment's line. The status's canary weight is the treatment's share of its pair with the
+    control, which the guardrails judge, not a split of the traffic, so it is not drawn."""
+    roles = _versions_of(v, v.entry)
+    shares: list[list[tuple[float, float | None]]] = [[] for _ in roles]
+    markers = []
+    for record in v.history:
+        t = _float(record.get("t")) or 0.0
+        entry = _map(_map(record.get("counts")).get(v.entry))
+        served = [_float(_at(entry, path).get("requests")) or 0.0 for path, _, _ in roles]
+        for points, n in zip(shares, served, strict=True):
+            points.append((t, 100 * n / sum(served) if sum(served) else None))
+        verdict = _shown(record)
+        markers.append(Marker(t, shares[1][-1][1] or 0.0, VERDICT_COLORS.get(_verdict_class(verdict), "#777"),
+                              f"t={t:.1f}s: {verdict} → {record.get('action', '')}"))
+    chart = line_chart(f"Each variant's share of {v.entry}'s requests per look (%), and each look's decision",
+                       [Series(name, tuple(points), color) for (_, name, color), points in zip(roles, shares,
+                                                                                            strict=True)],
+                       y_label="% of requests", y_min=0, y_max=100, markers=markers, kind="weight",
+                       width=1200, height=240)
+    legend = " ".join(f'<span class="v-{k}">● {k}</span>' for k in VERDICT_COLORS)
+    return (f'<h2>Traffic</h2><div class="card">{chart}<p class="muted">Decisions, coloured as verdicts: {legend}'
+            "</p></div>")
+
+
+def _versions_of(v: _View, service: str) -> list[tuple[tuple[str, ...], str, str]]:
+    """Each version a look counts for `service`: where its counts are in `counts[service]`, its name, its colour
+    (the stable version that service runs, the canary, then an A/B/n experiment's further variants)."""
+    versions: list[tuple[tuple[str, ...], str, str]] = [(("baseline",), v.stable_of(service), STABLE_COLOR),
+                                                        (("canary",), v.canary, CANARY_COLOR)]
+    return versions + [(("variants", name), name, PALETTE[(i + 2) % len(PALETTE)]) for i, name in enumerate(v.variants)]
+
+
+def _at(counts: Mapping[str, Any], path: tuple[str, ...]) -> Mapping[str, Any]:
+    """`counts[path[0]][path[1]]...`, each level read defensively."""
+    for key in path:
+        counts = _map(counts.get(key))
+    return counts
 
 
 def _final_weight_points(v: _View, last_weight: float) -> list[tuple[float, float | None]]:
@@ -277,15 +323,10 @@ def _error_chart(v: _View, service: str) -> str:
     """Each version's error rate per interval: the stable one, the canary, and an A/B/n experiment's further
     variants (their counts are under the service's `variants`)."""
     series = []
-    roles: list[tuple[tuple[str, ...], str, str]] = [(("baseline",), v.stable_of(service), STABLE_COLOR),
-                                                     (("canary",), v.canary, CANARY_COLOR)]
-    roles += [(("variants", name), name, PALETTE[(i + 2) % len(PALETTE)]) for i, name in enumerate(v.variants)]
-    for path, version, color in roles:
+    for path, version, color in _versions_of(v, service):
         points = []
         for record in v.history:
-            counts = _map(_map(record.get("counts")).get(service))
-            for key in path:
-                counts = _map(counts.get(key))
+            counts = _at(_map(_map(record.get("counts")).get(service)), path)
             requests = _float(counts.get("requests")) or 0.0
             rate = 100 * (_float(counts.get("errors")) or 0.0) / requests if requests else None
             points.append((_float(record.get("t")) or 0.0, rate))

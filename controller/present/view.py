@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from controller.core.operations import all_revisions, at_gate
+from controller.core.spec.experiment import ExperimentSpec
 from controller.core.spec.release import ReleaseSpec
 from controller.core.status import (
     DecisionRecord,
@@ -49,11 +50,28 @@ def _weight_text(spec: ReleaseSpec, status: ReleaseStatus) -> str:
         return f"all traffic on {canary} (promoted: now the stable version)"
     if status.phase in (Phase.ROLLED_BACK, Phase.ABORTED, Phase.FAILED) and status.canary_weight == 0:
         return f"all traffic on {stable} (the stable version; {canary} serves none)"
-    if spec.experiment is not None and status.phase in (Phase.PROGRESSING, Phase.PAUSED):
-        # The experiment's routes assign new users by every variant's weight; `canary_weight` is the canary's
-        # share of its pair with the control (what its guardrails judge), not a traffic split of A/B/n.
-        return "users split " + " / ".join(f"{a.name} {a.weight}%" for a in spec.experiment.routes.arms)
+    if spec.experiment is not None:
+        return _experiment_traffic(spec.experiment, status)
     return f"weight {100 - status.canary_weight}/{status.canary_weight} (stable/canary)"
+
+
+def _experiment_traffic(experiment: ExperimentSpec, status: ReleaseStatus) -> str:
+    """Where an experiment's users go (`routes.desired_plan`). `canary_weight` is the treatment's share of its pair
+    with the control (what its guardrails judge), not a traffic split of A/B/n, so it is never shown as one."""
+    arms = experiment.routes.arms
+    split = "users split " + " / ".join(f"{a.name} {a.weight}%" for a in arms)
+    ending = {Phase.PROMOTING: experiment.treatment, Phase.ROLLING_BACK: arms[0].name}.get(status.phase)
+    if ending is None or (status.phase is Phase.PROMOTING and status.scaling_to is not None):
+        return split  # also while the winner scales up for all users: the split stays
+    if status.cutover:
+        return f"all traffic on {ending}"
+    return f"new users on {ending}; users already assigned keep their variant until the cutover"
+
+
+def experiment_look(record: DecisionRecord) -> bool:
+    """Whether the look is an experiment's: its recorded weight is then the treatment's share of its pair with the
+    control (what the guardrails judge), not the traffic it got, and is not shown as a weight."""
+    return isinstance(record.counts.get("primary"), Mapping)
 
 
 def decision_lines(record: DecisionRecord, stable: str, canary: str,
@@ -61,7 +79,8 @@ def decision_lines(record: DecisionRecord, stable: str, canary: str,
     """One decision: the verdict, per service the traffic of each version (a service in `stable_of` on its own
     stable version; an A/B/n experiment's further variants after the canary), each check against its bar."""
     verdict = shown_verdict(record.verdict, record.counts)
-    lines = [f"  t={record.t:6.1f}s  {record.weight:3d}%  verdict {verdict.upper():<12} "
+    weight = " A/B" if experiment_look(record) else f"{record.weight:3d}%"
+    lines = [f"  t={record.t:6.1f}s  {weight}  verdict {verdict.upper():<12} "
              f"-> {record.action or '-'}   {record.reason}"]
     by_service: dict[str, list[Mapping[str, Any]]] = {}
     for check in record.checks:
@@ -338,7 +357,8 @@ def operator_choice(experiment: Mapping[str, Any], stable: str, canary: str) -> 
 
 
 def decision_summary(record: DecisionRecord) -> str:
-    return (f"    {clock(record.at)}  step {record.step + 1} at {record.weight:3d}%  "
+    where = "A/B look" if experiment_look(record) else f"at {record.weight:3d}%"
+    return (f"    {clock(record.at)}  step {record.step + 1} {where}  "
             f"{shown_verdict(record.verdict, record.counts).upper():<12} -> {record.action or '-':<10} {record.reason}")
 
 
@@ -398,8 +418,19 @@ def list_row(name: str, namespace: str, spec: ReleaseSpec | None, status: Releas
         pair = f"{status.versions.replaced()}->{status.versions.canary}"
     else:
         pair = f"{spec.stable.version}->{spec.canary.version}" if spec is not None else "(invalid spec)"
-    return (name, namespace, status.phase.value, step, f"{status.canary_weight}%", pair,
+    return (name, namespace, status.phase.value, step, _list_weight(spec, status), pair,
             "-" if age_seconds is None else age(age_seconds))
+
+
+def _list_weight(spec: ReleaseSpec | None, status: ReleaseStatus) -> str:
+    """The WEIGHT column: the canary's share of traffic; an experiment's users split while it runs (34/33/33, in
+    the order of its variants, the control first), then the share of new users its end sends the treatment."""
+    if spec is None or spec.experiment is None or status.phase not in (
+            Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING, Phase.ROLLING_BACK):
+        return f"{status.canary_weight}%"
+    if status.phase in (Phase.PROGRESSING, Phase.PAUSED) or status.scaling_to is not None:
+        return "/".join(str(a.weight) for a in spec.experiment.routes.arms)
+    return "100%" if status.phase is Phase.PROMOTING else "0%"
 
 
 HISTORY_HEADER = ("REVISION", "ATTEMPT", "STABLE -> CANARY", "OUTCOME", "STARTED", "FINISHED", "DECISION")

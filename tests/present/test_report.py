@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from controller.core.spec.release import parse_release
 from controller.core.status import HISTORY_LIMIT, DecisionRecord, Phase, ReleaseStatus
 from controller.present.charts import Series, line_chart, nice_ticks
 from controller.present.report import render_report
@@ -405,8 +406,10 @@ def test_an_abn_experiments_report_shows_every_variants_traffic() -> None:
     """An A/B/n experiment's further variants (their counts under `variants`) get their own error series and
     decision-log column; they had been left out, as if the experiment had two."""
     release = _release()
-    release["spec"]["experiment"] = {"variants": [{"name": "v1", "weight": 34}, {"name": "v2", "weight": 33},
-                                                  {"name": "v3", "weight": 33}]}
+    release["spec"]["strategy"] = {"abTest": {"variants": [{"name": "v1", "weight": 34}, {"name": "v2", "weight": 33},
+                                                           {"name": "v3", "weight": 33}],
+                                              "primaryMetric": {"kind": "proportion", "name": "click-through"}}}
+    assert parse_release(release).experiment is not None  # the spec as the controller reads it
     status = ReleaseStatus(phase=Phase.PROGRESSING, started_at=1000.0, first_canary_traffic_at=1003.0)
     for t, errors in ((10, 1), (20, 4)):
         record = _record(t, 33, "inconclusive", 3.0, 0)
@@ -417,6 +420,12 @@ def test_an_abn_experiments_report_shows_every_variants_traffic() -> None:
     assert "further variants <b>v3</b>" in html
     errors = _chart(_svgs(html), "errors", "ml-search")
     assert _series(errors) == ["v1 errors", "v2 errors", "v3 errors"]
+    # Traffic: each variant's share of the entry's requests (400 / 100 / 100), not the treatment's share of its
+    # pair with the control (33%), which the status keeps as the canary weight.
+    traffic = _chart(_svgs(html), "weight")
+    assert _series(traffic) == ["v1", "v2", "v3"]
+    assert "t=20.0s: inconclusive → next step" in ET.tostring(traffic, encoding="unicode")
+    assert "33%" not in ET.tostring(traffic, encoding="unicode")
     assert "<th>v2 req / err</th><th>v3 req / err</th>" in html
     assert '<td class="num">100 / 4</td>' in html
     two = render_report(_release(), _status())

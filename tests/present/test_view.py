@@ -176,6 +176,37 @@ def test_the_headline_of_a_running_abn_experiment_gives_every_variants_share() -
     status = ReleaseStatus(phase=Phase.PROGRESSING, step=0, canary_weight=49)
     line = view.headline(abn, status, 0.0)
     assert "users split v1 34% / v2 33% / v3 33%" in line and "51/49" not in line
+    assert view.list_row("r", "default", abn, status, None)[4] == "34/33/33"
+
+
+@pytest.mark.parametrize(("phase", "scaling_to", "cutover", "shown", "listed"), [
+    (Phase.PROMOTING, 49, False, "users split v1 34% / v2 33% / v3 33%", "34/33/33"),  # the winner scales first
+    (Phase.PROMOTING, None, False, "new users on v2; users already assigned keep their variant until the cutover",
+     "100%"),
+    (Phase.PROMOTING, None, True, "all traffic on v2", "100%"),
+    (Phase.ROLLING_BACK, None, False, "new users on v1; users already assigned keep their variant until the "
+     "cutover", "0%"),
+    (Phase.ROLLING_BACK, None, True, "all traffic on v1", "0%"),
+])
+def test_an_ending_experiment_says_where_its_users_go_not_the_pairs_share(
+        phase: Phase, scaling_to: int | None, cutover: bool, shown: str, listed: str) -> None:
+    """An experiment's `canary_weight` is the treatment's share of its pair with the control (49% of 34/33); at
+    its end the panel and `canary list` had shown it as a traffic split ("weight 51/49"), and every look's line
+    as "49%"."""
+    abn = parse_release({"metadata": {"name": "r"}, "spec": {
+        "stable": {"version": "v1"}, "canary": {"version": "v2"}, "strategy": {"abTest": {
+            "variants": [{"name": "v1", "weight": 34}, {"name": "v2", "weight": 33}, {"name": "v3", "weight": 33}],
+            "primaryMetric": {"kind": "proportion", "name": "click-through"}}}}})
+    status = ReleaseStatus(phase=phase, step=0, canary_weight=49, scaling_to=scaling_to, cutover=cutover)
+    line = view.headline(abn, status, 0.0)
+    assert shown in line and "49" not in line, line
+    assert view.list_row("r", "default", abn, status, None)[4] == listed
+    look = _look("inconclusive", "winner", "wait for an operator", "primary: v2 beats v1")
+    assert "49%" not in view.decision_lines(look, "v1", "v2")[0] and " A/B  verdict" in view.decision_lines(
+        look, "v1", "v2")[0]
+    assert "A/B look" in view.decision_summary(look) and "49%" not in view.decision_summary(look)
+    canary = _look("inconclusive", None, "wait", "errorRate not yet shown safe")
+    assert " 49%  verdict" in view.decision_lines(canary, "v1", "v2")[0]
 
 
 @pytest.mark.parametrize("experiment,outcome", [
