@@ -48,6 +48,7 @@ def test_ab_demo_finds_v2_the_winner_and_users_stay_on_their_variant(tmp_path: P
     assert 0 < low <= result["effect"] <= high
     assert json.loads((tmp_path / "summary.json").read_text())["winner"] == "v2"
     assert result["cpu_seconds"]["master-search@v2"] > 0  # what each process used (read on a failure)
+    assert result["cpu_seconds"]["master-search@v1"] > 0  # and the version the promotion retired, in all
     # The whole stack path of every response is one version (x-served-by of all five services).
     assert result["responses"] > 500 and result["mixed_version_responses"] == 0
     # Users keep their variant: the load generator holds a new user's further searches until its first

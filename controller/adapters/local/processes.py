@@ -12,6 +12,7 @@ own session, so `stop` signals its whole process group, and logs stdout+stderr t
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import socket
@@ -76,6 +77,9 @@ class Proc:
     health_url: str | None = None
     _log: IO[bytes] | None = field(default=None, repr=False)
     stopped: bool = False  # reaped by stop(); its pid may belong to someone else from now on
+    # The CPU seconds it had used when it ended, read by stop() between its exit and its reaping (None: stop() found
+    # it reaped already, or /proc could not be read).
+    cpu_at_exit: float | None = None
 
     @property
     def pid(self) -> int:
@@ -88,11 +92,11 @@ class Proc:
         return tail(self.log_path, lines)
 
     def cpu_seconds(self) -> float | None:
-        """CPU time the process has used so far (user + system, from /proc), or None when it cannot be read (it
-        has been reaped, or not Linux). A service that queues requests with little CPU used was starved of it;
-        with much, it was busy."""
+        """CPU time the process has used so far (user + system, from /proc), or all it used once stop() ended it;
+        None when it cannot be read (it was reaped before stop() could read it, or not Linux). A service that
+        queues requests with little CPU used was starved of it; with much, it was busy."""
         if self.stopped:
-            return None
+            return self.cpu_at_exit
         try:
             fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
         except OSError:
@@ -103,6 +107,21 @@ class Proc:
     def last_error(self, lines: int = 5) -> str:
         """The last few log lines on one line: what to show in a status reason when the process died."""
         return " | ".join(line.strip() for line in self.log_tail(lines).splitlines() if line.strip())
+
+
+def _exited(proc: Proc, timeout: float) -> bool:
+    """Whether the process has exited, waiting up to `timeout` seconds; it is left unreaped (`WNOWAIT`), so its
+    /proc entry stays readable until `Popen.wait()` reaps it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT | os.WNOHANG) is not None:
+                return True
+        except ChildProcessError:  # reaped already, by a poll()
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
 
 
 def tail(path: Path, lines: int = 20) -> str:
@@ -216,15 +235,15 @@ class ProcessGroup:
         """SIGTERM the process group, SIGKILL it after `grace` seconds, reap; returns the exit code."""
         if proc.stopped:
             return proc.popen.returncode
-        if proc.alive():
-            _signal_group(proc, signal.SIGTERM)
-            try:
-                proc.popen.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                _signal_group(proc, signal.SIGKILL)
-                proc.popen.wait()
-        else:
-            proc.popen.wait()
+        if proc.popen.returncode is None:  # not reaped yet
+            if not _exited(proc, 0.0):
+                _signal_group(proc, signal.SIGTERM)
+                if not _exited(proc, grace):
+                    _signal_group(proc, signal.SIGKILL)
+                    _exited(proc, math.inf)
+            # Exited and not yet reaped: its /proc entry still holds all the CPU time it used.
+            proc.cpu_at_exit = proc.cpu_seconds()
+        proc.popen.wait()
         # The leader is gone; make sure nothing it forked lingers in its group. (The kernel does not reuse
         # a pid while a process group of that id has members, so this reaches only the leader's own group.)
         _signal_group(proc, signal.SIGKILL)

@@ -85,6 +85,8 @@ class LocalStack:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.group = ProcessGroup(log_dir=self.workdir / "logs")
         self.workloads: dict[tuple[str, str], Workload] = {}
+        # CPU seconds of the service processes stopped so far, by `service@version`.
+        self._ended_cpu: dict[str, float] = {}
         self.router_port = 0
         self.admin_port = 0
         self.envoy_admin_port = 0
@@ -180,9 +182,13 @@ class LocalStack:
         return workload
 
     def cpu_seconds(self) -> dict[str, float]:
-        """CPU seconds each running service process has used so far, by `service@version`."""
-        used = {f"{service}@{version}": w.proc.cpu_seconds() for (service, version), w in self.workloads.items()}
-        return {name: round(seconds, 2) for name, seconds in sorted(used.items()) if seconds is not None}
+        """CPU seconds each service process has used so far, by `service@version`: the running ones and those
+        stopped (a version retired by a promotion or a rollback), added up where a version ran more than once."""
+        used = dict(self._ended_cpu)
+        for (service, version), w in self.workloads.items():
+            if (seconds := w.proc.cpu_seconds()) is not None:
+                used[f"{service}@{version}"] = used.get(f"{service}@{version}", 0.0) + seconds
+        return {name: round(seconds, 2) for name, seconds in sorted(used.items())}
 
     def readiness(self, service: str, version: str) -> Readiness:
         workload = self.workloads.get((service, version))
@@ -211,6 +217,9 @@ class LocalStack:
             return
         self._publish_endpoints()  # out of the endpoint list first, so no new request reaches it
         self.group.stop(workload.proc)
+        if (seconds := workload.proc.cpu_seconds()) is not None:
+            name = f"{service}@{version}"
+            self._ended_cpu[name] = self._ended_cpu.get(name, 0.0) + seconds
         log.info("stopped %s@%s", service, version)
 
     def start_version(self, version: str, services: tuple[str, ...] = SEARCH_SERVICES,

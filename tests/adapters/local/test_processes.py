@@ -170,8 +170,10 @@ def test_search_service_env_points_every_downstream_at_the_router() -> None:
         search_service_env("frontend", "v1", "http://r")
 
 
-def test_cpu_seconds_tell_a_busy_process_from_an_idle_one_and_none_once_stopped(tmp_path: Path) -> None:
-    """A process that computed for 0.5 s of CPU time has used at least that; one that only slept, almost none."""
+def test_cpu_seconds_tell_a_busy_process_from_an_idle_one_and_are_kept_once_stopped(tmp_path: Path) -> None:
+    """A process that computed for 0.5 s of CPU time has used at least that; one that only slept, almost none.
+    Once stopped, each keeps what it used in all, read between its exit and its reaping (they had read None, so
+    the demo's summary left out every version a release retired)."""
     busy = [PYTHON, "-c", "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end: pass\n"
                           "print('done', flush=True)\ntime.sleep(60)"]
     with ProcessGroup(tmp_path) as group:
@@ -181,4 +183,8 @@ def test_cpu_seconds_tell_a_busy_process_from_an_idle_one_and_none_once_stopped(
         assert used is not None and used >= 0.5
         assert idle is not None and idle < used
         group.stop(worker, grace=5)
-        assert worker.cpu_seconds() is None
+        group.stop(sleeper, grace=5)
+        final = worker.cpu_seconds()
+        assert final is not None and used <= final < used + 1
+        assert sleeper.cpu_seconds() is not None and sleeper.cpu_seconds() < used  # type: ignore[operator]
+        assert not worker.alive() and worker.stopped
