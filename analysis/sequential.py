@@ -890,9 +890,19 @@ def _not_yet_safe(unsafe: Sequence[CheckResult]) -> str:
     left = _more(c)
     tail = (safety.get("why", "its estimate is not under the margin") if math.isinf(left)
             else f"about {int(left):,} more canary request{'s' if int(left) != 1 else ''}")
+    phi = c.estimates.get("dispersion")
+    if not math.isinf(left) and c.check != "latencyShift" and isinstance(phi, int | float) and phi >= BURSTY_SHOWN:
+        # The count holds the dispersion where it is. A past burst weighs less as intervals without one add up,
+        # and the count falls with it, often by orders of magnitude: an operator reads why it is so large.
+        events = "slow requests" if c.check == "slowTail" else "errors"
+        tail += f" if its {events} keep bursting as so far: dispersion {phi:.3g}"
     others = f"; {len(unsafe) - 1} other check(s) not shown yet" if len(unsafe) > 1 else ""
     return (f"not yet shown safe: {c.service} {c.check} {what} upper bound {_beside(safety['bound'], safety['margin'])}"
             f", margin {safety['margin']:g} ({tail}){others}")
+
+
+# The dispersion from which the reason says that the requests a pass needs depend on the bursts going on.
+BURSTY_SHOWN = 3.0
 
 
 def _measure(check: str, on: str) -> str:

@@ -478,3 +478,21 @@ def test_the_reason_a_release_waits_names_what_its_bound_is_of_in_words() -> Non
         "errorRate", "ratio", 2.4, 1.5)
     assert "slowTail excess slow-request rate (canary minus baseline) upper bound 0.031, margin 0.02" in waiting(
         "slowTail", "excess", 0.031, 0.02)
+
+
+def test_the_requests_a_pass_needs_say_they_hold_the_bursts_where_they_are() -> None:
+    """A healthy demo release waited "about 4,179,512 more canary requests ..., about 3404 min at the current rate"
+    and was promoted 80 s later: the count held a dispersion of 53 from one stall where it was. Where the events
+    burst, the reason now says the count depends on that, and how much they burst."""
+    from analysis.decisions import CheckResult
+    from analysis.sequential import _not_yet_safe
+
+    def waiting(check: str, dispersion: float) -> str:
+        safety = {"shown": False, "bound": 0.186, "margin": 0.03, "on": "excess", "requestsNeeded": 410_000}
+        return _not_yet_safe([CheckResult("master-search", check, Verdict.INCONCLUSIVE, samples={"canary": 1_000},
+                                          estimates={"safety": safety, "dispersion": dispersion})])
+
+    assert waiting("slowTail", 53.2).endswith(
+        "(about 409,000 more canary requests if its slow requests keep bursting as so far: dispersion 53.2)")
+    assert waiting("errorRate", 4.0).endswith("if its errors keep bursting as so far: dispersion 4)")
+    assert waiting("errorRate", 1.4).endswith("(about 409,000 more canary requests)")
