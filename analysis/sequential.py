@@ -892,8 +892,8 @@ def _not_yet_safe(unsafe: Sequence[CheckResult]) -> str:
             else f"about {int(left):,} more canary request{'s' if int(left) != 1 else ''}")
     phi = c.estimates.get("dispersion")
     if not math.isinf(left) and c.check != "latencyShift" and isinstance(phi, int | float) and phi >= BURSTY_SHOWN:
-        # The count holds the dispersion where it is. A past burst weighs less as intervals without one add up,
-        # and the count falls with it, often by orders of magnitude: an operator reads why it is so large.
+        # The count holds the dispersion where it is; right after a burst it falls within minutes, often by orders of
+        # magnitude (docs/analysis.md, "safety"): an operator reads why it is so large.
         events = "slow requests" if c.check == "slowTail" else "errors"
         tail += f" if its {events} keep bursting as so far: dispersion {phi:.3g}"
     others = f"; {len(unsafe) - 1} other check(s) not shown yet" if len(unsafe) > 1 else ""
