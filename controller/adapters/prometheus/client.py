@@ -228,7 +228,8 @@ class PrometheusConfig:
     # The label naming the pod a series was scraped from ("" when there is none): the judge learns from the
     # stable version's pods how much identical code differs from pod to pod (docs/analysis.md).
     pod_label: str = "pod"
-    # The response codes the controller should count as errors when a release sets none (prefixes).
+    # The response codes counted as errors, as prefixes ("5": every 5xx; add "0" for the requests Envoy answered
+    # with no code, the client gone or the stream reset).
     error_codes: tuple[str, ...] = ("5",)
     custom_metrics: Mapping[str, CustomMetric] = field(default_factory=dict)
     # How often Prometheus scrapes the proxies (None: not told). Window edges are rounded down to it, and
@@ -588,6 +589,7 @@ class PrometheusMetrics:
             raise ValueError(f"window end {end} is before its start {start}")
         if not query.services or not query.versions:
             return WindowCounts(start=start, end=end, counts={})
+        query = self._counted(query)
         a, b = self.settled(start, end)
         requests, buckets = self._istio_series(query, a, b)
         with _usable_counters():
@@ -603,6 +605,7 @@ class PrometheusMetrics:
             return ()
         if any(e < s for s, e in edges):
             raise ValueError(f"a window ends before it starts: {list(edges)}")
+        query = self._counted(query)
         contiguous = all(a[1] == b[0] for a, b in itertools.pairwise(edges))
         if not contiguous or not query.services or not query.versions:
             return tuple(self.window(query, s, e) for s, e in edges)
@@ -613,6 +616,10 @@ class PrometheusMetrics:
             return tuple(replace(window_counts(query, requests(a, b), buckets(a, b), a, b, self._labels),
                                  start=start, end=end)
                          for (start, end), (a, b) in zip(edges, instants, strict=True))
+
+    def _counted(self, query: MetricsQuery) -> MetricsQuery:
+        """`query` counting as errors the response codes this source's configuration names (`error_codes`)."""
+        return replace(query, error_codes=self._config.error_codes)
 
     def _istio_series(self, query: MetricsQuery, start: float, end: float) -> tuple[list[Series], list[Series]]:
         """The request counters' and the latency buckets' series of `query` over (start, end] (`_counter_series`)."""

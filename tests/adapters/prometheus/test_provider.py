@@ -212,6 +212,35 @@ def test_consecutive_windows_equal_the_exporters_exact_increments(
 
 @pytest.mark.integration
 @pytest.mark.slow
+def test_the_configured_error_codes_are_what_counts_as_an_error(
+    exporter: IstioExporter, prometheus: PrometheusProcess, provider: PrometheusMetrics
+) -> None:
+    """`error_codes` in the provider's configuration: with "0" added, the requests Envoy answered with no code (the
+    client gone, a reset stream) are errors too; by default only 5xx are. The setting had been read and checked,
+    then never used."""
+    q = MetricsQuery(NS, ("codes-a",), ("v1",))
+    t0 = scrape_after(prometheus, exporter.target)
+    exporter.add("codes-a", "v1", 200, count=20)
+    exporter.add("codes-a", "v1", 503, count=3)
+    exporter.add("codes-a", "v1", 0, count=4)
+    exporter.add("codes-a", "v1", 429, count=5)
+    t1 = scrape_after(prometheus, exporter.target)
+    zero = PrometheusMetrics(PrometheusConfig(url=prometheus.url, timeout_seconds=5, retries=0,
+                                              error_codes=("5", "0")))
+    limited = PrometheusMetrics(PrometheusConfig(url=prometheus.url, timeout_seconds=5, retries=0,
+                                                 error_codes=("429",)))
+    try:
+        assert provider.window(q, t0, t1).of("codes-a", "v1", N).errors == 3
+        assert zero.window(q, t0, t1).of("codes-a", "v1", N).errors == 7
+        assert zero.windows(q, [(t0, t1)])[0].of("codes-a", "v1", N).errors == 7  # the history's read as well
+        assert limited.window(q, t0, t1).of("codes-a", "v1", N) == counts(32, 5, {bucket_of(7.0): 32})
+    finally:
+        zero.close()
+        limited.close()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
 def test_past_windows_read_together_equal_each_window_read_alone(
     exporter: IstioExporter, prometheus: PrometheusProcess, provider: PrometheusMetrics
 ) -> None:
