@@ -895,7 +895,8 @@ def _not_yet_safe(unsafe: Sequence[CheckResult]) -> str:
         # The count holds the dispersion where it is; right after a burst it falls within minutes, often by orders of
         # magnitude (docs/analysis.md, "safety"): an operator reads why it is so large.
         events = "slow requests" if c.check == "slowTail" else "errors"
-        tail += f" if its {events} keep bursting as so far: dispersion {phi:.3g}"
+        shown = f"{phi:,.0f}" if phi >= 100 else f"{phi:.3g}"
+        tail += f" if its {events} keep bursting as so far: dispersion {shown}"
     others = f"; {len(unsafe) - 1} other check(s) not shown yet" if len(unsafe) > 1 else ""
     return (f"not yet shown safe: {c.service} {c.check} {what} upper bound {_beside(safety['bound'], safety['margin'])}"
             f", margin {safety['margin']:g} ({tail}){others}")

@@ -495,4 +495,5 @@ def test_the_requests_a_pass_needs_say_they_hold_the_bursts_where_they_are() -> 
     assert waiting("slowTail", 53.2).endswith(
         "(about 409,000 more canary requests if its slow requests keep bursting as so far: dispersion 53.2)")
     assert waiting("errorRate", 4.0).endswith("if its errors keep bursting as so far: dispersion 4)")
+    assert waiting("slowTail", 9915.03).endswith("dispersion 9,915)")
     assert waiting("errorRate", 1.4).endswith("(about 409,000 more canary requests)")
