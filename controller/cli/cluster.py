@@ -38,7 +38,6 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -51,7 +50,14 @@ from controller.adapters.kubernetes.workloads import ReplicaPolicy
 from controller.adapters.signals import stop_on_signals
 from controller.cli import flags
 from controller.cli import outgoing as notifications
-from controller.core.operations import ONE_SHOT_CLEARED, Refused, merge_patch, next_revision_stable, plan
+from controller.core.operations import (
+    ONE_SHOT_CLEARED,
+    Refused,
+    Running,
+    merge_patch,
+    next_revision_stable,
+    plan,
+)
 from controller.core.spec.release import (
     SEARCH_STACK,
     InvalidSpec,
@@ -476,6 +482,17 @@ def what_runs(deployments: list[Obj], services: Sequence[str]) -> dict[str, tupl
             for s in services if s in found}
 
 
+def stack_running(api: KubeApi, namespace: str, spec: Mapping[str, Any]) -> Running:
+    """What the stack of a release's `spec` runs now (`Running`): each service's versions, most pods ready first,
+    and the image of each (service, version) that is scaled up."""
+    services = (spec.get("stack") or {}).get("services") or SEARCH_STACK
+    deployments = stack_deployments(api, namespace, services)
+    runs = what_runs(deployments, services)
+    images = {(service, version): image for service, versions in runs.items() for version in versions
+              for image in running_images(deployments, [service], version).values()}
+    return Running(runs, images)
+
+
 def running_images(deployments: list[Obj], services: Sequence[str], version: str,
                    versions: Mapping[str, str] | None = None) -> dict[str, str]:
     """The image of each service's `<service>-<version>` Deployment (its container named like the service); a
@@ -506,10 +523,7 @@ def _update_release(api: KubeApi, args: argparse.Namespace, existing: Obj, image
         old_canary = existing.get("spec", {}).get("canary") or {}
         services = (existing.get("spec", {}).get("stack") or {}).get("services") or SEARCH_STACK
         # What runs now: a later release of the stack may have changed services since this one finished.
-        deployments = stack_deployments(api, args.namespace, services)
-        serving = serving.running(what_runs(deployments, services))
-        serving = replace(serving, images=running_images(deployments, services, serving.version,
-                                                         serving.versions) or serving.images)
+        serving = stack_running(api, args.namespace, existing.get("spec") or {}).over(serving)
         canary["version"] = new_version(args.version, images, services)
         canary["images"] = {**{k: None for k in old_canary.get("images") or {} if k not in images}, **images}
         runs = [s for s in images if serving.of(s) == canary["version"]]
@@ -810,7 +824,10 @@ def operate_main(command: str, argv: Sequence[str]) -> int:
             if obj is None:
                 print(f"canary {command}: no StackRelease {where}", file=sys.stderr)
                 return 1
-            outcome = plan(command, obj, ReleaseStatus.from_storage(obj.get("status")), getattr(args, "full", False))
+            status = ReleaseStatus.from_storage(obj.get("status"))
+            # An undo starts from what the stack runs now, which a later release of it may have changed.
+            running = stack_running(api, args.namespace, obj.get("spec") or {}) if command == "undo" else None
+            outcome = plan(command, obj, status, getattr(args, "full", False), running)
             if isinstance(outcome, Refused):
                 print(f"canary {command}: {outcome.message}", file=sys.stderr)
                 return 2

@@ -54,8 +54,10 @@ class Refused:
     message: str
 
 
-def plan(command: str, release: Mapping[str, Any], status: ReleaseStatus, full: bool = False
-         ) -> Planned | Refused:
+def plan(command: str, release: Mapping[str, Any], status: ReleaseStatus, full: bool = False,
+         running: Running | None = None) -> Planned | Refused:
+    """The command's patch or refusal. `running`: what the stack's workloads run now, where the caller can read it
+    (an undo then starts from it, not from the release's own record, which a later release may have outdated)."""
     name = str((release.get("metadata") or {}).get("name", "the release"))
     spec: Mapping[str, Any] = release.get("spec") or {}
     if spec.get("abort") is True and not status.phase.final and command not in ("retry", "undo"):
@@ -76,7 +78,7 @@ def plan(command: str, release: Mapping[str, Any], status: ReleaseStatus, full: 
         case "retry":
             return _retry(name, spec, status)
         case "undo":
-            return _undo(name, spec, status)
+            return _undo(name, spec, status, running)
     raise ValueError(f"unknown command {command!r} (one of {', '.join(COMMANDS)})")
 
 
@@ -221,10 +223,11 @@ def _retry(name: str, spec: Mapping[str, Any], status: ReleaseStatus) -> Planned
                    "first step", {**ONE_SHOT_CLEARED, "retry": count})
 
 
-def _undo(name: str, spec: Mapping[str, Any], status: ReleaseStatus) -> Planned | Refused:
+def _undo(name: str, spec: Mapping[str, Any], status: ReleaseStatus, running: Running | None = None
+          ) -> Planned | Refused:
     if not status.phase.final:
         return Refused(f"{name} is in flight ({status.phase.value}): use `canary abort` to roll it back")
-    target = undo_target(status)
+    target = undo_target(status, running)
     if isinstance(target, Refused):
         return Refused(f"{name}: {target.message}")
     serving, previous, services = target
@@ -246,6 +249,22 @@ def _undo(name: str, spec: Mapping[str, Any], status: ReleaseStatus) -> Planned 
 
 
 # --- revisions ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Running:
+    """What a stack's workloads run now: each service's versions (most pods ready first) and the image each
+    (service, version) runs; read by the cluster commands from the stack's Deployments."""
+
+    versions: Mapping[str, Sequence[str]]
+    images: Mapping[tuple[str, str], str] = field(default_factory=dict)
+
+    def over(self, ref: VersionRef) -> VersionRef:
+        """`ref` (a release's record of what serves) with each service whose recorded version runs no more on the
+        version that runs (`VersionRef.running`), and the images those versions run where known."""
+        moved = ref.running(self.versions)
+        images = {s: i for (s, v), i in self.images.items() if moved.of(s) == v}
+        return _ref(moved.version, {**moved.images, **images}, moved.versions) if images else moved
+
 
 @dataclass(frozen=True)
 class VersionRef:
@@ -319,8 +338,11 @@ def serving(versions: ReleasedVersions, outcome: Phase) -> VersionRef:
                 {**versions.stable_versions, **{s: versions.canary for s in versions.changed}})
 
 
-def undo_target(status: ReleaseStatus) -> tuple[VersionRef, VersionRef, tuple[str, ...]] | Refused:
-    """(what serves now, the previous successful version, the services it changed) for a finished release."""
+def undo_target(status: ReleaseStatus, running: Running | None = None
+                ) -> tuple[VersionRef, VersionRef, tuple[str, ...]] | Refused:
+    """(what serves now, the previous successful version, the services it changed) for a finished release.
+    `running`, when known, corrects the release's record of what serves where a later release moved a service
+    it did not change; where a later release moved one it changed, the undo is that release's to make."""
     if status.versions is None:
         return Refused("its status records no versions (it finished before this controller kept revisions)")
     now_serving = serving(status.versions, status.phase)
@@ -331,6 +353,14 @@ def undo_target(status: ReleaseStatus) -> tuple[VersionRef, VersionRef, tuple[st
     good = last_good.versions
     previous = _ref(good.stable, good.stable_images, good.stable_versions)
     services = good.changed or tuple(good.canary_images)
+    if running is not None:
+        now = running.over(now_serving)
+        moved = [f"{s} runs {now.of(s)}, not the {now_serving.of(s)} it left" for s in services or running.versions
+                 if now.of(s) != now_serving.of(s)]
+        if moved:
+            return Refused(f"a later release changed what it released ({'; '.join(moved)}): undo that release, or "
+                           "release the version wanted")
+        now_serving = now
     back = {previous.of(s) for s in services} if services else {previous.version, *previous.versions.values()}
     if len(back) > 1:
         return Refused(f"before its last successful revision the services it changed ran several versions "

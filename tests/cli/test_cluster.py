@@ -366,6 +366,45 @@ def test_start_with_a_stable_version_given_keeps_each_service_on_what_it_runs(
     assert spec_of(world, "kw")["stable"]["versions"] == {"ml-infer": "v2"}
 
 
+def test_undo_reads_what_runs_since_a_later_release_and_leaves_that_releases_services_alone(
+        emulator: RunningEmulator, capsys: pytest.CaptureFixture[str]) -> None:
+    """A release of ml-infer (v1 -> v2), then one of keyword (v3). Undoing the first brings ml-infer back to v1 and
+    keeps keyword on v3. Before, the undo took its own record (keyword on v1, scaled to 0 by the keyword release)
+    and the new revision waited in Pending until the operator wrote spec.stable by hand. Undoing the keyword
+    release after a later release moved keyword again is refused: that undo is the later release's."""
+    world = cluster_world(emulator, hpa_on=())
+    world.create_release(name="model", strategy=FAST, drainTime="1s",
+                         canary={"version": "v2", "images": {"ml-infer": "registry.example/ml-infer:2.0"}})
+    controller = world.controller()
+    assert world.drive(controller, name="model").phase is Phase.SUCCEEDED
+    world.create_release(name="kw", strategy=FAST, drainTime="1s", stable={"version": "v1", "versions": {
+        "ml-infer": "v2"}}, canary={"version": "v3", "images": {"keyword": "registry.example/keyword:v3"}})
+    controller.relist()
+    assert world.drive(controller, name="kw").phase is Phase.SUCCEEDED
+    capsys.readouterr()
+
+    assert cli(emulator, "undo", "model") == 0
+    assert "releases v1 again in place of v1 (ml-infer v2, keyword v3)" in capsys.readouterr().out
+    spec = spec_of(world, "model")
+    assert spec["stable"]["versions"] == {"ml-infer": "v2", "keyword": "v3"}
+    assert spec["stable"]["images"]["keyword"] == "registry.example/keyword:v3"
+    status = world.drive(controller, name="model")
+    assert status.phase is Phase.SUCCEEDED and status.revision == 2, status.message
+    assert stable_routes(world) == {**{s: "v1" for s in SERVICES}, "keyword": "v3"}
+
+    world.create_release(name="kw4", strategy=FAST, drainTime="1s", stable={"version": "v1", "versions": {
+        "keyword": "v3"}}, canary={"version": "v4", "images": {"keyword": "registry.example/keyword:v4"}})
+    controller.relist()
+    assert world.drive(controller, name="kw4").phase is Phase.SUCCEEDED
+    before = spec_of(world, "kw")
+    capsys.readouterr()
+    assert cli(emulator, "undo", "kw") == 2
+    assert ("a later release changed what it released (keyword runs v4, not the v3 it left): undo that release"
+            in capsys.readouterr().err)
+    assert spec_of(world, "kw") == before
+    world.assert_valid_writes()
+
+
 def test_start_on_a_finished_release_reads_what_runs_since_a_later_release(
         emulator: RunningEmulator, capsys: pytest.CaptureFixture[str]) -> None:
     """A release of ml-infer (v2), then one of keyword (v3); a next revision of the first, started with `canary

@@ -17,6 +17,7 @@ from controller.core.observation import Readiness
 from controller.core.operations import (
     Planned,
     Refused,
+    Running,
     VersionRef,
     merge_patch,
     next_revision_stable,
@@ -186,6 +187,25 @@ def test_undo_refuses_what_it_could_not_release_as_one_version() -> None:
     refused = undo_target(status)
     assert isinstance(refused, Refused) and "ran several versions (v1 (ml-infer v2-model))" in refused.message
 
+
+
+def test_undo_starts_from_what_runs_where_a_later_release_moved_another_service() -> None:
+    """A release of keyword (v1 -> v3) succeeded; since then a later release moved ml-infer to v5. Its undo starts
+    from what runs (ml-infer v5, with v5's image) and brings keyword alone back; if the later release had moved
+    keyword itself, the undo would take back that release's work, and is refused."""
+    done = ReleaseStatus(phase=Phase.SUCCEEDED, versions=ReleasedVersions(
+        "v1", "v3", {"keyword": "r/keyword:v1"}, {"keyword": "r/keyword:v3"}, {}, ("keyword",)))
+    runs = Running({"ml-infer": ("v5",), "keyword": ("v3",)},
+                   {("ml-infer", "v5"): "r/ml-infer:v5", ("keyword", "v3"): "r/keyword:v3"})
+    target = undo_target(done, runs)
+    assert not isinstance(target, Refused), target
+    now, previous, services = target
+    assert now == VersionRef("v1", {"keyword": "r/keyword:v3", "ml-infer": "r/ml-infer:v5"},
+                             {"keyword": "v3", "ml-infer": "v5"})
+    assert previous == VersionRef("v1", {"keyword": "r/keyword:v1"}) and services == ("keyword",)
+    assert undo_target(done) != target  # without what runs: the record alone, ml-infer on v1
+    moved = undo_target(done, Running({"keyword": ("v4",)}))
+    assert isinstance(moved, Refused) and "keyword runs v4, not the v3 it left" in moved.message
 
 
 def test_an_experiment_s_undo_and_next_revision_keep_the_entry_on_the_stable_version() -> None:
