@@ -50,7 +50,8 @@ def _weight_text(spec: ReleaseSpec, status: ReleaseStatus) -> str:
         return f"all traffic on {canary} (promoted: now the stable version)"
     if status.phase in (Phase.ROLLED_BACK, Phase.ABORTED, Phase.FAILED) and status.canary_weight == 0:
         return f"all traffic on {stable} (the stable version; {canary} serves none)"
-    if spec.experiment is not None:
+    if spec.experiment is not None and status.phase in (Phase.PROGRESSING, Phase.PAUSED, Phase.PROMOTING,
+                                                        Phase.ROLLING_BACK):
         return _experiment_traffic(spec.experiment, status)
     return f"weight {100 - status.canary_weight}/{status.canary_weight} (stable/canary)"
 

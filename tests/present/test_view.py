@@ -177,6 +177,8 @@ def test_the_headline_of_a_running_abn_experiment_gives_every_variants_share() -
     line = view.headline(abn, status, 0.0)
     assert "users split v1 34% / v2 33% / v3 33%" in line and "51/49" not in line
     assert view.list_row("r", "default", abn, status, None)[4] == "34/33/33"
+    waiting = view.headline(abn, ReleaseStatus(phase=Phase.PENDING, step=-1), 0.0)  # no user on a variant yet
+    assert "weight 100/0 (stable/canary)" in waiting and "users split" not in waiting
 
 
 @pytest.mark.parametrize(("phase", "scaling_to", "cutover", "shown", "listed"), [
