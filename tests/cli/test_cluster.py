@@ -366,12 +366,8 @@ def test_start_with_a_stable_version_given_keeps_each_service_on_what_it_runs(
     assert spec_of(world, "kw")["stable"]["versions"] == {"ml-infer": "v2"}
 
 
-def test_undo_reads_what_runs_since_a_later_release_and_leaves_that_releases_services_alone(
-        emulator: RunningEmulator, capsys: pytest.CaptureFixture[str]) -> None:
-    """A release of ml-infer (v1 -> v2), then one of keyword (v3). Undoing the first brings ml-infer back to v1 and
-    keeps keyword on v3. Before, the undo took its own record (keyword on v1, scaled to 0 by the keyword release)
-    and the new revision waited in Pending until the operator wrote spec.stable by hand. Undoing the keyword
-    release after a later release moved keyword again is refused: that undo is the later release's."""
+def _model_then_keyword(emulator: RunningEmulator) -> tuple[KubeWorld, Controller]:
+    """Two releases of the stack, run to success: `model` (ml-infer v1 -> v2), then `kw` (keyword v1 -> v3)."""
     world = cluster_world(emulator, hpa_on=())
     world.create_release(name="model", strategy=FAST, drainTime="1s",
                          canary={"version": "v2", "images": {"ml-infer": "registry.example/ml-infer:2.0"}})
@@ -381,6 +377,16 @@ def test_undo_reads_what_runs_since_a_later_release_and_leaves_that_releases_ser
         "ml-infer": "v2"}}, canary={"version": "v3", "images": {"keyword": "registry.example/keyword:v3"}})
     controller.relist()
     assert world.drive(controller, name="kw").phase is Phase.SUCCEEDED
+    return world, controller
+
+
+def test_undo_reads_what_runs_since_a_later_release_and_leaves_that_releases_services_alone(
+        emulator: RunningEmulator, capsys: pytest.CaptureFixture[str]) -> None:
+    """A release of ml-infer (v1 -> v2), then one of keyword (v3). Undoing the first brings ml-infer back to v1 and
+    keeps keyword on v3. Before, the undo took its own record (keyword on v1, scaled to 0 by the keyword release)
+    and the new revision waited in Pending until the operator wrote spec.stable by hand. Undoing the keyword
+    release after a later release moved keyword again is refused: that undo is the later release's."""
+    world, controller = _model_then_keyword(emulator)
     capsys.readouterr()
 
     assert cli(emulator, "undo", "model") == 0
@@ -410,15 +416,7 @@ def test_start_on_a_finished_release_reads_what_runs_since_a_later_release(
     """A release of ml-infer (v2), then one of keyword (v3); a next revision of the first, started with `canary
     start`, keeps keyword on v3 and records its image. Before, it took its own record (keyword on v1, scaled to 0
     by the keyword release) and waited in Pending until the operator wrote spec.stable by hand."""
-    world = cluster_world(emulator, hpa_on=())
-    world.create_release(name="model", strategy=FAST, drainTime="1s",
-                         canary={"version": "v2", "images": {"ml-infer": "registry.example/ml-infer:2.0"}})
-    controller = world.controller()
-    assert world.drive(controller, name="model").phase is Phase.SUCCEEDED
-    world.create_release(name="kw", strategy=FAST, drainTime="1s", stable={"version": "v1", "versions": {
-        "ml-infer": "v2"}}, canary={"version": "v3", "images": {"keyword": "registry.example/keyword:v3"}})
-    controller.relist()
-    assert world.drive(controller, name="kw").phase is Phase.SUCCEEDED
+    world, controller = _model_then_keyword(emulator)
     capsys.readouterr()
     assert cli(emulator, "start", "model", "--image", "ml-infer=registry.example/ml-infer:v4") == 0
     assert "revision 2 releases v4 beside v1 (ml-infer v2, keyword v3)" in capsys.readouterr().out
