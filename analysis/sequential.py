@@ -76,6 +76,9 @@ EXCESS_WINDOW = 60
 # queries) make the baseline's own rate bursty but cancel in the split of the errors between the versions.
 SPLIT_BURST_Z = 2.0
 SPLIT_BURST_MIN_INTERVALS = 10
+# The dispersion from which a waiting release's reason says that the requests a pass needs hold the bursts as they
+# are (`_not_yet_safe`).
+BURSTY_SHOWN = 3.0
 # A check whose e-value reached 10 (half of what one capped interval can give) keeps the weight where it is: "no
 # harm seen" raises the weight only while no check carries that much evidence of harm.
 HOLD_E_VALUE = 10.0
@@ -900,10 +903,6 @@ def _not_yet_safe(unsafe: Sequence[CheckResult]) -> str:
     others = f"; {len(unsafe) - 1} other check(s) not shown yet" if len(unsafe) > 1 else ""
     return (f"not yet shown safe: {c.service} {c.check} {what} upper bound {_beside(safety['bound'], safety['margin'])}"
             f", margin {safety['margin']:g} ({tail}){others}")
-
-
-# The dispersion from which the reason says that the requests a pass needs depend on the bursts going on.
-BURSTY_SHOWN = 3.0
 
 
 def _measure(check: str, on: str) -> str:

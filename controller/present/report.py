@@ -406,25 +406,23 @@ def _within(interval: Any) -> str:
 def _decision_log(v: _View) -> str:
     if not v.history:
         return "<h2>Decision log</h2><p class=\"muted\">No analysis has run yet.</p>"
-    rows = []
+    rows, versions = [], _versions_of(v, v.entry)
     for i, record in enumerate(v.history):
         verdict = _shown(record)
         worst = max(_seq(record.get("checks")), default=None, key=lambda c: _float(_map(c).get("eValue")) or 0.0)
-        base, can, others = _entry_counts(v, record)
+        cells = "".join(f'<td class="num">{cell}</td>' for cell in _entry_counts(v, record))
         rows.append(
             f'<tr><td class="num">{_num(record.get("t"), "{:.1f}")}</td><td class="num">{_step(record)}</td>'
             f'<td class="num">{_num(record.get("weight"), "{:g}")}%</td>'
             f'<td class="v-{escape(_verdict_class(verdict))}">'
             f"{escape(verdict)}</td><td>{escape(str(record.get('action', '')))}</td>"
-            f"<td>{escape(str(record.get('reason', '')))}</td><td class=\"num\">{base}</td><td class=\"num\">{can}</td>"
-            + "".join(f'<td class="num">{cell}</td>' for cell in others) +
+            f"<td>{escape(str(record.get('reason', '')))}</td>{cells}"
             f'<td class="num">{_harm_sum(record)}</td>'
             f"<td>{_check_sentence(_map(worst)) if worst else '-'}</td></tr>"
-            f'<tr><td></td><td colspan="{9 + len(v.variants)}">'
+            f'<tr><td></td><td colspan="{7 + len(versions)}">'
             f"{_checks_details(record, open_=i == len(v.history) - 1)}</td></tr>")
     head = ("<tr><th>t (s)</th><th>step</th><th>weight</th><th>verdict</th><th>action</th><th>reason</th>"
-            f"<th>{escape(v.stable_of(v.entry))} req / err</th><th>{escape(v.canary)} req / err</th>"
-            + "".join(f"<th>{escape(name)} req / err</th>" for name in v.variants) +
+            + "".join(f"<th>{escape(name)} req / err</th>" for _, name, _ in versions) +
             "<th>harm: regression e-values sum / fails at</th><th>largest term</th></tr>")
     return f'<h2>Decision log</h2><table class="decisions">{head}{"".join(rows)}</table>'
 
@@ -539,17 +537,13 @@ def _harm_sum(record: Mapping[str, Any]) -> str:
     return f"{_num(sum(terms))} / {_num(threshold)}"
 
 
-def _entry_counts(v: _View, record: Mapping[str, Any]) -> tuple[str, str, list[str]]:
-    """The entry service's requests / errors in one look: the stable version's, the canary's, and each further
-    variant's of an A/B/n experiment."""
+def _entry_counts(v: _View, record: Mapping[str, Any]) -> list[str]:
+    """The entry service's requests / errors in one look, per version `_versions_of` names."""
     counts = _map(record.get("counts"))
     service = v.entry if v.entry in counts else next(iter(counts), "")
     c = _map(counts.get(service))
-
-    def pair(n: Mapping[str, Any]) -> str:
-        return f"{_num(n.get('requests'), '{:g}')} / {_num(n.get('errors'), '{:g}')}"
-    return (pair(_map(c.get("baseline"))), pair(_map(c.get("canary"))),
-            [pair(_map(_map(c.get("variants")).get(name))) for name in v.variants])
+    return [f"{_num(_at(c, path).get('requests'), '{:g}')} / {_num(_at(c, path).get('errors'), '{:g}')}"
+            for path, _, _ in _versions_of(v, service)]
 
 
 def _estimate(check: Mapping[str, Any], key: str) -> float | None:
